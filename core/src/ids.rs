@@ -1,0 +1,240 @@
+//! Identifiers, document kinds and roles shared by every layer.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The id of one document: a UUIDv7 minted offline by the device that creates the document.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DocId(pub Uuid);
+
+impl DocId {
+    /// A new, time-ordered id (UUIDv7).
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// The 16 raw bytes of the id (the form stored in SQLite).
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// Builds an id from 16 raw bytes; `None` for any other length.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Uuid::from_slice(b).ok().map(Self)
+    }
+}
+
+impl Default for DocId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl fmt::Debug for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DocId({self})")
+    }
+}
+
+impl FromStr for DocId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// The three kinds of replicated documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DocKind {
+    /// A customer (account) with contacts, addresses and equipment.
+    Customer,
+    /// A visit to a customer: a sales call, return visit or service visit.
+    Visit,
+    /// A quote to a customer, with line items and approvals.
+    Quote,
+}
+
+impl DocKind {
+    /// The stable lower-case name stored in documents and projections.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Customer => "customer",
+            Self::Visit => "visit",
+            Self::Quote => "quote",
+        }
+    }
+
+    /// Parses the name written by [`DocKind::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "customer" => Some(Self::Customer),
+            "visit" => Some(Self::Visit),
+            "quote" => Some(Self::Quote),
+            _ => None,
+        }
+    }
+
+    /// The small integer stored in SQLite columns.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Customer => 1,
+            Self::Visit => 2,
+            Self::Quote => 3,
+        }
+    }
+
+    /// Inverse of [`DocKind::code`].
+    pub fn from_code(c: i64) -> Option<Self> {
+        match c {
+            1 => Some(Self::Customer),
+            2 => Some(Self::Visit),
+            3 => Some(Self::Quote),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DocKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The role of the person (device) writing a change. Role-owned fields and approvals
+/// check it locally; the relay enforces it again for every uploaded change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A field rep: edits customers, visits and quotes in their scopes; proposes terms.
+    Rep,
+    /// A sales manager: everything a rep does, plus approvals, owner and scope changes.
+    Manager,
+    /// A sales director: everything a manager does, plus credit limits and payment terms.
+    Director,
+    /// An administrator (IT or the central system): everything, including grades.
+    Admin,
+}
+
+impl Role {
+    /// The stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rep => "rep",
+            Self::Manager => "manager",
+            Self::Director => "director",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Parses the name written by [`Role::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "rep" => Some(Self::Rep),
+            "manager" => Some(Self::Manager),
+            "director" => Some(Self::Director),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+
+    /// Whether this role may write the given role-owned field.
+    pub fn may_write(self, field: GovernedField) -> bool {
+        self >= field.min_role()
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Fields whose value takes effect only when written by a role allowed to set them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GovernedField {
+    /// A customer's approved credit limit (director).
+    CreditLimit,
+    /// A customer's approved payment terms (director).
+    PaymentTerms,
+    /// A customer's grade, computed centrally (admin).
+    Grade,
+    /// The owner rep of a customer or quote (manager).
+    Owner,
+    /// The scope (territory) of a document (manager).
+    Scope,
+    /// Approving or rejecting a quote (manager).
+    QuoteApproval,
+}
+
+impl GovernedField {
+    /// The lowest role allowed to write the field.
+    pub fn min_role(self) -> Role {
+        match self {
+            Self::CreditLimit | Self::PaymentTerms => Role::Director,
+            Self::Grade => Role::Admin,
+            Self::Owner | Self::Scope | Self::QuoteApproval => Role::Manager,
+        }
+    }
+
+    /// The key under which the field is stored in the document's `governed` map.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::CreditLimit => "credit_limit",
+            Self::PaymentTerms => "payment_terms",
+            Self::Grade => "grade",
+            Self::Owner => "owner",
+            Self::Scope => "scope",
+            Self::QuoteApproval => "approval",
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, as captured on the device (event time, not merge order).
+pub type Millis = i64;
+
+/// The current wall-clock time in milliseconds; the one place the model reads the clock.
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_id_round_trips_through_text_and_bytes() {
+        let id = DocId::new();
+        assert_eq!(id.to_string().parse::<DocId>().unwrap(), id);
+        assert_eq!(DocId::from_slice(id.as_bytes()), Some(id));
+        assert_eq!(DocId::from_slice(&[1, 2, 3]), None);
+        assert_eq!(id.0.get_version_num(), 7);
+    }
+
+    #[test]
+    fn roles_are_ordered_by_authority() {
+        assert!(Role::Director.may_write(GovernedField::CreditLimit));
+        assert!(!Role::Manager.may_write(GovernedField::CreditLimit));
+        assert!(Role::Manager.may_write(GovernedField::Owner));
+        assert!(!Role::Rep.may_write(GovernedField::Scope));
+        assert!(!Role::Director.may_write(GovernedField::Grade));
+        assert!(Role::Admin.may_write(GovernedField::Grade));
+        for k in [DocKind::Customer, DocKind::Visit, DocKind::Quote] {
+            assert_eq!(DocKind::parse(k.as_str()), Some(k));
+            assert_eq!(DocKind::from_code(k.code()), Some(k));
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Small typed helpers over Automerge maps, so the model code reads like field access.
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value};
+
+use crate::model::ModelError;
+
+/// A scalar read from a map key, or `None` if absent or not a scalar.
+pub(crate) fn scalar<R: ReadDoc>(d: &R, obj: &ObjId, key: &str) -> Option<ScalarValue> {
+    match d.get(obj, key) {
+        Ok(Some((Value::Scalar(s), _))) => Some(s.into_owned()),
+        _ => None,
+    }
+}
+
+pub(crate) fn get_str<R: ReadDoc>(d: &R, obj: &ObjId, key: &str) -> Option<String> {
+    match scalar(d, obj, key)? {
+        ScalarValue::Str(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+pub(crate) fn get_i64<R: ReadDoc>(d: &R, obj: &ObjId, key: &str) -> Option<i64> {
+    match scalar(d, obj, key)? {
+        ScalarValue::Int(i) => Some(i),
+        ScalarValue::Uint(u) => i64::try_from(u).ok(),
+        ScalarValue::Counter(c) => Some(i64::from(&c)),
+        ScalarValue::Timestamp(t) => Some(t),
+        _ => None,
+    }
+}
+
+pub(crate) fn get_bool<R: ReadDoc>(d: &R, obj: &ObjId, key: &str) -> Option<bool> {
+    match scalar(d, obj, key)? {
+        ScalarValue::Boolean(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// The id of the map stored at `key`, if the value there is a map.
+pub(crate) fn get_map<R: ReadDoc>(d: &R, obj: &ObjId, key: &str) -> Option<ObjId> {
+    match d.get(obj, key) {
+        Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
+        _ => None,
+    }
+}
+
+/// Like [`get_map`] but an error naming the missing container: every container a document
+/// needs is created with the document, so a missing one means a foreign or damaged document.
+pub(crate) fn req_map<R: ReadDoc>(d: &R, obj: &ObjId, key: &str) -> Result<ObjId, ModelError> {
+    get_map(d, obj, key).ok_or_else(|| ModelError::Malformed(format!("missing map `{key}`")))
+}
+
+/// Keys of a map in their (sorted) document order.
+pub(crate) fn keys<R: ReadDoc>(d: &R, obj: &ObjId) -> Vec<String> {
+    d.keys(obj).collect()
+}
+
+/// The entries of an id-keyed map of maps: `(id, item map)`.
+pub(crate) fn items<R: ReadDoc>(d: &R, obj: &ObjId) -> Vec<(String, ObjId)> {
+    keys(d, obj)
+        .into_iter()
+        .filter_map(|k| get_map(d, obj, &k).map(|m| (k, m)))
+        .collect()
+}
+
+/// Writes an optional string: `None` writes nothing.
+pub(crate) fn put_opt_str(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    key: &str,
+    v: Option<&str>,
+) -> Result<(), ModelError> {
+    if let Some(v) = v {
+        doc.put(obj, key, v)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn put_opt_i64(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    key: &str,
+    v: Option<i64>,
+) -> Result<(), ModelError> {
+    if let Some(v) = v {
+        doc.put(obj, key, v)?;
+    }
+    Ok(())
+}
+
+/// Creates a new empty map at `key` (only ever called for containers made together with the
+/// document, or for items keyed by a fresh unique id, so no two writers race to create one).
+pub(crate) fn new_map(doc: &mut AutoCommit, obj: &ObjId, key: &str) -> Result<ObjId, ModelError> {
+    Ok(doc.put_object(obj, key, ObjType::Map)?)
+}
+
+/// A JSON rendering of a scalar, for conflict reports and projections.
+pub(crate) fn scalar_json(s: &ScalarValue) -> serde_json::Value {
+    match s {
+        ScalarValue::Str(s) => serde_json::Value::String(s.to_string()),
+        ScalarValue::Int(i) => (*i).into(),
+        ScalarValue::Uint(u) => (*u).into(),
+        ScalarValue::F64(f) => serde_json::Number::from_f64(*f)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        ScalarValue::Boolean(b) => (*b).into(),
+        ScalarValue::Timestamp(t) => (*t).into(),
+        ScalarValue::Counter(c) => i64::from(c).into(),
+        ScalarValue::Null => serde_json::Value::Null,
+        ScalarValue::Bytes(b) => serde_json::Value::String(hex::encode(b)),
+        ScalarValue::Unknown { bytes, .. } => serde_json::Value::String(hex::encode(bytes)),
+    }
+}

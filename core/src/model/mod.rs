@@ -1,0 +1,446 @@
+//! The CRM document model: customers, visits and quotes as Automerge documents.
+//!
+//! Every document is one Automerge document with a common header (see [`Header`]) and a body
+//! whose layout is fixed at creation: every container map a document will ever need is created
+//! together with the document, so two offline writers never race to create the same container
+//! (which Automerge would resolve by dropping one side's contents). Items inside collections
+//! (contacts, equipment, quote lines, tasks, …) live in maps keyed by a fresh unique id, so both
+//! sides' additions survive a merge.
+//!
+//! Edits are data ([`CustomerEdit`], [`VisitEdit`], [`QuoteEdit`]) applied by [`apply_edit`]
+//! under an [`EditCtx`] that names the author, their role and the event time. The merge rules
+//! that plain last-writer-wins would break are encoded in the layout:
+//! - quote and visit status are *marks* in an add-only map; the effective status is the highest
+//!   mark in the lattice ([`QuoteStatus`], [`VisitStatus`]), so a late-syncing laptop never
+//!   makes a status regress;
+//! - nothing is deleted: documents, lines, contacts and addresses are archived;
+//! - quote totals are computed on read, never stored;
+//! - role-owned fields live in the `governed` map and are written only through edits that
+//!   check the author's role and record it in the `governed_log`.
+
+pub(crate) mod am;
+mod conflicts;
+mod customer;
+mod quote;
+mod visit;
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ObjId, ROOT, ReadDoc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DocId, DocKind, GovernedField, Millis, Role};
+pub use conflicts::{Conflict, conflicts, resolve_conflict};
+pub use customer::{
+    Address, AddressInput, Contact, ContactInput, Customer, CustomerEdit, CustomerField, Equipment,
+    EquipmentInput, NewCustomer, Phone, normalize_phone,
+};
+pub use quote::{
+    Approval, LineInput, NewQuote, Quote, QuoteEdit, QuoteField, QuoteLine, QuoteStatus,
+    StatusConflict,
+};
+pub use visit::{
+    Need, NeedInput, NewVisit, Task, TaskInput, Visit, VisitEdit, VisitField, VisitStatus,
+};
+
+/// The schema version this build writes and the newest it can read.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Errors from reading or editing a document.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ModelError {
+    /// Automerge refused an operation.
+    #[error("automerge: {0}")]
+    Automerge(String),
+    /// The document lacks a field its kind requires, or holds a value of the wrong type.
+    #[error("malformed document: {0}")]
+    Malformed(String),
+    /// The document was written by a newer schema than this build understands.
+    #[error("document schema version {found} is newer than supported version {supported}")]
+    SchemaTooNew {
+        /// The version stored in the document.
+        found: i64,
+        /// The newest version this build reads.
+        supported: i64,
+    },
+    /// The edit does not apply to a document of this kind.
+    #[error("a {edit} edit cannot be applied to a {kind} document")]
+    WrongKind {
+        /// The kind the edit is for.
+        edit: DocKind,
+        /// The kind of the document.
+        kind: DocKind,
+    },
+    /// The author's role may not write this field.
+    #[error("role {role} may not set {field:?} (needs {needed})")]
+    Forbidden {
+        /// The author's role.
+        role: Role,
+        /// The field.
+        field: GovernedField,
+        /// The lowest role allowed.
+        needed: Role,
+    },
+    /// An item id named by the edit does not exist in the document.
+    #[error("no {what} with id {id}")]
+    NoSuchItem {
+        /// What kind of item.
+        what: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// The edit is not valid in the document's current state.
+    #[error("invalid edit: {0}")]
+    Invalid(String),
+}
+
+impl From<automerge::AutomergeError> for ModelError {
+    fn from(e: automerge::AutomergeError) -> Self {
+        Self::Automerge(e.to_string())
+    }
+}
+
+/// Who writes an edit, in which role, and when (device wall-clock time, used only as an event
+/// time shown to people: merges never order by it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditCtx {
+    /// The user or device writing the edit.
+    pub author: String,
+    /// The author's role.
+    pub role: Role,
+    /// Event time in ms since the Unix epoch.
+    pub now: Millis,
+}
+
+impl EditCtx {
+    /// A context for `author` in `role` at the current time.
+    pub fn new(author: impl Into<String>, role: Role) -> Self {
+        Self {
+            author: author.into(),
+            role,
+            now: crate::ids::now_millis(),
+        }
+    }
+
+    fn require(&self, field: GovernedField) -> Result<(), ModelError> {
+        if self.role.may_write(field) {
+            Ok(())
+        } else {
+            Err(ModelError::Forbidden {
+                role: self.role,
+                field,
+                needed: field.min_role(),
+            })
+        }
+    }
+}
+
+/// Money as integer minor units (cents, fen) plus an ISO 4217 currency code. Never a float.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Money {
+    /// Amount in minor units.
+    pub amount_minor: i64,
+    /// ISO 4217 currency code, e.g. `CNY`.
+    pub currency: String,
+}
+
+/// The header every document carries (DESIGN.md §3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// The document id.
+    pub id: DocId,
+    /// The document kind.
+    pub kind: DocKind,
+    /// The schema version the document was written with.
+    pub schema_version: i64,
+    /// The organisation (manufacturer or dealer) owning the document.
+    pub org: String,
+    /// The territory or dealer deciding who may see the document. Visits and quotes take their
+    /// customer's scope.
+    pub scope: String,
+    /// Who created the document.
+    pub created_by: String,
+    /// When it was created (device time).
+    pub created_at: Millis,
+    /// Archived documents are hidden from default listings but never deleted.
+    pub archived: bool,
+}
+
+/// A typed document of any kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Document {
+    /// A customer.
+    Customer(Customer),
+    /// A visit.
+    Visit(Visit),
+    /// A quote.
+    Quote(Quote),
+}
+
+impl Document {
+    /// The document header.
+    pub fn header(&self) -> &Header {
+        match self {
+            Self::Customer(c) => &c.header,
+            Self::Visit(v) => &v.header,
+            Self::Quote(q) => &q.header,
+        }
+    }
+
+    /// For visits and quotes, the customer they belong to.
+    pub fn customer_id(&self) -> Option<DocId> {
+        match self {
+            Self::Customer(_) => None,
+            Self::Visit(v) => Some(v.customer_id),
+            Self::Quote(q) => Some(q.customer_id),
+        }
+    }
+}
+
+/// An edit to a document of any kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "edit", rename_all = "snake_case")]
+pub enum Edit {
+    /// An edit to a customer.
+    Customer(CustomerEdit),
+    /// An edit to a visit.
+    Visit(VisitEdit),
+    /// An edit to a quote.
+    Quote(QuoteEdit),
+}
+
+impl Edit {
+    /// The kind of document this edit applies to.
+    pub fn kind(&self) -> DocKind {
+        match self {
+            Self::Customer(_) => DocKind::Customer,
+            Self::Visit(_) => DocKind::Visit,
+            Self::Quote(_) => DocKind::Quote,
+        }
+    }
+}
+
+/// Writes the header of a new document into an empty Automerge document.
+fn write_header(
+    doc: &mut AutoCommit,
+    id: DocId,
+    kind: DocKind,
+    org: &str,
+    scope: &str,
+    ctx: &EditCtx,
+) -> Result<(), ModelError> {
+    doc.put(ROOT, "id", id.to_string())?;
+    doc.put(ROOT, "kind", kind.as_str())?;
+    doc.put(ROOT, "schema_version", SCHEMA_VERSION)?;
+    doc.put(ROOT, "org", org)?;
+    doc.put(ROOT, "scope", scope)?;
+    doc.put(ROOT, "created_by", ctx.author.as_str())?;
+    doc.put(ROOT, "created_at", ctx.now)?;
+    doc.put(ROOT, "archived", false)?;
+    let governed = am::new_map(doc, &ROOT, "governed")?;
+    let _ = governed;
+    am::new_map(doc, &ROOT, "governed_log")?;
+    Ok(())
+}
+
+/// Reads the header of any document.
+pub fn read_header<R: ReadDoc>(doc: &R) -> Result<Header, ModelError> {
+    let version = am::get_i64(doc, &ROOT, "schema_version")
+        .ok_or_else(|| ModelError::Malformed("missing schema_version".into()))?;
+    if version > SCHEMA_VERSION {
+        return Err(ModelError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let kind = am::get_str(doc, &ROOT, "kind")
+        .and_then(|k| DocKind::parse(&k))
+        .ok_or_else(|| ModelError::Malformed("missing or unknown kind".into()))?;
+    let id = am::get_str(doc, &ROOT, "id")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ModelError::Malformed("missing or invalid id".into()))?;
+    Ok(Header {
+        id,
+        kind,
+        schema_version: version,
+        org: am::get_str(doc, &ROOT, "org").unwrap_or_default(),
+        scope: am::get_str(doc, &ROOT, "scope").unwrap_or_default(),
+        created_by: am::get_str(doc, &ROOT, "created_by").unwrap_or_default(),
+        created_at: am::get_i64(doc, &ROOT, "created_at").unwrap_or(0),
+        archived: am::get_bool(doc, &ROOT, "archived").unwrap_or(false),
+    })
+}
+
+/// Reads a typed document of whatever kind the header says.
+pub fn read_document<R: ReadDoc>(doc: &R) -> Result<Document, ModelError> {
+    let header = read_header(doc)?;
+    Ok(match header.kind {
+        DocKind::Customer => Document::Customer(customer::read(doc, header)?),
+        DocKind::Visit => Document::Visit(visit::read(doc, header)?),
+        DocKind::Quote => Document::Quote(quote::read(doc, header)?),
+    })
+}
+
+/// Creates a new customer document. The caller commits it.
+pub fn create_customer(
+    doc: &mut AutoCommit,
+    id: DocId,
+    new: &NewCustomer,
+    ctx: &EditCtx,
+) -> Result<(), ModelError> {
+    write_header(doc, id, DocKind::Customer, &new.org, &new.scope, ctx)?;
+    customer::create(doc, new, ctx)
+}
+
+/// Creates a new visit document for a customer in `scope`. The caller commits it.
+pub fn create_visit(
+    doc: &mut AutoCommit,
+    id: DocId,
+    org: &str,
+    scope: &str,
+    new: &NewVisit,
+    ctx: &EditCtx,
+) -> Result<(), ModelError> {
+    write_header(doc, id, DocKind::Visit, org, scope, ctx)?;
+    visit::create(doc, new, ctx)
+}
+
+/// Creates a new quote document for a customer in `scope`. The caller commits it.
+pub fn create_quote(
+    doc: &mut AutoCommit,
+    id: DocId,
+    org: &str,
+    scope: &str,
+    new: &NewQuote,
+    ctx: &EditCtx,
+) -> Result<(), ModelError> {
+    write_header(doc, id, DocKind::Quote, org, scope, ctx)?;
+    quote::create(doc, new, ctx)
+}
+
+/// Applies one edit to a document, checking kind, role and state. The caller commits.
+pub fn apply_edit(doc: &mut AutoCommit, edit: &Edit, ctx: &EditCtx) -> Result<(), ModelError> {
+    let header = read_header(doc)?;
+    if header.kind != edit.kind() {
+        return Err(ModelError::WrongKind {
+            edit: edit.kind(),
+            kind: header.kind,
+        });
+    }
+    match edit {
+        Edit::Customer(e) => customer::apply(doc, e, ctx),
+        Edit::Visit(e) => visit::apply(doc, e, ctx),
+        Edit::Quote(e) => quote::apply(doc, e, ctx),
+    }
+}
+
+/// Sets the archived flag (soft delete; documents are never removed).
+fn set_archived(doc: &mut AutoCommit, archived: bool) -> Result<(), ModelError> {
+    doc.put(ROOT, "archived", archived)?;
+    Ok(())
+}
+
+/// Writes a role-owned field into the `governed` map and records who wrote it in which role.
+fn write_governed(
+    doc: &mut AutoCommit,
+    field: GovernedField,
+    write: impl FnOnce(&mut AutoCommit, &ObjId) -> Result<(), ModelError>,
+    ctx: &EditCtx,
+) -> Result<(), ModelError> {
+    ctx.require(field)?;
+    let governed = am::req_map(doc, &ROOT, "governed")?;
+    write(doc, &governed)?;
+    let log = am::req_map(doc, &ROOT, "governed_log")?;
+    let entry = am::new_map(doc, &log, &uuid::Uuid::now_v7().to_string())?;
+    doc.put(&entry, "field", field.key())?;
+    doc.put(&entry, "role", ctx.role.as_str())?;
+    doc.put(&entry, "author", ctx.author.as_str())?;
+    doc.put(&entry, "at", ctx.now)?;
+    Ok(())
+}
+
+/// Moves a document to another scope (role-owned: manager and above).
+fn set_scope(doc: &mut AutoCommit, scope: &str, ctx: &EditCtx) -> Result<(), ModelError> {
+    write_governed(
+        doc,
+        GovernedField::Scope,
+        |d, _| {
+            d.put(ROOT, "scope", scope)?;
+            Ok(())
+        },
+        ctx,
+    )
+}
+
+/// Reads an add-only set stored as a map of `key → true`.
+fn read_set<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Vec<String> {
+    am::get_map(doc, obj, key)
+        .map(|m| am::keys(doc, &m))
+        .unwrap_or_default()
+}
+
+/// Adds to an add-only set stored as a map of `key → true`.
+fn add_to_set(doc: &mut AutoCommit, key: &str, value: &str) -> Result<(), ModelError> {
+    let set = am::req_map(doc, &ROOT, key)?;
+    if value.is_empty() {
+        return Err(ModelError::Invalid(format!("empty value for {key}")));
+    }
+    doc.put(&set, value, true)?;
+    Ok(())
+}
+
+/// A note in an add-only list (customer notes, visit comments, quote notes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Note {
+    /// Stable id.
+    pub id: String,
+    /// The note text.
+    pub text: String,
+    /// Who wrote it.
+    pub author: String,
+    /// When (device time).
+    pub at: Millis,
+}
+
+fn add_note(
+    doc: &mut AutoCommit,
+    key: &str,
+    id: &str,
+    text: &str,
+    ctx: &EditCtx,
+) -> Result<(), ModelError> {
+    let notes = am::req_map(doc, &ROOT, key)?;
+    if am::get_map(doc, &notes, id).is_some() {
+        return Err(ModelError::Invalid(format!("note {id} already exists")));
+    }
+    let n = am::new_map(doc, &notes, id)?;
+    doc.put(&n, "text", text)?;
+    doc.put(&n, "author", ctx.author.as_str())?;
+    doc.put(&n, "at", ctx.now)?;
+    Ok(())
+}
+
+fn read_notes<R: ReadDoc>(doc: &R, key: &str) -> Vec<Note> {
+    let Some(m) = am::get_map(doc, &ROOT, key) else {
+        return Vec::new();
+    };
+    let mut notes: Vec<Note> = am::items(doc, &m)
+        .into_iter()
+        .map(|(id, n)| Note {
+            text: am::get_str(doc, &n, "text").unwrap_or_default(),
+            author: am::get_str(doc, &n, "author").unwrap_or_default(),
+            at: am::get_i64(doc, &n, "at").unwrap_or(0),
+            id,
+        })
+        .collect();
+    notes.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+    notes
+}
+
+/// A fresh id for an item inside a document (contact, line, task, …).
+pub fn new_item_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests;
