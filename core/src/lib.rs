@@ -6,5 +6,6 @@
 
 pub mod ids;
 pub mod model;
+pub mod store;
 
 pub use ids::{DocId, DocKind, GovernedField, Millis, Role};

@@ -1,0 +1,311 @@
+//! Tests of the replica store.
+
+use super::*;
+use crate::ids::Role;
+use crate::model::{
+    ContactInput, CustomerEdit, CustomerField, Edit, EditCtx, NewCustomer, NewQuote, NewVisit,
+    QuoteEdit, VisitStatus, apply_edit, create_customer, create_quote, create_visit,
+};
+
+fn ctx() -> EditCtx {
+    EditCtx::new("rep-1", Role::Rep)
+}
+
+fn add_customer(store: &mut Store, name: &str) -> DocId {
+    store
+        .create(|doc, id| {
+            create_customer(
+                doc,
+                id,
+                &NewCustomer {
+                    org: "acme".into(),
+                    scope: "north".into(),
+                    name: name.into(),
+                    phone: Some("+86 138 0000 0001".into()),
+                    ..Default::default()
+                },
+                &ctx(),
+            )
+        })
+        .unwrap()
+        .id
+}
+
+fn edit(store: &mut Store, id: DocId, e: Edit) -> Committed {
+    store.edit(id, |doc| apply_edit(doc, &e, &ctx())).unwrap()
+}
+
+#[test]
+fn edits_are_projected_and_queued_in_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path().join("r.db")).unwrap();
+    let events = store.subscribe();
+    let id = add_customer(&mut store, "Zeta Mining");
+    add_customer(&mut store, "Alpha Quarry");
+    edit(
+        &mut store,
+        id,
+        Edit::Customer(CustomerEdit::Set(CustomerField::Industry, "mining".into())),
+    );
+    let rows = store
+        .query_json("SELECT name, industry FROM customers ORDER BY name", &[])
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["name"], "Alpha Quarry");
+    assert_eq!(rows[1]["industry"], "mining");
+    assert_eq!(store.outbox_len().unwrap(), 3);
+    let by_phone = store
+        .query_json(
+            "SELECT customer_id FROM customer_phones WHERE normalized = '+8613800000001'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(by_phone.len(), 2);
+    assert_eq!(events.try_iter().count(), 3);
+    assert!(store.query_json("DELETE FROM customers", &[]).is_err());
+    assert!(store.reader().execute("DELETE FROM customers", []).is_err());
+}
+
+#[test]
+fn remote_changes_merge_and_outbox_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    let id = add_customer(&mut a, "Shared Co");
+    let batch = a.outbox_batch(0, 100, 1 << 20).unwrap();
+    let raws: Vec<Vec<u8>> = batch.iter().map(|c| c.bytes.clone()).collect();
+    assert_eq!(b.transaction(|tx| tx.apply_changes(id, &raws)).unwrap(), 1);
+    // Idempotent: applying the same change again adds nothing.
+    assert_eq!(b.transaction(|tx| tx.apply_changes(id, &raws)).unwrap(), 0);
+    let hashes: Vec<ChangeHash> = batch.iter().map(|c| c.hash).collect();
+    a.transaction(|tx| tx.ack(&hashes)).unwrap();
+    assert_eq!(a.outbox_len().unwrap(), 0);
+    assert_eq!(b.outbox_len().unwrap(), 0);
+    // Concurrent edits on both sides converge.
+    edit(
+        &mut a,
+        id,
+        Edit::Customer(CustomerEdit::Set(CustomerField::Name, "Shared A".into())),
+    );
+    edit(
+        &mut b,
+        id,
+        Edit::Customer(CustomerEdit::AddContact(
+            "c1".into(),
+            ContactInput {
+                name: Some("Li".into()),
+                ..Default::default()
+            },
+        )),
+    );
+    edit(
+        &mut b,
+        id,
+        Edit::Customer(CustomerEdit::Set(CustomerField::Name, "Shared B".into())),
+    );
+    let from_a: Vec<Vec<u8>> = a
+        .outbox_batch(0, 100, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.bytes)
+        .collect();
+    let from_b: Vec<Vec<u8>> = b
+        .outbox_batch(0, 100, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.bytes)
+        .collect();
+    a.transaction(|tx| tx.apply_changes(id, &from_b)).unwrap();
+    b.transaction(|tx| tx.apply_changes(id, &from_a)).unwrap();
+    let (da, db) = (a.document(id).unwrap(), b.document(id).unwrap());
+    assert_eq!(da, db);
+    assert_eq!(a.conflicts().unwrap().len(), 1);
+    assert_eq!(a.heads(id).unwrap().len(), 2);
+    assert!(a.verify().unwrap().is_empty());
+}
+
+#[test]
+fn out_of_order_changes_wait_for_their_dependencies_and_survive_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let id = add_customer(&mut a, "Chain Co");
+    for i in 0..5 {
+        edit(
+            &mut a,
+            id,
+            Edit::Customer(CustomerEdit::AddPhone(format!("139000{i}"))),
+        );
+    }
+    let changes: Vec<Vec<u8>> = a
+        .outbox_batch(0, 100, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.bytes)
+        .collect();
+    let mut b = Store::open_with(
+        dir.path().join("b.db"),
+        StoreOptions {
+            compact_after: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Deliver in reverse: nothing can apply until the first change arrives.
+    for c in changes.iter().rev() {
+        b.transaction(|tx| tx.apply_changes(id, std::slice::from_ref(c)))
+            .unwrap();
+    }
+    drop(b);
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    assert_eq!(b.document(id).unwrap(), a.document(id).unwrap());
+    assert!(b.verify().unwrap().is_empty());
+}
+
+#[test]
+fn visits_and_quotes_project_into_the_timeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path().join("r.db")).unwrap();
+    let cust = add_customer(&mut s, "Timeline Co");
+    s.create(|doc, id| {
+        create_visit(
+            doc,
+            id,
+            "acme",
+            "north",
+            &NewVisit {
+                customer_id: cust,
+                kind: None,
+                notes: Some("met the purchaser".into()),
+                status: VisitStatus::Done,
+                at: Some(1_000),
+                location: None,
+            },
+            &ctx(),
+        )
+    })
+    .unwrap();
+    let q = s
+        .create(|doc, id| {
+            create_quote(
+                doc,
+                id,
+                "acme",
+                "north",
+                &NewQuote {
+                    customer_id: cust,
+                    currency: "CNY".into(),
+                    quote_no: Some("Q-7".into()),
+                    valid_until: None,
+                },
+                &ctx(),
+            )
+        })
+        .unwrap()
+        .id;
+    edit(&mut s, q, Edit::Quote(QuoteEdit::Submit));
+    let rows = s
+        .query_json(
+            "SELECT kind, summary FROM timeline WHERE customer_id = ?1 ORDER BY occurred_at",
+            &[&cust.to_string()],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["kind"], "visit");
+    assert!(rows[1]["summary"].as_str().unwrap().contains("submitted"));
+    s.rebuild_projections().unwrap();
+    assert_eq!(
+        s.query_json("SELECT * FROM timeline", &[]).unwrap().len(),
+        2
+    );
+}
+
+#[test]
+fn bad_bytes_and_foreign_files_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.db");
+    let original =
+        b"this is not sqlite at all, just some bytes that go on for a while....".to_vec();
+    std::fs::write(&junk, &original).unwrap();
+    assert!(matches!(
+        Store::open(&junk),
+        Err(StoreError::NotADatabase(..))
+    ));
+    assert_eq!(
+        std::fs::read(&junk).unwrap(),
+        original,
+        "a refused file is left untouched"
+    );
+
+    let foreign = dir.path().join("foreign.db");
+    Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    assert!(matches!(Store::open(&foreign), Err(StoreError::Foreign)));
+
+    let newer = dir.path().join("newer.db");
+    drop(Store::open(&newer).unwrap());
+    Connection::open(&newer)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    assert!(matches!(
+        Store::open(&newer),
+        Err(StoreError::SchemaTooNew { found: 99, .. })
+    ));
+
+    let mut s = Store::open(dir.path().join("ok.db")).unwrap();
+    let id = add_customer(&mut s, "Keep Me");
+    let before = s.document(id).unwrap();
+    for bad in [
+        vec![],
+        vec![0u8; 10],
+        vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3, 4, 1, 200, 200, 200],
+    ] {
+        assert!(
+            s.transaction(|tx| tx.apply_changes(id, &[bad.clone()]))
+                .is_err()
+        );
+        assert!(s.transaction(|tx| tx.apply_snapshot(id, &bad)).is_err());
+        assert!(s.import(&bad).is_err());
+    }
+    assert_eq!(s.document(id).unwrap(), before);
+    assert!(s.verify().unwrap().is_empty());
+}
+
+#[test]
+fn export_import_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    let id = add_customer(&mut a, "Portable");
+    let bytes = a.export(id).unwrap();
+    assert_eq!(b.import(&bytes).unwrap(), id);
+    assert_eq!(b.document(id).unwrap(), a.document(id).unwrap());
+    assert_eq!(b.outbox_len().unwrap(), 0);
+}
+
+#[test]
+fn eviction_waits_for_acknowledgement() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path().join("r.db")).unwrap();
+    let id = add_customer(&mut s, "Moving Co");
+    assert!(!s.transaction(|tx| tx.evict(id)).unwrap());
+    assert!(s.contains(id).unwrap());
+    let hashes: Vec<ChangeHash> = s
+        .outbox_batch(0, 10, 1 << 20)
+        .unwrap()
+        .iter()
+        .map(|c| c.hash)
+        .collect();
+    s.transaction(|tx| {
+        tx.ack(&hashes)?;
+        tx.evict_acknowledged()
+    })
+    .unwrap();
+    assert!(!s.contains(id).unwrap());
+    assert_eq!(
+        s.query_json("SELECT * FROM customers", &[]).unwrap().len(),
+        0
+    );
+}
