@@ -1112,13 +1112,12 @@ impl StoreTx<'_> {
     /// Returns whether the replica's document changed.
     pub fn apply_snapshot(&mut self, id: DocId, bytes: &[u8]) -> Result<bool, StoreError> {
         let mut incoming = load_snapshot(bytes)?;
-        if let Ok(h) = model::read_header(&incoming) {
-            if h.id != id {
-                return Err(StoreError::InvalidData(format!(
-                    "snapshot for {id} holds document {}",
-                    h.id
-                )));
-            }
+        let header = model::read_header(&incoming)?;
+        if header.id != id {
+            return Err(StoreError::InvalidData(format!(
+                "snapshot for {id} holds document {}",
+                header.id
+            )));
         }
         let exists = self
             .tx
