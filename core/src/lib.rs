@@ -6,6 +6,7 @@
 
 pub mod ids;
 pub mod model;
+pub mod protocol;
 pub mod store;
 
 pub use ids::{DocId, DocKind, GovernedField, Millis, Role};

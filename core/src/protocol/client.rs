@@ -1,0 +1,470 @@
+//! The client's side of a connection, sans IO: it reads and writes the replica [`Store`] and
+//! returns the messages to send.
+
+use std::collections::BTreeMap;
+
+use automerge::ChangeHash;
+use uuid::Uuid;
+
+use super::messages::{
+    Cursor, Entry, ErrorCode, Hash, MAGIC, Message, PROTOCOL_VERSION, ScopeCursor, UploadChange,
+};
+use super::relay::REPAIR_BATCH;
+use crate::ids::{DocId, Role};
+use crate::store::{Store, StoreError};
+
+/// Meta key of the durable download cursor.
+pub const CURSOR_KEY: &str = "sync.cursor";
+
+/// Errors that end a client session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The relay refused the session or reported an error.
+    #[error("relay error {code:?}: {reason}")]
+    Relay {
+        /// Code.
+        code: ErrorCode,
+        /// Reason.
+        reason: String,
+    },
+    /// The relay sent something the protocol does not allow here.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The local replica failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SessionError {
+    /// Whether retrying later can help (false for a refused device or an incompatible relay).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            Self::Relay {
+                code: ErrorCode::Unauthorized | ErrorCode::VersionMismatch,
+                ..
+            }
+        )
+    }
+}
+
+/// Tuning of a client session.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Software name sent in `Hello`.
+    pub agent: String,
+    /// The device credential, if enrolled.
+    pub credential: Option<String>,
+    /// Most changes per upload batch.
+    pub upload_changes: usize,
+    /// About this many bytes per upload batch.
+    pub upload_bytes: usize,
+    /// Download batch budget.
+    pub pull_bytes: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            agent: format!("fieldsync/{}", env!("CARGO_PKG_VERSION")),
+            credential: None,
+            upload_changes: 2_000,
+            upload_bytes: 1 << 20,
+            pull_bytes: 2 << 20,
+        }
+    }
+}
+
+/// Counters of one session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionStats {
+    /// Local changes uploaded.
+    pub changes_sent: u64,
+    /// Local changes acknowledged.
+    pub changes_acked: u64,
+    /// Local changes refused and quarantined.
+    pub changes_rejected: u64,
+    /// Download items applied (changes groups, snapshots, removals).
+    pub items_received: u64,
+    /// Remote changes that were new to the replica.
+    pub changes_received: u64,
+    /// Snapshots merged.
+    pub snapshots_received: u64,
+    /// Download items that could not be applied (kept out; logged).
+    pub items_failed: u64,
+    /// Download batches applied.
+    pub batches: u64,
+    /// Changes re-uploaded during repair.
+    pub repaired: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Handshake,
+    Repair { sent_all: bool },
+    Sync,
+}
+
+/// One connection to the relay, as seen by the client.
+#[derive(Debug)]
+pub struct ClientSession {
+    cfg: ClientConfig,
+    phase: Phase,
+    epoch: Option<Uuid>,
+    scopes: Vec<String>,
+    role: Option<Role>,
+    next_batch: u64,
+    /// Upload in flight: batch number and highest outbox seq it covers.
+    inflight: Option<(u64, i64)>,
+    /// Highest outbox seq sent in this session; later retries wait for the next session.
+    sent_seq: i64,
+    pull_outstanding: bool,
+    caught_up: bool,
+    stats: SessionStats,
+}
+
+impl ClientSession {
+    /// A new session; call [`ClientSession::hello`] and send the result first.
+    pub fn new(cfg: ClientConfig) -> Self {
+        Self {
+            cfg,
+            phase: Phase::Handshake,
+            epoch: None,
+            scopes: Vec::new(),
+            role: None,
+            next_batch: 1,
+            inflight: None,
+            sent_seq: 0,
+            pull_outstanding: false,
+            caught_up: false,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// The first message of the session.
+    pub fn hello(&self, store: &Store) -> Message {
+        Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            device_id: store.device_id(),
+            credential: self.cfg.credential.clone(),
+            agent: self.cfg.agent.clone(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// The scopes and role the relay granted, after the handshake.
+    pub fn grant(&self) -> Option<(&[String], Role)> {
+        self.role.map(|r| (self.scopes.as_slice(), r))
+    }
+
+    /// Caught up with the relay and every local change sent so far acknowledged.
+    pub fn is_synced(&self, store: &Store) -> Result<bool, StoreError> {
+        Ok(self.phase == Phase::Sync
+            && self.caught_up
+            && self.inflight.is_none()
+            && store.outbox_batch(self.sent_seq, 1, 1)?.is_empty())
+    }
+
+    /// Whether the download has caught up (live pushes from now on).
+    pub fn is_caught_up(&self) -> bool {
+        self.phase == Phase::Sync && self.caught_up
+    }
+
+    /// Reads the durable cursor.
+    pub fn load_cursor(store: &Store) -> Result<Option<Cursor>, StoreError> {
+        Ok(store
+            .meta(CURSOR_KEY)?
+            .and_then(|b| serde_json::from_slice::<Cursor>(&b).ok()))
+    }
+
+    /// Handles one message from the relay; returns the messages to send.
+    pub fn handle(
+        &mut self,
+        store: &mut Store,
+        msg: Message,
+    ) -> Result<Vec<Message>, SessionError> {
+        match (&self.phase, msg) {
+            (_, Message::Error { code, reason }) => Err(SessionError::Relay { code, reason }),
+            (
+                Phase::Handshake,
+                Message::Welcome {
+                    version,
+                    epoch,
+                    scopes,
+                    role,
+                },
+            ) => {
+                if version != PROTOCOL_VERSION {
+                    return Err(SessionError::Relay {
+                        code: ErrorCode::VersionMismatch,
+                        reason: format!(
+                            "relay speaks protocol {version}, this client {PROTOCOL_VERSION}"
+                        ),
+                    });
+                }
+                self.epoch = Some(epoch);
+                self.scopes = scopes;
+                self.role = Some(role);
+                let cursor = Self::load_cursor(store)?;
+                let stale = cursor.as_ref().is_some_and(|c| c.epoch != epoch);
+                if stale && store.doc_count()? > 0 {
+                    // The relay's log restarted (restored from a backup, or reset): compare
+                    // heads so it gets back whatever it lost, then download afresh.
+                    self.phase = Phase::Repair { sent_all: false };
+                    return self.send_heads(store);
+                }
+                self.phase = Phase::Sync;
+                self.start_sync(store, cursor.filter(|c| c.epoch == epoch))
+            }
+            (Phase::Repair { .. }, Message::Missing { docs, done }) => {
+                let mut out = self.repair_uploads(store, &docs)?;
+                if done {
+                    self.phase = Phase::Sync;
+                    out.extend(self.start_sync(store, None)?);
+                }
+                Ok(out)
+            }
+            (
+                _,
+                Message::UploadAck {
+                    batch,
+                    accepted,
+                    rejected,
+                },
+            ) => {
+                let hashes: Vec<ChangeHash> = accepted.iter().map(|h| ChangeHash(*h)).collect();
+                let acked = store.transaction(|tx| {
+                    let n = tx.ack(&hashes)?;
+                    for r in &rejected {
+                        if !r.retry && tx.quarantine(&ChangeHash(r.hash), &r.reason)? {
+                            tracing::warn!(hash = %hex::encode(r.hash), reason = %r.reason, "relay refused a local change; quarantined");
+                        }
+                    }
+                    tx.evict_acknowledged()?;
+                    Ok(n)
+                })?;
+                self.stats.changes_acked += acked as u64;
+                self.stats.changes_rejected += rejected.iter().filter(|r| !r.retry).count() as u64;
+                if self.inflight.map(|(b, _)| b) == Some(batch) {
+                    self.inflight = None;
+                }
+                Ok(self.poll_upload(store)?.into_iter().collect())
+            }
+            (
+                Phase::Sync,
+                Message::Batch {
+                    items,
+                    cursor,
+                    caught_up,
+                },
+            ) => {
+                self.pull_outstanding = false;
+                self.apply_batch(store, items, &cursor)?;
+                self.caught_up = caught_up;
+                if caught_up {
+                    Ok(Vec::new())
+                } else {
+                    self.pull_outstanding = true;
+                    Ok(vec![Message::Pull {
+                        cursor,
+                        max_bytes: self.cfg.pull_bytes,
+                    }])
+                }
+            }
+            (phase, m) => Err(SessionError::Protocol(format!(
+                "unexpected {} in phase {phase:?}",
+                m.name()
+            ))),
+        }
+    }
+
+    /// The next upload batch, if local changes are waiting and none is in flight. Call it after
+    /// local edits while connected.
+    pub fn poll_upload(&mut self, store: &Store) -> Result<Option<Message>, StoreError> {
+        if self.phase != Phase::Sync || self.inflight.is_some() {
+            return Ok(None);
+        }
+        let batch = store.outbox_batch(
+            self.sent_seq,
+            self.cfg.upload_changes,
+            self.cfg.upload_bytes,
+        )?;
+        let Some(last) = batch.last().map(|c| c.seq) else {
+            return Ok(None);
+        };
+        let n = self.next_batch;
+        self.next_batch += 1;
+        self.inflight = Some((n, last));
+        self.sent_seq = last;
+        self.stats.changes_sent += batch.len() as u64;
+        Ok(Some(Message::Upload {
+            batch: n,
+            changes: batch
+                .into_iter()
+                .map(|c| UploadChange {
+                    doc_id: c.doc_id,
+                    bytes: c.bytes,
+                })
+                .collect(),
+        }))
+    }
+
+    fn start_sync(
+        &mut self,
+        store: &mut Store,
+        cursor: Option<Cursor>,
+    ) -> Result<Vec<Message>, SessionError> {
+        let epoch = self
+            .epoch
+            .ok_or_else(|| SessionError::Protocol("no epoch".into()))?;
+        let mut cursor = cursor.unwrap_or(Cursor {
+            epoch,
+            scopes: BTreeMap::new(),
+        });
+        // Scopes the device lost: their documents leave the replica once their local changes
+        // are acknowledged. New scopes start fresh.
+        let lost: Vec<String> = cursor
+            .scopes
+            .keys()
+            .filter(|s| !self.scopes.contains(s))
+            .cloned()
+            .collect();
+        if !lost.is_empty() && !self.scopes.iter().any(|s| s == "*") {
+            let ids = docs_outside(store, &self.scopes)?;
+            store.transaction(|tx| {
+                for id in ids {
+                    tx.evict(id)?;
+                }
+                Ok(())
+            })?;
+        }
+        cursor.scopes.retain(|s, _| self.scopes.contains(s));
+        for s in &self.scopes {
+            cursor
+                .scopes
+                .entry(s.clone())
+                .or_insert_with(ScopeCursor::fresh);
+        }
+        let mut out = Vec::new();
+        if let Some(up) = self.poll_upload(store)? {
+            out.push(up);
+        }
+        self.pull_outstanding = true;
+        out.push(Message::Pull {
+            cursor,
+            max_bytes: self.cfg.pull_bytes,
+        });
+        Ok(out)
+    }
+
+    fn apply_batch(
+        &mut self,
+        store: &mut Store,
+        items: Vec<super::messages::Item>,
+        cursor: &Cursor,
+    ) -> Result<(), SessionError> {
+        let cursor_bytes =
+            serde_json::to_vec(cursor).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let mut stats = self.stats.clone();
+        store.transaction(|tx| {
+            for item in items {
+                stats.items_received += 1;
+                let r = match item.entry {
+                    Entry::Changes(changes) => {
+                        let raw: Vec<Vec<u8>> = changes.into_iter().map(|b| b.0).collect();
+                        tx.apply_changes(item.doc_id, &raw).map(|n| stats.changes_received += n as u64)
+                    }
+                    Entry::Snapshot(bytes) => tx.apply_snapshot(item.doc_id, &bytes.0).map(|_| stats.snapshots_received += 1),
+                    Entry::Leave => tx.evict(item.doc_id).map(|_| ()),
+                };
+                if let Err(e) = r {
+                    if matches!(e, StoreError::Sqlite(_)) {
+                        return Err(e);
+                    }
+                    // Bytes the relay should never have sent: keep them out, keep syncing.
+                    stats.items_failed += 1;
+                    tracing::warn!(doc = %item.doc_id, error = %e, "skipping an undecodable download item");
+                }
+            }
+            tx.set_meta(CURSOR_KEY, &cursor_bytes)
+        })?;
+        stats.batches += 1;
+        self.stats = stats;
+        Ok(())
+    }
+
+    fn send_heads(&mut self, store: &Store) -> Result<Vec<Message>, SessionError> {
+        let all = store.all_heads()?;
+        let mut out = Vec::new();
+        let chunks: Vec<_> = all.chunks(2_000).collect();
+        if chunks.is_empty() {
+            out.push(Message::Heads {
+                docs: Vec::new(),
+                done: true,
+            });
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            out.push(Message::Heads {
+                docs: chunk
+                    .iter()
+                    .map(|(id, h)| (*id, h.iter().map(|x| x.0).collect()))
+                    .collect(),
+                done: i + 1 == chunks.len(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn repair_uploads(
+        &mut self,
+        store: &mut Store,
+        docs: &[(DocId, Vec<Hash>)],
+    ) -> Result<Vec<Message>, SessionError> {
+        let mut out = Vec::new();
+        let mut changes = Vec::new();
+        for (id, relay_heads) in docs {
+            let mut doc = store.automerge(*id)?;
+            let known: Vec<ChangeHash> = relay_heads
+                .iter()
+                .map(|h| ChangeHash(*h))
+                .filter(|h| doc.get_change_by_hash(h).is_some())
+                .collect();
+            for c in doc.get_changes(&known) {
+                changes.push(UploadChange {
+                    doc_id: *id,
+                    bytes: c.raw_bytes().to_vec(),
+                });
+            }
+        }
+        self.stats.repaired += changes.len() as u64;
+        for chunk in changes.chunks(self.cfg.upload_changes.max(1)) {
+            let n = self.next_batch | REPAIR_BATCH;
+            self.next_batch += 1;
+            out.push(Message::Upload {
+                batch: n,
+                changes: chunk.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Documents whose scope is not among `scopes`.
+fn docs_outside(store: &Store, scopes: &[String]) -> Result<Vec<DocId>, StoreError> {
+    let rows = store.query_json("SELECT hex(id) AS id, scope FROM docs", &[])?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let scope = r.get("scope")?.as_str()?.to_string();
+            let id = hex::decode(r.get("id")?.as_str()?).ok()?;
+            (!scopes.contains(&scope))
+                .then(|| DocId::from_slice(&id))
+                .flatten()
+        })
+        .collect())
+}

@@ -1,0 +1,274 @@
+//! The messages exchanged between a client and the relay.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::{DocId, Role};
+
+/// The protocol version spoken by this build. Peers with another version are refused with
+/// [`ErrorCode::VersionMismatch`] during the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first bytes of every `Hello`, so a stray peer is recognised at once.
+pub const MAGIC: [u8; 4] = *b"FSYN";
+
+/// A 32-byte Automerge change hash on the wire.
+pub type Hash = [u8; 32];
+
+/// Where a client's download stands in one scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScopeCursor {
+    /// Getting compacted snapshots of the scope's documents, in document-id order. `high` is
+    /// the relay's log position when the snapshot phase began (set by the relay on the first
+    /// batch); `after` is the last document received.
+    Snapshot {
+        /// Log position at which the log phase resumes.
+        high: Option<u64>,
+        /// Last document id received.
+        after: Option<DocId>,
+    },
+    /// Following the relay's log: every entry with a sequence number above `seq` is still to come.
+    Log {
+        /// Last sequence number applied.
+        seq: u64,
+    },
+}
+
+impl ScopeCursor {
+    /// The cursor of a scope the client has nothing of yet.
+    pub fn fresh() -> Self {
+        Self::Snapshot {
+            high: None,
+            after: None,
+        }
+    }
+}
+
+/// A client's download position: the relay's epoch and one cursor per scope. A cursor from
+/// another epoch (the relay was restored from a backup or reset) is unusable and triggers repair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The relay epoch the sequence numbers belong to.
+    pub epoch: Uuid,
+    /// Position per scope.
+    pub scopes: BTreeMap<String, ScopeCursor>,
+}
+
+/// One raw local change sent to the relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadChange {
+    /// The document changed.
+    pub doc_id: DocId,
+    /// The raw, uncompressed Automerge change.
+    #[serde(with = "serde_bytes_vec")]
+    pub bytes: Vec<u8>,
+}
+
+/// Why the relay refused a change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// The change hash.
+    pub hash: Hash,
+    /// A reason for people.
+    pub reason: String,
+    /// `true` when the refusal is temporary (e.g. its dependencies are not on the relay yet):
+    /// the client keeps the change in its outbox and sends it again later. `false` means the
+    /// change will never be accepted; the client moves it to its quarantine.
+    pub retry: bool,
+}
+
+/// What a log entry carries for a document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    /// Raw Automerge changes, in log order.
+    Changes(Vec<serde_bytes_vec::Bytes>),
+    /// A compacted snapshot (`save()`) of the whole document.
+    Snapshot(serde_bytes_vec::Bytes),
+    /// The document left the scope (moved elsewhere); the client removes it once its own
+    /// pending changes to it are acknowledged.
+    Leave,
+}
+
+/// One item of a download batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// The document.
+    pub doc_id: DocId,
+    /// What to apply.
+    pub entry: Entry,
+}
+
+/// Machine-readable error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// The device is unknown, revoked or its credential is wrong.
+    Unauthorized,
+    /// A frame could not be decoded or broke a limit.
+    BadFrame,
+    /// A message arrived that the state machine did not expect.
+    Protocol,
+    /// The relay failed internally (storage); the client retries later.
+    Internal,
+    /// The relay is shutting down; the client reconnects later.
+    ShuttingDown,
+}
+
+/// A protocol message. Each is sent as one length-prefixed frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Client → relay, first message.
+    Hello {
+        /// Always [`MAGIC`].
+        magic: [u8; 4],
+        /// The client's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The device id (prefix of every actor the device writes with).
+        device_id: Uuid,
+        /// The device's secret credential, if enrolled.
+        credential: Option<String>,
+        /// The client's software, for logs.
+        agent: String,
+    },
+    /// Relay → client, handshake accepted.
+    Welcome {
+        /// The relay's protocol version.
+        version: u32,
+        /// The relay's current epoch.
+        epoch: Uuid,
+        /// The scopes this device may see.
+        scopes: Vec<String>,
+        /// The device's role.
+        role: Role,
+    },
+    /// Either side: a fatal error; the sender closes the connection after it.
+    Error {
+        /// Code.
+        code: ErrorCode,
+        /// Reason for people.
+        reason: String,
+    },
+    /// Client → relay: a batch of outbox changes.
+    Upload {
+        /// Batch number, echoed in the ack.
+        batch: u64,
+        /// The changes, in outbox order.
+        changes: Vec<UploadChange>,
+    },
+    /// Relay → client: the batch's changes are durably stored (or refused).
+    UploadAck {
+        /// The batch number.
+        batch: u64,
+        /// Hashes stored (or already present: re-sending is harmless).
+        accepted: Vec<Hash>,
+        /// Hashes refused, with reasons.
+        rejected: Vec<Rejection>,
+    },
+    /// Client → relay: send what follows `cursor`.
+    Pull {
+        /// The client's position.
+        cursor: Cursor,
+        /// Budget for the batch, in bytes before compression.
+        max_bytes: u32,
+    },
+    /// Relay → client: a batch of entries, and the cursor to store with them.
+    Batch {
+        /// Entries in order.
+        items: Vec<Item>,
+        /// The cursor after applying this batch.
+        cursor: Cursor,
+        /// Nothing more is waiting on the relay right now; further entries arrive as live
+        /// pushes without another `Pull`.
+        caught_up: bool,
+    },
+    /// Client → relay (repair): the heads of the client's documents, in chunks.
+    Heads {
+        /// Document ids with their heads.
+        docs: Vec<(DocId, Vec<Hash>)>,
+        /// Last chunk.
+        done: bool,
+    },
+    /// Relay → client (repair): documents whose changes the relay lacks, with the relay's
+    /// heads (empty when the relay has no such document). The client uploads what follows.
+    Missing {
+        /// Documents and the relay's heads.
+        docs: Vec<(DocId, Vec<Hash>)>,
+        /// Last chunk of the answer to the client's `Heads`.
+        done: bool,
+    },
+}
+
+impl Message {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "Hello",
+            Self::Welcome { .. } => "Welcome",
+            Self::Error { .. } => "Error",
+            Self::Upload { .. } => "Upload",
+            Self::UploadAck { .. } => "UploadAck",
+            Self::Pull { .. } => "Pull",
+            Self::Batch { .. } => "Batch",
+            Self::Heads { .. } => "Heads",
+            Self::Missing { .. } => "Missing",
+        }
+    }
+}
+
+/// Compact serde for byte vectors (postcard writes `Vec<u8>` as a length plus bytes either way;
+/// this module keeps the intent explicit and gives a newtype for nested use).
+pub mod serde_bytes_vec {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Serializes bytes.
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    /// Deserializes bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Bytes::deserialize(d).map(|b| b.0)
+    }
+
+    /// A byte vector that serializes as bytes.
+    #[derive(Clone, Debug, PartialEq, Eq, Default)]
+    pub struct Bytes(pub Vec<u8>);
+
+    impl Serialize for Bytes {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Bytes {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Bytes;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                    Ok(Bytes(v.to_vec()))
+                }
+                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                    Ok(Bytes(v))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Bytes, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(b) = seq.next_element::<u8>()? {
+                        out.push(b);
+                    }
+                    Ok(Bytes(out))
+                }
+            }
+            d.deserialize_bytes(V)
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The sync protocol: messages, framing and the sans-IO state machines of both sides.
+//!
+//! The client uploads its outbox in batches of raw Automerge changes; the relay validates and
+//! stores each one, assigns it the next sequence number of its log (filed under the document's
+//! scope) and acknowledges by change hash. The client downloads by cursor — one position per
+//! scope — getting compacted snapshots for documents it does not have yet and then the log's
+//! entries; each batch is applied in one transaction together with the cursor. Once caught up,
+//! the relay pushes new entries as they arrive. When the cursor is unusable (the relay's epoch
+//! changed), the client sends its document heads, re-uploads what the relay lacks and
+//! downloads afresh.
+//!
+//! Nothing here does I/O or reads the clock: a driver (the relay's and the client's tokio
+//! tasks, or the deterministic simulation) moves frames between [`ClientSession`] and
+//! [`RelaySession`].
+
+pub mod client;
+pub mod codec;
+pub mod messages;
+pub mod relay;
+pub mod validate;
+
+pub use client::{ClientConfig, ClientSession, SessionError, SessionStats};
+pub use codec::{CodecError, FrameDecoder, decode, encode};
+pub use messages::{
+    Cursor, Entry, ErrorCode, Item, Message, PROTOCOL_VERSION, ScopeCursor, UploadChange,
+};
+pub use relay::{LogEntry, Outcome, RelayLimits, RelaySession, RelayStorage, StorageError};
+pub use validate::{DeviceInfo, check_change};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,449 @@
+//! The relay's side of a connection, sans IO: feed it messages, send what it returns.
+
+use uuid::Uuid;
+
+use super::messages::{
+    Cursor, Entry, ErrorCode, Hash, Item, MAGIC, Message, PROTOCOL_VERSION, Rejection, ScopeCursor,
+    UploadChange,
+};
+use super::validate::DeviceInfo;
+use crate::ids::DocId;
+
+/// Errors from relay storage.
+#[derive(Debug, thiserror::Error)]
+#[error("relay storage: {0}")]
+pub struct StorageError(pub String);
+
+/// The result of storing one uploaded change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored now or earlier (re-sending is harmless).
+    Stored,
+    /// Refused.
+    Refused(Rejection),
+}
+
+/// One entry read from the relay's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Sequence number.
+    pub seq: u64,
+    /// The document.
+    pub doc_id: DocId,
+    /// What to apply.
+    pub entry: Entry,
+}
+
+/// What the relay protocol needs from storage. Implemented by the relay's SQLite and
+/// PostgreSQL stores; everything runs inside the calling task.
+pub trait RelayStorage {
+    /// The relay's epoch: a new value whenever the log's sequence numbers restart.
+    fn epoch(&mut self) -> Result<Uuid, StorageError>;
+    /// The enrolled, unrevoked device with this id and credential; `None` refuses it.
+    fn authenticate(
+        &mut self,
+        device_id: Uuid,
+        credential: Option<&str>,
+    ) -> Result<Option<DeviceInfo>, StorageError>;
+    /// Validates and stores uploaded changes in order, durably, before returning.
+    /// `relayed` marks a repair upload that may carry other devices' changes.
+    fn append(
+        &mut self,
+        device: &DeviceInfo,
+        changes: &[UploadChange],
+        relayed: bool,
+    ) -> Result<Vec<Outcome>, StorageError>;
+    /// The highest sequence number assigned so far.
+    fn high_seq(&mut self) -> Result<u64, StorageError>;
+    /// Log entries of `scope` (`*` = all) with sequence numbers above `after`, in order, up to
+    /// about `max_bytes`. Must never skip an entry that a later call could return with a
+    /// lower sequence number. Always returns at least one entry if any is waiting (even one
+    /// larger than `max_bytes`); the flag says whether more entries are waiting after these.
+    fn read_log(
+        &mut self,
+        scope: &str,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogEntry>, bool), StorageError>;
+    /// Snapshots of the documents currently in `scope` (`*` = all) with ids above `after`, in id
+    /// order, up to about `max_bytes` (at least one if any is waiting); the flag says whether
+    /// more documents follow.
+    fn read_snapshots(
+        &mut self,
+        scope: &str,
+        after: Option<DocId>,
+        max_bytes: usize,
+    ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError>;
+    /// For each document and the heads a client has, the relay's heads if the relay lacks any
+    /// of the client's heads (empty heads when it lacks the document), else `None`.
+    fn missing(
+        &mut self,
+        docs: &[(DocId, Vec<Hash>)],
+    ) -> Result<Vec<Option<Vec<Hash>>>, StorageError>;
+    /// Records that a device finished a sync exchange (for `device list`).
+    fn touch_device(&mut self, _device_id: Uuid) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+/// Limits of a relay session.
+#[derive(Clone, Debug)]
+pub struct RelayLimits {
+    /// Largest batch the relay builds, in bytes before compression.
+    pub max_batch_bytes: usize,
+    /// Most changes accepted in one `Upload`.
+    pub max_upload_changes: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_batch_bytes: 2 << 20,
+            max_upload_changes: 20_000,
+        }
+    }
+}
+
+/// What to send after handling an input, and whether to close the connection afterwards.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Messages to send, in order.
+    pub messages: Vec<Message>,
+    /// Close the connection after sending them.
+    pub close: bool,
+}
+
+impl Output {
+    fn send(m: Message) -> Self {
+        Self {
+            messages: vec![m],
+            close: false,
+        }
+    }
+
+    fn fatal(code: ErrorCode, reason: impl Into<String>) -> Self {
+        Self {
+            messages: vec![Message::Error {
+                code,
+                reason: reason.into(),
+            }],
+            close: true,
+        }
+    }
+}
+
+/// One client connection, as seen by the relay.
+#[derive(Debug)]
+pub struct RelaySession {
+    limits: RelayLimits,
+    device: Option<DeviceInfo>,
+    epoch: Option<Uuid>,
+    /// The position up to which this session has sent entries (the client's durable cursor
+    /// may lag; it sends it again on reconnect).
+    sent: Option<Cursor>,
+    /// Caught up and no `Pull` outstanding: new entries are pushed as they arrive.
+    live: bool,
+}
+
+impl RelaySession {
+    /// A session waiting for the client's `Hello`.
+    pub fn new(limits: RelayLimits) -> Self {
+        Self {
+            limits,
+            device: None,
+            epoch: None,
+            sent: None,
+            live: false,
+        }
+    }
+
+    /// The authenticated device, once the handshake succeeded.
+    pub fn device(&self) -> Option<&DeviceInfo> {
+        self.device.as_ref()
+    }
+
+    /// Whether the client is caught up and receives live pushes.
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Handles one message from the client.
+    pub fn handle(&mut self, storage: &mut dyn RelayStorage, msg: Message) -> Output {
+        match self.handle_inner(storage, msg) {
+            Ok(o) => o,
+            Err(e) => Output::fatal(ErrorCode::Internal, e.to_string()),
+        }
+    }
+
+    fn handle_inner(
+        &mut self,
+        storage: &mut dyn RelayStorage,
+        msg: Message,
+    ) -> Result<Output, StorageError> {
+        let Some(device) = self.device.clone() else {
+            return self.handshake(storage, msg);
+        };
+        Ok(match msg {
+            Message::Hello { .. } => Output::fatal(ErrorCode::Protocol, "duplicate Hello"),
+            Message::Upload { batch, changes } => {
+                if changes.len() > self.limits.max_upload_changes {
+                    return Ok(Output::fatal(
+                        ErrorCode::BadFrame,
+                        format!(
+                            "upload of {} changes exceeds {}",
+                            changes.len(),
+                            self.limits.max_upload_changes
+                        ),
+                    ));
+                }
+                let relayed = batch & REPAIR_BATCH != 0;
+                let outcomes = storage.append(&device, &changes, relayed)?;
+                let mut accepted = Vec::new();
+                let mut rejected = Vec::new();
+                for (c, o) in changes.iter().zip(outcomes) {
+                    match o {
+                        Outcome::Stored => {
+                            if let Ok(ch) = crate::store::decode_change(&c.bytes) {
+                                accepted.push(ch.hash().0);
+                            }
+                        }
+                        Outcome::Refused(r) => rejected.push(r),
+                    }
+                }
+                storage.touch_device(device.device_id)?;
+                Output::send(Message::UploadAck {
+                    batch,
+                    accepted,
+                    rejected,
+                })
+            }
+            Message::Pull { cursor, max_bytes } => {
+                self.live = false;
+                let budget = (max_bytes as usize).clamp(16 << 10, self.limits.max_batch_bytes);
+                let cursor = self.normalize(storage, &device, cursor)?;
+                let (items, cursor, caught_up) = self.fill(storage, cursor, budget)?;
+                self.live = caught_up;
+                if caught_up {
+                    storage.touch_device(device.device_id)?;
+                }
+                self.sent = Some(cursor.clone());
+                Output::send(Message::Batch {
+                    items,
+                    cursor,
+                    caught_up,
+                })
+            }
+            Message::Heads { docs, done } => {
+                let lacks = storage.missing(&docs)?;
+                let missing = docs
+                    .into_iter()
+                    .zip(lacks)
+                    .filter_map(|((id, _), l)| l.map(|h| (id, h)))
+                    .collect();
+                Output::send(Message::Missing {
+                    docs: missing,
+                    done,
+                })
+            }
+            Message::Error { .. } => Output {
+                messages: Vec::new(),
+                close: true,
+            },
+            other => Output::fatal(
+                ErrorCode::Protocol,
+                format!("unexpected {} from a client", other.name()),
+            ),
+        })
+    }
+
+    fn handshake(
+        &mut self,
+        storage: &mut dyn RelayStorage,
+        msg: Message,
+    ) -> Result<Output, StorageError> {
+        let Message::Hello {
+            magic,
+            version,
+            device_id,
+            credential,
+            ..
+        } = msg
+        else {
+            return Ok(Output::fatal(ErrorCode::Protocol, "expected Hello"));
+        };
+        if magic != MAGIC {
+            return Ok(Output::fatal(ErrorCode::Protocol, "not a fieldsync client"));
+        }
+        if version != PROTOCOL_VERSION {
+            return Ok(Output::fatal(
+                ErrorCode::VersionMismatch,
+                format!("relay speaks protocol {PROTOCOL_VERSION}, client speaks {version}"),
+            ));
+        }
+        let Some(device) = storage.authenticate(device_id, credential.as_deref())? else {
+            return Ok(Output::fatal(
+                ErrorCode::Unauthorized,
+                "unknown or revoked device, or wrong credential",
+            ));
+        };
+        let epoch = storage.epoch()?;
+        self.epoch = Some(epoch);
+        let welcome = Message::Welcome {
+            version: PROTOCOL_VERSION,
+            epoch,
+            scopes: device.scopes.clone(),
+            role: device.role,
+        };
+        self.device = Some(device);
+        Ok(Output::send(welcome))
+    }
+
+    /// Brings a client's cursor in line with the relay: another epoch restarts every scope;
+    /// scopes the device lost are dropped and new ones start fresh.
+    fn normalize(
+        &self,
+        storage: &mut dyn RelayStorage,
+        device: &DeviceInfo,
+        mut cursor: Cursor,
+    ) -> Result<Cursor, StorageError> {
+        let epoch = match self.epoch {
+            Some(e) => e,
+            None => storage.epoch()?,
+        };
+        if cursor.epoch != epoch {
+            cursor = Cursor {
+                epoch,
+                scopes: Default::default(),
+            };
+        }
+        cursor.scopes.retain(|s, _| device.scopes.contains(s));
+        for s in &device.scopes {
+            cursor
+                .scopes
+                .entry(s.clone())
+                .or_insert_with(ScopeCursor::fresh);
+        }
+        Ok(cursor)
+    }
+
+    /// Fills one batch from the cursor; returns the items, the cursor after them, and whether
+    /// every scope is drained.
+    fn fill(
+        &self,
+        storage: &mut dyn RelayStorage,
+        mut cursor: Cursor,
+        budget: usize,
+    ) -> Result<(Vec<Item>, Cursor, bool), StorageError> {
+        let mut items: Vec<Item> = Vec::new();
+        let mut used = 0usize;
+        let mut drained = true;
+        for (scope, sc) in cursor.scopes.iter_mut() {
+            if used >= budget {
+                drained = false;
+                break;
+            }
+            if let ScopeCursor::Snapshot { high, after } = sc {
+                let high = match high {
+                    Some(h) => *h,
+                    None => {
+                        let h = storage.high_seq()?;
+                        *sc = ScopeCursor::Snapshot {
+                            high: Some(h),
+                            after: *after,
+                        };
+                        h
+                    }
+                };
+                let ScopeCursor::Snapshot { after, .. } = sc.clone() else {
+                    unreachable!("set just above");
+                };
+                let (rows, more) =
+                    storage.read_snapshots(scope, after, budget.saturating_sub(used).max(1))?;
+                let exhausted = !more;
+                let mut last = after;
+                for (id, bytes) in rows {
+                    used += bytes.len() + 24;
+                    last = Some(id);
+                    items.push(Item {
+                        doc_id: id,
+                        entry: Entry::Snapshot(super::messages::serde_bytes_vec::Bytes(bytes)),
+                    });
+                }
+                if exhausted {
+                    *sc = ScopeCursor::Log { seq: high };
+                } else {
+                    *sc = ScopeCursor::Snapshot {
+                        high: Some(high),
+                        after: last,
+                    };
+                    drained = false;
+                    continue;
+                }
+            }
+            if let ScopeCursor::Log { seq } = sc {
+                let (rows, more) =
+                    storage.read_log(scope, *seq, budget.saturating_sub(used).max(1))?;
+                for r in rows {
+                    used += entry_size(&r.entry) + 24;
+                    *seq = r.seq;
+                    push_entry(&mut items, r.doc_id, r.entry);
+                }
+                if more {
+                    drained = false;
+                }
+            }
+        }
+        Ok((items, cursor, drained))
+    }
+
+    /// Called when the relay's log grew: pushes new entries to a live client.
+    pub fn poll_live(&mut self, storage: &mut dyn RelayStorage) -> Output {
+        if !self.live || self.device.is_none() {
+            return Output::default();
+        }
+        let Some(cursor) = self.sent.clone() else {
+            return Output::default();
+        };
+        match self.fill(storage, cursor, self.limits.max_batch_bytes) {
+            Ok((items, cursor, caught_up)) => {
+                if items.is_empty() && caught_up {
+                    self.sent = Some(cursor);
+                    return Output::default();
+                }
+                self.live = caught_up;
+                self.sent = Some(cursor.clone());
+                Output::send(Message::Batch {
+                    items,
+                    cursor,
+                    caught_up,
+                })
+            }
+            Err(e) => Output::fatal(ErrorCode::Internal, e.to_string()),
+        }
+    }
+}
+
+/// Bit set in an `Upload`'s batch number when it carries repair uploads (other devices'
+/// changes the relay lost); the relay then validates each change against its author's role.
+pub const REPAIR_BATCH: u64 = 1 << 63;
+
+fn entry_size(e: &Entry) -> usize {
+    match e {
+        Entry::Changes(c) => c.iter().map(|b| b.0.len()).sum(),
+        Entry::Snapshot(b) => b.0.len(),
+        Entry::Leave => 0,
+    }
+}
+
+/// Appends an entry, merging consecutive changes to the same document into one item.
+fn push_entry(items: &mut Vec<Item>, doc_id: DocId, entry: Entry) {
+    if let (Some(last), Entry::Changes(new)) = (items.last_mut(), &entry) {
+        if last.doc_id == doc_id {
+            if let Entry::Changes(existing) = &mut last.entry {
+                existing.extend(new.iter().cloned());
+                return;
+            }
+        }
+    }
+    items.push(Item { doc_id, entry });
+}

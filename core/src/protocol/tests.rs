@@ -1,0 +1,520 @@
+//! Protocol tests: codec round trips and limits, and whole sync sessions between real replica
+//! stores and an in-memory relay storage, driven by hand (no I/O).
+
+use std::collections::{BTreeMap, HashSet};
+
+use automerge::AutoCommit;
+use proptest::prelude::*;
+use uuid::Uuid;
+
+use super::messages::{Hash, serde_bytes_vec::Bytes};
+use super::*;
+use crate::ids::{DocId, Role};
+use crate::model::{
+    CustomerEdit, CustomerField, Edit, EditCtx, NewCustomer, apply_edit, create_customer,
+};
+use crate::store::Store;
+
+/// A minimal relay storage in memory, with the same validation as the real ones.
+struct MemRelay {
+    epoch: Uuid,
+    log: Vec<(u64, String, DocId, Entry)>,
+    docs: BTreeMap<DocId, (AutoCommit, String)>,
+    hashes: HashSet<Hash>,
+    devices: BTreeMap<Uuid, DeviceInfo>,
+}
+
+impl MemRelay {
+    fn new() -> Self {
+        Self {
+            epoch: Uuid::new_v4(),
+            log: Vec::new(),
+            docs: BTreeMap::new(),
+            hashes: HashSet::new(),
+            devices: BTreeMap::new(),
+        }
+    }
+}
+
+impl RelayStorage for MemRelay {
+    fn epoch(&mut self) -> Result<Uuid, StorageError> {
+        Ok(self.epoch)
+    }
+    fn authenticate(
+        &mut self,
+        device_id: Uuid,
+        credential: Option<&str>,
+    ) -> Result<Option<DeviceInfo>, StorageError> {
+        if credential == Some("bad") {
+            return Ok(None);
+        }
+        let d = self.devices.entry(device_id).or_insert_with(|| DeviceInfo {
+            device_id,
+            name: "dev".into(),
+            role: Role::Admin,
+            scopes: vec!["*".into()],
+        });
+        Ok(Some(d.clone()))
+    }
+    fn append(
+        &mut self,
+        device: &DeviceInfo,
+        changes: &[UploadChange],
+        relayed: bool,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        let mut out = Vec::new();
+        for c in changes {
+            let (mut doc, stored) = match self.docs.get(&c.doc_id) {
+                Some((d, s)) => (d.clone(), Some(s.clone())),
+                None => (AutoCommit::new(), None),
+            };
+            let roles: BTreeMap<Uuid, Role> =
+                self.devices.iter().map(|(k, v)| (*k, v.role)).collect();
+            let r = check_change(
+                &mut doc,
+                c.doc_id,
+                &c.bytes,
+                device,
+                relayed,
+                &|a| roles.get(&a).copied(),
+                stored.as_deref(),
+                &|_| None,
+            );
+            match r {
+                Ok(acc) => {
+                    let h = acc.change.hash().0;
+                    if self.hashes.insert(h) {
+                        let seq = self.log.len() as u64 + 1;
+                        let scope = acc.scope.clone().unwrap_or_default();
+                        self.log.push((
+                            seq,
+                            scope.clone(),
+                            c.doc_id,
+                            Entry::Changes(vec![Bytes(c.bytes.clone())]),
+                        ));
+                        self.docs.insert(c.doc_id, (doc, scope));
+                    }
+                    out.push(Outcome::Stored);
+                }
+                Err(f) => out.push(Outcome::Refused(messages::Rejection {
+                    hash: crate::store::decode_change(&c.bytes)
+                        .map(|c| c.hash().0)
+                        .unwrap_or([0; 32]),
+                    reason: f.reason,
+                    retry: f.retry,
+                })),
+            }
+        }
+        Ok(out)
+    }
+    fn high_seq(&mut self) -> Result<u64, StorageError> {
+        Ok(self.log.len() as u64)
+    }
+    fn read_log(
+        &mut self,
+        scope: &str,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogEntry>, bool), StorageError> {
+        let mut out = Vec::new();
+        let mut used = 0;
+        let rows: Vec<_> = self
+            .log
+            .iter()
+            .filter(|(s, sc, _, _)| *s > after && (scope == "*" || sc == scope))
+            .collect();
+        for (i, (seq, _, doc, e)) in rows.iter().enumerate() {
+            if !out.is_empty() && used >= max_bytes {
+                return Ok((out, i < rows.len()));
+            }
+            used += 200;
+            out.push(LogEntry {
+                seq: *seq,
+                doc_id: *doc,
+                entry: e.clone(),
+            });
+        }
+        Ok((out, false))
+    }
+    fn read_snapshots(
+        &mut self,
+        scope: &str,
+        after: Option<DocId>,
+        max_bytes: usize,
+    ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError> {
+        let mut out = Vec::new();
+        let mut used = 0;
+        let rows: Vec<_> = self
+            .docs
+            .iter_mut()
+            .filter(|(id, (_, s))| Some(**id) > after && (scope == "*" || s == scope))
+            .collect();
+        let n = rows.len();
+        for (i, (id, (doc, _))) in rows.into_iter().enumerate() {
+            if !out.is_empty() && used >= max_bytes {
+                return Ok((out, i < n));
+            }
+            let b = doc.save();
+            used += b.len();
+            out.push((*id, b));
+        }
+        Ok((out, false))
+    }
+    fn missing(
+        &mut self,
+        docs: &[(DocId, Vec<Hash>)],
+    ) -> Result<Vec<Option<Vec<Hash>>>, StorageError> {
+        Ok(docs
+            .iter()
+            .map(|(id, heads)| match self.docs.get_mut(id) {
+                None => Some(Vec::new()),
+                Some((d, _)) => {
+                    if heads.iter().all(|h| self.hashes.contains(h)) {
+                        None
+                    } else {
+                        Some(d.get_heads().into_iter().map(|h| h.0).collect())
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+/// Runs one client session against the relay until nothing more is sent, passing every
+/// message through the codec. Returns the session.
+fn run(store: &mut Store, relay: &mut MemRelay) -> ClientSession {
+    let mut client = ClientSession::new(ClientConfig {
+        upload_changes: 7,
+        pull_bytes: 16 << 10,
+        ..Default::default()
+    });
+    let mut rs = RelaySession::new(RelayLimits {
+        max_batch_bytes: 16 << 10,
+        ..Default::default()
+    });
+    let mut to_relay = vec![client.hello(store)];
+    for _ in 0..10_000 {
+        if to_relay.is_empty() {
+            break;
+        }
+        let mut to_client = Vec::new();
+        for m in to_relay.drain(..) {
+            let frame = encode(&m).unwrap();
+            let m = decode(&frame[4..]).unwrap();
+            let out = rs.handle(relay, m);
+            assert!(!out.close, "relay closed: {:?}", out.messages);
+            to_client.extend(out.messages);
+        }
+        for m in to_client {
+            to_relay.extend(client.handle(store, m).unwrap());
+        }
+    }
+    assert!(client.is_synced(store).unwrap(), "session did not finish");
+    client
+}
+
+fn ctx() -> EditCtx {
+    EditCtx::new("rep", Role::Rep)
+}
+
+fn add_customer(store: &mut Store, name: &str) -> DocId {
+    store
+        .create(|d, id| {
+            create_customer(
+                d,
+                id,
+                &NewCustomer {
+                    org: "o".into(),
+                    scope: "north".into(),
+                    name: name.into(),
+                    ..Default::default()
+                },
+                &ctx(),
+            )
+        })
+        .unwrap()
+        .id
+}
+
+#[test]
+fn two_replicas_converge_through_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    let mut relay = MemRelay::new();
+    let ids: Vec<DocId> = (0..40)
+        .map(|i| add_customer(&mut a, &format!("c{i}")))
+        .collect();
+    run(&mut a, &mut relay);
+    assert_eq!(a.outbox_len().unwrap(), 0);
+    run(&mut b, &mut relay);
+    assert_eq!(b.doc_count().unwrap(), 40);
+    // Concurrent offline edits on both sides.
+    for (i, id) in ids.iter().enumerate().take(10) {
+        a.edit(*id, |d| {
+            apply_edit(
+                d,
+                &Edit::Customer(CustomerEdit::Set(CustomerField::Industry, format!("a{i}"))),
+                &ctx(),
+            )
+        })
+        .unwrap();
+        b.edit(*id, |d| {
+            apply_edit(
+                d,
+                &Edit::Customer(CustomerEdit::AddPhone(format!("1390{i}"))),
+                &ctx(),
+            )
+        })
+        .unwrap();
+    }
+    run(&mut b, &mut relay);
+    run(&mut a, &mut relay);
+    run(&mut b, &mut relay);
+    for id in &ids {
+        assert_eq!(a.document(*id).unwrap(), b.document(*id).unwrap());
+        assert_eq!(a.heads(*id).unwrap(), b.heads(*id).unwrap());
+    }
+    // Already in sync: a session uploads nothing and receives nothing new (at most the echo of
+    // a's own last upload batch, which arrived after its previous download caught up).
+    let s = run(&mut a, &mut relay);
+    assert_eq!(s.stats().changes_sent, 0);
+    assert_eq!(s.stats().changes_received, 0);
+    let s = run(&mut a, &mut relay);
+    assert_eq!(s.stats().items_received, 0);
+}
+
+#[test]
+fn relay_reset_is_repaired_from_the_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    let mut relay = MemRelay::new();
+    let id = add_customer(&mut a, "keep");
+    run(&mut a, &mut relay);
+    // The relay loses everything (new epoch); a's acknowledged change must come back.
+    relay = MemRelay::new();
+    let s = run(&mut a, &mut relay);
+    assert!(s.stats().repaired > 0);
+    run(&mut b, &mut relay);
+    assert_eq!(b.document(id).unwrap(), a.document(id).unwrap());
+}
+
+#[test]
+fn refused_devices_and_versions_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("a.db")).unwrap();
+    let mut relay = MemRelay::new();
+    let mut rs = RelaySession::new(RelayLimits::default());
+    let cs = ClientSession::new(ClientConfig {
+        credential: Some("bad".into()),
+        ..Default::default()
+    });
+    let out = rs.handle(&mut relay, cs.hello(&store));
+    assert!(out.close);
+    assert!(matches!(
+        out.messages[0],
+        Message::Error {
+            code: ErrorCode::Unauthorized,
+            ..
+        }
+    ));
+    let mut rs = RelaySession::new(RelayLimits::default());
+    let out = rs.handle(
+        &mut relay,
+        Message::Hello {
+            magic: messages::MAGIC,
+            version: 99,
+            device_id: Uuid::nil(),
+            credential: None,
+            agent: String::new(),
+        },
+    );
+    assert!(matches!(
+        out.messages[0],
+        Message::Error {
+            code: ErrorCode::VersionMismatch,
+            ..
+        }
+    ));
+    let mut rs = RelaySession::new(RelayLimits::default());
+    let out = rs.handle(
+        &mut relay,
+        Message::Pull {
+            cursor: Cursor {
+                epoch: Uuid::nil(),
+                scopes: BTreeMap::new(),
+            },
+            max_bytes: 1,
+        },
+    );
+    assert!(out.close, "a Pull before Hello is refused");
+}
+
+#[test]
+fn forged_and_malformed_uploads_are_refused_without_harm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    let mut relay = MemRelay::new();
+    let id = add_customer(&mut a, "mine");
+    let change = a.outbox_batch(0, 1, 1 << 20).unwrap().remove(0);
+    // b tries to upload a's change as its own.
+    let mut rs = RelaySession::new(RelayLimits::default());
+    let cs = ClientSession::new(ClientConfig::default());
+    assert!(!rs.handle(&mut relay, cs.hello(&b)).close);
+    let out = rs.handle(
+        &mut relay,
+        Message::Upload {
+            batch: 1,
+            changes: vec![
+                UploadChange {
+                    doc_id: id,
+                    bytes: change.bytes.clone(),
+                },
+                UploadChange {
+                    doc_id: id,
+                    bytes: vec![1, 2, 3],
+                },
+            ],
+        },
+    );
+    let Message::UploadAck {
+        accepted, rejected, ..
+    } = &out.messages[0]
+    else {
+        panic!("{out:?}")
+    };
+    assert!(accepted.is_empty());
+    assert_eq!(rejected.len(), 2);
+    assert!(rejected.iter().all(|r| !r.retry));
+    assert!(relay.log.is_empty());
+    run(&mut b, &mut relay);
+    assert_eq!(b.doc_count().unwrap(), 0);
+}
+
+fn arb_message() -> impl Strategy<Value = Message> {
+    let id = any::<u128>().prop_map(|n| DocId(Uuid::from_u128(n)));
+    let bytes = proptest::collection::vec(any::<u8>(), 0..300);
+    prop_oneof![
+        (
+            any::<u32>(),
+            any::<u128>(),
+            proptest::option::of("[a-z]{0,12}"),
+            "[ -~]{0,20}"
+        )
+            .prop_map(|(v, d, c, a)| Message::Hello {
+                magic: messages::MAGIC,
+                version: v,
+                device_id: Uuid::from_u128(d),
+                credential: c,
+                agent: a
+            }),
+        (
+            any::<u64>(),
+            proptest::collection::vec((id.clone(), bytes.clone()), 0..8)
+        )
+            .prop_map(|(b, cs)| Message::Upload {
+                batch: b,
+                changes: cs
+                    .into_iter()
+                    .map(|(doc_id, bytes)| UploadChange { doc_id, bytes })
+                    .collect()
+            }),
+        (
+            any::<u64>(),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..5)
+        )
+            .prop_map(|(b, a)| Message::UploadAck {
+                batch: b,
+                accepted: a,
+                rejected: vec![]
+            }),
+        (
+            proptest::collection::vec((id.clone(), bytes.clone(), 0u8..3), 0..6),
+            any::<u128>(),
+            any::<u64>(),
+            any::<bool>()
+        )
+            .prop_map(|(items, e, seq, cu)| Message::Batch {
+                items: items
+                    .into_iter()
+                    .map(|(doc_id, b, k)| Item {
+                        doc_id,
+                        entry: match k {
+                            0 => Entry::Changes(vec![Bytes(b)]),
+                            1 => Entry::Snapshot(Bytes(b)),
+                            _ => Entry::Leave,
+                        }
+                    })
+                    .collect(),
+                cursor: Cursor {
+                    epoch: Uuid::from_u128(e),
+                    scopes: [("north".to_string(), ScopeCursor::Log { seq })]
+                        .into_iter()
+                        .collect()
+                },
+                caught_up: cu
+            }),
+        proptest::collection::vec(
+            (id, proptest::collection::vec(any::<[u8; 32]>(), 0..3)),
+            0..5
+        )
+        .prop_map(|docs| Message::Heads { docs, done: true }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn codec_round_trips(m in arb_message()) {
+        let frame = encode(&m).unwrap();
+        let len = codec::check_len(u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]])).unwrap();
+        prop_assert_eq!(len, frame.len() - 4);
+        prop_assert_eq!(decode(&frame[4..]).unwrap(), m.clone());
+        // Byte-at-a-time reassembly gives the same message.
+        let mut dec = FrameDecoder::new();
+        let mut got = None;
+        for b in &frame {
+            dec.push(std::slice::from_ref(b));
+            if let Some(m) = dec.next_message().unwrap() {
+                got = Some(m);
+            }
+        }
+        prop_assert_eq!(got, Some(m));
+    }
+
+    #[test]
+    fn decoder_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let _ = decode(&bytes);
+        let mut dec = FrameDecoder::new();
+        dec.push(&bytes);
+        let _ = dec.next_message();
+    }
+
+    #[test]
+    fn decoder_never_panics_on_mutated_frames(m in arb_message(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        let mut frame = encode(&m).unwrap();
+        for (i, x) in flips {
+            let n = frame.len();
+            frame[4 + i % (n - 4)] ^= x;
+        }
+        let _ = decode(&frame[4..]);
+    }
+}
+
+#[test]
+fn compression_bombs_and_oversized_frames_are_refused() {
+    assert!(matches!(
+        codec::check_len(u32::MAX),
+        Err(CodecError::TooLarge(_))
+    ));
+    assert!(codec::check_len(0).is_err());
+    // 200 MiB of zeros compress to a few KiB; decoding must refuse it without inflating.
+    let big = vec![0u8; 200 << 20];
+    let z = zstd::bulk::compress(&big, 1).unwrap();
+    let mut frame = vec![1u8];
+    frame.extend_from_slice(&z);
+    assert!(decode(&frame).is_err());
+    // Unknown flags.
+    assert!(decode(&[7, 1, 2, 3]).is_err());
+}

@@ -1,0 +1,240 @@
+//! The relay's checks on one uploaded change, shared by every relay storage backend.
+//!
+//! A change is accepted only if it decodes within limits, its author (actor) is bound to an
+//! enrolled device, its dependencies are present, the resulting document is readable, the
+//! document is in the sender's scopes, and every role-owned value it changes was changed by an
+//! author whose role may write it.
+
+use automerge::{AutoCommit, Change};
+use uuid::Uuid;
+
+use crate::ids::{DocId, DocKind, GovernedField, Role};
+use crate::model::{self, Document};
+use crate::store::decode_change;
+
+/// An enrolled device as the relay knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device id (the prefix of its actors).
+    pub device_id: Uuid,
+    /// Name given at enrolment.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Scopes the device may see; `*` means all.
+    pub scopes: Vec<String>,
+}
+
+impl DeviceInfo {
+    /// Whether the device may see documents of `scope`.
+    pub fn sees(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == "*" || s == scope)
+    }
+}
+
+/// Why a change was refused, and whether sending it again later can succeed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Reason for people.
+    pub reason: String,
+    /// Temporary refusal.
+    pub retry: bool,
+}
+
+impl Refusal {
+    fn permanent(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            retry: false,
+        }
+    }
+}
+
+/// What an accepted change did to its document.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    /// The decoded change.
+    pub change: Change,
+    /// The document's kind after the change (None while the document has no header yet).
+    pub kind: Option<DocKind>,
+    /// The scope the document is filed under after the change.
+    pub scope: Option<String>,
+    /// For visits and quotes, the customer.
+    pub customer_id: Option<DocId>,
+    /// The scope the document had before, when the change moved it.
+    pub moved_from: Option<String>,
+}
+
+/// The values of role-owned fields, compared before and after a change.
+fn governed_values(doc: Option<&Document>) -> Vec<(GovernedField, String)> {
+    let Some(doc) = doc else {
+        return Vec::new();
+    };
+    let mut v = vec![(GovernedField::Scope, doc.header().scope.clone())];
+    match doc {
+        Document::Customer(c) => {
+            v.push((GovernedField::CreditLimit, format!("{:?}", c.credit_limit)));
+            v.push((
+                GovernedField::PaymentTerms,
+                format!("{:?}", c.payment_terms),
+            ));
+            v.push((GovernedField::Grade, format!("{:?}", c.grade)));
+            v.push((GovernedField::Owner, format!("{:?}", c.owner)));
+        }
+        Document::Quote(q) => {
+            v.push((GovernedField::Owner, format!("{:?}", q.owner)));
+            v.push((GovernedField::QuoteApproval, format!("{:?}", q.approvals)));
+        }
+        Document::Visit(_) => {}
+    }
+    v
+}
+
+/// Governed fields a brand-new document may set at creation by any role that may create it.
+fn creation_allowed(field: GovernedField) -> bool {
+    matches!(field, GovernedField::Scope)
+}
+
+/// Checks one change against the relay's copy of its document and, if acceptable, applies it
+/// to `doc` (which is left untouched on refusal).
+///
+/// - `sender`: the device uploading;
+/// - `author_role`: looks up the role of the device an actor belongs to (`None` = not an
+///   enrolled device); for ordinary uploads the author must be the sender itself;
+/// - `relayed`: the change is being re-uploaded during repair and may be another device's;
+/// - `stored_scope`: the scope the relay files this document under (for visits and quotes, the
+///   customer's), if the relay knows the document;
+/// - `customer_scope`: looks up a customer's current scope on the relay.
+pub fn check_change(
+    doc: &mut AutoCommit,
+    doc_id: DocId,
+    bytes: &[u8],
+    sender: &DeviceInfo,
+    relayed: bool,
+    author_role: &dyn Fn(Uuid) -> Option<Role>,
+    stored_scope: Option<&str>,
+    customer_scope: &dyn Fn(DocId) -> Option<String>,
+) -> Result<Accepted, Refusal> {
+    let change = decode_change(bytes).map_err(|e| Refusal::permanent(e.to_string()))?;
+    let actor = change.actor_id().to_bytes();
+    let author = actor
+        .get(..16)
+        .and_then(|b| Uuid::from_slice(b).ok())
+        .ok_or_else(|| Refusal::permanent("change author is not a device actor"))?;
+    let role = if author == sender.device_id {
+        sender.role
+    } else if relayed {
+        author_role(author)
+            .ok_or_else(|| Refusal::permanent("change author is not an enrolled device"))?
+    } else {
+        return Err(Refusal::permanent(format!(
+            "change author {author} is not the sending device {}",
+            sender.device_id
+        )));
+    };
+    if doc.get_change_by_hash(&change.hash()).is_some() {
+        // Already stored: the caller reports it as accepted (idempotent re-send).
+        let before = model::read_document(&*doc).ok();
+        return Ok(Accepted {
+            kind: before.as_ref().map(|d| d.header().kind),
+            scope: stored_scope.map(str::to_string),
+            customer_id: before.as_ref().and_then(Document::customer_id),
+            moved_from: None,
+            change,
+        });
+    }
+    if let Some(missing) = change
+        .deps()
+        .iter()
+        .find(|d| doc.get_change_by_hash(d).is_none())
+    {
+        return Err(Refusal {
+            reason: format!("dependency {missing} is not on the relay yet"),
+            retry: true,
+        });
+    }
+    let before = model::read_document(&*doc).ok();
+    let mut trial = doc.clone();
+    crate::store::guard("applying an uploaded change", || {
+        trial.apply_changes([change.clone()])
+    })
+    .map_err(|e| Refusal::permanent(e.to_string()))?
+    .map_err(|e| Refusal::permanent(e.to_string()))?;
+    let after = match model::read_document(&trial) {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(Refusal::permanent(format!(
+                "document would be unreadable: {e}"
+            )));
+        }
+    };
+    if after.header().id != doc_id {
+        return Err(Refusal::permanent("change writes another document's id"));
+    }
+    if let Some(b) = &before {
+        if b.header().kind != after.header().kind || b.header().id != after.header().id {
+            return Err(Refusal::permanent(
+                "change rewrites the document's identity",
+            ));
+        }
+    }
+    // Which scope the document lives in: the relay's record, else (new document) the
+    // customer's scope for visits and quotes, else the header.
+    let customer_id = after.customer_id();
+    let scope_before = stored_scope
+        .map(str::to_string)
+        .or_else(|| before.as_ref().map(|b| b.header().scope.clone()));
+    let scope_after = match (&after, customer_id) {
+        (Document::Customer(c), _) => c.header.scope.clone(),
+        (_, Some(cid)) => customer_scope(cid).unwrap_or_else(|| after.header().scope.clone()),
+        _ => after.header().scope.clone(),
+    };
+    for s in scope_before.iter().chain(std::iter::once(&scope_after)) {
+        if !sender.sees(s) {
+            return Err(Refusal::permanent(format!(
+                "document is in scope `{s}`, outside the device's scopes"
+            )));
+        }
+    }
+    // Role-owned fields.
+    let old = governed_values(before.as_ref());
+    let new = governed_values(Some(&after));
+    for (field, value) in &new {
+        let previous = old.iter().find(|(f, _)| f == field).map(|(_, v)| v);
+        let changed = match previous {
+            Some(p) => p != value,
+            None => !creation_allowed(*field) && !is_default(*field, value),
+        };
+        if changed && !role.may_write(*field) {
+            return Err(Refusal::permanent(format!(
+                "role {role} may not change {} (needs {})",
+                field.key(),
+                field.min_role()
+            )));
+        }
+    }
+    let moved_from = match (&scope_before, &after) {
+        (Some(b), Document::Customer(_)) if *b != scope_after => Some(b.clone()),
+        _ => None,
+    };
+    *doc = trial;
+    Ok(Accepted {
+        change,
+        kind: Some(after.header().kind),
+        scope: Some(scope_after),
+        customer_id,
+        moved_from,
+    })
+}
+
+fn is_default(field: GovernedField, value: &str) -> bool {
+    match field {
+        GovernedField::QuoteApproval => value == "[]",
+        _ => value == "None",
+    }
+}
+
+/// A document's heads as wire hashes.
+pub fn heads_of(doc: &mut AutoCommit) -> Vec<[u8; 32]> {
+    doc.get_heads().into_iter().map(|h| h.0).collect()
+}
