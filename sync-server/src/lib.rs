@@ -1,1 +1,21 @@
-//! crate
+//! fieldsync relay: the central QUIC sync server (DESIGN.md §6).
+//!
+//! - [`store::SqliteRelayStore`]: the relay's log, documents, devices and audit trail in one
+//!   SQLite file, implementing [`fieldsync_core::protocol::RelayStorage`];
+//! - [`server::Relay`]: the QUIC endpoint (quinn, TLS 1.3 with rustls/ring, ALPN
+//!   [`tls::ALPN`]) that drives one [`fieldsync_core::protocol::RelaySession`] per connection
+//!   and pushes new log entries to live clients;
+//! - [`config::RelayConfig`]: the TOML configuration with documented defaults;
+//! - [`tls`]: certificate handling and a fingerprint-pinning verifier for clients.
+
+pub mod config;
+pub mod server;
+pub mod store;
+pub mod tls;
+
+pub use config::{ConfigError, RelayConfig};
+pub use server::{Relay, serve, status_report};
+pub use store::{
+    DeviceRecord, Enrollment, OpenEnrollment, RelayStatus, RelayStoreError, RelayStoreOptions,
+    SqliteRelayStore,
+};

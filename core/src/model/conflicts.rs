@@ -45,29 +45,40 @@ fn walk<R: ReadDoc>(doc: &R, obj: &ObjId, prefix: &str, out: &mut Vec<Conflict>)
         } else {
             format!("{prefix}/{key}")
         };
-        let Ok(all) = doc.get_all(obj, key.as_str()) else {
+        let Ok(mut all) = doc.get_all(obj, key.as_str()) else {
             continue;
         };
-        let mut values: Vec<serde_json::Value> = Vec::new();
-        for (v, _) in &all {
-            let j = match v {
+        let shown = if all.len() > 1 {
+            let json = |v: &Value<'_>| match v {
                 Value::Scalar(s) => am::scalar_json(s),
                 Value::Object(t) => serde_json::Value::String(format!("<{t:?}>")),
             };
-            if !values.contains(&j) {
-                values.push(j);
+            // The value `get` shows goes first (`get_all` lists it last, in op order).
+            let shown = doc.get(obj, key.as_str()).ok().flatten();
+            let mut values: Vec<serde_json::Value> = Vec::new();
+            if let Some((v, _)) = &shown {
+                values.push(json(v));
             }
-        }
-        if values.len() > 1 {
-            out.push(Conflict {
-                path: path.clone(),
-                values,
-            });
-        }
+            for (v, _) in &all {
+                let j = json(v);
+                if !values.contains(&j) {
+                    values.push(j);
+                }
+            }
+            if values.len() > 1 {
+                out.push(Conflict {
+                    path: path.clone(),
+                    values,
+                });
+            }
+            shown
+        } else {
+            all.pop()
+        };
         if SET_LIKE.contains(&key.as_str()) {
             continue;
         }
-        if let Ok(Some((Value::Object(ObjType::Map), child))) = doc.get(obj, key.as_str()) {
+        if let Some((Value::Object(ObjType::Map), child)) = shown {
             walk(doc, &child, &path, out);
         }
     }

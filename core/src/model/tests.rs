@@ -126,6 +126,8 @@ fn different_fields_both_survive_and_same_field_is_a_conflict() {
     assert_eq!(cs.len(), 1, "{cs:?}");
     assert_eq!(cs[0].path, "name");
     assert_eq!(cs[0].values.len(), 2);
+    // The first value is the one the document shows.
+    assert_eq!(cs[0].values[0], serde_json::json!(c.name));
     resolve_conflict(
         &mut a,
         "name",

@@ -80,10 +80,10 @@ pub fn decode(frame: &[u8]) -> Result<Message, CodecError> {
         FLAG_ZSTD => {
             // Refuse before decompressing when the declared content size is over the limit,
             // and cap the output buffer either way: a small frame cannot expand into gigabytes.
-            if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(payload) {
-                if n > MAX_BODY as u64 {
-                    return Err(CodecError::TooLarge(n as usize));
-                }
+            if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(payload)
+                && n > MAX_BODY as u64
+            {
+                return Err(CodecError::TooLarge(n as usize));
             }
             body = zstd::bulk::decompress(payload, MAX_BODY)
                 .map_err(|e| CodecError::Decompress(e.to_string()))?;

@@ -14,6 +14,9 @@ use crate::ids::DocId;
 #[error("relay storage: {0}")]
 pub struct StorageError(pub String);
 
+/// A page of document snapshots `(id, bytes)` and whether more follow.
+pub type SnapshotPage = (Vec<(DocId, Vec<u8>)>, bool);
+
 /// The result of storing one uploaded change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -73,7 +76,7 @@ pub trait RelayStorage {
         scope: &str,
         after: Option<DocId>,
         max_bytes: usize,
-    ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError>;
+    ) -> Result<SnapshotPage, StorageError>;
     /// For each document and the heads a client has, the relay's heads if the relay lacks any
     /// of the client's heads (empty heads when it lacks the document), else `None`.
     fn missing(
@@ -437,13 +440,12 @@ fn entry_size(e: &Entry) -> usize {
 
 /// Appends an entry, merging consecutive changes to the same document into one item.
 fn push_entry(items: &mut Vec<Item>, doc_id: DocId, entry: Entry) {
-    if let (Some(last), Entry::Changes(new)) = (items.last_mut(), &entry) {
-        if last.doc_id == doc_id {
-            if let Entry::Changes(existing) = &mut last.entry {
-                existing.extend(new.iter().cloned());
-                return;
-            }
-        }
+    if let (Some(last), Entry::Changes(new)) = (items.last_mut(), &entry)
+        && last.doc_id == doc_id
+        && let Entry::Changes(existing) = &mut last.entry
+    {
+        existing.extend(new.iter().cloned());
+        return;
     }
     items.push(Item { doc_id, entry });
 }

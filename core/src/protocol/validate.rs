@@ -105,6 +105,7 @@ fn creation_allowed(field: GovernedField) -> bool {
 /// - `stored_scope`: the scope the relay files this document under (for visits and quotes, the
 ///   customer's), if the relay knows the document;
 /// - `customer_scope`: looks up a customer's current scope on the relay.
+#[allow(clippy::too_many_arguments)] // each argument is a distinct input of the relay's decision
 pub fn check_change(
     doc: &mut AutoCommit,
     doc_id: DocId,
@@ -171,12 +172,12 @@ pub fn check_change(
     if after.header().id != doc_id {
         return Err(Refusal::permanent("change writes another document's id"));
     }
-    if let Some(b) = &before {
-        if b.header().kind != after.header().kind || b.header().id != after.header().id {
-            return Err(Refusal::permanent(
-                "change rewrites the document's identity",
-            ));
-        }
+    if let Some(b) = &before
+        && (b.header().kind != after.header().kind || b.header().id != after.header().id)
+    {
+        return Err(Refusal::permanent(
+            "change rewrites the document's identity",
+        ));
     }
     // Which scope the document lives in: the relay's record, else (new document) the
     // customer's scope for visits and quotes, else the header.

@@ -263,15 +263,15 @@ impl DocCache {
     }
 
     fn insert(&mut self, id: DocId, doc: AutoCommit) {
-        if self.docs.len() >= self.cap && !self.docs.contains_key(&id) {
-            if let Some(oldest) = self
+        if self.docs.len() >= self.cap
+            && !self.docs.contains_key(&id)
+            && let Some(oldest) = self
                 .docs
                 .iter()
                 .min_by_key(|(_, (_, t))| *t)
                 .map(|(k, _)| *k)
-            {
-                self.docs.remove(&oldest);
-            }
+        {
+            self.docs.remove(&oldest);
         }
         self.tick += 1;
         self.docs.insert(id, (doc, self.tick));
@@ -680,7 +680,14 @@ impl Store {
                 "only read-only statements are allowed".into(),
             ));
         }
-        let names: Vec<String> = st.column_names().into_iter().map(str::to_string).collect();
+        // BEGIN, SAVEPOINT, ATTACH and setter pragmas count as read-only but return no
+        // columns; a BEGIN would pin the reader to a stale snapshot, so refuse them all.
+        if st.column_count() == 0 {
+            return Err(StoreError::Query(
+                "only statements that return rows are allowed".into(),
+            ));
+        }
+        let names: Vec<String> = st.column_names().map(str::to_string).collect();
         let mut rows = st.query(params)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
@@ -735,7 +742,7 @@ impl Store {
             }
             for id in &ids {
                 let doc = load_cached(&tx.tx, tx.cache, tx.actor, *id)?;
-                project(&tx.tx, doc, true)?;
+                project(&tx.tx, doc, true, true)?;
             }
             Ok(ids.len())
         })
@@ -747,11 +754,9 @@ impl Store {
             let mut st = self
                 .conn
                 .prepare("SELECT id FROM docs WHERE pending_changes > 0")?;
-            let ids = st
-                .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            st.query_map([], |r| r.get::<_, Vec<u8>>(0))?
                 .filter_map(|r| r.ok().and_then(|b| DocId::from_slice(&b)))
-                .collect();
-            ids
+                .collect()
         };
         self.transaction(|tx| {
             for id in &ids {
@@ -838,14 +843,20 @@ fn load_cached<'c>(
 }
 
 /// Rewrites a document's projection rows (or clears them if it cannot be read yet).
+/// `may_conflict: false` skips the conflict scan for documents that cannot have any.
 fn project(
     conn: &Connection,
     doc: &AutoCommit,
     fresh: bool,
+    may_conflict: bool,
 ) -> Result<Option<Document>, StoreError> {
     match model::read_document(doc) {
         Ok(d) => {
-            let conflicts = model::conflicts(doc);
+            let conflicts = if may_conflict {
+                model::conflicts(doc)
+            } else {
+                Vec::new()
+            };
             projection::write(conn, &d, &conflicts, fresh)?;
             Ok(Some(d))
         }
@@ -883,7 +894,7 @@ impl StoreTx<'_> {
         doc.set_actor(self.actor.clone());
         init(&mut doc, id)?;
         doc.commit();
-        let hashes: Vec<ChangeHash> = doc.get_changes(&[]).iter().map(|c| c.hash()).collect();
+        let mut hashes = Vec::new();
         let now = now_millis();
         {
             let mut ins = self.tx.prepare_cached(
@@ -891,9 +902,12 @@ impl StoreTx<'_> {
             )?;
             for c in doc.get_changes(&[]) {
                 ins.execute(params![id.as_bytes(), c.hash().0, c.raw_bytes(), now])?;
+                hashes.push(c.hash());
             }
         }
-        let typed = project(&self.tx, &doc, true)?;
+        // The ops of a single change are totally ordered, so a document made of one change
+        // cannot hold concurrent values: skip the conflict scan.
+        let typed = project(&self.tx, &doc, true, hashes.len() > 1)?;
         self.tx
             .prepare_cached(
                 "INSERT INTO docs (id, kind, scope, customer_id, snapshot, heads, pending_changes, updated_at)
@@ -972,7 +986,7 @@ impl StoreTx<'_> {
                 ins.execute(params![id.as_bytes(), h.0, b])?;
             }
         }
-        let typed = project(&self.tx, doc, false)?;
+        let typed = project(&self.tx, doc, false, true)?;
         let heads = heads_to_bytes(&doc.get_heads());
         let now = now_millis();
         let exists = self

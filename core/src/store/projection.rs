@@ -197,16 +197,16 @@ pub(crate) fn write(
         let values = serde_json::Value::Array(c.values.clone()).to_string();
         conflict.execute(params![id, h.kind.as_str(), c.path, values])?;
     }
-    if let Document::Quote(q) = doc {
-        if let Some(sc) = &q.status_conflict {
-            let values: Vec<&str> = sc.marked.iter().map(|s| s.as_str()).collect();
-            conflict.execute(params![
-                id,
-                h.kind.as_str(),
-                "status",
-                serde_json::json!(values).to_string()
-            ])?;
-        }
+    if let Document::Quote(q) = doc
+        && let Some(sc) = &q.status_conflict
+    {
+        let values: Vec<&str> = sc.marked.iter().map(|s| s.as_str()).collect();
+        conflict.execute(params![
+            id,
+            h.kind.as_str(),
+            "status",
+            serde_json::json!(values).to_string()
+        ])?;
     }
     Ok(())
 }

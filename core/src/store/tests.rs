@@ -263,7 +263,7 @@ fn bad_bytes_and_foreign_files_are_typed_errors() {
         vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3, 4, 1, 200, 200, 200],
     ] {
         assert!(
-            s.transaction(|tx| tx.apply_changes(id, &[bad.clone()]))
+            s.transaction(|tx| tx.apply_changes(id, std::slice::from_ref(&bad)))
                 .is_err()
         );
         assert!(s.transaction(|tx| tx.apply_snapshot(id, &bad)).is_err());
@@ -308,4 +308,28 @@ fn eviction_waits_for_acknowledgement() {
         s.query_json("SELECT * FROM customers", &[]).unwrap().len(),
         0
     );
+}
+
+#[test]
+fn read_only_sql_refuses_transaction_control_that_would_pin_a_stale_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path().join("r.db")).unwrap();
+    for sql in [
+        "BEGIN",
+        "SAVEPOINT x",
+        "COMMIT",
+        "ATTACH DATABASE 'other.db' AS o",
+        "PRAGMA query_only = 0",
+    ] {
+        assert!(
+            matches!(s.query_json(sql, &[]), Err(StoreError::Query(_))),
+            "{sql} must be refused"
+        );
+    }
+    assert!(s.reader().is_autocommit());
+    add_customer(&mut s, "Fresh Co");
+    let rows = s
+        .query_json("SELECT count(*) AS n FROM customers", &[])
+        .unwrap();
+    assert_eq!(rows[0]["n"], 1, "the reader sees the latest commit");
 }

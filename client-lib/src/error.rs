@@ -1,0 +1,90 @@
+//! The error type of the client API.
+
+use fieldsync_core::model::ModelError;
+use fieldsync_core::store::StoreError;
+use fieldsync_core::{DocId, DocKind};
+
+/// Everything that can go wrong in a [`Client`](crate::Client) call.
+///
+/// Bad user input (an empty name, an unknown item id, a write passed to
+/// [`Client::query`](crate::Client::query), …) is always an error value, never a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No document with this id in the replica.
+    #[error("no document {0}")]
+    NotFound(DocId),
+    /// The document exists but is of another kind than the call expects.
+    #[error("document {id} is a {actual}, not a {expected}")]
+    WrongKind {
+        /// The document.
+        id: DocId,
+        /// The kind the call works on.
+        expected: DocKind,
+        /// The kind of the stored document.
+        actual: DocKind,
+    },
+    /// The document model refused the edit (validation, role, state) or could not read the
+    /// document.
+    #[error(transparent)]
+    Model(ModelError),
+    /// The replica store failed (SQLite, damaged bytes, a refused query, …).
+    #[error(transparent)]
+    Store(StoreError),
+    /// An argument was not acceptable.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// Data stored in the replica could not be decoded (for example the saved identity).
+    #[error("corrupt replica data: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for ClientError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => Self::NotFound(id),
+            StoreError::WrongKind {
+                id,
+                expected,
+                actual,
+            } => Self::WrongKind {
+                id,
+                expected,
+                actual,
+            },
+            StoreError::Model(m) => Self::Model(m),
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<ModelError> for ClientError {
+    fn from(e: ModelError) -> Self {
+        Self::Model(e)
+    }
+}
+
+impl From<rusqlite::Error> for ClientError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Store(StoreError::Sqlite(e))
+    }
+}
+
+impl ClientError {
+    /// Turns an error from editing document `id` into a client error, naming the document
+    /// when the model reports a kind mismatch.
+    pub(crate) fn for_doc(e: StoreError, id: DocId) -> Self {
+        match e {
+            StoreError::Model(ModelError::WrongKind { edit, kind }) => Self::WrongKind {
+                id,
+                expected: edit,
+                actual: kind,
+            },
+            other => other.into(),
+        }
+    }
+
+    /// Whether the error means the document does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound(_))
+    }
+}

@@ -1,0 +1,271 @@
+//! The relay's configuration: a TOML file (`--config relay.toml`) whose every key has a
+//! documented default; command-line flags override the file. See `relay.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fieldsync_core::Role;
+use fieldsync_core::protocol::RelayLimits;
+use serde::{Deserialize, Serialize};
+
+/// Errors from reading or checking a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("invalid config{}: {message}", in_file(.path))]
+    Parse {
+        /// The file, if read from one.
+        path: Option<PathBuf>,
+        /// What the TOML parser said (names the key and position).
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid config value `{key}`: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn in_file(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| format!(" in {}", p.display()))
+        .unwrap_or_default()
+}
+
+/// Smallest accepted `max_batch_bytes` (the session never builds batches below 16 KiB).
+pub const MIN_BATCH_BYTES: usize = 16 << 10;
+/// Largest accepted `max_batch_bytes`: a batch must fit one frame (32 MiB) with room to spare.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// The relay's configuration. Every field has a default (see [`RelayConfig::default`]); unknown
+/// keys are refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Directory holding `relay.db` and the generated certificate (`cert.der`, `key.der`).
+    /// Created if missing. Relative paths are relative to the working directory.
+    /// Default: `relay-data`.
+    pub data_dir: PathBuf,
+    /// UDP address to listen on. Default: `0.0.0.0:4433`.
+    pub listen: SocketAddr,
+    /// Certificate chain (PEM or DER) supplied by IT instead of the generated self-signed one.
+    /// Must be given together with `key`. Default: none.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM or DER: PKCS#8, PKCS#1 or SEC1) for `cert`. Default: none.
+    pub key: Option<PathBuf>,
+    /// Most simultaneous client connections; further ones are refused. Default: 1024.
+    pub max_connections: usize,
+    /// Largest download batch the relay builds, in bytes before compression. Default: 2 MiB
+    /// (range 16 KiB – 16 MiB).
+    pub max_batch_bytes: usize,
+    /// Most changes accepted in one upload. Default: 20000.
+    pub max_upload_changes: usize,
+    /// Seconds without any packet after which a connection is dropped (clients send
+    /// keep-alives). Default: 30 (range 1 – 3600).
+    pub idle_timeout_secs: u64,
+    /// Accept unknown devices without enrolment, granting `open_scopes` and `open_role`
+    /// (development and pilots). Enrolled devices must still present their secret.
+    /// Default: true.
+    pub open_enrollment: bool,
+    /// Scopes granted to devices accepted by open enrolment (`*` = all). Default: `["*"]`.
+    pub open_scopes: Vec<String>,
+    /// Role granted to devices accepted by open enrolment (`rep`, `manager`, `director`,
+    /// `admin`). Default: `admin`.
+    pub open_role: Role,
+    /// How many documents the relay keeps loaded for validating writes. Default: 256.
+    pub doc_cache: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let limits = RelayLimits::default();
+        Self {
+            data_dir: PathBuf::from("relay-data"),
+            listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
+            cert: None,
+            key: None,
+            max_connections: 1024,
+            max_batch_bytes: limits.max_batch_bytes,
+            max_upload_changes: limits.max_upload_changes,
+            idle_timeout_secs: 30,
+            open_enrollment: true,
+            open_scopes: vec!["*".to_string()],
+            open_role: Role::Admin,
+            doc_cache: 256,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Parses and checks a TOML document.
+    pub fn from_toml_str(s: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(s).map_err(|e| ConfigError::Parse {
+            path: None,
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and checks a TOML file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: Some(path.to_path_buf()),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty");
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return bad("cert", "`cert` and `key` must be given together");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&self.max_batch_bytes) {
+            return bad(
+                "max_batch_bytes",
+                format!(
+                    "{} is outside {MIN_BATCH_BYTES}..={MAX_BATCH_BYTES}",
+                    self.max_batch_bytes
+                ),
+            );
+        }
+        if self.max_upload_changes == 0 {
+            return bad("max_upload_changes", "must be at least 1");
+        }
+        if !(1..=3600).contains(&self.idle_timeout_secs) {
+            return bad(
+                "idle_timeout_secs",
+                format!("{} is outside 1..=3600", self.idle_timeout_secs),
+            );
+        }
+        if self.open_enrollment && self.open_scopes.is_empty() {
+            return bad(
+                "open_scopes",
+                "must name at least one scope when open_enrollment is on",
+            );
+        }
+        if self.open_scopes.iter().any(|s| s.trim().is_empty()) {
+            return bad("open_scopes", "scope names must not be empty");
+        }
+        if self.doc_cache == 0 {
+            return bad("doc_cache", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The session limits derived from this configuration.
+    pub fn limits(&self) -> RelayLimits {
+        RelayLimits {
+            max_batch_bytes: self.max_batch_bytes,
+            max_upload_changes: self.max_upload_changes,
+        }
+    }
+
+    /// The SQLite file inside the data directory.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(crate::store::DB_FILE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let cfg = RelayConfig::from_toml_str("").unwrap();
+        assert_eq!(cfg, RelayConfig::default());
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:4433");
+        assert_eq!(cfg.data_dir, PathBuf::from("relay-data"));
+        assert!(cfg.open_enrollment);
+        assert_eq!(cfg.open_scopes, vec!["*".to_string()]);
+        assert_eq!(cfg.open_role, Role::Admin);
+        assert_eq!(cfg.idle_timeout_secs, 30);
+        assert_eq!(cfg.max_batch_bytes, 2 << 20);
+        assert_eq!(cfg.max_upload_changes, 20_000);
+    }
+
+    #[test]
+    fn values_are_read() {
+        let cfg = RelayConfig::from_toml_str(
+            r#"
+            data_dir = "/var/lib/fieldsync"
+            listen = "127.0.0.1:5000"
+            max_connections = 10
+            open_enrollment = false
+            open_scopes = ["north", "south"]
+            open_role = "rep"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/fieldsync"));
+        assert_eq!(cfg.listen.port(), 5000);
+        assert_eq!(cfg.max_connections, 10);
+        assert!(!cfg.open_enrollment);
+        assert_eq!(cfg.open_role, Role::Rep);
+        assert_eq!(cfg.db_path(), PathBuf::from("/var/lib/fieldsync/relay.db"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let e = RelayConfig::from_toml_str("listen_port = 4433").unwrap_err();
+        assert!(e.to_string().contains("listen_port"), "{e}");
+        let e = RelayConfig::from_toml_str("listen = \"not an address\"").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        let e = RelayConfig::from_toml_str("open_role = \"boss\"").unwrap_err();
+        assert!(e.to_string().contains("boss"), "{e}");
+        let e = RelayConfig::from_toml_str("max_connections = -1").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        let e = RelayConfig::from_toml_str("max_batch_bytes = 10").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "max_batch_bytes",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = RelayConfig::from_toml_str("cert = \"/etc/relay.pem\"").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "cert", .. }), "{e}");
+        let e = RelayConfig::from_toml_str("idle_timeout_secs = 0").unwrap_err();
+        assert!(e.to_string().contains("idle_timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../relay.example.toml");
+        let cfg = RelayConfig::from_toml_str(text).unwrap();
+        assert_eq!(cfg, RelayConfig::default());
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let e = RelayConfig::load("/nonexistent/relay.toml").unwrap_err();
+        assert!(matches!(e, ConfigError::Read(..)));
+    }
+}

@@ -1,0 +1,526 @@
+//! The QUIC relay: one quinn endpoint (TLS 1.3, ALPN `fieldsync/1`), one tokio task per
+//! connection, one bidirectional stream opened by the client carrying length-prefixed frames
+//! (`fieldsync_core::protocol::codec`), and a [`RelaySession`] per connection.
+//!
+//! Storage calls are blocking SQLite: a connection task moves its session and a store handle
+//! into `spawn_blocking` for each message, so the async workers never block. After every
+//! upload that appended to the log the store bumps a `watch` channel; live connections then
+//! call [`RelaySession::poll_live`] and push what is new.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fieldsync_core::protocol::codec::{FrameDecoder, encode};
+use fieldsync_core::protocol::relay::Output;
+use fieldsync_core::protocol::{ErrorCode, Message, RelayLimits, RelaySession};
+use quinn::{Connection, Incoming, RecvStream, SendStream, VarInt};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use crate::config::RelayConfig;
+use crate::store::{OpenEnrollment, RelayStoreOptions, SqliteRelayStore};
+use crate::tls;
+
+/// Time a new connection has to open its stream and send `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time given to the peer to receive our last frames before the connection is closed.
+const LINGER: Duration = Duration::from_secs(2);
+/// Time connections get to finish when the relay shuts down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// QUIC application close codes.
+const CLOSE_OK: u32 = 0;
+const CLOSE_PROTOCOL: u32 = 1;
+const CLOSE_SHUTDOWN: u32 = 2;
+
+/// A running relay. Dropping it stops the relay too (without waiting); prefer
+/// [`Relay::shutdown`].
+#[derive(Debug)]
+pub struct Relay {
+    local_addr: SocketAddr,
+    fingerprint: String,
+    store: SqliteRelayStore,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    store: SqliteRelayStore,
+    limits: RelayLimits,
+}
+
+impl Relay {
+    /// Opens the store, loads or creates the certificate, binds the endpoint and starts
+    /// accepting connections.
+    pub async fn start(config: RelayConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let opts = RelayStoreOptions {
+            cache_docs: config.doc_cache,
+            open: config.open_enrollment.then(|| OpenEnrollment {
+                scopes: config.open_scopes.clone(),
+                role: config.open_role,
+            }),
+        };
+        let db = config.db_path();
+        let store = tokio::task::spawn_blocking(move || SqliteRelayStore::open(db, opts))
+            .await
+            .context("opening the relay database")??;
+        let identity = {
+            let (dir, cert, key) = (
+                config.data_dir.clone(),
+                config.cert.clone(),
+                config.key.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                tls::load_or_create(&dir, cert.as_deref(), key.as_deref())
+            })
+            .await
+            .context("loading the certificate")??
+        };
+        let fingerprint = identity.fingerprint();
+        let server_config = server_config(&identity, &config)?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .with_context(|| format!("binding {}", config.listen))?;
+        let local_addr = endpoint.local_addr()?;
+        let (shutdown, stop) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            limits: config.limits(),
+        });
+        let task = tokio::spawn(accept_loop(endpoint, shared, stop, config.max_connections));
+        info!(
+            addr = %local_addr,
+            %fingerprint,
+            epoch = %store.epoch_id(),
+            open_enrollment = config.open_enrollment,
+            "relay started"
+        );
+        Ok(Self {
+            local_addr,
+            fingerprint,
+            store,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// The address the endpoint is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// SHA-256 fingerprint (lower-case hex) of the relay's certificate, for clients to pin.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The relay's store (to enrol devices or inspect state in tests).
+    pub fn store(&self) -> &SqliteRelayStore {
+        &self.store
+    }
+
+    /// Waits until the relay stops by itself (it only does on an endpoint failure).
+    pub async fn stopped(&mut self) {
+        if let Some(t) = &mut self.task {
+            let _ = t.await;
+            self.task = None;
+        }
+    }
+
+    /// Stops accepting, tells every connected client `ShuttingDown`, closes the connections
+    /// and waits until the endpoint is idle.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shutdown.send_replace(true);
+        if let Some(t) = self.task.take() {
+            t.await.context("relay task failed")?;
+        }
+        info!("relay stopped");
+        Ok(())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+fn server_config(
+    identity: &tls::Identity,
+    config: &RelayConfig,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_crypto(identity)?)
+        .context("quic tls configuration")?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(2));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(config.idle_timeout_secs))
+            .context("idle_timeout_secs")?,
+    ));
+    transport.keep_alive_interval(Some(Duration::from_secs(
+        (config.idle_timeout_secs / 3).max(1),
+    )));
+    sc.transport_config(Arc::new(transport));
+    Ok(sc)
+}
+
+/// Resolves once shutdown was requested (or the [`Relay`] handle is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    max_connections: usize,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stopping(&mut stop) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if conns.len() >= max_connections {
+                    warn!(remote = %incoming.remote_address(), max_connections, "connection limit reached; refusing");
+                    incoming.refuse();
+                    continue;
+                }
+                conns.spawn(connection(incoming, shared.clone(), stop.clone()));
+            }
+        }
+    }
+    // Stop accepting; connection tasks see the same signal, say goodbye and close.
+    endpoint.set_server_config(None);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            left = conns.len(),
+            "connections did not close in time; dropping them"
+        );
+        conns.abort_all();
+    }
+    endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"relay shutting down");
+    if tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!("endpoint did not become idle in time");
+    }
+}
+
+async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let stream = tokio::select! {
+        s = conn.accept_bi() => s,
+        () = tokio::time::sleep(HELLO_TIMEOUT) => {
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"no stream opened");
+            return;
+        }
+        () = stopping(&mut stop) => {
+            conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"relay shutting down");
+            return;
+        }
+    };
+    let (send, recv) = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%remote, error = %e, "connection ended before opening a stream");
+            return;
+        }
+    };
+    let live = shared.store.subscribe();
+    let mut link = Link {
+        conn,
+        send,
+        recv,
+        remote,
+        store: shared.store.clone(),
+        session: Some(RelaySession::new(shared.limits.clone())),
+        live,
+        logged_in: false,
+    };
+    link.run(&mut stop).await;
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+enum End {
+    /// We sent a final message (error, goodbye) and close.
+    Closed,
+    /// The peer went away or the link broke.
+    Gone(String),
+}
+
+struct Link {
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    remote: SocketAddr,
+    store: SqliteRelayStore,
+    session: Option<RelaySession>,
+    live: watch::Receiver<u64>,
+    logged_in: bool,
+}
+
+impl Link {
+    async fn run(&mut self, stop: &mut watch::Receiver<bool>) {
+        let end = self.serve(stop).await;
+        match &end {
+            End::Closed => debug!(remote = %self.remote, "connection closed by the relay"),
+            End::Gone(why) => debug!(remote = %self.remote, reason = %why, "connection ended"),
+        }
+        if self.logged_in
+            && let Some(d) = self.session.as_ref().and_then(|s| s.device())
+        {
+            info!(device = %d.device_id, remote = %self.remote, "device disconnected");
+        }
+    }
+
+    async fn serve(&mut self, stop: &mut watch::Receiver<bool>) -> End {
+        let mut decoder = FrameDecoder::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+        loop {
+            // Handle every complete frame received so far.
+            loop {
+                match decoder.next_message() {
+                    Ok(Some(msg)) => {
+                        debug!(remote = %self.remote, msg = msg.name(), "received");
+                        let out = match self.with_session(move |s, st| s.handle(st, msg)).await {
+                            Ok(o) => o,
+                            Err(e) => return self.fail(ErrorCode::Internal, &e).await,
+                        };
+                        self.note_login();
+                        if let Some(end) = self.send_output(out).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(remote = %self.remote, error = %e, "bad frame; closing the connection");
+                        return self.fail(ErrorCode::BadFrame, &e.to_string()).await;
+                    }
+                }
+            }
+            let (authenticated, live) = self
+                .session
+                .as_ref()
+                .map_or((false, false), |s| (s.device().is_some(), s.is_live()));
+            tokio::select! {
+                biased;
+                () = stopping(stop) => {
+                    return self.fail(ErrorCode::ShuttingDown, "relay shutting down").await;
+                }
+                () = tokio::time::sleep_until(hello_deadline), if !authenticated => {
+                    return self.fail(ErrorCode::Protocol, "no Hello in time").await;
+                }
+                r = self.recv.read(&mut buf) => match r {
+                    Ok(Some(n)) => decoder.push(&buf[..n]),
+                    Ok(None) => {
+                        // The client finished its side: finish ours and let the connection go.
+                        let _ = self.send.finish();
+                        self.linger_and_close(CLOSE_OK, b"bye").await;
+                        return End::Gone(if decoder.buffered() > 0 { "peer finished mid-frame".into() } else { "peer finished".into() });
+                    }
+                    Err(e) => return End::Gone(e.to_string()),
+                },
+                r = self.live.changed(), if live => {
+                    if r.is_err() {
+                        return End::Gone("store closed".into());
+                    }
+                    let out = match self.with_session(|s, st| s.poll_live(st)).await {
+                        Ok(o) => o,
+                        Err(e) => return self.fail(ErrorCode::Internal, &e).await,
+                    };
+                    if !out.messages.is_empty() {
+                        debug!(remote = %self.remote, "live push");
+                    }
+                    if let Some(end) = self.send_output(out).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    fn note_login(&mut self) {
+        if self.logged_in {
+            return;
+        }
+        if let Some(d) = self.session.as_ref().and_then(|s| s.device()) {
+            self.logged_in = true;
+            info!(device = %d.device_id, name = %d.name, role = %d.role, remote = %self.remote, "device connected");
+        }
+    }
+
+    /// Runs a session call with a store handle on the blocking pool.
+    async fn with_session(
+        &mut self,
+        f: impl FnOnce(&mut RelaySession, &mut SqliteRelayStore) -> Output + Send + 'static,
+    ) -> Result<Output, String> {
+        let Some(mut session) = self.session.take() else {
+            return Err("session lost".into());
+        };
+        let mut store = self.store.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let out = f(&mut session, &mut store);
+            (session, out)
+        })
+        .await;
+        match joined {
+            Ok((session, out)) => {
+                self.session = Some(session);
+                Ok(out)
+            }
+            Err(e) => {
+                tracing::error!(remote = %self.remote, error = %e, "session task failed");
+                Err("relay internal error".into())
+            }
+        }
+    }
+
+    async fn write(&mut self, msg: &Message) -> Result<(), End> {
+        let frame = match encode(msg) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(remote = %self.remote, msg = msg.name(), error = %e, "cannot encode a message");
+                let fallback = Message::Error {
+                    code: ErrorCode::Internal,
+                    reason: "relay could not encode a reply".into(),
+                };
+                encode(&fallback).map_err(|e| End::Gone(e.to_string()))?
+            }
+        };
+        self.send
+            .write_all(&frame)
+            .await
+            .map_err(|e| End::Gone(e.to_string()))
+    }
+
+    /// Sends a session's output; `Some` if the connection ends here.
+    async fn send_output(&mut self, out: Output) -> Option<End> {
+        for m in &out.messages {
+            debug!(remote = %self.remote, msg = m.name(), "sending");
+            if let Err(end) = self.write(m).await {
+                return Some(end);
+            }
+        }
+        if out.close {
+            if let Some(Message::Error { code, reason }) = out.messages.last() {
+                info!(remote = %self.remote, ?code, %reason, "closing connection after an error");
+            }
+            let _ = self.send.finish();
+            self.linger_and_close(CLOSE_PROTOCOL, b"closed").await;
+            return Some(End::Closed);
+        }
+        None
+    }
+
+    /// Sends a final error and closes.
+    async fn fail(&mut self, code: ErrorCode, reason: &str) -> End {
+        let msg = Message::Error {
+            code,
+            reason: reason.to_string(),
+        };
+        if self.write(&msg).await.is_ok() {
+            let _ = self.send.finish();
+        }
+        let close = if code == ErrorCode::ShuttingDown {
+            CLOSE_SHUTDOWN
+        } else {
+            CLOSE_PROTOCOL
+        };
+        self.linger_and_close(close, reason.as_bytes()).await;
+        End::Closed
+    }
+
+    /// Gives the peer a moment to receive what was sent, then closes the connection.
+    async fn linger_and_close(&mut self, code: u32, reason: &[u8]) {
+        let _ = tokio::time::timeout(LINGER, self.send.stopped()).await;
+        let reason = &reason[..reason.len().min(64)];
+        self.conn.close(VarInt::from_u32(code), reason);
+    }
+}
+
+/// Starts the relay, prints its fingerprint and address (one line each, for scripts), and runs
+/// until Ctrl-C or SIGTERM, then shuts down gracefully.
+pub async fn serve(config: RelayConfig) -> anyhow::Result<()> {
+    let mut relay = Relay::start(config).await?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "fingerprint: {}", relay.fingerprint())?;
+        writeln!(out, "listening on {}", relay.local_addr())?;
+        out.flush()?;
+    }
+    tokio::select! {
+        r = shutdown_signal() => r?,
+        () = relay.stopped() => anyhow::bail!("the relay endpoint stopped unexpectedly"),
+    }
+    info!("shutdown requested");
+    relay.shutdown().await
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
+/// The text printed by `fieldsync-relay status`: epoch, log position, counts and the
+/// certificate fingerprint. Refuses a data directory without a relay database (it does not
+/// create one).
+pub fn status_report(config: &RelayConfig) -> anyhow::Result<String> {
+    let db = config.db_path();
+    if !db.exists() {
+        anyhow::bail!(
+            "no relay database at {} (has the relay ever started there?)",
+            db.display()
+        );
+    }
+    let store = SqliteRelayStore::open(&db, RelayStoreOptions::default())?;
+    let s = store.status()?;
+    let fp = tls::existing_fingerprint(&config.data_dir, config.cert.as_deref())
+        .unwrap_or_else(|| "none (no certificate yet)".into());
+    Ok(format!(
+        "database: {}\nepoch: {}\nhigh seq: {}\ndocs: {}\nchanges: {}\ndevices: {} ({} revoked)\nfingerprint: {}\n",
+        db.display(),
+        s.epoch,
+        s.high_seq,
+        s.docs,
+        s.changes,
+        s.devices,
+        s.revoked_devices,
+        fp
+    ))
+}

@@ -1,0 +1,1197 @@
+//! The relay's SQLite store: the change log with sequence numbers, the relay's compacted copy of
+//! every document, the device table and the audit trail, in one SQLite file (WAL,
+//! `synchronous=FULL`).
+//!
+//! Writes (`append`, device changes) go through one writer connection behind a mutex; SQLite's
+//! single writer assigns the log's sequence numbers inside the transaction that stores the
+//! entries, so a reader can never skip an entry that commits later with a lower number. Reads
+//! (`read_log`, `read_snapshots`, `missing`, `authenticate`) use a small pool of read-only
+//! connections and run concurrently with a write (WAL). A [`SqliteRelayStore`] is a cheap,
+//! cloneable handle: every connection task of the server holds one.
+//!
+//! The relay validates a write against its own copy of the document, so it loads documents, but
+//! only those being written, into a small LRU cache; it never holds all documents in memory.
+
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use automerge::AutoCommit;
+use fieldsync_core::ids::now_millis;
+use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
+use fieldsync_core::protocol::messages::{Hash, Rejection};
+use fieldsync_core::protocol::{
+    DeviceInfo, Entry, LogEntry, Outcome, RelayStorage, StorageError, UploadChange, check_change,
+};
+use fieldsync_core::store::{decode_change, load_snapshot};
+use fieldsync_core::{DocId, DocKind, Role};
+use ring::rand::SecureRandom;
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+
+/// File name of the relay database inside the data directory.
+pub const DB_FILE: &str = "relay.db";
+
+/// Log entry kinds (`log.kind`).
+const KIND_CHANGES: i64 = 0;
+const KIND_SNAPSHOT: i64 = 1;
+const KIND_LEAVE: i64 = 2;
+
+/// Bytes counted per entry on top of its payload, as the relay session counts them.
+const ENTRY_OVERHEAD: usize = 24;
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+/// Documents kept loaded during one upload batch before they are written back and dropped.
+const WORK_LIMIT: usize = 256;
+/// `last_seen` is written at most this often per device.
+const TOUCH_EVERY: Duration = Duration::from_secs(30);
+
+/// Errors from the relay store.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayStoreError {
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file is not a SQLite database (or is damaged beyond opening).
+    #[error("{0} is not a fieldsync relay database: not a SQLite database or damaged ({1})")]
+    NotADatabase(PathBuf, String),
+    /// The file is a SQLite database of another application (or a client replica).
+    #[error(
+        "the database belongs to another application (application_id {application_id:#x}), not a fieldsync relay"
+    )]
+    Foreign {
+        /// The file's `PRAGMA application_id`.
+        application_id: i32,
+    },
+    /// The database was written by a newer relay.
+    #[error(
+        "relay database schema version {found} is newer than this build supports ({supported})"
+    )]
+    SchemaTooNew {
+        /// Version in the file.
+        found: i32,
+        /// Newest version this build reads.
+        supported: i32,
+    },
+    /// Stored data could not be read back (a snapshot, an id, a device row).
+    #[error("corrupt relay data: {0}")]
+    Corrupt(String),
+    /// An argument was refused (e.g. enrolling a device without scopes).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The system random generator failed.
+    #[error("the system random generator failed")]
+    Random,
+}
+
+impl From<RelayStoreError> for StorageError {
+    fn from(e: RelayStoreError) -> Self {
+        // The details stay in the relay's log; the client only learns that it should retry.
+        tracing::error!(error = %e, "relay storage failed");
+        Self("relay storage failure (details in the relay log)".into())
+    }
+}
+
+/// A page of document snapshots and whether more follow.
+pub type SnapshotPage = (Vec<(DocId, Vec<u8>)>, bool);
+
+/// Open enrolment: unknown devices are accepted with these scopes and role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenEnrollment {
+    /// Scopes granted (`*` = all).
+    pub scopes: Vec<String>,
+    /// Role granted.
+    pub role: Role,
+}
+
+/// Options for [`SqliteRelayStore::open`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayStoreOptions {
+    /// How many documents to keep loaded for validating writes.
+    pub cache_docs: usize,
+    /// Accept unknown devices (`None`: only enrolled devices).
+    pub open: Option<OpenEnrollment>,
+}
+
+impl Default for RelayStoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_docs: 256,
+            open: None,
+        }
+    }
+}
+
+/// A device as stored in the device table.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceRecord {
+    /// Device id.
+    pub device_id: Uuid,
+    /// Name given at enrolment.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Enrolled with a secret (false: registered by open enrolment).
+    pub enrolled: bool,
+    /// When it was created (ms).
+    pub created_at: i64,
+    /// Last finished sync exchange (ms), to within 30 s.
+    pub last_seen: Option<i64>,
+    /// When it was revoked (ms).
+    pub revoked_at: Option<i64>,
+}
+
+/// The result of enrolling a device: its id and the secret it presents (shown once; the relay
+/// keeps only its hash).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Enrollment {
+    /// Device id.
+    pub device_id: Uuid,
+    /// The device's secret credential.
+    pub secret: String,
+}
+
+/// Counters for `fieldsync-relay status`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RelayStatus {
+    /// The relay's epoch.
+    pub epoch: Uuid,
+    /// Highest sequence number assigned.
+    pub high_seq: u64,
+    /// Documents held.
+    pub docs: u64,
+    /// Changes stored.
+    pub changes: u64,
+    /// Devices known (enrolled or registered).
+    pub devices: u64,
+    /// Of which revoked.
+    pub revoked_devices: u64,
+}
+
+/// A small least-recently-used cache of loaded documents.
+struct DocCache {
+    cap: usize,
+    tick: u64,
+    docs: HashMap<DocId, (AutoCommit, u64)>,
+}
+
+impl DocCache {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            tick: 0,
+            docs: HashMap::new(),
+        }
+    }
+
+    fn take(&mut self, id: &DocId) -> Option<AutoCommit> {
+        self.docs.remove(id).map(|(d, _)| d)
+    }
+
+    fn insert(&mut self, id: DocId, doc: AutoCommit) {
+        while self.docs.len() >= self.cap && !self.docs.contains_key(&id) {
+            let Some(oldest) = self
+                .docs
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            self.docs.remove(&oldest);
+        }
+        self.tick += 1;
+        self.docs.insert(id, (doc, self.tick));
+    }
+
+    fn len(&self) -> usize {
+        self.docs.len()
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    cache: DocCache,
+}
+
+struct Inner {
+    path: PathBuf,
+    epoch: Uuid,
+    opts: RelayStoreOptions,
+    writer: Mutex<Writer>,
+    readers: Mutex<Vec<Connection>>,
+    touched: Mutex<HashMap<Uuid, Instant>>,
+    notify: watch::Sender<u64>,
+}
+
+/// The relay's SQLite store. Cloning gives another handle to the same store.
+#[derive(Clone)]
+pub struct SqliteRelayStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteRelayStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteRelayStore")
+            .field("path", &self.inner.path)
+            .field("epoch", &self.inner.epoch)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves no half-done state: SQLite rolled the transaction
+    // back and documents being written were taken out of the cache.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, RelayStoreError> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // The first statement that reads the file's header tells a foreign file apart.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+            ) =>
+        {
+            RelayStoreError::NotADatabase(path.to_path_buf(), e.to_string())
+        }
+        e => RelayStoreError::Sqlite(e),
+    })?;
+    Ok(conn)
+}
+
+fn doc_id(b: &[u8]) -> Result<DocId, RelayStoreError> {
+    DocId::from_slice(b)
+        .ok_or_else(|| RelayStoreError::Corrupt(format!("bad document id {}", hex::encode(b))))
+}
+
+fn hash_secret(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+fn heads_bytes(doc: &mut AutoCommit) -> Vec<u8> {
+    doc.get_heads().iter().flat_map(|h| h.0).collect()
+}
+
+fn split_heads(b: &[u8]) -> Vec<Hash> {
+    b.chunks_exact(32)
+        .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+        .collect()
+}
+
+fn save(doc: &mut AutoCommit, id: DocId) -> Result<Vec<u8>, RelayStoreError> {
+    catch_unwind(AssertUnwindSafe(|| doc.save()))
+        .map_err(|_| RelayStoreError::Corrupt(format!("automerge panicked saving document {id}")))
+}
+
+/// A device row.
+struct DeviceRow {
+    name: String,
+    role: String,
+    scopes: String,
+    secret_hash: Option<Vec<u8>>,
+    created_at: i64,
+    last_seen: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl DeviceRow {
+    fn info(&self, device_id: Uuid) -> Result<DeviceInfo, RelayStoreError> {
+        let role = Role::parse(&self.role).ok_or_else(|| {
+            RelayStoreError::Corrupt(format!("device {device_id} has role `{}`", self.role))
+        })?;
+        let scopes: Vec<String> = serde_json::from_str(&self.scopes)
+            .map_err(|e| RelayStoreError::Corrupt(format!("device {device_id} scopes: {e}")))?;
+        Ok(DeviceInfo {
+            device_id,
+            name: self.name.clone(),
+            role,
+            scopes,
+        })
+    }
+}
+
+fn device_row(conn: &Connection, id: Uuid) -> Result<Option<DeviceRow>, rusqlite::Error> {
+    conn.prepare_cached(
+        "SELECT name, role, scopes, secret_hash, created_at, last_seen, revoked_at
+           FROM devices WHERE device_id = ?1",
+    )?
+    .query_row([id.as_bytes()], |r| {
+        Ok(DeviceRow {
+            name: r.get(0)?,
+            role: r.get(1)?,
+            scopes: r.get(2)?,
+            secret_hash: r.get(3)?,
+            created_at: r.get(4)?,
+            last_seen: r.get(5)?,
+            revoked_at: r.get(6)?,
+        })
+    })
+    .optional()
+}
+
+/// One document being written during an upload batch.
+struct Work {
+    doc: AutoCommit,
+    kind: Option<DocKind>,
+    scope: Option<String>,
+    customer_id: Option<DocId>,
+    updated_seq: i64,
+    dirty: bool,
+}
+
+/// State of one upload batch inside its transaction.
+struct Batch<'a, 't> {
+    tx: &'a Transaction<'t>,
+    cache: &'a mut DocCache,
+    work: HashMap<DocId, Work>,
+    open_role: Option<Role>,
+    now: i64,
+    high: Option<i64>,
+}
+
+impl Batch<'_, '_> {
+    /// Takes a document out of the working set, the cache or the database (a new, empty
+    /// document if the relay has none).
+    fn take(&mut self, id: DocId) -> Result<Work, RelayStoreError> {
+        if let Some(w) = self.work.remove(&id) {
+            return Ok(w);
+        }
+        type MetaRow = (Option<i64>, String, Option<Vec<u8>>, i64);
+        let row: Option<MetaRow> = self
+            .tx
+            .prepare_cached(
+                "SELECT kind, scope, customer_id, updated_seq FROM docs WHERE doc_id = ?1",
+            )?
+            .query_row([id.as_bytes()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let Some((kind, scope, customer, updated_seq)) = row else {
+            return Ok(Work {
+                doc: AutoCommit::new(),
+                kind: None,
+                scope: None,
+                customer_id: None,
+                updated_seq: 0,
+                dirty: false,
+            });
+        };
+        let doc = match self.cache.take(&id) {
+            Some(d) => d,
+            None => {
+                let snapshot: Vec<u8> = self
+                    .tx
+                    .prepare_cached("SELECT snapshot FROM docs WHERE doc_id = ?1")?
+                    .query_row([id.as_bytes()], |r| r.get(0))?;
+                load_snapshot(&snapshot)
+                    .map_err(|e| RelayStoreError::Corrupt(format!("document {id}: {e}")))?
+            }
+        };
+        Ok(Work {
+            doc,
+            kind: kind.and_then(DocKind::from_code),
+            scope: Some(scope),
+            customer_id: customer.as_deref().map(doc_id).transpose()?,
+            updated_seq,
+            dirty: false,
+        })
+    }
+
+    /// Writes every changed document of the working set back to `docs`.
+    fn flush(&mut self) -> Result<(), RelayStoreError> {
+        let mut up = self.tx.prepare_cached(
+            "INSERT INTO docs (doc_id, kind, scope, customer_id, snapshot, heads, updated_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (doc_id) DO UPDATE SET kind = excluded.kind, scope = excluded.scope,
+               customer_id = excluded.customer_id, snapshot = excluded.snapshot,
+               heads = excluded.heads, updated_seq = excluded.updated_seq",
+        )?;
+        for (id, w) in self.work.iter_mut().filter(|(_, w)| w.dirty) {
+            let snapshot = save(&mut w.doc, *id)?;
+            let heads = heads_bytes(&mut w.doc);
+            up.execute(params![
+                id.as_bytes(),
+                w.kind.map(DocKind::code),
+                w.scope.as_deref().unwrap_or_default(),
+                w.customer_id.map(|c| c.as_bytes().to_vec()),
+                snapshot,
+                heads,
+                w.updated_seq,
+            ])?;
+            w.dirty = false;
+        }
+        Ok(())
+    }
+
+    fn log(
+        &mut self,
+        scope: &str,
+        doc: DocId,
+        kind: i64,
+        hash: Option<&[u8]>,
+        bytes: Option<&[u8]>,
+        device: Uuid,
+    ) -> Result<i64, RelayStoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO log (scope, doc_id, kind, hash, bytes, device, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                scope,
+                doc.as_bytes(),
+                kind,
+                hash,
+                bytes,
+                device.as_bytes(),
+                self.now
+            ])?;
+        let seq = self.tx.last_insert_rowid();
+        self.high = Some(seq);
+        Ok(seq)
+    }
+
+    /// A customer moved from `old` to `new`: re-files it and its visits and quotes, with a
+    /// `Leave` entry in the scope each leaves and a snapshot entry in the new scope.
+    fn refile(
+        &mut self,
+        customer: DocId,
+        old: &str,
+        new: &str,
+        device: Uuid,
+    ) -> Result<(), RelayStoreError> {
+        self.flush()?;
+        let rows: Vec<(Vec<u8>, String, Vec<u8>)> = self
+            .tx
+            .prepare_cached(
+                "SELECT doc_id, scope, snapshot FROM docs WHERE doc_id = ?1 OR customer_id = ?1
+                 ORDER BY doc_id",
+            )?
+            .query_map([customer.as_bytes()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (idb, scope, snapshot) in rows {
+            let id = doc_id(&idb)?;
+            let from = if id == customer {
+                old.to_string()
+            } else {
+                scope
+            };
+            if from == new {
+                continue;
+            }
+            self.log(&from, id, KIND_LEAVE, None, None, device)?;
+            self.tx
+                .prepare_cached("UPDATE log SET moved_to = ?2 WHERE seq = ?1")?
+                .execute(params![self.tx.last_insert_rowid(), new])?;
+            let seq = self.log(new, id, KIND_SNAPSHOT, None, Some(&snapshot), device)?;
+            self.tx
+                .prepare_cached("UPDATE docs SET scope = ?2, updated_seq = ?3 WHERE doc_id = ?1")?
+                .execute(params![id.as_bytes(), new, seq])?;
+            if let Some(w) = self.work.get_mut(&id) {
+                w.scope = Some(new.to_string());
+                w.updated_seq = seq;
+            }
+        }
+        tracing::info!(customer = %customer, from = old, to = new, "customer moved scope");
+        Ok(())
+    }
+
+    /// Validates and stores one uploaded change.
+    fn append_one(
+        &mut self,
+        device: &DeviceInfo,
+        c: &UploadChange,
+        relayed: bool,
+    ) -> Result<Outcome, RelayStoreError> {
+        let refuse = |hash: Hash, reason: String, retry: bool| {
+            Outcome::Refused(Rejection {
+                hash,
+                reason,
+                retry,
+            })
+        };
+        let change = match decode_change(&c.bytes) {
+            Ok(ch) => ch,
+            Err(e) => return Ok(refuse([0; 32], e.to_string(), false)),
+        };
+        let hash = change.hash().0;
+        // Re-sending is harmless: a stored change is acknowledged again without a new entry.
+        let stored: Option<Vec<u8>> = self
+            .tx
+            .prepare_cached("SELECT doc_id FROM changes WHERE hash = ?1")?
+            .query_row([&hash[..]], |r| r.get(0))
+            .optional()?;
+        if let Some(d) = stored {
+            return Ok(if d == c.doc_id.as_bytes() {
+                Outcome::Stored
+            } else {
+                refuse(hash, "change belongs to another document".into(), false)
+            });
+        }
+        let mut work = self.take(c.doc_id)?;
+        let failure: RefCell<Option<rusqlite::Error>> = RefCell::new(None);
+        let result = {
+            let tx = self.tx;
+            let open_role = self.open_role;
+            let others = &self.work;
+            let author_role = |author: Uuid| -> Option<Role> {
+                match device_row(tx, author) {
+                    Ok(Some(row)) if row.revoked_at.is_none() => Role::parse(&row.role),
+                    Ok(Some(_)) => None,
+                    Ok(None) => open_role,
+                    Err(e) => {
+                        failure.borrow_mut().get_or_insert(e);
+                        None
+                    }
+                }
+            };
+            let customer_scope = |cid: DocId| -> Option<String> {
+                if let Some(w) = others.get(&cid) {
+                    return w.scope.clone();
+                }
+                tx.prepare_cached("SELECT scope FROM docs WHERE doc_id = ?1")
+                    .and_then(|mut st| st.query_row([cid.as_bytes()], |r| r.get(0)).optional())
+                    .unwrap_or_else(|e| {
+                        failure.borrow_mut().get_or_insert(e);
+                        None
+                    })
+            };
+            check_change(
+                &mut work.doc,
+                c.doc_id,
+                &c.bytes,
+                device,
+                relayed,
+                &author_role,
+                work.scope.as_deref(),
+                &customer_scope,
+            )
+        };
+        if let Some(e) = failure.into_inner() {
+            return Err(e.into());
+        }
+        let accepted = match result {
+            Ok(a) => a,
+            Err(refusal) => {
+                self.work.insert(c.doc_id, work);
+                return Ok(refuse(hash, refusal.reason, refusal.retry));
+            }
+        };
+        if accepted.kind.is_some() {
+            work.kind = accepted.kind;
+        }
+        if accepted.scope.is_some() {
+            work.scope = accepted.scope.clone();
+        }
+        if accepted.customer_id.is_some() {
+            work.customer_id = accepted.customer_id;
+        }
+        work.dirty = true;
+        let scope = work.scope.clone().unwrap_or_default();
+        self.work.insert(c.doc_id, work);
+        if let Some(old) = &accepted.moved_from {
+            self.refile(c.doc_id, old, &scope, device.device_id)?;
+        }
+        let seq = self.log(
+            &scope,
+            c.doc_id,
+            KIND_CHANGES,
+            Some(&hash),
+            Some(&c.bytes),
+            device.device_id,
+        )?;
+        self.tx
+            .prepare_cached("INSERT INTO changes (hash, doc_id, seq) VALUES (?1, ?2, ?3)")?
+            .execute(params![&hash[..], c.doc_id.as_bytes(), seq])?;
+        self.tx
+            .prepare_cached("INSERT INTO audit (seq, device, doc_id, at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![
+                seq,
+                device.device_id.as_bytes(),
+                c.doc_id.as_bytes(),
+                self.now
+            ])?;
+        if let Some(w) = self.work.get_mut(&c.doc_id) {
+            w.updated_seq = seq;
+        }
+        if self.work.len() > WORK_LIMIT {
+            // Bound memory on huge batches: write back and drop; later changes reload from
+            // this transaction's view of `docs`.
+            self.flush()?;
+            self.work.clear();
+        }
+        Ok(Outcome::Stored)
+    }
+}
+
+impl SqliteRelayStore {
+    /// Opens (or creates) the relay database at `path`.
+    ///
+    /// Refuses, without modifying it, a file that is not SQLite, a SQLite database of another
+    /// application (including a client replica) and a database written by a newer relay.
+    pub fn open(path: impl AsRef<Path>, opts: RelayStoreOptions) -> Result<Self, RelayStoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = open_conn(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        schema::migrate(&mut conn)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let epoch = {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let stored: Option<Vec<u8>> = tx
+                .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let epoch = match stored {
+                Some(b) => Uuid::from_slice(&b)
+                    .map_err(|_| RelayStoreError::Corrupt("bad epoch in meta".into()))?,
+                None => {
+                    let e = Uuid::new_v4();
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('epoch', ?1)",
+                        [e.as_bytes().to_vec()],
+                    )?;
+                    tracing::info!(epoch = %e, path = %path.display(), "created relay database");
+                    e
+                }
+            };
+            tx.commit()?;
+            epoch
+        };
+        let high: i64 =
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM log", [], |r| r.get(0))?;
+        let (notify, _) = watch::channel(high.max(0) as u64);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                epoch,
+                writer: Mutex::new(Writer {
+                    conn,
+                    cache: DocCache::new(opts.cache_docs),
+                }),
+                opts,
+                readers: Mutex::new(Vec::new()),
+                touched: Mutex::new(HashMap::new()),
+                notify,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The relay's epoch (created with the database).
+    pub fn epoch_id(&self) -> Uuid {
+        self.inner.epoch
+    }
+
+    /// Receives the highest sequence number after every upload that appended to the log.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.notify.subscribe()
+    }
+
+    /// Documents currently loaded in the write cache (for tests and metrics).
+    pub fn cached_docs(&self) -> usize {
+        lock(&self.inner.writer).cache.len()
+    }
+
+    /// Runs `f` on a pooled read-only connection.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        let pooled = lock(&self.inner.readers).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_conn(
+                &self.inner.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?,
+        };
+        let r = f(&conn);
+        let mut pool = lock(&self.inner.readers);
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        r
+    }
+
+    /// Runs `f` in a write transaction.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        let mut w = lock(&self.inner.writer);
+        let tx = w
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let v = f(&tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+
+    /// Validates and durably stores uploaded changes (see [`RelayStorage::append`]); one
+    /// transaction for the whole batch, committed before returning.
+    pub fn append_changes(
+        &self,
+        device: &DeviceInfo,
+        changes: &[UploadChange],
+        relayed: bool,
+    ) -> Result<Vec<Outcome>, RelayStoreError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let open_role = self.inner.opts.open.as_ref().map(|o| o.role);
+        let mut guard = lock(&self.inner.writer);
+        let Writer { conn, cache } = &mut *guard;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let sender = device_row(&tx, device.device_id)?;
+        if sender.is_some_and(|r| r.revoked_at.is_some()) {
+            return Ok(changes
+                .iter()
+                .map(|c| {
+                    Outcome::Refused(Rejection {
+                        hash: decode_change(&c.bytes)
+                            .map(|ch| ch.hash().0)
+                            .unwrap_or([0; 32]),
+                        reason: "device revoked".into(),
+                        retry: false,
+                    })
+                })
+                .collect());
+        }
+        let mut batch = Batch {
+            tx: &tx,
+            cache: &mut *cache,
+            work: HashMap::new(),
+            open_role,
+            now: now_millis(),
+            high: None,
+        };
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for c in changes {
+            outcomes.push(batch.append_one(device, c, relayed)?);
+        }
+        batch.flush()?;
+        let Batch { work, high, .. } = batch;
+        tx.commit()?;
+        for (id, w) in work {
+            // Only documents the relay holds: a refused first change leaves an empty one.
+            if w.scope.is_some() {
+                cache.insert(id, w.doc);
+            }
+        }
+        if let Some(h) = high {
+            self.inner.notify.send_replace(h.max(0) as u64);
+        }
+        Ok(outcomes)
+    }
+
+    /// The highest sequence number assigned so far.
+    pub fn high(&self) -> Result<u64, RelayStoreError> {
+        self.read(|c| {
+            let h: i64 = c.query_row("SELECT COALESCE(MAX(seq), 0) FROM log", [], |r| r.get(0))?;
+            Ok(h.max(0) as u64)
+        })
+    }
+
+    /// Log entries of `scope` after `after` (see [`RelayStorage::read_log`]). For `*` (a device
+    /// that sees every scope) only change entries are returned: it has every change already, so
+    /// a scope move's snapshot entries are redundant for it and its `Leave` entries would be
+    /// wrong.
+    pub fn log_after(
+        &self,
+        scope: &str,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogEntry>, bool), RelayStoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut st;
+            let mut rows = if scope == "*" {
+                st = c.prepare_cached(
+                    "SELECT seq, doc_id, kind, length(bytes), bytes FROM log
+                     WHERE seq > ?1 AND kind = 0 ORDER BY seq",
+                )?;
+                st.query(params![after])?
+            } else {
+                st = c.prepare_cached(
+                    "SELECT seq, doc_id, kind, length(bytes), bytes FROM log
+                     WHERE scope = ?2 AND seq > ?1 ORDER BY seq",
+                )?;
+                st.query(params![after, scope])?
+            };
+            let mut out = Vec::new();
+            let mut used = 0usize;
+            while let Some(r) = rows.next()? {
+                let size =
+                    r.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as usize + ENTRY_OVERHEAD;
+                if !out.is_empty() && used + size > max_bytes {
+                    return Ok((out, true));
+                }
+                used += size;
+                let seq: i64 = r.get(0)?;
+                let id = doc_id(&r.get::<_, Vec<u8>>(1)?)?;
+                let kind: i64 = r.get(2)?;
+                let bytes: Option<Vec<u8>> = r.get(4)?;
+                let entry = match (kind, bytes) {
+                    (KIND_CHANGES, Some(b)) => Entry::Changes(vec![Bytes(b)]),
+                    (KIND_SNAPSHOT, Some(b)) => Entry::Snapshot(Bytes(b)),
+                    (KIND_LEAVE, _) => Entry::Leave,
+                    (k, _) => {
+                        return Err(RelayStoreError::Corrupt(format!(
+                            "log entry {seq} of kind {k}"
+                        )));
+                    }
+                };
+                out.push(LogEntry {
+                    seq: seq.max(0) as u64,
+                    doc_id: id,
+                    entry,
+                });
+            }
+            Ok((out, false))
+        })
+    }
+
+    /// Snapshots of the documents in `scope` after `after` (see [`RelayStorage::read_snapshots`]).
+    pub fn snapshots_after(
+        &self,
+        scope: &str,
+        after: Option<DocId>,
+        max_bytes: usize,
+    ) -> Result<SnapshotPage, RelayStoreError> {
+        let after: Vec<u8> = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+        self.read(|c| {
+            let mut st;
+            let mut rows = if scope == "*" {
+                st = c.prepare_cached(
+                    "SELECT doc_id, length(snapshot), snapshot FROM docs WHERE doc_id > ?1 ORDER BY doc_id",
+                )?;
+                st.query(params![after])?
+            } else {
+                st = c.prepare_cached(
+                    "SELECT doc_id, length(snapshot), snapshot FROM docs
+                     WHERE scope = ?2 AND doc_id > ?1 ORDER BY doc_id",
+                )?;
+                st.query(params![after, scope])?
+            };
+            let mut out = Vec::new();
+            let mut used = 0usize;
+            while let Some(r) = rows.next()? {
+                let size = r.get::<_, i64>(1)?.max(0) as usize + ENTRY_OVERHEAD;
+                if !out.is_empty() && used + size > max_bytes {
+                    return Ok((out, true));
+                }
+                used += size;
+                out.push((doc_id(&r.get::<_, Vec<u8>>(0)?)?, r.get(2)?));
+            }
+            Ok((out, false))
+        })
+    }
+
+    /// For each document and a client's heads: `None` if the relay has all of those heads,
+    /// else the relay's heads (empty if it lacks the document).
+    pub fn missing_heads(
+        &self,
+        docs: &[(DocId, Vec<Hash>)],
+    ) -> Result<Vec<Option<Vec<Hash>>>, RelayStoreError> {
+        self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let mut heads_st = tx.prepare_cached("SELECT heads FROM docs WHERE doc_id = ?1")?;
+            let mut has_st =
+                tx.prepare_cached("SELECT 1 FROM changes WHERE hash = ?1 AND doc_id = ?2")?;
+            let mut out = Vec::with_capacity(docs.len());
+            for (id, client_heads) in docs {
+                let heads: Option<Vec<u8>> = heads_st
+                    .query_row([id.as_bytes()], |r| r.get(0))
+                    .optional()?;
+                let Some(heads) = heads else {
+                    out.push(Some(Vec::new()));
+                    continue;
+                };
+                let mut complete = true;
+                for h in client_heads {
+                    if !has_st.exists(params![&h[..], id.as_bytes()])? {
+                        complete = false;
+                        break;
+                    }
+                }
+                out.push((!complete).then(|| split_heads(&heads)));
+            }
+            drop((heads_st, has_st));
+            tx.finish()?;
+            Ok(out)
+        })
+    }
+
+    /// Checks a device's credential; in open mode registers unknown devices.
+    pub fn authenticate_device(
+        &self,
+        device_id: Uuid,
+        credential: Option<&str>,
+    ) -> Result<Option<DeviceInfo>, RelayStoreError> {
+        let Some(open) = self.inner.opts.open.as_ref() else {
+            let row = self.read(|c| Ok(device_row(c, device_id)?))?;
+            return row.map_or(Ok(None), |r| self.admit(device_id, &r, credential));
+        };
+        if let Some(r) = self.read(|c| Ok(device_row(c, device_id)?))? {
+            return self.admit(device_id, &r, credential);
+        }
+        let scopes = serde_json::to_string(&open.scopes)
+            .map_err(|e| RelayStoreError::Invalid(e.to_string()))?;
+        let now = now_millis();
+        let inserted = self.write(|tx| {
+            Ok(tx.execute(
+                "INSERT OR IGNORE INTO devices (device_id, name, role, scopes, secret_hash, created_at, last_seen)
+                 VALUES (?1, 'open enrolment', ?2, ?3, NULL, ?4, ?4)",
+                params![device_id.as_bytes(), open.role.as_str(), scopes, now],
+            )?)
+        })?;
+        if inserted > 0 {
+            lock(&self.inner.touched).insert(device_id, Instant::now());
+            tracing::info!(device = %device_id, role = %open.role, "registered a device by open enrolment");
+        }
+        // Read back: a concurrent registration or enrolment may have come first.
+        let row = self.read(|c| Ok(device_row(c, device_id)?))?;
+        row.map_or(Ok(None), |r| self.admit(device_id, &r, credential))
+    }
+
+    /// Whether a known device may connect: not revoked, and its secret matches (devices
+    /// registered by open enrolment have none and are admitted while open enrolment is on).
+    fn admit(
+        &self,
+        device_id: Uuid,
+        row: &DeviceRow,
+        credential: Option<&str>,
+    ) -> Result<Option<DeviceInfo>, RelayStoreError> {
+        if row.revoked_at.is_some() {
+            return Ok(None);
+        }
+        let ok = match (&row.secret_hash, credential) {
+            (Some(h), Some(c)) => crate::tls::ct_eq(h, &hash_secret(c)),
+            (Some(_), None) => false,
+            (None, _) => self.inner.opts.open.is_some(),
+        };
+        if ok {
+            row.info(device_id).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Records that a device finished a sync exchange (written at most every 30 s per device).
+    pub fn touch(&self, device_id: Uuid) -> Result<(), RelayStoreError> {
+        {
+            let mut t = lock(&self.inner.touched);
+            if t.get(&device_id)
+                .is_some_and(|at| at.elapsed() < TOUCH_EVERY)
+            {
+                return Ok(());
+            }
+            t.insert(device_id, Instant::now());
+        }
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE devices SET last_seen = ?2 WHERE device_id = ?1",
+                params![device_id.as_bytes(), now_millis()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Enrols a device (a new id unless `device_id` is given; re-enrolling an id replaces its
+    /// secret, role and scopes and lifts a revocation). Returns the secret, shown only now.
+    pub fn enroll_device(
+        &self,
+        device_id: Option<Uuid>,
+        name: &str,
+        role: Role,
+        scopes: &[String],
+    ) -> Result<Enrollment, RelayStoreError> {
+        if scopes.is_empty() || scopes.iter().any(|s| s.trim().is_empty()) {
+            return Err(RelayStoreError::Invalid(
+                "a device needs at least one non-empty scope".into(),
+            ));
+        }
+        let device_id = device_id.unwrap_or_else(Uuid::now_v7);
+        let mut raw = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| RelayStoreError::Random)?;
+        let secret = hex::encode(raw);
+        let scopes_json =
+            serde_json::to_string(scopes).map_err(|e| RelayStoreError::Invalid(e.to_string()))?;
+        let now = now_millis();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO devices (device_id, name, role, scopes, secret_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, role = excluded.role,
+                   scopes = excluded.scopes, secret_hash = excluded.secret_hash, revoked_at = NULL",
+                params![
+                    device_id.as_bytes(),
+                    name,
+                    role.as_str(),
+                    scopes_json,
+                    hash_secret(&secret),
+                    now
+                ],
+            )?;
+            Ok(())
+        })?;
+        tracing::info!(device = %device_id, %role, ?scopes, "enrolled a device");
+        Ok(Enrollment { device_id, secret })
+    }
+
+    /// Revokes a device: it is refused from its next connection or upload on. Returns whether
+    /// the device was known and not yet revoked.
+    pub fn revoke_device(&self, device_id: Uuid) -> Result<bool, RelayStoreError> {
+        let n = self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
+                params![device_id.as_bytes(), now_millis()],
+            )?)
+        })?;
+        if n > 0 {
+            tracing::info!(device = %device_id, "revoked a device");
+        }
+        Ok(n > 0)
+    }
+
+    /// Every known device, by creation time.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, RelayStoreError> {
+        self.read(|c| {
+            let mut st =
+                c.prepare_cached("SELECT device_id FROM devices ORDER BY created_at, device_id")?;
+            let ids: Vec<Vec<u8>> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let mut out = Vec::new();
+            for b in ids {
+                let id = Uuid::from_slice(&b)
+                    .map_err(|_| RelayStoreError::Corrupt("bad device id".into()))?;
+                let Some(row) = device_row(c, id)? else {
+                    continue;
+                };
+                let info = row.info(id)?;
+                out.push(DeviceRecord {
+                    device_id: id,
+                    name: info.name,
+                    role: info.role,
+                    scopes: info.scopes,
+                    enrolled: row.secret_hash.is_some(),
+                    created_at: row.created_at,
+                    last_seen: row.last_seen,
+                    revoked_at: row.revoked_at,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Counters for `status`.
+    pub fn status(&self) -> Result<RelayStatus, RelayStoreError> {
+        let epoch = self.inner.epoch;
+        self.read(|c| {
+            let count = |sql: &str| -> Result<u64, RelayStoreError> {
+                Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))?.max(0) as u64)
+            };
+            Ok(RelayStatus {
+                epoch,
+                high_seq: count("SELECT COALESCE(MAX(seq), 0) FROM log")?,
+                docs: count("SELECT count(*) FROM docs")?,
+                changes: count("SELECT count(*) FROM changes")?,
+                devices: count("SELECT count(*) FROM devices")?,
+                revoked_devices: count(
+                    "SELECT count(*) FROM devices WHERE revoked_at IS NOT NULL",
+                )?,
+            })
+        })
+    }
+}
+
+impl RelayStorage for SqliteRelayStore {
+    fn epoch(&mut self) -> Result<Uuid, StorageError> {
+        Ok(self.inner.epoch)
+    }
+
+    fn authenticate(
+        &mut self,
+        device_id: Uuid,
+        credential: Option<&str>,
+    ) -> Result<Option<DeviceInfo>, StorageError> {
+        Ok(self.authenticate_device(device_id, credential)?)
+    }
+
+    fn append(
+        &mut self,
+        device: &DeviceInfo,
+        changes: &[UploadChange],
+        relayed: bool,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        Ok(self.append_changes(device, changes, relayed)?)
+    }
+
+    fn high_seq(&mut self) -> Result<u64, StorageError> {
+        Ok(self.high()?)
+    }
+
+    fn read_log(
+        &mut self,
+        scope: &str,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogEntry>, bool), StorageError> {
+        Ok(self.log_after(scope, after, max_bytes)?)
+    }
+
+    fn read_snapshots(
+        &mut self,
+        scope: &str,
+        after: Option<DocId>,
+        max_bytes: usize,
+    ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError> {
+        Ok(self.snapshots_after(scope, after, max_bytes)?)
+    }
+
+    fn missing(
+        &mut self,
+        docs: &[(DocId, Vec<Hash>)],
+    ) -> Result<Vec<Option<Vec<Hash>>>, StorageError> {
+        Ok(self.missing_heads(docs)?)
+    }
+
+    fn touch_device(&mut self, device_id: Uuid) -> Result<(), StorageError> {
+        Ok(self.touch(device_id)?)
+    }
+}

@@ -1,0 +1,111 @@
+//! The relay database schema and its migrations (`PRAGMA user_version`).
+
+use rusqlite::Connection;
+
+use super::RelayStoreError;
+
+/// `PRAGMA application_id` of a fieldsync relay database ("FSRL"), so a foreign SQLite file
+/// (or a client replica, "FSRP") is refused.
+pub const APPLICATION_ID: i32 = 0x4653_524C;
+
+/// Migrations; index `i` moves the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // v1
+    r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+
+-- The log: every accepted change (kind 0), and every document entering (1, with its snapshot)
+-- or leaving (2) a scope. Sequence numbers are assigned by SQLite's single writer inside the
+-- transaction that stores the entry, so a reader never sees a gap that fills in later.
+-- AUTOINCREMENT: numbers are never reused, even if the newest rows were ever removed.
+CREATE TABLE log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope TEXT NOT NULL,
+    doc_id BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    hash BLOB,
+    bytes BLOB,
+    device BLOB,
+    at INTEGER NOT NULL,
+    -- Leave entries: the scope the document moved to (a reader that also sees that scope
+    -- must not drop the document).
+    moved_to TEXT
+);
+CREATE INDEX log_scope ON log(scope, seq);
+
+-- Every stored change by hash: idempotent re-sends and `missing` checks.
+CREATE TABLE changes (
+    hash BLOB PRIMARY KEY,
+    doc_id BLOB NOT NULL,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- The relay's compacted copy of each document, and where it is filed.
+CREATE TABLE docs (
+    doc_id BLOB PRIMARY KEY,
+    kind INTEGER,
+    scope TEXT NOT NULL,
+    customer_id BLOB,
+    snapshot BLOB NOT NULL,
+    heads BLOB NOT NULL,
+    updated_seq INTEGER NOT NULL
+);
+CREATE INDEX docs_scope ON docs(scope, doc_id);
+CREATE INDEX docs_customer ON docs(customer_id) WHERE customer_id IS NOT NULL;
+
+-- Enrolled (or openly registered) devices. `secret_hash` is SHA-256 of the secret, NULL for
+-- devices registered by open enrolment.
+CREATE TABLE devices (
+    device_id BLOB PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    secret_hash BLOB,
+    created_at INTEGER NOT NULL,
+    last_seen INTEGER,
+    revoked_at INTEGER
+) WITHOUT ROWID;
+
+-- Who uploaded which accepted change, when. Append-only.
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    device BLOB NOT NULL,
+    doc_id BLOB NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+"#,
+];
+
+/// The schema version this build creates and migrates to.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Checks that `conn` is an empty database or a relay database of a version this build can
+/// open, and migrates it to [`SCHEMA_VERSION`]. Nothing is written to a refused file.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), RelayStoreError> {
+    let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if app_id != APPLICATION_ID && (app_id != 0 || objects > 0 || version != 0) {
+        return Err(RelayStoreError::Foreign {
+            application_id: app_id,
+        });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(RelayStoreError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i32)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,763 @@
+//! Tests of the relay store, with changes written by real core replicas.
+
+use fieldsync_core::model::{
+    CustomerEdit, CustomerField, Edit, EditCtx, NewCustomer, NewVisit, VisitStatus, apply_edit,
+    create_customer, create_visit,
+};
+use fieldsync_core::store::Store;
+
+use super::*;
+
+struct Device {
+    store: Store,
+    info: DeviceInfo,
+    _dir: tempfile::TempDir,
+}
+
+fn device(role: Role, scopes: &[&str]) -> Device {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("replica.db")).unwrap();
+    let info = DeviceInfo {
+        device_id: store.device_id(),
+        name: "test device".into(),
+        role,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+    };
+    Device {
+        store,
+        info,
+        _dir: dir,
+    }
+}
+
+impl Device {
+    fn ctx(&self) -> EditCtx {
+        EditCtx::new("tester", self.info.role)
+    }
+
+    fn customer(&mut self, name: &str, scope: &str) -> DocId {
+        let ctx = self.ctx();
+        self.store
+            .create(|d, id| {
+                create_customer(
+                    d,
+                    id,
+                    &NewCustomer {
+                        org: "acme".into(),
+                        scope: scope.into(),
+                        name: name.into(),
+                        ..Default::default()
+                    },
+                    &ctx,
+                )
+            })
+            .unwrap()
+            .id
+    }
+
+    fn visit(&mut self, customer: DocId, scope: &str) -> DocId {
+        let ctx = self.ctx();
+        self.store
+            .create(|d, id| {
+                create_visit(
+                    d,
+                    id,
+                    "acme",
+                    scope,
+                    &NewVisit {
+                        customer_id: customer,
+                        kind: None,
+                        notes: Some("met the buyer".into()),
+                        status: VisitStatus::Planned,
+                        at: Some(1_000),
+                        location: None,
+                    },
+                    &ctx,
+                )
+            })
+            .unwrap()
+            .id
+    }
+
+    fn edit(&mut self, id: DocId, e: CustomerEdit) {
+        self.edit_as(id, e, self.info.role);
+    }
+
+    /// Edits claiming `role` locally (a tampered laptop can claim anything).
+    fn edit_as(&mut self, id: DocId, e: CustomerEdit, role: Role) {
+        let ctx = EditCtx::new("tester", role);
+        self.store
+            .edit(id, |d| apply_edit(d, &Edit::Customer(e), &ctx))
+            .unwrap();
+    }
+
+    /// Everything in the outbox, oldest first.
+    fn outbox(&self) -> Vec<UploadChange> {
+        self.store
+            .outbox_batch(0, 10_000, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|c| UploadChange {
+                doc_id: c.doc_id,
+                bytes: c.bytes,
+            })
+            .collect()
+    }
+
+    /// Takes changes from the relay log into this replica (as a download would).
+    fn receive(&mut self, relay: &SqliteRelayStore) {
+        let (entries, _) = relay.log_after("*", 0, usize::MAX).unwrap();
+        self.store
+            .transaction(|tx| {
+                for e in entries {
+                    if let Entry::Changes(c) = e.entry {
+                        let raw: Vec<Vec<u8>> = c.into_iter().map(|b| b.0).collect();
+                        tx.apply_changes(e.doc_id, &raw)?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+fn relay_at(path: &Path, open: Option<OpenEnrollment>) -> SqliteRelayStore {
+    SqliteRelayStore::open(
+        path,
+        RelayStoreOptions {
+            cache_docs: 4,
+            open,
+        },
+    )
+    .unwrap()
+}
+
+fn relay() -> (tempfile::TempDir, SqliteRelayStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay_at(&dir.path().join(DB_FILE), None);
+    (dir, r)
+}
+
+fn stored(o: &[Outcome]) -> usize {
+    o.iter().filter(|o| **o == Outcome::Stored).count()
+}
+
+fn refusals(o: &[Outcome]) -> Vec<&Rejection> {
+    o.iter()
+        .filter_map(|o| match o {
+            Outcome::Refused(r) => Some(r),
+            Outcome::Stored => None,
+        })
+        .collect()
+}
+
+fn count(r: &SqliteRelayStore, sql: &str) -> i64 {
+    r.read(|c| Ok(c.query_row(sql, [], |row| row.get(0))?))
+        .unwrap()
+}
+
+#[test]
+fn append_stores_durably_and_is_idempotent() {
+    let (_d, mut r) = relay();
+    let mut a = device(Role::Rep, &["north"]);
+    let c1 = a.customer("Zeta Mining", "north");
+    a.customer("Alpha Quarry", "north");
+    a.edit(
+        c1,
+        CustomerEdit::Set(CustomerField::Industry, "mining".into()),
+    );
+    let up = a.outbox();
+    assert_eq!(up.len(), 3);
+    let mut live = r.subscribe();
+    let out = r.append(&a.info, &up, false).unwrap();
+    assert_eq!(stored(&out), 3, "{out:?}");
+    assert_eq!(r.high_seq().unwrap(), 3);
+    assert!(live.has_changed().unwrap());
+    assert_eq!(*live.borrow_and_update(), 3);
+    assert_eq!(count(&r, "SELECT count(*) FROM changes"), 3);
+    assert_eq!(count(&r, "SELECT count(*) FROM audit"), 3);
+    assert_eq!(count(&r, "SELECT count(*) FROM docs"), 2);
+    // Re-sending the whole batch (a lost ack) stores nothing new and is acknowledged again.
+    let again = r.append(&a.info, &up, false).unwrap();
+    assert_eq!(stored(&again), 3);
+    assert_eq!(r.high_seq().unwrap(), 3);
+    assert!(!live.has_changed().unwrap(), "no new entries, no wake-up");
+    // A duplicate inside one batch too.
+    let dup = vec![up[0].clone(), up[0].clone()];
+    assert_eq!(stored(&r.append(&a.info, &dup, false).unwrap()), 2);
+    assert_eq!(r.high_seq().unwrap(), 3);
+    // The relay's copy of the document equals the replica's.
+    let (snaps, more) = r.read_snapshots("north", None, usize::MAX).unwrap();
+    assert!(!more);
+    let relay_copy = snaps.iter().find(|(id, _)| *id == c1).unwrap();
+    let mut doc = load_snapshot(&relay_copy.1).unwrap();
+    assert_eq!(doc.get_heads(), a.store.heads(c1).unwrap());
+    // The audit trail is append-only.
+    let w = lock(&r.inner.writer);
+    assert!(w.conn.execute("DELETE FROM audit", []).is_err());
+    assert!(w.conn.execute("UPDATE audit SET at = 0", []).is_err());
+}
+
+#[test]
+fn missing_dependencies_are_refused_for_retry_then_accepted() {
+    let (_d, mut r) = relay();
+    let mut a = device(Role::Rep, &["north"]);
+    let c = a.customer("Later Co", "north");
+    a.edit(c, CustomerEdit::AddPhone("+86 138 0000 0002".into()));
+    let up = a.outbox();
+    let out = r.append(&a.info, &up[1..], false).unwrap();
+    let rej = refusals(&out);
+    assert_eq!(rej.len(), 1);
+    assert!(rej[0].retry, "{:?}", rej[0]);
+    assert!(rej[0].reason.contains("dependency"), "{}", rej[0].reason);
+    assert_eq!(
+        rej[0].hash,
+        a.store.outbox_batch(1, 1, usize::MAX).unwrap()[0].hash.0
+    );
+    assert_eq!(r.high_seq().unwrap(), 0);
+    // Both in order, in one batch: the second sees the first.
+    let out = r.append(&a.info, &up, false).unwrap();
+    assert_eq!(stored(&out), 2, "{out:?}");
+}
+
+#[test]
+fn forged_authors_and_garbage_are_refused_permanently() {
+    let (_d, mut r) = relay();
+    let mut a = device(Role::Rep, &["north"]);
+    let b = device(Role::Rep, &["north"]);
+    a.customer("Mine", "north");
+    let up = a.outbox();
+    // b uploads a's change as its own.
+    let out = r.append(&b.info, &up, false).unwrap();
+    let rej = refusals(&out);
+    assert_eq!(rej.len(), 1);
+    assert!(!rej[0].retry);
+    assert!(
+        rej[0].reason.contains("not the sending device"),
+        "{}",
+        rej[0].reason
+    );
+    // As a repair upload, the author must be an enrolled device (closed relay: it is not).
+    let out = r.append(&b.info, &up, true).unwrap();
+    assert_eq!(refusals(&out).len(), 1);
+    // Once a is enrolled, b may relay a's change during repair.
+    r.enroll_device(Some(a.info.device_id), "a", Role::Rep, &["north".into()])
+        .unwrap();
+    let out = r.append(&b.info, &up, true).unwrap();
+    assert_eq!(stored(&out), 1, "{out:?}");
+    // Garbage and a change filed under the wrong document.
+    let out = r
+        .append(
+            &a.info,
+            &[
+                UploadChange {
+                    doc_id: DocId::new(),
+                    bytes: vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3],
+                },
+                UploadChange {
+                    doc_id: DocId::new(),
+                    bytes: up[0].bytes.clone(),
+                },
+            ],
+            false,
+        )
+        .unwrap();
+    let rej = refusals(&out);
+    assert_eq!(rej.len(), 2);
+    assert!(rej.iter().all(|r| !r.retry));
+    assert_eq!(r.high_seq().unwrap(), 1);
+}
+
+#[test]
+fn writes_outside_the_senders_scopes_or_role_are_refused() {
+    let (_d, mut r) = relay();
+    let mut a = device(Role::Rep, &["north"]);
+    a.customer("Southern Co", "south");
+    let out = r.append(&a.info, &a.outbox(), false).unwrap();
+    let rej = refusals(&out);
+    assert_eq!(rej.len(), 1);
+    assert!(rej[0].reason.contains("outside"), "{}", rej[0].reason);
+    assert!(!rej[0].retry);
+    assert_eq!(r.high_seq().unwrap(), 0);
+    // A rep seeing both scopes still may not move a customer (role-owned field), even if its
+    // laptop claims to be a manager.
+    let mut b = device(Role::Rep, &["north", "south"]);
+    let c = b.customer("Northern Co", "north");
+    assert_eq!(stored(&r.append(&b.info, &b.outbox(), false).unwrap()), 1);
+    b.edit_as(c, CustomerEdit::SetScope("south".into()), Role::Manager);
+    let up = b.outbox();
+    let out = r.append(&b.info, &up[1..], false).unwrap();
+    let rej = refusals(&out);
+    assert_eq!(rej.len(), 1);
+    assert!(
+        rej[0].reason.contains("may not change scope"),
+        "{}",
+        rej[0].reason
+    );
+    assert_eq!(r.high_seq().unwrap(), 1);
+}
+
+/// Runs one client session against the store until nothing more is sent, through the codec.
+fn sync(store: &mut Store, relay: &mut SqliteRelayStore) -> fieldsync_core::protocol::SessionStats {
+    use fieldsync_core::protocol::{
+        ClientConfig, ClientSession, RelayLimits, RelaySession, decode, encode,
+    };
+    let mut client = ClientSession::new(ClientConfig {
+        upload_changes: 7,
+        pull_bytes: 16 << 10,
+        ..Default::default()
+    });
+    let mut rs = RelaySession::new(RelayLimits {
+        max_batch_bytes: 16 << 10,
+        ..Default::default()
+    });
+    let mut to_relay = vec![client.hello(store)];
+    for _ in 0..10_000 {
+        if to_relay.is_empty() {
+            break;
+        }
+        let mut to_client = Vec::new();
+        for m in to_relay.drain(..) {
+            let frame = encode(&m).unwrap();
+            let out = rs.handle(relay, decode(&frame[4..]).unwrap());
+            assert!(!out.close, "relay closed: {:?}", out.messages);
+            to_client.extend(out.messages);
+        }
+        for m in to_client {
+            to_relay.extend(client.handle(store, m).unwrap());
+        }
+    }
+    assert!(client.is_synced(store).unwrap(), "session did not finish");
+    client.stats().clone()
+}
+
+#[test]
+fn replicas_converge_through_the_sqlite_store_and_repair_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = Some(OpenEnrollment {
+        scopes: vec!["*".into()],
+        role: Role::Admin,
+    });
+    let mut r = relay_at(&dir.path().join("one.db"), open.clone());
+    let mut a = device(Role::Admin, &["*"]);
+    let mut b = device(Role::Admin, &["*"]);
+    // Enough documents that the snapshot phase and the log take several batches.
+    let ids: Vec<DocId> = (0..60)
+        .map(|i| {
+            a.customer(
+                &format!("Customer {i} {}", "x".repeat(200)),
+                if i % 2 == 0 { "north" } else { "south" },
+            )
+        })
+        .collect();
+    sync(&mut a.store, &mut r);
+    assert_eq!(a.store.outbox_len().unwrap(), 0);
+    let s = sync(&mut b.store, &mut r);
+    assert!(s.batches > 1, "{s:?}");
+    assert_eq!(b.store.doc_count().unwrap(), 60);
+    for (i, id) in ids.iter().enumerate().take(10) {
+        a.edit(
+            *id,
+            CustomerEdit::Set(CustomerField::Industry, format!("a{i}")),
+        );
+        b.edit(*id, CustomerEdit::AddPhone(format!("1390000{i}")));
+    }
+    sync(&mut b.store, &mut r);
+    sync(&mut a.store, &mut r);
+    sync(&mut b.store, &mut r);
+    for id in &ids {
+        assert_eq!(a.store.heads(*id).unwrap(), b.store.heads(*id).unwrap());
+        assert_eq!(
+            a.store.document(*id).unwrap(),
+            b.store.document(*id).unwrap()
+        );
+    }
+    // The relay loses its database: a new one has a new epoch, and the replicas repair it.
+    let mut fresh = relay_at(&dir.path().join("two.db"), open);
+    assert_ne!(fresh.epoch_id(), r.epoch_id());
+    let s = sync(&mut a.store, &mut fresh);
+    assert!(s.repaired > 0, "{s:?}");
+    assert_eq!(fresh.status().unwrap().docs, 60);
+    let mut c = device(Role::Admin, &["*"]);
+    sync(&mut c.store, &mut fresh);
+    for id in &ids {
+        assert_eq!(c.store.heads(*id).unwrap(), a.store.heads(*id).unwrap());
+    }
+}
+
+#[test]
+fn log_and_snapshot_paging_is_exact() {
+    let (_d, mut r) = relay();
+    let mut a = device(Role::Rep, &["north", "south"]);
+    for i in 0..7 {
+        a.customer(&format!("North {i}"), "north");
+    }
+    for i in 0..3 {
+        a.customer(&format!("South {i}"), "south");
+    }
+    assert_eq!(stored(&r.append(&a.info, &a.outbox(), false).unwrap()), 10);
+    let (all, more) = r.read_log("north", 0, usize::MAX).unwrap();
+    assert!(!more);
+    assert_eq!(all.len(), 7);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let sizes: Vec<usize> = all
+        .iter()
+        .map(|e| match &e.entry {
+            Entry::Changes(c) => c[0].0.len() + ENTRY_OVERHEAD,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // A budget that fits exactly the first three entries.
+    let budget: usize = sizes[..3].iter().sum();
+    let mut after = 0;
+    let mut pages = Vec::new();
+    loop {
+        let (page, more) = r.read_log("north", after, budget).unwrap();
+        assert!(!page.is_empty());
+        after = page.last().unwrap().seq;
+        pages.push(page.len());
+        let rest = all.iter().filter(|e| e.seq > after).count();
+        assert_eq!(more, rest > 0, "`more` is exact");
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(pages.iter().sum::<usize>(), 7);
+    assert_eq!(pages[0], 3);
+    // A budget below one entry still returns one.
+    let (one, more) = r.read_log("north", 0, 1).unwrap();
+    assert_eq!(one.len(), 1);
+    assert!(more);
+    // Nothing after the end; unknown scopes are empty; `*` sees everything.
+    let high = r.high_seq().unwrap();
+    assert_eq!(r.read_log("north", high, 1).unwrap(), (vec![], false));
+    assert_eq!(r.read_log("west", 0, usize::MAX).unwrap(), (vec![], false));
+    assert_eq!(r.read_log("*", 0, usize::MAX).unwrap().0.len(), 10);
+    // Snapshots: ordered by id, paged exactly.
+    let (snaps, more) = r.read_snapshots("south", None, usize::MAX).unwrap();
+    assert!(!more);
+    assert_eq!(snaps.len(), 3);
+    assert!(snaps.windows(2).all(|w| w[0].0 < w[1].0));
+    let budget = snaps[0].1.len() + ENTRY_OVERHEAD;
+    let (p1, more1) = r.read_snapshots("south", None, budget).unwrap();
+    assert_eq!((p1.len(), more1), (1, true));
+    let (p2, more2) = r.read_snapshots("south", Some(p1[0].0), 1).unwrap();
+    assert_eq!((p2.len(), more2), (1, true));
+    let (p3, more3) = r
+        .read_snapshots("south", Some(p2[0].0), usize::MAX)
+        .unwrap();
+    assert_eq!((p3.len(), more3), (1, false));
+    assert_eq!(
+        r.read_snapshots("south", Some(p3[0].0), 1).unwrap(),
+        (vec![], false)
+    );
+    assert_eq!(r.read_snapshots("*", None, usize::MAX).unwrap().0.len(), 10);
+}
+
+#[test]
+fn a_scope_move_refiles_the_customer_and_its_visits() {
+    let (_d, mut r) = relay();
+    let mut rep = device(Role::Rep, &["north"]);
+    let mut mgr = device(Role::Manager, &["north", "south"]);
+    let cust = rep.customer("Moving Co", "north");
+    let visit = rep.visit(cust, "north");
+    let other = rep.customer("Staying Co", "north");
+    assert_eq!(
+        stored(&r.append(&rep.info, &rep.outbox(), false).unwrap()),
+        3
+    );
+    let before = r.high_seq().unwrap();
+    // A rep may not move a customer out of its scopes, whatever its laptop claims.
+    rep.edit_as(cust, CustomerEdit::SetScope("south".into()), Role::Manager);
+    let rep_move: Vec<UploadChange> = rep.outbox().split_off(3);
+    let out = r.append(&rep.info, &rep_move, false).unwrap();
+    assert_eq!(refusals(&out).len(), 1, "{out:?}");
+    assert!(!refusals(&out)[0].retry);
+    assert_eq!(r.high_seq().unwrap(), before);
+    // The manager (who has the documents) moves it.
+    mgr.receive(&r);
+    mgr.edit(cust, CustomerEdit::SetScope("south".into()));
+    let up = mgr.outbox();
+    assert_eq!(up.len(), 1);
+    assert_eq!(stored(&r.append(&mgr.info, &up, false).unwrap()), 1);
+    // North: the customer and its visit leave.
+    let (north, _) = r.read_log("north", before, usize::MAX).unwrap();
+    let mut left: Vec<DocId> = north
+        .iter()
+        .map(|e| {
+            assert_eq!(e.entry, Entry::Leave);
+            e.doc_id
+        })
+        .collect();
+    left.sort();
+    assert_eq!(
+        count(
+            &r,
+            "SELECT count(*) FROM log WHERE kind = 2 AND moved_to = 'south'"
+        ),
+        2
+    );
+    let mut expected = vec![cust, visit];
+    expected.sort();
+    assert_eq!(left, expected);
+    // South: both enter as snapshots, then the change itself.
+    let (south, more) = r.read_log("south", 0, usize::MAX).unwrap();
+    assert!(!more);
+    let kinds: Vec<(DocId, &str)> = south
+        .iter()
+        .map(|e| {
+            (
+                e.doc_id,
+                match &e.entry {
+                    Entry::Snapshot(_) => "snapshot",
+                    Entry::Changes(_) => "changes",
+                    Entry::Leave => "leave",
+                },
+            )
+        })
+        .collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert!(kinds.contains(&(cust, "snapshot")));
+    assert!(kinds.contains(&(visit, "snapshot")));
+    assert_eq!(kinds[2], (cust, "changes"));
+    // The entered snapshot already holds the move.
+    let Entry::Snapshot(b) = &south.iter().find(|e| e.doc_id == cust).unwrap().entry else {
+        unreachable!()
+    };
+    let doc = load_snapshot(&b.0).unwrap();
+    let moved = fieldsync_core::model::read_document(&doc).unwrap();
+    assert_eq!(moved.header().scope, "south");
+    // Snapshot reads follow the new filing; `*` readers get only the change.
+    let south_docs: Vec<DocId> = r
+        .read_snapshots("south", None, usize::MAX)
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(south_docs.len(), 2);
+    let north_docs = r.read_snapshots("north", None, usize::MAX).unwrap().0;
+    assert_eq!(north_docs.len(), 1);
+    assert_eq!(north_docs[0].0, other);
+    let (star, _) = r.read_log("*", before, usize::MAX).unwrap();
+    assert_eq!(star.len(), 1);
+    assert!(matches!(star[0].entry, Entry::Changes(_)));
+    // A new visit for the moved customer is filed under the customer's new scope.
+    mgr.receive(&r);
+    let v2 = mgr.visit(cust, "north");
+    let up: Vec<UploadChange> = mgr
+        .outbox()
+        .into_iter()
+        .filter(|c| c.doc_id == v2)
+        .collect();
+    assert_eq!(stored(&r.append(&mgr.info, &up, false).unwrap()), 1);
+    let (south, _) = r.read_log("south", 0, usize::MAX).unwrap();
+    assert_eq!(south.last().unwrap().doc_id, v2);
+}
+
+#[test]
+fn missing_reports_what_the_relay_lacks() {
+    let (_d, mut r) = relay();
+    let mut a = device(Role::Rep, &["north"]);
+    let known = a.customer("Known", "north");
+    let up = a.outbox();
+    assert_eq!(stored(&r.append(&a.info, &up, false).unwrap()), 1);
+    let relay_heads: Vec<Hash> = a.store.heads(known).unwrap().iter().map(|h| h.0).collect();
+    a.edit(known, CustomerEdit::AddPhone("+1 555 0100".into()));
+    let unknown = a.customer("Unknown", "north");
+    let heads = |id| {
+        a.store
+            .heads(id)
+            .unwrap()
+            .iter()
+            .map(|h| h.0)
+            .collect::<Vec<_>>()
+    };
+    let res = r
+        .missing(&[
+            (known, relay_heads.clone()),
+            (known, heads(known)),
+            (unknown, heads(unknown)),
+        ])
+        .unwrap();
+    assert_eq!(res, vec![None, Some(relay_heads), Some(Vec::new())]);
+}
+
+#[test]
+fn devices_authenticate_by_secret_and_revocation_is_immediate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = relay_at(&dir.path().join(DB_FILE), None);
+    let mut a = device(Role::Rep, &["north"]);
+    let id = a.info.device_id;
+    assert_eq!(r.authenticate(id, None).unwrap(), None, "closed relay");
+    let e = r
+        .enroll_device(Some(id), "Rep A laptop", Role::Rep, &["north".into()])
+        .unwrap();
+    assert_eq!(e.device_id, id);
+    let info = r.authenticate(id, Some(&e.secret)).unwrap().unwrap();
+    assert_eq!(info.role, Role::Rep);
+    assert_eq!(info.scopes, vec!["north".to_string()]);
+    assert_eq!(info.name, "Rep A laptop");
+    assert_eq!(r.authenticate(id, Some("wrong")).unwrap(), None);
+    assert_eq!(r.authenticate(id, None).unwrap(), None);
+    r.touch_device(id).unwrap();
+    assert!(r.devices().unwrap()[0].last_seen.is_some());
+    // Revoked: refused at the handshake and for uploads of a session still open.
+    a.customer("After revocation", "north");
+    assert!(r.revoke_device(id).unwrap());
+    assert!(!r.revoke_device(id).unwrap());
+    assert_eq!(r.authenticate(id, Some(&e.secret)).unwrap(), None);
+    let out = r.append(&info, &a.outbox(), false).unwrap();
+    assert_eq!(refusals(&out)[0].reason, "device revoked");
+    assert_eq!(r.high_seq().unwrap(), 0);
+    let s = r.status().unwrap();
+    assert_eq!((s.devices, s.revoked_devices), (1, 1));
+    assert!(r.enroll_device(None, "x", Role::Rep, &[]).is_err());
+}
+
+#[test]
+fn open_enrolment_registers_unknown_devices_but_not_over_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = relay_at(
+        &dir.path().join(DB_FILE),
+        Some(OpenEnrollment {
+            scopes: vec!["north".into()],
+            role: Role::Manager,
+        }),
+    );
+    let newcomer = Uuid::now_v7();
+    let info = r.authenticate(newcomer, None).unwrap().unwrap();
+    assert_eq!(info.role, Role::Manager);
+    assert_eq!(info.scopes, vec!["north".to_string()]);
+    let devs = r.devices().unwrap();
+    assert_eq!(devs.len(), 1);
+    assert!(!devs[0].enrolled);
+    assert!(devs[0].last_seen.is_some());
+    // Again: the same row.
+    assert_eq!(
+        r.authenticate(newcomer, Some("anything")).unwrap(),
+        Some(info)
+    );
+    assert_eq!(r.devices().unwrap().len(), 1);
+    // An enrolled device still needs its secret in open mode.
+    let e = r
+        .enroll_device(None, "enrolled", Role::Director, &["*".into()])
+        .unwrap();
+    assert_eq!(r.authenticate(e.device_id, None).unwrap(), None);
+    assert_eq!(
+        r.authenticate(e.device_id, Some(&e.secret))
+            .unwrap()
+            .unwrap()
+            .role,
+        Role::Director
+    );
+    // Revoked open devices stay out.
+    r.revoke_device(newcomer).unwrap();
+    assert_eq!(r.authenticate(newcomer, None).unwrap(), None);
+}
+
+#[test]
+fn reopening_keeps_the_log_documents_devices_and_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DB_FILE);
+    let mut a = device(Role::Rep, &["north"]);
+    a.customer("Durable", "north");
+    let (epoch, log, snaps, secret) = {
+        let mut r = relay_at(&path, None);
+        assert_eq!(stored(&r.append(&a.info, &a.outbox(), false).unwrap()), 1);
+        let e = r
+            .enroll_device(Some(a.info.device_id), "a", Role::Rep, &["north".into()])
+            .unwrap();
+        (
+            r.epoch().unwrap(),
+            r.read_log("north", 0, usize::MAX).unwrap(),
+            r.read_snapshots("north", None, usize::MAX).unwrap(),
+            e.secret,
+        )
+    };
+    let mut r = relay_at(&path, None);
+    assert_eq!(r.epoch().unwrap(), epoch);
+    assert_eq!(r.high_seq().unwrap(), 1);
+    assert_eq!(r.read_log("north", 0, usize::MAX).unwrap(), log);
+    assert_eq!(r.read_snapshots("north", None, usize::MAX).unwrap(), snaps);
+    assert!(
+        r.authenticate(a.info.device_id, Some(&secret))
+            .unwrap()
+            .is_some()
+    );
+    // Sequence numbers continue, idempotence survives the restart.
+    assert_eq!(stored(&r.append(&a.info, &a.outbox(), false).unwrap()), 1);
+    assert_eq!(r.high_seq().unwrap(), 1);
+    a.edit(
+        log.0[0].doc_id,
+        CustomerEdit::Set(CustomerField::Industry, "x".into()),
+    );
+    let up = a.outbox();
+    assert_eq!(stored(&r.append(&a.info, &up[1..], false).unwrap()), 1);
+    assert_eq!(r.high_seq().unwrap(), 2);
+    // Another relay database has another epoch.
+    let other = relay_at(&dir.path().join("other.db"), None);
+    assert_ne!(other.epoch_id(), epoch);
+}
+
+#[test]
+fn foreign_newer_and_non_sqlite_files_are_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not SQLite at all.
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, vec![b'x'; 4096]).unwrap();
+    let e = SqliteRelayStore::open(&text, RelayStoreOptions::default()).unwrap_err();
+    assert!(matches!(e, RelayStoreError::NotADatabase(..)), "{e}");
+    assert_eq!(std::fs::read(&text).unwrap(), vec![b'x'; 4096]);
+    // Another application's database.
+    let foreign = dir.path().join("foreign.db");
+    {
+        let c = Connection::open(&foreign).unwrap();
+        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+    }
+    let e = SqliteRelayStore::open(&foreign, RelayStoreOptions::default()).unwrap_err();
+    assert!(matches!(e, RelayStoreError::Foreign { .. }), "{e}");
+    let c = Connection::open(&foreign).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1, "nothing was added");
+    // A client replica is not a relay database.
+    let replica = dir.path().join("replica.db");
+    drop(Store::open(&replica).unwrap());
+    let e = SqliteRelayStore::open(&replica, RelayStoreOptions::default()).unwrap_err();
+    assert!(matches!(e, RelayStoreError::Foreign { .. }), "{e}");
+    // A relay database from a newer build.
+    let newer = dir.path().join("newer.db");
+    drop(relay_at(&newer, None));
+    {
+        let c = Connection::open(&newer).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    let e = SqliteRelayStore::open(&newer, RelayStoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, RelayStoreError::SchemaTooNew { found, .. } if found == SCHEMA_VERSION + 1),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_document_cache_stays_bounded() {
+    let (_d, mut r) = relay();
+    let mut a = device(Role::Rep, &["north"]);
+    let ids: Vec<DocId> = (0..10)
+        .map(|i| a.customer(&format!("c{i}"), "north"))
+        .collect();
+    assert_eq!(stored(&r.append(&a.info, &a.outbox(), false).unwrap()), 10);
+    assert!(r.cached_docs() <= 4, "{}", r.cached_docs());
+    // Documents evicted from the cache reload from their snapshots for the next write.
+    for id in &ids {
+        a.edit(*id, CustomerEdit::AddPhone("+1 555 0199".into()));
+    }
+    let up = a.outbox();
+    assert_eq!(stored(&r.append(&a.info, &up[10..], false).unwrap()), 10);
+    assert!(r.cached_docs() <= 4);
+    assert_eq!(r.high_seq().unwrap(), 20);
+}
