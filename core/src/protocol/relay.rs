@@ -319,6 +319,16 @@ impl RelaySession {
                 scopes: Default::default(),
             };
         }
+        // A cursor ahead of the log (the relay was restored from a backup that kept its epoch)
+        // would skip new entries: start those scopes afresh.
+        let high = storage.high_seq()?;
+        for sc in cursor.scopes.values_mut() {
+            if matches!(sc, ScopeCursor::Log { seq } if *seq > high)
+                || matches!(sc, ScopeCursor::Snapshot { high: Some(h), .. } if *h > high)
+            {
+                *sc = ScopeCursor::fresh();
+            }
+        }
         cursor.scopes.retain(|s, _| device.scopes.contains(s));
         for s in &device.scopes {
             cursor

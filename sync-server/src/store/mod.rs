@@ -40,6 +40,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use fieldsync_core::protocol::relay::SnapshotPage;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
 /// File name of the relay database inside the data directory.
@@ -104,9 +105,6 @@ impl From<RelayStoreError> for StorageError {
         Self("relay storage failure (details in the relay log)".into())
     }
 }
-
-/// A page of document snapshots and whether more follow.
-pub type SnapshotPage = (Vec<(DocId, Vec<u8>)>, bool);
 
 /// Open enrolment: unknown devices are accepted with these scopes and role.
 #[derive(Clone, Debug, PartialEq, Eq)]
