@@ -322,6 +322,9 @@ struct SyncArgs {
     /// Print JSON (the report; with --watch one event per line)
     #[arg(long)]
     json: bool,
+    /// Seconds to wait for the relay to answer a connection attempt
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    connect_timeout: u64,
 }
 
 /// `config.toml`: how to reach the relay.
@@ -873,7 +876,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
-    let cfg = load_config(dir)?.sync_config();
+    let mut cfg = load_config(dir)?.sync_config();
+    cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
     let client = open(dir)?;
     let rt = runtime()?;
     if args.watch {
@@ -920,11 +924,7 @@ fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
 }
 
 fn print_report(r: &SyncReport) {
-    println!(
-        "Synced with {} in {:.1} s",
-        r.relay,
-        r.duration.as_secs_f64()
-    );
+    println!("Synced with {} in {}", r.relay, fmt_duration(r.duration));
     println!(
         "  sent      {} changes ({} acknowledged, {} refused)",
         r.changes_sent, r.changes_acked, r.changes_rejected
@@ -1003,8 +1003,8 @@ fn print_event(e: &SyncEvent, handle: &SyncHandle, json: bool) -> Result<()> {
         SyncEvent::Connected { scopes, role } => {
             format!("connected as {role}, scopes {}", scopes.join(", "))
         }
-        SyncEvent::Uploaded { n } => format!("relay acknowledged {n} local changes"),
-        SyncEvent::Received { items } => format!("received {items} items"),
+        SyncEvent::Uploaded { n } => format!("relay acknowledged {}", plural(*n, "local change")),
+        SyncEvent::Received { items } => format!("received {}", plural(*items, "item")),
         SyncEvent::CaughtUp => "up to date".to_string(),
         SyncEvent::Disconnected { error } => match handle.status().retry_in_ms {
             Some(ms) => format!(
@@ -1023,6 +1023,22 @@ fn print_event(e: &SyncEvent, handle: &SyncHandle, json: bool) -> Result<()> {
     };
     writeln!(out, "{ts}  {line}")?;
     Ok(out.flush()?)
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 fn now() -> i64 {

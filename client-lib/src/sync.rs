@@ -52,7 +52,7 @@ use fieldsync_core::Role;
 use fieldsync_core::ids::{Millis, now_millis};
 use fieldsync_core::protocol::client::ClientConfig as SessionConfig;
 use fieldsync_core::protocol::{
-    ClientSession, CodecError, ErrorCode, Message, SessionError, SessionStats, codec,
+    ClientSession, CodecError, Message, SessionError, SessionStats, codec,
 };
 use fieldsync_core::store::{Origin, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -94,6 +94,10 @@ pub struct SyncConfig {
     /// How often the outbox is checked for changes committed by other processes on the same
     /// replica file (edits through this process are noticed at once).
     pub poll_interval: Duration,
+    /// A [`SyncHandle`] whose connection is caught up while the outbox still holds changes
+    /// the relay refused *for now* (e.g. a dependency it did not have yet) reconnects after
+    /// this long, so they are sent again (a session sends each change once).
+    pub resend_refused_after: Duration,
     /// Software name sent to the relay.
     pub agent: String,
 }
@@ -114,6 +118,7 @@ impl std::fmt::Debug for SyncConfig {
             .field("keep_alive", &self.keep_alive)
             .field("response_timeout", &self.response_timeout)
             .field("poll_interval", &self.poll_interval)
+            .field("resend_refused_after", &self.resend_refused_after)
             .field("agent", &self.agent)
             .finish()
     }
@@ -122,7 +127,8 @@ impl std::fmt::Debug for SyncConfig {
 impl SyncConfig {
     /// A configuration for the relay at `relay` (`host:port`) whose certificate has the
     /// SHA-256 fingerprint `pin`, with default timeouts: connect 10 s, idle 30 s, keep-alive
-    /// 5 s, response 60 s, outbox poll 2 s, backoff 200 ms → 60 s.
+    /// 5 s, response 60 s, outbox poll 2 s, backoff 200 ms → 60 s, resend of changes
+    /// refused for now after 60 s.
     pub fn new(relay: impl Into<String>, pin: impl Into<String>) -> Self {
         Self {
             relay: relay.into(),
@@ -135,6 +141,7 @@ impl SyncConfig {
             keep_alive: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_secs(2),
+            resend_refused_after: Duration::from_secs(60),
             agent: format!("fieldsync-client/{}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -286,12 +293,31 @@ pub struct SyncProgress {
     pub changes_sent: u64,
     /// Local changes acknowledged so far.
     pub changes_acked: u64,
+    /// Local changes refused for good so far.
+    pub changes_rejected: u64,
     /// Download items applied so far.
     pub items_received: u64,
     /// Remote changes new to this replica so far.
     pub changes_received: u64,
     /// Download caught up.
     pub caught_up: bool,
+}
+
+impl SyncProgress {
+    /// Field-wise sum of the counters (for totals over several connections).
+    fn plus(&self, o: &Self) -> Self {
+        Self {
+            bytes_sent: self.bytes_sent + o.bytes_sent,
+            bytes_received: self.bytes_received + o.bytes_received,
+            outbox_at_start: o.outbox_at_start,
+            changes_sent: self.changes_sent + o.changes_sent,
+            changes_acked: self.changes_acked + o.changes_acked,
+            changes_rejected: self.changes_rejected + o.changes_rejected,
+            items_received: self.items_received + o.items_received,
+            changes_received: self.changes_received + o.changes_received,
+            caught_up: o.caught_up,
+        }
+    }
 }
 
 /// What a [`SyncHandle`] reports as it goes.
@@ -808,12 +834,16 @@ enum Until<'a> {
 enum End {
     Synced,
     Stopped,
+    /// Start a new session (to resend changes the relay refused for now).
+    Reconnect,
 }
 
 /// The result of one blocking protocol step.
 struct Step {
     out: Vec<Message>,
     synced: bool,
+    /// Changes in the outbox, refused-for-now ones included.
+    outbox: i64,
     stats: SessionStats,
     grant: Option<(Vec<String>, Role)>,
 }
@@ -825,6 +855,8 @@ struct Run {
     stats: SessionStats,
     grant: Option<(Vec<String>, Role)>,
     synced: bool,
+    /// The session was synced at least once (the connection worked).
+    caught_up_once: bool,
     counters: Arc<Counters>,
     outbox_at_start: u64,
 }
@@ -841,6 +873,7 @@ impl Run {
             stats: SessionStats::default(),
             grant: None,
             synced: false,
+            caught_up_once: false,
             counters: Arc::new(Counters::default()),
             outbox_at_start: 0,
         }
@@ -853,6 +886,7 @@ impl Run {
             outbox_at_start: self.outbox_at_start,
             changes_sent: self.stats.changes_sent,
             changes_acked: self.stats.changes_acked,
+            changes_rejected: self.stats.changes_rejected,
             items_received: self.stats.items_received,
             changes_received: self.stats.changes_received,
             caught_up: self.synced,
@@ -881,6 +915,7 @@ impl Run {
                 Ok(Step {
                     out,
                     synced: session.is_synced(store)?,
+                    outbox: store.outbox_len()?,
                     stats: session.stats().clone(),
                     grant: session.grant().map(|(s, r)| (s.to_vec(), r)),
                 })
@@ -918,6 +953,8 @@ impl Run {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
         let mut last_heard = Instant::now();
+        // Since when the session has been synced with changes still waiting in the outbox.
+        let mut leftovers_since: Option<Instant> = None;
         loop {
             let step = tokio::select! {
                 biased;
@@ -968,6 +1005,12 @@ impl Run {
                     if !self.synced && last_heard.elapsed() > prep.cfg.response_timeout {
                         return Err(SyncError::ResponseTimeout(prep.cfg.response_timeout));
                     }
+                    if matches!(until, Until::Stopped(_))
+                        && leftovers_since.is_some_and(|t| t.elapsed() >= prep.cfg.resend_refused_after)
+                    {
+                        tracing::info!("changes refused for now are still waiting; starting a new session to resend them");
+                        return Ok(End::Reconnect);
+                    }
                     self.step(|_, _| Ok(Vec::new())).await?
                 }
             };
@@ -979,10 +1022,16 @@ impl Run {
                 // downloaded): the relay owes an answer from now on.
                 last_heard = Instant::now();
             }
+            leftovers_since = match (step.synced && step.outbox > 0, leftovers_since) {
+                (true, Some(t)) => Some(t),
+                (true, None) => Some(Instant::now()),
+                (false, _) => None,
+            };
             self.grant = step.grant;
             let became_synced = step.synced && !self.synced;
             self.synced = step.synced;
             if became_synced {
+                self.caught_up_once = true;
                 persist_status(&self.client, &prep.relay, Ok(())).await;
             }
             let progress = self.progress();
@@ -997,16 +1046,19 @@ impl Run {
     }
 }
 
+/// QUIC application close code for a connection given up after an error.
+const CLOSE_ERROR: u32 = 1;
+
 fn close_reason(e: &SyncError) -> (u32, String) {
-    let code = match e {
-        SyncError::Session(SessionError::Protocol(_)) | SyncError::Codec(_) => {
-            ErrorCode::Protocol as u32 + 1
-        }
-        _ => 1,
-    };
     let mut reason = e.to_string();
-    reason.truncate(200);
-    (code, reason)
+    if reason.len() > 200 {
+        let mut cut = 200;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    (CLOSE_ERROR, reason)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1032,13 +1084,14 @@ pub async fn sync_now_with_progress(
     let prep = Prepared::new(config)?;
     let mut run = Run::new(client, config);
     let mut edits = watch_local_edits(client);
+    let mut duration = Duration::ZERO;
     let result = async {
         let (endpoint, conn) = prep.connect().await?;
-        tracing::debug!(elapsed = ?started.elapsed(), "connected");
+        tracing::debug!(elapsed = ?started.elapsed(), relay = %prep.relay, "connected");
         let mut link = match Link::open(conn.clone()).await {
             Ok(l) => l,
             Err(e) => {
-                conn.close(1u32.into(), b"stream");
+                conn.close(CLOSE_ERROR.into(), b"stream");
                 return Err(e);
             }
         };
@@ -1050,7 +1103,6 @@ pub async fn sync_now_with_progress(
         let r = run
             .drive(&mut link, &prep, Until::Synced, &mut edits, &mut sink)
             .await;
-        tracing::debug!(elapsed = ?started.elapsed(), "synced");
         match &r {
             Ok(_) => link.close(0, "synced").await,
             Err(e) => {
@@ -1058,9 +1110,10 @@ pub async fn sync_now_with_progress(
                 link.close(code, &reason).await;
             }
         }
-        tracing::debug!(elapsed = ?started.elapsed(), "closed");
+        duration = started.elapsed();
+        tracing::debug!(elapsed = ?duration, ok = r.is_ok(), "sync finished");
+        // Let the close reach the relay (retransmitted if lost); not part of the sync time.
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        tracing::debug!(elapsed = ?started.elapsed(), "idle");
         r
     }
     .await;
@@ -1096,7 +1149,7 @@ pub async fn sync_now_with_progress(
                 frames_sent: c.frames_sent.load(Ordering::Relaxed),
                 frames_received: c.frames_received.load(Ordering::Relaxed),
                 outbox_remaining,
-                duration: started.elapsed(),
+                duration,
             })
         }
         Err(e) => {
@@ -1238,7 +1291,7 @@ async fn background(
     let mut backoff = Backoff::new(config.backoff);
     let mut edits = watch_local_edits(&client);
     // Totals of finished connections; the running one is added on top.
-    let mut base = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut base = SyncProgress::default();
     while !*stop.borrow() {
         shared.update(|s| {
             s.state = SyncState::Connecting;
@@ -1247,24 +1300,17 @@ async fn background(
         shared.emit(SyncEvent::Connecting);
         let mut run = Run::new(&client, &config);
         let outcome =
-            connect_and_drive(&prep, &mut run, &shared, &mut stop, &mut edits, base).await;
-        let c = &run.counters;
-        base = (
-            base.0 + run.stats.changes_sent,
-            base.1 + run.stats.changes_acked,
-            base.2 + run.stats.changes_rejected,
-            base.3 + run.stats.items_received,
-            base.4 + c.bytes_sent.load(Ordering::Relaxed),
-            base.5 + c.bytes_received.load(Ordering::Relaxed),
-        );
-        let e = match outcome {
-            Ok(()) => break,
-            Err(e) => e,
-        };
-        if run.synced {
+            connect_and_drive(&prep, &mut run, &shared, &mut stop, &mut edits, &base).await;
+        base = base.plus(&run.progress());
+        if run.caught_up_once {
             // That connection worked: start the next one quickly.
             backoff.reset();
         }
+        let e = match outcome {
+            Ok(End::Reconnect | End::Synced) => continue,
+            Ok(End::Stopped) => break,
+            Err(e) => e,
+        };
         tracing::info!(error = %e, "sync connection ended");
         persist_status(&client, &prep.relay, Err(e.to_string())).await;
         if !e.is_retryable() {
@@ -1298,24 +1344,25 @@ fn finish(shared: &Shared) {
     shared.emit(SyncEvent::Stopped);
 }
 
-/// One connection of the background task. `Ok` means stopped on request.
+/// One connection of the background task, until stopped, an error, or a deliberate
+/// reconnect.
 async fn connect_and_drive(
     prep: &Prepared,
     run: &mut Run,
     shared: &Arc<Shared>,
     stop: &mut watch::Receiver<bool>,
     edits: &mut mpsc::Receiver<()>,
-    base: (u64, u64, u64, u64, u64, u64),
-) -> Result<(), SyncError> {
+    base: &SyncProgress,
+) -> Result<End, SyncError> {
     let connected = tokio::select! {
         r = prep.connect() => r?,
-        _ = stop.wait_for(|s| *s) => return Ok(()),
+        _ = stop.wait_for(|s| *s) => return Ok(End::Stopped),
     };
     let (endpoint, conn) = connected;
     let mut link = match Link::open(conn.clone()).await {
         Ok(l) => l,
         Err(e) => {
-            conn.close(1u32.into(), b"stream");
+            conn.close(CLOSE_ERROR.into(), b"stream");
             return Err(e);
         }
     };
@@ -1349,26 +1396,27 @@ async fn connect_and_drive(
             } else {
                 SyncState::Syncing
             };
-            s.changes_sent = base.0 + p.changes_sent;
-            s.changes_acked = base.1 + p.changes_acked;
-            s.items_received = base.3 + p.items_received;
-            s.bytes_sent = base.4 + p.bytes_sent;
-            s.bytes_received = base.5 + p.bytes_received;
+            let t = base.plus(p);
+            s.changes_sent = t.changes_sent;
+            s.changes_acked = t.changes_acked;
+            s.changes_rejected = t.changes_rejected;
+            s.items_received = t.items_received;
+            s.bytes_sent = t.bytes_sent;
+            s.bytes_received = t.bytes_received;
         }),
     };
     let r = run
         .drive(&mut link, prep, Until::Stopped(stop), edits, &mut sink)
         .await;
-    shared.update(|s| s.changes_rejected = base.2 + run.stats.changes_rejected);
     match &r {
-        Ok(_) => link.close(0, "stopped").await,
+        Ok(_) => link.close(0, "bye").await,
         Err(e) => {
             let (code, reason) = close_reason(e);
             link.close(code, &reason).await;
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-    r.map(|_| ())
+    r
 }
 
 /// Serde for durations as whole milliseconds.
@@ -1389,6 +1437,7 @@ pub(crate) mod millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fieldsync_core::protocol::ErrorCode;
 
     #[test]
     fn relay_addresses_split_into_host_and_port() {

@@ -449,3 +449,63 @@ async fn refused_device_stops_and_wrong_pin_fails() {
     );
     relay.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_refused_for_now_are_resent_later() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = start_relay(dir.path()).await;
+    let mut cfg = sync_config(&relay);
+    cfg.resend_refused_after = Duration::from_millis(300);
+    let a = open_client(dir.path(), "alice");
+    let b = open_client(dir.path(), "bob");
+
+    // Alice's customer reaches bob by file, not through the relay; bob edits it.
+    let id = a
+        .customers()
+        .create(NewCustomer {
+            scope: "east".into(),
+            name: "Handed Over Ltd".into(),
+            ..Default::default()
+        })
+        .expect("create");
+    b.import(&a.export(id).expect("export")).expect("import");
+    b.customers().set_stage(id, "opportunity").expect("edit");
+    assert_eq!(b.outbox_len().expect("outbox"), 1);
+
+    // The relay lacks alice's changes, so bob's edit is refused for now and stays queued.
+    let report = sync(&b, &cfg).await;
+    assert_eq!((report.changes_sent, report.changes_acked), (1, 0));
+    assert_eq!(report.changes_rejected, 0, "not quarantined");
+    assert_eq!(report.outbox_remaining, 1);
+    assert!(
+        b.with_store(|s| s.quarantine())
+            .expect("quarantine")
+            .is_empty()
+    );
+
+    let handle = SyncHandle::start(b.clone(), cfg.clone());
+    let mut events = handle.subscribe();
+    wait_for(&mut events, "CaughtUp", |e| *e == SyncEvent::CaughtUp).await;
+    assert_eq!(b.outbox_len().expect("outbox"), 1);
+
+    // Once alice has synced, the handle's next session sends bob's edit again.
+    sync(&a, &cfg).await;
+    wait_for(
+        &mut events,
+        "Uploaded",
+        |e| matches!(e, SyncEvent::Uploaded { n } if *n >= 1),
+    )
+    .await;
+    wait_for(&mut events, "CaughtUp", |e| *e == SyncEvent::CaughtUp).await;
+    assert_eq!(b.outbox_len().expect("outbox"), 0);
+    assert!(handle.status().connections >= 2, "{:?}", handle.status());
+    timeout(LIMIT, handle.stop()).await.expect("stops in time");
+
+    sync(&a, &cfg).await;
+    assert_eq!(
+        a.customers().get(id).expect("customer").stage,
+        "opportunity"
+    );
+    assert_eq!(a.document(id).expect("a"), b.document(id).expect("b"));
+    relay.shutdown().await.expect("shutdown");
+}

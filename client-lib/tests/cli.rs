@@ -1,0 +1,354 @@
+//! The `fieldsync` binary against an in-process relay on 127.0.0.1.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use fieldsync_relay::{Relay, RelayConfig};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fieldsync");
+
+fn fieldsync(data: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("FIELDSYNC_DATA")
+        .env_remove("FIELDSYNC_CREDENTIAL")
+        .output()
+        .expect("run fieldsync")
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(data: &Path, args: &[&str]) -> String {
+    let out = fieldsync(data, args);
+    assert!(
+        out.status.success(),
+        "fieldsync {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+fn json(data: &Path, args: &[&str]) -> Value {
+    let out = ok(data, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+}
+
+/// Runs a command that must fail; returns its stderr.
+fn fails(data: &Path, args: &[&str]) -> String {
+    let out = fieldsync(data, args);
+    assert!(!out.status.success(), "fieldsync {args:?} should fail");
+    assert!(out.stdout.is_empty(), "nothing on stdout for a failure");
+    String::from_utf8(out.stderr).expect("utf-8 stderr")
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[test]
+fn cli_works_offline_and_syncs_through_the_relay() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let relay = rt
+        .block_on(Relay::start(RelayConfig {
+            data_dir: tmp.path().join("relay"),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..RelayConfig::default()
+        }))
+        .expect("relay");
+    let addr = relay.local_addr().to_string();
+    let pin = relay.fingerprint().to_uppercase(); // any case is accepted
+    let a = tmp.path().join("alice");
+    let b = tmp.path().join("bob");
+
+    // Not initialised yet: sync explains what to do.
+    let err = fails(&a, &["sync"]);
+    assert!(err.contains("fieldsync init"), "{err}");
+    // A bad pin is refused before anything is written.
+    let err = fails(&a, &["init", "--relay", &addr, "--pin", "abc"]);
+    assert!(err.contains("fingerprint"), "{err}");
+
+    let init = json(
+        &a,
+        &[
+            "init", "--relay", &addr, "--pin", &pin, "--name", "alice", "--role", "rep", "--json",
+        ],
+    );
+    assert_eq!(init["relay"], addr.as_str());
+    assert_eq!(init["pin"], relay.fingerprint());
+    assert_eq!(init["name"], "alice");
+    assert_eq!(init["role"], "rep");
+    assert!(init["device_id"].as_str().is_some_and(|d| d.len() == 36));
+    assert!(a.join("replica.db").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(a.join("config.toml"))
+            .expect("config")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "config.toml is private");
+    }
+
+    // Offline work.
+    let customer = json(
+        &a,
+        &[
+            "customer",
+            "add",
+            "--name",
+            "Acme Mining",
+            "--scope",
+            "north",
+            "--phone",
+            "+86 138 0000 0001",
+            "--industry",
+            "mining",
+            "--json",
+        ],
+    );
+    let cid = customer["id"].as_str().expect("customer id").to_string();
+    assert_eq!(customer["name"], "Acme Mining");
+    assert_eq!(customer["scope"], "north");
+    assert_eq!(customer["created_by"], "alice");
+    let plain_id = ok(
+        &a,
+        &["customer", "add", "--name", "Beta", "--scope", "south"],
+    );
+    let bid = plain_id.trim().to_string();
+    assert_eq!(bid.len(), 36, "plain output is the id: {plain_id}");
+    let list = json(&a, &["customer", "list", "--json"]);
+    assert_eq!(ids(&list), vec![cid.clone(), bid.clone()]);
+    ok(&a, &["customer", "archive", &bid]);
+    assert_eq!(
+        ids(&json(&a, &["customer", "list", "--json"])),
+        vec![cid.clone()]
+    );
+
+    ok(&a, &["customer", "edit", &cid, "--stage", "opportunity"]);
+    let shown = json(&a, &["customer", "show", &cid, "--json"]);
+    assert_eq!(shown["stage"], "opportunity");
+    assert!(ok(&a, &["customer", "show", &cid]).contains("Acme Mining"));
+
+    let visit = json(
+        &a,
+        &[
+            "visit",
+            "log",
+            "--customer",
+            &cid,
+            "--notes",
+            "Met the buyer",
+            "--json",
+        ],
+    );
+    assert_eq!(visit["status"], "done");
+    assert_eq!(visit["customer_id"], cid.as_str());
+    let visits = json(&a, &["visit", "list", "--customer", &cid, "--json"]);
+    assert_eq!(
+        ids(&visits),
+        vec![visit["id"].as_str().expect("visit id").to_string()]
+    );
+
+    let quote = json(
+        &a,
+        &[
+            "quote",
+            "new",
+            "--customer",
+            &cid,
+            "--currency",
+            "CNY",
+            "--json",
+        ],
+    );
+    let qid = quote["id"].as_str().expect("quote id").to_string();
+    let quote = json(
+        &a,
+        &[
+            "quote", "add-line", &qid, "--sku", "EX-200", "--qty", "2", "--price", "1250.50",
+            "--json",
+        ],
+    );
+    assert_eq!(quote["lines"][0]["unit_price_minor"], 125_050);
+    assert_eq!(quote["total"]["amount_minor"], 250_100);
+    assert_eq!(quote["total"]["currency"], "CNY");
+    let err = fails(
+        &a,
+        &[
+            "quote", "add-line", &qid, "--sku", "X", "--qty", "1", "--price", "1.234",
+        ],
+    );
+    assert!(err.contains("two decimals"), "{err}");
+    ok(&a, &["quote", "submit", &qid]);
+    assert_eq!(
+        json(&a, &["quote", "show", &qid, "--json"])["status"],
+        "submitted"
+    );
+    // A rep may not approve.
+    fails(&a, &["quote", "approve", &qid]);
+
+    // Unknown ids and malformed ids fail with a message on stderr.
+    let err = fails(
+        &a,
+        &["customer", "show", "01900000-0000-7000-8000-000000000000"],
+    );
+    assert!(err.contains("no document"), "{err}");
+    fails(&a, &["customer", "show", "not-an-id"]);
+
+    let before = json(&a, &["status", "--json"]);
+    assert!(
+        before["outbox"].as_u64().is_some_and(|n| n >= 7),
+        "{before}"
+    );
+    assert_eq!(before["last_sync_finished_at"], Value::Null);
+    assert_eq!(before["relay_reachable"], true);
+
+    // Sync: report as JSON, then as text (no progress bar: stdout is not a terminal).
+    let report = json(&a, &["sync", "--json"]);
+    let sent = report["changes_sent"].as_u64().expect("sent");
+    assert!(sent >= 7, "{report}");
+    assert_eq!(report["changes_acked"].as_u64(), Some(sent));
+    assert_eq!(report["changes_rejected"], 0);
+    assert_eq!(report["outbox_remaining"], 0);
+    assert!(report["bytes_sent"].as_u64().is_some_and(|n| n > 0));
+    assert!(report["duration_ms"].is_u64());
+    let text = ok(&a, &["sync"]);
+    assert!(text.starts_with("Synced with"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no terminal control codes: {text:?}"
+    );
+
+    let after = json(&a, &["status", "--json"]);
+    assert_eq!(after["outbox"], 0);
+    assert!(after["last_sync_finished_at"].is_string(), "{after}");
+    assert_eq!(after["last_error"], Value::Null);
+    assert_eq!(after["relay"], addr.as_str());
+    assert!(ok(&a, &["status"]).contains("reachable"));
+
+    // Bob, through the environment variable, gets everything.
+    let env_run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("FIELDSYNC_DATA", &b)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    env_run(&["init", "--relay", &addr, "--pin", &pin, "--name", "bob"]);
+    env_run(&["sync"]);
+    let bob_list: Value =
+        serde_json::from_str(&env_run(&["customer", "list", "--json"])).expect("json");
+    assert_eq!(ids(&bob_list), vec![cid.clone()]);
+    assert_eq!(
+        json(&b, &["quote", "show", &qid, "--json"])["total"]["amount_minor"],
+        250_100
+    );
+
+    // Concurrent renames become a listed conflict on both sides.
+    ok(&a, &["customer", "edit", &cid, "--name", "Acme Mining Ltd"]);
+    ok(&b, &["customer", "edit", &cid, "--name", "ACME Mining Co."]);
+    ok(&a, &["sync"]);
+    ok(&b, &["sync"]);
+    ok(&a, &["sync"]);
+    for dir in [&a, &b] {
+        let conflicts = json(dir, &["conflicts", "--json"]);
+        let list = conflicts.as_array().expect("array");
+        let name = list
+            .iter()
+            .find(|c| c["id"] == cid.as_str() && c["path"] == "name")
+            .unwrap_or_else(|| panic!("name conflict listed: {conflicts}"));
+        assert_eq!(name["values"].as_array().map(Vec::len), Some(2));
+        assert!(ok(dir, &["conflicts"]).contains("name"));
+    }
+    assert_eq!(
+        json(&a, &["customer", "show", &cid, "--json"]),
+        json(&b, &["customer", "show", &cid, "--json"])
+    );
+
+    // `sync --watch --json` prints events as lines and stops cleanly on SIGINT.
+    #[cfg(unix)]
+    {
+        let mut child = Command::new(BIN)
+            .arg("--data")
+            .arg(&b)
+            .args(["sync", "--watch", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn watch");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let wait_event = |name: &str| loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no {name} event"));
+            let v: Value = serde_json::from_str(&line).expect("one JSON object per line");
+            if v["event"] == name {
+                return v;
+            }
+        };
+        wait_event("caught_up");
+        // Alice's edit reaches the watching process without another command on bob's side.
+        ok(&a, &["customer", "edit", &cid, "--industry", "quarrying"]);
+        ok(&a, &["sync"]);
+        wait_event("received");
+        let pid = child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let status = child.wait().expect("wait");
+        assert!(
+            status.success(),
+            "watch exits cleanly on Ctrl-C: {status:?}"
+        );
+        assert_eq!(
+            json(&b, &["customer", "show", &cid, "--json"])["industry"],
+            "quarrying"
+        );
+    }
+
+    // With the relay gone, status says so (within its short probe timeout).
+    rt.block_on(relay.shutdown()).expect("shutdown");
+    let down = json(&a, &["status", "--json"]);
+    assert_eq!(down["relay_reachable"], false);
+    assert!(down["relay_error"].is_string());
+    assert!(
+        down["last_sync_finished_at"].is_string(),
+        "last success kept"
+    );
+    let err = fails(&a, &["sync", "--connect-timeout", "1"]);
+    assert!(
+        err.contains("sync with") && err.contains("no answer"),
+        "{err}"
+    );
+}
