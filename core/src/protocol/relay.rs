@@ -35,6 +35,11 @@ pub struct LogEntry {
     pub doc_id: DocId,
     /// What to apply.
     pub entry: Entry,
+    /// For a single change: its hash (lets a session skip echoing a client's own uploads).
+    pub hash: Option<Hash>,
+    /// For `Leave`: the scope the document moved to. A reader that also sees that scope keeps
+    /// the document, so the entry is not sent to it.
+    pub moved_to: Option<String>,
 }
 
 /// What the relay protocol needs from storage. Implemented by the relay's SQLite and
@@ -146,7 +151,13 @@ pub struct RelaySession {
     sent: Option<Cursor>,
     /// Caught up and no `Pull` outstanding: new entries are pushed as they arrive.
     live: bool,
+    /// Hashes of changes this session stored for the client: the client has them, so they are
+    /// not echoed back. Bounded; past the bound, echoes are merely redundant.
+    uploaded: std::collections::HashSet<Hash>,
 }
+
+/// Most hashes a session remembers to avoid echoing a client's own uploads.
+const MAX_REMEMBERED_UPLOADS: usize = 200_000;
 
 impl RelaySession {
     /// A session waiting for the client's `Hello`.
@@ -157,6 +168,7 @@ impl RelaySession {
             epoch: None,
             sent: None,
             live: false,
+            uploaded: std::collections::HashSet::new(),
         }
     }
 
@@ -208,6 +220,9 @@ impl RelaySession {
                         Outcome::Stored => {
                             if let Ok(ch) = crate::store::decode_change(&c.bytes) {
                                 accepted.push(ch.hash().0);
+                                if self.uploaded.len() < MAX_REMEMBERED_UPLOADS {
+                                    self.uploaded.insert(ch.hash().0);
+                                }
                             }
                         }
                         Outcome::Refused(r) => rejected.push(r),
@@ -224,7 +239,7 @@ impl RelaySession {
                 self.live = false;
                 let budget = (max_bytes as usize).clamp(16 << 10, self.limits.max_batch_bytes);
                 let cursor = self.normalize(storage, &device, cursor)?;
-                let (items, cursor, caught_up) = self.fill(storage, cursor, budget)?;
+                let (items, cursor, caught_up) = self.fill(storage, &device, cursor, budget)?;
                 self.live = caught_up;
                 if caught_up {
                     storage.touch_device(device.device_id)?;
@@ -344,6 +359,7 @@ impl RelaySession {
     fn fill(
         &self,
         storage: &mut dyn RelayStorage,
+        device: &DeviceInfo,
         mut cursor: Cursor,
         budget: usize,
     ) -> Result<(Vec<Item>, Cursor, bool), StorageError> {
@@ -399,7 +415,12 @@ impl RelaySession {
                 for r in rows {
                     used += entry_size(&r.entry) + 24;
                     *seq = r.seq;
-                    push_entry(&mut items, r.doc_id, r.entry);
+                    let echo = r.hash.is_some_and(|h| self.uploaded.contains(&h));
+                    let kept_elsewhere = matches!(r.entry, Entry::Leave)
+                        && r.moved_to.as_deref().is_some_and(|s| device.sees(s));
+                    if !echo && !kept_elsewhere {
+                        push_entry(&mut items, r.doc_id, r.entry);
+                    }
                 }
                 if more {
                     drained = false;
@@ -411,17 +432,27 @@ impl RelaySession {
 
     /// Called when the relay's log grew: pushes new entries to a live client.
     pub fn poll_live(&mut self, storage: &mut dyn RelayStorage) -> Output {
-        if !self.live || self.device.is_none() {
+        if !self.live {
             return Output::default();
         }
-        let Some(cursor) = self.sent.clone() else {
+        let (Some(cursor), Some(device)) = (self.sent.clone(), self.device.clone()) else {
             return Output::default();
         };
-        match self.fill(storage, cursor, self.limits.max_batch_bytes) {
+        match self.fill(storage, &device, cursor, self.limits.max_batch_bytes) {
             Ok((items, cursor, caught_up)) => {
                 if items.is_empty() && caught_up {
-                    self.sent = Some(cursor);
-                    return Output::default();
+                    // Nothing to deliver (e.g. only the client's own uploads, which are not
+                    // echoed); still move its durable cursor past them when it advanced.
+                    let moved = self.sent.as_ref() != Some(&cursor);
+                    self.sent = Some(cursor.clone());
+                    if !moved {
+                        return Output::default();
+                    }
+                    return Output::send(Message::Batch {
+                        items,
+                        cursor,
+                        caught_up,
+                    });
                 }
                 self.live = caught_up;
                 self.sent = Some(cursor.clone());

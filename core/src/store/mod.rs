@@ -31,8 +31,9 @@ pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
 /// Largest single Automerge change accepted from outside (bytes).
 pub const MAX_CHANGE_BYTES: usize = 4 << 20;
-/// Largest document snapshot accepted from outside (bytes).
-pub const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
+/// Largest document snapshot accepted from outside (bytes); below the frame limit
+/// ([`crate::protocol::codec::MAX_FRAME`]) so any accepted snapshot can also be sent.
+pub const MAX_SNAPSHOT_BYTES: usize = 24 << 20;
 
 /// Errors from the replica store.
 #[derive(Debug, thiserror::Error)]

@@ -839,13 +839,13 @@ impl SqliteRelayStore {
             let mut st;
             let mut rows = if scope == "*" {
                 st = c.prepare_cached(
-                    "SELECT seq, doc_id, kind, length(bytes), bytes FROM log
+                    "SELECT seq, doc_id, kind, length(bytes), bytes, hash, moved_to FROM log
                      WHERE seq > ?1 AND kind = 0 ORDER BY seq",
                 )?;
                 st.query(params![after])?
             } else {
                 st = c.prepare_cached(
-                    "SELECT seq, doc_id, kind, length(bytes), bytes FROM log
+                    "SELECT seq, doc_id, kind, length(bytes), bytes, hash, moved_to FROM log
                      WHERE scope = ?2 AND seq > ?1 ORDER BY seq",
                 )?;
                 st.query(params![after, scope])?
@@ -873,9 +873,12 @@ impl SqliteRelayStore {
                         )));
                     }
                 };
+                let hash: Option<Vec<u8>> = r.get(5)?;
                 out.push(LogEntry {
                     seq: seq.max(0) as u64,
                     doc_id: id,
+                    hash: hash.and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok()),
+                    moved_to: r.get(6)?,
                     entry,
                 });
             }
