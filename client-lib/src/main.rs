@@ -515,6 +515,7 @@ fn customer(client: &Client, cmd: CustomerCmd) -> Result<()> {
                 industry,
                 stage,
                 source: None,
+                ..Default::default()
             })?;
             if json {
                 print_json(&customers.get(id)?)?;

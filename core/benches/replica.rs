@@ -140,6 +140,7 @@ fn new_customer(rng: &mut Rng, i: usize) -> NewCustomer {
         industry: Some("mining".into()),
         stage: Some("potential".into()),
         source: None,
+        ..Default::default()
     }
 }
 
@@ -187,36 +188,22 @@ fn import_customers(path: &Path, n: usize, rich: bool) -> Duration {
         store.transaction(|tx| {
             let c = ctx();
             for (i, new) in news.iter().enumerate() {
-                tx.create(DocId::new(), |doc, id| {
-                    create_customer(doc, id, new, &c)?;
-                    if !rich {
-                        return Ok(());
-                    }
-                    apply_edit(
-                        doc,
-                        &Edit::Customer(CustomerEdit::AddContact(
-                            format!("c{i}"),
-                            ContactInput {
-                                name: Some(format!("Contact {i}")),
-                                phone: Some(format!("+86 137 {i:08}")),
-                                ..Default::default()
-                            },
-                        )),
-                        &c,
-                    )?;
-                    apply_edit(
-                        doc,
-                        &Edit::Customer(CustomerEdit::AddEquipment(
-                            format!("e{i}"),
-                            EquipmentInput {
-                                model: Some("HT-320".into()),
-                                serial: Some(format!("SN-{i}")),
-                                ..Default::default()
-                            },
-                        )),
-                        &c,
-                    )
-                })?;
+                let mut new = new.clone();
+                if rich {
+                    // The customer arrives with its contact and equipment, written in the
+                    // same batch as the rest of the document.
+                    new.contacts.push(ContactInput {
+                        name: Some(format!("Contact {i}")),
+                        phone: Some(format!("+86 137 {i:08}")),
+                        ..Default::default()
+                    });
+                    new.equipment.push(EquipmentInput {
+                        model: Some("HT-320".into()),
+                        serial: Some(format!("SN-{i}")),
+                        ..Default::default()
+                    });
+                }
+                tx.create(DocId::new(), |doc, id| create_customer(doc, id, &new, &c))?;
             }
             Ok(())
         })

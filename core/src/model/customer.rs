@@ -77,6 +77,12 @@ pub struct NewCustomer {
     pub stage: Option<String>,
     /// Optional source.
     pub source: Option<String>,
+    /// Contacts to start with (each gets a fresh id).
+    #[serde(default)]
+    pub contacts: Vec<ContactInput>,
+    /// Installed equipment to start with (each gets a fresh id).
+    #[serde(default)]
+    pub equipment: Vec<EquipmentInput>,
 }
 
 /// A phone number, raw as entered plus its normalised form (digits only) used for lookup.
@@ -303,36 +309,64 @@ pub enum CustomerEdit {
     Unarchive,
 }
 
-pub(super) fn create(
-    doc: &mut AutoCommit,
-    new: &NewCustomer,
-    ctx: &EditCtx,
-) -> Result<(), ModelError> {
+pub(super) fn create(root: &mut am::MapInit, new: &NewCustomer) -> Result<(), ModelError> {
     if new.name.trim().is_empty() {
         return Err(ModelError::Invalid("a customer needs a name".into()));
     }
     if new.scope.trim().is_empty() {
         return Err(ModelError::Invalid("a customer needs a scope".into()));
     }
-    doc.put(ROOT, "name", new.name.as_str())?;
-    doc.put(ROOT, "stage", new.stage.as_deref().unwrap_or("potential"))?;
-    am::put_opt_str(doc, &ROOT, "industry", new.industry.as_deref())?;
-    am::put_opt_str(doc, &ROOT, "source", new.source.as_deref())?;
-    for key in [
-        "phones",
-        "addresses",
-        "contacts",
-        "equipment",
-        "product_lines",
-        "competitors",
-        "notes",
-        "proposed",
-    ] {
-        am::new_map(doc, &ROOT, key)?;
-    }
+    root.str("name", &new.name)
+        .str("stage", new.stage.as_deref().unwrap_or("potential"))
+        .opt_str("industry", new.industry.as_deref())
+        .opt_str("source", new.source.as_deref())
+        .empty_maps(&[
+            "addresses",
+            "product_lines",
+            "competitors",
+            "notes",
+            "proposed",
+        ]);
+    let mut phones = am::MapInit::default();
     if let Some(p) = &new.phone {
-        apply(doc, &CustomerEdit::AddPhone(p.clone()), ctx)?;
+        let n = normalize_phone(p);
+        if n.trim_start_matches('+').is_empty() {
+            return Err(ModelError::Invalid(format!("`{p}` is not a phone number")));
+        }
+        phones.str(&n, p.trim());
     }
+    root.map("phones", phones);
+    let mut contacts = am::MapInit::default();
+    for c in &new.contacts {
+        if c.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+            return Err(ModelError::Invalid("a contact needs a name".into()));
+        }
+        let mut m = am::MapInit::default();
+        m.opt_str("name", c.name.as_deref())
+            .opt_str("title", c.title.as_deref())
+            .opt_str("phone", c.phone.as_deref())
+            .opt_str("email", c.email.as_deref())
+            .opt_str("notes", c.notes.as_deref())
+            .bool("active", c.active.unwrap_or(true));
+        if let Some(b) = c.is_purchaser {
+            m.bool("is_purchaser", b);
+        }
+        contacts.map(&super::new_item_id(), m);
+    }
+    root.map("contacts", contacts);
+    let mut equipment = am::MapInit::default();
+    for e in &new.equipment {
+        if e.model.as_deref().is_none_or(|n| n.trim().is_empty()) {
+            return Err(ModelError::Invalid("equipment needs a model".into()));
+        }
+        let mut m = am::MapInit::default();
+        m.opt_str("model", e.model.as_deref())
+            .opt_str("serial", e.serial.as_deref())
+            .opt_str("status", e.status.as_deref())
+            .opt_int("installed_at", e.installed_at);
+        equipment.map(&super::new_item_id(), m);
+    }
+    root.map("equipment", equipment);
     Ok(())
 }
 

@@ -220,27 +220,19 @@ impl Edit {
     }
 }
 
-/// Writes the header of a new document into an empty Automerge document.
-fn write_header(
-    doc: &mut AutoCommit,
-    id: DocId,
-    kind: DocKind,
-    org: &str,
-    scope: &str,
-    ctx: &EditCtx,
-) -> Result<(), ModelError> {
-    doc.put(ROOT, "id", id.to_string())?;
-    doc.put(ROOT, "kind", kind.as_str())?;
-    doc.put(ROOT, "schema_version", SCHEMA_VERSION)?;
-    doc.put(ROOT, "org", org)?;
-    doc.put(ROOT, "scope", scope)?;
-    doc.put(ROOT, "created_by", ctx.author.as_str())?;
-    doc.put(ROOT, "created_at", ctx.now)?;
-    doc.put(ROOT, "archived", false)?;
-    let governed = am::new_map(doc, &ROOT, "governed")?;
-    let _ = governed;
-    am::new_map(doc, &ROOT, "governed_log")?;
-    Ok(())
+/// The header of a new document, to which the kind's body is added before it is written.
+fn header_init(id: DocId, kind: DocKind, org: &str, scope: &str, ctx: &EditCtx) -> am::MapInit {
+    let mut m = am::MapInit::default();
+    m.str("id", &id.to_string())
+        .str("kind", kind.as_str())
+        .int("schema_version", SCHEMA_VERSION)
+        .str("org", org)
+        .str("scope", scope)
+        .str("created_by", &ctx.author)
+        .int("created_at", ctx.now)
+        .bool("archived", false)
+        .empty_maps(&["governed", "governed_log"]);
+    m
 }
 
 /// Reads the header of any document.
@@ -288,8 +280,9 @@ pub fn create_customer(
     new: &NewCustomer,
     ctx: &EditCtx,
 ) -> Result<(), ModelError> {
-    write_header(doc, id, DocKind::Customer, &new.org, &new.scope, ctx)?;
-    customer::create(doc, new, ctx)
+    let mut root = header_init(id, DocKind::Customer, &new.org, &new.scope, ctx);
+    customer::create(&mut root, new)?;
+    root.write_root(doc)
 }
 
 /// Creates a new visit document for a customer in `scope`. The caller commits it.
@@ -301,8 +294,9 @@ pub fn create_visit(
     new: &NewVisit,
     ctx: &EditCtx,
 ) -> Result<(), ModelError> {
-    write_header(doc, id, DocKind::Visit, org, scope, ctx)?;
-    visit::create(doc, new, ctx)
+    let mut root = header_init(id, DocKind::Visit, org, scope, ctx);
+    visit::create(&mut root, new, ctx);
+    root.write_root(doc)
 }
 
 /// Creates a new quote document for a customer in `scope`. The caller commits it.
@@ -314,8 +308,9 @@ pub fn create_quote(
     new: &NewQuote,
     ctx: &EditCtx,
 ) -> Result<(), ModelError> {
-    write_header(doc, id, DocKind::Quote, org, scope, ctx)?;
-    quote::create(doc, new, ctx)
+    let mut root = header_init(id, DocKind::Quote, org, scope, ctx);
+    quote::create(&mut root, new, ctx)?;
+    root.write_root(doc)
 }
 
 /// Applies one edit to a document, checking kind, role and state. The caller commits.

@@ -318,19 +318,20 @@ pub enum QuoteEdit {
 }
 
 pub(super) fn create(
-    doc: &mut AutoCommit,
+    root: &mut am::MapInit,
     new: &NewQuote,
     ctx: &EditCtx,
 ) -> Result<(), ModelError> {
     validate_currency(&new.currency)?;
-    doc.put(ROOT, "customer_id", new.customer_id.to_string())?;
-    doc.put(ROOT, "currency", new.currency.as_str())?;
-    am::put_opt_str(doc, &ROOT, "quote_no", new.quote_no.as_deref())?;
-    am::put_opt_i64(doc, &ROOT, "valid_until", new.valid_until)?;
-    for key in ["status_marks", "lines", "approvals", "notes"] {
-        am::new_map(doc, &ROOT, key)?;
-    }
-    mark(doc, QuoteStatus::Draft, ctx)
+    root.str("customer_id", &new.customer_id.to_string())
+        .str("currency", &new.currency)
+        .opt_str("quote_no", new.quote_no.as_deref())
+        .opt_int("valid_until", new.valid_until)
+        .empty_maps(&["lines", "approvals", "notes"]);
+    let mut marks = am::MapInit::default();
+    marks.int(QuoteStatus::Draft.as_str(), ctx.now);
+    root.map("status_marks", marks);
+    Ok(())
 }
 
 fn validate_currency(c: &str) -> Result<(), ModelError> {

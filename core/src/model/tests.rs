@@ -517,3 +517,55 @@ proptest! {
         prop_assert_eq!(industry.map(|c| c.values.len()).unwrap_or(1), replicas.len());
     }
 }
+
+#[test]
+fn a_customer_can_start_with_contacts_and_equipment() {
+    let mut doc = AutoCommit::new();
+    let new = NewCustomer {
+        org: "acme".into(),
+        scope: "s".into(),
+        name: "Batch Co".into(),
+        phone: Some("0471 123".into()),
+        contacts: vec![ContactInput {
+            name: Some("Li".into()),
+            phone: Some("138".into()),
+            is_purchaser: Some(true),
+            ..Default::default()
+        }],
+        equipment: vec![EquipmentInput {
+            model: Some("HT-320".into()),
+            installed_at: Some(5),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    create_customer(&mut doc, DocId::new(), &new, &ctx(Role::Rep)).unwrap();
+    doc.commit();
+    assert_eq!(doc.get_changes(&[]).len(), 1, "created in one change");
+    let c = customer(&doc);
+    assert_eq!(c.contacts.len(), 1);
+    assert!(c.contacts[0].is_purchaser && c.contacts[0].active);
+    assert_eq!(c.equipment[0].installed_at, Some(5));
+    assert_eq!(c.phones[0].normalized, "0471123");
+    // Items created in the batch are edited like any other.
+    let cid = c.contacts[0].id.clone();
+    apply_edit(
+        &mut doc,
+        &Edit::Customer(CustomerEdit::UpdateContact(
+            cid,
+            ContactInput {
+                title: Some("Buyer".into()),
+                ..Default::default()
+            },
+        )),
+        &ctx(Role::Rep),
+    )
+    .unwrap();
+    doc.commit();
+    assert_eq!(customer(&doc).contacts[0].title.as_deref(), Some("Buyer"));
+    let bad = NewCustomer {
+        contacts: vec![ContactInput::default()],
+        ..new
+    };
+    assert!(create_customer(&mut AutoCommit::new(), DocId::new(), &bad, &ctx(Role::Rep)).is_err());
+}

@@ -197,28 +197,17 @@ pub enum VisitEdit {
     Archive,
 }
 
-pub(super) fn create(
-    doc: &mut AutoCommit,
-    new: &NewVisit,
-    ctx: &EditCtx,
-) -> Result<(), ModelError> {
-    doc.put(ROOT, "customer_id", new.customer_id.to_string())?;
-    doc.put(
-        ROOT,
-        "visit_kind",
-        new.kind.as_deref().unwrap_or("sales_call"),
-    )?;
-    doc.put(ROOT, "notes", new.notes.as_deref().unwrap_or(""))?;
-    am::put_opt_i64(doc, &ROOT, "at", new.at)?;
-    am::put_opt_str(doc, &ROOT, "location", new.location.as_deref())?;
-    for key in ["status_marks", "contacts_met", "needs", "tasks", "comments"] {
-        am::new_map(doc, &ROOT, key)?;
-    }
-    mark_status(doc, VisitStatus::Planned, ctx)?;
-    if new.status != VisitStatus::Planned {
-        mark_status(doc, new.status, ctx)?;
-    }
-    Ok(())
+pub(super) fn create(root: &mut am::MapInit, new: &NewVisit, ctx: &EditCtx) {
+    root.str("customer_id", &new.customer_id.to_string())
+        .str("visit_kind", new.kind.as_deref().unwrap_or("sales_call"))
+        .str("notes", new.notes.as_deref().unwrap_or(""))
+        .opt_int("at", new.at)
+        .opt_str("location", new.location.as_deref())
+        .empty_maps(&["contacts_met", "needs", "tasks", "comments"]);
+    let mut marks = am::MapInit::default();
+    marks.int(VisitStatus::Planned.as_str(), ctx.now);
+    marks.int(new.status.as_str(), ctx.now);
+    root.map("status_marks", marks);
 }
 
 fn mark_status(doc: &mut AutoCommit, s: VisitStatus, ctx: &EditCtx) -> Result<(), ModelError> {
