@@ -1,2 +1,3 @@
 //! crate
 pub mod faultproxy;
+pub mod procs;
