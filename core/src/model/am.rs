@@ -13,26 +13,12 @@ pub(crate) fn scalar<R: ReadDoc>(d: &R, obj: &ObjId, key: &str) -> Option<Scalar
     }
 }
 
-pub(crate) fn get_str<R: ReadDoc>(d: &R, obj: &ObjId, key: &str) -> Option<String> {
-    match scalar(d, obj, key)? {
-        ScalarValue::Str(s) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
 pub(crate) fn get_i64<R: ReadDoc>(d: &R, obj: &ObjId, key: &str) -> Option<i64> {
     match scalar(d, obj, key)? {
         ScalarValue::Int(i) => Some(i),
         ScalarValue::Uint(u) => i64::try_from(u).ok(),
         ScalarValue::Counter(c) => Some(i64::from(&c)),
         ScalarValue::Timestamp(t) => Some(t),
-        _ => None,
-    }
-}
-
-pub(crate) fn get_bool<R: ReadDoc>(d: &R, obj: &ObjId, key: &str) -> Option<bool> {
-    match scalar(d, obj, key)? {
-        ScalarValue::Boolean(b) => Some(b),
         _ => None,
     }
 }
@@ -54,14 +40,6 @@ pub(crate) fn req_map<R: ReadDoc>(d: &R, obj: &ObjId, key: &str) -> Result<ObjId
 /// Keys of a map in their (sorted) document order.
 pub(crate) fn keys<R: ReadDoc>(d: &R, obj: &ObjId) -> Vec<String> {
     d.keys(obj).collect()
-}
-
-/// The entries of an id-keyed map of maps: `(id, item map)`.
-pub(crate) fn items<R: ReadDoc>(d: &R, obj: &ObjId) -> Vec<(String, ObjId)> {
-    keys(d, obj)
-        .into_iter()
-        .filter_map(|k| get_map(d, obj, &k).map(|m| (k, m)))
-        .collect()
 }
 
 /// Writes an optional string: `None` writes nothing.
@@ -169,4 +147,76 @@ impl MapInit {
         doc.init_root_from_hydrate(&self.0.into())?;
         Ok(())
     }
+}
+
+// Readers over a hydrated document (`ReadDoc::hydrate`): one pass over the document builds an
+// in-memory tree, and typed reads then cost a hash lookup each instead of an op-set query.
+
+/// A hydrated map.
+pub(crate) type HMap = automerge::hydrate::Map;
+
+/// Hydrates the whole document.
+pub(crate) fn hydrate_root<R: ReadDoc>(d: &R) -> Result<HMap, ModelError> {
+    match d.hydrate(automerge::ROOT, None)? {
+        automerge::hydrate::Value::Map(m) => Ok(m),
+        _ => Err(ModelError::Malformed("root is not a map".into())),
+    }
+}
+
+fn hscalar<'a>(m: &'a HMap, key: &str) -> Option<&'a ScalarValue> {
+    match m.get(key) {
+        Some(automerge::hydrate::Value::Scalar(s)) => Some(s),
+        _ => None,
+    }
+}
+
+pub(crate) fn hget_str(m: &HMap, key: &str) -> Option<String> {
+    match hscalar(m, key)? {
+        ScalarValue::Str(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+pub(crate) fn hget_i64(m: &HMap, key: &str) -> Option<i64> {
+    match hscalar(m, key)? {
+        ScalarValue::Int(i) => Some(*i),
+        ScalarValue::Uint(u) => i64::try_from(*u).ok(),
+        ScalarValue::Counter(c) => Some(i64::from(c)),
+        ScalarValue::Timestamp(t) => Some(*t),
+        _ => None,
+    }
+}
+
+pub(crate) fn hget_bool(m: &HMap, key: &str) -> Option<bool> {
+    match hscalar(m, key)? {
+        ScalarValue::Boolean(b) => Some(*b),
+        _ => None,
+    }
+}
+
+pub(crate) fn hget_map<'a>(m: &'a HMap, key: &str) -> Option<&'a HMap> {
+    match m.get(key) {
+        Some(automerge::hydrate::Value::Map(c)) => Some(c),
+        _ => None,
+    }
+}
+
+/// Keys in sorted order (the document's own map order).
+pub(crate) fn hkeys(m: &HMap) -> Vec<String> {
+    let mut k: Vec<String> = m.iter().map(|(k, _)| k.clone()).collect();
+    k.sort();
+    k
+}
+
+/// The entries of an id-keyed map of maps, sorted by id.
+pub(crate) fn hitems(m: &HMap) -> Vec<(String, &HMap)> {
+    let mut v: Vec<(String, &HMap)> = m
+        .iter()
+        .filter_map(|(k, v)| match &v.value {
+            automerge::hydrate::Value::Map(c) => Some((k.clone(), c)),
+            _ => None,
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }

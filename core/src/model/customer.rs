@@ -1,7 +1,7 @@
 //! The customer (account) document.
 
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ObjId, ROOT, ReadDoc};
+use automerge::{AutoCommit, ObjId, ROOT};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -470,10 +470,10 @@ fn write_money(
     Ok(())
 }
 
-fn read_money<R: ReadDoc>(doc: &R, obj: &ObjId, prefix: &str) -> Option<Money> {
+fn read_money(obj: &am::HMap, prefix: &str) -> Option<Money> {
     Some(Money {
-        amount_minor: am::get_i64(doc, obj, &format!("{prefix}_minor"))?,
-        currency: am::get_str(doc, obj, &format!("{prefix}_currency"))?,
+        amount_minor: am::hget_i64(obj, &format!("{prefix}_minor"))?,
+        currency: am::hget_str(obj, &format!("{prefix}_currency"))?,
     })
 }
 
@@ -577,64 +577,64 @@ pub(super) fn apply(
     Ok(())
 }
 
-pub(super) fn read<R: ReadDoc>(doc: &R, header: Header) -> Result<Customer, ModelError> {
-    let s = |k: &str| am::get_str(doc, &ROOT, k);
+pub(super) fn read(root: &am::HMap, header: Header) -> Result<Customer, ModelError> {
+    let s = |k: &str| am::hget_str(root, k);
     let name = s("name").ok_or_else(|| ModelError::Malformed("customer without name".into()))?;
-    let phones = am::get_map(doc, &ROOT, "phones")
+    let phones = am::hget_map(root, "phones")
         .map(|m| {
-            am::keys(doc, &m)
+            am::hkeys(m)
                 .into_iter()
                 .map(|n| Phone {
-                    raw: am::get_str(doc, &m, &n).unwrap_or_else(|| n.clone()),
+                    raw: am::hget_str(m, &n).unwrap_or_else(|| n.clone()),
                     normalized: n,
                 })
                 .collect()
         })
         .unwrap_or_default();
     let coll = |k: &str| {
-        am::get_map(doc, &ROOT, k)
-            .map(|m| am::items(doc, &m))
+        am::hget_map(root, k)
+            .map(|m| am::hitems(m))
             .unwrap_or_default()
     };
     let addresses = coll("addresses")
         .into_iter()
         .map(|(id, a)| Address {
-            label: am::get_str(doc, &a, "label"),
-            street: am::get_str(doc, &a, "street"),
-            city: am::get_str(doc, &a, "city"),
-            region: am::get_str(doc, &a, "region"),
-            postcode: am::get_str(doc, &a, "postcode"),
-            country: am::get_str(doc, &a, "country"),
-            archived: am::get_bool(doc, &a, "archived").unwrap_or(false),
+            label: am::hget_str(a, "label"),
+            street: am::hget_str(a, "street"),
+            city: am::hget_str(a, "city"),
+            region: am::hget_str(a, "region"),
+            postcode: am::hget_str(a, "postcode"),
+            country: am::hget_str(a, "country"),
+            archived: am::hget_bool(a, "archived").unwrap_or(false),
             id,
         })
         .collect();
     let contacts = coll("contacts")
         .into_iter()
         .map(|(id, c)| Contact {
-            name: am::get_str(doc, &c, "name").unwrap_or_default(),
-            title: am::get_str(doc, &c, "title"),
-            phone: am::get_str(doc, &c, "phone"),
-            email: am::get_str(doc, &c, "email"),
-            is_purchaser: am::get_bool(doc, &c, "is_purchaser").unwrap_or(false),
-            notes: am::get_str(doc, &c, "notes"),
-            active: am::get_bool(doc, &c, "active").unwrap_or(true),
+            name: am::hget_str(c, "name").unwrap_or_default(),
+            title: am::hget_str(c, "title"),
+            phone: am::hget_str(c, "phone"),
+            email: am::hget_str(c, "email"),
+            is_purchaser: am::hget_bool(c, "is_purchaser").unwrap_or(false),
+            notes: am::hget_str(c, "notes"),
+            active: am::hget_bool(c, "active").unwrap_or(true),
             id,
         })
         .collect();
     let equipment = coll("equipment")
         .into_iter()
         .map(|(id, e)| Equipment {
-            model: am::get_str(doc, &e, "model").unwrap_or_default(),
-            serial: am::get_str(doc, &e, "serial"),
-            installed_at: am::get_i64(doc, &e, "installed_at"),
-            status: am::get_str(doc, &e, "status"),
+            model: am::hget_str(e, "model").unwrap_or_default(),
+            serial: am::hget_str(e, "serial"),
+            installed_at: am::hget_i64(e, "installed_at"),
+            status: am::hget_str(e, "status"),
             id,
         })
         .collect();
-    let proposed = am::get_map(doc, &ROOT, "proposed");
-    let governed = am::get_map(doc, &ROOT, "governed");
-    let g = |k: &str| governed.as_ref().and_then(|g| am::get_str(doc, g, k));
+    let proposed = am::hget_map(root, "proposed");
+    let governed = am::hget_map(root, "governed");
+    let g = |k: &str| governed.as_ref().and_then(|g| am::hget_str(g, k));
     Ok(Customer {
         name,
         short_name: s("short_name"),
@@ -648,18 +648,18 @@ pub(super) fn read<R: ReadDoc>(doc: &R, header: Header) -> Result<Customer, Mode
         addresses,
         contacts,
         equipment,
-        product_lines: read_set(doc, &ROOT, "product_lines"),
-        competitors: read_set(doc, &ROOT, "competitors"),
-        notes: read_notes(doc, "notes"),
+        product_lines: read_set(root, "product_lines"),
+        competitors: read_set(root, "competitors"),
+        notes: read_notes(root, "notes"),
         proposed_credit_limit: proposed
             .as_ref()
-            .and_then(|p| read_money(doc, p, "credit_limit")),
+            .and_then(|p| read_money(p, "credit_limit")),
         proposed_payment_terms: proposed
             .as_ref()
-            .and_then(|p| am::get_str(doc, p, "payment_terms")),
+            .and_then(|p| am::hget_str(p, "payment_terms")),
         credit_limit: governed
             .as_ref()
-            .and_then(|g| read_money(doc, g, "credit_limit")),
+            .and_then(|g| read_money(g, "credit_limit")),
         payment_terms: g("payment_terms"),
         grade: g("grade"),
         owner: g("owner"),

@@ -237,7 +237,11 @@ fn header_init(id: DocId, kind: DocKind, org: &str, scope: &str, ctx: &EditCtx) 
 
 /// Reads the header of any document.
 pub fn read_header<R: ReadDoc>(doc: &R) -> Result<Header, ModelError> {
-    let version = am::get_i64(doc, &ROOT, "schema_version")
+    header_from(&am::hydrate_root(doc)?)
+}
+
+fn header_from(root: &am::HMap) -> Result<Header, ModelError> {
+    let version = am::hget_i64(root, "schema_version")
         .ok_or_else(|| ModelError::Malformed("missing schema_version".into()))?;
     if version > SCHEMA_VERSION {
         return Err(ModelError::SchemaTooNew {
@@ -245,31 +249,32 @@ pub fn read_header<R: ReadDoc>(doc: &R) -> Result<Header, ModelError> {
             supported: SCHEMA_VERSION,
         });
     }
-    let kind = am::get_str(doc, &ROOT, "kind")
+    let kind = am::hget_str(root, "kind")
         .and_then(|k| DocKind::parse(&k))
         .ok_or_else(|| ModelError::Malformed("missing or unknown kind".into()))?;
-    let id = am::get_str(doc, &ROOT, "id")
+    let id = am::hget_str(root, "id")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| ModelError::Malformed("missing or invalid id".into()))?;
     Ok(Header {
         id,
         kind,
         schema_version: version,
-        org: am::get_str(doc, &ROOT, "org").unwrap_or_default(),
-        scope: am::get_str(doc, &ROOT, "scope").unwrap_or_default(),
-        created_by: am::get_str(doc, &ROOT, "created_by").unwrap_or_default(),
-        created_at: am::get_i64(doc, &ROOT, "created_at").unwrap_or(0),
-        archived: am::get_bool(doc, &ROOT, "archived").unwrap_or(false),
+        org: am::hget_str(root, "org").unwrap_or_default(),
+        scope: am::hget_str(root, "scope").unwrap_or_default(),
+        created_by: am::hget_str(root, "created_by").unwrap_or_default(),
+        created_at: am::hget_i64(root, "created_at").unwrap_or(0),
+        archived: am::hget_bool(root, "archived").unwrap_or(false),
     })
 }
 
 /// Reads a typed document of whatever kind the header says.
 pub fn read_document<R: ReadDoc>(doc: &R) -> Result<Document, ModelError> {
-    let header = read_header(doc)?;
+    let root = am::hydrate_root(doc)?;
+    let header = header_from(&root)?;
     Ok(match header.kind {
-        DocKind::Customer => Document::Customer(customer::read(doc, header)?),
-        DocKind::Visit => Document::Visit(visit::read(doc, header)?),
-        DocKind::Quote => Document::Quote(quote::read(doc, header)?),
+        DocKind::Customer => Document::Customer(customer::read(&root, header)?),
+        DocKind::Visit => Document::Visit(visit::read(&root, header)?),
+        DocKind::Quote => Document::Quote(quote::read(&root, header)?),
     })
 }
 
@@ -368,8 +373,13 @@ fn set_scope(doc: &mut AutoCommit, scope: &str, ctx: &EditCtx) -> Result<(), Mod
 }
 
 /// Reads an add-only set stored as a map of `key → true`.
-fn read_set<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Vec<String> {
-    am::get_map(doc, obj, key)
+fn read_set(root: &am::HMap, key: &str) -> Vec<String> {
+    am::hget_map(root, key).map(am::hkeys).unwrap_or_default()
+}
+
+/// The keys of an add-only set, read straight from the document (for edits).
+fn doc_set<R: ReadDoc>(doc: &R, key: &str) -> Vec<String> {
+    am::get_map(doc, &ROOT, key)
         .map(|m| am::keys(doc, &m))
         .unwrap_or_default()
 }
@@ -415,16 +425,16 @@ fn add_note(
     Ok(())
 }
 
-fn read_notes<R: ReadDoc>(doc: &R, key: &str) -> Vec<Note> {
-    let Some(m) = am::get_map(doc, &ROOT, key) else {
+fn read_notes(root: &am::HMap, key: &str) -> Vec<Note> {
+    let Some(m) = am::hget_map(root, key) else {
         return Vec::new();
     };
-    let mut notes: Vec<Note> = am::items(doc, &m)
+    let mut notes: Vec<Note> = am::hitems(m)
         .into_iter()
         .map(|(id, n)| Note {
-            text: am::get_str(doc, &n, "text").unwrap_or_default(),
-            author: am::get_str(doc, &n, "author").unwrap_or_default(),
-            at: am::get_i64(doc, &n, "at").unwrap_or(0),
+            text: am::hget_str(n, "text").unwrap_or_default(),
+            author: am::hget_str(n, "author").unwrap_or_default(),
+            at: am::hget_i64(n, "at").unwrap_or(0),
             id,
         })
         .collect();

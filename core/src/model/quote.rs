@@ -510,11 +510,13 @@ pub(super) fn apply(
 }
 
 /// The effective status and, if incomparable statuses were marked, the conflict.
-pub(super) fn status_of<R: ReadDoc>(doc: &R) -> (QuoteStatus, Option<StatusConflict>) {
-    let marks: Vec<QuoteStatus> = read_set(doc, &ROOT, "status_marks")
-        .iter()
-        .filter_map(|s| QuoteStatus::parse(s))
-        .collect();
+fn status_of<R: ReadDoc>(doc: &R) -> (QuoteStatus, Option<StatusConflict>) {
+    status_from(&super::doc_set(doc, "status_marks"))
+}
+
+/// The effective status of a set of marks and, if incomparable statuses were marked, the conflict.
+fn status_from(marks: &[String]) -> (QuoteStatus, Option<StatusConflict>) {
+    let marks: Vec<QuoteStatus> = marks.iter().filter_map(|s| QuoteStatus::parse(s)).collect();
     let effective = marks
         .iter()
         .copied()
@@ -533,27 +535,27 @@ pub(super) fn status_of<R: ReadDoc>(doc: &R) -> (QuoteStatus, Option<StatusConfl
     (effective, conflict)
 }
 
-pub(super) fn read<R: ReadDoc>(doc: &R, header: Header) -> Result<Quote, ModelError> {
-    let customer_id = am::get_str(doc, &ROOT, "customer_id")
+pub(super) fn read(root: &am::HMap, header: Header) -> Result<Quote, ModelError> {
+    let customer_id = am::hget_str(root, "customer_id")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| ModelError::Malformed("quote without customer".into()))?;
-    let currency = am::get_str(doc, &ROOT, "currency")
+    let currency = am::hget_str(root, "currency")
         .ok_or_else(|| ModelError::Malformed("quote without currency".into()))?;
     let coll = |k: &str| {
-        am::get_map(doc, &ROOT, k)
-            .map(|m| am::items(doc, &m))
+        am::hget_map(root, k)
+            .map(|m| am::hitems(m))
             .unwrap_or_default()
     };
     let mut lines: Vec<QuoteLine> = coll("lines")
         .into_iter()
         .map(|(id, l)| QuoteLine {
-            sku: am::get_str(doc, &l, "sku").unwrap_or_default(),
-            description: am::get_str(doc, &l, "description"),
-            qty: am::get_i64(doc, &l, "qty").unwrap_or(0),
-            unit_price_minor: am::get_i64(doc, &l, "unit_price_minor").unwrap_or(0),
-            discount_bp: am::get_i64(doc, &l, "discount_bp").unwrap_or(0),
-            sort_key: am::get_str(doc, &l, "sort_key").unwrap_or_else(|| id.clone()),
-            archived: am::get_bool(doc, &l, "archived").unwrap_or(false),
+            sku: am::hget_str(l, "sku").unwrap_or_default(),
+            description: am::hget_str(l, "description"),
+            qty: am::hget_i64(l, "qty").unwrap_or(0),
+            unit_price_minor: am::hget_i64(l, "unit_price_minor").unwrap_or(0),
+            discount_bp: am::hget_i64(l, "discount_bp").unwrap_or(0),
+            sort_key: am::hget_str(l, "sort_key").unwrap_or_else(|| id.clone()),
+            archived: am::hget_bool(l, "archived").unwrap_or(false),
             id,
         })
         .collect();
@@ -565,20 +567,20 @@ pub(super) fn read<R: ReadDoc>(doc: &R, header: Header) -> Result<Quote, ModelEr
     let mut approvals: Vec<Approval> = coll("approvals")
         .into_iter()
         .map(|(id, a)| Approval {
-            decision: am::get_str(doc, &a, "decision").unwrap_or_default(),
-            approver: am::get_str(doc, &a, "approver").unwrap_or_default(),
-            role: am::get_str(doc, &a, "role").unwrap_or_default(),
-            reason: am::get_str(doc, &a, "reason"),
-            at: am::get_i64(doc, &a, "at").unwrap_or(0),
+            decision: am::hget_str(a, "decision").unwrap_or_default(),
+            approver: am::hget_str(a, "approver").unwrap_or_default(),
+            role: am::hget_str(a, "role").unwrap_or_default(),
+            reason: am::hget_str(a, "reason"),
+            at: am::hget_i64(a, "at").unwrap_or(0),
             id,
         })
         .collect();
     approvals.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
-    let (status, status_conflict) = status_of(doc);
-    let governed = am::get_map(doc, &ROOT, "governed");
+    let (status, status_conflict) = status_from(&read_set(root, "status_marks"));
+    let governed = am::hget_map(root, "governed");
     Ok(Quote {
         customer_id,
-        quote_no: am::get_str(doc, &ROOT, "quote_no"),
+        quote_no: am::hget_str(root, "quote_no"),
         total: Money {
             amount_minor: total,
             currency: currency.clone(),
@@ -588,15 +590,15 @@ pub(super) fn read<R: ReadDoc>(doc: &R, header: Header) -> Result<Quote, ModelEr
         status_conflict,
         lines,
         approvals,
-        owner: governed.as_ref().and_then(|g| am::get_str(doc, g, "owner")),
-        valid_until: am::get_i64(doc, &ROOT, "valid_until"),
-        sent_at: am::get_i64(doc, &ROOT, "sent_at"),
-        follow_up_due: am::get_i64(doc, &ROOT, "follow_up_due"),
-        payment_terms: am::get_str(doc, &ROOT, "payment_terms"),
-        delivery_terms: am::get_str(doc, &ROOT, "delivery_terms"),
-        customer_response: am::get_str(doc, &ROOT, "customer_response"),
-        win_loss_reason: am::get_str(doc, &ROOT, "win_loss_reason"),
-        notes: read_notes(doc, "notes"),
+        owner: governed.as_ref().and_then(|g| am::hget_str(g, "owner")),
+        valid_until: am::hget_i64(root, "valid_until"),
+        sent_at: am::hget_i64(root, "sent_at"),
+        follow_up_due: am::hget_i64(root, "follow_up_due"),
+        payment_terms: am::hget_str(root, "payment_terms"),
+        delivery_terms: am::hget_str(root, "delivery_terms"),
+        customer_response: am::hget_str(root, "customer_response"),
+        win_loss_reason: am::hget_str(root, "win_loss_reason"),
+        notes: read_notes(root, "notes"),
         header,
     })
 }

@@ -1,7 +1,7 @@
 //! The visit document: a sales call, return visit or service visit at a customer.
 
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ObjId, ROOT, ReadDoc};
+use automerge::{AutoCommit, ObjId, ROOT};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -299,54 +299,54 @@ pub(super) fn apply(
 }
 
 /// The effective status: the highest mark present.
-pub(super) fn status_of<R: ReadDoc>(doc: &R) -> VisitStatus {
-    read_set(doc, &ROOT, "status_marks")
+fn status_of(root: &am::HMap) -> VisitStatus {
+    read_set(root, "status_marks")
         .iter()
         .filter_map(|s| VisitStatus::parse(s))
         .max()
         .unwrap_or(VisitStatus::Planned)
 }
 
-pub(super) fn read<R: ReadDoc>(doc: &R, header: Header) -> Result<Visit, ModelError> {
-    let customer_id = am::get_str(doc, &ROOT, "customer_id")
+pub(super) fn read(root: &am::HMap, header: Header) -> Result<Visit, ModelError> {
+    let customer_id = am::hget_str(root, "customer_id")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| ModelError::Malformed("visit without customer".into()))?;
     let coll = |k: &str| {
-        am::get_map(doc, &ROOT, k)
-            .map(|m| am::items(doc, &m))
+        am::hget_map(root, k)
+            .map(|m| am::hitems(m))
             .unwrap_or_default()
     };
     Ok(Visit {
         customer_id,
-        visit_kind: am::get_str(doc, &ROOT, "visit_kind").unwrap_or_else(|| "other".into()),
-        status: status_of(doc),
-        at: am::get_i64(doc, &ROOT, "at"),
-        location: am::get_str(doc, &ROOT, "location"),
-        notes: am::get_str(doc, &ROOT, "notes").unwrap_or_default(),
-        satisfaction: am::get_i64(doc, &ROOT, "satisfaction"),
-        contacts_met: read_set(doc, &ROOT, "contacts_met"),
+        visit_kind: am::hget_str(root, "visit_kind").unwrap_or_else(|| "other".into()),
+        status: status_of(root),
+        at: am::hget_i64(root, "at"),
+        location: am::hget_str(root, "location"),
+        notes: am::hget_str(root, "notes").unwrap_or_default(),
+        satisfaction: am::hget_i64(root, "satisfaction"),
+        contacts_met: read_set(root, "contacts_met"),
         needs: coll("needs")
             .into_iter()
             .map(|(id, n)| Need {
-                product_line: am::get_str(doc, &n, "product_line").unwrap_or_default(),
-                quantity: am::get_i64(doc, &n, "quantity"),
-                amount_minor: am::get_i64(doc, &n, "amount_minor"),
-                timeframe: am::get_str(doc, &n, "timeframe"),
+                product_line: am::hget_str(n, "product_line").unwrap_or_default(),
+                quantity: am::hget_i64(n, "quantity"),
+                amount_minor: am::hget_i64(n, "amount_minor"),
+                timeframe: am::hget_str(n, "timeframe"),
                 id,
             })
             .collect(),
         tasks: coll("tasks")
             .into_iter()
             .map(|(id, t)| Task {
-                title: am::get_str(doc, &t, "title").unwrap_or_default(),
-                due: am::get_i64(doc, &t, "due"),
-                assignee: am::get_str(doc, &t, "assignee"),
-                done_at: am::get_i64(doc, &t, "done_at"),
-                done_by: am::get_str(doc, &t, "done_by"),
+                title: am::hget_str(t, "title").unwrap_or_default(),
+                due: am::hget_i64(t, "due"),
+                assignee: am::hget_str(t, "assignee"),
+                done_at: am::hget_i64(t, "done_at"),
+                done_by: am::hget_str(t, "done_by"),
                 id,
             })
             .collect(),
-        comments: read_notes(doc, "comments"),
+        comments: read_notes(root, "comments"),
         header,
     })
 }

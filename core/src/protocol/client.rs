@@ -1,9 +1,10 @@
 //! The client's side of a connection, sans IO: it reads and writes the replica [`Store`] and
 //! returns the messages to send.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
-use automerge::ChangeHash;
+use automerge::{AutoCommit, ChangeHash};
+use rusqlite::OptionalExtension;
 use uuid::Uuid;
 
 use super::messages::{
@@ -11,7 +12,7 @@ use super::messages::{
 };
 use super::relay::REPAIR_BATCH;
 use crate::ids::{DocId, Role};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreTx, decode_change};
 
 /// Meta key of the durable download cursor.
 pub const CURSOR_KEY: &str = "sync.cursor";
@@ -55,6 +56,10 @@ pub struct ClientConfig {
     pub agent: String,
     /// The device credential, if enrolled.
     pub credential: Option<String>,
+    /// A one-time enrolment token to redeem: the session then opens with
+    /// [`Message::Enrol`] (binding the token to this device and `credential`, which must be
+    /// set) instead of `Hello`.
+    pub enrol_token: Option<String>,
     /// Most changes per upload batch.
     pub upload_changes: usize,
     /// About this many bytes per upload batch.
@@ -68,6 +73,7 @@ impl Default for ClientConfig {
         Self {
             agent: format!("fieldsync/{}", env!("CARGO_PKG_VERSION")),
             credential: None,
+            enrol_token: None,
             upload_changes: 2_000,
             upload_bytes: 1 << 20,
             pull_bytes: 2 << 20,
@@ -121,6 +127,8 @@ pub struct ClientSession {
     pull_outstanding: bool,
     caught_up: bool,
     stats: SessionStats,
+    /// Local changes quarantined since the last [`ClientSession::take_quarantined`].
+    quarantined: Vec<(ChangeHash, String)>,
 }
 
 impl ClientSession {
@@ -138,11 +146,23 @@ impl ClientSession {
             pull_outstanding: false,
             caught_up: false,
             stats: SessionStats::default(),
+            quarantined: Vec::new(),
         }
     }
 
-    /// The first message of the session.
+    /// The first message of the session: `Enrol` when redeeming an enrolment token (and a
+    /// credential is set), else `Hello`.
     pub fn hello(&self, store: &Store) -> Message {
+        if let (Some(token), Some(credential)) = (&self.cfg.enrol_token, &self.cfg.credential) {
+            return Message::Enrol {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                device_id: store.device_id(),
+                token: token.clone(),
+                credential: credential.clone(),
+                agent: self.cfg.agent.clone(),
+            };
+        }
         Message::Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
@@ -155,6 +175,12 @@ impl ClientSession {
     /// Counters so far.
     pub fn stats(&self) -> &SessionStats {
         &self.stats
+    }
+
+    /// Local changes moved to the quarantine since the last call, with the reason: those the
+    /// relay refused for good, and those that depend on a quarantined change.
+    pub fn take_quarantined(&mut self) -> Vec<(ChangeHash, String)> {
+        std::mem::take(&mut self.quarantined)
     }
 
     /// The scopes and role the relay granted, after the handshake.
@@ -238,18 +264,25 @@ impl ClientSession {
                 },
             ) => {
                 let hashes: Vec<ChangeHash> = accepted.iter().map(|h| ChangeHash(*h)).collect();
-                let acked = store.transaction(|tx| {
+                let plan = QuarantinePlan::new(store, &rejected)?;
+                let (acked, quarantined) = store.transaction(|tx| {
                     let n = tx.ack(&hashes)?;
-                    for r in &rejected {
-                        if !r.retry && tx.quarantine(&ChangeHash(r.hash), &r.reason)? {
-                            tracing::warn!(hash = %hex::encode(r.hash), reason = %r.reason, "relay refused a local change; quarantined");
+                    let mut moved = Vec::new();
+                    for (hash, reason) in &plan.quarantine {
+                        if tx.quarantine(hash, reason)? {
+                            tracing::warn!(hash = %hex::encode(hash.0), %reason, "relay refused a local change; quarantined");
+                            moved.push((*hash, reason.clone()));
                         }
                     }
+                    for id in &plan.rebuild {
+                        rebuild_without(tx, *id, &plan.excluded)?;
+                    }
                     tx.evict_acknowledged()?;
-                    Ok(n)
+                    Ok((n, moved))
                 })?;
                 self.stats.changes_acked += acked as u64;
-                self.stats.changes_rejected += rejected.iter().filter(|r| !r.retry).count() as u64;
+                self.stats.changes_rejected += quarantined.len() as u64;
+                self.quarantined.extend(quarantined);
                 if self.inflight.map(|(b, _)| b) == Some(batch) {
                     self.inflight = None;
                 }
@@ -379,7 +412,12 @@ impl ClientSession {
                         let raw: Vec<Vec<u8>> = changes.into_iter().map(|b| b.0).collect();
                         tx.apply_changes(item.doc_id, &raw).map(|n| stats.changes_received += n as u64)
                     }
-                    Entry::Snapshot(bytes) => tx.apply_snapshot(item.doc_id, &bytes.0).map(|_| stats.snapshots_received += 1),
+                    // A snapshot means the document is (again) in the device's scopes: keep
+                    // it even if it was waiting to leave.
+                    Entry::Snapshot(bytes) => tx
+                        .apply_snapshot(item.doc_id, &bytes.0)
+                        .and_then(|_| tx.cancel_eviction(item.doc_id))
+                        .map(|_| stats.snapshots_received += 1),
                     Entry::Leave => tx.evict(item.doc_id).map(|_| ()),
                 };
                 if let Err(e) = r {
@@ -454,9 +492,14 @@ impl ClientSession {
     }
 }
 
-/// Documents whose scope is not among `scopes`.
+/// Documents whose scope is not among `scopes` (a visit or quote has its customer's scope,
+/// which the relay files it under).
 fn docs_outside(store: &Store, scopes: &[String]) -> Result<Vec<DocId>, StoreError> {
-    let rows = store.query_json("SELECT hex(id) AS id, scope FROM docs", &[])?;
+    let rows = store.query_json(
+        "SELECT hex(d.id) AS id, COALESCE(c.scope, d.scope) AS scope
+           FROM docs d LEFT JOIN docs c ON c.id = d.customer_id",
+        &[],
+    )?;
     Ok(rows
         .into_iter()
         .filter_map(|r| {
@@ -467,4 +510,159 @@ fn docs_outside(store: &Store, scopes: &[String]) -> Result<Vec<DocId>, StoreErr
                 .flatten()
         })
         .collect())
+}
+
+/// What to do with the relay's refusals of one upload batch, worked out before the
+/// transaction that applies it.
+///
+/// A change the relay refused for good goes to the quarantine. Every later local change to the
+/// same document depends on it (Automerge changes name their predecessors), so the relay could
+/// only ever answer those with "dependency missing, retry": they are quarantined too, with a
+/// reason naming the refused change, instead of being resent forever. Then the document is
+/// rebuilt from the changes the relay can accept (everything but the quarantined ones), so
+/// the replica shows what is actually in force and later edits to it sync again. The
+/// quarantined changes keep their bytes and reasons and are never resent.
+struct QuarantinePlan {
+    /// Changes to move to the quarantine, in outbox order, with the reason.
+    quarantine: Vec<(ChangeHash, String)>,
+    /// Every quarantined change of the affected documents (old and new).
+    excluded: HashSet<ChangeHash>,
+    /// Documents to rebuild without the excluded changes.
+    rebuild: Vec<DocId>,
+}
+
+impl QuarantinePlan {
+    fn new(store: &Store, rejected: &[super::messages::Rejection]) -> Result<Self, StoreError> {
+        let mut plan = Self {
+            quarantine: Vec::new(),
+            excluded: HashSet::new(),
+            rebuild: Vec::new(),
+        };
+        if rejected.is_empty() {
+            return Ok(plan);
+        }
+        let conn = store.reader();
+        let doc_of = |h: &[u8; 32]| -> Result<Option<DocId>, StoreError> {
+            let id: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT doc_id FROM outbox WHERE hash = ?1")?
+                .query_row([&h[..]], |r| r.get(0))
+                .optional()?;
+            Ok(id.and_then(|b| DocId::from_slice(&b)))
+        };
+        let mut docs: Vec<DocId> = Vec::new();
+        for r in rejected {
+            if let Some(id) = doc_of(&r.hash)?
+                && !docs.contains(&id)
+            {
+                docs.push(id);
+            }
+            if !r.retry {
+                plan.excluded.insert(ChangeHash(r.hash));
+                plan.quarantine.push((ChangeHash(r.hash), r.reason.clone()));
+            }
+        }
+        let mut quarantined_docs: HashSet<DocId> = plan
+            .quarantine
+            .iter()
+            .filter_map(|(h, _)| doc_of(&h.0).ok().flatten())
+            .collect();
+        for id in docs {
+            let mut st = conn.prepare_cached("SELECT hash FROM quarantine WHERE doc_id = ?1")?;
+            let old: Vec<Vec<u8>> = st
+                .query_map([id.as_bytes()], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            plan.excluded.extend(
+                old.iter()
+                    .filter_map(|b| ChangeHash::try_from(b.as_slice()).ok()),
+            );
+            if plan.excluded.is_empty() {
+                continue;
+            }
+            // Outbox order is causal order for local changes: one pass finds every
+            // transitive dependent.
+            let mut st = conn
+                .prepare_cached("SELECT hash, bytes FROM outbox WHERE doc_id = ?1 ORDER BY seq")?;
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = st
+                .query_map([id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut remaining = 0usize;
+            for (h, bytes) in rows {
+                let Ok(hash) = ChangeHash::try_from(h.as_slice()) else {
+                    continue;
+                };
+                if plan.excluded.contains(&hash) {
+                    continue;
+                }
+                let dep = decode_change(&bytes)
+                    .ok()
+                    .and_then(|c| c.deps().iter().find(|d| plan.excluded.contains(d)).copied());
+                match dep {
+                    Some(dep) => {
+                        plan.excluded.insert(hash);
+                        plan.quarantine.push((
+                            hash,
+                            format!(
+                                "depends on change {} that the relay refused",
+                                &hex::encode(dep.0)[..12]
+                            ),
+                        ));
+                        quarantined_docs.insert(id);
+                    }
+                    None => remaining += 1,
+                }
+            }
+            let leaving: Option<i64> = conn
+                .prepare_cached("SELECT evict_pending FROM docs WHERE id = ?1")?
+                .query_row([id.as_bytes()], |r| r.get(0))
+                .optional()?;
+            // With other local changes still waiting the document cannot be replaced without
+            // losing them; it is rebuilt after a later answer (the quarantine keeps growing
+            // only by dependents meanwhile). A document on its way out is simply removed then.
+            if remaining == 0 && leaving == Some(0) && quarantined_docs.contains(&id) {
+                plan.rebuild.push(id);
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// Replaces a document by the one built from its changes minus `excluded` and everything that
+/// depends on them (removing it when nothing is left). Its outbox must be empty. Leaves the
+/// document as it is when the remainder would not be a readable document.
+fn rebuild_without(
+    tx: &mut StoreTx<'_>,
+    id: DocId,
+    excluded: &HashSet<ChangeHash>,
+) -> Result<(), StoreError> {
+    if tx.has_pending(id)? {
+        // A local edit committed meanwhile (another process on the same replica).
+        return Ok(());
+    }
+    let changes = tx.automerge(id)?.get_changes(&[]);
+    let mut dropped: HashSet<ChangeHash> = excluded.clone();
+    let mut kept = Vec::new();
+    for c in changes {
+        if dropped.contains(&c.hash()) || c.deps().iter().any(|d| dropped.contains(d)) {
+            dropped.insert(c.hash());
+        } else {
+            kept.push(c);
+        }
+    }
+    if kept.is_empty() {
+        tx.evict(id)?;
+        tracing::info!(doc = %id, "removed a document whose creation the relay refused");
+        return Ok(());
+    }
+    let mut fresh = AutoCommit::new();
+    let built = crate::store::guard("rebuilding a document", || fresh.apply_changes(kept));
+    if !matches!(built, Ok(Ok(()))) || crate::model::read_header(&fresh).is_err() {
+        tracing::warn!(doc = %id, "cannot rebuild a document without its refused changes; left as is");
+        return Ok(());
+    }
+    let bytes = fresh.save();
+    if tx.evict(id)? {
+        tx.apply_snapshot(id, &bytes)?;
+        tracing::info!(doc = %id, "rebuilt a document without the changes the relay refused");
+    }
+    Ok(())
 }

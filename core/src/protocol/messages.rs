@@ -9,7 +9,11 @@ use crate::ids::{DocId, Role};
 
 /// The protocol version spoken by this build. Peers with another version are refused with
 /// [`ErrorCode::VersionMismatch`] during the handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// - 1: handshake, upload, download, live push, repair.
+/// - 2: adds the first-use exchange [`Message::Enrol`] (a device redeems a one-time enrolment
+///   token) and [`ErrorCode::Reconnect`].
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first bytes of every `Hello`, so a stray peer is recognised at once.
 pub const MAGIC: [u8; 4] = *b"FSYN";
@@ -115,6 +119,9 @@ pub enum ErrorCode {
     Internal,
     /// The relay is shutting down; the client reconnects later.
     ShuttingDown,
+    /// The device's grant (scopes or role) changed while it was connected; the client
+    /// reconnects at once to get the new one.
+    Reconnect,
 }
 
 /// A protocol message. Each is sent as one length-prefixed frame.
@@ -199,6 +206,27 @@ pub enum Message {
         /// Last chunk of the answer to the client's `Heads`.
         done: bool,
     },
+    /// Client → relay, first message instead of `Hello` when the device redeems a one-time
+    /// enrolment token (protocol 2). The relay binds the token to `device_id`, stores the hash
+    /// of `credential` (a secret the client generated and saved before sending) as the device's
+    /// long-term credential, marks the token used and answers `Welcome`; the session then goes
+    /// on as after a `Hello`. Sending the same token again with the same device id and
+    /// credential succeeds again (an answer lost on the way is harmless); any other reuse is
+    /// refused with [`ErrorCode::Unauthorized`].
+    Enrol {
+        /// Always [`MAGIC`].
+        magic: [u8; 4],
+        /// The client's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The device id (prefix of every actor the device writes with).
+        device_id: Uuid,
+        /// The enrolment token's secret.
+        token: String,
+        /// The long-term credential the device will present in every later `Hello`.
+        credential: String,
+        /// The client's software, for logs.
+        agent: String,
+    },
 }
 
 impl Message {
@@ -214,6 +242,7 @@ impl Message {
             Self::Batch { .. } => "Batch",
             Self::Heads { .. } => "Heads",
             Self::Missing { .. } => "Missing",
+            Self::Enrol { .. } => "Enrol",
         }
     }
 }

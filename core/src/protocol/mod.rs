@@ -17,6 +17,7 @@ pub mod client;
 pub mod codec;
 pub mod messages;
 pub mod relay;
+pub mod token;
 pub mod validate;
 
 pub use client::{ClientConfig, ClientSession, SessionError, SessionStats};
@@ -25,6 +26,7 @@ pub use messages::{
     Cursor, Entry, ErrorCode, Item, Message, PROTOCOL_VERSION, ScopeCursor, UploadChange,
 };
 pub use relay::{LogEntry, Outcome, RelayLimits, RelaySession, RelayStorage, StorageError};
+pub use token::{EnrolToken, TokenError};
 pub use validate::{DeviceInfo, check_change};
 
 #[cfg(test)]

@@ -92,6 +92,24 @@ pub trait RelayStorage {
     fn touch_device(&mut self, _device_id: Uuid) -> Result<(), StorageError> {
         Ok(())
     }
+    /// Redeems a one-time enrolment token for `device_id` (see [`Message::Enrol`]): binds it,
+    /// stores the credential's hash and returns the new device, or the reason it is refused.
+    /// Storage without enrolment tokens refuses every token.
+    fn redeem(
+        &mut self,
+        _device_id: Uuid,
+        _token: &str,
+        _credential: &str,
+    ) -> Result<Result<DeviceInfo, String>, StorageError> {
+        Ok(Err("this relay does not accept enrolment tokens".into()))
+    }
+    /// The device's current grant, read again from storage: `None` when it was revoked or
+    /// removed since it connected. A session calls this before every upload and download
+    /// request, so a revocation or a changed grant takes effect on an open connection too.
+    /// Storage whose devices never change returns the device as it is.
+    fn refresh_device(&mut self, device: &DeviceInfo) -> Result<Option<DeviceInfo>, StorageError> {
+        Ok(Some(device.clone()))
+    }
 }
 
 /// Limits of a relay session.
@@ -198,8 +216,19 @@ impl RelaySession {
         let Some(device) = self.device.clone() else {
             return self.handshake(storage, msg);
         };
+        if matches!(
+            msg,
+            Message::Upload { .. } | Message::Pull { .. } | Message::Heads { .. }
+        ) {
+            let out = self.recheck_inner(storage)?;
+            if out.close {
+                return Ok(out);
+            }
+        }
         Ok(match msg {
-            Message::Hello { .. } => Output::fatal(ErrorCode::Protocol, "duplicate Hello"),
+            Message::Hello { .. } | Message::Enrol { .. } => {
+                Output::fatal(ErrorCode::Protocol, "duplicate Hello")
+            }
             Message::Upload { batch, changes } => {
                 if changes.len() > self.limits.max_upload_changes {
                     return Ok(Output::fatal(
@@ -274,20 +303,47 @@ impl RelaySession {
         })
     }
 
+    /// Checks that the connected device is still enrolled with the same grant; if not,
+    /// returns a fatal output (`Unauthorized` when revoked, `Reconnect` when its scopes or
+    /// role changed). The relay calls it whenever devices changed, so a revoked device's open
+    /// connection is closed at once; the session also calls it before every request.
+    pub fn recheck(&mut self, storage: &mut dyn RelayStorage) -> Output {
+        match self.recheck_inner(storage) {
+            Ok(o) => o,
+            Err(e) => Output::fatal(ErrorCode::Internal, e.to_string()),
+        }
+    }
+
+    fn recheck_inner(&mut self, storage: &mut dyn RelayStorage) -> Result<Output, StorageError> {
+        let Some(device) = self.device.clone() else {
+            return Ok(Output::default());
+        };
+        Ok(match storage.refresh_device(&device)? {
+            None => {
+                self.live = false;
+                Output::fatal(ErrorCode::Unauthorized, "device revoked")
+            }
+            Some(d) if d.scopes != device.scopes || d.role != device.role => {
+                self.live = false;
+                Output::fatal(
+                    ErrorCode::Reconnect,
+                    "the device's scopes or role changed; reconnect",
+                )
+            }
+            Some(_) => Output::default(),
+        })
+    }
+
     fn handshake(
         &mut self,
         storage: &mut dyn RelayStorage,
         msg: Message,
     ) -> Result<Output, StorageError> {
-        let Message::Hello {
-            magic,
-            version,
-            device_id,
-            credential,
-            ..
-        } = msg
-        else {
-            return Ok(Output::fatal(ErrorCode::Protocol, "expected Hello"));
+        let (magic, version) = match &msg {
+            Message::Hello { magic, version, .. } | Message::Enrol { magic, version, .. } => {
+                (*magic, *version)
+            }
+            _ => return Ok(Output::fatal(ErrorCode::Protocol, "expected Hello")),
         };
         if magic != MAGIC {
             return Ok(Output::fatal(ErrorCode::Protocol, "not a fieldsync client"));
@@ -298,11 +354,35 @@ impl RelaySession {
                 format!("relay speaks protocol {PROTOCOL_VERSION}, client speaks {version}"),
             ));
         }
-        let Some(device) = storage.authenticate(device_id, credential.as_deref())? else {
-            return Ok(Output::fatal(
-                ErrorCode::Unauthorized,
-                "unknown or revoked device, or wrong credential",
-            ));
+        let device = match msg {
+            Message::Hello {
+                device_id,
+                credential,
+                ..
+            } => match storage.authenticate(device_id, credential.as_deref())? {
+                Some(d) => d,
+                None => {
+                    return Ok(Output::fatal(
+                        ErrorCode::Unauthorized,
+                        "unknown or revoked device, or wrong credential",
+                    ));
+                }
+            },
+            Message::Enrol {
+                device_id,
+                token,
+                credential,
+                ..
+            } => match storage.redeem(device_id, &token, &credential)? {
+                Ok(d) => d,
+                Err(reason) => {
+                    return Ok(Output::fatal(
+                        ErrorCode::Unauthorized,
+                        format!("enrolment refused: {reason}"),
+                    ));
+                }
+            },
+            _ => unreachable!("matched above"),
         };
         let epoch = storage.epoch()?;
         self.epoch = Some(epoch);

@@ -79,6 +79,7 @@ impl RelayStorage for MemRelay {
                 &|a| roles.get(&a).copied(),
                 stored.as_deref(),
                 &|_| None,
+                &|_, _| false,
             );
             match r {
                 Ok(acc) => {

@@ -4,8 +4,16 @@
 //! enrolled device, its dependencies are present, the resulting document is readable, the
 //! document is in the sender's scopes, and every role-owned value it changes was changed by an
 //! author whose role may write it.
+//!
+//! One exception to the scope rule keeps offline work: when a manager moves a customer to
+//! another territory, its old rep may still hold unsynced edits to it (or to its visits and
+//! quotes, or new visits and quotes for it). A change whose dependencies were all on the relay
+//! before the document (or its customer) left one of the sender's scopes was written before
+//! the device could know of the move; the relay accepts it for a grace period (its storage
+//! decides, see `left_senders_scope`), files it under the document's new scope, and the old
+//! rep's replica drops the document once those changes are acknowledged.
 
-use automerge::{AutoCommit, Change};
+use automerge::{AutoCommit, Change, ChangeHash};
 use uuid::Uuid;
 
 use crate::ids::{DocId, DocKind, GovernedField, Role};
@@ -104,7 +112,11 @@ fn creation_allowed(field: GovernedField) -> bool {
 /// - `relayed`: the change is being re-uploaded during repair and may be another device's;
 /// - `stored_scope`: the scope the relay files this document under (for visits and quotes, the
 ///   customer's), if the relay knows the document;
-/// - `customer_scope`: looks up a customer's current scope on the relay.
+/// - `customer_scope`: looks up a customer's current scope on the relay;
+/// - `left_senders_scope(id, deps)`: whether document `id` recently left one of the sender's
+///   scopes (within the relay's grace period) and every change in `deps` was on the relay
+///   before it left — that is, the change was written before its author could know of the
+///   move. Asked for the document, then for its customer, only when a scope is not visible.
 #[allow(clippy::too_many_arguments)] // each argument is a distinct input of the relay's decision
 pub fn check_change(
     doc: &mut AutoCommit,
@@ -115,6 +127,7 @@ pub fn check_change(
     author_role: &dyn Fn(Uuid) -> Option<Role>,
     stored_scope: Option<&str>,
     customer_scope: &dyn Fn(DocId) -> Option<String>,
+    left_senders_scope: &dyn Fn(DocId, &[ChangeHash]) -> bool,
 ) -> Result<Accepted, Refusal> {
     let change = decode_change(bytes).map_err(|e| Refusal::permanent(e.to_string()))?;
     let actor = change.actor_id().to_bytes();
@@ -190,8 +203,17 @@ pub fn check_change(
         (_, Some(cid)) => customer_scope(cid).unwrap_or_else(|| after.header().scope.clone()),
         _ => after.header().scope.clone(),
     };
+    let mut written_before_move: Option<bool> = None;
     for s in scope_before.iter().chain(std::iter::once(&scope_after)) {
-        if !sender.sees(s) {
+        if sender.sees(s) {
+            continue;
+        }
+        let excused = *written_before_move.get_or_insert_with(|| {
+            !relayed
+                && (left_senders_scope(doc_id, change.deps())
+                    || customer_id.is_some_and(|c| left_senders_scope(c, change.deps())))
+        });
+        if !excused {
             return Err(Refusal::permanent(format!(
                 "document is in scope `{s}`, outside the device's scopes"
             )));

@@ -108,6 +108,12 @@ pub struct StoreOptions {
     pub cache_docs: usize,
     /// Compact a document's snapshot once this many changes have accumulated.
     pub compact_after: i64,
+    /// Device id given to a new replica (default: a fresh UUIDv7). Ignored when the replica
+    /// already has one. For deterministic simulations, which must replay the same ids.
+    pub device_id: Option<Uuid>,
+    /// The last 8 bytes of this session's Automerge actor (default: random). Every opening of
+    /// a replica must use a different value; set only by deterministic simulations.
+    pub actor_suffix: Option<[u8; 8]>,
 }
 
 impl Default for StoreOptions {
@@ -116,6 +122,8 @@ impl Default for StoreOptions {
             durability: Durability::Full,
             cache_docs: 256,
             compact_after: 16,
+            device_id: None,
+            actor_suffix: None,
         }
     }
 }
@@ -362,7 +370,7 @@ impl Store {
         let device_id = match device.and_then(|b| Uuid::from_slice(&b).ok()) {
             Some(d) => d,
             None => {
-                let d = Uuid::now_v7();
+                let d = opts.device_id.unwrap_or_else(Uuid::now_v7);
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('device_id', ?1)",
                     [d.as_bytes().to_vec()],
@@ -379,7 +387,7 @@ impl Store {
             reader,
             path,
             cache: DocCache::new(opts.cache_docs),
-            actor: Self::session_actor(device_id),
+            actor: Self::session_actor(device_id, opts.actor_suffix),
             device_id,
             opts,
             subscribers: Vec::new(),
@@ -389,9 +397,12 @@ impl Store {
     /// Every session writes under a fresh actor whose first 16 bytes are the device id, so the
     /// relay can bind actors to devices, and a replica restored from an old backup never reuses
     /// an actor's sequence numbers.
-    fn session_actor(device: Uuid) -> ActorId {
+    fn session_actor(device: Uuid, suffix: Option<[u8; 8]>) -> ActorId {
         let mut bytes = device.as_bytes().to_vec();
-        bytes.extend_from_slice(&Uuid::new_v4().as_bytes()[..8]);
+        match suffix {
+            Some(s) => bytes.extend_from_slice(&s),
+            None => bytes.extend_from_slice(&Uuid::new_v4().as_bytes()[..8]),
+        }
         ActorId::from(bytes)
     }
 
@@ -896,16 +907,24 @@ impl StoreTx<'_> {
         init(&mut doc, id)?;
         doc.commit();
         let mut hashes = Vec::new();
+        let mut single_change = None;
         let now = now_millis();
         {
             let mut ins = self.tx.prepare_cached(
                 "INSERT INTO outbox (doc_id, hash, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            for c in doc.get_changes(&[]) {
+            let changes = doc.get_changes(&[]);
+            for c in &changes {
                 ins.execute(params![id.as_bytes(), c.hash().0, c.raw_bytes(), now])?;
                 hashes.push(c.hash());
             }
+            if let [only] = changes.as_slice() {
+                single_change = Some(only.raw_bytes().to_vec());
+            }
         }
+        // A change chunk is itself loadable Automerge bytes, so a document made of one change
+        // is stored as that change; compaction writes a full snapshot once edits accumulate.
+        let snapshot = single_change.unwrap_or_else(|| doc.save());
         // The ops of a single change are totally ordered, so a document made of one change
         // cannot hold concurrent values: skip the conflict scan.
         let typed = project(&self.tx, &doc, true, hashes.len() > 1)?;
@@ -919,7 +938,7 @@ impl StoreTx<'_> {
                 typed.as_ref().map(|d| d.header().kind.code()),
                 typed.as_ref().map(|d| d.header().scope.clone()),
                 typed.as_ref().and_then(|d| d.customer_id()).map(|c| c.as_bytes().to_vec()),
-                doc.save(),
+                snapshot,
                 heads_to_bytes(&doc.get_heads()),
                 now,
             ])?;
@@ -1252,6 +1271,15 @@ impl StoreTx<'_> {
             self.evict(*id)?;
         }
         Ok(ids.len())
+    }
+
+    /// Keeps a document that was marked for eviction (it came back into the device's scopes
+    /// before its local changes were acknowledged). Returns whether it was marked.
+    pub fn cancel_eviction(&mut self, id: DocId) -> Result<bool, StoreError> {
+        Ok(self.tx.execute(
+            "UPDATE docs SET evict_pending = 0 WHERE id = ?1 AND evict_pending = 1",
+            [id.as_bytes()],
+        )? > 0)
     }
 
     /// Writes a metadata value (e.g. the sync cursor) in this transaction.
