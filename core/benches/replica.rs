@@ -178,6 +178,27 @@ fn bench_edits(dir: &Path, n: usize, durability: Durability) -> Stats {
     stats(samples)
 }
 
+/// The floor under (a): a bare one-row SQLite insert committed with WAL and
+/// synchronous=FULL on the same disk. (a)'s target only makes sense relative to it.
+fn bench_bare_commits(dir: &Path, n: usize) -> Stats {
+    let conn = rusqlite::Connection::open(dir.join("bare.db")).expect("open");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("wal");
+    conn.pragma_update(None, "synchronous", "FULL")
+        .expect("full");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+        .expect("table");
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..(n + 50) {
+        let (d, r) = time(|| conn.execute("INSERT INTO t (v) VALUES (?1)", [vec![i as u8; 200]]));
+        r.expect("insert");
+        if i >= 50 {
+            samples.push(d);
+        }
+    }
+    stats(samples)
+}
+
 /// (b) N customers with their projections in one transaction; `rich` customers also get a
 /// contact (with a phone) and a unit of equipment.
 fn import_customers(path: &Path, n: usize, rich: bool) -> Duration {
@@ -330,6 +351,11 @@ fn main() {
     rows.push(Row {
         name: "    same, synchronous=NORMAL (info)".into(),
         stats: bench_edits(dir.path(), n_edits, Durability::Normal),
+        target: None,
+    });
+    rows.push(Row {
+        name: "    floor: bare SQLite commit, FULL (info)".into(),
+        stats: bench_bare_commits(dir.path(), n_edits),
         target: None,
     });
 
