@@ -403,6 +403,23 @@ impl ClientSession {
     ) -> Result<(), SessionError> {
         let cursor_bytes =
             serde_json::to_vec(cursor).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        // Visits and quotes follow their customer: when it leaves, they leave too (also those
+        // the relay never filed under the old scope, e.g. created offline after the move).
+        let mut followers: BTreeMap<DocId, Vec<DocId>> = BTreeMap::new();
+        for item in items.iter().filter(|i| matches!(i.entry, Entry::Leave)) {
+            let ids = (|| -> Result<Vec<Vec<u8>>, rusqlite::Error> {
+                store
+                    .reader()
+                    .prepare_cached("SELECT id FROM docs WHERE customer_id = ?1")?
+                    .query_map([item.doc_id.as_bytes()], |r| r.get(0))?
+                    .collect()
+            })()
+            .map_err(StoreError::from)?;
+            followers.insert(
+                item.doc_id,
+                ids.iter().filter_map(|b| DocId::from_slice(b)).collect(),
+            );
+        }
         let mut stats = self.stats.clone();
         store.transaction(|tx| {
             for item in items {
@@ -418,7 +435,9 @@ impl ClientSession {
                         .apply_snapshot(item.doc_id, &bytes.0)
                         .and_then(|_| tx.cancel_eviction(item.doc_id))
                         .map(|_| stats.snapshots_received += 1),
-                    Entry::Leave => tx.evict(item.doc_id).map(|_| ()),
+                    Entry::Leave => std::iter::once(&item.doc_id)
+                        .chain(followers.get(&item.doc_id).into_iter().flatten())
+                        .try_for_each(|id| tx.evict(*id).map(|_| ())),
                 };
                 if let Err(e) = r {
                     if matches!(e, StoreError::Sqlite(_)) {

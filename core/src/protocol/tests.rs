@@ -294,6 +294,147 @@ fn two_replicas_converge_through_the_relay() {
     assert_eq!(s.stats().items_received, 0);
 }
 
+/// A session whose handshake is done, for feeding it hand-made relay messages.
+fn welcomed(store: &mut Store, scopes: &[&str]) -> (ClientSession, Cursor) {
+    let mut cs = ClientSession::new(ClientConfig::default());
+    let epoch = Uuid::new_v4();
+    let out = cs
+        .handle(
+            store,
+            Message::Welcome {
+                version: PROTOCOL_VERSION,
+                epoch,
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                role: Role::Rep,
+            },
+        )
+        .unwrap();
+    let cursor = out
+        .iter()
+        .find_map(|m| match m {
+            Message::Pull { cursor, .. } => Some(cursor.clone()),
+            _ => None,
+        })
+        .expect("a pull");
+    (cs, cursor)
+}
+
+fn batch(items: Vec<Item>, cursor: &Cursor) -> Message {
+    Message::Batch {
+        items,
+        cursor: cursor.clone(),
+        caught_up: true,
+    }
+}
+
+#[test]
+fn a_document_leaves_after_its_pending_changes_unless_it_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    for comes_back in [false, true] {
+        let mut a = Store::open(dir.path().join(format!("a{comes_back}.db"))).unwrap();
+        let id = add_customer(&mut a, "moving");
+        let hash = a.outbox_batch(0, 10, 1 << 20).unwrap()[0].hash;
+        let snapshot = a.export(id).unwrap();
+        let (mut cs, cursor) = welcomed(&mut a, &["north"]);
+        // It moved away: kept while its change is unacknowledged.
+        let leave = Item {
+            doc_id: id,
+            entry: Entry::Leave,
+        };
+        cs.handle(&mut a, batch(vec![leave], &cursor)).unwrap();
+        assert!(a.contains(id).unwrap(), "pending changes keep it");
+        if comes_back {
+            // Moved back before the acknowledgement: a snapshot from a scope it sees.
+            let back = Item {
+                doc_id: id,
+                entry: Entry::Snapshot(Bytes(snapshot)),
+            };
+            cs.handle(&mut a, batch(vec![back], &cursor)).unwrap();
+        }
+        cs.handle(
+            &mut a,
+            Message::UploadAck {
+                batch: 1,
+                accepted: vec![hash.0],
+                rejected: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(a.outbox_len().unwrap(), 0);
+        assert_eq!(
+            a.contains(id).unwrap(),
+            comes_back,
+            "comes back: {comes_back}"
+        );
+    }
+}
+
+#[test]
+fn dependents_of_a_refused_change_are_quarantined_and_the_document_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let id = add_customer(&mut a, "base");
+    let created = a.outbox_batch(0, 10, 1 << 20).unwrap()[0].hash;
+    let (mut cs, _) = welcomed(&mut a, &["north"]);
+    let ack = |accepted: Vec<automerge::ChangeHash>, rejected: Vec<messages::Rejection>| {
+        Message::UploadAck {
+            batch: 1,
+            accepted: accepted.into_iter().map(|h| h.0).collect(),
+            rejected,
+        }
+    };
+    cs.handle(&mut a, ack(vec![created], vec![])).unwrap();
+    let edit = |a: &mut Store, f: CustomerField, v: &str| {
+        a.edit(id, |d| {
+            apply_edit(
+                d,
+                &Edit::Customer(CustomerEdit::Set(f, v.into())),
+                &EditCtx::new("rep", Role::Admin),
+            )
+        })
+        .unwrap()
+        .hashes[0]
+    };
+    let bad = edit(&mut a, CustomerField::Industry, "refused");
+    let dependent = edit(&mut a, CustomerField::Name, "renamed on top");
+    // The relay refuses the first for good and the second for now (its dependency is missing).
+    cs.handle(
+        &mut a,
+        ack(
+            vec![],
+            vec![
+                messages::Rejection {
+                    hash: bad.0,
+                    reason: "role rep may not change x".into(),
+                    retry: false,
+                },
+                messages::Rejection {
+                    hash: dependent.0,
+                    reason: "dependency is not on the relay yet".into(),
+                    retry: true,
+                },
+            ],
+        ),
+    )
+    .unwrap();
+    let q = a.quarantine().unwrap();
+    assert_eq!(q.len(), 2, "{q:?}");
+    assert!(q.iter().any(|x| x.reason.starts_with("depends on change")));
+    assert_eq!(a.outbox_len().unwrap(), 0, "nothing is resent forever");
+    assert_eq!(cs.take_quarantined().len(), 2);
+    // The document is back to what the relay accepted; a new edit builds on that.
+    let doc = a.document(id).unwrap();
+    let json = serde_json::to_string(&doc).unwrap();
+    assert!(json.contains("base") && !json.contains("renamed") && !json.contains("refused"));
+    assert_eq!(a.heads(id).unwrap(), vec![created]);
+    let next = edit(&mut a, CustomerField::Name, "renamed later");
+    let change = a.outbox_batch(0, 10, 1 << 20).unwrap();
+    assert_eq!(change.len(), 1);
+    assert_eq!(change[0].hash, next);
+    let deps = crate::store::decode_change(&change[0].bytes).unwrap();
+    assert_eq!(deps.deps(), &[created][..]);
+}
+
 #[test]
 fn relay_reset_is_repaired_from_the_clients() {
     let dir = tempfile::tempdir().unwrap();
