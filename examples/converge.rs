@@ -1,17 +1,20 @@
 //! The main demonstration: a relay and two reps' laptops on 127.0.0.1.
 //!
-//! Both laptops start from the same customer, go offline, edit it (different fields, and one
-//! field both), log a visit and draft a quote; then they reconnect in turn, the relay is
-//! restarted in the middle, and both end with identical documents and a listed conflict.
+//! IT enrols both laptops (one-time tokens, as `fieldsync-relay device enroll` prints them and
+//! `fieldsync init --token` redeems them). Both laptops start from the same customer, go
+//! offline, edit it (different fields, and one field both), log a visit and draft a quote;
+//! then they reconnect in turn, the relay is restarted in the middle, and both end with
+//! identical documents and a listed conflict.
 //!
 //! Run: `cargo run -p fieldsync-examples --example converge`
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use fieldsync_client::sync::{SyncConfig, sync_now};
+use fieldsync_client::sync::{EnrolToken, SyncConfig, enrol_replica, load_credential, sync_now};
 use fieldsync_client::{
-    Client, ContactInput, LineInput, NewCustomer, NewQuote, NewVisit, VisitStatus,
+    Client, ContactInput, LineInput, NewCustomer, NewQuote, NewVisit, Role, VisitStatus,
 };
 use fieldsync_relay::{Relay, RelayConfig};
 
@@ -21,6 +24,33 @@ fn relay_config(dir: &std::path::Path, listen: SocketAddr) -> RelayConfig {
         listen,
         ..RelayConfig::default()
     }
+}
+
+/// IT enrols a rep's laptop for `north-mines`; the laptop redeems the token and from then on
+/// presents the credential it stored next to its replica.
+async fn enrol(relay: &Relay, name: &str, client: &Client) -> Result<SyncConfig> {
+    let secret = relay.store().create_enrolment(
+        name,
+        Role::Rep,
+        &["north-mines".to_string()],
+        None,
+        Duration::from_secs(86_400),
+    )?;
+    let token = EnrolToken::new(
+        &relay.local_addr().to_string(),
+        relay.fingerprint(),
+        &secret,
+    )?;
+    let enrolled = enrol_replica(client, &token, Duration::from_secs(10)).await?;
+    println!(
+        "  {name}: enrolled as {} in {}, credential in {}",
+        enrolled.role,
+        enrolled.scopes.join(","),
+        enrolled.credential_file.display()
+    );
+    let mut cfg = SyncConfig::new(enrolled.relay, enrolled.pin);
+    cfg.credential = load_credential(client)?;
+    Ok(cfg)
 }
 
 async fn sync(name: &str, client: &Client, cfg: &SyncConfig) -> Result<()> {
@@ -50,10 +80,12 @@ async fn main() -> Result<()> {
         "relay listening on {addr}, certificate fingerprint {}",
         relay.fingerprint()
     );
-    let cfg = SyncConfig::new(addr.to_string(), relay.fingerprint().to_string());
-
     let alice = Client::open(tmp.path().join("alice.db"))?;
     let bob = Client::open(tmp.path().join("bob.db"))?;
+
+    println!("\n0. IT enrols both laptops with one-time tokens");
+    let alice_cfg = enrol(&relay, "Alice laptop", &alice).await?;
+    let bob_cfg = enrol(&relay, "Bob laptop", &bob).await?;
 
     println!("\n1. Alice creates a customer and syncs; Bob syncs and gets it");
     let customer = alice.customers().create(NewCustomer {
@@ -63,8 +95,8 @@ async fn main() -> Result<()> {
         industry: Some("mining".into()),
         ..Default::default()
     })?;
-    sync("alice", &alice, &cfg).await?;
-    sync("bob", &bob, &cfg).await?;
+    sync("alice", &alice, &alice_cfg).await?;
+    sync("bob", &bob, &bob_cfg).await?;
     ensure!(bob.customers().get(customer)?.name == "Baotou Mining Co");
 
     println!("\n2. Both go offline for a week and edit the same customer");
@@ -115,12 +147,12 @@ async fn main() -> Result<()> {
     );
 
     println!("\n3. Bob reconnects first; then the relay restarts; then Alice, then Bob again");
-    sync("bob", &bob, &cfg).await?;
+    sync("bob", &bob, &bob_cfg).await?;
     relay.shutdown().await?;
     let relay = Relay::start(relay_config(&relay_dir, addr)).await?;
     println!("  relay restarted on {}", relay.local_addr());
-    sync("alice", &alice, &cfg).await?;
-    sync("bob", &bob, &cfg).await?;
+    sync("alice", &alice, &alice_cfg).await?;
+    sync("bob", &bob, &bob_cfg).await?;
 
     println!("\n4. Both replicas hold the same documents");
     for id in [customer, visit, quote] {

@@ -2,7 +2,8 @@
 //!
 //! Every command works on the replica in the data directory (`--data`, `$FIELDSYNC_DATA`, or
 //! the platform data directory): `DIR/replica.db`, plus `DIR/config.toml` with the relay
-//! settings written by `fieldsync init`. Edits work offline; `fieldsync sync` exchanges them
+//! settings written by `fieldsync init`, and `DIR/replica.db.credential` (mode 0600) with the
+//! device credential stored by `fieldsync init --token`. Edits work offline; `fieldsync sync` exchanges them
 //! with the relay. `--json` prints one JSON value on stdout; errors go to stderr with a
 //! non-zero exit status.
 
@@ -56,8 +57,10 @@ enum Command {
     Quote(QuoteCmd),
     /// Exchange changes with the relay (once, or continuously with --watch)
     Sync(SyncArgs),
-    /// Show the outbox, the last sync and whether the relay is reachable
+    /// Show the outbox, the quarantine, the last sync and whether the relay is reachable
     Status(JsonFlag),
+    /// List local changes the relay refused (kept here, never sent again), with the reasons
+    Quarantine(JsonFlag),
     /// List fields that hold concurrent values
     Conflicts(JsonFlag),
 }
@@ -71,24 +74,40 @@ struct JsonFlag {
 
 #[derive(Args, Debug)]
 struct InitArgs {
-    /// The relay's address
-    #[arg(long, value_name = "HOST:PORT")]
-    relay: String,
+    /// The one-time enrolment token printed by `fieldsync-relay device enroll` (carries the
+    /// relay address, its certificate pin and a secret). Enrols this replica with the relay:
+    /// needs the relay reachable; the role comes from the relay.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FIELDSYNC_TOKEN",
+        hide_env_values = true,
+        conflicts_with_all = ["relay", "pin", "credential"],
+        required_unless_present_all = ["relay", "pin"]
+    )]
+    token: Option<String>,
+    /// The relay's address (without a token)
+    #[arg(long, value_name = "HOST:PORT", requires = "pin")]
+    relay: Option<String>,
     /// SHA-256 fingerprint of the relay's certificate (64 hex digits, as printed by the relay)
-    #[arg(long, value_name = "FINGERPRINT")]
-    pin: String,
+    #[arg(long, value_name = "FINGERPRINT", requires = "relay")]
+    pin: Option<String>,
     /// Your name, recorded as the author of your edits [default: the device id]
     #[arg(long)]
     name: Option<String>,
-    /// Your role
-    #[arg(long, value_enum, default_value_t = RoleArg::Rep)]
-    role: RoleArg,
+    /// Your role [default: the role enrolled on the relay with --token, else rep]
+    #[arg(long, value_enum)]
+    role: Option<RoleArg>,
     /// Your organisation (given to new customers)
     #[arg(long, default_value = "default")]
     org: String,
-    /// Device credential issued at enrolment, if the relay requires one
+    /// Device credential issued at enrolment without a token (`enroll_device` API), if the
+    /// relay requires one
     #[arg(long, env = "FIELDSYNC_CREDENTIAL", hide_env_values = true)]
     credential: Option<String>,
+    /// Seconds to wait for the relay when enrolling with --token
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    connect_timeout: u64,
     /// TLS server name to send [default: the relay's host]
     #[arg(long)]
     server_name: Option<String>,
@@ -374,6 +393,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Quote(cmd) => quote(&open(&dir)?, cmd),
         Command::Sync(args) => sync_cmd(&dir, args),
         Command::Status(f) => status(&dir, f.json),
+        Command::Quarantine(f) => quarantine(&open(&dir)?, f.json),
         Command::Conflicts(f) => conflicts(&open(&dir)?, f.json),
     }
 }
@@ -405,6 +425,16 @@ fn load_config(dir: &Path) -> Result<FileConfig> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))
+}
+
+/// The sync settings: `config.toml`, plus the device credential stored next to the replica
+/// by `fieldsync init --token` (a `credential` in `config.toml` takes precedence).
+fn sync_settings(dir: &Path, client: &Client) -> Result<SyncConfig> {
+    let mut cfg = load_config(dir)?.sync_config();
+    if cfg.credential.is_none() {
+        cfg.credential = sync::load_credential(client)?;
+    }
+    Ok(cfg)
 }
 
 /// Writes the config readable by the owner only (it may hold the credential), atomically.
@@ -445,12 +475,18 @@ fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
 // init
 
 fn init(dir: &Path, args: InitArgs) -> Result<()> {
-    let pin: Fingerprint = args.pin.parse()?;
+    if let Some(token) = &args.token {
+        return init_with_token(dir, token, &args);
+    }
+    let (Some(relay), Some(pin)) = (&args.relay, &args.pin) else {
+        bail!("give --token TOKEN, or --relay HOST:PORT and --pin FINGERPRINT");
+    };
+    let pin: Fingerprint = pin.parse()?;
     let cfg = FileConfig {
-        relay: args.relay.trim().to_string(),
+        relay: relay.trim().to_string(),
         pin: pin.to_string(),
-        server_name: args.server_name.filter(|s| !s.trim().is_empty()),
-        credential: args.credential.filter(|s| !s.is_empty()),
+        server_name: args.server_name.clone().filter(|s| !s.trim().is_empty()),
+        credential: args.credential.clone().filter(|s| !s.is_empty()),
     };
     // Refuse an address the sync could never use, before writing anything.
     let (host, port) = cfg
@@ -461,13 +497,7 @@ fn init(dir: &Path, args: InitArgs) -> Result<()> {
         bail!("--relay must be HOST:PORT, got {:?}", cfg.relay);
     }
     let client = open(dir)?;
-    let mut identity = client.identity()?;
-    if let Some(name) = args.name.filter(|n| !n.trim().is_empty()) {
-        identity.author = name.trim().to_string();
-    }
-    identity.role = args.role.into();
-    identity.org = args.org;
-    client.set_identity(identity.clone())?;
+    let identity = save_identity(&client, &args, args.role.map_or(Role::Rep, Role::from))?;
     save_config(dir, &cfg)?;
     let device_id = client.device_id();
     if args.json {
@@ -489,6 +519,72 @@ fn init(dir: &Path, args: InitArgs) -> Result<()> {
             identity.author, identity.role, identity.org
         );
         println!("Relay:     {} (pin {})", cfg.relay, cfg.pin);
+    }
+    Ok(())
+}
+
+/// Updates the replica's identity (author name, role, organisation) from the flags.
+fn save_identity(client: &Client, args: &InitArgs, role: Role) -> Result<Identity> {
+    let mut identity = client.identity()?;
+    if let Some(name) = args.name.as_ref().filter(|n| !n.trim().is_empty()) {
+        identity.author = name.trim().to_string();
+    }
+    identity.role = role;
+    identity.org = args.org.clone();
+    client.set_identity(identity.clone())?;
+    Ok(identity)
+}
+
+/// `init --token`: redeems the enrolment token for this replica's device id, stores the
+/// device credential next to the replica (0600) and the relay settings from the token.
+fn init_with_token(dir: &Path, token: &str, args: &InitArgs) -> Result<()> {
+    let token: sync::EnrolToken = token.parse()?;
+    let client = open(dir)?;
+    let enrolled = runtime()?
+        .block_on(sync::enrol_replica(
+            &client,
+            &token,
+            Duration::from_secs(args.connect_timeout.max(1)),
+        ))
+        .with_context(|| format!("enrolment with the relay at {} failed", token.relay))?;
+    // Local role checks follow the role the relay enforces, unless asked otherwise.
+    let role = args.role.map_or(enrolled.role, Role::from);
+    let identity = save_identity(&client, args, role)?;
+    let cfg = FileConfig {
+        relay: enrolled.relay.clone(),
+        pin: enrolled.pin.clone(),
+        server_name: args.server_name.clone().filter(|s| !s.trim().is_empty()),
+        credential: None,
+    };
+    save_config(dir, &cfg)?;
+    if args.json {
+        print_json(&serde_json::json!({
+            "device_id": enrolled.device_id,
+            "data_dir": dir,
+            "replica": client.path(),
+            "relay": cfg.relay,
+            "pin": cfg.pin,
+            "scopes": enrolled.scopes,
+            "enrolled_role": enrolled.role,
+            "credential_file": enrolled.credential_file,
+            "name": identity.author,
+            "role": identity.role,
+            "org": identity.org,
+        }))?;
+    } else {
+        println!("Replica:    {}", client.path().display());
+        println!("Device id:  {}  (enrolled)", enrolled.device_id);
+        println!(
+            "Granted:    {} in {}",
+            enrolled.role,
+            enrolled.scopes.join(", ")
+        );
+        println!(
+            "Identity:   {} ({}, org {})",
+            identity.author, identity.role, identity.org
+        );
+        println!("Relay:      {} (pin {})", cfg.relay, cfg.pin);
+        println!("Credential: {}", enrolled.credential_file.display());
     }
     Ok(())
 }
@@ -877,9 +973,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
-    let mut cfg = load_config(dir)?.sync_config();
-    cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
     let client = open(dir)?;
+    let mut cfg = sync_settings(dir, &client)?;
+    cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
     let rt = runtime()?;
     if args.watch {
         return rt.block_on(watch(client, cfg, args.json));
@@ -1016,7 +1112,7 @@ fn print_event(e: &SyncEvent, handle: &SyncHandle, json: bool) -> Result<()> {
         },
         SyncEvent::Rejected { hash, reason } => {
             format!(
-                "relay refused change {}: {reason} (quarantined)",
+                "relay refused change {}: {reason} (quarantined; see `fieldsync quarantine`)",
                 &hash[..hash.len().min(12)]
             )
         }
@@ -1055,6 +1151,8 @@ struct StatusOut {
     outbox: u64,
     /// Changes the relay refused for good.
     quarantined: usize,
+    /// The most recent of those (up to 5), newest first.
+    recent_rejections: Vec<QuarantineOut>,
     conflicts: usize,
     relay: Option<String>,
     last_sync_finished_at: Option<String>,
@@ -1073,7 +1171,7 @@ fn status(dir: &Path, json: bool) -> Result<()> {
         Err(_) => None,
     };
     let persisted = sync::load_status(&client)?.unwrap_or_default();
-    let quarantined = client.with_store(|s| s.quarantine())?.len();
+    let quarantine = quarantine_list(&client)?;
     let (reachable, rtt, relay_error) = match &cfg {
         None => (
             false,
@@ -1098,7 +1196,8 @@ fn status(dir: &Path, json: bool) -> Result<()> {
         data_dir: dir.to_path_buf(),
         identity: client.identity().ok(),
         outbox: client.outbox_len()?,
-        quarantined,
+        quarantined: quarantine.len(),
+        recent_rejections: quarantine.into_iter().take(5).collect(),
         conflicts: client.conflicts()?.len(),
         relay: cfg.as_ref().map(|c| c.relay.clone()),
         last_sync_finished_at: persisted.last_sync_finished_at.map(fmt_millis),
@@ -1116,9 +1215,18 @@ fn status(dir: &Path, json: bool) -> Result<()> {
     println!("Outbox:     {} changes waiting", out.outbox);
     if out.quarantined > 0 {
         println!(
-            "Quarantine: {} changes refused by the relay",
+            "Quarantine: {} changes refused by the relay (see `fieldsync quarantine`)",
             out.quarantined
         );
+        for q in &out.recent_rejections {
+            println!(
+                "            {} {} {}: {}",
+                q.at,
+                q.kind.as_deref().unwrap_or("document"),
+                q.doc_id,
+                q.reason
+            );
+        }
     }
     if out.conflicts > 0 {
         println!(
@@ -1143,6 +1251,64 @@ fn status(dir: &Path, json: bool) -> Result<()> {
             out.relay_error.as_deref().unwrap_or("unknown error")
         ),
         (None, _) => println!("Relay:      not configured (run `fieldsync init`)"),
+    }
+    Ok(())
+}
+
+/// A quarantined change, for `quarantine` and `status`.
+#[derive(Serialize)]
+struct QuarantineOut {
+    doc_id: DocId,
+    /// The document's kind, if it is still in the replica.
+    kind: Option<String>,
+    hash: String,
+    reason: String,
+    at: String,
+    at_ms: i64,
+}
+
+fn quarantine_list(client: &Client) -> Result<Vec<QuarantineOut>> {
+    let list = client.with_store(|s| s.quarantine())?;
+    let mut out = Vec::with_capacity(list.len());
+    for q in list {
+        let kind = client
+            .document(q.doc_id)
+            .ok()
+            .map(|d| d.header().kind.to_string());
+        out.push(QuarantineOut {
+            doc_id: q.doc_id,
+            kind,
+            hash: q.hash,
+            reason: q.reason,
+            at: fmt_millis(q.at),
+            at_ms: q.at,
+        });
+    }
+    Ok(out)
+}
+
+fn quarantine(client: &Client, json: bool) -> Result<()> {
+    let list = quarantine_list(client)?;
+    if json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("No refused changes.");
+        return Ok(());
+    }
+    println!(
+        "{} local change(s) refused by the relay (kept here, not sent again):",
+        list.len()
+    );
+    for q in &list {
+        println!(
+            "{}  {} {}  change {}  {}",
+            q.at,
+            q.kind.as_deref().unwrap_or("document"),
+            q.doc_id,
+            &q.hash[..q.hash.len().min(12)],
+            q.reason
+        );
     }
     Ok(())
 }

@@ -41,6 +41,7 @@
 //! ```
 
 pub mod backoff;
+pub mod credential;
 pub mod tls;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -60,6 +61,11 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use backoff::{Backoff, BackoffConfig};
+pub use credential::{
+    Credential, Enrolled, credential_path, enrol, enrol_replica, load_credential, read_credential,
+    write_credential,
+};
+pub use fieldsync_core::protocol::EnrolToken;
 pub use tls::{Fingerprint, PinMismatch};
 
 use crate::{Client, ClientError};
@@ -223,6 +229,9 @@ pub enum SyncError {
     /// An internal task failed.
     #[error("sync task failed: {0}")]
     Task(String),
+    /// The device credential file could not be read or written. Not retryable.
+    #[error("device credential: {0}")]
+    Credential(String),
 }
 
 impl SyncError {
@@ -230,7 +239,7 @@ impl SyncError {
     /// relay does not authorise, and an incompatible protocol version.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Config(_) => false,
+            Self::Config(_) | Self::Credential(_) => false,
             Self::Session(e) => e.is_retryable(),
             _ => true,
         }
@@ -352,7 +361,8 @@ pub enum SyncEvent {
         /// What went wrong.
         error: String,
     },
-    /// The relay refused a local change for good; it was moved to the quarantine.
+    /// The relay refused a local change for good (or the change depends on one it refused);
+    /// it was moved to the quarantine (`Store::quarantine`, `fieldsync quarantine`).
     Rejected {
         /// Hex change hash.
         hash: String,
@@ -846,6 +856,8 @@ struct Step {
     outbox: i64,
     stats: SessionStats,
     grant: Option<(Vec<String>, Role)>,
+    /// Local changes moved to the quarantine by this step, with the reason.
+    quarantined: Vec<(String, String)>,
 }
 
 /// One connection's protocol state.
@@ -918,6 +930,11 @@ impl Run {
                     outbox: store.outbox_len()?,
                     stats: session.stats().clone(),
                     grant: session.grant().map(|(s, r)| (s.to_vec(), r)),
+                    quarantined: session
+                        .take_quarantined()
+                        .into_iter()
+                        .map(|(h, reason)| (hex::encode(h.0), reason))
+                        .collect(),
                 })
             });
             (session, r)
@@ -977,26 +994,22 @@ impl Run {
                         Message::Batch { items, .. } if !items.is_empty() => {
                             notes.push(Note::Received(items.len() as u64));
                         }
-                        Message::UploadAck { accepted, rejected, .. } => {
-                            if !accepted.is_empty() {
-                                notes.push(Note::Uploaded(accepted.len() as u64));
-                            }
-                            for r in rejected.iter().filter(|r| !r.retry) {
-                                notes.push(Note::Rejected {
-                                    hash: hex::encode(r.hash),
-                                    reason: r.reason.clone(),
-                                });
-                            }
+                        Message::UploadAck { accepted, .. } if !accepted.is_empty() => {
+                            notes.push(Note::Uploaded(accepted.len() as u64));
                         }
                         _ => {}
                     }
                     let was_granted = self.grant.is_some();
-                    let step = self.step(move |s, store| s.handle(store, msg)).await?;
+                    let mut step = self.step(move |s, store| s.handle(store, msg)).await?;
                     if !was_granted && let Some((scopes, role)) = &step.grant {
                         sink(Note::Connected { scopes, role: *role });
                     }
                     for n in notes {
                         sink(n);
+                    }
+                    // Refused by the relay for good, or depending on such a change.
+                    for (hash, reason) in std::mem::take(&mut step.quarantined) {
+                        sink(Note::Rejected { hash, reason });
                     }
                     step
                 }

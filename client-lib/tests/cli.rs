@@ -67,6 +67,7 @@ fn cli_works_offline_and_syncs_through_the_relay() {
         .block_on(Relay::start(RelayConfig {
             data_dir: tmp.path().join("relay"),
             listen: "127.0.0.1:0".parse().expect("addr"),
+            open_enrollment: true,
             ..RelayConfig::default()
         }))
         .expect("relay");
@@ -351,4 +352,137 @@ fn cli_works_offline_and_syncs_through_the_relay() {
         err.contains("sync with") && err.contains("no answer"),
         "{err}"
     );
+}
+
+#[test]
+fn init_with_a_token_enrols_and_refused_changes_are_listed() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tmp = tempfile::tempdir().expect("tmp");
+    // Closed (the default): only enrolled devices sync.
+    let relay = rt
+        .block_on(Relay::start(RelayConfig {
+            data_dir: tmp.path().join("relay"),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..RelayConfig::default()
+        }))
+        .expect("relay");
+    let secret = relay
+        .store()
+        .create_enrolment(
+            "Li Wei laptop",
+            fieldsync_client::Role::Rep,
+            &["north-mines".to_string()],
+            None,
+            Duration::from_secs(3600),
+        )
+        .expect("enrolment");
+    let token = fieldsync_client::sync::EnrolToken::new(
+        &relay.local_addr().to_string(),
+        relay.fingerprint(),
+        &secret,
+    )
+    .expect("token")
+    .to_string();
+    let a = tmp.path().join("li");
+
+    let err = fails(&a, &["init", "--token", "fsyn1.nonsense"]);
+    assert!(err.contains("enrolment token"), "{err}");
+    let init = json(
+        &a,
+        &["init", "--token", &token, "--name", "Li Wei", "--json"],
+    );
+    assert_eq!(init["role"], "rep", "the enrolled role");
+    assert_eq!(init["scopes"], serde_json::json!(["north-mines"]));
+    assert_eq!(init["relay"], relay.local_addr().to_string());
+    assert_eq!(init["pin"], relay.fingerprint());
+    let cred = a.join("replica.db.credential");
+    assert_eq!(init["credential_file"], cred.to_str().expect("utf-8"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&cred, &a.join("config.toml")] {
+            let mode = std::fs::metadata(f).expect("file").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{} is private", f.display());
+        }
+    }
+    let config = std::fs::read_to_string(a.join("config.toml")).expect("config");
+    assert!(!config.contains("credential"), "{config}");
+    assert!(
+        !std::fs::read_to_string(&cred)
+            .expect("cred")
+            .contains(&secret)
+    );
+
+    // The token works once only.
+    let b = tmp.path().join("other");
+    let err = fails(&b, &["init", "--token", &token]);
+    assert!(err.contains("already used"), "{err}");
+
+    // A customer in the rep's territory syncs; one outside it is refused and quarantined.
+    let ours = ok(
+        &a,
+        &[
+            "customer",
+            "add",
+            "--name",
+            "Baotou Mining",
+            "--scope",
+            "north-mines",
+        ],
+    );
+    let theirs = ok(
+        &a,
+        &[
+            "customer",
+            "add",
+            "--name",
+            "Elsewhere Ltd",
+            "--scope",
+            "south-ports",
+        ],
+    );
+    let report = json(&a, &["sync", "--json"]);
+    assert_eq!(report["changes_acked"], 1, "{report}");
+    assert_eq!(report["changes_rejected"], 1, "{report}");
+    assert_eq!(report["role"], "rep");
+    let q = json(&a, &["quarantine", "--json"]);
+    assert_eq!(q.as_array().expect("array").len(), 1, "{q}");
+    assert_eq!(q[0]["doc_id"], theirs.trim());
+    let reason = q[0]["reason"].as_str().expect("reason");
+    assert!(reason.contains("outside the device's scopes"), "{reason}");
+    let text = ok(&a, &["quarantine"]);
+    assert!(text.contains("outside the device's scopes"), "{text}");
+    let status = json(&a, &["status", "--json"]);
+    assert_eq!(status["quarantined"], 1);
+    assert_eq!(status["outbox"], 0);
+    assert!(
+        status["recent_rejections"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("outside")),
+        "{status}"
+    );
+    let text = ok(&a, &["status"]);
+    assert!(
+        text.contains("Quarantine: 1") && text.contains("outside the device's scopes"),
+        "{text}"
+    );
+    let list = json(&a, &["customer", "list", "--json"]);
+    assert_eq!(ids(&list), vec![ours.trim().to_string()]);
+
+    // Revoked: the next sync fails with the reason, and status shows it.
+    relay.store().revoke("Li Wei laptop").expect("revoke");
+    let err = fails(&a, &["sync"]);
+    assert!(err.contains("Unauthorized"), "{err}");
+    let status = json(&a, &["status", "--json"]);
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Unauthorized")),
+        "{status}"
+    );
+    rt.block_on(relay.shutdown()).expect("shutdown");
 }

@@ -26,6 +26,7 @@ async fn client_killed_mid_download_resumes_and_converges() {
         listen: "127.0.0.1:0".parse().unwrap(),
         // Small batches, so the download is many committed steps.
         max_batch_bytes: 16 << 10,
+        open_enrollment: true,
         ..RelayConfig::default()
     })
     .await

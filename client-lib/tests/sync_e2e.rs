@@ -20,6 +20,7 @@ fn relay_config(dir: &Path) -> RelayConfig {
     RelayConfig {
         data_dir: dir.join("relay"),
         listen: "127.0.0.1:0".parse().expect("addr"),
+        open_enrollment: true,
         ..RelayConfig::default()
     }
 }

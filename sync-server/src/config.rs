@@ -54,6 +54,10 @@ pub struct RelayConfig {
     pub data_dir: PathBuf,
     /// UDP address to listen on. Default: `0.0.0.0:4433`.
     pub listen: SocketAddr,
+    /// The address devices use to reach the relay (`host:port`, e.g. behind NAT or a DNS
+    /// name), written into the enrolment tokens of `device enroll` (its `--relay-addr`
+    /// overrides it). Default: none (then `listen`, unless it is a wildcard address).
+    pub public_addr: Option<String>,
     /// Certificate chain (PEM or DER) supplied by IT instead of the generated self-signed one.
     /// Must be given together with `key`. Default: none.
     pub cert: Option<PathBuf>,
@@ -70,8 +74,8 @@ pub struct RelayConfig {
     /// keep-alives). Default: 30 (range 1 – 3600).
     pub idle_timeout_secs: u64,
     /// Accept unknown devices without enrolment, granting `open_scopes` and `open_role`
-    /// (development and pilots). Enrolled devices must still present their secret.
-    /// Default: true.
+    /// (development and pilots only). Enrolled devices must still present their secret.
+    /// Default: false (only enrolled devices may sync).
     pub open_enrollment: bool,
     /// Scopes granted to devices accepted by open enrolment (`*` = all). Default: `["*"]`.
     pub open_scopes: Vec<String>,
@@ -80,6 +84,10 @@ pub struct RelayConfig {
     pub open_role: Role,
     /// How many documents the relay keeps loaded for validating writes. Default: 256.
     pub doc_cache: usize,
+    /// Days after a customer moved to another scope during which the relay still accepts its
+    /// old devices' changes written before the move (offline edits), filing them under the new
+    /// scope. Default: 30 (range 0 – 3650).
+    pub move_grace_days: u64,
 }
 
 impl Default for RelayConfig {
@@ -88,16 +96,18 @@ impl Default for RelayConfig {
         Self {
             data_dir: PathBuf::from("relay-data"),
             listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
+            public_addr: None,
             cert: None,
             key: None,
             max_connections: 1024,
             max_batch_bytes: limits.max_batch_bytes,
             max_upload_changes: limits.max_upload_changes,
             idle_timeout_secs: 30,
-            open_enrollment: true,
+            open_enrollment: false,
             open_scopes: vec!["*".to_string()],
             open_role: Role::Admin,
             doc_cache: 256,
+            move_grace_days: 30,
         }
     }
 }
@@ -173,7 +183,41 @@ impl RelayConfig {
         if self.doc_cache == 0 {
             return bad("doc_cache", "must be at least 1");
         }
+        if self.move_grace_days > 3650 {
+            return bad(
+                "move_grace_days",
+                format!("{} is outside 0..=3650", self.move_grace_days),
+            );
+        }
+        if let Some(a) = &self.public_addr {
+            let ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok || a.chars().any(char::is_whitespace) {
+                return bad("public_addr", format!("{a:?} is not host:port"));
+            }
+        }
         Ok(())
+    }
+
+    /// The address written into enrolment tokens: `public_addr`, else `listen` unless it is a
+    /// wildcard address (`0.0.0.0`, `::`), which devices cannot connect to.
+    pub fn token_addr(&self) -> Option<String> {
+        self.public_addr
+            .clone()
+            .or_else(|| (!self.listen.ip().is_unspecified()).then(|| self.listen.to_string()))
+    }
+
+    /// The store options derived from this configuration.
+    pub fn store_options(&self) -> crate::store::RelayStoreOptions {
+        crate::store::RelayStoreOptions {
+            cache_docs: self.doc_cache,
+            open: self.open_enrollment.then(|| crate::store::OpenEnrollment {
+                scopes: self.open_scopes.clone(),
+                role: self.open_role,
+            }),
+            move_grace: std::time::Duration::from_secs(self.move_grace_days * 86_400),
+        }
     }
 
     /// The session limits derived from this configuration.
@@ -200,7 +244,14 @@ mod tests {
         assert_eq!(cfg, RelayConfig::default());
         assert_eq!(cfg.listen.to_string(), "0.0.0.0:4433");
         assert_eq!(cfg.data_dir, PathBuf::from("relay-data"));
-        assert!(cfg.open_enrollment);
+        assert!(!cfg.open_enrollment, "default deny");
+        assert_eq!(cfg.public_addr, None);
+        assert_eq!(
+            cfg.token_addr(),
+            None,
+            "a wildcard listen address is no token address"
+        );
+        assert_eq!(cfg.move_grace_days, 30);
         assert_eq!(cfg.open_scopes, vec!["*".to_string()]);
         assert_eq!(cfg.open_role, Role::Admin);
         assert_eq!(cfg.idle_timeout_secs, 30);
@@ -215,16 +266,18 @@ mod tests {
             data_dir = "/var/lib/fieldsync"
             listen = "127.0.0.1:5000"
             max_connections = 10
-            open_enrollment = false
+            open_enrollment = true
             open_scopes = ["north", "south"]
             open_role = "rep"
+            public_addr = "relay.example.com:443"
             "#,
         )
         .unwrap();
+        assert_eq!(cfg.token_addr().as_deref(), Some("relay.example.com:443"));
         assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/fieldsync"));
         assert_eq!(cfg.listen.port(), 5000);
         assert_eq!(cfg.max_connections, 10);
-        assert!(!cfg.open_enrollment);
+        assert!(cfg.open_enrollment);
         assert_eq!(cfg.open_role, Role::Rep);
         assert_eq!(cfg.db_path(), PathBuf::from("/var/lib/fieldsync/relay.db"));
     }
@@ -254,6 +307,8 @@ mod tests {
         assert!(matches!(e, ConfigError::Invalid { key: "cert", .. }), "{e}");
         let e = RelayConfig::from_toml_str("idle_timeout_secs = 0").unwrap_err();
         assert!(e.to_string().contains("idle_timeout_secs"), "{e}");
+        let e = RelayConfig::from_toml_str("public_addr = \"relay.example.com\"").unwrap_err();
+        assert!(e.to_string().contains("public_addr"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,6 @@ pub mod tls;
 pub use config::{ConfigError, RelayConfig};
 pub use server::{Relay, serve, status_report};
 pub use store::{
-    DeviceRecord, Enrollment, OpenEnrollment, RelayStatus, RelayStoreError, RelayStoreOptions,
-    SqliteRelayStore,
+    AuditRecord, DeviceRecord, Enrollment, EnrolmentRecord, OpenEnrollment, RelayStatus,
+    RelayStoreError, RelayStoreOptions, Revoked, SqliteRelayStore,
 };

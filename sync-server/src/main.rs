@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use fieldsync_core::Role;
-use fieldsync_relay::{RelayConfig, RelayStoreOptions, SqliteRelayStore};
+use fieldsync_core::protocol::EnrolToken;
+use fieldsync_core::{DocId, Role};
+use fieldsync_relay::{RelayConfig, SqliteRelayStore};
 use uuid::Uuid;
 
 /// fieldsync relay: the central QUIC sync server.
@@ -42,13 +43,14 @@ impl Common {
         Ok(cfg)
     }
 
+    /// The store of an existing relay database (it is not created).
     fn store(&self) -> anyhow::Result<SqliteRelayStore> {
         let cfg = self.load()?;
         let db = cfg.db_path();
         if !db.exists() {
             anyhow::bail!("no relay database at {}", db.display());
         }
-        Ok(SqliteRelayStore::open(&db, RelayStoreOptions::default())?)
+        Ok(SqliteRelayStore::open(&db, cfg.store_options())?)
     }
 }
 
@@ -68,9 +70,13 @@ enum Cmd {
         /// Private key for --cert.
         #[arg(long, value_name = "FILE", requires = "cert")]
         key: Option<PathBuf>,
-        /// Refuse devices that are not enrolled (sets open_enrollment = false).
-        #[arg(long)]
+        /// Refuse devices that are not enrolled (open_enrollment = false; the default).
+        #[arg(long, conflicts_with = "open")]
         closed: bool,
+        /// Accept devices that are not enrolled, with open_scopes and open_role
+        /// (open_enrollment = true; development and pilots only).
+        #[arg(long)]
+        open: bool,
     },
     /// Print the relay's epoch, log position, counts and certificate fingerprint.
     Status {
@@ -80,15 +86,34 @@ enum Cmd {
     /// Enrol, revoke and list devices.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Print the audit trail: every accepted change with its device, time and document.
+    Audit {
+        #[command(flatten)]
+        common: Common,
+        /// Only changes to this document.
+        #[arg(long, value_name = "ID")]
+        doc: Option<DocId>,
+        /// Only changes uploaded by this device (name or id).
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
+        /// At most this many entries (the most recent).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum DeviceCmd {
-    /// Enrol a device; prints its id and secret (shown only once) and the relay fingerprint.
+    /// Enrol a device: prints a one-time enrolment token on the last line of stdout, carrying
+    /// the relay address, the certificate pin and a secret. On the laptop:
+    /// `fieldsync init --token TOKEN`. Works while the relay runs (same --data).
     Enroll {
         #[command(flatten)]
         common: Common,
-        /// A name for people (e.g. the rep's name and laptop).
+        /// A name for people (e.g. the rep's name and laptop); `device revoke NAME` uses it.
         #[arg(long)]
         name: String,
         /// rep, manager, director or admin.
@@ -97,21 +122,33 @@ enum DeviceCmd {
         /// A scope the device may see (repeat for several; `*` = all).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
-        /// Use this device id (the replica's) instead of a new one.
+        /// The address devices use to reach the relay, written into the token [default:
+        /// `public_addr` from the config, else `listen` unless it is a wildcard address].
+        #[arg(long, value_name = "HOST:PORT")]
+        relay_addr: Option<String>,
+        /// Only this device id (the replica's, shown by `fieldsync status`) may redeem the
+        /// token; needed to enrol a device the relay already knows again.
         #[arg(long)]
         device_id: Option<Uuid>,
+        /// Days the token stays redeemable.
+        #[arg(long, value_name = "DAYS", default_value_t = 7)]
+        valid_days: u64,
     },
-    /// Revoke a device: it is refused from its next connection or upload on.
+    /// Revoke a device (by name or id; a name revokes every active device and unused token
+    /// with it): its next connection is refused and an open one is closed at once.
     Revoke {
         #[command(flatten)]
         common: Common,
-        /// The device id.
-        device_id: Uuid,
+        /// The device's name or id.
+        device: String,
     },
-    /// List devices.
+    /// List devices with their role, scopes and last sync, and unused enrolment tokens.
     List {
         #[command(flatten)]
         common: Common,
+        /// One JSON object with `devices` and `enrolments`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -145,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cert,
             key,
             closed,
+            open,
         } => {
             let mut cfg = common.load()?;
             if let Some(l) = listen {
@@ -156,6 +194,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if closed {
                 cfg.open_enrollment = false;
+            }
+            if open {
+                cfg.open_enrollment = true;
             }
             cfg.validate()?;
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
@@ -170,47 +211,172 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             role,
             scopes,
+            relay_addr,
             device_id,
-        }) => {
-            let cfg = common.load()?;
-            let e = common
-                .store()?
-                .enroll_device(device_id, &name, role, &scopes)?;
-            println!("device_id: {}", e.device_id);
-            println!("secret: {}", e.secret);
-            if let Some(fp) =
-                fieldsync_relay::tls::existing_fingerprint(&cfg.data_dir, cfg.cert.as_deref())
-            {
-                println!("fingerprint: {fp}");
+            valid_days,
+        }) => enroll(
+            &common, &name, role, &scopes, relay_addr, device_id, valid_days,
+        ),
+        Cmd::Device(DeviceCmd::Revoke { common, device }) => {
+            let r = common.store()?.revoke(&device)?;
+            for d in &r.devices {
+                println!("revoked device {d}");
+            }
+            if r.tokens > 0 {
+                println!("revoked {} unused enrolment token(s)", r.tokens);
             }
             Ok(())
         }
-        Cmd::Device(DeviceCmd::Revoke { common, device_id }) => {
-            if common.store()?.revoke_device(device_id)? {
-                println!("revoked {device_id}");
-                Ok(())
-            } else {
-                anyhow::bail!("no active device {device_id}")
+        Cmd::Device(DeviceCmd::List { common, json }) => list(&common, json),
+        Cmd::Audit {
+            common,
+            doc,
+            device,
+            limit,
+            json,
+        } => {
+            let rows = common.store()?.audit(doc, device.as_deref(), limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
             }
-        }
-        Cmd::Device(DeviceCmd::List { common }) => {
-            for d in common.store()?.devices()? {
+            for r in rows {
                 println!(
-                    "{}  {:<8} {:<20} scopes={} {} last_seen={} {}",
-                    d.device_id,
-                    d.role.as_str(),
-                    d.name,
-                    d.scopes.join(","),
-                    if d.enrolled { "enrolled" } else { "open" },
-                    d.last_seen.map_or("never".to_string(), |t| t.to_string()),
-                    if d.revoked_at.is_some() {
-                        "REVOKED"
-                    } else {
-                        ""
-                    }
+                    "{:>8}  {}  {}  {:<20} doc {}  change {}  scope {}",
+                    r.seq,
+                    fmt_millis(r.at),
+                    r.device_id,
+                    r.device_name.as_deref().unwrap_or("?"),
+                    r.doc_id,
+                    r.hash.as_deref().map_or("?", |h| &h[..h.len().min(12)]),
+                    r.scope.as_deref().unwrap_or("?"),
                 );
             }
             Ok(())
         }
     }
+}
+
+fn enroll(
+    common: &Common,
+    name: &str,
+    role: Role,
+    scopes: &[String],
+    relay_addr: Option<String>,
+    device_id: Option<Uuid>,
+    valid_days: u64,
+) -> anyhow::Result<()> {
+    let cfg = common.load()?;
+    let addr = relay_addr.or_else(|| cfg.token_addr()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the token needs the address devices use to reach the relay: pass --relay-addr \
+             HOST:PORT or set public_addr in the config"
+        )
+    })?;
+    if valid_days == 0 || valid_days > 365 {
+        anyhow::bail!("--valid-days must be 1..=365");
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    // The certificate the relay serves (generated now if the relay never started here).
+    let pin = fieldsync_relay::tls::load_or_create(
+        &cfg.data_dir,
+        cfg.cert.as_deref(),
+        cfg.key.as_deref(),
+    )?
+    .fingerprint();
+    // Creates the database if the relay never started here; a running relay shares it (WAL).
+    let store = SqliteRelayStore::open(cfg.db_path(), cfg.store_options())?;
+    let secret = store.create_enrolment(
+        name,
+        role,
+        scopes,
+        device_id,
+        std::time::Duration::from_secs(valid_days * 86_400),
+    )?;
+    let token = EnrolToken::new(&addr, &pin, &secret)?;
+    println!("name: {name}");
+    println!("role: {role}");
+    println!("scopes: {}", scopes.join(","));
+    println!("relay: {addr}");
+    println!("fingerprint: {pin}");
+    println!("valid for: {valid_days} days, one device, once");
+    println!("on the device: fieldsync init --token <the token below>");
+    println!("{token}");
+    Ok(())
+}
+
+fn list(common: &Common, json: bool) -> anyhow::Result<()> {
+    let store = common.store()?;
+    let devices = store.devices()?;
+    let now = fieldsync_core::ids::now_millis();
+    let pending: Vec<_> = store
+        .enrolments()?
+        .into_iter()
+        .filter(|e| e.is_pending(now))
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "devices": devices,
+                "enrolments": pending,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<20} {:<8} {:<24} {:<20} status",
+        "device id", "name", "role", "scopes", "last sync"
+    );
+    for d in devices {
+        let status = match (d.revoked_at, d.enrolled) {
+            (Some(t), _) => format!("revoked {}", fmt_millis(t)),
+            (None, true) => "enrolled".to_string(),
+            (None, false) => "open enrolment".to_string(),
+        };
+        println!(
+            "{:<36}  {:<20} {:<8} {:<24} {:<20} {status}",
+            d.device_id,
+            d.name,
+            d.role.as_str(),
+            d.scopes.join(","),
+            d.last_seen.map_or("never".to_string(), fmt_millis),
+        );
+    }
+    for e in pending {
+        println!(
+            "{:<36}  {:<20} {:<8} {:<24} {:<20} token not used yet (expires {})",
+            e.device_id.map_or("-".to_string(), |d| d.to_string()),
+            e.name,
+            e.role.as_str(),
+            e.scopes.join(","),
+            "never",
+            fmt_millis(e.expires_at)
+        );
+    }
+    Ok(())
+}
+
+/// Formats ms since the Unix epoch as an ISO 8601 UTC timestamp.
+fn fmt_millis(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

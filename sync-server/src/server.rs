@@ -6,6 +6,12 @@
 //! into `spawn_blocking` for each message, so the async workers never block. After every
 //! upload that appended to the log the store bumps a `watch` channel; live connections then
 //! call [`RelaySession::poll_live`] and push what is new.
+//!
+//! Devices are enrolled and revoked by `fieldsync-relay device …`, often by another process
+//! on the same data directory while the relay runs. Every such change bumps a counter in the
+//! database; the relay polls it every [`DEVICE_POLL`] and, when it moved, every authenticated
+//! connection re-reads its device: a revoked device's connection is closed with
+//! `Unauthorized`, one whose scopes or role changed with `Reconnect`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::config::RelayConfig;
-use crate::store::{OpenEnrollment, RelayStoreOptions, SqliteRelayStore};
+use crate::store::{RelayStoreOptions, SqliteRelayStore};
 use crate::tls;
 
 /// Time a new connection has to open its stream and send `Hello`.
@@ -30,6 +36,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const LINGER: Duration = Duration::from_secs(2);
 /// Time connections get to finish when the relay shuts down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the relay looks for device changes made by other processes.
+pub const DEVICE_POLL: Duration = Duration::from_secs(1);
 
 /// QUIC application close codes.
 const CLOSE_OK: u32 = 0;
@@ -59,13 +67,7 @@ impl Relay {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let opts = RelayStoreOptions {
-            cache_docs: config.doc_cache,
-            open: config.open_enrollment.then(|| OpenEnrollment {
-                scopes: config.open_scopes.clone(),
-                role: config.open_role,
-            }),
-        };
+        let opts = config.store_options();
         let db = config.db_path();
         let store = tokio::task::spawn_blocking(move || SqliteRelayStore::open(db, opts))
             .await
@@ -92,6 +94,7 @@ impl Relay {
             store: store.clone(),
             limits: config.limits(),
         });
+        tokio::spawn(poll_devices(store.clone(), stop.clone()));
         let task = tokio::spawn(accept_loop(endpoint, shared, stop, config.max_connections));
         info!(
             addr = %local_addr,
@@ -176,6 +179,25 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|v| *v).await;
 }
 
+/// Notices enrolments and revocations made by other processes (see the module docs).
+async fn poll_devices(store: SqliteRelayStore, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(DEVICE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopping(&mut stop) => return,
+            _ = tick.tick() => {
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.poll_devices()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "cannot read the device table"),
+                    Err(e) => warn!(error = %e, "device poll task failed"),
+                }
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
@@ -248,6 +270,8 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Re
         }
     };
     let live = shared.store.subscribe();
+    let mut devices = shared.store.subscribe_devices();
+    devices.mark_unchanged();
     let mut link = Link {
         conn,
         send,
@@ -256,6 +280,7 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Re
         store: shared.store.clone(),
         session: Some(RelaySession::new(shared.limits.clone())),
         live,
+        devices,
         logged_in: false,
     };
     link.run(&mut stop).await;
@@ -278,6 +303,7 @@ struct Link {
     store: SqliteRelayStore,
     session: Option<RelaySession>,
     live: watch::Receiver<u64>,
+    devices: watch::Receiver<u64>,
     logged_in: bool,
 }
 
@@ -343,6 +369,18 @@ impl Link {
                     }
                     Err(e) => return End::Gone(e.to_string()),
                 },
+                r = self.devices.changed(), if authenticated => {
+                    if r.is_err() {
+                        return End::Gone("store closed".into());
+                    }
+                    let out = match self.with_session(|s, st| s.recheck(st)).await {
+                        Ok(o) => o,
+                        Err(e) => return self.fail(ErrorCode::Internal, &e).await,
+                    };
+                    if let Some(end) = self.send_output(out).await {
+                        return end;
+                    }
+                }
                 r = self.live.changed(), if live => {
                     if r.is_err() {
                         return End::Gone("store closed".into());

@@ -319,6 +319,7 @@ async fn connections_beyond_the_limit_are_refused() {
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         max_connections: 1,
+        open_enrollment: true,
         ..Default::default()
     };
     let relay = Relay::start(cfg).await.unwrap();

@@ -18,6 +18,8 @@ async fn start_relay(dir: &std::path::Path, listen: SocketAddr) -> Relay {
     Relay::start(RelayConfig {
         data_dir: dir.to_path_buf(),
         listen,
+        // These tests are about sync, not enrolment (see devices.rs for that).
+        open_enrollment: true,
         ..RelayConfig::default()
     })
     .await

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use automerge::AutoCommit;
+use automerge::ChangeHash;
 use fieldsync_core::ids::now_millis;
 use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
 use fieldsync_core::protocol::messages::{Hash, Rejection};
@@ -59,6 +60,10 @@ const MAX_IDLE_READERS: usize = 8;
 const WORK_LIMIT: usize = 256;
 /// `last_seen` is written at most this often per device.
 const TOUCH_EVERY: Duration = Duration::from_secs(30);
+/// Meta key of the counter bumped by every change to devices and enrolments.
+const DEVICES_GENERATION: &str = "devices.generation";
+/// Shortest device credential accepted at redemption (hex digits of a 128-bit secret).
+const MIN_CREDENTIAL_LEN: usize = 32;
 
 /// Errors from the relay store.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +127,9 @@ pub struct RelayStoreOptions {
     pub cache_docs: usize,
     /// Accept unknown devices (`None`: only enrolled devices).
     pub open: Option<OpenEnrollment>,
+    /// How long after a document moved out of a device's scopes the relay still accepts that
+    /// device's changes to it that were written before the move (offline edits).
+    pub move_grace: Duration,
 }
 
 impl Default for RelayStoreOptions {
@@ -129,6 +137,7 @@ impl Default for RelayStoreOptions {
         Self {
             cache_docs: 256,
             open: None,
+            move_grace: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -152,6 +161,62 @@ pub struct DeviceRecord {
     pub last_seen: Option<i64>,
     /// When it was revoked (ms).
     pub revoked_at: Option<i64>,
+}
+
+/// An enrolment token as stored (its secret is not: only a hash of it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EnrolmentRecord {
+    /// Name given at enrolment.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// The device bound to the token (at enrolment with `--device-id`, or when redeemed).
+    pub device_id: Option<Uuid>,
+    /// When it was created (ms).
+    pub created_at: i64,
+    /// When it stops being redeemable (ms).
+    pub expires_at: i64,
+    /// When it was redeemed (ms).
+    pub used_at: Option<i64>,
+    /// When it was revoked before use (ms).
+    pub revoked_at: Option<i64>,
+}
+
+impl EnrolmentRecord {
+    /// Not used, revoked or expired at `now`.
+    pub fn is_pending(&self, now: i64) -> bool {
+        self.used_at.is_none() && self.revoked_at.is_none() && self.expires_at > now
+    }
+}
+
+/// What `revoke` cut off.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Revoked {
+    /// Devices revoked.
+    pub devices: Vec<Uuid>,
+    /// Unused enrolment tokens revoked.
+    pub tokens: usize,
+}
+
+/// One entry of the audit trail: an accepted change.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    /// The change's position in the log.
+    pub seq: u64,
+    /// When the relay accepted it (ms).
+    pub at: i64,
+    /// The device that uploaded it.
+    pub device_id: Uuid,
+    /// That device's name, if it is known.
+    pub device_name: Option<String>,
+    /// The document changed.
+    pub doc_id: DocId,
+    /// The change hash (hex).
+    pub hash: Option<String>,
+    /// The scope the change was filed under.
+    pub scope: Option<String>,
 }
 
 /// The result of enrolling a device: its id and the secret it presents (shown once; the relay
@@ -235,6 +300,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     touched: Mutex<HashMap<Uuid, Instant>>,
     notify: watch::Sender<u64>,
+    devices_notify: watch::Sender<u64>,
 }
 
 /// The relay's SQLite store. Cloning gives another handle to the same store.
@@ -286,6 +352,43 @@ fn doc_id(b: &[u8]) -> Result<DocId, RelayStoreError> {
 
 fn hash_secret(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+fn random_hex(bytes: usize) -> Result<String, RelayStoreError> {
+    let mut raw = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| RelayStoreError::Random)?;
+    Ok(hex::encode(raw))
+}
+
+fn scopes_json(scopes: &[String]) -> Result<String, RelayStoreError> {
+    if scopes.is_empty() || scopes.iter().any(|s| s.trim().is_empty()) {
+        return Err(RelayStoreError::Invalid(
+            "a device needs at least one non-empty scope".into(),
+        ));
+    }
+    serde_json::to_string(scopes).map_err(|e| RelayStoreError::Invalid(e.to_string()))
+}
+
+/// Bumps the device-change counter inside a write transaction.
+fn bump_devices(tx: &Transaction<'_>) -> Result<(), RelayStoreError> {
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = ?1",
+        [DEVICES_GENERATION],
+    )?;
+    Ok(())
+}
+
+fn devices_generation(c: &Connection) -> Result<u64, RelayStoreError> {
+    let v: Option<i64> = c
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [DEVICES_GENERATION],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.unwrap_or(0).max(0) as u64)
 }
 
 fn heads_bytes(doc: &mut AutoCommit) -> Vec<u8> {
@@ -367,6 +470,7 @@ struct Batch<'a, 't> {
     open_role: Option<Role>,
     now: i64,
     high: Option<i64>,
+    move_grace_ms: i64,
 }
 
 impl Batch<'_, '_> {
@@ -501,10 +605,16 @@ impl Batch<'_, '_> {
             if from == new {
                 continue;
             }
-            self.log(&from, id, KIND_LEAVE, None, None, device)?;
+            let leave = self.log(&from, id, KIND_LEAVE, None, None, device)?;
             self.tx
                 .prepare_cached("UPDATE log SET moved_to = ?2 WHERE seq = ?1")?
-                .execute(params![self.tx.last_insert_rowid(), new])?;
+                .execute(params![leave, new])?;
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO moves (doc_id, from_scope, to_scope, seq, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![id.as_bytes(), from, new, leave, self.now])?;
             let seq = self.log(new, id, KIND_SNAPSHOT, None, Some(&snapshot), device)?;
             self.tx
                 .prepare_cached("UPDATE docs SET scope = ?2, updated_seq = ?3 WHERE doc_id = ?1")?
@@ -578,6 +688,43 @@ impl Batch<'_, '_> {
                         None
                     })
             };
+            let since = self.now.saturating_sub(self.move_grace_ms);
+            // The document left one of the sender's scopes within the grace period, and the
+            // change's dependencies were all stored before it left.
+            let left_senders_scope = |id: DocId, deps: &[ChangeHash]| -> bool {
+                let check = || -> Result<bool, rusqlite::Error> {
+                    let mut st = tx.prepare_cached(
+                        "SELECT from_scope, seq FROM moves WHERE doc_id = ?1 AND at >= ?2
+                         ORDER BY seq DESC",
+                    )?;
+                    let moves: Vec<(String, i64)> = st
+                        .query_map(params![id.as_bytes(), since], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?
+                        .collect::<Result<_, _>>()?;
+                    let Some(moved_at) = moves
+                        .iter()
+                        .find(|(from, _)| device.sees(from))
+                        .map(|(_, seq)| *seq)
+                    else {
+                        return Ok(false);
+                    };
+                    let mut dep_seq =
+                        tx.prepare_cached("SELECT seq FROM changes WHERE hash = ?1")?;
+                    for d in deps {
+                        let seq: Option<i64> =
+                            dep_seq.query_row([&d.0[..]], |r| r.get(0)).optional()?;
+                        if seq.is_none_or(|s| s >= moved_at) {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                };
+                check().unwrap_or_else(|e| {
+                    failure.borrow_mut().get_or_insert(e);
+                    false
+                })
+            };
             check_change(
                 &mut work.doc,
                 c.doc_id,
@@ -587,6 +734,7 @@ impl Batch<'_, '_> {
                 &author_role,
                 work.scope.as_deref(),
                 &customer_scope,
+                &left_senders_scope,
             )
         };
         if let Some(e) = failure.into_inner() {
@@ -688,6 +836,7 @@ impl SqliteRelayStore {
         let high: i64 =
             conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM log", [], |r| r.get(0))?;
         let (notify, _) = watch::channel(high.max(0) as u64);
+        let (devices_notify, _) = watch::channel(devices_generation(&conn)?);
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -700,6 +849,7 @@ impl SqliteRelayStore {
                 readers: Mutex::new(Vec::new()),
                 touched: Mutex::new(HashMap::new()),
                 notify,
+                devices_notify,
             }),
         })
     }
@@ -717,6 +867,41 @@ impl SqliteRelayStore {
     /// Receives the highest sequence number after every upload that appended to the log.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.notify.subscribe()
+    }
+
+    /// Receives a new value whenever devices or enrolments changed: at once for changes made
+    /// through this handle, and after [`SqliteRelayStore::poll_devices`] for changes made by
+    /// another process (`fieldsync-relay device revoke` while the relay runs).
+    pub fn subscribe_devices(&self) -> watch::Receiver<u64> {
+        self.inner.devices_notify.subscribe()
+    }
+
+    /// Reads the device-change counter from the database and notifies
+    /// [`SqliteRelayStore::subscribe_devices`] receivers if it moved. The relay calls this
+    /// every second.
+    pub fn poll_devices(&self) -> Result<u64, RelayStoreError> {
+        let g = self.read(devices_generation)?;
+        self.inner.devices_notify.send_if_modified(|v| {
+            let changed = *v != g;
+            *v = g;
+            changed
+        });
+        Ok(g)
+    }
+
+    /// Runs a write that changes devices: bumps the counter in the same transaction and
+    /// notifies this process's receivers after the commit.
+    fn write_devices<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        let v = self.write(|tx| {
+            let v = f(tx)?;
+            bump_devices(tx)?;
+            Ok(v)
+        })?;
+        self.poll_devices()?;
+        Ok(v)
     }
 
     /// Documents currently loaded in the write cache (for tests and metrics).
@@ -774,21 +959,33 @@ impl SqliteRelayStore {
         let mut guard = lock(&self.inner.writer);
         let Writer { conn, cache } = &mut *guard;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The sender's grant is read again inside the transaction that stores the changes,
+        // so a revocation or a narrower grant committed meanwhile applies to this write.
         let sender = device_row(&tx, device.device_id)?;
-        if sender.is_some_and(|r| r.revoked_at.is_some()) {
-            return Ok(changes
-                .iter()
-                .map(|c| {
-                    Outcome::Refused(Rejection {
-                        hash: decode_change(&c.bytes)
-                            .map(|ch| ch.hash().0)
-                            .unwrap_or([0; 32]),
-                        reason: "device revoked".into(),
-                        retry: false,
+        let fresh;
+        let device = match sender {
+            Some(r) if r.revoked_at.is_some() => {
+                // Not the changes' fault: they stay in the device's outbox (retry) and the
+                // session is closed as unauthorised.
+                return Ok(changes
+                    .iter()
+                    .map(|c| {
+                        Outcome::Refused(Rejection {
+                            hash: decode_change(&c.bytes)
+                                .map(|ch| ch.hash().0)
+                                .unwrap_or([0; 32]),
+                            reason: "device revoked".into(),
+                            retry: true,
+                        })
                     })
-                })
-                .collect());
-        }
+                    .collect());
+            }
+            Some(r) => {
+                fresh = r.info(device.device_id)?;
+                &fresh
+            }
+            None => device,
+        };
         let mut batch = Batch {
             tx: &tx,
             cache: &mut *cache,
@@ -796,6 +993,8 @@ impl SqliteRelayStore {
             open_role,
             now: now_millis(),
             high: None,
+            move_grace_ms: i64::try_from(self.inner.opts.move_grace.as_millis())
+                .unwrap_or(i64::MAX),
         };
         let mut outcomes = Vec::with_capacity(changes.len());
         for c in changes {
@@ -1041,21 +1240,11 @@ impl SqliteRelayStore {
         role: Role,
         scopes: &[String],
     ) -> Result<Enrollment, RelayStoreError> {
-        if scopes.is_empty() || scopes.iter().any(|s| s.trim().is_empty()) {
-            return Err(RelayStoreError::Invalid(
-                "a device needs at least one non-empty scope".into(),
-            ));
-        }
+        let scopes_json = scopes_json(scopes)?;
         let device_id = device_id.unwrap_or_else(Uuid::now_v7);
-        let mut raw = [0u8; 32];
-        ring::rand::SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| RelayStoreError::Random)?;
-        let secret = hex::encode(raw);
-        let scopes_json =
-            serde_json::to_string(scopes).map_err(|e| RelayStoreError::Invalid(e.to_string()))?;
+        let secret = random_hex(32)?;
         let now = now_millis();
-        self.write(|tx| {
+        self.write_devices(|tx| {
             tx.execute(
                 "INSERT INTO devices (device_id, name, role, scopes, secret_hash, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -1079,7 +1268,7 @@ impl SqliteRelayStore {
     /// Revokes a device: it is refused from its next connection or upload on. Returns whether
     /// the device was known and not yet revoked.
     pub fn revoke_device(&self, device_id: Uuid) -> Result<bool, RelayStoreError> {
-        let n = self.write(|tx| {
+        let n = self.write_devices(|tx| {
             Ok(tx.execute(
                 "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
                 params![device_id.as_bytes(), now_millis()],
@@ -1089,6 +1278,326 @@ impl SqliteRelayStore {
             tracing::info!(device = %device_id, "revoked a device");
         }
         Ok(n > 0)
+    }
+
+    /// Creates a one-time enrolment token for a device named `name` with `role` and `scopes`,
+    /// redeemable until `valid_for` from now, and only by `device_id` when given. Returns the
+    /// token's secret (shown only now; the relay keeps its hash). Pair it with the relay's
+    /// address and certificate pin in a
+    /// [`fieldsync_core::protocol::EnrolToken`].
+    pub fn create_enrolment(
+        &self,
+        name: &str,
+        role: Role,
+        scopes: &[String],
+        device_id: Option<Uuid>,
+        valid_for: Duration,
+    ) -> Result<String, RelayStoreError> {
+        if name.trim().is_empty() {
+            return Err(RelayStoreError::Invalid("a device needs a name".into()));
+        }
+        let scopes_json = scopes_json(scopes)?;
+        let secret = random_hex(fieldsync_core::protocol::token::TOKEN_SECRET_BYTES)?;
+        let now = now_millis();
+        let expires = now.saturating_add(i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX));
+        self.write_devices(|tx| {
+            tx.execute(
+                "INSERT INTO enrolments (token_hash, name, role, scopes, device_id, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    hash_secret(&secret),
+                    name.trim(),
+                    role.as_str(),
+                    scopes_json,
+                    device_id.map(|d| d.as_bytes().to_vec()),
+                    now,
+                    expires
+                ],
+            )?;
+            Ok(())
+        })?;
+        tracing::info!(name, %role, ?scopes, "created an enrolment token");
+        Ok(secret)
+    }
+
+    /// Redeems an enrolment token for `device_id` with the device's own long-term
+    /// `credential` (see [`fieldsync_core::protocol::Message::Enrol`]). `Ok(Err(reason))`
+    /// refuses it. Redeeming again with the same device and credential succeeds again.
+    pub fn redeem_token(
+        &self,
+        device_id: Uuid,
+        token: &str,
+        credential: &str,
+    ) -> Result<Result<DeviceInfo, String>, RelayStoreError> {
+        if credential.len() < MIN_CREDENTIAL_LEN {
+            return Ok(Err("the device credential is too short".into()));
+        }
+        let token = token.trim().to_ascii_lowercase();
+        let now = now_millis();
+        type TokenRow = (
+            String,
+            String,
+            String,
+            Option<Vec<u8>>,
+            i64,
+            Option<i64>,
+            Option<i64>,
+        );
+        let out = self.write(|tx| {
+            let row: Option<TokenRow> = tx
+                .query_row(
+                    "SELECT name, role, scopes, device_id, expires_at, used_at, revoked_at
+                       FROM enrolments WHERE token_hash = ?1",
+                    [hash_secret(&token)],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((name, role, scopes, bound, expires_at, used_at, revoked_at)) = row else {
+                return Ok(Err("unknown enrolment token".to_string()));
+            };
+            if revoked_at.is_some() {
+                return Ok(Err("the enrolment token was revoked".into()));
+            }
+            let bound = bound
+                .map(|b| {
+                    Uuid::from_slice(&b)
+                        .map_err(|_| RelayStoreError::Corrupt("bad device id in enrolments".into()))
+                })
+                .transpose()?;
+            let existing = device_row(tx, device_id)?;
+            if used_at.is_some() {
+                // The same device again with the same credential: its first answer was lost.
+                let same = bound == Some(device_id)
+                    && existing.as_ref().is_some_and(|r| {
+                        r.revoked_at.is_none()
+                            && r.secret_hash
+                                .as_ref()
+                                .is_some_and(|h| crate::tls::ct_eq(h, &hash_secret(credential)))
+                    });
+                return match (same, existing) {
+                    (true, Some(r)) => Ok(Ok(r.info(device_id)?)),
+                    _ => Ok(Err("the enrolment token was already used".into())),
+                };
+            }
+            if bound.is_some_and(|b| b != device_id) {
+                return Ok(Err("the enrolment token is for another device".into()));
+            }
+            if expires_at <= now {
+                return Ok(Err("the enrolment token expired".into()));
+            }
+            // A token names a new device; taking over a known one (enrolled, or revoked) needs
+            // a token made for that device id.
+            if bound.is_none()
+                && existing
+                    .as_ref()
+                    .is_some_and(|r| r.secret_hash.is_some() || r.revoked_at.is_some())
+            {
+                return Ok(Err(format!(
+                    "device {device_id} is already known to the relay; enrol it with --device-id"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO devices (device_id, name, role, scopes, secret_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, role = excluded.role,
+                   scopes = excluded.scopes, secret_hash = excluded.secret_hash, revoked_at = NULL",
+                params![
+                    device_id.as_bytes(),
+                    name,
+                    role,
+                    scopes,
+                    hash_secret(credential),
+                    now
+                ],
+            )?;
+            tx.execute(
+                "UPDATE enrolments SET used_at = ?2, device_id = ?3 WHERE token_hash = ?1",
+                params![hash_secret(&token), now, device_id.as_bytes()],
+            )?;
+            bump_devices(tx)?;
+            let row = device_row(tx, device_id)?
+                .ok_or_else(|| RelayStoreError::Corrupt("device row vanished".into()))?;
+            Ok(Ok(row.info(device_id)?))
+        })?;
+        match &out {
+            Ok(d) => {
+                self.poll_devices()?;
+                tracing::info!(device = %device_id, name = %d.name, role = %d.role, "device redeemed its enrolment token");
+            }
+            Err(reason) => tracing::warn!(device = %device_id, %reason, "enrolment refused"),
+        }
+        Ok(out)
+    }
+
+    /// Revokes by device id, or by name: every active device and every unused enrolment token
+    /// with that exact name. Devices are refused from their next connection on, and the
+    /// running relay closes their open connections within about a second. Errors when nothing
+    /// matched.
+    pub fn revoke(&self, who: &str) -> Result<Revoked, RelayStoreError> {
+        let who = who.trim();
+        let id = Uuid::parse_str(who).ok();
+        let now = now_millis();
+        let out = self.write_devices(|tx| {
+            let mut out = Revoked::default();
+            let ids: Vec<Vec<u8>> = match id {
+                Some(id) => vec![id.as_bytes().to_vec()],
+                None => tx
+                    .prepare("SELECT device_id FROM devices WHERE name = ?1 AND revoked_at IS NULL")?
+                    .query_map([who], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?,
+            };
+            for b in ids {
+                let n = tx.execute(
+                    "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
+                    params![b, now],
+                )?;
+                if n > 0 {
+                    out.devices.push(
+                        Uuid::from_slice(&b)
+                            .map_err(|_| RelayStoreError::Corrupt("bad device id".into()))?,
+                    );
+                }
+            }
+            out.tokens = match id {
+                Some(id) => tx.execute(
+                    "UPDATE enrolments SET revoked_at = ?2
+                     WHERE device_id = ?1 AND used_at IS NULL AND revoked_at IS NULL",
+                    params![id.as_bytes(), now],
+                )?,
+                None => tx.execute(
+                    "UPDATE enrolments SET revoked_at = ?2
+                     WHERE name = ?1 AND used_at IS NULL AND revoked_at IS NULL",
+                    params![who, now],
+                )?,
+            };
+            Ok(out)
+        })?;
+        if out.devices.is_empty() && out.tokens == 0 {
+            return Err(RelayStoreError::Invalid(format!(
+                "no active device or unused enrolment token matches {who:?}"
+            )));
+        }
+        tracing::info!(who, devices = ?out.devices, tokens = out.tokens, "revoked");
+        Ok(out)
+    }
+
+    /// Every enrolment token, newest first.
+    pub fn enrolments(&self) -> Result<Vec<EnrolmentRecord>, RelayStoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT name, role, scopes, device_id, created_at, expires_at, used_at, revoked_at
+                   FROM enrolments ORDER BY created_at DESC",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<Vec<u8>>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, role, scopes, device, created_at, expires_at, used_at, revoked_at) =
+                    row?;
+                out.push(EnrolmentRecord {
+                    role: Role::parse(&role).ok_or_else(|| {
+                        RelayStoreError::Corrupt(format!("enrolment {name} has role `{role}`"))
+                    })?,
+                    scopes: serde_json::from_str(&scopes)
+                        .map_err(|e| RelayStoreError::Corrupt(format!("enrolment scopes: {e}")))?,
+                    device_id: device.as_deref().and_then(|b| Uuid::from_slice(b).ok()),
+                    name,
+                    created_at,
+                    expires_at,
+                    used_at,
+                    revoked_at,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The current grant of a device: `None` when it is unknown or revoked.
+    pub fn device_grant(&self, device_id: Uuid) -> Result<Option<DeviceInfo>, RelayStoreError> {
+        match self.read(|c| Ok(device_row(c, device_id)?))? {
+            Some(r) if r.revoked_at.is_none() => Ok(Some(r.info(device_id)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The audit trail of accepted changes, optionally only those to document `doc` and/or
+    /// uploaded by `device` (a device id, or a name), oldest first; at most the `limit` most
+    /// recent.
+    pub fn audit(
+        &self,
+        doc: Option<DocId>,
+        device: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, RelayStoreError> {
+        let device_id = device.and_then(|d| Uuid::parse_str(d.trim()).ok());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT a.seq, a.at, a.device, d.name, a.doc_id, l.hash, l.scope
+                   FROM audit a
+                   LEFT JOIN devices d ON d.device_id = a.device
+                   LEFT JOIN log l ON l.seq = a.seq
+                  WHERE (?1 IS NULL OR a.doc_id = ?1)
+                    AND (?2 = 0 OR a.device = ?3 OR d.name = ?4)
+                  ORDER BY a.seq DESC LIMIT ?5",
+            )?;
+            let rows = st.query_map(
+                params![
+                    doc.map(|d| d.as_bytes().to_vec()),
+                    i64::from(device.is_some()),
+                    device_id.map(|d| d.as_bytes().to_vec()),
+                    device.map(str::trim),
+                    limit
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, Option<Vec<u8>>>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, at, dev, device_name, doc, hash, scope) = row?;
+                out.push(AuditRecord {
+                    seq: seq.max(0) as u64,
+                    at,
+                    device_id: Uuid::from_slice(&dev)
+                        .map_err(|_| RelayStoreError::Corrupt("bad device id in audit".into()))?,
+                    device_name,
+                    doc_id: doc_id(&doc)?,
+                    hash: hash.map(hex::encode),
+                    scope,
+                });
+            }
+            out.reverse();
+            Ok(out)
+        })
     }
 
     /// Every known device, by creation time.
@@ -1194,5 +1703,18 @@ impl RelayStorage for SqliteRelayStore {
 
     fn touch_device(&mut self, device_id: Uuid) -> Result<(), StorageError> {
         Ok(self.touch(device_id)?)
+    }
+
+    fn redeem(
+        &mut self,
+        device_id: Uuid,
+        token: &str,
+        credential: &str,
+    ) -> Result<Result<DeviceInfo, String>, StorageError> {
+        Ok(self.redeem_token(device_id, token, credential)?)
+    }
+
+    fn refresh_device(&mut self, device: &DeviceInfo) -> Result<Option<DeviceInfo>, StorageError> {
+        Ok(self.device_grant(device.device_id)?)
     }
 }

@@ -78,6 +78,38 @@ CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
 CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
 "#,
+    // v2: one-time enrolment tokens, scope moves, and a counter of device changes.
+    r#"
+-- Enrolment tokens printed by `device enroll`; only SHA-256 of the secret is kept. A token is
+-- bound to the device that redeems it (or, with `device_id` set at enrolment, only to that
+-- one) and can be redeemed once.
+CREATE TABLE enrolments (
+    token_hash BLOB PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    device_id BLOB,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    revoked_at INTEGER
+) WITHOUT ROWID;
+
+-- Every time a document was re-filed under another scope: `seq` is the log position of its
+-- Leave entry. Lets the relay accept a change written before its author knew of the move.
+CREATE TABLE moves (
+    doc_id BLOB NOT NULL,
+    from_scope TEXT NOT NULL,
+    to_scope TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX moves_doc ON moves(doc_id, seq);
+
+-- Bumped by every enrolment, redemption and revocation, by whichever process makes it; a
+-- running relay polls it and re-checks its open connections.
+INSERT INTO meta (key, value) VALUES ('devices.generation', 0);
+"#,
 ];
 
 /// The schema version this build creates and migrates to.

@@ -127,6 +127,7 @@ fn relay_at(path: &Path, open: Option<OpenEnrollment>) -> SqliteRelayStore {
         RelayStoreOptions {
             cache_docs: 4,
             open,
+            ..RelayStoreOptions::default()
         },
     )
     .unwrap()

@@ -1,0 +1,415 @@
+//! Devices over real QUIC on 127.0.0.1, with raw protocol clients (to send what a
+//! well-behaved client never would) and the `fieldsync-relay` binary run as a separate process
+//! on the running relay's data directory (`device enroll|list|revoke`, `audit`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use fieldsync_core::model::{EditCtx, NewCustomer, create_customer};
+use fieldsync_core::protocol::codec::{check_len, decode, encode};
+use fieldsync_core::protocol::messages::MAGIC;
+use fieldsync_core::protocol::{
+    Cursor, EnrolToken, ErrorCode, Message, PROTOCOL_VERSION, UploadChange,
+};
+use fieldsync_core::store::Store;
+use fieldsync_core::{DocId, Role};
+use fieldsync_relay::{Relay, RelayConfig, tls};
+use quinn::{Endpoint, RecvStream, SendStream};
+use uuid::Uuid;
+
+const STEP: Duration = Duration::from_secs(10);
+const BIN: &str = env!("CARGO_BIN_EXE_fieldsync-relay");
+
+async fn start(dir: &Path) -> Relay {
+    Relay::start(RelayConfig {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+struct Raw {
+    _ep: Endpoint,
+    conn: quinn::Connection,
+    send: SendStream,
+    recv: RecvStream,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr, pin: &str) -> Self {
+        let mut ep = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(tls::client_config(pin).unwrap());
+        let conn = tokio::time::timeout(STEP, ep.connect(addr, tls::SERVER_NAME).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        Self {
+            _ep: ep,
+            conn,
+            send,
+            recv,
+        }
+    }
+
+    async fn send(&mut self, m: &Message) {
+        self.send.write_all(&encode(m).unwrap()).await.unwrap();
+    }
+
+    /// The next message; `None` when the relay ended the stream or the connection.
+    async fn recv_within(&mut self, limit: Duration) -> Option<Message> {
+        tokio::time::timeout(limit, async {
+            let mut len = [0u8; 4];
+            self.recv.read_exact(&mut len).await.ok()?;
+            let mut body = vec![0u8; check_len(u32::from_be_bytes(len)).unwrap()];
+            self.recv.read_exact(&mut body).await.ok()?;
+            Some(decode(&body).unwrap())
+        })
+        .await
+        .expect("an answer in time")
+    }
+
+    async fn recv(&mut self) -> Option<Message> {
+        self.recv_within(STEP).await
+    }
+
+    async fn hello(&mut self, device_id: Uuid, credential: Option<String>) -> Message {
+        self.send(&Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            device_id,
+            credential,
+            agent: "devices-test".into(),
+        })
+        .await;
+        self.recv().await.expect("an answer to Hello")
+    }
+}
+
+fn new_customer(store: &mut Store, name: &str, scope: &str) -> DocId {
+    store
+        .create(|d, id| {
+            create_customer(
+                d,
+                id,
+                &NewCustomer {
+                    org: "acme".into(),
+                    scope: scope.into(),
+                    name: name.into(),
+                    ..Default::default()
+                },
+                &EditCtx::new("rep", Role::Rep),
+            )
+        })
+        .unwrap()
+        .id
+}
+
+fn outbox(store: &Store) -> Vec<UploadChange> {
+    store
+        .outbox_batch(0, 1000, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|c| UploadChange {
+            doc_id: c.doc_id,
+            bytes: c.bytes,
+        })
+        .collect()
+}
+
+fn relay_cli(data: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run fieldsync-relay")
+}
+
+fn cli_ok(data: &Path, args: &[&str]) -> String {
+    let out = relay_cli(data, args);
+    assert!(
+        out.status.success(),
+        "fieldsync-relay {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_actor_is_refused_and_does_not_poison_the_real_author() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(&dir.path().join("relay")).await;
+    let mut victim = Store::open(dir.path().join("victim.db")).unwrap();
+    let mallory_id = Uuid::now_v7();
+    let m = relay
+        .store()
+        .enroll_device(Some(mallory_id), "mallory", Role::Admin, &["*".into()])
+        .unwrap();
+    let v = relay
+        .store()
+        .enroll_device(
+            Some(victim.device_id()),
+            "victim",
+            Role::Rep,
+            &["north".into()],
+        )
+        .unwrap();
+    new_customer(&mut victim, "Victim's customer", "north");
+    let stolen = outbox(&victim);
+
+    // Even an admin may not upload another device's change as its own.
+    let mut raw = Raw::connect(relay.local_addr(), relay.fingerprint()).await;
+    assert!(matches!(
+        raw.hello(mallory_id, Some(m.secret)).await,
+        Message::Welcome { .. }
+    ));
+    raw.send(&Message::Upload {
+        batch: 1,
+        changes: stolen.clone(),
+    })
+    .await;
+    match raw.recv().await {
+        Some(Message::UploadAck {
+            accepted, rejected, ..
+        }) => {
+            assert!(accepted.is_empty());
+            assert_eq!(rejected.len(), 1);
+            assert!(!rejected[0].retry, "refused for good");
+            assert!(
+                rejected[0].reason.contains("is not the sending device"),
+                "{}",
+                rejected[0].reason
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(relay.store().status().unwrap().changes, 0);
+
+    // The real author's upload of the same change goes through.
+    let mut raw = Raw::connect(relay.local_addr(), relay.fingerprint()).await;
+    assert!(matches!(
+        raw.hello(victim.device_id(), Some(v.secret)).await,
+        Message::Welcome { .. }
+    ));
+    raw.send(&Message::Upload {
+        batch: 1,
+        changes: stolen,
+    })
+    .await;
+    match raw.recv().await {
+        Some(Message::UploadAck {
+            accepted, rejected, ..
+        }) => assert_eq!((accepted.len(), rejected.len()), (1, 0)),
+        other => panic!("{other:?}"),
+    }
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_protocol_version_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let mut raw = Raw::connect(relay.local_addr(), relay.fingerprint()).await;
+    raw.send(&Message::Hello {
+        magic: MAGIC,
+        version: 1,
+        device_id: Uuid::now_v7(),
+        credential: None,
+        agent: "old".into(),
+    })
+    .await;
+    match raw.recv().await {
+        Some(Message::Error { code, reason }) => {
+            assert_eq!(code, ErrorCode::VersionMismatch);
+            assert!(reason.contains(&PROTOCOL_VERSION.to_string()), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_enrols_lists_audits_and_revokes_while_the_relay_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let relay = start(&data).await;
+    let addr = relay.local_addr();
+
+    // A wildcard listen address is no address for a token: the CLI asks for one.
+    let out = relay_cli(
+        &data,
+        &[
+            "device", "enroll", "--name", "x", "--role", "rep", "--scope", "north",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--relay-addr"));
+
+    // Another process enrols a device on the running relay's data directory.
+    let printed = cli_ok(
+        &data,
+        &[
+            "device",
+            "enroll",
+            "--name",
+            "Li Wei laptop",
+            "--role",
+            "rep",
+            "--scope",
+            "north-mines",
+            "--scope",
+            "north-coal",
+            "--relay-addr",
+            &addr.to_string(),
+        ],
+    );
+    let token: EnrolToken = printed
+        .lines()
+        .last()
+        .expect("a last line")
+        .parse()
+        .expect("the last line is the token");
+    assert_eq!(token.relay, addr.to_string());
+    assert_eq!(token.pin, relay.fingerprint());
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli_ok(&data, &["device", "list", "--json"])).unwrap();
+    assert_eq!(listed["enrolments"][0]["name"], "Li Wei laptop");
+    assert!(listed["devices"].as_array().unwrap().is_empty());
+
+    // The device redeems it with its own credential, then syncs.
+    let mut store = Store::open(dir.path().join("laptop.db")).unwrap();
+    let credential = "ab".repeat(32);
+    let mut raw = Raw::connect(addr, &token.pin).await;
+    raw.send(&Message::Enrol {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        device_id: store.device_id(),
+        token: token.secret.clone(),
+        credential: credential.clone(),
+        agent: "devices-test".into(),
+    })
+    .await;
+    let Some(Message::Welcome {
+        scopes,
+        role,
+        epoch,
+        ..
+    }) = raw.recv().await
+    else {
+        panic!("enrolment refused")
+    };
+    assert_eq!(role, Role::Rep);
+    assert_eq!(scopes, vec!["north-mines", "north-coal"]);
+    let id = new_customer(&mut store, "Baotou Mining", "north-mines");
+    raw.send(&Message::Upload {
+        batch: 1,
+        changes: outbox(&store),
+    })
+    .await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(Message::UploadAck { rejected, .. }) if rejected.is_empty()
+    ));
+    raw.send(&Message::Pull {
+        cursor: Cursor {
+            epoch,
+            scopes: Default::default(),
+        },
+        max_bytes: 1 << 20,
+    })
+    .await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(Message::Batch {
+            caught_up: true,
+            ..
+        })
+    ));
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli_ok(&data, &["device", "list", "--json"])).unwrap();
+    let dev = &listed["devices"][0];
+    assert_eq!(dev["device_id"], store.device_id().to_string());
+    assert_eq!(dev["name"], "Li Wei laptop");
+    assert!(dev["last_seen"].as_i64().is_some(), "last sync: {dev}");
+    assert!(listed["enrolments"].as_array().unwrap().is_empty(), "used");
+    let text = cli_ok(&data, &["device", "list"]);
+    assert!(
+        text.contains("Li Wei laptop") && text.contains("enrolled"),
+        "{text}"
+    );
+
+    // The audit trail names the device, the document and the time.
+    let audit: serde_json::Value = serde_json::from_str(&cli_ok(
+        &data,
+        &["audit", "--device", "Li Wei laptop", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+    assert_eq!(audit[0]["doc_id"], id.to_string());
+    assert_eq!(audit[0]["device_name"], "Li Wei laptop");
+    assert_eq!(audit[0]["scope"], "north-mines");
+    assert!(audit[0]["at"].as_i64().is_some());
+    let by_doc: serde_json::Value = serde_json::from_str(&cli_ok(
+        &data,
+        &["audit", "--doc", &id.to_string(), "--json"],
+    ))
+    .unwrap();
+    assert_eq!(by_doc, audit);
+    let none: serde_json::Value =
+        serde_json::from_str(&cli_ok(&data, &["audit", "--device", "nobody", "--json"])).unwrap();
+    assert!(none.as_array().unwrap().is_empty());
+
+    // The token is spent.
+    let mut again = Raw::connect(addr, &token.pin).await;
+    again
+        .send(&Message::Enrol {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            device_id: Uuid::now_v7(),
+            token: token.secret.clone(),
+            credential: "cd".repeat(32),
+            agent: "thief".into(),
+        })
+        .await;
+    assert!(matches!(
+        again.recv().await,
+        Some(Message::Error { code: ErrorCode::Unauthorized, reason }) if reason.contains("already used")
+    ));
+
+    // Revoked by name from another process: the open connection is closed within about a
+    // second (the relay polls the device table), with a reason.
+    let started = Instant::now();
+    let out = cli_ok(&data, &["device", "revoke", "Li Wei laptop"]);
+    assert!(out.contains(&store.device_id().to_string()), "{out}");
+    match raw.recv_within(Duration::from_secs(5)).await {
+        Some(Message::Error { code, reason }) => {
+            assert_eq!(code, ErrorCode::Unauthorized);
+            assert!(reason.contains("revoked"), "{reason}");
+        }
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    assert_eq!(raw.recv().await, None, "and the stream ends");
+    tokio::time::timeout(STEP, raw.conn.closed()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Its next connection is refused.
+    let mut next = Raw::connect(addr, &token.pin).await;
+    assert!(matches!(
+        next.hello(store.device_id(), Some(credential)).await,
+        Message::Error {
+            code: ErrorCode::Unauthorized,
+            ..
+        }
+    ));
+    let out = relay_cli(&data, &["device", "revoke", "Li Wei laptop"]);
+    assert!(!out.status.success(), "nothing left to revoke");
+    let text = cli_ok(&data, &["device", "list"]);
+    assert!(text.contains("revoked"), "{text}");
+    relay.shutdown().await.unwrap();
+}
