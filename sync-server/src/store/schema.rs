@@ -141,3 +141,53 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), RelayStoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_earlier_version_migrates_to_the_current_one() {
+        for from in 1..SCHEMA_VERSION {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("relay.db");
+            {
+                let mut c = Connection::open(&path).unwrap();
+                for sql in &MIGRATIONS[..from as usize] {
+                    c.execute_batch(sql).unwrap();
+                }
+                c.pragma_update(None, "application_id", APPLICATION_ID)
+                    .unwrap();
+                c.pragma_update(None, "user_version", from).unwrap();
+                let tx = c.transaction().unwrap();
+                tx.execute(
+                    "INSERT INTO devices (device_id, name, role, scopes, created_at)
+                     VALUES (x'01', 'old', 'rep', '[\"north\"]', 1)",
+                    [],
+                )
+                .unwrap();
+                tx.commit().unwrap();
+            }
+            let mut c = Connection::open(&path).unwrap();
+            migrate(&mut c).unwrap();
+            let v: i32 = c
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, SCHEMA_VERSION);
+            let name: String = c
+                .query_row("SELECT name FROM devices", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(name, "old", "data survives");
+            let g: i64 = c
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'devices.generation'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(g, 0);
+            c.execute_batch("SELECT count(*) FROM enrolments; SELECT count(*) FROM moves;")
+                .unwrap();
+        }
+    }
+}

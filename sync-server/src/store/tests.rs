@@ -762,3 +762,228 @@ fn the_document_cache_stays_bounded() {
     assert!(r.cached_docs() <= 4);
     assert_eq!(r.high_seq().unwrap(), 20);
 }
+
+#[test]
+fn enrolment_tokens_bind_once_expire_and_never_take_over_a_known_device() {
+    let (_d, r) = relay();
+    let scopes = vec!["north".to_string()];
+    let day = Duration::from_secs(86_400);
+    let cred = "ab".repeat(32);
+    let a = Uuid::now_v7();
+    let t = r
+        .create_enrolment("A laptop", Role::Manager, &scopes, None, day)
+        .unwrap();
+    assert_eq!(t.len(), 32);
+    assert!(r.redeem_token(a, &t, "short").unwrap().is_err());
+    let info = r.redeem_token(a, &t, &cred).unwrap().unwrap();
+    assert_eq!((info.role, info.name.as_str()), (Role::Manager, "A laptop"));
+    // The answer was lost: the same device with the same credential again is fine (any case).
+    assert_eq!(
+        r.redeem_token(a, &t.to_uppercase(), &cred).unwrap(),
+        Ok(info.clone())
+    );
+    // Anything else with a used token is refused.
+    let e = r
+        .redeem_token(a, &t, &"cd".repeat(32))
+        .unwrap()
+        .unwrap_err();
+    assert!(e.contains("already used"), "{e}");
+    let e = r
+        .redeem_token(Uuid::now_v7(), &t, &cred)
+        .unwrap()
+        .unwrap_err();
+    assert!(e.contains("already used"), "{e}");
+    assert!(r.redeem_token(a, &"00".repeat(16), &cred).unwrap().is_err());
+    assert_eq!(
+        r.authenticate_device(a, Some(&cred)).unwrap(),
+        Some(info.clone())
+    );
+    // A fresh token cannot take over an enrolled (or revoked) device id...
+    let t2 = r
+        .create_enrolment("B laptop", Role::Admin, &scopes, None, day)
+        .unwrap();
+    let e = r
+        .redeem_token(a, &t2, &"ef".repeat(32))
+        .unwrap()
+        .unwrap_err();
+    assert!(e.contains("--device-id"), "{e}");
+    assert_eq!(r.authenticate_device(a, Some(&cred)).unwrap(), Some(info));
+    // ...but one made for that id re-enrols it, lifting a revocation.
+    r.revoke(&a.to_string()).unwrap();
+    assert_eq!(r.authenticate_device(a, Some(&cred)).unwrap(), None);
+    let t3 = r
+        .create_enrolment("A laptop again", Role::Rep, &scopes, Some(a), day)
+        .unwrap();
+    let e = r
+        .redeem_token(Uuid::now_v7(), &t3, &cred)
+        .unwrap()
+        .unwrap_err();
+    assert!(e.contains("another device"), "{e}");
+    let again = r.redeem_token(a, &t3, &"12".repeat(32)).unwrap().unwrap();
+    assert_eq!(again.role, Role::Rep);
+    assert_eq!(r.authenticate_device(a, Some(&cred)).unwrap(), None);
+    assert!(
+        r.authenticate_device(a, Some(&"12".repeat(32)))
+            .unwrap()
+            .is_some()
+    );
+    // Expired tokens are refused.
+    let t4 = r
+        .create_enrolment("late", Role::Rep, &scopes, None, Duration::ZERO)
+        .unwrap();
+    let e = r
+        .redeem_token(Uuid::now_v7(), &t4, &cred)
+        .unwrap()
+        .unwrap_err();
+    assert!(e.contains("expired"), "{e}");
+    assert!(
+        !r.enrolments()
+            .unwrap()
+            .iter()
+            .any(|e| e.name == "late" && e.is_pending(now_millis()))
+    );
+    // Bad requests.
+    assert!(
+        r.create_enrolment(" ", Role::Rep, &scopes, None, day)
+            .is_err()
+    );
+    assert!(r.create_enrolment("x", Role::Rep, &[], None, day).is_err());
+    assert!(r.revoke("nobody").is_err());
+}
+
+#[test]
+fn revocations_and_enrolments_bump_the_device_generation() {
+    let (_d, r) = relay();
+    let mut seen = r.subscribe_devices();
+    let g0 = *seen.borrow_and_update();
+    let e = r
+        .enroll_device(None, "dup", Role::Rep, &["north".into()])
+        .unwrap();
+    let e2 = r
+        .enroll_device(None, "dup", Role::Rep, &["north".into()])
+        .unwrap();
+    assert!(seen.has_changed().unwrap());
+    let g1 = *seen.borrow_and_update();
+    assert!(g1 > g0);
+    // A name revokes every active device with it.
+    let out = r.revoke("dup").unwrap();
+    assert_eq!(out.devices.len(), 2);
+    assert!(out.devices.contains(&e.device_id) && out.devices.contains(&e2.device_id));
+    assert!(*seen.borrow_and_update() > g1);
+    assert_eq!(r.device_grant(e.device_id).unwrap(), None);
+    // Another handle on the same file (another process) notices on its next poll.
+    let other = SqliteRelayStore::open(r.path(), RelayStoreOptions::default()).unwrap();
+    let mut watch = other.subscribe_devices();
+    watch.borrow_and_update();
+    r.create_enrolment(
+        "x",
+        Role::Rep,
+        &["north".into()],
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(!watch.has_changed().unwrap());
+    other.poll_devices().unwrap();
+    assert!(watch.has_changed().unwrap());
+}
+
+#[test]
+fn changes_written_before_a_move_are_accepted_only_within_the_grace_period() {
+    for grace in [Duration::from_secs(86_400), Duration::ZERO] {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SqliteRelayStore::open(
+            dir.path().join(DB_FILE),
+            RelayStoreOptions {
+                move_grace: grace,
+                ..RelayStoreOptions::default()
+            },
+        )
+        .unwrap();
+        let mut rep = device(Role::Rep, &["north"]);
+        let mut mgr = device(Role::Manager, &["north", "south"]);
+        let cust = rep.customer("Moving Co", "north");
+        assert_eq!(
+            stored(&r.append_changes(&rep.info, &rep.outbox(), false).unwrap()),
+            1
+        );
+        // Offline, the rep edits it and logs a new visit.
+        rep.edit(
+            cust,
+            CustomerEdit::Set(CustomerField::Industry, "mining".into()),
+        );
+        let visit = rep.visit(cust, "north");
+        let pending: Vec<UploadChange> = rep.outbox().split_off(1);
+        assert_eq!(pending.len(), 2);
+        mgr.receive(&r);
+        mgr.edit(cust, CustomerEdit::SetScope("south".into()));
+        assert_eq!(
+            stored(&r.append_changes(&mgr.info, &mgr.outbox(), false).unwrap()),
+            1
+        );
+        let out = r.append_changes(&rep.info, &pending, false).unwrap();
+        if grace.is_zero() {
+            assert_eq!(refusals(&out).len(), 2, "{out:?}");
+            assert!(
+                refusals(&out)[0]
+                    .reason
+                    .contains("outside the device's scopes")
+            );
+            continue;
+        }
+        assert_eq!(stored(&out), 2, "{out:?}");
+        // Filed under the new scope.
+        let (south, _) = r.log_after("south", 0, usize::MAX).unwrap();
+        assert!(south.iter().any(|e| e.doc_id == visit));
+        assert_eq!(south.last().unwrap().doc_id, visit);
+        // A change built on the move (the rep received it) is not excused.
+        rep.receive(&r);
+        rep.edit(
+            cust,
+            CustomerEdit::Set(CustomerField::Industry, "coal".into()),
+        );
+        let after: Vec<UploadChange> = rep.outbox().split_off(3);
+        assert_eq!(after.len(), 1);
+        let out = r.append_changes(&rep.info, &after, false).unwrap();
+        assert_eq!(refusals(&out).len(), 1, "{out:?}");
+    }
+}
+
+#[test]
+fn the_audit_trail_filters_by_document_and_device() {
+    let (_d, r) = relay();
+    let mut a = device(Role::Rep, &["north"]);
+    let mut b = device(Role::Rep, &["north"]);
+    r.enroll_device(
+        Some(a.info.device_id),
+        "alice",
+        Role::Rep,
+        &["north".into()],
+    )
+    .unwrap();
+    let c1 = a.customer("One", "north");
+    let c2 = b.customer("Two", "north");
+    r.append_changes(&a.info, &a.outbox(), false).unwrap();
+    r.append_changes(&b.info, &b.outbox(), false).unwrap();
+    let all = r.audit(None, None, 100).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all[0].seq < all[1].seq);
+    assert_eq!(all[0].device_name.as_deref(), Some("alice"));
+    assert_eq!(all[0].scope.as_deref(), Some("north"));
+    assert_eq!(all[0].hash.as_ref().map(String::len), Some(64));
+    assert_eq!(r.audit(Some(c2), None, 100).unwrap()[0].doc_id, c2);
+    assert_eq!(r.audit(None, Some("alice"), 100).unwrap()[0].doc_id, c1);
+    let by_id = r
+        .audit(None, Some(&b.info.device_id.to_string()), 100)
+        .unwrap();
+    assert_eq!(by_id.len(), 1);
+    assert_eq!(by_id[0].doc_id, c2);
+    assert_eq!(
+        r.audit(None, None, 1).unwrap()[0].doc_id,
+        c2,
+        "the most recent"
+    );
+    // Append-only.
+    let e = r.write(|tx| Ok(tx.execute("DELETE FROM audit", [])?));
+    assert!(e.is_err());
+}
