@@ -1,0 +1,304 @@
+//! Sync over bad links, through the seeded UDP fault proxy (issue 5, part 1; FAILURES.md rows
+//! 7, 8 and 10): 20 % loss each way with a 300 ms round trip, a link cut every few seconds
+//! during a sync of thousands of changes, and a 64 kbit/s bottleneck.
+//!
+//! The clients run [`SyncHandle`] — the background sync a rep's laptop runs, with live pushes
+//! and reconnects with backoff — and keep editing while the link misbehaves. Each test ends
+//! with the §4.1 checks: every outbox empty, every replica and the relay holding the same
+//! documents with the same heads (so every acknowledged change is on the relay and on every
+//! replica), the same content everywhere, and healthy replicas; plus an explicit oracle: every
+//! change hash that was in an outbox before syncing is in the relay's change table.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fieldsync_client::fieldsync_core::model::{Edit, EditCtx, apply_edit};
+use fieldsync_client::sync::{BackoffConfig, SyncConfig, SyncEvent, SyncHandle};
+use fieldsync_client::{Client, CustomerEdit, CustomerField, DocId, NewCustomer, Role};
+use fieldsync_relay::{Relay, RelayConfig};
+use fieldsync_tests::faultproxy::{FaultConfig, FaultProxy, LinkConfig};
+use tokio::sync::broadcast::Receiver;
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    relay: Relay,
+    proxy: FaultProxy,
+}
+
+impl Setup {
+    async fn new(faults: FaultConfig, relay_idle_secs: u64) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let relay = Relay::start(RelayConfig {
+            data_dir: dir.join("relay"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            idle_timeout_secs: relay_idle_secs,
+            ..RelayConfig::default()
+        })
+        .await
+        .expect("relay starts");
+        let proxy = FaultProxy::start("127.0.0.1:0".parse().unwrap(), relay.local_addr(), faults)
+            .await
+            .expect("proxy starts");
+        Self {
+            _tmp: tmp,
+            dir,
+            relay,
+            proxy,
+        }
+    }
+
+    fn relay_db(&self) -> PathBuf {
+        self.dir.join("relay").join("relay.db")
+    }
+
+    fn client(&self, name: &str) -> Client {
+        Client::open(self.dir.join(format!("{name}.db"))).expect("replica opens")
+    }
+
+    /// A client configuration through the proxy: quick to notice a dead link and quick to
+    /// come back, as a laptop on a flaky link should be configured.
+    fn config(&self, idle: Duration) -> SyncConfig {
+        let mut c = SyncConfig::new(
+            self.proxy.local_addr().to_string(),
+            self.relay.fingerprint().to_string(),
+        );
+        c.connect_timeout = Duration::from_secs(5);
+        c.idle_timeout = idle;
+        c.keep_alive = (idle / 4).max(Duration::from_millis(100));
+        c.response_timeout = Duration::from_secs(20);
+        c.poll_interval = Duration::from_millis(200);
+        c.backoff = BackoffConfig {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        c
+    }
+}
+
+fn create_customers(client: &Client, prefix: &str, n: usize) -> Vec<DocId> {
+    (0..n)
+        .map(|i| {
+            client
+                .customers()
+                .create(NewCustomer {
+                    scope: "north".into(),
+                    name: format!("{prefix} {i:05}"),
+                    phone: Some(format!("+86 139 {:04} {i:04}", prefix.len())),
+                    ..Default::default()
+                })
+                .expect("create")
+        })
+        .collect()
+}
+
+/// Counts the events a handle has published so far and checks that none was a refusal
+/// (every change here is valid) or a fatal stop.
+fn drain_events(rx: &mut Receiver<SyncEvent>) -> (u64, u64) {
+    let (mut connected, mut disconnected) = (0, 0);
+    while let Ok(e) = rx.try_recv() {
+        match e {
+            SyncEvent::Connected { .. } => connected += 1,
+            SyncEvent::Disconnected { .. } => disconnected += 1,
+            SyncEvent::Rejected { hash, reason } => panic!("change {hash} refused: {reason}"),
+            SyncEvent::Stopped => panic!("a sync handle stopped by itself"),
+            _ => {}
+        }
+    }
+    (connected, disconnected)
+}
+
+/// The oracle check: every hash that was written (and so queued) is on the relay.
+fn assert_relay_has(relay_db: &Path, written: &[support::Hash]) {
+    let lacking = support::relay_lacks(relay_db, written);
+    assert!(
+        lacking.is_empty(),
+        "{} of {} written changes are not on the relay",
+        lacking.len(),
+        written.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_percent_loss_with_300ms_rtt_converges_while_editing() {
+    let link = LinkConfig {
+        loss: 0.2,
+        delay: Duration::from_millis(150),
+        jitter: Duration::from_millis(10),
+        ..LinkConfig::default()
+    };
+    let s = Setup::new(FaultConfig::symmetric(0x1055, link), 30).await;
+    let (a, b) = (s.client("a"), s.client("b"));
+    let a_ids = create_customers(&a, "lossy-a", 60);
+    let b_ids = create_customers(&b, "lossy-b", 60);
+    let mut written = support::outbox_hashes(&a);
+    written.extend(support::outbox_hashes(&b));
+    let cfg = s.config(Duration::from_secs(10));
+    let ha = SyncHandle::start(a.clone(), cfg.clone());
+    let hb = SyncHandle::start(b.clone(), cfg);
+    let (mut ea, mut eb) = (ha.subscribe(), hb.subscribe());
+    // Both keep working while connected: edits to their own and to each other's customers
+    // (those arrive over the lossy link first), including the same field on both sides.
+    for round in 0..20 {
+        a.customers()
+            .add_phone(a_ids[round], format!("+86 138 0000 {round:04}"))
+            .unwrap();
+        b.customers()
+            .edit(
+                b_ids[round],
+                CustomerEdit::Set(CustomerField::Stage, format!("stage-{round}")),
+            )
+            .unwrap();
+        if b.customers().get(a_ids[0]).is_ok() {
+            b.customers()
+                .edit(
+                    a_ids[0],
+                    CustomerEdit::Set(CustomerField::Industry, format!("b-{round}")),
+                )
+                .unwrap();
+        }
+        a.customers()
+            .edit(
+                a_ids[0],
+                CustomerEdit::Set(CustomerField::Industry, format!("a-{round}")),
+            )
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let clients = [&a, &b];
+    support::wait_converged(&clients, &s.relay_db(), Duration::from_secs(60)).await;
+    support::assert_same_content(&clients);
+    assert_relay_has(&s.relay_db(), &written);
+    assert_eq!(a.with_store(|st| st.doc_count()).unwrap(), 120);
+    drain_events(&mut ea);
+    drain_events(&mut eb);
+    let stats = s.proxy.stats();
+    eprintln!("proxy: {stats:?}");
+    assert!(
+        stats.up.dropped_loss > 0 && stats.down.dropped_loss > 0,
+        "the link really lost packets"
+    );
+    ha.stop().await;
+    hb.stop().await;
+    s.relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_cut_every_few_seconds_during_a_3000_change_sync() {
+    // Up 2.5 s, down 1.5 s, repeating; the clients' idle timeout (1 s) is shorter than a cut,
+    // so every cut kills the connection and the handle must reconnect and resume.
+    let faults = FaultConfig {
+        cut_every: Some((Duration::from_millis(2_500), Duration::from_millis(1_500))),
+        ..FaultConfig::symmetric(
+            0xc07,
+            LinkConfig {
+                delay: Duration::from_millis(5),
+                ..LinkConfig::default()
+            },
+        )
+    };
+    let s = Setup::new(faults, 2).await;
+    let (a, b) = (s.client("a"), s.client("b"));
+    // 1,000 customers with two more edits each: 3,000 changes to upload and to download.
+    let ids = create_customers(&a, "cut", 1_000);
+    let ctx = EditCtx::new("rep-a", Role::Rep);
+    a.with_store(|st| {
+        st.transaction(|tx| {
+            for (i, id) in ids.iter().enumerate() {
+                for (field, v) in [
+                    (CustomerField::Stage, format!("stage {i}")),
+                    (CustomerField::Industry, format!("industry {i}")),
+                ] {
+                    let edit = Edit::Customer(CustomerEdit::Set(field, v));
+                    tx.edit(*id, |doc| apply_edit(doc, &edit, &ctx))?;
+                }
+            }
+            Ok(())
+        })
+    })
+    .unwrap();
+    let written = support::outbox_hashes(&a);
+    assert_eq!(written.len(), 3_000);
+    let cfg = s.config(Duration::from_secs(1));
+    let started = Instant::now();
+    let ha = SyncHandle::start(a.clone(), cfg.clone());
+    let hb = SyncHandle::start(b.clone(), cfg);
+    let (mut ea, mut eb) = (ha.subscribe(), hb.subscribe());
+    // b edits too while the link keeps dropping.
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let id = create_customers(&b, &format!("cut-b{i}"), 1)[0];
+        b.customers()
+            .add_phone(id, format!("+86 137 {i:08}"))
+            .unwrap();
+    }
+    let clients = [&a, &b];
+    support::wait_converged(&clients, &s.relay_db(), Duration::from_secs(60)).await;
+    eprintln!(
+        "3,000 changes up and down through cuts in {:?}",
+        started.elapsed()
+    );
+    support::assert_same_content(&clients);
+    assert_relay_has(&s.relay_db(), &written);
+    let (ca, da) = drain_events(&mut ea);
+    let (cb, db) = drain_events(&mut eb);
+    eprintln!("a: {ca} connections, {da} disconnects; b: {cb} connections, {db} disconnects");
+    let stats = s.proxy.stats();
+    eprintln!("proxy: {stats:?}");
+    assert!(
+        stats.up.dropped_cut + stats.down.dropped_cut > 0,
+        "cuts happened"
+    );
+    assert!(
+        ca + cb > 2,
+        "the cuts broke connections and the handles reconnected"
+    );
+    ha.stop().await;
+    hb.stop().await;
+    s.relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_kbit_link_converges() {
+    let link = LinkConfig {
+        bandwidth_bps: Some(64_000),
+        delay: Duration::from_millis(40),
+        ..LinkConfig::default()
+    };
+    let s = Setup::new(FaultConfig::symmetric(0x64, link), 30).await;
+    let (a, b) = (s.client("a"), s.client("b"));
+    let a_ids = create_customers(&a, "slow-a", 250);
+    create_customers(&b, "slow-b", 50);
+    let mut written = support::outbox_hashes(&a);
+    written.extend(support::outbox_hashes(&b));
+    let cfg = s.config(Duration::from_secs(10));
+    let started = Instant::now();
+    let ha = SyncHandle::start(a.clone(), cfg.clone());
+    let hb = SyncHandle::start(b.clone(), cfg);
+    let (mut ea, mut eb) = (ha.subscribe(), hb.subscribe());
+    for (i, id) in a_ids.iter().take(20).enumerate() {
+        a.customers()
+            .add_note(*id, format!("called on a slow link, note {i}"))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let clients = [&a, &b];
+    support::wait_converged(&clients, &s.relay_db(), Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    support::assert_same_content(&clients);
+    assert_relay_has(&s.relay_db(), &written);
+    drain_events(&mut ea);
+    drain_events(&mut eb);
+    let stats = s.proxy.stats();
+    let bytes = stats.up.bytes_forwarded + stats.down.bytes_forwarded;
+    eprintln!(
+        "{bytes} bytes through the 64 kbit/s link in {took:?} ({:.1} kbit/s); proxy: {stats:?}",
+        bytes as f64 * 8.0 / took.as_secs_f64() / 1000.0
+    );
+    ha.stop().await;
+    hb.stop().await;
+    s.relay.shutdown().await.unwrap();
+}
