@@ -22,6 +22,11 @@ const SET_LIKE: &[&str] = &[
     "governed_log",
 ];
 
+/// Deepest map level the scan descends to. fieldsync documents nest a few levels
+/// (`contacts/<id>/phone`); a hostile change can nest thousands of maps, and an unbounded
+/// recursion would overflow the stack, which aborts the process instead of panicking.
+const MAX_DEPTH: usize = 32;
+
 /// One field holding several concurrent values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conflict {
@@ -34,11 +39,11 @@ pub struct Conflict {
 /// Lists every field with more than one distinct concurrent value.
 pub fn conflicts<R: ReadDoc>(doc: &R) -> Vec<Conflict> {
     let mut out = Vec::new();
-    walk(doc, &ROOT, "", &mut out);
+    walk(doc, &ROOT, "", 0, &mut out);
     out
 }
 
-fn walk<R: ReadDoc>(doc: &R, obj: &ObjId, prefix: &str, out: &mut Vec<Conflict>) {
+fn walk<R: ReadDoc>(doc: &R, obj: &ObjId, prefix: &str, depth: usize, out: &mut Vec<Conflict>) {
     for key in doc.keys(obj) {
         let path = if prefix.is_empty() {
             key.clone()
@@ -78,8 +83,10 @@ fn walk<R: ReadDoc>(doc: &R, obj: &ObjId, prefix: &str, out: &mut Vec<Conflict>)
         if SET_LIKE.contains(&key.as_str()) {
             continue;
         }
-        if let Some((Value::Object(ObjType::Map), child)) = shown {
-            walk(doc, &child, &path, out);
+        if let Some((Value::Object(ObjType::Map), child)) = shown
+            && depth < MAX_DEPTH
+        {
+            walk(doc, &child, &path, depth + 1, out);
         }
     }
 }
