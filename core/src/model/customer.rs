@@ -60,8 +60,9 @@ impl CustomerField {
     ];
 }
 
-/// What a new customer starts with.
+/// What a new customer starts with. Missing fields deserialize as empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NewCustomer {
     /// Organisation.
     pub org: String,

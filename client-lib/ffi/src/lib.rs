@@ -1,0 +1,280 @@
+//! The C ABI of the fieldsync client, for desktop apps that embed the replica.
+//!
+//! Documents, edits and query results cross the boundary as UTF-8 JSON, using the same serde
+//! shapes as the Rust API (`NewCustomer`, `Edit`, `Document`, …), so the C surface stays small
+//! and stable. Conventions:
+//! - functions returning `char *` return a string the caller frees with `fs_string_free`, or
+//!   `NULL` on error;
+//! - functions returning `int32_t` or `int64_t` return `-1` on error;
+//! - after an error, `fs_last_error()` describes it (per thread, until the next call).
+//!
+//! No Rust panic crosses the boundary: every entry point catches it and reports an error.
+//! The header is `client-lib/ffi/include/fieldsync.h`; `examples/c/embed.c` shows a full use.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, CString, c_char};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use fieldsync_client::sync::{SyncConfig, sync_now};
+use fieldsync_client::{Client, DocId, Edit, NewCustomer, NewQuote, NewVisit};
+
+/// An open replica. Create with `fs_open`, release with `fs_close`. A handle may be used from
+/// several threads; calls are serialised inside.
+pub struct FsClient {
+    client: Client,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_error(msg: &str) {
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+/// Runs `f`, turning errors and panics into the error convention.
+fn guard<T>(fail: T, f: impl FnOnce() -> Result<T, String>) -> T {
+    set_error("");
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            set_error(&e);
+            fail
+        }
+        Err(_) => {
+            set_error("internal error (panic caught at the C boundary)");
+            fail
+        }
+    }
+}
+
+/// Reads a required C string argument.
+///
+/// # Safety
+/// `p` is NULL or a valid NUL-terminated string.
+unsafe fn arg<'a>(p: *const c_char, name: &str) -> Result<&'a str, String> {
+    if p.is_null() {
+        return Err(format!("{name} is NULL"));
+    }
+    // SAFETY: the caller promises a valid NUL-terminated string.
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| format!("{name} is not UTF-8"))
+}
+
+/// Reads the client handle.
+///
+/// # Safety
+/// `c` is NULL or a pointer returned by `fs_open` and not yet closed.
+unsafe fn handle<'a>(c: *const FsClient) -> Result<&'a Client, String> {
+    if c.is_null() {
+        return Err("client is NULL".into());
+    }
+    // SAFETY: the caller promises a live handle from fs_open.
+    Ok(unsafe { &(*c).client })
+}
+
+fn out(s: String) -> Result<*mut c_char, String> {
+    CString::new(s)
+        .map(CString::into_raw)
+        .map_err(|_| "result contains a NUL byte".to_string())
+}
+
+fn doc_id(s: &str) -> Result<DocId, String> {
+    s.parse().map_err(|_| format!("`{s}` is not a document id"))
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<*mut c_char, String> {
+    out(serde_json::to_string(v).map_err(|e| e.to_string())?)
+}
+
+/// The message of the last error on this thread ("" if the last call succeeded). The pointer
+/// stays valid until the next fieldsync call on the same thread; do not free it.
+#[unsafe(no_mangle)]
+pub extern "C" fn fs_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Opens (or creates) the replica file at `path`. Returns NULL on error.
+///
+/// # Safety
+/// `path` is a valid NUL-terminated UTF-8 string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_open(path: *const c_char) -> *mut FsClient {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let path = unsafe { arg(path, "path") }?;
+        let client = Client::open(path).map_err(|e| e.to_string())?;
+        Ok(Box::into_raw(Box::new(FsClient { client })))
+    })
+}
+
+/// Closes a replica opened with `fs_open`. NULL is ignored.
+///
+/// # Safety
+/// `client` is NULL or a handle from `fs_open` not yet closed; it must not be used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_close(client: *mut FsClient) {
+    if !client.is_null() {
+        // SAFETY: the caller hands back ownership of a handle from fs_open.
+        drop(unsafe { Box::from_raw(client) });
+    }
+}
+
+/// Frees a string returned by a fieldsync function. NULL is ignored.
+///
+/// # Safety
+/// `s` is NULL or a string returned by fieldsync and not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_string_free(s: *mut c_char) {
+    if !s.is_null() {
+        // SAFETY: the string was created by CString::into_raw in this library.
+        drop(unsafe { CString::from_raw(s) });
+    }
+}
+
+/// Creates a document and returns its id. `kind` is `"customer"`, `"visit"` or `"quote"`;
+/// `json` is the new document, e.g. `{"scope":"north","name":"Baotou Mining"}` for a customer,
+/// `{"customer_id":"…","notes":"…","status":"done","kind":null,"at":null,"location":null}` for
+/// a visit, `{"customer_id":"…","currency":"CNY","quote_no":null,"valid_until":null}` for a
+/// quote. Visits and quotes take their customer's scope.
+///
+/// # Safety
+/// `client` is a live handle; `kind` and `json` are valid NUL-terminated UTF-8 strings.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_create(
+    client: *const FsClient,
+    kind: *const c_char,
+    json: *const c_char,
+) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let (c, kind, body) = unsafe { (handle(client)?, arg(kind, "kind")?, arg(json, "json")?) };
+        let bad = |e: serde_json::Error| format!("invalid {kind}: {e}");
+        let id = match kind {
+            "customer" => {
+                let new: NewCustomer = serde_json::from_str(body).map_err(bad)?;
+                c.customers().create(new)
+            }
+            "visit" => {
+                let new: NewVisit = serde_json::from_str(body).map_err(bad)?;
+                c.visits().create(new)
+            }
+            "quote" => {
+                let new: NewQuote = serde_json::from_str(body).map_err(bad)?;
+                c.quotes().create(new)
+            }
+            other => return Err(format!("unknown kind `{other}`")),
+        }
+        .map_err(|e| e.to_string())?;
+        out(id.to_string())
+    })
+}
+
+/// Returns a document as JSON (its kind under `"kind"`), or NULL if it does not exist.
+///
+/// # Safety
+/// `client` is a live handle; `id` is a valid NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_get(client: *const FsClient, id: *const c_char) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let (c, id) = unsafe { (handle(client)?, arg(id, "id")?) };
+        json(&c.document(doc_id(id)?).map_err(|e| e.to_string())?)
+    })
+}
+
+/// Applies an edit given as JSON, e.g. `{"kind":"customer","edit":{"set":["industry","mining"]}}`
+/// or `{"kind":"quote","edit":"submit"}`. Returns 0, or -1 on error (refused edits too, such as
+/// a rep setting a credit limit).
+///
+/// # Safety
+/// `client` is a live handle; `id` and `edit_json` are valid NUL-terminated strings.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_edit(
+    client: *const FsClient,
+    id: *const c_char,
+    edit_json: *const c_char,
+) -> i32 {
+    guard(-1, || {
+        // SAFETY: forwarded from the caller.
+        let (c, id, e) = unsafe { (handle(client)?, arg(id, "id")?, arg(edit_json, "edit")?) };
+        let edit: Edit = serde_json::from_str(e).map_err(|e| format!("invalid edit: {e}"))?;
+        c.apply_edit(doc_id(id)?, edit).map_err(|e| e.to_string())?;
+        Ok(0)
+    })
+}
+
+/// Runs a read-only SQL query over the projections (`customers`, `visits`, `quotes`,
+/// `quote_lines`, `timeline`, …) and returns a JSON array of row objects.
+///
+/// # Safety
+/// `client` is a live handle; `sql` is a valid NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_query(client: *const FsClient, sql: *const c_char) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let (c, sql) = unsafe { (handle(client)?, arg(sql, "sql")?) };
+        json(&c.query(sql, &[]).map_err(|e| e.to_string())?)
+    })
+}
+
+/// Fields holding concurrent values, as a JSON array of `{doc_id, kind, path, values}`.
+///
+/// # Safety
+/// `client` is a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_conflicts(client: *const FsClient) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let c = unsafe { handle(client)? };
+        json(&c.conflicts().map_err(|e| e.to_string())?)
+    })
+}
+
+/// Number of local changes the relay has not acknowledged yet, or -1 on error.
+///
+/// # Safety
+/// `client` is a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_outbox_len(client: *const FsClient) -> i64 {
+    guard(-1, || {
+        // SAFETY: forwarded from the caller.
+        let c = unsafe { handle(client)? };
+        let n = c.outbox_len().map_err(|e| e.to_string())?;
+        Ok(i64::try_from(n).unwrap_or(i64::MAX))
+    })
+}
+
+/// Syncs once with the relay at `relay` (`host:port`) whose certificate has the SHA-256
+/// fingerprint `pin`, presenting `credential` (NULL if the relay accepts the device without
+/// one). Blocks until caught up; returns the sync report as JSON.
+///
+/// # Safety
+/// `client` is a live handle; `relay`, `pin` are valid NUL-terminated strings; `credential` is
+/// NULL or one.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_sync(
+    client: *const FsClient,
+    relay: *const c_char,
+    pin: *const c_char,
+    credential: *const c_char,
+) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let (c, relay, pin) = unsafe { (handle(client)?, arg(relay, "relay")?, arg(pin, "pin")?) };
+        let mut cfg = SyncConfig::new(relay, pin);
+        if !credential.is_null() {
+            // SAFETY: forwarded from the caller.
+            cfg.credential = Some(unsafe { arg(credential, "credential") }?.to_string());
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let report = rt.block_on(sync_now(c, &cfg)).map_err(|e| e.to_string())?;
+        json(&report)
+    })
+}
