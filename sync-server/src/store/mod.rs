@@ -105,9 +105,23 @@ pub enum RelayStoreError {
 
 impl From<RelayStoreError> for StorageError {
     fn from(e: RelayStoreError) -> Self {
-        // The details stay in the relay's log; the client only learns that it should retry.
+        // The details stay in the relay's log; the client only learns that it should retry,
+        // and whether the relay's disk is full (an operator must act, the rep need not).
         tracing::error!(error = %e, "relay storage failed");
+        if e.is_disk_full() {
+            return Self(
+                "the relay's disk is full; your changes stay queued until it has room".into(),
+            );
+        }
         Self("relay storage failure (details in the relay log)".into())
+    }
+}
+
+impl RelayStoreError {
+    /// Whether SQLite reported a full disk (writes fail; stored data is intact).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DiskFull)
     }
 }
 
