@@ -36,6 +36,7 @@ impl Setup {
             data_dir: dir.join("relay"),
             listen: "127.0.0.1:0".parse().unwrap(),
             idle_timeout_secs: relay_idle_secs,
+            open_enrollment: true,
             ..RelayConfig::default()
         })
         .await
