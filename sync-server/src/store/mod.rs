@@ -642,6 +642,42 @@ impl Batch<'_, '_> {
         Ok(())
     }
 
+    /// A new document was accepted under the move grace period (a visit or quote written
+    /// offline for a customer that has since moved out of the author's scopes). The author's
+    /// replica holds it, but it was never filed in the author's scopes, so no `Leave` there
+    /// would ever tell the replica to drop it: log one in the scope the customer left, as
+    /// the move did for the customer's other documents, and record it as a move.
+    fn leave_author(
+        &mut self,
+        device: &DeviceInfo,
+        doc: DocId,
+        customer: Option<DocId>,
+        new: &str,
+    ) -> Result<(), RelayStoreError> {
+        let Some(customer) = customer else {
+            return Ok(());
+        };
+        let froms: Vec<String> = self
+            .tx
+            .prepare_cached("SELECT from_scope FROM moves WHERE doc_id = ?1 ORDER BY seq DESC")?
+            .query_map([customer.as_bytes()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let Some(from) = froms.into_iter().find(|s| device.sees(s)) else {
+            return Ok(());
+        };
+        let leave = self.log(&from, doc, KIND_LEAVE, None, None, device.device_id)?;
+        self.tx
+            .prepare_cached("UPDATE log SET moved_to = ?2 WHERE seq = ?1")?
+            .execute(params![leave, new])?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO moves (doc_id, from_scope, to_scope, seq, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![doc.as_bytes(), from, new, leave, self.now])?;
+        Ok(())
+    }
+
     /// Validates and stores one uploaded change.
     fn append_one(
         &mut self,
@@ -675,6 +711,7 @@ impl Batch<'_, '_> {
             });
         }
         let mut work = self.take(c.doc_id)?;
+        let new_doc = work.scope.is_none();
         let failure: RefCell<Option<rusqlite::Error>> = RefCell::new(None);
         let result = {
             let tx = self.tx;
@@ -787,6 +824,9 @@ impl Batch<'_, '_> {
         self.tx
             .prepare_cached("INSERT INTO changes (hash, doc_id, seq) VALUES (?1, ?2, ?3)")?
             .execute(params![&hash[..], c.doc_id.as_bytes(), seq])?;
+        if new_doc && !device.sees(&scope) {
+            self.leave_author(device, c.doc_id, accepted.customer_id, &scope)?;
+        }
         self.tx
             .prepare_cached("INSERT INTO audit (seq, device, doc_id, at) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![

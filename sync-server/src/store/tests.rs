@@ -949,6 +949,66 @@ fn changes_written_before_a_move_are_accepted_only_within_the_grace_period() {
     }
 }
 
+/// Found by the deterministic simulation: a visit logged offline for a customer that a
+/// manager then moves out of the rep's territory is accepted under the grace period and filed
+/// in the new territory — but it was never filed in the rep's, so no `Leave` there told the
+/// rep's replica to drop it, and the replica kept a document outside its scopes for ever.
+#[test]
+fn a_new_document_accepted_after_its_customer_moved_leaves_its_authors_scope() {
+    let (_d, r) = relay();
+    let mut rep = device(Role::Rep, &["north"]);
+    let mut mgr = device(Role::Manager, &["north", "south"]);
+    let cust = rep.customer("Moving Co", "north");
+    assert_eq!(
+        stored(&r.append_changes(&rep.info, &rep.outbox(), false).unwrap()),
+        1
+    );
+    let visit = rep.visit(cust, "north");
+    let pending: Vec<UploadChange> = rep.outbox().split_off(1);
+    mgr.receive(&r);
+    mgr.edit(cust, CustomerEdit::SetScope("south".into()));
+    assert_eq!(
+        stored(&r.append_changes(&mgr.info, &mgr.outbox(), false).unwrap()),
+        1
+    );
+    let high = r.high().unwrap();
+    let out = r.append_changes(&rep.info, &pending, false).unwrap();
+    assert_eq!(stored(&out), 1, "{out:?}");
+    let (north, _) = r.log_after("north", high, usize::MAX).unwrap();
+    assert!(
+        north.iter().any(|e| e.doc_id == visit
+            && e.entry == Entry::Leave
+            && e.moved_to.as_deref() == Some("south")),
+        "{north:?}"
+    );
+    // The rep's replica applies it as any Leave: the visit goes once its change is acknowledged.
+    let hashes: Vec<_> = rep
+        .store
+        .outbox_batch(0, 100, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.hash)
+        .collect();
+    rep.store
+        .transaction(|tx| {
+            tx.evict(visit)?;
+            tx.ack(&hashes)?;
+            tx.evict_acknowledged()
+        })
+        .unwrap();
+    assert!(!rep.store.contains(visit).unwrap());
+    // A new document in the device's own scopes gets no such entry.
+    let high = r.high().unwrap();
+    let own = rep.customer("Staying Co", "north");
+    r.append_changes(&rep.info, &rep.outbox(), false).unwrap();
+    let (north, _) = r.log_after("north", high, usize::MAX).unwrap();
+    assert!(
+        north
+            .iter()
+            .all(|e| e.doc_id == own && e.entry != Entry::Leave)
+    );
+}
+
 #[test]
 fn the_audit_trail_filters_by_document_and_device() {
     let (_d, r) = relay();
