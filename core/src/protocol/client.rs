@@ -265,6 +265,7 @@ impl ClientSession {
             ) => {
                 let hashes: Vec<ChangeHash> = accepted.iter().map(|h| ChangeHash(*h)).collect();
                 let plan = QuarantinePlan::new(store, &rejected)?;
+                let caught_up = self.caught_up;
                 let (acked, quarantined) = store.transaction(|tx| {
                     let n = tx.ack(&hashes)?;
                     let mut moved = Vec::new();
@@ -277,7 +278,11 @@ impl ClientSession {
                     for id in &plan.rebuild {
                         rebuild_without(tx, *id, &plan.excluded)?;
                     }
-                    tx.evict_acknowledged()?;
+                    // Marked documents leave only once the download has caught up: one that
+                    // came back has its snapshot applied (and its mark lifted) by then.
+                    if caught_up {
+                        tx.evict_acknowledged()?;
+                    }
                     Ok((n, moved))
                 })?;
                 self.stats.changes_acked += acked as u64;
@@ -297,7 +302,7 @@ impl ClientSession {
                 },
             ) => {
                 self.pull_outstanding = false;
-                self.apply_batch(store, items, &cursor)?;
+                self.apply_batch(store, items, &cursor, caught_up)?;
                 self.caught_up = caught_up;
                 if caught_up {
                     Ok(Vec::new())
@@ -400,13 +405,18 @@ impl ClientSession {
         store: &mut Store,
         items: Vec<super::messages::Item>,
         cursor: &Cursor,
+        caught_up: bool,
     ) -> Result<(), SessionError> {
         let cursor_bytes =
             serde_json::to_vec(cursor).map_err(|e| SessionError::Protocol(e.to_string()))?;
         // Visits and quotes follow their customer: when it leaves, they leave too (also those
-        // the relay never filed under the old scope, e.g. created offline after the move).
+        // the relay never filed under the old scope, e.g. created offline after the move), and
+        // when it comes back, they stay.
         let mut followers: BTreeMap<DocId, Vec<DocId>> = BTreeMap::new();
-        for item in items.iter().filter(|i| matches!(i.entry, Entry::Leave)) {
+        for item in items
+            .iter()
+            .filter(|i| matches!(i.entry, Entry::Leave | Entry::Snapshot(_)))
+        {
             let ids = (|| -> Result<Vec<Vec<u8>>, rusqlite::Error> {
                 store
                     .reader()
@@ -430,14 +440,21 @@ impl ClientSession {
                         tx.apply_changes(item.doc_id, &raw).map(|n| stats.changes_received += n as u64)
                     }
                     // A snapshot means the document is (again) in the device's scopes: keep
-                    // it even if it was waiting to leave.
+                    // it (and its visits and quotes) even if it was waiting to leave.
                     Entry::Snapshot(bytes) => tx
                         .apply_snapshot(item.doc_id, &bytes.0)
-                        .and_then(|_| tx.cancel_eviction(item.doc_id))
+                        .and_then(|_| {
+                            std::iter::once(&item.doc_id)
+                                .chain(followers.get(&item.doc_id).into_iter().flatten())
+                                .try_for_each(|id| tx.cancel_eviction(*id).map(|_| ()))
+                        })
                         .map(|_| stats.snapshots_received += 1),
+                    // Only marked: the document may come back further down the log (its
+                    // snapshot then keeps it), and dropping it now would also drop this
+                    // device's own changes to it, which the relay does not echo back.
                     Entry::Leave => std::iter::once(&item.doc_id)
                         .chain(followers.get(&item.doc_id).into_iter().flatten())
-                        .try_for_each(|id| tx.evict(*id).map(|_| ())),
+                        .try_for_each(|id| tx.mark_eviction(*id).map(|_| ())),
                 };
                 if let Err(e) = r {
                     if matches!(e, StoreError::Sqlite(_)) {
@@ -447,6 +464,11 @@ impl ClientSession {
                     stats.items_failed += 1;
                     tracing::warn!(doc = %item.doc_id, error = %e, "skipping an undecodable download item");
                 }
+            }
+            // Caught up: whatever is still marked did not come back; it leaves once its
+            // local changes are acknowledged.
+            if caught_up {
+                tx.evict_acknowledged()?;
             }
             tx.set_meta(CURSOR_KEY, &cursor_bytes)
         })?;

@@ -1273,6 +1273,16 @@ impl StoreTx<'_> {
         Ok(ids.len())
     }
 
+    /// Marks a document to leave the replica; it is removed by
+    /// [`StoreTx::evict_acknowledged`] once its local changes are acknowledged, unless
+    /// [`StoreTx::cancel_eviction`] keeps it first. Returns whether the document exists.
+    pub fn mark_eviction(&mut self, id: DocId) -> Result<bool, StoreError> {
+        Ok(self.tx.execute(
+            "UPDATE docs SET evict_pending = 1 WHERE id = ?1",
+            [id.as_bytes()],
+        )? > 0)
+    }
+
     /// Keeps a document that was marked for eviction (it came back into the device's scopes
     /// before its local changes were acknowledged). Returns whether it was marked.
     pub fn cancel_eviction(&mut self, id: DocId) -> Result<bool, StoreError> {
