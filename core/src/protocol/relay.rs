@@ -37,8 +37,9 @@ pub struct LogEntry {
     pub entry: Entry,
     /// For a single change: its hash (lets a session skip echoing a client's own uploads).
     pub hash: Option<Hash>,
-    /// For `Leave`: the scope the document moved to. A reader that also sees that scope keeps
-    /// the document, so the entry is not sent to it.
+    /// For `Leave`: the scope the document is filed under now (it may have moved on, or come
+    /// back, since the entry). A reader that sees that scope keeps the document, so the entry
+    /// is not sent to it.
     pub moved_to: Option<String>,
 }
 
@@ -88,6 +89,18 @@ pub trait RelayStorage {
         &mut self,
         docs: &[(DocId, Vec<Hash>)],
     ) -> Result<Vec<Option<Vec<Hash>>>, StorageError>;
+    /// Documents that left `scope` at or before log position `upto`, with the scope each is
+    /// filed under now. A download that starts with snapshots of `scope` never reads those
+    /// `Leave` entries, yet the replica may hold such a document (written before its first
+    /// download, or kept from before its log restarted); the session sends a `Leave` for each
+    /// that is now outside the device's scopes. Storage without scope moves has none.
+    fn departures(
+        &mut self,
+        _scope: &str,
+        _upto: u64,
+    ) -> Result<Vec<(DocId, String)>, StorageError> {
+        Ok(Vec::new())
+    }
     /// Records that a device finished a sync exchange (for `device list`).
     fn touch_device(&mut self, _device_id: Uuid) -> Result<(), StorageError> {
         Ok(())
@@ -479,6 +492,17 @@ impl RelaySession {
                     });
                 }
                 if exhausted {
+                    if scope != "*" {
+                        for (id, now) in storage.departures(scope, high)? {
+                            if !device.sees(&now) {
+                                used += 40;
+                                items.push(Item {
+                                    doc_id: id,
+                                    entry: Entry::Leave,
+                                });
+                            }
+                        }
+                    }
                     *sc = ScopeCursor::Log { seq: high };
                 } else {
                     *sc = ScopeCursor::Snapshot {

@@ -1097,9 +1097,14 @@ impl SqliteRelayStore {
                 )?;
                 st.query(params![after])?
             } else {
+                // A Leave names where the document is filed now: a reader that sees that
+                // scope keeps it, even if it moved on (or back) since the entry.
                 st = c.prepare_cached(
-                    "SELECT seq, doc_id, kind, length(bytes), bytes, hash, moved_to FROM log
-                     WHERE scope = ?2 AND seq > ?1 ORDER BY seq",
+                    "SELECT seq, doc_id, kind, length(bytes), bytes, hash,
+                       CASE WHEN kind = 2 THEN COALESCE(
+                         (SELECT d.scope FROM docs d WHERE d.doc_id = log.doc_id), moved_to)
+                       ELSE moved_to END
+                     FROM log WHERE scope = ?2 AND seq > ?1 ORDER BY seq",
                 )?;
                 st.query(params![after, scope])?
             };
@@ -1172,6 +1177,31 @@ impl SqliteRelayStore {
                 out.push((doc_id(&r.get::<_, Vec<u8>>(0)?)?, r.get(2)?));
             }
             Ok((out, false))
+        })
+    }
+
+    /// Documents that left `scope` at or before `upto`, with where each is filed now (see
+    /// [`RelayStorage::departures`]).
+    pub fn departures_from(
+        &self,
+        scope: &str,
+        upto: u64,
+    ) -> Result<Vec<(DocId, String)>, RelayStoreError> {
+        let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT DISTINCT m.doc_id, d.scope FROM moves m JOIN docs d ON d.doc_id = m.doc_id
+                  WHERE m.from_scope = ?1 AND m.seq <= ?2 AND d.scope != ?1 ORDER BY m.doc_id",
+            )?;
+            let rows = st.query_map(params![scope, upto], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, now) = row?;
+                out.push((doc_id(&id)?, now));
+            }
+            Ok(out)
         })
     }
 
@@ -1753,6 +1783,10 @@ impl RelayStorage for SqliteRelayStore {
         docs: &[(DocId, Vec<Hash>)],
     ) -> Result<Vec<Option<Vec<Hash>>>, StorageError> {
         Ok(self.missing_heads(docs)?)
+    }
+
+    fn departures(&mut self, scope: &str, upto: u64) -> Result<Vec<(DocId, String)>, StorageError> {
+        Ok(self.departures_from(scope, upto)?)
     }
 
     fn touch_device(&mut self, device_id: Uuid) -> Result<(), StorageError> {

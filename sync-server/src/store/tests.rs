@@ -1009,6 +1009,91 @@ fn a_new_document_accepted_after_its_customer_moved_leaves_its_authors_scope() {
     );
 }
 
+/// Found by the deterministic simulation. A rep created a customer, uploaded it, and a
+/// manager moved it to another territory before the rep's first download: that download
+/// starts with snapshots of the rep's scope and never reads the Leave written before, so the
+/// rep kept the customer for ever. The relay now ends a scope's snapshots with a Leave for each
+/// document that left the scope and is now outside the device's scopes. And a Leave names
+/// where the document is *now*: a device that reads the old scope's Leave after the document
+/// came back (or after its snapshot in another scope it sees) keeps it.
+#[test]
+fn fresh_downloads_hear_of_earlier_departures_and_leaves_name_where_a_document_is_now() {
+    use fieldsync_core::protocol::messages::MAGIC;
+    use fieldsync_core::protocol::{
+        Cursor, Message, PROTOCOL_VERSION, RelayLimits, RelaySession, ScopeCursor,
+    };
+    let (_d, r) = relay();
+    let mut rep = device(Role::Rep, &["north"]);
+    let mut mgr = device(Role::Manager, &["north", "south"]);
+    let secret = r
+        .enroll_device(
+            Some(rep.info.device_id),
+            "rep",
+            Role::Rep,
+            &["north".into()],
+        )
+        .unwrap();
+    let cust = rep.customer("Moving Co", "north");
+    r.append_changes(&rep.info, &rep.outbox(), false).unwrap();
+    mgr.receive(&r);
+    mgr.edit(cust, CustomerEdit::SetScope("south".into()));
+    r.append_changes(&mgr.info, &mgr.outbox(), false).unwrap();
+    let high = r.high().unwrap();
+    assert_eq!(
+        r.departures_from("north", high).unwrap(),
+        vec![(cust, "south".to_string())]
+    );
+    assert!(r.departures_from("south", high).unwrap().is_empty());
+    // The rep's first download: snapshots of north (none), then the departure.
+    let mut rs = RelaySession::new(RelayLimits::default());
+    let mut st = r.clone();
+    let out = rs.handle(
+        &mut st,
+        Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            device_id: rep.info.device_id,
+            credential: Some(secret.secret.clone()),
+            agent: "test".into(),
+        },
+    );
+    assert!(
+        matches!(out.messages[..], [Message::Welcome { .. }]),
+        "{out:?}"
+    );
+    let fresh = Cursor {
+        epoch: r.epoch_id(),
+        scopes: [("north".to_string(), ScopeCursor::fresh())].into(),
+    };
+    let out = rs.handle(
+        &mut st,
+        Message::Pull {
+            cursor: fresh,
+            max_bytes: 1 << 20,
+        },
+    );
+    let Some(Message::Batch { items, .. }) = out.messages.first() else {
+        panic!("{out:?}")
+    };
+    assert!(
+        items
+            .iter()
+            .any(|i| i.doc_id == cust && i.entry == Entry::Leave),
+        "{items:?}"
+    );
+    // It comes back: its old Leave now names north, and it is no departure of north any more.
+    mgr.edit(cust, CustomerEdit::SetScope("north".into()));
+    r.append_changes(&mgr.info, &mgr.outbox(), false).unwrap();
+    let (north, _) = r.log_after("north", 0, usize::MAX).unwrap();
+    let leave = north.iter().find(|e| e.entry == Entry::Leave).unwrap();
+    assert_eq!(leave.moved_to.as_deref(), Some("north"));
+    assert!(
+        r.departures_from("north", r.high().unwrap())
+            .unwrap()
+            .is_empty()
+    );
+}
+
 #[test]
 fn the_audit_trail_filters_by_document_and_device() {
     let (_d, r) = relay();
