@@ -1,3 +1,4 @@
 //! crate
 pub mod faultproxy;
 pub mod procs;
+pub mod sim;

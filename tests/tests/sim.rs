@@ -1,0 +1,84 @@
+//! The deterministic simulation (`fieldsync_tests::sim`, TESTING.md "Deterministic
+//! simulation") as a test: a few hundred small seeds, a few crowded ones, and a check that a
+//! seed replays exactly.
+//!
+//! Other seeds: `SIM_START=5000 SIM_SEEDS=1000 cargo test -p fieldsync-tests --test sim`.
+//! Thousands of seeds: the `fieldsync-sim` binary. A failure prints its seed and the command
+//! that replays it.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fieldsync_tests::sim::{self, SimConfig, SimFailure};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// 3 to 5 clients, 40 steps: small enough that a few hundred seeds fit in a CI run, large
+/// enough for partitions, crashes and scope moves racing edits.
+fn small() -> SimConfig {
+    SimConfig {
+        clients_max: 5,
+        steps: 40,
+        ..SimConfig::default()
+    }
+}
+
+/// Runs seeds `start..start + n` on every core; panics with the first failure (its seed and
+/// replay command).
+fn run_seeds(start: u64, n: u64, cfg: &SimConfig) {
+    let next = AtomicU64::new(start);
+    let failures: Mutex<Vec<SimFailure>> = Mutex::new(Vec::new());
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= start + n {
+                        break;
+                    }
+                    if let Err(f) = sim::run(seed, cfg) {
+                        failures.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    failures.sort_by_key(|f| f.seed);
+    if let Some(first) = failures.first() {
+        let seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
+        panic!("failing seeds {seeds:?}\n{first}");
+    }
+}
+
+#[test]
+fn seeds_converge_and_lose_nothing() {
+    run_seeds(env_u64("SIM_START", 0), env_u64("SIM_SEEDS", 200), &small());
+}
+
+#[test]
+fn crowded_seeds_converge_and_lose_nothing() {
+    let cfg = SimConfig {
+        clients: Some(20),
+        steps: 30,
+        ..SimConfig::default()
+    };
+    run_seeds(env_u64("SIM_START", 0) + 1_000_000, 2, &cfg);
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [7, 1_000_003] {
+        let a = sim::run(seed, &small()).unwrap_or_else(|f| panic!("{f}"));
+        let b = sim::run(seed, &small()).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(a.fingerprint, b.fingerprint, "seed {seed} did not replay");
+        assert_eq!(a.stats, b.stats, "seed {seed} did not replay");
+    }
+}
