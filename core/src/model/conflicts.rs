@@ -5,7 +5,7 @@
 //! distinct value, and [`resolve_conflict`] writes a new value that supersedes all of them.
 
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value, ValueRef};
 use serde::{Deserialize, Serialize};
 
 use super::{EditCtx, ModelError, am, write_governed};
@@ -44,7 +44,26 @@ pub fn conflicts<R: ReadDoc>(doc: &R) -> Vec<Conflict> {
 }
 
 fn walk<R: ReadDoc>(doc: &R, obj: &ObjId, prefix: &str, depth: usize, out: &mut Vec<Conflict>) {
-    for key in doc.keys(obj) {
+    // One pass over the map: `map_range` flags keys holding several concurrent values, so only
+    // those pay for `get_all` (a lookup per key made this scan the largest cost of applying a
+    // downloaded document).
+    for item in doc.map_range(obj, ..) {
+        let key = item.key.as_ref();
+        if !item.conflict {
+            if let ValueRef::Object(ObjType::Map) = item.value
+                && !SET_LIKE.contains(&key)
+                && depth < MAX_DEPTH
+            {
+                let path = if prefix.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{prefix}/{key}")
+                };
+                walk(doc, &item.id(), &path, depth + 1, out);
+            }
+            continue;
+        }
+        let key = key.to_string();
         let path = if prefix.is_empty() {
             key.clone()
         } else {

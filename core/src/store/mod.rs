@@ -312,8 +312,14 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Prepared statements kept per connection (see [`open_conn`]).
+const STATEMENT_CACHE: usize = 64;
+
 fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, flags)?;
+    // One write path uses more distinct statements than rusqlite's default cache of 16;
+    // past it every `prepare_cached` re-parses its SQL.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     // Reading the schema is the first access that touches the file's header.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
@@ -1160,9 +1166,33 @@ impl StoreTx<'_> {
             .optional()?
             .is_some();
         if !exists && !self.cache.docs.contains_key(&id) {
-            let mut doc = AutoCommit::new();
-            doc.set_actor(self.actor.clone());
-            self.cache.insert(id, doc);
+            // New to this replica (the bulk of a first download): the received document is
+            // the document, and the bytes that just loaded are its snapshot. Merging it into
+            // an empty document and saving that again would cost as much as everything else.
+            incoming.set_actor(self.actor.clone());
+            let typed = project(&self.tx, &incoming, true, true)?;
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO docs (id, kind, scope, customer_id, snapshot, heads, pending_changes, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+                )?
+                .execute(params![
+                    id.as_bytes(),
+                    typed.as_ref().map(|d| d.header().kind.code()),
+                    typed.as_ref().map(|d| d.header().scope.clone()),
+                    typed.as_ref().and_then(|d| d.customer_id()).map(|c| c.as_bytes().to_vec()),
+                    bytes,
+                    heads_to_bytes(&incoming.get_heads()),
+                    now_millis(),
+                ])?;
+            self.events.push(DocEvent {
+                id,
+                kind: typed.as_ref().map(|d| d.header().kind),
+                origin: Origin::Remote,
+                evicted: false,
+            });
+            self.cache.insert(id, incoming);
+            return Ok(true);
         }
         let doc = load_cached(&self.tx, self.cache, self.actor, id)?;
         let before = doc.get_heads();

@@ -338,8 +338,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Prepared statements kept per connection (see [`open_conn`]).
+const STATEMENT_CACHE: usize = 64;
+
 fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, RelayStoreError> {
     let conn = Connection::open_with_flags(path, flags)?;
+    // One write path uses more distinct statements than rusqlite's default cache of 16;
+    // past it every `prepare_cached` re-parses its SQL.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.busy_timeout(Duration::from_secs(10))?;
     // The first statement that reads the file's header tells a foreign file apart.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
