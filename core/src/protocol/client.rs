@@ -264,7 +264,7 @@ impl ClientSession {
                 },
             ) => {
                 let hashes: Vec<ChangeHash> = accepted.iter().map(|h| ChangeHash(*h)).collect();
-                let plan = QuarantinePlan::new(store, &rejected)?;
+                let plan = QuarantinePlan::new(store, &accepted, &rejected)?;
                 let caught_up = self.caught_up;
                 let (acked, quarantined) = store.transaction(|tx| {
                     let n = tx.ack(&hashes)?;
@@ -275,8 +275,8 @@ impl ClientSession {
                             moved.push((*hash, reason.clone()));
                         }
                     }
-                    for id in &plan.rebuild {
-                        rebuild_without(tx, *id, &plan.excluded)?;
+                    for (id, leaving) in &plan.rebuild {
+                        rebuild_without(tx, *id, &plan.excluded, *leaving)?;
                     }
                     // Marked documents leave only once the download has caught up: one that
                     // came back has its snapshot applied (and its mark lifted) by then.
@@ -568,20 +568,28 @@ struct QuarantinePlan {
     quarantine: Vec<(ChangeHash, String)>,
     /// Every quarantined change of the affected documents (old and new).
     excluded: HashSet<ChangeHash>,
-    /// Documents to rebuild without the excluded changes.
-    rebuild: Vec<DocId>,
+    /// Documents to rebuild without the excluded changes, and whether each is marked to leave.
+    rebuild: Vec<(DocId, bool)>,
 }
 
 impl QuarantinePlan {
-    fn new(store: &Store, rejected: &[super::messages::Rejection]) -> Result<Self, StoreError> {
+    fn new(
+        store: &mut Store,
+        accepted: &[Hash],
+        rejected: &[super::messages::Rejection],
+    ) -> Result<Self, StoreError> {
         let mut plan = Self {
             quarantine: Vec::new(),
             excluded: HashSet::new(),
             rebuild: Vec::new(),
         };
-        if rejected.is_empty() {
+        if rejected.is_empty() && accepted.is_empty() {
             return Ok(plan);
         }
+        let accepted: HashSet<ChangeHash> = accepted.iter().map(|h| ChangeHash(*h)).collect();
+        // Documents whose last waiting change this answer settles and that still hold
+        // quarantined changes from an earlier answer: rebuilt if they do.
+        let mut settled: Vec<(DocId, bool)> = Vec::new();
         let conn = store.reader();
         let doc_of = |h: &[u8; 32]| -> Result<Option<DocId>, StoreError> {
             let id: Option<Vec<u8>> = conn
@@ -602,6 +610,13 @@ impl QuarantinePlan {
                 plan.quarantine.push((ChangeHash(r.hash), r.reason.clone()));
             }
         }
+        for h in &accepted {
+            if let Some(id) = doc_of(&h.0)?
+                && !docs.contains(&id)
+            {
+                docs.push(id);
+            }
+        }
         let mut quarantined_docs: HashSet<DocId> = plan
             .quarantine
             .iter()
@@ -612,6 +627,7 @@ impl QuarantinePlan {
             let old: Vec<Vec<u8>> = st
                 .query_map([id.as_bytes()], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
+            let quarantined_before = !old.is_empty();
             plan.excluded.extend(
                 old.iter()
                     .filter_map(|b| ChangeHash::try_from(b.as_slice()).ok()),
@@ -631,7 +647,7 @@ impl QuarantinePlan {
                 let Ok(hash) = ChangeHash::try_from(h.as_slice()) else {
                     continue;
                 };
-                if plan.excluded.contains(&hash) {
+                if plan.excluded.contains(&hash) || accepted.contains(&hash) {
                     continue;
                 }
                 let dep = decode_change(&bytes)
@@ -657,10 +673,27 @@ impl QuarantinePlan {
                 .query_row([id.as_bytes()], |r| r.get(0))
                 .optional()?;
             // With other local changes still waiting the document cannot be replaced without
-            // losing them; it is rebuilt after a later answer (the quarantine keeps growing
-            // only by dependents meanwhile). A document on its way out is simply removed then.
-            if remaining == 0 && leaving == Some(0) && quarantined_docs.contains(&id) {
-                plan.rebuild.push(id);
+            // losing them; it is rebuilt by the answer that settles the last of them (the
+            // quarantine keeps growing only by dependents meanwhile). A document marked to
+            // leave is rebuilt too — it may yet come back — and stays marked.
+            if let Some(leaving) = leaving
+                && remaining == 0
+            {
+                if quarantined_docs.contains(&id) {
+                    plan.rebuild.push((id, leaving != 0));
+                } else if quarantined_before {
+                    settled.push((id, leaving != 0));
+                }
+            }
+        }
+        for (id, leaving) in settled {
+            let mut doc = store.automerge(id)?;
+            if plan
+                .excluded
+                .iter()
+                .any(|h| doc.get_change_by_hash(h).is_some())
+            {
+                plan.rebuild.push((id, leaving));
             }
         }
         Ok(plan)
@@ -674,6 +707,7 @@ fn rebuild_without(
     tx: &mut StoreTx<'_>,
     id: DocId,
     excluded: &HashSet<ChangeHash>,
+    leaving: bool,
 ) -> Result<(), StoreError> {
     if tx.has_pending(id)? {
         // A local edit committed meanwhile (another process on the same replica).
@@ -703,6 +737,9 @@ fn rebuild_without(
     let bytes = fresh.save();
     if tx.evict(id)? {
         tx.apply_snapshot(id, &bytes)?;
+        if leaving {
+            tx.mark_eviction(id)?;
+        }
         tracing::info!(doc = %id, "rebuilt a document without the changes the relay refused");
     }
     Ok(())

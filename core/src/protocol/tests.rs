@@ -513,6 +513,67 @@ fn dependents_of_a_refused_change_are_quarantined_and_the_document_rebuilt() {
     assert_eq!(deps.deps(), &[created][..]);
 }
 
+/// Found by the deterministic simulation: a document holding a change the relay refused was
+/// rebuilt without it only if nothing else of it was waiting in the outbox — counting the
+/// changes the same answer accepted — and only if it was not marked to leave; one that then
+/// came back kept the refused change for good, so the replica's copy differed from everyone
+/// else's.
+#[test]
+fn a_refused_change_is_rebuilt_out_also_beside_accepted_ones_and_while_leaving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let id = add_customer(&mut a, "moving");
+    let relay_copy = a.export(id).unwrap();
+    a.edit(id, |d| {
+        apply_edit(
+            d,
+            &Edit::Customer(CustomerEdit::Set(CustomerField::Industry, "refused".into())),
+            &ctx(),
+        )
+    })
+    .unwrap();
+    let outbox = a.outbox_batch(0, 10, 1 << 20).unwrap();
+    let (created, refused) = (outbox[0].hash, outbox[1].hash);
+    let (mut cs, cursor) = welcomed(&mut a, &["north"]);
+    let leave = Message::Batch {
+        items: vec![Item {
+            doc_id: id,
+            entry: Entry::Leave,
+        }],
+        cursor: cursor.clone(),
+        caught_up: false,
+    };
+    cs.handle(&mut a, leave).unwrap();
+    cs.handle(
+        &mut a,
+        Message::UploadAck {
+            batch: 1,
+            accepted: vec![created.0],
+            rejected: vec![messages::Rejection {
+                hash: refused.0,
+                reason: "outside the device's scopes".into(),
+                retry: false,
+            }],
+        },
+    )
+    .unwrap();
+    let industry = |a: &mut Store| match a.document(id).unwrap() {
+        crate::model::Document::Customer(c) => c.industry,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(industry(&mut a), None, "rebuilt without the refused change");
+    assert_eq!(a.quarantine().unwrap().len(), 1);
+    // It comes back: kept, as the relay has it.
+    let back = Item {
+        doc_id: id,
+        entry: Entry::Snapshot(Bytes(relay_copy)),
+    };
+    cs.handle(&mut a, batch(vec![back], &cursor)).unwrap();
+    assert!(a.contains(id).unwrap());
+    assert_eq!(industry(&mut a), None);
+    assert_eq!(a.outbox_len().unwrap(), 0);
+}
+
 #[test]
 fn relay_reset_is_repaired_from_the_clients() {
     let dir = tempfile::tempdir().unwrap();
