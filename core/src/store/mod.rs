@@ -1316,10 +1316,14 @@ impl StoreTx<'_> {
     /// Keeps a document that was marked for eviction (it came back into the device's scopes
     /// before its local changes were acknowledged). Returns whether it was marked.
     pub fn cancel_eviction(&mut self, id: DocId) -> Result<bool, StoreError> {
-        Ok(self.tx.execute(
-            "UPDATE docs SET evict_pending = 0 WHERE id = ?1 AND evict_pending = 1",
-            [id.as_bytes()],
-        )? > 0)
+        // Cached: it runs for every snapshot of a download.
+        Ok(self
+            .tx
+            .prepare_cached(
+                "UPDATE docs SET evict_pending = 0 WHERE id = ?1 AND evict_pending = 1",
+            )?
+            .execute([id.as_bytes()])?
+            > 0)
     }
 
     /// Writes a metadata value (e.g. the sync cursor) in this transaction.
