@@ -60,6 +60,8 @@ pub(crate) struct RelayView {
     pub scopes_ever: BTreeMap<DocId, BTreeSet<String>>,
     /// The newest `Leave` entry of a document in a scope: (doc, scope) → (seq, moved to).
     pub leaves: BTreeMap<(DocId, String), (u64, Option<String>)>,
+    /// The entries read by the last refresh that found any: (document, scope).
+    pub recent: Vec<(DocId, String)>,
 }
 
 impl RelayView {
@@ -67,6 +69,7 @@ impl RelayView {
     pub fn refresh(&mut self, relay: &SqliteRelayStore) -> Result<(), String> {
         let high = relay.high().map_err(|e| format!("relay high: {e}"))?;
         if high == self.high {
+            self.recent.clear();
             return Ok(());
         }
         let mut entries = Vec::new();
@@ -80,6 +83,10 @@ impl RelayView {
             entries.extend(rows.into_iter().map(|r| (scope, r)));
         }
         entries.sort_by_key(|(_, r)| r.seq);
+        self.recent = entries
+            .iter()
+            .map(|(scope, r)| (r.doc_id, scope.to_string()))
+            .collect();
         for (scope, r) in entries {
             if r.seq > high {
                 return Err(format!("log entry {} above the high mark {high}", r.seq));

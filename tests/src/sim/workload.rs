@@ -44,8 +44,8 @@ impl Op {
     pub fn label(&self) -> String {
         match self {
             Self::NewCustomer(..) => "new-customer".into(),
-            Self::NewVisit(..) => "new-visit".into(),
-            Self::NewQuote(..) => "new-quote".into(),
+            Self::NewVisit(_, _, v) => format!("new-visit for {}", short(v.customer_id)),
+            Self::NewQuote(_, _, q) => format!("new-quote for {}", short(q.customer_id)),
             Self::Edit(_, e) => {
                 let s = format!("{e:?}");
                 let parts: Vec<&str> = s
@@ -57,6 +57,12 @@ impl Op {
             }
         }
     }
+}
+
+/// The last 4 hex digits of a document id, as the trace shows documents.
+pub(crate) fn short(id: DocId) -> String {
+    let s = id.to_string();
+    s[s.len() - 4..].to_string()
 }
 
 /// The organisation every document belongs to.

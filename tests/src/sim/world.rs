@@ -1028,6 +1028,19 @@ impl World {
             _ => None,
         };
         let high_before = relay.high().map_err(|e| format!("relay high: {e}"))?;
+        // Where the uploaded documents (and their customers) are filed before the upload: a
+        // refusal must have a cause at the moment of the refused change, which is this or a
+        // scope the upload itself filed them under.
+        let filed_before: BTreeMap<DocId, Option<String>> = match &upload {
+            Some(changes) => changes
+                .iter()
+                .flat_map(|c| {
+                    std::iter::once(c.doc_id).chain(self.oracle.customer_of.get(&c.doc_id).copied())
+                })
+                .map(|d| (d, self.view.current.get(&d).cloned()))
+                .collect(),
+            None => BTreeMap::new(),
+        };
         let out = rs.handle(relay, msg);
         let names: Vec<&str> = out.messages.iter().map(Message::name).collect();
         let close = out.close;
@@ -1046,7 +1059,7 @@ impl World {
         let relay = self.relay.as_ref().ok_or("relay vanished")?;
         self.view.refresh(relay)?;
         if let Some(changes) = &upload {
-            self.check_upload_ack(i, changes, &out.messages)?;
+            self.check_upload_ack(i, changes, &out.messages, &filed_before)?;
         }
         for m in &out.messages {
             if let Message::Batch { items, .. } = m {
@@ -1119,6 +1132,7 @@ impl World {
         i: usize,
         changes: &[fieldsync_core::protocol::UploadChange],
         out: &[Message],
+        filed_before: &BTreeMap<DocId, Option<String>>,
     ) -> Res<()> {
         let Some(Message::UploadAck {
             accepted, rejected, ..
@@ -1152,15 +1166,24 @@ impl World {
                 continue;
             }
             // The only cause an honest client gives: the document (a visit's or quote's
-            // customer, for a new one) is filed outside the device's scopes.
-            let filed = self.view.current.get(&doc).cloned().or_else(|| {
-                self.oracle
-                    .customer_of
-                    .get(&doc)
-                    .and_then(|c| self.view.current.get(c).cloned())
-            });
+            // customer, for a new one) is filed outside the device's scopes when the change is
+            // checked — before the upload, or as the upload's earlier changes re-filed it.
             let c = &self.clients[i];
-            let legit = filed.as_deref().is_some_and(|s| !c.sees(s));
+            let customer = self.oracle.customer_of.get(&doc).copied();
+            let concerned = |d: &DocId| *d == doc || Some(*d) == customer;
+            let mut filed: Vec<String> = filed_before
+                .iter()
+                .filter(|(d, _)| concerned(d))
+                .filter_map(|(_, s)| s.clone())
+                .collect();
+            filed.extend(
+                self.view
+                    .recent
+                    .iter()
+                    .filter(|(d, _)| concerned(d))
+                    .map(|(_, s)| s.clone()),
+            );
+            let legit = filed.iter().any(|s| !c.sees(s));
             if !legit {
                 return Err(format!(
                     "relay refused change {} of {doc} from c{i} without cause (filed in {filed:?}): {}",
@@ -1641,11 +1664,23 @@ impl World {
                 ));
             }
             for h in &got {
-                if self.view.has(h) {
-                    return Err(format!(
-                        "c{i} quarantined {} but the relay stored it",
-                        hex(h)
-                    ));
+                // A refused change can still reach the relay later in an upload an older
+                // connection was carrying (e.g. after the document moved back): then the
+                // replica must have it back too, from the download.
+                if let Some((doc, _)) = self.view.change_doc.get(h)
+                    && store.contains(*doc).map_err(store_err("contains"))?
+                {
+                    let held = store
+                        .automerge(*doc)
+                        .map_err(store_err("loading"))?
+                        .get_change_by_hash(&ChangeHash(*h))
+                        .is_some();
+                    if !held {
+                        return Err(format!(
+                            "c{i} quarantined {} which the relay stored later, yet lacks it",
+                            hex(h)
+                        ));
+                    }
                 }
             }
             // Every committed change is on the relay or quarantined.
