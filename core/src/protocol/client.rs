@@ -265,7 +265,6 @@ impl ClientSession {
             ) => {
                 let hashes: Vec<ChangeHash> = accepted.iter().map(|h| ChangeHash(*h)).collect();
                 let plan = QuarantinePlan::new(store, &accepted, &rejected)?;
-                let caught_up = self.caught_up;
                 let (acked, quarantined) = store.transaction(|tx| {
                     let n = tx.ack(&hashes)?;
                     let mut moved = Vec::new();
@@ -278,11 +277,10 @@ impl ClientSession {
                     for (id, leaving) in &plan.rebuild {
                         rebuild_without(tx, *id, &plan.excluded, *leaving)?;
                     }
-                    // Marked documents leave only once the download has caught up: one that
-                    // came back has its snapshot applied (and its mark lifted) by then.
-                    if caught_up {
-                        tx.evict_acknowledged()?;
-                    }
+                    // Marked documents whose last change this answer settles leave with the
+                    // next batch that catches up, not now: the relay may have filed the
+                    // document back into the device's scopes after the download caught up,
+                    // and that batch (sent after this answer) brings its snapshot first.
                     Ok((n, moved))
                 })?;
                 self.stats.changes_acked += acked as u64;
@@ -466,7 +464,8 @@ impl ClientSession {
                 }
             }
             // Caught up: whatever is still marked did not come back; it leaves once its
-            // local changes are acknowledged.
+            // local changes are acknowledged (the next batch that catches up after that
+            // answer removes it).
             if caught_up {
                 tx.evict_acknowledged()?;
             }

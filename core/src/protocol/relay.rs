@@ -271,11 +271,29 @@ impl RelaySession {
                     }
                 }
                 storage.touch_device(device.device_id)?;
-                Output::send(Message::UploadAck {
+                let mut out = Output::send(Message::UploadAck {
                     batch,
                     accepted,
                     rejected,
-                })
+                });
+                // A live client gets a batch right behind the acknowledgement, even an empty
+                // one: it marks the log as of this upload, so a document the client was told
+                // to give up leaves only after every entry filed before the acknowledgement
+                // (a snapshot bringing it back into the device's scopes, say) has arrived.
+                if self.live
+                    && let Some(cursor) = self.sent.clone()
+                {
+                    let (items, cursor, caught_up) =
+                        self.fill(storage, &device, cursor, self.limits.max_batch_bytes)?;
+                    self.live = caught_up;
+                    self.sent = Some(cursor.clone());
+                    out.messages.push(Message::Batch {
+                        items,
+                        cursor,
+                        caught_up,
+                    });
+                }
+                out
             }
             Message::Pull { cursor, max_bytes } => {
                 self.live = false;

@@ -122,6 +122,9 @@ struct SimClient {
     clock_offset_ms: i64,
     /// Frames sent on the client's last closed connection, for ghost replays.
     last_frames: Vec<Vec<u8>>,
+    /// An `UploadAck` arrived since the last batch that caught up (documents it settles
+    /// leave with the next such batch).
+    acked_since_catch_up: bool,
 }
 
 impl SimClient {
@@ -381,6 +384,7 @@ impl World {
                 leftover_reconnects: 0,
                 clock_offset_ms: 0,
                 last_frames: Vec::new(),
+                acked_since_catch_up: false,
             });
         }
         let mut w = Self {
@@ -642,9 +646,13 @@ impl World {
             let gone_legitimately =
                 quarantined.contains(&h) || (am.is_none() && self.oracle.acked.contains_key(&h));
             if !present && !gone_legitimately {
+                let step = self.oracle.committed.get(&h).map(|c| c.step);
                 return Err(format!(
-                    "I1: c{i} lost committed change {} of {doc}",
-                    hex(&h)
+                    "I1: c{i} lost committed change {} of {doc} (committed at step {step:?}; document {}; acknowledged {}; on the relay {})",
+                    hex(&h),
+                    if am.is_some() { "present" } else { "absent" },
+                    self.oracle.acked.contains_key(&h),
+                    self.view.has(&h),
                 ));
             }
         }
@@ -1260,6 +1268,13 @@ impl World {
             Message::Batch { items, .. } => describe_items(items),
             _ => String::new(),
         };
+        match &msg {
+            Message::UploadAck { .. } => self.clients[i].acked_since_catch_up = true,
+            Message::Batch {
+                caught_up: true, ..
+            } => self.clients[i].acked_since_catch_up = false,
+            _ => {}
+        }
         let c = &mut self.clients[i];
         let (Some(store), Some(session)) = (c.store.as_mut(), c.session.as_mut()) else {
             return Err(format!("c{i} received {name} without a session"));
@@ -1392,7 +1407,8 @@ impl World {
             // Documents leave when the download catches up (after their Leave, and once the
             // client's own changes to them are answered): the grace window is "until the next
             // sync completes".
-            let caught_up = c.session.as_ref().is_some_and(ClientSession::is_caught_up);
+            let caught_up = c.session.as_ref().is_some_and(ClientSession::is_caught_up)
+                && !c.acked_since_catch_up;
             for d in docs {
                 match self.view.current.get(&d.id) {
                     None => {
@@ -1546,8 +1562,24 @@ impl World {
         let mut uploads = 0u64;
         for c in &self.clients {
             let store = c.store.as_ref().ok_or("client down")?;
-            let n = store.outbox_len().map_err(store_err("outbox_len"))?.max(0) as u64;
-            uploads = uploads.max(n.div_ceil(c.cfg.upload_changes.max(1) as u64));
+            // Batches as the session builds them: up to `upload_changes` changes and about
+            // `upload_bytes`, at least one change each.
+            let (mut batches, mut count, mut bytes) = (0u64, 0usize, 0usize);
+            for (_, _, b) in outbox(store)? {
+                if count > 0
+                    && (count == c.cfg.upload_changes || bytes + b.len() > c.cfg.upload_bytes)
+                {
+                    batches += 1;
+                    count = 0;
+                    bytes = 0;
+                }
+                count += 1;
+                bytes += b.len();
+            }
+            if count > 0 {
+                batches += 1;
+            }
+            uploads = uploads.max(batches);
         }
         let rounds = 10 + 3 * u64::from(LEFTOVER_RECONNECTS_MAX) + 3 * (uploads + pages);
         Ok(u32::try_from(rounds).unwrap_or(u32::MAX))
