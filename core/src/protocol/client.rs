@@ -429,18 +429,33 @@ impl ClientSession {
             );
         }
         let mut stats = self.stats.clone();
-        store.transaction(|tx| {
-            for item in items {
+        // Snapshots are loaded and read on helper threads while this one writes.
+        let jobs: Vec<(DocId, &[u8])> = items
+            .iter()
+            .filter_map(|i| match &i.entry {
+                Entry::Snapshot(b) => Some((i.doc_id, b.0.as_slice())),
+                _ => None,
+            })
+            .collect();
+        crate::store::with_prepared(&jobs, |prepared| {
+            store.transaction(|tx| {
+            for item in &items {
                 stats.items_received += 1;
-                let r = match item.entry {
+                let r = match &item.entry {
                     Entry::Changes(changes) => {
-                        let raw: Vec<Vec<u8>> = changes.into_iter().map(|b| b.0).collect();
+                        let raw: Vec<Vec<u8>> = changes.iter().map(|b| b.0.clone()).collect();
                         tx.apply_changes(item.doc_id, &raw).map(|n| stats.changes_received += n as u64)
                     }
                     // A snapshot means the document is (again) in the device's scopes: keep
                     // it (and its visits and quotes) even if it was waiting to leave.
-                    Entry::Snapshot(bytes) => tx
-                        .apply_snapshot(item.doc_id, &bytes.0)
+                    Entry::Snapshot(bytes) => prepared
+                        .take_next()
+                        .unwrap_or_else(|| Err(StoreError::InvalidData("snapshot not prepared".into())))
+                        .and_then(|mut p| {
+                            let r = tx.apply_prepared_snapshot(item.doc_id, &bytes.0, &mut p);
+                            prepared.discard(p);
+                            r
+                        })
                         .and_then(|_| {
                             std::iter::once(&item.doc_id)
                                 .chain(followers.get(&item.doc_id).into_iter().flatten())
@@ -470,6 +485,7 @@ impl ClientSession {
                 tx.evict_acknowledged()?;
             }
             tx.set_meta(CURSOR_KEY, &cursor_bytes)
+        })
         })?;
         stats.batches += 1;
         self.stats = stats;

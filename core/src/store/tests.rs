@@ -368,3 +368,63 @@ fn a_new_document_stored_as_its_single_change_reloads_identically() {
     );
     assert!(s.verify().unwrap().is_empty());
 }
+
+/// Snapshots prepared on helper threads come back in order, each with its own outcome: a
+/// garbage snapshot and one holding another document fail alone, the rest are stored with
+/// their projections, and one merged into an existing document keeps both sides.
+#[test]
+fn prepared_snapshots_apply_in_order_with_their_own_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    let ids: Vec<DocId> = (0..150)
+        .map(|i| add_customer(&mut a, &format!("Customer {i:03}")))
+        .collect();
+    // `b` already holds the first customer, with an edit of its own.
+    let first = a.export(ids[0]).unwrap();
+    b.transaction(|tx| tx.apply_snapshot(ids[0], &first).map(|_| ()))
+        .unwrap();
+    edit(
+        &mut b,
+        ids[0],
+        Edit::Customer(CustomerEdit::Set(CustomerField::Industry, "mining".into())),
+    );
+    let mut snapshots: Vec<(DocId, Vec<u8>)> =
+        ids.iter().map(|id| (*id, a.export(*id).unwrap())).collect();
+    snapshots[7].1 = b"not a document".to_vec();
+    snapshots[90].0 = DocId::new(); // a snapshot filed under the wrong id
+    let jobs: Vec<(DocId, &[u8])> = snapshots
+        .iter()
+        .map(|(id, s)| (*id, s.as_slice()))
+        .collect();
+    let outcomes: Vec<bool> = with_prepared(&jobs, |queue| {
+        b.transaction(|tx| {
+            let mut out = Vec::new();
+            for (id, bytes) in &jobs {
+                let r = queue.take_next().unwrap().and_then(|mut p| {
+                    let r = tx.apply_prepared_snapshot(*id, bytes, &mut p);
+                    queue.discard(p);
+                    r
+                });
+                out.push(r.is_ok());
+            }
+            assert!(queue.take_next().is_none(), "every job was taken once");
+            Ok(out)
+        })
+    })
+    .unwrap();
+    let failed: Vec<usize> = (0..outcomes.len()).filter(|i| !outcomes[*i]).collect();
+    assert_eq!(failed, vec![7, 90]);
+    assert_eq!(b.doc_count().unwrap(), 148);
+    let rows = b
+        .query_json("SELECT name FROM customers ORDER BY name", &[])
+        .unwrap();
+    assert_eq!(rows.len(), 148);
+    assert_eq!(rows[0]["name"], "Customer 000");
+    assert_eq!(rows[147]["name"], "Customer 149");
+    let Ok(Document::Customer(c)) = b.document(ids[0]) else {
+        panic!("the first customer is there")
+    };
+    assert_eq!(c.industry.as_deref(), Some("mining"), "local edit kept");
+    assert!(b.verify().unwrap().is_empty());
+}
