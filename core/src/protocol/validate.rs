@@ -13,12 +13,51 @@
 //! decides, see `left_senders_scope`), files it under the document's new scope, and the old
 //! rep's replica drops the document once those changes are acknowledged.
 
+use std::collections::HashMap;
+
 use automerge::{AutoCommit, Change, ChangeHash};
 use uuid::Uuid;
 
 use crate::ids::{DocId, DocKind, GovernedField, Role};
 use crate::model::{self, Document};
 use crate::store::decode_change;
+
+/// Typed reads of documents the relay accepted a change into, by document and heads (the
+/// heads fix the whole history, so a read filed under them never goes stale). An upload
+/// usually brings several changes to the same documents: each then starts from the read
+/// after the one before instead of reading the document again. Shared by all connections,
+/// bounded, and emptied when full.
+static READ_MEMO: std::sync::Mutex<Option<Reads>> = std::sync::Mutex::new(None);
+
+type Reads = HashMap<(DocId, Vec<ChangeHash>), Document>;
+
+/// Most reads the memo keeps (some megabytes of typed documents).
+const READ_MEMO_MAX: usize = 4096;
+
+fn read_memo() -> std::sync::MutexGuard<'static, Option<Reads>> {
+    READ_MEMO
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The typed document as it stands, from the memo when the relay read it last.
+fn read_current(doc: &mut AutoCommit, id: DocId) -> Option<Document> {
+    let key = (id, doc.get_heads());
+    if let Some(d) = read_memo().as_ref().and_then(|m| m.get(&key).cloned()) {
+        return Some(d);
+    }
+    model::read_document(&*doc).ok()
+}
+
+fn remember_read(id: DocId, doc: &mut AutoCommit, read: &Document) {
+    let key = (id, doc.get_heads());
+    let mut memo = read_memo();
+    let m = memo.get_or_insert_with(HashMap::new);
+    if m.len() >= READ_MEMO_MAX {
+        m.clear();
+    }
+    m.insert(key, read.clone());
+}
 
 /// An enrolled device as the relay knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,7 +187,7 @@ pub fn check_change(
     };
     if doc.get_change_by_hash(&change.hash()).is_some() {
         // Already stored: the caller reports it as accepted (idempotent re-send).
-        let before = model::read_document(&*doc).ok();
+        let before = read_current(doc, doc_id);
         return Ok(Accepted {
             kind: before.as_ref().map(|d| d.header().kind),
             scope: stored_scope.map(str::to_string),
@@ -167,7 +206,7 @@ pub fn check_change(
             retry: true,
         });
     }
-    let before = model::read_document(&*doc).ok();
+    let before = read_current(doc, doc_id);
     let mut trial = doc.clone();
     crate::store::guard("applying an uploaded change", || {
         trial.apply_changes([change.clone()])
@@ -176,7 +215,19 @@ pub fn check_change(
     .map_err(|e| Refusal::permanent(e.to_string()))?;
     // Reading the document below recurses once per nesting level (automerge's hydrate): bound
     // the depth first, without recursion, so a hostile change cannot overflow the stack.
-    check_depth(&trial).map_err(Refusal::permanent)?;
+    // Only a change that makes objects can deepen a document the relay already accepted
+    // (every stored document passed this check), so most edits skip the walk.
+    let makes_objects = crate::store::guard("expanding an uploaded change", || {
+        change
+            .decode()
+            .operations
+            .iter()
+            .any(|op| matches!(op.action, automerge::legacy::OpType::Make(_)))
+    })
+    .map_err(|e| Refusal::permanent(e.to_string()))?;
+    if makes_objects || before.is_none() {
+        check_depth(&trial).map_err(Refusal::permanent)?;
+    }
     let after = match model::read_document(&trial) {
         Ok(d) => d,
         Err(e) => {
@@ -243,6 +294,7 @@ pub fn check_change(
         (Some(b), Document::Customer(_)) if *b != scope_after => Some(b.clone()),
         _ => None,
     };
+    remember_read(doc_id, &mut trial, &after);
     *doc = trial;
     Ok(Accepted {
         change,
