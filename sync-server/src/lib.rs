@@ -17,5 +17,5 @@ pub use config::{ConfigError, RelayConfig};
 pub use server::{Relay, serve, status_report};
 pub use store::{
     AuditRecord, DeviceRecord, Enrollment, EnrolmentRecord, OpenEnrollment, RelayStatus,
-    RelayStoreError, RelayStoreOptions, Revoked, SqliteRelayStore,
+    RelayStore, RelayStoreError, RelayStoreOptions, Revoked, SqliteRelayStore,
 };

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use fieldsync_core::protocol::EnrolToken;
 use fieldsync_core::{DocId, Role};
-use fieldsync_relay::{RelayConfig, SqliteRelayStore};
+use fieldsync_relay::{RelayConfig, RelayStore};
 use uuid::Uuid;
 
 /// fieldsync relay: the central QUIC sync server.
@@ -44,13 +44,9 @@ impl Common {
     }
 
     /// The store of an existing relay database (it is not created).
-    fn store(&self) -> anyhow::Result<SqliteRelayStore> {
+    fn store(&self) -> anyhow::Result<RelayStore> {
         let cfg = self.load()?;
-        let db = cfg.db_path();
-        if !db.exists() {
-            anyhow::bail!("no relay database at {}", db.display());
-        }
-        Ok(SqliteRelayStore::open(&db, cfg.store_options())?)
+        Ok(RelayStore::open_existing(&cfg)?)
     }
 }
 
@@ -286,7 +282,7 @@ fn enroll(
     )?
     .fingerprint();
     // Creates the database if the relay never started here; a running relay shares it (WAL).
-    let store = SqliteRelayStore::open(cfg.db_path(), cfg.store_options())?;
+    let store = RelayStore::open(&cfg)?;
     let secret = store.create_enrolment(
         name,
         role,

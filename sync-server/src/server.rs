@@ -27,7 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::config::RelayConfig;
-use crate::store::{RelayStoreOptions, SqliteRelayStore};
+use crate::store::RelayStore;
 use crate::tls;
 
 /// Time a new connection has to open its stream and send `Hello`.
@@ -50,13 +50,13 @@ const CLOSE_SHUTDOWN: u32 = 2;
 pub struct Relay {
     local_addr: SocketAddr,
     fingerprint: String,
-    store: SqliteRelayStore,
+    store: RelayStore,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
 
 struct Shared {
-    store: SqliteRelayStore,
+    store: RelayStore,
     limits: RelayLimits,
 }
 
@@ -67,9 +67,8 @@ impl Relay {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let opts = config.store_options();
-        let db = config.db_path();
-        let store = tokio::task::spawn_blocking(move || SqliteRelayStore::open(db, opts))
+        let cfg = config.clone();
+        let store = tokio::task::spawn_blocking(move || RelayStore::open(&cfg))
             .await
             .context("opening the relay database")??;
         let identity = {
@@ -123,7 +122,7 @@ impl Relay {
     }
 
     /// The relay's store (to enrol devices or inspect state in tests).
-    pub fn store(&self) -> &SqliteRelayStore {
+    pub fn store(&self) -> &RelayStore {
         &self.store
     }
 
@@ -180,7 +179,7 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Notices enrolments and revocations made by other processes (see the module docs).
-async fn poll_devices(store: SqliteRelayStore, mut stop: watch::Receiver<bool>) {
+async fn poll_devices(store: RelayStore, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(DEVICE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -188,7 +187,12 @@ async fn poll_devices(store: SqliteRelayStore, mut stop: watch::Receiver<bool>) 
             () = stopping(&mut stop) => return,
             _ = tick.tick() => {
                 let s = store.clone();
-                match tokio::task::spawn_blocking(move || s.poll_devices()).await {
+                // Other nodes sharing the database append and revoke too: look at both.
+                let polled = tokio::task::spawn_blocking(move || {
+                    s.poll_log()?;
+                    s.poll_devices()
+                });
+                match polled.await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => warn!(error = %e, "cannot read the device table"),
                     Err(e) => warn!(error = %e, "device poll task failed"),
@@ -300,7 +304,7 @@ struct Link {
     send: SendStream,
     recv: RecvStream,
     remote: SocketAddr,
-    store: SqliteRelayStore,
+    store: RelayStore,
     session: Option<RelaySession>,
     live: watch::Receiver<u64>,
     devices: watch::Receiver<u64>,
@@ -413,7 +417,7 @@ impl Link {
     /// Runs a session call with a store handle on the blocking pool.
     async fn with_session(
         &mut self,
-        f: impl FnOnce(&mut RelaySession, &mut SqliteRelayStore) -> Output + Send + 'static,
+        f: impl FnOnce(&mut RelaySession, &mut RelayStore) -> Output + Send + 'static,
     ) -> Result<Output, String> {
         let Some(mut session) = self.session.take() else {
             return Err("session lost".into());
@@ -539,20 +543,13 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 /// certificate fingerprint. Refuses a data directory without a relay database (it does not
 /// create one).
 pub fn status_report(config: &RelayConfig) -> anyhow::Result<String> {
-    let db = config.db_path();
-    if !db.exists() {
-        anyhow::bail!(
-            "no relay database at {} (has the relay ever started there?)",
-            db.display()
-        );
-    }
-    let store = SqliteRelayStore::open(&db, RelayStoreOptions::default())?;
+    let store = RelayStore::open_existing(config)?;
     let s = store.status()?;
     let fp = tls::existing_fingerprint(&config.data_dir, config.cert.as_deref())
         .unwrap_or_else(|| "none (no certificate yet)".into());
     Ok(format!(
         "database: {}\nepoch: {}\nhigh seq: {}\ndocs: {}\nchanges: {}\ndevices: {} ({} revoked)\nfingerprint: {}\n",
-        db.display(),
+        store.location(),
         s.epoch,
         s.high_seq,
         s.docs,

@@ -656,7 +656,7 @@ impl Rng {
 /// The relay's scope of every document it holds.
 fn relay_scopes(relay: &Relay) -> BTreeMap<DocId, String> {
     let conn = rusqlite::Connection::open_with_flags(
-        relay.store().path(),
+        relay.store().path().expect("an embedded relay database"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("open relay db");
@@ -782,7 +782,7 @@ async fn no_device_ever_holds_a_document_outside_its_scopes() {
             scopes.len()
         );
         let moves: i64 = rusqlite::Connection::open_with_flags(
-            relay.store().path(),
+            relay.store().path().expect("an embedded relay database"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .and_then(|c| c.query_row("SELECT count(*) FROM moves", [], |r| r.get(0)))

@@ -12,6 +12,7 @@
 //! The relay validates a write against its own copy of the document, so it loads documents, but
 //! only those being written, into a small LRU cache; it never holds all documents in memory.
 
+mod backend;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -41,6 +42,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use backend::RelayStore;
 pub use fieldsync_core::protocol::relay::SnapshotPage;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
@@ -98,6 +100,9 @@ pub enum RelayStoreError {
     /// An argument was refused (e.g. enrolling a device without scopes).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// An admin command named a relay database that does not exist.
+    #[error("no relay database at {} (has the relay ever started there?)", .0.display())]
+    Missing(PathBuf),
     /// The system random generator failed.
     #[error("the system random generator failed")]
     Random,
@@ -264,7 +269,8 @@ pub struct RelayStatus {
 struct DocCache {
     cap: usize,
     tick: u64,
-    docs: HashMap<DocId, (AutoCommit, u64)>,
+    /// Each document with its last use and the `updated_seq` it was cached at.
+    docs: HashMap<DocId, (AutoCommit, u64, i64)>,
 }
 
 impl DocCache {
@@ -276,16 +282,20 @@ impl DocCache {
         }
     }
 
-    fn take(&mut self, id: &DocId) -> Option<AutoCommit> {
-        self.docs.remove(id).map(|(d, _)| d)
+    /// Takes a document out if it was cached at `updated_seq` (a copy cached at another
+    /// position is stale and dropped).
+    fn take(&mut self, id: &DocId, updated_seq: i64) -> Option<AutoCommit> {
+        self.docs
+            .remove(id)
+            .and_then(|(d, _, at)| (at == updated_seq).then_some(d))
     }
 
-    fn insert(&mut self, id: DocId, doc: AutoCommit) {
+    fn insert(&mut self, id: DocId, doc: AutoCommit, updated_seq: i64) {
         while self.docs.len() >= self.cap && !self.docs.contains_key(&id) {
             let Some(oldest) = self
                 .docs
                 .iter()
-                .min_by_key(|(_, (_, t))| *t)
+                .min_by_key(|(_, (_, t, _))| *t)
                 .map(|(k, _)| *k)
             else {
                 break;
@@ -293,7 +303,7 @@ impl DocCache {
             self.docs.remove(&oldest);
         }
         self.tick += 1;
-        self.docs.insert(id, (doc, self.tick));
+        self.docs.insert(id, (doc, self.tick, updated_seq));
     }
 
     fn len(&self) -> usize {
@@ -472,6 +482,232 @@ fn device_row(conn: &Connection, id: Uuid) -> Result<Option<DeviceRow>, rusqlite
     .optional()
 }
 
+/// A row of `docs` as the upload path writes it.
+struct DocRow<'a> {
+    doc_id: DocId,
+    kind: Option<i64>,
+    scope: &'a str,
+    customer_id: Option<DocId>,
+    snapshot: &'a [u8],
+    heads: &'a [u8],
+    updated_seq: i64,
+}
+
+/// `(kind, scope, customer_id, updated_seq)` of a stored document.
+type DocMeta = (Option<i64>, String, Option<Vec<u8>>, i64);
+
+/// The statements the upload path runs inside its write transaction: the seam between the
+/// backend-independent rules of [`Batch`] (validation, scope moves, the document cache) and
+/// each backend's SQL. Every method runs in the one transaction that stores the batch, so
+/// the rules read the state they are about to change.
+trait BatchDb {
+    /// Kind, scope, customer and `updated_seq` of a stored document.
+    fn doc_meta(&self, id: DocId) -> Result<Option<DocMeta>, RelayStoreError>;
+    /// A stored document's snapshot.
+    fn doc_snapshot(&self, id: DocId) -> Result<Vec<u8>, RelayStoreError>;
+    /// Inserts or replaces a document.
+    fn upsert_doc(&self, row: &DocRow<'_>) -> Result<(), RelayStoreError>;
+    /// Appends a log entry and returns its sequence number.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_log(
+        &self,
+        scope: &str,
+        doc: DocId,
+        kind: i64,
+        hash: Option<&[u8]>,
+        bytes: Option<&[u8]>,
+        device: Uuid,
+        at: i64,
+    ) -> Result<i64, RelayStoreError>;
+    /// Sets the `moved_to` of a `Leave` entry.
+    fn set_moved_to(&self, seq: i64, to: &str) -> Result<(), RelayStoreError>;
+    /// Records a move of a document between scopes.
+    fn insert_move(
+        &self,
+        doc: DocId,
+        from: &str,
+        to: &str,
+        seq: i64,
+        at: i64,
+    ) -> Result<(), RelayStoreError>;
+    /// Moves of a document at or after `since` (ms), newest first: `(from_scope, seq)`.
+    fn moves_since(&self, doc: DocId, since: i64) -> Result<Vec<(String, i64)>, RelayStoreError>;
+    /// A customer and its visits and quotes: `(doc_id, scope, snapshot)` by id.
+    fn customer_docs(
+        &self,
+        customer: DocId,
+    ) -> Result<Vec<(DocId, String, Vec<u8>)>, RelayStoreError>;
+    /// Files a document under `scope` at `seq`.
+    fn refile_doc(&self, doc: DocId, scope: &str, seq: i64) -> Result<(), RelayStoreError>;
+    /// The document and sequence number of a stored change.
+    fn stored_change(&self, hash: &[u8]) -> Result<Option<(DocId, i64)>, RelayStoreError>;
+    /// Records a stored change.
+    fn insert_change(&self, hash: &[u8], doc: DocId, seq: i64) -> Result<(), RelayStoreError>;
+    /// Appends to the audit trail.
+    fn insert_audit(
+        &self,
+        seq: i64,
+        device: Uuid,
+        doc: DocId,
+        at: i64,
+    ) -> Result<(), RelayStoreError>;
+    /// A device row.
+    fn device_row(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError>;
+}
+
+impl BatchDb for Transaction<'_> {
+    fn doc_meta(&self, id: DocId) -> Result<Option<DocMeta>, RelayStoreError> {
+        Ok(self
+            .prepare_cached(
+                "SELECT kind, scope, customer_id, updated_seq FROM docs WHERE doc_id = ?1",
+            )?
+            .query_row([id.as_bytes()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?)
+    }
+
+    fn doc_snapshot(&self, id: DocId) -> Result<Vec<u8>, RelayStoreError> {
+        Ok(self
+            .prepare_cached("SELECT snapshot FROM docs WHERE doc_id = ?1")?
+            .query_row([id.as_bytes()], |r| r.get(0))?)
+    }
+
+    fn upsert_doc(&self, row: &DocRow<'_>) -> Result<(), RelayStoreError> {
+        self.prepare_cached(
+            "INSERT INTO docs (doc_id, kind, scope, customer_id, snapshot, heads, updated_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (doc_id) DO UPDATE SET kind = excluded.kind, scope = excluded.scope,
+               customer_id = excluded.customer_id, snapshot = excluded.snapshot,
+               heads = excluded.heads, updated_seq = excluded.updated_seq",
+        )?
+        .execute(params![
+            row.doc_id.as_bytes(),
+            row.kind,
+            row.scope,
+            row.customer_id.map(|c| c.as_bytes().to_vec()),
+            row.snapshot,
+            row.heads,
+            row.updated_seq,
+        ])?;
+        Ok(())
+    }
+
+    fn insert_log(
+        &self,
+        scope: &str,
+        doc: DocId,
+        kind: i64,
+        hash: Option<&[u8]>,
+        bytes: Option<&[u8]>,
+        device: Uuid,
+        at: i64,
+    ) -> Result<i64, RelayStoreError> {
+        self.prepare_cached(
+            "INSERT INTO log (scope, doc_id, kind, hash, bytes, device, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            scope,
+            doc.as_bytes(),
+            kind,
+            hash,
+            bytes,
+            device.as_bytes(),
+            at
+        ])?;
+        Ok(self.last_insert_rowid())
+    }
+
+    fn set_moved_to(&self, seq: i64, to: &str) -> Result<(), RelayStoreError> {
+        self.prepare_cached("UPDATE log SET moved_to = ?2 WHERE seq = ?1")?
+            .execute(params![seq, to])?;
+        Ok(())
+    }
+
+    fn insert_move(
+        &self,
+        doc: DocId,
+        from: &str,
+        to: &str,
+        seq: i64,
+        at: i64,
+    ) -> Result<(), RelayStoreError> {
+        self.prepare_cached(
+            "INSERT INTO moves (doc_id, from_scope, to_scope, seq, at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![doc.as_bytes(), from, to, seq, at])?;
+        Ok(())
+    }
+
+    fn moves_since(&self, doc: DocId, since: i64) -> Result<Vec<(String, i64)>, RelayStoreError> {
+        Ok(self
+            .prepare_cached(
+                "SELECT from_scope, seq FROM moves WHERE doc_id = ?1 AND at >= ?2
+                 ORDER BY seq DESC",
+            )?
+            .query_map(params![doc.as_bytes(), since], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn customer_docs(
+        &self,
+        customer: DocId,
+    ) -> Result<Vec<(DocId, String, Vec<u8>)>, RelayStoreError> {
+        let rows: Vec<(Vec<u8>, String, Vec<u8>)> = self
+            .prepare_cached(
+                "SELECT doc_id, scope, snapshot FROM docs WHERE doc_id = ?1 OR customer_id = ?1
+                 ORDER BY doc_id",
+            )?
+            .query_map([customer.as_bytes()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, scope, snap)| Ok((doc_id(&id)?, scope, snap)))
+            .collect()
+    }
+
+    fn refile_doc(&self, doc: DocId, scope: &str, seq: i64) -> Result<(), RelayStoreError> {
+        self.prepare_cached("UPDATE docs SET scope = ?2, updated_seq = ?3 WHERE doc_id = ?1")?
+            .execute(params![doc.as_bytes(), scope, seq])?;
+        Ok(())
+    }
+
+    fn stored_change(&self, hash: &[u8]) -> Result<Option<(DocId, i64)>, RelayStoreError> {
+        let row: Option<(Vec<u8>, i64)> = self
+            .prepare_cached("SELECT doc_id, seq FROM changes WHERE hash = ?1")?
+            .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        row.map(|(d, s)| Ok((doc_id(&d)?, s))).transpose()
+    }
+
+    fn insert_change(&self, hash: &[u8], doc: DocId, seq: i64) -> Result<(), RelayStoreError> {
+        self.prepare_cached("INSERT INTO changes (hash, doc_id, seq) VALUES (?1, ?2, ?3)")?
+            .execute(params![hash, doc.as_bytes(), seq])?;
+        Ok(())
+    }
+
+    fn insert_audit(
+        &self,
+        seq: i64,
+        device: Uuid,
+        doc: DocId,
+        at: i64,
+    ) -> Result<(), RelayStoreError> {
+        self.prepare_cached("INSERT INTO audit (seq, device, doc_id, at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![seq, device.as_bytes(), doc.as_bytes(), at])?;
+        Ok(())
+    }
+
+    fn device_row(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError> {
+        Ok(device_row(self, id)?)
+    }
+}
+
 /// One document being written during an upload batch.
 struct Work {
     doc: AutoCommit,
@@ -483,8 +719,8 @@ struct Work {
 }
 
 /// State of one upload batch inside its transaction.
-struct Batch<'a, 't> {
-    tx: &'a Transaction<'t>,
+struct Batch<'a, D: BatchDb> {
+    tx: &'a D,
     cache: &'a mut DocCache,
     work: HashMap<DocId, Work>,
     open_role: Option<Role>,
@@ -493,24 +729,14 @@ struct Batch<'a, 't> {
     move_grace_ms: i64,
 }
 
-impl Batch<'_, '_> {
+impl<D: BatchDb> Batch<'_, D> {
     /// Takes a document out of the working set, the cache or the database (a new, empty
     /// document if the relay has none).
     fn take(&mut self, id: DocId) -> Result<Work, RelayStoreError> {
         if let Some(w) = self.work.remove(&id) {
             return Ok(w);
         }
-        type MetaRow = (Option<i64>, String, Option<Vec<u8>>, i64);
-        let row: Option<MetaRow> = self
-            .tx
-            .prepare_cached(
-                "SELECT kind, scope, customer_id, updated_seq FROM docs WHERE doc_id = ?1",
-            )?
-            .query_row([id.as_bytes()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()?;
-        let Some((kind, scope, customer, updated_seq)) = row else {
+        let Some((kind, scope, customer, updated_seq)) = self.tx.doc_meta(id)? else {
             return Ok(Work {
                 doc: AutoCommit::new(),
                 kind: None,
@@ -520,13 +746,12 @@ impl Batch<'_, '_> {
                 dirty: false,
             });
         };
-        let doc = match self.cache.take(&id) {
+        // A cached copy is used only if no other writer (another relay node sharing the
+        // database) stored the document since it was cached.
+        let doc = match self.cache.take(&id, updated_seq) {
             Some(d) => d,
             None => {
-                let snapshot: Vec<u8> = self
-                    .tx
-                    .prepare_cached("SELECT snapshot FROM docs WHERE doc_id = ?1")?
-                    .query_row([id.as_bytes()], |r| r.get(0))?;
+                let snapshot = self.tx.doc_snapshot(id)?;
                 load_snapshot(&snapshot)
                     .map_err(|e| RelayStoreError::Corrupt(format!("document {id}: {e}")))?
             }
@@ -543,25 +768,18 @@ impl Batch<'_, '_> {
 
     /// Writes every changed document of the working set back to `docs`.
     fn flush(&mut self) -> Result<(), RelayStoreError> {
-        let mut up = self.tx.prepare_cached(
-            "INSERT INTO docs (doc_id, kind, scope, customer_id, snapshot, heads, updated_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (doc_id) DO UPDATE SET kind = excluded.kind, scope = excluded.scope,
-               customer_id = excluded.customer_id, snapshot = excluded.snapshot,
-               heads = excluded.heads, updated_seq = excluded.updated_seq",
-        )?;
         for (id, w) in self.work.iter_mut().filter(|(_, w)| w.dirty) {
             let snapshot = save(&mut w.doc, *id)?;
             let heads = heads_bytes(&mut w.doc);
-            up.execute(params![
-                id.as_bytes(),
-                w.kind.map(DocKind::code),
-                w.scope.as_deref().unwrap_or_default(),
-                w.customer_id.map(|c| c.as_bytes().to_vec()),
-                snapshot,
-                heads,
-                w.updated_seq,
-            ])?;
+            self.tx.upsert_doc(&DocRow {
+                doc_id: *id,
+                kind: w.kind.map(DocKind::code),
+                scope: w.scope.as_deref().unwrap_or_default(),
+                customer_id: w.customer_id,
+                snapshot: &snapshot,
+                heads: &heads,
+                updated_seq: w.updated_seq,
+            })?;
             w.dirty = false;
         }
         Ok(())
@@ -576,21 +794,9 @@ impl Batch<'_, '_> {
         bytes: Option<&[u8]>,
         device: Uuid,
     ) -> Result<i64, RelayStoreError> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO log (scope, doc_id, kind, hash, bytes, device, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                scope,
-                doc.as_bytes(),
-                kind,
-                hash,
-                bytes,
-                device.as_bytes(),
-                self.now
-            ])?;
-        let seq = self.tx.last_insert_rowid();
+        let seq = self
+            .tx
+            .insert_log(scope, doc, kind, hash, bytes, device, self.now)?;
         self.high = Some(seq);
         Ok(seq)
     }
@@ -605,18 +811,8 @@ impl Batch<'_, '_> {
         device: Uuid,
     ) -> Result<(), RelayStoreError> {
         self.flush()?;
-        let rows: Vec<(Vec<u8>, String, Vec<u8>)> = self
-            .tx
-            .prepare_cached(
-                "SELECT doc_id, scope, snapshot FROM docs WHERE doc_id = ?1 OR customer_id = ?1
-                 ORDER BY doc_id",
-            )?
-            .query_map([customer.as_bytes()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        for (idb, scope, snapshot) in rows {
-            let id = doc_id(&idb)?;
+        let rows = self.tx.customer_docs(customer)?;
+        for (id, scope, snapshot) in rows {
             let from = if id == customer {
                 old.to_string()
             } else {
@@ -626,19 +822,10 @@ impl Batch<'_, '_> {
                 continue;
             }
             let leave = self.log(&from, id, KIND_LEAVE, None, None, device)?;
-            self.tx
-                .prepare_cached("UPDATE log SET moved_to = ?2 WHERE seq = ?1")?
-                .execute(params![leave, new])?;
-            self.tx
-                .prepare_cached(
-                    "INSERT INTO moves (doc_id, from_scope, to_scope, seq, at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![id.as_bytes(), from, new, leave, self.now])?;
+            self.tx.set_moved_to(leave, new)?;
+            self.tx.insert_move(id, &from, new, leave, self.now)?;
             let seq = self.log(new, id, KIND_SNAPSHOT, None, Some(&snapshot), device)?;
-            self.tx
-                .prepare_cached("UPDATE docs SET scope = ?2, updated_seq = ?3 WHERE doc_id = ?1")?
-                .execute(params![id.as_bytes(), new, seq])?;
+            self.tx.refile_doc(id, new, seq)?;
             if let Some(w) = self.work.get_mut(&id) {
                 w.scope = Some(new.to_string());
                 w.updated_seq = seq;
@@ -663,24 +850,17 @@ impl Batch<'_, '_> {
         let Some(customer) = customer else {
             return Ok(());
         };
-        let froms: Vec<String> = self
+        let froms = self
             .tx
-            .prepare_cached("SELECT from_scope FROM moves WHERE doc_id = ?1 ORDER BY seq DESC")?
-            .query_map([customer.as_bytes()], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+            .moves_since(customer, i64::MIN)?
+            .into_iter()
+            .map(|(from, _)| from);
         let Some(from) = froms.into_iter().find(|s| device.sees(s)) else {
             return Ok(());
         };
         let leave = self.log(&from, doc, KIND_LEAVE, None, None, device.device_id)?;
-        self.tx
-            .prepare_cached("UPDATE log SET moved_to = ?2 WHERE seq = ?1")?
-            .execute(params![leave, new])?;
-        self.tx
-            .prepare_cached(
-                "INSERT INTO moves (doc_id, from_scope, to_scope, seq, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![doc.as_bytes(), from, new, leave, self.now])?;
+        self.tx.set_moved_to(leave, new)?;
+        self.tx.insert_move(doc, &from, new, leave, self.now)?;
         Ok(())
     }
 
@@ -704,13 +884,8 @@ impl Batch<'_, '_> {
         };
         let hash = change.hash().0;
         // Re-sending is harmless: a stored change is acknowledged again without a new entry.
-        let stored: Option<Vec<u8>> = self
-            .tx
-            .prepare_cached("SELECT doc_id FROM changes WHERE hash = ?1")?
-            .query_row([&hash[..]], |r| r.get(0))
-            .optional()?;
-        if let Some(d) = stored {
-            return Ok(if d == c.doc_id.as_bytes() {
+        if let Some((d, _)) = self.tx.stored_change(&hash)? {
+            return Ok(if d == c.doc_id {
                 Outcome::Stored
             } else {
                 refuse(hash, "change belongs to another document".into(), false)
@@ -718,13 +893,13 @@ impl Batch<'_, '_> {
         }
         let mut work = self.take(c.doc_id)?;
         let new_doc = work.scope.is_none();
-        let failure: RefCell<Option<rusqlite::Error>> = RefCell::new(None);
+        let failure: RefCell<Option<RelayStoreError>> = RefCell::new(None);
         let result = {
             let tx = self.tx;
             let open_role = self.open_role;
             let others = &self.work;
             let author_role = |author: Uuid| -> Option<Role> {
-                match device_row(tx, author) {
+                match tx.device_row(author) {
                     Ok(Some(row)) if row.revoked_at.is_none() => Role::parse(&row.role),
                     Ok(Some(_)) => None,
                     Ok(None) => open_role,
@@ -738,8 +913,8 @@ impl Batch<'_, '_> {
                 if let Some(w) = others.get(&cid) {
                     return w.scope.clone();
                 }
-                tx.prepare_cached("SELECT scope FROM docs WHERE doc_id = ?1")
-                    .and_then(|mut st| st.query_row([cid.as_bytes()], |r| r.get(0)).optional())
+                tx.doc_meta(cid)
+                    .map(|m| m.map(|(_, scope, _, _)| scope))
                     .unwrap_or_else(|e| {
                         failure.borrow_mut().get_or_insert(e);
                         None
@@ -749,16 +924,8 @@ impl Batch<'_, '_> {
             // The document left one of the sender's scopes within the grace period, and the
             // change's dependencies were all stored before it left.
             let left_senders_scope = |id: DocId, deps: &[ChangeHash]| -> bool {
-                let check = || -> Result<bool, rusqlite::Error> {
-                    let mut st = tx.prepare_cached(
-                        "SELECT from_scope, seq FROM moves WHERE doc_id = ?1 AND at >= ?2
-                         ORDER BY seq DESC",
-                    )?;
-                    let moves: Vec<(String, i64)> = st
-                        .query_map(params![id.as_bytes(), since], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })?
-                        .collect::<Result<_, _>>()?;
+                let check = || -> Result<bool, RelayStoreError> {
+                    let moves = tx.moves_since(id, since)?;
                     let Some(moved_at) = moves
                         .iter()
                         .find(|(from, _)| device.sees(from))
@@ -766,11 +933,8 @@ impl Batch<'_, '_> {
                     else {
                         return Ok(false);
                     };
-                    let mut dep_seq =
-                        tx.prepare_cached("SELECT seq FROM changes WHERE hash = ?1")?;
                     for d in deps {
-                        let seq: Option<i64> =
-                            dep_seq.query_row([&d.0[..]], |r| r.get(0)).optional()?;
+                        let seq = tx.stored_change(&d.0)?.map(|(_, s)| s);
                         if seq.is_none_or(|s| s >= moved_at) {
                             return Ok(false);
                         }
@@ -795,7 +959,7 @@ impl Batch<'_, '_> {
             )
         };
         if let Some(e) = failure.into_inner() {
-            return Err(e.into());
+            return Err(e);
         }
         let accepted = match result {
             Ok(a) => a,
@@ -827,20 +991,12 @@ impl Batch<'_, '_> {
             Some(&c.bytes),
             device.device_id,
         )?;
-        self.tx
-            .prepare_cached("INSERT INTO changes (hash, doc_id, seq) VALUES (?1, ?2, ?3)")?
-            .execute(params![&hash[..], c.doc_id.as_bytes(), seq])?;
+        self.tx.insert_change(&hash, c.doc_id, seq)?;
         if new_doc && !device.sees(&scope) {
             self.leave_author(device, c.doc_id, accepted.customer_id, &scope)?;
         }
         self.tx
-            .prepare_cached("INSERT INTO audit (seq, device, doc_id, at) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![
-                seq,
-                device.device_id.as_bytes(),
-                c.doc_id.as_bytes(),
-                self.now
-            ])?;
+            .insert_audit(seq, device.device_id, c.doc_id, self.now)?;
         if let Some(w) = self.work.get_mut(&c.doc_id) {
             w.updated_seq = seq;
         }
@@ -852,6 +1008,67 @@ impl Batch<'_, '_> {
         }
         Ok(Outcome::Stored)
     }
+}
+
+/// What one upload batch did: an outcome per change, the documents it loaded (to cache after
+/// the commit) and the highest sequence number it assigned.
+type BatchResult = (Vec<Outcome>, HashMap<DocId, Work>, Option<i64>);
+
+/// The backend-independent part of an upload: checks the sender's current grant and
+/// validates and stores each change through `tx` (one transaction the caller commits).
+fn append_batch<D: BatchDb>(
+    tx: &D,
+    cache: &mut DocCache,
+    opts: &RelayStoreOptions,
+    device: &DeviceInfo,
+    changes: &[UploadChange],
+    relayed: bool,
+) -> Result<BatchResult, RelayStoreError> {
+    let open_role = opts.open.as_ref().map(|o| o.role);
+    // The sender's grant is read again inside the transaction that stores the changes,
+    // so a revocation or a narrower grant committed meanwhile applies to this write.
+    let sender = tx.device_row(device.device_id)?;
+    let fresh;
+    let device = match sender {
+        Some(r) if r.revoked_at.is_some() => {
+            // Not the changes' fault: they stay in the device's outbox (retry) and the
+            // session is closed as unauthorised.
+            let refused = changes
+                .iter()
+                .map(|c| {
+                    Outcome::Refused(Rejection {
+                        hash: decode_change(&c.bytes)
+                            .map(|ch| ch.hash().0)
+                            .unwrap_or([0; 32]),
+                        reason: "device revoked".into(),
+                        retry: true,
+                    })
+                })
+                .collect();
+            return Ok((refused, HashMap::new(), None));
+        }
+        Some(r) => {
+            fresh = r.info(device.device_id)?;
+            &fresh
+        }
+        None => device,
+    };
+    let mut batch = Batch {
+        tx,
+        cache,
+        work: HashMap::new(),
+        open_role,
+        now: now_millis(),
+        high: None,
+        move_grace_ms: i64::try_from(opts.move_grace.as_millis()).unwrap_or(i64::MAX),
+    };
+    let mut outcomes = Vec::with_capacity(changes.len());
+    for c in changes {
+        outcomes.push(batch.append_one(device, c, relayed)?);
+    }
+    batch.flush()?;
+    let Batch { work, high, .. } = batch;
+    Ok((outcomes, work, high))
 }
 
 impl SqliteRelayStore {
@@ -1015,58 +1232,16 @@ impl SqliteRelayStore {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let open_role = self.inner.opts.open.as_ref().map(|o| o.role);
         let mut guard = lock(&self.inner.writer);
         let Writer { conn, cache } = &mut *guard;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // The sender's grant is read again inside the transaction that stores the changes,
-        // so a revocation or a narrower grant committed meanwhile applies to this write.
-        let sender = device_row(&tx, device.device_id)?;
-        let fresh;
-        let device = match sender {
-            Some(r) if r.revoked_at.is_some() => {
-                // Not the changes' fault: they stay in the device's outbox (retry) and the
-                // session is closed as unauthorised.
-                return Ok(changes
-                    .iter()
-                    .map(|c| {
-                        Outcome::Refused(Rejection {
-                            hash: decode_change(&c.bytes)
-                                .map(|ch| ch.hash().0)
-                                .unwrap_or([0; 32]),
-                            reason: "device revoked".into(),
-                            retry: true,
-                        })
-                    })
-                    .collect());
-            }
-            Some(r) => {
-                fresh = r.info(device.device_id)?;
-                &fresh
-            }
-            None => device,
-        };
-        let mut batch = Batch {
-            tx: &tx,
-            cache: &mut *cache,
-            work: HashMap::new(),
-            open_role,
-            now: now_millis(),
-            high: None,
-            move_grace_ms: i64::try_from(self.inner.opts.move_grace.as_millis())
-                .unwrap_or(i64::MAX),
-        };
-        let mut outcomes = Vec::with_capacity(changes.len());
-        for c in changes {
-            outcomes.push(batch.append_one(device, c, relayed)?);
-        }
-        batch.flush()?;
-        let Batch { work, high, .. } = batch;
+        let (outcomes, work, high) =
+            append_batch(&tx, cache, &self.inner.opts, device, changes, relayed)?;
         tx.commit()?;
         for (id, w) in work {
             // Only documents the relay holds: a refused first change leaves an empty one.
             if w.scope.is_some() {
-                cache.insert(id, w.doc);
+                cache.insert(id, w.doc, w.updated_seq);
             }
         }
         if let Some(h) = high {

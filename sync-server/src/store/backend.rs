@@ -1,0 +1,322 @@
+//! [`RelayStore`]: the relay's store behind one type, whichever backend holds it.
+//!
+//! The server, its sessions and the admin CLI (`device enroll|revoke|list`, `audit`, `status`)
+//! use a [`RelayStore`]; each call goes to the backend chosen by the configuration. An enum
+//! rather than a trait object: the set of backends is closed, the handles are cheap clones,
+//! and the methods stay plain (no boxing, no object-safety limits on generics).
+
+use std::time::Duration;
+
+use fieldsync_core::protocol::messages::Hash;
+use fieldsync_core::protocol::{
+    DeviceInfo, LogEntry, Outcome, RelayStorage, StorageError, UploadChange,
+};
+use fieldsync_core::{DocId, Role};
+use tokio::sync::watch;
+
+use crate::config::RelayConfig;
+use uuid::Uuid;
+
+use super::{
+    AuditRecord, DeviceRecord, Enrollment, EnrolmentRecord, RelayStatus, RelayStoreError, Revoked,
+    SnapshotPage, SqliteRelayStore,
+};
+
+/// The relay's store: one of the backends (see the module docs). Cloning gives another
+/// handle to the same store.
+#[derive(Clone, Debug)]
+pub enum RelayStore {
+    /// The embedded SQLite file in the data directory (one relay node).
+    Sqlite(SqliteRelayStore),
+}
+
+impl From<SqliteRelayStore> for RelayStore {
+    fn from(s: SqliteRelayStore) -> Self {
+        Self::Sqlite(s)
+    }
+}
+
+/// Calls the same method on whichever backend this is.
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            RelayStore::Sqlite($s) => $e,
+        }
+    };
+}
+
+impl RelayStore {
+    /// Opens (or creates) the store the configuration names.
+    pub fn open(config: &RelayConfig) -> Result<Self, RelayStoreError> {
+        Ok(Self::Sqlite(SqliteRelayStore::open(
+            config.db_path(),
+            config.store_options(),
+        )?))
+    }
+
+    /// Opens the store the configuration names for an admin command: an embedded database
+    /// must exist already (a typo in `--data` must not create an empty relay).
+    pub fn open_existing(config: &RelayConfig) -> Result<Self, RelayStoreError> {
+        let db = config.db_path();
+        if !db.exists() {
+            return Err(RelayStoreError::Missing(db));
+        }
+        Self::open(config)
+    }
+
+    /// Where the store lives, for logs and `status` (a file path or a database URL without
+    /// its password).
+    pub fn location(&self) -> String {
+        each!(self, s => s.path().display().to_string())
+    }
+
+    /// The database file of the embedded SQLite backend (`None` for a shared database).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Sqlite(s) => Some(s.path()),
+        }
+    }
+
+    /// The relay's epoch (created with the database).
+    pub fn epoch_id(&self) -> Uuid {
+        each!(self, s => s.epoch_id())
+    }
+
+    /// Receives the highest sequence number whenever the log grew.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        each!(self, s => s.subscribe())
+    }
+
+    /// Receives a new value whenever devices or enrolments changed.
+    pub fn subscribe_devices(&self) -> watch::Receiver<u64> {
+        each!(self, s => s.subscribe_devices())
+    }
+
+    /// Notices device changes made by other processes (the relay calls this every second).
+    pub fn poll_devices(&self) -> Result<u64, RelayStoreError> {
+        each!(self, s => s.poll_devices())
+    }
+
+    /// Notices log growth committed by other relay nodes sharing the database, and wakes
+    /// [`RelayStore::subscribe`] receivers. A no-op for a single-node backend.
+    pub fn poll_log(&self) -> Result<(), RelayStoreError> {
+        each!(self, _s => Ok(()))
+    }
+
+    /// Documents currently loaded in the write cache.
+    pub fn cached_docs(&self) -> usize {
+        each!(self, s => s.cached_docs())
+    }
+
+    /// See [`SqliteRelayStore::append_changes`].
+    pub fn append_changes(
+        &self,
+        device: &DeviceInfo,
+        changes: &[UploadChange],
+        relayed: bool,
+    ) -> Result<Vec<Outcome>, RelayStoreError> {
+        each!(self, s => s.append_changes(device, changes, relayed))
+    }
+
+    /// The highest sequence number assigned so far.
+    pub fn high(&self) -> Result<u64, RelayStoreError> {
+        each!(self, s => s.high())
+    }
+
+    /// See [`SqliteRelayStore::log_after`].
+    pub fn log_after(
+        &self,
+        scope: &str,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogEntry>, bool), RelayStoreError> {
+        each!(self, s => s.log_after(scope, after, max_bytes))
+    }
+
+    /// See [`SqliteRelayStore::snapshots_after`].
+    pub fn snapshots_after(
+        &self,
+        scope: &str,
+        after: Option<DocId>,
+        max_bytes: usize,
+    ) -> Result<SnapshotPage, RelayStoreError> {
+        each!(self, s => s.snapshots_after(scope, after, max_bytes))
+    }
+
+    /// See [`SqliteRelayStore::departures_from`].
+    pub fn departures_from(
+        &self,
+        scope: &str,
+        upto: u64,
+    ) -> Result<Vec<(DocId, String)>, RelayStoreError> {
+        each!(self, s => s.departures_from(scope, upto))
+    }
+
+    /// See [`SqliteRelayStore::missing_heads`].
+    pub fn missing_heads(
+        &self,
+        docs: &[(DocId, Vec<Hash>)],
+    ) -> Result<Vec<Option<Vec<Hash>>>, RelayStoreError> {
+        each!(self, s => s.missing_heads(docs))
+    }
+
+    /// See [`SqliteRelayStore::authenticate_device`].
+    pub fn authenticate_device(
+        &self,
+        device_id: Uuid,
+        credential: Option<&str>,
+    ) -> Result<Option<DeviceInfo>, RelayStoreError> {
+        each!(self, s => s.authenticate_device(device_id, credential))
+    }
+
+    /// See [`SqliteRelayStore::touch`].
+    pub fn touch(&self, device_id: Uuid) -> Result<(), RelayStoreError> {
+        each!(self, s => s.touch(device_id))
+    }
+
+    /// See [`SqliteRelayStore::enroll_device`].
+    pub fn enroll_device(
+        &self,
+        device_id: Option<Uuid>,
+        name: &str,
+        role: Role,
+        scopes: &[String],
+    ) -> Result<Enrollment, RelayStoreError> {
+        each!(self, s => s.enroll_device(device_id, name, role, scopes))
+    }
+
+    /// See [`SqliteRelayStore::revoke_device`].
+    pub fn revoke_device(&self, device_id: Uuid) -> Result<bool, RelayStoreError> {
+        each!(self, s => s.revoke_device(device_id))
+    }
+
+    /// See [`SqliteRelayStore::create_enrolment`].
+    pub fn create_enrolment(
+        &self,
+        name: &str,
+        role: Role,
+        scopes: &[String],
+        device_id: Option<Uuid>,
+        valid_for: Duration,
+    ) -> Result<String, RelayStoreError> {
+        each!(self, s => s.create_enrolment(name, role, scopes, device_id, valid_for))
+    }
+
+    /// See [`SqliteRelayStore::redeem_token`].
+    pub fn redeem_token(
+        &self,
+        device_id: Uuid,
+        token: &str,
+        credential: &str,
+    ) -> Result<Result<DeviceInfo, String>, RelayStoreError> {
+        each!(self, s => s.redeem_token(device_id, token, credential))
+    }
+
+    /// See [`SqliteRelayStore::revoke`].
+    pub fn revoke(&self, who: &str) -> Result<Revoked, RelayStoreError> {
+        each!(self, s => s.revoke(who))
+    }
+
+    /// See [`SqliteRelayStore::enrolments`].
+    pub fn enrolments(&self) -> Result<Vec<EnrolmentRecord>, RelayStoreError> {
+        each!(self, s => s.enrolments())
+    }
+
+    /// See [`SqliteRelayStore::device_grant`].
+    pub fn device_grant(&self, device_id: Uuid) -> Result<Option<DeviceInfo>, RelayStoreError> {
+        each!(self, s => s.device_grant(device_id))
+    }
+
+    /// See [`SqliteRelayStore::audit`].
+    pub fn audit(
+        &self,
+        doc: Option<DocId>,
+        device: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, RelayStoreError> {
+        each!(self, s => s.audit(doc, device, limit))
+    }
+
+    /// Every known device, by creation time.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, RelayStoreError> {
+        each!(self, s => s.devices())
+    }
+
+    /// Counters for `status`.
+    pub fn status(&self) -> Result<RelayStatus, RelayStoreError> {
+        each!(self, s => s.status())
+    }
+}
+
+impl RelayStorage for RelayStore {
+    fn epoch(&mut self) -> Result<Uuid, StorageError> {
+        Ok(self.epoch_id())
+    }
+
+    fn authenticate(
+        &mut self,
+        device_id: Uuid,
+        credential: Option<&str>,
+    ) -> Result<Option<DeviceInfo>, StorageError> {
+        Ok(self.authenticate_device(device_id, credential)?)
+    }
+
+    fn append(
+        &mut self,
+        device: &DeviceInfo,
+        changes: &[UploadChange],
+        relayed: bool,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        Ok(self.append_changes(device, changes, relayed)?)
+    }
+
+    fn high_seq(&mut self) -> Result<u64, StorageError> {
+        Ok(self.high()?)
+    }
+
+    fn read_log(
+        &mut self,
+        scope: &str,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogEntry>, bool), StorageError> {
+        Ok(self.log_after(scope, after, max_bytes)?)
+    }
+
+    fn read_snapshots(
+        &mut self,
+        scope: &str,
+        after: Option<DocId>,
+        max_bytes: usize,
+    ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError> {
+        Ok(self.snapshots_after(scope, after, max_bytes)?)
+    }
+
+    fn missing(
+        &mut self,
+        docs: &[(DocId, Vec<Hash>)],
+    ) -> Result<Vec<Option<Vec<Hash>>>, StorageError> {
+        Ok(self.missing_heads(docs)?)
+    }
+
+    fn departures(&mut self, scope: &str, upto: u64) -> Result<Vec<(DocId, String)>, StorageError> {
+        Ok(self.departures_from(scope, upto)?)
+    }
+
+    fn touch_device(&mut self, device_id: Uuid) -> Result<(), StorageError> {
+        Ok(self.touch(device_id)?)
+    }
+
+    fn redeem(
+        &mut self,
+        device_id: Uuid,
+        token: &str,
+        credential: &str,
+    ) -> Result<Result<DeviceInfo, String>, StorageError> {
+        Ok(self.redeem_token(device_id, token, credential)?)
+    }
+
+    fn refresh_device(&mut self, device: &DeviceInfo) -> Result<Option<DeviceInfo>, StorageError> {
+        Ok(self.device_grant(device.device_id)?)
+    }
+}
