@@ -52,6 +52,10 @@ pub struct RelayConfig {
     /// Created if missing. Relative paths are relative to the working directory.
     /// Default: `relay-data`.
     pub data_dir: PathBuf,
+    /// The relay's database: a PostgreSQL URL (`postgres://user@host:5432/fieldsync`),
+    /// which several relay nodes may share, or unset for the embedded SQLite file
+    /// `relay.db` in `data_dir`. Default: unset.
+    pub database: Option<String>,
     /// UDP address to listen on. Default: `0.0.0.0:4433`.
     pub listen: SocketAddr,
     /// The address devices use to reach the relay (`host:port`, e.g. behind NAT or a DNS
@@ -97,6 +101,7 @@ impl Default for RelayConfig {
             data_dir: PathBuf::from("relay-data"),
             listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
             public_addr: None,
+            database: None,
             cert: None,
             key: None,
             max_connections: 1024,
@@ -187,6 +192,14 @@ impl RelayConfig {
             return bad(
                 "move_grace_days",
                 format!("{} is outside 0..=3650", self.move_grace_days),
+            );
+        }
+        if let Some(url) = &self.database
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return bad(
+                "database",
+                "must be a postgres:// URL (leave it unset for the embedded SQLite file)",
             );
         }
         if let Some(a) = &self.public_addr {

@@ -29,6 +29,10 @@ struct Common {
     /// TOML configuration file (see relay.example.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// PostgreSQL database shared by relay nodes (`postgres://user@host/db`). Overrides
+    /// `database` in the config file [default: relay.db in the data directory].
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
 }
 
 impl Common {
@@ -39,6 +43,10 @@ impl Common {
         };
         if let Some(d) = &self.data {
             cfg.data_dir = d.clone();
+        }
+        if let Some(url) = &self.database {
+            cfg.database = Some(url.clone());
+            cfg.validate()?;
         }
         Ok(cfg)
     }

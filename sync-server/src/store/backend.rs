@@ -18,8 +18,8 @@ use crate::config::RelayConfig;
 use uuid::Uuid;
 
 use super::{
-    AuditRecord, DeviceRecord, Enrollment, EnrolmentRecord, RelayStatus, RelayStoreError, Revoked,
-    SnapshotPage, SqliteRelayStore,
+    AuditRecord, DeviceRecord, Enrollment, EnrolmentRecord, PgRelayStore, RelayStatus,
+    RelayStoreError, Revoked, SnapshotPage, SqliteRelayStore,
 };
 
 /// The relay's store: one of the backends (see the module docs). Cloning gives another
@@ -28,6 +28,8 @@ use super::{
 pub enum RelayStore {
     /// The embedded SQLite file in the data directory (one relay node).
     Sqlite(SqliteRelayStore),
+    /// A PostgreSQL database that several relay nodes may share.
+    Postgres(PgRelayStore),
 }
 
 impl From<SqliteRelayStore> for RelayStore {
@@ -41,24 +43,32 @@ macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
             RelayStore::Sqlite($s) => $e,
+            RelayStore::Postgres($s) => $e,
         }
     };
 }
 
 impl RelayStore {
-    /// Opens (or creates) the store the configuration names.
+    /// Opens (or creates) the store the configuration names: the PostgreSQL database of
+    /// `database`, else the SQLite file in the data directory. Blocks.
     pub fn open(config: &RelayConfig) -> Result<Self, RelayStoreError> {
-        Ok(Self::Sqlite(SqliteRelayStore::open(
-            config.db_path(),
-            config.store_options(),
-        )?))
+        match &config.database {
+            Some(url) => Ok(Self::Postgres(PgRelayStore::open(
+                url,
+                config.store_options(),
+            )?)),
+            None => Ok(Self::Sqlite(SqliteRelayStore::open(
+                config.db_path(),
+                config.store_options(),
+            )?)),
+        }
     }
 
     /// Opens the store the configuration names for an admin command: an embedded database
     /// must exist already (a typo in `--data` must not create an empty relay).
     pub fn open_existing(config: &RelayConfig) -> Result<Self, RelayStoreError> {
         let db = config.db_path();
-        if !db.exists() {
+        if config.database.is_none() && !db.exists() {
             return Err(RelayStoreError::Missing(db));
         }
         Self::open(config)
@@ -67,13 +77,17 @@ impl RelayStore {
     /// Where the store lives, for logs and `status` (a file path or a database URL without
     /// its password).
     pub fn location(&self) -> String {
-        each!(self, s => s.path().display().to_string())
+        match self {
+            Self::Sqlite(s) => s.path().display().to_string(),
+            Self::Postgres(s) => s.location().to_string(),
+        }
     }
 
     /// The database file of the embedded SQLite backend (`None` for a shared database).
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             Self::Sqlite(s) => Some(s.path()),
+            Self::Postgres(_) => None,
         }
     }
 
@@ -100,7 +114,10 @@ impl RelayStore {
     /// Notices log growth committed by other relay nodes sharing the database, and wakes
     /// [`RelayStore::subscribe`] receivers. A no-op for a single-node backend.
     pub fn poll_log(&self) -> Result<(), RelayStoreError> {
-        each!(self, _s => Ok(()))
+        match self {
+            Self::Sqlite(_) => Ok(()),
+            Self::Postgres(s) => s.poll_log().map(|_| ()),
+        }
     }
 
     /// Documents currently loaded in the write cache.

@@ -13,6 +13,7 @@
 //! only those being written, into a small LRU cache; it never holds all documents in memory.
 
 mod backend;
+pub mod postgres;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -44,6 +45,7 @@ use uuid::Uuid;
 
 pub use backend::RelayStore;
 pub use fieldsync_core::protocol::relay::SnapshotPage;
+pub use postgres::PgRelayStore;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
 /// File name of the relay database inside the data directory.
@@ -73,6 +75,12 @@ pub enum RelayStoreError {
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("postgres: {}", pg_detail(.0))]
+    Postgres(#[from] ::postgres::Error),
+    /// The PostgreSQL server could not be reached (or the URL is malformed).
+    #[error("cannot connect to PostgreSQL at {0}: {1}")]
+    Connect(String, String),
     /// The file is not a SQLite database (or is damaged beyond opening).
     #[error("{0} is not a fieldsync relay database: not a SQLite database or damaged ({1})")]
     NotADatabase(PathBuf, String),
@@ -106,6 +114,14 @@ pub enum RelayStoreError {
     /// The system random generator failed.
     #[error("the system random generator failed")]
     Random,
+}
+
+/// A PostgreSQL error with its cause (the crate's own message is often just "db error").
+fn pg_detail(e: &::postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
 }
 
 impl From<RelayStoreError> for StorageError {

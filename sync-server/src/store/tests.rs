@@ -299,7 +299,10 @@ fn writes_outside_the_senders_scopes_or_role_are_refused() {
 }
 
 /// Runs one client session against the store until nothing more is sent, through the codec.
-fn sync(store: &mut Store, relay: &mut SqliteRelayStore) -> fieldsync_core::protocol::SessionStats {
+fn sync(
+    store: &mut Store,
+    relay: &mut impl RelayStorage,
+) -> fieldsync_core::protocol::SessionStats {
     use fieldsync_core::protocol::{
         ClientConfig, ClientSession, RelayLimits, RelaySession, decode, encode,
     };
@@ -1131,4 +1134,299 @@ fn the_audit_trail_filters_by_document_and_device() {
     // Append-only.
     let e = r.write(|tx| Ok(tx.execute("DELETE FROM audit", [])?));
     assert!(e.is_err());
+}
+
+/// The store's contract, run against every backend through [`RelayStore`]: the SQLite file
+/// always, PostgreSQL on the server named by `FIELDSYNC_TEST_PG` (default
+/// `postgres://postgres@127.0.0.1:5432/postgres`), in a database of its own per test.
+mod contract {
+    use super::*;
+    use crate::store::postgres::ScratchDatabase;
+
+    fn opts() -> RelayStoreOptions {
+        RelayStoreOptions {
+            cache_docs: 4,
+            ..RelayStoreOptions::default()
+        }
+    }
+
+    /// A scratch PostgreSQL database; panics with a clear message when the server is down.
+    pub(super) fn scratch() -> ScratchDatabase {
+        ScratchDatabase::create(&ScratchDatabase::server_url()).unwrap_or_else(|e| {
+            panic!(
+                "these tests need PostgreSQL ({}; set FIELDSYNC_TEST_PG to another server): {e}",
+                ScratchDatabase::server_url()
+            )
+        })
+    }
+
+    /// Runs `f` on a fresh SQLite store and on a fresh PostgreSQL store.
+    fn each_backend(f: impl Fn(&dyn Fn() -> RelayStore)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        f(&|| RelayStore::Sqlite(SqliteRelayStore::open(&path, opts()).unwrap()));
+        let db = scratch();
+        f(&|| RelayStore::Postgres(PgRelayStore::open(db.url(), opts()).unwrap()));
+    }
+
+    #[test]
+    fn append_read_and_resend() {
+        each_backend(|open| {
+            let mut r = open();
+            let mut a = device(Role::Rep, &["north"]);
+            let c1 = a.customer("Zeta Mining", "north");
+            a.customer("Alpha Quarry", "north");
+            a.edit(
+                c1,
+                CustomerEdit::Set(CustomerField::Industry, "mining".into()),
+            );
+            let up = a.outbox();
+            let mut live = r.subscribe();
+            let out = r.append(&a.info, &up, false).unwrap();
+            assert_eq!(stored(&out), 3, "{out:?}");
+            assert_eq!(r.high_seq().unwrap(), 3);
+            assert_eq!(*live.borrow_and_update(), 3);
+            // Re-sending is acknowledged without new entries.
+            let again = r.append(&a.info, &up, false).unwrap();
+            assert_eq!(stored(&again), 3);
+            assert_eq!(r.high_seq().unwrap(), 3);
+            let (log, more) = r.read_log("north", 0, usize::MAX).unwrap();
+            assert!(!more);
+            assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+            let (page, more) = r.read_log("north", 0, 1).unwrap();
+            assert_eq!((page.len(), more), (1, true));
+            assert!(r.read_log("south", 0, usize::MAX).unwrap().0.is_empty());
+            let (snaps, _) = r.read_snapshots("north", None, usize::MAX).unwrap();
+            assert_eq!(snaps.len(), 2);
+            let st = r.status().unwrap();
+            assert_eq!((st.high_seq, st.docs, st.changes), (3, 2, 3));
+            assert_eq!(r.audit(Some(c1), None, 10).unwrap().len(), 2);
+            // Reopening keeps the epoch and the log.
+            let epoch = r.epoch_id();
+            drop(r);
+            let r = open();
+            assert_eq!(r.epoch_id(), epoch);
+            assert_eq!(r.high().unwrap(), 3);
+        });
+    }
+
+    #[test]
+    fn refusals_and_scope_moves() {
+        each_backend(|open| {
+            let mut r = open();
+            let mut a = device(Role::Rep, &["north"]);
+            let c = a.customer("Zeta Mining", "north");
+            assert_eq!(stored(&r.append(&a.info, &a.outbox(), false).unwrap()), 1);
+            // A rep cannot move a customer; a manager of both scopes can.
+            let mut rogue = device(Role::Rep, &["south"]);
+            let other = rogue.customer("Elsewhere", "north");
+            let out = r.append(&rogue.info, &rogue.outbox(), false).unwrap();
+            assert_eq!(refusals(&out).len(), 1, "{other} accepted outside scope");
+            let mut m = device(Role::Manager, &["north", "south"]);
+            m.store
+                .transaction(|tx| {
+                    for e in r.read_log("*", 0, usize::MAX).unwrap().0 {
+                        if let Entry::Changes(c) = e.entry {
+                            let raw: Vec<Vec<u8>> = c.into_iter().map(|b| b.0).collect();
+                            tx.apply_changes(e.doc_id, &raw)?;
+                        }
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            m.edit(c, CustomerEdit::SetScope("south".into()));
+            let out = r.append(&m.info, &m.outbox(), false).unwrap();
+            assert!(refusals(&out).is_empty(), "{out:?}");
+            let (north, _) = r.read_log("north", 0, usize::MAX).unwrap();
+            assert!(
+                north
+                    .iter()
+                    .any(|e| e.entry == Entry::Leave && e.doc_id == c)
+            );
+            let high = r.high_seq().unwrap();
+            let departed = r.departures("north", high).unwrap();
+            assert_eq!(departed, vec![(c, "south".to_string())]);
+            let (south, _) = r.read_snapshots("south", None, usize::MAX).unwrap();
+            assert_eq!(south.len(), 1);
+            // What the relay has, and what it lacks.
+            let heads: Vec<Hash> = m.store.heads(c).unwrap().iter().map(|h| h.0).collect();
+            let missing = r
+                .missing(&[(c, heads), (DocId::new(), Vec::new())])
+                .unwrap();
+            assert_eq!(missing[0], None);
+            assert_eq!(missing[1], Some(Vec::new()));
+        });
+    }
+
+    #[test]
+    fn devices_enrol_revoke_and_tokens() {
+        each_backend(|open| {
+            let mut r = open();
+            let e = r
+                .enroll_device(None, "rep laptop", Role::Rep, &["north".into()])
+                .unwrap();
+            let gen_rx = r.subscribe_devices();
+            assert!(
+                r.authenticate(e.device_id, Some(&e.secret))
+                    .unwrap()
+                    .is_some()
+            );
+            assert!(
+                r.authenticate(e.device_id, Some("wrong"))
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(r.authenticate(Uuid::new_v4(), None).unwrap().is_none());
+            let token = r
+                .create_enrolment(
+                    "new laptop",
+                    Role::Manager,
+                    &["south".into()],
+                    None,
+                    Duration::from_secs(60),
+                )
+                .unwrap();
+            let dev = Uuid::new_v4();
+            let cred = "c".repeat(64);
+            let got = r.redeem(dev, &token, &cred).unwrap().unwrap();
+            assert_eq!(got.role, Role::Manager);
+            assert!(r.redeem(Uuid::new_v4(), &token, &cred).unwrap().is_err());
+            assert_eq!(r.devices().unwrap().len(), 2);
+            assert_eq!(r.enrolments().unwrap().len(), 1);
+            let revoked = r.revoke("rep laptop").unwrap();
+            assert_eq!(revoked.devices, vec![e.device_id]);
+            assert!(gen_rx.has_changed().unwrap());
+            assert!(
+                r.authenticate(e.device_id, Some(&e.secret))
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(r.device_grant(e.device_id).unwrap().is_none());
+            assert!(!r.revoke_device(e.device_id).unwrap());
+            assert_eq!(r.status().unwrap().revoked_devices, 1);
+        });
+    }
+}
+
+/// PostgreSQL only: several nodes on one database.
+mod postgres_nodes {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::contract::scratch;
+    use super::*;
+
+    /// The no-skip property: writers on separate connections (as separate relay nodes)
+    /// append concurrently in many small transactions while readers follow the log by
+    /// cursor; every reader must see every committed sequence number.
+    #[test]
+    fn concurrent_appends_never_let_a_cursor_reader_skip() {
+        const WRITERS: usize = 4;
+        const EDITS: usize = 40;
+        let db = scratch();
+        let url = db.url().to_string();
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let store = PgRelayStore::open(&url, RelayStoreOptions::default()).unwrap();
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    let mut cursor = 0;
+                    loop {
+                        let finished = done.load(Ordering::SeqCst);
+                        let (page, _) = store.log_after("*", cursor, 4 << 10).unwrap();
+                        for e in &page {
+                            seen.push(e.seq);
+                            cursor = e.seq;
+                        }
+                        if finished && page.is_empty() {
+                            return seen;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let node = PgRelayStore::open(&url, RelayStoreOptions::default()).unwrap();
+                    let mut a = device(Role::Rep, &["north"]);
+                    let c = a.customer(&format!("customer {w}"), "north");
+                    let mut acked = Vec::new();
+                    let mut sent = 0;
+                    for i in 0..EDITS {
+                        a.edit(c, CustomerEdit::AddPhone(format!("+1 555 {w:02}{i:04}")));
+                        let up = a.outbox();
+                        let out = node.append_changes(&a.info, &up[sent..], false).unwrap();
+                        assert!(refusals(&out).is_empty(), "{out:?}");
+                        sent = up.len();
+                        acked.push(node.high().unwrap());
+                    }
+                    acked
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        let store = PgRelayStore::open(&url, RelayStoreOptions::default()).unwrap();
+        let high = store.high().unwrap();
+        assert_eq!(high as usize, WRITERS * (EDITS + 1));
+        let all: Vec<u64> = store
+            .log_after("*", 0, usize::MAX)
+            .unwrap()
+            .0
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(all, (1..=high).collect::<Vec<_>>(), "the log has gaps");
+        for r in readers {
+            let seen = r.join().unwrap();
+            let distinct: BTreeSet<u64> = seen.iter().copied().collect();
+            assert_eq!(distinct.len(), seen.len(), "a reader saw an entry twice");
+            assert_eq!(seen, all, "a reader skipped or reordered entries");
+        }
+    }
+
+    /// A document cached by one node and then written by another is reloaded, not
+    /// validated against the stale copy.
+    #[test]
+    fn a_node_does_not_validate_against_a_stale_cache() {
+        let db = scratch();
+        let a_node = PgRelayStore::open(db.url(), RelayStoreOptions::default()).unwrap();
+        let b_node = PgRelayStore::open(db.url(), RelayStoreOptions::default()).unwrap();
+        let mut rep = device(Role::Rep, &["north"]);
+        let c = rep.customer("Zeta", "north");
+        let mut sent = 0;
+        for (i, node) in [&a_node, &b_node, &a_node, &b_node].iter().enumerate() {
+            rep.edit(c, CustomerEdit::AddPhone(format!("+1 555 {i}")));
+            let up = rep.outbox();
+            let out = node.append_changes(&rep.info, &up[sent..], false).unwrap();
+            assert!(refusals(&out).is_empty(), "{out:?}");
+            sent = up.len();
+        }
+        let heads: Vec<Hash> = rep.store.heads(c).unwrap().iter().map(|h| h.0).collect();
+        assert_eq!(a_node.missing_heads(&[(c, heads)]).unwrap(), vec![None]);
+        // The other node's writes reached this node's subscribers.
+        let mut rx = a_node.subscribe();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *rx.borrow_and_update() < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(*rx.borrow(), 5);
+    }
+
+    #[test]
+    fn unreachable_server_is_a_clear_error() {
+        let e = PgRelayStore::open(
+            "postgres://postgres@127.0.0.1:1/none",
+            RelayStoreOptions::default(),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("cannot connect to PostgreSQL at"), "{msg}");
+    }
 }
