@@ -1,7 +1,9 @@
 //! fieldsync relay: the central QUIC sync server (DESIGN.md §6).
 //!
-//! - [`store::SqliteRelayStore`]: the relay's log, documents, devices and audit trail in one
-//!   SQLite file, implementing [`fieldsync_core::protocol::RelayStorage`];
+//! - [`store::RelayStore`]: the relay's log, documents, devices and audit trail, implementing
+//!   [`fieldsync_core::protocol::RelayStorage`], in one of two backends:
+//!   [`store::SqliteRelayStore`] (one SQLite file, the default) or [`store::PgRelayStore`]
+//!   (a PostgreSQL database that several relay nodes share);
 //! - [`server::Relay`]: the QUIC endpoint (quinn, TLS 1.3 with rustls/ring, ALPN
 //!   [`tls::ALPN`]) that drives one [`fieldsync_core::protocol::RelaySession`] per connection
 //!   and pushes new log entries to live clients;
@@ -16,6 +18,6 @@ pub mod tls;
 pub use config::{ConfigError, RelayConfig};
 pub use server::{Relay, serve, status_report};
 pub use store::{
-    AuditRecord, DeviceRecord, Enrollment, EnrolmentRecord, OpenEnrollment, RelayStatus,
-    RelayStore, RelayStoreError, RelayStoreOptions, Revoked, SqliteRelayStore,
+    AuditRecord, DeviceRecord, Enrollment, EnrolmentRecord, OpenEnrollment, PgRelayStore,
+    RelayStatus, RelayStore, RelayStoreError, RelayStoreOptions, Revoked, SqliteRelayStore,
 };

@@ -1,4 +1,9 @@
-//! The relay's SQLite store: the change log with sequence numbers, the relay's compacted copy of
+//! The relay's store. [`RelayStore`] is what the server and the CLI use; it is one of two
+//! backends: this module's SQLite store, or [`postgres::PgRelayStore`] for several relay
+//! nodes on one database. Both run the same upload rules (`Batch`: validation, scope moves,
+//! the document cache) through the `BatchDb` trait, which each implements with its own SQL.
+//!
+//! The SQLite store: the change log with sequence numbers, the relay's compacted copy of
 //! every document, the device table and the audit trail, in one SQLite file (WAL,
 //! `synchronous=FULL`).
 //!

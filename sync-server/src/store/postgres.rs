@@ -3,7 +3,7 @@
 //! (DESIGN.md §6: IT scales out by adding nodes behind one address).
 //!
 //! The rules (change validation, scope moves, the document cache) are the SQLite store's, run
-//! through the [`BatchDb`] seam; only the SQL differs.
+//! through the `BatchDb` seam; only the SQL differs.
 //!
 //! # Sequence numbers
 //!
