@@ -10,6 +10,7 @@
 //! - [`config::RelayConfig`]: the TOML configuration with documented defaults;
 //! - [`tls`]: certificate handling and a fingerprint-pinning verifier for clients.
 
+pub mod backup;
 pub mod config;
 pub mod server;
 pub mod store;

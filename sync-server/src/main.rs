@@ -90,6 +90,25 @@ enum Cmd {
     /// Enrol, revoke and list devices.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Write a consistent copy of the relay's database (and its certificate and key) into a
+    /// directory, while the relay keeps serving. Embedded SQLite store only.
+    Backup {
+        #[command(flatten)]
+        common: Common,
+        /// Directory to write the backup into (created; must not hold a backup already).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Put a backup in place of the relay's database, under a new epoch so that devices
+    /// re-upload what the backup lacks. The relay must be stopped; the database it replaces
+    /// is kept beside it.
+    Restore {
+        #[command(flatten)]
+        common: Common,
+        /// Directory holding the backup (written by `backup --out`).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
     /// Print the audit trail: every accepted change with its device, time and document.
     Audit {
         #[command(flatten)]
@@ -203,8 +222,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.open_enrollment = true;
             }
             cfg.validate()?;
+            // Held while serving: `restore` refuses to replace the database under a relay.
+            let _lock = fieldsync_relay::backup::lock_data_dir(&cfg.data_dir)?;
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             rt.block_on(fieldsync_relay::serve(cfg))
+        }
+        Cmd::Backup { common, out } => {
+            let cfg = common.load()?;
+            embedded_only(&cfg, "back up")?;
+            let s = fieldsync_relay::backup::backup(&cfg.data_dir, &out)?;
+            println!(
+                "backup written to {} ({} bytes; epoch {}, log position {}, {} documents, {} devices); integrity check ok",
+                out.display(),
+                s.bytes,
+                s.epoch,
+                s.high_seq,
+                s.docs,
+                s.devices
+            );
+            Ok(())
+        }
+        Cmd::Restore { common, from } => {
+            let cfg = common.load()?;
+            embedded_only(&cfg, "restore")?;
+            let r = fieldsync_relay::backup::restore(&from, &cfg.data_dir)?;
+            println!(
+                "restored {} into {} under new epoch {} (the backup's was {}); log position {}, {} documents, {} devices",
+                from.display(),
+                cfg.data_dir.display(),
+                r.summary.epoch,
+                r.backup_epoch,
+                r.summary.high_seq,
+                r.summary.docs,
+                r.summary.devices
+            );
+            if let Some(p) = &r.replaced {
+                println!("the database it replaced is kept at {}", p.display());
+            }
+            println!(
+                "devices will compare their documents with the relay and re-upload what the backup lacks on their next sync"
+            );
+            Ok(())
         }
         Cmd::Status { common } => {
             print!("{}", fieldsync_relay::status_report(&common.load()?)?);
@@ -259,6 +317,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Backup and restore work on the embedded SQLite store; PostgreSQL has its own tools.
+fn embedded_only(cfg: &RelayConfig, what: &str) -> anyhow::Result<()> {
+    if cfg.database.is_some() {
+        anyhow::bail!(
+            "this relay uses PostgreSQL; {what} its database with PostgreSQL's tools (pg_dump / pg_restore), see the README"
+        );
+    }
+    Ok(())
 }
 
 fn enroll(

@@ -1,0 +1,289 @@
+//! Backups of a relay's embedded SQLite store, and restoring one.
+//!
+//! `fieldsync-relay backup --out DIR` writes a consistent copy of `relay.db` while the relay
+//! keeps serving (SQLite's `VACUUM INTO` reads one snapshot of the database), checks the copy
+//! and puts the certificate and its key beside it: a relay restored with another certificate
+//! would fail every device's pin.
+//!
+//! `fieldsync-relay restore --from DIR` puts a backup in place while no relay serves the data
+//! directory, and gives the restored log a **new epoch**. That is what makes a restore safe:
+//! every device then finds its cursor unusable, compares document heads with the relay and
+//! uploads whatever the backup lacks — changes the relay acknowledged after the backup was
+//! taken, which the devices no longer hold in their outboxes — before downloading afresh. A
+//! restore that kept the epoch would let devices skip entries numbered again after the
+//! restore, and would never bring those acknowledged changes back.
+//!
+//! The database the restore replaces is kept beside it (`relay.db.replaced-<millis>`), never
+//! deleted. A relay on PostgreSQL is backed up with the database's own tools (`pg_dump`); see
+//! the README.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use uuid::Uuid;
+
+use crate::store::DB_FILE;
+use crate::tls::{CERT_FILE, KEY_FILE};
+
+/// The file a serving relay holds locked in its data directory.
+pub const LOCK_FILE: &str = "relay.lock";
+
+/// Errors of backup and restore.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// A relay is serving the data directory.
+    #[error(
+        "a relay is serving {0} (it holds {LOCK_FILE}); stop it before restoring into this directory"
+    )]
+    Busy(PathBuf),
+    /// There is no relay database where one is expected.
+    #[error("no relay database at {0}")]
+    Missing(PathBuf),
+    /// The backup directory already holds a backup.
+    #[error("{0} already exists; choose an empty or new directory")]
+    Exists(PathBuf),
+    /// The file is not a relay database, or fails SQLite's integrity check.
+    #[error("{path} is not a usable relay database: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("database error on {path}: {source}")]
+    Sqlite {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: rusqlite::Error,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
+    let path = path.to_path_buf();
+    move |source| BackupError::Io { what, path, source }
+}
+
+fn sql(path: &Path) -> impl FnOnce(rusqlite::Error) -> BackupError {
+    let path = path.to_path_buf();
+    move |source| BackupError::Sqlite { path, source }
+}
+
+/// The lock a serving relay holds on its data directory (released when dropped, or when the
+/// process dies).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Takes the data directory's lock, or fails with [`BackupError::Busy`] if a relay holds it.
+pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, BackupError> {
+    std::fs::create_dir_all(data_dir).map_err(io("creating", data_dir))?;
+    let path = data_dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("opening", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BackupError::Busy(data_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io("locking", &path)(e)),
+    }
+}
+
+/// What a relay database holds, as read from a backup or a restored copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseSummary {
+    /// Its epoch.
+    pub epoch: Uuid,
+    /// Its last log position.
+    pub high_seq: i64,
+    /// Documents.
+    pub docs: i64,
+    /// Devices (enrolled, open-enrolment and revoked).
+    pub devices: i64,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+}
+
+/// Checks a relay database file: SQLite's integrity check, then the relay's own tables.
+pub fn inspect(path: &Path) -> Result<DatabaseSummary, BackupError> {
+    let invalid = |reason: String| BackupError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(BackupError::Missing(path.to_path_buf()));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| invalid(e.to_string()))?;
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| invalid(e.to_string()))?;
+    if check != "ok" {
+        return Err(invalid(format!("integrity check: {check}")));
+    }
+    let epoch: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| invalid(format!("no relay tables ({e})")))?;
+    let epoch = epoch
+        .and_then(|b| Uuid::from_slice(&b).ok())
+        .ok_or_else(|| invalid("no relay epoch".into()))?;
+    let count = |q: &str| -> Result<i64, BackupError> {
+        conn.query_row(q, [], |r| r.get(0))
+            .map_err(|e| invalid(format!("no relay tables ({e})")))
+    };
+    Ok(DatabaseSummary {
+        epoch,
+        high_seq: count("SELECT COALESCE(MAX(seq), 0) FROM log")?,
+        docs: count("SELECT COUNT(*) FROM docs")?,
+        devices: count("SELECT COUNT(*) FROM devices")?,
+        bytes: std::fs::metadata(path).map_err(io("reading", path))?.len(),
+    })
+}
+
+/// Copies `from` to `to` (when `from` exists), with owner-only permissions for secrets.
+fn copy_file(from: &Path, to: &Path, secret: bool) -> Result<bool, BackupError> {
+    if !from.is_file() {
+        return Ok(false);
+    }
+    std::fs::copy(from, to).map_err(io("copying to", to))?;
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("protecting", to))?;
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    Ok(true)
+}
+
+/// Writes a backup of the relay in `data_dir` into `out_dir` (created if missing; must not
+/// hold a backup already): `relay.db`, checked, and the certificate and key when the relay
+/// generated them there. Safe while the relay is serving.
+pub fn backup(data_dir: &Path, out_dir: &Path) -> Result<DatabaseSummary, BackupError> {
+    let db = data_dir.join(DB_FILE);
+    if !db.is_file() {
+        return Err(BackupError::Missing(db));
+    }
+    let out = out_dir.join(DB_FILE);
+    if out.exists() {
+        return Err(BackupError::Exists(out));
+    }
+    std::fs::create_dir_all(out_dir).map_err(io("creating", out_dir))?;
+    let conn = Connection::open_with_flags(
+        &db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql(&db))?;
+    // Waits out a writer's commit instead of failing at once.
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(sql(&db))?;
+    let target = out
+        .to_str()
+        .ok_or_else(|| BackupError::Invalid {
+            path: out.clone(),
+            reason: "the path is not valid UTF-8".into(),
+        })?
+        .to_string();
+    conn.execute("VACUUM INTO ?1", [target]).map_err(sql(&db))?;
+    drop(conn);
+    let summary = inspect(&out)?;
+    copy_file(&data_dir.join(CERT_FILE), &out_dir.join(CERT_FILE), false)?;
+    copy_file(&data_dir.join(KEY_FILE), &out_dir.join(KEY_FILE), true)?;
+    Ok(summary)
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    /// The restored database, with its new epoch.
+    pub summary: DatabaseSummary,
+    /// The epoch the backup had.
+    pub backup_epoch: Uuid,
+    /// Where the database it replaced was kept, if there was one.
+    pub replaced: Option<PathBuf>,
+}
+
+/// Restores the backup in `from_dir` into `data_dir`, which no relay may be serving: checks
+/// the backup, installs it under a new epoch, keeps the database it replaces beside it, and
+/// copies the certificate and key from the backup where the data directory has none.
+pub fn restore(from_dir: &Path, data_dir: &Path) -> Result<Restored, BackupError> {
+    let _lock = lock_data_dir(data_dir)?;
+    let source = from_dir.join(DB_FILE);
+    let before = inspect(&source)?;
+    let db = data_dir.join(DB_FILE);
+    let staging = data_dir.join(format!("{DB_FILE}.restoring"));
+    std::fs::copy(&source, &staging).map_err(io("copying to", &staging))?;
+    let epoch = Uuid::new_v4();
+    {
+        let conn = Connection::open(&staging).map_err(sql(&staging))?;
+        conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'epoch'",
+            [epoch.as_bytes().to_vec()],
+        )
+        .map_err(sql(&staging))?;
+        // The relay runs the database in WAL mode; start from a plain, complete file.
+        conn.pragma_update(None, "journal_mode", "DELETE")
+            .map_err(sql(&staging))?;
+    }
+    File::open(&staging)
+        .and_then(|f| f.sync_all())
+        .map_err(io("syncing", &staging))?;
+    let replaced = if db.exists() {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let kept = data_dir.join(format!("{DB_FILE}.replaced-{millis}"));
+        std::fs::rename(&db, &kept).map_err(io("moving aside", &db))?;
+        // The replaced database's WAL belongs to it: keep it with it, or SQLite would
+        // replay it into the restored file.
+        for suffix in ["-wal", "-shm"] {
+            let side = data_dir.join(format!("{DB_FILE}{suffix}"));
+            if side.exists() {
+                let to = data_dir.join(format!("{DB_FILE}.replaced-{millis}{suffix}"));
+                std::fs::rename(&side, &to).map_err(io("moving aside", &side))?;
+            }
+        }
+        Some(kept)
+    } else {
+        None
+    };
+    std::fs::rename(&staging, &db).map_err(io("installing", &db))?;
+    if let Ok(dir) = File::open(data_dir) {
+        // Makes the renames durable; not every platform can sync a directory.
+        let _ = dir.sync_all();
+    }
+    for (name, secret) in [(CERT_FILE, false), (KEY_FILE, true)] {
+        if !data_dir.join(name).exists() {
+            copy_file(&from_dir.join(name), &data_dir.join(name), secret)?;
+        }
+    }
+    let summary = inspect(&db)?;
+    Ok(Restored {
+        summary,
+        backup_epoch: before.epoch,
+        replaced,
+    })
+}
