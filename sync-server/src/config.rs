@@ -62,6 +62,9 @@ pub struct RelayConfig {
     /// name), written into the enrolment tokens of `device enroll` (its `--relay-addr`
     /// overrides it). Default: none (then `listen`, unless it is a wildcard address).
     pub public_addr: Option<String>,
+    /// TCP address for the HTTP endpoint with Prometheus metrics (`/metrics`) and the health
+    /// check (`/healthz`), e.g. `127.0.0.1:9464`. Default: none (no HTTP endpoint).
+    pub metrics_listen: Option<SocketAddr>,
     /// Certificate chain (PEM or DER) supplied by IT instead of the generated self-signed one.
     /// Must be given together with `key`. Default: none.
     pub cert: Option<PathBuf>,
@@ -101,6 +104,7 @@ impl Default for RelayConfig {
             data_dir: PathBuf::from("relay-data"),
             listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
             public_addr: None,
+            metrics_listen: None,
             database: None,
             cert: None,
             key: None,

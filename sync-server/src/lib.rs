@@ -12,6 +12,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tls;

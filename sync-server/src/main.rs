@@ -81,6 +81,10 @@ enum Cmd {
         /// (open_enrollment = true; development and pilots only).
         #[arg(long)]
         open: bool,
+        /// Serve Prometheus metrics (/metrics) and a health check (/healthz) over HTTP on
+        /// this TCP address. Overrides `metrics_listen` in the config file.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Print the relay's epoch, log position, counts and certificate fingerprint.
     Status {
@@ -206,8 +210,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             closed,
             open,
+            metrics_listen,
         } => {
             let mut cfg = common.load()?;
+            if metrics_listen.is_some() {
+                cfg.metrics_listen = metrics_listen;
+            }
             if let Some(l) = listen {
                 cfg.listen = l;
             }

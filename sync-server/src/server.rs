@@ -27,6 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::config::RelayConfig;
+use crate::metrics::{Metrics, serve_http};
 use crate::store::RelayStore;
 use crate::tls;
 
@@ -51,6 +52,8 @@ pub struct Relay {
     local_addr: SocketAddr,
     fingerprint: String,
     store: RelayStore,
+    metrics: Arc<Metrics>,
+    metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -58,6 +61,7 @@ pub struct Relay {
 struct Shared {
     store: RelayStore,
     limits: RelayLimits,
+    metrics: Arc<Metrics>,
 }
 
 impl Relay {
@@ -89,9 +93,20 @@ impl Relay {
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = endpoint.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
+        let metrics = Arc::new(Metrics::new());
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => {
+                let (bound, _task) =
+                    serve_http(addr, metrics.clone(), store.clone(), stop.clone()).await?;
+                info!(addr = %bound, "metrics and health check at http://{bound}/metrics and /healthz");
+                Some(bound)
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             store: store.clone(),
             limits: config.limits(),
+            metrics: metrics.clone(),
         });
         tokio::spawn(poll_devices(store.clone(), stop.clone()));
         let task = tokio::spawn(accept_loop(endpoint, shared, stop, config.max_connections));
@@ -106,6 +121,8 @@ impl Relay {
             local_addr,
             fingerprint,
             store,
+            metrics,
+            metrics_addr,
             shutdown,
             task: Some(task),
         })
@@ -119,6 +136,16 @@ impl Relay {
     /// SHA-256 fingerprint (lower-case hex) of the relay's certificate, for clients to pin.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The relay's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The bound address of the metrics and health endpoint, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The relay's store (to enrol devices or inspect state in tests).
@@ -209,6 +236,7 @@ async fn accept_loop(
     max_connections: usize,
 ) {
     let mut conns = JoinSet::new();
+    shared.metrics.set_accepting(true);
     loop {
         tokio::select! {
             () = stopping(&mut stop) => break,
@@ -218,6 +246,7 @@ async fn accept_loop(
                 if conns.len() >= max_connections {
                     warn!(remote = %incoming.remote_address(), max_connections, "connection limit reached; refusing");
                     incoming.refuse();
+                    shared.metrics.connections_refused.inc();
                     continue;
                 }
                 conns.spawn(connection(incoming, shared.clone(), stop.clone()));
@@ -225,6 +254,7 @@ async fn accept_loop(
         }
     }
     // Stop accepting; connection tasks see the same signal, say goodbye and close.
+    shared.metrics.set_accepting(false);
     endpoint.set_server_config(None);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while conns.join_next().await.is_some() {}
@@ -286,8 +316,12 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Re
         live,
         devices,
         logged_in: false,
+        metrics: shared.metrics.clone(),
     };
+    shared.metrics.connections.inc();
+    shared.metrics.connections_open.inc();
     link.run(&mut stop).await;
+    shared.metrics.connections_open.dec();
 }
 
 /// How a connection ended.
@@ -309,6 +343,7 @@ struct Link {
     live: watch::Receiver<u64>,
     devices: watch::Receiver<u64>,
     logged_in: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Link {
@@ -335,10 +370,15 @@ impl Link {
                 match decoder.next_message() {
                     Ok(Some(msg)) => {
                         debug!(remote = %self.remote, msg = msg.name(), "received");
+                        self.metrics.received(msg.name());
+                        let started = std::time::Instant::now();
                         let out = match self.with_session(move |s, st| s.handle(st, msg)).await {
                             Ok(o) => o,
                             Err(e) => return self.fail(ErrorCode::Internal, &e).await,
                         };
+                        self.metrics
+                            .request_seconds
+                            .observe(started.elapsed().as_secs_f64());
                         self.note_login();
                         if let Some(end) = self.send_output(out).await {
                             return end;
@@ -364,7 +404,10 @@ impl Link {
                     return self.fail(ErrorCode::Protocol, "no Hello in time").await;
                 }
                 r = self.recv.read(&mut buf) => match r {
-                    Ok(Some(n)) => decoder.push(&buf[..n]),
+                    Ok(Some(n)) => {
+                        self.metrics.bytes_received.inc_by(n as u64);
+                        decoder.push(&buf[..n]);
+                    }
                     Ok(None) => {
                         // The client finished its side: finish ours and let the connection go.
                         let _ = self.send.finish();
@@ -410,6 +453,7 @@ impl Link {
         }
         if let Some(d) = self.session.as_ref().and_then(|s| s.device()) {
             self.logged_in = true;
+            self.metrics.logins.inc();
             info!(device = %d.device_id, name = %d.name, role = %d.role, remote = %self.remote, "device connected");
         }
     }
@@ -452,6 +496,17 @@ impl Link {
                 encode(&fallback).map_err(|e| End::Gone(e.to_string()))?
             }
         };
+        self.metrics.sent(msg.name(), frame.len());
+        match msg {
+            Message::UploadAck {
+                accepted, rejected, ..
+            } => {
+                self.metrics.changes_accepted.inc_by(accepted.len() as u64);
+                self.metrics.changes_refused.inc_by(rejected.len() as u64);
+            }
+            Message::Error { code, .. } => self.metrics.error_sent(&format!("{code:?}")),
+            _ => {}
+        }
         self.send
             .write_all(&frame)
             .await

@@ -1,0 +1,268 @@
+//! Prometheus metrics and a health check, served over HTTP on `metrics_listen` (off unless
+//! configured): `GET /metrics` (Prometheus text format) and `GET /healthz` (`200 ok` while
+//! the relay accepts connections and its store answers, `503` with the reason otherwise).
+//!
+//! Every series is counted where the relay does the work: connections in the accept loop,
+//! frames and bytes where they are read and written, changes from the acknowledgements the
+//! relay sends, errors from the error frames it sends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::store::RelayStore;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The relay's metrics (cheap to clone handles; shared by every connection).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connections accepted.
+    pub connections: Counter,
+    /// Connections open now.
+    pub connections_open: Gauge,
+    /// Connections refused at the `max_connections` limit.
+    pub connections_refused: Counter,
+    /// Devices that completed the handshake.
+    pub logins: Counter,
+    /// Frames received, by message type.
+    pub frames_received: Family<Labels, Counter>,
+    /// Frames sent, by message type.
+    pub frames_sent: Family<Labels, Counter>,
+    /// Bytes received on sync streams.
+    pub bytes_received: Counter,
+    /// Bytes sent on sync streams (frames, length prefixes included).
+    pub bytes_sent: Counter,
+    /// Error frames sent, by code (unauthorized, bad frame, …).
+    pub errors_sent: Family<Labels, Counter>,
+    /// Uploaded changes stored and acknowledged.
+    pub changes_accepted: Counter,
+    /// Uploaded changes refused.
+    pub changes_refused: Counter,
+    /// Time the relay spent answering one request (blocking store work included), seconds.
+    pub request_seconds: Histogram,
+    /// The relay log's last sequence number.
+    pub log_high_seq: Gauge,
+    /// Whether the accept loop runs (for the health check).
+    accepting: Arc<AtomicBool>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, registered under the `fieldsync_relay_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fieldsync_relay");
+        let m = Self {
+            connections: Counter::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            logins: Counter::default(),
+            frames_received: Family::default(),
+            frames_sent: Family::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            errors_sent: Family::default(),
+            changes_accepted: Counter::default(),
+            changes_refused: Counter::default(),
+            request_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            log_high_seq: Gauge::default(),
+            accepting: Arc::new(AtomicBool::new(false)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "QUIC connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "QUIC connections open now",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused at the max_connections limit",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "logins",
+            "Devices that completed the handshake",
+            m.logins.clone(),
+        );
+        registry.register(
+            "frames_received",
+            "Protocol frames received, by message type",
+            m.frames_received.clone(),
+        );
+        registry.register(
+            "frames_sent",
+            "Protocol frames sent, by message type",
+            m.frames_sent.clone(),
+        );
+        registry.register(
+            "received_bytes",
+            "Bytes received on sync streams",
+            m.bytes_received.clone(),
+        );
+        registry.register(
+            "sent_bytes",
+            "Bytes sent on sync streams",
+            m.bytes_sent.clone(),
+        );
+        registry.register(
+            "errors_sent",
+            "Error frames sent to clients, by code",
+            m.errors_sent.clone(),
+        );
+        registry.register(
+            "changes_accepted",
+            "Uploaded changes stored and acknowledged",
+            m.changes_accepted.clone(),
+        );
+        registry.register(
+            "changes_refused",
+            "Uploaded changes refused",
+            m.changes_refused.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "Time spent answering one client request",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "log_high_seq",
+            "Last sequence number in the relay log",
+            m.log_high_seq.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts one received message of type `name`.
+    pub fn received(&self, name: &str) {
+        self.frames_received
+            .get_or_create(&vec![("message", name.to_string())])
+            .inc();
+    }
+
+    /// Counts one sent message of type `name`, `bytes` long.
+    pub fn sent(&self, name: &str, bytes: usize) {
+        self.frames_sent
+            .get_or_create(&vec![("message", name.to_string())])
+            .inc();
+        self.bytes_sent.inc_by(bytes as u64);
+    }
+
+    /// Counts an error frame.
+    pub fn error_sent(&self, code: &str) {
+        self.errors_sent
+            .get_or_create(&vec![("code", code.to_string())])
+            .inc();
+    }
+
+    /// Marks whether the relay accepts connections.
+    pub fn set_accepting(&self, on: bool) {
+        self.accepting.store(on, Ordering::Relaxed);
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    store: RelayStore,
+    log: watch::Receiver<u64>,
+}
+
+async fn metrics_page(State(s): State<HttpState>) -> impl IntoResponse {
+    s.metrics
+        .log_high_seq
+        .set(i64::try_from(*s.log.borrow()).unwrap_or(i64::MAX));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn health(State(s): State<HttpState>) -> (StatusCode, String) {
+    if !s.metrics.accepting.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not accepting connections\n".into(),
+        );
+    }
+    let store = s.store.clone();
+    match tokio::task::spawn_blocking(move || store.high()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n".into()),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}\n"),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store check failed: {e}\n"),
+        ),
+    }
+}
+
+/// Binds `addr` and serves `/metrics` and `/healthz` until `stop` turns true. Returns the
+/// bound address (port 0 picks one) and the task.
+pub async fn serve_http(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    store: RelayStore,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the metrics address {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    let state = HttpState {
+        metrics,
+        log: store.subscribe(),
+        store,
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(health))
+        .with_state(state);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|v| *v).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok((bound, task))
+}
