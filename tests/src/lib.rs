@@ -2,3 +2,4 @@
 pub mod faultproxy;
 pub mod procs;
 pub mod sim;
+pub mod workload;
