@@ -89,7 +89,8 @@ pub struct RelayConfig {
     /// Role granted to devices accepted by open enrolment (`rep`, `manager`, `director`,
     /// `admin`). Default: `admin`.
     pub open_role: Role,
-    /// How many documents the relay keeps loaded for validating writes. Default: 256.
+    /// How many documents the relay keeps loaded for validating writes (about 50 KiB each).
+    /// Default: 1024.
     pub doc_cache: usize,
     /// Days after a customer moved to another scope during which the relay still accepts its
     /// old devices' changes written before the move (offline edits), filing them under the new
@@ -115,7 +116,7 @@ impl Default for RelayConfig {
             open_enrollment: false,
             open_scopes: vec!["*".to_string()],
             open_role: Role::Admin,
-            doc_cache: 256,
+            doc_cache: 1024,
             move_grace_days: 30,
         }
     }

@@ -475,7 +475,7 @@ proptest! {
 
     /// `check_change` on random bytes and mutated real changes, against an empty document
     /// and against the document the change was written on: never a panic; a refusal says
-    /// why; an accepted change leaves a readable customer.
+    /// why and leaves the document as it was; an accepted change leaves a readable customer.
     #[test]
     fn change_validation_never_panics(
         bytes in arb_change_bytes(real_changes()),
@@ -485,12 +485,20 @@ proptest! {
         let sender = device(Uuid::from_u128(1), role);
         let (id, doc, _) = customer(Uuid::from_u128(1), "Base Co");
         let mut doc = if on_existing { doc } else { AutoCommit::new() };
+        let heads = doc.get_heads();
         let r = check_change(
             &mut doc, id, &bytes, &sender, false, &|_| None, None, &|_| None, &|_, _| false,
         );
         match r {
             Ok(_) => prop_assert!(fieldsync_core::model::read_document(&doc).is_ok()),
-            Err(refusal) => prop_assert!(!refusal.reason.is_empty()),
+            Err(refusal) => {
+                prop_assert!(!refusal.reason.is_empty());
+                // A refusal rolls the document back, unless automerge failed part way
+                // (then the caller reloads it).
+                if !refusal.doc_lost {
+                    prop_assert_eq!(doc.get_heads(), heads);
+                }
+            }
         }
     }
 }

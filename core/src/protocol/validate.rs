@@ -22,41 +22,69 @@ use crate::ids::{DocId, DocKind, GovernedField, Role};
 use crate::model::{self, Document};
 use crate::store::decode_change;
 
-/// Typed reads of documents the relay accepted a change into, by document and heads (the
-/// heads fix the whole history, so a read filed under them never goes stale). An upload
-/// usually brings several changes to the same documents: each then starts from the read
+/// What the relay's checks need to know of a document as it stands: its identity, scope,
+/// customer, role-owned values and how deep its objects nest. Kept per document and heads
+/// (the heads fix the whole history, so facts filed under them never go stale). An upload
+/// usually brings several changes to the same documents: each then starts from the facts
 /// after the one before instead of reading the document again. Shared by all connections,
 /// bounded, and emptied when full.
-static READ_MEMO: std::sync::Mutex<Option<Reads>> = std::sync::Mutex::new(None);
+static FACTS_MEMO: std::sync::Mutex<Option<FactsMemo>> = std::sync::Mutex::new(None);
 
-type Reads = HashMap<(DocId, Vec<ChangeHash>), Document>;
+type FactsMemo = HashMap<(DocId, Vec<ChangeHash>), Facts>;
 
-/// Most reads the memo keeps (some megabytes of typed documents).
-const READ_MEMO_MAX: usize = 4096;
+/// Most documents' facts the memo keeps (a few hundred bytes each).
+const FACTS_MEMO_MAX: usize = 16_384;
 
-fn read_memo() -> std::sync::MutexGuard<'static, Option<Reads>> {
-    READ_MEMO
+/// The relay-relevant facts of one readable document.
+#[derive(Clone, Debug)]
+struct Facts {
+    id: DocId,
+    kind: DocKind,
+    scope: String,
+    customer_id: Option<DocId>,
+    governed: Vec<(GovernedField, String)>,
+    /// An upper bound of the deepest object nesting, when known.
+    depth: Option<usize>,
+}
+
+impl Facts {
+    fn of(doc: &Document, depth: Option<usize>) -> Self {
+        Self {
+            id: doc.header().id,
+            kind: doc.header().kind,
+            scope: doc.header().scope.clone(),
+            customer_id: doc.customer_id(),
+            governed: governed_values(doc),
+            depth,
+        }
+    }
+}
+
+fn facts_memo() -> std::sync::MutexGuard<'static, Option<FactsMemo>> {
+    FACTS_MEMO
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The typed document as it stands, from the memo when the relay read it last.
-fn read_current(doc: &mut AutoCommit, id: DocId) -> Option<Document> {
+/// The facts of the document as it stands (None if it is empty or unreadable), from the memo
+/// when the relay saw this state before.
+fn facts_now(doc: &mut AutoCommit, id: DocId) -> Option<Facts> {
     let key = (id, doc.get_heads());
-    if let Some(d) = read_memo().as_ref().and_then(|m| m.get(&key).cloned()) {
-        return Some(d);
+    if let Some(f) = facts_memo().as_ref().and_then(|m| m.get(&key).cloned()) {
+        return Some(f);
     }
-    model::read_document(&*doc).ok()
+    model::read_document(&*doc)
+        .ok()
+        .map(|d| Facts::of(&d, None))
 }
 
-fn remember_read(id: DocId, doc: &mut AutoCommit, read: &Document) {
-    let key = (id, doc.get_heads());
-    let mut memo = read_memo();
+fn remember_facts(id: DocId, heads: Vec<ChangeHash>, facts: Facts) {
+    let mut memo = facts_memo();
     let m = memo.get_or_insert_with(HashMap::new);
-    if m.len() >= READ_MEMO_MAX {
+    if m.len() >= FACTS_MEMO_MAX {
         m.clear();
     }
-    m.insert(key, read.clone());
+    m.insert((id, heads), facts);
 }
 
 /// An enrolled device as the relay knows it.
@@ -86,6 +114,9 @@ pub struct Refusal {
     pub reason: String,
     /// Temporary refusal.
     pub retry: bool,
+    /// Automerge failed while applying the change and the document passed in could not be
+    /// rolled back: the caller must drop it and load the document again from its storage.
+    pub doc_lost: bool,
 }
 
 impl Refusal {
@@ -93,6 +124,7 @@ impl Refusal {
         Self {
             reason: reason.into(),
             retry: false,
+            doc_lost: false,
         }
     }
 }
@@ -113,10 +145,7 @@ pub struct Accepted {
 }
 
 /// The values of role-owned fields, compared before and after a change.
-fn governed_values(doc: Option<&Document>) -> Vec<(GovernedField, String)> {
-    let Some(doc) = doc else {
-        return Vec::new();
-    };
+fn governed_values(doc: &Document) -> Vec<(GovernedField, String)> {
     let mut v = vec![(GovernedField::Scope, doc.header().scope.clone())];
     match doc {
         Document::Customer(c) => {
@@ -143,7 +172,7 @@ fn creation_allowed(field: GovernedField) -> bool {
 }
 
 /// Checks one change against the relay's copy of its document and, if acceptable, applies it
-/// to `doc` (which is left untouched on refusal).
+/// to `doc`. On refusal `doc` is as it was, unless the refusal says `doc_lost`.
 ///
 /// - `sender`: the device uploading;
 /// - `author_role`: looks up the role of the device an actor belongs to (`None` = not an
@@ -185,50 +214,115 @@ pub fn check_change(
             sender.device_id
         )));
     };
-    if doc.get_change_by_hash(&change.hash()).is_some() {
+    // `get_missing_deps` answers from the change graph; `get_change_by_hash` would rebuild
+    // the change from the document's columns.
+    if doc.get_missing_deps(&[change.hash()]).is_empty() {
         // Already stored: the caller reports it as accepted (idempotent re-send).
-        let before = read_current(doc, doc_id);
+        let before = facts_now(doc, doc_id);
         return Ok(Accepted {
-            kind: before.as_ref().map(|d| d.header().kind),
+            kind: before.as_ref().map(|f| f.kind),
             scope: stored_scope.map(str::to_string),
-            customer_id: before.as_ref().and_then(Document::customer_id),
+            customer_id: before.as_ref().and_then(|f| f.customer_id),
             moved_from: None,
             change,
         });
     }
-    if let Some(missing) = change
-        .deps()
-        .iter()
-        .find(|d| doc.get_change_by_hash(d).is_none())
-    {
+    if let Some(missing) = doc.get_missing_deps(change.deps()).first() {
         return Err(Refusal {
             reason: format!("dependency {missing} is not on the relay yet"),
             retry: true,
+            doc_lost: false,
         });
     }
-    let before = read_current(doc, doc_id);
-    let mut trial = doc.clone();
-    crate::store::guard("applying an uploaded change", || {
-        trial.apply_changes([change.clone()])
-    })
-    .map_err(|e| Refusal::permanent(e.to_string()))?
-    .map_err(|e| Refusal::permanent(e.to_string()))?;
-    // Reading the document below recurses once per nesting level (automerge's hydrate): bound
-    // the depth first, without recursion, so a hostile change cannot overflow the stack.
-    // Only a change that makes objects can deepen a document the relay already accepted
-    // (every stored document passed this check), so most edits skip the walk.
-    let makes_objects = crate::store::guard("expanding an uploaded change", || {
-        change
-            .decode()
-            .operations
-            .iter()
-            .any(|op| matches!(op.action, automerge::legacy::OpType::Make(_)))
-    })
-    .map_err(|e| Refusal::permanent(e.to_string()))?;
-    if makes_objects || before.is_none() {
-        check_depth(&trial).map_err(Refusal::permanent)?;
+    let heads_before = doc.get_heads();
+    let before = facts_now(doc, doc_id);
+    // Applied in place (no copy of the document per change); a refusal below rolls back.
+    let applied = crate::store::guard("applying an uploaded change", || {
+        doc.apply_changes([change.clone()])
+    });
+    let applied = match applied {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(reason) = applied {
+        // Automerge stopped part way: the document cannot be trusted, not even to roll back.
+        return Err(Refusal {
+            reason,
+            retry: false,
+            doc_lost: true,
+        });
     }
-    let after = match model::read_document(&trial) {
+    match judge(
+        doc,
+        doc_id,
+        &change,
+        sender,
+        relayed,
+        role,
+        before.as_ref(),
+        stored_scope,
+        customer_scope,
+        left_senders_scope,
+    ) {
+        Ok((accepted, facts)) => {
+            remember_facts(doc_id, doc.get_heads(), facts);
+            Ok(Accepted { change, ..accepted })
+        }
+        Err(mut refusal) => {
+            match crate::store::guard("rolling back a refused change", || {
+                doc.fork_at(&heads_before)
+            }) {
+                Ok(Ok(rolled_back)) => *doc = rolled_back,
+                _ => refusal.doc_lost = true,
+            }
+            Err(refusal)
+        }
+    }
+}
+
+/// The checks on a change already applied to `doc`: nesting, readability, identity, scopes
+/// and role-owned fields. Returns what was accepted (without the change) and the facts of the
+/// document after it.
+#[allow(clippy::too_many_arguments)] // the inputs of `check_change`, passed on
+fn judge(
+    doc: &AutoCommit,
+    doc_id: DocId,
+    change: &Change,
+    sender: &DeviceInfo,
+    relayed: bool,
+    role: Role,
+    before: Option<&Facts>,
+    stored_scope: Option<&str>,
+    customer_scope: &dyn Fn(DocId) -> Option<String>,
+    left_senders_scope: &dyn Fn(DocId, &[ChangeHash]) -> bool,
+) -> Result<(Accepted, Facts), Refusal> {
+    // Reading the document below recurses once per nesting level (automerge's hydrate): bound
+    // the depth first, without recursion, so a hostile change cannot overflow the stack. A
+    // change deepens a document by at most one level per operation it holds, so while the
+    // known depth plus the change's operations stays within the limit there is nothing to
+    // walk; a document of unknown depth is walked only if the change makes objects.
+    let depth = match before.and_then(|f| f.depth) {
+        Some(d) if d + change.len() <= MAX_NESTING => Some(d + change.len()),
+        known => {
+            let makes_objects = crate::store::guard("expanding an uploaded change", || {
+                change
+                    .decode()
+                    .operations
+                    .iter()
+                    .any(|op| matches!(op.action, automerge::legacy::OpType::Make(_)))
+            })
+            .map_err(|e| Refusal::permanent(e.to_string()))?;
+            match known {
+                Some(d) if !makes_objects => Some(d),
+                _ if makes_objects || before.is_none() => {
+                    Some(check_depth(doc).map_err(Refusal::permanent)?)
+                }
+                _ => None,
+            }
+        }
+    };
+    let after = match model::read_document(doc) {
         Ok(d) => d,
         Err(e) => {
             return Err(Refusal::permanent(format!(
@@ -236,11 +330,12 @@ pub fn check_change(
             )));
         }
     };
-    if after.header().id != doc_id {
+    let after = Facts::of(&after, depth);
+    if after.id != doc_id {
         return Err(Refusal::permanent("change writes another document's id"));
     }
-    if let Some(b) = &before
-        && (b.header().kind != after.header().kind || b.header().id != after.header().id)
+    if let Some(b) = before
+        && (b.kind != after.kind || b.id != after.id)
     {
         return Err(Refusal::permanent(
             "change rewrites the document's identity",
@@ -248,14 +343,14 @@ pub fn check_change(
     }
     // Which scope the document lives in: the relay's record, else (new document) the
     // customer's scope for visits and quotes, else the header.
-    let customer_id = after.customer_id();
+    let customer_id = after.customer_id;
     let scope_before = stored_scope
         .map(str::to_string)
-        .or_else(|| before.as_ref().map(|b| b.header().scope.clone()));
-    let scope_after = match (&after, customer_id) {
-        (Document::Customer(c), _) => c.header.scope.clone(),
-        (_, Some(cid)) => customer_scope(cid).unwrap_or_else(|| after.header().scope.clone()),
-        _ => after.header().scope.clone(),
+        .or_else(|| before.map(|b| b.scope.clone()));
+    let scope_after = match (after.kind, customer_id) {
+        (DocKind::Customer, _) => after.scope.clone(),
+        (_, Some(cid)) => customer_scope(cid).unwrap_or_else(|| after.scope.clone()),
+        _ => after.scope.clone(),
     };
     let mut written_before_move: Option<bool> = None;
     for s in scope_before.iter().chain(std::iter::once(&scope_after)) {
@@ -274,9 +369,8 @@ pub fn check_change(
         }
     }
     // Role-owned fields.
-    let old = governed_values(before.as_ref());
-    let new = governed_values(Some(&after));
-    for (field, value) in &new {
+    let old: &[(GovernedField, String)] = before.map(|b| b.governed.as_slice()).unwrap_or(&[]);
+    for (field, value) in &after.governed {
         let previous = old.iter().find(|(f, _)| f == field).map(|(_, v)| v);
         let changed = match previous {
             Some(p) => p != value,
@@ -290,19 +384,18 @@ pub fn check_change(
             )));
         }
     }
-    let moved_from = match (&scope_before, &after) {
-        (Some(b), Document::Customer(_)) if *b != scope_after => Some(b.clone()),
+    let moved_from = match &scope_before {
+        Some(b) if after.kind == DocKind::Customer && *b != scope_after => Some(b.clone()),
         _ => None,
     };
-    remember_read(doc_id, &mut trial, &after);
-    *doc = trial;
-    Ok(Accepted {
-        change,
-        kind: Some(after.header().kind),
+    let accepted = Accepted {
+        change: change.clone(),
+        kind: Some(after.kind),
         scope: Some(scope_after),
         customer_id,
         moved_from,
-    })
+    };
+    Ok((accepted, after))
 }
 
 /// Deepest object nesting a document may have. The document model nests a few levels
@@ -310,12 +403,14 @@ pub fn check_change(
 /// panic — somewhere around 10,000 levels.
 pub const MAX_NESTING: usize = 64;
 
-/// Refuses a document whose objects nest deeper than [`MAX_NESTING`], walking it with an
-/// explicit stack.
-fn check_depth(doc: &AutoCommit) -> Result<(), String> {
+/// The deepest object nesting of a document; refuses one deeper than [`MAX_NESTING`],
+/// walking it with an explicit stack.
+fn check_depth(doc: &AutoCommit) -> Result<usize, String> {
     use automerge::{ROOT, ReadDoc, Value};
     let mut stack = vec![(ROOT, 0usize)];
+    let mut deepest = 0;
     while let Some((obj, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
         for (value, child) in doc.values(&obj) {
             if let Value::Object(_) = value {
                 if depth + 1 > MAX_NESTING {
@@ -327,7 +422,7 @@ fn check_depth(doc: &AutoCommit) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    Ok(deepest)
 }
 
 fn is_default(field: GovernedField, value: &str) -> bool {
@@ -340,4 +435,151 @@ fn is_default(field: GovernedField, value: &str) -> bool {
 /// A document's heads as wire hashes.
 pub fn heads_of(doc: &mut AutoCommit) -> Vec<[u8; 32]> {
     doc.get_heads().into_iter().map(|h| h.0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::{ActorId, ObjType, ROOT, transaction::Transactable};
+
+    use super::*;
+    use crate::model::{
+        CustomerEdit, CustomerField, Edit, EditCtx, Money, NewCustomer, apply_edit, create_customer,
+    };
+
+    fn device_doc(device: Uuid) -> AutoCommit {
+        let mut actor = device.as_bytes().to_vec();
+        actor.extend_from_slice(&[3; 8]);
+        AutoCommit::new().with_actor(ActorId::from(actor))
+    }
+
+    fn last_change(doc: &mut AutoCommit, before: &[ChangeHash]) -> Vec<u8> {
+        doc.commit();
+        doc.get_changes(before)
+            .pop()
+            .expect("a change")
+            .raw_bytes()
+            .to_vec()
+    }
+
+    fn rep(device: Uuid) -> DeviceInfo {
+        DeviceInfo {
+            device_id: device,
+            name: "rep".into(),
+            role: Role::Rep,
+            scopes: vec!["north".into()],
+        }
+    }
+
+    fn check(
+        relay: &mut AutoCommit,
+        id: DocId,
+        bytes: &[u8],
+        sender: &DeviceInfo,
+    ) -> Result<Accepted, Refusal> {
+        check_change(
+            relay,
+            id,
+            bytes,
+            sender,
+            false,
+            &|_| None,
+            Some("north"),
+            &|_| None,
+            &|_, _| false,
+        )
+    }
+
+    /// A customer written by `device` and the relay's copy holding its creating change.
+    fn customer(device: Uuid) -> (DocId, AutoCommit, AutoCommit) {
+        let id = DocId::new();
+        let mut local = device_doc(device);
+        let new = NewCustomer {
+            org: "acme".into(),
+            scope: "north".into(),
+            name: "Steppe Quarry".into(),
+            ..Default::default()
+        };
+        create_customer(&mut local, id, &new, &EditCtx::new("rep", Role::Rep)).expect("create");
+        let create = last_change(&mut local, &[]);
+        let mut relay = AutoCommit::new();
+        check(&mut relay, id, &create, &rep(device)).expect("creation accepted");
+        (id, local, relay)
+    }
+
+    /// A refused change (here: a rep writing a role-owned field) leaves the relay's copy as
+    /// it was, and later changes apply to it as if the refused one never came.
+    #[test]
+    fn a_refused_change_leaves_the_document_as_it_was() {
+        let device = Uuid::new_v4();
+        let (id, mut local, mut relay) = customer(device);
+        let heads = relay.get_heads();
+        let saved = relay.save();
+
+        let base = local.get_heads();
+        let mut forged = local.fork().with_actor(local.get_actor().clone());
+        apply_edit(
+            &mut forged,
+            &Edit::Customer(CustomerEdit::SetCreditLimit(Money {
+                amount_minor: 9_000_000,
+                currency: "CNY".into(),
+            })),
+            // The model's own check is bypassed by claiming a director's role locally.
+            &EditCtx::new("rep", Role::Director),
+        )
+        .expect("forged edit");
+        let forged = last_change(&mut forged, &base);
+        let refusal = check(&mut relay, id, &forged, &rep(device)).expect_err("refused");
+        assert!(
+            refusal.reason.contains("may not change credit_limit"),
+            "{refusal:?}"
+        );
+        assert!(!refusal.doc_lost && !refusal.retry, "{refusal:?}");
+        assert_eq!(relay.get_heads(), heads, "rolled back");
+        assert_eq!(relay.save(), saved, "the same document");
+
+        apply_edit(
+            &mut local,
+            &Edit::Customer(CustomerEdit::Set(
+                CustomerField::Email,
+                "ops@steppe.example.cn".into(),
+            )),
+            &EditCtx::new("rep", Role::Rep),
+        )
+        .expect("edit");
+        let phone = last_change(&mut local, &base);
+        check(&mut relay, id, &phone, &rep(device)).expect("a later change is accepted");
+        assert_eq!(relay.get_heads(), local.get_heads());
+        // Re-sending it is harmless.
+        check(&mut relay, id, &phone, &rep(device)).expect("re-sent change accepted");
+        assert_eq!(relay.get_heads(), local.get_heads());
+    }
+
+    /// The depth walk is skipped while the known depth plus the change's operations stays
+    /// within the limit; a change that could cross it is walked and refused if it does,
+    /// by one level or by thousands.
+    #[test]
+    fn nesting_past_the_limit_is_refused_on_a_document_of_known_depth() {
+        let device = Uuid::new_v4();
+        for (levels, accepted) in [
+            (4, true),
+            (MAX_NESTING, true),
+            (MAX_NESTING + 1, false),
+            (5_000, false),
+        ] {
+            let (id, mut local, mut relay) = customer(device);
+            let base = local.get_heads();
+            let mut obj = local.put_object(ROOT, "nested", ObjType::Map).expect("map");
+            for _ in 1..levels {
+                obj = local.put_object(&obj, "n", ObjType::Map).expect("map");
+            }
+            let deep = last_change(&mut local, &base);
+            let heads = relay.get_heads();
+            let r = check(&mut relay, id, &deep, &rep(device));
+            assert_eq!(r.is_ok(), accepted, "{levels} levels: {:?}", r.err());
+            if let Err(refusal) = r {
+                assert!(refusal.reason.contains("deeper"), "{refusal:?}");
+                assert_eq!(relay.get_heads(), heads, "rolled back");
+            }
+        }
+    }
 }

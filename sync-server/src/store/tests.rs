@@ -1258,6 +1258,77 @@ mod contract {
         });
     }
 
+    /// A change that makes automerge fail part way through applying it (an operation on an
+    /// object none of its dependencies created) is refused; the document it was applied to
+    /// is rebuilt from the stored snapshot and the batch's earlier changes, so the changes
+    /// around it in the same batch and later batches are stored whole.
+    #[test]
+    fn a_change_that_breaks_automerge_mid_batch_loses_nothing() {
+        use automerge::{ActorId, ObjType, ROOT, transaction::Transactable};
+        each_backend(|open| {
+            let mut r = open();
+            let mut a = device(Role::Rep, &["north"]);
+            let c = a.customer("Zeta Mining", "north");
+            // The forged change: same device, another actor of it, depending only on the
+            // creation but writing into a map made by a change it does not depend on.
+            let mut f = a.store.automerge(c).unwrap();
+            let mut actor = a.info.device_id.as_bytes().to_vec();
+            actor.extend_from_slice(&[0xee; 8]);
+            f.set_actor(ActorId::from(actor));
+            let created = f.get_heads();
+            let m = f.put_object(ROOT, "extra", ObjType::Map).unwrap();
+            f.commit();
+            let made = f.get_heads();
+            f.put(&m, "k", "v").unwrap();
+            f.commit();
+            let mut forged = f.get_changes(&made).pop().unwrap().decode();
+            forged.deps = created;
+            let forged = automerge::Change::from(forged).raw_bytes().to_vec();
+
+            a.edit(
+                c,
+                CustomerEdit::Set(CustomerField::Industry, "mining".into()),
+            );
+            let mut up = a.outbox();
+            assert_eq!(up.len(), 2);
+            up.insert(
+                1,
+                UploadChange {
+                    doc_id: c,
+                    bytes: forged,
+                },
+            );
+            let out = r.append(&a.info, &up, false).unwrap();
+            assert_eq!(out[0], Outcome::Stored, "{out:?}");
+            assert!(
+                matches!(&out[1], Outcome::Refused(rej) if !rej.retry),
+                "{out:?}"
+            );
+            assert_eq!(out[2], Outcome::Stored, "{out:?}");
+
+            a.edit(
+                c,
+                CustomerEdit::Set(CustomerField::Stage, "opportunity".into()),
+            );
+            let later = a.outbox().split_off(2);
+            assert_eq!(stored(&r.append(&a.info, &later, false).unwrap()), 1);
+            let want: Vec<Hash> = a.store.heads(c).unwrap().iter().map(|h| h.0).collect();
+            assert_eq!(r.missing(&[(c, want.clone())]).unwrap(), vec![None]);
+            // The stored snapshot holds exactly the accepted changes, also after reopening.
+            drop(r);
+            let mut r = open();
+            let (snaps, _) = r.read_snapshots("north", None, usize::MAX).unwrap();
+            assert_eq!(snaps.len(), 1);
+            let mut doc = load_snapshot(&snaps[0].1).unwrap();
+            let mut heads: Vec<Hash> = doc.get_heads().iter().map(|h| h.0).collect();
+            heads.sort();
+            let mut want = want;
+            want.sort();
+            assert_eq!(heads, want);
+            assert_eq!(r.status().unwrap().changes, 3);
+        });
+    }
+
     #[test]
     fn devices_enrol_revoke_and_tokens() {
         each_backend(|open| {

@@ -26,6 +26,12 @@ use fieldsync_core::protocol::{ClientConfig, DeviceInfo, Outcome, UploadChange};
 use fieldsync_relay::{RelayStoreOptions, SqliteRelayStore};
 use fieldsync_tests::workload::{EditOrder, offline_edits_in, populate};
 
+// The allocator of the `fieldsync-relay` binary, so that the relay's share is measured as it
+// runs there.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// What uploading a replica's outbox took.
 #[derive(Default)]
 struct Upload {
@@ -85,13 +91,18 @@ fn upload_edits(
     std::hint::black_box(upload(client, relay, device, std::hint::black_box(cfg)))
 }
 
-fn run(quick: bool, rounds: usize) -> anyhow::Result<()> {
+fn run(quick: bool, rounds: usize, doc_cache: Option<usize>) -> anyhow::Result<()> {
     let scale = if quick { 10 } else { 1 };
     let (customers, visits, quotes) = (1_000 / scale, 7_000 / scale, 2_000 / scale);
     let edits = 5_000 / scale;
     let tmp = tempfile::tempdir()?;
     let client = Client::open(tmp.path().join("client.db"))?;
-    let relay = SqliteRelayStore::open(tmp.path().join("relay.db"), RelayStoreOptions::default())?;
+    let mut opts = RelayStoreOptions::default();
+    if let Some(n) = doc_cache {
+        opts.cache_docs = n;
+    }
+    let cache_docs = opts.cache_docs;
+    let relay = SqliteRelayStore::open(tmp.path().join("relay.db"), opts)?;
     let device = DeviceInfo {
         device_id: client.device_id(),
         name: "uploadbench".into(),
@@ -148,14 +159,27 @@ fn run(quick: bool, rounds: usize) -> anyhow::Result<()> {
         "\nbatches of at most {} changes or {} KiB (the sync session's defaults); relay doc cache {} documents",
         cfg.upload_changes,
         cfg.upload_bytes >> 10,
-        RelayStoreOptions::default().cache_docs
+        cache_docs
     );
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM:"))
+    {
+        println!(
+            "peak memory of this process (client and relay): {} MiB",
+            hwm.split_whitespace()
+                .nth(1)
+                .and_then(|k| k.parse::<u64>().ok())
+                .unwrap_or(0)
+                >> 10
+        );
+    }
     Ok(())
 }
 
 fn main() -> ExitCode {
     let mut quick = false;
     let mut rounds = 1;
+    let mut doc_cache = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -167,11 +191,19 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             },
+            "--doc-cache" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n > 0 => doc_cache = Some(n),
+                _ => {
+                    eprintln!("--doc-cache needs a positive number");
+                    return ExitCode::FAILURE;
+                }
+            },
             "-h" | "--help" => {
                 println!(
-                    "usage: fieldsync-uploadbench [--quick] [--rounds N]\n\
+                    "usage: fieldsync-uploadbench [--quick] [--rounds N] [--doc-cache N]\n\
                      The relay's cost of storing uploads, in this process: prints a table,\n\
-                     asserts nothing about time. --rounds repeats the spread edits (for a profiler)."
+                     asserts nothing about time. --rounds repeats the spread edits (for a\n\
+                     profiler); --doc-cache sets the relay's document cache."
                 );
                 return ExitCode::SUCCESS;
             }
@@ -181,7 +213,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    match run(quick, rounds) {
+    match run(quick, rounds, doc_cache) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
