@@ -25,7 +25,7 @@ pub use codec::{CodecError, FrameDecoder, decode, encode};
 pub use messages::{
     Cursor, Entry, ErrorCode, Item, Message, PROTOCOL_VERSION, ScopeCursor, UploadChange,
 };
-pub use relay::{LogEntry, Outcome, RelayLimits, RelaySession, RelayStorage, StorageError};
+pub use relay::{Lack, LogEntry, Outcome, RelayLimits, RelaySession, RelayStorage, StorageError};
 pub use token::{EnrolToken, TokenError};
 pub use validate::{DeviceInfo, check_change};
 

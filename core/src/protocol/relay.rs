@@ -26,6 +26,23 @@ pub enum Outcome {
     Refused(Rejection),
 }
 
+/// What the relay lacks of one document a client named in a `Heads` exchange.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lack {
+    /// Nothing: the relay has every head the client named.
+    Nothing,
+    /// The whole document: the relay does not hold it.
+    Document,
+    /// Some of the client's changes: the relay holds the document, filed under `scope`, at
+    /// `heads`.
+    Changes {
+        /// The scope the relay files the document under.
+        scope: String,
+        /// The relay's heads of the document.
+        heads: Vec<Hash>,
+    },
+}
+
 /// One entry read from the relay's log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
@@ -83,12 +100,8 @@ pub trait RelayStorage {
         after: Option<DocId>,
         max_bytes: usize,
     ) -> Result<SnapshotPage, StorageError>;
-    /// For each document and the heads a client has, the relay's heads if the relay lacks any
-    /// of the client's heads (empty heads when it lacks the document), else `None`.
-    fn missing(
-        &mut self,
-        docs: &[(DocId, Vec<Hash>)],
-    ) -> Result<Vec<Option<Vec<Hash>>>, StorageError>;
+    /// For each document and the heads a client has, what the relay lacks of it.
+    fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError>;
     /// Documents that left `scope` at or before log position `upto`, with the scope each is
     /// filed under now. A download that starts with snapshots of `scope` never reads those
     /// `Leave` entries, yet the replica may hold such a document (written before its first
@@ -316,7 +329,21 @@ impl RelaySession {
                 let missing = docs
                     .into_iter()
                     .zip(lacks)
-                    .filter_map(|((id, _), l)| l.map(|h| (id, h)))
+                    .filter_map(|((id, _), lack)| match lack {
+                        Lack::Nothing => None,
+                        Lack::Document => Some((id, Vec::new())),
+                        // A document outside the device's scopes is answered as one the relay
+                        // lacks: its heads are not the device's to learn. The device's own
+                        // changes to it then come up as repair uploads and are validated.
+                        Lack::Changes { scope, heads } => Some((
+                            id,
+                            if device.sees(&scope) {
+                                heads
+                            } else {
+                                Vec::new()
+                            },
+                        )),
+                    })
                     .collect();
                 Output::send(Message::Missing {
                     docs: missing,

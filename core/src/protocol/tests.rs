@@ -170,19 +170,19 @@ impl RelayStorage for MemRelay {
         }
         Ok((out, false))
     }
-    fn missing(
-        &mut self,
-        docs: &[(DocId, Vec<Hash>)],
-    ) -> Result<Vec<Option<Vec<Hash>>>, StorageError> {
+    fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {
         Ok(docs
             .iter()
             .map(|(id, heads)| match self.docs.get_mut(id) {
-                None => Some(Vec::new()),
-                Some((d, _)) => {
+                None => Lack::Document,
+                Some((d, scope)) => {
                     if heads.iter().all(|h| self.hashes.contains(h)) {
-                        None
+                        Lack::Nothing
                     } else {
-                        Some(d.get_heads().into_iter().map(|h| h.0).collect())
+                        Lack::Changes {
+                            scope: scope.clone(),
+                            heads: d.get_heads().into_iter().map(|h| h.0).collect(),
+                        }
                     }
                 }
             })
@@ -655,6 +655,79 @@ fn relay_reset_is_repaired_from_the_clients() {
     assert!(s.stats().repaired > 0);
     run(&mut b, &mut relay);
     assert_eq!(b.document(id).unwrap(), a.document(id).unwrap());
+}
+
+/// In a repair exchange the relay tells a device its heads only for documents in the
+/// device's scopes; a document elsewhere is answered as one the relay lacks.
+#[test]
+fn repair_answers_heads_only_within_the_devices_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut admin = Store::open(dir.path().join("admin.db")).unwrap();
+    let rep = Store::open(dir.path().join("rep.db")).unwrap();
+    let mut relay = MemRelay::new();
+    let north = add_customer(&mut admin, "Northern Quarry");
+    let south = admin
+        .create(|d, id| {
+            create_customer(
+                d,
+                id,
+                &NewCustomer {
+                    org: "o".into(),
+                    scope: "south".into(),
+                    name: "Southern Mine".into(),
+                    ..Default::default()
+                },
+                &ctx(),
+            )
+        })
+        .unwrap()
+        .id;
+    run(&mut admin, &mut relay);
+    relay.devices.insert(
+        rep.device_id(),
+        DeviceInfo {
+            device_id: rep.device_id(),
+            name: "rep".into(),
+            role: Role::Rep,
+            scopes: vec!["north".into()],
+        },
+    );
+    let mut rs = RelaySession::new(RelayLimits::default());
+    let out = rs.handle(
+        &mut relay,
+        ClientSession::new(ClientConfig::default()).hello(&rep),
+    );
+    assert!(!out.close, "{:?}", out.messages);
+    let relay_heads = |id| -> Vec<Hash> { admin.heads(id).unwrap().iter().map(|h| h.0).collect() };
+    let (north_heads, south_heads) = (relay_heads(north), relay_heads(south));
+    let unknown = DocId::new();
+    let out = rs.handle(
+        &mut relay,
+        Message::Heads {
+            docs: vec![
+                (north, vec![[7; 32]]),
+                (south, vec![[7; 32]]),
+                (unknown, vec![[7; 32]]),
+            ],
+            done: true,
+        },
+    );
+    let Some(Message::Missing { docs, done: true }) = out.messages.first() else {
+        panic!("a Missing answer: {:?}", out.messages);
+    };
+    assert_eq!(
+        docs,
+        &vec![
+            (north, north_heads),
+            (south, Vec::new()),
+            (unknown, Vec::new())
+        ]
+    );
+    assert_ne!(
+        south_heads,
+        Vec::<Hash>::new(),
+        "the relay holds the southern customer"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fieldsync_core::protocol::messages::Hash;
 use fieldsync_core::protocol::{
-    DeviceInfo, LogEntry, Outcome, RelayStorage, StorageError, UploadChange,
+    DeviceInfo, Lack, LogEntry, Outcome, RelayStorage, StorageError, UploadChange,
 };
 use fieldsync_core::{DocId, Role};
 use tokio::sync::watch;
@@ -170,10 +170,7 @@ impl RelayStore {
     }
 
     /// See [`SqliteRelayStore::missing_heads`].
-    pub fn missing_heads(
-        &self,
-        docs: &[(DocId, Vec<Hash>)],
-    ) -> Result<Vec<Option<Vec<Hash>>>, RelayStoreError> {
+    pub fn missing_heads(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
         each!(self, s => s.missing_heads(docs))
     }
 
@@ -309,10 +306,7 @@ impl RelayStorage for RelayStore {
         Ok(self.snapshots_after(scope, after, max_bytes)?)
     }
 
-    fn missing(
-        &mut self,
-        docs: &[(DocId, Vec<Hash>)],
-    ) -> Result<Vec<Option<Vec<Hash>>>, StorageError> {
+    fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {
         Ok(self.missing_heads(docs)?)
     }
 

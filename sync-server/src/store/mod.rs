@@ -36,7 +36,8 @@ use fieldsync_core::ids::now_millis;
 use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
 use fieldsync_core::protocol::messages::{Hash, Rejection};
 use fieldsync_core::protocol::{
-    DeviceInfo, Entry, LogEntry, Outcome, RelayStorage, StorageError, UploadChange, check_change,
+    DeviceInfo, Entry, Lack, LogEntry, Outcome, RelayStorage, StorageError, UploadChange,
+    check_change,
 };
 use fieldsync_core::store::{decode_change, load_snapshot};
 use fieldsync_core::{DocId, DocKind, Role};
@@ -1433,24 +1434,21 @@ impl SqliteRelayStore {
         })
     }
 
-    /// For each document and a client's heads: `None` if the relay has all of those heads,
-    /// else the relay's heads (empty if it lacks the document).
-    pub fn missing_heads(
-        &self,
-        docs: &[(DocId, Vec<Hash>)],
-    ) -> Result<Vec<Option<Vec<Hash>>>, RelayStoreError> {
+    /// For each document and a client's heads, what the relay lacks of it.
+    pub fn missing_heads(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
-            let mut heads_st = tx.prepare_cached("SELECT heads FROM docs WHERE doc_id = ?1")?;
+            let mut heads_st =
+                tx.prepare_cached("SELECT heads, scope FROM docs WHERE doc_id = ?1")?;
             let mut has_st =
                 tx.prepare_cached("SELECT 1 FROM changes WHERE hash = ?1 AND doc_id = ?2")?;
             let mut out = Vec::with_capacity(docs.len());
             for (id, client_heads) in docs {
-                let heads: Option<Vec<u8>> = heads_st
-                    .query_row([id.as_bytes()], |r| r.get(0))
+                let heads: Option<(Vec<u8>, String)> = heads_st
+                    .query_row([id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                let Some(heads) = heads else {
-                    out.push(Some(Vec::new()));
+                let Some((heads, scope)) = heads else {
+                    out.push(Lack::Document);
                     continue;
                 };
                 let mut complete = true;
@@ -1460,7 +1458,14 @@ impl SqliteRelayStore {
                         break;
                     }
                 }
-                out.push((!complete).then(|| split_heads(&heads)));
+                out.push(if complete {
+                    Lack::Nothing
+                } else {
+                    Lack::Changes {
+                        scope,
+                        heads: split_heads(&heads),
+                    }
+                });
             }
             drop((heads_st, has_st));
             tx.finish()?;
@@ -2006,10 +2011,7 @@ impl RelayStorage for SqliteRelayStore {
         Ok(self.snapshots_after(scope, after, max_bytes)?)
     }
 
-    fn missing(
-        &mut self,
-        docs: &[(DocId, Vec<Hash>)],
-    ) -> Result<Vec<Option<Vec<Hash>>>, StorageError> {
+    fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {
         Ok(self.missing_heads(docs)?)
     }
 

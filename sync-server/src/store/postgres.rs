@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use fieldsync_core::ids::now_millis;
 use fieldsync_core::protocol::messages::Hash;
 use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
-use fieldsync_core::protocol::{DeviceInfo, Entry, LogEntry, Outcome, UploadChange};
+use fieldsync_core::protocol::{DeviceInfo, Entry, Lack, LogEntry, Outcome, UploadChange};
 use fieldsync_core::{DocId, Role};
 use postgres::fallible_iterator::FallibleIterator as _;
 use postgres::types::ToSql;
@@ -835,12 +835,8 @@ impl PgRelayStore {
         })
     }
 
-    /// For each document and a client's heads: `None` if the relay has all of those heads,
-    /// else the relay's heads (empty if it lacks the document).
-    pub fn missing_heads(
-        &self,
-        docs: &[(DocId, Vec<Hash>)],
-    ) -> Result<Vec<Option<Vec<Hash>>>, RelayStoreError> {
+    /// For each document and a client's heads, what the relay lacks of it.
+    pub fn missing_heads(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
         self.read(|c| {
             // One snapshot for the whole answer, as SQLite's read transaction gives.
             let mut tx = c
@@ -850,15 +846,15 @@ impl PgRelayStore {
                 .start()?;
             let mut out = Vec::with_capacity(docs.len());
             for (id, client_heads) in docs {
-                let heads: Option<Vec<u8>> = tx
+                let heads: Option<(Vec<u8>, String)> = tx
                     .query_opt(
-                        "SELECT heads FROM docs WHERE doc_id = $1",
+                        "SELECT heads, scope FROM docs WHERE doc_id = $1",
                         &[&id.as_bytes().as_slice()],
                     )?
-                    .map(|r| r.try_get(0))
+                    .map(|r| Ok::<_, ::postgres::Error>((r.try_get(0)?, r.try_get(1)?)))
                     .transpose()?;
-                let Some(heads) = heads else {
-                    out.push(Some(Vec::new()));
+                let Some((heads, scope)) = heads else {
+                    out.push(Lack::Document);
                     continue;
                 };
                 let mut complete = true;
@@ -872,7 +868,14 @@ impl PgRelayStore {
                         break;
                     }
                 }
-                out.push((!complete).then(|| split_heads(&heads)));
+                out.push(if complete {
+                    Lack::Nothing
+                } else {
+                    Lack::Changes {
+                        scope,
+                        heads: split_heads(&heads),
+                    }
+                });
             }
             tx.commit()?;
             Ok(out)

@@ -584,7 +584,17 @@ fn missing_reports_what_the_relay_lacks() {
             (unknown, heads(unknown)),
         ])
         .unwrap();
-    assert_eq!(res, vec![None, Some(relay_heads), Some(Vec::new())]);
+    assert_eq!(
+        res,
+        vec![
+            Lack::Nothing,
+            Lack::Changes {
+                scope: "north".into(),
+                heads: relay_heads
+            },
+            Lack::Document
+        ]
+    );
 }
 
 #[test]
@@ -1253,8 +1263,8 @@ mod contract {
             let missing = r
                 .missing(&[(c, heads), (DocId::new(), Vec::new())])
                 .unwrap();
-            assert_eq!(missing[0], None);
-            assert_eq!(missing[1], Some(Vec::new()));
+            assert_eq!(missing[0], Lack::Nothing);
+            assert_eq!(missing[1], Lack::Document);
         });
     }
 
@@ -1313,7 +1323,10 @@ mod contract {
             let later = a.outbox().split_off(2);
             assert_eq!(stored(&r.append(&a.info, &later, false).unwrap()), 1);
             let want: Vec<Hash> = a.store.heads(c).unwrap().iter().map(|h| h.0).collect();
-            assert_eq!(r.missing(&[(c, want.clone())]).unwrap(), vec![None]);
+            assert_eq!(
+                r.missing(&[(c, want.clone())]).unwrap(),
+                vec![Lack::Nothing]
+            );
             // The stored snapshot holds exactly the accepted changes, also after reopening.
             drop(r);
             let mut r = open();
@@ -1480,7 +1493,10 @@ mod postgres_nodes {
             sent = up.len();
         }
         let heads: Vec<Hash> = rep.store.heads(c).unwrap().iter().map(|h| h.0).collect();
-        assert_eq!(a_node.missing_heads(&[(c, heads)]).unwrap(), vec![None]);
+        assert_eq!(
+            a_node.missing_heads(&[(c, heads)]).unwrap(),
+            vec![Lack::Nothing]
+        );
         // The other node's writes reached this node's subscribers.
         let mut rx = a_node.subscribe();
         let deadline = Instant::now() + Duration::from_secs(5);
