@@ -19,6 +19,16 @@ use uuid::Uuid;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options: a background thread hands memory freed after a burst (a large upload)
+/// back to the system within about a second, instead of on later allocations.
+#[cfg(not(target_env = "msvc"))]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
+    // SAFETY: a pointer to the first byte of a NUL-terminated static string, as jemalloc reads it.
+    unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() },
+);
+
 /// fieldsync relay: the central QUIC sync server.
 #[derive(Parser, Debug)]
 #[command(name = "fieldsync-relay", version, about)]

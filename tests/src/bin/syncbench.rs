@@ -24,7 +24,8 @@
 //! a child process of this binary (`worker` mode), so each client's peak memory is its own
 //! process's `VmHWM`. The relay's peak is read from `/proc/<pid>/status` (`VmHWM`) after
 //! resetting it (`/proc/<pid>/clear_refs` ← 5) before each case, so each row shows the peak of
-//! that case alone.
+//! that case alone (after 2 s idle, in which the relay's allocator returns memory the previous
+//! case freed).
 //!
 //! **Population** is excluded from every timing: a populating client creates the documents in
 //! one store transaction (`fieldsync_core::model::create_*`; each document is one change, and
@@ -354,6 +355,9 @@ impl Bench {
     /// peak RSS (KiB) and CPU time (s) during the job (population and untimed edits included).
     fn measured(&self, db: &str, job: Job) -> anyhow::Result<(WorkerResult, RelayUse)> {
         let pid = self.relay.pid();
+        // The relay's allocator hands memory freed by the previous job back within about a
+        // second; the peak is reset after that, so it shows this job's own.
+        std::thread::sleep(SETTLE);
         let reset = reset_peak(pid);
         let cpu = cpu_secs(pid);
         let r = self.run(db, job)?;
@@ -371,6 +375,9 @@ impl Bench {
         ))
     }
 }
+
+/// Idle time before each measured job, for the relay's resident memory to settle.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// The relay's resources during one job.
 #[derive(Clone, Copy, Debug)]

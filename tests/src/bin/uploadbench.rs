@@ -26,11 +26,19 @@ use fieldsync_core::protocol::{ClientConfig, DeviceInfo, Outcome, UploadChange};
 use fieldsync_relay::{RelayStoreOptions, SqliteRelayStore};
 use fieldsync_tests::workload::{EditOrder, offline_edits_in, populate};
 
-// The allocator of the `fieldsync-relay` binary, so that the relay's share is measured as it
-// runs there.
+// The allocator of the `fieldsync-relay` binary and its options, so that the relay's share is
+// measured as it runs there.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(not(target_env = "msvc"))]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
+    // SAFETY: a pointer to the first byte of a NUL-terminated static string, as jemalloc reads it.
+    unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() },
+);
 
 /// What uploading a replica's outbox took.
 #[derive(Default)]
