@@ -552,7 +552,8 @@ trait BatchDb {
         seq: i64,
         at: i64,
     ) -> Result<(), RelayStoreError>;
-    /// Moves of a document at or after `since` (ms), newest first: `(from_scope, seq)`.
+    /// Moves of a document after `since` (ms), newest first: `(from_scope, seq)`. A grace
+    /// period of zero thus excuses nothing, even a move in the same millisecond.
     fn moves_since(&self, doc: DocId, since: i64) -> Result<Vec<(String, i64)>, RelayStoreError>;
     /// A customer and its visits and quotes: `(doc_id, scope, snapshot)` by id.
     fn customer_docs(
@@ -666,7 +667,7 @@ impl BatchDb for Transaction<'_> {
     fn moves_since(&self, doc: DocId, since: i64) -> Result<Vec<(String, i64)>, RelayStoreError> {
         Ok(self
             .prepare_cached(
-                "SELECT from_scope, seq FROM moves WHERE doc_id = ?1 AND at >= ?2
+                "SELECT from_scope, seq FROM moves WHERE doc_id = ?1 AND at > ?2
                  ORDER BY seq DESC",
             )?
             .query_map(params![doc.as_bytes(), since], |r| {

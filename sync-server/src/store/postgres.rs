@@ -424,7 +424,7 @@ impl BatchDb for PgBatch<'_> {
 
     fn moves_since(&self, doc: DocId, since: i64) -> Result<Vec<(String, i64)>, RelayStoreError> {
         self.q(
-            "SELECT from_scope, seq FROM moves WHERE doc_id = $1 AND at >= $2 ORDER BY seq DESC",
+            "SELECT from_scope, seq FROM moves WHERE doc_id = $1 AND at > $2 ORDER BY seq DESC",
             &[&doc.as_bytes().as_slice(), &since],
         )?
         .iter()
@@ -537,8 +537,7 @@ impl PgRelayStore {
 
     /// Starts a thread that listens for other nodes' notifications until the store is gone.
     fn listen(&self) -> Result<(), RelayStoreError> {
-        let mut client = connect(&self.inner.config, &self.inner.location)?;
-        client.batch_execute(&format!("LISTEN {LOG_CHANNEL}; LISTEN {DEVICES_CHANNEL}"))?;
+        let client = listener(&self.inner)?;
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         std::thread::Builder::new()
             .name("fieldsync-pg-listen".into())
@@ -1335,8 +1334,44 @@ fn bump_devices(tx: &mut Transaction<'_>) -> Result<(), RelayStoreError> {
     Ok(())
 }
 
-/// Wakes this node's subscribers when another node notifies; ends when the store is dropped
-/// or the connection breaks (the server's once-a-second poll covers the rest).
+/// A connection listening on both notification channels.
+fn listener(inner: &Inner) -> Result<Client, RelayStoreError> {
+    let mut client = connect(&inner.config, &inner.location)?;
+    client.batch_execute(&format!("LISTEN {LOG_CHANNEL}; LISTEN {DEVICES_CHANNEL}"))?;
+    Ok(client)
+}
+
+/// Longest wait between attempts to restore the notification connection.
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Restores the notification connection after it broke (a database restart, a network cut),
+/// waiting longer after each failed attempt, until it works or the store is gone. Then reads
+/// the counters, since notifications sent meanwhile are lost. Meanwhile the server's
+/// once-a-second poll keeps live clients served.
+fn reconnect_listener(store: &Weak<Inner>) -> Option<Client> {
+    let mut wait = LISTEN_TICK;
+    loop {
+        std::thread::sleep(wait);
+        let inner = store.upgrade()?;
+        match listener(&inner) {
+            Ok(client) => {
+                let handle = PgRelayStore { inner };
+                if let Err(e) = handle.poll_log().and_then(|_| handle.poll_devices()) {
+                    tracing::warn!(error = %e, "cannot read the counters after reconnecting");
+                }
+                tracing::info!("PostgreSQL notification connection restored");
+                return Some(client);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, retry_in = ?wait, "notification connection still down");
+                wait = (wait * 2).min(LISTEN_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// Wakes this node's subscribers when another node notifies; ends when the store is dropped.
+/// A broken connection is restored ([`reconnect_listener`]).
 fn listen_loop(mut client: Client, store: Weak<Inner>) {
     loop {
         let note = {
@@ -1360,8 +1395,13 @@ fn listen_loop(mut client: Client, store: Weak<Inner>) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "lost the PostgreSQL notification connection; polling only");
-                return;
+                tracing::warn!(error = %e, "lost the PostgreSQL notification connection; reconnecting");
+                // Holding the store while waiting would keep a dropped store alive.
+                drop(store_handle);
+                match reconnect_listener(&store) {
+                    Some(c) => client = c,
+                    None => return,
+                }
             }
         }
     }

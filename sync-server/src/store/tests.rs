@@ -1475,6 +1475,56 @@ mod postgres_nodes {
         }
     }
 
+    /// When the database drops a node's notification connection (a restart, a cut), the
+    /// node reconnects and hears other nodes' writes again, including those made while it
+    /// was disconnected, without anyone polling.
+    #[test]
+    fn the_notification_listener_reconnects() {
+        let db = scratch();
+        let a_node = PgRelayStore::open(db.url(), RelayStoreOptions::default()).unwrap();
+        let b_node = PgRelayStore::open(db.url(), RelayStoreOptions::default()).unwrap();
+        let mut live = a_node.subscribe();
+        live.borrow_and_update();
+        let mut admin = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+        let killed: bool = admin
+            .query_one(
+                "SELECT count(*) > 0 FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = current_database() AND query LIKE 'LISTEN%'
+                    AND pid <> pg_backend_pid()) AS t",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(killed, "no listener connection found");
+        let mut rep = device(Role::Rep, &["north"]);
+        rep.customer("Zeta", "north");
+        let out = b_node
+            .append_changes(&rep.info, &rep.outbox(), false)
+            .unwrap();
+        assert!(refusals(&out).is_empty(), "{out:?}");
+        let high = b_node.high().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while *live.borrow() < high {
+            assert!(Instant::now() < deadline, "node a never heard of the write");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // And a later write arrives by notification, not by the catch-up after reconnecting.
+        rep.edit(
+            rep.store.all_heads().unwrap()[0].0,
+            CustomerEdit::Set(CustomerField::Industry, "mining".into()),
+        );
+        let out = b_node
+            .append_changes(&rep.info, &rep.outbox()[1..], false)
+            .unwrap();
+        assert!(refusals(&out).is_empty(), "{out:?}");
+        let high = b_node.high().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *live.borrow() < high {
+            assert!(Instant::now() < deadline, "node a missed a later write");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A document cached by one node and then written by another is reloaded, not
     /// validated against the stale copy.
     #[test]
