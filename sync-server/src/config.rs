@@ -89,7 +89,7 @@ pub struct RelayConfig {
     /// Role granted to devices accepted by open enrolment (`rep`, `manager`, `director`,
     /// `admin`). Default: `admin`.
     pub open_role: Role,
-    /// How many documents the relay keeps loaded for validating writes (about 50 KiB each).
+    /// How many documents the relay keeps loaded for validating writes (about 20 KiB each).
     /// Default: 1024.
     pub doc_cache: usize,
     /// Days after a customer moved to another scope during which the relay still accepts its
