@@ -348,6 +348,16 @@ impl Client {
         })
     }
 
+    /// Sends quarantined local changes (all, or those of document `doc`) again at the next
+    /// sync, once the reason the relay refused them is gone (IT widened the device's scopes
+    /// or raised its role): they go back into their documents and the outbox. A change the
+    /// relay still refuses comes back to the quarantine with the new reason. Changes of a
+    /// document the replica no longer holds stay quarantined. Returns how many were requeued
+    /// and how many stayed.
+    pub fn retry_quarantined(&self, doc: Option<DocId>) -> Result<(usize, usize), ClientError> {
+        Ok(self.lock().transaction(|tx| tx.requeue_quarantined(doc))?)
+    }
+
     /// How many local changes wait for the relay's acknowledgement.
     pub fn outbox_len(&self) -> Result<u64, ClientError> {
         let n = self.lock().outbox_len()?;

@@ -59,10 +59,25 @@ enum Command {
     Sync(SyncArgs),
     /// Show the outbox, the quarantine, the last sync and whether the relay is reachable
     Status(JsonFlag),
-    /// List local changes the relay refused (kept here, never sent again), with the reasons
-    Quarantine(JsonFlag),
+    /// List local changes the relay refused (kept here, not sent again), with the reasons;
+    /// --retry sends them again at the next sync
+    Quarantine(QuarantineArgs),
     /// List fields that hold concurrent values
     Conflicts(JsonFlag),
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+struct QuarantineArgs {
+    /// Put the refused changes back into their documents and the outbox, to be sent again at
+    /// the next sync (after IT fixed what the relay refused them for: a scope, a role)
+    #[arg(long)]
+    retry: bool,
+    /// With --retry: only this document's changes
+    #[arg(long, value_name = "ID", requires = "retry")]
+    doc: Option<DocId>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug, Clone, Copy)]
@@ -393,7 +408,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Quote(cmd) => quote(&open(&dir)?, cmd),
         Command::Sync(args) => sync_cmd(&dir, args),
         Command::Status(f) => status(&dir, f.json),
-        Command::Quarantine(f) => quarantine(&open(&dir)?, f.json),
+        Command::Quarantine(q) if q.retry => retry_quarantined(&open(&dir)?, q.doc, q.json),
+        Command::Quarantine(q) => quarantine(&open(&dir)?, q.json),
         Command::Conflicts(f) => conflicts(&open(&dir)?, f.json),
     }
 }
@@ -1309,6 +1325,18 @@ fn quarantine(client: &Client, json: bool) -> Result<()> {
             &q.hash[..q.hash.len().min(12)],
             q.reason
         );
+    }
+    Ok(())
+}
+
+fn retry_quarantined(client: &Client, doc: Option<DocId>, json: bool) -> Result<()> {
+    let (requeued, kept) = client.retry_quarantined(doc)?;
+    if json {
+        return print_json(&serde_json::json!({ "requeued": requeued, "kept": kept }));
+    }
+    println!("{requeued} refused change(s) put back in the outbox; `fieldsync sync` sends them.");
+    if kept > 0 {
+        println!("{kept} change(s) of documents no longer on this laptop stay in the quarantine.");
     }
     Ok(())
 }

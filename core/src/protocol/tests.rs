@@ -517,6 +517,99 @@ fn dependents_of_a_refused_change_are_quarantined_and_the_document_rebuilt() {
     assert_eq!(deps.deps(), &[created][..]);
 }
 
+/// A rep creates and edits a customer in a territory IT has not granted yet: the relay
+/// refuses both, the replica quarantines them and drops the customer. Once IT widens the
+/// grant, retrying puts the customer back and the next sync delivers both changes; a change
+/// that is still refused comes back to the quarantine.
+#[test]
+fn quarantined_changes_are_sent_again_after_the_grant_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let mut relay = MemRelay::new();
+    let rep = DeviceInfo {
+        device_id: a.device_id(),
+        name: "rep".into(),
+        role: Role::Rep,
+        scopes: vec!["north".into()],
+    };
+    relay.devices.insert(a.device_id(), rep.clone());
+    let id = a
+        .create(|d, id| {
+            create_customer(
+                d,
+                id,
+                &NewCustomer {
+                    org: "o".into(),
+                    scope: "south".into(),
+                    name: "Steppe Quarry".into(),
+                    ..Default::default()
+                },
+                &ctx(),
+            )
+        })
+        .unwrap()
+        .id;
+    a.edit(id, |d| {
+        apply_edit(
+            d,
+            &Edit::Customer(CustomerEdit::Set(CustomerField::Industry, "mining".into())),
+            &ctx(),
+        )
+    })
+    .unwrap();
+    let mine = a.export(id).unwrap();
+    run(&mut a, &mut relay);
+    assert_eq!(a.quarantine().unwrap().len(), 2);
+    assert!(
+        !a.contains(id).unwrap(),
+        "the refused creation took the customer away"
+    );
+    assert!(relay.docs.is_empty());
+
+    // Retrying before the grant changes: refused again, quarantined again, nothing lost.
+    assert_eq!(
+        a.transaction(|tx| tx.requeue_quarantined(None)).unwrap(),
+        (2, 0)
+    );
+    assert!(a.contains(id).unwrap());
+    assert_eq!(a.outbox_len().unwrap(), 2);
+    run(&mut a, &mut relay);
+    let q = a.quarantine().unwrap();
+    assert_eq!(q.len(), 2, "{q:?}");
+    assert!(
+        q.iter()
+            .any(|x| x.reason.contains("outside the device's scopes"))
+    );
+
+    relay.devices.insert(
+        a.device_id(),
+        DeviceInfo {
+            scopes: vec!["north".into(), "south".into()],
+            ..rep
+        },
+    );
+    assert_eq!(
+        a.transaction(|tx| tx.requeue_quarantined(Some(id)))
+            .unwrap(),
+        (2, 0)
+    );
+    run(&mut a, &mut relay);
+    assert!(a.quarantine().unwrap().is_empty());
+    assert_eq!(a.outbox_len().unwrap(), 0);
+    let (on_relay, scope) = relay.docs.get_mut(&id).expect("the relay has the customer");
+    assert_eq!(scope, "south");
+    assert_eq!(
+        crate::model::read_document(&*on_relay).unwrap(),
+        a.document(id).unwrap()
+    );
+    let mut original = crate::store::load_snapshot(&mine).unwrap();
+    assert_eq!(
+        on_relay.get_heads(),
+        original.get_heads(),
+        "the very changes written offline"
+    );
+}
+
 /// Found by the deterministic simulation: a document holding a change the relay refused was
 /// rebuilt without it only if nothing else of it was waiting in the outbox — counting the
 /// changes the same answer accepted — and only if it was not marked to leave; one that then

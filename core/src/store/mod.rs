@@ -199,6 +199,71 @@ pub struct Committed {
     pub hashes: Vec<ChangeHash>,
 }
 
+/// A raw change with its hash: `(hash, bytes)`.
+type RawChange = (Vec<u8>, Vec<u8>);
+
+/// Whether every dependency of the changes is one of them.
+fn self_contained(changes: &[RawChange]) -> Result<bool, StoreError> {
+    let hashes: std::collections::HashSet<&[u8]> =
+        changes.iter().map(|(h, _)| h.as_slice()).collect();
+    for (_, bytes) in changes {
+        if !decode_change(bytes)?
+            .deps()
+            .iter()
+            .all(|d| hashes.contains(&d.0[..]))
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Orders changes so that each comes after those of the set it depends on,
+/// otherwise keeping the given order (Kahn's algorithm, smallest index first).
+fn causal_order(changes: Vec<RawChange>) -> Result<Vec<RawChange>, StoreError> {
+    let index: HashMap<&[u8], usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| (h.as_slice(), i))
+        .collect();
+    let mut waiting = vec![0usize; changes.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); changes.len()];
+    for (i, (_, bytes)) in changes.iter().enumerate() {
+        for d in decode_change(bytes)?.deps() {
+            if let Some(&j) = index.get(&d.0[..]) {
+                waiting[i] += 1;
+                dependents[j].push(i);
+            }
+        }
+    }
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..changes.len()).filter(|i| waiting[*i] == 0).collect();
+    let mut order = Vec::with_capacity(changes.len());
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &k in &dependents[i] {
+            waiting[k] -= 1;
+            if waiting[k] == 0 {
+                ready.insert(k);
+            }
+        }
+    }
+    drop(index);
+    let mut slots: Vec<Option<RawChange>> = changes.into_iter().map(Some).collect();
+    // Content-addressed changes cannot depend on each other in a cycle; anything left over
+    // (duplicates) keeps its place after the rest.
+    let mut placed = vec![false; slots.len()];
+    for &i in &order {
+        placed[i] = true;
+    }
+    let rest: Vec<usize> = (0..slots.len()).filter(|i| !placed[*i]).collect();
+    Ok(order
+        .into_iter()
+        .chain(rest)
+        .filter_map(|i| slots[i].take())
+        .collect())
+}
+
 /// Runs an Automerge call that may panic on hostile input, turning a panic into an error.
 pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, StoreError> {
     catch_unwind(AssertUnwindSafe(f))
@@ -1312,6 +1377,15 @@ impl StoreTx<'_> {
     /// new). Returns how many of them were new. Changes whose dependencies have not arrived yet
     /// are stored and applied once they do.
     pub fn apply_changes(&mut self, id: DocId, changes: &[Vec<u8>]) -> Result<usize, StoreError> {
+        self.apply_changes_as(id, changes, Origin::Remote)
+    }
+
+    fn apply_changes_as(
+        &mut self,
+        id: DocId,
+        changes: &[Vec<u8>],
+        origin: Origin,
+    ) -> Result<usize, StoreError> {
         let decoded = changes
             .iter()
             .map(|b| decode_change(b))
@@ -1355,8 +1429,70 @@ impl StoreTx<'_> {
             }
         }
         let n = fresh_hashes.len();
-        self.persist(id, &fresh_hashes, &fresh_raw, Origin::Remote)?;
+        self.persist(id, &fresh_hashes, &fresh_raw, origin)?;
         Ok(n)
+    }
+
+    /// Moves quarantined local changes (all, or those of one document) back into the outbox,
+    /// to be sent again at the next sync — after the cause of the refusal was fixed: a grant
+    /// widened, a role raised. Each goes back into its document too (the replica rebuilt the
+    /// document without it, or dropped it when its creation was refused), in causal order, as
+    /// a local edit. Changes of a document this replica no longer holds and that do not make
+    /// a whole document on their own stay in the quarantine. Returns how many were requeued
+    /// and how many stayed.
+    pub fn requeue_quarantined(
+        &mut self,
+        doc: Option<DocId>,
+    ) -> Result<(usize, usize), StoreError> {
+        let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = {
+            let mut st = self.tx.prepare_cached(
+                "SELECT doc_id, hash, bytes FROM quarantine
+                  WHERE ?1 IS NULL OR doc_id = ?1 ORDER BY at, hash",
+            )?;
+            st.query_map([doc.map(|d| d.as_bytes().to_vec())], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let mut by_doc: std::collections::BTreeMap<DocId, Vec<RawChange>> =
+            std::collections::BTreeMap::new();
+        for (d, hash, bytes) in rows {
+            let id = DocId::from_slice(&d).ok_or_else(|| {
+                StoreError::InvalidData("quarantine row without a document".into())
+            })?;
+            by_doc.entry(id).or_default().push((hash, bytes));
+        }
+        let (mut requeued, mut kept) = (0, 0);
+        let now = now_millis();
+        for (id, changes) in by_doc {
+            let held = self
+                .tx
+                .prepare_cached("SELECT 1 FROM docs WHERE id = ?1")?
+                .query_row([id.as_bytes()], |_| Ok(()))
+                .optional()?
+                .is_some();
+            let ordered = causal_order(changes)?;
+            // A document the replica dropped (its creation was refused) comes back only
+            // from a whole history: every dependency among the quarantined changes.
+            if !held && !self_contained(&ordered)? {
+                kept += ordered.len();
+                continue;
+            }
+            let raw: Vec<Vec<u8>> = ordered.iter().map(|(_, b)| b.clone()).collect();
+            self.apply_changes_as(id, &raw, Origin::Local)?;
+            let mut ins = self.tx.prepare_cached(
+                "INSERT OR IGNORE INTO outbox (doc_id, hash, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut del = self
+                .tx
+                .prepare_cached("DELETE FROM quarantine WHERE hash = ?1")?;
+            for (hash, bytes) in &ordered {
+                ins.execute(params![id.as_bytes(), hash, bytes, now])?;
+                del.execute([hash])?;
+            }
+            requeued += ordered.len();
+        }
+        Ok((requeued, kept))
     }
 
     /// Merges a saved document (a snapshot) received from elsewhere, creating it if new.
