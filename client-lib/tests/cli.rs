@@ -473,6 +473,46 @@ fn init_with_a_token_enrols_and_refused_changes_are_listed() {
     let list = json(&a, &["customer", "list", "--json"]);
     assert_eq!(ids(&list), vec![ours.trim().to_string()]);
 
+    // Retrying puts the refused customer back and sends it again; still outside the grant,
+    // it is refused again and returns to the quarantine.
+    let err = fails(&a, &["quarantine", "--doc", theirs.trim()]);
+    assert!(err.contains("--retry"), "{err}");
+    let retried = json(&a, &["quarantine", "--retry", "--json"]);
+    assert_eq!(retried, serde_json::json!({ "requeued": 1, "kept": 0 }));
+    assert_eq!(json(&a, &["status", "--json"])["outbox"], 1);
+    let list = json(&a, &["customer", "list", "--json"]);
+    assert_eq!(list.as_array().expect("array").len(), 2, "{list}");
+    let report = json(&a, &["sync", "--json"]);
+    assert_eq!(report["changes_rejected"], 1, "{report}");
+    let q = json(&a, &["quarantine", "--json"]);
+    assert_eq!(q[0]["doc_id"], theirs.trim(), "{q}");
+    let text = ok(&a, &["quarantine", "--retry", "--doc", ours.trim()]);
+    assert!(text.contains("0 refused change(s)"), "{text}");
+
+    // IT adds the territory to the laptop's grant; the retried customer now syncs.
+    relay
+        .store()
+        .grant(
+            "Li Wei laptop",
+            None,
+            Some(&["north-mines".to_string(), "south-ports".to_string()]),
+        )
+        .expect("grant");
+    let retried = json(&a, &["quarantine", "--retry", "--json"]);
+    assert_eq!(retried["requeued"], 1, "{retried}");
+    let report = json(&a, &["sync", "--json"]);
+    assert_eq!(
+        (&report["changes_acked"], &report["changes_rejected"]),
+        (&serde_json::json!(1), &serde_json::json!(0)),
+        "{report}"
+    );
+    assert_eq!(json(&a, &["quarantine", "--json"]), serde_json::json!([]));
+    let status = json(&a, &["status", "--json"]);
+    assert_eq!(
+        (&status["quarantined"], &status["outbox"]),
+        (&serde_json::json!(0), &serde_json::json!(0))
+    );
+
     // Revoked: the next sync fails with the reason, and status shows it.
     relay.store().revoke("Li Wei laptop").expect("revoke");
     let err = fails(&a, &["sync"]);

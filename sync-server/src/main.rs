@@ -186,6 +186,20 @@ enum DeviceCmd {
         /// The device's name or id.
         device: String,
     },
+    /// Change a device's role or scopes (by name or id), keeping its credential: its open
+    /// connection reconnects with the new grant at once.
+    Grant {
+        #[command(flatten)]
+        common: Common,
+        /// The device's name or id.
+        device: String,
+        /// rep, manager, director or admin (unchanged if not given).
+        #[arg(long, value_parser = parse_role)]
+        role: Option<Role>,
+        /// A scope the device may see, replacing its scopes (repeat for several; `*` = all).
+        #[arg(long = "scope", required_unless_present = "role")]
+        scopes: Vec<String>,
+    },
     /// List devices with their role, scopes and last sync, and unused enrolment tokens.
     List {
         #[command(flatten)]
@@ -311,6 +325,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if r.tokens > 0 {
                 println!("revoked {} unused enrolment token(s)", r.tokens);
+            }
+            Ok(())
+        }
+        Cmd::Device(DeviceCmd::Grant {
+            common,
+            device,
+            role,
+            scopes,
+        }) => {
+            let scopes = (!scopes.is_empty()).then_some(scopes);
+            for d in common.store()?.grant(&device, role, scopes.as_deref())? {
+                println!("changed the grant of device {d}");
             }
             Ok(())
         }

@@ -383,6 +383,42 @@ async fn the_cli_enrols_lists_audits_and_revokes_while_the_relay_runs() {
         Some(Message::Error { code: ErrorCode::Unauthorized, reason }) if reason.contains("already used")
     ));
 
+    // IT widens the grant from another process: the open connection is told to reconnect
+    // at once, and the same credential then gets the new scopes.
+    let out = cli_ok(
+        &data,
+        &[
+            "device",
+            "grant",
+            "Li Wei laptop",
+            "--scope",
+            "north-mines",
+            "--scope",
+            "north-coal",
+            "--scope",
+            "south-ports",
+        ],
+    );
+    assert!(out.contains(&store.device_id().to_string()), "{out}");
+    match raw.recv_within(Duration::from_secs(5)).await {
+        Some(Message::Error { code, .. }) => assert_eq!(code, ErrorCode::Reconnect),
+        other => panic!("expected Reconnect, got {other:?}"),
+    }
+    let mut raw = Raw::connect(addr, &token.pin).await;
+    match raw.hello(store.device_id(), Some(credential.clone())).await {
+        Message::Welcome { scopes, role, .. } => {
+            assert_eq!(role, Role::Rep);
+            assert_eq!(scopes, vec!["north-mines", "north-coal", "south-ports"]);
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    let out = relay_cli(&data, &["device", "grant", "nobody", "--role", "admin"]);
+    assert!(!out.status.success(), "no such device");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no active device"),
+        "{out:?}"
+    );
+
     // Revoked by name from another process: the open connection is closed within about a
     // second (the relay polls the device table), with a reason.
     let started = Instant::now();

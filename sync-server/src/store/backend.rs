@@ -226,6 +226,16 @@ impl RelayStore {
         each!(self, s => s.redeem_token(device_id, token, credential))
     }
 
+    /// See [`SqliteRelayStore::grant`].
+    pub fn grant(
+        &self,
+        who: &str,
+        role: Option<Role>,
+        scopes: Option<&[String]>,
+    ) -> Result<Vec<Uuid>, RelayStoreError> {
+        each!(self, s => s.grant(who, role, scopes))
+    }
+
     /// See [`SqliteRelayStore::revoke`].
     pub fn revoke(&self, who: &str) -> Result<Revoked, RelayStoreError> {
         each!(self, s => s.revoke(who))

@@ -424,6 +424,31 @@ fn scopes_json(scopes: &[String]) -> Result<String, RelayStoreError> {
 }
 
 /// Bumps the device-change counter inside a write transaction.
+/// Checks the arguments of a grant change: the device (by id or name), and the scopes as
+/// stored (`None` when unchanged).
+fn grant_args<'a>(
+    who: &'a str,
+    role: Option<Role>,
+    scopes: Option<&[String]>,
+) -> Result<(&'a str, Option<Uuid>, Option<String>), RelayStoreError> {
+    if role.is_none() && scopes.is_none() {
+        return Err(RelayStoreError::Invalid(
+            "a grant change needs a role or scopes".into(),
+        ));
+    }
+    if scopes.is_some_and(<[String]>::is_empty) {
+        return Err(RelayStoreError::Invalid(
+            "a device needs at least one scope".into(),
+        ));
+    }
+    let who = who.trim();
+    Ok((
+        who,
+        Uuid::parse_str(who).ok(),
+        scopes.map(scopes_json).transpose()?,
+    ))
+}
+
 fn bump_devices(tx: &Transaction<'_>) -> Result<(), RelayStoreError> {
     tx.execute(
         "UPDATE meta SET value = value + 1 WHERE key = ?1",
@@ -1807,6 +1832,52 @@ impl SqliteRelayStore {
         }
         tracing::info!(who, devices = ?out.devices, tokens = out.tokens, "revoked");
         Ok(out)
+    }
+
+    /// Changes the role and/or scopes of active devices, by id or by name (every active device
+    /// with that name), keeping their credentials. Their open connections are told to
+    /// reconnect and get the new grant; changes they uploaded before stay as they are.
+    /// Returns the devices changed.
+    pub fn grant(
+        &self,
+        who: &str,
+        role: Option<Role>,
+        scopes: Option<&[String]>,
+    ) -> Result<Vec<Uuid>, RelayStoreError> {
+        let (who, id, scopes_json) = grant_args(who, role, scopes)?;
+        let changed = self.write_devices(|tx| {
+            let n = tx.execute(
+                "UPDATE devices SET role = COALESCE(?3, role), scopes = COALESCE(?4, scopes)
+                  WHERE (device_id = ?1 OR (?1 IS NULL AND name = ?2)) AND revoked_at IS NULL",
+                params![
+                    id.map(|i| i.as_bytes().to_vec()),
+                    who,
+                    role.map(Role::as_str),
+                    scopes_json
+                ],
+            )?;
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            tx.prepare(
+                "SELECT device_id FROM devices
+                  WHERE (device_id = ?1 OR (?1 IS NULL AND name = ?2)) AND revoked_at IS NULL",
+            )?
+            .query_map(params![id.map(|i| i.as_bytes().to_vec()), who], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })?
+            .map(|b| {
+                Uuid::from_slice(&b?).map_err(|_| RelayStoreError::Corrupt("bad device id".into()))
+            })
+            .collect()
+        })?;
+        if changed.is_empty() {
+            return Err(RelayStoreError::Invalid(format!(
+                "no active device matches {who:?}"
+            )));
+        }
+        tracing::info!(who, devices = ?changed, ?role, ?scopes, "changed a device grant");
+        Ok(changed)
     }
 
     /// Every enrolment token, newest first.

@@ -1132,6 +1132,36 @@ impl PgRelayStore {
         Ok(out)
     }
 
+    /// Changes a device's grant (see [`super::SqliteRelayStore::grant`]).
+    pub fn grant(
+        &self,
+        who: &str,
+        role: Option<Role>,
+        scopes: Option<&[String]>,
+    ) -> Result<Vec<Uuid>, RelayStoreError> {
+        let (who, id, scopes_json) = super::grant_args(who, role, scopes)?;
+        let id = id.map(|i| i.as_bytes().to_vec());
+        let role_str = role.map(Role::as_str);
+        let changed: Vec<Uuid> = self.write_devices(|tx| {
+            tx.query(
+                "UPDATE devices SET role = COALESCE($3, role), scopes = COALESCE($4, scopes)
+                  WHERE (device_id = $1 OR ($1 IS NULL AND name = $2)) AND revoked_at IS NULL
+                  RETURNING device_id",
+                &[&id, &who, &role_str, &scopes_json],
+            )?
+            .iter()
+            .map(|r| uuid_of(&r.try_get::<_, Vec<u8>>(0)?, "devices"))
+            .collect()
+        })?;
+        if changed.is_empty() {
+            return Err(RelayStoreError::Invalid(format!(
+                "no active device matches {who:?}"
+            )));
+        }
+        tracing::info!(who, devices = ?changed, ?role, ?scopes, "changed a device grant");
+        Ok(changed)
+    }
+
     /// Revokes by device id or by name (see [`super::SqliteRelayStore::revoke`]).
     pub fn revoke(&self, who: &str) -> Result<Revoked, RelayStoreError> {
         let who = who.trim();

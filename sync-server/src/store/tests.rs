@@ -1342,6 +1342,46 @@ mod contract {
         });
     }
 
+    /// IT changes a device's scopes or role without enrolling it again: the credential
+    /// keeps working, the new grant applies, subscribers hear of it; a revoked or unknown
+    /// device and an empty change are refused.
+    #[test]
+    fn grants_change_scopes_and_role_and_keep_the_credential() {
+        each_backend(|open| {
+            let r = open();
+            let e = r
+                .enroll_device(None, "rep laptop", Role::Rep, &["north".into()])
+                .unwrap();
+            let mut gen_rx = r.subscribe_devices();
+            gen_rx.borrow_and_update();
+            let scopes = ["north".to_string(), "south".to_string()];
+            let changed = r.grant("rep laptop", None, Some(&scopes)).unwrap();
+            assert_eq!(changed, vec![e.device_id]);
+            assert!(gen_rx.has_changed().unwrap());
+            let now = r.authenticate_device(e.device_id, Some(&e.secret)).unwrap();
+            let now = now.expect("the credential still works");
+            assert_eq!((now.role, now.scopes.clone()), (Role::Rep, scopes.to_vec()));
+            let by_id = r
+                .grant(&e.device_id.to_string(), Some(Role::Manager), None)
+                .unwrap();
+            assert_eq!(by_id, vec![e.device_id]);
+            let now = r.device_grant(e.device_id).unwrap().unwrap();
+            assert_eq!((now.role, now.scopes), (Role::Manager, scopes.to_vec()));
+            assert!(
+                r.grant("rep laptop", None, None).is_err(),
+                "nothing to change"
+            );
+            assert!(
+                r.grant("rep laptop", None, Some(&[])).is_err(),
+                "no scope at all"
+            );
+            assert!(r.grant("nobody", Some(Role::Rep), None).is_err());
+            r.revoke("rep laptop").unwrap();
+            let err = r.grant("rep laptop", Some(Role::Admin), None).unwrap_err();
+            assert!(err.to_string().contains("no active device"), "{err}");
+        });
+    }
+
     #[test]
     fn devices_enrol_revoke_and_tokens() {
         each_backend(|open| {
