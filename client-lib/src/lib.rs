@@ -352,8 +352,9 @@ impl Client {
     /// sync, once the reason the relay refused them is gone (IT widened the device's scopes
     /// or raised its role): they go back into their documents and the outbox. A change the
     /// relay still refuses comes back to the quarantine with the new reason. Changes of a
-    /// document the replica no longer holds stay quarantined. Returns how many were requeued
-    /// and how many stayed.
+    /// document the replica no longer holds, or edited here after the refusal, stay
+    /// quarantined (see [`fieldsync_core::store::StoreTx::requeue_quarantined`]). Returns how
+    /// many were requeued and how many stayed.
     pub fn retry_quarantined(&self, doc: Option<DocId>) -> Result<(usize, usize), ClientError> {
         Ok(self.lock().transaction(|tx| tx.requeue_quarantined(doc))?)
     }

@@ -1336,7 +1336,10 @@ fn retry_quarantined(client: &Client, doc: Option<DocId>, json: bool) -> Result<
     }
     println!("{requeued} refused change(s) put back in the outbox; `fieldsync sync` sends them.");
     if kept > 0 {
-        println!("{kept} change(s) of documents no longer on this laptop stay in the quarantine.");
+        println!(
+            "{kept} change(s) stay in the quarantine: their document left this laptop, or was \
+             edited here after the refusal; enter those edits again."
+        );
     }
     Ok(())
 }

@@ -63,11 +63,17 @@ impl RelayStorage for Mem {
                     self.seq += 1;
                     Outcome::Stored
                 }
-                Err(e) => Outcome::Refused(Rejection {
-                    hash: [0; 32],
-                    reason: e.reason,
-                    retry: e.retry,
-                }),
+                Err(e) => {
+                    if e.doc_lost {
+                        // As the relay does: never keep using a document automerge broke.
+                        self.docs.remove(&c.doc_id);
+                    }
+                    Outcome::Refused(Rejection {
+                        hash: [0; 32],
+                        reason: e.reason,
+                        retry: e.retry,
+                    })
+                }
             });
         }
         Ok(out)

@@ -610,6 +610,51 @@ fn quarantined_changes_are_sent_again_after_the_grant_is_fixed() {
     );
 }
 
+/// A refused change whose document was edited again on the replica cannot go back (the
+/// later edit took its sequence number): retrying keeps it quarantined and touches nothing.
+#[test]
+fn a_quarantined_change_overtaken_by_a_later_edit_stays_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let mut relay = MemRelay::new();
+    relay.devices.insert(
+        a.device_id(),
+        DeviceInfo {
+            device_id: a.device_id(),
+            name: "rep".into(),
+            role: Role::Rep,
+            scopes: vec!["north".into()],
+        },
+    );
+    let id = add_customer(&mut a, "Steppe Quarry");
+    run(&mut a, &mut relay);
+    let set = |a: &mut Store, e: CustomerEdit, role: Role| {
+        a.edit(id, |d| {
+            apply_edit(d, &Edit::Customer(e), &EditCtx::new("rep", role))
+        })
+        .unwrap();
+    };
+    // Claiming an admin's role locally: the relay refuses the grade for a rep.
+    set(&mut a, CustomerEdit::SetGrade("A".into()), Role::Admin);
+    run(&mut a, &mut relay);
+    assert_eq!(a.quarantine().unwrap().len(), 1);
+    set(
+        &mut a,
+        CustomerEdit::Set(CustomerField::Industry, "mining".into()),
+        Role::Rep,
+    );
+    let heads = a.heads(id).unwrap();
+    assert_eq!(
+        a.transaction(|tx| tx.requeue_quarantined(None)).unwrap(),
+        (0, 1)
+    );
+    assert_eq!(a.quarantine().unwrap().len(), 1);
+    assert_eq!(a.heads(id).unwrap(), heads, "the document is untouched");
+    assert_eq!(a.outbox_len().unwrap(), 1, "only the later edit waits");
+    run(&mut a, &mut relay);
+    assert_eq!(a.outbox_len().unwrap(), 0);
+}
+
 /// Found by the deterministic simulation: a document holding a change the relay refused was
 /// rebuilt without it only if nothing else of it was waiting in the outbox — counting the
 /// changes the same answer accepted — and only if it was not marked to leave; one that then

@@ -240,31 +240,32 @@ pub fn check_change(
     let applied = crate::store::guard("applying an uploaded change", || {
         doc.apply_changes([change.clone()])
     });
-    let applied = match applied {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
+    let verdict = match applied {
+        Ok(Ok(())) => judge(
+            doc,
+            doc_id,
+            &change,
+            sender,
+            relayed,
+            role,
+            before.as_ref(),
+            stored_scope,
+            customer_scope,
+            left_senders_scope,
+        ),
+        // Refused by automerge (a duplicate sequence number, say): rolled back below like
+        // any refusal, in case it got part way.
+        Ok(Err(e)) => Err(Refusal::permanent(e.to_string())),
+        // Automerge panicked part way: the document cannot be trusted, not even to roll back.
+        Err(e) => {
+            return Err(Refusal {
+                reason: e.to_string(),
+                retry: false,
+                doc_lost: true,
+            });
+        }
     };
-    if let Err(reason) = applied {
-        // Automerge stopped part way: the document cannot be trusted, not even to roll back.
-        return Err(Refusal {
-            reason,
-            retry: false,
-            doc_lost: true,
-        });
-    }
-    match judge(
-        doc,
-        doc_id,
-        &change,
-        sender,
-        relayed,
-        role,
-        before.as_ref(),
-        stored_scope,
-        customer_scope,
-        left_senders_scope,
-    ) {
+    match verdict {
         Ok((accepted, facts)) => {
             remember_facts(doc_id, doc.get_heads(), facts);
             Ok(Accepted { change, ..accepted })
@@ -298,10 +299,13 @@ fn judge(
     left_senders_scope: &dyn Fn(DocId, &[ChangeHash]) -> bool,
 ) -> Result<(Accepted, Facts), Refusal> {
     // Reading the document below recurses once per nesting level (automerge's hydrate): bound
-    // the depth first, without recursion, so a hostile change cannot overflow the stack. A
-    // change deepens a document by at most one level per operation it holds, so while the
-    // known depth plus the change's operations stays within the limit there is nothing to
-    // walk; a document of unknown depth is walked only if the change makes objects.
+    // the depth first, without recursion, so a hostile change cannot overflow the stack. The
+    // walk counts every current value, conflicting ones included: deleting a winning value
+    // uncovers a losing one, so a change that makes nothing can still bring up a deep object
+    // — but only one the walk already counted. A change deepens the document by at most one
+    // level per operation it holds, so while the known depth plus the change's operations
+    // stays within the limit there is nothing to walk; a document of unknown depth is walked
+    // only if the change makes objects.
     let depth = match before.and_then(|f| f.depth) {
         Some(d) if d + change.len() <= MAX_NESTING => Some(d + change.len()),
         known => {
@@ -403,22 +407,34 @@ fn judge(
 /// panic — somewhere around 10,000 levels.
 pub const MAX_NESTING: usize = 64;
 
-/// The deepest object nesting of a document; refuses one deeper than [`MAX_NESTING`],
-/// walking it with an explicit stack.
+/// The deepest object nesting of a document, over every current value including the losing
+/// sides of conflicts; refuses one deeper than [`MAX_NESTING`], walking it with an explicit
+/// stack.
 fn check_depth(doc: &AutoCommit) -> Result<usize, String> {
-    use automerge::{ROOT, ReadDoc, Value};
-    let mut stack = vec![(ROOT, 0usize)];
+    use automerge::{ObjType, ROOT, ReadDoc, Value};
+    let mut stack = vec![(ROOT, ObjType::Map, 0usize)];
     let mut deepest = 0;
-    while let Some((obj, depth)) = stack.pop() {
+    let too_deep = || format!("document nests objects deeper than {MAX_NESTING} levels");
+    while let Some((obj, kind, depth)) = stack.pop() {
         deepest = deepest.max(depth);
-        for (value, child) in doc.values(&obj) {
-            if let Value::Object(_) = value {
+        let values = match kind {
+            ObjType::Map | ObjType::Table => doc
+                .keys(&obj)
+                .map(|k| doc.get_all(&obj, k))
+                .collect::<Result<Vec<_>, _>>(),
+            ObjType::List => (0..doc.length(&obj))
+                .map(|i| doc.get_all(&obj, i))
+                .collect::<Result<Vec<_>, _>>(),
+            // Text holds characters and marks, no objects.
+            ObjType::Text => continue,
+        }
+        .map_err(|e| e.to_string())?;
+        for (value, child) in values.into_iter().flatten() {
+            if let Value::Object(kind) = value {
                 if depth + 1 > MAX_NESTING {
-                    return Err(format!(
-                        "document nests objects deeper than {MAX_NESTING} levels"
-                    ));
+                    return Err(too_deep());
                 }
-                stack.push((child, depth + 1));
+                stack.push((child, kind, depth + 1));
             }
         }
     }
@@ -552,6 +568,34 @@ mod tests {
         // Re-sending it is harmless.
         check(&mut relay, id, &phone, &rep(device)).expect("re-sent change accepted");
         assert_eq!(relay.get_heads(), local.get_heads());
+    }
+
+    /// A deep object on the losing side of a conflict is counted: deleting the winning value
+    /// would bring it up with a change that makes nothing (and hydrating it would overflow
+    /// the stack), so the change that writes it is refused.
+    #[test]
+    fn nesting_hidden_in_a_conflict_is_refused() {
+        let device = Uuid::new_v4();
+        let (id, mut local, mut relay) = customer(device);
+        let base = local.get_heads();
+        let with_actor = |suffix: u8| {
+            let mut actor = device.as_bytes().to_vec();
+            actor.extend_from_slice(&[suffix; 8]);
+            local.clone().with_actor(ActorId::from(actor))
+        };
+        // Same counter, higher actor: the scalar wins the conflict on `x`.
+        let mut winner = with_actor(0xf0);
+        winner.put(ROOT, "x", 1).expect("put");
+        let scalar = last_change(&mut winner, &base);
+        let mut loser = with_actor(0x01);
+        let mut obj = loser.put_object(ROOT, "x", ObjType::Map).expect("map");
+        for _ in 1..MAX_NESTING + 10 {
+            obj = loser.put_object(&obj, "n", ObjType::Map).expect("map");
+        }
+        let deep = last_change(&mut loser, &base);
+        check(&mut relay, id, &scalar, &rep(device)).expect("the scalar is accepted");
+        let refusal = check(&mut relay, id, &deep, &rep(device)).expect_err("refused");
+        assert!(refusal.reason.contains("deeper"), "{refusal:?}");
     }
 
     /// The depth walk is skipped while the known depth plus the change's operations stays

@@ -1437,9 +1437,10 @@ impl StoreTx<'_> {
     /// to be sent again at the next sync — after the cause of the refusal was fixed: a grant
     /// widened, a role raised. Each goes back into its document too (the replica rebuilt the
     /// document without it, or dropped it when its creation was refused), in causal order, as
-    /// a local edit. Changes of a document this replica no longer holds and that do not make
-    /// a whole document on their own stay in the quarantine. Returns how many were requeued
-    /// and how many stayed.
+    /// a local edit. Changes that cannot go back stay in the quarantine: those of a document
+    /// this replica no longer holds that do not make a whole document on their own, and
+    /// those of a document edited on this replica after the refusal (the later edits took
+    /// their sequence numbers). Returns how many were requeued and how many stayed.
     pub fn requeue_quarantined(
         &mut self,
         doc: Option<DocId>,
@@ -1479,7 +1480,18 @@ impl StoreTx<'_> {
                 continue;
             }
             let raw: Vec<Vec<u8>> = ordered.iter().map(|(_, b)| b.clone()).collect();
-            self.apply_changes_as(id, &raw, Origin::Local)?;
+            match self.apply_changes_as(id, &raw, Origin::Local) {
+                Ok(_) => {}
+                Err(e @ StoreError::Sqlite(_)) => return Err(e),
+                Err(e) => {
+                    // Typically: the document was edited after the refusal, and those edits
+                    // took the refused changes' sequence numbers; automerge cannot hold both.
+                    // Nothing was written; the changes stay quarantined.
+                    tracing::warn!(doc = %id, error = %e, "cannot put quarantined changes back");
+                    kept += ordered.len();
+                    continue;
+                }
+            }
             let mut ins = self.tx.prepare_cached(
                 "INSERT OR IGNORE INTO outbox (doc_id, hash, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?;

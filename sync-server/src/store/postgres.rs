@@ -1364,9 +1364,17 @@ fn bump_devices(tx: &mut Transaction<'_>) -> Result<(), RelayStoreError> {
     Ok(())
 }
 
-/// A connection listening on both notification channels.
+/// A connection listening on both notification channels. TCP keepalives make a half-open
+/// connection (a peer that vanished without closing) fail within about a minute, so that it
+/// is reconnected rather than waited on for good.
 fn listener(inner: &Inner) -> Result<Client, RelayStoreError> {
-    let mut client = connect(&inner.config, &inner.location)?;
+    let mut config = inner.config.clone();
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3);
+    let mut client = connect(&config, &inner.location)?;
     client.batch_execute(&format!("LISTEN {LOG_CHANNEL}; LISTEN {DEVICES_CHANNEL}"))?;
     Ok(client)
 }
