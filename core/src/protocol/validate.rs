@@ -411,32 +411,49 @@ pub const MAX_NESTING: usize = 64;
 /// sides of conflicts; refuses one deeper than [`MAX_NESTING`], walking it with an explicit
 /// stack.
 fn check_depth(doc: &AutoCommit) -> Result<usize, String> {
-    use automerge::{ObjType, ROOT, ReadDoc, Value};
+    use automerge::{ObjId, ObjType, Prop, ROOT, ReadDoc, Value, ValueRef};
     let mut stack = vec![(ROOT, ObjType::Map, 0usize)];
     let mut deepest = 0;
-    let too_deep = || format!("document nests objects deeper than {MAX_NESTING} levels");
     while let Some((obj, kind, depth)) = stack.pop() {
         deepest = deepest.max(depth);
-        let values = match kind {
-            ObjType::Map | ObjType::Table => doc
-                .keys(&obj)
-                .map(|k| doc.get_all(&obj, k))
-                .collect::<Result<Vec<_>, _>>(),
-            ObjType::List => (0..doc.length(&obj))
-                .map(|i| doc.get_all(&obj, i))
-                .collect::<Result<Vec<_>, _>>(),
+        // The winning value of each key or index, and all values where several conflict.
+        let mut children: Vec<(ObjId, ObjType)> = Vec::new();
+        let mut conflicted: Vec<Prop> = Vec::new();
+        match kind {
+            ObjType::Map | ObjType::Table => {
+                for item in doc.map_range(&obj, ..) {
+                    if item.conflict {
+                        conflicted.push(Prop::Map(item.key.to_string()));
+                    } else if let ValueRef::Object(kind) = item.value {
+                        children.push((item.id(), kind));
+                    }
+                }
+            }
+            ObjType::List => {
+                for item in doc.list_range(&obj, ..) {
+                    if item.conflict {
+                        conflicted.push(Prop::Seq(item.index));
+                    } else if let ValueRef::Object(kind) = item.value {
+                        children.push((item.id(), kind));
+                    }
+                }
+            }
             // Text holds characters and marks, no objects.
             ObjType::Text => continue,
         }
-        .map_err(|e| e.to_string())?;
-        for (value, child) in values.into_iter().flatten() {
-            if let Value::Object(kind) = value {
-                if depth + 1 > MAX_NESTING {
-                    return Err(too_deep());
+        for prop in conflicted {
+            for (value, id) in doc.get_all(&obj, prop).map_err(|e| e.to_string())? {
+                if let Value::Object(kind) = value {
+                    children.push((id, kind));
                 }
-                stack.push((child, kind, depth + 1));
             }
         }
+        if !children.is_empty() && depth + 1 > MAX_NESTING {
+            return Err(format!(
+                "document nests objects deeper than {MAX_NESTING} levels"
+            ));
+        }
+        stack.extend(children.into_iter().map(|(id, kind)| (id, kind, depth + 1)));
     }
     Ok(deepest)
 }
