@@ -1,7 +1,7 @@
 //! The client's side of a connection, sans IO: it reads and writes the replica [`Store`] and
 //! returns the messages to send.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::{AutoCommit, ChangeHash};
 use rusqlite::OptionalExtension;
@@ -439,12 +439,19 @@ impl ClientSession {
             .collect();
         crate::store::with_prepared(&jobs, |prepared| {
             store.transaction(|tx| {
+            // A document's changes are applied together (one load, one projection, instead of
+            // one per log entry), at its next snapshot or leave in this batch or at the end:
+            // documents are independent, and each keeps the order of its own entries.
+            let mut waiting = WaitingChanges::default();
             for item in &items {
                 stats.items_received += 1;
+                if !matches!(item.entry, Entry::Changes(_)) {
+                    waiting.apply(tx, Some(item.doc_id), &mut stats)?;
+                }
                 let r = match &item.entry {
                     Entry::Changes(changes) => {
-                        let raw: Vec<Vec<u8>> = changes.iter().map(|b| b.0.clone()).collect();
-                        tx.apply_changes(item.doc_id, &raw).map(|n| stats.changes_received += n as u64)
+                        waiting.add(item.doc_id, changes.iter().map(|b| b.0.clone()).collect());
+                        Ok(())
                     }
                     // A snapshot means the document is (again) in the device's scopes: keep
                     // it (and its visits and quotes) even if it was waiting to leave.
@@ -478,6 +485,7 @@ impl ClientSession {
                     tracing::warn!(doc = %item.doc_id, error = %e, "skipping an undecodable download item");
                 }
             }
+            waiting.apply(tx, None, &mut stats)?;
             // Caught up: whatever is still marked did not come back; it leaves once its
             // local changes are acknowledged (the next batch that catches up after that
             // answer removes it).
@@ -566,6 +574,68 @@ fn docs_outside(store: &Store, scopes: &[String]) -> Result<Vec<DocId>, StoreErr
                 .flatten()
         })
         .collect())
+}
+
+/// Downloaded changes not applied yet, per document in order of first appearance, each as
+/// the log entries that brought them.
+#[derive(Default)]
+struct WaitingChanges {
+    docs: Vec<(DocId, Vec<Vec<Vec<u8>>>)>,
+    index: HashMap<DocId, usize>,
+}
+
+impl WaitingChanges {
+    fn add(&mut self, id: DocId, entry: Vec<Vec<u8>>) {
+        let i = *self.index.entry(id).or_insert_with(|| {
+            self.docs.push((id, Vec::new()));
+            self.docs.len() - 1
+        });
+        self.docs[i].1.push(entry);
+    }
+
+    /// Applies the waiting changes of document `only`, or of every document. A document
+    /// whose changes fail together is retried entry by entry, so that one undecodable entry
+    /// costs only itself.
+    fn apply(
+        &mut self,
+        tx: &mut StoreTx<'_>,
+        only: Option<DocId>,
+        stats: &mut SessionStats,
+    ) -> Result<(), StoreError> {
+        let picked: Vec<usize> = match only {
+            Some(id) => self.index.get(&id).copied().into_iter().collect(),
+            None => (0..self.docs.len()).collect(),
+        };
+        for i in picked {
+            let (id, entries) = (self.docs[i].0, std::mem::take(&mut self.docs[i].1));
+            if entries.is_empty() {
+                continue;
+            }
+            let all: Vec<Vec<u8>> = entries.iter().flatten().cloned().collect();
+            match tx.apply_changes(id, &all) {
+                Ok(n) => stats.changes_received += n as u64,
+                Err(e @ StoreError::Sqlite(_)) => return Err(e),
+                Err(_) => {
+                    for entry in &entries {
+                        match tx.apply_changes(id, entry) {
+                            Ok(n) => stats.changes_received += n as u64,
+                            Err(e @ StoreError::Sqlite(_)) => return Err(e),
+                            Err(e) => {
+                                // Bytes the relay should never have sent: keep them out.
+                                stats.items_failed += 1;
+                                tracing::warn!(doc = %id, error = %e, "skipping an undecodable download item");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if only.is_none() {
+            self.docs.clear();
+            self.index.clear();
+        }
+        Ok(())
+    }
 }
 
 /// What to do with the relay's refusals of one upload batch, worked out before the

@@ -1407,7 +1407,11 @@ impl StoreTx<'_> {
         let mut fresh_raw = Vec::new();
         let mut fresh = Vec::new();
         for (c, raw) in decoded.into_iter().zip(changes) {
-            if doc.get_change_by_hash(&c.hash()).is_none() && !fresh_hashes.contains(&c.hash()) {
+            // From the change graph; `get_change_by_hash` would rebuild the change from the
+            // document's columns. (A change waiting for its dependencies counts as new, as it
+            // did there: applying it again is harmless.)
+            let held = doc.get_missing_deps(&[c.hash()]).is_empty();
+            if !held && !fresh_hashes.contains(&c.hash()) {
                 fresh_hashes.push(c.hash());
                 fresh_raw.push(raw.clone());
                 fresh.push(c);
