@@ -56,6 +56,11 @@ pub struct RelayConfig {
     /// which several relay nodes may share, or unset for the embedded SQLite file
     /// `relay.db` in `data_dir`. Default: unset.
     pub database: Option<String>,
+    /// PEM file with the certificate(s) of the authority that signed the PostgreSQL server's
+    /// certificate. When set, the relay talks to `database` over TLS only and verifies the
+    /// server's certificate and host name against it; when unset, without TLS (a URL asking
+    /// for `sslmode=require` is then refused). Default: unset.
+    pub database_ca: Option<PathBuf>,
     /// UDP address to listen on. Default: `0.0.0.0:4433`.
     pub listen: SocketAddr,
     /// The address devices use to reach the relay (`host:port`, e.g. behind NAT or a DNS
@@ -107,6 +112,7 @@ impl Default for RelayConfig {
             public_addr: None,
             metrics_listen: None,
             database: None,
+            database_ca: None,
             cert: None,
             key: None,
             max_connections: 1024,
@@ -205,6 +211,12 @@ impl RelayConfig {
             return bad(
                 "database",
                 "must be a postgres:// URL (leave it unset for the embedded SQLite file)",
+            );
+        }
+        if self.database_ca.is_some() && self.database.is_none() {
+            return bad(
+                "database_ca",
+                "applies to a PostgreSQL `database` only (none is set)",
             );
         }
         if let Some(a) = &self.public_addr {
@@ -327,6 +339,8 @@ mod tests {
         assert!(e.to_string().contains("idle_timeout_secs"), "{e}");
         let e = RelayConfig::from_toml_str("public_addr = \"relay.example.com\"").unwrap_err();
         assert!(e.to_string().contains("public_addr"), "{e}");
+        let e = RelayConfig::from_toml_str("database_ca = \"/etc/ssl/db-ca.pem\"").unwrap_err();
+        assert!(e.to_string().contains("database_ca"), "{e}");
     }
 
     #[test]

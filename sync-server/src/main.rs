@@ -50,6 +50,10 @@ struct Common {
     /// `database` in the config file [default: relay.db in the data directory].
     #[arg(long, value_name = "URL")]
     database: Option<String>,
+    /// CA certificate (PEM) of the PostgreSQL server: connect over verified TLS. Overrides
+    /// `database_ca` in the config file.
+    #[arg(long, value_name = "FILE")]
+    database_ca: Option<PathBuf>,
 }
 
 impl Common {
@@ -63,6 +67,11 @@ impl Common {
         }
         if let Some(url) = &self.database {
             cfg.database = Some(url.clone());
+        }
+        if let Some(ca) = &self.database_ca {
+            cfg.database_ca = Some(ca.clone());
+        }
+        if self.database.is_some() || self.database_ca.is_some() {
             cfg.validate()?;
         }
         Ok(cfg)

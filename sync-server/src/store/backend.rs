@@ -53,8 +53,9 @@ impl RelayStore {
     /// `database`, else the SQLite file in the data directory. Blocks.
     pub fn open(config: &RelayConfig) -> Result<Self, RelayStoreError> {
         match &config.database {
-            Some(url) => Ok(Self::Postgres(PgRelayStore::open(
+            Some(url) => Ok(Self::Postgres(PgRelayStore::open_with_ca(
                 url,
+                config.database_ca.as_deref(),
                 config.store_options(),
             )?)),
             None => Ok(Self::Sqlite(SqliteRelayStore::open(

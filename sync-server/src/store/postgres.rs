@@ -32,6 +32,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -169,9 +170,65 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// How the relay's connections to PostgreSQL are secured.
+#[derive(Clone)]
+enum PgTls {
+    /// No TLS (`sslmode` disable).
+    Plain,
+    /// TLS only, the server's certificate and host name verified against the given CA.
+    Verified(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl PgTls {
+    /// TLS with the CA certificates of the PEM file `ca`, or none; `config`'s `sslmode`
+    /// is set to match (require, or disable). Refuses a URL that requires TLS without a CA.
+    fn configure(
+        config: &mut postgres::Config,
+        ca: Option<&Path>,
+    ) -> Result<Self, RelayStoreError> {
+        use postgres::config::SslMode;
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let Some(ca) = ca else {
+            if config.get_ssl_mode() == SslMode::Require {
+                return Err(RelayStoreError::Invalid(
+                    "the database URL requires TLS (sslmode=require): set database_ca to the \
+                     certificate of the authority that signed the server's certificate"
+                        .into(),
+                ));
+            }
+            config.ssl_mode(SslMode::Disable);
+            return Ok(Self::Plain);
+        };
+        let bad =
+            |e: String| RelayStoreError::Invalid(format!("database_ca {}: {e}", ca.display()));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+            roots
+                .add(cert.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("no certificate in the file".into()));
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.ssl_mode(SslMode::Require);
+        Ok(Self::Verified(
+            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+        ))
+    }
+}
+
 /// The state shared by every handle of one store.
 struct Inner {
     config: postgres::Config,
+    tls: PgTls,
     location: String,
     epoch: Uuid,
     opts: RelayStoreOptions,
@@ -221,10 +278,16 @@ impl std::fmt::Debug for PgRelayStore {
     }
 }
 
-fn connect(config: &postgres::Config, location: &str) -> Result<Client, RelayStoreError> {
-    config
-        .connect(NoTls)
-        .map_err(|e| RelayStoreError::Connect(location.to_string(), pg_detail(&e)))
+fn connect(
+    config: &postgres::Config,
+    tls: &PgTls,
+    location: &str,
+) -> Result<Client, RelayStoreError> {
+    match tls {
+        PgTls::Plain => config.connect(NoTls),
+        PgTls::Verified(make) => config.connect(make.clone()),
+    }
+    .map_err(|e| RelayStoreError::Connect(location.to_string(), pg_detail(&e)))
 }
 
 fn migrate(client: &mut Client) -> Result<(), RelayStoreError> {
@@ -499,14 +562,25 @@ impl BatchDb for PgBatch<'_> {
 }
 
 impl PgRelayStore {
-    /// Connects to the database at `url` (`postgres://user@host/db`), creates or migrates
-    /// the schema and starts listening for other nodes' notifications. Blocks.
+    /// Connects to the database at `url` (`postgres://user@host/db`) without TLS, creates
+    /// or migrates the schema and starts listening for other nodes' notifications. Blocks.
     pub fn open(url: &str, opts: RelayStoreOptions) -> Result<Self, RelayStoreError> {
+        Self::open_with_ca(url, None, opts)
+    }
+
+    /// [`PgRelayStore::open`], over TLS verified against the CA certificates in the PEM file
+    /// `ca` when given (see `RelayConfig::database_ca`).
+    pub fn open_with_ca(
+        url: &str,
+        ca: Option<&Path>,
+        opts: RelayStoreOptions,
+    ) -> Result<Self, RelayStoreError> {
         let location = redact_url(url);
-        let config: postgres::Config = url
+        let mut config: postgres::Config = url
             .parse()
             .map_err(|e| RelayStoreError::Connect(location.clone(), pg_detail(&e)))?;
-        let mut client = connect(&config, &location)?;
+        let tls = PgTls::configure(&mut config, ca)?;
+        let mut client = connect(&config, &tls, &location)?;
         migrate(&mut client)?;
         let epoch_bytes: Vec<u8> = client
             .query_one("SELECT value FROM meta WHERE key = 'epoch'", &[])?
@@ -518,6 +592,7 @@ impl PgRelayStore {
         let store = Self {
             inner: Arc::new(Inner {
                 config,
+                tls,
                 location,
                 epoch,
                 writer: Mutex::new(Some(Writer {
@@ -609,7 +684,7 @@ impl PgRelayStore {
         let pooled = lock(&self.inner.readers).pop();
         let mut client = match pooled {
             Some(c) if !c.is_closed() => c,
-            _ => connect(&self.inner.config, &self.inner.location)?,
+            _ => connect(&self.inner.config, &self.inner.tls, &self.inner.location)?,
         };
         let r = f(&mut client);
         let mut pool = lock(&self.inner.readers);
@@ -627,7 +702,7 @@ impl PgRelayStore {
         let mut guard = lock(&self.inner.writer);
         if guard.as_ref().is_none_or(|w| w.client.is_closed()) {
             *guard = Some(Writer {
-                client: connect(&self.inner.config, &self.inner.location)?,
+                client: connect(&self.inner.config, &self.inner.tls, &self.inner.location)?,
                 cache: DocCache::new(self.inner.opts.cache_docs),
             });
         }
@@ -1374,7 +1449,7 @@ fn listener(inner: &Inner) -> Result<Client, RelayStoreError> {
         .keepalives_idle(Duration::from_secs(30))
         .keepalives_interval(Duration::from_secs(10))
         .keepalives_retries(3);
-    let mut client = connect(&config, &inner.location)?;
+    let mut client = connect(&config, &inner.tls, &inner.location)?;
     client.batch_execute(&format!("LISTEN {LOG_CHANNEL}; LISTEN {DEVICES_CHANNEL}"))?;
     Ok(client)
 }
@@ -1502,7 +1577,7 @@ impl ScratchDatabase {
             let config: postgres::Config = server
                 .parse()
                 .map_err(|e| RelayStoreError::Connect(location.clone(), pg_detail(&e)))?;
-            let mut c = connect(&config, &location)?;
+            let mut c = connect(&config, &PgTls::Plain, &location)?;
             c.batch_execute(&sql)?;
             Ok(())
         })

@@ -1565,6 +1565,76 @@ mod postgres_nodes {
         }
     }
 
+    /// With `database_ca` the relay talks to PostgreSQL over TLS only, verifying the server's
+    /// certificate; the wrong authority, and a URL that requires TLS without one, are
+    /// refused with a clear error. (The machine's server has TLS on with the certificate it
+    /// names in `ssl_cert_file`, self-signed for `localhost`, which then serves as the CA.)
+    #[test]
+    fn tls_to_the_database_is_verified_against_its_authority() {
+        let db = scratch();
+        let mut admin = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+
+        let url_requiring = format!("{}?sslmode=require", db.url());
+        let err = PgRelayStore::open(&url_requiring, RelayStoreOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("database_ca"), "{err}");
+
+        let stranger = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let wrong_ca = dir.path().join("wrong-ca.pem");
+        std::fs::write(&wrong_ca, stranger.cert.pem()).unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = PgRelayStore::open_with_ca(db.url(), Some(&empty), RelayStoreOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("no certificate"), "{err}");
+
+        let ssl_on: String = admin.query_one("SHOW ssl", &[]).unwrap().get(0);
+        assert_eq!(
+            ssl_on,
+            "on",
+            "this test needs the PostgreSQL server at {} to accept TLS",
+            postgres::ScratchDatabase::server_url()
+        );
+        let cert_file: String = admin.query_one("SHOW ssl_cert_file", &[]).unwrap().get(0);
+        let server_ca = Path::new(&cert_file);
+        let local = db.url().replace("127.0.0.1", "localhost");
+        let err = PgRelayStore::open_with_ca(&local, Some(&wrong_ca), RelayStoreOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("certificate"), "{err}");
+
+        let store =
+            PgRelayStore::open_with_ca(&local, Some(server_ca), RelayStoreOptions::default())
+                .unwrap();
+        let mut rep = device(Role::Rep, &["north"]);
+        rep.customer("Zeta", "north");
+        let out = store
+            .append_changes(&rep.info, &rep.outbox(), false)
+            .unwrap();
+        assert_eq!(stored(&out), 1);
+        let encrypted: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                  WHERE a.datname = current_database() AND s.ssl",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        let plain: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                  WHERE a.datname = current_database() AND NOT s.ssl
+                    AND a.pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(
+            encrypted >= 2,
+            "the writer and the listener use TLS: {encrypted}"
+        );
+        assert_eq!(plain, 0, "no connection of the store is in the clear");
+    }
+
     /// A document cached by one node and then written by another is reloaded, not
     /// validated against the stale copy.
     #[test]
