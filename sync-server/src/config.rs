@@ -70,6 +70,11 @@ pub struct RelayConfig {
     /// TCP address for the HTTP endpoint with Prometheus metrics (`/metrics`) and the health
     /// check (`/healthz`), e.g. `127.0.0.1:9464`. Default: none (no HTTP endpoint).
     pub metrics_listen: Option<SocketAddr>,
+    /// A secret the scraper must send as `Authorization: Bearer <token>` to read `/metrics`
+    /// (Prometheus: `authorization: { credentials: … }`); `/healthz` stays open for load
+    /// balancers. At least 16 characters. Default: none (metrics open to whoever reaches
+    /// `metrics_listen`).
+    pub metrics_token: Option<String>,
     /// Certificate chain (PEM or DER) supplied by IT instead of the generated self-signed one.
     /// Must be given together with `key`. Default: none.
     pub cert: Option<PathBuf>,
@@ -111,6 +116,7 @@ impl Default for RelayConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
             public_addr: None,
             metrics_listen: None,
+            metrics_token: None,
             database: None,
             database_ca: None,
             cert: None,
@@ -212,6 +218,20 @@ impl RelayConfig {
                 "database",
                 "must be a postgres:// URL (leave it unset for the embedded SQLite file)",
             );
+        }
+        if let Some(t) = &self.metrics_token {
+            if self.metrics_listen.is_none() {
+                return bad(
+                    "metrics_token",
+                    "applies to `metrics_listen` only (none is set)",
+                );
+            }
+            if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return bad(
+                    "metrics_token",
+                    "must be at least 16 characters, without spaces",
+                );
+            }
         }
         if self.database_ca.is_some() && self.database.is_none() {
             return bad(
@@ -341,6 +361,11 @@ mod tests {
         assert!(e.to_string().contains("public_addr"), "{e}");
         let e = RelayConfig::from_toml_str("database_ca = \"/etc/ssl/db-ca.pem\"").unwrap_err();
         assert!(e.to_string().contains("database_ca"), "{e}");
+        let e = RelayConfig::from_toml_str(
+            "metrics_listen = \"127.0.0.1:9464\"\nmetrics_token = \"short\"",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("metrics_token"), "{e}");
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::store::RelayStore;
@@ -197,9 +198,36 @@ struct HttpState {
     metrics: Arc<Metrics>,
     store: RelayStore,
     log: watch::Receiver<u64>,
+    /// SHA-256 of the bearer token `/metrics` requires, if any.
+    token: Option<[u8; 32]>,
 }
 
-async fn metrics_page(State(s): State<HttpState>) -> impl IntoResponse {
+/// Whether the request carries the configured bearer token (compared as digests, in time
+/// independent of where they differ).
+fn authorized(headers: &HeaderMap, token: Option<&[u8; 32]>) -> bool {
+    let Some(want) = token else {
+        return true;
+    };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let got: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+    got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn metrics_page(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, s.token.as_ref()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required\n",
+        )
+            .into_response();
+    }
     s.metrics
         .log_high_seq
         .set(i64::try_from(*s.log.borrow()).unwrap_or(i64::MAX));
@@ -210,6 +238,7 @@ async fn metrics_page(State(s): State<HttpState>) -> impl IntoResponse {
         )],
         s.metrics.render(),
     )
+        .into_response()
 }
 
 async fn health(State(s): State<HttpState>) -> (StatusCode, String) {
@@ -233,12 +262,14 @@ async fn health(State(s): State<HttpState>) -> (StatusCode, String) {
     }
 }
 
-/// Binds `addr` and serves `/metrics` and `/healthz` until `stop` turns true. Returns the
-/// bound address (port 0 picks one) and the task.
+/// Binds `addr` and serves `/metrics` (behind `token` as a bearer token, when given) and
+/// `/healthz` until `stop` turns true. Returns the bound address (port 0 picks one) and the
+/// task.
 pub async fn serve_http(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     store: RelayStore,
+    token: Option<String>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -249,6 +280,7 @@ pub async fn serve_http(
         metrics,
         log: store.subscribe(),
         store,
+        token: token.map(|t| Sha256::digest(t.as_bytes()).into()),
     };
     let app = Router::new()
         .route("/metrics", get(metrics_page))

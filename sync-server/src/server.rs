@@ -96,8 +96,14 @@ impl Relay {
         let metrics = Arc::new(Metrics::new());
         let metrics_addr = match config.metrics_listen {
             Some(addr) => {
-                let (bound, _task) =
-                    serve_http(addr, metrics.clone(), store.clone(), stop.clone()).await?;
+                let (bound, _task) = serve_http(
+                    addr,
+                    metrics.clone(),
+                    store.clone(),
+                    config.metrics_token.clone(),
+                    stop.clone(),
+                )
+                .await?;
                 info!(addr = %bound, "metrics and health check at http://{bound}/metrics and /healthz");
                 Some(bound)
             }

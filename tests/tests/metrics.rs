@@ -27,10 +27,16 @@ async fn start(data: &Path, open: bool) -> Relay {
 
 /// `GET path` over plain HTTP/1.1: the status code and the body.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    get_with(addr, path, "").await
+}
+
+/// [`get`] with extra header lines (each ending in `\r\n`).
+async fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     timeout(LIMIT, async {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: relay\r\n{headers}Connection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .expect("request");
@@ -132,4 +138,43 @@ async fn metrics_count_what_the_relay_did_and_health_reports_ok() {
     assert!(errors >= 1.0, "refusal counted:\n{text}");
     closed.shutdown().await.expect("stops");
     relay.shutdown().await.expect("stops");
+}
+
+/// With `metrics_token` set, `/metrics` answers only a scraper that sends it as a bearer
+/// token; `/healthz` stays open for load balancers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_bearer_token() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let token = "scrape-7f3c9a1e5b2d4c68";
+    let relay = Relay::start(RelayConfig {
+        data_dir: tmp.path().join("relay"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        metrics_token: Some(token.into()),
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay starts");
+    let addr = relay.metrics_addr().expect("metrics endpoint");
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("fieldsync_relay"), "{body}");
+    let (status, _) = get_with(
+        addr,
+        "/metrics",
+        "Authorization: Bearer wrong-token-000000\r\n",
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = get_with(
+        addr,
+        "/metrics",
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("fieldsync_relay_connections"), "{body}");
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    relay.shutdown().await.expect("shutdown");
 }
