@@ -1326,6 +1326,10 @@ fn quarantine(client: &Client, json: bool) -> Result<()> {
             q.reason
         );
     }
+    println!(
+        "Once the cause is fixed (IT granted the scope or role), `fieldsync quarantine --retry` \
+         sends them again."
+    );
     Ok(())
 }
 

@@ -456,6 +456,7 @@ fn init_with_a_token_enrols_and_refused_changes_are_listed() {
     assert!(reason.contains("outside the device's scopes"), "{reason}");
     let text = ok(&a, &["quarantine"]);
     assert!(text.contains("outside the device's scopes"), "{text}");
+    assert!(text.contains("quarantine --retry"), "{text}");
     let status = json(&a, &["status", "--json"]);
     assert_eq!(status["quarantined"], 1);
     assert_eq!(status["outbox"], 0);
