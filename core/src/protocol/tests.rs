@@ -231,6 +231,10 @@ fn ctx() -> EditCtx {
 }
 
 fn add_customer(store: &mut Store, name: &str) -> DocId {
+    add_customer_in(store, name, "north")
+}
+
+fn add_customer_in(store: &mut Store, name: &str, scope: &str) -> DocId {
     store
         .create(|d, id| {
             create_customer(
@@ -238,7 +242,7 @@ fn add_customer(store: &mut Store, name: &str) -> DocId {
                 id,
                 &NewCustomer {
                     org: "o".into(),
-                    scope: "north".into(),
+                    scope: scope.into(),
                     name: name.into(),
                     ..Default::default()
                 },
@@ -247,6 +251,18 @@ fn add_customer(store: &mut Store, name: &str) -> DocId {
         })
         .unwrap()
         .id
+}
+
+/// Registers the replica's device on the relay as a rep of `scopes`.
+fn enrol_rep(relay: &mut MemRelay, store: &Store, scopes: &[&str]) -> DeviceInfo {
+    let info = DeviceInfo {
+        device_id: store.device_id(),
+        name: "rep".into(),
+        role: Role::Rep,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+    };
+    relay.devices.insert(store.device_id(), info.clone());
+    info
 }
 
 #[test]
@@ -526,29 +542,8 @@ fn quarantined_changes_are_sent_again_after_the_grant_is_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Store::open(dir.path().join("a.db")).unwrap();
     let mut relay = MemRelay::new();
-    let rep = DeviceInfo {
-        device_id: a.device_id(),
-        name: "rep".into(),
-        role: Role::Rep,
-        scopes: vec!["north".into()],
-    };
-    relay.devices.insert(a.device_id(), rep.clone());
-    let id = a
-        .create(|d, id| {
-            create_customer(
-                d,
-                id,
-                &NewCustomer {
-                    org: "o".into(),
-                    scope: "south".into(),
-                    name: "Steppe Quarry".into(),
-                    ..Default::default()
-                },
-                &ctx(),
-            )
-        })
-        .unwrap()
-        .id;
+    let rep = enrol_rep(&mut relay, &a, &["north"]);
+    let id = add_customer_in(&mut a, "Steppe Quarry", "south");
     a.edit(id, |d| {
         apply_edit(
             d,
@@ -617,15 +612,7 @@ fn a_quarantined_change_overtaken_by_a_later_edit_stays_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Store::open(dir.path().join("a.db")).unwrap();
     let mut relay = MemRelay::new();
-    relay.devices.insert(
-        a.device_id(),
-        DeviceInfo {
-            device_id: a.device_id(),
-            name: "rep".into(),
-            role: Role::Rep,
-            scopes: vec!["north".into()],
-        },
-    );
+    enrol_rep(&mut relay, &a, &["north"]);
     let id = add_customer(&mut a, "Steppe Quarry");
     run(&mut a, &mut relay);
     let set = |a: &mut Store, e: CustomerEdit, role: Role| {
@@ -804,32 +791,9 @@ fn repair_answers_heads_only_within_the_devices_scopes() {
     let rep = Store::open(dir.path().join("rep.db")).unwrap();
     let mut relay = MemRelay::new();
     let north = add_customer(&mut admin, "Northern Quarry");
-    let south = admin
-        .create(|d, id| {
-            create_customer(
-                d,
-                id,
-                &NewCustomer {
-                    org: "o".into(),
-                    scope: "south".into(),
-                    name: "Southern Mine".into(),
-                    ..Default::default()
-                },
-                &ctx(),
-            )
-        })
-        .unwrap()
-        .id;
+    let south = add_customer_in(&mut admin, "Southern Mine", "south");
     run(&mut admin, &mut relay);
-    relay.devices.insert(
-        rep.device_id(),
-        DeviceInfo {
-            device_id: rep.device_id(),
-            name: "rep".into(),
-            role: Role::Rep,
-            scopes: vec!["north".into()],
-        },
-    );
+    enrol_rep(&mut relay, &rep, &["north"]);
     let mut rs = RelaySession::new(RelayLimits::default());
     let out = rs.handle(
         &mut relay,

@@ -266,9 +266,16 @@ pub fn check_change(
         }
     };
     match verdict {
-        Ok((accepted, facts)) => {
+        Ok((scope, moved_from, facts)) => {
+            let accepted = Accepted {
+                kind: Some(facts.kind),
+                scope: Some(scope),
+                customer_id: facts.customer_id,
+                moved_from,
+                change,
+            };
             remember_facts(doc_id, doc.get_heads(), facts);
-            Ok(Accepted { change, ..accepted })
+            Ok(accepted)
         }
         Err(mut refusal) => {
             match crate::store::guard("rolling back a refused change", || {
@@ -283,8 +290,8 @@ pub fn check_change(
 }
 
 /// The checks on a change already applied to `doc`: nesting, readability, identity, scopes
-/// and role-owned fields. Returns what was accepted (without the change) and the facts of the
-/// document after it.
+/// and role-owned fields. Returns the scope the document is filed under after the change, the
+/// scope it moved from (if the change moved a customer) and the facts of the document after it.
 #[allow(clippy::too_many_arguments)] // the inputs of `check_change`, passed on
 fn judge(
     doc: &AutoCommit,
@@ -297,7 +304,7 @@ fn judge(
     stored_scope: Option<&str>,
     customer_scope: &dyn Fn(DocId) -> Option<String>,
     left_senders_scope: &dyn Fn(DocId, &[ChangeHash]) -> bool,
-) -> Result<(Accepted, Facts), Refusal> {
+) -> Result<(String, Option<String>, Facts), Refusal> {
     // Reading the document below recurses once per nesting level (automerge's hydrate): bound
     // the depth first, without recursion, so a hostile change cannot overflow the stack. The
     // walk counts every current value, conflicting ones included: deleting a winning value
@@ -392,14 +399,7 @@ fn judge(
         Some(b) if after.kind == DocKind::Customer && *b != scope_after => Some(b.clone()),
         _ => None,
     };
-    let accepted = Accepted {
-        change: change.clone(),
-        kind: Some(after.kind),
-        scope: Some(scope_after),
-        customer_id,
-        moved_from,
-    };
-    Ok((accepted, after))
+    Ok((scope_after, moved_from, after))
 }
 
 /// Deepest object nesting a document may have. The document model nests a few levels

@@ -424,6 +424,44 @@ fn scopes_json(scopes: &[String]) -> Result<String, RelayStoreError> {
 }
 
 /// Bumps the device-change counter inside a write transaction.
+/// What the relay lacks of one document: `held` is its stored heads and scope (none if the
+/// relay does not hold it), `has` says whether the relay stores a change of it.
+fn lack_of(
+    held: Option<(Vec<u8>, String)>,
+    client_heads: &[Hash],
+    mut has: impl FnMut(&Hash) -> Result<bool, RelayStoreError>,
+) -> Result<Lack, RelayStoreError> {
+    let Some((heads, scope)) = held else {
+        return Ok(Lack::Document);
+    };
+    for h in client_heads {
+        if !has(h)? {
+            return Ok(Lack::Changes {
+                scope,
+                heads: split_heads(&heads),
+            });
+        }
+    }
+    Ok(Lack::Nothing)
+}
+
+/// The end of a grant change on either backend: the devices changed, or an error when none
+/// matched.
+fn granted(
+    who: &str,
+    changed: Vec<Uuid>,
+    role: Option<Role>,
+    scopes: Option<&[String]>,
+) -> Result<Vec<Uuid>, RelayStoreError> {
+    if changed.is_empty() {
+        return Err(RelayStoreError::Invalid(format!(
+            "no active device matches {who:?}"
+        )));
+    }
+    tracing::info!(who, devices = ?changed, ?role, ?scopes, "changed a device grant");
+    Ok(changed)
+}
+
 /// Checks the arguments of a grant change: the device (by id or name), and the scopes as
 /// stored (`None` when unchanged).
 fn grant_args<'a>(
@@ -1473,25 +1511,9 @@ impl SqliteRelayStore {
                 let heads: Option<(Vec<u8>, String)> = heads_st
                     .query_row([id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                let Some((heads, scope)) = heads else {
-                    out.push(Lack::Document);
-                    continue;
-                };
-                let mut complete = true;
-                for h in client_heads {
-                    if !has_st.exists(params![&h[..], id.as_bytes()])? {
-                        complete = false;
-                        break;
-                    }
-                }
-                out.push(if complete {
-                    Lack::Nothing
-                } else {
-                    Lack::Changes {
-                        scope,
-                        heads: split_heads(&heads),
-                    }
-                });
+                out.push(lack_of(heads, client_heads, |h| {
+                    Ok(has_st.exists(params![&h[..], id.as_bytes()])?)
+                })?);
             }
             drop((heads_st, has_st));
             tx.finish()?;
@@ -1846,38 +1868,26 @@ impl SqliteRelayStore {
     ) -> Result<Vec<Uuid>, RelayStoreError> {
         let (who, id, scopes_json) = grant_args(who, role, scopes)?;
         let changed = self.write_devices(|tx| {
-            let n = tx.execute(
+            tx.prepare(
                 "UPDATE devices SET role = COALESCE(?3, role), scopes = COALESCE(?4, scopes)
-                  WHERE (device_id = ?1 OR (?1 IS NULL AND name = ?2)) AND revoked_at IS NULL",
+                  WHERE (device_id = ?1 OR (?1 IS NULL AND name = ?2)) AND revoked_at IS NULL
+                  RETURNING device_id",
+            )?
+            .query_map(
                 params![
                     id.map(|i| i.as_bytes().to_vec()),
                     who,
                     role.map(Role::as_str),
                     scopes_json
                 ],
-            )?;
-            if n == 0 {
-                return Ok(Vec::new());
-            }
-            tx.prepare(
-                "SELECT device_id FROM devices
-                  WHERE (device_id = ?1 OR (?1 IS NULL AND name = ?2)) AND revoked_at IS NULL",
+                |r| r.get::<_, Vec<u8>>(0),
             )?
-            .query_map(params![id.map(|i| i.as_bytes().to_vec()), who], |r| {
-                r.get::<_, Vec<u8>>(0)
-            })?
             .map(|b| {
                 Uuid::from_slice(&b?).map_err(|_| RelayStoreError::Corrupt("bad device id".into()))
             })
             .collect()
         })?;
-        if changed.is_empty() {
-            return Err(RelayStoreError::Invalid(format!(
-                "no active device matches {who:?}"
-            )));
-        }
-        tracing::info!(who, devices = ?changed, ?role, ?scopes, "changed a device grant");
-        Ok(changed)
+        granted(who, changed, role, scopes)
     }
 
     /// Every enrolment token, newest first.

@@ -51,7 +51,7 @@ use super::{
     AuditRecord, BatchDb, DeviceRecord, DeviceRow, DocCache, DocMeta, DocRow, ENTRY_OVERHEAD,
     Enrollment, EnrolmentRecord, KIND_CHANGES, KIND_LEAVE, KIND_SNAPSHOT, MIN_CREDENTIAL_LEN,
     RelayStatus, RelayStoreError, RelayStoreOptions, Revoked, SnapshotPage, TOUCH_EVERY,
-    append_batch, doc_id, hash_secret, lock, pg_detail, random_hex, scopes_json, split_heads,
+    append_batch, doc_id, hash_secret, lock, pg_detail, random_hex, scopes_json,
 };
 
 /// Newest schema version this build writes (the row of `fieldsync_schema`).
@@ -927,29 +927,14 @@ impl PgRelayStore {
                     )?
                     .map(|r| Ok::<_, ::postgres::Error>((r.try_get(0)?, r.try_get(1)?)))
                     .transpose()?;
-                let Some((heads, scope)) = heads else {
-                    out.push(Lack::Document);
-                    continue;
-                };
-                let mut complete = true;
-                for h in client_heads {
-                    let has = tx.query_opt(
-                        "SELECT 1 FROM changes WHERE hash = $1 AND doc_id = $2",
-                        &[&h.as_slice(), &id.as_bytes().as_slice()],
-                    )?;
-                    if has.is_none() {
-                        complete = false;
-                        break;
-                    }
-                }
-                out.push(if complete {
-                    Lack::Nothing
-                } else {
-                    Lack::Changes {
-                        scope,
-                        heads: split_heads(&heads),
-                    }
-                });
+                out.push(super::lack_of(heads, client_heads, |h| {
+                    Ok(tx
+                        .query_opt(
+                            "SELECT 1 FROM changes WHERE hash = $1 AND doc_id = $2",
+                            &[&h.as_slice(), &id.as_bytes().as_slice()],
+                        )?
+                        .is_some())
+                })?);
             }
             tx.commit()?;
             Ok(out)
@@ -1228,13 +1213,7 @@ impl PgRelayStore {
             .map(|r| uuid_of(&r.try_get::<_, Vec<u8>>(0)?, "devices"))
             .collect()
         })?;
-        if changed.is_empty() {
-            return Err(RelayStoreError::Invalid(format!(
-                "no active device matches {who:?}"
-            )));
-        }
-        tracing::info!(who, devices = ?changed, ?role, ?scopes, "changed a device grant");
-        Ok(changed)
+        super::granted(who, changed, role, scopes)
     }
 
     /// Revokes by device id or by name (see [`super::SqliteRelayStore::revoke`]).
