@@ -27,7 +27,10 @@ impl<'c> Customers<'c> {
             if new.org.trim().is_empty() {
                 new.org = identity.org.clone();
             }
-            let c = store.create(|doc, id| model::create_customer(doc, id, &new, ctx))?;
+            let c = store.create(|doc, id| {
+                model::create_customer(doc, id, &new, ctx)?;
+                model::authority::check_local(None, &*doc, ctx.role)
+            })?;
             Ok(c.id)
         })
     }

@@ -406,7 +406,13 @@ impl Client {
         let mut store = self.lock();
         let ctx = ctx_of(&store)?;
         store
-            .edit(id, |doc| f(doc, &ctx))
+            .edit(id, |doc| {
+                // The edit is judged on the document it produces, by the same table the relay
+                // applies: what the relay would refuse does not commit here either.
+                let before = model::authority::governed_of(&*doc);
+                f(doc, &ctx)?;
+                model::authority::check_local(before.as_ref(), &*doc, ctx.role)
+            })
             .map_err(|e| ClientError::for_doc(e, id))?;
         Ok(())
     }
@@ -442,7 +448,10 @@ impl Client {
                 });
             }
             let (org, scope) = (h.org.clone(), h.scope.clone());
-            tx.create(DocId::new(), |doc, id| init(doc, id, &org, &scope, &ctx))
+            tx.create(DocId::new(), |doc, id| {
+                init(doc, id, &org, &scope, &ctx)?;
+                model::authority::check_local(None, &*doc, ctx.role)
+            })
         })?;
         Ok(created.id)
     }

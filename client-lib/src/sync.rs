@@ -861,6 +861,23 @@ struct Step {
 }
 
 /// One connection's protocol state.
+/// The replica's identity takes the role the relay grants the device: local edits are then
+/// checked, and recorded, at the authority the relay will judge them at (an identity claiming
+/// more would write changes the relay refuses).
+fn follow_granted_role(client: &Client, role: Role) {
+    match client.identity() {
+        Ok(mut identity) if identity.role != role => {
+            tracing::info!(from = %identity.role, to = %role, "the local role follows the relay's grant");
+            identity.role = role;
+            if let Err(e) = client.set_identity(identity) {
+                tracing::warn!(error = %e, "could not save the granted role");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the identity"),
+    }
+}
+
 struct Run {
     client: Client,
     session: Option<ClientSession>,
@@ -1002,6 +1019,7 @@ impl Run {
                     let was_granted = self.grant.is_some();
                     let mut step = self.step(move |s, store| s.handle(store, msg)).await?;
                     if !was_granted && let Some((scopes, role)) = &step.grant {
+                        follow_granted_role(&self.client, *role);
                         sink(Note::Connected { scopes, role: *role });
                     }
                     for n in notes {

@@ -175,19 +175,21 @@ pub enum GovernedField {
     Scope,
     /// Approving or rejecting a quote (manager).
     QuoteApproval,
+    /// Moving a customer's lifecycle stage back, or to churned (manager).
+    StageBack,
+    /// A role-owned field this version does not know (admin).
+    Unlisted,
 }
 
 impl GovernedField {
-    /// The lowest role allowed to write the field.
+    /// The lowest role allowed to write the field, from the authority table
+    /// ([`crate::model::authority::RULES`]).
     pub fn min_role(self) -> Role {
-        match self {
-            Self::CreditLimit | Self::PaymentTerms => Role::Director,
-            Self::Grade => Role::Admin,
-            Self::Owner | Self::Scope | Self::QuoteApproval => Role::Manager,
-        }
+        crate::model::authority::min_role(self)
     }
 
-    /// The key under which the field is stored in the document's `governed` map.
+    /// The name of the field (the key under which it is stored in the document's `governed`
+    /// map, where it has one).
     pub fn key(self) -> &'static str {
         match self {
             Self::CreditLimit => "credit_limit",
@@ -196,6 +198,8 @@ impl GovernedField {
             Self::Owner => "owner",
             Self::Scope => "scope",
             Self::QuoteApproval => "approval",
+            Self::StageBack => "stage",
+            Self::Unlisted => "governed record",
         }
     }
 }

@@ -224,6 +224,9 @@ pub struct Restored {
     pub backup_epoch: Uuid,
     /// Where the database it replaced was kept, if there was one.
     pub replaced: Option<PathBuf>,
+    /// Changes the replaced database held beyond the backup, which any device may now bring
+    /// back (see [`restore`]).
+    pub vouched: usize,
 }
 
 /// Restores the backup in `from_dir` into `data_dir`, which no relay may be serving: checks
@@ -237,13 +240,28 @@ pub fn restore(from_dir: &Path, data_dir: &Path) -> Result<Restored, BackupError
     let staging = data_dir.join(format!("{DB_FILE}.restoring"));
     std::fs::copy(&source, &staging).map_err(io("copying to", &staging))?;
     let epoch = Uuid::new_v4();
+    let mut vouched = 0;
     {
-        let conn = Connection::open(&staging).map_err(sql(&staging))?;
+        let mut conn = Connection::open(&staging).map_err(sql(&staging))?;
+        crate::store::schema::migrate(&mut conn).map_err(|e| BackupError::Invalid {
+            path: source.clone(),
+            reason: e.to_string(),
+        })?;
         conn.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'epoch'",
             [epoch.as_bytes().to_vec()],
         )
         .map_err(sql(&staging))?;
+        if db.exists() {
+            match vouch_for_lost(&conn, &db) {
+                Ok(n) => vouched = n,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not read the database being replaced; changes it holds beyond the \
+                     backup can come back only from the devices that wrote them"
+                ),
+            }
+        }
         // The relay runs the database in WAL mode; start from a plain, complete file.
         conn.pragma_update(None, "journal_mode", "DELETE")
             .map_err(sql(&staging))?;
@@ -285,5 +303,46 @@ pub fn restore(from_dir: &Path, data_dir: &Path) -> Result<Restored, BackupError
         summary,
         backup_epoch: before.epoch,
         replaced,
+        vouched,
     })
+}
+
+/// Records, in the database being restored (`conn`), every change the database it replaces
+/// (`old`) holds and the backup lacks, with the role of the device that uploaded it. The
+/// relay validated those changes once; after the restore any device may bring them back in
+/// its repair upload and they are judged at that role, while a change the relay never held
+/// is accepted only from its author. Returns how many were recorded.
+fn vouch_for_lost(conn: &Connection, old: &Path) -> Result<usize, rusqlite::Error> {
+    conn.execute(
+        "ATTACH DATABASE ?1 AS old",
+        [old.to_string_lossy().as_ref()],
+    )?;
+    let result = (|| {
+        let mut n = conn.execute(
+            "INSERT OR IGNORE INTO vouched (hash, device, role)
+             SELECT c.hash, l.device, COALESCE(d.role, 'rep')
+               FROM old.changes c
+               JOIN old.log l ON l.seq = c.seq
+               LEFT JOIN old.devices d ON d.device_id = l.device
+              WHERE NOT EXISTS (SELECT 1 FROM main.changes m WHERE m.hash = c.hash)",
+            [],
+        )?;
+        // What an earlier restore vouched for and this one still lacks.
+        let has_vouched: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM old.sqlite_master WHERE name = 'vouched'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_vouched {
+            n += conn.execute(
+                "INSERT OR IGNORE INTO vouched (hash, device, role)
+                 SELECT v.hash, v.device, v.role FROM old.vouched v
+                  WHERE NOT EXISTS (SELECT 1 FROM main.changes m WHERE m.hash = v.hash)",
+                [],
+            )?;
+        }
+        Ok(n)
+    })();
+    conn.execute("DETACH DATABASE old", [])?;
+    result
 }

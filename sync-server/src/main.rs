@@ -307,6 +307,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(p) = &r.replaced {
                 println!("the database it replaced is kept at {}", p.display());
             }
+            if r.vouched > 0 {
+                println!(
+                    "{} changes the replaced database held beyond the backup may come back from any device",
+                    r.vouched
+                );
+            }
             println!(
                 "devices will compare their documents with the relay and re-upload what the backup lacks on their next sync"
             );

@@ -138,7 +138,6 @@ fn check_on_relay_stack(
                 id,
                 &bytes,
                 &sender,
-                false,
                 &|_| None,
                 None,
                 &|_| None,
@@ -487,7 +486,7 @@ proptest! {
         let mut doc = if on_existing { doc } else { AutoCommit::new() };
         let heads = doc.get_heads();
         let r = check_change(
-            &mut doc, id, &bytes, &sender, false, &|_| None, None, &|_| None, &|_, _| false,
+            &mut doc, id, &bytes, &sender, &|_| None, None, &|_| None, &|_, _| false,
         );
         match r {
             Ok(_) => prop_assert!(fieldsync_core::model::read_document(&doc).is_ok()),

@@ -317,8 +317,10 @@ pub(super) fn create(root: &mut am::MapInit, new: &NewCustomer) -> Result<(), Mo
     if new.scope.trim().is_empty() {
         return Err(ModelError::Invalid("a customer needs a scope".into()));
     }
+    let stage = new.stage.as_deref().unwrap_or("potential");
+    super::authority::check_stage(stage)?;
     root.str("name", &new.name)
-        .str("stage", new.stage.as_deref().unwrap_or("potential"))
+        .str("stage", stage)
         .opt_str("industry", new.industry.as_deref())
         .opt_str("source", new.source.as_deref())
         .empty_maps(&[
@@ -487,6 +489,18 @@ pub(super) fn apply(
         CustomerEdit::Set(field, value) => {
             if *field == CustomerField::Name && value.trim().is_empty() {
                 return Err(ModelError::Invalid("a customer needs a name".into()));
+            }
+            if *field == CustomerField::Stage {
+                super::authority::check_stage(value)?;
+                let from = am::hget_str(&am::hydrate_root(doc)?, "stage").unwrap_or_default();
+                let needed = super::authority::stage_move_role(&from, value);
+                if ctx.role < needed {
+                    return Err(ModelError::Forbidden {
+                        role: ctx.role,
+                        field: GovernedField::StageBack,
+                        needed,
+                    });
+                }
             }
             doc.put(ROOT, field.key(), value.as_str())?;
         }

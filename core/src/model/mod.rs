@@ -16,9 +16,13 @@
 //! - nothing is deleted: documents, lines, contacts and addresses are archived;
 //! - quote totals are computed on read, never stored;
 //! - role-owned fields live in the `governed` map and are written only through edits that
-//!   check the author's role and record it in the `governed_log`.
+//!   check the author's role and record it in the `governed_log`; [`authority`] holds the one
+//!   table of who may change what and judges a change by the document state it produces;
+//! - a quote's statuses and approvals are bound to a revision of its content (see
+//!   [`Quote`]): changing the content after submission starts a new revision.
 
 pub(crate) mod am;
+pub mod authority;
 mod conflicts;
 mod customer;
 mod quote;
@@ -29,6 +33,7 @@ use automerge::{AutoCommit, ObjId, ROOT, ReadDoc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DocId, DocKind, GovernedField, Millis, Role};
+pub use authority::{Governed, Verdict, judge};
 pub use conflicts::{Conflict, conflicts, resolve_conflict};
 pub use customer::{
     Address, AddressInput, Contact, ContactInput, Customer, CustomerEdit, CustomerField, Equipment,
@@ -300,7 +305,7 @@ pub fn create_visit(
     ctx: &EditCtx,
 ) -> Result<(), ModelError> {
     let mut root = header_init(id, DocKind::Visit, org, scope, ctx);
-    visit::create(&mut root, new, ctx);
+    visit::create(&mut root, new, ctx)?;
     root.write_root(doc)
 }
 
@@ -375,13 +380,6 @@ fn set_scope(doc: &mut AutoCommit, scope: &str, ctx: &EditCtx) -> Result<(), Mod
 /// Reads an add-only set stored as a map of `key → true`.
 fn read_set(root: &am::HMap, key: &str) -> Vec<String> {
     am::hget_map(root, key).map(am::hkeys).unwrap_or_default()
-}
-
-/// The keys of an add-only set, read straight from the document (for edits).
-fn doc_set<R: ReadDoc>(doc: &R, key: &str) -> Vec<String> {
-    am::get_map(doc, &ROOT, key)
-        .map(|m| am::keys(doc, &m))
-        .unwrap_or_default()
 }
 
 /// Adds to an add-only set stored as a map of `key → true`.

@@ -1,7 +1,20 @@
-//! The quote document: line items, currency, a monotone status and approvals.
+//! The quote document: line items, currency, revisions, a status and approvals.
+//!
+//! **Revisions.** What a manager approves is the quote's *content*: currency, validity,
+//! payment and delivery terms, and the active lines with their prices and discounts. Its
+//! [`Quote::digest`] (a hash of that content) names the revision. Every status past draft is
+//! bound to the revision it was reached on: `submitted`, `sent`, `won`, `lost`, `expired` and
+//! `converted` are add-only marks `<status>@<digest>` in `status_marks`, and an approval
+//! records the digest (and a frozen copy) of the content it approved. The status a quote
+//! reads is computed from the marks and approvals of its current revision only, walking the
+//! chain draft → submitted → approved/rejected → sent → won/lost/expired → converted; a step
+//! counts only when the one before it holds. So an edit to the content of a submitted or
+//! approved quote, made here or concurrently on another laptop, starts a new draft revision
+//! on every replica alike: the approval given to the old content is shown as void, with what
+//! changed, and no quote ever reads approved with content other than the approved one.
 
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ObjId, ROOT, ReadDoc};
+use automerge::{AutoCommit, ObjId, ROOT};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -10,12 +23,12 @@ use super::{
 };
 use crate::ids::{DocId, GovernedField, Millis};
 
-/// Quote status, a monotone lattice:
+/// Quote status, a lattice per revision:
 /// `draft < submitted < {approved, rejected} < sent < {won, lost, expired} < converted`.
-/// Status is stored as add-only marks; the effective status is the highest mark, so an approved
-/// quote never regresses to draft because a laptop synced late. Incomparable marks of the same
-/// rank are resolved deterministically (rejected over approved, lost over expired over won) and
-/// reported as a [`StatusConflict`].
+/// Within a revision the status never regresses (marks are add-only); incomparable statuses of
+/// the same rank are resolved deterministically (rejected over approved, lost over expired over
+/// won) and reported as a [`StatusConflict`]. A change of the quote's content starts a new
+/// revision at draft (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QuoteStatus {
@@ -231,6 +244,12 @@ pub struct Approval {
     pub reason: Option<String>,
     /// When.
     pub at: Millis,
+    /// The digest of the revision decided on (`None` for a record without one, which counts
+    /// for no revision).
+    pub digest: Option<String>,
+    /// Set when the decision no longer holds because the quote's content changed since:
+    /// what changed, for people.
+    pub void: Option<String>,
 }
 
 /// A quote as read from its document.
@@ -245,8 +264,12 @@ pub struct Quote {
     pub quote_no: Option<String>,
     /// Currency.
     pub currency: String,
-    /// Effective status.
+    /// Effective status of the current revision.
     pub status: QuoteStatus,
+    /// The current revision's number: 1 until the content changes after a submission.
+    pub revision: u32,
+    /// The digest of the current content (names the revision).
+    pub digest: String,
     /// Incomparable statuses reached concurrently, if any.
     pub status_conflict: Option<StatusConflict>,
     /// Lines sorted by sort key then id (archived lines included, flagged).
@@ -344,33 +367,189 @@ fn validate_currency(c: &str) -> Result<(), ModelError> {
     }
 }
 
-fn mark(doc: &mut AutoCommit, s: QuoteStatus, ctx: &EditCtx) -> Result<(), ModelError> {
+/// The statuses stored as marks bound to a revision (approvals are records, not marks).
+const MARKED: [QuoteStatus; 6] = [
+    QuoteStatus::Submitted,
+    QuoteStatus::Sent,
+    QuoteStatus::Won,
+    QuoteStatus::Lost,
+    QuoteStatus::Expired,
+    QuoteStatus::Converted,
+];
+
+/// Hex digits of a revision digest (128 bits).
+const DIGEST_HEX: usize = 32;
+
+/// Whether `key` is a status mark this version writes: `draft`, or `<status>@<digest>` for a
+/// status of [`MARKED`].
+pub(crate) fn is_valid_mark(key: &str) -> bool {
+    if key == QuoteStatus::Draft.as_str() {
+        return true;
+    }
+    let Some((status, digest)) = key.split_once('@') else {
+        return false;
+    };
+    QuoteStatus::parse(status).is_some_and(|s| MARKED.contains(&s))
+        && digest.len() == DIGEST_HEX
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The content an approval binds to, in canonical form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Content {
+    currency: String,
+    valid_until: Option<Millis>,
+    payment_terms: Option<String>,
+    delivery_terms: Option<String>,
+    /// Active lines, by id.
+    lines: Vec<ContentLine>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ContentLine {
+    id: String,
+    sku: String,
+    description: Option<String>,
+    qty: i64,
+    unit_price_minor: i64,
+    discount_bp: i64,
+}
+
+impl Content {
+    fn of(root: &am::HMap) -> Self {
+        let mut lines: Vec<ContentLine> = am::hget_map(root, "lines")
+            .map(am::hitems)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, l)| !am::hget_bool(l, "archived").unwrap_or(false))
+            .map(|(id, l)| ContentLine {
+                sku: am::hget_str(l, "sku").unwrap_or_default(),
+                description: am::hget_str(l, "description"),
+                qty: am::hget_i64(l, "qty").unwrap_or(0),
+                unit_price_minor: am::hget_i64(l, "unit_price_minor").unwrap_or(0),
+                discount_bp: am::hget_i64(l, "discount_bp").unwrap_or(0),
+                id,
+            })
+            .collect();
+        lines.sort_by(|a, b| a.id.cmp(&b.id));
+        Self {
+            currency: am::hget_str(root, "currency").unwrap_or_default(),
+            valid_until: am::hget_i64(root, "valid_until"),
+            payment_terms: am::hget_str(root, "payment_terms"),
+            delivery_terms: am::hget_str(root, "delivery_terms"),
+            lines,
+        }
+    }
+
+    fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The revision digest: the first 128 bits of SHA-256 of the canonical JSON, in hex.
+    fn digest(&self) -> String {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(self.json().as_bytes());
+        hex::encode(&d[..DIGEST_HEX / 2])
+    }
+
+    /// What changed from `self` (an approved revision) to `now`, for people.
+    fn changes_to(&self, now: &Self) -> String {
+        let mut out = Vec::new();
+        if self.currency != now.currency {
+            out.push(format!("currency {} → {}", self.currency, now.currency));
+        }
+        if self.valid_until != now.valid_until {
+            out.push("validity changed".to_string());
+        }
+        if self.payment_terms != now.payment_terms {
+            out.push("payment terms changed".to_string());
+        }
+        if self.delivery_terms != now.delivery_terms {
+            out.push("delivery terms changed".to_string());
+        }
+        for l in &self.lines {
+            match now.lines.iter().find(|n| n.id == l.id) {
+                None => out.push(format!("line {} ({}) removed", l.id, l.sku)),
+                Some(n) if n != l => {
+                    let mut what = Vec::new();
+                    if n.unit_price_minor != l.unit_price_minor {
+                        what.push(format!(
+                            "unit price {} → {}",
+                            l.unit_price_minor, n.unit_price_minor
+                        ));
+                    }
+                    if n.qty != l.qty {
+                        what.push(format!("quantity {} → {}", l.qty, n.qty));
+                    }
+                    if n.discount_bp != l.discount_bp {
+                        what.push(format!("discount {} → {} bp", l.discount_bp, n.discount_bp));
+                    }
+                    if n.sku != l.sku || n.description != l.description {
+                        what.push("product changed".to_string());
+                    }
+                    out.push(format!("line {} ({}): {}", l.id, l.sku, what.join(", ")));
+                }
+                Some(_) => {}
+            }
+        }
+        for n in &now.lines {
+            if !self.lines.iter().any(|l| l.id == n.id) {
+                out.push(format!("line {} ({}) added", n.id, n.sku));
+            }
+        }
+        if out.is_empty() {
+            "the content changed".to_string()
+        } else {
+            out.join("; ")
+        }
+    }
+}
+
+/// The current content and status of a quote document being edited.
+fn current(doc: &AutoCommit) -> Result<(Content, QuoteStatus), ModelError> {
+    let root = am::hydrate_root(doc)?;
+    let content = Content::of(&root);
+    let digest = content.digest();
+    let approvals = read_approvals(&root, &content);
+    let (status, _, _) = status_from(&read_set(&root, "status_marks"), &approvals, &digest);
+    Ok((content, status))
+}
+
+/// Marks `to` for the current revision, if the current status allows the move.
+fn transition(doc: &mut AutoCommit, to: QuoteStatus, ctx: &EditCtx) -> Result<(), ModelError> {
+    let (content, from) = current(doc)?;
+    if !from.allowed_from().contains(&to) {
+        return Err(ModelError::Invalid(format!(
+            "a {} quote cannot become {}{}",
+            from.as_str(),
+            to.as_str(),
+            match (from, to) {
+                (QuoteStatus::Draft, QuoteStatus::Approved | QuoteStatus::Rejected) =>
+                    "; submit it first",
+                (QuoteStatus::Submitted, QuoteStatus::Sent) => "; it needs approval first",
+                _ => "",
+            }
+        )));
+    }
     let marks = am::req_map(doc, &ROOT, "status_marks")?;
-    if am::scalar(doc, &marks, s.as_str()).is_none() {
-        doc.put(&marks, s.as_str(), ctx.now)?;
+    let key = format!("{}@{}", to.as_str(), content.digest());
+    if am::scalar(doc, &marks, &key).is_none() {
+        doc.put(&marks, key.as_str(), ctx.now)?;
     }
     Ok(())
 }
 
-fn transition(doc: &mut AutoCommit, to: QuoteStatus, ctx: &EditCtx) -> Result<(), ModelError> {
-    let (from, _) = status_of(doc);
-    if !from.allowed_from().contains(&to) {
-        return Err(ModelError::Invalid(format!(
-            "a {} quote cannot become {}",
-            from.as_str(),
-            to.as_str()
-        )));
-    }
-    mark(doc, to, ctx)
-}
-
-fn require_draft(doc: &AutoCommit) -> Result<(), ModelError> {
-    let (s, _) = status_of(doc);
-    if s == QuoteStatus::Draft {
+/// Content may change until the quote is sent; a change to a submitted, approved or rejected
+/// quote starts a new draft revision (which needs submitting and approving again).
+fn require_editable(doc: &AutoCommit) -> Result<(), ModelError> {
+    let (_, s) = current(doc)?;
+    if s.rank() < QuoteStatus::Sent.rank() {
         Ok(())
     } else {
         Err(ModelError::Invalid(format!(
-            "the quote is {}; prices and lines are locked after submission",
+            "the quote is {}; its content is fixed once sent to the customer (make a new quote)",
             s.as_str()
         )))
     }
@@ -406,6 +585,8 @@ fn write_line(doc: &mut AutoCommit, l: &ObjId, input: &LineInput) -> Result<(), 
     am::put_opt_str(doc, l, "sort_key", input.sort_key.as_deref())
 }
 
+/// Approves or rejects the current revision: an approval record bound to its digest, with a
+/// frozen copy of the content decided on.
 fn decide(
     doc: &mut AutoCommit,
     to: QuoteStatus,
@@ -416,7 +597,19 @@ fn decide(
         doc,
         GovernedField::QuoteApproval,
         |d, _| {
-            transition(d, to, ctx)?;
+            let (content, from) = current(d)?;
+            if !from.allowed_from().contains(&to) {
+                return Err(ModelError::Invalid(format!(
+                    "a {} quote cannot become {}{}",
+                    from.as_str(),
+                    to.as_str(),
+                    if from == QuoteStatus::Draft {
+                        "; submit it first"
+                    } else {
+                        ""
+                    }
+                )));
+            }
             let approvals = am::req_map(d, &ROOT, "approvals")?;
             let a = am::new_map(d, &approvals, &super::new_item_id())?;
             d.put(&a, "decision", to.as_str())?;
@@ -424,6 +617,8 @@ fn decide(
             d.put(&a, "role", ctx.role.as_str())?;
             am::put_opt_str(d, &a, "reason", reason)?;
             d.put(&a, "at", ctx.now)?;
+            d.put(&a, "digest", content.digest().as_str())?;
+            d.put(&a, "content", content.json().as_str())?;
             Ok(())
         },
         ctx,
@@ -437,21 +632,25 @@ pub(super) fn apply(
 ) -> Result<(), ModelError> {
     match edit {
         QuoteEdit::Set(f, v) => {
+            if matches!(f, QuoteField::PaymentTerms | QuoteField::DeliveryTerms) {
+                require_editable(doc)?;
+            }
             doc.put(ROOT, f.key(), v.as_str())?;
         }
         QuoteEdit::SetCurrency(c) => {
-            require_draft(doc)?;
+            require_editable(doc)?;
             validate_currency(c)?;
             doc.put(ROOT, "currency", c.as_str())?;
         }
         QuoteEdit::SetValidUntil(t) => {
+            require_editable(doc)?;
             doc.put(ROOT, "valid_until", *t)?;
         }
         QuoteEdit::SetFollowUpDue(t) => {
             doc.put(ROOT, "follow_up_due", *t)?;
         }
         QuoteEdit::AddLine(id, input) => {
-            require_draft(doc)?;
+            require_editable(doc)?;
             if input.sku.as_deref().is_none_or(|s| s.trim().is_empty()) {
                 return Err(ModelError::Invalid("a line needs a SKU".into()));
             }
@@ -472,12 +671,12 @@ pub(super) fn apply(
             write_line(doc, &l, input)?;
         }
         QuoteEdit::UpdateLine(id, input) => {
-            require_draft(doc)?;
+            require_editable(doc)?;
             let l = line(doc, id)?;
             write_line(doc, &l, input)?;
         }
         QuoteEdit::RemoveLine(id) => {
-            require_draft(doc)?;
+            require_editable(doc)?;
             let l = line(doc, id)?;
             doc.put(&l, "archived", true)?;
         }
@@ -509,30 +708,108 @@ pub(super) fn apply(
     Ok(())
 }
 
-/// The effective status and, if incomparable statuses were marked, the conflict.
-fn status_of<R: ReadDoc>(doc: &R) -> (QuoteStatus, Option<StatusConflict>) {
-    status_from(&super::doc_set(doc, "status_marks"))
+/// The approval records of a quote, each marked void when it decided on other content than
+/// `now`.
+fn read_approvals(root: &am::HMap, now: &Content) -> Vec<Approval> {
+    let digest = now.digest();
+    let mut approvals: Vec<Approval> = am::hget_map(root, "approvals")
+        .map(am::hitems)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, a)| {
+            let decided_on = am::hget_str(a, "digest");
+            let void = match &decided_on {
+                Some(d) if *d == digest => None,
+                Some(_) => Some(
+                    am::hget_str(a, "content")
+                        .and_then(|c| serde_json::from_str::<Content>(&c).ok())
+                        .map_or_else(
+                            || "the content changed after the decision".to_string(),
+                            |old| old.changes_to(now),
+                        ),
+                ),
+                None => Some("the decision names no revision".to_string()),
+            };
+            Approval {
+                decision: am::hget_str(a, "decision").unwrap_or_default(),
+                approver: am::hget_str(a, "approver").unwrap_or_default(),
+                role: am::hget_str(a, "role").unwrap_or_default(),
+                reason: am::hget_str(a, "reason"),
+                at: am::hget_i64(a, "at").unwrap_or(0),
+                digest: decided_on,
+                void,
+                id,
+            }
+        })
+        .collect();
+    approvals.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+    approvals
 }
 
-/// The effective status of a set of marks and, if incomparable statuses were marked, the conflict.
-fn status_from(marks: &[String]) -> (QuoteStatus, Option<StatusConflict>) {
-    let marks: Vec<QuoteStatus> = marks.iter().filter_map(|s| QuoteStatus::parse(s)).collect();
-    let effective = marks
+/// The status of revision `digest` from the marks and approvals, walking the chain
+/// draft → submitted → approved/rejected → sent → won/lost/expired → converted (a step counts
+/// only when the one before holds); the conflict, if incomparable statuses were reached; and
+/// the revision's number.
+fn status_from(
+    marks: &[String],
+    approvals: &[Approval],
+    digest: &str,
+) -> (QuoteStatus, Option<StatusConflict>, u32) {
+    let at = |s: QuoteStatus| {
+        marks
+            .iter()
+            .any(|m| *m == format!("{}@{digest}", s.as_str()))
+    };
+    let mut submitted: Vec<&str> = marks
         .iter()
-        .copied()
-        .fold(QuoteStatus::Draft, QuoteStatus::join);
-    let conflict = (0..=5u8).find_map(|rank| {
-        let same: Vec<QuoteStatus> = marks.iter().copied().filter(|m| m.rank() == rank).collect();
-        (same.len() > 1).then(|| StatusConflict {
-            marked: {
-                let mut s = same;
-                s.sort_by_key(|x| x.as_str());
-                s
-            },
-            effective,
+        .filter_map(|m| m.strip_prefix("submitted@"))
+        .collect();
+    submitted.sort_unstable();
+    submitted.dedup();
+    let revision = u32::try_from(submitted.len()).unwrap_or(u32::MAX);
+    let revision = if submitted.contains(&digest) {
+        revision.max(1)
+    } else {
+        revision.saturating_add(1)
+    };
+    if !at(QuoteStatus::Submitted) {
+        return (QuoteStatus::Draft, None, revision);
+    }
+    let decided = |d: QuoteStatus| {
+        approvals
+            .iter()
+            .any(|a| a.void.is_none() && a.decision == d.as_str())
+    };
+    let decisions: Vec<QuoteStatus> = [QuoteStatus::Approved, QuoteStatus::Rejected]
+        .into_iter()
+        .filter(|d| decided(*d))
+        .collect();
+    let conflict_of = |same: Vec<QuoteStatus>, effective| {
+        (same.len() > 1).then(|| {
+            let mut marked = same;
+            marked.sort_by_key(|x| x.as_str());
+            StatusConflict { marked, effective }
         })
-    });
-    (effective, conflict)
+    };
+    let Some(decision) = decisions.iter().copied().reduce(QuoteStatus::join) else {
+        return (QuoteStatus::Submitted, None, revision);
+    };
+    if decision == QuoteStatus::Rejected || !at(QuoteStatus::Sent) {
+        return (decision, conflict_of(decisions, decision), revision);
+    }
+    let outcomes: Vec<QuoteStatus> = [QuoteStatus::Won, QuoteStatus::Lost, QuoteStatus::Expired]
+        .into_iter()
+        .filter(|s| at(*s))
+        .collect();
+    let Some(outcome) = outcomes.iter().copied().reduce(QuoteStatus::join) else {
+        return (QuoteStatus::Sent, None, revision);
+    };
+    let effective = if outcome == QuoteStatus::Won && at(QuoteStatus::Converted) {
+        QuoteStatus::Converted
+    } else {
+        outcome
+    };
+    (effective, conflict_of(outcomes, effective), revision)
 }
 
 pub(super) fn read(root: &am::HMap, header: Header) -> Result<Quote, ModelError> {
@@ -564,19 +841,11 @@ pub(super) fn read(root: &am::HMap, header: Header) -> Result<Quote, ModelError>
         .iter()
         .filter(|l| !l.archived)
         .fold(0i64, |acc, l| acc.saturating_add(l.total_minor()));
-    let mut approvals: Vec<Approval> = coll("approvals")
-        .into_iter()
-        .map(|(id, a)| Approval {
-            decision: am::hget_str(a, "decision").unwrap_or_default(),
-            approver: am::hget_str(a, "approver").unwrap_or_default(),
-            role: am::hget_str(a, "role").unwrap_or_default(),
-            reason: am::hget_str(a, "reason"),
-            at: am::hget_i64(a, "at").unwrap_or(0),
-            id,
-        })
-        .collect();
-    approvals.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
-    let (status, status_conflict) = status_from(&read_set(root, "status_marks"));
+    let content = Content::of(root);
+    let digest = content.digest();
+    let approvals = read_approvals(root, &content);
+    let (status, status_conflict, revision) =
+        status_from(&read_set(root, "status_marks"), &approvals, &digest);
     let governed = am::hget_map(root, "governed");
     Ok(Quote {
         customer_id,
@@ -587,6 +856,8 @@ pub(super) fn read(root: &am::HMap, header: Header) -> Result<Quote, ModelError>
         },
         currency,
         status,
+        revision,
+        digest,
         status_conflict,
         lines,
         approvals,

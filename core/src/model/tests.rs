@@ -206,7 +206,23 @@ fn quote_totals_are_derived_and_lines_lock_after_submit() {
     doc.commit();
     assert_eq!(quote(&doc).total.amount_minor, 20_000 + 8_999);
     apply_edit(&mut doc, &Edit::Quote(QuoteEdit::Submit), &rep).unwrap();
-    assert!(apply_edit(&mut doc, &add("d", 1, 1, 0), &rep).is_err());
+    doc.commit();
+    let submitted = quote(&doc);
+    assert_eq!(
+        (submitted.status, submitted.revision),
+        (QuoteStatus::Submitted, 1)
+    );
+    // Changing the content of a submitted quote starts a new draft revision.
+    apply_edit(&mut doc, &add("d", 1, 1, 0), &rep).unwrap();
+    doc.commit();
+    let revised = quote(&doc);
+    assert_eq!((revised.status, revised.revision), (QuoteStatus::Draft, 2));
+    assert_ne!(revised.digest, submitted.digest);
+    assert!(matches!(
+        apply_edit(&mut doc, &Edit::Quote(QuoteEdit::Approve(None)), &ctx(Role::Manager)),
+        Err(ModelError::Invalid(m)) if m.contains("submit it first")
+    ));
+    apply_edit(&mut doc, &Edit::Quote(QuoteEdit::Submit), &rep).unwrap();
     assert!(apply_edit(&mut doc, &Edit::Quote(QuoteEdit::Approve(None)), &rep).is_err());
     apply_edit(
         &mut doc,
@@ -216,8 +232,86 @@ fn quote_totals_are_derived_and_lines_lock_after_submit() {
     .unwrap();
     doc.commit();
     let q = quote(&doc);
-    assert_eq!(q.status, QuoteStatus::Approved);
+    assert_eq!((q.status, q.revision), (QuoteStatus::Approved, 2));
     assert_eq!(q.approvals.len(), 1);
+    assert_eq!(q.approvals[0].digest.as_deref(), Some(q.digest.as_str()));
+    assert_eq!(q.approvals[0].void, None);
+    // Once sent, the content is fixed.
+    apply_edit(&mut doc, &Edit::Quote(QuoteEdit::Send), &rep).unwrap();
+    assert!(apply_edit(&mut doc, &add("e", 1, 1, 0), &rep).is_err());
+    assert_eq!(quote(&doc).status, QuoteStatus::Sent);
+}
+
+/// The case: a manager approves a quote while a rep, not yet synced, lowers a unit
+/// price. Merged in either order, on every replica, the quote is a new draft revision and the
+/// approval is void, saying which change voided it.
+#[test]
+fn a_concurrent_price_change_voids_the_approval_on_every_replica() {
+    let mut base = new_quote_doc();
+    apply_edit(
+        &mut base,
+        &Edit::Quote(QuoteEdit::AddLine(
+            "loader".into(),
+            LineInput {
+                sku: Some("CAT-950GC".into()),
+                qty: Some(1),
+                unit_price_minor: Some(250_800_000),
+                ..Default::default()
+            },
+        )),
+        &ctx(Role::Rep),
+    )
+    .unwrap();
+    base.commit();
+    let mut manager = base.fork();
+    let mut rep = base.fork();
+    apply_edit(
+        &mut manager,
+        &Edit::Quote(QuoteEdit::Submit),
+        &ctx(Role::Manager),
+    )
+    .unwrap();
+    apply_edit(
+        &mut manager,
+        &Edit::Quote(QuoteEdit::Approve(None)),
+        &ctx(Role::Manager),
+    )
+    .unwrap();
+    manager.commit();
+    assert_eq!(quote(&manager).status, QuoteStatus::Approved);
+    apply_edit(
+        &mut rep,
+        &Edit::Quote(QuoteEdit::UpdateLine(
+            "loader".into(),
+            LineInput {
+                unit_price_minor: Some(179_100_000),
+                ..Default::default()
+            },
+        )),
+        &ctx(Role::Rep),
+    )
+    .unwrap();
+    rep.commit();
+    let mut one = manager.clone();
+    one.merge(&mut rep.clone()).unwrap();
+    let mut two = rep.clone();
+    two.merge(&mut manager.clone()).unwrap();
+    for merged in [&one, &two] {
+        let q = quote(merged);
+        assert_eq!(
+            q.status,
+            QuoteStatus::Draft,
+            "not approved at a price nobody approved"
+        );
+        assert_eq!(q.revision, 2);
+        assert_eq!(q.total.amount_minor, 179_100_000);
+        let void = q.approvals[0]
+            .void
+            .as_deref()
+            .expect("the approval is void");
+        assert!(void.contains("unit price 250800000 → 179100000"), "{void}");
+    }
+    assert_eq!(quote(&one), quote(&two));
 }
 
 #[test]
@@ -297,14 +391,14 @@ fn status_edit(i: u8) -> QuoteEdit {
     }
 }
 
-/// Applies ops on one replica; returns the statuses this replica reached and the line ids it
-/// added. Invalid edits (e.g. a transition not allowed from the current status) are refused by
-/// the model and leave the document unchanged.
+/// Applies ops on one replica; returns the statuses this replica reached (with the revision
+/// each was reached on) and the line ids it added. Invalid edits (e.g. a transition not
+/// allowed from the current status) are refused by the model and leave the document unchanged.
 fn run_quote_ops(
     doc: &mut AutoCommit,
     replica: usize,
     ops: &[QOp],
-) -> (Vec<QuoteStatus>, Vec<String>) {
+) -> (Vec<(String, QuoteStatus)>, Vec<String>) {
     let c = ctx(Role::Manager);
     let mut reached = Vec::new();
     let mut added = Vec::new();
@@ -340,7 +434,8 @@ fn run_quote_ops(
                 if let QuoteEdit::AddLine(id, _) = &edit {
                     added.push(id.clone());
                 }
-                reached.push(quote(doc).status);
+                let q = quote(doc);
+                reached.push((q.digest, q.status));
             }
             Err(_) => {
                 doc.rollback();
@@ -398,11 +493,21 @@ proptest! {
             prop_assert_eq!(&quote(m), &q0);
             prop_assert_eq!(m.get_heads(), h0.clone());
         }
-        // Monotone status: the merged status is the lattice join of every status reached.
-        let expected = reached.iter().copied().fold(QuoteStatus::Draft, QuoteStatus::join);
-        prop_assert_eq!(q0.status, expected);
-        for r in &reached {
-            prop_assert!(q0.status.rank() >= r.rank());
+        // Within a revision the status never regresses: the merged status is at least every
+        // status reached on the merged revision.
+        for (digest, r) in &reached {
+            if *digest == q0.digest {
+                prop_assert!(q0.status.rank() >= r.rank(), "{:?} below {:?}", q0.status, r);
+            }
+        }
+        // No quote reads approved (or later) with content other than the approved one.
+        if q0.status.rank() >= QuoteStatus::Approved.rank() && q0.status != QuoteStatus::Rejected {
+            prop_assert!(q0.approvals.iter().any(|a| a.decision == "approved"
+                && a.void.is_none()
+                && a.digest.as_deref() == Some(q0.digest.as_str())));
+        }
+        for a in &q0.approvals {
+            prop_assert_eq!(a.void.is_none(), a.digest.as_deref() == Some(q0.digest.as_str()));
         }
         // Both sides' additions survive.
         for id in &added {

@@ -197,9 +197,15 @@ pub enum VisitEdit {
     Archive,
 }
 
-pub(super) fn create(root: &mut am::MapInit, new: &NewVisit, ctx: &EditCtx) {
+pub(super) fn create(
+    root: &mut am::MapInit,
+    new: &NewVisit,
+    ctx: &EditCtx,
+) -> Result<(), ModelError> {
+    let kind = new.kind.as_deref().unwrap_or("sales_call");
+    super::authority::check_visit_kind(kind)?;
     root.str("customer_id", &new.customer_id.to_string())
-        .str("visit_kind", new.kind.as_deref().unwrap_or("sales_call"))
+        .str("visit_kind", kind)
         .str("notes", new.notes.as_deref().unwrap_or(""))
         .opt_int("at", new.at)
         .opt_str("location", new.location.as_deref())
@@ -208,6 +214,7 @@ pub(super) fn create(root: &mut am::MapInit, new: &NewVisit, ctx: &EditCtx) {
     marks.int(VisitStatus::Planned.as_str(), ctx.now);
     marks.int(new.status.as_str(), ctx.now);
     root.map("status_marks", marks);
+    Ok(())
 }
 
 fn mark_status(doc: &mut AutoCommit, s: VisitStatus, ctx: &EditCtx) -> Result<(), ModelError> {
@@ -239,6 +246,9 @@ pub(super) fn apply(
 ) -> Result<(), ModelError> {
     match edit {
         VisitEdit::Set(f, v) => {
+            if *f == VisitField::Kind {
+                super::authority::check_visit_kind(v)?;
+            }
             doc.put(ROOT, f.key(), v.as_str())?;
         }
         VisitEdit::SetAt(t) => {

@@ -29,8 +29,12 @@ pub enum Outcome {
 /// What the relay lacks of one document a client named in a `Heads` exchange.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lack {
-    /// Nothing: the relay has every head the client named.
-    Nothing,
+    /// Nothing: the relay has every head the client named; it files the document under
+    /// `scope`.
+    Nothing {
+        /// The scope the relay files the document under.
+        scope: String,
+    },
     /// The whole document: the relay does not hold it.
     Document,
     /// Some of the client's changes: the relay holds the document, filed under `scope`, at
@@ -113,6 +117,13 @@ pub trait RelayStorage {
         _upto: u64,
     ) -> Result<Vec<(DocId, String)>, StorageError> {
         Ok(Vec::new())
+    }
+    /// Records that `device_id` is being sent the departure of `docs` from its scopes (called
+    /// before the batch that carries the `Leave` entries goes out): from then on a move's
+    /// grace period no longer excuses that device's changes to them. Storage without scope
+    /// moves records nothing.
+    fn record_departures(&mut self, _device_id: Uuid, _docs: &[DocId]) -> Result<(), StorageError> {
+        Ok(())
     }
     /// Records that a device finished a sync exchange (for `device list`).
     fn touch_device(&mut self, _device_id: Uuid) -> Result<(), StorageError> {
@@ -330,19 +341,18 @@ impl RelaySession {
                     .into_iter()
                     .zip(lacks)
                     .filter_map(|((id, _), lack)| match lack {
-                        Lack::Nothing => None,
+                        // A document outside the device's scopes is answered exactly as one
+                        // the relay does not have, whatever the relay holds of it: neither
+                        // its existence nor its heads are the device's to learn. The device's
+                        // own changes to it then come up as uploads and are validated.
+                        Lack::Nothing { scope } | Lack::Changes { scope, .. }
+                            if !device.sees(&scope) =>
+                        {
+                            Some((id, Vec::new()))
+                        }
+                        Lack::Nothing { .. } => None,
                         Lack::Document => Some((id, Vec::new())),
-                        // A document outside the device's scopes is answered as one the relay
-                        // lacks: its heads are not the device's to learn. The device's own
-                        // changes to it then come up as repair uploads and are validated.
-                        Lack::Changes { scope, heads } => Some((
-                            id,
-                            if device.sees(&scope) {
-                                heads
-                            } else {
-                                Vec::new()
-                            },
-                        )),
+                        Lack::Changes { heads, .. } => Some((id, heads)),
                     })
                     .collect();
                 Output::send(Message::Missing {
@@ -575,6 +585,14 @@ impl RelaySession {
                     drained = false;
                 }
             }
+        }
+        let leaving: Vec<DocId> = items
+            .iter()
+            .filter(|i| matches!(i.entry, Entry::Leave))
+            .map(|i| i.doc_id)
+            .collect();
+        if !leaving.is_empty() {
+            storage.record_departures(device.device_id, &leaving)?;
         }
         Ok((items, cursor, drained))
     }

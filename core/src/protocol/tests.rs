@@ -69,15 +69,13 @@ impl RelayStorage for MemRelay {
                 Some((d, s)) => (d.clone(), Some(s.clone())),
                 None => (AutoCommit::new(), None),
             };
-            let roles: BTreeMap<Uuid, Role> =
-                self.devices.iter().map(|(k, v)| (*k, v.role)).collect();
+            let _ = relayed;
             let r = check_change(
                 &mut doc,
                 c.doc_id,
                 &c.bytes,
                 device,
-                relayed,
-                &|a| roles.get(&a).copied(),
+                &|_| None,
                 stored.as_deref(),
                 &|_| None,
                 &|_, _| false,
@@ -177,7 +175,9 @@ impl RelayStorage for MemRelay {
                 None => Lack::Document,
                 Some((d, scope)) => {
                     if heads.iter().all(|h| self.hashes.contains(h)) {
-                        Lack::Nothing
+                        Lack::Nothing {
+                            scope: scope.clone(),
+                        }
                     } else {
                         Lack::Changes {
                             scope: scope.clone(),

@@ -1,9 +1,20 @@
 //! The relay's checks on one uploaded change, shared by every relay storage backend.
 //!
-//! A change is accepted only if it decodes within limits, its author (actor) is bound to an
-//! enrolled device, its dependencies are present, the resulting document is readable, the
-//! document is in the sender's scopes, and every role-owned value it changes was changed by an
-//! author whose role may write it.
+//! A change is accepted only if it decodes within limits, it was written by the device that
+//! uploads it (or the relay recognises it from before a restore), its dependencies are present
+//! and its operation counter follows from them, the resulting document is readable, the
+//! document is in the sender's scopes, and the document state it produces passes the
+//! authority table ([`crate::model::authority::judge`]) at the uploading device's role.
+//!
+//! A change never gets more authority than the authenticated device that uploads it: no
+//! client-set flag raises it (a repair upload is judged like any other). A change written by
+//! another device is accepted only when the relay stored it before (its hash is *vouched*, as
+//! after a restore from a backup that lacks it), and then at the role of the device that
+//! uploaded it the first time; otherwise only its author may upload it.
+//!
+//! A document outside the sender's scopes is answered exactly as a document the relay does
+//! not have: the change is judged against an empty document, so a change that builds on it
+//! waits for its "missing" dependencies and a refusal never names another scope.
 //!
 //! One exception to the scope rule keeps offline work: when a manager moves a customer to
 //! another territory, its old rep may still hold unsynced edits to it (or to its visits and
@@ -18,7 +29,8 @@ use std::collections::HashMap;
 use automerge::{AutoCommit, Change, ChangeHash};
 use uuid::Uuid;
 
-use crate::ids::{DocId, DocKind, GovernedField, Role};
+use crate::ids::{DocId, DocKind, Role};
+use crate::model::authority::{self, Governed};
 use crate::model::{self, Document};
 use crate::store::decode_change;
 
@@ -42,19 +54,21 @@ struct Facts {
     kind: DocKind,
     scope: String,
     customer_id: Option<DocId>,
-    governed: Vec<(GovernedField, String)>,
+    org: String,
+    governed: Governed,
     /// An upper bound of the deepest object nesting, when known.
     depth: Option<usize>,
 }
 
 impl Facts {
-    fn of(doc: &Document, depth: Option<usize>) -> Self {
+    fn of(am_doc: &AutoCommit, doc: &Document, depth: Option<usize>) -> Self {
         Self {
             id: doc.header().id,
             kind: doc.header().kind,
             scope: doc.header().scope.clone(),
             customer_id: doc.customer_id(),
-            governed: governed_values(doc),
+            org: doc.header().org.clone(),
+            governed: Governed::of(am_doc, doc),
             depth,
         }
     }
@@ -75,7 +89,7 @@ fn facts_now(doc: &mut AutoCommit, id: DocId) -> Option<Facts> {
     }
     model::read_document(&*doc)
         .ok()
-        .map(|d| Facts::of(&d, None))
+        .map(|d| Facts::of(doc, &d, None))
 }
 
 fn remember_facts(id: DocId, heads: Vec<ChangeHash>, facts: Facts) {
@@ -144,55 +158,28 @@ pub struct Accepted {
     pub moved_from: Option<String>,
 }
 
-/// The values of role-owned fields, compared before and after a change.
-fn governed_values(doc: &Document) -> Vec<(GovernedField, String)> {
-    let mut v = vec![(GovernedField::Scope, doc.header().scope.clone())];
-    match doc {
-        Document::Customer(c) => {
-            v.push((GovernedField::CreditLimit, format!("{:?}", c.credit_limit)));
-            v.push((
-                GovernedField::PaymentTerms,
-                format!("{:?}", c.payment_terms),
-            ));
-            v.push((GovernedField::Grade, format!("{:?}", c.grade)));
-            v.push((GovernedField::Owner, format!("{:?}", c.owner)));
-        }
-        Document::Quote(q) => {
-            v.push((GovernedField::Owner, format!("{:?}", q.owner)));
-            v.push((GovernedField::QuoteApproval, format!("{:?}", q.approvals)));
-        }
-        Document::Visit(_) => {}
-    }
-    v
-}
-
-/// Governed fields a brand-new document may set at creation by any role that may create it.
-fn creation_allowed(field: GovernedField) -> bool {
-    matches!(field, GovernedField::Scope)
-}
-
 /// Checks one change against the relay's copy of its document and, if acceptable, applies it
 /// to `doc`. On refusal `doc` is as it was, unless the refusal says `doc_lost`.
 ///
-/// - `sender`: the device uploading;
-/// - `author_role`: looks up the role of the device an actor belongs to (`None` = not an
-///   enrolled device); for ordinary uploads the author must be the sender itself;
-/// - `relayed`: the change is being re-uploaded during repair and may be another device's;
+/// - `sender`: the device uploading; the change is judged at its role;
+/// - `vouched(hash)`: for a change written by another device, the role of the device that
+///   uploaded it when the relay stored it before (a restore from a backup lost it); `None`
+///   refuses it — only its author may upload it;
 /// - `stored_scope`: the scope the relay files this document under (for visits and quotes, the
 ///   customer's), if the relay knows the document;
 /// - `customer_scope`: looks up a customer's current scope on the relay;
 /// - `left_senders_scope(id, deps)`: whether document `id` recently left one of the sender's
-///   scopes (within the relay's grace period) and every change in `deps` was on the relay
-///   before it left — that is, the change was written before its author could know of the
-///   move. Asked for the document, then for its customer, only when a scope is not visible.
+///   scopes (within the relay's grace period), the sender has not yet been told so, and every
+///   change in `deps` was on the relay before it left — that is, the change was written before
+///   its author could know of the move. Asked for the document, then for its customer, only
+///   when a scope is not visible.
 #[allow(clippy::too_many_arguments)] // each argument is a distinct input of the relay's decision
 pub fn check_change(
     doc: &mut AutoCommit,
     doc_id: DocId,
     bytes: &[u8],
     sender: &DeviceInfo,
-    relayed: bool,
-    author_role: &dyn Fn(Uuid) -> Option<Role>,
+    vouched: &dyn Fn(&ChangeHash) -> Option<Role>,
     stored_scope: Option<&str>,
     customer_scope: &dyn Fn(DocId) -> Option<String>,
     left_senders_scope: &dyn Fn(DocId, &[ChangeHash]) -> bool,
@@ -205,15 +192,44 @@ pub fn check_change(
         .ok_or_else(|| Refusal::permanent("change author is not a device actor"))?;
     let role = if author == sender.device_id {
         sender.role
-    } else if relayed {
-        author_role(author)
-            .ok_or_else(|| Refusal::permanent("change author is not an enrolled device"))?
     } else {
-        return Err(Refusal::permanent(format!(
-            "change author {author} is not the sending device {}",
-            sender.device_id
-        )));
+        vouched(&change.hash()).ok_or_else(|| {
+            Refusal::permanent(format!(
+                "change was written by device {author}; only that device may upload it"
+            ))
+        })?
     };
+    // A document the sender may not see is answered as one the relay does not have: the
+    // change is judged against an empty document (so it waits for dependencies the relay
+    // "lacks", or is refused for what it says itself), and a change that would create it
+    // anew cannot be stored under a taken id.
+    if let Some(scope) = stored_scope
+        && !sender.sees(scope)
+    {
+        let before = facts_now(doc, doc_id);
+        let excused = left_senders_scope(doc_id, change.deps())
+            || before
+                .as_ref()
+                .and_then(|f| f.customer_id)
+                .is_some_and(|c| left_senders_scope(c, change.deps()));
+        if !excused {
+            let mut empty = AutoCommit::new();
+            let verdict = check_change(
+                &mut empty,
+                doc_id,
+                bytes,
+                sender,
+                vouched,
+                None,
+                customer_scope,
+                &|_, _| false,
+            );
+            return Err(match verdict {
+                Err(refusal) => refusal,
+                Ok(_) => Refusal::permanent("the document id is already in use"),
+            });
+        }
+    }
     // `get_missing_deps` answers from the change graph; `get_change_by_hash` would rebuild
     // the change from the document's columns.
     if doc.get_missing_deps(&[change.hash()]).is_empty() {
@@ -234,6 +250,23 @@ pub fn check_change(
             doc_lost: false,
         });
     }
+    // The operation counter follows from the history the change builds on (as Automerge
+    // writes it): a change cannot claim a higher counter to win last-writer-wins ties over
+    // edits its author never saw.
+    let expected = change
+        .deps()
+        .iter()
+        .filter_map(|d| doc.get_change_meta_by_hash(d).map(|m| m.max_op))
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1);
+    if change.start_op().get() != expected {
+        return Err(Refusal::permanent(format!(
+            "change starts at operation {} but the history it builds on ends at {}",
+            change.start_op(),
+            expected - 1
+        )));
+    }
     let heads_before = doc.get_heads();
     let before = facts_now(doc, doc_id);
     // Applied in place (no copy of the document per change); a refusal below rolls back.
@@ -246,7 +279,6 @@ pub fn check_change(
             doc_id,
             &change,
             sender,
-            relayed,
             role,
             before.as_ref(),
             stored_scope,
@@ -290,15 +322,14 @@ pub fn check_change(
 }
 
 /// The checks on a change already applied to `doc`: nesting, readability, identity, scopes
-/// and role-owned fields. Returns the scope the document is filed under after the change, the
-/// scope it moved from (if the change moved a customer) and the facts of the document after it.
+/// and authority. Returns the scope the document is filed under after the change, the scope it
+/// moved from (if the change moved a customer) and the facts of the document after it.
 #[allow(clippy::too_many_arguments)] // the inputs of `check_change`, passed on
 fn judge(
     doc: &AutoCommit,
     doc_id: DocId,
     change: &Change,
     sender: &DeviceInfo,
-    relayed: bool,
     role: Role,
     before: Option<&Facts>,
     stored_scope: Option<&str>,
@@ -333,25 +364,39 @@ fn judge(
             }
         }
     };
-    let after = match model::read_document(doc) {
-        Ok(d) => d,
-        Err(e) => {
+    // Reading the document runs automerge's readers over content nobody has validated yet.
+    let after = match crate::store::guard("reading an uploaded change's document", || {
+        model::read_document(doc)
+    }) {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
             return Err(Refusal::permanent(format!(
                 "document would be unreadable: {e}"
             )));
         }
+        Err(e) => return Err(Refusal::permanent(e.to_string())),
     };
-    let after = Facts::of(&after, depth);
+    let after = crate::store::guard("reading an uploaded change's authority", || {
+        Facts::of(doc, &after, depth)
+    })
+    .map_err(|e| Refusal::permanent(e.to_string()))?;
     if after.id != doc_id {
         return Err(Refusal::permanent("change writes another document's id"));
     }
     if let Some(b) = before
-        && (b.kind != after.kind || b.id != after.id)
+        && (b.kind != after.kind
+            || b.id != after.id
+            || b.customer_id != after.customer_id
+            || b.org != after.org)
     {
         return Err(Refusal::permanent(
             "change rewrites the document's identity",
         ));
     }
+    // Authority, on the state the change produces (before scopes, so that a device moving a
+    // document somewhere it cannot see learns it lacks the role).
+    authority::judge(before.map(|b| &b.governed), &after.governed, role)
+        .map_err(|v| Refusal::permanent(v.to_string()))?;
     // Which scope the document lives in: the relay's record, else (new document) the
     // customer's scope for visits and quotes, else the header.
     let customer_id = after.customer_id;
@@ -369,29 +414,12 @@ fn judge(
             continue;
         }
         let excused = *written_before_move.get_or_insert_with(|| {
-            !relayed
-                && (left_senders_scope(doc_id, change.deps())
-                    || customer_id.is_some_and(|c| left_senders_scope(c, change.deps())))
+            left_senders_scope(doc_id, change.deps())
+                || customer_id.is_some_and(|c| left_senders_scope(c, change.deps()))
         });
         if !excused {
             return Err(Refusal::permanent(format!(
                 "document is in scope `{s}`, outside the device's scopes"
-            )));
-        }
-    }
-    // Role-owned fields.
-    let old: &[(GovernedField, String)] = before.map(|b| b.governed.as_slice()).unwrap_or(&[]);
-    for (field, value) in &after.governed {
-        let previous = old.iter().find(|(f, _)| f == field).map(|(_, v)| v);
-        let changed = match previous {
-            Some(p) => p != value,
-            None => !creation_allowed(*field) && !is_default(*field, value),
-        };
-        if changed && !role.may_write(*field) {
-            return Err(Refusal::permanent(format!(
-                "role {role} may not change {} (needs {})",
-                field.key(),
-                field.min_role()
             )));
         }
     }
@@ -458,13 +486,6 @@ fn check_depth(doc: &AutoCommit) -> Result<usize, String> {
     Ok(deepest)
 }
 
-fn is_default(field: GovernedField, value: &str) -> bool {
-    match field {
-        GovernedField::QuoteApproval => value == "[]",
-        _ => value == "None",
-    }
-}
-
 /// A document's heads as wire hashes.
 pub fn heads_of(doc: &mut AutoCommit) -> Vec<[u8; 32]> {
     doc.get_heads().into_iter().map(|h| h.0).collect()
@@ -514,7 +535,6 @@ mod tests {
             id,
             bytes,
             sender,
-            false,
             &|_| None,
             Some("north"),
             &|_| None,
@@ -642,5 +662,112 @@ mod tests {
                 assert_eq!(relay.get_heads(), heads, "rolled back");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use automerge::{ActorId, AutoCommit};
+
+    use super::*;
+    use crate::model::{
+        CustomerEdit, Edit, EditCtx, Money, NewCustomer, apply_edit, create_customer,
+    };
+
+    fn doc_of(device: Uuid) -> AutoCommit {
+        let mut actor = device.as_bytes().to_vec();
+        actor.extend_from_slice(&[3; 8]);
+        AutoCommit::new().with_actor(ActorId::from(actor))
+    }
+
+    fn dev(device: Uuid, role: Role) -> DeviceInfo {
+        DeviceInfo {
+            device_id: device,
+            name: "d".into(),
+            role,
+            scopes: vec!["north".into()],
+        }
+    }
+
+    fn upload(
+        relay: &mut AutoCommit,
+        id: DocId,
+        local: &mut AutoCommit,
+        before: &[ChangeHash],
+        sender: &DeviceInfo,
+        stored: Option<&str>,
+    ) -> Result<Accepted, Refusal> {
+        local.commit();
+        let bytes = local
+            .get_changes(before)
+            .pop()
+            .expect("a change")
+            .raw_bytes()
+            .to_vec();
+        check_change(
+            relay,
+            id,
+            &bytes,
+            sender,
+            &|_| None,
+            stored,
+            &|_| None,
+            &|_, _| false,
+        )
+    }
+
+    #[test]
+    fn a_director_sets_the_credit_limit_on_a_reps_customer() {
+        let (rep, director) = (Uuid::new_v4(), Uuid::new_v4());
+        let id = DocId::new();
+        let mut local = doc_of(rep);
+        let new = NewCustomer {
+            org: "acme".into(),
+            scope: "north".into(),
+            name: "Steppe Quarry".into(),
+            ..Default::default()
+        };
+        create_customer(&mut local, id, &new, &EditCtx::new("rep", Role::Rep)).expect("create");
+        let mut relay = AutoCommit::new();
+        upload(&mut relay, id, &mut local, &[], &dev(rep, Role::Rep), None).expect("created");
+        // The director's laptop holds the relay's copy (loaded from its saved bytes).
+        let mut dir_doc = AutoCommit::load(&relay.save())
+            .expect("load")
+            .with_actor(doc_of(director).get_actor().clone());
+        let base = dir_doc.get_heads();
+        apply_edit(
+            &mut dir_doc,
+            &Edit::Customer(CustomerEdit::SetCreditLimit(Money {
+                amount_minor: 500_000_000,
+                currency: "CNY".into(),
+            })),
+            &EditCtx::new("director", Role::Director),
+        )
+        .expect("edit");
+        upload(
+            &mut relay,
+            id,
+            &mut dir_doc,
+            &base,
+            &dev(director, Role::Director),
+            Some("north"),
+        )
+        .expect("the director's change is accepted");
+        let mut mgr = AutoCommit::load(&relay.save())
+            .expect("load")
+            .with_actor(doc_of(Uuid::new_v4()).get_actor().clone());
+        let base = mgr.get_heads();
+        apply_edit(
+            &mut mgr,
+            &Edit::Customer(CustomerEdit::SetScope("south".into())),
+            &EditCtx::new("manager", Role::Manager),
+        )
+        .expect("edit");
+        let mut m = dev(Uuid::nil(), Role::Manager);
+        m.device_id = Uuid::from_slice(&mgr.get_actor().to_bytes()[..16]).unwrap();
+        m.scopes.push("south".into());
+        let mut relay = AutoCommit::load(&relay.save()).expect("reload");
+        upload(&mut relay, id, &mut mgr, &base, &m, Some("north"))
+            .expect("the manager's move is accepted");
     }
 }

@@ -184,6 +184,15 @@ impl RelayStore {
         each!(self, s => s.authenticate_device(device_id, credential))
     }
 
+    /// See [`SqliteRelayStore::record_departures`].
+    pub fn record_departures(
+        &self,
+        device_id: Uuid,
+        docs: &[DocId],
+    ) -> Result<(), RelayStoreError> {
+        each!(self, s => s.record_departures(device_id, docs))
+    }
+
     /// See [`SqliteRelayStore::touch`].
     pub fn touch(&self, device_id: Uuid) -> Result<(), RelayStoreError> {
         each!(self, s => s.touch(device_id))
@@ -327,6 +336,10 @@ impl RelayStorage for RelayStore {
 
     fn touch_device(&mut self, device_id: Uuid) -> Result<(), StorageError> {
         Ok(self.touch(device_id)?)
+    }
+
+    fn record_departures(&mut self, device_id: Uuid, docs: &[DocId]) -> Result<(), StorageError> {
+        Ok(RelayStore::record_departures(self, device_id, docs)?)
     }
 
     fn redeem(

@@ -19,7 +19,7 @@
 
 mod backend;
 pub mod postgres;
-mod schema;
+pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
 
@@ -442,7 +442,7 @@ fn lack_of(
             });
         }
     }
-    Ok(Lack::Nothing)
+    Ok(Lack::Nothing { scope })
 }
 
 /// The end of a grant change on either backend: the devices changed, or an error when none
@@ -639,6 +639,10 @@ trait BatchDb {
     ) -> Result<(), RelayStoreError>;
     /// A device row.
     fn device_row(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError>;
+    /// The role a change stored before a restore was first uploaded with (see `vouched`).
+    fn vouched(&self, hash: &[u8]) -> Result<Option<String>, RelayStoreError>;
+    /// Whether `device` has been sent the departure of `doc` from its scopes.
+    fn departure_served(&self, device: Uuid, doc: DocId) -> Result<bool, RelayStoreError>;
 }
 
 impl BatchDb for Transaction<'_> {
@@ -792,6 +796,19 @@ impl BatchDb for Transaction<'_> {
     fn device_row(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError> {
         Ok(device_row(self, id)?)
     }
+
+    fn vouched(&self, hash: &[u8]) -> Result<Option<String>, RelayStoreError> {
+        Ok(self
+            .prepare_cached("SELECT role FROM vouched WHERE hash = ?1")?
+            .query_row([hash], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn departure_served(&self, device: Uuid, doc: DocId) -> Result<bool, RelayStoreError> {
+        Ok(self
+            .prepare_cached("SELECT 1 FROM departures_served WHERE device = ?1 AND doc_id = ?2")?
+            .exists(params![device.as_bytes(), doc.as_bytes()])?)
+    }
 }
 
 /// One document being written during an upload batch.
@@ -810,7 +827,6 @@ struct Batch<'a, D: BatchDb> {
     tx: &'a D,
     cache: &'a mut DocCache,
     work: HashMap<DocId, Work>,
-    open_role: Option<Role>,
     now: i64,
     high: Option<i64>,
     move_grace_ms: i64,
@@ -977,7 +993,6 @@ impl<D: BatchDb> Batch<'_, D> {
         &mut self,
         device: &DeviceInfo,
         c: &UploadChange,
-        relayed: bool,
     ) -> Result<Outcome, RelayStoreError> {
         let refuse = |hash: Hash, reason: String, retry: bool| {
             Outcome::Refused(Rejection {
@@ -991,26 +1006,36 @@ impl<D: BatchDb> Batch<'_, D> {
             Err(e) => return Ok(refuse([0; 32], e.to_string(), false)),
         };
         let hash = change.hash().0;
-        // Re-sending is harmless: a stored change is acknowledged again without a new entry.
-        if let Some((d, _)) = self.tx.stored_change(&hash)? {
-            return Ok(if d == c.doc_id {
-                Outcome::Stored
-            } else {
-                refuse(hash, "change belongs to another document".into(), false)
-            });
+        // Re-sending is harmless: a stored change is acknowledged again without a new entry
+        // — unless its document is outside the sender's scopes, which is answered as a
+        // document the relay does not have (below).
+        let stored = self.tx.stored_change(&hash)?;
+        if let Some((d, _)) = stored {
+            if d != c.doc_id {
+                return Ok(refuse(
+                    hash,
+                    "change belongs to another document".into(),
+                    false,
+                ));
+            }
+            let visible = self
+                .tx
+                .doc_meta(d)?
+                .is_some_and(|(_, scope, _, _)| device.sees(&scope));
+            if visible {
+                return Ok(Outcome::Stored);
+            }
         }
         let mut work = self.take(c.doc_id)?;
         let new_doc = work.scope.is_none();
         let failure: RefCell<Option<RelayStoreError>> = RefCell::new(None);
         let result = {
             let tx = self.tx;
-            let open_role = self.open_role;
             let others = &self.work;
-            let author_role = |author: Uuid| -> Option<Role> {
-                match tx.device_row(author) {
-                    Ok(Some(row)) if row.revoked_at.is_none() => Role::parse(&row.role),
-                    Ok(Some(_)) => None,
-                    Ok(None) => open_role,
+            let vouched = |hash: &ChangeHash| -> Option<Role> {
+                match tx.vouched(&hash.0) {
+                    // An unreadable role vouches for nothing.
+                    Ok(role) => role.as_deref().and_then(Role::parse),
                     Err(e) => {
                         failure.borrow_mut().get_or_insert(e);
                         None
@@ -1029,10 +1054,14 @@ impl<D: BatchDb> Batch<'_, D> {
                     })
             };
             let since = self.now.saturating_sub(self.move_grace_ms);
-            // The document left one of the sender's scopes within the grace period, and the
-            // change's dependencies were all stored before it left.
+            // The document left one of the sender's scopes within the grace period, the
+            // sender has not been sent its departure yet, and the change's dependencies were
+            // all stored before it left.
             let left_senders_scope = |id: DocId, deps: &[ChangeHash]| -> bool {
                 let check = || -> Result<bool, RelayStoreError> {
+                    if tx.departure_served(device.device_id, id)? {
+                        return Ok(false);
+                    }
                     let moves = tx.moves_since(id, since)?;
                     let Some(moved_at) = moves
                         .iter()
@@ -1059,8 +1088,7 @@ impl<D: BatchDb> Batch<'_, D> {
                 c.doc_id,
                 &c.bytes,
                 device,
-                relayed,
-                &author_role,
+                &vouched,
                 work.scope.as_deref(),
                 &customer_scope,
                 &left_senders_scope,
@@ -1080,6 +1108,11 @@ impl<D: BatchDb> Batch<'_, D> {
                 return Ok(refuse(hash, refusal.reason, refusal.retry));
             }
         };
+        if stored.is_some() {
+            // Stored before (and excused by a move's grace period): nothing new to log.
+            self.work.insert(c.doc_id, work);
+            return Ok(Outcome::Stored);
+        }
         if accepted.kind.is_some() {
             work.kind = accepted.kind;
         }
@@ -1136,7 +1169,6 @@ fn append_batch<D: BatchDb>(
     changes: &[UploadChange],
     relayed: bool,
 ) -> Result<BatchResult, RelayStoreError> {
-    let open_role = opts.open.as_ref().map(|o| o.role);
     // The sender's grant is read again inside the transaction that stores the changes,
     // so a revocation or a narrower grant committed meanwhile applies to this write.
     let sender = tx.device_row(device.device_id)?;
@@ -1169,14 +1201,17 @@ fn append_batch<D: BatchDb>(
         tx,
         cache,
         work: HashMap::new(),
-        open_role,
         now: now_millis(),
         high: None,
         move_grace_ms: i64::try_from(opts.move_grace.as_millis()).unwrap_or(i64::MAX),
     };
+    if relayed {
+        // A repair upload (after the relay's log restarted) is judged like any other.
+        tracing::debug!(device = %device.device_id, changes = changes.len(), "repair upload");
+    }
     let mut outcomes = Vec::with_capacity(changes.len());
     for c in changes {
-        outcomes.push(batch.append_one(device, c, relayed)?);
+        outcomes.push(batch.append_one(device, c)?);
     }
     batch.flush()?;
     let Batch { work, high, .. } = batch;
@@ -1574,6 +1609,24 @@ impl SqliteRelayStore {
         } else {
             Ok(None)
         }
+    }
+
+    /// Records that a device is being sent the departure of `docs` (see
+    /// [`RelayStorage::record_departures`]).
+    pub fn record_departures(
+        &self,
+        device_id: Uuid,
+        docs: &[DocId],
+    ) -> Result<(), RelayStoreError> {
+        self.write(|tx| {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO departures_served (device, doc_id) VALUES (?1, ?2)",
+            )?;
+            for d in docs {
+                st.execute(params![device_id.as_bytes(), d.as_bytes()])?;
+            }
+            Ok(())
+        })
     }
 
     /// Records that a device finished a sync exchange (written at most every 30 s per device).
@@ -2103,6 +2156,10 @@ impl RelayStorage for SqliteRelayStore {
 
     fn touch_device(&mut self, device_id: Uuid) -> Result<(), StorageError> {
         Ok(self.touch(device_id)?)
+    }
+
+    fn record_departures(&mut self, device_id: Uuid, docs: &[DocId]) -> Result<(), StorageError> {
+        Ok(SqliteRelayStore::record_departures(self, device_id, docs)?)
     }
 
     fn redeem(

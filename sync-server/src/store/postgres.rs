@@ -73,7 +73,8 @@ const PAGE_ROWS: i64 = 256;
 /// How long the listener waits for a notification before checking whether the store is gone.
 const LISTEN_TICK: Duration = Duration::from_secs(1);
 
-const PG_MIGRATIONS: &[&str] = &[r#"
+const PG_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
 
 -- 'log.high': the highest sequence number; its row lock serialises appends (module docs).
@@ -154,7 +155,20 @@ CREATE TABLE moves (
     at BIGINT NOT NULL
 );
 CREATE INDEX moves_doc ON moves (doc_id, seq);
-"#];
+"#,
+    r#"
+CREATE TABLE vouched (
+    hash BYTEA PRIMARY KEY,
+    device BYTEA NOT NULL,
+    role TEXT NOT NULL
+);
+CREATE TABLE departures_served (
+    device BYTEA NOT NULL,
+    doc_id BYTEA NOT NULL,
+    PRIMARY KEY (device, doc_id)
+);
+"#,
+];
 
 /// A database URL without its password, for logs and `status`.
 pub fn redact_url(url: &str) -> String {
@@ -558,6 +572,21 @@ impl BatchDb for PgBatch<'_> {
 
     fn device_row(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError> {
         device_row(&mut *self.tx.borrow_mut(), id)
+    }
+
+    fn vouched(&self, hash: &[u8]) -> Result<Option<String>, RelayStoreError> {
+        self.q_opt("SELECT role FROM vouched WHERE hash = $1", &[&hash])?
+            .map(|r| Ok(r.try_get(0)?))
+            .transpose()
+    }
+
+    fn departure_served(&self, device: Uuid, doc: DocId) -> Result<bool, RelayStoreError> {
+        Ok(self
+            .q_opt(
+                "SELECT 1 FROM departures_served WHERE device = $1 AND doc_id = $2",
+                &[&device.as_bytes().as_slice(), &doc.as_bytes().as_slice()],
+            )?
+            .is_some())
     }
 }
 
@@ -991,6 +1020,25 @@ impl PgRelayStore {
         } else {
             Ok(None)
         }
+    }
+
+    /// Records that a device is being sent the departure of `docs` (see
+    /// [`super::SqliteRelayStore::record_departures`]).
+    pub fn record_departures(
+        &self,
+        device_id: Uuid,
+        docs: &[DocId],
+    ) -> Result<(), RelayStoreError> {
+        self.read(|c| {
+            for d in docs {
+                c.execute(
+                    "INSERT INTO departures_served (device, doc_id) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                    &[&device_id.as_bytes().as_slice(), &d.as_bytes().as_slice()],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Records that a device finished a sync exchange (written at most every 30 s per device

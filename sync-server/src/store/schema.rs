@@ -110,6 +110,24 @@ CREATE INDEX moves_doc ON moves(doc_id, seq);
 -- running relay polls it and re-checks its open connections.
 INSERT INTO meta (key, value) VALUES ('devices.generation', 0);
 "#,
+    // 2: changes the relay stored before a restore replaced its database, so a repair upload
+    // may bring them back from any device (they are judged at `role`, the role of the device
+    // that uploaded each the first time).
+    r#"
+CREATE TABLE vouched (
+    hash BLOB PRIMARY KEY,
+    device BLOB NOT NULL,
+    role TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- Documents whose departure from its scopes a device has been sent (a Leave): from then on
+-- the move's grace period no longer excuses that device's changes to them.
+CREATE TABLE departures_served (
+    device BLOB NOT NULL,
+    doc_id BLOB NOT NULL,
+    PRIMARY KEY (device, doc_id)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this build creates and migrates to.

@@ -587,7 +587,9 @@ fn missing_reports_what_the_relay_lacks() {
     assert_eq!(
         res,
         vec![
-            Lack::Nothing,
+            Lack::Nothing {
+                scope: "north".into()
+            },
             Lack::Changes {
                 scope: "north".into(),
                 heads: relay_heads
@@ -1263,7 +1265,12 @@ mod contract {
             let missing = r
                 .missing(&[(c, heads), (DocId::new(), Vec::new())])
                 .unwrap();
-            assert_eq!(missing[0], Lack::Nothing);
+            assert_eq!(
+                missing[0],
+                Lack::Nothing {
+                    scope: "north".into()
+                }
+            );
             assert_eq!(missing[1], Lack::Document);
         });
     }
@@ -1325,7 +1332,9 @@ mod contract {
             let want: Vec<Hash> = a.store.heads(c).unwrap().iter().map(|h| h.0).collect();
             assert_eq!(
                 r.missing(&[(c, want.clone())]).unwrap(),
-                vec![Lack::Nothing]
+                vec![Lack::Nothing {
+                    scope: "north".into()
+                }]
             );
             // The stored snapshot holds exactly the accepted changes, also after reopening.
             drop(r);
@@ -1655,7 +1664,9 @@ mod postgres_nodes {
         let heads: Vec<Hash> = rep.store.heads(c).unwrap().iter().map(|h| h.0).collect();
         assert_eq!(
             a_node.missing_heads(&[(c, heads)]).unwrap(),
-            vec![Lack::Nothing]
+            vec![Lack::Nothing {
+                scope: "north".into()
+            }]
         );
         // The other node's writes reached this node's subscribers.
         let mut rx = a_node.subscribe();
