@@ -853,10 +853,11 @@ fn quote(client: &Client, cmd: QuoteCmd) -> Result<()> {
             if !a.json {
                 let q = quotes.get(a.id)?;
                 println!(
-                    "{}  {}  {}  total {} {}",
+                    "{}  {}  {} (revision {})  total {} {}",
                     q.header.id,
                     q.quote_no.as_deref().unwrap_or("-"),
                     q.status.as_str(),
+                    q.revision,
                     fmt_minor_units(q.total.amount_minor),
                     q.total.currency
                 );
@@ -876,7 +877,7 @@ fn quote(client: &Client, cmd: QuoteCmd) -> Result<()> {
                 }
                 for a in &q.approvals {
                     println!(
-                        "  {} by {} ({}) at {}{}",
+                        "  {} by {} ({}) at {}{}{}",
                         a.decision,
                         a.approver,
                         a.role,
@@ -884,6 +885,10 @@ fn quote(client: &Client, cmd: QuoteCmd) -> Result<()> {
                         a.reason
                             .as_deref()
                             .map(|r| format!(": {r}"))
+                            .unwrap_or_default(),
+                        a.void
+                            .as_deref()
+                            .map(|v| format!("  [VOID: the quote changed since — {v}]"))
                             .unwrap_or_default()
                     );
                 }

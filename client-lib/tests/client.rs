@@ -782,20 +782,33 @@ fn quotes_follow_their_workflow_and_show_up_in_history_and_follow_ups() {
         .add_note(q1, "asked for a discount")
         .unwrap();
     client.quotes().submit(q1).unwrap();
-    // Locked after submission; approval is manager-owned; a draft cannot be sent.
-    assert!(
+    // Changing a submitted quote's content starts a new draft revision; changing it back
+    // returns to the revision that was submitted.
+    let qty = |client: &Client| {
+        let q = client.quotes().get(q1).unwrap();
+        q.lines.iter().find(|l| l.id == l1).unwrap().qty
+    };
+    let submitted_qty = qty(&client);
+    let set_qty = |n: i64| {
         client
             .quotes()
             .update_line(
                 q1,
                 &l1,
                 LineInput {
-                    qty: Some(9),
+                    qty: Some(n),
                     ..Default::default()
-                }
+                },
             )
-            .is_err()
-    );
+            .unwrap()
+    };
+    set_qty(9);
+    let q = client.quotes().get(q1).unwrap();
+    assert_eq!((q.status, q.revision), (QuoteStatus::Draft, 2));
+    set_qty(submitted_qty);
+    let q = client.quotes().get(q1).unwrap();
+    assert_eq!((q.status, q.revision), (QuoteStatus::Submitted, 1));
+    // Approval is manager-owned; a draft cannot be sent.
     assert!(matches!(
         client.quotes().approve(q1, None),
         Err(ClientError::Model(

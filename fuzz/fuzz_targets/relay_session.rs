@@ -9,7 +9,7 @@ use fieldsync_core::protocol::codec::FrameDecoder;
 use fieldsync_core::protocol::messages::{Hash, Rejection};
 use fieldsync_core::protocol::relay::{SnapshotPage, StorageError};
 use fieldsync_core::protocol::{
-    DeviceInfo, LogEntry, Outcome, RelayLimits, RelaySession, RelayStorage, UploadChange,
+    DeviceInfo, Lack, LogEntry, Outcome, RelayLimits, RelaySession, RelayStorage, UploadChange,
     check_change,
 };
 use fieldsync_core::{DocId, Role};
@@ -42,7 +42,7 @@ impl RelayStorage for Mem {
         &mut self,
         device: &DeviceInfo,
         changes: &[UploadChange],
-        relayed: bool,
+        _relayed: bool,
     ) -> Result<Vec<Outcome>, StorageError> {
         let mut out = Vec::new();
         for c in changes {
@@ -52,7 +52,6 @@ impl RelayStorage for Mem {
                 c.doc_id,
                 &c.bytes,
                 device,
-                relayed,
                 &|_| None,
                 None,
                 &|_| None,
@@ -97,11 +96,8 @@ impl RelayStorage for Mem {
     ) -> Result<SnapshotPage, StorageError> {
         Ok((Vec::new(), false))
     }
-    fn missing(
-        &mut self,
-        docs: &[(DocId, Vec<Hash>)],
-    ) -> Result<Vec<Option<Vec<Hash>>>, StorageError> {
-        Ok(docs.iter().map(|_| None).collect())
+    fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {
+        Ok(docs.iter().map(|_| Lack::Document).collect())
     }
 }
 

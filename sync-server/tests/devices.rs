@@ -182,7 +182,9 @@ async fn a_forged_actor_is_refused_and_does_not_poison_the_real_author() {
             assert_eq!(rejected.len(), 1);
             assert!(!rejected[0].retry, "refused for good");
             assert!(
-                rejected[0].reason.contains("is not the sending device"),
+                rejected[0]
+                    .reason
+                    .contains("only that device may upload it"),
                 "{}",
                 rejected[0].reason
             );

@@ -801,7 +801,7 @@ async fn hostile_clients_cost_only_their_own_connection() {
     assert!(
         rejected
             .iter()
-            .any(|r| r.reason.contains("not the sending device")),
+            .any(|r| r.reason.contains("only that device may upload it")),
         "{rejected:?}"
     );
     eprintln!(

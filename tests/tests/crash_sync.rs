@@ -96,7 +96,7 @@ fn write_round(a: &Client, rng: &mut StdRng, round: u64, hot: &mut Vec<DocId>) {
             a.customers()
                 .edit(
                     *id,
-                    CustomerEdit::Set(CustomerField::Stage, format!("r{round} h{k} e{e}")),
+                    CustomerEdit::Set(CustomerField::Industry, format!("r{round} h{k} e{e}")),
                 )
                 .expect("edit");
         }

@@ -443,6 +443,11 @@ async fn role_owned_fields_written_by_a_rep_are_quarantined_with_their_dependent
     let handle = SyncHandle::start(rep.client.clone(), rep.cfg.clone());
     let mut events = handle.subscribe();
     wait_for(&mut events, "CaughtUp", |e| *e == SyncEvent::CaughtUp).await;
+    // The replica's role followed the grant when it connected; a modified client claims more
+    // again (its own checks then pass).
+    rep.client
+        .set_identity(Identity::new("rep", Role::Director, "acme"))
+        .expect("claim");
     // A credit limit, then a rename on top of it; and an approval of its own quote.
     rep.client
         .customers()

@@ -150,7 +150,7 @@ async fn twenty_percent_loss_with_300ms_rtt_converges_while_editing() {
         b.customers()
             .edit(
                 b_ids[round],
-                CustomerEdit::Set(CustomerField::Stage, format!("stage-{round}")),
+                CustomerEdit::Set(CustomerField::ShortName, format!("short-{round}")),
             )
             .unwrap();
         if b.customers().get(a_ids[0]).is_ok() {
@@ -210,7 +210,7 @@ async fn link_cut_every_few_seconds_during_a_3000_change_sync() {
         st.transaction(|tx| {
             for (i, id) in ids.iter().enumerate() {
                 for (field, v) in [
-                    (CustomerField::Stage, format!("stage {i}")),
+                    (CustomerField::ShortName, format!("short {i}")),
                     (CustomerField::Industry, format!("industry {i}")),
                 ] {
                     let edit = Edit::Customer(CustomerEdit::Set(field, v));

@@ -148,7 +148,7 @@ pub struct Money {
     pub currency: String,
 }
 
-/// The header every document carries (DESIGN.md §3).
+/// The header every document carries (`docs/DESIGN.md` §3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     /// The document id.

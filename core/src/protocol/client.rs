@@ -683,16 +683,37 @@ impl QuarantinePlan {
                 .optional()?;
             Ok(id.and_then(|b| DocId::from_slice(&b)))
         };
+        // Documents the relay told this device to give up (they left its scopes): the relay
+        // answers changes to them as to a document it does not have, so a refusal "to try
+        // again" can never succeed. They are quarantined with the reason instead of waiting.
+        let leaving = |id: DocId| -> Result<bool, StoreError> {
+            let flag: Option<i64> = conn
+                .prepare_cached("SELECT evict_pending FROM docs WHERE id = ?1")?
+                .query_row([id.as_bytes()], |r| r.get(0))
+                .optional()?;
+            Ok(flag == Some(1))
+        };
         let mut docs: Vec<DocId> = Vec::new();
         for r in rejected {
-            if let Some(id) = doc_of(&r.hash)?
+            let doc = doc_of(&r.hash)?;
+            if let Some(id) = doc
                 && !docs.contains(&id)
             {
                 docs.push(id);
             }
-            if !r.retry {
+            let left = r.retry && doc.map(leaving).transpose()?.unwrap_or(false);
+            if !r.retry || left {
                 plan.excluded.insert(ChangeHash(r.hash));
-                plan.quarantine.push((ChangeHash(r.hash), r.reason.clone()));
+                plan.quarantine.push((
+                    ChangeHash(r.hash),
+                    if left {
+                        "the document moved out of this device's scopes; the relay no longer \
+                         accepts changes to it"
+                            .to_string()
+                    } else {
+                        r.reason.clone()
+                    },
+                ));
             }
         }
         for h in &accepted {

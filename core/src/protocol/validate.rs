@@ -418,9 +418,18 @@ fn judge(
                 || customer_id.is_some_and(|c| left_senders_scope(c, change.deps()))
         });
         if !excused {
-            return Err(Refusal::permanent(format!(
-                "document is in scope `{s}`, outside the device's scopes"
-            )));
+            // Name the scope only when the change itself wrote it (a new document created in
+            // a scope the device was not granted): a scope the relay knows from elsewhere (a
+            // visit's customer, a document's filing) is not the device's to learn.
+            return Err(Refusal::permanent(
+                if before.is_none() && *s == after.scope {
+                    format!("document is in scope `{s}`, outside the device's scopes")
+                } else if after.kind != DocKind::Customer && before.is_none() {
+                    "the document's customer is outside the device's scopes".to_string()
+                } else {
+                    "document is outside the device's scopes".to_string()
+                },
+            ));
         }
     }
     let moved_from = match &scope_before {

@@ -45,8 +45,18 @@ use rand::{RngExt, SeedableRng};
 const ORG: &str = "acme";
 const SCOPE: &str = "north";
 
-const CUSTOMER_FIELDS: [CustomerField; 8] = CustomerField::ALL;
-const VISIT_FIELDS: [VisitField; 3] = [VisitField::Kind, VisitField::Location, VisitField::Notes];
+/// Free-text fields: each write leaves a unique value the oracle can find again (the lifecycle
+/// stage and the visit kind take values from fixed sets).
+const CUSTOMER_FIELDS: [CustomerField; 7] = [
+    CustomerField::Name,
+    CustomerField::ShortName,
+    CustomerField::Industry,
+    CustomerField::BusinessType,
+    CustomerField::Size,
+    CustomerField::Source,
+    CustomerField::Email,
+];
+const VISIT_FIELDS: [VisitField; 2] = [VisitField::Location, VisitField::Notes];
 
 /// One document-level effect of a write.
 enum Effect {
