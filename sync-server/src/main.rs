@@ -408,7 +408,7 @@ fn enroll(
     if valid_days == 0 || valid_days > 365 {
         anyhow::bail!("--valid-days must be 1..=365");
     }
-    std::fs::create_dir_all(&cfg.data_dir)
+    fieldsync_relay::config::create_data_dir(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     // The certificate the relay serves (generated now if the relay never started here).
     let pin = fieldsync_relay::tls::load_or_create(

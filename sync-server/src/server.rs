@@ -69,7 +69,7 @@ impl Relay {
     /// accepting connections.
     pub async fn start(config: RelayConfig) -> anyhow::Result<Self> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)
+        crate::config::create_data_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let cfg = config.clone();
         let store = tokio::task::spawn_blocking(move || RelayStore::open(&cfg))

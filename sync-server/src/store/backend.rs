@@ -58,10 +58,15 @@ impl RelayStore {
                 config.database_ca.as_deref(),
                 config.store_options(),
             )?)),
-            None => Ok(Self::Sqlite(SqliteRelayStore::open(
-                config.db_path(),
-                config.store_options(),
-            )?)),
+            None => {
+                // Admin commands open the database too: an older relay's looser data
+                // directory is tightened whichever opens it first.
+                crate::config::protect_data_dir(&config.data_dir);
+                Ok(Self::Sqlite(SqliteRelayStore::open(
+                    config.db_path(),
+                    config.store_options(),
+                )?))
+            }
         }
     }
 

@@ -1188,8 +1188,12 @@ impl SqliteRelayStore {
     ///
     /// Refuses, without modifying it, a file that is not SQLite, a SQLite database of another
     /// application (including a client replica) and a database written by a newer relay.
+    ///
+    /// The database and the files SQLite keeps beside it are readable by their owner only
+    /// (`0600`): created so, or tightened with a warning if they were readable by others.
     pub fn open(path: impl AsRef<Path>, opts: RelayStoreOptions) -> Result<Self, RelayStoreError> {
         let path = path.as_ref().to_path_buf();
+        fieldsync_core::fsmode::prepare_database(&path);
         let mut conn = open_conn(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
