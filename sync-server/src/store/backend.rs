@@ -97,6 +97,26 @@ impl RelayStore {
         }
     }
 
+    /// The fingerprint of the certificate the relay nodes sharing a PostgreSQL database serve,
+    /// as the first of them recorded it (`None` before any started, and for the embedded
+    /// backend, whose one relay keeps its certificate in its data directory). Blocks.
+    pub fn node_fingerprint(&self) -> Result<Option<String>, RelayStoreError> {
+        match self {
+            Self::Sqlite(_) => Ok(None),
+            Self::Postgres(s) => s.node_fingerprint(),
+        }
+    }
+
+    /// Records the certificate this relay node serves as the one of all nodes sharing a
+    /// PostgreSQL database, or refuses if they serve another (see
+    /// [`PgRelayStore::claim_fingerprint`]). A no-op for the embedded backend. Blocks.
+    pub fn claim_fingerprint(&self, fingerprint: &str) -> Result<(), RelayStoreError> {
+        match self {
+            Self::Sqlite(_) => Ok(()),
+            Self::Postgres(s) => s.claim_fingerprint(fingerprint),
+        }
+    }
+
     /// The relay's epoch (created with the database).
     pub fn epoch_id(&self) -> Uuid {
         each!(self, s => s.epoch_id())
