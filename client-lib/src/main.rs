@@ -3,9 +3,10 @@
 //! Every command works on the replica in the data directory (`--data`, `$FIELDSYNC_DATA`, or
 //! the platform data directory): `DIR/replica.db`, plus `DIR/config.toml` with the relay
 //! settings written by `fieldsync init`, and `DIR/replica.db.credential` (mode 0600) with the
-//! device credential stored by `fieldsync init --token`. Edits work offline; `fieldsync sync` exchanges them
-//! with the relay. `--json` prints one JSON value on stdout; errors go to stderr with a
-//! non-zero exit status.
+//! device credential stored by `fieldsync init --token`. The directory fieldsync creates is
+//! readable by its owner only (0700), and so are the replica and SQLite's files beside it
+//! (0600). Edits work offline; `fieldsync sync` exchanges them with the relay. `--json`
+//! prints one JSON value on stdout; errors go to stderr with a non-zero exit status.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use fieldsync_client::{
     Client, CustomerEdit, CustomerField, CustomerFilter, DocId, Identity, LineInput, NewCustomer,
     NewQuote, NewVisit, Role, VisitFilter, VisitStatus,
 };
+use fieldsync_core::fsmode;
 use serde::{Deserialize, Serialize};
 
 /// The replica file inside the data directory.
@@ -424,10 +426,35 @@ fn data_dir(flag: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 fn open(dir: &Path) -> Result<Client> {
-    std::fs::create_dir_all(dir)
+    fsmode::create_private_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    protect_data_dir(dir);
     let path = dir.join(REPLICA_FILE);
     Client::open(&path).with_context(|| format!("cannot open the replica {}", path.display()))
+}
+
+/// Makes the data directory readable by its owner only, with a warning, when it is fieldsync's
+/// own: it holds nothing but fieldsync's files (as one `open` created does). A directory given
+/// with `--data` that holds anything else (a home directory, `/tmp`) is the user's, left as
+/// it is; the files fieldsync keeps there are private anyway.
+fn protect_data_dir(dir: &Path) {
+    if fsmode::is_sticky_dir(dir) {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let tmp_config = format!(".{CONFIG_FILE}.tmp");
+    let ours = entries.into_iter().all(|e| {
+        e.ok().is_some_and(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(REPLICA_FILE) || n == CONFIG_FILE || n == tmp_config)
+        })
+    });
+    if ours && let Err(e) = fsmode::tighten(dir, fsmode::PRIVATE_DIR) {
+        tracing::warn!(path = %dir.display(), error = %e, "cannot make the data directory private to its owner");
+    }
 }
 
 fn load_config(dir: &Path) -> Result<FileConfig> {

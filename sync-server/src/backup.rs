@@ -16,13 +16,18 @@
 //! The database the restore replaces is kept beside it (`relay.db.replaced-<millis>`), never
 //! deleted. A relay on PostgreSQL is backed up with the database's own tools (`pg_dump`); see
 //! the README.
+//!
+//! Backups hold everything the relay does: backup directories are created readable by their
+//! owner only (`0700`), and every database file written here is `0600` from its creation.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use fieldsync_core::fsmode;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use uuid::Uuid;
 
+use crate::config::create_data_dir;
 use crate::store::DB_FILE;
 use crate::tls::{CERT_FILE, KEY_FILE};
 
@@ -90,7 +95,7 @@ pub struct DataDirLock {
 
 /// Takes the data directory's lock, or fails with [`BackupError::Busy`] if a relay holds it.
 pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, BackupError> {
-    std::fs::create_dir_all(data_dir).map_err(io("creating", data_dir))?;
+    create_data_dir(data_dir).map_err(io("creating", data_dir))?;
     let path = data_dir.join(LOCK_FILE);
     let file = File::options()
         .create(true)
@@ -167,16 +172,27 @@ fn copy_file(from: &Path, to: &Path, secret: bool) -> Result<bool, BackupError> 
     if !from.is_file() {
         return Ok(false);
     }
-    std::fs::copy(from, to).map_err(io("copying to", to))?;
-    #[cfg(unix)]
     if secret {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))
-            .map_err(io("protecting", to))?;
+        copy_private(from, to)?;
+    } else {
+        std::fs::copy(from, to).map_err(io("copying to", to))?;
     }
-    #[cfg(not(unix))]
-    let _ = secret;
     Ok(true)
+}
+
+/// Copies `from` over `to`, which is `0600` from its creation (a copy with `std::fs::copy`
+/// would take the mode of `from`); an existing `to` is made private before it is overwritten.
+fn copy_private(from: &Path, to: &Path) -> Result<(), BackupError> {
+    fsmode::create_private_file(to).map_err(io("creating", to))?;
+    fsmode::tighten(to, fsmode::PRIVATE_FILE).map_err(io("protecting", to))?;
+    let mut src = File::open(from).map_err(io("reading", from))?;
+    let mut dst = File::options()
+        .write(true)
+        .truncate(true)
+        .open(to)
+        .map_err(io("copying to", to))?;
+    std::io::copy(&mut src, &mut dst).map_err(io("copying to", to))?;
+    Ok(())
 }
 
 /// Writes a backup of the relay in `data_dir` into `out_dir` (created if missing; must not
@@ -191,28 +207,42 @@ pub fn backup(data_dir: &Path, out_dir: &Path) -> Result<DatabaseSummary, Backup
     if out.exists() {
         return Err(BackupError::Exists(out));
     }
-    std::fs::create_dir_all(out_dir).map_err(io("creating", out_dir))?;
-    let conn = Connection::open_with_flags(
-        &db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(sql(&db))?;
-    // Waits out a writer's commit instead of failing at once.
-    conn.busy_timeout(std::time::Duration::from_secs(30))
-        .map_err(sql(&db))?;
-    let target = out
-        .to_str()
-        .ok_or_else(|| BackupError::Invalid {
-            path: out.clone(),
-            reason: "the path is not valid UTF-8".into(),
-        })?
-        .to_string();
-    conn.execute("VACUUM INTO ?1", [target]).map_err(sql(&db))?;
-    drop(conn);
+    fsmode::create_private_dir_all(out_dir).map_err(io("creating", out_dir))?;
+    // `VACUUM INTO` writes into an existing empty file, which keeps the mode it was made with.
+    if !fsmode::create_private_file(&out).map_err(io("creating", &out))? {
+        return Err(BackupError::Exists(out));
+    }
+    let written = vacuum_into(&db, &out);
+    if written.is_err() {
+        // Leaves no empty or partial file that would make a second attempt refuse.
+        let _ = std::fs::remove_file(&out);
+    }
+    written?;
     let summary = inspect(&out)?;
     copy_file(&data_dir.join(CERT_FILE), &out_dir.join(CERT_FILE), false)?;
     copy_file(&data_dir.join(KEY_FILE), &out_dir.join(KEY_FILE), true)?;
     Ok(summary)
+}
+
+/// Writes a consistent copy of the database `db` into the empty file `out`.
+fn vacuum_into(db: &Path, out: &Path) -> Result<(), BackupError> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql(db))?;
+    // Waits out a writer's commit instead of failing at once.
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(sql(db))?;
+    let target = out
+        .to_str()
+        .ok_or_else(|| BackupError::Invalid {
+            path: out.to_path_buf(),
+            reason: "the path is not valid UTF-8".into(),
+        })?
+        .to_string();
+    conn.execute("VACUUM INTO ?1", [target]).map_err(sql(db))?;
+    Ok(())
 }
 
 /// What a restore did.
@@ -238,7 +268,7 @@ pub fn restore(from_dir: &Path, data_dir: &Path) -> Result<Restored, BackupError
     let before = inspect(&source)?;
     let db = data_dir.join(DB_FILE);
     let staging = data_dir.join(format!("{DB_FILE}.restoring"));
-    std::fs::copy(&source, &staging).map_err(io("copying to", &staging))?;
+    copy_private(&source, &staging)?;
     let epoch = Uuid::new_v4();
     let mut vouched = 0;
     {
@@ -284,6 +314,8 @@ pub fn restore(from_dir: &Path, data_dir: &Path) -> Result<Restored, BackupError
                 std::fs::rename(&side, &to).map_err(io("moving aside", &side))?;
             }
         }
+        // Kept as it was, but no more readable than the database that replaces it.
+        fsmode::tighten_database(&kept);
         Some(kept)
     } else {
         None

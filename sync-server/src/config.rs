@@ -49,7 +49,8 @@ pub const MAX_BATCH_BYTES: usize = 16 << 20;
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     /// Directory holding `relay.db` and the generated certificate (`cert.der`, `key.der`).
-    /// Created if missing. Relative paths are relative to the working directory.
+    /// Created if missing, readable by its owner only. Relative paths are relative to the
+    /// working directory.
     /// Default: `relay-data`.
     pub data_dir: PathBuf,
     /// The relay's database: a PostgreSQL URL (`postgres://user@host:5432/fieldsync`),
@@ -281,6 +282,32 @@ impl RelayConfig {
     /// The SQLite file inside the data directory.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join(crate::store::DB_FILE)
+    }
+}
+
+/// Creates the data directory `dir` (and missing parents) readable by its owner only, or makes
+/// an existing one so ([`protect_data_dir`]).
+pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    fieldsync_core::fsmode::create_private_dir_all(dir)?;
+    protect_data_dir(dir);
+    Ok(())
+}
+
+/// Makes the existing data directory `dir` readable by its owner only, with a warning if it
+/// was not: it holds the database and the certificate's key. A shared directory with the
+/// sticky bit (such as `/tmp`) is never changed.
+pub fn protect_data_dir(dir: &Path) {
+    use fieldsync_core::fsmode;
+    if !dir.is_dir() {
+        return;
+    }
+    if fsmode::is_sticky_dir(dir) {
+        tracing::warn!(
+            path = %dir.display(),
+            "the data directory is a shared directory (sticky bit); give the relay a directory of its own"
+        );
+    } else if let Err(e) = fsmode::tighten(dir, fsmode::PRIVATE_DIR) {
+        tracing::warn!(path = %dir.display(), error = %e, "cannot make the data directory private to its owner");
     }
 }
 

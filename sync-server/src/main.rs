@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -162,10 +162,16 @@ enum Cmd {
 enum DeviceCmd {
     /// Enrol a device: prints a one-time enrolment token on the last line of stdout, carrying
     /// the relay address, the certificate pin and a secret. On the laptop:
-    /// `fieldsync init --token TOKEN`. Works while the relay runs (same --data).
+    /// `fieldsync init --token TOKEN`. Works while the relay runs (same --data). On PostgreSQL
+    /// the pin is the certificate the relay nodes recorded in the database when they started
+    /// (checked against --cert or --data when given); start a node first.
     Enroll {
         #[command(flatten)]
         common: Common,
+        /// The certificate (PEM/DER) the relay serves, for the token's pin, instead of the
+        /// one in the data directory (or, on PostgreSQL, recorded by the nodes).
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
         /// A name for people (e.g. the rep's name and laptop); `device revoke NAME` uses it.
         #[arg(long)]
         name: String,
@@ -324,6 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Device(DeviceCmd::Enroll {
             common,
+            cert,
             name,
             role,
             scopes,
@@ -331,7 +338,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device_id,
             valid_days,
         }) => enroll(
-            &common, &name, role, &scopes, relay_addr, device_id, valid_days,
+            &common,
+            cert.as_deref(),
+            &name,
+            role,
+            &scopes,
+            relay_addr,
+            device_id,
+            valid_days,
         ),
         Cmd::Device(DeviceCmd::Revoke { common, device }) => {
             let r = common.store()?.revoke(&device)?;
@@ -395,8 +409,10 @@ fn embedded_only(cfg: &RelayConfig, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // the flags of `device enroll`
 fn enroll(
     common: &Common,
+    cert: Option<&Path>,
     name: &str,
     role: Role,
     scopes: &[String],
@@ -414,17 +430,27 @@ fn enroll(
     if valid_days == 0 || valid_days > 365 {
         anyhow::bail!("--valid-days must be 1..=365");
     }
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    // The certificate the relay serves (generated now if the relay never started here).
-    let pin = fieldsync_relay::tls::load_or_create(
-        &cfg.data_dir,
-        cfg.cert.as_deref(),
-        cfg.key.as_deref(),
-    )?
-    .fingerprint();
-    // Creates the database if the relay never started here; a running relay shares it (WAL).
-    let store = RelayStore::open(&cfg)?;
+    let (pin, store) = if cfg.database.is_some() {
+        // Nodes sharing the database: their certificate, never a new one.
+        let store = RelayStore::open(&cfg)?;
+        (shared_pin(common, &cfg, cert, &store)?, store)
+    } else {
+        fieldsync_relay::config::create_data_dir(&cfg.data_dir)
+            .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+        // The certificate the relay serves (generated now if the relay never started here).
+        let pin = match cert {
+            Some(c) => fieldsync_relay::tls::certificate_fingerprint(c)?,
+            None => fieldsync_relay::tls::load_or_create(
+                &cfg.data_dir,
+                cfg.cert.as_deref(),
+                cfg.key.as_deref(),
+            )?
+            .fingerprint(),
+        };
+        // Creates the database if the relay never started here; a running relay shares it
+        // (WAL).
+        (pin, RelayStore::open(&cfg)?)
+    };
     let secret = store.create_enrolment(
         name,
         role,
@@ -442,6 +468,49 @@ fn enroll(
     println!("on the device: fieldsync init --token <the token below>");
     println!("{token}");
     Ok(())
+}
+
+/// The pin for tokens of relay nodes sharing a PostgreSQL database: the certificate they
+/// recorded in it when they started, checked against a node's certificate when one is given
+/// (`--cert`, `cert` in the config, or `cert.der` of `--data` or the config's data directory).
+/// Never generates a certificate: one no node serves would fail every device's pin.
+fn shared_pin(
+    common: &Common,
+    cfg: &RelayConfig,
+    cert: Option<&Path>,
+    store: &RelayStore,
+) -> anyhow::Result<String> {
+    let in_data_dir = cfg.data_dir.join(fieldsync_relay::tls::CERT_FILE);
+    let given = match cert.or(cfg.cert.as_deref()) {
+        Some(c) => Some(c.to_path_buf()),
+        None if common.data.is_some() && !in_data_dir.exists() => anyhow::bail!(
+            "{} holds no relay certificate ({}): give the data directory of a relay node, or \
+             its certificate with --cert",
+            cfg.data_dir.display(),
+            fieldsync_relay::tls::CERT_FILE
+        ),
+        None if (common.data.is_some() || common.config.is_some()) && in_data_dir.exists() => {
+            Some(in_data_dir)
+        }
+        None => None,
+    };
+    let given = match given {
+        Some(path) => Some((fieldsync_relay::tls::certificate_fingerprint(&path)?, path)),
+        None => None,
+    };
+    match (store.node_fingerprint()?, given) {
+        (Some(recorded), Some((fp, path))) if recorded != fp => anyhow::bail!(
+            "the certificate {} (fingerprint {fp}) is not the one the relay nodes on this \
+             database serve ({recorded}); a token with it would fail on every node",
+            path.display()
+        ),
+        (Some(recorded), _) => Ok(recorded),
+        (None, Some((fp, _))) => Ok(fp),
+        (None, None) => anyhow::bail!(
+            "no relay node has started on this database yet, so the certificate pin for the \
+             token is unknown: start a relay node first, or pass --cert/--data of a node"
+        ),
+    }
 }
 
 fn list(common: &Common, json: bool) -> anyhow::Result<()> {

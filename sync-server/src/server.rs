@@ -69,7 +69,7 @@ impl Relay {
     /// accepting connections.
     pub async fn start(config: RelayConfig) -> anyhow::Result<Self> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)
+        crate::config::create_data_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let cfg = config.clone();
         let store = tokio::task::spawn_blocking(move || RelayStore::open(&cfg))
@@ -88,6 +88,13 @@ impl Relay {
             .context("loading the certificate")??
         };
         let fingerprint = identity.fingerprint();
+        {
+            // Nodes sharing a database must serve one certificate: tokens carry one pin.
+            let (store, fp) = (store.clone(), fingerprint.clone());
+            tokio::task::spawn_blocking(move || store.claim_fingerprint(&fp))
+                .await
+                .context("checking the certificate against the database")??;
+        }
         let server_config = server_config(&identity, &config)?;
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
@@ -606,8 +613,12 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 pub fn status_report(config: &RelayConfig) -> anyhow::Result<String> {
     let store = RelayStore::open_existing(config)?;
     let s = store.status()?;
-    let fp = tls::existing_fingerprint(&config.data_dir, config.cert.as_deref())
-        .unwrap_or_else(|| "none (no certificate yet)".into());
+    // Nodes sharing a database serve the certificate recorded in it.
+    let fp = match store.node_fingerprint()? {
+        Some(fp) => fp,
+        None => tls::existing_fingerprint(&config.data_dir, config.cert.as_deref())
+            .unwrap_or_else(|| "none (no certificate yet)".into()),
+    };
     Ok(format!(
         "database: {}\nepoch: {}\nhigh seq: {}\ndocs: {}\nchanges: {}\ndevices: {} ({} revoked)\nfingerprint: {}\n",
         store.location(),

@@ -127,8 +127,13 @@ pub fn load_or_create(
 /// Reads only the certificate of the relay (for `status`), without generating anything.
 pub fn existing_fingerprint(data_dir: &Path, cert: Option<&Path>) -> Option<String> {
     let path = cert.map_or_else(|| data_dir.join(CERT_FILE), Path::to_path_buf);
-    let certs = read_certs(&path).ok()?;
-    certs.first().map(|c| fingerprint(c))
+    certificate_fingerprint(&path).ok()
+}
+
+/// The fingerprint of the (end-entity) certificate in the PEM or DER file `path`.
+pub fn certificate_fingerprint(path: &Path) -> Result<String, TlsError> {
+    let certs = read_certs(path)?;
+    Ok(certs.first().map(|c| fingerprint(c)).unwrap_or_default())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

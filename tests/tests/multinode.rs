@@ -29,11 +29,18 @@ fn scratch() -> ScratchDatabase {
     })
 }
 
+/// A relay node on `db`. Nodes sharing a database serve one certificate (the first node records
+/// it there; another is refused): every node here serves the one in `dir/cert`.
 async fn node(dir: &Path, name: &str, db: &ScratchDatabase) -> Relay {
+    let cert = dir.join("cert");
+    std::fs::create_dir_all(&cert).expect("certificate directory");
+    fieldsync_relay::tls::load_or_create(&cert, None, None).expect("certificate");
     Relay::start(RelayConfig {
         data_dir: dir.join(name),
         listen: "127.0.0.1:0".parse().expect("addr"),
         database: Some(db.url().to_string()),
+        cert: Some(cert.join(fieldsync_relay::tls::CERT_FILE)),
+        key: Some(cert.join(fieldsync_relay::tls::KEY_FILE)),
         ..RelayConfig::default()
     })
     .await

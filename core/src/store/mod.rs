@@ -414,8 +414,15 @@ impl Store {
     ///
     /// Refuses, without modifying it, a file that is not SQLite, a SQLite database of another
     /// application, and a replica written by a newer schema version.
+    ///
+    /// The replica and the files SQLite keeps beside it are readable by their owner only
+    /// (`0600`): created so, or tightened with a warning if they were readable by others.
     pub fn open_with(path: impl AsRef<Path>, opts: StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
+        // Private from creation (the WAL and shared-memory files take the database's mode);
+        // an existing replica and its WAL left readable by others are tightened. The
+        // directory is the caller's (it may be a home or a temporary directory).
+        crate::fsmode::prepare_database(&path);
         let mut conn = open_conn(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE

@@ -58,10 +58,15 @@ impl RelayStore {
                 config.database_ca.as_deref(),
                 config.store_options(),
             )?)),
-            None => Ok(Self::Sqlite(SqliteRelayStore::open(
-                config.db_path(),
-                config.store_options(),
-            )?)),
+            None => {
+                // Admin commands open the database too: an older relay's looser data
+                // directory is tightened whichever opens it first.
+                crate::config::protect_data_dir(&config.data_dir);
+                Ok(Self::Sqlite(SqliteRelayStore::open(
+                    config.db_path(),
+                    config.store_options(),
+                )?))
+            }
         }
     }
 
@@ -89,6 +94,26 @@ impl RelayStore {
         match self {
             Self::Sqlite(s) => Some(s.path()),
             Self::Postgres(_) => None,
+        }
+    }
+
+    /// The fingerprint of the certificate the relay nodes sharing a PostgreSQL database serve,
+    /// as the first of them recorded it (`None` before any started, and for the embedded
+    /// backend, whose one relay keeps its certificate in its data directory). Blocks.
+    pub fn node_fingerprint(&self) -> Result<Option<String>, RelayStoreError> {
+        match self {
+            Self::Sqlite(_) => Ok(None),
+            Self::Postgres(s) => s.node_fingerprint(),
+        }
+    }
+
+    /// Records the certificate this relay node serves as the one of all nodes sharing a
+    /// PostgreSQL database, or refuses if they serve another (see
+    /// [`PgRelayStore::claim_fingerprint`]). A no-op for the embedded backend. Blocks.
+    pub fn claim_fingerprint(&self, fingerprint: &str) -> Result<(), RelayStoreError> {
+        match self {
+            Self::Sqlite(_) => Ok(()),
+            Self::Postgres(s) => s.claim_fingerprint(fingerprint),
         }
     }
 

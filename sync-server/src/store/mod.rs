@@ -118,6 +118,19 @@ pub enum RelayStoreError {
     /// The system random generator failed.
     #[error("the system random generator failed")]
     Random,
+    /// This relay node serves another certificate than the nodes sharing its database.
+    #[error(
+        "this relay node's certificate (fingerprint {serving}) is not the one the relay nodes \
+         on this database serve ({recorded}): the nodes must share one certificate, or devices \
+         enrolled through one node refuse the others; give this node the same certificate and \
+         key (cert.der and key.der of a node's data directory, or the same --cert and --key)"
+    )]
+    CertificateMismatch {
+        /// This node's certificate fingerprint.
+        serving: String,
+        /// The fingerprint recorded in the database by the first node.
+        recorded: String,
+    },
 }
 
 /// A PostgreSQL error with its cause (the crate's own message is often just "db error").
@@ -1223,8 +1236,12 @@ impl SqliteRelayStore {
     ///
     /// Refuses, without modifying it, a file that is not SQLite, a SQLite database of another
     /// application (including a client replica) and a database written by a newer relay.
+    ///
+    /// The database and the files SQLite keeps beside it are readable by their owner only
+    /// (`0600`): created so, or tightened with a warning if they were readable by others.
     pub fn open(path: impl AsRef<Path>, opts: RelayStoreOptions) -> Result<Self, RelayStoreError> {
         let path = path.as_ref().to_path_buf();
+        fieldsync_core::fsmode::prepare_database(&path);
         let mut conn = open_conn(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE

@@ -61,6 +61,9 @@ pub const PG_SCHEMA_VERSION: i32 = PG_MIGRATIONS.len() as i32;
 const MIGRATE_LOCK: i64 = 0x4653_524C;
 /// Counter of the log's sequence numbers.
 const LOG_HIGH: &str = "log.high";
+/// The `meta` row holding the SHA-256 (32 bytes) of the certificate every node serves,
+/// recorded by the first node to start: enrolment tokens carry it as their pin.
+const CERT_FINGERPRINT: &str = "cert.fingerprint";
 /// Counter bumped by every change to devices and enrolments.
 const DEVICES_GENERATION: &str = "devices.generation";
 /// Notification channels.
@@ -696,6 +699,60 @@ impl PgRelayStore {
             }
             up
         });
+    }
+
+    /// The fingerprint of the certificate the relay nodes on this database serve, recorded
+    /// by the first node that started ([`PgRelayStore::claim_fingerprint`]); `None` until one
+    /// did.
+    pub fn node_fingerprint(&self) -> Result<Option<String>, RelayStoreError> {
+        self.read(|c| {
+            let row = c.query_opt(
+                "SELECT value FROM meta WHERE key = $1",
+                &[&CERT_FINGERPRINT],
+            )?;
+            let Some(row) = row else { return Ok(None) };
+            let bytes: Vec<u8> = row.try_get(0)?;
+            if bytes.len() != 32 {
+                return Err(RelayStoreError::Corrupt(format!(
+                    "meta {CERT_FINGERPRINT} holds {} bytes, not a SHA-256",
+                    bytes.len()
+                )));
+            }
+            Ok(Some(hex::encode(bytes)))
+        })
+    }
+
+    /// Records `fingerprint` (this node's certificate) as the one the relay nodes on this
+    /// database serve, if no node recorded one yet; refuses with
+    /// [`RelayStoreError::CertificateMismatch`] if another one is recorded: devices pin one
+    /// certificate, whichever node they reach.
+    pub fn claim_fingerprint(&self, fingerprint: &str) -> Result<(), RelayStoreError> {
+        let pin = crate::tls::parse_fingerprint(fingerprint)
+            .map_err(|e| RelayStoreError::Invalid(e.to_string()))?;
+        self.read(|c| {
+            // The first of nodes starting together wins; the others read its row.
+            let added = c.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&CERT_FINGERPRINT, &pin.as_slice()],
+            )?;
+            if added > 0 {
+                tracing::info!(
+                    fingerprint,
+                    "recorded the relay nodes' certificate in the database"
+                );
+            }
+            Ok(())
+        })?;
+        match self.node_fingerprint()? {
+            Some(recorded) if recorded == hex::encode(pin) => Ok(()),
+            Some(recorded) => Err(RelayStoreError::CertificateMismatch {
+                serving: hex::encode(pin),
+                recorded,
+            }),
+            None => Err(RelayStoreError::Corrupt(format!(
+                "meta {CERT_FINGERPRINT} vanished after it was written"
+            ))),
+        }
     }
 
     /// Documents currently loaded in this node's write cache.
