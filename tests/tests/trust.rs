@@ -109,13 +109,19 @@ fn scratch() -> ScratchDatabase {
     })
 }
 
+/// A relay node on `db`; nodes sharing a database serve one certificate (`dir/cert`).
 async fn pg_node(dir: &Path, name: &str, db: &ScratchDatabase) -> Relay {
+    let cert = dir.join("cert");
+    std::fs::create_dir_all(&cert).expect("certificate directory");
+    tls::load_or_create(&cert, None, None).expect("certificate");
     timeout(
         LIMIT,
         Relay::start(RelayConfig {
             data_dir: dir.join(name),
             listen: "127.0.0.1:0".parse().expect("addr"),
             database: Some(db.url().to_string()),
+            cert: Some(cert.join(tls::CERT_FILE)),
+            key: Some(cert.join(tls::KEY_FILE)),
             ..RelayConfig::default()
         }),
     )

@@ -298,11 +298,12 @@ impl Governed {
                 parts.push((field, format!("{key}:{}", render(doc, &g, &key, 0))));
             }
         }
+        // Approvals first: a forged decision is reported as one, not by its log entry.
         let mut claims_out = Vec::new();
-        claims(doc, "governed_log", &mut claims_out);
         if kind == DocKind::Quote {
             claims(doc, "approvals", &mut claims_out);
         }
+        claims(doc, "governed_log", &mut claims_out);
         let mut unknown = Vec::new();
         let mut decision_marks = Vec::new();
         let stage = match typed {

@@ -87,9 +87,14 @@ fn facts_now(doc: &mut AutoCommit, id: DocId) -> Option<Facts> {
     if let Some(f) = facts_memo().as_ref().and_then(|m| m.get(&key).cloned()) {
         return Some(f);
     }
-    model::read_document(&*doc)
-        .ok()
-        .map(|d| Facts::of(doc, &d, None))
+    // Runs automerge's readers: a panic on a damaged document counts as unreadable.
+    crate::store::guard("reading a document's facts", || {
+        model::read_document(&*doc)
+            .ok()
+            .map(|d| Facts::of(doc, &d, None))
+    })
+    .ok()
+    .flatten()
 }
 
 fn remember_facts(id: DocId, heads: Vec<ChangeHash>, facts: Facts) {

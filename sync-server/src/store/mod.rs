@@ -1031,10 +1031,17 @@ impl<D: BatchDb> Batch<'_, D> {
                     false,
                 ));
             }
-            let visible = self
-                .tx
-                .doc_meta(d)?
-                .is_some_and(|(_, scope, _, _)| device.sees(&scope));
+            // The sender's own change: it knows it sent it, so saying "stored" tells it
+            // nothing (and a re-sent change whose answer was lost must not be refused).
+            let own = change
+                .actor_id()
+                .to_bytes()
+                .starts_with(device.device_id.as_bytes());
+            let visible = own
+                || self
+                    .tx
+                    .doc_meta(d)?
+                    .is_some_and(|(_, scope, _, _)| device.sees(&scope));
             if visible {
                 return Ok(Outcome::Stored);
             }

@@ -1333,7 +1333,12 @@ impl World {
                     let deps: Vec<Hash> = decode_change(bytes)
                         .map(|c| c.deps().iter().map(|d| d.0).collect())
                         .unwrap_or_default();
-                    if !deps.iter().any(|d| mine.contains(d)) {
+                    // A change the relay refused "for now" to a document the client was told
+                    // to give up: the relay answers it as to a document it does not have, so
+                    // the client quarantines it rather than wait for ever.
+                    let departed = rejected.iter().any(|r| r.hash == *h && r.retry)
+                        && reason.contains("moved out of this device's scopes");
+                    if !departed && !deps.iter().any(|d| mine.contains(d)) {
                         return Err(format!(
                             "c{i} quarantined {} of {doc} that the relay did not refuse: {reason}",
                             hex(h)
