@@ -364,7 +364,7 @@ impl RelayStorage for RelayStore {
     }
 
     fn record_departures(&mut self, device_id: Uuid, docs: &[DocId]) -> Result<(), StorageError> {
-        Ok(RelayStore::record_departures(self, device_id, docs)?)
+        Ok(Self::record_departures(self, device_id, docs)?)
     }
 
     fn redeem(

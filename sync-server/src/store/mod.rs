@@ -2183,7 +2183,7 @@ impl RelayStorage for SqliteRelayStore {
     }
 
     fn record_departures(&mut self, device_id: Uuid, docs: &[DocId]) -> Result<(), StorageError> {
-        Ok(SqliteRelayStore::record_departures(self, device_id, docs)?)
+        Ok(Self::record_departures(self, device_id, docs)?)
     }
 
     fn redeem(
