@@ -122,6 +122,9 @@ impl Relay {
             metrics: metrics.clone(),
         });
         tokio::spawn(poll_devices(store.clone(), stop.clone()));
+        // Accepting from here on: /healthz says so as soon as `start` returns, not only once
+        // the accept task first runs.
+        shared.metrics.set_accepting(true);
         let task = tokio::spawn(accept_loop(endpoint, shared, stop, config.max_connections));
         info!(
             addr = %local_addr,
@@ -249,7 +252,6 @@ async fn accept_loop(
     max_connections: usize,
 ) {
     let mut conns = JoinSet::new();
-    shared.metrics.set_accepting(true);
     loop {
         tokio::select! {
             () = stopping(&mut stop) => break,
