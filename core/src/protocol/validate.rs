@@ -677,22 +677,6 @@ mod tests {
             }
         }
     }
-}
-
-#[cfg(test)]
-mod authority_tests {
-    use automerge::{ActorId, AutoCommit};
-
-    use super::*;
-    use crate::model::{
-        CustomerEdit, Edit, EditCtx, Money, NewCustomer, apply_edit, create_customer,
-    };
-
-    fn doc_of(device: Uuid) -> AutoCommit {
-        let mut actor = device.as_bytes().to_vec();
-        actor.extend_from_slice(&[3; 8]);
-        AutoCommit::new().with_actor(ActorId::from(actor))
-    }
 
     fn dev(device: Uuid, role: Role) -> DeviceInfo {
         DeviceInfo {
@@ -711,13 +695,7 @@ mod authority_tests {
         sender: &DeviceInfo,
         stored: Option<&str>,
     ) -> Result<Accepted, Refusal> {
-        local.commit();
-        let bytes = local
-            .get_changes(before)
-            .pop()
-            .expect("a change")
-            .raw_bytes()
-            .to_vec();
+        let bytes = last_change(local, before);
         check_change(
             relay,
             id,
@@ -734,7 +712,7 @@ mod authority_tests {
     fn a_director_sets_the_credit_limit_on_a_reps_customer() {
         let (rep, director) = (Uuid::new_v4(), Uuid::new_v4());
         let id = DocId::new();
-        let mut local = doc_of(rep);
+        let mut local = device_doc(rep);
         let new = NewCustomer {
             org: "acme".into(),
             scope: "north".into(),
@@ -747,7 +725,7 @@ mod authority_tests {
         // The director's laptop holds the relay's copy (loaded from its saved bytes).
         let mut dir_doc = AutoCommit::load(&relay.save())
             .expect("load")
-            .with_actor(doc_of(director).get_actor().clone());
+            .with_actor(device_doc(director).get_actor().clone());
         let base = dir_doc.get_heads();
         apply_edit(
             &mut dir_doc,
@@ -769,7 +747,7 @@ mod authority_tests {
         .expect("the director's change is accepted");
         let mut mgr = AutoCommit::load(&relay.save())
             .expect("load")
-            .with_actor(doc_of(Uuid::new_v4()).get_actor().clone());
+            .with_actor(device_doc(Uuid::new_v4()).get_actor().clone());
         let base = mgr.get_heads();
         apply_edit(
             &mut mgr,
