@@ -4,6 +4,7 @@
 //! No tokio and no sockets here: time and randomness come in as arguments, so the whole sync
 //! can run inside a deterministic simulation.
 
+pub mod budget;
 pub mod fsmode;
 pub mod ids;
 pub mod model;

@@ -376,7 +376,8 @@ impl Link {
     }
 
     async fn serve(&mut self, stop: &mut watch::Receiver<bool>) -> End {
-        let mut decoder = FrameDecoder::new();
+        // Until the device authenticates, only a small Hello or Enrol is read.
+        let mut decoder = FrameDecoder::handshake();
         let mut buf = vec![0u8; 64 << 10];
         let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
         loop {
@@ -395,6 +396,9 @@ impl Link {
                             .request_seconds
                             .observe(started.elapsed().as_secs_f64());
                         self.note_login();
+                        if self.logged_in {
+                            decoder.authenticated();
+                        }
                         if let Some(end) = self.send_output(out).await {
                             return end;
                         }

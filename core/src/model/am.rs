@@ -155,8 +155,12 @@ impl MapInit {
 /// A hydrated map.
 pub(crate) type HMap = automerge::hydrate::Map;
 
-/// Hydrates the whole document.
+/// Hydrates the whole document. Automerge's hydration recurses once per nesting level and a
+/// deep enough document overflows the stack (an abort, not a panic), so the nesting is checked
+/// first, without recursion: a document deeper than [`crate::budget::MAX_NESTING`] reads as
+/// malformed, whoever wrote it (a hostile peer, a tampered backup).
 pub(crate) fn hydrate_root<R: ReadDoc>(d: &R) -> Result<HMap, ModelError> {
+    crate::budget::check_nesting(d).map_err(ModelError::Malformed)?;
     match d.hydrate(automerge::ROOT, None)? {
         automerge::hydrate::Value::Map(m) => Ok(m),
         _ => Err(ModelError::Malformed("root is not a map".into())),

@@ -1,5 +1,14 @@
 //! Framing: `u32` big-endian length, one flags byte, then the postcard-encoded [`Message`],
 //! zstd-compressed when large. Every limit is checked before allocating.
+//!
+//! Budgets, each checked before the work it bounds: the frame's length ([`MAX_FRAME`]) before
+//! it is read; the message type (the body's first bytes) before the rest is decompressed; then
+//! the decoded body against its type's own cap ([`body_cap`]: a few KiB for a handshake, a few
+//! MiB for a heads exchange, [`MAX_BODY`] only for uploads and download batches), and the
+//! entries of a heads exchange against [`MAX_HEADS_ENTRIES`]. A peer that has not
+//! authenticated yet may send only small handshake frames ([`FrameDecoder::handshake`]).
+
+use std::io::Read;
 
 use super::messages::Message;
 
@@ -11,6 +20,38 @@ pub const MAX_BODY: usize = 96 << 20;
 pub const COMPRESS_FROM: usize = 1024;
 
 const FLAG_ZSTD: u8 = 1;
+
+/// Largest frame a peer may send before it has authenticated (a `Hello` or an `Enrol`).
+pub const HANDSHAKE_FRAME: usize = 16 << 10;
+/// Largest decoded `Hello` or `Enrol`.
+pub const HANDSHAKE_BODY: usize = 8 << 10;
+/// Most documents one `Heads` or `Missing` message may name (the client sends 2,000 a chunk).
+pub const MAX_HEADS_ENTRIES: usize = 10_000;
+/// Most heads one document may list in a `Heads` or `Missing` entry.
+pub const MAX_HEADS_PER_DOC: usize = 256;
+
+/// The postcard tags of the message variants (their order in [`Message`]).
+const TAG_HELLO: u32 = 0;
+const TAG_ENROL: u32 = 9;
+
+/// The largest decoded body a message of type `tag` may have; `None` for an unknown type.
+pub fn body_cap(tag: u32) -> Option<usize> {
+    Some(match tag {
+        // Hello, Enrol.
+        TAG_HELLO | TAG_ENROL => HANDSHAKE_BODY,
+        // Welcome (scopes), Error (a reason).
+        1 | 2 => 256 << 10,
+        // Upload (changes of up to 4 MiB each), Batch (a download batch).
+        3 | 6 => MAX_BODY,
+        // UploadAck: a hash and a reason per change of an upload.
+        4 => 16 << 20,
+        // Pull: a cursor, one position per scope.
+        5 => 1 << 20,
+        // Heads, Missing: chunks of document ids with their heads.
+        7 | 8 => 4 << 20,
+        _ => return None,
+    })
+}
 
 /// Errors from encoding or decoding frames.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -68,42 +109,128 @@ pub fn check_len(len: u32) -> Result<usize, CodecError> {
 
 /// Decodes one frame body (the bytes after the length prefix).
 pub fn decode(frame: &[u8]) -> Result<Message, CodecError> {
+    decode_limited(frame, false)
+}
+
+/// Reads the varint message tag at the start of a body.
+fn read_tag(r: &mut impl Read) -> Result<(u32, Vec<u8>), CodecError> {
+    let mut seen = Vec::with_capacity(5);
+    let mut tag: u32 = 0;
+    for i in 0..5 {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b)
+            .map_err(|e| CodecError::Decode(format!("no message type: {e}")))?;
+        seen.push(b[0]);
+        tag |= u32::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            return Ok((tag, seen));
+        }
+    }
+    Err(CodecError::Decode("message type too long".into()))
+}
+
+/// Decodes one frame body; `handshake_only` refuses every message but `Hello` and `Enrol`
+/// before decompressing or decoding the rest of it.
+fn decode_limited(frame: &[u8], handshake_only: bool) -> Result<Message, CodecError> {
     let Some((&flags, payload)) = frame.split_first() else {
         return Err(CodecError::Malformed("empty frame".into()));
     };
     if frame.len() > MAX_FRAME {
         return Err(CodecError::TooLarge(frame.len()));
     }
+    let cap_for = |tag: u32| -> Result<usize, CodecError> {
+        if handshake_only && tag != TAG_HELLO && tag != TAG_ENROL {
+            return Err(CodecError::Malformed(
+                "only Hello or Enrol before the handshake".into(),
+            ));
+        }
+        body_cap(tag).ok_or_else(|| CodecError::Decode(format!("unknown message type {tag}")))
+    };
     let body;
     let bytes: &[u8] = match flags {
-        0 => payload,
+        0 => {
+            let (tag, _) = read_tag(&mut &payload[..])?;
+            let cap = cap_for(tag)?;
+            if payload.len() > cap {
+                return Err(CodecError::TooLarge(payload.len()));
+            }
+            payload
+        }
         FLAG_ZSTD => {
             // Refuse before decompressing when the declared content size is over the limit,
-            // and cap the output buffer either way: a small frame cannot expand into gigabytes.
+            // then learn the message type from the first bytes and decompress the rest only
+            // up to that type's cap: a small frame cannot expand into gigabytes, nor a
+            // handshake into megabytes.
             if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(payload)
                 && n > MAX_BODY as u64
             {
                 return Err(CodecError::TooLarge(n as usize));
             }
-            body = zstd::bulk::decompress(payload, MAX_BODY)
+            let mut z = zstd::stream::read::Decoder::new(payload)
                 .map_err(|e| CodecError::Decompress(e.to_string()))?;
+            let (tag, mut out) = read_tag(&mut z)?;
+            let cap = cap_for(tag)?;
+            (&mut z)
+                .take((cap - out.len()) as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| CodecError::Decompress(e.to_string()))?;
+            if out.len() > cap {
+                return Err(CodecError::TooLarge(out.len()));
+            }
+            body = out;
             &body
         }
         f => return Err(CodecError::Malformed(format!("unknown flags {f:#x}"))),
     };
-    postcard::from_bytes(bytes).map_err(|e| CodecError::Decode(e.to_string()))
+    let msg: Message =
+        postcard::from_bytes(bytes).map_err(|e| CodecError::Decode(e.to_string()))?;
+    check_entries(&msg)?;
+    Ok(msg)
+}
+
+/// Entry caps that the byte caps alone leave loose.
+fn check_entries(msg: &Message) -> Result<(), CodecError> {
+    if let Message::Heads { docs, .. } | Message::Missing { docs, .. } = msg {
+        if docs.len() > MAX_HEADS_ENTRIES {
+            return Err(CodecError::TooLarge(docs.len()));
+        }
+        if docs.iter().any(|(_, h)| h.len() > MAX_HEADS_PER_DOC) {
+            return Err(CodecError::Malformed(format!(
+                "a document with more than {MAX_HEADS_PER_DOC} heads"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A sans-IO frame reassembler: push bytes as they arrive, pop whole messages.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Only small `Hello`/`Enrol` frames are read (a peer that has not authenticated yet).
+    handshake: bool,
 }
 
 impl FrameDecoder {
     /// A decoder with an empty buffer.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder for a peer that has not authenticated: only `Hello` and `Enrol` frames of at
+    /// most [`HANDSHAKE_FRAME`] bytes are read; anything else is an error before it is
+    /// decompressed or decoded. Call [`FrameDecoder::authenticated`] once the handshake
+    /// succeeded.
+    pub fn handshake() -> Self {
+        Self {
+            buf: Vec::new(),
+            handshake: true,
+        }
+    }
+
+    /// Lifts the handshake limits: the peer authenticated.
+    pub fn authenticated(&mut self) {
+        self.handshake = false;
     }
 
     /// Appends received bytes.
@@ -123,10 +250,13 @@ impl FrameDecoder {
             self.buf[2],
             self.buf[3],
         ]))?;
+        if self.handshake && len > HANDSHAKE_FRAME {
+            return Err(CodecError::TooLarge(len));
+        }
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
-        let msg = decode(&self.buf[4..4 + len]);
+        let msg = decode_limited(&self.buf[4..4 + len], self.handshake);
         self.buf.drain(..4 + len);
         msg.map(Some)
     }
@@ -134,5 +264,84 @@ impl FrameDecoder {
     /// Bytes buffered but not yet decoded.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::ids::DocId;
+    use crate::protocol::messages::MAGIC;
+
+    fn framed(msg: &Message) -> Vec<u8> {
+        encode(msg).expect("encode")
+    }
+
+    fn heads(n: usize) -> Message {
+        Message::Heads {
+            docs: (0..n)
+                .map(|i| (DocId(Uuid::from_u128(i as u128)), vec![[7; 32]]))
+                .collect(),
+            done: true,
+        }
+    }
+
+    /// Before the handshake only a small Hello or Enrol is read; a compressed frame of another
+    /// type is refused from its first bytes, before the rest is decompressed.
+    #[test]
+    fn only_a_small_handshake_is_read_before_authentication() {
+        let hello = Message::Hello {
+            magic: MAGIC,
+            version: 2,
+            device_id: Uuid::nil(),
+            credential: Some("x".repeat(64)),
+            agent: "test".into(),
+        };
+        let mut d = FrameDecoder::handshake();
+        d.push(&framed(&hello));
+        assert_eq!(d.next_message().expect("hello"), Some(hello));
+        // 2,000 heads compress into a few KiB but are not a handshake.
+        let bomb = framed(&heads(2_000));
+        assert!(bomb.len() < HANDSHAKE_FRAME, "{}", bomb.len());
+        let mut d = FrameDecoder::handshake();
+        d.push(&bomb);
+        assert!(matches!(d.next_message(), Err(CodecError::Malformed(_))));
+        // A large frame is refused from its length prefix alone.
+        let mut d = FrameDecoder::handshake();
+        d.push(&((HANDSHAKE_FRAME as u32 + 1).to_be_bytes()));
+        assert!(matches!(d.next_message(), Err(CodecError::TooLarge(_))));
+        // Once authenticated, the same heads are read.
+        let mut d = FrameDecoder::handshake();
+        d.authenticated();
+        d.push(&bomb);
+        assert!(matches!(d.next_message(), Ok(Some(Message::Heads { .. }))));
+    }
+
+    /// Each message type has its own cap on the decoded body and on its entries: a small
+    /// compressed frame cannot expand into millions of heads.
+    #[test]
+    fn each_message_type_has_its_own_budget() {
+        let over = framed(&heads(MAX_HEADS_ENTRIES + 1));
+        assert!(over.len() < 64 << 10, "compresses well: {}", over.len());
+        assert!(decode(&over[4..]).is_err());
+        let many = framed(&heads(200_000));
+        assert!(matches!(decode(&many[4..]), Err(CodecError::TooLarge(_))));
+        assert!(decode(&framed(&heads(MAX_HEADS_ENTRIES))[4..]).is_ok());
+        // A Hello padded to 64 KiB of agent text is over its cap, compressed or not.
+        let fat = Message::Hello {
+            magic: MAGIC,
+            version: 2,
+            device_id: Uuid::nil(),
+            credential: None,
+            agent: "a".repeat(64 << 10),
+        };
+        assert!(matches!(
+            decode(&framed(&fat)[4..]),
+            Err(CodecError::TooLarge(_))
+        ));
+        // An unknown message type is refused before its body is read.
+        assert!(decode(&[0, 77, 1, 2, 3]).is_err());
     }
 }

@@ -444,60 +444,11 @@ fn judge(
     Ok((scope_after, moved_from, after))
 }
 
-/// Deepest object nesting a document may have. The document model nests a few levels
-/// (`contacts/<id>/…`); automerge's recursive readers overflow a 2 MiB stack — an abort, not a
-/// panic — somewhere around 10,000 levels.
-pub const MAX_NESTING: usize = 64;
+pub use crate::budget::MAX_NESTING;
 
-/// The deepest object nesting of a document, over every current value including the losing
-/// sides of conflicts; refuses one deeper than [`MAX_NESTING`], walking it with an explicit
-/// stack.
+/// The deepest object nesting of a document (see [`crate::budget::check_nesting`]).
 fn check_depth(doc: &AutoCommit) -> Result<usize, String> {
-    use automerge::{ObjId, ObjType, Prop, ROOT, ReadDoc, Value, ValueRef};
-    let mut stack = vec![(ROOT, ObjType::Map, 0usize)];
-    let mut deepest = 0;
-    while let Some((obj, kind, depth)) = stack.pop() {
-        deepest = deepest.max(depth);
-        // The winning value of each key or index, and all values where several conflict.
-        let mut children: Vec<(ObjId, ObjType)> = Vec::new();
-        let mut conflicted: Vec<Prop> = Vec::new();
-        match kind {
-            ObjType::Map | ObjType::Table => {
-                for item in doc.map_range(&obj, ..) {
-                    if item.conflict {
-                        conflicted.push(Prop::Map(item.key.to_string()));
-                    } else if let ValueRef::Object(kind) = item.value {
-                        children.push((item.id(), kind));
-                    }
-                }
-            }
-            ObjType::List => {
-                for item in doc.list_range(&obj, ..) {
-                    if item.conflict {
-                        conflicted.push(Prop::Seq(item.index));
-                    } else if let ValueRef::Object(kind) = item.value {
-                        children.push((item.id(), kind));
-                    }
-                }
-            }
-            // Text holds characters and marks, no objects.
-            ObjType::Text => continue,
-        }
-        for prop in conflicted {
-            for (value, id) in doc.get_all(&obj, prop).map_err(|e| e.to_string())? {
-                if let Value::Object(kind) = value {
-                    children.push((id, kind));
-                }
-            }
-        }
-        if !children.is_empty() && depth + 1 > MAX_NESTING {
-            return Err(format!(
-                "document nests objects deeper than {MAX_NESTING} levels"
-            ));
-        }
-        stack.extend(children.into_iter().map(|(id, kind)| (id, kind, depth + 1)));
-    }
-    Ok(deepest)
+    crate::budget::check_nesting(doc)
 }
 
 /// A document's heads as wire hashes.

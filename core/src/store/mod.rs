@@ -80,6 +80,9 @@ pub enum StoreError {
     /// A query passed to the read-only SQL interface tried to write or was malformed.
     #[error("query refused: {0}")]
     Query(String),
+    /// A change or document is over one of its budgets (`crate::budget`).
+    #[error("over budget: {0}")]
+    Budget(String),
 }
 
 impl StoreError {
@@ -284,8 +287,10 @@ pub fn decode_change(bytes: &[u8]) -> Result<Change, StoreError> {
             "compressed change chunks are not accepted".into(),
         ));
     }
-    guard("decoding a change", || Change::from_bytes(bytes.to_vec()))?
-        .map_err(|e| StoreError::InvalidData(e.to_string()))
+    let change = guard("decoding a change", || Change::from_bytes(bytes.to_vec()))?
+        .map_err(|e| StoreError::InvalidData(e.to_string()))?;
+    crate::budget::check_change(&change, bytes.len()).map_err(StoreError::Budget)?;
+    Ok(change)
 }
 
 /// Loads a document snapshot from outside, with a size limit and without panicking.
@@ -573,7 +578,7 @@ impl Store {
     /// Reads a typed document.
     pub fn document(&mut self, id: DocId) -> Result<Document, StoreError> {
         let doc = load_cached(&self.conn, &mut self.cache, &self.actor, id)?;
-        Ok(model::read_document(doc)?)
+        Ok(guard("reading a document", || model::read_document(doc))??)
     }
 
     /// Whether the replica holds a document.
@@ -940,14 +945,20 @@ fn project(
     fresh: bool,
     may_conflict: bool,
 ) -> Result<Option<Document>, StoreError> {
-    let read = model::read_document(doc).map(|d| {
-        let conflicts = if may_conflict {
-            model::conflicts(doc)
-        } else {
-            Vec::new()
-        };
-        (d, conflicts)
-    });
+    // Downloaded content nobody on this laptop validated: a panic in automerge's readers makes
+    // the document unreadable here (stored, not projected, reported by `verify`), never a
+    // crash of the sync.
+    let read = guard("reading a document", || {
+        model::read_document(doc).map(|d| {
+            let conflicts = if may_conflict {
+                model::conflicts(doc)
+            } else {
+                Vec::new()
+            };
+            (d, conflicts)
+        })
+    })
+    .unwrap_or_else(|e| Err(ModelError::Malformed(e.to_string())));
     project_read(conn, read, fresh)
 }
 
@@ -1204,6 +1215,7 @@ impl StoreTx<'_> {
             )?;
             let changes = doc.get_changes(&[]);
             for c in &changes {
+                crate::budget::check_change(c, c.raw_bytes().len()).map_err(StoreError::Budget)?;
                 ins.execute(params![id.as_bytes(), c.hash().0, c.raw_bytes(), now])?;
                 hashes.push(c.hash());
             }
@@ -1257,6 +1269,17 @@ impl StoreTx<'_> {
         doc.commit();
         let (new, hashes) = {
             let changes = doc.get_changes(&before);
+            // The relay would refuse a change over budget: it does not commit here either
+            // (the transaction rolls back and the cached document is dropped).
+            for c in &changes {
+                crate::budget::check_change(c, c.raw_bytes().len()).map_err(StoreError::Budget)?;
+                if c.raw_bytes().len() > MAX_CHANGE_BYTES {
+                    return Err(StoreError::Budget(format!(
+                        "change of {} bytes, over the budget of {MAX_CHANGE_BYTES}",
+                        c.raw_bytes().len()
+                    )));
+                }
+            }
             let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
             let raw: Vec<Vec<u8>> = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
             (raw, hashes)
@@ -1731,7 +1754,7 @@ impl StoreTx<'_> {
     /// Reads a typed document inside this transaction.
     pub fn document(&mut self, id: DocId) -> Result<Document, StoreError> {
         let doc = load_cached(&self.tx, self.cache, self.actor, id)?;
-        Ok(model::read_document(doc)?)
+        Ok(guard("reading a document", || model::read_document(doc))??)
     }
 
     /// The Automerge document, loaded inside this transaction.

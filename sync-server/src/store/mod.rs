@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use automerge::AutoCommit;
 use automerge::ChangeHash;
+use fieldsync_core::budget::MAX_DOC_BYTES;
 use fieldsync_core::ids::now_millis;
 use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
 use fieldsync_core::protocol::messages::{Hash, Rejection};
@@ -589,6 +590,8 @@ struct DocRow<'a> {
     snapshot: &'a [u8],
     heads: &'a [u8],
     updated_seq: i64,
+    /// The raw size of every change the document holds.
+    raw_bytes: usize,
 }
 
 /// `(kind, scope, customer_id, updated_seq)` of a stored document.
@@ -603,6 +606,8 @@ trait BatchDb {
     fn doc_meta(&self, id: DocId) -> Result<Option<DocMeta>, RelayStoreError>;
     /// A stored document's snapshot.
     fn doc_snapshot(&self, id: DocId) -> Result<Vec<u8>, RelayStoreError>;
+    /// The raw size of the changes a stored document holds (`docs.raw_bytes`).
+    fn doc_bytes(&self, id: DocId) -> Result<usize, RelayStoreError>;
     /// Inserts or replaces a document.
     fn upsert_doc(&self, row: &DocRow<'_>) -> Result<(), RelayStoreError>;
     /// Appends a log entry and returns its sequence number.
@@ -676,13 +681,22 @@ impl BatchDb for Transaction<'_> {
             .query_row([id.as_bytes()], |r| r.get(0))?)
     }
 
+    fn doc_bytes(&self, id: DocId) -> Result<usize, RelayStoreError> {
+        let n: i64 = self
+            .prepare_cached("SELECT raw_bytes FROM docs WHERE doc_id = ?1")?
+            .query_row([id.as_bytes()], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     fn upsert_doc(&self, row: &DocRow<'_>) -> Result<(), RelayStoreError> {
         self.prepare_cached(
-            "INSERT INTO docs (doc_id, kind, scope, customer_id, snapshot, heads, updated_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO docs (doc_id, kind, scope, customer_id, snapshot, heads, updated_seq,
+               raw_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (doc_id) DO UPDATE SET kind = excluded.kind, scope = excluded.scope,
                customer_id = excluded.customer_id, snapshot = excluded.snapshot,
-               heads = excluded.heads, updated_seq = excluded.updated_seq",
+               heads = excluded.heads, updated_seq = excluded.updated_seq,
+               raw_bytes = excluded.raw_bytes",
         )?
         .execute(params![
             row.doc_id.as_bytes(),
@@ -692,6 +706,7 @@ impl BatchDb for Transaction<'_> {
             row.snapshot,
             row.heads,
             row.updated_seq,
+            i64::try_from(row.raw_bytes).unwrap_or(i64::MAX),
         ])?;
         Ok(())
     }
@@ -833,6 +848,17 @@ struct Work {
     updated_seq: i64,
     /// Changes accepted into `doc` since it was last written to `docs` (none: clean).
     unsaved: Vec<Vec<u8>>,
+    /// The raw size of the changes the document held when last written to `docs`.
+    stored_bytes: usize,
+}
+
+impl Work {
+    /// The raw size of every change the document holds now (its stored measure plus the
+    /// changes accepted since): an upper bound of what loading it costs, whatever its snapshot
+    /// compresses to.
+    fn size(&self) -> usize {
+        self.stored_bytes + self.unsaved.iter().map(Vec::len).sum::<usize>()
+    }
 }
 
 /// State of one upload batch inside its transaction.
@@ -860,6 +886,7 @@ impl<D: BatchDb> Batch<'_, D> {
                 customer_id: None,
                 updated_seq: 0,
                 unsaved: Vec::new(),
+                stored_bytes: 0,
             });
         };
         // A cached copy is used only if no other writer (another relay node sharing the
@@ -879,6 +906,7 @@ impl<D: BatchDb> Batch<'_, D> {
             customer_id: customer.as_deref().map(doc_id).transpose()?,
             updated_seq,
             unsaved: Vec::new(),
+            stored_bytes: self.tx.doc_bytes(id)?,
         })
     }
 
@@ -895,7 +923,9 @@ impl<D: BatchDb> Batch<'_, D> {
                 snapshot: &snapshot,
                 heads: &heads,
                 updated_seq: w.updated_seq,
+                raw_bytes: w.size(),
             })?;
+            w.stored_bytes = w.size();
             w.unsaved.clear();
         }
         Ok(())
@@ -1048,6 +1078,21 @@ impl<D: BatchDb> Batch<'_, D> {
         }
         let mut work = self.take(c.doc_id)?;
         let new_doc = work.scope.is_none();
+        // The document's size budget, checked before the change is applied (only for a
+        // document the sender sees: another one is answered as one the relay lacks).
+        if work.scope.as_deref().is_none_or(|s| device.sees(s))
+            && work.size() + c.bytes.len() > MAX_DOC_BYTES
+        {
+            let size = work.size();
+            self.work.insert(c.doc_id, work);
+            return Ok(refuse(
+                hash,
+                format!(
+                    "over budget: the document would grow past {MAX_DOC_BYTES} bytes (it holds about {size})"
+                ),
+                false,
+            ));
+        }
         let failure: RefCell<Option<RelayStoreError>> = RefCell::new(None);
         let result = {
             let tx = self.tx;

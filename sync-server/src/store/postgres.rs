@@ -171,6 +171,10 @@ CREATE TABLE departures_served (
     PRIMARY KEY (device, doc_id)
 );
 "#,
+    r#"
+ALTER TABLE docs ADD COLUMN raw_bytes BIGINT NOT NULL DEFAULT 0;
+UPDATE docs SET raw_bytes = octet_length(snapshot);
+"#,
 ];
 
 /// A database URL without its password, for logs and `status`.
@@ -416,6 +420,17 @@ impl BatchDb for PgBatch<'_> {
         .transpose()
     }
 
+    fn doc_bytes(&self, id: DocId) -> Result<usize, RelayStoreError> {
+        let n: i64 = self
+            .q_opt(
+                "SELECT raw_bytes FROM docs WHERE doc_id = $1",
+                &[&id.as_bytes().as_slice()],
+            )?
+            .ok_or_else(|| RelayStoreError::Corrupt(format!("document {id} vanished")))?
+            .try_get(0)?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     fn doc_snapshot(&self, id: DocId) -> Result<Vec<u8>, RelayStoreError> {
         let r = self
             .q_opt(
@@ -429,11 +444,13 @@ impl BatchDb for PgBatch<'_> {
     fn upsert_doc(&self, row: &DocRow<'_>) -> Result<(), RelayStoreError> {
         let customer = row.customer_id.map(|c| c.as_bytes().to_vec());
         self.exec(
-            "INSERT INTO docs (doc_id, kind, scope, customer_id, snapshot, heads, updated_seq)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO docs (doc_id, kind, scope, customer_id, snapshot, heads, updated_seq,
+               raw_bytes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (doc_id) DO UPDATE SET kind = excluded.kind, scope = excluded.scope,
                customer_id = excluded.customer_id, snapshot = excluded.snapshot,
-               heads = excluded.heads, updated_seq = excluded.updated_seq",
+               heads = excluded.heads, updated_seq = excluded.updated_seq,
+               raw_bytes = excluded.raw_bytes",
             &[
                 &row.doc_id.as_bytes().as_slice(),
                 &row.kind,
@@ -442,6 +459,7 @@ impl BatchDb for PgBatch<'_> {
                 &row.snapshot,
                 &row.heads,
                 &row.updated_seq,
+                &i64::try_from(row.raw_bytes).unwrap_or(i64::MAX),
             ],
         )?;
         Ok(())

@@ -128,6 +128,12 @@ CREATE TABLE departures_served (
     PRIMARY KEY (device, doc_id)
 ) WITHOUT ROWID;
 "#,
+    // 3: the raw size of every change a document holds, its size budget's measure (its
+    // snapshot is compressed, and a compressible document loads far larger than it is stored).
+    r#"
+ALTER TABLE docs ADD COLUMN raw_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE docs SET raw_bytes = length(snapshot);
+"#,
 ];
 
 /// The schema version this build creates and migrates to.

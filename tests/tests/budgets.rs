@@ -1,0 +1,487 @@
+//! Budgets against hostile peers, over real QUIC on 127.0.0.1: what a few kilobytes from one
+//! device (or from a peer that never authenticates, or from a tampered relay) may cost.
+//!
+//! - a change of a few hundred bytes holding hundreds of thousands of operations is refused
+//!   from its header, before it is applied, by the relay and by a downloading laptop;
+//! - small compressed frames that would decode into millions of entries are refused before
+//!   they are decompressed (before authentication only a small `Hello` or `Enrol` is read) or
+//!   from their type's cap, and the relay's peak memory stays bounded (read from `/proc`);
+//! - a laptop served a 10,000-deep snapshot (a tampered relay database) skips that document,
+//!   reports it, keeps the rest of the batch and keeps syncing — no stack overflow.
+
+use std::path::Path;
+use std::time::Duration;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ObjType, ROOT, ScalarValue};
+use fieldsync_client::sync::{SyncConfig, sync_now};
+use fieldsync_client::{Client, NewCustomer};
+use fieldsync_core::model::{EditCtx, NewCustomer as ModelNewCustomer, create_customer};
+use fieldsync_core::protocol::codec::{self, FrameDecoder};
+use fieldsync_core::protocol::messages::MAGIC;
+use fieldsync_core::protocol::{ErrorCode, Message, PROTOCOL_VERSION, UploadChange};
+use fieldsync_core::{DocId, Role};
+use fieldsync_relay::{Relay, RelayConfig};
+use uuid::Uuid;
+
+async fn open_relay(dir: &Path) -> Relay {
+    Relay::start(RelayConfig {
+        data_dir: dir.join("relay"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        open_enrollment: true,
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay")
+}
+
+fn config(relay: &Relay) -> SyncConfig {
+    let mut cfg = SyncConfig::new(
+        relay.local_addr().to_string(),
+        relay.fingerprint().to_string(),
+    );
+    cfg.connect_timeout = Duration::from_secs(5);
+    cfg.response_timeout = Duration::from_secs(20);
+    cfg
+}
+
+struct Raw {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    _endpoint: quinn::Endpoint,
+}
+
+impl Raw {
+    async fn open(relay: &Relay) -> Self {
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        endpoint.set_default_client_config(
+            fieldsync_relay::tls::client_config(relay.fingerprint()).expect("client config"),
+        );
+        let conn = endpoint
+            .connect(relay.local_addr(), fieldsync_relay::tls::SERVER_NAME)
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (send, recv) = conn.open_bi().await.expect("stream");
+        Self {
+            send,
+            recv,
+            _endpoint: endpoint,
+        }
+    }
+
+    async fn send(&mut self, msg: &Message) {
+        let frame = codec::encode(msg).expect("encode");
+        // The relay may already have closed: a failed write is an answer too.
+        let _ = self.send.write_all(&frame).await;
+    }
+
+    async fn hello(&mut self, device_id: Uuid) -> Message {
+        self.send(&Message::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            device_id,
+            credential: None,
+            agent: "hostile".into(),
+        })
+        .await;
+        self.next().await.expect("an answer to Hello")
+    }
+
+    /// The next message, or `None` once the relay closed the stream.
+    async fn next(&mut self) -> Option<Message> {
+        let mut dec = FrameDecoder::new();
+        dec.authenticated();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            if let Ok(Some(m)) = dec.next_message() {
+                return Some(m);
+            }
+            match tokio::time::timeout(Duration::from_secs(20), self.recv.read(&mut buf)).await {
+                Ok(Ok(Some(n))) => dec.push(&buf[..n]),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Peak resident memory of this process (the relay runs in it), in MiB.
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// A `Heads` of `n` equal entries: a few KiB compressed, tens of MiB decoded.
+fn heads_bomb(n: usize) -> Message {
+    Message::Heads {
+        docs: vec![(DocId(Uuid::nil()), vec![[7; 32]]); n],
+        done: true,
+    }
+}
+
+/// A customer written by `device` and its creating change, and a change on top of it that
+/// inserts `ops` equal values into a new list: run-length encoded into a few hundred bytes.
+fn op_bomb(device: Uuid, ops: usize) -> (DocId, Vec<u8>, Vec<u8>) {
+    let mut actor = device.as_bytes().to_vec();
+    actor.extend_from_slice(&[1; 8]);
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(actor));
+    let id = DocId::new();
+    let new = ModelNewCustomer {
+        org: "acme".into(),
+        scope: "north".into(),
+        name: "Bomb Co".into(),
+        ..Default::default()
+    };
+    create_customer(&mut doc, id, &new, &EditCtx::new("hostile", Role::Rep)).expect("create");
+    doc.commit();
+    let create = doc
+        .get_changes(&[])
+        .pop()
+        .expect("change")
+        .raw_bytes()
+        .to_vec();
+    let heads = doc.get_heads();
+    let list = doc.put_object(ROOT, "bomb", ObjType::List).expect("list");
+    doc.splice(&list, 0, 0, std::iter::repeat_n(ScalarValue::Null, ops))
+        .expect("splice");
+    doc.commit();
+    let bomb = doc
+        .get_changes(&heads)
+        .pop()
+        .expect("change")
+        .raw_bytes()
+        .to_vec();
+    (id, create, bomb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_packing_many_operations_into_few_bytes_is_refused_from_its_header() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = open_relay(dir.path()).await;
+    let device = Uuid::now_v7();
+    let (id, create, bomb) = op_bomb(device, 300_000);
+    assert!(bomb.len() < 2_000, "a small change: {} bytes", bomb.len());
+    let mut raw = Raw::open(&relay).await;
+    assert!(matches!(raw.hello(device).await, Message::Welcome { .. }));
+    let started = std::time::Instant::now();
+    raw.send(&Message::Upload {
+        batch: 1,
+        changes: vec![
+            UploadChange {
+                doc_id: id,
+                bytes: create,
+            },
+            UploadChange {
+                doc_id: id,
+                bytes: bomb,
+            },
+        ],
+    })
+    .await;
+    let Some(Message::UploadAck {
+        accepted, rejected, ..
+    }) = raw.next().await
+    else {
+        panic!("an ack");
+    };
+    eprintln!(
+        "answered in {:?}: {:?}",
+        started.elapsed(),
+        rejected.iter().map(|r| &r.reason).collect::<Vec<_>>()
+    );
+    assert_eq!(accepted.len(), 1, "the customer itself is stored");
+    assert_eq!(rejected.len(), 1);
+    assert!(!rejected[0].retry);
+    assert!(rejected[0].reason.contains("over budget"), "{rejected:?}");
+
+    // A laptop never applies one either: a downloaded change over budget fails that item.
+    let laptop = Client::open(dir.path().join("laptop.db")).expect("replica");
+    let (id2, create2, bomb2) = op_bomb(laptop.device_id(), 300_000);
+    let err = laptop
+        .with_store(|s| {
+            s.transaction(|tx| tx.apply_changes(id2, &[create2.clone(), bomb2.clone()]))
+        })
+        .expect_err("refused");
+    assert!(err.to_string().contains("over budget"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_frames_that_decode_into_millions_of_entries_cost_the_relay_little() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = open_relay(dir.path()).await;
+    let bomb = codec::encode(&heads_bomb(1_500_000)).expect("encode");
+    assert!(bomb.len() < 64 << 10, "a small frame: {} bytes", bomb.len());
+    let before = peak_rss_mib();
+    // 96 connections that never authenticate, 8 at a time, each sending the bomb instead of
+    // a Hello.
+    for _ in 0..12 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (addr, pin, bomb) = (
+                relay.local_addr(),
+                relay.fingerprint().to_string(),
+                bomb.clone(),
+            );
+            tasks.spawn(async move {
+                let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr"))
+                    .expect("endpoint");
+                endpoint.set_default_client_config(
+                    fieldsync_relay::tls::client_config(&pin).expect("client config"),
+                );
+                let conn = endpoint
+                    .connect(addr, fieldsync_relay::tls::SERVER_NAME)
+                    .expect("connect")
+                    .await
+                    .expect("handshake");
+                let (send, recv) = conn.open_bi().await.expect("stream");
+                let mut raw = Raw {
+                    send,
+                    recv,
+                    _endpoint: endpoint,
+                };
+                let _ = raw.send.write_all(&bomb).await;
+                raw.next().await
+            });
+        }
+        while let Some(answer) = tasks.join_next().await {
+            match answer.expect("task") {
+                Some(Message::Error { code, .. }) => assert_eq!(code, ErrorCode::BadFrame),
+                other => assert!(other.is_none(), "{other:?}"),
+            }
+        }
+    }
+    // And an authenticated device sending it after its Hello.
+    let mut raw = Raw::open(&relay).await;
+    assert!(matches!(
+        raw.hello(Uuid::now_v7()).await,
+        Message::Welcome { .. }
+    ));
+    for _ in 0..20 {
+        let _ = raw.send.write_all(&bomb).await;
+    }
+    match raw.next().await {
+        Some(Message::Error { code, .. }) => assert_eq!(code, ErrorCode::BadFrame),
+        other => panic!("{other:?}"),
+    }
+    let grew = peak_rss_mib().saturating_sub(before);
+    eprintln!("peak RSS grew by {grew} MiB");
+    // Decoded in full, each frame costs well over 100 MiB (eight at once, the better part of
+    // a GiB); a generous bound.
+    assert!(grew < 150, "peak RSS grew by {grew} MiB");
+    // The relay still serves an honest laptop.
+    let laptop = Client::open(dir.path().join("laptop.db")).expect("replica");
+    laptop
+        .customers()
+        .create(NewCustomer {
+            scope: "north".into(),
+            name: "Honest Co".into(),
+            ..Default::default()
+        })
+        .expect("create");
+    let report = sync_now(&laptop, &config(&relay)).await.expect("syncs");
+    assert_eq!(report.changes_acked, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_laptop_skips_a_ten_thousand_deep_snapshot_and_keeps_syncing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = open_relay(dir.path()).await;
+    let writer = Client::open(dir.path().join("writer.db")).expect("replica");
+    for i in 0..5 {
+        writer
+            .customers()
+            .create(NewCustomer {
+                scope: "north".into(),
+                name: format!("Good {i}"),
+                ..Default::default()
+            })
+            .expect("create");
+    }
+    sync_now(&writer, &config(&relay)).await.expect("upload");
+    // A tampered relay database: a customer nesting 10,000 maps, filed in the scope.
+    let mut deep = AutoCommit::new();
+    let id = DocId::new();
+    let new = ModelNewCustomer {
+        org: "acme".into(),
+        scope: "north".into(),
+        name: "Deep Co".into(),
+        ..Default::default()
+    };
+    create_customer(&mut deep, id, &new, &EditCtx::new("x", Role::Admin)).expect("create");
+    let mut obj = deep.put_object(ROOT, "deep", ObjType::Map).expect("map");
+    for _ in 0..10_000 {
+        obj = deep.put_object(&obj, "n", ObjType::Map).expect("map");
+    }
+    deep.commit();
+    let snapshot = deep.save();
+    let heads: Vec<u8> = deep.get_heads().iter().flat_map(|h| h.0).collect();
+    let db = rusqlite::Connection::open(dir.path().join("relay").join("relay.db")).expect("db");
+    db.busy_timeout(Duration::from_secs(5)).expect("timeout");
+    db.execute(
+        "INSERT INTO docs (doc_id, kind, scope, customer_id, snapshot, heads, updated_seq)
+         VALUES (?1, 1, 'north', NULL, ?2, ?3, 0)",
+        rusqlite::params![id.as_bytes().to_vec(), snapshot, heads],
+    )
+    .expect("tamper");
+    drop(db);
+
+    let laptop = Client::open(dir.path().join("laptop.db")).expect("replica");
+    // On a small stack, as a sync thread would have: reading the deep document recursively
+    // would overflow it (an abort, not a panic).
+    let report = sync_now(&laptop, &config(&relay))
+        .await
+        .expect("the sync goes on");
+    eprintln!("{report:?}");
+    assert!(report.items_failed >= 1, "the deep document is reported");
+    let names: Vec<String> = laptop
+        .customers()
+        .list(&fieldsync_client::CustomerFilter::new())
+        .expect("list")
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names.len(), 5, "the rest of the batch arrived: {names:?}");
+    assert!(
+        laptop.document(id).is_err(),
+        "the deep document is not read"
+    );
+    // And the next sync works too.
+    sync_now(&laptop, &config(&relay))
+        .await
+        .expect("syncs again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_cannot_grow_past_its_budget_in_large_or_small_steps() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = open_relay(dir.path()).await;
+    let device = Uuid::now_v7();
+    let mut actor = device.as_bytes().to_vec();
+    actor.extend_from_slice(&[1; 8]);
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(actor));
+    let id = DocId::new();
+    let new = ModelNewCustomer {
+        org: "acme".into(),
+        scope: "north".into(),
+        name: "Growing Co".into(),
+        ..Default::default()
+    };
+    create_customer(&mut doc, id, &new, &EditCtx::new("hostile", Role::Rep)).expect("create");
+    doc.commit();
+    let mut pending = doc.get_changes(&[]);
+    // Each note: 3 MiB of text that compresses to nothing in a snapshot (the budget counts
+    // what loading it costs, not what it is stored as).
+    let note = |doc: &mut AutoCommit, key: String, len: usize| {
+        let heads = doc.get_heads();
+        doc.put(ROOT, key.as_str(), "x".repeat(len)).expect("put");
+        doc.commit();
+        doc.get_changes(&heads).pop().expect("change")
+    };
+    let mut raw = Raw::open(&relay).await;
+    assert!(matches!(raw.hello(device).await, Message::Welcome { .. }));
+    let mut outcomes = Vec::new();
+    for i in 0..4 {
+        pending.push(note(&mut doc, format!("large{i}"), 3 << 20));
+        raw.send(&Message::Upload {
+            batch: i,
+            changes: pending
+                .drain(..)
+                .map(|c| UploadChange {
+                    doc_id: id,
+                    bytes: c.raw_bytes().to_vec(),
+                })
+                .collect(),
+        })
+        .await;
+        let Some(Message::UploadAck {
+            accepted, rejected, ..
+        }) = raw.next().await
+        else {
+            panic!("an ack");
+        };
+        outcomes.push((accepted.len(), rejected));
+    }
+    eprintln!("{outcomes:?}");
+    assert_eq!(outcomes[0].0, 2, "creation and the first 3 MiB");
+    assert_eq!(outcomes[1].0, 1, "6 MiB in all");
+    assert!(
+        outcomes[2]
+            .1
+            .iter()
+            .any(|r| r.reason.contains("over budget")),
+        "the third would pass 8 MiB: {outcomes:?}"
+    );
+    // Small steps reach the same wall (the relay refuses; it does not fail).
+    let mut small = AutoCommit::new().with_actor(doc.get_actor().clone());
+    let small_id = DocId::new();
+    let new = ModelNewCustomer {
+        org: "acme".into(),
+        scope: "north".into(),
+        name: "Creeping Co".into(),
+        ..Default::default()
+    };
+    create_customer(
+        &mut small,
+        small_id,
+        &new,
+        &EditCtx::new("hostile", Role::Rep),
+    )
+    .expect("create");
+    small.commit();
+    let mut next = small.get_changes(&[]);
+    let mut stored = 0usize;
+    let mut refused = None;
+    for i in 0..24 {
+        next.push(note(&mut small, format!("small{i}"), 512 << 10));
+        raw.send(&Message::Upload {
+            batch: 100 + i,
+            changes: next
+                .drain(..)
+                .map(|c| UploadChange {
+                    doc_id: small_id,
+                    bytes: c.raw_bytes().to_vec(),
+                })
+                .collect(),
+        })
+        .await;
+        let Some(Message::UploadAck {
+            accepted, rejected, ..
+        }) = raw.next().await
+        else {
+            panic!("an ack");
+        };
+        stored += accepted.len();
+        if let Some(r) = rejected.first() {
+            refused = Some((i, r.reason.clone()));
+            break;
+        }
+    }
+    let (step, reason) = refused.expect("refused before 12 MiB");
+    assert!(reason.contains("over budget"), "{reason}");
+    assert!((14..=16).contains(&step), "refused at 512 KiB step {step}");
+    assert_eq!(stored, step as usize + 1, "every step before it stored");
+    // A fresh laptop loads the document, and a restarted relay still takes small changes
+    // elsewhere and refuses growth here with the same reason.
+    let laptop = Client::open(dir.path().join("laptop.db")).expect("replica");
+    let report = sync_now(&laptop, &config(&relay)).await.expect("syncs");
+    assert_eq!(report.items_failed, 0, "{report:?}");
+    assert!(laptop.document(id).is_ok());
+    drop(raw);
+    relay.shutdown().await.expect("relay stops");
+    let relay = open_relay(dir.path()).await;
+    laptop
+        .customers()
+        .create(NewCustomer {
+            scope: "north".into(),
+            name: "After Restart Co".into(),
+            ..Default::default()
+        })
+        .expect("create");
+    let report = sync_now(&laptop, &config(&relay)).await.expect("syncs");
+    assert_eq!(report.changes_acked, 1);
+}
