@@ -83,6 +83,12 @@ pub struct RelayConfig {
     pub key: Option<PathBuf>,
     /// Most simultaneous client connections; further ones are refused. Default: 1024.
     pub max_connections: usize,
+    /// Most connections that have not authenticated yet; one more closes the oldest of them
+    /// (and new peers must prove their address first while half are in use). Default: 64.
+    pub max_unauthenticated: usize,
+    /// Most authenticated connections of one device; a new login closes its oldest.
+    /// Default: 4.
+    pub max_connections_per_device: usize,
     /// Largest download batch the relay builds, in bytes before compression. Default: 2 MiB
     /// (range 16 KiB – 16 MiB).
     pub max_batch_bytes: usize,
@@ -123,6 +129,8 @@ impl Default for RelayConfig {
             cert: None,
             key: None,
             max_connections: 1024,
+            max_unauthenticated: 64,
+            max_connections_per_device: 4,
             max_batch_bytes: limits.max_batch_bytes,
             max_upload_changes: limits.max_upload_changes,
             idle_timeout_secs: 30,
@@ -175,6 +183,12 @@ impl RelayConfig {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
+        }
+        if self.max_unauthenticated == 0 {
+            return bad("max_unauthenticated", "must be at least 1");
+        }
+        if self.max_connections_per_device == 0 {
+            return bad("max_connections_per_device", "must be at least 1");
         }
         if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&self.max_batch_bytes) {
             return bad(

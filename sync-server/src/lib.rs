@@ -1,4 +1,4 @@
-//! fieldsync relay: the central QUIC sync server (DESIGN.md §6).
+//! fieldsync relay: the central QUIC sync server (`docs/DESIGN.md` §7).
 //!
 //! - [`store::RelayStore`]: the relay's log, documents, devices and audit trail, implementing
 //!   [`fieldsync_core::protocol::RelayStorage`], in one of two backends:
@@ -7,9 +7,12 @@
 //! - [`server::Relay`]: the QUIC endpoint (quinn, TLS 1.3 with rustls/ring, ALPN
 //!   [`tls::ALPN`]) that drives one [`fieldsync_core::protocol::RelaySession`] per connection
 //!   and pushes new log entries to live clients;
+//! - [`admission::Admission`]: who keeps a connection slot (budgets for connections that have
+//!   not authenticated and per device);
 //! - [`config::RelayConfig`]: the TOML configuration with documented defaults;
 //! - [`tls`]: certificate handling and a fingerprint-pinning verifier for clients.
 
+pub mod admission;
 pub mod backup;
 pub mod config;
 pub mod metrics;

@@ -26,13 +26,15 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use crate::admission::Admission;
 use crate::config::RelayConfig;
 use crate::metrics::{Metrics, serve_http};
 use crate::store::RelayStore;
 use crate::tls;
 
-/// Time a new connection has to open its stream and send `Hello`.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a new connection has to open its stream and send `Hello` (a few round trips of the
+/// slowest satellite link, and no more: until then it holds an unauthenticated slot).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time given to the peer to receive our last frames before the connection is closed.
 const LINGER: Duration = Duration::from_secs(2);
 /// Time connections get to finish when the relay shuts down.
@@ -62,6 +64,7 @@ struct Shared {
     store: RelayStore,
     limits: RelayLimits,
     metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
 }
 
 impl Relay {
@@ -120,6 +123,10 @@ impl Relay {
             store: store.clone(),
             limits: config.limits(),
             metrics: metrics.clone(),
+            admission: Arc::new(Admission::new(
+                config.max_unauthenticated,
+                config.max_connections_per_device,
+            )),
         });
         tokio::spawn(poll_devices(store.clone(), stop.clone()));
         // Accepting from here on: /healthz says so as soon as `start` returns, not only once
@@ -264,6 +271,15 @@ async fn accept_loop(
                     shared.metrics.connections_refused.inc();
                     continue;
                 }
+                // Many peers waiting to authenticate: a new one proves its address first (a
+                // QUIC Retry costs the relay one packet, not a handshake).
+                if shared.admission.under_load()
+                    && !incoming.remote_address_validated()
+                    && incoming.may_retry()
+                {
+                    let _ = incoming.retry();
+                    continue;
+                }
                 conns.spawn(connection(incoming, shared.clone(), stop.clone()));
             }
         }
@@ -300,22 +316,38 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Re
             return;
         }
     };
+    let (ticket, evicted) = shared.admission.arrive(&conn);
+    if evicted > 0 {
+        debug!(%remote, evicted, "closed the oldest connection waiting to authenticate");
+    }
+    let device = serve_connection(conn, remote, &shared, &mut stop, ticket).await;
+    shared.admission.leave(ticket, device);
+}
+
+/// Serves one connection until it ends; returns the device it authenticated as, if any.
+async fn serve_connection(
+    conn: Connection,
+    remote: SocketAddr,
+    shared: &Arc<Shared>,
+    stop: &mut watch::Receiver<bool>,
+    ticket: u64,
+) -> Option<uuid::Uuid> {
     let stream = tokio::select! {
         s = conn.accept_bi() => s,
         () = tokio::time::sleep(HELLO_TIMEOUT) => {
             conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"no stream opened");
-            return;
+            return None;
         }
-        () = stopping(&mut stop) => {
+        () = stopping(stop) => {
             conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"relay shutting down");
-            return;
+            return None;
         }
     };
     let (send, recv) = match stream {
         Ok(s) => s,
         Err(e) => {
             debug!(%remote, error = %e, "connection ended before opening a stream");
-            return;
+            return None;
         }
     };
     let live = shared.store.subscribe();
@@ -332,11 +364,17 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Re
         devices,
         logged_in: false,
         metrics: shared.metrics.clone(),
+        admission: shared.admission.clone(),
+        ticket,
     };
     shared.metrics.connections.inc();
     shared.metrics.connections_open.inc();
-    link.run(&mut stop).await;
+    link.run(stop).await;
     shared.metrics.connections_open.dec();
+    link.session
+        .as_ref()
+        .and_then(|s| s.device())
+        .map(|d| d.device_id)
 }
 
 /// How a connection ended.
@@ -359,6 +397,9 @@ struct Link {
     devices: watch::Receiver<u64>,
     logged_in: bool,
     metrics: Arc<Metrics>,
+    /// The relay's connection slots, and this connection's ticket among them.
+    admission: Arc<Admission>,
+    ticket: u64,
 }
 
 impl Link {
@@ -474,6 +515,10 @@ impl Link {
             self.logged_in = true;
             self.metrics.logins.inc();
             info!(device = %d.device_id, name = %d.name, role = %d.role, remote = %self.remote, "device connected");
+            let closed = self.admission.login(self.ticket, d.device_id);
+            if closed > 0 {
+                info!(device = %d.device_id, closed, "closed the device's oldest connection: it holds its budget of connections");
+            }
         }
     }
 

@@ -485,3 +485,66 @@ async fn a_document_cannot_grow_past_its_budget_in_large_or_small_steps() {
     let report = sync_now(&laptop, &config(&relay)).await.expect("syncs");
     assert_eq!(report.changes_acked, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_device_gets_a_slot_while_others_hold_connections_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = Relay::start(RelayConfig {
+        data_dir: dir.path().join("relay"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        open_enrollment: true,
+        max_connections: 16,
+        max_unauthenticated: 4,
+        max_connections_per_device: 2,
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay");
+    let laptop = Client::open(dir.path().join("laptop.db")).expect("replica");
+    laptop
+        .customers()
+        .create(NewCustomer {
+            scope: "north".into(),
+            name: "Patient Co".into(),
+            ..Default::default()
+        })
+        .expect("create");
+    // A peer holds every slot with connections that never authenticate: each new one closes
+    // the oldest waiting one, so it never holds more than the budget of them.
+    let mut idle = Vec::new();
+    for _ in 0..16 {
+        idle.push(Raw::open(&relay).await);
+    }
+    let report = sync_now(&laptop, &config(&relay))
+        .await
+        .expect("the enrolled device syncs");
+    assert_eq!(report.changes_acked, 1);
+    drop(idle);
+    // One device opens many authenticated connections: each login closes its oldest beyond
+    // the per-device budget, so the slots stay free for others.
+    let greedy = Uuid::now_v7();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let mut raw = Raw::open(&relay).await;
+        assert!(matches!(raw.hello(greedy).await, Message::Welcome { .. }));
+        held.push(raw);
+    }
+    laptop
+        .customers()
+        .create(NewCustomer {
+            scope: "north".into(),
+            name: "Still Patient Co".into(),
+            ..Default::default()
+        })
+        .expect("create");
+    let report = sync_now(&laptop, &config(&relay))
+        .await
+        .expect("the enrolled device still syncs");
+    assert_eq!(report.changes_acked, 1);
+    // The greedy device's oldest connections were closed by the relay.
+    let first = held.first_mut().expect("held");
+    assert!(
+        first.next().await.is_none(),
+        "the oldest connection was closed"
+    );
+}
