@@ -8,11 +8,13 @@
 //!   [`tls::ALPN`]) that drives one [`fieldsync_core::protocol::RelaySession`] per connection
 //!   and pushes new log entries to live clients;
 //! - [`admission::Admission`]: who keeps a connection slot (budgets for connections that have
-//!   not authenticated and per device);
+//!   not authenticated and per device), [`auth_limit::AuthLimiter`]: failed authentication
+//!   limited per source address;
 //! - [`config::RelayConfig`]: the TOML configuration with documented defaults;
 //! - [`tls`]: certificate handling and a fingerprint-pinning verifier for clients.
 
 pub mod admission;
+pub mod auth_limit;
 pub mod backup;
 pub mod config;
 pub mod metrics;

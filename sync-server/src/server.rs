@@ -27,6 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::admission::Admission;
+use crate::auth_limit::AuthLimiter;
 use crate::config::RelayConfig;
 use crate::metrics::{Metrics, serve_http};
 use crate::store::RelayStore;
@@ -35,6 +36,8 @@ use crate::tls;
 /// Time a new connection has to open its stream and send `Hello` (a few round trips of the
 /// slowest satellite link, and no more: until then it holds an unauthenticated slot).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Failed authentications a source address may make a minute before it is refused outright.
+const FAILED_AUTH_PER_MINUTE: u32 = 30;
 /// Time given to the peer to receive our last frames before the connection is closed.
 const LINGER: Duration = Duration::from_secs(2);
 /// Time connections get to finish when the relay shuts down.
@@ -65,6 +68,7 @@ struct Shared {
     limits: RelayLimits,
     metrics: Arc<Metrics>,
     admission: Arc<Admission>,
+    auth_limit: Arc<AuthLimiter>,
 }
 
 impl Relay {
@@ -127,6 +131,7 @@ impl Relay {
                 config.max_unauthenticated,
                 config.max_connections_per_device,
             )),
+            auth_limit: Arc::new(AuthLimiter::new(FAILED_AUTH_PER_MINUTE)),
         });
         tokio::spawn(poll_devices(store.clone(), stop.clone()));
         // Accepting from here on: /healthz says so as soon as `start` returns, not only once
@@ -366,6 +371,7 @@ async fn serve_connection(
         metrics: shared.metrics.clone(),
         admission: shared.admission.clone(),
         ticket,
+        auth_limit: shared.auth_limit.clone(),
     };
     shared.metrics.connections.inc();
     shared.metrics.connections_open.inc();
@@ -400,6 +406,8 @@ struct Link {
     /// The relay's connection slots, and this connection's ticket among them.
     admission: Arc<Admission>,
     ticket: u64,
+    /// Failed authentications per source address.
+    auth_limit: Arc<AuthLimiter>,
 }
 
 impl Link {
@@ -428,11 +436,35 @@ impl Link {
                     Ok(Some(msg)) => {
                         debug!(remote = %self.remote, msg = msg.name(), "received");
                         self.metrics.received(msg.name());
+                        let handshake = !self.logged_in
+                            && matches!(msg, Message::Hello { .. } | Message::Enrol { .. });
+                        if handshake && !self.auth_limit.allowed(self.remote.ip()) {
+                            return self
+                                .fail(
+                                    ErrorCode::Unauthorized,
+                                    "too many failed authentication attempts from this address; try again in a minute",
+                                )
+                                .await;
+                        }
                         let started = std::time::Instant::now();
                         let out = match self.with_session(move |s, st| s.handle(st, msg)).await {
                             Ok(o) => o,
                             Err(e) => return self.fail(ErrorCode::Internal, &e).await,
                         };
+                        if handshake
+                            && let Some(Message::Error {
+                                code: ErrorCode::Unauthorized,
+                                reason,
+                            }) = out.messages.last()
+                        {
+                            let n = self.auth_limit.failed(self.remote.ip());
+                            // One warning per address and minute; the rest is counted.
+                            if n == 1 {
+                                warn!(remote = %self.remote, %reason, "authentication refused");
+                            } else {
+                                debug!(remote = %self.remote, %reason, failures = n, "authentication refused");
+                            }
+                        }
                         self.metrics
                             .request_seconds
                             .observe(started.elapsed().as_secs_f64());
@@ -587,7 +619,12 @@ impl Link {
         }
         if out.close {
             if let Some(Message::Error { code, reason }) = out.messages.last() {
-                info!(remote = %self.remote, ?code, %reason, "closing connection after an error");
+                if *code == ErrorCode::Unauthorized && !self.logged_in {
+                    // Counted and warned about once a minute per address (`auth_limit`).
+                    debug!(remote = %self.remote, ?code, %reason, "closing connection after an error");
+                } else {
+                    info!(remote = %self.remote, ?code, %reason, "closing connection after an error");
+                }
             }
             let _ = self.send.finish();
             self.linger_and_close(CLOSE_PROTOCOL, b"closed").await;

@@ -548,3 +548,44 @@ async fn an_enrolled_device_gets_a_slot_while_others_hold_connections_open() {
         "the oldest connection was closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_limited_per_source_address() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = Relay::start(RelayConfig {
+        data_dir: dir.path().join("relay"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay");
+    let mut reasons = Vec::new();
+    for i in 0..40 {
+        let mut raw = Raw::open(&relay).await;
+        raw.send(&Message::Enrol {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            device_id: Uuid::now_v7(),
+            token: format!("{i:064x}"),
+            credential: "c".repeat(64),
+            agent: "guesser".into(),
+        })
+        .await;
+        match raw.next().await {
+            Some(Message::Error {
+                code: ErrorCode::Unauthorized,
+                reason,
+            }) => reasons.push(reason),
+            other => panic!("attempt {i}: {other:?}"),
+        }
+    }
+    let guessed = reasons
+        .iter()
+        .filter(|r| r.contains("unknown enrolment token"))
+        .count();
+    let limited = reasons
+        .iter()
+        .filter(|r| r.contains("too many failed authentication attempts"))
+        .count();
+    assert_eq!((guessed, limited), (30, 10), "{reasons:?}");
+}

@@ -1820,6 +1820,17 @@ impl SqliteRelayStore {
             return Ok(Err("the device credential is too short".into()));
         }
         let token = token.trim().to_ascii_lowercase();
+        // An unknown token is refused from a read connection: guessing costs the relay no
+        // write lock.
+        let known = self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT 1 FROM enrolments WHERE token_hash = ?1")?
+                    .exists([hash_secret(&token)])?,
+            )
+        })?;
+        if !known {
+            return Ok(Err("unknown enrolment token".to_string()));
+        }
         let now = now_millis();
         type TokenRow = (
             String,
@@ -1921,7 +1932,7 @@ impl SqliteRelayStore {
                 self.poll_devices()?;
                 tracing::info!(device = %device_id, name = %d.name, role = %d.role, "device redeemed its enrolment token");
             }
-            Err(reason) => tracing::warn!(device = %device_id, %reason, "enrolment refused"),
+            Err(reason) => tracing::debug!(device = %device_id, %reason, "enrolment refused"),
         }
         Ok(out)
     }

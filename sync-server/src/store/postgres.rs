@@ -1310,7 +1310,7 @@ impl PgRelayStore {
                 self.poll_devices()?;
                 tracing::info!(device = %device_id, name = %d.name, role = %d.role, "device redeemed its enrolment token");
             }
-            Err(reason) => tracing::warn!(device = %device_id, %reason, "enrolment refused"),
+            Err(reason) => tracing::debug!(device = %device_id, %reason, "enrolment refused"),
         }
         Ok(out)
     }
