@@ -592,77 +592,7 @@ fn a_deeply_nested_customer_does_not_overflow_the_conflict_scan() {
 // ---------------------------------------------------------------------------------------------
 // Over QUIC: hostile clients next to a good one.
 
-struct RawConn {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    _endpoint: quinn::Endpoint,
-}
-
-impl RawConn {
-    async fn open(relay: &Relay) -> Self {
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("ep");
-        endpoint.set_default_client_config(
-            fieldsync_relay::tls::client_config(relay.fingerprint()).expect("client config"),
-        );
-        let conn = endpoint
-            .connect(relay.local_addr(), fieldsync_relay::tls::SERVER_NAME)
-            .expect("connect")
-            .await
-            .expect("handshake");
-        let (send, recv) = conn.open_bi().await.expect("stream");
-        Self {
-            send,
-            recv,
-            _endpoint: endpoint,
-        }
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        // The relay may already have closed: a failed write is an answer too.
-        let _ = self.send.write_all(bytes).await;
-    }
-
-    async fn send(&mut self, msg: &Message) {
-        let frame = codec::encode(msg).expect("encode");
-        self.send_raw(&frame).await;
-    }
-
-    async fn hello(&mut self, device_id: Uuid) -> Message {
-        self.send(&Message::Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            device_id,
-            credential: None,
-            agent: "hostile".into(),
-        })
-        .await;
-        self.next().await.expect("an answer to Hello")
-    }
-
-    /// The next message, or `None` once the relay closed the stream or the connection.
-    async fn next(&mut self) -> Option<Message> {
-        let mut dec = FrameDecoder::new();
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            if let Ok(Some(m)) = dec.next_message() {
-                return Some(m);
-            }
-            match tokio::time::timeout(Duration::from_secs(20), self.recv.read(&mut buf)).await {
-                Ok(Ok(Some(n))) => dec.push(&buf[..n]),
-                _ => return None,
-            }
-        }
-    }
-
-    /// Reads until the relay ends the exchange; returns the last message (its error).
-    async fn last(&mut self) -> Option<Message> {
-        let mut last = None;
-        while let Some(m) = self.next().await {
-            last = Some(m);
-        }
-        last
-    }
-}
+use fieldsync_tests::raw::RawConn;
 
 fn is_error(m: &Option<Message>, code: ErrorCode) -> bool {
     matches!(m, Some(Message::Error { code: c, .. }) if *c == code)
@@ -717,7 +647,7 @@ async fn hostile_clients_cost_only_their_own_connection() {
     });
 
     // 1. Garbage instead of a frame.
-    let mut c = RawConn::open(&relay).await;
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
     c.send_raw(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n").await;
     let m = c.last().await;
     assert!(is_error(&m, ErrorCode::BadFrame), "{m:?}");
@@ -732,19 +662,19 @@ async fn hostile_clients_cost_only_their_own_connection() {
     let mut frame = ((bomb.len() + 1) as u32).to_be_bytes().to_vec();
     frame.push(1);
     frame.extend_from_slice(&bomb);
-    let mut c = RawConn::open(&relay).await;
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
     c.send_raw(&frame).await;
     let m = c.last().await;
     assert!(is_error(&m, ErrorCode::BadFrame), "{m:?}");
     // 3. A frame length over the limit.
-    let mut c = RawConn::open(&relay).await;
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
     c.send_raw(&u32::MAX.to_be_bytes()).await;
     let m = c.last().await;
     assert!(is_error(&m, ErrorCode::BadFrame), "{m:?}");
     // 4. Messages out of order: an upload before Hello (refused by the frame decoder before
     // it is decoded: only a Hello or Enrol is read from a peer that has not authenticated), a
     // second Hello.
-    let mut c = RawConn::open(&relay).await;
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
     c.send(&Message::Upload {
         batch: 1,
         changes: vec![],
@@ -753,7 +683,7 @@ async fn hostile_clients_cost_only_their_own_connection() {
     let m = c.last().await;
     assert!(is_error(&m, ErrorCode::BadFrame), "{m:?}");
     let hostile = Uuid::new_v4();
-    let mut c = RawConn::open(&relay).await;
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
     assert!(matches!(c.hello(hostile).await, Message::Welcome { .. }));
     c.send(&Message::Hello {
         magic: MAGIC,
@@ -767,7 +697,7 @@ async fn hostile_clients_cost_only_their_own_connection() {
     assert!(is_error(&m, ErrorCode::Protocol), "{m:?}");
     // 5. After a valid handshake: garbage changes, a change by another device, deeply nested
     //    and huge documents, and an upload over the per-upload limit.
-    let mut c = RawConn::open(&relay).await;
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
     assert!(matches!(c.hello(hostile).await, Message::Welcome { .. }));
     let (id, mut doc, create) = customer(hostile, "Hostile Co");
     let nested = nested_change(&mut doc, 10_000);

@@ -17,11 +17,13 @@ use automerge::{ActorId, AutoCommit, ObjType, ROOT, ScalarValue};
 use fieldsync_client::sync::{SyncConfig, sync_now};
 use fieldsync_client::{Client, NewCustomer};
 use fieldsync_core::model::{EditCtx, NewCustomer as ModelNewCustomer, create_customer};
-use fieldsync_core::protocol::codec::{self, FrameDecoder};
+use fieldsync_core::protocol::codec;
 use fieldsync_core::protocol::messages::MAGIC;
+use fieldsync_core::protocol::messages::Rejection;
 use fieldsync_core::protocol::{ErrorCode, Message, PROTOCOL_VERSION, UploadChange};
 use fieldsync_core::{DocId, Role};
 use fieldsync_relay::{Relay, RelayConfig};
+use fieldsync_tests::raw::RawConn;
 use uuid::Uuid;
 
 async fn open_relay(dir: &Path) -> Relay {
@@ -45,64 +47,30 @@ fn config(relay: &Relay) -> SyncConfig {
     cfg
 }
 
-struct Raw {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    _endpoint: quinn::Endpoint,
-}
-
-impl Raw {
-    async fn open(relay: &Relay) -> Self {
-        let mut endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-        endpoint.set_default_client_config(
-            fieldsync_relay::tls::client_config(relay.fingerprint()).expect("client config"),
-        );
-        let conn = endpoint
-            .connect(relay.local_addr(), fieldsync_relay::tls::SERVER_NAME)
-            .expect("connect")
-            .await
-            .expect("handshake");
-        let (send, recv) = conn.open_bi().await.expect("stream");
-        Self {
-            send,
-            recv,
-            _endpoint: endpoint,
-        }
-    }
-
-    async fn send(&mut self, msg: &Message) {
-        let frame = codec::encode(msg).expect("encode");
-        // The relay may already have closed: a failed write is an answer too.
-        let _ = self.send.write_all(&frame).await;
-    }
-
-    async fn hello(&mut self, device_id: Uuid) -> Message {
-        self.send(&Message::Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            device_id,
-            credential: None,
-            agent: "hostile".into(),
-        })
-        .await;
-        self.next().await.expect("an answer to Hello")
-    }
-
-    /// The next message, or `None` once the relay closed the stream.
-    async fn next(&mut self) -> Option<Message> {
-        let mut dec = FrameDecoder::new();
-        dec.authenticated();
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            if let Ok(Some(m)) = dec.next_message() {
-                return Some(m);
-            }
-            match tokio::time::timeout(Duration::from_secs(20), self.recv.read(&mut buf)).await {
-                Ok(Ok(Some(n))) => dec.push(&buf[..n]),
-                _ => return None,
-            }
-        }
+/// Uploads `changes` of document `id` in one batch; returns how many were accepted and the
+/// refusals.
+async fn upload(
+    raw: &mut RawConn,
+    batch: u64,
+    id: DocId,
+    changes: Vec<automerge::Change>,
+) -> (usize, Vec<Rejection>) {
+    raw.send(&Message::Upload {
+        batch,
+        changes: changes
+            .into_iter()
+            .map(|c| UploadChange {
+                doc_id: id,
+                bytes: c.raw_bytes().to_vec(),
+            })
+            .collect(),
+    })
+    .await;
+    match raw.next().await {
+        Some(Message::UploadAck {
+            accepted, rejected, ..
+        }) => (accepted.len(), rejected),
+        other => panic!("an ack: {other:?}"),
     }
 }
 
@@ -166,7 +134,7 @@ async fn a_change_packing_many_operations_into_few_bytes_is_refused_from_its_hea
     let device = Uuid::now_v7();
     let (id, create, bomb) = op_bomb(device, 300_000);
     assert!(bomb.len() < 2_000, "a small change: {} bytes", bomb.len());
-    let mut raw = Raw::open(&relay).await;
+    let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
     assert!(matches!(raw.hello(device).await, Message::Welcome { .. }));
     let started = std::time::Instant::now();
     raw.send(&Message::Upload {
@@ -228,22 +196,7 @@ async fn small_frames_that_decode_into_millions_of_entries_cost_the_relay_little
                 bomb.clone(),
             );
             tasks.spawn(async move {
-                let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr"))
-                    .expect("endpoint");
-                endpoint.set_default_client_config(
-                    fieldsync_relay::tls::client_config(&pin).expect("client config"),
-                );
-                let conn = endpoint
-                    .connect(addr, fieldsync_relay::tls::SERVER_NAME)
-                    .expect("connect")
-                    .await
-                    .expect("handshake");
-                let (send, recv) = conn.open_bi().await.expect("stream");
-                let mut raw = Raw {
-                    send,
-                    recv,
-                    _endpoint: endpoint,
-                };
+                let mut raw = RawConn::open(addr, &pin).await;
                 let _ = raw.send.write_all(&bomb).await;
                 raw.next().await
             });
@@ -256,7 +209,7 @@ async fn small_frames_that_decode_into_millions_of_entries_cost_the_relay_little
         }
     }
     // And an authenticated device sending it after its Hello.
-    let mut raw = Raw::open(&relay).await;
+    let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
     assert!(matches!(
         raw.hello(Uuid::now_v7()).await,
         Message::Welcome { .. }
@@ -382,29 +335,12 @@ async fn a_document_cannot_grow_past_its_budget_in_large_or_small_steps() {
         doc.commit();
         doc.get_changes(&heads).pop().expect("change")
     };
-    let mut raw = Raw::open(&relay).await;
+    let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
     assert!(matches!(raw.hello(device).await, Message::Welcome { .. }));
     let mut outcomes = Vec::new();
     for i in 0..4 {
         pending.push(note(&mut doc, format!("large{i}"), 3 << 20));
-        raw.send(&Message::Upload {
-            batch: i,
-            changes: pending
-                .drain(..)
-                .map(|c| UploadChange {
-                    doc_id: id,
-                    bytes: c.raw_bytes().to_vec(),
-                })
-                .collect(),
-        })
-        .await;
-        let Some(Message::UploadAck {
-            accepted, rejected, ..
-        }) = raw.next().await
-        else {
-            panic!("an ack");
-        };
-        outcomes.push((accepted.len(), rejected));
+        outcomes.push(upload(&mut raw, i, id, std::mem::take(&mut pending)).await);
     }
     eprintln!("{outcomes:?}");
     assert_eq!(outcomes[0].0, 2, "creation and the first 3 MiB");
@@ -438,24 +374,9 @@ async fn a_document_cannot_grow_past_its_budget_in_large_or_small_steps() {
     let mut refused = None;
     for i in 0..24 {
         next.push(note(&mut small, format!("small{i}"), 512 << 10));
-        raw.send(&Message::Upload {
-            batch: 100 + i,
-            changes: next
-                .drain(..)
-                .map(|c| UploadChange {
-                    doc_id: small_id,
-                    bytes: c.raw_bytes().to_vec(),
-                })
-                .collect(),
-        })
-        .await;
-        let Some(Message::UploadAck {
-            accepted, rejected, ..
-        }) = raw.next().await
-        else {
-            panic!("an ack");
-        };
-        stored += accepted.len();
+        let (accepted, rejected) =
+            upload(&mut raw, 100 + i, small_id, std::mem::take(&mut next)).await;
+        stored += accepted;
         if let Some(r) = rejected.first() {
             refused = Some((i, r.reason.clone()));
             break;
@@ -513,7 +434,7 @@ async fn an_enrolled_device_gets_a_slot_while_others_hold_connections_open() {
     // the oldest waiting one, so it never holds more than the budget of them.
     let mut idle = Vec::new();
     for _ in 0..16 {
-        idle.push(Raw::open(&relay).await);
+        idle.push(RawConn::open(relay.local_addr(), relay.fingerprint()).await);
     }
     let report = sync_now(&laptop, &config(&relay))
         .await
@@ -525,7 +446,7 @@ async fn an_enrolled_device_gets_a_slot_while_others_hold_connections_open() {
     let greedy = Uuid::now_v7();
     let mut held = Vec::new();
     for _ in 0..16 {
-        let mut raw = Raw::open(&relay).await;
+        let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
         assert!(matches!(raw.hello(greedy).await, Message::Welcome { .. }));
         held.push(raw);
     }
@@ -561,7 +482,7 @@ async fn failed_authentication_is_limited_per_source_address() {
     .expect("relay");
     let mut reasons = Vec::new();
     for i in 0..40 {
-        let mut raw = Raw::open(&relay).await;
+        let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
         raw.send(&Message::Enrol {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
