@@ -161,6 +161,13 @@ pub(crate) type HMap = automerge::hydrate::Map;
 /// malformed, whoever wrote it (a hostile peer, a tampered backup).
 pub(crate) fn hydrate_root<R: ReadDoc>(d: &R) -> Result<HMap, ModelError> {
     crate::budget::check_nesting(d).map_err(ModelError::Malformed)?;
+    hydrate_root_within_depth(d)
+}
+
+/// [`hydrate_root`] for a document whose nesting the caller has already bounded by
+/// [`crate::budget::MAX_NESTING`] (the relay knows it for every document it validates): skips
+/// the walk, which costs about as much as the hydration itself.
+pub(crate) fn hydrate_root_within_depth<R: ReadDoc>(d: &R) -> Result<HMap, ModelError> {
     match d.hydrate(automerge::ROOT, None)? {
         automerge::hydrate::Value::Map(m) => Ok(m),
         _ => Err(ModelError::Malformed("root is not a map".into())),

@@ -274,12 +274,21 @@ fn header_from(root: &am::HMap) -> Result<Header, ModelError> {
 
 /// Reads a typed document of whatever kind the header says.
 pub fn read_document<R: ReadDoc>(doc: &R) -> Result<Document, ModelError> {
-    let root = am::hydrate_root(doc)?;
-    let header = header_from(&root)?;
+    typed(&am::hydrate_root(doc)?)
+}
+
+/// [`read_document`] for a document whose nesting the caller has already bounded by
+/// [`crate::budget::MAX_NESTING`]; skips the nesting walk.
+pub(crate) fn read_document_within_depth<R: ReadDoc>(doc: &R) -> Result<Document, ModelError> {
+    typed(&am::hydrate_root_within_depth(doc)?)
+}
+
+fn typed(root: &am::HMap) -> Result<Document, ModelError> {
+    let header = header_from(root)?;
     Ok(match header.kind {
-        DocKind::Customer => Document::Customer(customer::read(&root, header)?),
-        DocKind::Visit => Document::Visit(visit::read(&root, header)?),
-        DocKind::Quote => Document::Quote(quote::read(&root, header)?),
+        DocKind::Customer => Document::Customer(customer::read(root, header)?),
+        DocKind::Visit => Document::Visit(visit::read(root, header)?),
+        DocKind::Quote => Document::Quote(quote::read(root, header)?),
     })
 }
 

@@ -369,9 +369,14 @@ fn judge(
             }
         }
     };
-    // Reading the document runs automerge's readers over content nobody has validated yet.
+    // Reading the document runs automerge's readers over content nobody has validated yet
+    // (its nesting, bounded just above when known, need not be walked again).
     let after = match crate::store::guard("reading an uploaded change's document", || {
-        model::read_document(doc)
+        if depth.is_some() {
+            model::read_document_within_depth(doc)
+        } else {
+            model::read_document(doc)
+        }
     }) {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
