@@ -22,25 +22,20 @@ pub struct RawConn {
 }
 
 impl RawConn {
-    /// Connects to the relay at `addr` serving the certificate pinned by `pin`. Panics when it
-    /// cannot (a test's setup failed).
-    pub async fn open(addr: SocketAddr, pin: &str) -> Self {
-        let mut endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-        endpoint.set_default_client_config(
-            fieldsync_relay::tls::client_config(pin).expect("client config"),
-        );
+    /// Connects to the relay at `addr` serving the certificate pinned by `pin`.
+    pub async fn open(addr: SocketAddr, pin: &str) -> anyhow::Result<Self> {
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut endpoint = quinn::Endpoint::client(local)?;
+        endpoint.set_default_client_config(fieldsync_relay::tls::client_config(pin)?);
         let conn = endpoint
-            .connect(addr, fieldsync_relay::tls::SERVER_NAME)
-            .expect("connect")
-            .await
-            .expect("handshake");
-        let (send, recv) = conn.open_bi().await.expect("stream");
-        Self {
+            .connect(addr, fieldsync_relay::tls::SERVER_NAME)?
+            .await?;
+        let (send, recv) = conn.open_bi().await?;
+        Ok(Self {
             send,
             recv,
             _endpoint: endpoint,
-        }
+        })
     }
 
     /// Sends bytes as they are (the relay may already have closed: a failed write is an
@@ -49,24 +44,25 @@ impl RawConn {
         let _ = self.send.write_all(bytes).await;
     }
 
-    /// Sends one message as a frame.
-    pub async fn send(&mut self, msg: &Message) {
-        let frame = codec::encode(msg).expect("encode");
+    /// Sends one message as a frame (an error only if it cannot be encoded).
+    pub async fn send(&mut self, msg: &Message) -> Result<(), codec::CodecError> {
+        let frame = codec::encode(msg)?;
         self.send_raw(&frame).await;
+        Ok(())
     }
 
     /// Says `Hello` as `device_id` without a credential (an open relay admits it) and returns
-    /// the answer.
-    pub async fn hello(&mut self, device_id: Uuid) -> Message {
-        self.send(&Message::Hello {
+    /// the answer, `None` if the relay closed without one.
+    pub async fn hello(&mut self, device_id: Uuid) -> Option<Message> {
+        let hello = Message::Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             device_id,
             credential: None,
             agent: "hostile".into(),
-        })
-        .await;
-        self.next().await.expect("an answer to Hello")
+        };
+        self.send(&hello).await.ok()?;
+        self.next().await
     }
 
     /// The next message, or `None` once the relay closed the stream or the connection.

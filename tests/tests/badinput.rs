@@ -647,7 +647,9 @@ async fn hostile_clients_cost_only_their_own_connection() {
     });
 
     // 1. Garbage instead of a frame.
-    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint())
+        .await
+        .expect("connect");
     c.send_raw(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n").await;
     let m = c.last().await;
     assert!(is_error(&m, ErrorCode::BadFrame), "{m:?}");
@@ -662,29 +664,41 @@ async fn hostile_clients_cost_only_their_own_connection() {
     let mut frame = ((bomb.len() + 1) as u32).to_be_bytes().to_vec();
     frame.push(1);
     frame.extend_from_slice(&bomb);
-    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint())
+        .await
+        .expect("connect");
     c.send_raw(&frame).await;
     let m = c.last().await;
     assert!(is_error(&m, ErrorCode::BadFrame), "{m:?}");
     // 3. A frame length over the limit.
-    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint())
+        .await
+        .expect("connect");
     c.send_raw(&u32::MAX.to_be_bytes()).await;
     let m = c.last().await;
     assert!(is_error(&m, ErrorCode::BadFrame), "{m:?}");
     // 4. Messages out of order: an upload before Hello (refused by the frame decoder before
     // it is decoded: only a Hello or Enrol is read from a peer that has not authenticated), a
     // second Hello.
-    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint())
+        .await
+        .expect("connect");
     c.send(&Message::Upload {
         batch: 1,
         changes: vec![],
     })
-    .await;
+    .await
+    .expect("encode");
     let m = c.last().await;
     assert!(is_error(&m, ErrorCode::BadFrame), "{m:?}");
     let hostile = Uuid::new_v4();
-    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
-    assert!(matches!(c.hello(hostile).await, Message::Welcome { .. }));
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint())
+        .await
+        .expect("connect");
+    assert!(matches!(
+        c.hello(hostile).await,
+        Some(Message::Welcome { .. })
+    ));
     c.send(&Message::Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
@@ -692,13 +706,19 @@ async fn hostile_clients_cost_only_their_own_connection() {
         credential: None,
         agent: "again".into(),
     })
-    .await;
+    .await
+    .expect("encode");
     let m = c.last().await;
     assert!(is_error(&m, ErrorCode::Protocol), "{m:?}");
     // 5. After a valid handshake: garbage changes, a change by another device, deeply nested
     //    and huge documents, and an upload over the per-upload limit.
-    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
-    assert!(matches!(c.hello(hostile).await, Message::Welcome { .. }));
+    let mut c = RawConn::open(relay.local_addr(), relay.fingerprint())
+        .await
+        .expect("connect");
+    assert!(matches!(
+        c.hello(hostile).await,
+        Some(Message::Welcome { .. })
+    ));
     let (id, mut doc, create) = customer(hostile, "Hostile Co");
     let nested = nested_change(&mut doc, 10_000);
     let list = huge_list_change(&mut doc, 100_000);
@@ -725,7 +745,9 @@ async fn hostile_clients_cost_only_their_own_connection() {
             bytes: list,
         },
     ];
-    c.send(&Message::Upload { batch: 7, changes }).await;
+    c.send(&Message::Upload { batch: 7, changes })
+        .await
+        .expect("encode");
     let ack = c.next().await;
     eprintln!("hostile upload answered: {ack:?}");
     let Some(Message::UploadAck {
@@ -761,7 +783,8 @@ async fn hostile_clients_cost_only_their_own_connection() {
         batch: 8,
         changes: too_many,
     })
-    .await;
+    .await
+    .expect("encode");
     let m = c.last().await;
     assert!(is_error(&m, ErrorCode::BadFrame), "{m:?}");
     drop(c);

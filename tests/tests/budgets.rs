@@ -65,7 +65,8 @@ async fn upload(
             })
             .collect(),
     })
-    .await;
+    .await
+    .expect("encode");
     match raw.next().await {
         Some(Message::UploadAck {
             accepted, rejected, ..
@@ -134,8 +135,13 @@ async fn a_change_packing_many_operations_into_few_bytes_is_refused_from_its_hea
     let device = Uuid::now_v7();
     let (id, create, bomb) = op_bomb(device, 300_000);
     assert!(bomb.len() < 2_000, "a small change: {} bytes", bomb.len());
-    let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
-    assert!(matches!(raw.hello(device).await, Message::Welcome { .. }));
+    let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint())
+        .await
+        .expect("connect");
+    assert!(matches!(
+        raw.hello(device).await,
+        Some(Message::Welcome { .. })
+    ));
     let started = std::time::Instant::now();
     raw.send(&Message::Upload {
         batch: 1,
@@ -150,7 +156,8 @@ async fn a_change_packing_many_operations_into_few_bytes_is_refused_from_its_hea
             },
         ],
     })
-    .await;
+    .await
+    .expect("encode");
     let Some(Message::UploadAck {
         accepted, rejected, ..
     }) = raw.next().await
@@ -196,7 +203,7 @@ async fn small_frames_that_decode_into_millions_of_entries_cost_the_relay_little
                 bomb.clone(),
             );
             tasks.spawn(async move {
-                let mut raw = RawConn::open(addr, &pin).await;
+                let mut raw = RawConn::open(addr, &pin).await.expect("connect");
                 let _ = raw.send.write_all(&bomb).await;
                 raw.next().await
             });
@@ -209,10 +216,12 @@ async fn small_frames_that_decode_into_millions_of_entries_cost_the_relay_little
         }
     }
     // And an authenticated device sending it after its Hello.
-    let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
+    let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint())
+        .await
+        .expect("connect");
     assert!(matches!(
         raw.hello(Uuid::now_v7()).await,
-        Message::Welcome { .. }
+        Some(Message::Welcome { .. })
     ));
     for _ in 0..20 {
         let _ = raw.send.write_all(&bomb).await;
@@ -335,8 +344,13 @@ async fn a_document_cannot_grow_past_its_budget_in_large_or_small_steps() {
         doc.commit();
         doc.get_changes(&heads).pop().expect("change")
     };
-    let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
-    assert!(matches!(raw.hello(device).await, Message::Welcome { .. }));
+    let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint())
+        .await
+        .expect("connect");
+    assert!(matches!(
+        raw.hello(device).await,
+        Some(Message::Welcome { .. })
+    ));
     let mut outcomes = Vec::new();
     for i in 0..4 {
         pending.push(note(&mut doc, format!("large{i}"), 3 << 20));
@@ -434,7 +448,11 @@ async fn an_enrolled_device_gets_a_slot_while_others_hold_connections_open() {
     // the oldest waiting one, so it never holds more than the budget of them.
     let mut idle = Vec::new();
     for _ in 0..16 {
-        idle.push(RawConn::open(relay.local_addr(), relay.fingerprint()).await);
+        idle.push(
+            RawConn::open(relay.local_addr(), relay.fingerprint())
+                .await
+                .expect("connect"),
+        );
     }
     let report = sync_now(&laptop, &config(&relay))
         .await
@@ -446,8 +464,13 @@ async fn an_enrolled_device_gets_a_slot_while_others_hold_connections_open() {
     let greedy = Uuid::now_v7();
     let mut held = Vec::new();
     for _ in 0..16 {
-        let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
-        assert!(matches!(raw.hello(greedy).await, Message::Welcome { .. }));
+        let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint())
+            .await
+            .expect("connect");
+        assert!(matches!(
+            raw.hello(greedy).await,
+            Some(Message::Welcome { .. })
+        ));
         held.push(raw);
     }
     laptop
@@ -482,7 +505,9 @@ async fn failed_authentication_is_limited_per_source_address() {
     .expect("relay");
     let mut reasons = Vec::new();
     for i in 0..40 {
-        let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint()).await;
+        let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint())
+            .await
+            .expect("connect");
         raw.send(&Message::Enrol {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
@@ -491,7 +516,8 @@ async fn failed_authentication_is_limited_per_source_address() {
             credential: "c".repeat(64),
             agent: "guesser".into(),
         })
-        .await;
+        .await
+        .expect("encode");
         match raw.next().await {
             Some(Message::Error {
                 code: ErrorCode::Unauthorized,
