@@ -848,17 +848,10 @@ struct Work {
     updated_seq: i64,
     /// Changes accepted into `doc` since it was last written to `docs` (none: clean).
     unsaved: Vec<Vec<u8>>,
-    /// The raw size of the changes the document held when last written to `docs`.
-    stored_bytes: usize,
-}
-
-impl Work {
-    /// The raw size of every change the document holds now (its stored measure plus the
-    /// changes accepted since): an upper bound of what loading it costs, whatever its snapshot
+    /// The raw size of every change the document holds now (those stored in `docs` plus those
+    /// accepted since): an upper bound of what loading it costs, whatever its snapshot
     /// compresses to.
-    fn size(&self) -> usize {
-        self.stored_bytes + self.unsaved.iter().map(Vec::len).sum::<usize>()
-    }
+    raw_bytes: usize,
 }
 
 /// State of one upload batch inside its transaction.
@@ -886,7 +879,7 @@ impl<D: BatchDb> Batch<'_, D> {
                 customer_id: None,
                 updated_seq: 0,
                 unsaved: Vec::new(),
-                stored_bytes: 0,
+                raw_bytes: 0,
             });
         };
         // A cached copy is used only if no other writer (another relay node sharing the
@@ -906,7 +899,7 @@ impl<D: BatchDb> Batch<'_, D> {
             customer_id: customer.as_deref().map(doc_id).transpose()?,
             updated_seq,
             unsaved: Vec::new(),
-            stored_bytes: self.tx.doc_bytes(id)?,
+            raw_bytes: self.tx.doc_bytes(id)?,
         })
     }
 
@@ -923,9 +916,8 @@ impl<D: BatchDb> Batch<'_, D> {
                 snapshot: &snapshot,
                 heads: &heads,
                 updated_seq: w.updated_seq,
-                raw_bytes: w.size(),
+                raw_bytes: w.raw_bytes,
             })?;
-            w.stored_bytes = w.size();
             w.unsaved.clear();
         }
         Ok(())
@@ -1081,9 +1073,9 @@ impl<D: BatchDb> Batch<'_, D> {
         // The document's size budget, checked before the change is applied (only for a
         // document the sender sees: another one is answered as one the relay lacks).
         if work.scope.as_deref().is_none_or(|s| device.sees(s))
-            && work.size() + c.bytes.len() > MAX_DOC_BYTES
+            && work.raw_bytes + c.bytes.len() > MAX_DOC_BYTES
         {
-            let size = work.size();
+            let size = work.raw_bytes;
             self.work.insert(c.doc_id, work);
             return Ok(refuse(
                 hash,
@@ -1187,6 +1179,7 @@ impl<D: BatchDb> Batch<'_, D> {
         if accepted.customer_id.is_some() {
             work.customer_id = accepted.customer_id;
         }
+        work.raw_bytes += c.bytes.len();
         work.unsaved.push(c.bytes.clone());
         let scope = work.scope.clone().unwrap_or_default();
         self.work.insert(c.doc_id, work);
