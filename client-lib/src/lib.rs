@@ -333,6 +333,13 @@ impl Client {
         Ok(self.lock().conflicts()?)
     }
 
+    /// Downloaded documents this replica could not load (over a budget, damaged), newest
+    /// first: they are kept out, the rest of each download commits, and they stay listed until
+    /// a later snapshot of the document loads.
+    pub fn skipped(&self) -> Result<Vec<fieldsync_core::store::Skipped>, ClientError> {
+        Ok(self.lock().skipped()?)
+    }
+
     /// Resolves a conflict by writing `value` at `path` (as listed by [`Client::conflicts`],
     /// e.g. `name` or `contacts/<id>/phone`), superseding every concurrent value. Role-owned
     /// paths need the role that owns them.

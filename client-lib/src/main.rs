@@ -1202,6 +1202,8 @@ struct StatusOut {
     /// The most recent of those (up to 5), newest first.
     recent_rejections: Vec<QuarantineOut>,
     conflicts: usize,
+    /// Downloaded documents that could not be loaded (kept out; see `Skipped` below).
+    skipped: Vec<fieldsync_core::store::Skipped>,
     relay: Option<String>,
     last_sync_finished_at: Option<String>,
     last_sync_finished_at_ms: Option<i64>,
@@ -1247,6 +1249,7 @@ fn status(dir: &Path, json: bool) -> Result<()> {
         quarantined: quarantine.len(),
         recent_rejections: quarantine.into_iter().take(5).collect(),
         conflicts: client.conflicts()?.len(),
+        skipped: client.skipped()?,
         relay: cfg.as_ref().map(|c| c.relay.clone()),
         last_sync_finished_at: persisted.last_sync_finished_at.map(fmt_millis),
         last_sync_finished_at_ms: persisted.last_sync_finished_at,
@@ -1281,6 +1284,20 @@ fn status(dir: &Path, json: bool) -> Result<()> {
             "Conflicts:  {} fields (see `fieldsync conflicts`)",
             out.conflicts
         );
+    }
+    if !out.skipped.is_empty() {
+        println!(
+            "Skipped:    {} downloaded documents could not be loaded and are kept out (tell IT):",
+            out.skipped.len()
+        );
+        for s in out.skipped.iter().take(5) {
+            println!(
+                "            {} {}: {}",
+                fmt_millis(s.at),
+                s.doc_id,
+                s.reason
+            );
+        }
     }
     println!(
         "Last sync:  {}",

@@ -686,7 +686,7 @@ pub(super) fn apply(
         QuoteEdit::Send => {
             transition(doc, QuoteStatus::Sent, ctx)?;
             doc.put(ROOT, "sent_at", ctx.now)?;
-            // Follow up within three days of sending (DOMAIN.md F6).
+            // Follow up within three days of sending (the follow-up rule).
             doc.put(ROOT, "follow_up_due", ctx.now + 3 * 24 * 3600 * 1000)?;
         }
         QuoteEdit::Win => transition(doc, QuoteStatus::Won, ctx)?,

@@ -463,6 +463,7 @@ impl ClientSession {
                             prepared.discard(p);
                             r
                         })
+                        .and_then(|_| tx.clear_skipped(item.doc_id))
                         .and_then(|_| {
                             std::iter::once(&item.doc_id)
                                 .chain(followers.get(&item.doc_id).into_iter().flatten())
@@ -480,9 +481,11 @@ impl ClientSession {
                     if matches!(e, StoreError::Sqlite(_)) {
                         return Err(e);
                     }
-                    // Bytes the relay should never have sent: keep them out, keep syncing.
+                    // Bytes the relay should never have sent: keep them out, keep syncing, and
+                    // report the document.
                     stats.items_failed += 1;
                     tracing::warn!(doc = %item.doc_id, error = %e, "skipping an undecodable download item");
+                    tx.record_skipped(item.doc_id, &e.to_string())?;
                 }
             }
             waiting.apply(tx, None, &mut stats)?;
@@ -624,6 +627,7 @@ impl WaitingChanges {
                                 // Bytes the relay should never have sent: keep them out.
                                 stats.items_failed += 1;
                                 tracing::warn!(doc = %id, error = %e, "skipping an undecodable download item");
+                                tx.record_skipped(id, &e.to_string())?;
                             }
                         }
                     }

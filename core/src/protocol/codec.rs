@@ -161,15 +161,24 @@ fn decode_limited(frame: &[u8], handshake_only: bool) -> Result<Message, CodecEr
             // then learn the message type from the first bytes and decompress the rest only
             // up to that type's cap: a small frame cannot expand into gigabytes, nor a
             // handshake into megabytes.
-            if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(payload)
-                && n > MAX_BODY as u64
+            let declared = zstd::zstd_safe::get_frame_content_size(payload)
+                .ok()
+                .flatten()
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            if let Some(n) = declared
+                && n > MAX_BODY
             {
-                return Err(CodecError::TooLarge(n as usize));
+                return Err(CodecError::TooLarge(n));
             }
             let mut z = zstd::stream::read::Decoder::new(payload)
                 .map_err(|e| CodecError::Decompress(e.to_string()))?;
             let (tag, mut out) = read_tag(&mut z)?;
-            let cap = cap_for(tag)?;
+            // A frame never decodes past the size it declares (hosts budget by it), and a
+            // declared size is allocated once rather than by doubling.
+            let cap = cap_for(tag)?.min(declared.unwrap_or(usize::MAX));
+            if declared.is_some() {
+                out.reserve_exact(cap.saturating_sub(out.len()).saturating_add(1));
+            }
             (&mut z)
                 .take((cap - out.len()) as u64 + 1)
                 .read_to_end(&mut out)
@@ -261,6 +270,31 @@ impl FrameDecoder {
         msg.map(Some)
     }
 
+    /// Once the frame at the head of the buffer has fully arrived: an upper bound on the
+    /// memory decoding it takes — its compressed bytes, plus twice its decoded body (the body,
+    /// and the message decoded from it). The decoded size is the size a compressed frame
+    /// declares (checked while decompressing), or its message type's cap
+    /// ([`MAX_BODY`] at most) when it declares none. A host that decodes many streams at once
+    /// reserves this from a shared budget before calling [`FrameDecoder::next_message`].
+    pub fn next_frame_cost(&self) -> Option<usize> {
+        let prefix: [u8; 4] = self.buf.get(..4)?.try_into().ok()?;
+        let len = u32::from_be_bytes(prefix) as usize;
+        let frame = self.buf.get(4..4usize.checked_add(len)?)?;
+        let cap = if self.handshake {
+            HANDSHAKE_BODY
+        } else {
+            MAX_BODY
+        };
+        let body = match frame.split_first() {
+            Some((&FLAG_ZSTD, payload)) => match zstd::zstd_safe::get_frame_content_size(payload) {
+                Ok(Some(n)) => usize::try_from(n).unwrap_or(usize::MAX).min(cap),
+                _ => cap,
+            },
+            _ => len.min(cap),
+        };
+        Some(len.saturating_add(body.saturating_mul(2)))
+    }
+
     /// Bytes buffered but not yet decoded.
     pub fn buffered(&self) -> usize {
         self.buf.len()
@@ -286,6 +320,56 @@ mod tests {
                 .collect(),
             done: true,
         }
+    }
+
+    /// The cost a host reserves before decoding bounds what decoding takes, and a frame that
+    /// declares a smaller size than it decompresses to is refused at the declared size.
+    #[test]
+    fn a_frame_costs_at_most_what_it_declares() {
+        let msg = heads(5_000);
+        let frame = framed(&msg);
+        let mut dec = FrameDecoder::new();
+        dec.push(&frame[..frame.len() - 1]);
+        assert_eq!(dec.next_frame_cost(), None, "not complete yet");
+        dec.push(&frame[frame.len() - 1..]);
+        let body = postcard::to_stdvec(&msg).expect("body").len();
+        let cost = dec.next_frame_cost().expect("complete");
+        assert_eq!(
+            cost,
+            frame.len() - 4 + 2 * body,
+            "declared size, not the cap"
+        );
+        assert_eq!(dec.next_message().expect("decodes"), Some(msg.clone()));
+
+        // A body declaring 100 bytes but holding the whole message.
+        let body = postcard::to_stdvec(&msg).expect("body");
+        let mut z = zstd::stream::Encoder::new(Vec::new(), 3).expect("encoder");
+        z.set_pledged_src_size(Some(body.len() as u64))
+            .expect("pledge");
+        std::io::Write::write_all(&mut z, &body).expect("write");
+        let mut payload = z.finish().expect("finish");
+        // Patch the header's 4-byte content-size field (a body of this size needs 4 bytes).
+        let declared = zstd::zstd_safe::get_frame_content_size(&payload)
+            .expect("header")
+            .expect("declared");
+        assert_eq!(declared, body.len() as u64);
+        let at = payload
+            .windows(4)
+            .position(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64 == declared)
+            .expect("size field");
+        assert!(at < 18, "in the frame header");
+        payload[at..at + 4].copy_from_slice(&100u32.to_le_bytes());
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&payload).ok(),
+            Some(Some(100))
+        );
+        let mut frame = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+        frame.push(FLAG_ZSTD);
+        frame.extend_from_slice(&payload);
+        let mut dec = FrameDecoder::new();
+        dec.push(&frame);
+        assert_eq!(dec.next_frame_cost(), Some(payload.len() + 1 + 200));
+        assert!(dec.next_message().is_err(), "refused at its declared size");
     }
 
     /// Before the handshake only a small Hello or Enrol is read; a compressed frame of another

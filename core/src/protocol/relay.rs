@@ -24,6 +24,10 @@ pub enum Outcome {
     Stored,
     /// Refused.
     Refused(Rejection),
+    /// Refused, and the change does not fit its document (no honest writer makes one): the
+    /// storage examined no further change of the upload, and the session closes the
+    /// connection after acknowledging it.
+    Malformed(Rejection),
 }
 
 /// What the relay lacks of one document a client named in a `Heads` exchange.
@@ -281,6 +285,7 @@ impl RelaySession {
                 let outcomes = storage.append(&device, &changes, relayed)?;
                 let mut accepted = Vec::new();
                 let mut rejected = Vec::new();
+                let mut malformed = false;
                 for (c, o) in changes.iter().zip(outcomes) {
                     match o {
                         Outcome::Stored => {
@@ -292,6 +297,10 @@ impl RelaySession {
                             }
                         }
                         Outcome::Refused(r) => rejected.push(r),
+                        Outcome::Malformed(r) => {
+                            malformed = true;
+                            rejected.push(r);
+                        }
                     }
                 }
                 storage.touch_device(device.device_id)?;
@@ -300,6 +309,14 @@ impl RelaySession {
                     accepted,
                     rejected,
                 });
+                if malformed {
+                    out.messages.push(Message::Error {
+                        code: ErrorCode::Protocol,
+                        reason: "the upload held a change that does not fit its document".into(),
+                    });
+                    out.close = true;
+                    return Ok(out);
+                }
                 // A live client gets a batch right behind the acknowledgement, even an empty
                 // one: it marks the log as of this upload, so a document the client was told
                 // to give up leaves only after every entry filed before the acknowledgement

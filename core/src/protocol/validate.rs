@@ -136,6 +136,9 @@ pub struct Refusal {
     /// Automerge failed while applying the change and the document passed in could not be
     /// rolled back: the caller must drop it and load the document again from its storage.
     pub doc_lost: bool,
+    /// The change does not fit its document (it failed the structural pre-check, or made
+    /// automerge fail): no honest writer produces one, and the relay ends the upload there.
+    pub malformed: bool,
 }
 
 impl Refusal {
@@ -144,6 +147,14 @@ impl Refusal {
             reason: reason.into(),
             retry: false,
             doc_lost: false,
+            malformed: false,
+        }
+    }
+
+    fn malformed(reason: impl Into<String>) -> Self {
+        Self {
+            malformed: true,
+            ..Self::permanent(reason)
         }
     }
 }
@@ -253,6 +264,7 @@ pub fn check_change(
             reason: format!("dependency {missing} is not on the relay yet"),
             retry: true,
             doc_lost: false,
+            malformed: false,
         });
     }
     // The operation counter follows from the history the change builds on (as Automerge
@@ -272,6 +284,10 @@ pub fn check_change(
             expected - 1
         )));
     }
+    // Every operation must fit the document before automerge sees it: a misfit would make it
+    // panic part way, and the document would have to be loaded again.
+    let structure = crate::store::precheck_change(doc, &change)
+        .map_err(|e| Refusal::malformed(e.to_string()))?;
     let heads_before = doc.get_heads();
     let before = facts_now(doc, doc_id);
     // Applied in place (no copy of the document per change); a refusal below rolls back.
@@ -283,6 +299,7 @@ pub fn check_change(
             doc,
             doc_id,
             &change,
+            structure,
             sender,
             role,
             before.as_ref(),
@@ -299,6 +316,7 @@ pub fn check_change(
                 reason: e.to_string(),
                 retry: false,
                 doc_lost: true,
+                malformed: true,
             });
         }
     };
@@ -334,6 +352,7 @@ fn judge(
     doc: &AutoCommit,
     doc_id: DocId,
     change: &Change,
+    structure: crate::store::Structure,
     sender: &DeviceInfo,
     role: Role,
     before: Option<&Facts>,
@@ -352,14 +371,7 @@ fn judge(
     let depth = match before.and_then(|f| f.depth) {
         Some(d) if d + change.len() <= MAX_NESTING => Some(d + change.len()),
         known => {
-            let makes_objects = crate::store::guard("expanding an uploaded change", || {
-                change
-                    .decode()
-                    .operations
-                    .iter()
-                    .any(|op| matches!(op.action, automerge::legacy::OpType::Make(_)))
-            })
-            .map_err(|e| Refusal::permanent(e.to_string()))?;
+            let makes_objects = structure.makes_objects;
             match known {
                 Some(d) if !makes_objects => Some(d),
                 _ if makes_objects || before.is_none() => {

@@ -11,6 +11,7 @@
 //! limits, and every failure is a typed [`StoreError`]; nothing already stored is modified by a
 //! failed call (the transaction rolls back and the cached copy is dropped).
 
+mod precheck;
 mod projection;
 mod schema;
 
@@ -23,6 +24,8 @@ use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub use precheck::{Structure, precheck_change, precheck_changes};
 
 use crate::ids::{DocId, DocKind, now_millis};
 use crate::model::{self, Document, ModelError};
@@ -180,6 +183,17 @@ pub struct Quarantined {
     pub at: i64,
 }
 
+/// A downloaded document this replica could not load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The document.
+    pub doc_id: DocId,
+    /// Why it did not load (the latest attempt).
+    pub reason: String,
+    /// When (ms).
+    pub at: i64,
+}
+
 /// A field with concurrent values, as stored in the `conflicts` projection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DocConflict {
@@ -268,9 +282,49 @@ fn causal_order(changes: Vec<RawChange>) -> Result<Vec<RawChange>, StoreError> {
 }
 
 /// Runs an Automerge call that may panic on hostile input, turning a panic into an error.
-pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+pub fn guard<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, StoreError> {
     catch_unwind(AssertUnwindSafe(f))
         .map_err(|_| StoreError::InvalidData(format!("automerge panicked while {what}")))
+}
+
+/// Documents stored in fewer bytes (snapshot and pending changes) are far under
+/// [`crate::budget::MAX_DOC_BYTES`], even very compressible ones: a local edit to them is not
+/// measured.
+const MEASURE_DOC_FROM: i64 = 32 << 10;
+
+/// Refuses a local edit that grows its document past the relay's size budget (the raw size
+/// of every change it holds, as the relay measures it): the relay would refuse it for good, and
+/// the edit would sit in the quarantine. Measured only for documents stored in enough bytes to
+/// be near the budget.
+fn check_doc_size(
+    tx: &rusqlite::Transaction<'_>,
+    doc: &mut AutoCommit,
+    id: DocId,
+) -> Result<(), StoreError> {
+    let stored: i64 = tx
+        .prepare_cached(
+            "SELECT length(snapshot) + COALESCE(
+                (SELECT sum(length(bytes)) FROM doc_changes WHERE doc_id = ?1), 0)
+             FROM docs WHERE id = ?1",
+        )?
+        .query_row([id.as_bytes()], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if stored < MEASURE_DOC_FROM {
+        return Ok(());
+    }
+    let raw: usize = doc
+        .get_changes(&[])
+        .iter()
+        .map(|c| c.raw_bytes().len())
+        .sum();
+    if raw > crate::budget::MAX_DOC_BYTES {
+        return Err(StoreError::Budget(format!(
+            "over budget: the document would grow past {} bytes (to {raw})",
+            crate::budget::MAX_DOC_BYTES
+        )));
+    }
+    Ok(())
 }
 
 /// Decodes one raw change from outside, with a size limit and without panicking.
@@ -289,6 +343,15 @@ pub fn decode_change(bytes: &[u8]) -> Result<Change, StoreError> {
     }
     let change = guard("decoding a change", || Change::from_bytes(bytes.to_vec()))?
         .map_err(|e| StoreError::InvalidData(e.to_string()))?;
+    // Automerge checks a chunk's checksum (the first 4 bytes of its hash, stored after the
+    // magic bytes) when it loads a document, not when it decodes one change. A change kept
+    // while it waits for its dependencies is saved as it is into the compacted snapshot, which
+    // would then no longer load.
+    if bytes.get(4..8) != Some(&change.hash().0[..4]) {
+        return Err(StoreError::InvalidData(
+            "the change's checksum does not match its contents".into(),
+        ));
+    }
     crate::budget::check_change(&change, bytes.len()).map_err(StoreError::Budget)?;
     Ok(change)
 }
@@ -301,6 +364,7 @@ pub fn load_snapshot(bytes: &[u8]) -> Result<AutoCommit, StoreError> {
             bytes.len()
         )));
     }
+    crate::budget::check_snapshot(bytes).map_err(StoreError::Budget)?;
     guard("loading a document", || AutoCommit::load(bytes))?
         .map_err(|e| StoreError::InvalidData(e.to_string()))
 }
@@ -728,6 +792,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Downloaded documents this replica could not load, newest first: kept out of the
+    /// replica and reported until a later snapshot of the document loads.
+    pub fn skipped(&self) -> Result<Vec<Skipped>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT doc_id, reason, at FROM skipped ORDER BY at DESC, doc_id")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (doc, reason, at) = row?;
+            if let Some(doc_id) = DocId::from_slice(&doc) {
+                out.push(Skipped { doc_id, reason, at });
+            }
+        }
+        Ok(out)
+    }
+
     /// Every field with concurrent values, from the `conflicts` projection.
     pub fn conflicts(&self) -> Result<Vec<DocConflict>, StoreError> {
         let mut st = self.reader.prepare_cached(
@@ -945,10 +1032,18 @@ fn project(
     fresh: bool,
     may_conflict: bool,
 ) -> Result<Option<Document>, StoreError> {
+    project_read(conn, read_for_projection(doc, may_conflict), fresh)
+}
+
+/// Reads a document and its conflicts for [`project_read`].
+fn read_for_projection(
+    doc: &AutoCommit,
+    may_conflict: bool,
+) -> Result<(Document, Vec<model::Conflict>), ModelError> {
     // Downloaded content nobody on this laptop validated: a panic in automerge's readers makes
     // the document unreadable here (stored, not projected, reported by `verify`), never a
     // crash of the sync.
-    let read = guard("reading a document", || {
+    guard("reading a document", || {
         model::read_document(doc).map(|d| {
             let conflicts = if may_conflict {
                 model::conflicts(doc)
@@ -958,8 +1053,7 @@ fn project(
             (d, conflicts)
         })
     })
-    .unwrap_or_else(|e| Err(ModelError::Malformed(e.to_string())));
-    project_read(conn, read, fresh)
+    .unwrap_or_else(|e| Err(ModelError::Malformed(e.to_string())))
 }
 
 /// [`project`] with the document already read, and its conflicts found.
@@ -1284,6 +1378,7 @@ impl StoreTx<'_> {
             let raw: Vec<Vec<u8>> = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
             (raw, hashes)
         };
+        check_doc_size(&self.tx, doc, id)?;
         if hashes.is_empty() {
             return Ok(Committed { id, hashes });
         }
@@ -1310,6 +1405,22 @@ impl StoreTx<'_> {
         origin: Origin,
     ) -> Result<(), StoreError> {
         let doc = load_cached(&self.tx, self.cache, self.actor, id)?;
+        let read = read_for_projection(doc, true);
+        let heads = heads_to_bytes(&doc.get_heads());
+        // A document must say it is the one it is filed under (a downloaded snapshot is
+        // checked for this before it is merged): projection rows are keyed by the header's
+        // id, so changes writing another id would replace that document's rows. The relay
+        // refuses such changes on upload; nothing is written here and the cached copy, which
+        // holds them, is dropped.
+        if let Ok((d, _)) = &read
+            && d.header().id != id
+        {
+            self.cache.remove(&id);
+            return Err(StoreError::InvalidData(format!(
+                "changes to document {id} write the id of document {}",
+                d.header().id
+            )));
+        }
         {
             let mut ins = self.tx.prepare_cached(
                 "INSERT OR IGNORE INTO doc_changes (doc_id, hash, bytes) VALUES (?1, ?2, ?3)",
@@ -1318,8 +1429,7 @@ impl StoreTx<'_> {
                 ins.execute(params![id.as_bytes(), h.0, b])?;
             }
         }
-        let typed = project(&self.tx, doc, false, true)?;
-        let heads = heads_to_bytes(&doc.get_heads());
+        let typed = project_read(&self.tx, read, false)?;
         let now = now_millis();
         let exists = self
             .tx
@@ -1450,6 +1560,9 @@ impl StoreTx<'_> {
         if fresh.is_empty() {
             return Ok(0);
         }
+        // A change that does not fit the document is refused before automerge sees it (it
+        // could panic part way, and the cached document would have to be dropped).
+        precheck_changes(doc, &fresh)?;
         let result = guard("applying changes", || doc.apply_changes(fresh));
         match result {
             Ok(Ok(())) => {}
@@ -1709,6 +1822,26 @@ impl StoreTx<'_> {
             self.evict(*id)?;
         }
         Ok(ids.len())
+    }
+
+    /// Records that a downloaded item of document `id` could not be loaded (see
+    /// [`Store::skipped`]).
+    pub fn record_skipped(&mut self, id: DocId, reason: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO skipped (doc_id, reason, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (doc_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+            )?
+            .execute(params![id.as_bytes(), reason, now_millis()])?;
+        Ok(())
+    }
+
+    /// Forgets that document `id` was skipped (a snapshot of it loaded).
+    pub fn clear_skipped(&mut self, id: DocId) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM skipped WHERE doc_id = ?1")?
+            .execute([id.as_bytes()])?;
+        Ok(())
     }
 
     /// Marks a document to leave the replica; it is removed by

@@ -191,6 +191,15 @@ CREATE VIEW timeline AS
            COALESCE(quote_no, id) || ' ' || status || ' ' || total_minor || ' ' || currency AS summary
       FROM quotes;
 "#,
+    // v2: downloaded documents this replica could not load (over a budget, damaged): kept out
+    // and reported until a later snapshot of the document loads.
+    r#"
+CREATE TABLE skipped (
+    doc_id BLOB PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this build creates and migrates to.

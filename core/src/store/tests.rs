@@ -369,6 +369,124 @@ fn a_new_document_stored_as_its_single_change_reloads_identically() {
     assert!(s.verify().unwrap().is_empty());
 }
 
+/// Regression (fuzz target `load_document`): automerge checks a chunk's checksum when it loads
+/// a document but not when it decodes a single change, so a downloaded change with a wrong
+/// checksum was stored. Waiting for a dependency that had not arrived, it was written as it
+/// was into the document's next compacted snapshot (`save()` keeps such changes), and that
+/// snapshot no longer loaded: the document was gone from the replica. Such a change is now
+/// refused where it arrives, and the document keeps loading.
+#[test]
+fn a_change_with_a_wrong_checksum_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let id = add_customer(&mut a, "Checksum Co");
+    edit(
+        &mut a,
+        id,
+        Edit::Customer(CustomerEdit::Set(CustomerField::Industry, "mining".into())),
+    );
+    let changes: Vec<Vec<u8>> = a
+        .outbox_batch(0, 100, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.bytes)
+        .collect();
+    let [create, edit_change] = changes.as_slice() else {
+        panic!("two changes: {}", changes.len());
+    };
+    let mut bad = edit_change.clone();
+    bad[4] ^= 0x01; // the header checksum
+    assert!(decode_change(edit_change).is_ok());
+    assert!(
+        matches!(decode_change(&bad), Err(StoreError::InvalidData(_))),
+        "a wrong checksum is refused"
+    );
+
+    let path = dir.path().join("b.db");
+    let mut b = Store::open_with(
+        &path,
+        StoreOptions {
+            compact_after: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // The creation arrives, then the edit with a wrong checksum and a dependency that is not
+    // there (the fuzzer's input: a mutated dependency hash), then a compaction.
+    b.transaction(|tx| tx.apply_changes(id, std::slice::from_ref(create)))
+        .unwrap();
+    let mut orphan = bad.clone();
+    orphan[12] ^= 0x01; // the first dependency hash; the checksum is still wrong
+    assert!(
+        b.transaction(|tx| tx.apply_changes(id, std::slice::from_ref(&orphan)))
+            .is_err()
+    );
+    b.transaction(|tx| tx.compact(id)).unwrap();
+    drop(b);
+    let mut b = Store::open(&path).unwrap();
+    assert!(b.verify().unwrap().is_empty());
+    b.transaction(|tx| tx.apply_changes(id, std::slice::from_ref(edit_change)))
+        .unwrap();
+    assert_eq!(b.document(id).unwrap(), a.document(id).unwrap());
+}
+
+/// Regression (fuzz target `client_session`): downloaded changes filed under one document
+/// id that write another id into the document's header were stored (a downloaded snapshot
+/// is checked for this; changes were not). Projection rows are keyed by the header's id, so
+/// they replaced the other document's rows — a customer showed another document's name —
+/// and `verify` reported the document filed under the first id. Such changes are now
+/// refused, as the relay refuses them on upload.
+#[test]
+fn changes_that_write_another_documents_id_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let id = add_customer(&mut a, "Real Co");
+    let real: Vec<Vec<u8>> = a
+        .outbox_batch(0, 100, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.bytes)
+        .collect();
+    // Another replica writes a customer claiming the same id.
+    let mut c = Store::open(dir.path().join("c.db")).unwrap();
+    c.transaction(|tx| {
+        tx.create(id, |doc, id| {
+            create_customer(
+                doc,
+                id,
+                &NewCustomer {
+                    org: "acme".into(),
+                    scope: "north".into(),
+                    name: "Impostor".into(),
+                    ..Default::default()
+                },
+                &ctx(),
+            )
+        })
+    })
+    .unwrap();
+    let impostor: Vec<Vec<u8>> = c
+        .outbox_batch(0, 100, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.bytes)
+        .collect();
+
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    b.transaction(|tx| tx.apply_changes(id, &real)).unwrap();
+    let elsewhere = DocId::new();
+    let r = b.transaction(|tx| tx.apply_changes(elsewhere, &impostor));
+    assert!(matches!(r, Err(StoreError::InvalidData(_))), "{r:?}");
+    assert!(!b.contains(elsewhere).unwrap());
+    let rows = b.query_json("SELECT name FROM customers", &[]).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["name"], "Real Co");
+    assert!(b.verify().unwrap().is_empty());
+    // Changes that do hold their own id still apply.
+    let more = b.transaction(|tx| tx.apply_changes(id, &real)).unwrap();
+    assert_eq!(more, 0);
+}
+
 /// Snapshots prepared on helper threads come back in order, each with its own outcome: a
 /// garbage snapshot and one holding another document fail alone, the rest are stored with
 /// their projections, and one merged into an existing document keeps both sides.
@@ -427,4 +545,54 @@ fn prepared_snapshots_apply_in_order_with_their_own_errors() {
     };
     assert_eq!(c.industry.as_deref(), Some("mining"), "local edit kept");
     assert!(b.verify().unwrap().is_empty());
+}
+
+#[test]
+fn a_local_edit_cannot_grow_a_document_past_the_relays_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path().join("r.db")).unwrap();
+    let id = add_customer(&mut store, "Big Notes Co");
+    // Incompressible notes of 1 MiB each: the ninth would take the document past 8 MiB.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut note = || {
+        (0..1 << 20)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'a' + (seed % 26) as u8)
+            })
+            .collect::<String>()
+    };
+    let mut added = 0;
+    let err = loop {
+        let text = note();
+        match store.edit(id, |doc| {
+            apply_edit(
+                doc,
+                &Edit::Customer(CustomerEdit::AddNote(format!("n{added}"), text)),
+                &ctx(),
+            )
+        }) {
+            Ok(_) => added += 1,
+            Err(e) => break e,
+        }
+        assert!(added < 12, "never refused");
+    };
+    assert_eq!(added, 7, "{err}");
+    assert!(
+        matches!(&err, StoreError::Budget(r) if r.contains("over budget")),
+        "{err}"
+    );
+    // The document is as it was before the refused edit, and still edits.
+    let doc = store.document(id).unwrap();
+    let Document::Customer(c) = doc else {
+        panic!("a customer")
+    };
+    assert_eq!(c.notes.len(), 7);
+    edit(
+        &mut store,
+        id,
+        Edit::Customer(CustomerEdit::Set(CustomerField::Industry, "mining".into())),
+    );
 }

@@ -10,8 +10,15 @@
 //! The caps sit well above what the document model writes (a customer is created in a few
 //! dozen operations of a few bytes each; an edit is a handful) and well under what a laptop
 //! can load several of at once.
+//!
+//! A snapshot is checked before it is loaded ([`snapshot`]): the inflated size of its
+//! compressed columns and the rows of every column, counted from their run headers.
 
 use automerge::Change;
+
+pub mod snapshot;
+
+pub use snapshot::check_snapshot;
 
 /// Most operations one change may hold.
 pub const MAX_CHANGE_OPS: usize = 100_000;
