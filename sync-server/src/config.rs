@@ -62,6 +62,11 @@ pub struct RelayConfig {
     /// server's certificate and host name against it; when unset, without TLS (a URL asking
     /// for `sslmode=require` is then refused). Default: unset.
     pub database_ca: Option<PathBuf>,
+    /// With a PostgreSQL `database`: the most connections this relay node opens to it (the
+    /// writer, the `LISTEN` connection and the read pool, of which a quarter is kept for
+    /// authentication). A request that finds none free for 5 s is refused as busy and the
+    /// client retries. At least 4. Default: 16.
+    pub database_max_connections: usize,
     /// UDP address to listen on. Default: `0.0.0.0:4433`.
     pub listen: SocketAddr,
     /// The address devices use to reach the relay (`host:port`, e.g. behind NAT or a DNS
@@ -94,6 +99,10 @@ pub struct RelayConfig {
     pub max_batch_bytes: usize,
     /// Most changes accepted in one upload. Default: 20000.
     pub max_upload_changes: usize,
+    /// Memory all connections together may spend decoding frames at once, in bytes; a
+    /// connection whose frame does not fit waits for others to finish. Default: 1073741824
+    /// (1 GiB; at least 16 MiB).
+    pub max_decode_bytes: usize,
     /// Seconds without any packet after which a connection is dropped (clients send
     /// keep-alives). Default: 30 (range 1 – 3600).
     pub idle_timeout_secs: u64,
@@ -113,6 +122,12 @@ pub struct RelayConfig {
     /// old devices' changes written before the move (offline edits), filing them under the new
     /// scope. Default: 30 (range 0 – 3650).
     pub move_grace_days: u64,
+    /// New documents one device may store per UTC day; more are refused with a retryable
+    /// reason. 0: no limit. Default: 5000.
+    pub quota_new_documents_per_day: u64,
+    /// Bytes of changes one device may store per UTC day. 0: no limit. Default: 268435456
+    /// (256 MiB).
+    pub quota_bytes_per_day: u64,
 }
 
 impl Default for RelayConfig {
@@ -126,6 +141,7 @@ impl Default for RelayConfig {
             metrics_token: None,
             database: None,
             database_ca: None,
+            database_max_connections: 16,
             cert: None,
             key: None,
             max_connections: 1024,
@@ -133,12 +149,15 @@ impl Default for RelayConfig {
             max_connections_per_device: 4,
             max_batch_bytes: limits.max_batch_bytes,
             max_upload_changes: limits.max_upload_changes,
+            max_decode_bytes: 1 << 30,
             idle_timeout_secs: 30,
             open_enrollment: false,
             open_scopes: vec!["*".to_string()],
             open_role: Role::Admin,
             doc_cache: 1024,
             move_grace_days: 30,
+            quota_new_documents_per_day: crate::store::Quota::default().new_documents_per_day,
+            quota_bytes_per_day: crate::store::Quota::default().bytes_per_day,
         }
     }
 }
@@ -183,6 +202,9 @@ impl RelayConfig {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
+        }
+        if self.max_decode_bytes < 16 << 20 {
+            return bad("max_decode_bytes", "must be at least 16777216 (16 MiB)");
         }
         if self.max_unauthenticated == 0 {
             return bad("max_unauthenticated", "must be at least 1");
@@ -248,6 +270,15 @@ impl RelayConfig {
                 );
             }
         }
+        if self.database_max_connections < crate::store::MIN_DB_CONNECTIONS {
+            return bad(
+                "database_max_connections",
+                format!(
+                    "must be at least {} (the writer, the listener, reads and authentication)",
+                    crate::store::MIN_DB_CONNECTIONS
+                ),
+            );
+        }
         if self.database_ca.is_some() && self.database.is_none() {
             return bad(
                 "database_ca",
@@ -282,6 +313,12 @@ impl RelayConfig {
                 role: self.open_role,
             }),
             move_grace: std::time::Duration::from_secs(self.move_grace_days * 86_400),
+            quota: crate::store::Quota {
+                new_documents_per_day: self.quota_new_documents_per_day,
+                bytes_per_day: self.quota_bytes_per_day,
+            },
+            db_max_connections: self.database_max_connections,
+            ..crate::store::RelayStoreOptions::default()
         }
     }
 
@@ -400,6 +437,8 @@ mod tests {
         assert!(e.to_string().contains("idle_timeout_secs"), "{e}");
         let e = RelayConfig::from_toml_str("public_addr = \"relay.example.com\"").unwrap_err();
         assert!(e.to_string().contains("public_addr"), "{e}");
+        let e = RelayConfig::from_toml_str("database_max_connections = 3").unwrap_err();
+        assert!(e.to_string().contains("database_max_connections"), "{e}");
         let e = RelayConfig::from_toml_str("database_ca = \"/etc/ssl/db-ca.pem\"").unwrap_err();
         assert!(e.to_string().contains("database_ca"), "{e}");
         let e = RelayConfig::from_toml_str(

@@ -11,12 +11,16 @@
 //!   not authenticated and per device), [`auth_limit::AuthLimiter`]: failed authentication
 //!   limited per source address;
 //! - [`config::RelayConfig`]: the TOML configuration with documented defaults;
-//! - [`tls`]: certificate handling and a fingerprint-pinning verifier for clients.
+//! - [`tls`]: certificate handling and a fingerprint-pinning verifier for clients;
+//! - [`decode_budget`]: the relay-wide budget of memory spent decoding frames;
+//!   [`doc_check`]: the stored documents that fail to load (`doc check`).
 
 pub mod admission;
 pub mod auth_limit;
 pub mod backup;
 pub mod config;
+pub mod decode_budget;
+pub mod doc_check;
 pub mod metrics;
 pub mod server;
 pub mod store;

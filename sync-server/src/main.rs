@@ -120,6 +120,9 @@ enum Cmd {
     /// Enrol, revoke and list devices.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Inspect stored documents.
+    #[command(subcommand)]
+    Doc(DocCmd),
     /// Write a consistent copy of the relay's database (and its certificate and key) into a
     /// directory, while the relay keeps serving. Embedded SQLite store only.
     Backup {
@@ -153,6 +156,21 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
         /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DocCmd {
+    /// List the stored documents that fail to load (over a size, inflation, row or nesting
+    /// budget, or damaged), as the relay and laptops would load them: changes to such a
+    /// document are refused for a retry and laptops skip it. Reads every stored snapshot once;
+    /// works while the relay runs.
+    Check {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -323,6 +341,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "devices will compare their documents with the relay and re-upload what the backup lacks on their next sync"
             );
             Ok(())
+        }
+        Cmd::Doc(DocCmd::Check { common, json }) => {
+            let report = fieldsync_relay::doc_check::check_documents(&common.store()?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} documents checked, {} fail to load",
+                    report.checked,
+                    report.problems.len()
+                );
+                for p in &report.problems {
+                    println!(
+                        "{}  {:>12}  {}",
+                        p.doc_id,
+                        fmt_bytes(p.snapshot_bytes as u64),
+                        p.reason
+                    );
+                }
+            }
+            if report.problems.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("{} documents fail to load", report.problems.len())
+            }
         }
         Cmd::Status { common } => {
             print!("{}", fieldsync_relay::status_report(&common.load()?)?);
@@ -533,8 +576,8 @@ fn list(common: &Common, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<36}  {:<20} {:<8} {:<24} {:<20} status",
-        "device id", "name", "role", "scopes", "last sync"
+        "{:<36}  {:<20} {:<8} {:<24} {:<20} {:<18} status",
+        "device id", "name", "role", "scopes", "last sync", "today (docs/bytes)"
     );
     for d in devices {
         let status = match (d.revoked_at, d.enrolled) {
@@ -543,26 +586,38 @@ fn list(common: &Common, json: bool) -> anyhow::Result<()> {
             (None, false) => "open enrolment".to_string(),
         };
         println!(
-            "{:<36}  {:<20} {:<8} {:<24} {:<20} {status}",
+            "{:<36}  {:<20} {:<8} {:<24} {:<20} {:<18} {status}",
             d.device_id,
             d.name,
             d.role.as_str(),
             d.scopes.join(","),
             d.last_seen.map_or("never".to_string(), fmt_millis),
+            format!("{}/{}", d.today.new_documents, fmt_bytes(d.today.bytes)),
         );
     }
     for e in pending {
         println!(
-            "{:<36}  {:<20} {:<8} {:<24} {:<20} token not used yet (expires {})",
+            "{:<36}  {:<20} {:<8} {:<24} {:<20} {:<18} token not used yet (expires {})",
             e.device_id.map_or("-".to_string(), |d| d.to_string()),
             e.name,
             e.role.as_str(),
             e.scopes.join(","),
             "never",
+            "-",
             fmt_millis(e.expires_at)
         );
     }
     Ok(())
+}
+
+/// Formats a byte count for people (KiB, MiB, GiB).
+fn fmt_bytes(b: u64) -> String {
+    match b {
+        0..1024 => format!("{b} B"),
+        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", b as f64 / 1_048_576.0),
+        _ => format!("{:.1} GiB", b as f64 / 1_073_741_824.0),
+    }
 }
 
 /// Formats ms since the Unix epoch as an ISO 8601 UTC timestamp.

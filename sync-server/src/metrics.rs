@@ -4,7 +4,8 @@
 //!
 //! Every series is counted where the relay does the work: connections in the accept loop,
 //! frames and bytes where they are read and written, changes from the acknowledgements the
-//! relay sends, errors from the error frames it sends.
+//! relay sends, errors from the error frames it sends. The PostgreSQL read pool's numbers
+//! (`db_pool_*`) are read from the store at each scrape ([`Metrics::watch_store`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,10 +16,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
@@ -54,6 +57,9 @@ pub struct Metrics {
     pub changes_accepted: Counter,
     /// Uploaded changes refused.
     pub changes_refused: Counter,
+    /// Uploaded changes refused over a device's daily quota, by quota (`new_documents`,
+    /// `bytes`).
+    pub quota_refusals: Family<Labels, Counter>,
     /// Time the relay spent answering one request (blocking store work included), seconds.
     pub request_seconds: Histogram,
     /// The relay log's last sequence number.
@@ -84,6 +90,7 @@ impl Metrics {
             errors_sent: Family::default(),
             changes_accepted: Counter::default(),
             changes_refused: Counter::default(),
+            quota_refusals: Family::default(),
             request_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             log_high_seq: Gauge::default(),
             accepting: Arc::new(AtomicBool::new(false)),
@@ -145,6 +152,11 @@ impl Metrics {
             m.changes_refused.clone(),
         );
         registry.register(
+            "quota_refusals",
+            "Uploaded changes refused over a device's daily quota, by quota",
+            m.quota_refusals.clone(),
+        );
+        registry.register(
             "request_seconds",
             "Time spent answering one client request",
             m.request_seconds.clone(),
@@ -172,11 +184,27 @@ impl Metrics {
         self.bytes_sent.inc_by(bytes as u64);
     }
 
+    /// Counts a change refused over the daily quota `quota`.
+    pub fn quota_refused(&self, quota: &str) {
+        self.quota_refusals
+            .get_or_create(&vec![("quota", quota.to_string())])
+            .inc();
+    }
+
     /// Counts an error frame.
     pub fn error_sent(&self, code: &str) {
         self.errors_sent
             .get_or_create(&vec![("code", code.to_string())])
             .inc();
+    }
+
+    /// Reports `store`'s PostgreSQL read pool at each scrape: `db_pool_capacity`,
+    /// `db_pool_reserved` (kept for authentication), `db_pool_open`, `db_pool_in_use`,
+    /// `db_pool_waits_total` (requests that waited for a connection) and `db_pool_busy_total`
+    /// (requests refused as busy). Nothing for the embedded SQLite store.
+    pub fn watch_store(&mut self, store: RelayStore) {
+        self.registry
+            .register_collector(Box::new(PoolCollector(store)));
     }
 
     /// Marks whether the relay accepts connections.
@@ -190,6 +218,54 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The store's read pool, read at each scrape.
+#[derive(Debug)]
+struct PoolCollector(RelayStore);
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(s) = self.0.pool_stats() else {
+            return Ok(());
+        };
+        let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+        for (name, help, g) in [
+            (
+                "db_pool_capacity",
+                "Most read connections this node opens to PostgreSQL",
+                gauge(s.capacity),
+            ),
+            (
+                "db_pool_reserved",
+                "Read connections kept for authentication and the node's bookkeeping",
+                gauge(s.reserved),
+            ),
+            ("db_pool_open", "Read connections open now", gauge(s.open)),
+            (
+                "db_pool_in_use",
+                "Read connections in use now",
+                gauge(s.in_use),
+            ),
+        ] {
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        for (name, help, c) in [
+            (
+                "db_pool_waits",
+                "Requests that waited for a free read connection",
+                ConstCounter::new(s.waits),
+            ),
+            (
+                "db_pool_busy",
+                "Requests refused as busy: no read connection came free in time",
+                ConstCounter::new(s.timeouts),
+            ),
+        ] {
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
     }
 }
 
@@ -297,4 +373,41 @@ pub async fn serve_http(
         }
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::postgres::ScratchDatabase;
+    use crate::store::{PgRelayStore, RelayStoreOptions, SqliteRelayStore};
+
+    /// The PostgreSQL read pool is reported at each scrape; the embedded store adds nothing.
+    #[test]
+    fn the_database_pool_is_reported_for_postgres_only() {
+        let db = ScratchDatabase::create(&ScratchDatabase::server_url())
+            .expect("this test needs PostgreSQL (FIELDSYNC_TEST_PG)");
+        let store = PgRelayStore::open(db.url(), RelayStoreOptions::default()).unwrap();
+        let mut m = Metrics::new();
+        m.watch_store(RelayStore::Postgres(store.clone()));
+        store.high().unwrap();
+        let text = m.render();
+        for line in [
+            "fieldsync_relay_db_pool_capacity 14",
+            "fieldsync_relay_db_pool_reserved 3",
+            "fieldsync_relay_db_pool_open 1",
+            "fieldsync_relay_db_pool_in_use 0",
+            "fieldsync_relay_db_pool_waits_total 0",
+            "fieldsync_relay_db_pool_busy_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite =
+            SqliteRelayStore::open(dir.path().join("relay.db"), RelayStoreOptions::default())
+                .unwrap();
+        let mut m = Metrics::new();
+        m.watch_store(RelayStore::Sqlite(sqlite));
+        assert!(!m.render().contains("db_pool"));
+    }
 }

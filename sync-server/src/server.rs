@@ -2,10 +2,13 @@
 //! connection, one bidirectional stream opened by the client carrying length-prefixed frames
 //! (`fieldsync_core::protocol::codec`), and a [`RelaySession`] per connection.
 //!
-//! Storage calls are blocking SQLite: a connection task moves its session and a store handle
-//! into `spawn_blocking` for each message, so the async workers never block. After every
-//! upload that appended to the log the store bumps a `watch` channel; live connections then
-//! call [`RelaySession::poll_live`] and push what is new.
+//! Storage calls block (SQLite, or the synchronous PostgreSQL client): a connection task moves
+//! its session and a store handle into `spawn_blocking` for each message, so the async workers
+//! never block. Each connection's store handle carries a [`Cancel`] flag, raised when the
+//! connection closes while a call runs, so that the store stops long reads for a client that
+//! has left instead of finishing them for nobody. After every upload that appended to the log
+//! the store bumps a `watch` channel; live connections then call [`RelaySession::poll_live`]
+//! and push what is new.
 //!
 //! Devices are enrolled and revoked by `fieldsync-relay device …`, often by another process
 //! on the same data directory while the relay runs. Every such change bumps a counter in the
@@ -29,8 +32,9 @@ use tracing::{debug, info, warn};
 use crate::admission::Admission;
 use crate::auth_limit::AuthLimiter;
 use crate::config::RelayConfig;
+use crate::decode_budget::DecodeBudget;
 use crate::metrics::{Metrics, serve_http};
-use crate::store::RelayStore;
+use crate::store::{Cancel, RelayStore};
 use crate::tls;
 
 /// Time a new connection has to open its stream and send `Hello` (a few round trips of the
@@ -69,6 +73,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     admission: Arc<Admission>,
     auth_limit: Arc<AuthLimiter>,
+    decode_budget: DecodeBudget,
 }
 
 impl Relay {
@@ -107,7 +112,9 @@ impl Relay {
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = endpoint.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        metrics.watch_store(store.clone());
+        let metrics = Arc::new(metrics);
         let metrics_addr = match config.metrics_listen {
             Some(addr) => {
                 let (bound, _task) = serve_http(
@@ -132,6 +139,7 @@ impl Relay {
                 config.max_connections_per_device,
             )),
             auth_limit: Arc::new(AuthLimiter::new(FAILED_AUTH_PER_MINUTE)),
+            decode_budget: DecodeBudget::new(config.max_decode_bytes),
         });
         tokio::spawn(poll_devices(store.clone(), stop.clone()));
         // Accepting from here on: /healthz says so as soon as `start` returns, not only once
@@ -358,12 +366,14 @@ async fn serve_connection(
     let live = shared.store.subscribe();
     let mut devices = shared.store.subscribe_devices();
     devices.mark_unchanged();
+    let cancel = Cancel::default();
     let mut link = Link {
         conn,
         send,
         recv,
         remote,
-        store: shared.store.clone(),
+        store: shared.store.cancelled_by(cancel.clone()),
+        cancel,
         session: Some(RelaySession::new(shared.limits.clone())),
         live,
         devices,
@@ -372,6 +382,7 @@ async fn serve_connection(
         admission: shared.admission.clone(),
         ticket,
         auth_limit: shared.auth_limit.clone(),
+        decode_budget: shared.decode_budget.clone(),
     };
     shared.metrics.connections.inc();
     shared.metrics.connections_open.inc();
@@ -397,7 +408,10 @@ struct Link {
     send: SendStream,
     recv: RecvStream,
     remote: SocketAddr,
+    /// This connection's store handle: its long reads stop once `cancel` is raised.
     store: RelayStore,
+    /// Raised when the connection closes while a store call runs.
+    cancel: Cancel,
     session: Option<RelaySession>,
     live: watch::Receiver<u64>,
     devices: watch::Receiver<u64>,
@@ -408,6 +422,8 @@ struct Link {
     ticket: u64,
     /// Failed authentications per source address.
     auth_limit: Arc<AuthLimiter>,
+    /// The relay-wide budget of memory spent decoding frames.
+    decode_budget: DecodeBudget,
 }
 
 impl Link {
@@ -430,8 +446,19 @@ impl Link {
         let mut buf = vec![0u8; 64 << 10];
         let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
         loop {
-            // Handle every complete frame received so far.
+            // Handle every complete frame received so far, each within the relay-wide decode
+            // budget (reserved before decoding, released once handled).
             loop {
+                let reserved = match decoder.next_frame_cost() {
+                    Some(cost) => tokio::select! {
+                        biased;
+                        () = stopping(stop) => {
+                            return self.fail(ErrorCode::ShuttingDown, "relay shutting down").await;
+                        }
+                        p = self.decode_budget.reserve(cost) => p,
+                    },
+                    None => None,
+                };
                 match decoder.next_message() {
                     Ok(Some(msg)) => {
                         debug!(remote = %self.remote, msg = msg.name(), "received");
@@ -451,6 +478,9 @@ impl Link {
                             Ok(o) => o,
                             Err(e) => return self.fail(ErrorCode::Internal, &e).await,
                         };
+                        // Decoded and handled: the reservation is not held while the answer
+                        // waits for a peer that may never read it.
+                        drop(reserved);
                         if handshake
                             && let Some(Message::Error {
                                 code: ErrorCode::Unauthorized,
@@ -563,11 +593,18 @@ impl Link {
             return Err("session lost".into());
         };
         let mut store = self.store.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        let mut task = tokio::task::spawn_blocking(move || {
             let out = f(&mut session, &mut store);
             (session, out)
-        })
-        .await;
+        });
+        let joined = tokio::select! {
+            j = &mut task => j,
+            _ = self.conn.closed() => {
+                // Nobody will read the answer: the store stops at its next page or chunk.
+                self.cancel.cancel();
+                task.await
+            }
+        };
         match joined {
             Ok((session, out)) => {
                 self.session = Some(session);
@@ -599,6 +636,11 @@ impl Link {
             } => {
                 self.metrics.changes_accepted.inc_by(accepted.len() as u64);
                 self.metrics.changes_refused.inc_by(rejected.len() as u64);
+                for r in rejected {
+                    if let Some(quota) = crate::store::quota_of(&r.reason) {
+                        self.metrics.quota_refused(quota);
+                    }
+                }
             }
             Message::Error { code, .. } => self.metrics.error_sent(&format!("{code:?}")),
             _ => {}

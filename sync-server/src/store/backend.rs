@@ -18,8 +18,8 @@ use crate::config::RelayConfig;
 use uuid::Uuid;
 
 use super::{
-    AuditRecord, DeviceRecord, Enrollment, EnrolmentRecord, PgRelayStore, RelayStatus,
-    RelayStoreError, Revoked, SnapshotPage, SqliteRelayStore,
+    AuditRecord, Cancel, DeviceRecord, Enrollment, EnrolmentRecord, PgRelayStore, PoolStats,
+    RelayStatus, RelayStoreError, Revoked, SnapshotPage, SqliteRelayStore,
 };
 
 /// The relay's store: one of the backends (see the module docs). Cloning gives another
@@ -114,6 +114,25 @@ impl RelayStore {
         match self {
             Self::Sqlite(_) => Ok(()),
             Self::Postgres(s) => s.claim_fingerprint(fingerprint),
+        }
+    }
+
+    /// Another handle to this store that stops long reads once `cancel` is raised (the
+    /// server raises it when the client the handle serves has left). The PostgreSQL backend
+    /// checks it between pages and chunks; the SQLite backend, whose reads are local and
+    /// short, ignores it.
+    pub fn cancelled_by(&self, cancel: Cancel) -> Self {
+        match self {
+            Self::Sqlite(s) => Self::Sqlite(s.clone()),
+            Self::Postgres(s) => Self::Postgres(s.cancelled_by(cancel)),
+        }
+    }
+
+    /// The PostgreSQL read pool's numbers now (`None` for the embedded backend), for metrics.
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(s) => Some(s.pool_stats()),
         }
     }
 

@@ -18,7 +18,9 @@
 //! only those being written, into a small LRU cache; it never holds all documents in memory.
 
 mod backend;
+mod pg_pool;
 pub mod postgres;
+mod quota;
 pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
@@ -27,6 +29,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -52,7 +55,9 @@ use uuid::Uuid;
 
 pub use backend::RelayStore;
 pub use fieldsync_core::protocol::relay::SnapshotPage;
+pub use pg_pool::PoolStats;
 pub use postgres::PgRelayStore;
+pub use quota::{Quota, Usage, day_of, quota_of};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
 /// File name of the relay database inside the data directory.
@@ -110,6 +115,10 @@ pub enum RelayStoreError {
     /// Stored data could not be read back (a snapshot, an id, a device row).
     #[error("corrupt relay data: {0}")]
     Corrupt(String),
+    /// A stored document cannot be loaded (over a budget, or damaged): only changes to that
+    /// document are refused, for a retry once IT has dealt with it.
+    #[error("document {0} cannot be loaded on the relay: {1}")]
+    Unloadable(DocId, String),
     /// An argument was refused (e.g. enrolling a device without scopes).
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -132,6 +141,20 @@ pub enum RelayStoreError {
         /// The fingerprint recorded in the database by the first node.
         recorded: String,
     },
+    /// Every database connection this request may use stayed in use while it waited: the
+    /// node is at `database_max_connections`. Retrying in a moment may succeed.
+    #[error(
+        "every database connection of this relay node stayed in use for {} s \
+         (database_max_connections)",
+        .waited.as_secs_f32()
+    )]
+    Busy {
+        /// How long the request waited.
+        waited: Duration,
+    },
+    /// The client the work was for has gone; the work stopped part way.
+    #[error("stopped: the client left")]
+    Cancelled,
 }
 
 /// A PostgreSQL error with its cause (the crate's own message is often just "db error").
@@ -146,6 +169,14 @@ impl From<RelayStoreError> for StorageError {
     fn from(e: RelayStoreError) -> Self {
         // The details stay in the relay's log; the client only learns that it should retry,
         // and whether the relay's disk is full (an operator must act, the rep need not).
+        if e.is_busy() {
+            tracing::warn!(error = %e, "relay store busy; the client was told to retry");
+            return Self("the relay is busy; try again in a moment".into());
+        }
+        if matches!(e, RelayStoreError::Cancelled) {
+            tracing::debug!("store work stopped: the client left");
+            return Self("the client left".into());
+        }
         tracing::error!(error = %e, "relay storage failed");
         if e.is_disk_full() {
             return Self(
@@ -162,6 +193,17 @@ impl RelayStoreError {
         matches!(self, Self::Sqlite(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::DiskFull)
     }
+
+    /// Whether the store refused for lack of capacity, so that the same request may succeed
+    /// a moment later: no database connection came free in time, or PostgreSQL cancelled a
+    /// read that ran past `statement_timeout`.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            Self::Busy { .. } => true,
+            Self::Postgres(e) => e.code() == Some(&::postgres::error::SqlState::QUERY_CANCELED),
+            _ => false,
+        }
+    }
 }
 
 /// Open enrolment: unknown devices are accepted with these scopes and role.
@@ -173,7 +215,7 @@ pub struct OpenEnrollment {
     pub role: Role,
 }
 
-/// Options for [`SqliteRelayStore::open`].
+/// Options for [`SqliteRelayStore::open`] and [`PgRelayStore::open`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayStoreOptions {
     /// How many documents to keep loaded for validating writes.
@@ -183,7 +225,23 @@ pub struct RelayStoreOptions {
     /// How long after a document moved out of a device's scopes the relay still accepts that
     /// device's changes to it that were written before the move (offline edits).
     pub move_grace: Duration,
+    /// Per-device daily quotas.
+    pub quota: Quota,
+    /// PostgreSQL only: the most connections one relay node opens to the database (the
+    /// writer, the `LISTEN` connection and the read pool), at least
+    /// [`MIN_DB_CONNECTIONS`].
+    pub db_max_connections: usize,
+    /// PostgreSQL only: how long a request waits for a free connection before it is refused
+    /// as busy ([`RelayStoreError::Busy`]).
+    pub db_wait: Duration,
+    /// PostgreSQL only: the longest one statement on a read connection may run
+    /// (`statement_timeout`), so that no client's reads hold a connection for long.
+    pub db_statement_timeout: Duration,
 }
+
+/// Fewest database connections a PostgreSQL relay node may be given: the writer, the
+/// `LISTEN` connection, one for reads and one kept for authentication.
+pub const MIN_DB_CONNECTIONS: usize = 4;
 
 impl Default for RelayStoreOptions {
     fn default() -> Self {
@@ -191,6 +249,37 @@ impl Default for RelayStoreOptions {
             cache_docs: 1024,
             open: None,
             move_grace: Duration::from_secs(30 * 86_400),
+            quota: Quota::default(),
+            db_max_connections: 16,
+            db_wait: Duration::from_secs(5),
+            db_statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Set when the client a store handle works for has gone (see
+/// [`RelayStore::cancelled_by`]): long reads stop at their next page or chunk with
+/// [`RelayStoreError::Cancelled`]. Clones share the flag.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// Raises the flag.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the flag is raised.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// [`RelayStoreError::Cancelled`] once the flag is raised.
+    fn check(&self) -> Result<(), RelayStoreError> {
+        if self.is_cancelled() {
+            Err(RelayStoreError::Cancelled)
+        } else {
+            Ok(())
         }
     }
 }
@@ -214,6 +303,8 @@ pub struct DeviceRecord {
     pub last_seen: Option<i64>,
     /// When it was revoked (ms).
     pub revoked_at: Option<i64>,
+    /// What it stored today (UTC), against its quota.
+    pub today: Usage,
 }
 
 /// An enrolment token as stored (its secret is not: only a hash of it).
@@ -661,6 +752,10 @@ trait BatchDb {
     fn vouched(&self, hash: &[u8]) -> Result<Option<String>, RelayStoreError>;
     /// Whether `device` has been sent the departure of `doc` from its scopes.
     fn departure_served(&self, device: Uuid, doc: DocId) -> Result<bool, RelayStoreError>;
+    /// What `device` stored on `day` (see [`quota`]).
+    fn usage(&self, device: Uuid, day: i64) -> Result<Usage, RelayStoreError>;
+    /// Adds to what `device` stored on `day`, and forgets its usage of days long past.
+    fn add_usage(&self, device: Uuid, day: i64, add: Usage) -> Result<(), RelayStoreError>;
 }
 
 impl BatchDb for Transaction<'_> {
@@ -837,6 +932,41 @@ impl BatchDb for Transaction<'_> {
             .prepare_cached("SELECT 1 FROM departures_served WHERE device = ?1 AND doc_id = ?2")?
             .exists(params![device.as_bytes(), doc.as_bytes()])?)
     }
+
+    fn usage(&self, device: Uuid, day: i64) -> Result<Usage, RelayStoreError> {
+        usage_on(self, device, day)
+    }
+
+    fn add_usage(&self, device: Uuid, day: i64, add: Usage) -> Result<(), RelayStoreError> {
+        self.prepare_cached(
+            "INSERT INTO device_usage (device, day, new_docs, bytes) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device, day) DO UPDATE
+               SET new_docs = new_docs + excluded.new_docs, bytes = bytes + excluded.bytes",
+        )?
+        .execute(params![
+            device.as_bytes(),
+            day,
+            i64::try_from(add.new_documents).unwrap_or(i64::MAX),
+            i64::try_from(add.bytes).unwrap_or(i64::MAX)
+        ])?;
+        self.prepare_cached("DELETE FROM device_usage WHERE device = ?1 AND day < ?2")?
+            .execute(params![device.as_bytes(), day - quota::KEEP_DAYS])?;
+        Ok(())
+    }
+}
+
+/// What `device` stored on `day`, from a SQLite connection.
+fn usage_on(c: &Connection, device: Uuid, day: i64) -> Result<Usage, RelayStoreError> {
+    let row: Option<(i64, i64)> = c
+        .prepare_cached("SELECT new_docs, bytes FROM device_usage WHERE device = ?1 AND day = ?2")?
+        .query_row(params![device.as_bytes(), day], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    Ok(row.map_or(Usage::default(), |(n, b)| Usage {
+        new_documents: n.max(0) as u64,
+        bytes: b.max(0) as u64,
+    }))
 }
 
 /// One document being written during an upload batch.
@@ -862,6 +992,12 @@ struct Batch<'a, D: BatchDb> {
     now: i64,
     high: Option<i64>,
     move_grace_ms: i64,
+    quota: Quota,
+    sender: Uuid,
+    /// The sender's usage today before this batch (read at its first change) and what the
+    /// batch added.
+    used: Option<Usage>,
+    added: Usage,
 }
 
 impl<D: BatchDb> Batch<'_, D> {
@@ -889,7 +1025,7 @@ impl<D: BatchDb> Batch<'_, D> {
             None => {
                 let snapshot = self.tx.doc_snapshot(id)?;
                 load_snapshot(&snapshot)
-                    .map_err(|e| RelayStoreError::Corrupt(format!("document {id}: {e}")))?
+                    .map_err(|e| RelayStoreError::Unloadable(id, e.to_string()))?
             }
         };
         Ok(Work {
@@ -905,6 +1041,15 @@ impl<D: BatchDb> Batch<'_, D> {
 
     /// Writes every changed document of the working set back to `docs`.
     fn flush(&mut self) -> Result<(), RelayStoreError> {
+        if self.added != Usage::default() {
+            self.tx
+                .add_usage(self.sender, day_of(self.now), self.added)?;
+            if let Some(used) = self.used.as_mut() {
+                used.new_documents += self.added.new_documents;
+                used.bytes = used.bytes.saturating_add(self.added.bytes);
+            }
+            self.added = Usage::default();
+        }
         for (id, w) in self.work.iter_mut().filter(|(_, w)| !w.unsaved.is_empty()) {
             let snapshot = save(&mut w.doc, *id)?;
             let heads = heads_bytes(&mut w.doc);
@@ -1068,7 +1213,21 @@ impl<D: BatchDb> Batch<'_, D> {
                 return Ok(Outcome::Stored);
             }
         }
-        let mut work = self.take(c.doc_id)?;
+        // A document the relay cannot load refuses only its own changes (they wait in the
+        // device's outbox), never the rest of the upload.
+        let mut work = match self.take(c.doc_id) {
+            Ok(w) => w,
+            Err(RelayStoreError::Unloadable(id, why)) => {
+                tracing::error!(doc = %id, reason = %why, "a stored document cannot be loaded; refusing changes to it");
+                return Ok(refuse(
+                    hash,
+                    "the relay cannot load this document; the change waits until IT repairs it"
+                        .into(),
+                    true,
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         let new_doc = work.scope.is_none();
         // The document's size budget, checked before the change is applied (only for a
         // document the sender sees: another one is answered as one the relay lacks).
@@ -1084,6 +1243,24 @@ impl<D: BatchDb> Batch<'_, D> {
                 ),
                 false,
             ));
+        }
+        // The sender's daily quota (it says nothing of the document, so it is checked for
+        // every change, one accepted under a move's grace period included).
+        {
+            let used = match self.used {
+                Some(u) => u,
+                None => *self
+                    .used
+                    .insert(self.tx.usage(device.device_id, day_of(self.now))?),
+            };
+            let now_used = Usage {
+                new_documents: used.new_documents + self.added.new_documents,
+                bytes: used.bytes.saturating_add(self.added.bytes),
+            };
+            if let Err(reason) = self.quota.check(now_used, new_doc, c.bytes.len()) {
+                self.work.insert(c.doc_id, work);
+                return Ok(refuse(hash, reason, true));
+            }
         }
         let failure: RefCell<Option<RelayStoreError>> = RefCell::new(None);
         let result = {
@@ -1162,6 +1339,14 @@ impl<D: BatchDb> Batch<'_, D> {
                     self.rebuild(c.doc_id, &mut work)?;
                 }
                 self.work.insert(c.doc_id, work);
+                if refusal.malformed {
+                    tracing::warn!(doc = %c.doc_id, device = %device.device_id, reason = %refusal.reason, "malformed change; ending the upload");
+                    return Ok(Outcome::Malformed(Rejection {
+                        hash,
+                        reason: refusal.reason,
+                        retry: false,
+                    }));
+                }
                 return Ok(refuse(hash, refusal.reason, refusal.retry));
             }
         };
@@ -1180,6 +1365,7 @@ impl<D: BatchDb> Batch<'_, D> {
             work.customer_id = accepted.customer_id;
         }
         work.raw_bytes += c.bytes.len();
+        self.added.add(new_doc, c.bytes.len());
         work.unsaved.push(c.bytes.clone());
         let scope = work.scope.clone().unwrap_or_default();
         self.work.insert(c.doc_id, work);
@@ -1239,9 +1425,7 @@ fn append_batch<D: BatchDb>(
                 .iter()
                 .map(|c| {
                     Outcome::Refused(Rejection {
-                        hash: decode_change(&c.bytes)
-                            .map(|ch| ch.hash().0)
-                            .unwrap_or([0; 32]),
+                        hash: hash_of(&c.bytes),
                         reason: "device revoked".into(),
                         retry: true,
                     })
@@ -1262,18 +1446,44 @@ fn append_batch<D: BatchDb>(
         now: now_millis(),
         high: None,
         move_grace_ms: i64::try_from(opts.move_grace.as_millis()).unwrap_or(i64::MAX),
+        quota: opts.quota,
+        sender: device.device_id,
+        used: None,
+        added: Usage::default(),
     };
     if relayed {
         // A repair upload (after the relay's log restarted) is judged like any other.
         tracing::debug!(device = %device.device_id, changes = changes.len(), "repair upload");
     }
     let mut outcomes = Vec::with_capacity(changes.len());
-    for c in changes {
-        outcomes.push(batch.append_one(device, c)?);
+    let mut rest = changes.iter();
+    for c in rest.by_ref() {
+        let outcome = batch.append_one(device, c)?;
+        let malformed = matches!(outcome, Outcome::Malformed(_));
+        outcomes.push(outcome);
+        if malformed {
+            break;
+        }
     }
+    // After a malformed change the upload is not examined further (each could cost a reload
+    // of its document); an honest sender sends the rest again on its next connection.
+    outcomes.extend(rest.map(|c| {
+        Outcome::Refused(Rejection {
+            hash: hash_of(&c.bytes),
+            reason: "not examined: an earlier change of the upload does not fit its document"
+                .into(),
+            retry: true,
+        })
+    }));
     batch.flush()?;
     let Batch { work, high, .. } = batch;
     Ok((outcomes, work, high))
+}
+
+/// The hash of an uploaded change, for a refusal that does not examine it (zero if it does not
+/// decode).
+fn hash_of(bytes: &[u8]) -> Hash {
+    decode_change(bytes).map_or([0; 32], |ch| ch.hash().0)
 }
 
 impl SqliteRelayStore {
@@ -2148,6 +2358,7 @@ impl SqliteRelayStore {
                     created_at: row.created_at,
                     last_seen: row.last_seen,
                     revoked_at: row.revoked_at,
+                    today: usage_on(c, id, day_of(now_millis()))?,
                 });
             }
             Ok(out)

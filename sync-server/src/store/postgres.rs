@@ -29,9 +29,20 @@
 //! committing transaction) and, should a notification be lost with a dropped connection, by
 //! polling the counters every second ([`PgRelayStore::poll_log`],
 //! [`PgRelayStore::poll_devices`]).
+//!
+//! # Connections
+//!
+//! A node opens at most `database_max_connections` connections (IT shares one PostgreSQL
+//! server between nodes and other applications): the writer, the `LISTEN` connection, and a
+//! bounded pool of read connections (`pg_pool`) in which authentication and the node's own
+//! bookkeeping have connections reserved, so no amount of download traffic keeps a device
+//! from logging in. A request that finds no connection free waits a few seconds and is then
+//! refused as busy, and the client retries. Every read connection has a `statement_timeout`,
+//! and a handle made for one client connection ([`PgRelayStore::cancelled_by`]) stops its
+//! long reads between pages once that client has left.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -47,11 +58,13 @@ use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::pg_pool::{Lane, Pool, PoolStats};
 use super::{
-    AuditRecord, BatchDb, DeviceRecord, DeviceRow, DocCache, DocMeta, DocRow, ENTRY_OVERHEAD,
-    Enrollment, EnrolmentRecord, KIND_CHANGES, KIND_LEAVE, KIND_SNAPSHOT, MIN_CREDENTIAL_LEN,
-    RelayStatus, RelayStoreError, RelayStoreOptions, Revoked, SnapshotPage, TOUCH_EVERY,
-    append_batch, doc_id, hash_secret, lock, pg_detail, random_hex, scopes_json,
+    AuditRecord, BatchDb, Cancel, DeviceRecord, DeviceRow, DocCache, DocMeta, DocRow,
+    ENTRY_OVERHEAD, Enrollment, EnrolmentRecord, KIND_CHANGES, KIND_LEAVE, KIND_SNAPSHOT,
+    MIN_CREDENTIAL_LEN, MIN_DB_CONNECTIONS, RelayStatus, RelayStoreError, RelayStoreOptions,
+    Revoked, SnapshotPage, TOUCH_EVERY, Usage, append_batch, doc_id, hash_secret, lock, pg_detail,
+    random_hex, scopes_json,
 };
 
 /// Newest schema version this build writes (the row of `fieldsync_schema`).
@@ -69,8 +82,10 @@ const DEVICES_GENERATION: &str = "devices.generation";
 /// Notification channels.
 const LOG_CHANNEL: &str = "fieldsync_log";
 const DEVICES_CHANNEL: &str = "fieldsync_devices";
-/// Idle read connections kept open.
-const MAX_IDLE_READERS: usize = 8;
+/// Connections of a node outside its read pool: the writer and the `LISTEN` connection.
+const DEDICATED_CONNECTIONS: usize = 2;
+/// Ids or hashes sent in one `= ANY($1)` look-up of a heads exchange.
+const LOOKUP_CHUNK: usize = 1_000;
 /// Rows fetched per query when reading the log or snapshots (bounded memory per page).
 const PAGE_ROWS: i64 = 256;
 /// How long the listener waits for a notification before checking whether the store is gone.
@@ -175,6 +190,15 @@ CREATE TABLE departures_served (
 ALTER TABLE docs ADD COLUMN raw_bytes BIGINT NOT NULL DEFAULT 0;
 UPDATE docs SET raw_bytes = octet_length(snapshot);
 "#,
+    r#"
+CREATE TABLE device_usage (
+    device BYTEA NOT NULL,
+    day BIGINT NOT NULL,
+    new_docs BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    PRIMARY KEY (device, day)
+);
+"#,
 ];
 
 /// A database URL without its password, for logs and `status`.
@@ -254,7 +278,7 @@ struct Inner {
     epoch: Uuid,
     opts: RelayStoreOptions,
     writer: Mutex<Option<Writer>>,
-    readers: Mutex<Vec<Client>>,
+    readers: Pool<Client>,
     touched: Mutex<HashMap<Uuid, Instant>>,
     notify: watch::Sender<u64>,
     devices_notify: watch::Sender<u64>,
@@ -270,11 +294,7 @@ impl Drop for Inner {
         // A synchronous client owns a small runtime, which must not be dropped on an async
         // worker thread (the last handle may go there); drop the connections on a thread.
         let writer = self.writer.get_mut().map(Option::take).unwrap_or_default();
-        let readers = std::mem::take(
-            self.readers
-                .get_mut()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let readers = self.readers.drain_idle();
         if writer.is_some() || !readers.is_empty() {
             let _ = std::thread::Builder::new()
                 .name("fieldsync-pg-close".into())
@@ -288,6 +308,8 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct PgRelayStore {
     inner: Arc<Inner>,
+    /// Raised when the client this handle works for has left.
+    cancel: Cancel,
 }
 
 impl std::fmt::Debug for PgRelayStore {
@@ -309,6 +331,20 @@ fn connect(
         PgTls::Verified(make) => config.connect(make.clone()),
     }
     .map_err(|e| RelayStoreError::Connect(location.to_string(), pg_detail(&e)))
+}
+
+/// A connection for the read pool: reads whose statements run longer than
+/// `statement_timeout` are cancelled by the server.
+fn connect_reader(
+    config: &postgres::Config,
+    tls: &PgTls,
+    location: &str,
+    statement_timeout: Duration,
+) -> Result<Client, RelayStoreError> {
+    let mut client = connect(config, tls, location)?;
+    let ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
+    client.batch_execute(&format!("SET statement_timeout = {ms}"))?;
+    Ok(client)
 }
 
 fn migrate(client: &mut Client) -> Result<(), RelayStoreError> {
@@ -609,6 +645,50 @@ impl BatchDb for PgBatch<'_> {
             )?
             .is_some())
     }
+
+    fn usage(&self, device: Uuid, day: i64) -> Result<Usage, RelayStoreError> {
+        usage_on(&mut *self.tx.borrow_mut(), device, day)
+    }
+
+    fn add_usage(&self, device: Uuid, day: i64, add: Usage) -> Result<(), RelayStoreError> {
+        let id = device.as_bytes().as_slice();
+        self.exec(
+            "INSERT INTO device_usage (device, day, new_docs, bytes) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (device, day) DO UPDATE
+               SET new_docs = device_usage.new_docs + excluded.new_docs,
+                   bytes = device_usage.bytes + excluded.bytes",
+            &[
+                &id,
+                &day,
+                &i64::try_from(add.new_documents).unwrap_or(i64::MAX),
+                &i64::try_from(add.bytes).unwrap_or(i64::MAX),
+            ],
+        )?;
+        self.exec(
+            "DELETE FROM device_usage WHERE device = $1 AND day < $2",
+            &[&id, &(day - super::quota::KEEP_DAYS)],
+        )?;
+        Ok(())
+    }
+}
+
+/// What `device` stored on `day`.
+fn usage_on(
+    c: &mut impl postgres::GenericClient,
+    device: Uuid,
+    day: i64,
+) -> Result<Usage, RelayStoreError> {
+    let row = c.query_opt(
+        "SELECT new_docs, bytes FROM device_usage WHERE device = $1 AND day = $2",
+        &[&device.as_bytes().as_slice(), &day],
+    )?;
+    Ok(match row {
+        Some(r) => Usage {
+            new_documents: r.try_get::<_, i64>(0)?.max(0) as u64,
+            bytes: r.try_get::<_, i64>(1)?.max(0) as u64,
+        },
+        None => Usage::default(),
+    })
 }
 
 impl PgRelayStore {
@@ -625,6 +705,13 @@ impl PgRelayStore {
         ca: Option<&Path>,
         opts: RelayStoreOptions,
     ) -> Result<Self, RelayStoreError> {
+        if opts.db_max_connections < MIN_DB_CONNECTIONS {
+            return Err(RelayStoreError::Invalid(format!(
+                "database_max_connections is {}; a node needs at least {MIN_DB_CONNECTIONS} \
+                 (the writer, the listener, one for reads and one for authentication)",
+                opts.db_max_connections
+            )));
+        }
         let location = redact_url(url);
         let mut config: postgres::Config = url
             .parse()
@@ -639,6 +726,15 @@ impl PgRelayStore {
             .map_err(|_| RelayStoreError::Corrupt("bad epoch in meta".into()))?;
         let (notify, _) = watch::channel(counter(&mut client, LOG_HIGH)?);
         let (devices_notify, _) = watch::channel(counter(&mut client, DEVICES_GENERATION)?);
+        // The pool keeps a quarter of its connections (at least one) for the priority lane.
+        let capacity = opts.db_max_connections - DEDICATED_CONNECTIONS;
+        let readers = {
+            let (config, tls, location) = (config.clone(), tls.clone(), location.clone());
+            let timeout = opts.db_statement_timeout;
+            Pool::new(capacity, (capacity / 4).max(1), opts.db_wait, move || {
+                connect_reader(&config, &tls, &location, timeout)
+            })
+        };
         let store = Self {
             inner: Arc::new(Inner {
                 config,
@@ -650,11 +746,12 @@ impl PgRelayStore {
                     cache: DocCache::new(opts.cache_docs),
                 })),
                 opts,
-                readers: Mutex::new(Vec::new()),
+                readers,
                 touched: Mutex::new(HashMap::new()),
                 notify,
                 devices_notify,
             }),
+            cancel: Cancel::default(),
         };
         store.listen()?;
         Ok(store)
@@ -669,6 +766,21 @@ impl PgRelayStore {
             .spawn(move || listen_loop(client, weak))
             .map_err(|e| RelayStoreError::Invalid(format!("cannot start the listener: {e}")))?;
         Ok(())
+    }
+
+    /// Another handle to this store whose long reads stop (with
+    /// [`RelayStoreError::Cancelled`]) at their next page or chunk once `cancel` is raised:
+    /// the server makes one per client connection and raises it when the client leaves.
+    pub fn cancelled_by(&self, cancel: Cancel) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            cancel,
+        }
+    }
+
+    /// The read pool's numbers now (for metrics).
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.readers.stats()
     }
 
     /// The database, without its password.
@@ -693,7 +805,7 @@ impl PgRelayStore {
 
     /// Reads the device-change counter and notifies receivers if it moved.
     pub fn poll_devices(&self) -> Result<u64, RelayStoreError> {
-        let g = self.read(|c| counter(c, DEVICES_GENERATION))?;
+        let g = self.read_priority(|c| counter(c, DEVICES_GENERATION))?;
         self.inner.devices_notify.send_if_modified(|v| {
             let changed = *v != g;
             *v = g;
@@ -780,22 +892,32 @@ impl PgRelayStore {
             .map_or(0, |w| w.cache.len())
     }
 
-    /// Runs `f` on a pooled connection (reconnecting if the pooled one broke).
+    /// Runs `f` on a connection of the read pool's bulk lane (waiting for one, or refused
+    /// as busy: see the module docs).
     fn read<T>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, RelayStoreError>,
     ) -> Result<T, RelayStoreError> {
-        let pooled = lock(&self.inner.readers).pop();
-        let mut client = match pooled {
-            Some(c) if !c.is_closed() => c,
-            _ => connect(&self.inner.config, &self.inner.tls, &self.inner.location)?,
-        };
-        let r = f(&mut client);
-        let mut pool = lock(&self.inner.readers);
-        if pool.len() < MAX_IDLE_READERS && !client.is_closed() {
-            pool.push(client);
-        }
-        r
+        self.read_in(Lane::Bulk, f)
+    }
+
+    /// Runs `f`, a short query that admits a device or follows the database, on a connection
+    /// of the read pool's priority lane, which bulk reads cannot exhaust.
+    fn read_priority<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        self.read_in(Lane::Priority, f)
+    }
+
+    fn read_in<T>(
+        &self,
+        lane: Lane,
+        f: impl FnOnce(&mut Client) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        self.cancel.check()?;
+        let mut lent = self.inner.readers.get(lane)?;
+        f(lent.conn()?)
     }
 
     /// Runs `f` with the writer connection and this node's cache.
@@ -877,7 +999,7 @@ impl PgRelayStore {
 
     /// The highest sequence number committed so far.
     pub fn high(&self) -> Result<u64, RelayStoreError> {
-        self.read(|c| counter(c, LOG_HIGH))
+        self.read_priority(|c| counter(c, LOG_HIGH))
     }
 
     /// Log entries of `scope` after `after` (see [`super::SqliteRelayStore::log_after`]).
@@ -892,6 +1014,7 @@ impl PgRelayStore {
             let mut out = Vec::new();
             let mut used = 0usize;
             loop {
+                self.cancel.check()?;
                 let rows = if scope == "*" {
                     c.query(
                         "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash, moved_to
@@ -960,6 +1083,7 @@ impl PgRelayStore {
             let mut out = Vec::new();
             let mut used = 0usize;
             loop {
+                self.cancel.check()?;
                 let rows = if scope == "*" {
                     c.query(
                         "SELECT doc_id, octet_length(snapshot)::BIGINT, snapshot FROM docs
@@ -1013,7 +1137,11 @@ impl PgRelayStore {
         })
     }
 
-    /// For each document and a client's heads, what the relay lacks of it.
+    /// For each document and a client's heads, what the relay lacks of it (by the rule of
+    /// `lack_of`, which the SQLite store applies too). The documents, then the stored changes
+    /// among the client's heads, are looked up `LOOKUP_CHUNK` at a time with `= ANY($1)`, not
+    /// one query each, in one snapshot; the work stops between chunks once the client has
+    /// left.
     pub fn missing_heads(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
         self.read(|c| {
             // One snapshot for the whole answer, as SQLite's read transaction gives.
@@ -1023,45 +1151,71 @@ impl PgRelayStore {
                 .read_only(true)
                 .start()?;
             let mut out = Vec::with_capacity(docs.len());
-            for (id, client_heads) in docs {
-                let heads: Option<(Vec<u8>, String)> = tx
-                    .query_opt(
-                        "SELECT heads, scope FROM docs WHERE doc_id = $1",
-                        &[&id.as_bytes().as_slice()],
-                    )?
-                    .map(|r| Ok::<_, ::postgres::Error>((r.try_get(0)?, r.try_get(1)?)))
-                    .transpose()?;
-                out.push(super::lack_of(heads, client_heads, |h| {
-                    Ok(tx
-                        .query_opt(
-                            "SELECT 1 FROM changes WHERE hash = $1 AND doc_id = $2",
-                            &[&h.as_slice(), &id.as_bytes().as_slice()],
-                        )?
-                        .is_some())
-                })?);
+            for chunk in docs.chunks(LOOKUP_CHUNK) {
+                self.cancel.check()?;
+                let ids: Vec<&[u8]> = chunk
+                    .iter()
+                    .map(|(id, _)| id.as_bytes().as_slice())
+                    .collect();
+                let mut held: HashMap<DocId, (Vec<u8>, String)> = HashMap::new();
+                for r in tx.query(
+                    "SELECT doc_id, heads, scope FROM docs WHERE doc_id = ANY($1)",
+                    &[&ids],
+                )? {
+                    let id: Vec<u8> = r.try_get(0)?;
+                    held.insert(doc_id(&id)?, (r.try_get(1)?, r.try_get(2)?));
+                }
+                // The heads of held documents the relay stores, as (hash, document) pairs.
+                let asked: Vec<&[u8]> = chunk
+                    .iter()
+                    .filter(|(id, _)| held.contains_key(id))
+                    .flat_map(|(_, heads)| heads.iter().map(|h| h.as_slice()))
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect();
+                let mut stored: HashSet<(Hash, DocId)> = HashSet::new();
+                for hashes in asked.chunks(LOOKUP_CHUNK) {
+                    self.cancel.check()?;
+                    for r in tx.query(
+                        "SELECT hash, doc_id FROM changes WHERE hash = ANY($1)",
+                        &[&hashes],
+                    )? {
+                        let hash: Vec<u8> = r.try_get(0)?;
+                        let id: Vec<u8> = r.try_get(1)?;
+                        if let Ok(hash) = Hash::try_from(hash.as_slice()) {
+                            stored.insert((hash, doc_id(&id)?));
+                        }
+                    }
+                }
+                for (id, client_heads) in chunk {
+                    out.push(super::lack_of(held.get(id).cloned(), client_heads, |h| {
+                        Ok(stored.contains(&(*h, *id)))
+                    })?);
+                }
             }
             tx.commit()?;
             Ok(out)
         })
     }
 
-    /// Checks a device's credential; in open mode registers unknown devices.
+    /// Checks a device's credential; in open mode registers unknown devices. Runs in the read
+    /// pool's priority lane: a device logs in however busy the pool is with downloads.
     pub fn authenticate_device(
         &self,
         device_id: Uuid,
         credential: Option<&str>,
     ) -> Result<Option<DeviceInfo>, RelayStoreError> {
         let Some(open) = self.inner.opts.open.as_ref() else {
-            let row = self.read(|c| device_row(c, device_id))?;
+            let row = self.read_priority(|c| device_row(c, device_id))?;
             return row.map_or(Ok(None), |r| self.admit(device_id, &r, credential));
         };
-        if let Some(r) = self.read(|c| device_row(c, device_id))? {
+        if let Some(r) = self.read_priority(|c| device_row(c, device_id))? {
             return self.admit(device_id, &r, credential);
         }
         let scopes = serde_json::to_string(&open.scopes)
             .map_err(|e| RelayStoreError::Invalid(e.to_string()))?;
         let now = now_millis();
-        let inserted = self.read(|c| {
+        let inserted = self.read_priority(|c| {
             Ok(c.execute(
                 "INSERT INTO devices (device_id, name, role, scopes, secret_hash, created_at, last_seen)
                  VALUES ($1, 'open enrolment', $2, $3, NULL, $4, $4) ON CONFLICT DO NOTHING",
@@ -1072,7 +1226,7 @@ impl PgRelayStore {
             lock(&self.inner.touched).insert(device_id, Instant::now());
             tracing::info!(device = %device_id, role = %open.role, "registered a device by open enrolment");
         }
-        let row = self.read(|c| device_row(c, device_id))?;
+        let row = self.read_priority(|c| device_row(c, device_id))?;
         row.map_or(Ok(None), |r| self.admit(device_id, &r, credential))
     }
 
@@ -1128,7 +1282,9 @@ impl PgRelayStore {
             }
             t.insert(device_id, Instant::now());
         }
-        self.read(|c| {
+        // A one-row update at most every 30 s per device: the priority lane, so that a busy
+        // pool does not fail a sync whose work is already done.
+        self.read_priority(|c| {
             c.execute(
                 "UPDATE devices SET last_seen = $2 WHERE device_id = $1",
                 &[&device_id.as_bytes().as_slice(), &now_millis()],
@@ -1233,6 +1389,18 @@ impl PgRelayStore {
         }
         let token = token.trim().to_ascii_lowercase();
         let token_hash = hash_secret(&token);
+        // An unknown token is refused from a read connection: guessing costs the relay no
+        // write lock (and the writer serialises every node's uploads).
+        let known = self.read_priority(|c| {
+            Ok(c.query_opt(
+                "SELECT 1 FROM enrolments WHERE token_hash = $1",
+                &[&token_hash],
+            )?
+            .is_some())
+        })?;
+        if !known {
+            return Ok(Err("unknown enrolment token".to_string()));
+        }
         let now = now_millis();
         let did = device_id.as_bytes().as_slice();
         let out = self.with_writer(|client, _| {
@@ -1424,7 +1592,7 @@ impl PgRelayStore {
 
     /// The current grant of a device: `None` when it is unknown or revoked.
     pub fn device_grant(&self, device_id: Uuid) -> Result<Option<DeviceInfo>, RelayStoreError> {
-        match self.read(|c| device_row(c, device_id))? {
+        match self.read_priority(|c| device_row(c, device_id))? {
             Some(r) if r.revoked_at.is_none() => Ok(Some(r.info(device_id)?)),
             _ => Ok(None),
         }
@@ -1498,6 +1666,7 @@ impl PgRelayStore {
                     created_at: row.created_at,
                     last_seen: row.last_seen,
                     revoked_at: row.revoked_at,
+                    today: usage_on(c, id, super::day_of(now_millis()))?,
                 });
             }
             Ok(out)
@@ -1523,6 +1692,23 @@ impl PgRelayStore {
                 )?,
             })
         })
+    }
+}
+
+#[cfg(test)]
+impl PgRelayStore {
+    /// Runs `f` on a connection of the read pool's bulk lane (tests hold connections, or run
+    /// slow statements, with it).
+    pub(super) fn bulk_read<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        self.read(f)
+    }
+
+    /// Runs `f` while holding the writer connection (as a long upload would).
+    pub(super) fn holding_writer<T>(&self, f: impl FnOnce() -> T) -> Result<T, RelayStoreError> {
+        self.with_writer(|_, _| Ok(f()))
     }
 }
 
@@ -1570,7 +1756,10 @@ fn reconnect_listener(store: &Weak<Inner>) -> Option<Client> {
         let inner = store.upgrade()?;
         match listener(&inner) {
             Ok(client) => {
-                let handle = PgRelayStore { inner };
+                let handle = PgRelayStore {
+                    inner,
+                    cancel: Cancel::default(),
+                };
                 if let Err(e) = handle.poll_log().and_then(|_| handle.poll_devices()) {
                     tracing::warn!(error = %e, "cannot read the counters after reconnecting");
                 }
@@ -1597,7 +1786,10 @@ fn listen_loop(mut client: Client, store: Weak<Inner>) {
         let Some(inner) = store.upgrade() else {
             return;
         };
-        let store_handle = PgRelayStore { inner };
+        let store_handle = PgRelayStore {
+            inner,
+            cancel: Cancel::default(),
+        };
         match note {
             Ok(None) => {}
             Ok(Some(n)) if n.channel() == LOG_CHANNEL => match n.payload().parse::<u64>() {

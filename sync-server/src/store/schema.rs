@@ -134,6 +134,16 @@ CREATE TABLE departures_served (
 ALTER TABLE docs ADD COLUMN raw_bytes INTEGER NOT NULL DEFAULT 0;
 UPDATE docs SET raw_bytes = length(snapshot);
 "#,
+    // 4: what each device stored per UTC day, against its quota (`quota.rs`).
+    r#"
+CREATE TABLE device_usage (
+    device BLOB NOT NULL,
+    day INTEGER NOT NULL,
+    new_docs INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (device, day)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this build creates and migrates to.
