@@ -18,6 +18,9 @@ pub struct RawConn {
     pub send: quinn::SendStream,
     /// The stream from the relay.
     pub recv: quinn::RecvStream,
+    /// What arrived from the relay and was not read yet (messages sent back to back can
+    /// arrive in one read).
+    decoder: FrameDecoder,
     _endpoint: quinn::Endpoint,
 }
 
@@ -34,6 +37,7 @@ impl RawConn {
         Ok(Self {
             send,
             recv,
+            decoder: FrameDecoder::new(),
             _endpoint: endpoint,
         })
     }
@@ -67,14 +71,13 @@ impl RawConn {
 
     /// The next message, or `None` once the relay closed the stream or the connection.
     pub async fn next(&mut self) -> Option<Message> {
-        let mut dec = FrameDecoder::new();
         let mut buf = vec![0u8; 64 << 10];
         loop {
-            if let Ok(Some(m)) = dec.next_message() {
+            if let Ok(Some(m)) = self.decoder.next_message() {
                 return Some(m);
             }
             match tokio::time::timeout(WAIT, self.recv.read(&mut buf)).await {
-                Ok(Ok(Some(n))) => dec.push(&buf[..n]),
+                Ok(Ok(Some(n))) => self.decoder.push(&buf[..n]),
                 _ => return None,
             }
         }

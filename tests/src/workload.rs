@@ -1,5 +1,6 @@
-//! The documents and edits the sync benchmarks work with: a population shaped as in
-//! DOMAIN.md §2 and a rep's week of offline edits.
+//! The documents and edits the sync benchmarks work with: a population shaped like a real
+//! book (customers with contacts, addresses and equipment; their visits and quotes) and a
+//! rep's week of offline edits.
 
 use anyhow::{Context, bail};
 use fieldsync_client::{Client, Identity};

@@ -1,4 +1,4 @@
-//! Bad input (issue 5, part 4; FAILURES.md §3.6 and invariant I9): the frame decoder, the
+//! Bad input (invariant I9 of TESTING.md): the frame decoder, the
 //! relay's handshake and session, and change validation fed random and mutated bytes,
 //! compression bombs, deeply nested documents and huge lists. Nothing may panic, the relay
 //! answers with an error, and a hostile client over QUIC costs only its own connection while

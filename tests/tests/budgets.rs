@@ -536,3 +536,307 @@ async fn failed_authentication_is_limited_per_source_address() {
         .count();
     assert_eq!((guessed, limited), (30, 10), "{reasons:?}");
 }
+
+/// A customer written by `device` whose creating change turns one of its root `Put`s into a
+/// `MarkEnd`: valid bytes that automerge applies, but whose document panics when read.
+fn mark_end_change(device: Uuid) -> (DocId, Vec<u8>) {
+    let mut actor = device.as_bytes().to_vec();
+    actor.extend_from_slice(&[2; 8]);
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(actor));
+    let id = DocId::new();
+    let new = ModelNewCustomer {
+        org: "acme".into(),
+        scope: "north".into(),
+        name: "Marked Co".into(),
+        ..Default::default()
+    };
+    create_customer(&mut doc, id, &new, &EditCtx::new("hostile", Role::Rep)).expect("create");
+    doc.commit();
+    let change = doc.get_changes(&[]).pop().expect("change");
+    let mut expanded = change.decode();
+    let op = expanded
+        .operations
+        .iter_mut()
+        .rev()
+        .find(|op| {
+            op.obj == automerge::legacy::ObjectId::Root
+                && matches!(op.action, automerge::legacy::OpType::Put(_))
+        })
+        .expect("a root put");
+    op.action = automerge::legacy::OpType::MarkEnd(false);
+    let forged = automerge::Change::from(expanded);
+    (id, forged.raw_bytes().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_end_on_a_map_key_is_refused_by_the_relay_and_skipped_by_a_laptop() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = open_relay(dir.path()).await;
+    let device = Uuid::now_v7();
+    let (id, forged) = mark_end_change(device);
+    let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint())
+        .await
+        .expect("connect");
+    assert!(matches!(
+        raw.hello(device).await,
+        Some(Message::Welcome { .. })
+    ));
+    raw.send(&Message::Upload {
+        batch: 1,
+        changes: vec![UploadChange {
+            doc_id: id,
+            bytes: forged.clone(),
+        }],
+    })
+    .await
+    .expect("encode");
+    match raw.next().await {
+        Some(Message::UploadAck {
+            accepted, rejected, ..
+        }) => {
+            assert!(accepted.is_empty());
+            assert_eq!(rejected.len(), 1, "{rejected:?}");
+            assert!(!rejected[0].retry, "a permanent refusal: {rejected:?}");
+        }
+        other => panic!("an ack refusing the change, not {other:?}"),
+    }
+    // A change no honest writer makes ends the connection.
+    assert!(matches!(
+        raw.last().await,
+        Some(Message::Error {
+            code: ErrorCode::Protocol,
+            ..
+        })
+    ));
+
+    // A tampered relay serves it anyway: as a change to a laptop that follows the log, and
+    // inside a snapshot to a new one. Each skips and reports that document and keeps the rest.
+    let writer = Client::open(dir.path().join("writer.db")).expect("replica");
+    let follower = Client::open(dir.path().join("follower.db")).expect("replica");
+    for i in 0..3 {
+        writer
+            .customers()
+            .create(NewCustomer {
+                scope: "north".into(),
+                name: format!("Good {i}"),
+                ..Default::default()
+            })
+            .expect("create");
+    }
+    sync_now(&writer, &config(&relay)).await.expect("upload");
+    sync_now(&follower, &config(&relay))
+        .await
+        .expect("download");
+    let mut marked = AutoCommit::new();
+    marked
+        .apply_changes([automerge::Change::from_bytes(forged.clone()).expect("change")])
+        .expect("automerge applies it");
+    let snapshot = marked.save();
+    let heads: Vec<u8> = marked.get_heads().iter().flat_map(|h| h.0).collect();
+    let hash = marked.get_heads()[0].0.to_vec();
+    let db = rusqlite::Connection::open(dir.path().join("relay").join("relay.db")).expect("db");
+    db.busy_timeout(Duration::from_secs(5)).expect("timeout");
+    db.execute(
+        "INSERT INTO log (scope, doc_id, kind, hash, bytes, device, at) VALUES ('north', ?1, 0, ?2, ?3, ?4, 0)",
+        rusqlite::params![id.as_bytes().to_vec(), hash, forged, device.as_bytes().to_vec()],
+    )
+    .expect("tamper the log");
+    db.execute(
+        "INSERT INTO docs (doc_id, kind, scope, customer_id, snapshot, heads, updated_seq)
+         VALUES (?1, 1, 'north', NULL, ?2, ?3, 0)",
+        rusqlite::params![id.as_bytes().to_vec(), snapshot, heads],
+    )
+    .expect("tamper the documents");
+    drop(db);
+    for i in 3..5 {
+        writer
+            .customers()
+            .create(NewCustomer {
+                scope: "north".into(),
+                name: format!("Good {i}"),
+                ..Default::default()
+            })
+            .expect("create");
+    }
+    sync_now(&writer, &config(&relay)).await.expect("upload");
+
+    let fresh = Client::open(dir.path().join("fresh.db")).expect("replica");
+    for laptop in [&follower, &fresh] {
+        let report = sync_now(laptop, &config(&relay))
+            .await
+            .expect("the sync goes on");
+        eprintln!("{report:?}");
+        assert!(report.items_failed >= 1, "the marked document is reported");
+        let names = laptop
+            .customers()
+            .list(&fieldsync_client::CustomerFilter::new())
+            .expect("list")
+            .len();
+        assert_eq!(names, 5, "every other customer arrived");
+        assert!(
+            laptop.document(id).is_err(),
+            "the marked document is not read"
+        );
+        let skipped = laptop.skipped().expect("skipped");
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(skipped[0].doc_id, id, "reported by id");
+        sync_now(laptop, &config(&relay))
+            .await
+            .expect("syncs again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_over_its_daily_quota_is_refused_for_a_retry_and_others_are_not() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = Relay::start(RelayConfig {
+        data_dir: dir.path().join("relay"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        open_enrollment: true,
+        quota_new_documents_per_day: 3,
+        quota_bytes_per_day: 64 << 10,
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay");
+    let flood = Client::open(dir.path().join("flood.db")).expect("replica");
+    for i in 0..5 {
+        flood
+            .customers()
+            .create(NewCustomer {
+                scope: "north".into(),
+                name: format!("Crafted {i}"),
+                ..Default::default()
+            })
+            .expect("create");
+    }
+    let report = sync_now(&flood, &config(&relay)).await.expect("sync");
+    assert_eq!(report.changes_acked, 3, "{report:?}");
+    assert_eq!(
+        report.changes_rejected, 0,
+        "nothing quarantined: {report:?}"
+    );
+    assert_eq!(flood.outbox_len().expect("outbox"), 2, "the rest waits");
+    // Bytes: edits of existing documents count too.
+    let first = flood
+        .customers()
+        .list(&fieldsync_client::CustomerFilter::new())
+        .expect("list")
+        .into_iter()
+        .find(|c| c.name == "Crafted 0")
+        .expect("stored");
+    flood
+        .customers()
+        .add_note(first.id, "x".repeat(80 << 10))
+        .expect("edit");
+    let report = sync_now(&flood, &config(&relay)).await.expect("sync");
+    assert_eq!(report.changes_acked, 0, "{report:?}");
+    assert_eq!(flood.outbox_len().expect("outbox"), 3);
+
+    // Another device is not held back, and IT sees who used what.
+    let other = Client::open(dir.path().join("other.db")).expect("replica");
+    other
+        .customers()
+        .create(NewCustomer {
+            scope: "north".into(),
+            name: "Honest".into(),
+            ..Default::default()
+        })
+        .expect("create");
+    let report = sync_now(&other, &config(&relay)).await.expect("sync");
+    assert_eq!(report.changes_acked, 1, "{report:?}");
+    let devices = relay.store().devices().expect("devices");
+    let usage = |id: Uuid| {
+        devices
+            .iter()
+            .find(|d| d.device_id == id)
+            .map(|d| d.today)
+            .expect("listed")
+    };
+    assert_eq!(usage(flood.device_id()).new_documents, 3);
+    assert!(usage(flood.device_id()).bytes > 0);
+    assert_eq!(usage(other.device_id()).new_documents, 1);
+    let metrics = relay.metrics().render();
+    assert!(
+        metrics.contains("fieldsync_relay_quota_refusals_total{quota=\"new_documents\"} 4")
+            && metrics.contains("fieldsync_relay_quota_refusals_total{quota=\"bytes\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_the_relay_cannot_load_refuses_only_its_own_changes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = open_relay(dir.path()).await;
+    let laptop = Client::open(dir.path().join("laptop.db")).expect("replica");
+    let mut ids = Vec::new();
+    for name in ["Broken Co", "Fine Co"] {
+        ids.push(
+            laptop
+                .customers()
+                .create(NewCustomer {
+                    scope: "north".into(),
+                    name: name.into(),
+                    ..Default::default()
+                })
+                .expect("create"),
+        );
+    }
+    sync_now(&laptop, &config(&relay)).await.expect("upload");
+    relay.shutdown().await.expect("stop");
+    // The stored copy of the first one becomes unloadable (as a document grown past what the
+    // relay loads before budgets existed would be): a run-length bomb of 600,000 operations.
+    let mut bomb = AutoCommit::new();
+    let list = bomb.put_object(ROOT, "bomb", ObjType::List).expect("list");
+    bomb.splice(&list, 0, 0, std::iter::repeat_n(ScalarValue::Null, 600_000))
+        .expect("splice");
+    let db = rusqlite::Connection::open(dir.path().join("relay").join("relay.db")).expect("db");
+    db.execute(
+        "UPDATE docs SET snapshot = ?2 WHERE doc_id = ?1",
+        rusqlite::params![ids[0].as_bytes().to_vec(), bomb.save()],
+    )
+    .expect("tamper");
+    drop(db);
+    let relay = open_relay(dir.path()).await;
+    laptop
+        .customers()
+        .set_name(ids[0], "Broken Co 2")
+        .expect("edit");
+    laptop
+        .customers()
+        .set_name(ids[1], "Fine Co 2")
+        .expect("edit");
+    let report = sync_now(&laptop, &config(&relay))
+        .await
+        .expect("the sync goes on");
+    assert_eq!(
+        report.changes_acked, 1,
+        "the other document's change: {report:?}"
+    );
+    assert_eq!(
+        report.changes_rejected, 0,
+        "nothing quarantined: {report:?}"
+    );
+    assert_eq!(
+        laptop.outbox_len().expect("outbox"),
+        1,
+        "the refused change waits"
+    );
+    let fresh = Client::open(dir.path().join("fresh.db")).expect("replica");
+    sync_now(&fresh, &config(&relay)).await.expect("download");
+    assert_eq!(
+        fresh.customers().get(ids[1]).expect("fine").name,
+        "Fine Co 2"
+    );
+    // IT finds it: `doc check` names exactly that document and why.
+    let store = relay.store().clone();
+    let report =
+        tokio::task::spawn_blocking(move || fieldsync_relay::doc_check::check_documents(&store))
+            .await
+            .expect("join")
+            .expect("check");
+    assert_eq!(report.checked, 2);
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert_eq!(report.problems[0].doc_id, ids[0]);
+    assert!(report.problems[0].reason.contains("rows"), "{report:?}");
+}

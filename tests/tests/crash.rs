@@ -1,4 +1,4 @@
-//! Crash test of the local replica (FAILURES.md §4.1, invariants I1 and I10).
+//! Crash test of the local replica (invariants I1 and I10, TESTING.md).
 //!
 //! A child process (`fieldsync-crash-writer`) performs a seeded stream of local writes on a
 //! replica and logs each one to stdout: an attempt line before the write, a commit line with

@@ -1,5 +1,5 @@
-//! Crashes with real processes during sync (issue 5, part 2; FAILURES.md rows 5, 9, 15–17 and
-//! invariants I1, I2, I3, I4, I10), and a full disk on the relay and on a client.
+//! Crashes with real processes during sync (invariants I1, I2, I3, I4
+//! and I10 of TESTING.md), and a full disk on the relay and on a client.
 //!
 //! A `fieldsync-relay serve` process and two `fieldsync sync` processes (an uploader `a` and a
 //! downloader `b`) run against each other; after a seeded delay one or more of them is killed

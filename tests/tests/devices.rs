@@ -8,7 +8,7 @@
 //!   and the quarantine of their dependents (a forged actor: `sync-server/tests/devices.rs`);
 //! - a scope move while the old rep has pending edits;
 //! - over random workloads: no replica ever holds a document outside its device's scopes
-//!   (FAILURES.md §4.1 I5), and every replica ends with every document it is authorised for.
+//!   (invariant I5, TESTING.md), and every replica ends with every document it is authorised for.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -1,5 +1,5 @@
-//! Sync over bad links, through the seeded UDP fault proxy (issue 5, part 1; FAILURES.md rows
-//! 7, 8 and 10): 20 % loss each way with a 300 ms round trip, a link cut every few seconds
+//! Sync over bad links, through the seeded UDP fault proxy (failures other sync
+//! systems met on lossy, slow and cut links): 20 % loss each way with a 300 ms round trip, a link cut every few seconds
 //! during a sync of thousands of changes, and a 64 kbit/s bottleneck.
 //!
 //! The clients run [`SyncHandle`] — the background sync a rep's laptop runs, with live pushes

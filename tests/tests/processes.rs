@@ -1,4 +1,4 @@
-//! Sync with real processes (issue 3): the `fieldsync-relay serve` binary and the `fieldsync`
+//! Sync with real processes: the `fieldsync-relay serve` binary and the `fieldsync`
 //! command-line client, each in its own process, on 127.0.0.1.
 //!
 //! - The relay is killed with SIGKILL in the middle of a client's upload (at three points:

@@ -1,4 +1,4 @@
-//! `fieldsync-load`: many concurrent clients against one relay on 127.0.0.1 (issue 5, part 5).
+//! `fieldsync-load`: many concurrent clients against one relay on 127.0.0.1.
 //!
 //! Starts a `fieldsync-relay serve` process, enrols `--clients` devices spread over `--scopes`
 //! territories (each device sees one scope, as reps do), opens one replica per device and

@@ -1,4 +1,4 @@
-//! `fieldsync-syncbench`: the sync benchmark of issue 3. Prints a table; asserts nothing about
+//! `fieldsync-syncbench`: the sync benchmark. Prints a table; asserts nothing about
 //! time.
 //!
 //! ```sh
@@ -8,7 +8,7 @@
 //!
 //! Everything runs on 127.0.0.1 in one run, against one relay:
 //!
-//! - (a) a fresh client downloads 10,000 documents shaped as in DOMAIN.md §2 (1,000 customers
+//! - (a) a fresh client downloads 10,000 documents shaped like a real book (1,000 customers
 //!   with contacts, addresses and equipment; 7,000 visits with needs and tasks; 2,000 quotes
 //!   with lines) — target < 2 s;
 //! - (b) a fresh client downloads 100,000 documents (ten times as many, same mix) — target

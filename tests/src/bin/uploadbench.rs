@@ -74,8 +74,9 @@ fn upload(
         let started = Instant::now();
         let outcomes = relay.append_changes(device, &changes, false)?;
         up.relay += started.elapsed();
-        if let Some(Outcome::Refused(r)) =
-            outcomes.iter().find(|o| matches!(o, Outcome::Refused(_)))
+        if let Some(Outcome::Refused(r) | Outcome::Malformed(r)) = outcomes
+            .iter()
+            .find(|o| matches!(o, Outcome::Refused(_) | Outcome::Malformed(_)))
         {
             bail!("the relay refused a change: {}", r.reason);
         }

@@ -1,4 +1,4 @@
-//! A deterministic simulation of one relay and many clients (DESIGN.md §7, FAILURES.md §4.1).
+//! A deterministic simulation of one relay and many clients (docs/DESIGN.md §8, the invariants of TESTING.md).
 //!
 //! One thread, no sockets, no clock: the relay is a real [`fieldsync_relay::SqliteRelayStore`]
 //! on a temporary file driven through [`fieldsync_core::protocol::RelaySession`]; each client

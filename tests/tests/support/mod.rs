@@ -1,5 +1,5 @@
 //! Checks shared by the fault, crash and bad-input tests: the "nothing lost" invariants of
-//! FAILURES.md §4.1 evaluated against real replicas and the relay's SQLite file.
+//! TESTING.md evaluated against real replicas and the relay's SQLite file.
 
 #![allow(dead_code)] // each test file uses its own subset
 
