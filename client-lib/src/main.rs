@@ -1085,6 +1085,12 @@ fn print_report(r: &SyncReport) {
             String::new()
         }
     );
+    if r.replaced > 0 {
+        println!(
+            "  replaced  {} documents trimmed by IT (unsent edits carried over)",
+            r.replaced
+        );
+    }
     println!(
         "  wire      {} up, {} down",
         fmt_bytes(r.bytes_sent),

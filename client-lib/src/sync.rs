@@ -267,6 +267,10 @@ pub struct SyncReport {
     pub changes_received: u64,
     /// Document snapshots merged.
     pub snapshots_received: u64,
+    /// Documents whose history the relay replaced (IT trimmed them): the replica took the new
+    /// history and carried over its unsent edits.
+    #[serde(default)]
+    pub replaced: u64,
     /// Download items that could not be applied (skipped and logged).
     pub items_failed: u64,
     /// Download batches applied.
@@ -1172,6 +1176,7 @@ pub async fn sync_now_with_progress(
                 items_received: s.items_received,
                 changes_received: s.changes_received,
                 snapshots_received: s.snapshots_received,
+                replaced: s.replaced,
                 items_failed: s.items_failed,
                 batches: s.batches,
                 repaired: s.repaired,

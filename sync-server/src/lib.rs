@@ -13,7 +13,8 @@
 //! - [`config::RelayConfig`]: the TOML configuration with documented defaults;
 //! - [`tls`]: certificate handling and a fingerprint-pinning verifier for clients;
 //! - [`decode_budget`]: the relay-wide budget of memory spent decoding frames;
-//!   [`doc_check`]: the stored documents that fail to load (`doc check`).
+//!   [`doc_check`]: the stored documents that fail to load (`doc check`); [`doc_trim`]: a
+//!   document that outgrew its budget rewritten as its current state (`doc trim`).
 
 pub mod admission;
 pub mod auth_limit;
@@ -21,6 +22,7 @@ pub mod backup;
 pub mod config;
 pub mod decode_budget;
 pub mod doc_check;
+pub mod doc_trim;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -174,6 +174,27 @@ enum DocCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make a document that outgrew its budget loadable again: its current state, less the
+    /// values named by --drop, becomes its whole history (Automerge keeps every operation ever
+    /// made, so deleting values does not shrink a document). Laptops take the new history at
+    /// their next sync and carry over edits they had not sent. Refuses, listing the largest
+    /// values, when the result would still be over budget. Works while the relay runs.
+    Trim {
+        #[command(flatten)]
+        common: Common,
+        /// The document's id (from `doc check`).
+        doc: DocId,
+        /// A value to leave out: map keys from the document's root joined by `/`
+        /// (e.g. `notes/3f2c…`). Repeatable.
+        #[arg(long, value_name = "PATH")]
+        drop: Vec<String>,
+        /// Show what the trim would do and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -366,6 +387,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 anyhow::bail!("{} documents fail to load", report.problems.len())
             }
+        }
+        Cmd::Doc(DocCmd::Trim {
+            common,
+            doc,
+            drop,
+            dry_run,
+            json,
+        }) => {
+            let paths: Vec<_> = drop
+                .iter()
+                .map(|p| fieldsync_core::model::rewrite::parse_path(p))
+                .collect();
+            let r =
+                fieldsync_relay::doc_trim::trim_document(&common.store()?, doc, &paths, dry_run)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let verb = if r.seq.is_some() {
+                "trimmed"
+            } else {
+                "would trim (dry run)"
+            };
+            println!(
+                "{} {verb}: {} stored, {} after",
+                r.doc_id,
+                fmt_bytes(r.before_bytes as u64),
+                fmt_bytes(r.after_bytes as u64)
+            );
+            if !r.dropped.is_empty() {
+                println!("left out: {}", r.dropped.join(", "));
+            }
+            println!(
+                "largest values now: {}",
+                fieldsync_relay::doc_trim::listing(&r.largest)
+            );
+            if let Some(seq) = r.seq {
+                println!("laptops take the new history at their next sync (log entry {seq})");
+            }
+            Ok(())
         }
         Cmd::Status { common } => {
             print!("{}", fieldsync_relay::status_report(&common.load()?)?);

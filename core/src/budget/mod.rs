@@ -18,7 +18,7 @@ use automerge::Change;
 
 pub mod snapshot;
 
-pub use snapshot::check_snapshot;
+pub use snapshot::{SnapshotLimits, check_snapshot, check_snapshot_within};
 
 /// Most operations one change may hold.
 pub const MAX_CHANGE_OPS: usize = 100_000;

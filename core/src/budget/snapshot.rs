@@ -38,8 +38,39 @@ const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 const DEFLATE: u32 = 0b1000;
 const TYPE_BITS: u32 = 0b0111;
 
+/// The budgets a snapshot is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotLimits {
+    /// Most bytes its deflated columns may inflate to, in total.
+    pub inflated: usize,
+    /// Most rows per column, and summed over its chunks.
+    pub rows: u64,
+}
+
+impl SnapshotLimits {
+    /// What relays and laptops load: [`MAX_INFLATED_BYTES`] and [`MAX_COLUMN_ROWS`].
+    pub const LOAD: Self = Self {
+        inflated: MAX_INFLATED_BYTES,
+        rows: MAX_COLUMN_ROWS,
+    };
+
+    /// These limits `factor` times over (for IT's one-off repairs of a document that outgrew
+    /// the normal ones).
+    pub const fn times(self, factor: u32) -> Self {
+        Self {
+            inflated: self.inflated.saturating_mul(factor as usize),
+            rows: self.rows.saturating_mul(factor as u64),
+        }
+    }
+}
+
 /// Checks a snapshot against the inflation and row budgets before it is loaded.
 pub fn check_snapshot(bytes: &[u8]) -> Result<(), String> {
+    check_snapshot_within(bytes, SnapshotLimits::LOAD)
+}
+
+/// [`check_snapshot`] with other limits.
+pub fn check_snapshot_within(bytes: &[u8], limits: SnapshotLimits) -> Result<(), String> {
     let mut input = Reader(bytes);
     let mut inflated = 0usize;
     let mut documents = 0;
@@ -60,10 +91,10 @@ pub fn check_snapshot(bytes: &[u8]) -> Result<(), String> {
                 if documents > 1 {
                     return Err("snapshot holds more than one document chunk".into());
                 }
-                document(&mut chunk, &mut inflated)?
+                document(&mut chunk, &mut inflated, limits)?
             }
             // Every change counts, even an empty one.
-            CHANGE => change(&mut chunk)?.max(1),
+            CHANGE => change(&mut chunk, limits)?.max(1),
             other => {
                 return Err(format!(
                     "snapshot holds a chunk of type {other}; only documents and uncompressed \
@@ -72,14 +103,18 @@ pub fn check_snapshot(bytes: &[u8]) -> Result<(), String> {
             }
         };
         total = total.saturating_add(rows);
-        over(total)?;
+        over(total, limits)?;
     }
     Ok(())
 }
 
 /// A document chunk: actors, heads, the change and operation column metadata, then the
 /// columns' data in that order. Returns its most rows in any one column.
-fn document(input: &mut Reader<'_>, inflated: &mut usize) -> Result<u64, String> {
+fn document(
+    input: &mut Reader<'_>,
+    inflated: &mut usize,
+    limits: SnapshotLimits,
+) -> Result<u64, String> {
     let actors = input.uleb()?;
     for _ in 0..actors {
         let len = input.uleb()?;
@@ -93,10 +128,10 @@ fn document(input: &mut Reader<'_>, inflated: &mut usize) -> Result<u64, String>
     for (spec, len) in change_cols.into_iter().chain(op_cols) {
         let data = input.take(len)?;
         if spec & DEFLATE == 0 {
-            most = most.max(rows(spec, data)?);
+            most = most.max(rows(spec, data, limits)?);
             continue;
         }
-        let budget = MAX_INFLATED_BYTES - *inflated;
+        let budget = limits.inflated.saturating_sub(*inflated);
         let mut out = Vec::new();
         flate2::read::DeflateDecoder::new(data)
             .take(budget as u64 + 1)
@@ -104,18 +139,19 @@ fn document(input: &mut Reader<'_>, inflated: &mut usize) -> Result<u64, String>
             .map_err(|e| format!("a compressed column does not inflate: {e}"))?;
         if out.len() > budget {
             return Err(format!(
-                "snapshot inflates past its budget of {MAX_INFLATED_BYTES} bytes"
+                "snapshot inflates past its budget of {} bytes",
+                limits.inflated
             ));
         }
         *inflated += out.len();
-        most = most.max(rows(spec, &out)?);
+        most = most.max(rows(spec, &out, limits)?);
     }
     Ok(most)
 }
 
 /// A change chunk: its header fields, then its operation columns (never compressed). Returns
 /// its most rows in any one column.
-fn change(input: &mut Reader<'_>) -> Result<u64, String> {
+fn change(input: &mut Reader<'_>, limits: SnapshotLimits) -> Result<u64, String> {
     let deps = input.uleb()?;
     input.take(deps.saturating_mul(32))?;
     let actor = input.uleb()?;
@@ -135,7 +171,7 @@ fn change(input: &mut Reader<'_>) -> Result<u64, String> {
         if spec & DEFLATE != 0 {
             return Err("a change chunk holds a compressed column".into());
         }
-        most = most.max(rows(spec, input.take(len)?)?);
+        most = most.max(rows(spec, input.take(len)?, limits)?);
     }
     Ok(most)
 }
@@ -151,9 +187,9 @@ fn columns(input: &mut Reader<'_>) -> Result<Vec<(u32, u64)>, String> {
     Ok(out)
 }
 
-/// Counts the rows of one (inflated) column from its run headers; refuses more than
-/// [`MAX_COLUMN_ROWS`].
-fn rows(spec: u32, data: &[u8]) -> Result<u64, String> {
+/// Counts the rows of one (inflated) column from its run headers; refuses more than the
+/// limit.
+fn rows(spec: u32, data: &[u8], limits: SnapshotLimits) -> Result<u64, String> {
     let mut input = Reader(data);
     let mut rows: u64 = 0;
     match spec & TYPE_BITS {
@@ -161,7 +197,7 @@ fn rows(spec: u32, data: &[u8]) -> Result<u64, String> {
         4 => {
             while !input.0.is_empty() {
                 rows = rows.saturating_add(input.uleb()?);
-                over(rows)?;
+                over(rows, limits)?;
             }
         }
         // Raw values: their rows are counted in their metadata column.
@@ -186,25 +222,25 @@ fn rows(spec: u32, data: &[u8]) -> Result<u64, String> {
                     rows = rows.saturating_add(n.unsigned_abs());
                 } else if n < 0 {
                     rows = rows.saturating_add(n.unsigned_abs());
-                    over(rows)?;
+                    over(rows, limits)?;
                     for _ in 0..n.unsigned_abs() {
                         value(&mut input)?;
                     }
                 } else {
                     rows = rows.saturating_add(input.uleb()?);
                 }
-                over(rows)?;
+                over(rows, limits)?;
             }
         }
     }
     Ok(rows)
 }
 
-fn over(rows: u64) -> Result<(), String> {
-    if rows > MAX_COLUMN_ROWS {
+fn over(rows: u64, limits: SnapshotLimits) -> Result<(), String> {
+    if rows > limits.rows {
         return Err(format!(
-            "snapshot holds more than {MAX_COLUMN_ROWS} rows, over the budget of a \
-             document's operations"
+            "snapshot holds more than {} rows, over the budget of a document's operations",
+            limits.rows
         ));
     }
     Ok(())

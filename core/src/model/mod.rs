@@ -26,6 +26,7 @@ pub mod authority;
 mod conflicts;
 mod customer;
 mod quote;
+pub mod rewrite;
 mod visit;
 
 use automerge::transaction::Transactable;

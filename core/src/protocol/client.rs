@@ -96,6 +96,9 @@ pub struct SessionStats {
     pub changes_received: u64,
     /// Snapshots merged.
     pub snapshots_received: u64,
+    /// Documents whose history the relay replaced (IT trimmed them), taken in place of the
+    /// replica's copies.
+    pub replaced: u64,
     /// Download items that could not be applied (kept out; logged).
     pub items_failed: u64,
     /// Download batches applied.
@@ -411,10 +414,12 @@ impl ClientSession {
         // the relay never filed under the old scope, e.g. created offline after the move), and
         // when it comes back, they stay.
         let mut followers: BTreeMap<DocId, Vec<DocId>> = BTreeMap::new();
-        for item in items
-            .iter()
-            .filter(|i| matches!(i.entry, Entry::Leave | Entry::Snapshot(_)))
-        {
+        for item in items.iter().filter(|i| {
+            matches!(
+                i.entry,
+                Entry::Leave | Entry::Snapshot(_) | Entry::Replace(_)
+            )
+        }) {
             let ids = (|| -> Result<Vec<Vec<u8>>, rusqlite::Error> {
                 store
                     .reader()
@@ -433,7 +438,7 @@ impl ClientSession {
         let jobs: Vec<(DocId, &[u8])> = items
             .iter()
             .filter_map(|i| match &i.entry {
-                Entry::Snapshot(b) => Some((i.doc_id, b.0.as_slice())),
+                Entry::Snapshot(b) | Entry::Replace(b) => Some((i.doc_id, b.0.as_slice())),
                 _ => None,
             })
             .collect();
@@ -470,6 +475,26 @@ impl ClientSession {
                                 .try_for_each(|id| tx.cancel_eviction(*id).map(|_| ()))
                         })
                         .map(|_| stats.snapshots_received += 1),
+                    // The relay replaced the document's history: the new one stands in for this
+                    // replica's copy, and edits the relay has not acknowledged are carried over.
+                    Entry::Replace(bytes) => prepared
+                        .take_next()
+                        .unwrap_or_else(|| Err(StoreError::InvalidData("snapshot not prepared".into())))
+                        .and_then(|mut p| {
+                            let r = tx.replace_document(item.doc_id, &bytes.0, &mut p);
+                            prepared.discard(p);
+                            r
+                        })
+                        .and_then(|r| {
+                            stats.snapshots_received += 1;
+                            stats.replaced += 1;
+                            if r.quarantined > 0 {
+                                tracing::warn!(doc = %item.doc_id, changes = r.quarantined, "edits to a replaced document could not be carried over; they are in the quarantine");
+                            }
+                            std::iter::once(&item.doc_id)
+                                .chain(followers.get(&item.doc_id).into_iter().flatten())
+                                .try_for_each(|id| tx.cancel_eviction(*id).map(|_| ()))
+                        }),
                     // Only marked: the document may come back further down the log (its
                     // snapshot then keeps it), and dropping it now would also drop this
                     // device's own changes to it, which the relay does not echo back.

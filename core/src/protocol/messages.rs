@@ -13,7 +13,13 @@ use crate::ids::{DocId, Role};
 /// - 1: handshake, upload, download, live push, repair.
 /// - 2: adds the first-use exchange [`Message::Enrol`] (a device redeems a one-time enrolment
 ///   token) and [`ErrorCode::Reconnect`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// - 3: adds [`Entry::Replace`] (IT replaced a document's history). A relay of this version
+///   still serves clients of version [`OLDEST_PROTOCOL_VERSION`], sending them a replacement as
+///   an ordinary [`Entry::Snapshot`].
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest client protocol version a relay of this build serves.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 2;
 
 /// The first bytes of every `Hello`, so a stray peer is recognised at once.
 pub const MAGIC: [u8; 4] = *b"FSYN";
@@ -93,6 +99,10 @@ pub enum Entry {
     /// The document left the scope (moved elsewhere); the client removes it once its own
     /// pending changes to it are acknowledged.
     Leave,
+    /// The document's history was replaced (IT trimmed a document that outgrew its budget):
+    /// the client takes this snapshot in place of its copy, carrying over its own
+    /// unacknowledged edits (protocol 3).
+    Replace(serde_bytes_vec::Bytes),
 }
 
 /// One item of a download batch.

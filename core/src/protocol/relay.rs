@@ -3,8 +3,8 @@
 use uuid::Uuid;
 
 use super::messages::{
-    Cursor, Entry, ErrorCode, Hash, Item, MAGIC, Message, PROTOCOL_VERSION, Rejection, ScopeCursor,
-    UploadChange,
+    Cursor, Entry, ErrorCode, Hash, Item, MAGIC, Message, OLDEST_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, Rejection, ScopeCursor, UploadChange,
 };
 use super::validate::DeviceInfo;
 use crate::ids::DocId;
@@ -213,6 +213,8 @@ pub struct RelaySession {
     /// Hashes of changes this session stored for the client: the client has them, so they are
     /// not echoed back. Bounded; past the bound, echoes are merely redundant.
     uploaded: std::collections::HashSet<Hash>,
+    /// The protocol version the client speaks (entries it does not know are translated).
+    version: u32,
 }
 
 /// Most hashes a session remembers to avoid echoing a client's own uploads.
@@ -228,6 +230,7 @@ impl RelaySession {
             sent: None,
             live: false,
             uploaded: std::collections::HashSet::new(),
+            version: PROTOCOL_VERSION,
         }
     }
 
@@ -433,12 +436,16 @@ impl RelaySession {
         if magic != MAGIC {
             return Ok(Output::fatal(ErrorCode::Protocol, "not a fieldsync client"));
         }
-        if version != PROTOCOL_VERSION {
+        if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
             return Ok(Output::fatal(
                 ErrorCode::VersionMismatch,
-                format!("relay speaks protocol {PROTOCOL_VERSION}, client speaks {version}"),
+                format!(
+                    "relay speaks protocol {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}, \
+                     client speaks {version}"
+                ),
             ));
         }
+        self.version = version;
         let device = match msg {
             Message::Hello {
                 device_id,
@@ -472,7 +479,7 @@ impl RelaySession {
         let epoch = storage.epoch()?;
         self.epoch = Some(epoch);
         let welcome = Message::Welcome {
-            version: PROTOCOL_VERSION,
+            version: self.version,
             epoch,
             scopes: device.scopes.clone(),
             role: device.role,
@@ -595,7 +602,14 @@ impl RelaySession {
                     let kept_elsewhere = matches!(r.entry, Entry::Leave)
                         && r.moved_to.as_deref().is_some_and(|s| device.sees(s));
                     if !echo && !kept_elsewhere {
-                        push_entry(&mut items, r.doc_id, r.entry);
+                        let entry = match r.entry {
+                            // Protocol 2 knows no replacement: a snapshot at least brings the
+                            // document to a client that skipped it (one holding the old
+                            // history merges it).
+                            Entry::Replace(b) if self.version < 3 => Entry::Snapshot(b),
+                            other => other,
+                        };
+                        push_entry(&mut items, r.doc_id, entry);
                     }
                 }
                 if more {
@@ -658,7 +672,7 @@ pub const REPAIR_BATCH: u64 = 1 << 63;
 fn entry_size(e: &Entry) -> usize {
     match e {
         Entry::Changes(c) => c.iter().map(|b| b.0.len()).sum(),
-        Entry::Snapshot(b) => b.0.len(),
+        Entry::Snapshot(b) | Entry::Replace(b) => b.0.len(),
         Entry::Leave => 0,
     }
 }

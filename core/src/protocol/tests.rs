@@ -1050,3 +1050,50 @@ fn compression_bombs_and_oversized_frames_are_refused() {
     // Unknown flags.
     assert!(decode(&[7, 1, 2, 3]).is_err());
 }
+
+#[test]
+fn a_replacement_reaches_a_protocol_2_client_as_a_snapshot() {
+    let doc = DocId::new();
+    let bytes = Bytes(vec![1, 2, 3]);
+    for (version, want) in [
+        (2, Entry::Snapshot(bytes.clone())),
+        (PROTOCOL_VERSION, Entry::Replace(bytes.clone())),
+    ] {
+        let mut relay = MemRelay::new();
+        relay
+            .log
+            .push((1, "north".into(), doc, Entry::Replace(bytes.clone())));
+        let mut rs = RelaySession::new(RelayLimits::default());
+        let out = rs.handle(
+            &mut relay,
+            Message::Hello {
+                magic: messages::MAGIC,
+                version,
+                device_id: Uuid::new_v4(),
+                credential: None,
+                agent: String::new(),
+            },
+        );
+        assert!(
+            matches!(out.messages[0], Message::Welcome { version: v, .. } if v == version),
+            "{:?}",
+            out.messages
+        );
+        let epoch = relay.epoch;
+        let out = rs.handle(
+            &mut relay,
+            Message::Pull {
+                cursor: Cursor {
+                    epoch,
+                    scopes: BTreeMap::from([("*".to_string(), ScopeCursor::Log { seq: 0 })]),
+                },
+                max_bytes: 1 << 20,
+            },
+        );
+        let Some(Message::Batch { items, .. }) = out.messages.first() else {
+            panic!("a batch: {:?}", out.messages);
+        };
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].entry, want, "protocol {version}");
+    }
+}

@@ -259,6 +259,14 @@ pub fn check_change(
             change,
         });
     }
+    // A document has one beginning: a change that depends on nothing starts a second history
+    // beside it (an old history IT replaced, or a document that was never this one).
+    if change.deps().is_empty() && !doc.get_heads().is_empty() {
+        return Err(Refusal::permanent(
+            "the change starts a second history for an existing document (its history may \
+             have been replaced by IT)",
+        ));
+    }
     if let Some(missing) = doc.get_missing_deps(change.deps()).first() {
         return Err(Refusal {
             reason: format!("dependency {missing} is not on the relay yet"),

@@ -13,6 +13,7 @@
 
 mod precheck;
 mod projection;
+mod replace;
 mod schema;
 
 use std::collections::HashMap;
@@ -26,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use precheck::{Structure, precheck_change, precheck_changes};
+pub use replace::Replaced;
 
+use crate::budget::SnapshotLimits;
 use crate::ids::{DocId, DocKind, now_millis};
 use crate::model::{self, Document, ModelError};
 
@@ -358,13 +361,23 @@ pub fn decode_change(bytes: &[u8]) -> Result<Change, StoreError> {
 
 /// Loads a document snapshot from outside, with a size limit and without panicking.
 pub fn load_snapshot(bytes: &[u8]) -> Result<AutoCommit, StoreError> {
-    if bytes.len() > MAX_SNAPSHOT_BYTES {
+    load_snapshot_within(bytes, SnapshotLimits::LOAD)
+}
+
+/// [`load_snapshot`] with other budgets (the size limit grows with them).
+pub fn load_snapshot_within(
+    bytes: &[u8],
+    limits: SnapshotLimits,
+) -> Result<AutoCommit, StoreError> {
+    let most = MAX_SNAPSHOT_BYTES.saturating_mul(limits.inflated / SnapshotLimits::LOAD.inflated);
+    if bytes.len() > most.max(MAX_SNAPSHOT_BYTES) {
         return Err(StoreError::InvalidData(format!(
-            "snapshot of {} bytes exceeds the {MAX_SNAPSHOT_BYTES}-byte limit",
-            bytes.len()
+            "snapshot of {} bytes exceeds the {}-byte limit",
+            bytes.len(),
+            most.max(MAX_SNAPSHOT_BYTES)
         )));
     }
-    crate::budget::check_snapshot(bytes).map_err(StoreError::Budget)?;
+    crate::budget::check_snapshot_within(bytes, limits).map_err(StoreError::Budget)?;
     guard("loading a document", || AutoCommit::load(bytes))?
         .map_err(|e| StoreError::InvalidData(e.to_string()))
 }

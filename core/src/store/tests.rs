@@ -596,3 +596,84 @@ fn a_local_edit_cannot_grow_a_document_past_the_relays_budget() {
         Edit::Customer(CustomerEdit::Set(CustomerField::Industry, "mining".into())),
     );
 }
+
+#[test]
+fn a_replaced_document_keeps_edits_it_cannot_place_in_the_quarantine() {
+    use automerge::transaction::Transactable;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path().join("r.db")).unwrap();
+    let id = add_customer(&mut store, "Big Co");
+    store
+        .edit(id, |doc| {
+            doc.put_object(automerge::ROOT, "extra", automerge::ObjType::Map)?;
+            Ok(())
+        })
+        .unwrap();
+    let acked = store.heads(id).unwrap();
+    let all: Vec<ChangeHash> = store
+        .automerge(id)
+        .unwrap()
+        .get_changes(&[])
+        .iter()
+        .map(|c| c.hash())
+        .collect();
+    store.transaction(|tx| tx.ack(&all)).unwrap();
+    // The relay trims the acknowledged state, leaving `extra` out, while this replica holds
+    // a rename and a write into `extra` it has not sent.
+    let relay_copy = store.automerge(id).unwrap();
+    let mut trimmed = model::rewrite::rewrite(
+        &relay_copy,
+        ActorId::random(),
+        &[model::rewrite::parse_path("extra")],
+    )
+    .unwrap();
+    edit(
+        &mut store,
+        id,
+        Edit::Customer(CustomerEdit::Set(
+            CustomerField::Name,
+            "Big Co Renamed".into(),
+        )),
+    );
+    store
+        .edit(id, |doc| {
+            let extra = model::am::get_map(doc, &automerge::ROOT, "extra").unwrap();
+            doc.put(&extra, "k", "v")?;
+            Ok(())
+        })
+        .unwrap();
+    assert_ne!(store.heads(id).unwrap(), acked);
+    let bytes = trimmed.save();
+    let mut prepared = prepare_snapshot(id, &bytes).unwrap();
+    let done = store
+        .transaction(|tx| tx.replace_document(id, &bytes, &mut prepared))
+        .unwrap();
+    assert_eq!(
+        done,
+        Replaced {
+            carried: 0,
+            quarantined: 2
+        }
+    );
+    assert_eq!(store.outbox_len().unwrap(), 0);
+    let q = store.quarantine().unwrap();
+    assert_eq!(q.len(), 2);
+    assert!(q[0].reason.contains("/extra"), "{q:?}");
+    assert_eq!(
+        store.heads(id).unwrap(),
+        trimmed.get_heads(),
+        "the new history"
+    );
+    let Document::Customer(c) = store.document(id).unwrap() else {
+        panic!("a customer");
+    };
+    assert_eq!(
+        c.name, "Big Co",
+        "the rename waits in the quarantine with the rest"
+    );
+    // The replica reopens on the new history.
+    drop(store);
+    let mut store = Store::open(dir.path().join("r.db")).unwrap();
+    assert_eq!(store.heads(id).unwrap(), trimmed.get_heads());
+    assert!(store.verify().unwrap().is_empty());
+}

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::{
     AuditRecord, Cancel, DeviceRecord, Enrollment, EnrolmentRecord, PgRelayStore, PoolStats,
-    RelayStatus, RelayStoreError, Revoked, SnapshotPage, SqliteRelayStore,
+    RelayStatus, RelayStoreError, Replacement, Revoked, SnapshotPage, SqliteRelayStore,
 };
 
 /// The relay's store: one of the backends (see the module docs). Cloning gives another
@@ -156,13 +156,21 @@ impl RelayStore {
         each!(self, s => s.poll_devices())
     }
 
-    /// Notices log growth committed by other relay nodes sharing the database, and wakes
-    /// [`RelayStore::subscribe`] receivers. A no-op for a single-node backend.
+    /// Notices log growth committed by other relay nodes sharing the database, or by another
+    /// process (`doc trim`), and wakes [`RelayStore::subscribe`] receivers.
     pub fn poll_log(&self) -> Result<(), RelayStoreError> {
-        match self {
-            Self::Sqlite(_) => Ok(()),
-            Self::Postgres(s) => s.poll_log().map(|_| ()),
-        }
+        each!(self, s => s.poll_log().map(|_| ()))
+    }
+
+    /// Replaces a document's history with the one `rewrite` writes from its stored snapshot,
+    /// in one write transaction; `rewrite` giving none writes nothing (`doc trim`, see
+    /// [`crate::doc_trim`]). Blocks.
+    pub fn replace_history(
+        &self,
+        id: DocId,
+        rewrite: impl FnOnce(&[u8]) -> Result<Option<automerge::AutoCommit>, RelayStoreError>,
+    ) -> Result<Option<Replacement>, RelayStoreError> {
+        each!(self, s => s.replace_history(id, rewrite))
     }
 
     /// Documents currently loaded in the write cache.

@@ -21,6 +21,7 @@ mod backend;
 mod pg_pool;
 pub mod postgres;
 mod quota;
+mod replace;
 pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,8 @@ pub use fieldsync_core::protocol::relay::SnapshotPage;
 pub use pg_pool::PoolStats;
 pub use postgres::PgRelayStore;
 pub use quota::{Quota, Usage, day_of, quota_of};
+use replace::KIND_REPLACE;
+pub use replace::Replacement;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
 /// File name of the relay database inside the data directory.
@@ -738,6 +741,9 @@ trait BatchDb {
     fn stored_change(&self, hash: &[u8]) -> Result<Option<(DocId, i64)>, RelayStoreError>;
     /// Records a stored change.
     fn insert_change(&self, hash: &[u8], doc: DocId, seq: i64) -> Result<(), RelayStoreError>;
+    /// Forgets a document's history before its replacement at `seq`: its change and snapshot
+    /// log entries, and its change index (see [`replace`]).
+    fn forget_history(&self, doc: DocId, seq: i64) -> Result<(), RelayStoreError>;
     /// Appends to the audit trail.
     fn insert_audit(
         &self,
@@ -901,6 +907,22 @@ impl BatchDb for Transaction<'_> {
     fn insert_change(&self, hash: &[u8], doc: DocId, seq: i64) -> Result<(), RelayStoreError> {
         self.prepare_cached("INSERT INTO changes (hash, doc_id, seq) VALUES (?1, ?2, ?3)")?
             .execute(params![hash, doc.as_bytes(), seq])?;
+        Ok(())
+    }
+
+    fn forget_history(&self, doc: DocId, seq: i64) -> Result<(), RelayStoreError> {
+        self.prepare_cached(
+            "DELETE FROM log WHERE doc_id = ?1 AND seq < ?2 AND kind IN (?3, ?4, ?5)",
+        )?
+        .execute(params![
+            doc.as_bytes(),
+            seq,
+            KIND_CHANGES,
+            KIND_SNAPSHOT,
+            KIND_REPLACE
+        ])?;
+        self.prepare_cached("DELETE FROM changes WHERE doc_id = ?1")?
+            .execute([doc.as_bytes()])?;
         Ok(())
     }
 
@@ -1236,13 +1258,26 @@ impl<D: BatchDb> Batch<'_, D> {
         {
             let size = work.raw_bytes;
             self.work.insert(c.doc_id, work);
-            return Ok(refuse(
-                hash,
-                format!(
-                    "over budget: the document would grow past {MAX_DOC_BYTES} bytes (it holds about {size})"
-                ),
-                false,
-            ));
+            // A document already over its budget (stored before the budget existed) is not
+            // this change's doing: the change waits until IT trims the document.
+            return Ok(if size > MAX_DOC_BYTES {
+                refuse(
+                    hash,
+                    format!(
+                        "over budget: the document holds about {size} bytes, over its budget of \
+                         {MAX_DOC_BYTES}; the change waits until IT trims it"
+                    ),
+                    true,
+                )
+            } else {
+                refuse(
+                    hash,
+                    format!(
+                        "over budget: the document would grow past {MAX_DOC_BYTES} bytes (it holds about {size})"
+                    ),
+                    false,
+                )
+            });
         }
         // The sender's daily quota (it says nothing of the document, so it is checked for
         // every change, one accepted under a move's grace period included).
@@ -1600,6 +1635,45 @@ impl SqliteRelayStore {
         Ok(v)
     }
 
+    /// Notices log entries another process appended (`fieldsync-relay doc trim` while the
+    /// relay runs) and wakes [`SqliteRelayStore::subscribe`] receivers. The relay calls this
+    /// every second.
+    pub fn poll_log(&self) -> Result<u64, RelayStoreError> {
+        let high = self.high()?;
+        self.inner.notify.send_if_modified(|v| {
+            let grew = high > *v;
+            if grew {
+                *v = high;
+            }
+            grew
+        });
+        Ok(high)
+    }
+
+    /// Replaces document `id`'s history with the one `rewrite` writes from its stored
+    /// snapshot, in one write transaction (see [`replace`]); `rewrite` giving none writes
+    /// nothing. Blocks uploads while `rewrite` runs.
+    pub fn replace_history(
+        &self,
+        id: DocId,
+        rewrite: impl FnOnce(&[u8]) -> Result<Option<AutoCommit>, RelayStoreError>,
+    ) -> Result<Option<Replacement>, RelayStoreError> {
+        let mut guard = lock(&self.inner.writer);
+        let Writer { conn, .. } = &mut *guard;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let done = replace::replace_history(&tx, id, now_millis(), rewrite)?;
+        tx.commit()?;
+        drop(guard);
+        if let Some(r) = &done {
+            self.inner.notify.send_if_modified(|v| {
+                let grew = r.seq > *v;
+                *v = (*v).max(r.seq);
+                grew
+            });
+        }
+        Ok(done)
+    }
+
     /// Documents currently loaded in the write cache (for tests and metrics).
     pub fn cached_docs(&self) -> usize {
         lock(&self.inner.writer).cache.len()
@@ -1693,7 +1767,7 @@ impl SqliteRelayStore {
             let mut rows = if scope == "*" {
                 st = c.prepare_cached(
                     "SELECT seq, doc_id, kind, length(bytes), bytes, hash, moved_to FROM log
-                     WHERE seq > ?1 AND kind = 0 ORDER BY seq",
+                     WHERE seq > ?1 AND kind IN (0, 3) ORDER BY seq",
                 )?;
                 st.query(params![after])?
             } else {
@@ -1725,6 +1799,7 @@ impl SqliteRelayStore {
                     (KIND_CHANGES, Some(b)) => Entry::Changes(vec![Bytes(b)]),
                     (KIND_SNAPSHOT, Some(b)) => Entry::Snapshot(Bytes(b)),
                     (KIND_LEAVE, _) => Entry::Leave,
+                    (KIND_REPLACE, Some(b)) => Entry::Replace(Bytes(b)),
                     (k, _) => {
                         return Err(RelayStoreError::Corrupt(format!(
                             "log entry {seq} of kind {k}"

@@ -61,10 +61,10 @@ use uuid::Uuid;
 use super::pg_pool::{Lane, Pool, PoolStats};
 use super::{
     AuditRecord, BatchDb, Cancel, DeviceRecord, DeviceRow, DocCache, DocMeta, DocRow,
-    ENTRY_OVERHEAD, Enrollment, EnrolmentRecord, KIND_CHANGES, KIND_LEAVE, KIND_SNAPSHOT,
-    MIN_CREDENTIAL_LEN, MIN_DB_CONNECTIONS, RelayStatus, RelayStoreError, RelayStoreOptions,
-    Revoked, SnapshotPage, TOUCH_EVERY, Usage, append_batch, doc_id, hash_secret, lock, pg_detail,
-    random_hex, scopes_json,
+    ENTRY_OVERHEAD, Enrollment, EnrolmentRecord, KIND_CHANGES, KIND_LEAVE, KIND_REPLACE,
+    KIND_SNAPSHOT, MIN_CREDENTIAL_LEN, MIN_DB_CONNECTIONS, RelayStatus, RelayStoreError,
+    RelayStoreOptions, Replacement, Revoked, SnapshotPage, TOUCH_EVERY, Usage, append_batch,
+    doc_id, hash_secret, lock, pg_detail, random_hex, replace, scopes_json,
 };
 
 /// Newest schema version this build writes (the row of `fieldsync_schema`).
@@ -608,6 +608,16 @@ impl BatchDb for PgBatch<'_> {
         Ok(())
     }
 
+    fn forget_history(&self, doc: DocId, seq: i64) -> Result<(), RelayStoreError> {
+        let id = doc.as_bytes().as_slice();
+        self.exec(
+            "DELETE FROM log WHERE doc_id = $1 AND seq < $2 AND kind IN ($3, $4, $5)",
+            &[&id, &seq, &KIND_CHANGES, &KIND_SNAPSHOT, &KIND_REPLACE],
+        )?;
+        self.exec("DELETE FROM changes WHERE doc_id = $1", &[&id])?;
+        Ok(())
+    }
+
     fn insert_audit(
         &self,
         seq: i64,
@@ -997,6 +1007,40 @@ impl PgRelayStore {
         Ok(outcomes)
     }
 
+    /// Replaces document `id`'s history (see [`super::SqliteRelayStore::replace_history`]),
+    /// serialised with every node's appends by the log counter's row lock and announced to
+    /// every node.
+    pub fn replace_history(
+        &self,
+        id: DocId,
+        rewrite: impl FnOnce(&[u8]) -> Result<Option<automerge::AutoCommit>, RelayStoreError>,
+    ) -> Result<Option<Replacement>, RelayStoreError> {
+        let done = self.with_writer(|client, _| {
+            let mut tx = client.transaction()?;
+            tx.execute(
+                "SELECT value FROM counters WHERE name = $1 FOR UPDATE",
+                &[&LOG_HIGH],
+            )?;
+            let db = PgBatch {
+                tx: RefCell::new(tx),
+            };
+            let done = replace::replace_history(&db, id, now_millis(), rewrite)?;
+            let mut tx = db.tx.into_inner();
+            if let Some(r) = &done {
+                tx.execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&LOG_CHANNEL, &r.seq.to_string()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(done)
+        })?;
+        if let Some(r) = &done {
+            self.raise_high(r.seq);
+        }
+        Ok(done)
+    }
+
     /// The highest sequence number committed so far.
     pub fn high(&self) -> Result<u64, RelayStoreError> {
         self.read_priority(|c| counter(c, LOG_HIGH))
@@ -1018,7 +1062,7 @@ impl PgRelayStore {
                 let rows = if scope == "*" {
                     c.query(
                         "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash, moved_to
-                           FROM log WHERE seq > $1 AND kind = 0 ORDER BY seq LIMIT $2",
+                           FROM log WHERE seq > $1 AND kind IN (0, 3) ORDER BY seq LIMIT $2",
                         &[&cursor, &PAGE_ROWS],
                     )?
                 } else {
@@ -1048,6 +1092,7 @@ impl PgRelayStore {
                         (KIND_CHANGES, Some(b)) => Entry::Changes(vec![Bytes(b)]),
                         (KIND_SNAPSHOT, Some(b)) => Entry::Snapshot(Bytes(b)),
                         (KIND_LEAVE, _) => Entry::Leave,
+                        (KIND_REPLACE, Some(b)) => Entry::Replace(Bytes(b)),
                         (k, _) => {
                             return Err(RelayStoreError::Corrupt(format!(
                                 "log entry {seq} of kind {k}"

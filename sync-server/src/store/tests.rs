@@ -532,6 +532,7 @@ fn a_scope_move_refiles_the_customer_and_its_visits() {
                     Entry::Snapshot(_) => "snapshot",
                     Entry::Changes(_) => "changes",
                     Entry::Leave => "leave",
+                    Entry::Replace(_) => "replace",
                 },
             )
         })

@@ -107,7 +107,7 @@ impl RelayView {
                     self.change_doc.insert(h, (r.doc_id, r.seq));
                     self.current.insert(r.doc_id, scope.to_string());
                 }
-                Entry::Snapshot(b) => {
+                Entry::Snapshot(b) | Entry::Replace(b) => {
                     self.bytes += b.0.len() as u64;
                     self.current.insert(r.doc_id, scope.to_string());
                 }

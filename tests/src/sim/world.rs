@@ -194,6 +194,7 @@ fn describe_items(items: &[Item]) -> String {
         let kind = match &item.entry {
             Entry::Changes(c) => format!("{}c", c.len()),
             Entry::Snapshot(_) => "snap".into(),
+            Entry::Replace(_) => "replace".into(),
             Entry::Leave => "leave".into(),
         };
         if n > 0 {
@@ -1234,7 +1235,7 @@ impl World {
                         }
                     }
                 }
-                Entry::Snapshot(_) => {
+                Entry::Snapshot(_) | Entry::Replace(_) => {
                     let now = self.view.current.get(&item.doc_id);
                     let ever = self.view.scopes_ever.get(&item.doc_id);
                     let ok = now.is_some_and(|s| c.sees(s))
