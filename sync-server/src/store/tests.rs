@@ -1241,6 +1241,63 @@ mod contract {
     }
 
     #[test]
+    fn a_replaced_history_is_logged_alone_and_the_old_one_refused() {
+        each_backend(|open| {
+            let mut r = open();
+            let mut a = device(Role::Rep, &["north"]);
+            let c = a.customer("Zeta Mining", "north");
+            a.edit(
+                c,
+                CustomerEdit::Set(CustomerField::Industry, "mining".into()),
+            );
+            let old = a.outbox();
+            assert_eq!(stored(&r.append(&a.info, &old, false).unwrap()), 2);
+            let mut live = r.subscribe();
+            live.mark_unchanged();
+            let mut new_heads = Vec::new();
+            let done = r
+                .replace_history(c, |bytes| {
+                    let doc = fieldsync_core::store::load_snapshot(bytes).unwrap();
+                    let mut new = fieldsync_core::model::rewrite::rewrite(
+                        &doc,
+                        automerge::ActorId::random(),
+                        &[],
+                    )
+                    .unwrap();
+                    new_heads = new.get_heads();
+                    Ok(Some(new))
+                })
+                .unwrap()
+                .expect("replaced");
+            assert_eq!(done.scope, "north");
+            assert!(live.has_changed().unwrap(), "live sessions are woken");
+            // Readers of the scope and of every scope see the replacement, and nothing of the
+            // old history.
+            for scope in ["north", "*"] {
+                let (log, _) = r.read_log(scope, 0, usize::MAX).unwrap();
+                assert_eq!(log.len(), 1, "{scope}: {log:?}");
+                let Entry::Replace(b) = &log[0].entry else {
+                    panic!("{scope}: {log:?}");
+                };
+                let mut got = fieldsync_core::store::load_snapshot(&b.0).unwrap();
+                assert_eq!(got.get_heads(), new_heads);
+            }
+            let (snaps, _) = r.read_snapshots("north", None, usize::MAX).unwrap();
+            let mut got = fieldsync_core::store::load_snapshot(&snaps[0].1).unwrap();
+            assert_eq!(got.get_heads(), new_heads);
+            // The old history sent again is not stored beside the new one: its first change
+            // would start a second history, the next waits for what it builds on.
+            let out = r.append(&a.info, &old, false).unwrap();
+            let refused = refusals(&out);
+            assert_eq!(refused.len(), 2, "{out:?}");
+            assert!(!refused[0].retry && refused[0].reason.contains("second history"));
+            assert!(refused[1].retry, "{out:?}");
+            // A document the relay does not hold cannot be replaced.
+            assert!(r.replace_history(DocId::new(), |_| Ok(None)).is_err());
+        });
+    }
+
+    #[test]
     fn refusals_and_scope_moves() {
         each_backend(|open| {
             let mut r = open();
