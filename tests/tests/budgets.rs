@@ -9,12 +9,11 @@
 //! - a laptop served a 10,000-deep snapshot (a tampered relay database) skips that document,
 //!   reports it, keeps the rest of the batch and keeps syncing — no stack overflow.
 
-use std::path::Path;
 use std::time::Duration;
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ObjType, ROOT, ScalarValue};
-use fieldsync_client::sync::{SyncConfig, sync_now};
+use fieldsync_client::sync::sync_now;
 use fieldsync_client::{Client, NewCustomer};
 use fieldsync_core::model::{EditCtx, NewCustomer as ModelNewCustomer, create_customer};
 use fieldsync_core::protocol::codec;
@@ -26,26 +25,9 @@ use fieldsync_relay::{Relay, RelayConfig};
 use fieldsync_tests::raw::RawConn;
 use uuid::Uuid;
 
-async fn open_relay(dir: &Path) -> Relay {
-    Relay::start(RelayConfig {
-        data_dir: dir.join("relay"),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        open_enrollment: true,
-        ..RelayConfig::default()
-    })
-    .await
-    .expect("relay")
-}
+mod support;
 
-fn config(relay: &Relay) -> SyncConfig {
-    let mut cfg = SyncConfig::new(
-        relay.local_addr().to_string(),
-        relay.fingerprint().to_string(),
-    );
-    cfg.connect_timeout = Duration::from_secs(5);
-    cfg.response_timeout = Duration::from_secs(20);
-    cfg
-}
+use support::{open_relay, sync_config as config};
 
 /// Uploads `changes` of document `id` in one batch; returns how many were accepted and the
 /// refusals.

@@ -4,35 +4,26 @@
 //! one that held the old history swaps it, and one with an edit the relay had not stored yet
 //! carries that edit over, so nothing typed offline is lost.
 
-use std::path::Path;
-use std::time::Duration;
-
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ObjType, ROOT, ScalarValue};
-use fieldsync_client::sync::{SyncConfig, sync_now};
+use fieldsync_client::sync::sync_now;
 use fieldsync_client::{Client, NewCustomer};
 use fieldsync_core::model::rewrite::parse_path;
-use fieldsync_relay::{Relay, RelayConfig};
+use fieldsync_relay::RelayStore;
 
-async fn open_relay(dir: &Path) -> Relay {
-    Relay::start(RelayConfig {
-        data_dir: dir.join("relay"),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        open_enrollment: true,
-        ..RelayConfig::default()
-    })
-    .await
-    .expect("relay")
-}
+mod support;
 
-fn config(relay: &Relay) -> SyncConfig {
-    let mut cfg = SyncConfig::new(
-        relay.local_addr().to_string(),
-        relay.fingerprint().to_string(),
-    );
-    cfg.connect_timeout = Duration::from_secs(5);
-    cfg.response_timeout = Duration::from_secs(30);
-    cfg
+use support::{open_relay, sync_config as config};
+
+/// Runs an admin command on the running relay's store, as `fieldsync-relay` would.
+async fn admin<T: Send + 'static>(
+    store: &RelayStore,
+    f: impl FnOnce(&RelayStore) -> T + Send + 'static,
+) -> T {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .expect("join")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,39 +106,29 @@ async fn a_trimmed_document_reaches_every_laptop_and_keeps_unsent_edits() {
     assert_eq!(writer.outbox_len().expect("outbox"), 1, "the rename waits");
 
     // IT finds it and trims it while the relay runs.
-    let store = relay.store().clone();
-    let check =
-        tokio::task::spawn_blocking(move || fieldsync_relay::doc_check::check_documents(&store))
-            .await
-            .expect("join")
-            .expect("check");
+    let check = admin(relay.store(), fieldsync_relay::doc_check::check_documents)
+        .await
+        .expect("check");
     assert_eq!(check.problems.len(), 1, "{check:?}");
-    let store = relay.store().clone();
-    let dry = tokio::task::spawn_blocking(move || {
-        fieldsync_relay::doc_trim::trim_document(&store, id, &[parse_path("bloat")], true)
+    let dry = admin(relay.store(), move |s| {
+        fieldsync_relay::doc_trim::trim_document(s, id, &[parse_path("bloat")], true)
     })
     .await
-    .expect("join")
     .expect("dry run");
     assert_eq!(dry.seq, None, "a dry run writes nothing");
-    let store = relay.store().clone();
-    let trimmed = tokio::task::spawn_blocking(move || {
-        fieldsync_relay::doc_trim::trim_document(&store, id, &[parse_path("bloat")], false)
+    let trimmed = admin(relay.store(), move |s| {
+        fieldsync_relay::doc_trim::trim_document(s, id, &[parse_path("bloat")], false)
     })
     .await
-    .expect("join")
     .expect("trim");
     assert!(trimmed.seq.is_some(), "{trimmed:?}");
     assert!(
         trimmed.after_bytes < 4096 && trimmed.before_bytes > trimmed.after_bytes,
         "{trimmed:?}"
     );
-    let store = relay.store().clone();
-    let check =
-        tokio::task::spawn_blocking(move || fieldsync_relay::doc_check::check_documents(&store))
-            .await
-            .expect("join")
-            .expect("check");
+    let check = admin(relay.store(), fieldsync_relay::doc_check::check_documents)
+        .await
+        .expect("check");
     assert!(check.problems.is_empty(), "{check:?}");
 
     // The writer takes the new history and carries its rename over (sent at its next sync).

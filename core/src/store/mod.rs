@@ -1293,6 +1293,16 @@ pub struct StoreTx<'s> {
 }
 
 impl StoreTx<'_> {
+    /// Whether the replica holds document `id`.
+    fn exists(&self, id: DocId) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT 1 FROM docs WHERE id = ?1")?
+            .query_row([id.as_bytes()], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     /// Creates a new document with id `id` by running `init` on an empty Automerge document,
     /// and queues its changes in the outbox.
     pub fn create(
@@ -1300,12 +1310,7 @@ impl StoreTx<'_> {
         id: DocId,
         init: impl FnOnce(&mut AutoCommit, DocId) -> Result<(), ModelError>,
     ) -> Result<Committed, StoreError> {
-        let exists = self
-            .tx
-            .prepare_cached("SELECT 1 FROM docs WHERE id = ?1")?
-            .query_row([id.as_bytes()], |_| Ok(()))
-            .optional()?
-            .is_some();
+        let exists = self.exists(id)?;
         if exists {
             return Err(StoreError::Exists(id));
         }
@@ -1687,12 +1692,7 @@ impl StoreTx<'_> {
             &mut prepared.read,
             Err(ModelError::Malformed("snapshot already applied".into())),
         );
-        let exists = self
-            .tx
-            .prepare_cached("SELECT 1 FROM docs WHERE id = ?1")?
-            .query_row([id.as_bytes()], |_| Ok(()))
-            .optional()?
-            .is_some();
+        let exists = self.exists(id)?;
         if !exists && !self.cache.docs.contains_key(&id) {
             // New to this replica (the bulk of a first download): the received document is
             // the document, and the bytes that just loaded are its snapshot. Merging it into

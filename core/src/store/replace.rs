@@ -9,7 +9,7 @@
 //! rep typed is thrown away.
 
 use automerge::{AutoCommit, ChangeHash};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::{
     DocEvent, Origin, PreparedSnapshot, StoreError, StoreTx, heads_to_bytes, load_cached, project,
@@ -37,12 +37,7 @@ impl StoreTx<'_> {
         bytes: &[u8],
         prepared: &mut PreparedSnapshot,
     ) -> Result<Replaced, StoreError> {
-        let exists = self
-            .tx
-            .prepare_cached("SELECT 1 FROM docs WHERE id = ?1")?
-            .query_row([id.as_bytes()], |_| Ok(()))
-            .optional()?
-            .is_some();
+        let exists = self.exists(id)?;
         if !exists {
             self.cache.remove(&id);
             self.apply_prepared_snapshot(id, bytes, prepared)?;

@@ -432,7 +432,20 @@ struct PgBatch<'c> {
     tx: RefCell<Transaction<'c>>,
 }
 
-impl PgBatch<'_> {
+impl<'c> PgBatch<'c> {
+    /// A transaction that appends to the log: it holds the log counter's row lock until it
+    /// commits (see the module docs on sequence numbers).
+    fn appending(client: &'c mut Client) -> Result<Self, RelayStoreError> {
+        let mut tx = client.transaction()?;
+        tx.execute(
+            "SELECT value FROM counters WHERE name = $1 FOR UPDATE",
+            &[&LOG_HIGH],
+        )?;
+        Ok(Self {
+            tx: RefCell::new(tx),
+        })
+    }
+
     fn q(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, RelayStoreError> {
         Ok(self.tx.borrow_mut().query(sql, p)?)
     }
@@ -978,15 +991,7 @@ impl PgRelayStore {
             return Ok(Vec::new());
         }
         let (outcomes, high) = self.with_writer(|client, cache| {
-            let mut tx = client.transaction()?;
-            // Held until commit: see the module docs on sequence numbers.
-            tx.execute(
-                "SELECT value FROM counters WHERE name = $1 FOR UPDATE",
-                &[&LOG_HIGH],
-            )?;
-            let db = PgBatch {
-                tx: RefCell::new(tx),
-            };
+            let db = PgBatch::appending(client)?;
             let (outcomes, work, high) =
                 append_batch(&db, cache, &self.inner.opts, device, changes, relayed)?;
             let mut tx = db.tx.into_inner();
@@ -1016,14 +1021,7 @@ impl PgRelayStore {
         rewrite: impl FnOnce(&[u8]) -> Result<Option<automerge::AutoCommit>, RelayStoreError>,
     ) -> Result<Option<Replacement>, RelayStoreError> {
         let done = self.with_writer(|client, _| {
-            let mut tx = client.transaction()?;
-            tx.execute(
-                "SELECT value FROM counters WHERE name = $1 FOR UPDATE",
-                &[&LOG_HIGH],
-            )?;
-            let db = PgBatch {
-                tx: RefCell::new(tx),
-            };
+            let db = PgBatch::appending(client)?;
             let done = replace::replace_history(&db, id, now_millis(), rewrite)?;
             let mut tx = db.tx.into_inner();
             if let Some(r) = &done {

@@ -1257,7 +1257,7 @@ mod contract {
             let mut new_heads = Vec::new();
             let done = r
                 .replace_history(c, |bytes| {
-                    let doc = fieldsync_core::store::load_snapshot(bytes).unwrap();
+                    let doc = load_snapshot(bytes).unwrap();
                     let mut new = fieldsync_core::model::rewrite::rewrite(
                         &doc,
                         automerge::ActorId::random(),
@@ -1279,11 +1279,11 @@ mod contract {
                 let Entry::Replace(b) = &log[0].entry else {
                     panic!("{scope}: {log:?}");
                 };
-                let mut got = fieldsync_core::store::load_snapshot(&b.0).unwrap();
+                let mut got = load_snapshot(&b.0).unwrap();
                 assert_eq!(got.get_heads(), new_heads);
             }
             let (snaps, _) = r.read_snapshots("north", None, usize::MAX).unwrap();
-            let mut got = fieldsync_core::store::load_snapshot(&snaps[0].1).unwrap();
+            let mut got = load_snapshot(&snaps[0].1).unwrap();
             assert_eq!(got.get_heads(), new_heads);
             // The old history sent again is not stored beside the new one: its first change
             // would start a second history, the next waits for what it builds on.

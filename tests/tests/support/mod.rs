@@ -7,8 +7,33 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use fieldsync_client::sync::SyncConfig;
 use fieldsync_client::{Client, DocId};
+use fieldsync_relay::{Relay, RelayConfig};
 use rusqlite::{Connection, OpenFlags};
+
+/// A relay on 127.0.0.1 with its data in `dir/relay`, enrolling any device that connects.
+pub async fn open_relay(dir: &Path) -> Relay {
+    Relay::start(RelayConfig {
+        data_dir: dir.join("relay"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        open_enrollment: true,
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay")
+}
+
+/// How a laptop reaches `relay`, with timeouts for a loaded test machine.
+pub fn sync_config(relay: &Relay) -> SyncConfig {
+    let mut cfg = SyncConfig::new(
+        relay.local_addr().to_string(),
+        relay.fingerprint().to_string(),
+    );
+    cfg.connect_timeout = Duration::from_secs(5);
+    cfg.response_timeout = Duration::from_secs(30);
+    cfg
+}
 
 /// A change hash as stored.
 pub type Hash = [u8; 32];
