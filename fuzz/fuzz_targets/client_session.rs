@@ -233,7 +233,7 @@ fn cursor(u: &mut Unstructured<'_>) -> ArbResult<Cursor> {
 
 fn item(u: &mut Unstructured<'_>, w: &World) -> ArbResult<Item> {
     let doc_id = common::doc_id(u, &POOL)?;
-    let entry = match u.int_in_range(0..=8u8)? {
+    let entry = match u.int_in_range(0..=9u8)? {
         0..=3 => {
             let mut changes = Vec::new();
             for _ in 0..u.int_in_range(1..=3u8)? {
@@ -242,6 +242,8 @@ fn item(u: &mut Unstructured<'_>, w: &World) -> ArbResult<Item> {
             Entry::Changes(changes)
         }
         4..=7 => Entry::Snapshot(Bytes(common::snapshot_bytes(u, &w.samples, doc_id)?)),
+        // A history the relay replaced: any snapshot of the document stands in for it.
+        8 => Entry::Replace(Bytes(common::snapshot_bytes(u, &w.samples, doc_id)?)),
         _ => Entry::Leave,
     };
     Ok(Item { doc_id, entry })

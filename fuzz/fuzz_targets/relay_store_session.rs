@@ -534,7 +534,7 @@ fn check(store: &SqliteRelayStore) {
                         }
                     }
                 }
-                Entry::Snapshot(s) => {
+                Entry::Snapshot(s) | Entry::Replace(s) => {
                     if let Err(err) = load_snapshot(&s.0) {
                         fail(TARGET, &format!("a logged snapshot does not load: {err}"));
                     }
