@@ -255,12 +255,23 @@ enum RelayProc {
 impl RelayProc {
     fn start(dir: &Path, separate: bool) -> anyhow::Result<Self> {
         let data = dir.join("relay");
+        // One device uploads the whole population: past any daily quota, which is not what
+        // is measured here.
+        const NO_QUOTA: u64 = 1 << 50;
         if separate {
+            let config = dir.join("bench-relay.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "quota_new_documents_per_day = {NO_QUOTA}\nquota_bytes_per_day = {NO_QUOTA}\n"
+                ),
+            )?;
+            let config = config.to_string_lossy().into_owned();
             // Open enrolment: every benchmark client is a new device that sees every scope.
             return Ok(Self::Process(procs::RelayProcess::start(
                 &data,
                 "127.0.0.1:0".parse()?,
-                &["--open"],
+                &["--open", "--config", &config],
             )?));
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -272,6 +283,8 @@ impl RelayProc {
                 data_dir: data,
                 listen: "127.0.0.1:0".parse()?,
                 open_enrollment: true,
+                quota_new_documents_per_day: NO_QUOTA,
+                quota_bytes_per_day: NO_QUOTA,
                 ..Default::default()
             },
         ))?;
