@@ -11,9 +11,11 @@ use uuid::Uuid;
 pub struct DocId(pub Uuid);
 
 impl DocId {
-    /// A new, time-ordered id (UUIDv7).
+    /// A new, time-ordered id (UUIDv7) from the system clock and randomness, for callers;
+    /// code in this crate mints ids from the [`crate::env::Env`] it is given.
+    #[allow(clippy::disallowed_methods)]
     pub fn new() -> Self {
-        Self(Uuid::now_v7())
+        (&crate::env::SystemEnv as &dyn crate::env::Env).doc_id()
     }
 
     /// The 16 raw bytes of the id (the form stored in SQLite).
@@ -28,6 +30,7 @@ impl DocId {
 }
 
 impl Default for DocId {
+    #[allow(clippy::disallowed_methods)]
     fn default() -> Self {
         Self::new()
     }
@@ -207,15 +210,14 @@ impl GovernedField {
 /// Milliseconds since the Unix epoch, as captured on the device (event time, not merge order).
 pub type Millis = i64;
 
-/// The current wall-clock time in milliseconds; the one place the model reads the clock.
+/// The current wall-clock time in milliseconds, for callers; code in this crate takes the time
+/// from the [`crate::env::Env`] or the edit context it is given.
 pub fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::env::Env::now_millis(&crate::env::SystemEnv)
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests mint ids freely
 mod tests {
     use super::*;
 

@@ -8,7 +8,7 @@ use super::{
     EditCtx, Header, ModelError, Money, Note, add_note, add_to_set, am, read_notes, read_set,
     set_archived, set_scope, write_governed,
 };
-use crate::ids::{GovernedField, Millis};
+use crate::ids::{DocId, GovernedField, Millis};
 
 /// Plain last-writer-wins text fields of a customer. Concurrent writes are kept as conflicts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -310,7 +310,18 @@ pub enum CustomerEdit {
     Unarchive,
 }
 
-pub(super) fn create(root: &mut am::MapInit, new: &NewCustomer) -> Result<(), ModelError> {
+pub(super) fn create(
+    root: &mut am::MapInit,
+    id: DocId,
+    new: &NewCustomer,
+    now: Millis,
+) -> Result<(), ModelError> {
+    // Items given with a new customer get ids derived from the document and their place.
+    let item_id = |what: &[u8], i: usize| {
+        super::derived_uuid(now, &[id.as_bytes(), what, &(i as u64).to_le_bytes()])
+            .simple()
+            .to_string()
+    };
     if new.name.trim().is_empty() {
         return Err(ModelError::Invalid("a customer needs a name".into()));
     }
@@ -340,7 +351,7 @@ pub(super) fn create(root: &mut am::MapInit, new: &NewCustomer) -> Result<(), Mo
     }
     root.map("phones", phones);
     let mut contacts = am::MapInit::default();
-    for c in &new.contacts {
+    for (i, c) in new.contacts.iter().enumerate() {
         if c.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
             return Err(ModelError::Invalid("a contact needs a name".into()));
         }
@@ -354,11 +365,11 @@ pub(super) fn create(root: &mut am::MapInit, new: &NewCustomer) -> Result<(), Mo
         if let Some(b) = c.is_purchaser {
             m.bool("is_purchaser", b);
         }
-        contacts.map(&super::new_item_id(), m);
+        contacts.map(&item_id(b"contact", i), m);
     }
     root.map("contacts", contacts);
     let mut equipment = am::MapInit::default();
-    for e in &new.equipment {
+    for (i, e) in new.equipment.iter().enumerate() {
         if e.model.as_deref().is_none_or(|n| n.trim().is_empty()) {
             return Err(ModelError::Invalid("equipment needs a model".into()));
         }
@@ -367,7 +378,7 @@ pub(super) fn create(root: &mut am::MapInit, new: &NewCustomer) -> Result<(), Mo
             .opt_str("serial", e.serial.as_deref())
             .opt_str("status", e.status.as_deref())
             .opt_int("installed_at", e.installed_at);
-        equipment.map(&super::new_item_id(), m);
+        equipment.map(&item_id(b"equipment", i), m);
     }
     root.map("equipment", equipment);
     Ok(())

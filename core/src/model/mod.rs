@@ -118,12 +118,19 @@ pub struct EditCtx {
 }
 
 impl EditCtx {
-    /// A context for `author` in `role` at the current time.
+    /// A context for `author` in `role` at the current time of the system clock, for callers
+    /// (the model takes the time from the context it is given).
+    #[allow(clippy::disallowed_methods)]
     pub fn new(author: impl Into<String>, role: Role) -> Self {
+        Self::at(author, role, crate::ids::now_millis())
+    }
+
+    /// A context for `author` in `role` at time `now`.
+    pub fn at(author: impl Into<String>, role: Role, now: Millis) -> Self {
         Self {
             author: author.into(),
             role,
-            now: crate::ids::now_millis(),
+            now,
         }
     }
 
@@ -301,7 +308,7 @@ pub fn create_customer(
     ctx: &EditCtx,
 ) -> Result<(), ModelError> {
     let mut root = header_init(id, DocKind::Customer, &new.org, &new.scope, ctx);
-    customer::create(&mut root, new)?;
+    customer::create(&mut root, id, new, ctx.now)?;
     root.write_root(doc)
 }
 
@@ -366,7 +373,17 @@ fn write_governed(
     let governed = am::req_map(doc, &ROOT, "governed")?;
     write(doc, &governed)?;
     let log = am::req_map(doc, &ROOT, "governed_log")?;
-    let entry = am::new_map(doc, &log, &uuid::Uuid::now_v7().to_string())?;
+    let written = doc.length(&log) as u64;
+    let key = derived_uuid(
+        ctx.now,
+        &[
+            doc.get_actor().to_bytes(),
+            b"governed",
+            field.key().as_bytes(),
+            &written.to_le_bytes(),
+        ],
+    );
+    let entry = am::new_map(doc, &log, &key.to_string())?;
     doc.put(&entry, "field", field.key())?;
     doc.put(&entry, "role", ctx.role.as_str())?;
     doc.put(&entry, "author", ctx.author.as_str())?;
@@ -450,9 +467,30 @@ fn read_notes(root: &am::HMap, key: &str) -> Vec<Note> {
     notes
 }
 
-/// A fresh id for an item inside a document (contact, line, task, …).
+/// A fresh id for an item an app adds to a document (contact, line, task, …): a UUIDv7 from
+/// the system clock and randomness. For callers of the model; the model itself never calls it
+/// (see [`derived_uuid`]).
+#[allow(clippy::disallowed_methods)]
 pub fn new_item_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// An id for something the model adds on its own (a contact or unit of equipment given with a
+/// new customer, a quote approval, a governed-field record), derived from the edit rather than
+/// read from a clock or random source, so that an edit replays to the same change: a
+/// time-ordered UUID whose time is the edit's and whose other bits hash `parts` — the writing
+/// actor (one per device session) or the document, and what makes the item unique in it.
+pub(crate) fn derived_uuid(now: Millis, parts: &[&[u8]]) -> uuid::Uuid {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let digest = h.finalize();
+    let mut bits = [0u8; 10];
+    bits.copy_from_slice(&digest[..10]);
+    uuid::Builder::from_unix_timestamp_millis(u64::try_from(now).unwrap_or(0), &bits).into_uuid()
 }
 
 #[cfg(test)]

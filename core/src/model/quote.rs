@@ -14,7 +14,7 @@
 //! changed, and no quote ever reads approved with content other than the approved one.
 
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ObjId, ROOT};
+use automerge::{AutoCommit, ObjId, ROOT, ReadDoc};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -611,7 +611,12 @@ fn decide(
                 )));
             }
             let approvals = am::req_map(d, &ROOT, "approvals")?;
-            let a = am::new_map(d, &approvals, &super::new_item_id())?;
+            let given = d.length(&approvals) as u64;
+            let key = super::derived_uuid(
+                ctx.now,
+                &[d.get_actor().to_bytes(), b"approval", &given.to_le_bytes()],
+            );
+            let a = am::new_map(d, &approvals, &key.simple().to_string())?;
             d.put(&a, "decision", to.as_str())?;
             d.put(&a, "approver", ctx.author.as_str())?;
             d.put(&a, "role", ctx.role.as_str())?;

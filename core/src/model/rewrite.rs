@@ -290,6 +290,7 @@ fn kind(a: &PatchAction) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests mint ids freely
 mod tests {
     use automerge::transaction::Transactable;
     use automerge::{ActorId, AutoCommit, ChangeHash, ObjType, ROOT, ReadDoc};

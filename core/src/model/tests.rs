@@ -1,5 +1,8 @@
 //! Unit and property tests of the document model and its merge rules.
 
+// Tests mint ids and read the clock freely; the code under test takes them as inputs.
+#![allow(clippy::disallowed_methods)]
+
 use automerge::AutoCommit;
 use proptest::prelude::*;
 

@@ -1,6 +1,9 @@
 //! Protocol tests: codec round trips and limits, and whole sync sessions between real replica
 //! stores and an in-memory relay storage, driven by hand (no I/O).
 
+// Tests mint ids and read the clock freely; the code under test takes them as inputs.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::{BTreeMap, HashSet};
 
 use automerge::AutoCommit;

@@ -482,6 +482,7 @@ pub fn heads_of(doc: &mut AutoCommit) -> Vec<[u8; 32]> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests mint ids freely
 mod tests {
     use automerge::{ActorId, ObjType, ROOT, transaction::Transactable};
 

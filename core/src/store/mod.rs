@@ -19,7 +19,7 @@ mod schema;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -30,7 +30,8 @@ pub use precheck::{Structure, precheck_change, precheck_changes};
 pub use replace::Replaced;
 
 use crate::budget::SnapshotLimits;
-use crate::ids::{DocId, DocKind, now_millis};
+use crate::env::{Env, SystemEnv};
+use crate::ids::{DocId, DocKind};
 use crate::model::{self, Document, ModelError};
 
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
@@ -123,6 +124,9 @@ pub struct StoreOptions {
     /// The last 8 bytes of this session's Automerge actor (default: random). Every opening of
     /// a replica must use a different value; set only by deterministic simulations.
     pub actor_suffix: Option<[u8; 8]>,
+    /// Where the replica gets the time (outbox, quarantine and document timestamps) and fresh
+    /// ids from: the system's by default, a [`crate::env::SeededEnv`] in simulations.
+    pub env: Arc<dyn Env>,
 }
 
 impl Default for StoreOptions {
@@ -133,6 +137,7 @@ impl Default for StoreOptions {
             compact_after: 16,
             device_id: None,
             actor_suffix: None,
+            env: Arc::new(SystemEnv),
         }
     }
 }
@@ -530,7 +535,7 @@ impl Store {
         let device_id = match device.and_then(|b| Uuid::from_slice(&b).ok()) {
             Some(d) => d,
             None => {
-                let d = opts.device_id.unwrap_or_else(Uuid::now_v7);
+                let d = opts.device_id.unwrap_or_else(|| opts.env.uuid_v7());
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('device_id', ?1)",
                     [d.as_bytes().to_vec()],
@@ -547,7 +552,7 @@ impl Store {
             reader,
             path,
             cache: DocCache::new(opts.cache_docs),
-            actor: Self::session_actor(device_id, opts.actor_suffix),
+            actor: Self::session_actor(device_id, opts.actor_suffix, &*opts.env),
             device_id,
             opts,
             subscribers: Vec::new(),
@@ -557,12 +562,14 @@ impl Store {
     /// Every session writes under a fresh actor whose first 16 bytes are the device id, so the
     /// relay can bind actors to devices, and a replica restored from an old backup never reuses
     /// an actor's sequence numbers.
-    fn session_actor(device: Uuid, suffix: Option<[u8; 8]>) -> ActorId {
+    fn session_actor(device: Uuid, suffix: Option<[u8; 8]>, env: &dyn Env) -> ActorId {
+        let suffix = suffix.unwrap_or_else(|| {
+            let mut s = [0u8; 8];
+            env.fill_random(&mut s);
+            s
+        });
         let mut bytes = device.as_bytes().to_vec();
-        match suffix {
-            Some(s) => bytes.extend_from_slice(&s),
-            None => bytes.extend_from_slice(&Uuid::new_v4().as_bytes()[..8]),
-        }
+        bytes.extend_from_slice(&suffix);
         ActorId::from(bytes)
     }
 
@@ -640,7 +647,8 @@ impl Store {
         &mut self,
         init: impl FnOnce(&mut AutoCommit, DocId) -> Result<(), ModelError>,
     ) -> Result<Committed, StoreError> {
-        self.transaction(|tx| tx.create(DocId::new(), init))
+        let id = self.opts.env.doc_id();
+        self.transaction(|tx| tx.create(id, init))
     }
 
     /// Applies a local edit to a document in its own transaction.
@@ -1320,7 +1328,7 @@ impl StoreTx<'_> {
         doc.commit();
         let mut hashes = Vec::new();
         let mut single_change = None;
-        let now = now_millis();
+        let now = self.opts.env.now_millis();
         {
             let mut ins = self.tx.prepare_cached(
                 "INSERT INTO outbox (doc_id, hash, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -1401,7 +1409,7 @@ impl StoreTx<'_> {
             return Ok(Committed { id, hashes });
         }
         {
-            let now = now_millis();
+            let now = self.opts.env.now_millis();
             let mut ins = self.tx.prepare_cached(
                 "INSERT OR IGNORE INTO outbox (doc_id, hash, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?;
@@ -1448,7 +1456,7 @@ impl StoreTx<'_> {
             }
         }
         let typed = project_read(&self.tx, read, false)?;
-        let now = now_millis();
+        let now = self.opts.env.now_millis();
         let exists = self
             .tx
             .prepare_cached(
@@ -1629,7 +1637,7 @@ impl StoreTx<'_> {
             by_doc.entry(id).or_default().push((hash, bytes));
         }
         let (mut requeued, mut kept) = (0, 0);
-        let now = now_millis();
+        let now = self.opts.env.now_millis();
         for (id, changes) in by_doc {
             let held = self
                 .tx
@@ -1713,7 +1721,7 @@ impl StoreTx<'_> {
                     typed.as_ref().and_then(|d| d.customer_id()).map(|c| c.as_bytes().to_vec()),
                     bytes,
                     heads_to_bytes(&prepared.heads),
-                    now_millis(),
+                    self.opts.env.now_millis(),
                 ])?;
             self.events.push(DocEvent {
                 id,
@@ -1773,7 +1781,7 @@ impl StoreTx<'_> {
         };
         self.tx.execute(
             "INSERT OR REPLACE INTO quarantine (hash, doc_id, bytes, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![hash.0, doc, bytes, reason, now_millis()],
+            params![hash.0, doc, bytes, reason, self.opts.env.now_millis()],
         )?;
         self.tx
             .execute("DELETE FROM outbox WHERE hash = ?1", [hash.0])?;
@@ -1845,7 +1853,7 @@ impl StoreTx<'_> {
                 "INSERT INTO skipped (doc_id, reason, at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (doc_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
             )?
-            .execute(params![id.as_bytes(), reason, now_millis()])?;
+            .execute(params![id.as_bytes(), reason, self.opts.env.now_millis()])?;
         Ok(())
     }
 

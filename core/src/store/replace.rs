@@ -15,7 +15,6 @@ use super::{
     DocEvent, Origin, PreparedSnapshot, StoreError, StoreTx, heads_to_bytes, load_cached, project,
 };
 use crate::DocId;
-use crate::ids::now_millis;
 use crate::model::rewrite::reapply;
 
 /// What replacing a document did.
@@ -121,7 +120,7 @@ impl StoreTx<'_> {
                 id.as_bytes(),
                 snapshot,
                 heads_to_bytes(&new.get_heads()),
-                now_millis(),
+                self.opts.env.now_millis(),
                 typed.as_ref().map(|d| d.header().kind.code()),
                 typed.as_ref().map(|d| d.header().scope.clone()),
                 typed
@@ -150,7 +149,7 @@ impl StoreTx<'_> {
         doc: &mut AutoCommit,
         before: &[ChangeHash],
     ) -> Result<(), StoreError> {
-        let now = now_millis();
+        let now = self.opts.env.now_millis();
         let mut ins = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO outbox (doc_id, hash, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
         )?;

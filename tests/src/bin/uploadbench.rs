@@ -106,12 +106,14 @@ fn run(quick: bool, rounds: usize, doc_cache: Option<usize>) -> anyhow::Result<(
     let edits = 5_000 / scale;
     let tmp = tempfile::tempdir()?;
     let client = Client::open(tmp.path().join("client.db"))?;
-    let mut opts = RelayStoreOptions::default();
-    // One device uploads the whole population: past any daily quota, which is not what is
-    // measured here.
-    opts.quota = fieldsync_relay::store::Quota {
-        new_documents_per_day: u64::MAX,
-        bytes_per_day: u64::MAX,
+    let mut opts = RelayStoreOptions {
+        // One device uploads the whole population: past any daily quota, which is not what
+        // is measured here.
+        quota: fieldsync_relay::store::Quota {
+            new_documents_per_day: u64::MAX,
+            bytes_per_day: u64::MAX,
+        },
+        ..RelayStoreOptions::default()
     };
     if let Some(n) = doc_cache {
         opts.cache_docs = n;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use automerge::ChangeHash;
+use fieldsync_core::env::SeededEnv;
 use fieldsync_core::model::{
     EditCtx, apply_edit, create_customer, create_quote, create_visit, read_document,
 };
@@ -146,10 +147,10 @@ struct Trace {
 
 impl Trace {
     fn note(&mut self, step: u64, line: String) {
-        // Change hashes are left out of the digest: the model names some map entries with
-        // UUIDv7s from the system clock (e.g. the governed-field log), so hashes differ from
-        // run to run while every decision and event stays the same.
-        self.hasher.write(without_hashes(&line).as_bytes());
+        // Everything counts, change hashes included: the replicas take their time and ids
+        // from the run (a seeded environment, the simulated clock), so a seed replays byte
+        // for byte.
+        self.hasher.write(line.as_bytes());
         self.hasher.write_u64(step);
         let line = format!("[{step}] {line}");
         if self.verbose {
@@ -162,27 +163,6 @@ impl Trace {
             t.push_back(line);
         }
     }
-}
-
-/// The line with every run of 12 or more hex digits replaced by `#`.
-fn without_hashes(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut run = String::new();
-    for ch in line.chars().chain(std::iter::once(' ')) {
-        if ch.is_ascii_hexdigit() {
-            run.push(ch);
-            continue;
-        }
-        if run.len() >= 12 {
-            out.push('#');
-        } else {
-            out.push_str(&run);
-        }
-        run.clear();
-        out.push(ch);
-    }
-    out.pop();
-    out
 }
 
 /// A batch's items for the trace: kind and the last 4 hex digits of the document id.
@@ -353,6 +333,7 @@ impl World {
                 compact_after: rng.random_range(2..=16),
                 device_id: Some(device_id),
                 actor_suffix: Some(rng.random()),
+                env: Arc::new(SeededEnv::new(rng.random(), EPOCH_MS)),
             };
             let cfg = ClientConfig {
                 agent: "fieldsync-sim".into(),
@@ -459,6 +440,18 @@ impl World {
         }
         self.heal()?;
         self.final_checks()?;
+        // The documents themselves count too: every replica's heads, so a run replays only if
+        // every change hashes the same.
+        for i in 0..self.clients.len() {
+            let heads = match self.clients[i].store.as_ref() {
+                Some(store) => store.all_heads().map_err(|e| format!("c{i} heads: {e}"))?,
+                None => Vec::new(),
+            };
+            for (id, hs) in heads {
+                let hs: Vec<String> = hs.iter().map(|h| hex(&h.0)).collect();
+                self.note(format!("c{i} holds {id} at {}", hs.join(",")));
+            }
+        }
         self.note(format!("done: {:?}", self.stats));
         Ok(SimReport {
             seed: self.seed,
