@@ -82,3 +82,26 @@ fn a_seed_replays_exactly() {
         assert_eq!(a.stats, b.stats, "seed {seed} did not replay");
     }
 }
+
+/// The relay's clock is the simulation's, so runs reach the end of a move's grace period:
+/// without one, changes written before a move that reach the relay after it are refused (each
+/// checked to have its cause); with one longer than the run, the old scope's edits are
+/// accepted. Seeds drawn with a grace in between cross its end part way.
+#[test]
+fn a_move_grace_period_ends_in_simulated_time() {
+    let (mut without, mut past_the_run) = (0, 0);
+    for seed in 0..8 {
+        let cfg = |g| SimConfig {
+            move_grace_steps: Some(g),
+            ..small()
+        };
+        let run = |g| sim::run(seed, &cfg(g)).unwrap_or_else(|f| panic!("{f}"));
+        without += run(0).stats.refused;
+        past_the_run += run(1_000_000).stats.refused;
+    }
+    eprintln!("refused without grace: {without}; with a grace past the run: {past_the_run}");
+    assert!(
+        without > past_the_run,
+        "refused without grace: {without}; with a grace past the run: {past_the_run}"
+    );
+}

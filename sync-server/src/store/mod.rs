@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use automerge::AutoCommit;
 use automerge::ChangeHash;
 use fieldsync_core::budget::MAX_DOC_BYTES;
-use fieldsync_core::ids::now_millis;
+use fieldsync_core::env::{Env, SystemEnv};
 use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
 use fieldsync_core::protocol::messages::{Hash, Rejection};
 use fieldsync_core::protocol::{
@@ -219,7 +219,7 @@ pub struct OpenEnrollment {
 }
 
 /// Options for [`SqliteRelayStore::open`] and [`PgRelayStore::open`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct RelayStoreOptions {
     /// How many documents to keep loaded for validating writes.
     pub cache_docs: usize,
@@ -240,6 +240,9 @@ pub struct RelayStoreOptions {
     /// PostgreSQL only: the longest one statement on a read connection may run
     /// (`statement_timeout`), so that no client's reads hold a connection for long.
     pub db_statement_timeout: Duration,
+    /// Where the relay's rules take the time from (move grace periods, token expiry, quota
+    /// days, timestamps): the system clock, or a simulation's.
+    pub env: Arc<dyn Env>,
 }
 
 /// Fewest database connections a PostgreSQL relay node may be given: the writer, the
@@ -256,6 +259,7 @@ impl Default for RelayStoreOptions {
             db_max_connections: 16,
             db_wait: Duration::from_secs(5),
             db_statement_timeout: Duration::from_secs(30),
+            env: Arc::new(SystemEnv),
         }
     }
 }
@@ -1478,7 +1482,7 @@ fn append_batch<D: BatchDb>(
         tx,
         cache,
         work: HashMap::new(),
-        now: now_millis(),
+        now: opts.env.now_millis(),
         high: None,
         move_grace_ms: i64::try_from(opts.move_grace.as_millis()).unwrap_or(i64::MAX),
         quota: opts.quota,
@@ -1661,7 +1665,7 @@ impl SqliteRelayStore {
         let mut guard = lock(&self.inner.writer);
         let Writer { conn, .. } = &mut *guard;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let done = replace::replace_history(&tx, id, now_millis(), rewrite)?;
+        let done = replace::replace_history(&tx, id, self.inner.opts.env.now_millis(), rewrite)?;
         tx.commit()?;
         drop(guard);
         if let Some(r) = &done {
@@ -1918,7 +1922,7 @@ impl SqliteRelayStore {
         }
         let scopes = serde_json::to_string(&open.scopes)
             .map_err(|e| RelayStoreError::Invalid(e.to_string()))?;
-        let now = now_millis();
+        let now = self.inner.opts.env.now_millis();
         let inserted = self.write(|tx| {
             Ok(tx.execute(
                 "INSERT OR IGNORE INTO devices (device_id, name, role, scopes, secret_hash, created_at, last_seen)
@@ -1990,7 +1994,7 @@ impl SqliteRelayStore {
         self.write(|tx| {
             tx.execute(
                 "UPDATE devices SET last_seen = ?2 WHERE device_id = ?1",
-                params![device_id.as_bytes(), now_millis()],
+                params![device_id.as_bytes(), self.inner.opts.env.now_millis()],
             )?;
             Ok(())
         })
@@ -2008,7 +2012,7 @@ impl SqliteRelayStore {
         let scopes_json = scopes_json(scopes)?;
         let device_id = device_id.unwrap_or_else(Uuid::now_v7);
         let secret = random_hex(32)?;
-        let now = now_millis();
+        let now = self.inner.opts.env.now_millis();
         self.write_devices(|tx| {
             tx.execute(
                 "INSERT INTO devices (device_id, name, role, scopes, secret_hash, created_at)
@@ -2036,7 +2040,7 @@ impl SqliteRelayStore {
         let n = self.write_devices(|tx| {
             Ok(tx.execute(
                 "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
-                params![device_id.as_bytes(), now_millis()],
+                params![device_id.as_bytes(), self.inner.opts.env.now_millis()],
             )?)
         })?;
         if n > 0 {
@@ -2063,7 +2067,7 @@ impl SqliteRelayStore {
         }
         let scopes_json = scopes_json(scopes)?;
         let secret = random_hex(fieldsync_core::protocol::token::TOKEN_SECRET_BYTES)?;
-        let now = now_millis();
+        let now = self.inner.opts.env.now_millis();
         let expires = now.saturating_add(i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX));
         self.write_devices(|tx| {
             tx.execute(
@@ -2109,7 +2113,7 @@ impl SqliteRelayStore {
         if !known {
             return Ok(Err("unknown enrolment token".to_string()));
         }
-        let now = now_millis();
+        let now = self.inner.opts.env.now_millis();
         type TokenRow = (
             String,
             String,
@@ -2222,7 +2226,7 @@ impl SqliteRelayStore {
     pub fn revoke(&self, who: &str) -> Result<Revoked, RelayStoreError> {
         let who = who.trim();
         let id = Uuid::parse_str(who).ok();
-        let now = now_millis();
+        let now = self.inner.opts.env.now_millis();
         let out = self.write_devices(|tx| {
             let mut out = Revoked::default();
             let ids: Vec<Vec<u8>> = match id {
@@ -2433,7 +2437,7 @@ impl SqliteRelayStore {
                     created_at: row.created_at,
                     last_seen: row.last_seen,
                     revoked_at: row.revoked_at,
-                    today: usage_on(c, id, day_of(now_millis()))?,
+                    today: usage_on(c, id, day_of(self.inner.opts.env.now_millis()))?,
                 });
             }
             Ok(out)

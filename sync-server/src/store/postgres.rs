@@ -47,7 +47,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use fieldsync_core::ids::now_millis;
 use fieldsync_core::protocol::messages::Hash;
 use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
 use fieldsync_core::protocol::{DeviceInfo, Entry, Lack, LogEntry, Outcome, UploadChange};
@@ -1022,7 +1021,8 @@ impl PgRelayStore {
     ) -> Result<Option<Replacement>, RelayStoreError> {
         let done = self.with_writer(|client, _| {
             let db = PgBatch::appending(client)?;
-            let done = replace::replace_history(&db, id, now_millis(), rewrite)?;
+            let done =
+                replace::replace_history(&db, id, self.inner.opts.env.now_millis(), rewrite)?;
             let mut tx = db.tx.into_inner();
             if let Some(r) = &done {
                 tx.execute(
@@ -1257,7 +1257,7 @@ impl PgRelayStore {
         }
         let scopes = serde_json::to_string(&open.scopes)
             .map_err(|e| RelayStoreError::Invalid(e.to_string()))?;
-        let now = now_millis();
+        let now = self.inner.opts.env.now_millis();
         let inserted = self.read_priority(|c| {
             Ok(c.execute(
                 "INSERT INTO devices (device_id, name, role, scopes, secret_hash, created_at, last_seen)
@@ -1330,7 +1330,10 @@ impl PgRelayStore {
         self.read_priority(|c| {
             c.execute(
                 "UPDATE devices SET last_seen = $2 WHERE device_id = $1",
-                &[&device_id.as_bytes().as_slice(), &now_millis()],
+                &[
+                    &device_id.as_bytes().as_slice(),
+                    &self.inner.opts.env.now_millis(),
+                ],
             )?;
             Ok(())
         })
@@ -1347,7 +1350,7 @@ impl PgRelayStore {
         let scopes_json = scopes_json(scopes)?;
         let device_id = device_id.unwrap_or_else(Uuid::now_v7);
         let secret = random_hex(32)?;
-        let now = now_millis();
+        let now = self.inner.opts.env.now_millis();
         self.write_devices(|tx| {
             tx.execute(
                 "INSERT INTO devices (device_id, name, role, scopes, secret_hash, created_at)
@@ -1371,12 +1374,13 @@ impl PgRelayStore {
 
     /// Revokes a device; returns whether it was known and not yet revoked.
     pub fn revoke_device(&self, device_id: Uuid) -> Result<bool, RelayStoreError> {
-        let n = self.write_devices(|tx| {
-            Ok(tx.execute(
+        let n =
+            self.write_devices(|tx| {
+                Ok(tx.execute(
                 "UPDATE devices SET revoked_at = $2 WHERE device_id = $1 AND revoked_at IS NULL",
-                &[&device_id.as_bytes().as_slice(), &now_millis()],
+                &[&device_id.as_bytes().as_slice(), &self.inner.opts.env.now_millis()],
             )?)
-        })?;
+            })?;
         if n > 0 {
             tracing::info!(device = %device_id, "revoked a device");
         }
@@ -1397,7 +1401,7 @@ impl PgRelayStore {
         }
         let scopes_json = scopes_json(scopes)?;
         let secret = random_hex(fieldsync_core::protocol::token::TOKEN_SECRET_BYTES)?;
-        let now = now_millis();
+        let now = self.inner.opts.env.now_millis();
         let expires = now.saturating_add(i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX));
         let bound = device_id.map(|d| d.as_bytes().to_vec());
         self.write_devices(|tx| {
@@ -1444,7 +1448,7 @@ impl PgRelayStore {
         if !known {
             return Ok(Err("unknown enrolment token".to_string()));
         }
-        let now = now_millis();
+        let now = self.inner.opts.env.now_millis();
         let did = device_id.as_bytes().as_slice();
         let out = self.with_writer(|client, _| {
             let mut tx = client.transaction()?;
@@ -1554,7 +1558,7 @@ impl PgRelayStore {
     pub fn revoke(&self, who: &str) -> Result<Revoked, RelayStoreError> {
         let who = who.trim();
         let id = Uuid::parse_str(who).ok();
-        let now = now_millis();
+        let now = self.inner.opts.env.now_millis();
         let out = self.write_devices(|tx| {
             let mut out = Revoked::default();
             let ids: Vec<Vec<u8>> = match id {
@@ -1709,7 +1713,7 @@ impl PgRelayStore {
                     created_at: row.created_at,
                     last_seen: row.last_seen,
                     revoked_at: row.revoked_at,
-                    today: usage_on(c, id, super::day_of(now_millis()))?,
+                    today: usage_on(c, id, super::day_of(self.inner.opts.env.now_millis()))?,
                 });
             }
             Ok(out)

@@ -872,7 +872,7 @@ fn enrolment_tokens_bind_once_expire_and_never_take_over_a_known_device() {
         !r.enrolments()
             .unwrap()
             .iter()
-            .any(|e| e.name == "late" && e.is_pending(now_millis()))
+            .any(|e| e.name == "late" && e.is_pending(fieldsync_core::ids::now_millis()))
     );
     // Bad requests.
     assert!(

@@ -48,6 +48,10 @@ struct Args {
     /// Directory for temporary databases (default: /dev/shm if present).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The relay's move grace period in steps (simulated minutes); default: drawn from each
+    /// seed between 0 and half the run.
+    #[arg(long)]
+    move_grace_steps: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +63,7 @@ fn main() -> std::process::ExitCode {
         dir: args.dir.clone(),
         scope_moves: !args.no_scope_moves,
         verbose: args.verbose,
+        move_grace_steps: args.move_grace_steps,
     };
     let jobs = args
         .jobs

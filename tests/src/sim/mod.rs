@@ -64,6 +64,9 @@ pub struct SimConfig {
     pub scope_moves: bool,
     /// Print every event to stderr.
     pub verbose: bool,
+    /// The relay's move grace period in steps (simulated minutes); `None` draws it from the
+    /// seed between 0 and half the run, so runs cross the end of grace periods.
+    pub move_grace_steps: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -75,6 +78,7 @@ impl Default for SimConfig {
             dir: None,
             scope_moves: true,
             verbose: false,
+            move_grace_steps: None,
         }
     }
 }
@@ -97,6 +101,9 @@ impl SimConfig {
         }
         if self.steps != d.steps {
             cmd.push_str(&format!(" --steps {}", self.steps));
+        }
+        if let Some(g) = self.move_grace_steps {
+            cmd.push_str(&format!(" --move-grace-steps {g}"));
         }
         cmd
     }

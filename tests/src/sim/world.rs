@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::Hasher;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use automerge::ChangeHash;
 use fieldsync_core::env::SeededEnv;
@@ -194,6 +195,10 @@ pub(crate) struct World {
     plan: Plan,
     relay_path: PathBuf,
     relay: Option<SqliteRelayStore>,
+    /// The relay's clock: the simulated time, set every step.
+    relay_env: Arc<SeededEnv>,
+    /// The relay's move grace period.
+    move_grace: Duration,
     relay_down_until: u64,
     limits: RelayLimits,
     clients: Vec<SimClient>,
@@ -302,11 +307,19 @@ impl World {
             .clients
             .unwrap_or_else(|| rng.random_range(3..=cfg.clients_max.max(3)));
         let relay_path = dir.join("relay.db");
+        // Drawn from a generator of its own, so that the rest of a seed's run stays as it was.
+        let move_grace_steps = cfg.move_grace_steps.unwrap_or_else(|| {
+            StdRng::seed_from_u64(seed ^ 0x6772_6163_6500).random_range(0..=cfg.steps / 2)
+        });
+        let move_grace = Duration::from_millis(move_grace_steps.saturating_mul(STEP_MS as u64));
+        let relay_env = Arc::new(SeededEnv::new(seed, EPOCH_MS));
         let relay = SqliteRelayStore::open(
             &relay_path,
             RelayStoreOptions {
                 cache_docs: plan.relay_cache,
                 open: None,
+                move_grace,
+                env: relay_env.clone(),
                 ..RelayStoreOptions::default()
             },
         )
@@ -381,6 +394,8 @@ impl World {
             plan,
             relay_path,
             relay: Some(relay),
+            relay_env,
+            move_grace,
             relay_down_until: 0,
             limits,
             clients,
@@ -395,7 +410,10 @@ impl World {
             healing: false,
             seed,
         };
-        w.note(format!("seed {seed}: {n} clients, plan {:?}", w.plan));
+        w.note(format!(
+            "seed {seed}: {n} clients, move grace {move_grace_steps} steps, plan {:?}",
+            w.plan
+        ));
         for i in 0..n {
             let c = &w.clients[i];
             let line = format!(
@@ -462,6 +480,8 @@ impl World {
 
     /// One step: faults, restarts, connections, edits, deliveries, observations.
     fn tick(&mut self) -> Res<()> {
+        self.relay_env
+            .set_now(EPOCH_MS + self.step as i64 * STEP_MS);
         self.faults()?;
         self.restarts()?;
         for i in 0..self.clients.len() {
@@ -672,6 +692,8 @@ impl World {
             RelayStoreOptions {
                 cache_docs: self.plan.relay_cache,
                 open: None,
+                move_grace: self.move_grace,
+                env: self.relay_env.clone(),
                 ..RelayStoreOptions::default()
             },
         )
