@@ -2,7 +2,7 @@
 //!
 //! A peer that keeps sending wrong credentials or enrolment tokens costs the relay a store
 //! look-up each (an enrolment attempt used to take the single write lock) and a log line. Each
-//! source address may fail [`AuthLimiter::per_minute`] times a minute; beyond that its `Hello`
+//! source address may fail `AuthLimiter::per_minute` times a minute; beyond that its `Hello`
 //! and `Enrol` are refused at once, before the store is asked, until the minute is over, and
 //! only the first failure of a minute is logged as a warning. Successful logins are not
 //! counted.

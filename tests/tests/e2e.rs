@@ -75,7 +75,7 @@ fn assert_converged(clients: &[&Client]) {
 }
 
 mod automerge_heads {
-    pub type Hash = [u8; 32];
+    pub(crate) type Hash = [u8; 32];
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -469,7 +469,7 @@ fn read_notes(root: &am::HMap, key: &str) -> Vec<Note> {
 
 /// A fresh id for an item an app adds to a document (contact, line, task, …): a UUIDv7 from
 /// the system clock and randomness. For callers of the model; the model itself never calls it
-/// (see [`derived_uuid`]).
+/// (see `derived_uuid`).
 #[allow(clippy::disallowed_methods)]
 pub fn new_item_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()

@@ -1655,7 +1655,7 @@ impl SqliteRelayStore {
     }
 
     /// Replaces document `id`'s history with the one `rewrite` writes from its stored
-    /// snapshot, in one write transaction (see [`replace`]); `rewrite` giving none writes
+    /// snapshot, in one write transaction (see the `replace` module); `rewrite` giving none writes
     /// nothing. Blocks uploads while `rewrite` runs.
     pub fn replace_history(
         &self,

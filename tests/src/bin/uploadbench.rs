@@ -35,6 +35,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[cfg(not(target_env = "msvc"))]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
+/// jemalloc's options, as the relay binary sets them.
 pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
     // SAFETY: a pointer to the first byte of a NUL-terminated static string, as jemalloc reads it.
     unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() },

@@ -4,7 +4,7 @@
 //! on a temporary file driven through [`fieldsync_core::protocol::RelaySession`]; each client
 //! is a real [`fieldsync_core::store::Store`] driven through
 //! [`fieldsync_core::protocol::ClientSession`]. Simulated connections carry frames encoded and
-//! decoded by the real codec (see [`net`]). Time is a step counter and every decision — who
+//! decoded by the real codec (see `net`). Time is a step counter and every decision — who
 //! edits what, which frame is lost, who crashes, for how long a client is offline, how far its
 //! clock jumps — comes from one `StdRng` seeded with the run's seed, so a seed replays exactly.
 //! Document ids, item ids, device ids and Automerge actors are drawn from the same RNG (the

@@ -42,7 +42,7 @@ const MAX_RECORDED_FRAMES: usize = 64;
 
 impl Conn {
     /// A fresh connection opened by `client`.
-    pub fn new(client: usize, relay: RelaySession) -> Self {
+    pub(crate) fn new(client: usize, relay: RelaySession) -> Self {
         Self {
             client,
             up: VecDeque::new(),
@@ -58,7 +58,7 @@ impl Conn {
     }
 
     /// Queues a frame from the client, split at `split` (a byte offset) if given.
-    pub fn send_up(&mut self, frame: Vec<u8>, split: Option<usize>) {
+    pub(crate) fn send_up(&mut self, frame: Vec<u8>, split: Option<usize>) {
         if !self.ghost && self.sent_up.len() < MAX_RECORDED_FRAMES {
             self.sent_up.push(frame.clone());
         }
@@ -66,14 +66,14 @@ impl Conn {
     }
 
     /// Queues a frame from the relay (dropped if nobody reads this connection any more).
-    pub fn send_down(&mut self, frame: Vec<u8>, split: Option<usize>) {
+    pub(crate) fn send_down(&mut self, frame: Vec<u8>, split: Option<usize>) {
         if self.client_open {
             push_split(&mut self.down, frame, split);
         }
     }
 
     /// Bytes in flight in either direction.
-    pub fn idle(&self) -> bool {
+    pub(crate) fn idle(&self) -> bool {
         self.up.is_empty() && self.down.is_empty()
     }
 }

@@ -66,7 +66,7 @@ pub(crate) struct RelayView {
 
 impl RelayView {
     /// Reads the log entries appended since the last call.
-    pub fn refresh(&mut self, relay: &SqliteRelayStore) -> Result<(), String> {
+    pub(crate) fn refresh(&mut self, relay: &SqliteRelayStore) -> Result<(), String> {
         let high = relay.high().map_err(|e| format!("relay high: {e}"))?;
         if high == self.high {
             self.recent.clear();
@@ -122,7 +122,7 @@ impl RelayView {
     }
 
     /// Whether the relay stores the change.
-    pub fn has(&self, h: &Hash) -> bool {
+    pub(crate) fn has(&self, h: &Hash) -> bool {
         self.change_scope.contains_key(h)
     }
 }

@@ -41,7 +41,7 @@ pub(crate) enum Op {
 
 impl Op {
     /// A short label for the trace.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             Self::NewCustomer(..) => "new-customer".into(),
             Self::NewVisit(_, _, v) => format!("new-visit for {}", short(v.customer_id)),

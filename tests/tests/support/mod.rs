@@ -13,7 +13,7 @@ use fieldsync_relay::{Relay, RelayConfig};
 use rusqlite::{Connection, OpenFlags};
 
 /// A relay on 127.0.0.1 with its data in `dir/relay`, enrolling any device that connects.
-pub async fn open_relay(dir: &Path) -> Relay {
+pub(crate) async fn open_relay(dir: &Path) -> Relay {
     Relay::start(RelayConfig {
         data_dir: dir.join("relay"),
         listen: "127.0.0.1:0".parse().expect("addr"),
@@ -25,7 +25,7 @@ pub async fn open_relay(dir: &Path) -> Relay {
 }
 
 /// How a laptop reaches `relay`, with timeouts for a loaded test machine.
-pub fn sync_config(relay: &Relay) -> SyncConfig {
+pub(crate) fn sync_config(relay: &Relay) -> SyncConfig {
     let mut cfg = SyncConfig::new(
         relay.local_addr().to_string(),
         relay.fingerprint().to_string(),
@@ -36,10 +36,10 @@ pub fn sync_config(relay: &Relay) -> SyncConfig {
 }
 
 /// A change hash as stored.
-pub type Hash = [u8; 32];
+pub(crate) type Hash = [u8; 32];
 
 /// Every document of a replica with its sorted heads.
-pub fn heads(client: &Client) -> BTreeMap<DocId, Vec<Hash>> {
+pub(crate) fn heads(client: &Client) -> BTreeMap<DocId, Vec<Hash>> {
     client
         .with_store(|s| s.all_heads())
         .expect("reading heads")
@@ -53,7 +53,7 @@ pub fn heads(client: &Client) -> BTreeMap<DocId, Vec<Hash>> {
 }
 
 /// The hashes waiting in a replica's outbox (written locally, not yet acknowledged).
-pub fn outbox_hashes(client: &Client) -> Vec<Hash> {
+pub(crate) fn outbox_hashes(client: &Client) -> Vec<Hash> {
     client
         .with_store(|s| s.outbox_batch(0, usize::MAX >> 1, usize::MAX))
         .expect("reading the outbox")
@@ -63,7 +63,7 @@ pub fn outbox_hashes(client: &Client) -> Vec<Hash> {
 }
 
 /// A read-only connection to a SQLite file that may be in use by a relay (WAL).
-pub fn open_ro(path: &Path) -> Connection {
+pub(crate) fn open_ro(path: &Path) -> Connection {
     let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
     c.busy_timeout(Duration::from_secs(10))
@@ -73,7 +73,7 @@ pub fn open_ro(path: &Path) -> Connection {
 
 /// `PRAGMA integrity_check` of a SQLite file (opened read-write so a hot WAL is recovered,
 /// as the owning program would on its next start).
-pub fn integrity(path: &Path) -> String {
+pub(crate) fn integrity(path: &Path) -> String {
     let c = Connection::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
     c.busy_timeout(Duration::from_secs(10))
         .expect("busy timeout");
@@ -82,7 +82,7 @@ pub fn integrity(path: &Path) -> String {
 }
 
 /// The hashes of `hashes` that the relay's change table lacks.
-pub fn relay_lacks(relay_db: &Path, hashes: &[Hash]) -> Vec<Hash> {
+pub(crate) fn relay_lacks(relay_db: &Path, hashes: &[Hash]) -> Vec<Hash> {
     let c = open_ro(relay_db);
     let mut st = c
         .prepare("SELECT 1 FROM changes WHERE hash = ?1")
@@ -95,7 +95,7 @@ pub fn relay_lacks(relay_db: &Path, hashes: &[Hash]) -> Vec<Hash> {
 }
 
 /// The relay's documents with their sorted heads.
-pub fn relay_heads(relay_db: &Path) -> BTreeMap<DocId, Vec<Hash>> {
+pub(crate) fn relay_heads(relay_db: &Path) -> BTreeMap<DocId, Vec<Hash>> {
     let c = open_ro(relay_db);
     let mut st = c
         .prepare("SELECT doc_id, heads FROM docs")
@@ -120,7 +120,7 @@ pub fn relay_heads(relay_db: &Path) -> BTreeMap<DocId, Vec<Hash>> {
 /// same heads and the same content, the relay holds exactly those heads, and every replica
 /// passes `verify` (integrity check, every document loads, projections agree).
 /// `Err` says what differs.
-pub fn converged(clients: &[&Client], relay_db: &Path) -> Result<(), String> {
+pub(crate) fn converged(clients: &[&Client], relay_db: &Path) -> Result<(), String> {
     let first = heads(clients[0]);
     if first.is_empty() {
         return Err("no documents".into());
@@ -161,7 +161,7 @@ pub fn converged(clients: &[&Client], relay_db: &Path) -> Result<(), String> {
 
 /// The slower half of the convergence check, once heads agree: typed content is equal and
 /// every replica is healthy.
-pub fn assert_same_content(clients: &[&Client]) {
+pub(crate) fn assert_same_content(clients: &[&Client]) {
     let ids: Vec<DocId> = heads(clients[0]).into_keys().collect();
     for (i, c) in clients.iter().enumerate() {
         let problems = c.verify().expect("verify");
@@ -180,7 +180,7 @@ pub fn assert_same_content(clients: &[&Client]) {
 }
 
 /// Polls [`converged`] until it holds or `timeout` passes; panics with the last difference.
-pub async fn wait_converged(clients: &[&Client], relay_db: &Path, timeout: Duration) {
+pub(crate) async fn wait_converged(clients: &[&Client], relay_db: &Path, timeout: Duration) {
     let start = Instant::now();
     loop {
         let r = converged(clients, relay_db);
