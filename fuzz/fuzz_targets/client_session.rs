@@ -95,6 +95,8 @@ fn store_options(suffix: u8) -> StoreOptions {
         compact_after: 4,
         device_id: Some(DEVICE),
         actor_suffix: Some([suffix; 8]),
+        // Fixed time and ids, so an input replays the same way in every process.
+        env: std::sync::Arc::new(fieldsync_core::env::SeededEnv::new(1, 1_700_000_000_000)),
     }
 }
 
