@@ -10,11 +10,14 @@
 //! downloads afresh.
 //!
 //! Nothing here does I/O or reads the clock: a driver (the relay's and the client's tokio
-//! tasks, or the deterministic simulation) moves frames between [`ClientSession`] and
-//! [`RelaySession`].
+//! tasks, the deterministic simulation, or [`drive::sync_in_memory`]) moves frames between
+//! [`ClientSession`] and [`RelaySession`]. [`memory::MemoryRelay`] is a relay's storage in
+//! memory, judging uploads with the same [`check_change`] as the real stores.
 
 pub mod client;
 pub mod codec;
+pub mod drive;
+pub mod memory;
 pub mod messages;
 pub mod relay;
 pub mod token;

@@ -4,12 +4,13 @@
 // Tests mint ids and read the clock freely; the code under test takes them as inputs.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
-use automerge::AutoCommit;
 use proptest::prelude::*;
 use uuid::Uuid;
 
+use super::drive::sync_in_memory;
+use super::memory::MemoryRelay;
 use super::messages::{Hash, serde_bytes_vec::Bytes};
 use super::*;
 use crate::ids::{DocId, Role};
@@ -19,214 +20,33 @@ use crate::model::{
 };
 use crate::store::Store;
 
-/// A minimal relay storage in memory, with the same validation as the real ones.
-struct MemRelay {
-    epoch: Uuid,
-    log: Vec<(u64, String, DocId, Entry)>,
-    docs: BTreeMap<DocId, (AutoCommit, String)>,
-    hashes: HashSet<Hash>,
-    devices: BTreeMap<Uuid, DeviceInfo>,
-}
+/// The tests' relay: in memory, admitting every device as an admin over every scope unless
+/// granted otherwise.
+type MemRelay = MemoryRelay;
 
-impl MemRelay {
+impl MemoryRelay {
     fn new() -> Self {
-        Self {
-            epoch: Uuid::new_v4(),
-            log: Vec::new(),
-            docs: BTreeMap::new(),
-            hashes: HashSet::new(),
-            devices: BTreeMap::new(),
-        }
-    }
-}
-
-impl RelayStorage for MemRelay {
-    fn epoch(&mut self) -> Result<Uuid, StorageError> {
-        Ok(self.epoch)
-    }
-    fn authenticate(
-        &mut self,
-        device_id: Uuid,
-        credential: Option<&str>,
-    ) -> Result<Option<DeviceInfo>, StorageError> {
-        if credential == Some("bad") {
-            return Ok(None);
-        }
-        let d = self.devices.entry(device_id).or_insert_with(|| DeviceInfo {
-            device_id,
-            name: "dev".into(),
-            role: Role::Admin,
-            scopes: vec!["*".into()],
-        });
-        Ok(Some(d.clone()))
-    }
-    fn append(
-        &mut self,
-        device: &DeviceInfo,
-        changes: &[UploadChange],
-        relayed: bool,
-    ) -> Result<Vec<Outcome>, StorageError> {
-        let mut out = Vec::new();
-        for c in changes {
-            let (mut doc, stored) = match self.docs.get(&c.doc_id) {
-                Some((d, s)) => (d.clone(), Some(s.clone())),
-                None => (AutoCommit::new(), None),
-            };
-            let _ = relayed;
-            let r = check_change(
-                &mut doc,
-                c.doc_id,
-                &c.bytes,
-                device,
-                &|_| None,
-                stored.as_deref(),
-                &|_| None,
-                &|_, _| false,
-            );
-            match r {
-                Ok(acc) => {
-                    let h = acc.change.hash().0;
-                    if self.hashes.insert(h) {
-                        let seq = self.log.len() as u64 + 1;
-                        let scope = acc.scope.clone().unwrap_or_default();
-                        self.log.push((
-                            seq,
-                            scope.clone(),
-                            c.doc_id,
-                            Entry::Changes(vec![Bytes(c.bytes.clone())]),
-                        ));
-                        self.docs.insert(c.doc_id, (doc, scope));
-                    }
-                    out.push(Outcome::Stored);
-                }
-                Err(f) => out.push(Outcome::Refused(messages::Rejection {
-                    hash: crate::store::decode_change(&c.bytes)
-                        .map(|c| c.hash().0)
-                        .unwrap_or([0; 32]),
-                    reason: f.reason,
-                    retry: f.retry,
-                })),
-            }
-        }
-        Ok(out)
-    }
-    fn high_seq(&mut self) -> Result<u64, StorageError> {
-        Ok(self.log.len() as u64)
-    }
-    fn read_log(
-        &mut self,
-        scope: &str,
-        after: u64,
-        max_bytes: usize,
-    ) -> Result<(Vec<LogEntry>, bool), StorageError> {
-        let mut out = Vec::new();
-        let mut used = 0;
-        let rows: Vec<_> = self
-            .log
-            .iter()
-            .filter(|(s, sc, _, _)| *s > after && (scope == "*" || sc == scope))
-            .collect();
-        for (i, (seq, _, doc, e)) in rows.iter().enumerate() {
-            if !out.is_empty() && used >= max_bytes {
-                return Ok((out, i < rows.len()));
-            }
-            used += 200;
-            let hash = match e {
-                Entry::Changes(c) if c.len() == 1 => crate::store::decode_change(&c[0].0)
-                    .ok()
-                    .map(|c| c.hash().0),
-                _ => None,
-            };
-            out.push(LogEntry {
-                seq: *seq,
-                doc_id: *doc,
-                entry: e.clone(),
-                hash,
-                moved_to: None,
-            });
-        }
-        Ok((out, false))
-    }
-    fn read_snapshots(
-        &mut self,
-        scope: &str,
-        after: Option<DocId>,
-        max_bytes: usize,
-    ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError> {
-        let mut out = Vec::new();
-        let mut used = 0;
-        let rows: Vec<_> = self
-            .docs
-            .iter_mut()
-            .filter(|(id, (_, s))| Some(**id) > after && (scope == "*" || s == scope))
-            .collect();
-        let n = rows.len();
-        for (i, (id, (doc, _))) in rows.into_iter().enumerate() {
-            if !out.is_empty() && used >= max_bytes {
-                return Ok((out, i < n));
-            }
-            let b = doc.save();
-            used += b.len();
-            out.push((*id, b));
-        }
-        Ok((out, false))
-    }
-    fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {
-        Ok(docs
-            .iter()
-            .map(|(id, heads)| match self.docs.get_mut(id) {
-                None => Lack::Document,
-                Some((d, scope)) => {
-                    if heads.iter().all(|h| self.hashes.contains(h)) {
-                        Lack::Nothing {
-                            scope: scope.clone(),
-                        }
-                    } else {
-                        Lack::Changes {
-                            scope: scope.clone(),
-                            heads: d.get_heads().into_iter().map(|h| h.0).collect(),
-                        }
-                    }
-                }
-            })
-            .collect())
+        Self::open(Uuid::new_v4(), Role::Admin, &["*"])
     }
 }
 
 /// Runs one client session against the relay until nothing more is sent, passing every
-/// message through the codec. Returns the session.
-fn run(store: &mut Store, relay: &mut MemRelay) -> ClientSession {
-    let mut client = ClientSession::new(ClientConfig {
-        upload_changes: 7,
-        pull_bytes: 16 << 10,
-        ..Default::default()
-    });
-    let mut rs = RelaySession::new(RelayLimits {
-        max_batch_bytes: 16 << 10,
-        ..Default::default()
-    });
-    let mut to_relay = vec![client.hello(store)];
-    for _ in 0..10_000 {
-        if to_relay.is_empty() {
-            break;
-        }
-        let mut to_client = Vec::new();
-        for m in to_relay.drain(..) {
-            let frame = encode(&m).unwrap();
-            let m = decode(&frame[4..]).unwrap();
-            let out = rs.handle(relay, m);
-            assert!(!out.close, "relay closed: {:?}", out.messages);
-            to_client.extend(out.messages);
-        }
-        // The log grew (this session's own uploads): a live session is pushed what is new,
-        // as the relay's driver does after every append.
-        to_client.extend(rs.poll_live(relay).messages);
-        for m in to_client {
-            to_relay.extend(client.handle(store, m).unwrap());
-        }
-    }
-    assert!(client.is_synced(store).unwrap(), "session did not finish");
-    client
+/// message through the codec. Returns the session's statistics.
+fn run(store: &mut Store, relay: &mut MemRelay) -> SessionStats {
+    sync_in_memory(
+        store,
+        relay,
+        ClientConfig {
+            upload_changes: 7,
+            pull_bytes: 16 << 10,
+            ..Default::default()
+        },
+        RelayLimits {
+            max_batch_bytes: 16 << 10,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("sync: {e}"))
 }
 
 fn ctx() -> EditCtx {
@@ -310,8 +130,8 @@ fn two_replicas_converge_through_the_relay() {
     // Already in sync: a session uploads nothing and receives nothing (its own uploads are
     // never echoed back to it).
     let s = run(&mut a, &mut relay);
-    assert_eq!(s.stats().changes_sent, 0);
-    assert_eq!(s.stats().items_received, 0);
+    assert_eq!(s.changes_sent, 0);
+    assert_eq!(s.items_received, 0);
 }
 
 /// A session whose handshake is done, for feeding it hand-made relay messages.
@@ -780,7 +600,7 @@ fn relay_reset_is_repaired_from_the_clients() {
     // The relay loses everything (new epoch); a's acknowledged change must come back.
     relay = MemRelay::new();
     let s = run(&mut a, &mut relay);
-    assert!(s.stats().repaired > 0);
+    assert!(s.repaired > 0);
     run(&mut b, &mut relay);
     assert_eq!(b.document(id).unwrap(), a.document(id).unwrap());
 }
@@ -840,11 +660,9 @@ fn refused_devices_and_versions_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("a.db")).unwrap();
     let mut relay = MemRelay::new();
+    relay.revoke(store.device_id());
     let mut rs = RelaySession::new(RelayLimits::default());
-    let cs = ClientSession::new(ClientConfig {
-        credential: Some("bad".into()),
-        ..Default::default()
-    });
+    let cs = ClientSession::new(ClientConfig::default());
     let out = rs.handle(&mut relay, cs.hello(&store));
     assert!(out.close);
     assert!(matches!(
