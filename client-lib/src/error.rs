@@ -9,6 +9,7 @@ use fieldsync_core::{DocId, DocKind};
 /// Bad user input (an empty name, an unknown item id, a write passed to
 /// [`Client::query`](crate::Client::query), …) is always an error value, never a panic.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// No document with this id in the replica.
     #[error("no document {0}")]

@@ -177,6 +177,7 @@ fn split_host(relay: &str) -> (&str, Option<&str>) {
 
 /// Everything that can end a sync attempt.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SyncError {
     /// The configuration cannot work (bad pin, malformed address, …). Not retryable.
     #[error("invalid sync configuration: {0}")]

@@ -36,6 +36,7 @@ pub const LOCK_FILE: &str = "relay.lock";
 
 /// Errors of backup and restore.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackupError {
     /// A relay is serving the data directory.
     #[error(

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Errors from reading or checking a configuration.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {0}: {1}")]

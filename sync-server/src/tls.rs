@@ -41,6 +41,7 @@ pub const KEY_FILE: &str = "key.der";
 
 /// Errors from certificate handling.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read or written.
     #[error("{0}: {1}")]

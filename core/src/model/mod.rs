@@ -53,6 +53,7 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// Errors from reading or editing a document.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ModelError {
     /// Automerge refused an operation.
     #[error("automerge: {0}")]

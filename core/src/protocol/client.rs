@@ -19,6 +19,7 @@ pub const CURSOR_KEY: &str = "sync.cursor";
 
 /// Errors that end a client session.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SessionError {
     /// The relay refused the session or reported an error.
     #[error("relay error {code:?}: {reason}")]

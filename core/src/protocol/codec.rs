@@ -55,6 +55,7 @@ pub fn body_cap(tag: u32) -> Option<usize> {
 
 /// Errors from encoding or decoding frames.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CodecError {
     /// The frame is larger than [`MAX_FRAME`] (or the body than [`MAX_BODY`]).
     #[error("frame of {0} bytes exceeds the limit")]

@@ -9,10 +9,24 @@ use super::messages::{
 use super::validate::DeviceInfo;
 use crate::ids::DocId;
 
-/// Errors from relay storage.
-#[derive(Debug, thiserror::Error)]
-#[error("relay storage: {0}")]
-pub struct StorageError(pub String);
+/// Why relay storage failed, as a session tells the client (the details stay in the relay's
+/// log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// Every database connection is in use: the client retries shortly.
+    #[error("the relay is busy; try again in a moment")]
+    Busy,
+    /// The client left, and the work for it was stopped.
+    #[error("the client left")]
+    ClientLeft,
+    /// The relay's disk is full: writes fail, stored data is intact.
+    #[error("the relay's disk is full; your changes stay queued until it has room")]
+    DiskFull,
+    /// Anything else (details in the relay's log).
+    #[error("relay storage failure (details in the relay log)")]
+    Failed,
+}
 
 /// A page of document snapshots `(id, bytes)` and whether more follow.
 pub type SnapshotPage = (Vec<(DocId, Vec<u8>)>, bool);

@@ -44,6 +44,7 @@ pub const MAX_SNAPSHOT_BYTES: usize = 24 << 20;
 
 /// Errors from the replica store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// SQLite failed.
     #[error("sqlite: {0}")]

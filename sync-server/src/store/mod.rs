@@ -84,6 +84,7 @@ const MIN_CREDENTIAL_LEN: usize = 32;
 
 /// Errors from the relay store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RelayStoreError {
     /// SQLite failed.
     #[error("sqlite: {0}")]
@@ -174,19 +175,17 @@ impl From<RelayStoreError> for StorageError {
         // and whether the relay's disk is full (an operator must act, the rep need not).
         if e.is_busy() {
             tracing::warn!(error = %e, "relay store busy; the client was told to retry");
-            return Self("the relay is busy; try again in a moment".into());
+            return Self::Busy;
         }
         if matches!(e, RelayStoreError::Cancelled) {
             tracing::debug!("store work stopped: the client left");
-            return Self("the client left".into());
+            return Self::ClientLeft;
         }
         tracing::error!(error = %e, "relay storage failed");
         if e.is_disk_full() {
-            return Self(
-                "the relay's disk is full; your changes stay queued until it has room".into(),
-            );
+            return Self::DiskFull;
         }
-        Self("relay storage failure (details in the relay log)".into())
+        Self::Failed
     }
 }
 

@@ -1991,7 +1991,7 @@ mod postgres_budget {
 
         let err = store.devices().unwrap_err();
         assert!(err.is_busy(), "{err}");
-        let told = StorageError::from(err).0;
+        let told = StorageError::from(err).to_string();
         assert!(told.contains("busy") && told.contains("again"), "{told}");
 
         let started = Instant::now();
