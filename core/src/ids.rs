@@ -207,6 +207,10 @@ impl GovernedField {
     }
 }
 
+/// The scope that stands for every scope: a device granted it sees every document, and a log
+/// or snapshot read of it covers them all.
+pub const ALL_SCOPES: &str = "*";
+
 /// Milliseconds since the Unix epoch, as captured on the device (event time, not merge order).
 pub type Millis = i64;
 

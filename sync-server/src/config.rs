@@ -153,7 +153,7 @@ impl Default for RelayConfig {
             max_decode_bytes: 1 << 30,
             idle_timeout_secs: 30,
             open_enrollment: false,
-            open_scopes: vec!["*".to_string()],
+            open_scopes: vec![fieldsync_core::ids::ALL_SCOPES.to_string()],
             open_role: Role::Admin,
             doc_cache: 1024,
             move_grace_days: 30,

@@ -1,6 +1,7 @@
 //! The client's side of a connection, sans IO: it reads and writes the replica [`Store`] and
 //! returns the messages to send.
 
+use crate::ids::ALL_SCOPES;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::{AutoCommit, ChangeHash};
@@ -374,7 +375,7 @@ impl ClientSession {
             .filter(|s| !self.scopes.contains(s))
             .cloned()
             .collect();
-        if !lost.is_empty() && !self.scopes.iter().any(|s| s == "*") {
+        if !lost.is_empty() && !self.scopes.iter().any(|s| s == ALL_SCOPES) {
             let ids = docs_outside(store, &self.scopes)?;
             store.transaction(|tx| {
                 for id in ids {

@@ -7,6 +7,7 @@
 //! enrolment tokens, audit and quotas. A real relay is `fieldsync-relay`, over SQLite or
 //! PostgreSQL.
 
+use crate::ids::ALL_SCOPES;
 use std::collections::{BTreeMap, HashSet};
 
 use automerge::AutoCommit;
@@ -175,7 +176,7 @@ impl RelayStorage for MemoryRelay {
         let rows: Vec<&MemoryLogEntry> = self
             .log
             .iter()
-            .filter(|(seq, s, _, _)| *seq > after && (scope == "*" || s == scope))
+            .filter(|(seq, s, _, _)| *seq > after && (scope == ALL_SCOPES || s == scope))
             .collect();
         let mut out = Vec::new();
         let mut used = 0;
@@ -216,7 +217,7 @@ impl RelayStorage for MemoryRelay {
         let rows: Vec<_> = self
             .docs
             .iter_mut()
-            .filter(|(id, (_, s))| Some(**id) > after && (scope == "*" || s == scope))
+            .filter(|(id, (_, s))| Some(**id) > after && (scope == ALL_SCOPES || s == scope))
             .collect();
         let n = rows.len();
         for (i, (id, (doc, _))) in rows.into_iter().enumerate() {

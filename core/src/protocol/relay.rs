@@ -1,5 +1,6 @@
 //! The relay's side of a connection, sans IO: feed it messages, send what it returns.
 
+use crate::ids::ALL_SCOPES;
 use uuid::Uuid;
 
 use super::messages::{
@@ -585,7 +586,7 @@ impl RelaySession {
                     });
                 }
                 if exhausted {
-                    if scope != "*" {
+                    if scope != ALL_SCOPES {
                         for (id, now) in storage.departures(scope, high)? {
                             if !device.sees(&now) {
                                 used += 40;

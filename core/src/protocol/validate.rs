@@ -24,6 +24,7 @@
 //! decides, see `left_senders_scope`), files it under the document's new scope, and the old
 //! rep's replica drops the document once those changes are acknowledged.
 
+use crate::ids::ALL_SCOPES;
 use std::collections::HashMap;
 
 use automerge::{AutoCommit, Change, ChangeHash};
@@ -122,7 +123,7 @@ pub struct DeviceInfo {
 impl DeviceInfo {
     /// Whether the device may see documents of `scope`.
     pub fn sees(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s == "*" || s == scope)
+        self.scopes.iter().any(|s| s == ALL_SCOPES || s == scope)
     }
 }
 

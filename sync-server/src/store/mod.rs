@@ -26,6 +26,7 @@ pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
 
+use fieldsync_core::ids::ALL_SCOPES;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -1767,7 +1768,7 @@ impl SqliteRelayStore {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         self.read(|c| {
             let mut st;
-            let mut rows = if scope == "*" {
+            let mut rows = if scope == ALL_SCOPES {
                 st = c.prepare_cached(
                     "SELECT seq, doc_id, kind, length(bytes), bytes, hash, moved_to FROM log
                      WHERE seq > ?1 AND kind IN (0, 3) ORDER BY seq",
@@ -1832,7 +1833,7 @@ impl SqliteRelayStore {
         let after: Vec<u8> = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
         self.read(|c| {
             let mut st;
-            let mut rows = if scope == "*" {
+            let mut rows = if scope == ALL_SCOPES {
                 st = c.prepare_cached(
                     "SELECT doc_id, length(snapshot), snapshot FROM docs WHERE doc_id > ?1 ORDER BY doc_id",
                 )?;

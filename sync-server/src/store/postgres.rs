@@ -41,6 +41,7 @@
 //! and a handle made for one client connection ([`PgRelayStore::cancelled_by`]) stops its
 //! long reads between pages once that client has left.
 
+use fieldsync_core::ids::ALL_SCOPES;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -1057,7 +1058,7 @@ impl PgRelayStore {
             let mut used = 0usize;
             loop {
                 self.cancel.check()?;
-                let rows = if scope == "*" {
+                let rows = if scope == ALL_SCOPES {
                     c.query(
                         "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash, moved_to
                            FROM log WHERE seq > $1 AND kind IN (0, 3) ORDER BY seq LIMIT $2",
@@ -1127,7 +1128,7 @@ impl PgRelayStore {
             let mut used = 0usize;
             loop {
                 self.cancel.check()?;
-                let rows = if scope == "*" {
+                let rows = if scope == ALL_SCOPES {
                     c.query(
                         "SELECT doc_id, octet_length(snapshot)::BIGINT, snapshot FROM docs
                           WHERE doc_id > $1 ORDER BY doc_id LIMIT $2",
