@@ -114,13 +114,13 @@ fn world() -> &'static World {
         let dir = common::scratch(TARGET);
         let template = dir.join("template.db");
         let store = SqliteRelayStore::open(&template, RelayStoreOptions::default()).expect("relay");
-        let epoch = store.epoch_id();
+        let epoch = store.epoch();
         // The relay's documents, uploaded by an admin device that sees everything.
         let seeder = store
             .enroll_device(Some(SEEDER), "seeder", Role::Admin, &["*".to_string()])
             .expect("seeder");
         let seeder = store
-            .authenticate_device(SEEDER, Some(&seeder.secret))
+            .authenticate(SEEDER, Some(&seeder.secret))
             .expect("authenticate")
             .expect("seeder admitted");
         let mut relay_docs = common::customer_family(SEEDER, 1, "north", CUSTOMER, VISIT, QUOTE);
@@ -157,7 +157,7 @@ fn world() -> &'static World {
                 .enroll_device(Some(id), "fuzz", role_of(n), &scopes_of(n))
                 .expect("enrol");
             let info = store
-                .authenticate_device(id, Some(&e.secret))
+                .authenticate(id, Some(&e.secret))
                 .expect("authenticate")
                 .expect("admitted");
             let mut samples =
@@ -499,7 +499,7 @@ fn check(store: &SqliteRelayStore) {
         .status()
         .unwrap_or_else(|e| fail(TARGET, &format!("status: {e}")));
     let (snapshots, more) = store
-        .snapshots_after("*", None, usize::MAX)
+        .read_snapshots("*", None, usize::MAX)
         .unwrap_or_else(|e| fail(TARGET, &format!("snapshots: {e}")));
     if more || snapshots.len() as u64 != status.docs {
         fail(
@@ -523,7 +523,7 @@ fn check(store: &SqliteRelayStore) {
     }
     for scope in ["north", "south", "*"] {
         let (entries, _) = store
-            .log_after(scope, 0, usize::MAX)
+            .read_log(scope, 0, usize::MAX)
             .unwrap_or_else(|e| fail(TARGET, &format!("log of {scope}: {e}")));
         for e in entries {
             match &e.entry {

@@ -41,7 +41,7 @@ pub fn check_documents(store: &RelayStore) -> Result<Report, RelayStoreError> {
     let mut report = Report::default();
     let mut after: Option<DocId> = None;
     loop {
-        let (page, more) = store.snapshots_after(ALL_SCOPES, after, PAGE_BYTES)?;
+        let (page, more) = store.read_snapshots(ALL_SCOPES, after, PAGE_BYTES)?;
         for (id, snapshot) in &page {
             report.checked += 1;
             if let Err(reason) = check_one(snapshot) {

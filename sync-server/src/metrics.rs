@@ -325,7 +325,7 @@ async fn health(State(s): State<HttpState>) -> (StatusCode, String) {
         );
     }
     let store = s.store.clone();
-    match tokio::task::spawn_blocking(move || store.high()).await {
+    match tokio::task::spawn_blocking(move || store.high_seq()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n".into()),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -389,7 +389,7 @@ mod tests {
         let store = PgRelayStore::open(db.url(), RelayStoreOptions::default()).unwrap();
         let mut m = Metrics::new();
         m.watch_store(RelayStore::Postgres(store.clone()));
-        store.high().unwrap();
+        store.high_seq().unwrap();
         let text = m.render();
         for line in [
             "fieldsync_relay_db_pool_capacity 14",

@@ -149,7 +149,7 @@ impl Relay {
         info!(
             addr = %local_addr,
             %fingerprint,
-            epoch = %store.epoch_id(),
+            epoch = %store.epoch(),
             open_enrollment = config.open_enrollment,
             "relay started"
         );

@@ -102,7 +102,7 @@ async fn hello_gets_welcome_and_a_bad_frame_closes_only_that_connection() {
 
     let mut a = connect(addr, relay.fingerprint()).await.unwrap();
     let w = a.hello(Uuid::now_v7(), None).await;
-    assert_eq!(welcome_epoch(&w), relay.store().epoch_id());
+    assert_eq!(welcome_epoch(&w), relay.store().epoch());
     let Message::Welcome { scopes, role, .. } = &w else {
         unreachable!()
     };

@@ -462,7 +462,7 @@ proptest! {
             }
         }
         let status = store.status().expect("status");
-        let (snapshots, _) = store.snapshots_after("*", None, usize::MAX).expect("snapshots");
+        let (snapshots, _) = store.read_snapshots("*", None, usize::MAX).expect("snapshots");
         prop_assert_eq!(snapshots.len() as u64, status.docs);
         for (id, snap) in snapshots {
             prop_assert!(

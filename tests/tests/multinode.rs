@@ -160,11 +160,7 @@ async fn two_nodes_share_one_log_push_live_and_honour_revocation() {
     let dir = tempfile::tempdir().expect("tmp");
     let a = node(dir.path(), "node-a", &db).await;
     let b = node(dir.path(), "node-b", &db).await;
-    assert_eq!(
-        a.store().epoch_id(),
-        b.store().epoch_id(),
-        "one log, one epoch"
-    );
+    assert_eq!(a.store().epoch(), b.store().epoch(), "one log, one epoch");
 
     let alice = laptop(&a, dir.path(), "alice").await;
     let bob = laptop(&b, dir.path(), "bob").await;

@@ -137,8 +137,8 @@ impl RelayStore {
     }
 
     /// The relay's epoch (created with the database).
-    pub fn epoch_id(&self) -> Uuid {
-        each!(self, s => s.epoch_id())
+    pub fn epoch(&self) -> Uuid {
+        each!(self, s => s.epoch())
     }
 
     /// Receives the highest sequence number whenever the log grew.
@@ -189,51 +189,51 @@ impl RelayStore {
     }
 
     /// The highest sequence number assigned so far.
-    pub fn high(&self) -> Result<u64, RelayStoreError> {
-        each!(self, s => s.high())
+    pub fn high_seq(&self) -> Result<u64, RelayStoreError> {
+        each!(self, s => s.high_seq())
     }
 
-    /// See [`SqliteRelayStore::log_after`].
-    pub fn log_after(
+    /// See [`SqliteRelayStore::read_log`].
+    pub fn read_log(
         &self,
         scope: &str,
         after: u64,
         max_bytes: usize,
     ) -> Result<(Vec<LogEntry>, bool), RelayStoreError> {
-        each!(self, s => s.log_after(scope, after, max_bytes))
+        each!(self, s => s.read_log(scope, after, max_bytes))
     }
 
-    /// See [`SqliteRelayStore::snapshots_after`].
-    pub fn snapshots_after(
+    /// See [`SqliteRelayStore::read_snapshots`].
+    pub fn read_snapshots(
         &self,
         scope: &str,
         after: Option<DocId>,
         max_bytes: usize,
     ) -> Result<SnapshotPage, RelayStoreError> {
-        each!(self, s => s.snapshots_after(scope, after, max_bytes))
+        each!(self, s => s.read_snapshots(scope, after, max_bytes))
     }
 
-    /// See [`SqliteRelayStore::departures_from`].
-    pub fn departures_from(
+    /// See [`SqliteRelayStore::departures`].
+    pub fn departures(
         &self,
         scope: &str,
         upto: u64,
     ) -> Result<Vec<(DocId, String)>, RelayStoreError> {
-        each!(self, s => s.departures_from(scope, upto))
+        each!(self, s => s.departures(scope, upto))
     }
 
-    /// See [`SqliteRelayStore::missing_heads`].
-    pub fn missing_heads(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
-        each!(self, s => s.missing_heads(docs))
+    /// See [`SqliteRelayStore::missing`].
+    pub fn missing(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
+        each!(self, s => s.missing(docs))
     }
 
-    /// See [`SqliteRelayStore::authenticate_device`].
-    pub fn authenticate_device(
+    /// See [`SqliteRelayStore::authenticate`].
+    pub fn authenticate(
         &self,
         device_id: Uuid,
         credential: Option<&str>,
     ) -> Result<Option<DeviceInfo>, RelayStoreError> {
-        each!(self, s => s.authenticate_device(device_id, credential))
+        each!(self, s => s.authenticate(device_id, credential))
     }
 
     /// See [`SqliteRelayStore::record_departures`].
@@ -245,9 +245,9 @@ impl RelayStore {
         each!(self, s => s.record_departures(device_id, docs))
     }
 
-    /// See [`SqliteRelayStore::touch`].
-    pub fn touch(&self, device_id: Uuid) -> Result<(), RelayStoreError> {
-        each!(self, s => s.touch(device_id))
+    /// See [`SqliteRelayStore::touch_device`].
+    pub fn touch_device(&self, device_id: Uuid) -> Result<(), RelayStoreError> {
+        each!(self, s => s.touch_device(device_id))
     }
 
     /// See [`SqliteRelayStore::enroll_device`].
@@ -278,14 +278,14 @@ impl RelayStore {
         each!(self, s => s.create_enrolment(name, role, scopes, device_id, valid_for))
     }
 
-    /// See [`SqliteRelayStore::redeem_token`].
-    pub fn redeem_token(
+    /// See [`SqliteRelayStore::redeem`].
+    pub fn redeem(
         &self,
         device_id: Uuid,
         token: &str,
         credential: &str,
     ) -> Result<Result<DeviceInfo, String>, RelayStoreError> {
-        each!(self, s => s.redeem_token(device_id, token, credential))
+        each!(self, s => s.redeem(device_id, token, credential))
     }
 
     /// See [`SqliteRelayStore::grant`].
@@ -336,7 +336,7 @@ impl RelayStore {
 
 impl RelayStorage for RelayStore {
     fn epoch(&mut self) -> Result<Uuid, StorageError> {
-        Ok(self.epoch_id())
+        Ok(Self::epoch(self))
     }
 
     fn authenticate(
@@ -344,7 +344,7 @@ impl RelayStorage for RelayStore {
         device_id: Uuid,
         credential: Option<&str>,
     ) -> Result<Option<DeviceInfo>, StorageError> {
-        Ok(self.authenticate_device(device_id, credential)?)
+        Ok(Self::authenticate(self, device_id, credential)?)
     }
 
     fn append(
@@ -357,7 +357,7 @@ impl RelayStorage for RelayStore {
     }
 
     fn high_seq(&mut self) -> Result<u64, StorageError> {
-        Ok(self.high()?)
+        Ok(Self::high_seq(self)?)
     }
 
     fn read_log(
@@ -366,7 +366,7 @@ impl RelayStorage for RelayStore {
         after: u64,
         max_bytes: usize,
     ) -> Result<(Vec<LogEntry>, bool), StorageError> {
-        Ok(self.log_after(scope, after, max_bytes)?)
+        Ok(Self::read_log(self, scope, after, max_bytes)?)
     }
 
     fn read_snapshots(
@@ -375,19 +375,19 @@ impl RelayStorage for RelayStore {
         after: Option<DocId>,
         max_bytes: usize,
     ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError> {
-        Ok(self.snapshots_after(scope, after, max_bytes)?)
+        Ok(Self::read_snapshots(self, scope, after, max_bytes)?)
     }
 
     fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {
-        Ok(self.missing_heads(docs)?)
+        Ok(Self::missing(self, docs)?)
     }
 
     fn departures(&mut self, scope: &str, upto: u64) -> Result<Vec<(DocId, String)>, StorageError> {
-        Ok(self.departures_from(scope, upto)?)
+        Ok(Self::departures(self, scope, upto)?)
     }
 
     fn touch_device(&mut self, device_id: Uuid) -> Result<(), StorageError> {
-        Ok(self.touch(device_id)?)
+        Ok(Self::touch_device(self, device_id)?)
     }
 
     fn record_departures(&mut self, device_id: Uuid, docs: &[DocId]) -> Result<(), StorageError> {
@@ -400,7 +400,7 @@ impl RelayStorage for RelayStore {
         token: &str,
         credential: &str,
     ) -> Result<Result<DeviceInfo, String>, StorageError> {
-        Ok(self.redeem_token(device_id, token, credential)?)
+        Ok(Self::redeem(self, device_id, token, credential)?)
     }
 
     fn refresh_device(&mut self, device: &DeviceInfo) -> Result<Option<DeviceInfo>, StorageError> {

@@ -1595,7 +1595,7 @@ impl SqliteRelayStore {
     }
 
     /// The relay's epoch (created with the database).
-    pub fn epoch_id(&self) -> Uuid {
+    pub fn epoch(&self) -> Uuid {
         self.inner.epoch
     }
 
@@ -1643,7 +1643,7 @@ impl SqliteRelayStore {
     /// relay runs) and wakes [`SqliteRelayStore::subscribe`] receivers. The relay calls this
     /// every second.
     pub fn poll_log(&self) -> Result<u64, RelayStoreError> {
-        let high = self.high()?;
+        let high = self.high_seq()?;
         self.inner.notify.send_if_modified(|v| {
             let grew = high > *v;
             if grew {
@@ -1748,7 +1748,7 @@ impl SqliteRelayStore {
     }
 
     /// The highest sequence number assigned so far.
-    pub fn high(&self) -> Result<u64, RelayStoreError> {
+    pub fn high_seq(&self) -> Result<u64, RelayStoreError> {
         self.read(|c| {
             let h: i64 = c.query_row("SELECT COALESCE(MAX(seq), 0) FROM log", [], |r| r.get(0))?;
             Ok(h.max(0) as u64)
@@ -1759,7 +1759,7 @@ impl SqliteRelayStore {
     /// that sees every scope) only change entries are returned: it has every change already, so
     /// a scope move's snapshot entries are redundant for it and its `Leave` entries would be
     /// wrong.
-    pub fn log_after(
+    pub fn read_log(
         &self,
         scope: &str,
         after: u64,
@@ -1824,7 +1824,7 @@ impl SqliteRelayStore {
     }
 
     /// Snapshots of the documents in `scope` after `after` (see [`RelayStorage::read_snapshots`]).
-    pub fn snapshots_after(
+    pub fn read_snapshots(
         &self,
         scope: &str,
         after: Option<DocId>,
@@ -1861,7 +1861,7 @@ impl SqliteRelayStore {
 
     /// Documents that left `scope` at or before `upto`, with where each is filed now (see
     /// [`RelayStorage::departures`]).
-    pub fn departures_from(
+    pub fn departures(
         &self,
         scope: &str,
         upto: u64,
@@ -1885,7 +1885,7 @@ impl SqliteRelayStore {
     }
 
     /// For each document and a client's heads, what the relay lacks of it.
-    pub fn missing_heads(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
+    pub fn missing(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
             let mut heads_st =
@@ -1908,7 +1908,7 @@ impl SqliteRelayStore {
     }
 
     /// Checks a device's credential; in open mode registers unknown devices.
-    pub fn authenticate_device(
+    pub fn authenticate(
         &self,
         device_id: Uuid,
         credential: Option<&str>,
@@ -1981,7 +1981,7 @@ impl SqliteRelayStore {
     }
 
     /// Records that a device finished a sync exchange (written at most every 30 s per device).
-    pub fn touch(&self, device_id: Uuid) -> Result<(), RelayStoreError> {
+    pub fn touch_device(&self, device_id: Uuid) -> Result<(), RelayStoreError> {
         {
             let mut t = lock(&self.inner.touched);
             if t.get(&device_id)
@@ -2092,7 +2092,7 @@ impl SqliteRelayStore {
     /// Redeems an enrolment token for `device_id` with the device's own long-term
     /// `credential` (see [`fieldsync_core::protocol::Message::Enrol`]). `Ok(Err(reason))`
     /// refuses it. Redeeming again with the same device and credential succeeds again.
-    pub fn redeem_token(
+    pub fn redeem(
         &self,
         device_id: Uuid,
         token: &str,
@@ -2475,7 +2475,7 @@ impl RelayStorage for SqliteRelayStore {
         device_id: Uuid,
         credential: Option<&str>,
     ) -> Result<Option<DeviceInfo>, StorageError> {
-        Ok(self.authenticate_device(device_id, credential)?)
+        Ok(Self::authenticate(self, device_id, credential)?)
     }
 
     fn append(
@@ -2488,7 +2488,7 @@ impl RelayStorage for SqliteRelayStore {
     }
 
     fn high_seq(&mut self) -> Result<u64, StorageError> {
-        Ok(self.high()?)
+        Ok(Self::high_seq(self)?)
     }
 
     fn read_log(
@@ -2497,7 +2497,7 @@ impl RelayStorage for SqliteRelayStore {
         after: u64,
         max_bytes: usize,
     ) -> Result<(Vec<LogEntry>, bool), StorageError> {
-        Ok(self.log_after(scope, after, max_bytes)?)
+        Ok(Self::read_log(self, scope, after, max_bytes)?)
     }
 
     fn read_snapshots(
@@ -2506,19 +2506,19 @@ impl RelayStorage for SqliteRelayStore {
         after: Option<DocId>,
         max_bytes: usize,
     ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError> {
-        Ok(self.snapshots_after(scope, after, max_bytes)?)
+        Ok(Self::read_snapshots(self, scope, after, max_bytes)?)
     }
 
     fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {
-        Ok(self.missing_heads(docs)?)
+        Ok(Self::missing(self, docs)?)
     }
 
     fn departures(&mut self, scope: &str, upto: u64) -> Result<Vec<(DocId, String)>, StorageError> {
-        Ok(self.departures_from(scope, upto)?)
+        Ok(Self::departures(self, scope, upto)?)
     }
 
     fn touch_device(&mut self, device_id: Uuid) -> Result<(), StorageError> {
-        Ok(self.touch(device_id)?)
+        Ok(Self::touch_device(self, device_id)?)
     }
 
     fn record_departures(&mut self, device_id: Uuid, docs: &[DocId]) -> Result<(), StorageError> {
@@ -2531,7 +2531,7 @@ impl RelayStorage for SqliteRelayStore {
         token: &str,
         credential: &str,
     ) -> Result<Result<DeviceInfo, String>, StorageError> {
-        Ok(self.redeem_token(device_id, token, credential)?)
+        Ok(Self::redeem(self, device_id, token, credential)?)
     }
 
     fn refresh_device(&mut self, device: &DeviceInfo) -> Result<Option<DeviceInfo>, StorageError> {

@@ -812,7 +812,7 @@ impl PgRelayStore {
     }
 
     /// The relay's epoch (created with the database).
-    pub fn epoch_id(&self) -> Uuid {
+    pub fn epoch(&self) -> Uuid {
         self.inner.epoch
     }
 
@@ -839,7 +839,7 @@ impl PgRelayStore {
 
     /// Reads the log counter and notifies receivers if other nodes appended.
     pub fn poll_log(&self) -> Result<u64, RelayStoreError> {
-        let h = self.high()?;
+        let h = self.high_seq()?;
         self.raise_high(h);
         Ok(h)
     }
@@ -1041,12 +1041,12 @@ impl PgRelayStore {
     }
 
     /// The highest sequence number committed so far.
-    pub fn high(&self) -> Result<u64, RelayStoreError> {
+    pub fn high_seq(&self) -> Result<u64, RelayStoreError> {
         self.read_priority(|c| counter(c, LOG_HIGH))
     }
 
-    /// Log entries of `scope` after `after` (see [`super::SqliteRelayStore::log_after`]).
-    pub fn log_after(
+    /// Log entries of `scope` after `after` (see [`super::SqliteRelayStore::read_log`]).
+    pub fn read_log(
         &self,
         scope: &str,
         after: u64,
@@ -1115,8 +1115,8 @@ impl PgRelayStore {
     }
 
     /// Snapshots of the documents in `scope` after `after` (see
-    /// [`super::SqliteRelayStore::snapshots_after`]).
-    pub fn snapshots_after(
+    /// [`super::SqliteRelayStore::read_snapshots`]).
+    pub fn read_snapshots(
         &self,
         scope: &str,
         after: Option<DocId>,
@@ -1160,7 +1160,7 @@ impl PgRelayStore {
     }
 
     /// Documents that left `scope` at or before `upto`, with where each is filed now.
-    pub fn departures_from(
+    pub fn departures(
         &self,
         scope: &str,
         upto: u64,
@@ -1186,7 +1186,7 @@ impl PgRelayStore {
     /// among the client's heads, are looked up `LOOKUP_CHUNK` at a time with `= ANY($1)`, not
     /// one query each, in one snapshot; the work stops between chunks once the client has
     /// left.
-    pub fn missing_heads(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
+    pub fn missing(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
         self.read(|c| {
             // One snapshot for the whole answer, as SQLite's read transaction gives.
             let mut tx = c
@@ -1244,7 +1244,7 @@ impl PgRelayStore {
 
     /// Checks a device's credential; in open mode registers unknown devices. Runs in the read
     /// pool's priority lane: a device logs in however busy the pool is with downloads.
-    pub fn authenticate_device(
+    pub fn authenticate(
         &self,
         device_id: Uuid,
         credential: Option<&str>,
@@ -1316,7 +1316,7 @@ impl PgRelayStore {
 
     /// Records that a device finished a sync exchange (written at most every 30 s per device
     /// and node).
-    pub fn touch(&self, device_id: Uuid) -> Result<(), RelayStoreError> {
+    pub fn touch_device(&self, device_id: Uuid) -> Result<(), RelayStoreError> {
         {
             let mut t = lock(&self.inner.touched);
             if t.get(&device_id)
@@ -1425,8 +1425,8 @@ impl PgRelayStore {
         Ok(secret)
     }
 
-    /// Redeems an enrolment token (see [`super::SqliteRelayStore::redeem_token`]).
-    pub fn redeem_token(
+    /// Redeems an enrolment token (see [`super::SqliteRelayStore::redeem`]).
+    pub fn redeem(
         &self,
         device_id: Uuid,
         token: &str,

@@ -106,7 +106,7 @@ impl Device {
 
     /// Takes changes from the relay log into this replica (as a download would).
     fn receive(&mut self, relay: &SqliteRelayStore) {
-        let (entries, _) = relay.log_after("*", 0, usize::MAX).unwrap();
+        let (entries, _) = relay.read_log("*", 0, usize::MAX).unwrap();
         self.store
             .transaction(|tx| {
                 for e in entries {
@@ -390,7 +390,7 @@ fn replicas_converge_through_the_sqlite_store_and_repair_a_reset() {
     }
     // The relay loses its database: a new one has a new epoch, and the replicas repair it.
     let mut fresh = relay_at(&dir.path().join("two.db"), open);
-    assert_ne!(fresh.epoch_id(), r.epoch_id());
+    assert_ne!(fresh.epoch(), r.epoch());
     let s = sync(&mut a.store, &mut fresh);
     assert!(s.repaired > 0, "{s:?}");
     assert_eq!(fresh.status().unwrap().docs, 60);
@@ -651,7 +651,7 @@ fn devices_authenticate_by_secret_and_revocation_is_immediate() {
 #[test]
 fn open_enrolment_registers_unknown_devices_but_not_over_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let mut r = relay_at(
+    let r = relay_at(
         &dir.path().join(DB_FILE),
         Some(OpenEnrollment {
             scopes: vec!["north".into()],
@@ -702,14 +702,14 @@ fn reopening_keeps_the_log_documents_devices_and_epoch() {
             .enroll_device(Some(a.info.device_id), "a", Role::Rep, &["north".into()])
             .unwrap();
         (
-            r.epoch().unwrap(),
+            r.epoch(),
             r.read_log("north", 0, usize::MAX).unwrap(),
             r.read_snapshots("north", None, usize::MAX).unwrap(),
             e.secret,
         )
     };
     let mut r = relay_at(&path, None);
-    assert_eq!(r.epoch().unwrap(), epoch);
+    assert_eq!(r.epoch(), epoch);
     assert_eq!(r.high_seq().unwrap(), 1);
     assert_eq!(r.read_log("north", 0, usize::MAX).unwrap(), log);
     assert_eq!(r.read_snapshots("north", None, usize::MAX).unwrap(), snaps);
@@ -730,7 +730,7 @@ fn reopening_keeps_the_log_documents_devices_and_epoch() {
     assert_eq!(r.high_seq().unwrap(), 2);
     // Another relay database has another epoch.
     let other = relay_at(&dir.path().join("other.db"), None);
-    assert_ne!(other.epoch_id(), epoch);
+    assert_ne!(other.epoch(), epoch);
 }
 
 #[test]
@@ -806,67 +806,45 @@ fn enrolment_tokens_bind_once_expire_and_never_take_over_a_known_device() {
         .create_enrolment("A laptop", Role::Manager, &scopes, None, day)
         .unwrap();
     assert_eq!(t.len(), 32);
-    assert!(r.redeem_token(a, &t, "short").unwrap().is_err());
-    let info = r.redeem_token(a, &t, &cred).unwrap().unwrap();
+    assert!(r.redeem(a, &t, "short").unwrap().is_err());
+    let info = r.redeem(a, &t, &cred).unwrap().unwrap();
     assert_eq!((info.role, info.name.as_str()), (Role::Manager, "A laptop"));
     // The answer was lost: the same device with the same credential again is fine (any case).
     assert_eq!(
-        r.redeem_token(a, &t.to_uppercase(), &cred).unwrap(),
+        r.redeem(a, &t.to_uppercase(), &cred).unwrap(),
         Ok(info.clone())
     );
     // Anything else with a used token is refused.
-    let e = r
-        .redeem_token(a, &t, &"cd".repeat(32))
-        .unwrap()
-        .unwrap_err();
+    let e = r.redeem(a, &t, &"cd".repeat(32)).unwrap().unwrap_err();
     assert!(e.contains("already used"), "{e}");
-    let e = r
-        .redeem_token(Uuid::now_v7(), &t, &cred)
-        .unwrap()
-        .unwrap_err();
+    let e = r.redeem(Uuid::now_v7(), &t, &cred).unwrap().unwrap_err();
     assert!(e.contains("already used"), "{e}");
-    assert!(r.redeem_token(a, &"00".repeat(16), &cred).unwrap().is_err());
-    assert_eq!(
-        r.authenticate_device(a, Some(&cred)).unwrap(),
-        Some(info.clone())
-    );
+    assert!(r.redeem(a, &"00".repeat(16), &cred).unwrap().is_err());
+    assert_eq!(r.authenticate(a, Some(&cred)).unwrap(), Some(info.clone()));
     // A fresh token cannot take over an enrolled (or revoked) device id...
     let t2 = r
         .create_enrolment("B laptop", Role::Admin, &scopes, None, day)
         .unwrap();
-    let e = r
-        .redeem_token(a, &t2, &"ef".repeat(32))
-        .unwrap()
-        .unwrap_err();
+    let e = r.redeem(a, &t2, &"ef".repeat(32)).unwrap().unwrap_err();
     assert!(e.contains("--device-id"), "{e}");
-    assert_eq!(r.authenticate_device(a, Some(&cred)).unwrap(), Some(info));
+    assert_eq!(r.authenticate(a, Some(&cred)).unwrap(), Some(info));
     // ...but one made for that id re-enrols it, lifting a revocation.
     r.revoke(&a.to_string()).unwrap();
-    assert_eq!(r.authenticate_device(a, Some(&cred)).unwrap(), None);
+    assert_eq!(r.authenticate(a, Some(&cred)).unwrap(), None);
     let t3 = r
         .create_enrolment("A laptop again", Role::Rep, &scopes, Some(a), day)
         .unwrap();
-    let e = r
-        .redeem_token(Uuid::now_v7(), &t3, &cred)
-        .unwrap()
-        .unwrap_err();
+    let e = r.redeem(Uuid::now_v7(), &t3, &cred).unwrap().unwrap_err();
     assert!(e.contains("another device"), "{e}");
-    let again = r.redeem_token(a, &t3, &"12".repeat(32)).unwrap().unwrap();
+    let again = r.redeem(a, &t3, &"12".repeat(32)).unwrap().unwrap();
     assert_eq!(again.role, Role::Rep);
-    assert_eq!(r.authenticate_device(a, Some(&cred)).unwrap(), None);
-    assert!(
-        r.authenticate_device(a, Some(&"12".repeat(32)))
-            .unwrap()
-            .is_some()
-    );
+    assert_eq!(r.authenticate(a, Some(&cred)).unwrap(), None);
+    assert!(r.authenticate(a, Some(&"12".repeat(32))).unwrap().is_some());
     // Expired tokens are refused.
     let t4 = r
         .create_enrolment("late", Role::Rep, &scopes, None, Duration::ZERO)
         .unwrap();
-    let e = r
-        .redeem_token(Uuid::now_v7(), &t4, &cred)
-        .unwrap()
-        .unwrap_err();
+    let e = r.redeem(Uuid::now_v7(), &t4, &cred).unwrap().unwrap_err();
     assert!(e.contains("expired"), "{e}");
     assert!(
         !r.enrolments()
@@ -966,7 +944,7 @@ fn changes_written_before_a_move_are_accepted_only_within_the_grace_period() {
         }
         assert_eq!(stored(&out), 2, "{out:?}");
         // Filed under the new scope.
-        let (south, _) = r.log_after("south", 0, usize::MAX).unwrap();
+        let (south, _) = r.read_log("south", 0, usize::MAX).unwrap();
         assert!(south.iter().any(|e| e.doc_id == visit));
         assert_eq!(south.last().unwrap().doc_id, visit);
         // A change built on the move (the rep received it) is not excused.
@@ -1004,10 +982,10 @@ fn a_new_document_accepted_after_its_customer_moved_leaves_its_authors_scope() {
         stored(&r.append_changes(&mgr.info, &mgr.outbox(), false).unwrap()),
         1
     );
-    let high = r.high().unwrap();
+    let high = r.high_seq().unwrap();
     let out = r.append_changes(&rep.info, &pending, false).unwrap();
     assert_eq!(stored(&out), 1, "{out:?}");
-    let (north, _) = r.log_after("north", high, usize::MAX).unwrap();
+    let (north, _) = r.read_log("north", high, usize::MAX).unwrap();
     assert!(
         north.iter().any(|e| e.doc_id == visit
             && e.entry == Entry::Leave
@@ -1031,10 +1009,10 @@ fn a_new_document_accepted_after_its_customer_moved_leaves_its_authors_scope() {
         .unwrap();
     assert!(!rep.store.contains(visit).unwrap());
     // A new document in the device's own scopes gets no such entry.
-    let high = r.high().unwrap();
+    let high = r.high_seq().unwrap();
     let own = rep.customer("Staying Co", "north");
     r.append_changes(&rep.info, &rep.outbox(), false).unwrap();
-    let (north, _) = r.log_after("north", high, usize::MAX).unwrap();
+    let (north, _) = r.read_log("north", high, usize::MAX).unwrap();
     assert!(
         north
             .iter()
@@ -1071,12 +1049,12 @@ fn fresh_downloads_hear_of_earlier_departures_and_leaves_name_where_a_document_i
     mgr.receive(&r);
     mgr.edit(cust, CustomerEdit::SetScope("south".into()));
     r.append_changes(&mgr.info, &mgr.outbox(), false).unwrap();
-    let high = r.high().unwrap();
+    let high = r.high_seq().unwrap();
     assert_eq!(
-        r.departures_from("north", high).unwrap(),
+        r.departures("north", high).unwrap(),
         vec![(cust, "south".to_string())]
     );
-    assert!(r.departures_from("south", high).unwrap().is_empty());
+    assert!(r.departures("south", high).unwrap().is_empty());
     // The rep's first download: snapshots of north (none), then the departure.
     let mut rs = RelaySession::new(RelayLimits::default());
     let mut st = r.clone();
@@ -1095,7 +1073,7 @@ fn fresh_downloads_hear_of_earlier_departures_and_leaves_name_where_a_document_i
         "{out:?}"
     );
     let fresh = Cursor {
-        epoch: r.epoch_id(),
+        epoch: r.epoch(),
         scopes: [("north".to_string(), ScopeCursor::fresh())].into(),
     };
     let out = rs.handle(
@@ -1117,11 +1095,11 @@ fn fresh_downloads_hear_of_earlier_departures_and_leaves_name_where_a_document_i
     // It comes back: its old Leave now names north, and it is no departure of north any more.
     mgr.edit(cust, CustomerEdit::SetScope("north".into()));
     r.append_changes(&mgr.info, &mgr.outbox(), false).unwrap();
-    let (north, _) = r.log_after("north", 0, usize::MAX).unwrap();
+    let (north, _) = r.read_log("north", 0, usize::MAX).unwrap();
     let leave = north.iter().find(|e| e.entry == Entry::Leave).unwrap();
     assert_eq!(leave.moved_to.as_deref(), Some("north"));
     assert!(
-        r.departures_from("north", r.high().unwrap())
+        r.departures("north", r.high_seq().unwrap())
             .unwrap()
             .is_empty()
     );
@@ -1232,11 +1210,11 @@ mod contract {
             assert_eq!((st.high_seq, st.docs, st.changes), (3, 2, 3));
             assert_eq!(r.audit(Some(c1), None, 10).unwrap().len(), 2);
             // Reopening keeps the epoch and the log.
-            let epoch = r.epoch_id();
+            let epoch = r.epoch();
             drop(r);
             let r = open();
-            assert_eq!(r.epoch_id(), epoch);
-            assert_eq!(r.high().unwrap(), 3);
+            assert_eq!(r.epoch(), epoch);
+            assert_eq!(r.high_seq().unwrap(), 3);
         });
     }
 
@@ -1413,7 +1391,7 @@ mod contract {
             );
             // The stored snapshot holds exactly the accepted changes, also after reopening.
             drop(r);
-            let mut r = open();
+            let r = open();
             let (snaps, _) = r.read_snapshots("north", None, usize::MAX).unwrap();
             assert_eq!(snaps.len(), 1);
             let mut doc = load_snapshot(&snaps[0].1).unwrap();
@@ -1442,7 +1420,7 @@ mod contract {
             let changed = r.grant("rep laptop", None, Some(&scopes)).unwrap();
             assert_eq!(changed, vec![e.device_id]);
             assert!(gen_rx.has_changed().unwrap());
-            let now = r.authenticate_device(e.device_id, Some(&e.secret)).unwrap();
+            let now = r.authenticate(e.device_id, Some(&e.secret)).unwrap();
             let now = now.expect("the credential still works");
             assert_eq!((now.role, now.scopes.clone()), (Role::Rep, scopes.to_vec()));
             let by_id = r
@@ -1469,7 +1447,7 @@ mod contract {
     #[test]
     fn devices_enrol_revoke_and_tokens() {
         each_backend(|open| {
-            let mut r = open();
+            let r = open();
             let e = r
                 .enroll_device(None, "rep laptop", Role::Rep, &["north".into()])
                 .unwrap();
@@ -1602,7 +1580,7 @@ mod postgres_nodes {
                     let mut cursor = 0;
                     loop {
                         let finished = done.load(Ordering::SeqCst);
-                        let (page, _) = store.log_after("*", cursor, 4 << 10).unwrap();
+                        let (page, _) = store.read_log("*", cursor, 4 << 10).unwrap();
                         for e in &page {
                             seen.push(e.seq);
                             cursor = e.seq;
@@ -1629,7 +1607,7 @@ mod postgres_nodes {
                         let out = node.append_changes(&a.info, &up[sent..], false).unwrap();
                         assert!(refusals(&out).is_empty(), "{out:?}");
                         sent = up.len();
-                        acked.push(node.high().unwrap());
+                        acked.push(node.high_seq().unwrap());
                     }
                     acked
                 })
@@ -1640,10 +1618,10 @@ mod postgres_nodes {
         }
         done.store(true, Ordering::SeqCst);
         let store = PgRelayStore::open(&url, RelayStoreOptions::default()).unwrap();
-        let high = store.high().unwrap();
+        let high = store.high_seq().unwrap();
         assert_eq!(high as usize, WRITERS * (EDITS + 1));
         let all: Vec<u64> = store
-            .log_after("*", 0, usize::MAX)
+            .read_log("*", 0, usize::MAX)
             .unwrap()
             .0
             .iter()
@@ -1685,7 +1663,7 @@ mod postgres_nodes {
             .append_changes(&rep.info, &rep.outbox(), false)
             .unwrap();
         assert!(refusals(&out).is_empty(), "{out:?}");
-        let high = b_node.high().unwrap();
+        let high = b_node.high_seq().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while *live.borrow() < high {
             assert!(Instant::now() < deadline, "node a never heard of the write");
@@ -1700,7 +1678,7 @@ mod postgres_nodes {
             .append_changes(&rep.info, &rep.outbox()[1..], false)
             .unwrap();
         assert!(refusals(&out).is_empty(), "{out:?}");
-        let high = b_node.high().unwrap();
+        let high = b_node.high_seq().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while *live.borrow() < high {
             assert!(Instant::now() < deadline, "node a missed a later write");
@@ -1797,7 +1775,7 @@ mod postgres_nodes {
         }
         let heads: Vec<Hash> = rep.store.heads(c).unwrap().iter().map(|h| h.0).collect();
         assert_eq!(
-            a_node.missing_heads(&[(c, heads)]).unwrap(),
+            a_node.missing(&[(c, heads)]).unwrap(),
             vec![Lack::Nothing {
                 scope: "north".into()
             }]
@@ -1918,11 +1896,7 @@ mod postgres_budget {
         let callers: Vec<_> = (0..CALLERS)
             .map(|_| {
                 let (store, ask) = (store.clone(), ask.clone());
-                std::thread::spawn(move || {
-                    (0..2)
-                        .map(|_| store.missing_heads(&ask))
-                        .collect::<Vec<_>>()
-                })
+                std::thread::spawn(move || (0..2).map(|_| store.missing(&ask)).collect::<Vec<_>>())
             })
             .collect();
         for c in callers {
@@ -1995,24 +1969,22 @@ mod postgres_budget {
         assert!(told.contains("busy") && told.contains("again"), "{told}");
 
         let started = Instant::now();
-        let me = store
-            .authenticate_device(e.device_id, Some(&e.secret))
-            .unwrap();
+        let me = store.authenticate(e.device_id, Some(&e.secret)).unwrap();
         assert!(me.is_some(), "the enrolled device was not let in");
         assert!(
             store
-                .authenticate_device(e.device_id, Some("wrong"))
+                .authenticate(e.device_id, Some("wrong"))
                 .unwrap()
                 .is_none()
         );
         assert_eq!(
             store
-                .redeem_token(Uuid::new_v4(), "not-a-token", &"c".repeat(64))
+                .redeem(Uuid::new_v4(), "not-a-token", &"c".repeat(64))
                 .unwrap(),
             Err("unknown enrolment token".to_string())
         );
         let new = store
-            .redeem_token(Uuid::new_v4(), &token, &"d".repeat(64))
+            .redeem(Uuid::new_v4(), &token, &"d".repeat(64))
             .unwrap();
         assert!(new.is_ok(), "{new:?}");
         assert!(store.device_grant(e.device_id).unwrap().is_some());
@@ -2054,7 +2026,7 @@ mod postgres_budget {
             .unwrap_err();
         assert!(err.is_busy(), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(store.high().unwrap(), 0);
+        assert_eq!(store.high_seq().unwrap(), 0);
         assert_eq!(store.status().unwrap().docs, 0);
     }
 
@@ -2120,7 +2092,7 @@ mod postgres_budget {
         assert_eq!(stored(&out), 1);
         let heads: Vec<Hash> = rep.store.heads(cust).unwrap().iter().map(|h| h.0).collect();
         assert_eq!(
-            store.missing_heads(&[(cust, heads)]).unwrap(),
+            store.missing(&[(cust, heads)]).unwrap(),
             vec![Lack::Nothing {
                 scope: "north".into()
             }]
@@ -2130,7 +2102,7 @@ mod postgres_budget {
             .unwrap();
         assert!(
             store
-                .authenticate_device(e.device_id, Some(&e.secret))
+                .authenticate(e.device_id, Some(&e.secret))
                 .unwrap()
                 .is_some()
         );
@@ -2138,7 +2110,7 @@ mod postgres_budget {
         // Reopening (a second node, or a restart) finds the schema migrated.
         drop(store);
         let again = PgRelayStore::open(&url, RelayStoreOptions::default()).unwrap();
-        assert_eq!(again.high().unwrap(), 1);
+        assert_eq!(again.high_seq().unwrap(), 1);
     }
 
     /// A handle whose client left stops its reads; other handles are not affected.
@@ -2149,17 +2121,17 @@ mod postgres_budget {
         let cancel = Cancel::default();
         let mine = store.cancelled_by(cancel.clone());
         let ask = vec![(DocId::new(), Vec::new())];
-        assert_eq!(mine.missing_heads(&ask).unwrap(), vec![Lack::Document]);
+        assert_eq!(mine.missing(&ask).unwrap(), vec![Lack::Document]);
         cancel.cancel();
         assert!(matches!(
-            mine.missing_heads(&ask),
+            mine.missing(&ask),
             Err(RelayStoreError::Cancelled)
         ));
         assert!(matches!(
-            mine.log_after("*", 0, usize::MAX),
+            mine.read_log("*", 0, usize::MAX),
             Err(RelayStoreError::Cancelled)
         ));
-        assert_eq!(store.missing_heads(&ask).unwrap(), vec![Lack::Document]);
+        assert_eq!(store.missing(&ask).unwrap(), vec![Lack::Document]);
     }
 
     /// An unknown enrolment token is refused from a read connection: guessing does not wait
@@ -2184,7 +2156,7 @@ mod postgres_budget {
         let guesser = {
             let store = store.clone();
             std::thread::spawn(move || {
-                let r = store.redeem_token(Uuid::new_v4(), "0123456789abcdef", &"c".repeat(64));
+                let r = store.redeem(Uuid::new_v4(), "0123456789abcdef", &"c".repeat(64));
                 answer.send(r.map_err(|e| e.to_string())).unwrap();
             })
         };

@@ -43,7 +43,7 @@ pub(crate) struct Oracle {
     pub customer_of: BTreeMap<DocId, DocId>,
 }
 
-/// The relay's log as followed through [`SqliteRelayStore::log_after`].
+/// The relay's log as followed through [`SqliteRelayStore::read_log`].
 #[derive(Default)]
 pub(crate) struct RelayView {
     /// Highest sequence number read.
@@ -67,7 +67,7 @@ pub(crate) struct RelayView {
 impl RelayView {
     /// Reads the log entries appended since the last call.
     pub(crate) fn refresh(&mut self, relay: &SqliteRelayStore) -> Result<(), String> {
-        let high = relay.high().map_err(|e| format!("relay high: {e}"))?;
+        let high = relay.high_seq().map_err(|e| format!("relay high: {e}"))?;
         if high == self.high {
             self.recent.clear();
             return Ok(());
@@ -75,10 +75,10 @@ impl RelayView {
         let mut entries = Vec::new();
         for scope in SCOPES {
             let (rows, more) = relay
-                .log_after(scope, self.high, 1 << 40)
+                .read_log(scope, self.high, 1 << 40)
                 .map_err(|e| format!("relay log: {e}"))?;
             if more {
-                return Err("log_after with an unbounded budget left entries behind".into());
+                return Err("read_log with an unbounded budget left entries behind".into());
             }
             entries.extend(rows.into_iter().map(|r| (scope, r)));
         }

@@ -1051,7 +1051,7 @@ impl World {
             Message::Upload { changes, .. } => Some(changes.clone()),
             _ => None,
         };
-        let high_before = relay.high().map_err(|e| format!("relay high: {e}"))?;
+        let high_before = relay.high_seq().map_err(|e| format!("relay high: {e}"))?;
         // Where the uploaded documents (and their customers) are filed before the upload: a
         // refusal must have a cause at the moment of the refused change, which is this or a
         // scope the upload itself filed them under.
@@ -1104,7 +1104,7 @@ impl World {
             conn.up.clear();
         }
         let relay = self.relay.as_mut().ok_or("relay vanished")?;
-        if relay.high().map_err(|e| format!("relay high: {e}"))? != high_before {
+        if relay.high_seq().map_err(|e| format!("relay high: {e}"))? != high_before {
             self.live_pushes()?;
         }
         Ok(())
@@ -1575,7 +1575,7 @@ impl World {
         let mut snapshots = 0u64;
         for scope in SCOPES {
             let (rows, _) = relay
-                .snapshots_after(scope, None, 1 << 40)
+                .read_snapshots(scope, None, 1 << 40)
                 .map_err(|e| format!("relay snapshots: {e}"))?;
             snapshots += rows.iter().map(|(_, b)| b.len() as u64 + 24).sum::<u64>();
         }
@@ -1659,12 +1659,10 @@ impl World {
         let mut relay_docs = BTreeMap::new();
         for scope in SCOPES {
             let (rows, more) = relay
-                .snapshots_after(scope, None, 1 << 40)
+                .read_snapshots(scope, None, 1 << 40)
                 .map_err(|e| format!("relay snapshots: {e}"))?;
             if more {
-                return Err(
-                    "snapshots_after with an unbounded budget left documents behind".into(),
-                );
+                return Err("read_snapshots with an unbounded budget left documents behind".into());
             }
             for (id, bytes) in rows {
                 let mut doc = fieldsync_core::store::load_snapshot(&bytes)
