@@ -1,0 +1,676 @@
+//! The relay's upload rules, written once for both backends: [`append_batch`] judges and stores
+//! one upload inside the backend's write transaction, through [`BatchDb`] (the statements it
+//! needs, which each backend implements with its own SQL). It loads each document once per
+//! upload (from [`DocCache`] when no other writer changed it since), checks every change with
+//! `fieldsync_core::protocol::check_change` against the document's budgets, the sender's daily
+//! quota, scope moves and their grace period, appends accepted changes to the log and saves
+//! each touched document's snapshot once.
+
+use super::*;
+
+/// A small least-recently-used cache of loaded documents.
+pub(super) struct DocCache {
+    cap: usize,
+    tick: u64,
+    /// Each document with its last use and the `updated_seq` it was cached at.
+    docs: HashMap<DocId, (AutoCommit, u64, i64)>,
+}
+
+impl DocCache {
+    pub(super) fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            tick: 0,
+            docs: HashMap::new(),
+        }
+    }
+
+    /// Takes a document out if it was cached at `updated_seq` (a copy cached at another
+    /// position is stale and dropped).
+    pub(super) fn take(&mut self, id: &DocId, updated_seq: i64) -> Option<AutoCommit> {
+        self.docs
+            .remove(id)
+            .and_then(|(d, _, at)| (at == updated_seq).then_some(d))
+    }
+
+    pub(super) fn insert(&mut self, id: DocId, doc: AutoCommit, updated_seq: i64) {
+        if self.docs.len() >= self.cap && !self.docs.contains_key(&id) {
+            // Evict the least recently used eighth at once: one pass over the cache per
+            // `cap / 8` insertions instead of one per insertion.
+            let mut ticks: Vec<u64> = self.docs.values().map(|(_, t, _)| *t).collect();
+            let n = (self.cap / 8).max(1).min(ticks.len()) - 1;
+            let (_, cutoff, _) = ticks.select_nth_unstable(n);
+            let cutoff = *cutoff;
+            self.docs.retain(|_, (_, t, _)| *t > cutoff);
+        }
+        self.tick += 1;
+        self.docs.insert(id, (doc, self.tick, updated_seq));
+    }
+
+    pub(super) fn cap(&self) -> usize {
+        self.cap
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.docs.len()
+    }
+}
+
+/// A row of `docs` as the upload path writes it.
+pub(super) struct DocRow<'a> {
+    pub(super) doc_id: DocId,
+    pub(super) kind: Option<i64>,
+    pub(super) scope: &'a str,
+    pub(super) customer_id: Option<DocId>,
+    pub(super) snapshot: &'a [u8],
+    pub(super) heads: &'a [u8],
+    pub(super) updated_seq: i64,
+    /// The raw size of every change the document holds.
+    pub(super) raw_bytes: usize,
+}
+
+/// `(kind, scope, customer_id, updated_seq)` of a stored document.
+pub(super) type DocMeta = (Option<i64>, String, Option<Vec<u8>>, i64);
+
+/// The statements the upload path runs inside its write transaction: the seam between the
+/// backend-independent rules of [`Batch`] (validation, scope moves, the document cache) and
+/// each backend's SQL. Every method runs in the one transaction that stores the batch, so
+/// the rules read the state they are about to change.
+pub(super) trait BatchDb {
+    /// Kind, scope, customer and `updated_seq` of a stored document.
+    fn doc_meta(&self, id: DocId) -> Result<Option<DocMeta>, RelayStoreError>;
+    /// A stored document's snapshot.
+    fn doc_snapshot(&self, id: DocId) -> Result<Vec<u8>, RelayStoreError>;
+    /// The raw size of the changes a stored document holds (`docs.raw_bytes`).
+    fn doc_bytes(&self, id: DocId) -> Result<usize, RelayStoreError>;
+    /// Inserts or replaces a document.
+    fn upsert_doc(&self, row: &DocRow<'_>) -> Result<(), RelayStoreError>;
+    /// Appends a log entry and returns its sequence number.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_log(
+        &self,
+        scope: &str,
+        doc: DocId,
+        kind: i64,
+        hash: Option<&[u8]>,
+        bytes: Option<&[u8]>,
+        device: Uuid,
+        at: i64,
+    ) -> Result<i64, RelayStoreError>;
+    /// Sets the `moved_to` of a `Leave` entry.
+    fn set_moved_to(&self, seq: i64, to: &str) -> Result<(), RelayStoreError>;
+    /// Records a move of a document between scopes.
+    fn insert_move(
+        &self,
+        doc: DocId,
+        from: &str,
+        to: &str,
+        seq: i64,
+        at: i64,
+    ) -> Result<(), RelayStoreError>;
+    /// Moves of a document after `since` (ms), newest first: `(from_scope, seq)`. A grace
+    /// period of zero thus excuses nothing, even a move in the same millisecond.
+    fn moves_since(&self, doc: DocId, since: i64) -> Result<Vec<(String, i64)>, RelayStoreError>;
+    /// A customer and its visits and quotes: `(doc_id, scope, snapshot)` by id.
+    fn customer_docs(
+        &self,
+        customer: DocId,
+    ) -> Result<Vec<(DocId, String, Vec<u8>)>, RelayStoreError>;
+    /// Files a document under `scope` at `seq`.
+    fn refile_doc(&self, doc: DocId, scope: &str, seq: i64) -> Result<(), RelayStoreError>;
+    /// The document and sequence number of a stored change.
+    fn stored_change(&self, hash: &[u8]) -> Result<Option<(DocId, i64)>, RelayStoreError>;
+    /// Records a stored change.
+    fn insert_change(&self, hash: &[u8], doc: DocId, seq: i64) -> Result<(), RelayStoreError>;
+    /// Forgets a document's history before its replacement at `seq`: its change and snapshot
+    /// log entries, and its change index (see [`replace`]).
+    fn forget_history(&self, doc: DocId, seq: i64) -> Result<(), RelayStoreError>;
+    /// Appends to the audit trail.
+    fn insert_audit(
+        &self,
+        seq: i64,
+        device: Uuid,
+        doc: DocId,
+        at: i64,
+    ) -> Result<(), RelayStoreError>;
+    /// A device row.
+    fn device_row(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError>;
+    /// The role a change stored before a restore was first uploaded with (see `vouched`).
+    fn vouched(&self, hash: &[u8]) -> Result<Option<String>, RelayStoreError>;
+    /// Whether `device` has been sent the departure of `doc` from its scopes.
+    fn departure_served(&self, device: Uuid, doc: DocId) -> Result<bool, RelayStoreError>;
+    /// What `device` stored on `day` (see [`quota`]).
+    fn usage(&self, device: Uuid, day: i64) -> Result<Usage, RelayStoreError>;
+    /// Adds to what `device` stored on `day`, and forgets its usage of days long past.
+    fn add_usage(&self, device: Uuid, day: i64, add: Usage) -> Result<(), RelayStoreError>;
+}
+
+/// One document being written during an upload batch.
+pub(super) struct Work {
+    pub(super) doc: AutoCommit,
+    pub(super) kind: Option<DocKind>,
+    pub(super) scope: Option<String>,
+    pub(super) customer_id: Option<DocId>,
+    pub(super) updated_seq: i64,
+    /// Changes accepted into `doc` since it was last written to `docs` (none: clean).
+    pub(super) unsaved: Vec<Vec<u8>>,
+    /// The raw size of every change the document holds now (those stored in `docs` plus those
+    /// accepted since): an upper bound of what loading it costs, whatever its snapshot
+    /// compresses to.
+    pub(super) raw_bytes: usize,
+}
+
+/// State of one upload batch inside its transaction.
+pub(super) struct Batch<'a, D: BatchDb> {
+    tx: &'a D,
+    cache: &'a mut DocCache,
+    work: HashMap<DocId, Work>,
+    now: i64,
+    high: Option<i64>,
+    move_grace_ms: i64,
+    quota: Quota,
+    sender: Uuid,
+    /// The sender's usage today before this batch (read at its first change) and what the
+    /// batch added.
+    used: Option<Usage>,
+    added: Usage,
+}
+
+impl<D: BatchDb> Batch<'_, D> {
+    /// Takes a document out of the working set, the cache or the database (a new, empty
+    /// document if the relay has none).
+    fn take(&mut self, id: DocId) -> Result<Work, RelayStoreError> {
+        if let Some(w) = self.work.remove(&id) {
+            return Ok(w);
+        }
+        let Some((kind, scope, customer, updated_seq)) = self.tx.doc_meta(id)? else {
+            return Ok(Work {
+                doc: AutoCommit::new(),
+                kind: None,
+                scope: None,
+                customer_id: None,
+                updated_seq: 0,
+                unsaved: Vec::new(),
+                raw_bytes: 0,
+            });
+        };
+        // A cached copy is used only if no other writer (another relay node sharing the
+        // database) stored the document since it was cached.
+        let doc = match self.cache.take(&id, updated_seq) {
+            Some(d) => d,
+            None => {
+                let snapshot = self.tx.doc_snapshot(id)?;
+                load_snapshot(&snapshot)
+                    .map_err(|e| RelayStoreError::Unloadable(id, e.to_string()))?
+            }
+        };
+        Ok(Work {
+            doc,
+            kind: kind.and_then(DocKind::from_code),
+            scope: Some(scope),
+            customer_id: customer.as_deref().map(doc_id).transpose()?,
+            updated_seq,
+            unsaved: Vec::new(),
+            raw_bytes: self.tx.doc_bytes(id)?,
+        })
+    }
+
+    /// Writes every changed document of the working set back to `docs`.
+    fn flush(&mut self) -> Result<(), RelayStoreError> {
+        if self.added != Usage::default() {
+            self.tx
+                .add_usage(self.sender, day_of(self.now), self.added)?;
+            if let Some(used) = self.used.as_mut() {
+                used.new_documents += self.added.new_documents;
+                used.bytes = used.bytes.saturating_add(self.added.bytes);
+            }
+            self.added = Usage::default();
+        }
+        for (id, w) in self.work.iter_mut().filter(|(_, w)| !w.unsaved.is_empty()) {
+            let snapshot = save(&mut w.doc, *id)?;
+            let heads = heads_bytes(&mut w.doc);
+            self.tx.upsert_doc(&DocRow {
+                doc_id: *id,
+                kind: w.kind.map(DocKind::code),
+                scope: w.scope.as_deref().unwrap_or_default(),
+                customer_id: w.customer_id,
+                snapshot: &snapshot,
+                heads: &heads,
+                updated_seq: w.updated_seq,
+                raw_bytes: w.raw_bytes,
+            })?;
+            w.unsaved.clear();
+        }
+        Ok(())
+    }
+
+    /// Rebuilds a working document that automerge left unusable: the stored snapshot (or an
+    /// empty document) plus the changes this batch accepted into it since.
+    fn rebuild(&self, id: DocId, w: &mut Work) -> Result<(), RelayStoreError> {
+        let corrupt =
+            |e: String| RelayStoreError::Corrupt(format!("rebuilding document {id}: {e}"));
+        let mut doc = match self.tx.doc_meta(id)? {
+            Some(_) => {
+                load_snapshot(&self.tx.doc_snapshot(id)?).map_err(|e| corrupt(e.to_string()))?
+            }
+            None => AutoCommit::new(),
+        };
+        for bytes in &w.unsaved {
+            let change = decode_change(bytes).map_err(|e| corrupt(e.to_string()))?;
+            catch_unwind(AssertUnwindSafe(|| doc.apply_changes([change])))
+                .map_err(|_| corrupt("automerge panicked".into()))?
+                .map_err(|e| corrupt(e.to_string()))?;
+        }
+        w.doc = doc;
+        Ok(())
+    }
+
+    fn log(
+        &mut self,
+        scope: &str,
+        doc: DocId,
+        kind: i64,
+        hash: Option<&[u8]>,
+        bytes: Option<&[u8]>,
+        device: Uuid,
+    ) -> Result<i64, RelayStoreError> {
+        let seq = self
+            .tx
+            .insert_log(scope, doc, kind, hash, bytes, device, self.now)?;
+        self.high = Some(seq);
+        Ok(seq)
+    }
+
+    /// A customer moved from `old` to `new`: re-files it and its visits and quotes, with a
+    /// `Leave` entry in the scope each leaves and a snapshot entry in the new scope.
+    fn refile(
+        &mut self,
+        customer: DocId,
+        old: &str,
+        new: &str,
+        device: Uuid,
+    ) -> Result<(), RelayStoreError> {
+        self.flush()?;
+        let rows = self.tx.customer_docs(customer)?;
+        for (id, scope, snapshot) in rows {
+            let from = if id == customer {
+                old.to_string()
+            } else {
+                scope
+            };
+            if from == new {
+                continue;
+            }
+            let leave = self.log(&from, id, KIND_LEAVE, None, None, device)?;
+            self.tx.set_moved_to(leave, new)?;
+            self.tx.insert_move(id, &from, new, leave, self.now)?;
+            let seq = self.log(new, id, KIND_SNAPSHOT, None, Some(&snapshot), device)?;
+            self.tx.refile_doc(id, new, seq)?;
+            if let Some(w) = self.work.get_mut(&id) {
+                w.scope = Some(new.to_string());
+                w.updated_seq = seq;
+            }
+        }
+        tracing::info!(customer = %customer, from = old, to = new, "customer moved scope");
+        Ok(())
+    }
+
+    /// A new document was accepted under the move grace period (a visit or quote written
+    /// offline for a customer that has since moved out of the author's scopes). The author's
+    /// replica holds it, but it was never filed in the author's scopes, so no `Leave` there
+    /// would ever tell the replica to drop it: log one in the scope the customer left, as
+    /// the move did for the customer's other documents, and record it as a move.
+    fn leave_author(
+        &mut self,
+        device: &DeviceInfo,
+        doc: DocId,
+        customer: Option<DocId>,
+        new: &str,
+    ) -> Result<(), RelayStoreError> {
+        let Some(customer) = customer else {
+            return Ok(());
+        };
+        let froms = self
+            .tx
+            .moves_since(customer, i64::MIN)?
+            .into_iter()
+            .map(|(from, _)| from);
+        let Some(from) = froms.into_iter().find(|s| device.sees(s)) else {
+            return Ok(());
+        };
+        let leave = self.log(&from, doc, KIND_LEAVE, None, None, device.device_id)?;
+        self.tx.set_moved_to(leave, new)?;
+        self.tx.insert_move(doc, &from, new, leave, self.now)?;
+        Ok(())
+    }
+
+    /// Validates and stores one uploaded change.
+    fn append_one(
+        &mut self,
+        device: &DeviceInfo,
+        c: &UploadChange,
+    ) -> Result<Outcome, RelayStoreError> {
+        let refuse = |hash: Hash, reason: String, retry: bool| {
+            Outcome::Refused(Rejection {
+                hash,
+                reason,
+                retry,
+            })
+        };
+        let change = match decode_change(&c.bytes) {
+            Ok(ch) => ch,
+            Err(e) => return Ok(refuse([0; 32], e.to_string(), false)),
+        };
+        let hash = change.hash().0;
+        // Re-sending is harmless: a stored change is acknowledged again without a new entry
+        // — unless its document is outside the sender's scopes, which is answered as a
+        // document the relay does not have (below).
+        let stored = self.tx.stored_change(&hash)?;
+        if let Some((d, _)) = stored {
+            if d != c.doc_id {
+                return Ok(refuse(
+                    hash,
+                    "change belongs to another document".into(),
+                    false,
+                ));
+            }
+            // The sender's own change: it knows it sent it, so saying "stored" tells it
+            // nothing (and a re-sent change whose answer was lost must not be refused).
+            let own = change
+                .actor_id()
+                .to_bytes()
+                .starts_with(device.device_id.as_bytes());
+            let visible = own
+                || self
+                    .tx
+                    .doc_meta(d)?
+                    .is_some_and(|(_, scope, _, _)| device.sees(&scope));
+            if visible {
+                return Ok(Outcome::Stored);
+            }
+        }
+        // A document the relay cannot load refuses only its own changes (they wait in the
+        // device's outbox), never the rest of the upload.
+        let mut work = match self.take(c.doc_id) {
+            Ok(w) => w,
+            Err(RelayStoreError::Unloadable(id, why)) => {
+                tracing::error!(doc = %id, reason = %why, "a stored document cannot be loaded; refusing changes to it");
+                return Ok(refuse(
+                    hash,
+                    "the relay cannot load this document; the change waits until IT repairs it"
+                        .into(),
+                    true,
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let new_doc = work.scope.is_none();
+        // The document's size budget, checked before the change is applied (only for a
+        // document the sender sees: another one is answered as one the relay lacks).
+        if work.scope.as_deref().is_none_or(|s| device.sees(s))
+            && work.raw_bytes + c.bytes.len() > MAX_DOC_BYTES
+        {
+            let size = work.raw_bytes;
+            self.work.insert(c.doc_id, work);
+            // A document already over its budget (stored before the budget existed) is not
+            // this change's doing: the change waits until IT trims the document.
+            return Ok(if size > MAX_DOC_BYTES {
+                refuse(
+                    hash,
+                    format!(
+                        "over budget: the document holds about {size} bytes, over its budget of \
+                         {MAX_DOC_BYTES}; the change waits until IT trims it"
+                    ),
+                    true,
+                )
+            } else {
+                refuse(
+                    hash,
+                    format!(
+                        "over budget: the document would grow past {MAX_DOC_BYTES} bytes (it holds about {size})"
+                    ),
+                    false,
+                )
+            });
+        }
+        // The sender's daily quota (it says nothing of the document, so it is checked for
+        // every change, one accepted under a move's grace period included).
+        {
+            let used = match self.used {
+                Some(u) => u,
+                None => *self
+                    .used
+                    .insert(self.tx.usage(device.device_id, day_of(self.now))?),
+            };
+            let now_used = Usage {
+                new_documents: used.new_documents + self.added.new_documents,
+                bytes: used.bytes.saturating_add(self.added.bytes),
+            };
+            if let Err(reason) = self.quota.check(now_used, new_doc, c.bytes.len()) {
+                self.work.insert(c.doc_id, work);
+                return Ok(refuse(hash, reason, true));
+            }
+        }
+        let failure: RefCell<Option<RelayStoreError>> = RefCell::new(None);
+        let result = {
+            let tx = self.tx;
+            let others = &self.work;
+            let vouched = |hash: &ChangeHash| -> Option<Role> {
+                match tx.vouched(&hash.0) {
+                    // An unreadable role vouches for nothing.
+                    Ok(role) => role.as_deref().and_then(Role::parse),
+                    Err(e) => {
+                        failure.borrow_mut().get_or_insert(e);
+                        None
+                    }
+                }
+            };
+            let customer_scope = |cid: DocId| -> Option<String> {
+                if let Some(w) = others.get(&cid) {
+                    return w.scope.clone();
+                }
+                tx.doc_meta(cid)
+                    .map(|m| m.map(|(_, scope, _, _)| scope))
+                    .unwrap_or_else(|e| {
+                        failure.borrow_mut().get_or_insert(e);
+                        None
+                    })
+            };
+            let since = self.now.saturating_sub(self.move_grace_ms);
+            // The document left one of the sender's scopes within the grace period, the
+            // sender has not been sent its departure yet, and the change's dependencies were
+            // all stored before it left.
+            let left_senders_scope = |id: DocId, deps: &[ChangeHash]| -> bool {
+                let check = || -> Result<bool, RelayStoreError> {
+                    if tx.departure_served(device.device_id, id)? {
+                        return Ok(false);
+                    }
+                    let moves = tx.moves_since(id, since)?;
+                    let Some(moved_at) = moves
+                        .iter()
+                        .find(|(from, _)| device.sees(from))
+                        .map(|(_, seq)| *seq)
+                    else {
+                        return Ok(false);
+                    };
+                    for d in deps {
+                        let seq = tx.stored_change(&d.0)?.map(|(_, s)| s);
+                        if seq.is_none_or(|s| s >= moved_at) {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                };
+                check().unwrap_or_else(|e| {
+                    failure.borrow_mut().get_or_insert(e);
+                    false
+                })
+            };
+            check_change(
+                &mut work.doc,
+                c.doc_id,
+                &c.bytes,
+                device,
+                &vouched,
+                work.scope.as_deref(),
+                &customer_scope,
+                &left_senders_scope,
+            )
+        };
+        if let Some(e) = failure.into_inner() {
+            return Err(e);
+        }
+        let accepted = match result {
+            Ok(a) => a,
+            Err(refusal) => {
+                if refusal.doc_lost {
+                    tracing::warn!(doc = %c.doc_id, reason = %refusal.reason, "automerge failed on an uploaded change; reloading the document");
+                    self.rebuild(c.doc_id, &mut work)?;
+                }
+                self.work.insert(c.doc_id, work);
+                if refusal.malformed {
+                    tracing::warn!(doc = %c.doc_id, device = %device.device_id, reason = %refusal.reason, "malformed change; ending the upload");
+                    return Ok(Outcome::Malformed(Rejection {
+                        hash,
+                        reason: refusal.reason,
+                        retry: false,
+                    }));
+                }
+                return Ok(refuse(hash, refusal.reason, refusal.retry));
+            }
+        };
+        if stored.is_some() {
+            // Stored before (and excused by a move's grace period): nothing new to log.
+            self.work.insert(c.doc_id, work);
+            return Ok(Outcome::Stored);
+        }
+        if accepted.kind.is_some() {
+            work.kind = accepted.kind;
+        }
+        if accepted.scope.is_some() {
+            work.scope = accepted.scope.clone();
+        }
+        if accepted.customer_id.is_some() {
+            work.customer_id = accepted.customer_id;
+        }
+        work.raw_bytes += c.bytes.len();
+        self.added.add(new_doc, c.bytes.len());
+        work.unsaved.push(c.bytes.clone());
+        let scope = work.scope.clone().unwrap_or_default();
+        self.work.insert(c.doc_id, work);
+        if let Some(old) = &accepted.moved_from {
+            self.refile(c.doc_id, old, &scope, device.device_id)?;
+        }
+        let seq = self.log(
+            &scope,
+            c.doc_id,
+            KIND_CHANGES,
+            Some(&hash),
+            Some(&c.bytes),
+            device.device_id,
+        )?;
+        self.tx.insert_change(&hash, c.doc_id, seq)?;
+        if new_doc && !device.sees(&scope) {
+            self.leave_author(device, c.doc_id, accepted.customer_id, &scope)?;
+        }
+        self.tx
+            .insert_audit(seq, device.device_id, c.doc_id, self.now)?;
+        if let Some(w) = self.work.get_mut(&c.doc_id) {
+            w.updated_seq = seq;
+        }
+        if self.work.len() > self.cache.cap() {
+            // Bound memory on huge batches (as many documents as the cache holds): write back
+            // and drop; later changes reload from this transaction's view of `docs`.
+            self.flush()?;
+            self.work.clear();
+        }
+        Ok(Outcome::Stored)
+    }
+}
+
+/// What one upload batch did: an outcome per change, the documents it loaded (to cache after
+/// the commit) and the highest sequence number it assigned.
+pub(super) type BatchResult = (Vec<Outcome>, HashMap<DocId, Work>, Option<i64>);
+
+/// The backend-independent part of an upload: checks the sender's current grant and
+/// validates and stores each change through `tx` (one transaction the caller commits).
+pub(super) fn append_batch<D: BatchDb>(
+    tx: &D,
+    cache: &mut DocCache,
+    opts: &RelayStoreOptions,
+    device: &DeviceInfo,
+    changes: &[UploadChange],
+    relayed: bool,
+) -> Result<BatchResult, RelayStoreError> {
+    // The sender's grant is read again inside the transaction that stores the changes,
+    // so a revocation or a narrower grant committed meanwhile applies to this write.
+    let sender = tx.device_row(device.device_id)?;
+    let fresh;
+    let device = match sender {
+        Some(r) if r.revoked_at.is_some() => {
+            // Not the changes' fault: they stay in the device's outbox (retry) and the
+            // session is closed as unauthorised.
+            let refused = changes
+                .iter()
+                .map(|c| {
+                    Outcome::Refused(Rejection {
+                        hash: hash_of(&c.bytes),
+                        reason: "device revoked".into(),
+                        retry: true,
+                    })
+                })
+                .collect();
+            return Ok((refused, HashMap::new(), None));
+        }
+        Some(r) => {
+            fresh = r.info(device.device_id)?;
+            &fresh
+        }
+        None => device,
+    };
+    let mut batch = Batch {
+        tx,
+        cache,
+        work: HashMap::new(),
+        now: opts.env.now_millis(),
+        high: None,
+        move_grace_ms: i64::try_from(opts.move_grace.as_millis()).unwrap_or(i64::MAX),
+        quota: opts.quota,
+        sender: device.device_id,
+        used: None,
+        added: Usage::default(),
+    };
+    if relayed {
+        // A repair upload (after the relay's log restarted) is judged like any other.
+        tracing::debug!(device = %device.device_id, changes = changes.len(), "repair upload");
+    }
+    let mut outcomes = Vec::with_capacity(changes.len());
+    let mut rest = changes.iter();
+    for c in rest.by_ref() {
+        let outcome = batch.append_one(device, c)?;
+        let malformed = matches!(outcome, Outcome::Malformed(_));
+        outcomes.push(outcome);
+        if malformed {
+            break;
+        }
+    }
+    // After a malformed change the upload is not examined further (each could cost a reload
+    // of its document); an honest sender sends the rest again on its next connection.
+    outcomes.extend(rest.map(|c| {
+        Outcome::Refused(Rejection {
+            hash: hash_of(&c.bytes),
+            reason: "not examined: an earlier change of the upload does not fit its document"
+                .into(),
+            retry: true,
+        })
+    }));
+    batch.flush()?;
+    let Batch { work, high, .. } = batch;
+    Ok((outcomes, work, high))
+}
+
+/// The hash of an uploaded change, for a refusal that does not examine it (zero if it does not
+/// decode).
+pub(super) fn hash_of(bytes: &[u8]) -> Hash {
+    decode_change(bytes).map_or([0; 32], |ch| ch.hash().0)
+}
