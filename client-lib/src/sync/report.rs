@@ -1,0 +1,105 @@
+//! What a sync moved: [`SyncReport`] at its end, [`SyncProgress`] while it runs.
+
+use super::*;
+
+/// Totals of one [`sync_now`] run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// The relay address.
+    pub relay: String,
+    /// Scopes the relay granted.
+    pub scopes: Vec<String>,
+    /// Role the relay granted.
+    pub role: Option<Role>,
+    /// Local changes uploaded.
+    pub changes_sent: u64,
+    /// Local changes acknowledged by the relay.
+    pub changes_acked: u64,
+    /// Local changes refused for good (now in the quarantine).
+    pub changes_rejected: u64,
+    /// Download items applied (change groups, snapshots, removals).
+    pub items_received: u64,
+    /// Remote changes new to this replica.
+    pub changes_received: u64,
+    /// Document snapshots merged.
+    pub snapshots_received: u64,
+    /// Documents whose history the relay replaced (IT trimmed them): the replica took the new
+    /// history and carried over its unsent edits.
+    #[serde(default)]
+    pub replaced: u64,
+    /// Download items that could not be applied (skipped and logged).
+    pub items_failed: u64,
+    /// Download batches applied.
+    pub batches: u64,
+    /// Changes re-uploaded because the relay had lost them (repair).
+    pub repaired: u64,
+    /// Frame bytes written to the relay (length prefixes included).
+    pub bytes_sent: u64,
+    /// Frame bytes read from the relay (length prefixes included).
+    pub bytes_received: u64,
+    /// Frames written.
+    pub frames_sent: u64,
+    /// Frames read.
+    pub frames_received: u64,
+    /// Local changes still waiting (refused for now and kept for a later sync, or committed
+    /// after the sync finished).
+    pub outbox_remaining: u64,
+    /// Wall-clock time from the first connection attempt to the clean close.
+    #[serde(with = "millis", rename = "duration_ms")]
+    pub duration: Duration,
+}
+
+/// Running totals during [`sync_now_with_progress`], for progress bars.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncProgress {
+    /// Frame bytes written so far.
+    pub bytes_sent: u64,
+    /// Frame bytes read so far.
+    pub bytes_received: u64,
+    /// Outbox length when the sync started (the upload's total).
+    pub outbox_at_start: u64,
+    /// Local changes uploaded so far.
+    pub changes_sent: u64,
+    /// Local changes acknowledged so far.
+    pub changes_acked: u64,
+    /// Local changes refused for good so far.
+    pub changes_rejected: u64,
+    /// Download items applied so far.
+    pub items_received: u64,
+    /// Remote changes new to this replica so far.
+    pub changes_received: u64,
+    /// Download caught up.
+    pub caught_up: bool,
+}
+
+impl SyncProgress {
+    /// Field-wise sum of the counters (for totals over several connections).
+    pub(super) fn plus(&self, o: &Self) -> Self {
+        Self {
+            bytes_sent: self.bytes_sent + o.bytes_sent,
+            bytes_received: self.bytes_received + o.bytes_received,
+            outbox_at_start: o.outbox_at_start,
+            changes_sent: self.changes_sent + o.changes_sent,
+            changes_acked: self.changes_acked + o.changes_acked,
+            changes_rejected: self.changes_rejected + o.changes_rejected,
+            items_received: self.items_received + o.items_received,
+            changes_received: self.changes_received + o.changes_received,
+            caught_up: o.caught_up,
+        }
+    }
+}
+
+/// Serde for durations as whole milliseconds.
+pub(crate) mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}

@@ -1,0 +1,196 @@
+//! What the sync is doing and last did: [`SyncEvent`]s of a running [`super::SyncHandle`],
+//! [`SyncStatus`], and the outcome kept in the replica's metadata ([`load_status`]).
+
+use super::*;
+
+/// Store meta key holding the last sync outcome ([`PersistedStatus`], JSON).
+pub const STATUS_META_KEY: &str = "sync.status";
+
+/// What a [`SyncHandle`] reports as it goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SyncEvent {
+    /// Opening a connection.
+    Connecting,
+    /// The relay accepted the device.
+    Connected {
+        /// Scopes the device sees.
+        scopes: Vec<String>,
+        /// The device's role.
+        role: Role,
+    },
+    /// The relay acknowledged `n` local changes.
+    Uploaded {
+        /// Changes acknowledged.
+        n: u64,
+    },
+    /// A download batch with `items` entries was applied.
+    Received {
+        /// Items applied.
+        items: u64,
+    },
+    /// Caught up with the relay and every local change answered. Sent again after later
+    /// uploads or downloads complete.
+    CaughtUp,
+    /// The connection (or the attempt) ended with an error; a retry follows unless the
+    /// error is not retryable, in which case [`SyncEvent::Stopped`] follows.
+    Disconnected {
+        /// What went wrong.
+        error: String,
+    },
+    /// The relay refused a local change for good (or the change depends on one it refused);
+    /// it was moved to the quarantine (`Store::quarantine`, `fieldsync quarantine`).
+    Rejected {
+        /// Hex change hash.
+        hash: String,
+        /// The relay's reason.
+        reason: String,
+    },
+    /// The handle stopped (asked to, or after a non-retryable error).
+    Stopped,
+}
+
+/// Where a [`SyncHandle`] stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncState {
+    /// Connecting to the relay.
+    Connecting,
+    /// Connected, exchanging data.
+    Syncing,
+    /// Connected, caught up, every local change answered; live.
+    CaughtUp,
+    /// Waiting before the next attempt.
+    Waiting,
+    /// Stopped.
+    Stopped,
+}
+
+/// A snapshot of a [`SyncHandle`]'s state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// The relay address.
+    pub relay: String,
+    /// Current state.
+    pub state: SyncState,
+    /// Scopes granted on the current (or last) connection.
+    pub scopes: Vec<String>,
+    /// Role granted on the current (or last) connection.
+    pub role: Option<Role>,
+    /// When the replica last caught up completely (ms since the Unix epoch).
+    pub last_sync_finished_at: Option<Millis>,
+    /// The last error, cleared when a sync finishes.
+    pub last_error: Option<String>,
+    /// The handle stopped because of an error that retrying cannot fix.
+    pub fatal: bool,
+    /// Consecutive failed attempts.
+    pub failures: u32,
+    /// When waiting: the delay before the next attempt, in ms.
+    pub retry_in_ms: Option<u64>,
+    /// Connections established since start.
+    pub connections: u64,
+    /// Totals since start.
+    pub changes_sent: u64,
+    /// Local changes acknowledged since start.
+    pub changes_acked: u64,
+    /// Local changes quarantined since start.
+    pub changes_rejected: u64,
+    /// Download items applied since start.
+    pub items_received: u64,
+    /// Frame bytes written since start.
+    pub bytes_sent: u64,
+    /// Frame bytes read since start.
+    pub bytes_received: u64,
+}
+
+impl SyncStatus {
+    pub(super) fn new(relay: String) -> Self {
+        Self {
+            relay,
+            state: SyncState::Connecting,
+            scopes: Vec::new(),
+            role: None,
+            last_sync_finished_at: None,
+            last_error: None,
+            fatal: false,
+            failures: 0,
+            retry_in_ms: None,
+            connections: 0,
+            changes_sent: 0,
+            changes_acked: 0,
+            changes_rejected: 0,
+            items_received: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+}
+
+/// The last sync outcome as stored in the replica ([`STATUS_META_KEY`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedStatus {
+    /// When a sync last finished (caught up, outbox answered), ms since the Unix epoch.
+    pub last_sync_finished_at: Option<Millis>,
+    /// The error of the last attempt, if it failed (kept until a sync finishes).
+    pub last_error: Option<String>,
+    /// The relay of the last attempt.
+    pub relay: Option<String>,
+    /// When the last attempt ended, ms since the Unix epoch.
+    #[serde(default)]
+    pub last_attempt_at: Option<Millis>,
+}
+
+/// Reads the last sync outcome stored in the replica, if any.
+pub fn load_status(client: &Client) -> Result<Option<PersistedStatus>, ClientError> {
+    client.with_store(|store| read_status(store))
+}
+
+pub(super) fn read_status(store: &Store) -> Result<Option<PersistedStatus>, ClientError> {
+    match store.meta(STATUS_META_KEY)? {
+        None => Ok(None),
+        // A status written by another version that does not parse is not worth failing for.
+        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).unwrap_or_default())),
+    }
+}
+
+pub(super) fn write_status(
+    store: &mut Store,
+    relay: &str,
+    outcome: Result<(), &str>,
+) -> Result<(), ClientError> {
+    let mut st = read_status(store)?.unwrap_or_default();
+    let now = now_millis();
+    st.relay = Some(relay.to_string());
+    st.last_attempt_at = Some(now);
+    match outcome {
+        Ok(()) => {
+            st.last_sync_finished_at = Some(now);
+            st.last_error = None;
+        }
+        Err(e) => st.last_error = Some(e.to_string()),
+    }
+    let json = serde_json::to_vec(&st).map_err(|e| ClientError::Corrupt(e.to_string()))?;
+    store.set_meta(STATUS_META_KEY, &json)?;
+    Ok(())
+}
+
+/// Records an outcome, logging instead of failing (the sync result matters more).
+pub(super) async fn persist_status(client: &Client, relay: &str, outcome: Result<(), String>) {
+    let client = client.clone();
+    let relay = relay.to_string();
+    let r = tokio::task::spawn_blocking(move || {
+        client.with_store(|store| {
+            write_status(
+                store,
+                &relay,
+                outcome.as_ref().map(|_| ()).map_err(String::as_str),
+            )
+        })
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not record the sync status"),
+        Err(e) => tracing::warn!(error = %e, "could not record the sync status"),
+    }
+}
