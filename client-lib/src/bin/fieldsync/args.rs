@@ -1,0 +1,337 @@
+//! The command line: every command, argument and flag (clap).
+
+use super::*;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fieldsync",
+    version,
+    about = "Offline-first CRM replica: customers, visits and quotes, synced with a relay"
+)]
+pub(super) struct Cli {
+    /// Data directory holding replica.db and config.toml [default: the platform data dir]
+    #[arg(long, global = true, env = "FIELDSYNC_DATA", value_name = "DIR")]
+    pub(super) data: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum Command {
+    /// Create the replica (if needed) and save the relay settings
+    Init(InitArgs),
+    /// Customers: add, edit, show, list, archive
+    #[command(subcommand)]
+    Customer(CustomerCmd),
+    /// Visits: log, list
+    #[command(subcommand)]
+    Visit(VisitCmd),
+    /// Quotes: new, add-line, submit, approve, reject, show
+    #[command(subcommand)]
+    Quote(QuoteCmd),
+    /// Exchange changes with the relay (once, or continuously with --watch)
+    Sync(SyncArgs),
+    /// Show the outbox, the quarantine, the last sync and whether the relay is reachable
+    Status(JsonFlag),
+    /// List local changes the relay refused (kept here, not sent again), with the reasons;
+    /// --retry sends them again at the next sync
+    Quarantine(QuarantineArgs),
+    /// List fields that hold concurrent values
+    Conflicts(JsonFlag),
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub(super) struct QuarantineArgs {
+    /// Put the refused changes back into their documents and the outbox, to be sent again at
+    /// the next sync (after IT fixed what the relay refused them for: a scope, a role)
+    #[arg(long)]
+    pub(super) retry: bool,
+    /// With --retry: only this document's changes
+    #[arg(long, value_name = "ID", requires = "retry")]
+    pub(super) doc: Option<DocId>,
+    /// Print JSON
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub(super) struct JsonFlag {
+    /// Print JSON
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct InitArgs {
+    /// The one-time enrolment token printed by `fieldsync-relay device enroll` (carries the
+    /// relay address, its certificate pin and a secret). Enrols this replica with the relay:
+    /// needs the relay reachable; the role comes from the relay.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FIELDSYNC_TOKEN",
+        hide_env_values = true,
+        conflicts_with_all = ["relay", "pin", "credential"],
+        required_unless_present_all = ["relay", "pin"]
+    )]
+    pub(super) token: Option<String>,
+    /// The relay's address (without a token)
+    #[arg(long, value_name = "HOST:PORT", requires = "pin")]
+    pub(super) relay: Option<String>,
+    /// SHA-256 fingerprint of the relay's certificate (64 hex digits, as printed by the relay)
+    #[arg(long, value_name = "FINGERPRINT", requires = "relay")]
+    pub(super) pin: Option<String>,
+    /// Your name, recorded as the author of your edits [default: the device id]
+    #[arg(long)]
+    pub(super) name: Option<String>,
+    /// Your role [default: the role enrolled on the relay with --token, else rep]
+    #[arg(long, value_enum)]
+    pub(super) role: Option<RoleArg>,
+    /// Your organisation (given to new customers)
+    #[arg(long, default_value = "default")]
+    pub(super) org: String,
+    /// Device credential issued at enrolment without a token (`enroll_device` API), if the
+    /// relay requires one
+    #[arg(long, env = "FIELDSYNC_CREDENTIAL", hide_env_values = true)]
+    pub(super) credential: Option<String>,
+    /// Seconds to wait for the relay when enrolling with --token
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub(super) connect_timeout: u64,
+    /// TLS server name to send [default: the relay's host]
+    #[arg(long)]
+    pub(super) server_name: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RoleArg {
+    Rep,
+    Manager,
+    Director,
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Rep => Self::Rep,
+            RoleArg::Manager => Self::Manager,
+            RoleArg::Director => Self::Director,
+            RoleArg::Admin => Self::Admin,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum CustomerCmd {
+    /// Add a customer
+    Add {
+        /// Name
+        #[arg(long)]
+        name: String,
+        /// Territory
+        #[arg(long)]
+        scope: String,
+        /// Phone number
+        #[arg(long)]
+        phone: Option<String>,
+        /// Industry
+        #[arg(long)]
+        industry: Option<String>,
+        /// Lifecycle stage [default: potential]
+        #[arg(long)]
+        stage: Option<String>,
+        /// Print the customer as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a customer's fields (all in one change)
+    Edit {
+        /// Customer id
+        id: DocId,
+        /// New name
+        #[arg(long)]
+        name: Option<String>,
+        /// Add a phone number
+        #[arg(long)]
+        phone: Option<String>,
+        /// New industry
+        #[arg(long)]
+        industry: Option<String>,
+        /// New lifecycle stage
+        #[arg(long)]
+        stage: Option<String>,
+        /// New e-mail address
+        #[arg(long)]
+        email: Option<String>,
+        /// Print the customer as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a customer
+    Show {
+        /// Customer id
+        id: DocId,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List customers (archived ones left out)
+    List {
+        /// Only this territory
+        #[arg(long)]
+        scope: Option<String>,
+        /// Only names containing this text
+        #[arg(long)]
+        search: Option<String>,
+        /// Include archived customers
+        #[arg(long)]
+        all: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archive a customer (hidden from listings, never deleted)
+    Archive {
+        /// Customer id
+        id: DocId,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum VisitStatusArg {
+    Planned,
+    Cancelled,
+    Done,
+}
+
+impl From<VisitStatusArg> for VisitStatus {
+    fn from(s: VisitStatusArg) -> Self {
+        match s {
+            VisitStatusArg::Planned => Self::Planned,
+            VisitStatusArg::Cancelled => Self::Cancelled,
+            VisitStatusArg::Done => Self::Done,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum VisitCmd {
+    /// Log a visit at a customer
+    Log {
+        /// Customer id
+        #[arg(long)]
+        customer: DocId,
+        /// Minutes and notes
+        #[arg(long)]
+        notes: String,
+        /// Status
+        #[arg(long, value_enum, default_value_t = VisitStatusArg::Done)]
+        status: VisitStatusArg,
+        /// Kind (sales_call, return_visit, service_repair, …) [default: sales_call]
+        #[arg(long)]
+        kind: Option<String>,
+        /// Where it took place
+        #[arg(long)]
+        location: Option<String>,
+        /// Print the visit as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List visits, newest first
+    List {
+        /// Only visits to this customer
+        #[arg(long)]
+        customer: Option<DocId>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum QuoteCmd {
+    /// Start a draft quote for a customer
+    New {
+        /// Customer id
+        #[arg(long)]
+        customer: DocId,
+        /// ISO 4217 currency of all prices
+        #[arg(long)]
+        currency: String,
+        /// Quote number
+        #[arg(long)]
+        number: Option<String>,
+        /// Print the quote as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a line to a draft quote
+    AddLine {
+        /// Quote id
+        id: DocId,
+        /// Product SKU
+        #[arg(long)]
+        sku: String,
+        /// Quantity (whole units)
+        #[arg(long)]
+        qty: i64,
+        /// Unit price in the quote currency, e.g. 1250.50 (two decimals at most)
+        #[arg(long)]
+        price: String,
+        /// Description
+        #[arg(long)]
+        description: Option<String>,
+        /// Discount in percent, e.g. 5 or 2.5 (two decimals at most)
+        #[arg(long)]
+        discount: Option<String>,
+        /// Print the quote as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit a draft for approval
+    Submit(QuoteIdArgs),
+    /// Approve a submitted quote (manager and above)
+    Approve(QuoteDecisionArgs),
+    /// Reject a submitted quote (manager and above)
+    Reject(QuoteDecisionArgs),
+    /// Show a quote
+    Show(QuoteIdArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct QuoteIdArgs {
+    /// Quote id
+    pub(super) id: DocId,
+    /// Print the quote as JSON
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct QuoteDecisionArgs {
+    /// Quote id
+    pub(super) id: DocId,
+    /// Why
+    #[arg(long)]
+    pub(super) reason: Option<String>,
+    /// Print the quote as JSON
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct SyncArgs {
+    /// Stay connected: push edits as they happen, receive others' at once (Ctrl-C stops)
+    #[arg(long)]
+    pub(super) watch: bool,
+    /// Print JSON (the report; with --watch one event per line)
+    #[arg(long)]
+    pub(super) json: bool,
+    /// Seconds to wait for the relay to answer a connection attempt
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub(super) connect_timeout: u64,
+}

@@ -1,0 +1,257 @@
+//! `fieldsync status`, `quarantine` and `conflicts`: what is waiting, refused, skipped or in
+//! conflict on this laptop.
+
+use super::*;
+
+#[derive(Serialize)]
+pub(super) struct StatusOut {
+    pub(super) device_id: uuid::Uuid,
+    pub(super) data_dir: PathBuf,
+    pub(super) identity: Option<Identity>,
+    /// Local changes waiting for the relay.
+    pub(super) outbox: u64,
+    /// Changes the relay refused for good.
+    pub(super) quarantined: usize,
+    /// The most recent of those (up to 5), newest first.
+    pub(super) recent_rejections: Vec<QuarantineOut>,
+    pub(super) conflicts: usize,
+    /// Downloaded documents that could not be loaded (kept out; see `Skipped` below).
+    pub(super) skipped: Vec<fieldsync_core::store::Skipped>,
+    pub(super) relay: Option<String>,
+    pub(super) last_sync_finished_at: Option<String>,
+    pub(super) last_sync_finished_at_ms: Option<i64>,
+    pub(super) last_error: Option<String>,
+    pub(super) relay_reachable: bool,
+    pub(super) relay_rtt_ms: Option<u64>,
+    pub(super) relay_error: Option<String>,
+}
+
+pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
+    let client = open(dir)?;
+    let cfg = match load_config(dir) {
+        Ok(c) => Some(c),
+        Err(e) if dir.join(CONFIG_FILE).exists() => return Err(e),
+        Err(_) => None,
+    };
+    let persisted = sync::load_status(&client)?.unwrap_or_default();
+    let quarantine = quarantine_list(&client)?;
+    let (reachable, rtt, relay_error) = match &cfg {
+        None => (
+            false,
+            None,
+            Some("no relay configured (run `fieldsync init`)".to_string()),
+        ),
+        Some(c) => {
+            let mut sc = c.sync_config();
+            sc.connect_timeout = Duration::from_secs(3);
+            match runtime()?.block_on(sync::probe(&sc)) {
+                Ok(rtt) => (
+                    true,
+                    Some(u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX)),
+                    None,
+                ),
+                Err(e) => (false, None, Some(e.to_string())),
+            }
+        }
+    };
+    let out = StatusOut {
+        device_id: client.device_id(),
+        data_dir: dir.to_path_buf(),
+        identity: client.identity().ok(),
+        outbox: client.outbox_len()?,
+        quarantined: quarantine.len(),
+        recent_rejections: quarantine.into_iter().take(5).collect(),
+        conflicts: client.conflicts()?.len(),
+        skipped: client.skipped()?,
+        relay: cfg.as_ref().map(|c| c.relay.clone()),
+        last_sync_finished_at: persisted.last_sync_finished_at.map(fmt_millis),
+        last_sync_finished_at_ms: persisted.last_sync_finished_at,
+        last_error: persisted.last_error,
+        relay_reachable: reachable,
+        relay_rtt_ms: rtt,
+        relay_error,
+    };
+    if json {
+        return print_json(&out);
+    }
+    println!("Replica:    {}", dir.join(REPLICA_FILE).display());
+    println!("Device id:  {}", out.device_id);
+    println!("Outbox:     {} changes waiting", out.outbox);
+    if out.quarantined > 0 {
+        println!(
+            "Quarantine: {} changes refused by the relay (see `fieldsync quarantine`)",
+            out.quarantined
+        );
+        for q in &out.recent_rejections {
+            println!(
+                "            {} {} {}: {}",
+                q.at,
+                q.kind.as_deref().unwrap_or("document"),
+                q.doc_id,
+                q.reason
+            );
+        }
+    }
+    if out.conflicts > 0 {
+        println!(
+            "Conflicts:  {} fields (see `fieldsync conflicts`)",
+            out.conflicts
+        );
+    }
+    if !out.skipped.is_empty() {
+        println!(
+            "Skipped:    {} downloaded documents could not be loaded and are kept out (tell IT):",
+            out.skipped.len()
+        );
+        for s in out.skipped.iter().take(5) {
+            println!(
+                "            {} {}: {}",
+                fmt_millis(s.at),
+                s.doc_id,
+                s.reason
+            );
+        }
+    }
+    println!(
+        "Last sync:  {}",
+        out.last_sync_finished_at.as_deref().unwrap_or("never")
+    );
+    if let Some(e) = &out.last_error {
+        println!("Last error: {e}");
+    }
+    match (&out.relay, out.relay_reachable) {
+        (Some(r), true) => println!(
+            "Relay:      {r} reachable ({} ms handshake)",
+            out.relay_rtt_ms.unwrap_or(0)
+        ),
+        (Some(r), false) => println!(
+            "Relay:      {r} NOT reachable: {}",
+            out.relay_error.as_deref().unwrap_or("unknown error")
+        ),
+        (None, _) => println!("Relay:      not configured (run `fieldsync init`)"),
+    }
+    Ok(())
+}
+
+/// A quarantined change, for `quarantine` and `status`.
+#[derive(Serialize)]
+pub(super) struct QuarantineOut {
+    pub(super) doc_id: DocId,
+    /// The document's kind, if it is still in the replica.
+    pub(super) kind: Option<String>,
+    pub(super) hash: String,
+    pub(super) reason: String,
+    pub(super) at: String,
+    pub(super) at_ms: i64,
+}
+
+pub(super) fn quarantine_list(client: &Client) -> Result<Vec<QuarantineOut>> {
+    let list = client.with_store(|s| s.quarantine())?;
+    let mut out = Vec::with_capacity(list.len());
+    for q in list {
+        let kind = client
+            .document(q.doc_id)
+            .ok()
+            .map(|d| d.header().kind.to_string());
+        out.push(QuarantineOut {
+            doc_id: q.doc_id,
+            kind,
+            hash: q.hash,
+            reason: q.reason,
+            at: fmt_millis(q.at),
+            at_ms: q.at,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn quarantine(client: &Client, json: bool) -> Result<()> {
+    let list = quarantine_list(client)?;
+    if json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("No refused changes.");
+        return Ok(());
+    }
+    println!(
+        "{} local change(s) refused by the relay (kept here, not sent again):",
+        list.len()
+    );
+    for q in &list {
+        println!(
+            "{}  {} {}  change {}  {}",
+            q.at,
+            q.kind.as_deref().unwrap_or("document"),
+            q.doc_id,
+            &q.hash[..q.hash.len().min(12)],
+            q.reason
+        );
+    }
+    println!(
+        "Once the cause is fixed (IT granted the scope or role), `fieldsync quarantine --retry` \
+         sends them again."
+    );
+    Ok(())
+}
+
+pub(super) fn retry_quarantined(client: &Client, doc: Option<DocId>, json: bool) -> Result<()> {
+    let (requeued, kept) = client.retry_quarantined(doc)?;
+    if json {
+        return print_json(&serde_json::json!({ "requeued": requeued, "kept": kept }));
+    }
+    println!("{requeued} refused change(s) put back in the outbox; `fieldsync sync` sends them.");
+    if kept > 0 {
+        println!(
+            "{kept} change(s) stay in the quarantine: their document left this laptop, or was \
+             edited here after the refusal; enter those edits again."
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+pub(super) struct ConflictOut {
+    pub(super) id: DocId,
+    pub(super) kind: fieldsync_client::DocKind,
+    pub(super) path: String,
+    pub(super) values: Vec<serde_json::Value>,
+}
+
+pub(super) fn conflicts(client: &Client, json: bool) -> Result<()> {
+    let list: Vec<ConflictOut> = client
+        .conflicts()?
+        .into_iter()
+        .map(|c| ConflictOut {
+            id: c.doc_id,
+            kind: c.kind,
+            path: c.path,
+            values: c.values,
+        })
+        .collect();
+    if json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("No conflicts.");
+    }
+    for c in &list {
+        let values: Vec<String> = c
+            .values
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => format!("{s:?}"),
+                other => other.to_string(),
+            })
+            .collect();
+        println!(
+            "{} {} {}: {}  (shown: {})",
+            c.kind,
+            c.id,
+            c.path,
+            values.join(" | "),
+            values.first().map_or("-", String::as_str)
+        );
+    }
+    Ok(())
+}

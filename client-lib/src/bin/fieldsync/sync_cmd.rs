@@ -1,0 +1,184 @@
+//! `fieldsync sync`: one sync with a report, or `--watch` staying connected and printing
+//! events.
+
+use super::*;
+
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
+    let client = open(dir)?;
+    let mut cfg = sync_settings(dir, &client)?;
+    cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
+    let rt = runtime()?;
+    if args.watch {
+        return rt.block_on(watch(client, cfg, args.json));
+    }
+    let show_bar = std::io::stdout().is_terminal() && !args.json;
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
+        bar.set_style(style);
+    }
+    let started = Instant::now();
+    let bar2 = bar.clone();
+    let progress = move |p: &SyncProgress| {
+        if show_bar && bar2.is_hidden() && started.elapsed() > Duration::from_millis(300) {
+            bar2.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar2.enable_steady_tick(Duration::from_millis(120));
+        }
+        let up = if p.outbox_at_start > 0 {
+            format!(
+                "↑ {} ({}/{} changes acknowledged)",
+                fmt_bytes(p.bytes_sent),
+                p.changes_acked.min(p.outbox_at_start),
+                p.outbox_at_start
+            )
+        } else {
+            format!("↑ {}", fmt_bytes(p.bytes_sent))
+        };
+        bar2.set_message(format!(
+            "{up}  ↓ {} ({} items)",
+            fmt_bytes(p.bytes_received),
+            p.items_received
+        ));
+    };
+    let result = rt.block_on(sync::sync_now_with_progress(&client, &cfg, progress));
+    bar.finish_and_clear();
+    let report = result.with_context(|| format!("sync with {} failed", cfg.relay))?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+pub(super) fn print_report(r: &SyncReport) {
+    println!("Synced with {} in {}", r.relay, fmt_duration(r.duration));
+    println!(
+        "  sent      {} changes ({} acknowledged, {} refused)",
+        r.changes_sent, r.changes_acked, r.changes_rejected
+    );
+    println!(
+        "  received  {} items ({} new changes, {} snapshots{})",
+        r.items_received,
+        r.changes_received,
+        r.snapshots_received,
+        if r.items_failed > 0 {
+            format!(", {} unreadable and skipped", r.items_failed)
+        } else {
+            String::new()
+        }
+    );
+    if r.replaced > 0 {
+        println!(
+            "  replaced  {} documents trimmed by IT (unsent edits carried over)",
+            r.replaced
+        );
+    }
+    println!(
+        "  wire      {} up, {} down",
+        fmt_bytes(r.bytes_sent),
+        fmt_bytes(r.bytes_received)
+    );
+    if r.outbox_remaining > 0 {
+        println!(
+            "  outbox    {} changes still waiting (refused for now; retried next sync)",
+            r.outbox_remaining
+        );
+    }
+}
+
+pub(super) async fn watch(client: Client, cfg: SyncConfig, json: bool) -> Result<()> {
+    let handle = SyncHandle::start(client, cfg);
+    let mut events = handle.subscribe();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            r = &mut ctrl_c => {
+                r.context("cannot listen for Ctrl-C")?;
+                handle.stop().await;
+                return Ok(());
+            }
+            e = events.recv() => match e {
+                Ok(event) => {
+                    print_event(&event, &handle, json)?;
+                    if event == SyncEvent::Stopped {
+                        let st = handle.status();
+                        handle.stop().await;
+                        if st.fatal {
+                            bail!(st.last_error.unwrap_or_else(|| "sync stopped".into()));
+                        }
+                        return Ok(());
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "event output fell behind");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+}
+
+pub(super) fn print_event(e: &SyncEvent, handle: &SyncHandle, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let mut v = serde_json::to_value(e)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("at".into(), fmt_millis(now()).into());
+        }
+        serde_json::to_writer(&mut out, &v)?;
+        writeln!(out)?;
+        return Ok(out.flush()?);
+    }
+    let ts = fmt_millis(now());
+    let line = match e {
+        SyncEvent::Connecting => format!("connecting to {}", handle.status().relay),
+        SyncEvent::Connected { scopes, role } => {
+            format!("connected as {role}, scopes {}", scopes.join(", "))
+        }
+        SyncEvent::Uploaded { n } => format!("relay acknowledged {}", plural(*n, "local change")),
+        SyncEvent::Received { items } => format!("received {}", plural(*items, "item")),
+        SyncEvent::CaughtUp => "up to date".to_string(),
+        SyncEvent::Disconnected { error } => match handle.status().retry_in_ms {
+            Some(ms) => format!(
+                "disconnected: {error} (retrying in {:.1} s)",
+                ms as f64 / 1000.0
+            ),
+            None => format!("disconnected: {error}"),
+        },
+        SyncEvent::Rejected { hash, reason } => {
+            format!(
+                "relay refused change {}: {reason} (quarantined; see `fieldsync quarantine`)",
+                &hash[..hash.len().min(12)]
+            )
+        }
+        SyncEvent::Stopped => "stopped".to_string(),
+    };
+    writeln!(out, "{ts}  {line}")?;
+    Ok(out.flush()?)
+}
+
+pub(super) fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+pub(super) fn fmt_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
