@@ -315,36 +315,22 @@ fn sync(
     store: &mut Store,
     relay: &mut impl RelayStorage,
 ) -> fieldsync_core::protocol::SessionStats {
-    use fieldsync_core::protocol::{
-        ClientConfig, ClientSession, RelayLimits, RelaySession, decode, encode,
-    };
-    let mut client = ClientSession::new(ClientConfig {
-        upload_changes: 7,
-        pull_bytes: 16 << 10,
-        ..Default::default()
-    });
-    let mut rs = RelaySession::new(RelayLimits {
-        max_batch_bytes: 16 << 10,
-        ..Default::default()
-    });
-    let mut to_relay = vec![client.hello(store)];
-    for _ in 0..10_000 {
-        if to_relay.is_empty() {
-            break;
-        }
-        let mut to_client = Vec::new();
-        for m in to_relay.drain(..) {
-            let frame = encode(&m).unwrap();
-            let out = rs.handle(relay, decode(&frame[4..]).unwrap());
-            assert!(!out.close, "relay closed: {:?}", out.messages);
-            to_client.extend(out.messages);
-        }
-        for m in to_client {
-            to_relay.extend(client.handle(store, m).unwrap());
-        }
-    }
-    assert!(client.is_synced(store).unwrap(), "session did not finish");
-    client.stats().clone()
+    use fieldsync_core::protocol::drive::sync_in_memory;
+    use fieldsync_core::protocol::{ClientConfig, RelayLimits};
+    sync_in_memory(
+        store,
+        relay,
+        ClientConfig {
+            upload_changes: 7,
+            pull_bytes: 16 << 10,
+            ..Default::default()
+        },
+        RelayLimits {
+            max_batch_bytes: 16 << 10,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("sync: {e}"))
 }
 
 #[test]
