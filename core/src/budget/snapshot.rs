@@ -41,6 +41,8 @@ const TYPE_BITS: u32 = 0b0111;
 /// The budgets a snapshot is checked against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotLimits {
+    /// Most bytes the snapshot itself may hold.
+    pub bytes: usize,
     /// Most bytes its deflated columns may inflate to, in total.
     pub inflated: usize,
     /// Most rows per column, and summed over its chunks.
@@ -48,8 +50,10 @@ pub struct SnapshotLimits {
 }
 
 impl SnapshotLimits {
-    /// What relays and laptops load: [`MAX_INFLATED_BYTES`] and [`MAX_COLUMN_ROWS`].
+    /// What relays and laptops load: [`crate::store::MAX_SNAPSHOT_BYTES`],
+    /// [`MAX_INFLATED_BYTES`] and [`MAX_COLUMN_ROWS`].
     pub const LOAD: Self = Self {
+        bytes: crate::store::MAX_SNAPSHOT_BYTES,
         inflated: MAX_INFLATED_BYTES,
         rows: MAX_COLUMN_ROWS,
     };
@@ -58,6 +62,7 @@ impl SnapshotLimits {
     /// the normal ones).
     pub const fn times(self, factor: u32) -> Self {
         Self {
+            bytes: self.bytes.saturating_mul(factor as usize),
             inflated: self.inflated.saturating_mul(factor as usize),
             rows: self.rows.saturating_mul(factor as u64),
         }

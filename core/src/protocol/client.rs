@@ -461,42 +461,35 @@ impl ClientSession {
                         Ok(())
                     }
                     // A snapshot means the document is (again) in the device's scopes: keep
-                    // it (and its visits and quotes) even if it was waiting to leave.
-                    Entry::Snapshot(bytes) => prepared
+                    // it (and its visits and quotes) even if it was waiting to leave. A
+                    // replacement (the relay replaced the document's history) stands in for
+                    // this replica's copy; edits the relay has not acknowledged are carried
+                    // over.
+                    Entry::Snapshot(bytes) | Entry::Replace(bytes) => prepared
                         .take_next()
                         .unwrap_or_else(|| Err(StoreError::InvalidData("snapshot not prepared".into())))
                         .and_then(|mut p| {
-                            let r = tx.apply_prepared_snapshot(item.doc_id, &bytes.0, &mut p);
+                            let r = if matches!(item.entry, Entry::Replace(_)) {
+                                tx.replace_document(item.doc_id, &bytes.0, &mut p).map(Some)
+                            } else {
+                                tx.apply_prepared_snapshot(item.doc_id, &bytes.0, &mut p).map(|_| None)
+                            };
                             prepared.discard(p);
                             r
                         })
-                        .and_then(|_| tx.clear_skipped(item.doc_id))
-                        .and_then(|_| {
+                        .and_then(|replaced| {
+                            if let Some(r) = replaced {
+                                stats.replaced += 1;
+                                if r.quarantined > 0 {
+                                    tracing::warn!(doc = %item.doc_id, changes = r.quarantined, "edits to a replaced document could not be carried over; they are in the quarantine");
+                                }
+                            }
+                            tx.clear_skipped(item.doc_id)?;
                             std::iter::once(&item.doc_id)
                                 .chain(followers.get(&item.doc_id).into_iter().flatten())
                                 .try_for_each(|id| tx.cancel_eviction(*id).map(|_| ()))
                         })
                         .map(|_| stats.snapshots_received += 1),
-                    // The relay replaced the document's history: the new one stands in for this
-                    // replica's copy, and edits the relay has not acknowledged are carried over.
-                    Entry::Replace(bytes) => prepared
-                        .take_next()
-                        .unwrap_or_else(|| Err(StoreError::InvalidData("snapshot not prepared".into())))
-                        .and_then(|mut p| {
-                            let r = tx.replace_document(item.doc_id, &bytes.0, &mut p);
-                            prepared.discard(p);
-                            r
-                        })
-                        .and_then(|r| {
-                            stats.snapshots_received += 1;
-                            stats.replaced += 1;
-                            if r.quarantined > 0 {
-                                tracing::warn!(doc = %item.doc_id, changes = r.quarantined, "edits to a replaced document could not be carried over; they are in the quarantine");
-                            }
-                            std::iter::once(&item.doc_id)
-                                .chain(followers.get(&item.doc_id).into_iter().flatten())
-                                .try_for_each(|id| tx.cancel_eviction(*id).map(|_| ()))
-                        }),
                     // Only marked: the document may come back further down the log (its
                     // snapshot then keeps it), and dropping it now would also drop this
                     // device's own changes to it, which the relay does not echo back.

@@ -343,6 +343,19 @@ fn check_doc_size(
     Ok(())
 }
 
+/// Refuses a local change the relay would refuse for good (over a per-change budget): it is
+/// not queued, and the transaction that made it rolls back.
+fn check_local_change(c: &Change) -> Result<(), StoreError> {
+    crate::budget::check_change(c, c.raw_bytes().len()).map_err(StoreError::Budget)?;
+    if c.raw_bytes().len() > MAX_CHANGE_BYTES {
+        return Err(StoreError::Budget(format!(
+            "change of {} bytes, over the budget of {MAX_CHANGE_BYTES}",
+            c.raw_bytes().len()
+        )));
+    }
+    Ok(())
+}
+
 /// Decodes one raw change from outside, with a size limit and without panicking.
 pub fn decode_change(bytes: &[u8]) -> Result<Change, StoreError> {
     if bytes.len() > MAX_CHANGE_BYTES {
@@ -377,17 +390,16 @@ pub fn load_snapshot(bytes: &[u8]) -> Result<AutoCommit, StoreError> {
     load_snapshot_within(bytes, SnapshotLimits::LOAD)
 }
 
-/// [`load_snapshot`] with other budgets (the size limit grows with them).
+/// [`load_snapshot`] with other budgets.
 pub fn load_snapshot_within(
     bytes: &[u8],
     limits: SnapshotLimits,
 ) -> Result<AutoCommit, StoreError> {
-    let most = MAX_SNAPSHOT_BYTES.saturating_mul(limits.inflated / SnapshotLimits::LOAD.inflated);
-    if bytes.len() > most.max(MAX_SNAPSHOT_BYTES) {
+    if bytes.len() > limits.bytes {
         return Err(StoreError::InvalidData(format!(
             "snapshot of {} bytes exceeds the {}-byte limit",
             bytes.len(),
-            most.max(MAX_SNAPSHOT_BYTES)
+            limits.bytes
         )));
     }
     crate::budget::check_snapshot_within(bytes, limits).map_err(StoreError::Budget)?;
@@ -1201,13 +1213,7 @@ impl StoreTx<'_> {
             // The relay would refuse a change over budget: it does not commit here either
             // (the transaction rolls back and the cached document is dropped).
             for c in &changes {
-                crate::budget::check_change(c, c.raw_bytes().len()).map_err(StoreError::Budget)?;
-                if c.raw_bytes().len() > MAX_CHANGE_BYTES {
-                    return Err(StoreError::Budget(format!(
-                        "change of {} bytes, over the budget of {MAX_CHANGE_BYTES}",
-                        c.raw_bytes().len()
-                    )));
-                }
+                check_local_change(c)?;
             }
             let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
             let raw: Vec<Vec<u8>> = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();

@@ -12,7 +12,8 @@ use automerge::{AutoCommit, ChangeHash};
 use rusqlite::params;
 
 use super::{
-    DocEvent, Origin, PreparedSnapshot, StoreError, StoreTx, heads_to_bytes, load_cached, project,
+    DocEvent, Origin, PreparedSnapshot, StoreError, StoreTx, check_local_change, heads_to_bytes,
+    load_cached, project,
 };
 use crate::DocId;
 use crate::model::rewrite::reapply;
@@ -40,7 +41,6 @@ impl StoreTx<'_> {
         if !exists {
             self.cache.remove(&id);
             self.apply_prepared_snapshot(id, bytes, prepared)?;
-            self.clear_skipped(id)?;
             return Ok(Replaced::default());
         }
         let Some(mut new) = prepared.doc.take() else {
@@ -131,7 +131,6 @@ impl StoreTx<'_> {
         // Later local edits are this replica's, like every cached document's.
         new.set_actor(self.actor.clone());
         self.cache.insert(id, new);
-        self.clear_skipped(id)?;
         self.events.push(DocEvent {
             id,
             kind: typed.as_ref().map(|d| d.header().kind),
@@ -154,7 +153,7 @@ impl StoreTx<'_> {
             "INSERT OR IGNORE INTO outbox (doc_id, hash, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
         )?;
         for c in doc.get_changes(before) {
-            crate::budget::check_change(&c, c.raw_bytes().len()).map_err(StoreError::Budget)?;
+            check_local_change(&c)?;
             ins.execute(params![id.as_bytes(), c.hash().0, c.raw_bytes(), now])?;
         }
         Ok(())
