@@ -274,7 +274,7 @@ pub fn restore(from_dir: &Path, data_dir: &Path) -> Result<Restored, BackupError
     let mut vouched = 0;
     {
         let mut conn = Connection::open(&staging).map_err(sql(&staging))?;
-        crate::store::schema::migrate(&mut conn).map_err(|e| BackupError::Invalid {
+        crate::store::sqlite::schema::migrate(&mut conn).map_err(|e| BackupError::Invalid {
             path: source.clone(),
             reason: e.to_string(),
         })?;

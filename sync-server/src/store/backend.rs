@@ -334,76 +334,98 @@ impl RelayStore {
     }
 }
 
-impl RelayStorage for RelayStore {
-    fn epoch(&mut self) -> Result<Uuid, StorageError> {
-        Ok(Self::epoch(self))
-    }
+/// [`RelayStorage`] (what a relay session needs of a store) for a store handle whose inherent
+/// methods have the same names: [`RelayStore`] and each backend, so a session, the simulation or
+/// a fuzz target can run over any of them.
+macro_rules! relay_storage {
+    ($t:ty) => {
+        impl RelayStorage for $t {
+            fn epoch(&mut self) -> Result<Uuid, StorageError> {
+                Ok(Self::epoch(self))
+            }
 
-    fn authenticate(
-        &mut self,
-        device_id: Uuid,
-        credential: Option<&str>,
-    ) -> Result<Option<DeviceInfo>, StorageError> {
-        Ok(Self::authenticate(self, device_id, credential)?)
-    }
+            fn authenticate(
+                &mut self,
+                device_id: Uuid,
+                credential: Option<&str>,
+            ) -> Result<Option<DeviceInfo>, StorageError> {
+                Ok(Self::authenticate(self, device_id, credential)?)
+            }
 
-    fn append(
-        &mut self,
-        device: &DeviceInfo,
-        changes: &[UploadChange],
-        relayed: bool,
-    ) -> Result<Vec<Outcome>, StorageError> {
-        Ok(self.append_changes(device, changes, relayed)?)
-    }
+            fn append(
+                &mut self,
+                device: &DeviceInfo,
+                changes: &[UploadChange],
+                relayed: bool,
+            ) -> Result<Vec<Outcome>, StorageError> {
+                Ok(self.append_changes(device, changes, relayed)?)
+            }
 
-    fn high_seq(&mut self) -> Result<u64, StorageError> {
-        Ok(Self::high_seq(self)?)
-    }
+            fn high_seq(&mut self) -> Result<u64, StorageError> {
+                Ok(Self::high_seq(self)?)
+            }
 
-    fn read_log(
-        &mut self,
-        scope: &str,
-        after: u64,
-        max_bytes: usize,
-    ) -> Result<(Vec<LogEntry>, bool), StorageError> {
-        Ok(Self::read_log(self, scope, after, max_bytes)?)
-    }
+            fn read_log(
+                &mut self,
+                scope: &str,
+                after: u64,
+                max_bytes: usize,
+            ) -> Result<(Vec<LogEntry>, bool), StorageError> {
+                Ok(Self::read_log(self, scope, after, max_bytes)?)
+            }
 
-    fn read_snapshots(
-        &mut self,
-        scope: &str,
-        after: Option<DocId>,
-        max_bytes: usize,
-    ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError> {
-        Ok(Self::read_snapshots(self, scope, after, max_bytes)?)
-    }
+            fn read_snapshots(
+                &mut self,
+                scope: &str,
+                after: Option<DocId>,
+                max_bytes: usize,
+            ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError> {
+                Ok(Self::read_snapshots(self, scope, after, max_bytes)?)
+            }
 
-    fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {
-        Ok(Self::missing(self, docs)?)
-    }
+            fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {
+                Ok(Self::missing(self, docs)?)
+            }
 
-    fn departures(&mut self, scope: &str, upto: u64) -> Result<Vec<(DocId, String)>, StorageError> {
-        Ok(Self::departures(self, scope, upto)?)
-    }
+            fn departures(
+                &mut self,
+                scope: &str,
+                upto: u64,
+            ) -> Result<Vec<(DocId, String)>, StorageError> {
+                Ok(Self::departures(self, scope, upto)?)
+            }
 
-    fn touch_device(&mut self, device_id: Uuid) -> Result<(), StorageError> {
-        Ok(Self::touch_device(self, device_id)?)
-    }
+            fn touch_device(&mut self, device_id: Uuid) -> Result<(), StorageError> {
+                Ok(Self::touch_device(self, device_id)?)
+            }
 
-    fn record_departures(&mut self, device_id: Uuid, docs: &[DocId]) -> Result<(), StorageError> {
-        Ok(Self::record_departures(self, device_id, docs)?)
-    }
+            fn record_departures(
+                &mut self,
+                device_id: Uuid,
+                docs: &[DocId],
+            ) -> Result<(), StorageError> {
+                Ok(Self::record_departures(self, device_id, docs)?)
+            }
 
-    fn redeem(
-        &mut self,
-        device_id: Uuid,
-        token: &str,
-        credential: &str,
-    ) -> Result<Result<DeviceInfo, String>, StorageError> {
-        Ok(Self::redeem(self, device_id, token, credential)?)
-    }
+            fn redeem(
+                &mut self,
+                device_id: Uuid,
+                token: &str,
+                credential: &str,
+            ) -> Result<Result<DeviceInfo, String>, StorageError> {
+                Ok(Self::redeem(self, device_id, token, credential)?)
+            }
 
-    fn refresh_device(&mut self, device: &DeviceInfo) -> Result<Option<DeviceInfo>, StorageError> {
-        Ok(self.device_grant(device.device_id)?)
-    }
+            fn refresh_device(
+                &mut self,
+                device: &DeviceInfo,
+            ) -> Result<Option<DeviceInfo>, StorageError> {
+                Ok(self.device_grant(device.device_id)?)
+            }
+        }
+    };
 }
+
+relay_storage!(RelayStore);
+relay_storage!(SqliteRelayStore);
+relay_storage!(PgRelayStore);

@@ -75,8 +75,9 @@ pub(super) type DocMeta = (Option<i64>, String, Option<Vec<u8>>, i64);
 /// The statements the upload path runs inside its write transaction: the seam between the
 /// backend-independent rules of [`Batch`] (validation, scope moves, the document cache) and
 /// each backend's SQL. Every method runs in the one transaction that stores the batch, so
-/// the rules read the state they are about to change.
-pub(super) trait BatchDb {
+/// the rules read the state they are about to change. The sender's device row is read
+/// through the supertrait [`DeviceDb`].
+pub(super) trait BatchDb: DeviceDb {
     /// Kind, scope, customer and `updated_seq` of a stored document.
     fn doc_meta(&self, id: DocId) -> Result<Option<DocMeta>, RelayStoreError>;
     /// A stored document's snapshot.
@@ -133,8 +134,6 @@ pub(super) trait BatchDb {
         doc: DocId,
         at: i64,
     ) -> Result<(), RelayStoreError>;
-    /// A device row.
-    fn device_row(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError>;
     /// The role a change stored before a restore was first uploaded with (see `vouched`).
     fn vouched(&self, hash: &[u8]) -> Result<Option<String>, RelayStoreError>;
     /// Whether `device` has been sent the departure of `doc` from its scopes.

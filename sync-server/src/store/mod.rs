@@ -3,11 +3,16 @@
 //!
 //! - [`RelayStore`] (`backend`) is what the server and the CLI use: one of two backends,
 //!   [`SqliteRelayStore`] (`sqlite`: one file, one node) or [`PgRelayStore`] (`postgres`:
-//!   several nodes on one database, with its connection pool in `pg_pool`).
+//!   several nodes on one database). Each backend is a folder: the store handle (`mod.rs`),
+//!   its schema, its SQL for the upload rules (`batch_db`) and for the device policy
+//!   (`devices`); PostgreSQL adds its connection pool (`pool`), the notification listener
+//!   (`listen`) and scratch databases for tests (`scratch`).
 //! - `batch`: the upload rules, written once — validation, budgets, quotas (`quota`), scope
 //!   moves and their grace period, the document cache — over the `BatchDb` trait, which each
 //!   backend implements with its own SQL inside its write transaction.
 //! - `replace`: a document's history replaced (`doc trim`), in the same way over `BatchDb`.
+//! - `devices`: the device and enrolment policy (admission, tokens, revocation, grants),
+//!   written once over the `DeviceDb` and `DeviceBackend` traits.
 //! - `schema`: the SQLite schema and its migrations.
 //! - this module: errors, options and the records the CLI shows, shared by both backends.
 //!
@@ -16,12 +21,11 @@
 
 mod backend;
 mod batch;
-mod pg_pool;
+mod devices;
 pub mod postgres;
 mod quota;
 mod replace;
-pub(crate) mod schema;
-mod sqlite;
+pub(crate) mod sqlite;
 #[cfg(test)]
 mod tests;
 
@@ -41,29 +45,27 @@ use fieldsync_core::env::{Env, SystemEnv};
 use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
 use fieldsync_core::protocol::messages::{Hash, Rejection};
 use fieldsync_core::protocol::{
-    DeviceInfo, Entry, Lack, LogEntry, Outcome, RelayStorage, StorageError, UploadChange,
-    check_change,
+    DeviceInfo, Entry, Lack, LogEntry, Outcome, StorageError, UploadChange, check_change,
 };
 use fieldsync_core::store::{decode_change, load_snapshot};
 use fieldsync_core::{DocId, DocKind, Role};
-use ring::rand::SecureRandom;
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use backend::RelayStore;
 use batch::{BatchDb, DocCache, DocMeta, DocRow, append_batch};
+use devices::{DeviceBackend, DeviceDb, DeviceRow, Holder, NewDevice, TokenRow};
 pub use fieldsync_core::protocol::relay::SnapshotPage;
-pub use pg_pool::PoolStats;
 pub use postgres::PgRelayStore;
+pub use postgres::PoolStats;
 pub use quota::{Quota, Usage, day_of, quota_of};
 use replace::KIND_REPLACE;
 pub use replace::Replacement;
-pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use sqlite::SqliteRelayStore;
+pub use sqlite::{APPLICATION_ID, SCHEMA_VERSION};
 
 /// File name of the relay database inside the data directory.
 pub const DB_FILE: &str = "relay.db";
@@ -81,8 +83,6 @@ const MAX_IDLE_READERS: usize = 8;
 const TOUCH_EVERY: Duration = Duration::from_secs(30);
 /// Meta key of the counter bumped by every change to devices and enrolments.
 const DEVICES_GENERATION: &str = "devices.generation";
-/// Shortest device credential accepted at redemption (hex digits of a 128-bit secret).
-const MIN_CREDENTIAL_LEN: usize = 32;
 
 /// Errors from the relay store.
 #[derive(Debug, thiserror::Error)]
@@ -409,28 +409,6 @@ fn doc_id(b: &[u8]) -> Result<DocId, RelayStoreError> {
         .ok_or_else(|| RelayStoreError::Corrupt(format!("bad document id {}", hex::encode(b))))
 }
 
-fn hash_secret(secret: &str) -> Vec<u8> {
-    Sha256::digest(secret.as_bytes()).to_vec()
-}
-
-fn random_hex(bytes: usize) -> Result<String, RelayStoreError> {
-    let mut raw = vec![0u8; bytes];
-    ring::rand::SystemRandom::new()
-        .fill(&mut raw)
-        .map_err(|_| RelayStoreError::Random)?;
-    Ok(hex::encode(raw))
-}
-
-fn scopes_json(scopes: &[String]) -> Result<String, RelayStoreError> {
-    if scopes.is_empty() || scopes.iter().any(|s| s.trim().is_empty()) {
-        return Err(RelayStoreError::Invalid(
-            "a device needs at least one non-empty scope".into(),
-        ));
-    }
-    serde_json::to_string(scopes).map_err(|e| RelayStoreError::Invalid(e.to_string()))
-}
-
-/// Bumps the device-change counter inside a write transaction.
 /// What the relay lacks of one document: `held` is its stored heads and scope (none if the
 /// relay does not hold it), `has` says whether the relay stores a change of it.
 fn lack_of(
@@ -452,48 +430,6 @@ fn lack_of(
     Ok(Lack::Nothing { scope })
 }
 
-/// The end of a grant change on either backend: the devices changed, or an error when none
-/// matched.
-fn granted(
-    who: &str,
-    changed: Vec<Uuid>,
-    role: Option<Role>,
-    scopes: Option<&[String]>,
-) -> Result<Vec<Uuid>, RelayStoreError> {
-    if changed.is_empty() {
-        return Err(RelayStoreError::Invalid(format!(
-            "no active device matches {who:?}"
-        )));
-    }
-    tracing::info!(who, devices = ?changed, ?role, ?scopes, "changed a device grant");
-    Ok(changed)
-}
-
-/// Checks the arguments of a grant change: the device (by id or name), and the scopes as
-/// stored (`None` when unchanged).
-fn grant_args<'a>(
-    who: &'a str,
-    role: Option<Role>,
-    scopes: Option<&[String]>,
-) -> Result<(&'a str, Option<Uuid>, Option<String>), RelayStoreError> {
-    if role.is_none() && scopes.is_none() {
-        return Err(RelayStoreError::Invalid(
-            "a grant change needs a role or scopes".into(),
-        ));
-    }
-    if scopes.is_some_and(<[String]>::is_empty) {
-        return Err(RelayStoreError::Invalid(
-            "a device needs at least one scope".into(),
-        ));
-    }
-    let who = who.trim();
-    Ok((
-        who,
-        Uuid::parse_str(who).ok(),
-        scopes.map(scopes_json).transpose()?,
-    ))
-}
-
 fn heads_bytes(doc: &mut AutoCommit) -> Vec<u8> {
     doc.get_heads().iter().flat_map(|h| h.0).collect()
 }
@@ -507,31 +443,4 @@ fn split_heads(b: &[u8]) -> Vec<Hash> {
 fn save(doc: &mut AutoCommit, id: DocId) -> Result<Vec<u8>, RelayStoreError> {
     catch_unwind(AssertUnwindSafe(|| doc.save()))
         .map_err(|_| RelayStoreError::Corrupt(format!("automerge panicked saving document {id}")))
-}
-
-/// A device row.
-struct DeviceRow {
-    name: String,
-    role: String,
-    scopes: String,
-    secret_hash: Option<Vec<u8>>,
-    created_at: i64,
-    last_seen: Option<i64>,
-    revoked_at: Option<i64>,
-}
-
-impl DeviceRow {
-    fn info(&self, device_id: Uuid) -> Result<DeviceInfo, RelayStoreError> {
-        let role = Role::parse(&self.role).ok_or_else(|| {
-            RelayStoreError::Corrupt(format!("device {device_id} has role `{}`", self.role))
-        })?;
-        let scopes: Vec<String> = serde_json::from_str(&self.scopes)
-            .map_err(|e| RelayStoreError::Corrupt(format!("device {device_id} scopes: {e}")))?;
-        Ok(DeviceInfo {
-            device_id,
-            name: self.name.clone(),
-            role,
-            scopes,
-        })
-    }
 }

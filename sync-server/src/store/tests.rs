@@ -7,6 +7,7 @@ use fieldsync_core::model::{
 use fieldsync_core::store::Store;
 
 use super::*;
+use fieldsync_core::protocol::RelayStorage;
 
 struct Device {
     store: Store,

@@ -2,7 +2,7 @@
 
 use rusqlite::Connection;
 
-use super::RelayStoreError;
+use crate::store::RelayStoreError;
 
 /// `PRAGMA application_id` of a fieldsync relay database ("FSRL"), so a foreign SQLite file
 /// (or a client replica, "FSRP") is refused.

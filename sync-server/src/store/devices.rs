@@ -1,0 +1,637 @@
+//! The device and enrolment policy, written once for both backends: who is admitted to a
+//! session (`authenticate`, with open enrolment), how an enrolment token is made and redeemed
+//! (its refusal rules), enrolment with a relay-made secret, revocation, grant changes, and the
+//! records `device list` and `device tokens` show.
+//!
+//! Each backend supplies two things, with SQL only:
+//! - [`DeviceDb`]: the statements of one write transaction (read a device or a token, write a
+//!   device, use or revoke tokens, change grants, bump the device-change counter);
+//! - [`DeviceBackend`]: where that transaction runs and is committed, and the few reads and
+//!   single-statement writes made outside one (the hot path of a connecting device).
+//!
+//! The functions here hold every rule and every refusal message; a backend never decides who
+//! gets in. Secrets are never stored: devices and tokens are kept as SHA-256 hashes, and a
+//! presented secret is compared in constant time.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fieldsync_core::Role;
+use fieldsync_core::protocol::DeviceInfo;
+use ring::rand::SecureRandom;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{
+    DeviceRecord, Enrollment, EnrolmentRecord, RelayStoreError, RelayStoreOptions, Revoked,
+    TOUCH_EVERY, Usage, day_of, lock,
+};
+
+/// The shortest device credential the relay accepts at enrolment.
+pub(super) const MIN_CREDENTIAL_LEN: usize = 32;
+/// Bytes of randomness in a secret the relay makes (`device enroll`).
+const DEVICE_SECRET_BYTES: usize = 32;
+
+/// A device row as stored.
+#[derive(Clone, Debug)]
+pub(super) struct DeviceRow {
+    pub(super) name: String,
+    pub(super) role: String,
+    pub(super) scopes: String,
+    pub(super) secret_hash: Option<Vec<u8>>,
+    pub(super) created_at: i64,
+    pub(super) last_seen: Option<i64>,
+    pub(super) revoked_at: Option<i64>,
+}
+
+impl DeviceRow {
+    /// The grant this row holds.
+    pub(super) fn info(&self, device_id: Uuid) -> Result<DeviceInfo, RelayStoreError> {
+        let role = Role::parse(&self.role).ok_or_else(|| {
+            RelayStoreError::Corrupt(format!("device {device_id} has role `{}`", self.role))
+        })?;
+        let scopes: Vec<String> = serde_json::from_str(&self.scopes)
+            .map_err(|e| RelayStoreError::Corrupt(format!("device {device_id} scopes: {e}")))?;
+        Ok(DeviceInfo {
+            device_id,
+            name: self.name.clone(),
+            role,
+            scopes,
+        })
+    }
+
+    /// Whether `credential` is this device's secret.
+    fn proves(&self, credential: &str) -> bool {
+        self.secret_hash
+            .as_ref()
+            .is_some_and(|h| crate::tls::ct_eq(h, &hash_secret(credential)))
+    }
+}
+
+/// An enrolment token row as stored (its secret is not: only its hash, the row's key).
+#[derive(Clone, Debug)]
+pub(super) struct TokenRow {
+    pub(super) name: String,
+    pub(super) role: String,
+    pub(super) scopes: String,
+    pub(super) device_id: Option<Uuid>,
+    pub(super) created_at: i64,
+    pub(super) expires_at: i64,
+    pub(super) used_at: Option<i64>,
+    pub(super) revoked_at: Option<i64>,
+}
+
+/// A device to write: inserted, or replacing the row of the same id (lifting a revocation).
+pub(super) struct NewDevice<'a> {
+    pub(super) id: Uuid,
+    pub(super) name: &'a str,
+    pub(super) role: &'a str,
+    pub(super) scopes: &'a str,
+    pub(super) secret_hash: &'a [u8],
+    pub(super) now: i64,
+}
+
+/// Whose devices or tokens a statement changes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Holder<'a> {
+    /// The one device of this id (and tokens bound to it).
+    Device(Uuid),
+    /// Every active device, or unused token, of this exact name.
+    Named(&'a str),
+}
+
+/// The statements of the policy's write transactions (see the module docs). Every method
+/// runs inside the one transaction that [`DeviceBackend::device_tx`] commits.
+pub(super) trait DeviceDb {
+    /// A device row.
+    fn device_row(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError>;
+    /// Inserts a device, or replaces the one of the same id and lifts its revocation.
+    fn put_device(&self, d: &NewDevice<'_>) -> Result<(), RelayStoreError>;
+    /// Revokes the active devices of `who`; returns those revoked.
+    fn revoke_devices(&self, who: Holder<'_>, now: i64) -> Result<Vec<Uuid>, RelayStoreError>;
+    /// Changes the role and/or scopes (JSON) of the active devices of `who`; returns those
+    /// changed.
+    fn set_grant(
+        &self,
+        who: Holder<'_>,
+        role: Option<&str>,
+        scopes: Option<&str>,
+    ) -> Result<Vec<Uuid>, RelayStoreError>;
+    /// Stores a new token under the hash of its secret.
+    fn insert_token(&self, hash: &[u8], t: &TokenRow) -> Result<(), RelayStoreError>;
+    /// A token, locked against a concurrent redemption where the database has row locks.
+    fn token(&self, hash: &[u8]) -> Result<Option<TokenRow>, RelayStoreError>;
+    /// Marks a token used by `device`.
+    fn use_token(&self, hash: &[u8], device: Uuid, now: i64) -> Result<(), RelayStoreError>;
+    /// Revokes the unused, unrevoked tokens of `who`; returns how many.
+    fn revoke_tokens(&self, who: Holder<'_>, now: i64) -> Result<usize, RelayStoreError>;
+    /// Bumps the device-change counter, so every session re-reads its grant.
+    fn bump_devices(&self) -> Result<(), RelayStoreError>;
+}
+
+/// A backend's side of the policy (see the module docs).
+pub(super) trait DeviceBackend {
+    /// The store's options (clock, open enrolment).
+    fn options(&self) -> &RelayStoreOptions;
+    /// When each device's `last_seen` was last written by this process.
+    fn touched(&self) -> &Mutex<HashMap<Uuid, Instant>>;
+    /// Runs `f` in one write transaction, commits it when `f` succeeds (rolls back when it
+    /// fails), then notifies this process's device receivers if the counter moved.
+    fn device_tx<T>(
+        &self,
+        f: impl FnOnce(&dyn DeviceDb) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError>;
+    /// One device row, read outside a write transaction where a connecting device is never
+    /// starved by bulk reads.
+    fn read_device(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError>;
+    /// Whether a token with this hash exists (a read: guessing costs no write lock).
+    fn token_exists(&self, hash: &[u8]) -> Result<bool, RelayStoreError>;
+    /// Registers a device by open enrolment (no secret), unless the id is known; returns
+    /// whether it was inserted. One statement of its own.
+    fn insert_open_device(
+        &self,
+        id: Uuid,
+        role: &str,
+        scopes: &str,
+        now: i64,
+    ) -> Result<bool, RelayStoreError>;
+    /// Writes a device's `last_seen`. One statement of its own.
+    fn write_last_seen(&self, id: Uuid, now: i64) -> Result<(), RelayStoreError>;
+    /// Every device row with its id and its usage on `day`, by creation time.
+    fn device_rows(&self, day: i64) -> Result<Vec<(Uuid, DeviceRow, Usage)>, RelayStoreError>;
+    /// Every token row, newest first.
+    fn token_rows(&self) -> Result<Vec<TokenRow>, RelayStoreError>;
+}
+
+/// SHA-256 of a secret, as stored.
+pub(super) fn hash_secret(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+/// `bytes` random bytes from the system's secure generator, in hex.
+pub(super) fn random_hex(bytes: usize) -> Result<String, RelayStoreError> {
+    let mut raw = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| RelayStoreError::Random)?;
+    Ok(hex::encode(raw))
+}
+
+/// Scopes as stored: JSON, at least one, none blank.
+pub(super) fn scopes_json(scopes: &[String]) -> Result<String, RelayStoreError> {
+    if scopes.is_empty() || scopes.iter().any(|s| s.trim().is_empty()) {
+        return Err(RelayStoreError::Invalid(
+            "a device needs at least one non-empty scope".into(),
+        ));
+    }
+    serde_json::to_string(scopes).map_err(|e| RelayStoreError::Invalid(e.to_string()))
+}
+
+/// `who` as a device id when it parses as one, else as a name.
+fn holder(who: &str) -> Holder<'_> {
+    Uuid::parse_str(who).map_or(Holder::Named(who), Holder::Device)
+}
+
+/// Whether a known device may connect: not revoked, and its secret matches (devices
+/// registered by open enrolment have none and are admitted while open enrolment is on).
+fn admit(
+    b: &impl DeviceBackend,
+    device_id: Uuid,
+    row: &DeviceRow,
+    credential: Option<&str>,
+) -> Result<Option<DeviceInfo>, RelayStoreError> {
+    if row.revoked_at.is_some() {
+        return Ok(None);
+    }
+    let ok = match (&row.secret_hash, credential) {
+        (Some(_), Some(c)) => row.proves(c),
+        (Some(_), None) => false,
+        (None, _) => b.options().open.is_some(),
+    };
+    if ok {
+        row.info(device_id).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Checks a device's credential; in open mode registers unknown devices first.
+pub(super) fn authenticate(
+    b: &impl DeviceBackend,
+    device_id: Uuid,
+    credential: Option<&str>,
+) -> Result<Option<DeviceInfo>, RelayStoreError> {
+    if let Some(r) = b.read_device(device_id)? {
+        return admit(b, device_id, &r, credential);
+    }
+    let Some(open) = b.options().open.as_ref() else {
+        return Ok(None);
+    };
+    let scopes =
+        serde_json::to_string(&open.scopes).map_err(|e| RelayStoreError::Invalid(e.to_string()))?;
+    let now = b.options().env.now_millis();
+    if b.insert_open_device(device_id, open.role.as_str(), &scopes, now)? {
+        lock(b.touched()).insert(device_id, Instant::now());
+        tracing::info!(device = %device_id, role = %open.role, "registered a device by open enrolment");
+    }
+    // Read back: a concurrent registration or enrolment may have come first.
+    match b.read_device(device_id)? {
+        Some(r) => admit(b, device_id, &r, credential),
+        None => Ok(None),
+    }
+}
+
+/// Records that a device finished a sync exchange: written at most every 30 s per device
+/// and process.
+pub(super) fn touch(b: &impl DeviceBackend, device_id: Uuid) -> Result<(), RelayStoreError> {
+    {
+        let mut t = lock(b.touched());
+        if t.get(&device_id)
+            .is_some_and(|at| at.elapsed() < TOUCH_EVERY)
+        {
+            return Ok(());
+        }
+        t.insert(device_id, Instant::now());
+    }
+    b.write_last_seen(device_id, b.options().env.now_millis())
+}
+
+/// The current grant of a device: `None` when it is unknown or revoked.
+pub(super) fn device_grant(
+    b: &impl DeviceBackend,
+    device_id: Uuid,
+) -> Result<Option<DeviceInfo>, RelayStoreError> {
+    match b.read_device(device_id)? {
+        Some(r) if r.revoked_at.is_none() => Ok(Some(r.info(device_id)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Enrols a device with a secret the relay makes (a new id unless `device_id` is given;
+/// re-enrolling an id replaces its secret, role and scopes and lifts a revocation). Returns
+/// the secret, shown only now.
+pub(super) fn enroll(
+    b: &impl DeviceBackend,
+    device_id: Option<Uuid>,
+    name: &str,
+    role: Role,
+    scopes: &[String],
+) -> Result<Enrollment, RelayStoreError> {
+    let scopes_json = scopes_json(scopes)?;
+    let device_id = device_id.unwrap_or_else(|| b.options().env.uuid_v7());
+    let secret = random_hex(DEVICE_SECRET_BYTES)?;
+    let now = b.options().env.now_millis();
+    b.device_tx(|db| {
+        db.put_device(&NewDevice {
+            id: device_id,
+            name,
+            role: role.as_str(),
+            scopes: &scopes_json,
+            secret_hash: &hash_secret(&secret),
+            now,
+        })?;
+        db.bump_devices()
+    })?;
+    tracing::info!(device = %device_id, %role, ?scopes, "enrolled a device");
+    Ok(Enrollment { device_id, secret })
+}
+
+/// Creates a one-time enrolment token for a device named `name` with `role` and `scopes`,
+/// redeemable until `valid_for` from now, and only by `device_id` when given. Returns the
+/// token's secret (shown only now).
+pub(super) fn create_token(
+    b: &impl DeviceBackend,
+    name: &str,
+    role: Role,
+    scopes: &[String],
+    device_id: Option<Uuid>,
+    valid_for: Duration,
+) -> Result<String, RelayStoreError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(RelayStoreError::Invalid("a device needs a name".into()));
+    }
+    let scopes_json = scopes_json(scopes)?;
+    let secret = random_hex(fieldsync_core::protocol::token::TOKEN_SECRET_BYTES)?;
+    let now = b.options().env.now_millis();
+    let expires_at = now.saturating_add(i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX));
+    let row = TokenRow {
+        name: name.to_string(),
+        role: role.as_str().to_string(),
+        scopes: scopes_json,
+        device_id,
+        created_at: now,
+        expires_at,
+        used_at: None,
+        revoked_at: None,
+    };
+    b.device_tx(|db| {
+        db.insert_token(&hash_secret(&secret), &row)?;
+        db.bump_devices()
+    })?;
+    tracing::info!(name, %role, ?scopes, "created an enrolment token");
+    Ok(secret)
+}
+
+/// Redeems an enrolment token for `device_id` with the device's own long-term `credential`.
+/// `Ok(Err(reason))` refuses it. Redeeming again with the same device and credential succeeds
+/// again (its first answer may have been lost).
+pub(super) fn redeem(
+    b: &impl DeviceBackend,
+    device_id: Uuid,
+    token: &str,
+    credential: &str,
+) -> Result<Result<DeviceInfo, String>, RelayStoreError> {
+    if credential.len() < MIN_CREDENTIAL_LEN {
+        return Ok(Err("the device credential is too short".into()));
+    }
+    let token_hash = hash_secret(&token.trim().to_ascii_lowercase());
+    if !b.token_exists(&token_hash)? {
+        return Ok(Err("unknown enrolment token".to_string()));
+    }
+    let now = b.options().env.now_millis();
+    let out = b.device_tx(|db| {
+        let Some(t) = db.token(&token_hash)? else {
+            return Ok(Err("unknown enrolment token".to_string()));
+        };
+        if t.revoked_at.is_some() {
+            return Ok(Err("the enrolment token was revoked".into()));
+        }
+        let existing = db.device_row(device_id)?;
+        if t.used_at.is_some() {
+            // The same device again with the same credential: its first answer was lost.
+            return match existing {
+                Some(r)
+                    if t.device_id == Some(device_id)
+                        && r.revoked_at.is_none()
+                        && r.proves(credential) =>
+                {
+                    Ok(Ok(r.info(device_id)?))
+                }
+                _ => Ok(Err("the enrolment token was already used".into())),
+            };
+        }
+        if t.device_id.is_some_and(|d| d != device_id) {
+            return Ok(Err("the enrolment token is for another device".into()));
+        }
+        if t.expires_at <= now {
+            return Ok(Err("the enrolment token expired".into()));
+        }
+        // A token names a new device; taking over a known one (enrolled, or revoked) needs a
+        // token made for that device id.
+        if t.device_id.is_none()
+            && existing
+                .as_ref()
+                .is_some_and(|r| r.secret_hash.is_some() || r.revoked_at.is_some())
+        {
+            return Ok(Err(format!(
+                "device {device_id} is already known to the relay; enrol it with --device-id"
+            )));
+        }
+        db.put_device(&NewDevice {
+            id: device_id,
+            name: &t.name,
+            role: &t.role,
+            scopes: &t.scopes,
+            secret_hash: &hash_secret(credential),
+            now,
+        })?;
+        db.use_token(&token_hash, device_id, now)?;
+        db.bump_devices()?;
+        let row = db
+            .device_row(device_id)?
+            .ok_or_else(|| RelayStoreError::Corrupt("device row vanished".into()))?;
+        Ok(Ok(row.info(device_id)?))
+    })?;
+    match &out {
+        Ok(d) => {
+            tracing::info!(device = %device_id, name = %d.name, role = %d.role, "device redeemed its enrolment token")
+        }
+        Err(reason) => tracing::debug!(device = %device_id, %reason, "enrolment refused"),
+    }
+    Ok(out)
+}
+
+/// Revokes one device: it is refused from its next connection or upload on. Returns whether
+/// it was known and not yet revoked.
+pub(super) fn revoke_device(
+    b: &impl DeviceBackend,
+    device_id: Uuid,
+) -> Result<bool, RelayStoreError> {
+    let now = b.options().env.now_millis();
+    let revoked = b.device_tx(|db| {
+        let revoked = db.revoke_devices(Holder::Device(device_id), now)?;
+        if !revoked.is_empty() {
+            db.bump_devices()?;
+        }
+        Ok(!revoked.is_empty())
+    })?;
+    if revoked {
+        tracing::info!(device = %device_id, "revoked a device");
+    }
+    Ok(revoked)
+}
+
+/// Revokes by device id, or by name: every active device and every unused enrolment token
+/// with that exact name. Devices are refused from their next connection on, and a running
+/// relay closes their open connections within about a second. Errors when nothing matched.
+pub(super) fn revoke(b: &impl DeviceBackend, who: &str) -> Result<Revoked, RelayStoreError> {
+    let who = who.trim();
+    let now = b.options().env.now_millis();
+    let out = b.device_tx(|db| {
+        let out = Revoked {
+            devices: db.revoke_devices(holder(who), now)?,
+            tokens: db.revoke_tokens(holder(who), now)?,
+        };
+        if out.devices.is_empty() && out.tokens == 0 {
+            return Err(RelayStoreError::Invalid(format!(
+                "no active device or unused enrolment token matches {who:?}"
+            )));
+        }
+        db.bump_devices()?;
+        Ok(out)
+    })?;
+    tracing::info!(who, devices = ?out.devices, tokens = out.tokens, "revoked");
+    Ok(out)
+}
+
+/// Changes the role and/or scopes of active devices, by id or by name (every active device
+/// with that name), keeping their credentials. Their open connections are told to reconnect
+/// and get the new grant; changes they uploaded before stay as they are. Returns the devices
+/// changed; errors when none matched.
+pub(super) fn grant(
+    b: &impl DeviceBackend,
+    who: &str,
+    role: Option<Role>,
+    scopes: Option<&[String]>,
+) -> Result<Vec<Uuid>, RelayStoreError> {
+    if role.is_none() && scopes.is_none() {
+        return Err(RelayStoreError::Invalid(
+            "a grant change needs a role or scopes".into(),
+        ));
+    }
+    let scopes_json = scopes.map(scopes_json).transpose()?;
+    let who = who.trim();
+    let changed = b.device_tx(|db| {
+        let changed = db.set_grant(holder(who), role.map(Role::as_str), scopes_json.as_deref())?;
+        if changed.is_empty() {
+            return Err(RelayStoreError::Invalid(format!(
+                "no active device matches {who:?}"
+            )));
+        }
+        db.bump_devices()?;
+        Ok(changed)
+    })?;
+    tracing::info!(who, devices = ?changed, ?role, ?scopes, "changed a device grant");
+    Ok(changed)
+}
+
+/// Every known device, by creation time, with what it stored today.
+pub(super) fn devices(b: &impl DeviceBackend) -> Result<Vec<DeviceRecord>, RelayStoreError> {
+    let day = day_of(b.options().env.now_millis());
+    b.device_rows(day)?
+        .into_iter()
+        .map(|(id, row, today)| {
+            let info = row.info(id)?;
+            Ok(DeviceRecord {
+                device_id: id,
+                name: info.name,
+                role: info.role,
+                scopes: info.scopes,
+                enrolled: row.secret_hash.is_some(),
+                created_at: row.created_at,
+                last_seen: row.last_seen,
+                revoked_at: row.revoked_at,
+                today,
+            })
+        })
+        .collect()
+}
+
+/// Every enrolment token, newest first.
+pub(super) fn enrolments(b: &impl DeviceBackend) -> Result<Vec<EnrolmentRecord>, RelayStoreError> {
+    b.token_rows()?
+        .into_iter()
+        .map(|t| {
+            Ok(EnrolmentRecord {
+                role: Role::parse(&t.role).ok_or_else(|| {
+                    RelayStoreError::Corrupt(format!("enrolment {} has role `{}`", t.name, t.role))
+                })?,
+                scopes: serde_json::from_str(&t.scopes)
+                    .map_err(|e| RelayStoreError::Corrupt(format!("enrolment scopes: {e}")))?,
+                device_id: t.device_id,
+                name: t.name,
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+                used_at: t.used_at,
+                revoked_at: t.revoked_at,
+            })
+        })
+        .collect()
+}
+
+/// The public device methods of a backend's store handle, each a call into this module's
+/// policy; written once here and expanded in both backends' `impl` blocks.
+macro_rules! device_methods {
+    () => {
+        /// Checks a device's credential; in open mode registers unknown devices first.
+        pub fn authenticate(
+            &self,
+            device_id: Uuid,
+            credential: Option<&str>,
+        ) -> Result<Option<DeviceInfo>, RelayStoreError> {
+            crate::store::devices::authenticate(self, device_id, credential)
+        }
+
+        /// Records that a device finished a sync exchange (written at most every 30 s per
+        /// device and process).
+        pub fn touch_device(&self, device_id: Uuid) -> Result<(), RelayStoreError> {
+            crate::store::devices::touch(self, device_id)
+        }
+
+        /// Enrols a device with a secret the relay makes (a new id unless `device_id` is
+        /// given; re-enrolling an id replaces its secret, role and scopes and lifts a
+        /// revocation). Returns the secret, shown only now.
+        pub fn enroll_device(
+            &self,
+            device_id: Option<Uuid>,
+            name: &str,
+            role: Role,
+            scopes: &[String],
+        ) -> Result<Enrollment, RelayStoreError> {
+            crate::store::devices::enroll(self, device_id, name, role, scopes)
+        }
+
+        /// Revokes a device: it is refused from its next connection or upload on. Returns
+        /// whether the device was known and not yet revoked.
+        pub fn revoke_device(&self, device_id: Uuid) -> Result<bool, RelayStoreError> {
+            crate::store::devices::revoke_device(self, device_id)
+        }
+
+        /// Creates a one-time enrolment token for a device named `name` with `role` and
+        /// `scopes`, redeemable until `valid_for` from now, and only by `device_id` when
+        /// given. Returns the token's secret (shown only now; the relay keeps its hash). Pair
+        /// it with the relay's address and certificate pin in a
+        /// [`fieldsync_core::protocol::EnrolToken`].
+        pub fn create_enrolment(
+            &self,
+            name: &str,
+            role: Role,
+            scopes: &[String],
+            device_id: Option<Uuid>,
+            valid_for: Duration,
+        ) -> Result<String, RelayStoreError> {
+            crate::store::devices::create_token(self, name, role, scopes, device_id, valid_for)
+        }
+
+        /// Redeems an enrolment token for `device_id` with the device's own long-term
+        /// `credential` (see [`fieldsync_core::protocol::Message::Enrol`]). `Ok(Err(reason))`
+        /// refuses it. Redeeming again with the same device and credential succeeds again.
+        pub fn redeem(
+            &self,
+            device_id: Uuid,
+            token: &str,
+            credential: &str,
+        ) -> Result<Result<DeviceInfo, String>, RelayStoreError> {
+            crate::store::devices::redeem(self, device_id, token, credential)
+        }
+
+        /// Revokes by device id, or by name: every active device and every unused enrolment
+        /// token with that exact name. Devices are refused from their next connection on,
+        /// and the running relay closes their open connections within about a second.
+        /// Errors when nothing matched.
+        pub fn revoke(&self, who: &str) -> Result<Revoked, RelayStoreError> {
+            crate::store::devices::revoke(self, who)
+        }
+
+        /// Changes the role and/or scopes of active devices, by id or by name (every active
+        /// device with that name), keeping their credentials. Their open connections are told
+        /// to reconnect and get the new grant; changes they uploaded before stay as they are.
+        /// Returns the devices changed.
+        pub fn grant(
+            &self,
+            who: &str,
+            role: Option<Role>,
+            scopes: Option<&[String]>,
+        ) -> Result<Vec<Uuid>, RelayStoreError> {
+            crate::store::devices::grant(self, who, role, scopes)
+        }
+
+        /// Every enrolment token, newest first.
+        pub fn enrolments(&self) -> Result<Vec<EnrolmentRecord>, RelayStoreError> {
+            crate::store::devices::enrolments(self)
+        }
+
+        /// The current grant of a device: `None` when it is unknown or revoked.
+        pub fn device_grant(&self, device_id: Uuid) -> Result<Option<DeviceInfo>, RelayStoreError> {
+            crate::store::devices::device_grant(self, device_id)
+        }
+
+        /// Every known device, by creation time.
+        pub fn devices(&self) -> Result<Vec<DeviceRecord>, RelayStoreError> {
+            crate::store::devices::devices(self)
+        }
+    };
+}
+pub(super) use device_methods;

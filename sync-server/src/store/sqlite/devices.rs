@@ -1,0 +1,280 @@
+//! The SQLite side of the device policy (`store::devices`): its statements for a rusqlite
+//! transaction (`DeviceDb`), and where they run (`DeviceBackend`): device changes on the
+//! writer connection, a connecting device's reads on the read pool.
+
+use super::super::*;
+use super::SqliteRelayStore;
+
+/// Bumps the device-change counter inside a write transaction.
+pub(super) fn bump_devices(tx: &Connection) -> Result<(), RelayStoreError> {
+    tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE key = ?1")?
+        .execute([DEVICES_GENERATION])?;
+    Ok(())
+}
+
+/// The device-change counter.
+pub(super) fn devices_generation(c: &Connection) -> Result<u64, RelayStoreError> {
+    let v: Option<i64> = c
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [DEVICES_GENERATION],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.unwrap_or(0).max(0) as u64)
+}
+
+fn device_row(conn: &Connection, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT name, role, scopes, secret_hash, created_at, last_seen, revoked_at
+               FROM devices WHERE device_id = ?1",
+        )?
+        .query_row([id.as_bytes()], |r| {
+            Ok(DeviceRow {
+                name: r.get(0)?,
+                role: r.get(1)?,
+                scopes: r.get(2)?,
+                secret_hash: r.get(3)?,
+                created_at: r.get(4)?,
+                last_seen: r.get(5)?,
+                revoked_at: r.get(6)?,
+            })
+        })
+        .optional()?)
+}
+
+fn uuid_of(b: &[u8]) -> Result<Uuid, RelayStoreError> {
+    Uuid::from_slice(b).map_err(|_| RelayStoreError::Corrupt("bad device id".into()))
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRow, Option<Vec<u8>>)> {
+    Ok((
+        TokenRow {
+            name: r.get(0)?,
+            role: r.get(1)?,
+            scopes: r.get(2)?,
+            device_id: None,
+            created_at: r.get(4)?,
+            expires_at: r.get(5)?,
+            used_at: r.get(6)?,
+            revoked_at: r.get(7)?,
+        },
+        r.get(3)?,
+    ))
+}
+
+/// Columns `token_row` reads.
+const TOKEN_COLUMNS: &str =
+    "name, role, scopes, device_id, created_at, expires_at, used_at, revoked_at";
+
+fn with_device((mut t, device): (TokenRow, Option<Vec<u8>>)) -> Result<TokenRow, RelayStoreError> {
+    t.device_id = device.as_deref().map(uuid_of).transpose()?;
+    Ok(t)
+}
+
+impl DeviceDb for Transaction<'_> {
+    fn device_row(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError> {
+        device_row(self, id)
+    }
+
+    fn put_device(&self, d: &NewDevice<'_>) -> Result<(), RelayStoreError> {
+        self.prepare_cached(
+            "INSERT INTO devices (device_id, name, role, scopes, secret_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, role = excluded.role,
+               scopes = excluded.scopes, secret_hash = excluded.secret_hash, revoked_at = NULL",
+        )?
+        .execute(params![
+            d.id.as_bytes(),
+            d.name,
+            d.role,
+            d.scopes,
+            d.secret_hash,
+            d.now
+        ])?;
+        Ok(())
+    }
+
+    fn revoke_devices(&self, who: Holder<'_>, now: i64) -> Result<Vec<Uuid>, RelayStoreError> {
+        let (id, name) = match who {
+            Holder::Device(id) => (Some(id.as_bytes().to_vec()), None),
+            Holder::Named(n) => (None, Some(n)),
+        };
+        self.prepare_cached(
+            "UPDATE devices SET revoked_at = ?3
+              WHERE (device_id = ?1 OR (?1 IS NULL AND name = ?2)) AND revoked_at IS NULL
+              RETURNING device_id",
+        )?
+        .query_map(params![id, name, now], |r| r.get::<_, Vec<u8>>(0))?
+        .map(|b| uuid_of(&b?))
+        .collect()
+    }
+
+    fn set_grant(
+        &self,
+        who: Holder<'_>,
+        role: Option<&str>,
+        scopes: Option<&str>,
+    ) -> Result<Vec<Uuid>, RelayStoreError> {
+        let (id, name) = match who {
+            Holder::Device(id) => (Some(id.as_bytes().to_vec()), None),
+            Holder::Named(n) => (None, Some(n)),
+        };
+        self.prepare_cached(
+            "UPDATE devices SET role = COALESCE(?3, role), scopes = COALESCE(?4, scopes)
+              WHERE (device_id = ?1 OR (?1 IS NULL AND name = ?2)) AND revoked_at IS NULL
+              RETURNING device_id",
+        )?
+        .query_map(params![id, name, role, scopes], |r| r.get::<_, Vec<u8>>(0))?
+        .map(|b| uuid_of(&b?))
+        .collect()
+    }
+
+    fn insert_token(&self, hash: &[u8], t: &TokenRow) -> Result<(), RelayStoreError> {
+        self.prepare_cached(
+            "INSERT INTO enrolments (token_hash, name, role, scopes, device_id, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            hash,
+            t.name,
+            t.role,
+            t.scopes,
+            t.device_id.map(|d| d.as_bytes().to_vec()),
+            t.created_at,
+            t.expires_at
+        ])?;
+        Ok(())
+    }
+
+    fn token(&self, hash: &[u8]) -> Result<Option<TokenRow>, RelayStoreError> {
+        // The writer's IMMEDIATE transaction already excludes a concurrent redemption.
+        self.prepare_cached(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM enrolments WHERE token_hash = ?1"
+        ))?
+        .query_row([hash], token_row)
+        .optional()?
+        .map(with_device)
+        .transpose()
+    }
+
+    fn use_token(&self, hash: &[u8], device: Uuid, now: i64) -> Result<(), RelayStoreError> {
+        self.prepare_cached(
+            "UPDATE enrolments SET used_at = ?2, device_id = ?3 WHERE token_hash = ?1",
+        )?
+        .execute(params![hash, now, device.as_bytes()])?;
+        Ok(())
+    }
+
+    fn revoke_tokens(&self, who: Holder<'_>, now: i64) -> Result<usize, RelayStoreError> {
+        let n = match who {
+            Holder::Device(id) => self
+                .prepare_cached(
+                    "UPDATE enrolments SET revoked_at = ?2
+                      WHERE device_id = ?1 AND used_at IS NULL AND revoked_at IS NULL",
+                )?
+                .execute(params![id.as_bytes(), now])?,
+            Holder::Named(name) => self
+                .prepare_cached(
+                    "UPDATE enrolments SET revoked_at = ?2
+                      WHERE name = ?1 AND used_at IS NULL AND revoked_at IS NULL",
+                )?
+                .execute(params![name, now])?,
+        };
+        Ok(n)
+    }
+
+    fn bump_devices(&self) -> Result<(), RelayStoreError> {
+        bump_devices(self)
+    }
+}
+
+impl DeviceBackend for SqliteRelayStore {
+    fn options(&self) -> &RelayStoreOptions {
+        &self.inner.opts
+    }
+
+    fn touched(&self) -> &Mutex<HashMap<Uuid, Instant>> {
+        &self.inner.touched
+    }
+
+    fn device_tx<T>(
+        &self,
+        f: impl FnOnce(&dyn DeviceDb) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        let v = self.write(|tx| f(tx))?;
+        self.poll_devices()?;
+        Ok(v)
+    }
+
+    fn read_device(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError> {
+        self.read(|c| device_row(c, id))
+    }
+
+    fn token_exists(&self, hash: &[u8]) -> Result<bool, RelayStoreError> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT 1 FROM enrolments WHERE token_hash = ?1")?
+                    .exists([hash])?,
+            )
+        })
+    }
+
+    fn insert_open_device(
+        &self,
+        id: Uuid,
+        role: &str,
+        scopes: &str,
+        now: i64,
+    ) -> Result<bool, RelayStoreError> {
+        let n = self.write(|tx| {
+            Ok(tx.execute(
+                "INSERT OR IGNORE INTO devices (device_id, name, role, scopes, secret_hash, created_at, last_seen)
+                 VALUES (?1, 'open enrolment', ?2, ?3, NULL, ?4, ?4)",
+                params![id.as_bytes(), role, scopes, now],
+            )?)
+        })?;
+        Ok(n > 0)
+    }
+
+    fn write_last_seen(&self, id: Uuid, now: i64) -> Result<(), RelayStoreError> {
+        self.write(|tx| {
+            tx.prepare_cached("UPDATE devices SET last_seen = ?2 WHERE device_id = ?1")?
+                .execute(params![id.as_bytes(), now])?;
+            Ok(())
+        })
+    }
+
+    fn device_rows(&self, day: i64) -> Result<Vec<(Uuid, DeviceRow, Usage)>, RelayStoreError> {
+        self.read(|c| {
+            let ids: Vec<Vec<u8>> = c
+                .prepare_cached("SELECT device_id FROM devices ORDER BY created_at, device_id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for b in ids {
+                let id = uuid_of(&b)?;
+                if let Some(row) = device_row(c, id)? {
+                    out.push((id, row, super::batch_db::usage_on(c, id, day)?));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn token_rows(&self) -> Result<Vec<TokenRow>, RelayStoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM enrolments ORDER BY created_at DESC"
+            ))?
+            .query_map([], token_row)?
+            .map(|r| with_device(r?))
+            .collect()
+        })
+    }
+}
+
+impl SqliteRelayStore {
+    crate::store::devices::device_methods!();
+}

@@ -1,0 +1,542 @@
+//! [`SqliteRelayStore`]: the relay's store in one SQLite file (WAL, `synchronous=FULL`).
+//!
+//! Writes (`append_changes`, device changes) go through one writer connection behind a mutex;
+//! SQLite's single writer assigns the log's sequence numbers inside the transaction that stores
+//! the entries, so a reader can never skip an entry that commits later with a lower number.
+//! Reads (`read_log`, `read_snapshots`, `missing`, `authenticate`) use a small pool of
+//! read-only connections and run concurrently with a write (WAL). The upload rules are
+//! `batch::append_batch`, over `batch_db`'s `BatchDb` for a rusqlite transaction; the device
+//! policy is `store::devices`, over `devices`' `DeviceDb` and `DeviceBackend`.
+
+use super::*;
+
+mod batch_db;
+mod devices;
+pub(crate) mod schema;
+
+use devices::devices_generation;
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    pub(super) cache: DocCache,
+}
+
+pub(super) struct Inner {
+    pub(super) path: PathBuf,
+    pub(super) epoch: Uuid,
+    pub(super) opts: RelayStoreOptions,
+    pub(super) writer: Mutex<Writer>,
+    pub(super) readers: Mutex<Vec<Connection>>,
+    pub(super) touched: Mutex<HashMap<Uuid, Instant>>,
+    pub(super) notify: watch::Sender<u64>,
+    pub(super) devices_notify: watch::Sender<u64>,
+}
+
+/// The relay's SQLite store. Cloning gives another handle to the same store.
+#[derive(Clone)]
+pub struct SqliteRelayStore {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteRelayStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteRelayStore")
+            .field("path", &self.inner.path)
+            .field("epoch", &self.inner.epoch)
+            .finish()
+    }
+}
+
+/// Prepared statements kept per connection (see [`open_conn`]).
+pub(super) const STATEMENT_CACHE: usize = 64;
+
+pub(super) fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, RelayStoreError> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    // One write path uses more distinct statements than rusqlite's default cache of 16;
+    // past it every `prepare_cached` re-parses its SQL.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // The first statement that reads the file's header tells a foreign file apart.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+            ) =>
+        {
+            RelayStoreError::NotADatabase(path.to_path_buf(), e.to_string())
+        }
+        e => RelayStoreError::Sqlite(e),
+    })?;
+    Ok(conn)
+}
+
+impl SqliteRelayStore {
+    /// Opens (or creates) the relay database at `path`.
+    ///
+    /// Refuses, without modifying it, a file that is not SQLite, a SQLite database of another
+    /// application (including a client replica) and a database written by a newer relay.
+    ///
+    /// The database and the files SQLite keeps beside it are readable by their owner only
+    /// (`0600`): created so, or tightened with a warning if they were readable by others.
+    pub fn open(path: impl AsRef<Path>, opts: RelayStoreOptions) -> Result<Self, RelayStoreError> {
+        let path = path.as_ref().to_path_buf();
+        fieldsync_core::fsmode::prepare_database(&path);
+        let mut conn = open_conn(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        schema::migrate(&mut conn)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let epoch = {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let stored: Option<Vec<u8>> = tx
+                .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let epoch = match stored {
+                Some(b) => Uuid::from_slice(&b)
+                    .map_err(|_| RelayStoreError::Corrupt("bad epoch in meta".into()))?,
+                None => {
+                    let e = Uuid::new_v4();
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('epoch', ?1)",
+                        [e.as_bytes().to_vec()],
+                    )?;
+                    tracing::info!(epoch = %e, path = %path.display(), "created relay database");
+                    e
+                }
+            };
+            tx.commit()?;
+            epoch
+        };
+        let high: i64 =
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM log", [], |r| r.get(0))?;
+        let (notify, _) = watch::channel(high.max(0) as u64);
+        let (devices_notify, _) = watch::channel(devices_generation(&conn)?);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                epoch,
+                writer: Mutex::new(Writer {
+                    conn,
+                    cache: DocCache::new(opts.cache_docs),
+                }),
+                opts,
+                readers: Mutex::new(Vec::new()),
+                touched: Mutex::new(HashMap::new()),
+                notify,
+                devices_notify,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The relay's epoch (created with the database).
+    pub fn epoch(&self) -> Uuid {
+        self.inner.epoch
+    }
+
+    /// Receives the highest sequence number after every upload that appended to the log.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.notify.subscribe()
+    }
+
+    /// Receives a new value whenever devices or enrolments changed: at once for changes made
+    /// through this handle, and after [`SqliteRelayStore::poll_devices`] for changes made by
+    /// another process (`fieldsync-relay device revoke` while the relay runs).
+    pub fn subscribe_devices(&self) -> watch::Receiver<u64> {
+        self.inner.devices_notify.subscribe()
+    }
+
+    /// Reads the device-change counter from the database and notifies
+    /// [`SqliteRelayStore::subscribe_devices`] receivers if it moved. The relay calls this
+    /// every second.
+    pub fn poll_devices(&self) -> Result<u64, RelayStoreError> {
+        let g = self.read(devices_generation)?;
+        self.inner.devices_notify.send_if_modified(|v| {
+            let changed = *v != g;
+            *v = g;
+            changed
+        });
+        Ok(g)
+    }
+
+    /// Notices log entries another process appended (`fieldsync-relay doc trim` while the
+    /// relay runs) and wakes [`SqliteRelayStore::subscribe`] receivers. The relay calls this
+    /// every second.
+    pub fn poll_log(&self) -> Result<u64, RelayStoreError> {
+        let high = self.high_seq()?;
+        self.inner.notify.send_if_modified(|v| {
+            let grew = high > *v;
+            if grew {
+                *v = high;
+            }
+            grew
+        });
+        Ok(high)
+    }
+
+    /// Replaces document `id`'s history with the one `rewrite` writes from its stored
+    /// snapshot, in one write transaction (see the `replace` module); `rewrite` giving none writes
+    /// nothing. Blocks uploads while `rewrite` runs.
+    pub fn replace_history(
+        &self,
+        id: DocId,
+        rewrite: impl FnOnce(&[u8]) -> Result<Option<AutoCommit>, RelayStoreError>,
+    ) -> Result<Option<Replacement>, RelayStoreError> {
+        let mut guard = lock(&self.inner.writer);
+        let Writer { conn, .. } = &mut *guard;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let done = replace::replace_history(&tx, id, self.inner.opts.env.now_millis(), rewrite)?;
+        tx.commit()?;
+        drop(guard);
+        if let Some(r) = &done {
+            self.inner.notify.send_if_modified(|v| {
+                let grew = r.seq > *v;
+                *v = (*v).max(r.seq);
+                grew
+            });
+        }
+        Ok(done)
+    }
+
+    /// Documents currently loaded in the write cache (for tests and metrics).
+    pub fn cached_docs(&self) -> usize {
+        lock(&self.inner.writer).cache.len()
+    }
+
+    /// Runs `f` on a pooled read-only connection.
+    pub(super) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        let pooled = lock(&self.inner.readers).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_conn(
+                &self.inner.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?,
+        };
+        let r = f(&conn);
+        let mut pool = lock(&self.inner.readers);
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        r
+    }
+
+    /// Runs `f` in a write transaction.
+    pub(super) fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        let mut w = lock(&self.inner.writer);
+        let tx = w
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let v = f(&tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+
+    /// Validates and durably stores uploaded changes (see [`RelayStorage::append`]); one
+    /// transaction for the whole batch, committed before returning.
+    pub fn append_changes(
+        &self,
+        device: &DeviceInfo,
+        changes: &[UploadChange],
+        relayed: bool,
+    ) -> Result<Vec<Outcome>, RelayStoreError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut guard = lock(&self.inner.writer);
+        let Writer { conn, cache } = &mut *guard;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (outcomes, work, high) =
+            append_batch(&tx, cache, &self.inner.opts, device, changes, relayed)?;
+        tx.commit()?;
+        for (id, w) in work {
+            // Only documents the relay holds: a refused first change leaves an empty one.
+            if w.scope.is_some() {
+                cache.insert(id, w.doc, w.updated_seq);
+            }
+        }
+        if let Some(h) = high {
+            self.inner.notify.send_replace(h.max(0) as u64);
+        }
+        Ok(outcomes)
+    }
+
+    /// The highest sequence number assigned so far.
+    pub fn high_seq(&self) -> Result<u64, RelayStoreError> {
+        self.read(|c| {
+            let h: i64 = c.query_row("SELECT COALESCE(MAX(seq), 0) FROM log", [], |r| r.get(0))?;
+            Ok(h.max(0) as u64)
+        })
+    }
+
+    /// Log entries of `scope` after `after` (see [`RelayStorage::read_log`]). For `*` (a device
+    /// that sees every scope) only change entries are returned: it has every change already, so
+    /// a scope move's snapshot entries are redundant for it and its `Leave` entries would be
+    /// wrong.
+    pub fn read_log(
+        &self,
+        scope: &str,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogEntry>, bool), RelayStoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut st;
+            let mut rows = if scope == ALL_SCOPES {
+                st = c.prepare_cached(
+                    "SELECT seq, doc_id, kind, length(bytes), bytes, hash, moved_to FROM log
+                     WHERE seq > ?1 AND kind IN (0, 3) ORDER BY seq",
+                )?;
+                st.query(params![after])?
+            } else {
+                // A Leave names where the document is filed now: a reader that sees that
+                // scope keeps it, even if it moved on (or back) since the entry.
+                st = c.prepare_cached(
+                    "SELECT seq, doc_id, kind, length(bytes), bytes, hash,
+                       CASE WHEN kind = 2 THEN COALESCE(
+                         (SELECT d.scope FROM docs d WHERE d.doc_id = log.doc_id), moved_to)
+                       ELSE moved_to END
+                     FROM log WHERE scope = ?2 AND seq > ?1 ORDER BY seq",
+                )?;
+                st.query(params![after, scope])?
+            };
+            let mut out = Vec::new();
+            let mut used = 0usize;
+            while let Some(r) = rows.next()? {
+                let size =
+                    r.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as usize + ENTRY_OVERHEAD;
+                if !out.is_empty() && used + size > max_bytes {
+                    return Ok((out, true));
+                }
+                used += size;
+                let seq: i64 = r.get(0)?;
+                let id = doc_id(&r.get::<_, Vec<u8>>(1)?)?;
+                let kind: i64 = r.get(2)?;
+                let bytes: Option<Vec<u8>> = r.get(4)?;
+                let entry = match (kind, bytes) {
+                    (KIND_CHANGES, Some(b)) => Entry::Changes(vec![Bytes(b)]),
+                    (KIND_SNAPSHOT, Some(b)) => Entry::Snapshot(Bytes(b)),
+                    (KIND_LEAVE, _) => Entry::Leave,
+                    (KIND_REPLACE, Some(b)) => Entry::Replace(Bytes(b)),
+                    (k, _) => {
+                        return Err(RelayStoreError::Corrupt(format!(
+                            "log entry {seq} of kind {k}"
+                        )));
+                    }
+                };
+                let hash: Option<Vec<u8>> = r.get(5)?;
+                out.push(LogEntry {
+                    seq: seq.max(0) as u64,
+                    doc_id: id,
+                    hash: hash.and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok()),
+                    moved_to: r.get(6)?,
+                    entry,
+                });
+            }
+            Ok((out, false))
+        })
+    }
+
+    /// Snapshots of the documents in `scope` after `after` (see [`RelayStorage::read_snapshots`]).
+    pub fn read_snapshots(
+        &self,
+        scope: &str,
+        after: Option<DocId>,
+        max_bytes: usize,
+    ) -> Result<SnapshotPage, RelayStoreError> {
+        let after: Vec<u8> = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+        self.read(|c| {
+            let mut st;
+            let mut rows = if scope == ALL_SCOPES {
+                st = c.prepare_cached(
+                    "SELECT doc_id, length(snapshot), snapshot FROM docs WHERE doc_id > ?1 ORDER BY doc_id",
+                )?;
+                st.query(params![after])?
+            } else {
+                st = c.prepare_cached(
+                    "SELECT doc_id, length(snapshot), snapshot FROM docs
+                     WHERE scope = ?2 AND doc_id > ?1 ORDER BY doc_id",
+                )?;
+                st.query(params![after, scope])?
+            };
+            let mut out = Vec::new();
+            let mut used = 0usize;
+            while let Some(r) = rows.next()? {
+                let size = r.get::<_, i64>(1)?.max(0) as usize + ENTRY_OVERHEAD;
+                if !out.is_empty() && used + size > max_bytes {
+                    return Ok((out, true));
+                }
+                used += size;
+                out.push((doc_id(&r.get::<_, Vec<u8>>(0)?)?, r.get(2)?));
+            }
+            Ok((out, false))
+        })
+    }
+
+    /// Documents that left `scope` at or before `upto`, with where each is filed now (see
+    /// [`RelayStorage::departures`]).
+    pub fn departures(
+        &self,
+        scope: &str,
+        upto: u64,
+    ) -> Result<Vec<(DocId, String)>, RelayStoreError> {
+        let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT DISTINCT m.doc_id, d.scope FROM moves m JOIN docs d ON d.doc_id = m.doc_id
+                  WHERE m.from_scope = ?1 AND m.seq <= ?2 AND d.scope != ?1 ORDER BY m.doc_id",
+            )?;
+            let rows = st.query_map(params![scope, upto], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, now) = row?;
+                out.push((doc_id(&id)?, now));
+            }
+            Ok(out)
+        })
+    }
+
+    /// For each document and a client's heads, what the relay lacks of it.
+    pub fn missing(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
+        self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let mut heads_st =
+                tx.prepare_cached("SELECT heads, scope FROM docs WHERE doc_id = ?1")?;
+            let mut has_st =
+                tx.prepare_cached("SELECT 1 FROM changes WHERE hash = ?1 AND doc_id = ?2")?;
+            let mut out = Vec::with_capacity(docs.len());
+            for (id, client_heads) in docs {
+                let heads: Option<(Vec<u8>, String)> = heads_st
+                    .query_row([id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                out.push(lack_of(heads, client_heads, |h| {
+                    Ok(has_st.exists(params![&h[..], id.as_bytes()])?)
+                })?);
+            }
+            drop((heads_st, has_st));
+            tx.finish()?;
+            Ok(out)
+        })
+    }
+
+    /// Records that a device is being sent the departure of `docs` (see
+    /// [`RelayStorage::record_departures`]).
+    pub fn record_departures(
+        &self,
+        device_id: Uuid,
+        docs: &[DocId],
+    ) -> Result<(), RelayStoreError> {
+        self.write(|tx| {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO departures_served (device, doc_id) VALUES (?1, ?2)",
+            )?;
+            for d in docs {
+                st.execute(params![device_id.as_bytes(), d.as_bytes()])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The audit trail of accepted changes, optionally only those to document `doc` and/or
+    /// uploaded by `device` (a device id, or a name), oldest first; at most the `limit` most
+    /// recent.
+    pub fn audit(
+        &self,
+        doc: Option<DocId>,
+        device: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, RelayStoreError> {
+        let device_id = device.and_then(|d| Uuid::parse_str(d.trim()).ok());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT a.seq, a.at, a.device, d.name, a.doc_id, l.hash, l.scope
+                   FROM audit a
+                   LEFT JOIN devices d ON d.device_id = a.device
+                   LEFT JOIN log l ON l.seq = a.seq
+                  WHERE (?1 IS NULL OR a.doc_id = ?1)
+                    AND (?2 = 0 OR a.device = ?3 OR d.name = ?4)
+                  ORDER BY a.seq DESC LIMIT ?5",
+            )?;
+            let rows = st.query_map(
+                params![
+                    doc.map(|d| d.as_bytes().to_vec()),
+                    i64::from(device.is_some()),
+                    device_id.map(|d| d.as_bytes().to_vec()),
+                    device.map(str::trim),
+                    limit
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, Option<Vec<u8>>>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, at, dev, device_name, doc, hash, scope) = row?;
+                out.push(AuditRecord {
+                    seq: seq.max(0) as u64,
+                    at,
+                    device_id: Uuid::from_slice(&dev)
+                        .map_err(|_| RelayStoreError::Corrupt("bad device id in audit".into()))?,
+                    device_name,
+                    doc_id: doc_id(&doc)?,
+                    hash: hash.map(hex::encode),
+                    scope,
+                });
+            }
+            out.reverse();
+            Ok(out)
+        })
+    }
+
+    /// Counters for `status`.
+    pub fn status(&self) -> Result<RelayStatus, RelayStoreError> {
+        let epoch = self.inner.epoch;
+        self.read(|c| {
+            let count = |sql: &str| -> Result<u64, RelayStoreError> {
+                Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))?.max(0) as u64)
+            };
+            Ok(RelayStatus {
+                epoch,
+                high_seq: count("SELECT COALESCE(MAX(seq), 0) FROM log")?,
+                docs: count("SELECT count(*) FROM docs")?,
+                changes: count("SELECT count(*) FROM changes")?,
+                devices: count("SELECT count(*) FROM devices")?,
+                revoked_devices: count(
+                    "SELECT count(*) FROM devices WHERE revoked_at IS NOT NULL",
+                )?,
+            })
+        })
+    }
+}
