@@ -147,7 +147,7 @@ fn world() -> &'static World {
         assert!(
             outcomes
                 .iter()
-                .all(|o| *o == fieldsync_core::protocol::Outcome::Stored),
+                .all(|o| matches!(o, fieldsync_core::protocol::Outcome::Stored(_))),
             "the seed documents are accepted: {outcomes:?}"
         );
         let mut devices = Vec::new();

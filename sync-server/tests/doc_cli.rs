@@ -70,7 +70,10 @@ fn relay_with_a_grown_document(data: &Path) -> DocId {
         )
         .expect("enrol");
     let out = relay.append_changes(&device, &up, false).expect("upload");
-    assert!(out.iter().all(|o| *o == Outcome::Stored), "{out:?}");
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Stored(_))),
+        "{out:?}"
+    );
     drop(relay);
     let db = rusqlite::Connection::open(data.join("relay.db")).expect("db");
     let stored: Vec<u8> = db

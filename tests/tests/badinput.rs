@@ -25,6 +25,7 @@ use fieldsync_core::protocol::{
     Cursor, DeviceInfo, Entry, ErrorCode, Item, Message, PROTOCOL_VERSION, RelayLimits,
     RelaySession, ScopeCursor, UploadChange, check_change,
 };
+use fieldsync_core::store::decode_change;
 use fieldsync_core::{DocId, Role};
 use fieldsync_relay::{Relay, RelayConfig, RelayStoreOptions, SqliteRelayStore};
 use proptest::prelude::*;
@@ -133,17 +134,22 @@ fn check_on_relay_stack(
         .stack_size(2 << 20)
         .spawn(move || {
             let mut doc = doc;
-            let r = check_change(
-                &mut doc,
-                id,
-                &bytes,
-                &sender,
-                &|_| None,
-                None,
-                &|_| None,
-                &|_, _| false,
-            );
-            (doc, r.map(|_| ()).map_err(|e| e.reason))
+            let r = match decode_change(&bytes) {
+                Ok(change) => check_change(
+                    &mut doc,
+                    id,
+                    &change,
+                    &sender,
+                    &|_| None,
+                    None,
+                    &|_| None,
+                    &|_, _| false,
+                )
+                .map(|_| ())
+                .map_err(|e| e.reason),
+                Err(e) => Err(e.to_string()),
+            };
+            (doc, r)
         })
         .expect("thread")
         .join()
@@ -485,8 +491,16 @@ proptest! {
         let (id, doc, _) = customer(Uuid::from_u128(1), "Base Co");
         let mut doc = if on_existing { doc } else { AutoCommit::new() };
         let heads = doc.get_heads();
+        // Bytes that do not decode are refused before any check (and never reach the document).
+        let change = match decode_change(&bytes) {
+            Ok(change) => change,
+            Err(e) => {
+                prop_assert!(!e.to_string().is_empty());
+                return Ok(());
+            }
+        };
         let r = check_change(
-            &mut doc, id, &bytes, &sender, &|_| None, None, &|_| None, &|_, _| false,
+            &mut doc, id, &change, &sender, &|_| None, None, &|_| None, &|_, _| false,
         );
         match r {
             Ok(_) => prop_assert!(fieldsync_core::model::read_document(&doc).is_ok()),

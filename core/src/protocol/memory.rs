@@ -122,6 +122,19 @@ impl RelayStorage for MemoryRelay {
     ) -> Result<Vec<Outcome>, StorageError> {
         let mut out = Vec::with_capacity(changes.len());
         for c in changes {
+            // Decoded once: the checks, the hash and the answer all use this change.
+            let change = match decode_change(&c.bytes) {
+                Ok(ch) => ch,
+                Err(e) => {
+                    out.push(Outcome::Refused(Rejection {
+                        hash: [0; 32],
+                        reason: e.to_string(),
+                        retry: false,
+                    }));
+                    continue;
+                }
+            };
+            let hash = change.hash().0;
             let (mut doc, stored) = match self.docs.get(&c.doc_id) {
                 Some((d, s)) => (d.clone(), Some(s.clone())),
                 None => (AutoCommit::new(), None),
@@ -129,7 +142,7 @@ impl RelayStorage for MemoryRelay {
             let verdict = check_change(
                 &mut doc,
                 c.doc_id,
-                &c.bytes,
+                &change,
                 device,
                 &|_| None,
                 stored.as_deref(),
@@ -138,7 +151,7 @@ impl RelayStorage for MemoryRelay {
             );
             match verdict {
                 Ok(accepted) => {
-                    if self.hashes.insert(accepted.change.hash().0) {
+                    if self.hashes.insert(hash) {
                         let seq = self.log.len() as u64 + 1;
                         let scope = accepted.scope.clone().unwrap_or_default();
                         self.log.push((
@@ -149,12 +162,10 @@ impl RelayStorage for MemoryRelay {
                         ));
                         self.docs.insert(c.doc_id, (doc, scope));
                     }
-                    out.push(Outcome::Stored);
+                    out.push(Outcome::Stored(hash));
                 }
                 Err(refusal) => out.push(Outcome::Refused(Rejection {
-                    hash: decode_change(&c.bytes)
-                        .map(|ch| ch.hash().0)
-                        .unwrap_or([0; 32]),
+                    hash,
                     reason: refusal.reason,
                     retry: refusal.retry,
                 })),

@@ -35,8 +35,8 @@ pub type SnapshotPage = (Vec<(DocId, Vec<u8>)>, bool);
 /// The result of storing one uploaded change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Stored now or earlier (re-sending is harmless).
-    Stored,
+    /// Stored now or earlier (re-sending is harmless): the change's hash.
+    Stored(Hash),
     /// Refused.
     Refused(Rejection),
     /// Refused, and the change does not fit its document (no honest writer makes one): the
@@ -304,14 +304,12 @@ impl RelaySession {
                 let mut accepted = Vec::new();
                 let mut rejected = Vec::new();
                 let mut malformed = false;
-                for (c, o) in changes.iter().zip(outcomes) {
+                for o in outcomes {
                     match o {
-                        Outcome::Stored => {
-                            if let Ok(ch) = crate::store::decode_change(&c.bytes) {
-                                accepted.push(ch.hash().0);
-                                if self.uploaded.len() < MAX_REMEMBERED_UPLOADS {
-                                    self.uploaded.insert(ch.hash().0);
-                                }
+                        Outcome::Stored(hash) => {
+                            accepted.push(hash);
+                            if self.uploaded.len() < MAX_REMEMBERED_UPLOADS {
+                                self.uploaded.insert(hash);
                             }
                         }
                         Outcome::Refused(r) => rejected.push(r),

@@ -33,7 +33,6 @@ use uuid::Uuid;
 use crate::ids::{DocId, DocKind, Role};
 use crate::model::authority::{self, Governed};
 use crate::model::{self, Document};
-use crate::store::decode_change;
 
 /// What the relay's checks need to know of a document as it stands: its identity, scope,
 /// customer, role-owned values and how deep its objects nest. Kept per document and heads
@@ -163,8 +162,6 @@ impl Refusal {
 /// What an accepted change did to its document.
 #[derive(Clone, Debug)]
 pub struct Accepted {
-    /// The decoded change.
-    pub change: Change,
     /// The document's kind after the change (None while the document has no header yet).
     pub kind: Option<DocKind>,
     /// The scope the document is filed under after the change.
@@ -194,14 +191,13 @@ pub struct Accepted {
 pub fn check_change(
     doc: &mut AutoCommit,
     doc_id: DocId,
-    bytes: &[u8],
+    change: &Change,
     sender: &DeviceInfo,
     vouched: &dyn Fn(&ChangeHash) -> Option<Role>,
     stored_scope: Option<&str>,
     customer_scope: &dyn Fn(DocId) -> Option<String>,
     left_senders_scope: &dyn Fn(DocId, &[ChangeHash]) -> bool,
 ) -> Result<Accepted, Refusal> {
-    let change = decode_change(bytes).map_err(|e| Refusal::permanent(e.to_string()))?;
     let actor = change.actor_id().to_bytes();
     let author = actor
         .get(..16)
@@ -234,7 +230,7 @@ pub fn check_change(
             let verdict = check_change(
                 &mut empty,
                 doc_id,
-                bytes,
+                change,
                 sender,
                 vouched,
                 None,
@@ -257,7 +253,6 @@ pub fn check_change(
             scope: stored_scope.map(str::to_string),
             customer_id: before.as_ref().and_then(|f| f.customer_id),
             moved_from: None,
-            change,
         });
     }
     // A document has one beginning: a change that depends on nothing starts a second history
@@ -295,7 +290,7 @@ pub fn check_change(
     }
     // Every operation must fit the document before automerge sees it: a misfit would make it
     // panic part way, and the document would have to be loaded again.
-    let structure = crate::store::precheck_change(doc, &change)
+    let structure = crate::store::precheck_change(doc, change)
         .map_err(|e| Refusal::malformed(e.to_string()))?;
     let heads_before = doc.get_heads();
     let before = facts_now(doc, doc_id);
@@ -307,7 +302,7 @@ pub fn check_change(
         Ok(Ok(())) => judge(
             doc,
             doc_id,
-            &change,
+            change,
             structure,
             sender,
             role,
@@ -336,7 +331,6 @@ pub fn check_change(
                 scope: Some(scope),
                 customer_id: facts.customer_id,
                 moved_from,
-                change,
             };
             remember_facts(doc_id, doc.get_heads(), facts);
             Ok(accepted)
@@ -522,10 +516,12 @@ mod tests {
         bytes: &[u8],
         sender: &DeviceInfo,
     ) -> Result<Accepted, Refusal> {
+        let change =
+            crate::store::decode_change(bytes).map_err(|e| Refusal::permanent(e.to_string()))?;
         check_change(
             relay,
             id,
-            bytes,
+            &change,
             sender,
             &|_| None,
             Some("north"),
@@ -673,11 +669,12 @@ mod tests {
         sender: &DeviceInfo,
         stored: Option<&str>,
     ) -> Result<Accepted, Refusal> {
-        let bytes = last_change(local, before);
+        let change = crate::store::decode_change(&last_change(local, before))
+            .map_err(|e| Refusal::permanent(e.to_string()))?;
         check_change(
             relay,
             id,
-            &bytes,
+            &change,
             sender,
             &|_| None,
             stored,

@@ -385,7 +385,7 @@ impl<D: BatchDb> Batch<'_, D> {
                     .doc_meta(d)?
                     .is_some_and(|(_, scope, _, _)| device.sees(&scope));
             if visible {
-                return Ok(Outcome::Stored);
+                return Ok(Outcome::Stored(hash));
             }
         }
         // A document the relay cannot load refuses only its own changes (they wait in the
@@ -508,7 +508,7 @@ impl<D: BatchDb> Batch<'_, D> {
             check_change(
                 &mut work.doc,
                 c.doc_id,
-                &c.bytes,
+                &change,
                 device,
                 &vouched,
                 work.scope.as_deref(),
@@ -541,7 +541,7 @@ impl<D: BatchDb> Batch<'_, D> {
         if stored.is_some() {
             // Stored before (and excused by a move's grace period): nothing new to log.
             self.work.insert(c.doc_id, work);
-            return Ok(Outcome::Stored);
+            return Ok(Outcome::Stored(hash));
         }
         if accepted.kind.is_some() {
             work.kind = accepted.kind;
@@ -583,7 +583,7 @@ impl<D: BatchDb> Batch<'_, D> {
             self.flush()?;
             self.work.clear();
         }
-        Ok(Outcome::Stored)
+        Ok(Outcome::Stored(hash))
     }
 }
 
