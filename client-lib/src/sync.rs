@@ -76,7 +76,8 @@ use fieldsync_core::Role;
 use fieldsync_core::ids::{Millis, now_millis};
 use fieldsync_core::protocol::client::ClientConfig as SessionConfig;
 use fieldsync_core::protocol::{
-    ClientSession, CodecError, Message, SessionError, SessionStats, codec,
+    ClientInput, ClientSession, ClientStep, CodecError, Message, SessionError, SessionStats,
+    TimerConfig, codec,
 };
 use fieldsync_core::store::{Origin, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -288,10 +289,8 @@ enum End {
 
 /// The result of one blocking protocol step.
 struct Step {
-    out: Vec<Message>,
-    synced: bool,
-    /// Changes in the outbox, refused-for-now ones included.
-    outbox: i64,
+    /// What the session produced (messages to send, synced, timers).
+    core: ClientStep,
     stats: SessionStats,
     grant: Option<(Vec<String>, Role)>,
     /// Local changes moved to the quarantine by this step, with the reason.
@@ -316,6 +315,13 @@ fn follow_granted_role(client: &Client, role: Role) {
     }
 }
 
+/// The clock the sessions' timers run on: milliseconds of a monotonic clock (a wall clock set
+/// back would hold a timer, one set forward would fire it early).
+fn session_clock() -> Millis {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    Millis::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(Millis::MAX)
+}
+
 struct Run {
     client: Client,
     session: Option<ClientSession>,
@@ -335,6 +341,10 @@ impl Run {
             session: Some(ClientSession::new(SessionConfig {
                 agent: cfg.agent.clone(),
                 credential: cfg.credential.clone(),
+                timers: TimerConfig {
+                    response_timeout: cfg.response_timeout,
+                    resend_after: cfg.resend_refused_after,
+                },
                 ..SessionConfig::default()
             })),
             stats: SessionStats::default(),
@@ -360,14 +370,9 @@ impl Run {
         }
     }
 
-    /// Runs `f` on the session and the locked store on a blocking thread, then asks for the
-    /// next upload (if none is in flight) and whether the session is synced.
-    async fn step(
-        &mut self,
-        f: impl FnOnce(&mut ClientSession, &mut Store) -> Result<Vec<Message>, SessionError>
-        + Send
-        + 'static,
-    ) -> Result<Step, SyncError> {
+    /// Feeds `input` to the session ([`ClientSession::step`]) with the locked store on a
+    /// blocking thread.
+    async fn step(&mut self, input: ClientInput) -> Result<Step, SyncError> {
         let mut session = self
             .session
             .take()
@@ -375,14 +380,9 @@ impl Run {
         let client = self.client.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let r = client.with_store(|store| -> Result<Step, SessionError> {
-                let mut out = f(&mut session, store)?;
-                if let Some(up) = session.poll_upload(store)? {
-                    out.push(up);
-                }
+                let core = session.step(store, input, session_clock())?;
                 Ok(Step {
-                    out,
-                    synced: session.is_synced(store)?,
-                    outbox: store.outbox_len()?,
+                    core,
                     stats: session.stats().clone(),
                     grant: session.grant().map(|(s, r)| (s.to_vec(), r)),
                     quarantined: session
@@ -398,7 +398,10 @@ impl Run {
         .map_err(|e| SyncError::Task(e.to_string()))?;
         let (session, r) = joined;
         self.session = Some(session);
-        let step = r?;
+        let step = r.map_err(|e| match e {
+            SessionError::Timeout(d) => SyncError::ResponseTimeout(d),
+            e => SyncError::Session(e),
+        })?;
         self.stats = step.stats.clone();
         Ok(step)
     }
@@ -417,17 +420,27 @@ impl Run {
         self.outbox_at_start = tokio::task::spawn_blocking(move || client.outbox_len())
             .await
             .map_err(|e| SyncError::Task(e.to_string()))??;
-        let hello = self.step(|s, store| Ok(vec![s.hello(store)])).await?;
-        for m in &hello.out {
+        let hello = self.step(ClientInput::Open).await?;
+        for m in &hello.core.send {
             link.send(m)?;
         }
+        // The session's next timer (the relay's response deadline, the resend of refused
+        // changes), in the clock `session_clock` reads.
+        let mut timeout = hello.core.timeout;
+        // Other processes may commit to the replica (the CLI while the app syncs): poll it.
         let mut tick = tokio::time::interval(prep.cfg.poll_interval.max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
-        let mut last_heard = Instant::now();
-        // Since when the session has been synced with changes still waiting in the outbox.
-        let mut leftovers_since: Option<Instant> = None;
         loop {
+            let timer = async {
+                match timeout {
+                    Some(at) => {
+                        let wait = u64::try_from(at.saturating_sub(session_clock())).unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let step = tokio::select! {
                 biased;
                 stop = async {
@@ -442,7 +455,6 @@ impl Run {
                 inbound = link.inbound.recv() => {
                     let msg = inbound
                         .ok_or_else(|| SyncError::Io("the connection's tasks ended".into()))??;
-                    last_heard = Instant::now();
                     tracing::trace!(msg = msg.name(), "received");
                     let mut notes = Vec::new();
                     match &msg {
@@ -455,7 +467,7 @@ impl Run {
                         _ => {}
                     }
                     let was_granted = self.grant.is_some();
-                    let mut step = self.step(move |s, store| s.handle(store, msg)).await?;
+                    let mut step = self.step(ClientInput::Message(msg)).await?;
                     if !was_granted && let Some((scopes, role)) = &step.grant {
                         follow_granted_role(&self.client, *role);
                         sink(Note::Connected { scopes, role: *role });
@@ -469,36 +481,23 @@ impl Run {
                     }
                     step
                 }
-                Some(()) = edits.recv() => self.step(|_, _| Ok(Vec::new())).await?,
-                _ = tick.tick() => {
-                    if !self.synced && last_heard.elapsed() > prep.cfg.response_timeout {
-                        return Err(SyncError::ResponseTimeout(prep.cfg.response_timeout));
-                    }
-                    if matches!(until, Until::Stopped(_))
-                        && leftovers_since.is_some_and(|t| t.elapsed() >= prep.cfg.resend_refused_after)
-                    {
-                        tracing::info!("changes refused for now are still waiting; starting a new session to resend them");
-                        return Ok(End::Reconnect);
-                    }
-                    self.step(|_, _| Ok(Vec::new())).await?
-                }
+                Some(()) = edits.recv() => self.step(ClientInput::Poll).await?,
+                () = timer => self.step(ClientInput::Poll).await?,
+                _ = tick.tick() => self.step(ClientInput::Poll).await?,
             };
-            for m in &step.out {
+            for m in &step.core.send {
                 link.send(m)?;
             }
-            if self.synced && !step.synced {
-                // Something new is under way (a local edit went out, a push is being
-                // downloaded): the relay owes an answer from now on.
-                last_heard = Instant::now();
+            timeout = step.core.timeout;
+            if matches!(until, Until::Stopped(_)) && step.core.resend {
+                tracing::info!(
+                    "changes refused for now are still waiting; starting a new session to resend them"
+                );
+                return Ok(End::Reconnect);
             }
-            leftovers_since = match (step.synced && step.outbox > 0, leftovers_since) {
-                (true, Some(t)) => Some(t),
-                (true, None) => Some(Instant::now()),
-                (false, _) => None,
-            };
             self.grant = step.grant;
-            let became_synced = step.synced && !self.synced;
-            self.synced = step.synced;
+            let became_synced = step.core.synced && !self.synced;
+            self.synced = step.core.synced;
             if became_synced {
                 self.caught_up_once = true;
                 persist_status(&self.client, &prep.relay, Ok(())).await;

@@ -36,9 +36,10 @@ use fieldsync_core::protocol::client::CURSOR_KEY;
 use fieldsync_core::protocol::codec::decode;
 use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
 use fieldsync_core::protocol::messages::{MAGIC, Rejection};
+use fieldsync_core::ids::Millis;
 use fieldsync_core::protocol::{
-    ClientConfig, ClientSession, Cursor, Entry, ErrorCode, Item, Message, PROTOCOL_VERSION,
-    ScopeCursor, SessionError, UploadChange,
+    ClientConfig, ClientInput, ClientSession, ClientStep, Cursor, Entry, ErrorCode, Item, Message,
+    PROTOCOL_VERSION, ScopeCursor, SessionError, TimerConfig, UploadChange,
 };
 use fieldsync_core::store::{Durability, Store, StoreOptions};
 use fieldsync_core::{DocId, Role};
@@ -432,18 +433,24 @@ fn local_edit(u: &mut Unstructured<'_>, store: &mut Store) -> ArbResult<()> {
     Ok(())
 }
 
-fn handle(
+/// One step of the session, as every driver takes it (input, upload, timers).
+fn step(
     session: &mut ClientSession,
     store: &mut Store,
-    msg: Message,
-) -> Result<Vec<Message>, SessionError> {
-    let name = msg.name();
-    match catch_unwind(AssertUnwindSafe(|| session.handle(store, msg))) {
+    input: ClientInput,
+    now: Millis,
+) -> Result<ClientStep, SessionError> {
+    let name = match &input {
+        ClientInput::Message(m) => m.name(),
+        ClientInput::Open => "Open",
+        ClientInput::Poll => "Poll",
+    };
+    match catch_unwind(AssertUnwindSafe(|| session.step(store, input, now))) {
         Ok(r) => r,
         Err(p) => fail(
             TARGET,
             &format!(
-                "a panic escaped ClientSession::handle({name}): {}",
+                "a panic escaped ClientSession::step({name}): {}",
                 panic_message(&*p)
             ),
         ),
@@ -472,33 +479,39 @@ fn run(u: &mut Unstructured<'_>, selector: u8, store: &mut Store, w: &World) -> 
         upload_changes: if selector & 0x20 == 0 { 2_000 } else { 1 },
         upload_bytes: 1 << 20,
         pull_bytes: 64 << 10,
+        timers: TimerConfig::default(),
     };
+    // The sessions' clock, moved on by the input: timers fire too.
+    let mut now: Millis = 0;
     for _ in 0..4 {
         let mut session = ClientSession::new(cfg.clone());
-        let _ = session.hello(store);
+        if step(&mut session, store, ClientInput::Open, now).is_err() {
+            continue;
+        }
         let welcome = Message::Welcome {
             version: PROTOCOL_VERSION,
             epoch,
             scopes: scopes.clone(),
             role,
         };
-        if handle(&mut session, store, welcome).is_err() {
+        if step(&mut session, store, ClientInput::Message(welcome), now).is_err() {
             continue;
         }
         loop {
             if u.is_empty() {
                 return Ok(());
             }
+            now += Millis::from(u.int_in_range(0..=90_000u32)?);
             match u.int_in_range(0..=15u8)? {
                 0 => local_edit(u, store)?,
                 1 => {
-                    if catch_unwind(AssertUnwindSafe(|| session.poll_upload(store))).is_err() {
-                        fail(TARGET, "a panic escaped ClientSession::poll_upload");
+                    if step(&mut session, store, ClientInput::Poll, now).is_err() {
+                        break;
                     }
                 }
                 _ => {
                     let msg = message(u, w, store)?;
-                    if handle(&mut session, store, msg).is_err() {
+                    if step(&mut session, store, ClientInput::Message(msg), now).is_err() {
                         break;
                     }
                 }

@@ -12,6 +12,7 @@ use super::messages::{
     Cursor, Entry, ErrorCode, Hash, MAGIC, Message, PROTOCOL_VERSION, ScopeCursor, UploadChange,
 };
 use super::relay::REPAIR_BATCH;
+use super::step::{TimerConfig, Timers};
 use crate::ids::{DocId, Role};
 use crate::store::{Store, StoreError, StoreTx, decode_change};
 
@@ -36,6 +37,10 @@ pub enum SessionError {
     /// The local replica failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The relay owed an answer and said nothing for this long (see
+    /// [`super::step::TimerConfig::response_timeout`]).
+    #[error("the relay did not answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl SessionError {
@@ -68,6 +73,8 @@ pub struct ClientConfig {
     pub upload_bytes: usize,
     /// Download batch budget.
     pub pull_bytes: u32,
+    /// The session's timers (see [`ClientSession::step`]).
+    pub timers: TimerConfig,
 }
 
 impl Default for ClientConfig {
@@ -79,6 +86,7 @@ impl Default for ClientConfig {
             upload_changes: 2_000,
             upload_bytes: 1 << 20,
             pull_bytes: 2 << 20,
+            timers: TimerConfig::default(),
         }
     }
 }
@@ -134,6 +142,7 @@ pub struct ClientSession {
     stats: SessionStats,
     /// Local changes quarantined since the last [`ClientSession::take_quarantined`].
     quarantined: Vec<(ChangeHash, String)>,
+    pub(super) timers: Timers,
 }
 
 impl ClientSession {
@@ -152,7 +161,13 @@ impl ClientSession {
             caught_up: false,
             stats: SessionStats::default(),
             quarantined: Vec::new(),
+            timers: Timers::default(),
         }
+    }
+
+    /// The session's timer settings.
+    pub(super) fn timer_config(&self) -> TimerConfig {
+        self.cfg.timers
     }
 
     /// The first message of the session: `Enrol` when redeeming an enrolment token (and a

@@ -20,14 +20,23 @@
 //! Whoever owns the I/O drives both sessions the same way: it feeds each the messages the other
 //! sent, in order, and sends what it returns, in order.
 //!
-//! The client ([`ClientSession`]):
-//! 1. sends [`ClientSession::hello`] first (a `Hello`, or the `Enrol` of a device's first use);
-//! 2. for every message from the relay, calls [`ClientSession::handle`] and sends what it
-//!    returns; an error ends the connection, and [`SessionError::is_retryable`] says whether to
-//!    connect again;
-//! 3. after local edits commit, calls [`ClientSession::poll_upload`] and sends what it returns;
-//! 4. asks [`ClientSession::is_synced`] whether every local change is answered and the download
-//!    is caught up: a one-shot sync closes then, a background one stays for live pushes.
+//! The client ([`ClientSession`]) is driven through one call, [`ClientSession::step`], with
+//! the driver's clock (`now`, milliseconds of a monotonic clock):
+//! 1. when the connection opens, steps with [`ClientInput::Open`] (the session's `Hello`, or
+//!    the `Enrol` of a device's first use, goes out);
+//! 2. for every message from the relay, in order, steps with [`ClientInput::Message`];
+//! 3. after local edits commit, and when the last step's [`ClientStep::timeout`] comes, steps
+//!    with [`ClientInput::Poll`];
+//! 4. after every step sends [`ClientStep::send`] in order; [`ClientStep::synced`] says every
+//!    local change is answered and the download caught up (a one-shot sync closes then, a
+//!    background one stays for live pushes), and [`ClientStep::resend`] that changes the relay
+//!    refused for now have waited long enough for a new session to resend them. An error ends
+//!    the connection ([`SessionError::Timeout`] when the relay owed an answer too long), and
+//!    [`SessionError::is_retryable`] says whether to connect again.
+//!
+//! Each step handles its input, then uploads what waits in the outbox (one batch in flight at
+//! a time), then checks the timers ([`TimerConfig`]); `handle`, `poll_upload` and `is_synced`
+//! are its parts, public for tests that feed single messages.
 //!
 //! The relay ([`RelaySession`]):
 //! 1. for every message from the client, calls [`RelaySession::handle`], sends the returned
@@ -36,10 +45,12 @@
 //!    [`RelaySession::poll_live`] and sends what it returns;
 //! 3. whenever devices changed (a revocation, a new grant), calls [`RelaySession::recheck`].
 //!
-//! Timers stay with the driver (the handshake and response timeouts, reconnecting with
-//! backoff). [`drive::sync_in_memory`] is the smallest driver; the client's QUIC loop
-//! (`fieldsync-client`), the relay's connection tasks (`fieldsync-relay`) and the simulation
-//! are the others.
+//! The client's timers are the session's; the relay's connection tasks keep the transport's
+//! own (a connection that opens no stream or sends no `Hello` within seconds, the QUIC idle
+//! timeout), and the client's driver its
+//! reconnect backoff. [`drive::sync_in_memory`] is the smallest driver; the client's QUIC loop
+//! (`fieldsync-client`), the relay's connection tasks (`fieldsync-relay`), the simulation and
+//! the `client_session` fuzz target are the others.
 
 pub mod client;
 pub mod codec;
@@ -47,6 +58,7 @@ pub mod drive;
 pub mod memory;
 pub mod messages;
 pub mod relay;
+pub mod step;
 pub mod token;
 pub mod validate;
 
@@ -56,6 +68,7 @@ pub use messages::{
     Cursor, Entry, ErrorCode, Item, Message, PROTOCOL_VERSION, ScopeCursor, UploadChange,
 };
 pub use relay::{Lack, LogEntry, Outcome, RelayLimits, RelaySession, RelayStorage, StorageError};
+pub use step::{ClientInput, ClientStep, TimerConfig};
 pub use token::{EnrolToken, TokenError};
 pub use validate::{DeviceInfo, check_change};
 

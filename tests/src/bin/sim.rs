@@ -128,7 +128,7 @@ fn main() -> std::process::ExitCode {
         failures.len()
     );
     println!(
-        "totals: {} ops ({} refused locally), {} changes, {} acked, {} refused by the relay ({} for now), {} quarantined,\n        {} frames ({} lost), {} connections, {} zombies, {} ghosts, {} client crashes, {} relay crashes, {} partitions, {} clock jumps;\n        {} documents at the end; quiescent within {heal_max} round(s) after healing (at most {:.0} % of the bound)",
+        "totals: {} ops ({} refused locally), {} changes, {} acked, {} refused by the relay ({} for now), {} quarantined,\n        {} frames ({} lost), {} connections, {} zombies, {} timeouts, {} ghosts, {} client crashes, {} relay crashes, {} partitions, {} clock jumps;\n        {} documents at the end; quiescent within {heal_max} round(s) after healing (at most {:.0} % of the bound)",
         t.ops,
         t.ops_refused_locally,
         t.changes,
@@ -140,6 +140,7 @@ fn main() -> std::process::ExitCode {
         t.frames_lost,
         t.connections,
         t.zombies,
+        t.timeouts,
         t.ghosts,
         t.client_crashes,
         t.relay_crashes,
@@ -173,6 +174,7 @@ fn add(t: &mut SimStats, s: &SimStats) {
     t.frames_lost += s.frames_lost;
     t.connections += s.connections;
     t.zombies += s.zombies;
+    t.timeouts += s.timeouts;
     t.ghosts += s.ghosts;
     t.client_crashes += s.client_crashes;
     t.relay_crashes += s.relay_crashes;

@@ -136,6 +136,9 @@ pub struct SimStats {
     pub connections: u64,
     /// Connections abandoned by their client while the relay kept reading them.
     pub zombies: u64,
+    /// Connections a client gave up on because the relay owed an answer past the session's
+    /// response timeout.
+    pub timeouts: u64,
     /// Old connections replayed to the relay.
     pub ghosts: u64,
     /// Client crashes.

@@ -15,8 +15,8 @@ use fieldsync_core::model::{
 };
 use fieldsync_core::protocol::messages::Hash;
 use fieldsync_core::protocol::{
-    ClientConfig, ClientSession, Entry, Item, Message, RelayLimits, RelaySession, ScopeCursor,
-    encode,
+    ClientConfig, ClientInput, ClientSession, ClientStep, Entry, Item, Message, RelayLimits,
+    RelaySession, ScopeCursor, SessionError, TimerConfig, encode,
 };
 use fieldsync_core::store::{Durability, Store, StoreError, StoreOptions, decode_change};
 use fieldsync_core::{DocId, DocKind, Role};
@@ -119,7 +119,6 @@ struct SimClient {
     conn: Option<u64>,
     session: Option<ClientSession>,
     /// Synced with changes still in the outbox since this step.
-    leftovers_since: Option<u64>,
     leftover_reconnects: u32,
     clock_offset_ms: i64,
     /// Frames sent on the client's last closed connection, for ghost replays.
@@ -354,6 +353,13 @@ impl World {
                 upload_changes: rng.random_range(1..=12),
                 upload_bytes: rng.random_range(512..(64 << 10)),
                 pull_bytes: rng.random_range(1..(64 << 10)),
+                // The session's timers run on the simulated clock: a client synced with
+                // changes refused for now resends them after five steps, and gives up on a
+                // relay that owes an answer for thirty.
+                timers: TimerConfig {
+                    response_timeout: Duration::from_millis(30 * STEP_MS as u64),
+                    resend_after: Duration::from_millis(5 * STEP_MS as u64),
+                },
                 ..ClientConfig::default()
             };
             let path = dir.join(format!("{name}.db"));
@@ -375,7 +381,6 @@ impl World {
                 offline_until: 0,
                 conn: None,
                 session: None,
-                leftovers_since: None,
                 leftover_reconnects: 0,
                 clock_offset_ms: 0,
                 last_frames: Vec::new(),
@@ -500,7 +505,7 @@ impl World {
                 for _ in 0..self.rng.random_range(1..=3) {
                     self.edit(i)?;
                 }
-                self.poll_upload(i)?;
+                self.poll_session(i)?;
             }
         }
         self.network()?;
@@ -724,18 +729,58 @@ impl World {
     fn connect(&mut self, i: usize) -> Res<()> {
         let id = self.next_conn;
         self.next_conn += 1;
+        let now = self.clock();
         let c = &mut self.clients[i];
-        let store = c.store.as_ref().ok_or("connect while down")?;
-        let session = ClientSession::new(c.cfg.clone());
-        let hello = session.hello(store);
+        let store = c.store.as_mut().ok_or("connect while down")?;
+        let mut session = ClientSession::new(c.cfg.clone());
+        let hello = session
+            .step(store, ClientInput::Open, now)
+            .map_err(|e| format!("c{i} could not open a session: {e}"))?
+            .send;
         c.session = Some(session);
         c.conn = Some(id);
-        c.leftovers_since = None;
         self.conns
             .insert(id, Conn::new(i, RelaySession::new(self.limits.clone())));
         self.stats.connections += 1;
         self.note(format!("c{i} connects: conn {id}"));
-        self.send_up(id, &hello)
+        for m in &hello {
+            self.send_up(id, m)?;
+        }
+        Ok(())
+    }
+
+    /// The simulated monotonic clock the client sessions' timers run on.
+    fn clock(&self) -> i64 {
+        EPOCH_MS + self.step as i64 * STEP_MS
+    }
+
+    /// Steps client `i`'s session with [`ClientInput::Poll`] (uploads what waits, checks the
+    /// timers) and sends what it returns. A relay silent past the response timeout cuts the
+    /// connection, as the sync driver gives up on it; `None` then.
+    fn poll_session(&mut self, i: usize) -> Res<Option<ClientStep>> {
+        let now = self.clock();
+        let c = &mut self.clients[i];
+        let (Some(id), Some(session), Some(store)) = (c.conn, c.session.as_mut(), c.store.as_mut())
+        else {
+            return Ok(None);
+        };
+        match session.step(store, ClientInput::Poll, now) {
+            Ok(step) => {
+                for m in &step.send {
+                    self.send_up(id, m)?;
+                }
+                Ok(Some(step))
+            }
+            Err(SessionError::Timeout(d)) => {
+                self.stats.timeouts += 1;
+                self.cut(
+                    id,
+                    &format!("the relay owed an answer for {d:?}; giving up"),
+                );
+                Ok(None)
+            }
+            Err(e) => Err(format!("c{i} session failed polling: {e}")),
+        }
     }
 
     fn send_up(&mut self, id: u64, msg: &Message) -> Res<()> {
@@ -908,21 +953,6 @@ impl World {
             }
             Err(e) => Err(format!("c{i} {label} failed: {e}")),
         }
-    }
-
-    fn poll_upload(&mut self, i: usize) -> Res<()> {
-        let c = &mut self.clients[i];
-        let (Some(id), Some(session), Some(store)) = (c.conn, c.session.as_mut(), c.store.as_ref())
-        else {
-            return Ok(());
-        };
-        if let Some(up) = session
-            .poll_upload(store)
-            .map_err(store_err("poll_upload"))?
-        {
-            self.send_up(id, &up)?;
-        }
-        Ok(())
     }
 
     // ---------------------------------------------------------------- network
@@ -1269,6 +1299,7 @@ impl World {
     }
 
     fn client_receive(&mut self, id: u64, msg: Message) -> Res<()> {
+        let now = self.clock();
         let Some(conn) = self.conns.get(&id) else {
             return Ok(());
         };
@@ -1300,15 +1331,10 @@ impl World {
         } else {
             Vec::new()
         };
-        let mut out = session
-            .handle(store, msg)
-            .map_err(|e| format!("c{i} session failed on {name}: {e}"))?;
-        if let Some(up) = session
-            .poll_upload(store)
-            .map_err(store_err("poll_upload"))?
-        {
-            out.push(up);
-        }
+        let out = session
+            .step(store, ClientInput::Message(msg), now)
+            .map_err(|e| format!("c{i} session failed on {name}: {e}"))?
+            .send;
         let names: Vec<&str> = out.iter().map(Message::name).collect();
         let outbox_len = store.outbox_len().map_err(store_err("outbox_len"))?;
         self.note(format!(
@@ -1379,25 +1405,18 @@ impl World {
     // ---------------------------------------------------------------- lifecycle
 
     /// Synced clients sometimes leave; a client synced with changes still waiting reconnects
-    /// after a while, as the sync driver does.
+    /// when its session's resend timer says so, as the sync driver does.
     fn lifecycle(&mut self) -> Res<()> {
         for i in 0..self.clients.len() {
-            let c = &mut self.clients[i];
-            let (Some(id), Some(session), Some(store)) =
-                (c.conn, c.session.as_ref(), c.store.as_ref())
-            else {
+            let Some(id) = self.clients[i].conn else {
                 continue;
             };
-            if !session.is_synced(store).map_err(store_err("is_synced"))? {
-                c.leftovers_since = None;
+            let Some(step) = self.poll_session(i)? else {
                 continue;
-            }
-            if store.outbox_len().map_err(store_err("outbox_len"))? > 0 {
-                let since = *c.leftovers_since.get_or_insert(self.step);
-                if self.step >= since + 5 {
-                    self.cut(id, "reconnecting for leftovers");
-                }
-            } else if self.rng.random_bool(self.plan.p_leave) {
+            };
+            if step.resend {
+                self.cut(id, "reconnecting for leftovers");
+            } else if step.synced && step.outbox == 0 && self.rng.random_bool(self.plan.p_leave) {
                 self.cut(id, "synced; the client leaves");
             }
         }
