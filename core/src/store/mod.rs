@@ -16,31 +16,35 @@
 //! `prefetch` (downloaded snapshots loaded on helper threads ahead of the writing one) and
 //! `replace` (a document whose history the relay replaced).
 
+mod error;
+mod options;
 mod precheck;
 mod prefetch;
 mod projection;
+mod records;
 mod replace;
 mod schema;
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use precheck::{Structure, precheck_change, precheck_changes};
-pub use prefetch::{PreparedQueue, PreparedSnapshot, prepare_snapshot, with_prepared};
-pub use replace::Replaced;
-
 use crate::budget::SnapshotLimits;
-use crate::env::{Env, SystemEnv};
+use crate::env::Env;
 use crate::ids::{DocId, DocKind};
 use crate::model::{self, Document, ModelError};
 
+pub use error::StoreError;
+pub use options::{Durability, StoreOptions};
+pub use precheck::{Structure, precheck_change, precheck_changes};
+pub use prefetch::{PreparedQueue, PreparedSnapshot, prepare_snapshot, with_prepared};
+pub use records::{Committed, DocConflict, DocEvent, Origin, OutboxChange, Quarantined, Skipped};
+pub use replace::Replaced;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
 /// Largest single Automerge change accepted from outside (bytes).
@@ -48,189 +52,6 @@ pub const MAX_CHANGE_BYTES: usize = 4 << 20;
 /// Largest document snapshot accepted from outside (bytes); below the frame limit
 /// ([`crate::protocol::codec::MAX_FRAME`]) so any accepted snapshot can also be sent.
 pub const MAX_SNAPSHOT_BYTES: usize = 24 << 20;
-
-/// Errors from the replica store.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// SQLite failed.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The file is not a SQLite database (or is damaged beyond opening).
-    #[error("{0} is not a fieldsync replica: not a SQLite database or damaged ({1})")]
-    NotADatabase(PathBuf, String),
-    /// The file is a SQLite database of some other application.
-    #[error("the database belongs to another application (foreign application_id or tables)")]
-    Foreign,
-    /// The replica was written by a newer fieldsync.
-    #[error("replica schema version {found} is newer than this build supports ({supported})")]
-    SchemaTooNew {
-        /// Version in the file.
-        found: i32,
-        /// Newest version this build reads.
-        supported: i32,
-    },
-    /// Bytes that should hold an Automerge change or document do not.
-    #[error("invalid automerge data: {0}")]
-    InvalidData(String),
-    /// The document model refused an edit or could not read a document.
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    /// No document with this id in the replica.
-    #[error("no document {0}")]
-    NotFound(DocId),
-    /// The document exists but is of another kind.
-    #[error("document {id} is a {actual}, not a {expected}")]
-    WrongKind {
-        /// The document.
-        id: DocId,
-        /// The kind asked for.
-        expected: DocKind,
-        /// The kind stored.
-        actual: DocKind,
-    },
-    /// A document with this id already exists.
-    #[error("document {0} already exists")]
-    Exists(DocId),
-    /// A query passed to the read-only SQL interface tried to write or was malformed.
-    #[error("query refused: {0}")]
-    Query(String),
-    /// A change or document is over one of its budgets (`crate::budget`).
-    #[error("over budget: {0}")]
-    Budget(String),
-}
-
-impl StoreError {
-    /// Whether the error means the disk is full (writes fail, stored data is intact).
-    pub fn is_disk_full(&self) -> bool {
-        matches!(self, Self::Sqlite(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::DiskFull)
-    }
-}
-
-/// `PRAGMA synchronous` for the replica.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Durability {
-    /// `synchronous=FULL`: a committed edit survives power loss (the default).
-    Full,
-    /// `synchronous=NORMAL`: survives a process crash; the last commits may be lost on power loss.
-    Normal,
-}
-
-/// Options for [`Store::open_with`].
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    /// Durability of commits.
-    pub durability: Durability,
-    /// How many documents to keep loaded in memory.
-    pub cache_docs: usize,
-    /// Compact a document's snapshot once this many changes have accumulated.
-    pub compact_after: i64,
-    /// Device id given to a new replica (default: a fresh UUIDv7). Ignored when the replica
-    /// already has one. For deterministic simulations, which must replay the same ids.
-    pub device_id: Option<Uuid>,
-    /// The last 8 bytes of this session's Automerge actor (default: random). Every opening of
-    /// a replica must use a different value; set only by deterministic simulations.
-    pub actor_suffix: Option<[u8; 8]>,
-    /// Where the replica gets the time (outbox, quarantine and document timestamps) and fresh
-    /// ids from: the system's by default, a [`crate::env::SeededEnv`] in simulations.
-    pub env: Arc<dyn Env>,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        Self {
-            durability: Durability::Full,
-            cache_docs: 256,
-            compact_after: 16,
-            device_id: None,
-            actor_suffix: None,
-            env: Arc::new(SystemEnv),
-        }
-    }
-}
-
-/// Where a document change came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Origin {
-    /// An edit made through this replica.
-    Local,
-    /// Changes or a snapshot received from elsewhere (sync, import).
-    Remote,
-}
-
-/// Sent to subscribers after a transaction that changed a document commits.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DocEvent {
-    /// The document.
-    pub id: DocId,
-    /// Its kind, when known.
-    pub kind: Option<DocKind>,
-    /// Local edit or remote merge.
-    pub origin: Origin,
-    /// The document was removed from the replica (it left the device's scopes).
-    pub evicted: bool,
-}
-
-/// A local change waiting for the relay's acknowledgement.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutboxChange {
-    /// Position in the outbox.
-    pub seq: i64,
-    /// The document.
-    pub doc_id: DocId,
-    /// The change hash.
-    pub hash: ChangeHash,
-    /// The raw (uncompressed) Automerge change.
-    pub bytes: Vec<u8>,
-}
-
-/// A change the relay refused, kept locally.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Quarantined {
-    /// The document.
-    pub doc_id: DocId,
-    /// Hex change hash.
-    pub hash: String,
-    /// The relay's reason.
-    pub reason: String,
-    /// When it was refused (ms).
-    pub at: i64,
-}
-
-/// A downloaded document this replica could not load.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Skipped {
-    /// The document.
-    pub doc_id: DocId,
-    /// Why it did not load (the latest attempt).
-    pub reason: String,
-    /// When (ms).
-    pub at: i64,
-}
-
-/// A field with concurrent values, as stored in the `conflicts` projection.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DocConflict {
-    /// The document.
-    pub doc_id: DocId,
-    /// Its kind.
-    pub kind: DocKind,
-    /// Field path.
-    pub path: String,
-    /// The distinct values, the shown one first.
-    pub values: Vec<serde_json::Value>,
-}
-
-/// Result of one committed local edit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Committed {
-    /// The document.
-    pub id: DocId,
-    /// The hashes of the changes written (usually one).
-    pub hashes: Vec<ChangeHash>,
-}
 
 /// A raw change with its hash: `(hash, bytes)`.
 type RawChange = (Vec<u8>, Vec<u8>);

@@ -4,7 +4,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::*;
-use crate::ids::Role;
+use crate::ids::{DocId, Role};
 use crate::model::{
     ContactInput, CustomerEdit, CustomerField, Document, Edit, EditCtx, NewCustomer, NewQuote,
     NewVisit, QuoteEdit, VisitStatus, apply_edit, create_customer, create_quote, create_visit,
