@@ -11,10 +11,9 @@
 use automerge::{AutoCommit, ChangeHash};
 use rusqlite::params;
 
-use super::{
-    DocEvent, Origin, PreparedSnapshot, StoreError, StoreTx, check_local_change, heads_to_bytes,
-    load_cached, project,
-};
+use super::decode::heads_to_bytes;
+use super::local_budget::check_local_change;
+use super::{DocEvent, Origin, PreparedSnapshot, StoreError, StoreTx, load_cached, project};
 use crate::DocId;
 use crate::model::rewrite::reapply;
 
