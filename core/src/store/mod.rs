@@ -16,6 +16,7 @@
 //! `prefetch` (downloaded snapshots loaded on helper threads ahead of the writing one) and
 //! `replace` (a document whose history the relay replaced).
 
+mod cache;
 mod decode;
 mod error;
 mod local_budget;
@@ -27,7 +28,6 @@ mod records;
 mod replace;
 mod schema;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -38,8 +38,10 @@ use uuid::Uuid;
 use crate::env::Env;
 use crate::ids::{DocId, DocKind};
 use crate::model::{self, Document, ModelError};
+use cache::{DocCache, load_cached};
 use decode::{RawChange, causal_order, heads_to_bytes, self_contained};
 use local_budget::{check_doc_size, check_local_change};
+use projection::{project, project_read, read_for_projection};
 
 pub use decode::{
     MAX_CHANGE_BYTES, MAX_SNAPSHOT_BYTES, decode_change, guard, heads_from_bytes, load_snapshot,
@@ -52,51 +54,6 @@ pub use prefetch::{PreparedQueue, PreparedSnapshot, prepare_snapshot, with_prepa
 pub use records::{Committed, DocConflict, DocEvent, Origin, OutboxChange, Quarantined, Skipped};
 pub use replace::Replaced;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
-
-/// A small least-recently-used cache of loaded documents.
-struct DocCache {
-    cap: usize,
-    tick: u64,
-    docs: HashMap<DocId, (AutoCommit, u64)>,
-}
-
-impl DocCache {
-    fn new(cap: usize) -> Self {
-        Self {
-            cap: cap.max(1),
-            tick: 0,
-            docs: HashMap::new(),
-        }
-    }
-
-    fn get(&mut self, id: &DocId) -> Option<&mut AutoCommit> {
-        self.tick += 1;
-        let t = self.tick;
-        self.docs.get_mut(id).map(|(d, used)| {
-            *used = t;
-            d
-        })
-    }
-
-    fn insert(&mut self, id: DocId, doc: AutoCommit) {
-        if self.docs.len() >= self.cap
-            && !self.docs.contains_key(&id)
-            && let Some(oldest) = self
-                .docs
-                .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(k, _)| *k)
-        {
-            self.docs.remove(&oldest);
-        }
-        self.tick += 1;
-        self.docs.insert(id, (doc, self.tick));
-    }
-
-    fn remove(&mut self, id: &DocId) {
-        self.docs.remove(id);
-    }
-}
 
 /// The local replica store.
 pub struct Store {
@@ -664,86 +621,6 @@ impl Store {
             }
         }
         Ok(problems)
-    }
-}
-
-/// Loads a document from the cache or from SQLite (snapshot plus incremental changes).
-fn load_cached<'c>(
-    conn: &Connection,
-    cache: &'c mut DocCache,
-    actor: &ActorId,
-    id: DocId,
-) -> Result<&'c mut AutoCommit, StoreError> {
-    if cache.docs.contains_key(&id) {
-        return cache.get(&id).ok_or(StoreError::NotFound(id));
-    }
-    let snapshot: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT snapshot FROM docs WHERE id = ?1")?
-        .query_row([id.as_bytes()], |r| r.get(0))
-        .optional()?;
-    let snapshot = snapshot.ok_or(StoreError::NotFound(id))?;
-    let mut doc = load_snapshot(&snapshot)?;
-    let mut st = conn.prepare_cached("SELECT bytes FROM doc_changes WHERE doc_id = ?1")?;
-    let changes = st
-        .query_map([id.as_bytes()], |r| r.get::<_, Vec<u8>>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    if !changes.is_empty() {
-        let decoded = changes
-            .iter()
-            .map(|b| decode_change(b))
-            .collect::<Result<Vec<_>, _>>()?;
-        guard("applying stored changes", || doc.apply_changes(decoded))?
-            .map_err(|e| StoreError::InvalidData(e.to_string()))?;
-    }
-    doc.set_actor(actor.clone());
-    cache.insert(id, doc);
-    cache.get(&id).ok_or(StoreError::NotFound(id))
-}
-
-/// Rewrites a document's projection rows (or clears them if it cannot be read yet).
-/// `may_conflict: false` skips the conflict scan for documents that cannot have any.
-fn project(
-    conn: &Connection,
-    doc: &AutoCommit,
-    fresh: bool,
-    may_conflict: bool,
-) -> Result<Option<Document>, StoreError> {
-    project_read(conn, read_for_projection(doc, may_conflict), fresh)
-}
-
-/// Reads a document and its conflicts for [`project_read`].
-fn read_for_projection(
-    doc: &AutoCommit,
-    may_conflict: bool,
-) -> Result<(Document, Vec<model::Conflict>), ModelError> {
-    // Downloaded content nobody on this laptop validated: a panic in automerge's readers makes
-    // the document unreadable here (stored, not projected, reported by `verify`), never a
-    // crash of the sync.
-    guard("reading a document", || {
-        model::read_document(doc).map(|d| {
-            let conflicts = if may_conflict {
-                model::conflicts(doc)
-            } else {
-                Vec::new()
-            };
-            (d, conflicts)
-        })
-    })
-    .unwrap_or_else(|e| Err(ModelError::Malformed(e.to_string())))
-}
-
-/// [`project`] with the document already read, and its conflicts found.
-fn project_read(
-    conn: &Connection,
-    read: Result<(Document, Vec<model::Conflict>), ModelError>,
-    fresh: bool,
-) -> Result<Option<Document>, StoreError> {
-    match read {
-        Ok((d, conflicts)) => {
-            projection::write(conn, &d, &conflicts, fresh)?;
-            Ok(Some(d))
-        }
-        Err(_) => Ok(None),
     }
 }
 

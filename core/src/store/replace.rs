@@ -11,9 +11,11 @@
 use automerge::{AutoCommit, ChangeHash};
 use rusqlite::params;
 
+use super::cache::load_cached;
 use super::decode::heads_to_bytes;
 use super::local_budget::check_local_change;
-use super::{DocEvent, Origin, PreparedSnapshot, StoreError, StoreTx, load_cached, project};
+use super::projection::project;
+use super::{DocEvent, Origin, PreparedSnapshot, StoreError, StoreTx};
 use crate::DocId;
 use crate::model::rewrite::reapply;
 
