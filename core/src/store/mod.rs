@@ -11,10 +11,22 @@
 //! limits, and every failure is a typed [`StoreError`]; nothing already stored is modified by a
 //! failed call (the transaction rolls back and the cached copy is dropped).
 //!
-//! Around this module: `schema` (the tables and their migrations), `projection` (the typed
-//! rows), `precheck` (a change checked against its document before automerge applies it),
-//! `prefetch` (downloaded snapshots loaded on helper threads ahead of the writing one) and
-//! `replace` (a document whose history the relay replaced).
+//! The parts, from the bottom up:
+//!
+//! - `error`, `options` and `records`: [`StoreError`], [`StoreOptions`] and the records the
+//!   store hands out ([`DocEvent`], [`OutboxChange`], [`Committed`], …).
+//! - `decode`: bytes from elsewhere decoded under size limits and [`guard`]
+//!   ([`decode_change`], [`load_snapshot`], heads, causal order); `precheck`: a change checked
+//!   against its document before automerge applies it; `local_budget`: a local edit the relay
+//!   would refuse for good, refused before it is queued.
+//! - `schema` (the tables and their migrations), `projection` (a document's typed rows) and
+//!   `cache` (the documents kept loaded, read from their snapshot and the changes since).
+//! - `handle`: the [`Store`] itself (opening, transactions, subscribers, metadata), with
+//!   documents, the sync queues, SQL queries and maintenance in files beside it.
+//! - `tx`: the write transaction [`StoreTx`] and what every write shares, with local edits,
+//!   received changes, the outbox and eviction in files beside it. `prefetch` (downloaded
+//!   snapshots loaded on helper threads ahead of the transaction that stores them) feeds it,
+//!   and `replace` (a document whose history the relay replaced) adds to it.
 
 mod cache;
 mod decode;
