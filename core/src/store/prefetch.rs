@@ -6,10 +6,17 @@
 //! window ahead of the transaction that stores the results in order
 //! ([`super::StoreTx::apply_prepared_snapshot`]).
 
-use super::*;
+use std::collections::HashMap;
+
+use automerge::{AutoCommit, ChangeHash};
+
+use super::{StoreError, guard, load_snapshot};
+use crate::ids::DocId;
+use crate::model::{self, Document, ModelError};
 
 /// A downloaded snapshot decoded ahead of the transaction that stores it (see
-/// [`prepare_snapshot`] and [`StoreTx::apply_prepared_snapshot`]).
+/// [`prepare_snapshot`] and
+/// [`StoreTx::apply_prepared_snapshot`](super::StoreTx::apply_prepared_snapshot)).
 pub struct PreparedSnapshot {
     /// The loaded document (taken when it is merged into an existing one).
     pub(super) doc: Option<AutoCommit>,

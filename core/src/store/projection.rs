@@ -1,8 +1,12 @@
 //! Typed projection rows derived from documents, written in the same transaction as the change.
+//! [`project`] reads a document (guarded, as downloaded content may be hostile) and rewrites
+//! its rows; [`write`] and [`clear`] are the SQL underneath.
 
+use automerge::AutoCommit;
 use rusqlite::{Connection, params};
 
-use crate::model::{Conflict, Document};
+use super::{StoreError, guard};
+use crate::model::{self, Conflict, Document, ModelError};
 
 const TABLES_BY_DOC: &[(&str, &str)] = &[
     ("customers", "id"),
@@ -88,7 +92,7 @@ pub(crate) fn write(
                     k.active
                 ])?;
                 if let Some(p) = &k.phone {
-                    let n = crate::model::normalize_phone(p);
+                    let n = model::normalize_phone(p);
                     if !n.trim_start_matches('+').is_empty() {
                         phone.execute(params![id, n, p, k.id])?;
                     }
@@ -209,4 +213,51 @@ pub(crate) fn write(
         ])?;
     }
     Ok(())
+}
+
+/// Rewrites a document's projection rows (or clears them if it cannot be read yet).
+/// `may_conflict: false` skips the conflict scan for documents that cannot have any.
+pub(super) fn project(
+    conn: &Connection,
+    doc: &AutoCommit,
+    fresh: bool,
+    may_conflict: bool,
+) -> Result<Option<Document>, StoreError> {
+    project_read(conn, read_for_projection(doc, may_conflict), fresh)
+}
+
+/// Reads a document and its conflicts for [`project_read`].
+pub(super) fn read_for_projection(
+    doc: &AutoCommit,
+    may_conflict: bool,
+) -> Result<(Document, Vec<Conflict>), ModelError> {
+    // Downloaded content nobody on this laptop validated: a panic in automerge's readers makes
+    // the document unreadable here (stored, not projected, reported by `verify`), never a
+    // crash of the sync.
+    guard("reading a document", || {
+        model::read_document(doc).map(|d| {
+            let conflicts = if may_conflict {
+                model::conflicts(doc)
+            } else {
+                Vec::new()
+            };
+            (d, conflicts)
+        })
+    })
+    .unwrap_or_else(|e| Err(ModelError::Malformed(e.to_string())))
+}
+
+/// [`project`] with the document already read, and its conflicts found.
+pub(super) fn project_read(
+    conn: &Connection,
+    read: Result<(Document, Vec<Conflict>), ModelError>,
+    fresh: bool,
+) -> Result<Option<Document>, StoreError> {
+    match read {
+        Ok((d, conflicts)) => {
+            write(conn, &d, &conflicts, fresh)?;
+            Ok(Some(d))
+        }
+        Err(_) => Ok(None),
+    }
 }

@@ -11,10 +11,11 @@
 use automerge::{AutoCommit, ChangeHash};
 use rusqlite::params;
 
-use super::{
-    DocEvent, Origin, PreparedSnapshot, StoreError, StoreTx, check_local_change, heads_to_bytes,
-    load_cached, project,
-};
+use super::cache::load_cached;
+use super::decode::heads_to_bytes;
+use super::local_budget::check_local_change;
+use super::projection::project;
+use super::{DocEvent, Origin, PreparedSnapshot, StoreError, StoreTx};
 use crate::DocId;
 use crate::model::rewrite::reapply;
 

@@ -3,11 +3,15 @@
 // Tests mint ids and read the clock freely; the code under test takes them as inputs.
 #![allow(clippy::disallowed_methods)]
 
+use automerge::{ActorId, ChangeHash};
+use rusqlite::Connection;
+
 use super::*;
-use crate::ids::Role;
+use crate::ids::{DocId, Role};
 use crate::model::{
-    ContactInput, CustomerEdit, CustomerField, Document, Edit, EditCtx, NewCustomer, NewQuote,
-    NewVisit, QuoteEdit, VisitStatus, apply_edit, create_customer, create_quote, create_visit,
+    self, ContactInput, CustomerEdit, CustomerField, Document, Edit, EditCtx, NewCustomer,
+    NewQuote, NewVisit, QuoteEdit, VisitStatus, apply_edit, create_customer, create_quote,
+    create_visit,
 };
 
 fn ctx() -> EditCtx {

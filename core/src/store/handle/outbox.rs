@@ -1,0 +1,112 @@
+//! What sync has yet to do or left behind, read through the handle: local changes waiting in
+//! the outbox, changes the relay refused (the quarantine), and downloads that did not load.
+
+use automerge::ChangeHash;
+use rusqlite::params;
+
+use super::Store;
+use crate::ids::DocId;
+use crate::store::{OutboxChange, Quarantined, Skipped, StoreError};
+
+impl Store {
+    /// Number of local changes not yet acknowledged by the relay.
+    pub fn outbox_len(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)
+    }
+
+    /// The oldest unacknowledged local changes, up to `max_count` changes and about `max_bytes`
+    /// (at least one change is returned if any is waiting), skipping those after `after_seq`.
+    pub fn outbox_batch(
+        &self,
+        after_seq: i64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<OutboxChange>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, doc_id, hash, bytes FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![after_seq, max_count as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows {
+            let (seq, doc, hash, b) = row?;
+            if !out.is_empty() && bytes + b.len() > max_bytes {
+                break;
+            }
+            bytes += b.len();
+            let (Some(doc_id), Ok(hash)) = (
+                DocId::from_slice(&doc),
+                ChangeHash::try_from(hash.as_slice()),
+            ) else {
+                continue;
+            };
+            out.push(OutboxChange {
+                seq,
+                doc_id,
+                hash,
+                bytes: b,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Changes the relay refused, newest first.
+    pub fn quarantine(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT doc_id, hash, reason, at FROM quarantine ORDER BY at DESC")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (doc, hash, reason, at) = row?;
+            if let Some(doc_id) = DocId::from_slice(&doc) {
+                out.push(Quarantined {
+                    doc_id,
+                    hash: hex::encode(hash),
+                    reason,
+                    at,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Downloaded documents this replica could not load, newest first: kept out of the
+    /// replica and reported until a later snapshot of the document loads.
+    pub fn skipped(&self) -> Result<Vec<Skipped>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT doc_id, reason, at FROM skipped ORDER BY at DESC, doc_id")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (doc, reason, at) = row?;
+            if let Some(doc_id) = DocId::from_slice(&doc) {
+                out.push(Skipped { doc_id, reason, at });
+            }
+        }
+        Ok(out)
+    }
+}
