@@ -58,6 +58,7 @@ pub mod drive;
 pub mod memory;
 pub mod messages;
 pub mod relay;
+pub mod rules;
 pub mod step;
 pub mod token;
 pub mod validate;

@@ -164,6 +164,19 @@ pub(super) trait DeviceBackend {
     fn token_rows(&self) -> Result<Vec<TokenRow>, RelayStoreError>;
 }
 
+/// A sender's grant as the upload rules read it inside their transaction.
+pub(super) fn sender(
+    db: &impl DeviceDb,
+    id: Uuid,
+) -> Result<Option<fieldsync_core::protocol::rules::Sender>, RelayStoreError> {
+    use fieldsync_core::protocol::rules::Sender;
+    Ok(match db.device_row(id)? {
+        Some(r) if r.revoked_at.is_some() => Some(Sender::Revoked),
+        Some(r) => Some(Sender::Active(r.info(id)?)),
+        None => None,
+    })
+}
+
 /// SHA-256 of a secret, as stored.
 pub(super) fn hash_secret(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()

@@ -7,9 +7,10 @@
 //!   its schema, its SQL for the upload rules (`batch_db`) and for the device policy
 //!   (`devices`); PostgreSQL adds its connection pool (`pool`), the notification listener
 //!   (`listen`) and scratch databases for tests (`scratch`).
-//! - `batch`: the upload rules, written once — validation, budgets, quotas (`quota`), scope
-//!   moves and their grace period, the document cache — over the `BatchDb` trait, which each
-//!   backend implements with its own SQL inside its write transaction.
+//! - the upload rules (validation, budgets, quotas, scope moves and their grace period, the
+//!   document cache) are `fieldsync_core::protocol::rules`, written once over its `BatchDb`
+//!   trait, which each backend implements with its own SQL inside its write transaction (and
+//!   core's in-memory relay with maps).
 //! - `replace`: a document's history replaced (`doc trim`), in the same way over `BatchDb`.
 //! - `devices`: the device and enrolment policy (admission, tokens, revocation, grants),
 //!   written once over the `DeviceDb` and `DeviceBackend` traits.
@@ -20,35 +21,28 @@
 //! only those being written, into a small LRU cache; it never holds all documents in memory.
 
 mod backend;
-mod batch;
 mod devices;
 pub mod postgres;
-mod quota;
 mod replace;
 pub(crate) mod sqlite;
 #[cfg(test)]
 mod tests;
 
 use fieldsync_core::ids::ALL_SCOPES;
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use automerge::AutoCommit;
-use automerge::ChangeHash;
-use fieldsync_core::budget::MAX_DOC_BYTES;
 use fieldsync_core::env::{Env, SystemEnv};
+use fieldsync_core::protocol::messages::Hash;
 use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
-use fieldsync_core::protocol::messages::{Hash, Rejection};
 use fieldsync_core::protocol::{
-    DeviceInfo, Entry, Lack, LogEntry, Outcome, StorageError, UploadChange, check_change,
+    DeviceInfo, Entry, Lack, LogEntry, Outcome, StorageError, UploadChange,
 };
-use fieldsync_core::store::{decode_change, load_snapshot};
-use fieldsync_core::{DocId, DocKind, Role};
+use fieldsync_core::{DocId, Role};
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
@@ -56,24 +50,21 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use backend::RelayStore;
-use batch::{BatchDb, DocCache, DocMeta, DocRow, append_batch};
 use devices::{DeviceBackend, DeviceDb, DeviceRow, Holder, NewDevice, TokenRow};
 pub use fieldsync_core::protocol::relay::SnapshotPage;
+pub use fieldsync_core::protocol::rules::quota::{Quota, Usage, day_of, quota_of};
+use fieldsync_core::protocol::rules::{
+    BatchDb, DocCache, DocMeta, DocRow, KIND_CHANGES, KIND_LEAVE, KIND_REPLACE, KIND_SNAPSHOT,
+    RulesError, Sender, UploadRules, append_batch, heads_bytes, save,
+};
 pub use postgres::PgRelayStore;
 pub use postgres::PoolStats;
-pub use quota::{Quota, Usage, day_of, quota_of};
-use replace::KIND_REPLACE;
 pub use replace::Replacement;
 pub use sqlite::SqliteRelayStore;
 pub use sqlite::{APPLICATION_ID, SCHEMA_VERSION};
 
 /// File name of the relay database inside the data directory.
 pub const DB_FILE: &str = "relay.db";
-
-/// Log entry kinds (`log.kind`).
-const KIND_CHANGES: i64 = 0;
-const KIND_SNAPSHOT: i64 = 1;
-const KIND_LEAVE: i64 = 2;
 
 /// Bytes counted per entry on top of its payload, as the relay session counts them.
 const ENTRY_OVERHEAD: usize = 24;
@@ -168,6 +159,27 @@ fn pg_detail(e: &::postgres::Error) -> String {
     match std::error::Error::source(e) {
         Some(src) => format!("{e}: {src}"),
         None => e.to_string(),
+    }
+}
+
+impl From<RulesError> for RelayStoreError {
+    fn from(e: RulesError) -> Self {
+        match e {
+            RulesError::Unloadable(id, why) => Self::Unloadable(id, why),
+            RulesError::Corrupt(why) => Self::Corrupt(why),
+            e => Self::Corrupt(e.to_string()),
+        }
+    }
+}
+
+impl RelayStoreOptions {
+    /// The upload rules' settings at this moment.
+    fn upload_rules(&self) -> UploadRules {
+        UploadRules {
+            now: self.env.now_millis(),
+            move_grace: self.move_grace,
+            quota: self.quota,
+        }
     }
 }
 
@@ -430,17 +442,8 @@ fn lack_of(
     Ok(Lack::Nothing { scope })
 }
 
-fn heads_bytes(doc: &mut AutoCommit) -> Vec<u8> {
-    doc.get_heads().iter().flat_map(|h| h.0).collect()
-}
-
 fn split_heads(b: &[u8]) -> Vec<Hash> {
     b.chunks_exact(32)
         .filter_map(|c| <[u8; 32]>::try_from(c).ok())
         .collect()
-}
-
-fn save(doc: &mut AutoCommit, id: DocId) -> Result<Vec<u8>, RelayStoreError> {
-    catch_unwind(AssertUnwindSafe(|| doc.save()))
-        .map_err(|_| RelayStoreError::Corrupt(format!("automerge panicked saving document {id}")))
 }

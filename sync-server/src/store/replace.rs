@@ -12,10 +12,7 @@ use automerge::AutoCommit;
 use fieldsync_core::DocId;
 use uuid::Uuid;
 
-use super::{BatchDb, DocRow, RelayStoreError, heads_bytes, save};
-
-/// Log entry kind: the document's history was replaced; the entry holds the new snapshot.
-pub(super) const KIND_REPLACE: i64 = 3;
+use super::{BatchDb, DocRow, KIND_REPLACE, RelayStoreError, heads_bytes, save};
 
 /// What a replacement stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +28,7 @@ pub struct Replacement {
 /// Reads document `id`'s stored snapshot, asks `rewrite` for the new history and, if it gives
 /// one, stores it in place of the old (see the module docs). `Ok(None)` when `rewrite` gave
 /// none (a dry run); [`RelayStoreError::Invalid`] when the relay holds no such document.
-pub(super) fn replace_history<D: BatchDb>(
+pub(super) fn replace_history<D: BatchDb<Error = RelayStoreError>>(
     db: &D,
     id: DocId,
     at: i64,

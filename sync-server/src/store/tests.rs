@@ -4,7 +4,8 @@ use fieldsync_core::model::{
     CustomerEdit, CustomerField, Edit, EditCtx, NewCustomer, NewVisit, VisitStatus, apply_edit,
     create_customer, create_visit,
 };
-use fieldsync_core::store::Store;
+use fieldsync_core::protocol::messages::Rejection;
+use fieldsync_core::store::{Store, decode_change, load_snapshot};
 
 use super::*;
 use fieldsync_core::protocol::RelayStorage;

@@ -2,6 +2,7 @@
 //! and [`PgTx`], the transaction both this and the device policy run their statements in.
 
 use super::*;
+use fieldsync_core::protocol::rules::Sender;
 
 /// A write transaction seen through [`BatchDb`] and [`DeviceDb`] (whose methods take
 /// `&self`).
@@ -56,6 +57,12 @@ impl<'c> PgTx<'c> {
 }
 
 impl BatchDb for PgTx<'_> {
+    type Error = RelayStoreError;
+
+    fn sender(&self, id: Uuid) -> Result<Option<Sender>, RelayStoreError> {
+        crate::store::devices::sender(self, id)
+    }
+
     fn doc_meta(&self, id: DocId) -> Result<Option<DocMeta>, RelayStoreError> {
         self.q_opt(
             "SELECT kind, scope, customer_id, updated_seq FROM docs WHERE doc_id = $1",
@@ -281,7 +288,10 @@ impl BatchDb for PgTx<'_> {
         )?;
         self.exec(
             "DELETE FROM device_usage WHERE device = $1 AND day < $2",
-            &[&id, &(day - crate::store::quota::KEEP_DAYS)],
+            &[
+                &id,
+                &(day - fieldsync_core::protocol::rules::quota::KEEP_DAYS),
+            ],
         )?;
         Ok(())
     }

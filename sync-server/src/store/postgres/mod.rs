@@ -519,19 +519,21 @@ impl PgRelayStore {
         }
         let (outcomes, high) = self.with_writer(|client, cache| {
             let db = PgTx::appending(client)?;
-            let (outcomes, work, high) =
-                append_batch(&db, cache, &self.inner.opts, device, changes, relayed)?;
+            let mut done = append_batch(
+                &db,
+                cache,
+                &self.inner.opts.upload_rules(),
+                device,
+                changes,
+                relayed,
+            )?;
             let mut tx = db.tx.into_inner();
-            if let Some(h) = high {
+            if let Some(h) = done.high {
                 tx.execute("SELECT pg_notify($1, $2)", &[&LOG_CHANNEL, &h.to_string()])?;
             }
             tx.commit()?;
-            for (id, w) in work {
-                if w.scope.is_some() {
-                    cache.insert(id, w.doc, w.updated_seq);
-                }
-            }
-            Ok((outcomes, high))
+            done.cache_into(cache);
+            Ok((done.outcomes, done.high))
         })?;
         if let Some(h) = high {
             self.raise_high(h.max(0) as u64);

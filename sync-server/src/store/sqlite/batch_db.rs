@@ -1,8 +1,27 @@
-//! The SQL of the upload path's write transaction (`BatchDb`) for a rusqlite transaction.
+//! The SQL of the upload path's write transaction (core's `BatchDb`) for a rusqlite
+//! transaction, [`SqlTx`].
 
 use super::super::*;
 
-impl BatchDb for Transaction<'_> {
+/// A rusqlite write transaction seen through core's [`BatchDb`] (a trait of another crate
+/// is implemented on a type of this one).
+pub(super) struct SqlTx<'t, 'c>(pub(super) &'t Transaction<'c>);
+
+impl<'c> std::ops::Deref for SqlTx<'_, 'c> {
+    type Target = Transaction<'c>;
+
+    fn deref(&self) -> &Transaction<'c> {
+        self.0
+    }
+}
+
+impl BatchDb for SqlTx<'_, '_> {
+    type Error = RelayStoreError;
+
+    fn sender(&self, id: Uuid) -> Result<Option<Sender>, RelayStoreError> {
+        devices::sender(self.0, id)
+    }
+
     fn doc_meta(&self, id: DocId) -> Result<Option<DocMeta>, RelayStoreError> {
         Ok(self
             .prepare_cached(
@@ -206,7 +225,10 @@ impl BatchDb for Transaction<'_> {
             i64::try_from(add.bytes).unwrap_or(i64::MAX)
         ])?;
         self.prepare_cached("DELETE FROM device_usage WHERE device = ?1 AND day < ?2")?
-            .execute(params![device.as_bytes(), day - quota::KEEP_DAYS])?;
+            .execute(params![
+                device.as_bytes(),
+                day - fieldsync_core::protocol::rules::quota::KEEP_DAYS
+            ])?;
         Ok(())
     }
 }

@@ -5,7 +5,8 @@
 //! the entries, so a reader can never skip an entry that commits later with a lower number.
 //! Reads (`read_log`, `read_snapshots`, `missing`, `authenticate`) use a small pool of
 //! read-only connections and run concurrently with a write (WAL). The upload rules are
-//! `batch::append_batch`, over `batch_db`'s `BatchDb` for a rusqlite transaction; the device
+//! core's `protocol::rules::append_batch`, over `batch_db`'s `BatchDb` for a rusqlite
+//! transaction; the device
 //! policy is `store::devices`, over `devices`' `DeviceDb` and `DeviceBackend`.
 
 use super::*;
@@ -14,6 +15,7 @@ mod batch_db;
 mod devices;
 pub(crate) mod schema;
 
+use batch_db::SqlTx;
 use devices::devices_generation;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
@@ -200,7 +202,8 @@ impl SqliteRelayStore {
         let mut guard = lock(&self.inner.writer);
         let Writer { conn, .. } = &mut *guard;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let done = replace::replace_history(&tx, id, self.inner.opts.env.now_millis(), rewrite)?;
+        let done =
+            replace::replace_history(&SqlTx(&tx), id, self.inner.opts.env.now_millis(), rewrite)?;
         tx.commit()?;
         drop(guard);
         if let Some(r) = &done {
@@ -267,19 +270,20 @@ impl SqliteRelayStore {
         let mut guard = lock(&self.inner.writer);
         let Writer { conn, cache } = &mut *guard;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (outcomes, work, high) =
-            append_batch(&tx, cache, &self.inner.opts, device, changes, relayed)?;
+        let mut done = append_batch(
+            &SqlTx(&tx),
+            cache,
+            &self.inner.opts.upload_rules(),
+            device,
+            changes,
+            relayed,
+        )?;
         tx.commit()?;
-        for (id, w) in work {
-            // Only documents the relay holds: a refused first change leaves an empty one.
-            if w.scope.is_some() {
-                cache.insert(id, w.doc, w.updated_seq);
-            }
-        }
-        if let Some(h) = high {
+        done.cache_into(cache);
+        if let Some(h) = done.high {
             self.inner.notify.send_replace(h.max(0) as u64);
         }
-        Ok(outcomes)
+        Ok(done.outcomes)
     }
 
     /// The highest sequence number assigned so far.

@@ -6,7 +6,7 @@
 //! of a scope in seconds. The quota is checked in the upload's transaction, before a change is
 //! applied; a change over it is refused with a retryable reason (it stays in the device's
 //! outbox and goes through the next day, or once IT raises the quota). Usage is kept per device
-//! and day in `device_usage` (both backends), incremented at the end of each upload, and shown
+//! and day by the store (`device_usage` in the relay's databases), incremented at the end of each upload, and shown
 //! by `device list`; refusals are counted in the `quota_refusals` metric.
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds in a day.
 const DAY_MS: i64 = 86_400_000;
 /// Days of usage kept per device.
-pub(super) const KEEP_DAYS: i64 = 7;
+pub const KEEP_DAYS: i64 = 7;
 
 /// Refusal reasons, recognised by [`quota_of`].
 const NEW_DOCS_REASON: &str = "daily quota of new documents reached";
@@ -49,7 +49,7 @@ pub struct Usage {
 
 impl Usage {
     /// Adds one stored change.
-    pub(super) fn add(&mut self, new_document: bool, bytes: usize) {
+    pub(crate) fn add(&mut self, new_document: bool, bytes: usize) {
         self.new_documents += u64::from(new_document);
         self.bytes = self.bytes.saturating_add(bytes as u64);
     }
@@ -63,7 +63,7 @@ pub fn day_of(ms: i64) -> i64 {
 impl Quota {
     /// Whether a device that used `used` today may store one more change of `bytes` (a new
     /// document if `new_document`); the refusal's reason otherwise.
-    pub(super) fn check(
+    pub(crate) fn check(
         &self,
         used: Usage,
         new_document: bool,

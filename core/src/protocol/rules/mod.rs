@@ -1,166 +1,75 @@
-//! The relay's upload rules, written once for both backends: [`append_batch`] judges and stores
-//! one upload inside the backend's write transaction, through [`BatchDb`] (the statements it
-//! needs, which each backend implements with its own SQL). It loads each document once per
+//! The relay's upload rules, written once for every relay store: [`append_batch`] judges and
+//! stores one upload inside the store's write transaction, through [`BatchDb`] (the statements
+//! it needs, which each store implements: with SQL in `fieldsync-relay`'s SQLite and PostgreSQL
+//! stores, with maps in [`super::memory::MemoryRelay`]). It loads each document once per
 //! upload (from [`DocCache`] when no other writer changed it since), checks every change with
-//! `fieldsync_core::protocol::check_change` against the document's budgets, the sender's daily
-//! quota, scope moves and their grace period, appends accepted changes to the log and saves
-//! each touched document's snapshot once.
+//! [`check_change`] against the document's budgets, the sender's daily [`quota`], scope moves
+//! and their grace period, appends accepted changes to the log and saves each touched
+//! document's snapshot once.
+//!
+//! - `db`: the [`BatchDb`] trait, the rows it speaks of and the log entry kinds;
+//! - `cache`: [`DocCache`];
+//! - `quota`: per-device daily quotas.
 
-use super::*;
+mod cache;
+mod db;
+pub mod quota;
 
-/// A small least-recently-used cache of loaded documents.
-pub(super) struct DocCache {
-    cap: usize,
-    tick: u64,
-    /// Each document with its last use and the `updated_seq` it was cached at.
-    docs: HashMap<DocId, (AutoCommit, u64, i64)>,
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use automerge::{AutoCommit, ChangeHash};
+use uuid::Uuid;
+
+pub use cache::DocCache;
+pub use db::{
+    BatchDb, DocMeta, DocRow, FiledDoc, KIND_CHANGES, KIND_LEAVE, KIND_REPLACE, KIND_SNAPSHOT,
+    RulesError, Sender,
+};
+pub use quota::{Quota, Usage, day_of};
+
+use super::messages::{Hash, Rejection, UploadChange};
+use super::relay::Outcome;
+use super::validate::{DeviceInfo, check_change};
+use crate::budget::MAX_DOC_BYTES;
+use crate::ids::{DocId, DocKind, Millis, Role};
+use crate::store::{decode_change, load_snapshot};
+
+/// A document's heads as stored: 32 bytes each.
+pub fn heads_bytes(doc: &mut AutoCommit) -> Vec<u8> {
+    doc.get_heads().iter().flat_map(|h| h.0).collect()
 }
 
-impl DocCache {
-    pub(super) fn new(cap: usize) -> Self {
-        Self {
-            cap: cap.max(1),
-            tick: 0,
-            docs: HashMap::new(),
-        }
-    }
-
-    /// Takes a document out if it was cached at `updated_seq` (a copy cached at another
-    /// position is stale and dropped).
-    pub(super) fn take(&mut self, id: &DocId, updated_seq: i64) -> Option<AutoCommit> {
-        self.docs
-            .remove(id)
-            .and_then(|(d, _, at)| (at == updated_seq).then_some(d))
-    }
-
-    pub(super) fn insert(&mut self, id: DocId, doc: AutoCommit, updated_seq: i64) {
-        if self.docs.len() >= self.cap && !self.docs.contains_key(&id) {
-            // Evict the least recently used eighth at once: one pass over the cache per
-            // `cap / 8` insertions instead of one per insertion.
-            let mut ticks: Vec<u64> = self.docs.values().map(|(_, t, _)| *t).collect();
-            let n = (self.cap / 8).max(1).min(ticks.len()) - 1;
-            let (_, cutoff, _) = ticks.select_nth_unstable(n);
-            let cutoff = *cutoff;
-            self.docs.retain(|_, (_, t, _)| *t > cutoff);
-        }
-        self.tick += 1;
-        self.docs.insert(id, (doc, self.tick, updated_seq));
-    }
-
-    pub(super) fn cap(&self) -> usize {
-        self.cap
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.docs.len()
-    }
+/// A document's snapshot, with a panic inside automerge turned into an error.
+pub fn save(doc: &mut AutoCommit, id: DocId) -> Result<Vec<u8>, RulesError> {
+    catch_unwind(AssertUnwindSafe(|| doc.save()))
+        .map_err(|_| RulesError::Corrupt(format!("automerge panicked saving document {id}")))
 }
 
-/// A row of `docs` as the upload path writes it.
-pub(super) struct DocRow<'a> {
-    pub(super) doc_id: DocId,
-    pub(super) kind: Option<i64>,
-    pub(super) scope: &'a str,
-    pub(super) customer_id: Option<DocId>,
-    pub(super) snapshot: &'a [u8],
-    pub(super) heads: &'a [u8],
-    pub(super) updated_seq: i64,
-    /// The raw size of every change the document holds.
-    pub(super) raw_bytes: usize,
-}
-
-/// `(kind, scope, customer_id, updated_seq)` of a stored document.
-pub(super) type DocMeta = (Option<i64>, String, Option<Vec<u8>>, i64);
-
-/// The statements the upload path runs inside its write transaction: the seam between the
-/// backend-independent rules of [`Batch`] (validation, scope moves, the document cache) and
-/// each backend's SQL. Every method runs in the one transaction that stores the batch, so
-/// the rules read the state they are about to change. The sender's device row is read
-/// through the supertrait [`DeviceDb`].
-pub(super) trait BatchDb: DeviceDb {
-    /// Kind, scope, customer and `updated_seq` of a stored document.
-    fn doc_meta(&self, id: DocId) -> Result<Option<DocMeta>, RelayStoreError>;
-    /// A stored document's snapshot.
-    fn doc_snapshot(&self, id: DocId) -> Result<Vec<u8>, RelayStoreError>;
-    /// The raw size of the changes a stored document holds (`docs.raw_bytes`).
-    fn doc_bytes(&self, id: DocId) -> Result<usize, RelayStoreError>;
-    /// Inserts or replaces a document.
-    fn upsert_doc(&self, row: &DocRow<'_>) -> Result<(), RelayStoreError>;
-    /// Appends a log entry and returns its sequence number.
-    #[allow(clippy::too_many_arguments)]
-    fn insert_log(
-        &self,
-        scope: &str,
-        doc: DocId,
-        kind: i64,
-        hash: Option<&[u8]>,
-        bytes: Option<&[u8]>,
-        device: Uuid,
-        at: i64,
-    ) -> Result<i64, RelayStoreError>;
-    /// Sets the `moved_to` of a `Leave` entry.
-    fn set_moved_to(&self, seq: i64, to: &str) -> Result<(), RelayStoreError>;
-    /// Records a move of a document between scopes.
-    fn insert_move(
-        &self,
-        doc: DocId,
-        from: &str,
-        to: &str,
-        seq: i64,
-        at: i64,
-    ) -> Result<(), RelayStoreError>;
-    /// Moves of a document after `since` (ms), newest first: `(from_scope, seq)`. A grace
-    /// period of zero thus excuses nothing, even a move in the same millisecond.
-    fn moves_since(&self, doc: DocId, since: i64) -> Result<Vec<(String, i64)>, RelayStoreError>;
-    /// A customer and its visits and quotes: `(doc_id, scope, snapshot)` by id.
-    fn customer_docs(
-        &self,
-        customer: DocId,
-    ) -> Result<Vec<(DocId, String, Vec<u8>)>, RelayStoreError>;
-    /// Files a document under `scope` at `seq`.
-    fn refile_doc(&self, doc: DocId, scope: &str, seq: i64) -> Result<(), RelayStoreError>;
-    /// The document and sequence number of a stored change.
-    fn stored_change(&self, hash: &[u8]) -> Result<Option<(DocId, i64)>, RelayStoreError>;
-    /// Records a stored change.
-    fn insert_change(&self, hash: &[u8], doc: DocId, seq: i64) -> Result<(), RelayStoreError>;
-    /// Forgets a document's history before its replacement at `seq`: its change and snapshot
-    /// log entries, and its change index (see [`replace`]).
-    fn forget_history(&self, doc: DocId, seq: i64) -> Result<(), RelayStoreError>;
-    /// Appends to the audit trail.
-    fn insert_audit(
-        &self,
-        seq: i64,
-        device: Uuid,
-        doc: DocId,
-        at: i64,
-    ) -> Result<(), RelayStoreError>;
-    /// The role a change stored before a restore was first uploaded with (see `vouched`).
-    fn vouched(&self, hash: &[u8]) -> Result<Option<String>, RelayStoreError>;
-    /// Whether `device` has been sent the departure of `doc` from its scopes.
-    fn departure_served(&self, device: Uuid, doc: DocId) -> Result<bool, RelayStoreError>;
-    /// What `device` stored on `day` (see [`quota`]).
-    fn usage(&self, device: Uuid, day: i64) -> Result<Usage, RelayStoreError>;
-    /// Adds to what `device` stored on `day`, and forgets its usage of days long past.
-    fn add_usage(&self, device: Uuid, day: i64, add: Usage) -> Result<(), RelayStoreError>;
+fn doc_id(b: &[u8]) -> Result<DocId, RulesError> {
+    DocId::from_slice(b)
+        .ok_or_else(|| RulesError::Corrupt(format!("bad document id {}", hex::encode(b))))
 }
 
 /// One document being written during an upload batch.
-pub(super) struct Work {
-    pub(super) doc: AutoCommit,
-    pub(super) kind: Option<DocKind>,
-    pub(super) scope: Option<String>,
-    pub(super) customer_id: Option<DocId>,
-    pub(super) updated_seq: i64,
+struct Work {
+    doc: AutoCommit,
+    kind: Option<DocKind>,
+    scope: Option<String>,
+    customer_id: Option<DocId>,
+    updated_seq: i64,
     /// Changes accepted into `doc` since it was last written to `docs` (none: clean).
-    pub(super) unsaved: Vec<Vec<u8>>,
+    unsaved: Vec<Vec<u8>>,
     /// The raw size of every change the document holds now (those stored in `docs` plus those
     /// accepted since): an upper bound of what loading it costs, whatever its snapshot
     /// compresses to.
-    pub(super) raw_bytes: usize,
+    raw_bytes: usize,
 }
 
 /// State of one upload batch inside its transaction.
-pub(super) struct Batch<'a, D: BatchDb> {
+struct Batch<'a, D: BatchDb> {
     tx: &'a D,
     cache: &'a mut DocCache,
     work: HashMap<DocId, Work>,
@@ -177,13 +86,13 @@ pub(super) struct Batch<'a, D: BatchDb> {
 
 impl<D: BatchDb> Batch<'_, D> {
     /// Takes a document out of the working set, the cache or the database (a new, empty
-    /// document if the relay has none).
-    fn take(&mut self, id: DocId) -> Result<Work, RelayStoreError> {
+    /// document if the relay has none); `Ok(Err(why))` when the stored one does not load.
+    fn take(&mut self, id: DocId) -> Result<Result<Work, String>, D::Error> {
         if let Some(w) = self.work.remove(&id) {
-            return Ok(w);
+            return Ok(Ok(w));
         }
         let Some((kind, scope, customer, updated_seq)) = self.tx.doc_meta(id)? else {
-            return Ok(Work {
+            return Ok(Ok(Work {
                 doc: AutoCommit::new(),
                 kind: None,
                 scope: None,
@@ -191,19 +100,18 @@ impl<D: BatchDb> Batch<'_, D> {
                 updated_seq: 0,
                 unsaved: Vec::new(),
                 raw_bytes: 0,
-            });
+            }));
         };
         // A cached copy is used only if no other writer (another relay node sharing the
         // database) stored the document since it was cached.
         let doc = match self.cache.take(&id, updated_seq) {
             Some(d) => d,
-            None => {
-                let snapshot = self.tx.doc_snapshot(id)?;
-                load_snapshot(&snapshot)
-                    .map_err(|e| RelayStoreError::Unloadable(id, e.to_string()))?
-            }
+            None => match load_snapshot(&self.tx.doc_snapshot(id)?) {
+                Ok(d) => d,
+                Err(e) => return Ok(Err(e.to_string())),
+            },
         };
-        Ok(Work {
+        Ok(Ok(Work {
             doc,
             kind: kind.and_then(DocKind::from_code),
             scope: Some(scope),
@@ -211,11 +119,11 @@ impl<D: BatchDb> Batch<'_, D> {
             updated_seq,
             unsaved: Vec::new(),
             raw_bytes: self.tx.doc_bytes(id)?,
-        })
+        }))
     }
 
     /// Writes every changed document of the working set back to `docs`.
-    fn flush(&mut self) -> Result<(), RelayStoreError> {
+    fn flush(&mut self) -> Result<(), D::Error> {
         if self.added != Usage::default() {
             self.tx
                 .add_usage(self.sender, day_of(self.now), self.added)?;
@@ -245,9 +153,8 @@ impl<D: BatchDb> Batch<'_, D> {
 
     /// Rebuilds a working document that automerge left unusable: the stored snapshot (or an
     /// empty document) plus the changes this batch accepted into it since.
-    fn rebuild(&self, id: DocId, w: &mut Work) -> Result<(), RelayStoreError> {
-        let corrupt =
-            |e: String| RelayStoreError::Corrupt(format!("rebuilding document {id}: {e}"));
+    fn rebuild(&self, id: DocId, w: &mut Work) -> Result<(), D::Error> {
+        let corrupt = |e: String| RulesError::Corrupt(format!("rebuilding document {id}: {e}"));
         let mut doc = match self.tx.doc_meta(id)? {
             Some(_) => {
                 load_snapshot(&self.tx.doc_snapshot(id)?).map_err(|e| corrupt(e.to_string()))?
@@ -272,7 +179,7 @@ impl<D: BatchDb> Batch<'_, D> {
         hash: Option<&[u8]>,
         bytes: Option<&[u8]>,
         device: Uuid,
-    ) -> Result<i64, RelayStoreError> {
+    ) -> Result<i64, D::Error> {
         let seq = self
             .tx
             .insert_log(scope, doc, kind, hash, bytes, device, self.now)?;
@@ -288,7 +195,7 @@ impl<D: BatchDb> Batch<'_, D> {
         old: &str,
         new: &str,
         device: Uuid,
-    ) -> Result<(), RelayStoreError> {
+    ) -> Result<(), D::Error> {
         self.flush()?;
         let rows = self.tx.customer_docs(customer)?;
         for (id, scope, snapshot) in rows {
@@ -325,7 +232,7 @@ impl<D: BatchDb> Batch<'_, D> {
         doc: DocId,
         customer: Option<DocId>,
         new: &str,
-    ) -> Result<(), RelayStoreError> {
+    ) -> Result<(), D::Error> {
         let Some(customer) = customer else {
             return Ok(());
         };
@@ -344,11 +251,7 @@ impl<D: BatchDb> Batch<'_, D> {
     }
 
     /// Validates and stores one uploaded change.
-    fn append_one(
-        &mut self,
-        device: &DeviceInfo,
-        c: &UploadChange,
-    ) -> Result<Outcome, RelayStoreError> {
+    fn append_one(&mut self, device: &DeviceInfo, c: &UploadChange) -> Result<Outcome, D::Error> {
         let refuse = |hash: Hash, reason: String, retry: bool| {
             Outcome::Refused(Rejection {
                 hash,
@@ -390,10 +293,10 @@ impl<D: BatchDb> Batch<'_, D> {
         }
         // A document the relay cannot load refuses only its own changes (they wait in the
         // device's outbox), never the rest of the upload.
-        let mut work = match self.take(c.doc_id) {
+        let mut work = match self.take(c.doc_id)? {
             Ok(w) => w,
-            Err(RelayStoreError::Unloadable(id, why)) => {
-                tracing::error!(doc = %id, reason = %why, "a stored document cannot be loaded; refusing changes to it");
+            Err(why) => {
+                tracing::error!(doc = %c.doc_id, reason = %why, "a stored document cannot be loaded; refusing changes to it");
                 return Ok(refuse(
                     hash,
                     "the relay cannot load this document; the change waits until IT repairs it"
@@ -401,7 +304,6 @@ impl<D: BatchDb> Batch<'_, D> {
                     true,
                 ));
             }
-            Err(e) => return Err(e),
         };
         let new_doc = work.scope.is_none();
         // The document's size budget, checked before the change is applied (only for a
@@ -450,7 +352,7 @@ impl<D: BatchDb> Batch<'_, D> {
                 return Ok(refuse(hash, reason, true));
             }
         }
-        let failure: RefCell<Option<RelayStoreError>> = RefCell::new(None);
+        let failure: RefCell<Option<D::Error>> = RefCell::new(None);
         let result = {
             let tx = self.tx;
             let others = &self.work;
@@ -480,7 +382,7 @@ impl<D: BatchDb> Batch<'_, D> {
             // sender has not been sent its departure yet, and the change's dependencies were
             // all stored before it left.
             let left_senders_scope = |id: DocId, deps: &[ChangeHash]| -> bool {
-                let check = || -> Result<bool, RelayStoreError> {
+                let check = || -> Result<bool, D::Error> {
                     if tx.departure_served(device.device_id, id)? {
                         return Ok(false);
                     }
@@ -587,26 +489,67 @@ impl<D: BatchDb> Batch<'_, D> {
     }
 }
 
-/// What one upload batch did: an outcome per change, the documents it loaded (to cache after
-/// the commit) and the highest sequence number it assigned.
-pub(super) type BatchResult = (Vec<Outcome>, HashMap<DocId, Work>, Option<i64>);
+/// What one upload did, once its transaction is to be committed.
+#[derive(Debug)]
+pub struct Appended {
+    /// An outcome per change, in order.
+    pub outcomes: Vec<Outcome>,
+    /// The highest log position it assigned (none: it logged nothing).
+    pub high: Option<i64>,
+    /// The documents it loaded, to cache once the transaction commits.
+    loaded: HashMap<DocId, Work>,
+}
+
+impl Appended {
+    /// Caches the documents the upload loaded; call it after the commit (a rolled-back
+    /// upload must not leave its documents in the cache).
+    pub fn cache_into(&mut self, cache: &mut DocCache) {
+        for (id, w) in self.loaded.drain() {
+            // Only documents the relay holds: a refused first change leaves an empty one.
+            if w.scope.is_some() {
+                cache.insert(id, w.doc, w.updated_seq);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Work")
+            .field("scope", &self.scope)
+            .field("updated_seq", &self.updated_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rules' settings: the time they judge at, the move grace period and the quotas.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadRules {
+    /// Now, in milliseconds of the relay's clock.
+    pub now: Millis,
+    /// How long after a document moved out of a device's scopes the relay still accepts that
+    /// device's changes to it written before the move.
+    pub move_grace: Duration,
+    /// Per-device daily quotas.
+    pub quota: Quota,
+}
 
 /// The backend-independent part of an upload: checks the sender's current grant and
 /// validates and stores each change through `tx` (one transaction the caller commits).
-pub(super) fn append_batch<D: BatchDb>(
+pub fn append_batch<D: BatchDb>(
     tx: &D,
     cache: &mut DocCache,
-    opts: &RelayStoreOptions,
+    rules: &UploadRules,
     device: &DeviceInfo,
     changes: &[UploadChange],
     relayed: bool,
-) -> Result<BatchResult, RelayStoreError> {
+) -> Result<Appended, D::Error> {
     // The sender's grant is read again inside the transaction that stores the changes,
     // so a revocation or a narrower grant committed meanwhile applies to this write.
-    let sender = tx.device_row(device.device_id)?;
+    let sender = tx.sender(device.device_id)?;
     let fresh;
     let device = match sender {
-        Some(r) if r.revoked_at.is_some() => {
+        Some(Sender::Revoked) => {
             // Not the changes' fault: they stay in the device's outbox (retry) and the
             // session is closed as unauthorised.
             let refused = changes
@@ -619,10 +562,14 @@ pub(super) fn append_batch<D: BatchDb>(
                     })
                 })
                 .collect();
-            return Ok((refused, HashMap::new(), None));
+            return Ok(Appended {
+                outcomes: refused,
+                high: None,
+                loaded: HashMap::new(),
+            });
         }
-        Some(r) => {
-            fresh = r.info(device.device_id)?;
+        Some(Sender::Active(info)) => {
+            fresh = info;
             &fresh
         }
         None => device,
@@ -631,10 +578,10 @@ pub(super) fn append_batch<D: BatchDb>(
         tx,
         cache,
         work: HashMap::new(),
-        now: opts.env.now_millis(),
+        now: rules.now,
         high: None,
-        move_grace_ms: i64::try_from(opts.move_grace.as_millis()).unwrap_or(i64::MAX),
-        quota: opts.quota,
+        move_grace_ms: i64::try_from(rules.move_grace.as_millis()).unwrap_or(i64::MAX),
+        quota: rules.quota,
         sender: device.device_id,
         used: None,
         added: Usage::default(),
@@ -665,11 +612,15 @@ pub(super) fn append_batch<D: BatchDb>(
     }));
     batch.flush()?;
     let Batch { work, high, .. } = batch;
-    Ok((outcomes, work, high))
+    Ok(Appended {
+        outcomes,
+        high,
+        loaded: work,
+    })
 }
 
 /// The hash of an uploaded change, for a refusal that does not examine it (zero if it does not
 /// decode).
-pub(super) fn hash_of(bytes: &[u8]) -> Hash {
+pub fn hash_of(bytes: &[u8]) -> Hash {
     decode_change(bytes).map_or([0; 32], |ch| ch.hash().0)
 }
