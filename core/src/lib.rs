@@ -13,8 +13,8 @@
 //!   [`protocol::RelaySession`] are state machines that do no I/O: a driver feeds each the
 //!   messages the other sent ([`protocol::codec`] frames them) and sends what they return. The
 //!   relay's storage is behind [`protocol::RelayStorage`] (SQLite and PostgreSQL in
-//!   `fieldsync-relay`, [`protocol::memory::MemoryRelay`] here); every upload is judged by
-//!   [`protocol::check_change`].
+//!   `fieldsync-relay`, [`protocol::memory::MemoryRelay`] here), and every one of them runs the
+//!   same upload rules, [`protocol::rules`], around [`protocol::check_change`].
 //! - [`budget`]: what one change, document or snapshot may cost, checked before the work.
 //! - [`env`](mod@env): time and randomness come in from outside ([`env::Env`], an edit's
 //!   [`model::EditCtx`]), so the whole sync can run inside a deterministic simulation;

@@ -1,6 +1,7 @@
 //! Arbitrary bytes as a stream of frames from a client into a `RelaySession` (handshake
-//! included), over `MemoryRelay`: the in-memory relay storage that judges uploads with the same
-//! `check_change` as the real stores, keeps a log and answers downloads and repair from it.
+//! included), over `MemoryRelay`: the in-memory relay storage that runs the relay's own upload
+//! rules (`protocol::rules`, as the real stores do) over tables in maps, keeps a log and answers
+//! downloads, departures and repair from it.
 #![no_main]
 
 use fieldsync_core::Role;

@@ -11,8 +11,9 @@
 //!
 //! Nothing here does I/O or reads the clock: a driver (the relay's and the client's tokio
 //! tasks, the deterministic simulation, or [`drive::sync_in_memory`]) moves frames between
-//! [`ClientSession`] and [`RelaySession`]. [`memory::MemoryRelay`] is a relay's storage in
-//! memory, judging uploads with the same [`check_change`] as the real stores.
+//! [`ClientSession`] and [`RelaySession`]. [`rules`] are the relay's upload rules, written once
+//! over a small transaction trait each store implements; [`memory::MemoryRelay`] is a relay's
+//! storage in memory that runs them as the real stores do.
 
 //!
 //! # Driving the sessions

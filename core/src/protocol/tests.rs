@@ -84,7 +84,7 @@ fn enrol_rep(relay: &mut MemRelay, store: &Store, scopes: &[&str]) -> DeviceInfo
         role: Role::Rep,
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
     };
-    relay.devices.insert(store.device_id(), info.clone());
+    relay.grant(info.clone());
     info
 }
 
@@ -132,6 +132,68 @@ fn two_replicas_converge_through_the_relay() {
     let s = run(&mut a, &mut relay);
     assert_eq!(s.changes_sent, 0);
     assert_eq!(s.items_received, 0);
+}
+
+#[test]
+fn the_in_memory_relay_runs_the_relays_rules_for_quotas_and_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rep = Store::open(dir.path().join("rep.db")).unwrap();
+    let mut boss = Store::open(dir.path().join("boss.db")).unwrap();
+    let mut relay = MemRelay::enrolled_only(Uuid::new_v4()).with_quota(rules::Quota {
+        new_documents_per_day: 2,
+        bytes_per_day: 0,
+    });
+    enrol_rep(&mut relay, &rep, &["north"]);
+    relay.grant(DeviceInfo {
+        device_id: boss.device_id(),
+        name: "boss".into(),
+        role: Role::Manager,
+        scopes: vec!["*".into()],
+    });
+    // The daily quota: two of three new customers are stored today; the third waits in the
+    // outbox for a retry, not in the quarantine.
+    let ids: Vec<DocId> = (0..3)
+        .map(|i| add_customer(&mut rep, &format!("c{i}")))
+        .collect();
+    run(&mut rep, &mut relay);
+    assert_eq!(relay.doc_count(), 2);
+    assert_eq!(rep.outbox_len().unwrap(), 1);
+    assert!(rep.quarantine().unwrap().is_empty());
+    // A move: the manager files c0 under `south` while the rep edits it offline. The rep's
+    // edit, written before it could know of the move, is accepted within the grace period,
+    // and the customer then leaves the rep's replica.
+    run(&mut boss, &mut relay);
+    rep.edit(ids[0], |d| {
+        apply_edit(
+            d,
+            &Edit::Customer(CustomerEdit::Set(CustomerField::Industry, "mining".into())),
+            &ctx(),
+        )
+    })
+    .unwrap();
+    boss.edit(ids[0], |d| {
+        apply_edit(
+            d,
+            &Edit::Customer(CustomerEdit::SetScope("south".into())),
+            &EditCtx::new("boss", Role::Manager),
+        )
+    })
+    .unwrap();
+    run(&mut boss, &mut relay);
+    run(&mut rep, &mut relay);
+    let (on_relay, scope) = relay.document(ids[0]).unwrap();
+    assert_eq!(scope, "south");
+    let crate::model::Document::Customer(c) = crate::model::read_document(&on_relay).unwrap()
+    else {
+        panic!("not a customer")
+    };
+    assert_eq!(c.industry.as_deref(), Some("mining"));
+    assert!(!rep.contains(ids[0]).unwrap(), "the moved customer left");
+    assert_eq!(
+        rep.outbox_len().unwrap(),
+        1,
+        "only the over-quota customer waits"
+    );
 }
 
 /// A session whose handshake is done, for feeding it hand-made relay messages.
@@ -382,7 +444,7 @@ fn quarantined_changes_are_sent_again_after_the_grant_is_fixed() {
         !a.contains(id).unwrap(),
         "the refused creation took the customer away"
     );
-    assert!(relay.docs.is_empty());
+    assert_eq!(relay.doc_count(), 0);
 
     // Retrying before the grant changes: refused again, quarantined again, nothing lost.
     assert_eq!(
@@ -399,13 +461,10 @@ fn quarantined_changes_are_sent_again_after_the_grant_is_fixed() {
             .any(|x| x.reason.contains("outside the device's scopes"))
     );
 
-    relay.devices.insert(
-        a.device_id(),
-        DeviceInfo {
-            scopes: vec!["north".into(), "south".into()],
-            ..rep
-        },
-    );
+    relay.grant(DeviceInfo {
+        scopes: vec!["north".into(), "south".into()],
+        ..rep
+    });
     assert_eq!(
         a.transaction(|tx| tx.requeue_quarantined(Some(id)))
             .unwrap(),
@@ -414,10 +473,10 @@ fn quarantined_changes_are_sent_again_after_the_grant_is_fixed() {
     run(&mut a, &mut relay);
     assert!(a.quarantine().unwrap().is_empty());
     assert_eq!(a.outbox_len().unwrap(), 0);
-    let (on_relay, scope) = relay.docs.get_mut(&id).expect("the relay has the customer");
+    let (mut on_relay, scope) = relay.document(id).expect("the relay has the customer");
     assert_eq!(scope, "south");
     assert_eq!(
-        crate::model::read_document(&*on_relay).unwrap(),
+        crate::model::read_document(&on_relay).unwrap(),
         a.document(id).unwrap()
     );
     let mut original = crate::store::load_snapshot(&mine).unwrap();
@@ -741,7 +800,7 @@ fn forged_and_malformed_uploads_are_refused_without_harm() {
     assert!(accepted.is_empty());
     assert_eq!(rejected.len(), 2);
     assert!(rejected.iter().all(|r| !r.retry));
-    assert!(relay.log.is_empty());
+    assert_eq!(relay.log_len(), 0);
     run(&mut b, &mut relay);
     assert_eq!(b.doc_count().unwrap(), 0);
 }
@@ -881,9 +940,7 @@ fn a_replacement_reaches_a_protocol_2_client_as_a_snapshot() {
         (PROTOCOL_VERSION, Entry::Replace(bytes.clone())),
     ] {
         let mut relay = MemRelay::new();
-        relay
-            .log
-            .push((1, "north".into(), doc, Entry::Replace(bytes.clone())));
+        relay.push_entry("north", doc, Entry::Replace(bytes.clone()));
         let mut rs = RelaySession::new(RelayLimits::default());
         let out = rs.handle(
             &mut relay,
@@ -900,7 +957,7 @@ fn a_replacement_reaches_a_protocol_2_client_as_a_snapshot() {
             "{:?}",
             out.messages
         );
-        let epoch = relay.epoch;
+        let epoch = relay.epoch().unwrap();
         let out = rs.handle(
             &mut relay,
             Message::Pull {

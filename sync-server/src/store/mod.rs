@@ -55,7 +55,7 @@ pub use fieldsync_core::protocol::relay::SnapshotPage;
 pub use fieldsync_core::protocol::rules::quota::{Quota, Usage, day_of, quota_of};
 use fieldsync_core::protocol::rules::{
     BatchDb, DocCache, DocMeta, DocRow, KIND_CHANGES, KIND_LEAVE, KIND_REPLACE, KIND_SNAPSHOT,
-    RulesError, Sender, UploadRules, append_batch, heads_bytes, save,
+    RulesError, Sender, UploadRules, append_batch, heads_bytes, lack_of, save,
 };
 pub use postgres::PgRelayStore;
 pub use postgres::PoolStats;
@@ -419,31 +419,4 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn doc_id(b: &[u8]) -> Result<DocId, RelayStoreError> {
     DocId::from_slice(b)
         .ok_or_else(|| RelayStoreError::Corrupt(format!("bad document id {}", hex::encode(b))))
-}
-
-/// What the relay lacks of one document: `held` is its stored heads and scope (none if the
-/// relay does not hold it), `has` says whether the relay stores a change of it.
-fn lack_of(
-    held: Option<(Vec<u8>, String)>,
-    client_heads: &[Hash],
-    mut has: impl FnMut(&Hash) -> Result<bool, RelayStoreError>,
-) -> Result<Lack, RelayStoreError> {
-    let Some((heads, scope)) = held else {
-        return Ok(Lack::Document);
-    };
-    for h in client_heads {
-        if !has(h)? {
-            return Ok(Lack::Changes {
-                scope,
-                heads: split_heads(&heads),
-            });
-        }
-    }
-    Ok(Lack::Nothing { scope })
-}
-
-fn split_heads(b: &[u8]) -> Vec<Hash> {
-    b.chunks_exact(32)
-        .filter_map(|c| <[u8; 32]>::try_from(c).ok())
-        .collect()
 }

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::quota::Usage;
 use crate::ids::DocId;
-use crate::protocol::DeviceInfo;
+use crate::protocol::{DeviceInfo, StorageError};
 
 /// Log entry kind: changes of one document.
 pub const KIND_CHANGES: i64 = 0;
@@ -27,6 +27,15 @@ pub enum RulesError {
     /// id).
     #[error("corrupt relay data: {0}")]
     Corrupt(String),
+}
+
+impl From<RulesError> for StorageError {
+    /// For a store whose errors are the protocol's own (the in-memory relay): the detail goes
+    /// to the log, the client hears of a storage failure.
+    fn from(e: RulesError) -> Self {
+        tracing::error!(error = %e, "relay storage failed");
+        Self::Failed
+    }
 }
 
 /// A sender's grant as the store holds it inside the upload's transaction.

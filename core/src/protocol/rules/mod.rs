@@ -31,7 +31,7 @@ pub use db::{
 pub use quota::{Quota, Usage, day_of};
 
 use super::messages::{Hash, Rejection, UploadChange};
-use super::relay::Outcome;
+use super::relay::{Lack, Outcome};
 use super::validate::{DeviceInfo, check_change};
 use crate::budget::MAX_DOC_BYTES;
 use crate::ids::{DocId, DocKind, Millis, Role};
@@ -46,6 +46,31 @@ pub fn heads_bytes(doc: &mut AutoCommit) -> Vec<u8> {
 pub fn save(doc: &mut AutoCommit, id: DocId) -> Result<Vec<u8>, RulesError> {
     catch_unwind(AssertUnwindSafe(|| doc.save()))
         .map_err(|_| RulesError::Corrupt(format!("automerge panicked saving document {id}")))
+}
+
+/// What a relay lacks of one document a client named: `held` is its stored heads (32 bytes
+/// each) and scope (none if the relay does not hold it), `has` says whether the relay stores a
+/// change of it.
+pub fn lack_of<E>(
+    held: Option<(Vec<u8>, String)>,
+    client_heads: &[Hash],
+    mut has: impl FnMut(&Hash) -> Result<bool, E>,
+) -> Result<Lack, E> {
+    let Some((heads, scope)) = held else {
+        return Ok(Lack::Document);
+    };
+    for h in client_heads {
+        if !has(h)? {
+            return Ok(Lack::Changes {
+                scope,
+                heads: heads
+                    .chunks_exact(32)
+                    .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+                    .collect(),
+            });
+        }
+    }
+    Ok(Lack::Nothing { scope })
 }
 
 fn doc_id(b: &[u8]) -> Result<DocId, RulesError> {

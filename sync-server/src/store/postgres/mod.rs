@@ -76,7 +76,7 @@ use super::{
     DocMeta, DocRow, ENTRY_OVERHEAD, Enrollment, EnrolmentRecord, Holder, KIND_CHANGES, KIND_LEAVE,
     KIND_REPLACE, KIND_SNAPSHOT, MIN_DB_CONNECTIONS, NewDevice, RelayStatus, RelayStoreError,
     RelayStoreOptions, Replacement, Revoked, SnapshotPage, TokenRow, Usage, append_batch, doc_id,
-    lock, pg_detail, replace,
+    lack_of, lock, pg_detail, replace,
 };
 pub use pool::PoolStats;
 use pool::{Lane, Pool};
@@ -761,8 +761,8 @@ impl PgRelayStore {
                     }
                 }
                 for (id, client_heads) in chunk {
-                    out.push(super::lack_of(held.get(id).cloned(), client_heads, |h| {
-                        Ok(stored.contains(&(*h, *id)))
+                    out.push(lack_of(held.get(id).cloned(), client_heads, |h| {
+                        Ok::<_, RelayStoreError>(stored.contains(&(*h, *id)))
                     })?);
                 }
             }

@@ -256,7 +256,7 @@ impl SqliteRelayStore {
         Ok(v)
     }
 
-    /// Validates and durably stores uploaded changes (see [`RelayStorage::append`]); one
+    /// Validates and durably stores uploaded changes (see [`fieldsync_core::protocol::RelayStorage::append`]); one
     /// transaction for the whole batch, committed before returning.
     pub fn append_changes(
         &self,
@@ -294,7 +294,7 @@ impl SqliteRelayStore {
         })
     }
 
-    /// Log entries of `scope` after `after` (see [`RelayStorage::read_log`]). For `*` (a device
+    /// Log entries of `scope` after `after` (see [`fieldsync_core::protocol::RelayStorage::read_log`]). For `*` (a device
     /// that sees every scope) only change entries are returned: it has every change already, so
     /// a scope move's snapshot entries are redundant for it and its `Leave` entries would be
     /// wrong.
@@ -362,7 +362,7 @@ impl SqliteRelayStore {
         })
     }
 
-    /// Snapshots of the documents in `scope` after `after` (see [`RelayStorage::read_snapshots`]).
+    /// Snapshots of the documents in `scope` after `after` (see [`fieldsync_core::protocol::RelayStorage::read_snapshots`]).
     pub fn read_snapshots(
         &self,
         scope: &str,
@@ -399,7 +399,7 @@ impl SqliteRelayStore {
     }
 
     /// Documents that left `scope` at or before `upto`, with where each is filed now (see
-    /// [`RelayStorage::departures`]).
+    /// [`fieldsync_core::protocol::RelayStorage::departures`]).
     pub fn departures(
         &self,
         scope: &str,
@@ -437,7 +437,7 @@ impl SqliteRelayStore {
                     .query_row([id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
                 out.push(lack_of(heads, client_heads, |h| {
-                    Ok(has_st.exists(params![&h[..], id.as_bytes()])?)
+                    Ok::<_, RelayStoreError>(has_st.exists(params![&h[..], id.as_bytes()])?)
                 })?);
             }
             drop((heads_st, has_st));
@@ -447,7 +447,7 @@ impl SqliteRelayStore {
     }
 
     /// Records that a device is being sent the departure of `docs` (see
-    /// [`RelayStorage::record_departures`]).
+    /// [`fieldsync_core::protocol::RelayStorage::record_departures`]).
     pub fn record_departures(
         &self,
         device_id: Uuid,
