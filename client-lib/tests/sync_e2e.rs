@@ -416,7 +416,7 @@ async fn refused_device_stops_and_wrong_pin_fails() {
     // Enrolled with a credential: accepted with the enrolled role and scopes.
     let enrolment = relay
         .store()
-        .enroll_device(
+        .enrol_device(
             Some(a.device_id()),
             "alice",
             Role::Rep,

@@ -117,7 +117,7 @@ fn world() -> &'static World {
         let epoch = store.epoch();
         // The relay's documents, uploaded by an admin device that sees everything.
         let seeder = store
-            .enroll_device(Some(SEEDER), "seeder", Role::Admin, &["*".to_string()])
+            .enrol_device(Some(SEEDER), "seeder", Role::Admin, &["*".to_string()])
             .expect("seeder");
         let seeder = store
             .authenticate(SEEDER, Some(&seeder.secret))
@@ -154,7 +154,7 @@ fn world() -> &'static World {
         for n in 0..8u8 {
             let id = device_id(n);
             let e = store
-                .enroll_device(Some(id), "fuzz", role_of(n), &scopes_of(n))
+                .enrol_device(Some(id), "fuzz", role_of(n), &scopes_of(n))
                 .expect("enrol");
             let info = store
                 .authenticate(id, Some(&e.secret))

@@ -109,7 +109,8 @@ pub struct RelayConfig {
     pub idle_timeout_secs: u64,
     /// Accept unknown devices without enrolment, granting `open_scopes` and `open_role`
     /// (development and pilots only). Enrolled devices must still present their secret.
-    /// Default: false (only enrolled devices may sync).
+    /// Default: false (only enrolled devices may sync). Also read as `open_enrolment`.
+    #[serde(alias = "open_enrolment")]
     pub open_enrollment: bool,
     /// Scopes granted to devices accepted by open enrolment (`*` = all). Default: `["*"]`.
     pub open_scopes: Vec<String>,
@@ -309,7 +310,7 @@ impl RelayConfig {
     pub fn store_options(&self) -> crate::store::RelayStoreOptions {
         crate::store::RelayStoreOptions {
             cache_docs: self.doc_cache,
-            open: self.open_enrollment.then(|| crate::store::OpenEnrollment {
+            open: self.open_enrollment.then(|| crate::store::OpenEnrolment {
                 scopes: self.open_scopes.clone(),
                 role: self.open_role,
             }),
@@ -409,6 +410,9 @@ mod tests {
         assert!(cfg.open_enrollment);
         assert_eq!(cfg.open_role, Role::Rep);
         assert_eq!(cfg.db_path(), PathBuf::from("/var/lib/fieldsync/relay.db"));
+        // Either spelling of the key.
+        let cfg = RelayConfig::from_toml_str("open_enrolment = true").unwrap();
+        assert!(cfg.open_enrollment);
     }
 
     #[test]

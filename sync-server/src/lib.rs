@@ -31,6 +31,6 @@ pub mod tls;
 pub use config::{ConfigError, RelayConfig};
 pub use server::{Relay, serve, status_report};
 pub use store::{
-    AuditRecord, DeviceRecord, Enrollment, EnrolmentRecord, OpenEnrollment, PgRelayStore,
+    AuditRecord, DeviceRecord, Enrolment, EnrolmentRecord, OpenEnrolment, PgRelayStore,
     RelayStatus, RelayStore, RelayStoreError, RelayStoreOptions, Revoked, SqliteRelayStore,
 };

@@ -203,7 +203,8 @@ enum DeviceCmd {
     /// the relay address, the certificate pin and a secret. On the laptop:
     /// `fieldsync init --token TOKEN`. Works while the relay runs (same --data). On PostgreSQL
     /// the pin is the certificate the relay nodes recorded in the database when they started
-    /// (checked against --cert or --data when given); start a node first.
+    /// (checked against --cert or --data when given); start a node first. Also `enrol`.
+    #[command(alias = "enrol")]
     Enroll {
         #[command(flatten)]
         common: Common,

@@ -149,11 +149,11 @@ async fn a_forged_actor_is_refused_and_does_not_poison_the_real_author() {
     let mallory_id = Uuid::now_v7();
     let m = relay
         .store()
-        .enroll_device(Some(mallory_id), "mallory", Role::Admin, &["*".into()])
+        .enrol_device(Some(mallory_id), "mallory", Role::Admin, &["*".into()])
         .unwrap();
     let v = relay
         .store()
-        .enroll_device(
+        .enrol_device(
             Some(victim.device_id()),
             "victim",
             Role::Rep,

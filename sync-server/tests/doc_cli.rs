@@ -62,7 +62,7 @@ fn relay_with_a_grown_document(data: &Path) -> DocId {
         scopes: vec!["north".into()],
     };
     relay
-        .enroll_device(
+        .enrol_device(
             Some(device.device_id),
             "li",
             Role::Rep,

@@ -180,7 +180,7 @@ async fn closed_relay_refuses_unknown_devices_and_admits_enrolled_ones() {
     }
     let e = relay
         .store()
-        .enroll_device(None, "rep", Role::Rep, &["north".into()])
+        .enrol_device(None, "rep", Role::Rep, &["north".into()])
         .unwrap();
     let mut c = connect(relay.local_addr(), relay.fingerprint())
         .await

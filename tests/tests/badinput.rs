@@ -312,7 +312,7 @@ fn relay_store() -> (tempfile::TempDir, SqliteRelayStore) {
     let store = SqliteRelayStore::open(
         tmp.path().join("relay.db"),
         RelayStoreOptions {
-            open: Some(fieldsync_relay::OpenEnrollment {
+            open: Some(fieldsync_relay::OpenEnrolment {
                 scopes: vec!["*".into()],
                 role: Role::Rep,
             }),

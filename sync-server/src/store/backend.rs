@@ -18,7 +18,7 @@ use crate::config::RelayConfig;
 use uuid::Uuid;
 
 use super::{
-    AuditRecord, Cancel, DeviceRecord, Enrollment, EnrolmentRecord, PgRelayStore, PoolStats,
+    AuditRecord, Cancel, DeviceRecord, Enrolment, EnrolmentRecord, PgRelayStore, PoolStats,
     RelayStatus, RelayStoreError, Replacement, Revoked, SnapshotPage, SqliteRelayStore,
 };
 
@@ -250,15 +250,15 @@ impl RelayStore {
         each!(self, s => s.touch_device(device_id))
     }
 
-    /// See [`SqliteRelayStore::enroll_device`].
-    pub fn enroll_device(
+    /// See [`SqliteRelayStore::enrol_device`].
+    pub fn enrol_device(
         &self,
         device_id: Option<Uuid>,
         name: &str,
         role: Role,
         scopes: &[String],
-    ) -> Result<Enrollment, RelayStoreError> {
-        each!(self, s => s.enroll_device(device_id, name, role, scopes))
+    ) -> Result<Enrolment, RelayStoreError> {
+        each!(self, s => s.enrol_device(device_id, name, role, scopes))
     }
 
     /// See [`SqliteRelayStore::revoke_device`].

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    DeviceRecord, Enrollment, EnrolmentRecord, RelayStoreError, RelayStoreOptions, Revoked,
+    DeviceRecord, Enrolment, EnrolmentRecord, RelayStoreError, RelayStoreOptions, Revoked,
     TOUCH_EVERY, Usage, day_of, lock,
 };
 
@@ -290,7 +290,7 @@ pub(super) fn enroll(
     name: &str,
     role: Role,
     scopes: &[String],
-) -> Result<Enrollment, RelayStoreError> {
+) -> Result<Enrolment, RelayStoreError> {
     let scopes_json = scopes_json(scopes)?;
     let device_id = device_id.unwrap_or_else(|| b.options().env.uuid_v7());
     let secret = random_hex(DEVICE_SECRET_BYTES)?;
@@ -307,7 +307,7 @@ pub(super) fn enroll(
         db.bump_devices()
     })?;
     tracing::info!(device = %device_id, %role, ?scopes, "enrolled a device");
-    Ok(Enrollment { device_id, secret })
+    Ok(Enrolment { device_id, secret })
 }
 
 /// Creates a one-time enrolment token for a device named `name` with `role` and `scopes`,
@@ -566,13 +566,13 @@ macro_rules! device_methods {
         /// Enrols a device with a secret the relay makes (a new id unless `device_id` is
         /// given; re-enrolling an id replaces its secret, role and scopes and lifts a
         /// revocation). Returns the secret, shown only now.
-        pub fn enroll_device(
+        pub fn enrol_device(
             &self,
             device_id: Option<Uuid>,
             name: &str,
             role: Role,
             scopes: &[String],
-        ) -> Result<Enrollment, RelayStoreError> {
+        ) -> Result<Enrolment, RelayStoreError> {
             crate::store::devices::enroll(self, device_id, name, role, scopes)
         }
 

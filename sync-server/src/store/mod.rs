@@ -224,7 +224,7 @@ impl RelayStoreError {
 
 /// Open enrolment: unknown devices are accepted with these scopes and role.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OpenEnrollment {
+pub struct OpenEnrolment {
     /// Scopes granted (`*` = all).
     pub scopes: Vec<String>,
     /// Role granted.
@@ -237,7 +237,7 @@ pub struct RelayStoreOptions {
     /// How many documents to keep loaded for validating writes.
     pub cache_docs: usize,
     /// Accept unknown devices (`None`: only enrolled devices).
-    pub open: Option<OpenEnrollment>,
+    pub open: Option<OpenEnrolment>,
     /// How long after a document moved out of a device's scopes the relay still accepts that
     /// device's changes to it that were written before the move (offline edits).
     pub move_grace: Duration,
@@ -386,7 +386,7 @@ pub struct AuditRecord {
 /// The result of enrolling a device: its id and the secret it presents (shown once; the relay
 /// keeps only its hash).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Enrollment {
+pub struct Enrolment {
     /// Device id.
     pub device_id: Uuid,
     /// The device's secret credential.

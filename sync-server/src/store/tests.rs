@@ -123,7 +123,7 @@ impl Device {
     }
 }
 
-fn relay_at(path: &Path, open: Option<OpenEnrollment>) -> SqliteRelayStore {
+fn relay_at(path: &Path, open: Option<OpenEnrolment>) -> SqliteRelayStore {
     SqliteRelayStore::open(
         path,
         RelayStoreOptions {
@@ -243,7 +243,7 @@ fn forged_authors_and_garbage_are_refused_permanently() {
     // A repair upload grants nothing: still refused, also once a is enrolled.
     let out = r.append(&b.info, &up, true).unwrap();
     assert_eq!(refusals(&out).len(), 1);
-    r.enroll_device(Some(a.info.device_id), "a", Role::Rep, &["north".into()])
+    r.enrol_device(Some(a.info.device_id), "a", Role::Rep, &["north".into()])
         .unwrap();
     let out = r.append(&b.info, &up, true).unwrap();
     assert_eq!(refusals(&out).len(), 1, "{out:?}");
@@ -338,7 +338,7 @@ fn sync(
 #[test]
 fn replicas_converge_through_the_sqlite_store_and_repair_a_reset() {
     let dir = tempfile::tempdir().unwrap();
-    let open = Some(OpenEnrollment {
+    let open = Some(OpenEnrolment {
         scopes: vec!["*".into()],
         role: Role::Admin,
     });
@@ -612,7 +612,7 @@ fn devices_authenticate_by_secret_and_revocation_is_immediate() {
     let id = a.info.device_id;
     assert_eq!(r.authenticate(id, None).unwrap(), None, "closed relay");
     let e = r
-        .enroll_device(Some(id), "Rep A laptop", Role::Rep, &["north".into()])
+        .enrol_device(Some(id), "Rep A laptop", Role::Rep, &["north".into()])
         .unwrap();
     assert_eq!(e.device_id, id);
     let info = r.authenticate(id, Some(&e.secret)).unwrap().unwrap();
@@ -633,7 +633,7 @@ fn devices_authenticate_by_secret_and_revocation_is_immediate() {
     assert_eq!(r.high_seq().unwrap(), 0);
     let s = r.status().unwrap();
     assert_eq!((s.devices, s.revoked_devices), (1, 1));
-    assert!(r.enroll_device(None, "x", Role::Rep, &[]).is_err());
+    assert!(r.enrol_device(None, "x", Role::Rep, &[]).is_err());
 }
 
 #[test]
@@ -641,7 +641,7 @@ fn open_enrolment_registers_unknown_devices_but_not_over_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let r = relay_at(
         &dir.path().join(DB_FILE),
-        Some(OpenEnrollment {
+        Some(OpenEnrolment {
             scopes: vec!["north".into()],
             role: Role::Manager,
         }),
@@ -662,7 +662,7 @@ fn open_enrolment_registers_unknown_devices_but_not_over_secrets() {
     assert_eq!(r.devices().unwrap().len(), 1);
     // An enrolled device still needs its secret in open mode.
     let e = r
-        .enroll_device(None, "enrolled", Role::Director, &["*".into()])
+        .enrol_device(None, "enrolled", Role::Director, &["*".into()])
         .unwrap();
     assert_eq!(r.authenticate(e.device_id, None).unwrap(), None);
     assert_eq!(
@@ -687,7 +687,7 @@ fn reopening_keeps_the_log_documents_devices_and_epoch() {
         let mut r = relay_at(&path, None);
         assert_eq!(stored(&r.append(&a.info, &a.outbox(), false).unwrap()), 1);
         let e = r
-            .enroll_device(Some(a.info.device_id), "a", Role::Rep, &["north".into()])
+            .enrol_device(Some(a.info.device_id), "a", Role::Rep, &["north".into()])
             .unwrap();
         (
             r.epoch(),
@@ -855,10 +855,10 @@ fn revocations_and_enrolments_bump_the_device_generation() {
     let mut seen = r.subscribe_devices();
     let g0 = *seen.borrow_and_update();
     let e = r
-        .enroll_device(None, "dup", Role::Rep, &["north".into()])
+        .enrol_device(None, "dup", Role::Rep, &["north".into()])
         .unwrap();
     let e2 = r
-        .enroll_device(None, "dup", Role::Rep, &["north".into()])
+        .enrol_device(None, "dup", Role::Rep, &["north".into()])
         .unwrap();
     assert!(seen.has_changed().unwrap());
     let g1 = *seen.borrow_and_update();
@@ -1025,7 +1025,7 @@ fn fresh_downloads_hear_of_earlier_departures_and_leaves_name_where_a_document_i
     let mut rep = device(Role::Rep, &["north"]);
     let mut mgr = device(Role::Manager, &["north", "south"]);
     let secret = r
-        .enroll_device(
+        .enrol_device(
             Some(rep.info.device_id),
             "rep",
             Role::Rep,
@@ -1098,7 +1098,7 @@ fn the_audit_trail_filters_by_document_and_device() {
     let (_d, r) = relay();
     let mut a = device(Role::Rep, &["north"]);
     let mut b = device(Role::Rep, &["north"]);
-    r.enroll_device(
+    r.enrol_device(
         Some(a.info.device_id),
         "alice",
         Role::Rep,
@@ -1400,7 +1400,7 @@ mod contract {
         each_backend(|open| {
             let r = open();
             let e = r
-                .enroll_device(None, "rep laptop", Role::Rep, &["north".into()])
+                .enrol_device(None, "rep laptop", Role::Rep, &["north".into()])
                 .unwrap();
             let mut gen_rx = r.subscribe_devices();
             gen_rx.borrow_and_update();
@@ -1437,7 +1437,7 @@ mod contract {
         each_backend(|open| {
             let r = open();
             let e = r
-                .enroll_device(None, "rep laptop", Role::Rep, &["north".into()])
+                .enrol_device(None, "rep laptop", Role::Rep, &["north".into()])
                 .unwrap();
             let gen_rx = r.subscribe_devices();
             assert!(
@@ -1918,7 +1918,7 @@ mod postgres_budget {
         let db = scratch();
         let store = PgRelayStore::open(db.url(), opts(8, Duration::from_millis(300))).unwrap();
         let e = store
-            .enroll_device(None, "rep laptop", Role::Rep, &["north".into()])
+            .enrol_device(None, "rep laptop", Role::Rep, &["north".into()])
             .unwrap();
         let token = store
             .create_enrolment(
@@ -2086,7 +2086,7 @@ mod postgres_budget {
             }]
         );
         let e = store
-            .enroll_device(None, "rep laptop", Role::Rep, &["north".into()])
+            .enrol_device(None, "rep laptop", Role::Rep, &["north".into()])
             .unwrap();
         assert!(
             store

@@ -130,7 +130,7 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
             },
         )?;
         let scope = i % cli.scopes;
-        let e = store.enroll_device(
+        let e = store.enrol_device(
             Some(client.device_id()),
             &format!("load {i}"),
             Role::Rep,

@@ -337,7 +337,7 @@ impl World {
             .into_uuid();
             let name = format!("c{i}");
             let enrollment = relay
-                .enroll_device(Some(device_id), &name, role, &scopes)
+                .enrol_device(Some(device_id), &name, role, &scopes)
                 .map_err(|e| format!("enrolling {name}: {e}"))?;
             let opts = StoreOptions {
                 durability: Durability::Full,

@@ -91,7 +91,7 @@ pub(super) struct InitArgs {
     /// Your organisation (given to new customers)
     #[arg(long, default_value = "default")]
     pub(super) org: String,
-    /// Device credential issued at enrolment without a token (`enroll_device` API), if the
+    /// Device credential issued at enrolment without a token (`enrol_device` API), if the
     /// relay requires one
     #[arg(long, env = "FIELDSYNC_CREDENTIAL", hide_env_values = true)]
     pub(super) credential: Option<String>,

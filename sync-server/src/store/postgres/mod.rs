@@ -73,7 +73,7 @@ pub use scratch::ScratchDatabase;
 
 use super::{
     AuditRecord, BatchDb, Cancel, DeviceBackend, DeviceDb, DeviceRecord, DeviceRow, DocCache,
-    DocMeta, DocRow, ENTRY_OVERHEAD, Enrollment, EnrolmentRecord, Holder, KIND_CHANGES, KIND_LEAVE,
+    DocMeta, DocRow, ENTRY_OVERHEAD, Enrolment, EnrolmentRecord, Holder, KIND_CHANGES, KIND_LEAVE,
     KIND_REPLACE, KIND_SNAPSHOT, MIN_DB_CONNECTIONS, NewDevice, RelayStatus, RelayStoreError,
     RelayStoreOptions, Replacement, Revoked, SnapshotPage, TokenRow, Usage, append_batch, doc_id,
     lack_of, lock, pg_detail, replace,
