@@ -155,7 +155,7 @@ async fn main() -> Result<()> {
     sync("bob", &bob, &bob_cfg).await?;
 
     println!("\n4. Both replicas hold the same documents");
-    for id in [customer, visit, quote] {
+    for id in [customer.doc_id(), visit.doc_id(), quote.doc_id()] {
         ensure!(
             alice.document(id)? == bob.document(id)?,
             "document {id} differs"

@@ -265,7 +265,7 @@ fn main() -> Result<()> {
     let b = Client::open(dir.path().join("laptop-b.db"))?;
     b.set_identity(Identity::new("wang.fang", Role::Rep, "acme-machinery"))?;
     // Laptop B receives the customer (as a sync would deliver it).
-    b.import(&a.export(baotou)?)?;
+    b.import(&a.export(baotou.into())?)?;
     println!(
         "laptop B has {} with {} contacts",
         b.customers().get(baotou)?.name,
@@ -289,8 +289,8 @@ fn main() -> Result<()> {
     println!("B renamed it to \"Baotou Mining Group\" and added a contact.");
 
     // Back online: they exchange documents both ways.
-    let from_a = a.export(baotou)?;
-    let from_b = b.export(baotou)?;
+    let from_a = a.export(baotou.into())?;
+    let from_b = b.export(baotou.into())?;
     a.import(&from_b)?;
     b.import(&from_a)?;
     println!(
@@ -320,8 +320,8 @@ fn main() -> Result<()> {
     }
 
     // The rep on laptop A decides, and the decision travels to B.
-    a.resolve_conflict(baotou, "name", "Baotou Mining Group Co., Ltd.")?;
-    b.import(&a.export(baotou)?)?;
+    a.resolve_conflict(baotou.into(), "name", "Baotou Mining Group Co., Ltd.")?;
+    b.import(&a.export(baotou.into())?)?;
     let (ca, cb) = (a.customers().get(baotou)?, b.customers().get(baotou)?);
     println!(
         "resolved on A and sent to B: name = {:?} on both ({}), conflicts left: A {}, B {}",

@@ -4,7 +4,7 @@ use fieldsync_core::model::{
     self, AddressInput, ContactInput, Customer, CustomerEdit, CustomerField, Document, Edit,
     EquipmentInput, Money, NewCustomer, new_item_id, normalize_phone,
 };
-use fieldsync_core::{DocId, DocKind};
+use fieldsync_core::{CustomerId, DocKind};
 
 use crate::rows::{self, CustomerFilter, CustomerRow, TimelineEntry};
 use crate::{Client, ClientError, typed_document};
@@ -22,7 +22,7 @@ impl<'c> Customers<'c> {
 
     /// Creates a customer and returns its id. An empty `org` is filled with the identity's
     /// organisation; `name` and `scope` are required.
-    pub fn create(&self, mut new: NewCustomer) -> Result<DocId, ClientError> {
+    pub fn create(&self, mut new: NewCustomer) -> Result<CustomerId, ClientError> {
         self.client.with_ctx(|store, identity, ctx| {
             if new.org.trim().is_empty() {
                 new.org = identity.org.clone();
@@ -31,17 +31,17 @@ impl<'c> Customers<'c> {
                 model::create_customer(doc, id, &new, ctx)?;
                 model::authority::check_local(None, &*doc, ctx.role)
             })?;
-            Ok(c.id)
+            Ok(CustomerId(c.id))
         })
     }
 
     /// Reads a customer document (contacts, equipment, addresses, notes, governed fields …).
-    pub fn get(&self, id: DocId) -> Result<Customer, ClientError> {
+    pub fn get(&self, id: CustomerId) -> Result<Customer, ClientError> {
         self.client.with_store(
             |store| match typed_document(store, id, DocKind::Customer)? {
                 Document::Customer(c) => Ok(c),
                 other => Err(ClientError::WrongKind {
-                    id,
+                    id: id.into(),
                     expected: DocKind::Customer,
                     actual: other.header().kind,
                 }),
@@ -50,12 +50,12 @@ impl<'c> Customers<'c> {
     }
 
     /// Applies one edit to a customer.
-    pub fn edit(&self, id: DocId, edit: CustomerEdit) -> Result<(), ClientError> {
+    pub fn edit(&self, id: CustomerId, edit: CustomerEdit) -> Result<(), ClientError> {
         self.client.apply_edit(id, Edit::Customer(edit))
     }
 
     /// Applies several edits to a customer as one change: all of them or none.
-    pub fn edit_all(&self, id: DocId, edits: &[CustomerEdit]) -> Result<(), ClientError> {
+    pub fn edit_all(&self, id: CustomerId, edits: &[CustomerEdit]) -> Result<(), ClientError> {
         self.client.edit_doc(id, |doc, ctx| {
             edits
                 .iter()
@@ -64,12 +64,12 @@ impl<'c> Customers<'c> {
     }
 
     /// Archives (soft-deletes) a customer: hidden from default listings, never removed.
-    pub fn archive(&self, id: DocId) -> Result<(), ClientError> {
+    pub fn archive(&self, id: CustomerId) -> Result<(), ClientError> {
         self.edit(id, CustomerEdit::Archive)
     }
 
     /// Restores an archived customer.
-    pub fn unarchive(&self, id: DocId) -> Result<(), ClientError> {
+    pub fn unarchive(&self, id: CustomerId) -> Result<(), ClientError> {
         self.edit(id, CustomerEdit::Unarchive)
     }
 
@@ -94,7 +94,7 @@ impl<'c> Customers<'c> {
     }
 
     /// The customer's visits and quotes, newest first (archived ones left out).
-    pub fn timeline(&self, id: DocId) -> Result<Vec<TimelineEntry>, ClientError> {
+    pub fn timeline(&self, id: CustomerId) -> Result<Vec<TimelineEntry>, ClientError> {
         self.client.read(|c| rows::timeline(c, id))
     }
 
@@ -104,7 +104,7 @@ impl<'c> Customers<'c> {
     /// Sets a plain text field.
     pub fn set(
         &self,
-        id: DocId,
+        id: CustomerId,
         field: CustomerField,
         value: impl Into<String>,
     ) -> Result<(), ClientError> {
@@ -112,22 +112,26 @@ impl<'c> Customers<'c> {
     }
 
     /// Renames the customer.
-    pub fn set_name(&self, id: DocId, name: impl Into<String>) -> Result<(), ClientError> {
+    pub fn set_name(&self, id: CustomerId, name: impl Into<String>) -> Result<(), ClientError> {
         self.set(id, CustomerField::Name, name)
     }
 
     /// Sets the lifecycle stage.
-    pub fn set_stage(&self, id: DocId, stage: impl Into<String>) -> Result<(), ClientError> {
+    pub fn set_stage(&self, id: CustomerId, stage: impl Into<String>) -> Result<(), ClientError> {
         self.set(id, CustomerField::Stage, stage)
     }
 
     /// Adds a phone number.
-    pub fn add_phone(&self, id: DocId, phone: impl Into<String>) -> Result<(), ClientError> {
+    pub fn add_phone(&self, id: CustomerId, phone: impl Into<String>) -> Result<(), ClientError> {
         self.edit(id, CustomerEdit::AddPhone(phone.into()))
     }
 
     /// Adds a contact (a name is required) and returns its new item id.
-    pub fn add_contact(&self, id: DocId, contact: ContactInput) -> Result<String, ClientError> {
+    pub fn add_contact(
+        &self,
+        id: CustomerId,
+        contact: ContactInput,
+    ) -> Result<String, ClientError> {
         let item = new_item_id();
         self.edit(id, CustomerEdit::AddContact(item.clone(), contact))?;
         Ok(item)
@@ -136,7 +140,7 @@ impl<'c> Customers<'c> {
     /// Changes fields of a contact (`None` fields stay as they are).
     pub fn update_contact(
         &self,
-        id: DocId,
+        id: CustomerId,
         contact_id: &str,
         changes: ContactInput,
     ) -> Result<(), ClientError> {
@@ -144,7 +148,11 @@ impl<'c> Customers<'c> {
     }
 
     /// Adds an address and returns its new item id.
-    pub fn add_address(&self, id: DocId, address: AddressInput) -> Result<String, ClientError> {
+    pub fn add_address(
+        &self,
+        id: CustomerId,
+        address: AddressInput,
+    ) -> Result<String, ClientError> {
         let item = new_item_id();
         self.edit(id, CustomerEdit::AddAddress(item.clone(), address))?;
         Ok(item)
@@ -153,7 +161,7 @@ impl<'c> Customers<'c> {
     /// Adds a unit of installed equipment (a model is required) and returns its new item id.
     pub fn add_equipment(
         &self,
-        id: DocId,
+        id: CustomerId,
         equipment: EquipmentInput,
     ) -> Result<String, ClientError> {
         let item = new_item_id();
@@ -164,7 +172,7 @@ impl<'c> Customers<'c> {
     /// Changes fields of a unit of equipment.
     pub fn update_equipment(
         &self,
-        id: DocId,
+        id: CustomerId,
         equipment_id: &str,
         changes: EquipmentInput,
     ) -> Result<(), ClientError> {
@@ -175,21 +183,25 @@ impl<'c> Customers<'c> {
     }
 
     /// Adds a note and returns its new item id.
-    pub fn add_note(&self, id: DocId, text: impl Into<String>) -> Result<String, ClientError> {
+    pub fn add_note(&self, id: CustomerId, text: impl Into<String>) -> Result<String, ClientError> {
         let item = new_item_id();
         self.edit(id, CustomerEdit::AddNote(item.clone(), text.into()))?;
         Ok(item)
     }
 
     /// Adds a product line of interest.
-    pub fn add_product_line(&self, id: DocId, line: impl Into<String>) -> Result<(), ClientError> {
+    pub fn add_product_line(
+        &self,
+        id: CustomerId,
+        line: impl Into<String>,
+    ) -> Result<(), ClientError> {
         self.edit(id, CustomerEdit::AddProductLine(line.into()))
     }
 
     /// Records a competitor present at the account.
     pub fn add_competitor(
         &self,
-        id: DocId,
+        id: CustomerId,
         competitor: impl Into<String>,
     ) -> Result<(), ClientError> {
         self.edit(id, CustomerEdit::AddCompetitor(competitor.into()))
@@ -197,22 +209,22 @@ impl<'c> Customers<'c> {
 
     /// Proposes a credit limit (any role; a director approves it with
     /// [`Customers::set_credit_limit`]).
-    pub fn propose_credit_limit(&self, id: DocId, limit: Money) -> Result<(), ClientError> {
+    pub fn propose_credit_limit(&self, id: CustomerId, limit: Money) -> Result<(), ClientError> {
         self.edit(id, CustomerEdit::ProposeCreditLimit(limit))
     }
 
     /// Sets the approved credit limit (director and above).
-    pub fn set_credit_limit(&self, id: DocId, limit: Money) -> Result<(), ClientError> {
+    pub fn set_credit_limit(&self, id: CustomerId, limit: Money) -> Result<(), ClientError> {
         self.edit(id, CustomerEdit::SetCreditLimit(limit))
     }
 
     /// Assigns the owner rep (manager and above).
-    pub fn set_owner(&self, id: DocId, owner: impl Into<String>) -> Result<(), ClientError> {
+    pub fn set_owner(&self, id: CustomerId, owner: impl Into<String>) -> Result<(), ClientError> {
         self.edit(id, CustomerEdit::SetOwner(owner.into()))
     }
 
     /// Moves the customer to another territory (manager and above).
-    pub fn set_scope(&self, id: DocId, scope: impl Into<String>) -> Result<(), ClientError> {
+    pub fn set_scope(&self, id: CustomerId, scope: impl Into<String>) -> Result<(), ClientError> {
         self.edit(id, CustomerEdit::SetScope(scope.into()))
     }
 }

@@ -69,7 +69,7 @@ pub use fieldsync_core::model::{
 pub use fieldsync_core::store::{
     DocConflict, DocEvent, Durability, Origin, Store, StoreError, StoreOptions,
 };
-pub use fieldsync_core::{DocId, DocKind, Millis, Role};
+pub use fieldsync_core::{CustomerId, DocId, DocKind, Millis, QuoteId, Role, VisitId};
 
 use fieldsync_core::model::{self, ModelError};
 
@@ -287,8 +287,8 @@ impl Client {
     }
 
     /// Applies any edit to document `id` (its kind must match the edit's).
-    pub fn apply_edit(&self, id: DocId, edit: Edit) -> Result<(), ClientError> {
-        self.edit_doc(id, |doc, ctx| model::apply_edit(doc, &edit, ctx))
+    pub fn apply_edit(&self, id: impl Into<DocId>, edit: Edit) -> Result<(), ClientError> {
+        self.edit_doc(id.into(), |doc, ctx| model::apply_edit(doc, &edit, ctx))
     }
 
     /// Runs a read-only SQL statement over the replica's projections and returns each row as
@@ -407,9 +407,10 @@ impl Client {
     /// Edits document `id` with `f` under the current identity, in one durable transaction.
     pub(crate) fn edit_doc(
         &self,
-        id: DocId,
+        id: impl Into<DocId>,
         f: impl FnOnce(&mut AutoCommit, &EditCtx) -> Result<(), ModelError>,
     ) -> Result<(), ClientError> {
+        let id = id.into();
         let mut store = self.lock();
         let ctx = ctx_of(&store)?;
         store
@@ -439,9 +440,10 @@ impl Client {
     /// document, its id, and the customer's organisation and scope.
     pub(crate) fn create_for_customer(
         &self,
-        customer: DocId,
+        customer: CustomerId,
         init: impl FnOnce(&mut AutoCommit, DocId, &str, &str, &EditCtx) -> Result<(), ModelError>,
     ) -> Result<DocId, ClientError> {
+        let customer = customer.doc_id();
         let mut store = self.lock();
         let ctx = ctx_of(&store)?;
         let created = store.transaction(|tx| {
@@ -504,9 +506,10 @@ fn json_to_sql(v: &serde_json::Value) -> rusqlite::types::Value {
 /// Reads document `id` and checks it is of `kind`.
 pub(crate) fn typed_document(
     store: &mut Store,
-    id: DocId,
+    id: impl Into<DocId>,
     kind: DocKind,
 ) -> Result<Document, ClientError> {
+    let id = id.into();
     let doc = store.document(id)?;
     let actual = doc.header().kind;
     if actual != kind {

@@ -9,13 +9,13 @@ use rusqlite::{Connection, Row, params_from_iter};
 use serde::{Deserialize, Serialize};
 
 use fieldsync_core::model::{QuoteStatus, VisitStatus};
-use fieldsync_core::{DocId, DocKind, Millis};
+use fieldsync_core::{CustomerId, DocId, DocKind, Millis, QuoteId, VisitId};
 
 /// One customer as listed from the `customers` projection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerRow {
     /// The customer document.
-    pub id: DocId,
+    pub id: CustomerId,
     /// Name.
     pub name: String,
     /// Short name.
@@ -46,9 +46,9 @@ pub struct CustomerRow {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VisitRow {
     /// The visit document.
-    pub id: DocId,
+    pub id: VisitId,
     /// The customer visited.
-    pub customer_id: DocId,
+    pub customer_id: CustomerId,
     /// The customer's name, if the customer is in the replica.
     pub customer_name: Option<String>,
     /// Visit kind (`sales_call`, `return_visit`, `service_repair`, …).
@@ -77,9 +77,9 @@ pub struct VisitRow {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuoteRow {
     /// The quote document.
-    pub id: DocId,
+    pub id: QuoteId,
     /// The customer quoted.
-    pub customer_id: DocId,
+    pub customer_id: CustomerId,
     /// The customer's name, if the customer is in the replica.
     pub customer_name: Option<String>,
     /// Quote number.
@@ -116,11 +116,11 @@ pub struct QuoteRow {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuoteLineRow {
     /// The quote.
-    pub quote_id: DocId,
+    pub quote_id: QuoteId,
     /// The line's id inside the quote.
     pub line_id: String,
     /// The customer quoted.
-    pub customer_id: DocId,
+    pub customer_id: CustomerId,
     /// The customer's name, if the customer is in the replica.
     pub customer_name: Option<String>,
     /// Quote number.
@@ -151,9 +151,9 @@ pub struct TaskRow {
     /// The task's id inside the visit.
     pub task_id: String,
     /// The visit holding the task.
-    pub visit_id: DocId,
+    pub visit_id: VisitId,
     /// The customer.
-    pub customer_id: DocId,
+    pub customer_id: CustomerId,
     /// The customer's name, if the customer is in the replica.
     pub customer_name: Option<String>,
     /// Title.
@@ -248,7 +248,7 @@ impl CustomerFilter {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VisitFilter {
     /// Only visits to this customer.
-    pub customer: Option<DocId>,
+    pub customer: Option<CustomerId>,
     /// Only visits logged by this author.
     pub author: Option<String>,
     /// Only visits with this effective status.
@@ -268,7 +268,7 @@ impl VisitFilter {
     }
 
     /// Only visits to `customer`.
-    pub fn customer(mut self, customer: DocId) -> Self {
+    pub fn customer(mut self, customer: CustomerId) -> Self {
         self.customer = Some(customer);
         self
     }
@@ -304,7 +304,7 @@ impl VisitFilter {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuoteFilter {
     /// Only quotes to this customer.
-    pub customer: Option<DocId>,
+    pub customer: Option<CustomerId>,
     /// Only quotes with this effective status.
     pub status: Option<QuoteStatus>,
     /// Only quotes owned by this rep.
@@ -324,7 +324,7 @@ impl QuoteFilter {
     }
 
     /// Only quotes to `customer`.
-    pub fn customer(mut self, customer: DocId) -> Self {
+    pub fn customer(mut self, customer: CustomerId) -> Self {
         self.customer = Some(customer);
         self
     }
@@ -383,7 +383,7 @@ const CUSTOMER_COLS: &str = "c.id, c.name, c.short_name, c.industry, c.stage, c.
 
 fn customer_row(r: &Row<'_>) -> rusqlite::Result<CustomerRow> {
     Ok(CustomerRow {
-        id: col_id(r, 0)?,
+        id: col_id(r, 0)?.into(),
         name: r.get(1)?,
         short_name: r.get(2)?,
         industry: r.get(3)?,
@@ -404,8 +404,8 @@ const VISIT_COLS: &str = "v.id, v.customer_id, c.name, v.kind, v.status, v.at, v
 
 fn visit_row(r: &Row<'_>) -> rusqlite::Result<VisitRow> {
     Ok(VisitRow {
-        id: col_id(r, 0)?,
-        customer_id: col_id(r, 1)?,
+        id: col_id(r, 0)?.into(),
+        customer_id: col_id(r, 1)?.into(),
         customer_name: r.get(2)?,
         kind: r.get(3)?,
         status: col_visit_status(r, 4)?,
@@ -426,8 +426,8 @@ const QUOTE_COLS: &str = "q.id, q.customer_id, c.name, q.quote_no, q.status, \
 
 fn quote_row(r: &Row<'_>) -> rusqlite::Result<QuoteRow> {
     Ok(QuoteRow {
-        id: col_id(r, 0)?,
-        customer_id: col_id(r, 1)?,
+        id: col_id(r, 0)?.into(),
+        customer_id: col_id(r, 1)?.into(),
         customer_name: r.get(2)?,
         quote_no: r.get(3)?,
         status: col_quote_status(r, 4)?,
@@ -545,7 +545,10 @@ pub(crate) fn customers_by_phone(
     )
 }
 
-pub(crate) fn timeline(conn: &Connection, customer: DocId) -> rusqlite::Result<Vec<TimelineEntry>> {
+pub(crate) fn timeline(
+    conn: &Connection,
+    customer: CustomerId,
+) -> rusqlite::Result<Vec<TimelineEntry>> {
     let sql = "SELECT t.occurred_at, t.kind, t.id, t.summary FROM timeline t
                 WHERE t.customer_id = ?1
                   AND NOT EXISTS (SELECT 1 FROM visits v WHERE v.id = t.id AND v.archived)
@@ -600,8 +603,8 @@ pub(crate) fn open_tasks(conn: &Connection, assignee: &str) -> rusqlite::Result<
     collect(conn, sql, vec![Value::Text(assignee.to_string())], |r| {
         Ok(TaskRow {
             task_id: r.get(0)?,
-            visit_id: col_id(r, 1)?,
-            customer_id: col_id(r, 2)?,
+            visit_id: col_id(r, 1)?.into(),
+            customer_id: col_id(r, 2)?.into(),
             customer_name: r.get(3)?,
             title: r.get(4)?,
             due: r.get(5)?,
@@ -657,9 +660,9 @@ pub(crate) fn price_history(conn: &Connection, sku: &str) -> rusqlite::Result<Ve
                 ORDER BY l.created_at DESC, l.quote_id, l.line_id";
     collect(conn, sql, vec![Value::Text(sku.to_string())], |r| {
         Ok(QuoteLineRow {
-            quote_id: col_id(r, 0)?,
+            quote_id: col_id(r, 0)?.into(),
             line_id: r.get(1)?,
-            customer_id: col_id(r, 2)?,
+            customer_id: col_id(r, 2)?.into(),
             customer_name: r.get(3)?,
             quote_no: r.get(4)?,
             quote_status: col_quote_status(r, 5)?,

@@ -4,7 +4,7 @@ use fieldsync_core::model::{
     self, Document, Edit, NeedInput, NewVisit, TaskInput, Visit, VisitEdit, VisitField,
     VisitStatus, new_item_id,
 };
-use fieldsync_core::{DocId, DocKind, Millis};
+use fieldsync_core::{CustomerId, DocKind, Millis, VisitId};
 
 use crate::rows::{self, TaskRow, VisitFilter, VisitRow};
 use crate::{Client, ClientError, typed_document};
@@ -23,20 +23,21 @@ impl<'c> Visits<'c> {
     /// Logs (or plans) a visit to `new.customer_id` and returns its id. The visit takes the
     /// customer's organisation and scope; the customer must be in the replica (archived
     /// customers are allowed: activity is never lost).
-    pub fn create(&self, new: NewVisit) -> Result<DocId, ClientError> {
+    pub fn create(&self, new: NewVisit) -> Result<VisitId, ClientError> {
         self.client
             .create_for_customer(new.customer_id, |doc, id, org, scope, ctx| {
                 model::create_visit(doc, id, org, scope, &new, ctx)
             })
+            .map(VisitId)
     }
 
     /// Reads a visit document.
-    pub fn get(&self, id: DocId) -> Result<Visit, ClientError> {
+    pub fn get(&self, id: VisitId) -> Result<Visit, ClientError> {
         self.client
             .with_store(|store| match typed_document(store, id, DocKind::Visit)? {
                 Document::Visit(v) => Ok(v),
                 other => Err(ClientError::WrongKind {
-                    id,
+                    id: id.into(),
                     expected: DocKind::Visit,
                     actual: other.header().kind,
                 }),
@@ -44,12 +45,12 @@ impl<'c> Visits<'c> {
     }
 
     /// Applies one edit to a visit.
-    pub fn edit(&self, id: DocId, edit: VisitEdit) -> Result<(), ClientError> {
+    pub fn edit(&self, id: VisitId, edit: VisitEdit) -> Result<(), ClientError> {
         self.client.apply_edit(id, Edit::Visit(edit))
     }
 
     /// Applies several edits to a visit as one change: all of them or none.
-    pub fn edit_all(&self, id: DocId, edits: &[VisitEdit]) -> Result<(), ClientError> {
+    pub fn edit_all(&self, id: VisitId, edits: &[VisitEdit]) -> Result<(), ClientError> {
         self.client.edit_doc(id, |doc, ctx| {
             edits
                 .iter()
@@ -58,7 +59,7 @@ impl<'c> Visits<'c> {
     }
 
     /// Archives (soft-deletes) a visit.
-    pub fn archive(&self, id: DocId) -> Result<(), ClientError> {
+    pub fn archive(&self, id: VisitId) -> Result<(), ClientError> {
         self.edit(id, VisitEdit::Archive)
     }
 
@@ -68,7 +69,7 @@ impl<'c> Visits<'c> {
     }
 
     /// A customer's non-archived visits, newest first.
-    pub fn for_customer(&self, customer: DocId) -> Result<Vec<VisitRow>, ClientError> {
+    pub fn for_customer(&self, customer: CustomerId) -> Result<Vec<VisitRow>, ClientError> {
         self.list(&VisitFilter::new().customer(customer))
     }
 
@@ -84,7 +85,7 @@ impl<'c> Visits<'c> {
     /// Sets a text field (kind, location, notes).
     pub fn set(
         &self,
-        id: DocId,
+        id: VisitId,
         field: VisitField,
         value: impl Into<String>,
     ) -> Result<(), ClientError> {
@@ -92,39 +93,39 @@ impl<'c> Visits<'c> {
     }
 
     /// Sets the planned or actual time of the visit.
-    pub fn set_at(&self, id: DocId, at: Millis) -> Result<(), ClientError> {
+    pub fn set_at(&self, id: VisitId, at: Millis) -> Result<(), ClientError> {
         self.edit(id, VisitEdit::SetAt(at))
     }
 
     /// Marks a status. Merges keep the highest: done beats cancelled beats planned.
-    pub fn mark_status(&self, id: DocId, status: VisitStatus) -> Result<(), ClientError> {
+    pub fn mark_status(&self, id: VisitId, status: VisitStatus) -> Result<(), ClientError> {
         self.edit(id, VisitEdit::MarkStatus(status))
     }
 
     /// Marks the visit done.
-    pub fn mark_done(&self, id: DocId) -> Result<(), ClientError> {
+    pub fn mark_done(&self, id: VisitId) -> Result<(), ClientError> {
         self.mark_status(id, VisitStatus::Done)
     }
 
     /// Records the customer's satisfaction, 1 to 5.
-    pub fn set_satisfaction(&self, id: DocId, rating: i64) -> Result<(), ClientError> {
+    pub fn set_satisfaction(&self, id: VisitId, rating: i64) -> Result<(), ClientError> {
         self.edit(id, VisitEdit::SetSatisfaction(rating))
     }
 
     /// Records that a contact of the customer was met (by contact item id).
-    pub fn add_contact_met(&self, id: DocId, contact_id: &str) -> Result<(), ClientError> {
+    pub fn add_contact_met(&self, id: VisitId, contact_id: &str) -> Result<(), ClientError> {
         self.edit(id, VisitEdit::AddContactMet(contact_id.into()))
     }
 
     /// Records a need and returns its new item id.
-    pub fn add_need(&self, id: DocId, need: NeedInput) -> Result<String, ClientError> {
+    pub fn add_need(&self, id: VisitId, need: NeedInput) -> Result<String, ClientError> {
         let item = new_item_id();
         self.edit(id, VisitEdit::AddNeed(item.clone(), need))?;
         Ok(item)
     }
 
     /// Adds a next-step task (a title is required) and returns its new item id.
-    pub fn add_task(&self, id: DocId, task: TaskInput) -> Result<String, ClientError> {
+    pub fn add_task(&self, id: VisitId, task: TaskInput) -> Result<String, ClientError> {
         let item = new_item_id();
         self.edit(id, VisitEdit::AddTask(item.clone(), task))?;
         Ok(item)
@@ -133,7 +134,7 @@ impl<'c> Visits<'c> {
     /// Changes a task (`None` fields stay as they are).
     pub fn update_task(
         &self,
-        id: DocId,
+        id: VisitId,
         task_id: &str,
         changes: TaskInput,
     ) -> Result<(), ClientError> {
@@ -141,12 +142,12 @@ impl<'c> Visits<'c> {
     }
 
     /// Completes a task; completion is permanent and the first completion time is kept.
-    pub fn complete_task(&self, id: DocId, task_id: &str) -> Result<(), ClientError> {
+    pub fn complete_task(&self, id: VisitId, task_id: &str) -> Result<(), ClientError> {
         self.edit(id, VisitEdit::CompleteTask(task_id.into()))
     }
 
     /// Adds a comment and returns its new item id.
-    pub fn add_comment(&self, id: DocId, text: impl Into<String>) -> Result<String, ClientError> {
+    pub fn add_comment(&self, id: VisitId, text: impl Into<String>) -> Result<String, ClientError> {
         let item = new_item_id();
         self.edit(id, VisitEdit::AddComment(item.clone(), text.into()))?;
         Ok(item)

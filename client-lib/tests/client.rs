@@ -11,7 +11,7 @@ fn open(dir: &tempfile::TempDir, name: &str) -> Client {
     Client::open(dir.path().join(name)).expect("open replica")
 }
 
-fn customer(client: &Client, name: &str, scope: &str, phone: Option<&str>) -> DocId {
+fn customer(client: &Client, name: &str, scope: &str, phone: Option<&str>) -> CustomerId {
     client
         .customers()
         .create(NewCustomer {
@@ -35,7 +35,7 @@ fn as_manager(client: &Client) {
 
 fn new_visit(customer_id: DocId, at: Option<Millis>, status: VisitStatus) -> NewVisit {
     NewVisit {
-        customer_id,
+        customer_id: customer_id.into(),
         kind: Some("sales_call".into()),
         notes: Some("met the purchaser".into()),
         status,
@@ -46,7 +46,7 @@ fn new_visit(customer_id: DocId, at: Option<Millis>, status: VisitStatus) -> New
 
 fn new_quote(customer_id: DocId, no: &str) -> NewQuote {
     NewQuote {
-        customer_id,
+        customer_id: customer_id.into(),
         currency: "CNY".into(),
         quote_no: Some(no.into()),
         valid_until: None,
@@ -137,7 +137,8 @@ fn customers_are_created_edited_and_listed_sorted_and_filtered() {
     // Case-insensitive name order, ties broken by id (creation order for UUIDv7).
     let mut expected = vec![(alpha, "alpha quarry"), (alpha2, "Alpha Quarry")];
     expected.sort_by_key(|(id, _)| id.to_string());
-    let first_two: Vec<(DocId, &str)> = all[..2].iter().map(|r| (r.id, r.name.as_str())).collect();
+    let first_two: Vec<(CustomerId, &str)> =
+        all[..2].iter().map(|r| (r.id, r.name.as_str())).collect();
     assert_eq!(first_two, expected);
     assert_eq!(names(&all[2..]), ["Beta Cement", "Zeta Mining"]);
     assert_eq!(all[3].id, zeta);
@@ -395,7 +396,7 @@ fn contacts_equipment_notes_and_phone_lookup() {
     );
     assert_eq!(c.credit_limit, None);
 
-    let by = |p: &str| -> Vec<DocId> {
+    let by = |p: &str| -> Vec<CustomerId> {
         client
             .customers()
             .find_by_phone(p)
@@ -448,20 +449,20 @@ fn visits_take_their_customers_scope_and_carry_tasks() {
 
     let v1 = client
         .visits()
-        .create(new_visit(acme, Some(1_000), VisitStatus::Done))
+        .create(new_visit(acme.into(), Some(1_000), VisitStatus::Done))
         .unwrap();
     let v2 = client
         .visits()
-        .create(new_visit(acme, Some(5_000), VisitStatus::Planned))
+        .create(new_visit(acme.into(), Some(5_000), VisitStatus::Planned))
         .unwrap();
     let v3 = client
         .visits()
-        .create(new_visit(other, Some(3_000), VisitStatus::Done))
+        .create(new_visit(other.into(), Some(3_000), VisitStatus::Done))
         .unwrap();
     assert!(matches!(
         client
             .visits()
-            .create(new_visit(v1, None, VisitStatus::Done)),
+            .create(new_visit(v1.into(), None, VisitStatus::Done)),
         Err(ClientError::WrongKind {
             expected: DocKind::Customer,
             actual: DocKind::Visit,
@@ -469,7 +470,7 @@ fn visits_take_their_customers_scope_and_carry_tasks() {
         })
     ));
     assert!(matches!(
-        client.quotes().create(new_quote(v1, "Q-x")),
+        client.quotes().create(new_quote(v1.into(), "Q-x")),
         Err(ClientError::WrongKind {
             expected: DocKind::Customer,
             actual: DocKind::Visit,
@@ -693,16 +694,25 @@ fn quotes_follow_their_workflow_and_show_up_in_history_and_follow_ups() {
             .quotes()
             .create(NewQuote {
                 currency: "yuan".into(),
-                ..new_quote(acme, "Q-bad")
+                ..new_quote(acme.into(), "Q-bad")
             })
             .is_err()
     );
 
-    let q1 = client.quotes().create(new_quote(acme, "Q-1")).unwrap();
+    let q1 = client
+        .quotes()
+        .create(new_quote(acme.into(), "Q-1"))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(3));
-    let q2 = client.quotes().create(new_quote(acme, "Q-2")).unwrap();
+    let q2 = client
+        .quotes()
+        .create(new_quote(acme.into(), "Q-2"))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(3));
-    let q3 = client.quotes().create(new_quote(other, "Q-3")).unwrap();
+    let q3 = client
+        .quotes()
+        .create(new_quote(other.into(), "Q-3"))
+        .unwrap();
     let quote = client.quotes().get(q1).unwrap();
     assert_eq!(quote.header.scope, "north");
     assert_eq!(quote.status, QuoteStatus::Draft);
@@ -888,7 +898,10 @@ fn quotes_follow_their_workflow_and_show_up_in_history_and_follow_ups() {
     assert_eq!(ph[1].customer_name.as_deref(), Some("Acme Mining"));
 
     // Lost with a reason; owner is manager-owned.
-    let q4 = client.quotes().create(new_quote(other, "Q-4")).unwrap();
+    let q4 = client
+        .quotes()
+        .create(new_quote(other.into(), "Q-4"))
+        .unwrap();
     client
         .quotes()
         .edit_all(
@@ -912,7 +925,10 @@ fn quotes_follow_their_workflow_and_show_up_in_history_and_follow_ups() {
             .id,
         q4
     );
-    let q5 = client.quotes().create(new_quote(other, "Q-5")).unwrap();
+    let q5 = client
+        .quotes()
+        .create(new_quote(other.into(), "Q-5"))
+        .unwrap();
     client.quotes().submit(q5).unwrap();
     client.quotes().reject(q5, Some("too cheap")).unwrap();
     assert_eq!(
@@ -929,16 +945,23 @@ fn timeline_lists_visits_and_quotes_newest_first() {
     let other = customer(&client, "Other", "north", None);
     let old_visit = client
         .visits()
-        .create(new_visit(acme, Some(1_000), VisitStatus::Done))
+        .create(new_visit(acme.into(), Some(1_000), VisitStatus::Done))
         .unwrap();
-    let quote = client.quotes().create(new_quote(acme, "Q-7")).unwrap();
+    let quote = client
+        .quotes()
+        .create(new_quote(acme.into(), "Q-7"))
+        .unwrap();
     let future_visit = client
         .visits()
-        .create(new_visit(acme, Some(i64::MAX / 2), VisitStatus::Planned))
+        .create(new_visit(
+            acme.into(),
+            Some(i64::MAX / 2),
+            VisitStatus::Planned,
+        ))
         .unwrap();
     client
         .visits()
-        .create(new_visit(other, Some(2_000), VisitStatus::Done))
+        .create(new_visit(other.into(), Some(2_000), VisitStatus::Done))
         .unwrap();
     client.quotes().submit(quote).unwrap();
 
@@ -946,9 +969,9 @@ fn timeline_lists_visits_and_quotes_newest_first() {
     assert_eq!(
         t.iter().map(|e| (e.kind, e.id)).collect::<Vec<_>>(),
         [
-            (DocKind::Visit, future_visit),
-            (DocKind::Quote, quote),
-            (DocKind::Visit, old_visit)
+            (DocKind::Visit, future_visit.doc_id()),
+            (DocKind::Quote, quote.doc_id()),
+            (DocKind::Visit, old_visit.doc_id())
         ]
     );
     assert_eq!(t[2].occurred_at, 1_000);
@@ -963,7 +986,7 @@ fn timeline_lists_visits_and_quotes_newest_first() {
     assert!(
         client
             .customers()
-            .timeline(DocId::new())
+            .timeline((DocId::new()).into())
             .unwrap()
             .is_empty()
     );
@@ -976,22 +999,22 @@ fn wrong_kinds_and_unknown_ids_are_errors() {
     let c = customer(&client, "Acme", "north", None);
     let v = client
         .visits()
-        .create(new_visit(c, None, VisitStatus::Planned))
+        .create(new_visit(c.into(), None, VisitStatus::Planned))
         .unwrap();
-    let q = client.quotes().create(new_quote(c, "Q-1")).unwrap();
+    let q = client.quotes().create(new_quote(c.into(), "Q-1")).unwrap();
     let missing = DocId::new();
 
-    assert!(matches!(client.customers().get(missing), Err(e) if e.is_not_found()));
+    assert!(matches!(client.customers().get(missing.into()), Err(e) if e.is_not_found()));
     assert!(matches!(
-        client.visits().get(missing),
+        client.visits().get(missing.into()),
         Err(ClientError::NotFound(_))
     ));
     assert!(matches!(
-        client.quotes().get(missing),
+        client.quotes().get(missing.into()),
         Err(ClientError::NotFound(_))
     ));
     assert!(matches!(
-        client.customers().set_name(missing, "x"),
+        client.customers().set_name(missing.into(), "x"),
         Err(ClientError::NotFound(_))
     ));
     assert!(matches!(
@@ -999,11 +1022,11 @@ fn wrong_kinds_and_unknown_ids_are_errors() {
         Err(ClientError::NotFound(_))
     ));
     assert!(matches!(
-        client.customers().get(v),
+        client.customers().get(v.doc_id().into()),
         Err(ClientError::WrongKind { id, expected: DocKind::Customer, actual: DocKind::Visit }) if id == v
     ));
     assert!(matches!(
-        client.visits().get(q),
+        client.visits().get(q.doc_id().into()),
         Err(ClientError::WrongKind {
             expected: DocKind::Visit,
             actual: DocKind::Quote,
@@ -1011,7 +1034,7 @@ fn wrong_kinds_and_unknown_ids_are_errors() {
         })
     ));
     assert!(matches!(
-        client.quotes().get(c),
+        client.quotes().get(c.doc_id().into()),
         Err(ClientError::WrongKind {
             expected: DocKind::Quote,
             actual: DocKind::Customer,
@@ -1019,11 +1042,11 @@ fn wrong_kinds_and_unknown_ids_are_errors() {
         })
     ));
     assert!(matches!(
-        client.customers().set_name(q, "x"),
+        client.customers().set_name(q.doc_id().into(), "x"),
         Err(ClientError::WrongKind { id, expected: DocKind::Customer, actual: DocKind::Quote }) if id == q
     ));
     assert!(matches!(
-        client.quotes().submit(v),
+        client.quotes().submit(v.doc_id().into()),
         Err(ClientError::WrongKind {
             expected: DocKind::Quote,
             actual: DocKind::Visit,
@@ -1031,7 +1054,7 @@ fn wrong_kinds_and_unknown_ids_are_errors() {
         })
     ));
     assert!(matches!(
-        client.visits().archive(c),
+        client.visits().archive(c.doc_id().into()),
         Err(ClientError::WrongKind {
             expected: DocKind::Visit,
             actual: DocKind::Customer,
@@ -1040,7 +1063,7 @@ fn wrong_kinds_and_unknown_ids_are_errors() {
     ));
 
     // The generic entry points.
-    match client.document(v).unwrap() {
+    match client.document(v.into()).unwrap() {
         Document::Visit(visit) => assert_eq!(visit.customer_id, c),
         other => panic!("expected a visit, got {other:?}"),
     }
@@ -1059,7 +1082,11 @@ fn wrong_kinds_and_unknown_ids_are_errors() {
         Err(ClientError::WrongKind { .. })
     ));
     // Errors carry readable messages.
-    let msg = client.customers().get(v).unwrap_err().to_string();
+    let msg = client
+        .customers()
+        .get(v.doc_id().into())
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("is a visit, not a customer"), "{msg}");
 
     // Opening something that is not a replica is an error.
@@ -1080,12 +1107,12 @@ fn concurrent_edits_on_two_laptops_conflict_and_resolve_via_export_import() {
     let events_b = b.subscribe();
 
     let id = customer(&a, "Shared Co", "north", None);
-    assert_eq!(b.import(&a.export(id).unwrap()).unwrap(), id);
+    assert_eq!(b.import(&a.export(id.into()).unwrap()).unwrap(), id);
     assert_eq!(b.customers().get(id).unwrap().name, "Shared Co");
     let ev = events_b.recv_timeout(Duration::from_secs(1)).unwrap();
     assert_eq!(
         (ev.id, ev.origin, ev.kind),
-        (id, Origin::Remote, Some(DocKind::Customer))
+        (id.doc_id(), Origin::Remote, Some(DocKind::Customer))
     );
     assert_eq!(b.outbox_len().unwrap(), 0, "imports are not local changes");
 
@@ -1107,8 +1134,8 @@ fn concurrent_edits_on_two_laptops_conflict_and_resolve_via_export_import() {
         .unwrap();
     assert!(a.conflicts().unwrap().is_empty());
 
-    let from_a = a.export(id).unwrap();
-    let from_b = b.export(id).unwrap();
+    let from_a = a.export(id.into()).unwrap();
+    let from_b = b.export(id.into()).unwrap();
     a.import(&from_b).unwrap();
     b.import(&from_a).unwrap();
     let (ca, cb) = (
@@ -1133,22 +1160,23 @@ fn concurrent_edits_on_two_laptops_conflict_and_resolve_via_export_import() {
     }
 
     // Bad resolutions are refused and change nothing.
-    assert!(a.resolve_conflict(id, "", "x").is_err());
-    assert!(a.resolve_conflict(id, "no/such/path", "x").is_err());
-    assert!(a.resolve_conflict(id, "phones", "x").is_err());
+    assert!(a.resolve_conflict(id.into(), "", "x").is_err());
+    assert!(a.resolve_conflict(id.into(), "no/such/path", "x").is_err());
+    assert!(a.resolve_conflict(id.into(), "phones", "x").is_err());
     assert!(
-        a.resolve_conflict(id, "name", json!({"an": "object"}))
+        a.resolve_conflict(id.into(), "name", json!({"an": "object"}))
             .is_err()
     );
-    assert!(a.resolve_conflict(id, "id", "x").is_err());
+    assert!(a.resolve_conflict(id.into(), "id", "x").is_err());
     assert!(a.resolve_conflict(DocId::new(), "name", "x").is_err());
     assert_eq!(a.conflicts().unwrap().len(), 1);
 
-    a.resolve_conflict(id, "name", "Shared Mining Co").unwrap();
+    a.resolve_conflict(id.into(), "name", "Shared Mining Co")
+        .unwrap();
     assert!(a.conflicts().unwrap().is_empty());
     assert_eq!(a.customers().get(id).unwrap().name, "Shared Mining Co");
     assert_eq!(b.conflicts().unwrap().len(), 1);
-    b.import(&a.export(id).unwrap()).unwrap();
+    b.import(&a.export(id.into()).unwrap()).unwrap();
     assert!(b.conflicts().unwrap().is_empty());
     assert_eq!(b.customers().get(id).unwrap().name, "Shared Mining Co");
     assert_eq!(
@@ -1176,7 +1204,7 @@ fn subscribers_hear_local_remote_and_driver_changes() {
     assert_eq!(
         ev,
         DocEvent {
-            id: c,
+            id: c.into(),
             kind: Some(DocKind::Customer),
             origin: Origin::Local,
             evicted: false
@@ -1184,10 +1212,10 @@ fn subscribers_hear_local_remote_and_driver_changes() {
     );
     let v = client
         .visits()
-        .create(new_visit(c, None, VisitStatus::Planned))
+        .create(new_visit(c.into(), None, VisitStatus::Planned))
         .unwrap();
     let ev = rx.recv_timeout(Duration::from_secs(1)).unwrap();
-    assert_eq!((ev.id, ev.kind), (v, Some(DocKind::Visit)));
+    assert_eq!((ev.id, ev.kind), (v.doc_id(), Some(DocKind::Visit)));
 
     // Failed edits publish nothing; reads publish nothing.
     assert!(client.customers().set_name(c, "").is_err());
@@ -1197,10 +1225,10 @@ fn subscribers_hear_local_remote_and_driver_changes() {
     // Changes made through with_store (the sync driver's path) are forwarded too.
     let other = open(&dir, "other.db");
     let remote = customer(&other, "Remote Co", "north", None);
-    let bytes = other.export(remote).unwrap();
+    let bytes = other.export(remote.into()).unwrap();
     client.with_store(|s| s.import(&bytes)).unwrap();
     let ev = rx.recv_timeout(Duration::from_secs(1)).unwrap();
-    assert_eq!((ev.id, ev.origin), (remote, Origin::Remote));
+    assert_eq!((ev.id, ev.origin), (remote.doc_id(), Origin::Remote));
 
     // Edits from another thread arrive as well.
     let t = {
@@ -1209,7 +1237,7 @@ fn subscribers_hear_local_remote_and_driver_changes() {
     };
     t.join().unwrap();
     let ev = rx.recv_timeout(Duration::from_secs(1)).unwrap();
-    assert_eq!((ev.id, ev.origin), (early, Origin::Local));
+    assert_eq!((ev.id, ev.origin), (early.doc_id(), Origin::Local));
     assert!(rx.try_recv().is_err());
 }
 
@@ -1286,7 +1314,7 @@ fn maintenance_outbox_export_import_verify_rebuild_compact() {
     assert_eq!(client.outbox_len().unwrap(), 6);
     let v = client
         .visits()
-        .create(new_visit(c, Some(5), VisitStatus::Done))
+        .create(new_visit(c.into(), Some(5), VisitStatus::Done))
         .unwrap();
     assert_eq!(client.outbox_len().unwrap(), 7);
 
@@ -1304,8 +1332,8 @@ fn maintenance_outbox_export_import_verify_rebuild_compact() {
 
     // Export / import into a fresh replica reproduces the documents and their projections.
     let other = open(&dir, "other.db");
-    assert_eq!(other.import(&client.export(c).unwrap()).unwrap(), c);
-    assert_eq!(other.import(&client.export(v).unwrap()).unwrap(), v);
+    assert_eq!(other.import(&client.export(c.into()).unwrap()).unwrap(), c);
+    assert_eq!(other.import(&client.export(v.into()).unwrap()).unwrap(), v);
     assert_eq!(
         other.customers().get(c).unwrap(),
         client.customers().get(c).unwrap()
@@ -1317,7 +1345,7 @@ fn maintenance_outbox_export_import_verify_rebuild_compact() {
     assert_eq!(other.customers().timeline(c).unwrap().len(), 1);
     assert_eq!(other.outbox_len().unwrap(), 0);
     // Importing again changes nothing; garbage is refused.
-    assert_eq!(other.import(&client.export(c).unwrap()).unwrap(), c);
+    assert_eq!(other.import(&client.export(c.into()).unwrap()).unwrap(), c);
     assert!(other.import(b"garbage").is_err());
     assert!(other.import(&[]).is_err());
     assert!(other.verify().unwrap().is_empty());
@@ -1363,7 +1391,7 @@ fn a_panic_inside_the_lock_does_not_leak_a_half_applied_edit() {
     let crashing = client.clone();
     let joined = std::thread::spawn(move || {
         crashing.with_store(|s| {
-            let _ = s.edit(c, |doc| {
+            let _ = s.edit(c.into(), |doc| {
                 doc.put(ROOT, "name", "half-written")
                     .map_err(fieldsync_core::model::ModelError::from)?;
                 panic!("simulated bug in the middle of an edit");

@@ -170,11 +170,11 @@ async fn concurrent_offline_edits_converge_in_any_order() {
     let r = sync(&a, &cfg).await;
     assert!(r.changes_received >= 2, "alice receives bob's edits: {r:?}");
 
-    let doc_a = a.document(id).expect("alice's copy");
-    let doc_b = b.document(id).expect("bob's copy");
+    let doc_a = a.document(id.into()).expect("alice's copy");
+    let doc_b = b.document(id.into()).expect("bob's copy");
     assert_eq!(doc_a, doc_b, "both replicas hold the same document");
-    assert_eq!(heads(&a, id), heads(&b, id));
-    assert_eq!(heads(&a, id).len(), 2, "two concurrent heads");
+    assert_eq!(heads(&a, id.into()), heads(&b, id.into()));
+    assert_eq!(heads(&a, id.into()).len(), 2, "two concurrent heads");
     let c = a.customers().get(id).expect("customer");
     assert_eq!(c.industry.as_deref(), Some("mining"));
     assert_eq!(c.stage, "opportunity");
@@ -285,7 +285,10 @@ async fn watching_handle_receives_and_pushes_without_sync_calls() {
         1,
         "alice got bob's phone"
     );
-    assert_eq!(a.document(id).expect("a"), b.document(id).expect("b"));
+    assert_eq!(
+        a.document(id.into()).expect("a"),
+        b.document(id.into()).expect("b")
+    );
 
     let st = handle.status();
     assert!(st.changes_acked >= 1 && st.items_received >= 1, "{st:?}");
@@ -469,7 +472,8 @@ async fn changes_refused_for_now_are_resent_later() {
             ..Default::default()
         })
         .expect("create");
-    b.import(&a.export(id).expect("export")).expect("import");
+    b.import(&a.export(id.into()).expect("export"))
+        .expect("import");
     b.customers().set_stage(id, "opportunity").expect("edit");
     assert_eq!(b.outbox_len().expect("outbox"), 1);
 
@@ -507,6 +511,9 @@ async fn changes_refused_for_now_are_resent_later() {
         a.customers().get(id).expect("customer").stage,
         "opportunity"
     );
-    assert_eq!(a.document(id).expect("a"), b.document(id).expect("b"));
+    assert_eq!(
+        a.document(id.into()).expect("a"),
+        b.document(id.into()).expect("b")
+    );
     relay.shutdown().await.expect("shutdown");
 }

@@ -55,6 +55,100 @@ impl FromStr for DocId {
     }
 }
 
+/// Declares the id of one kind of document: a [`DocId`] that says, in its type, which kind it
+/// names, so that passing a customer's id where a quote's is wanted fails to compile. The
+/// conversion from a bare [`DocId`] claims the kind; reading the document checks it.
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident, $kind:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub DocId);
+
+        impl $name {
+            /// The kind of document this id names.
+            pub const KIND: DocKind = $kind;
+
+            /// The id without its kind.
+            pub fn doc_id(self) -> DocId {
+                self.0
+            }
+
+            /// The 16 raw bytes of the id (the form stored in SQLite).
+            pub fn as_bytes(&self) -> &[u8; 16] {
+                self.0.as_bytes()
+            }
+        }
+
+        impl From<DocId> for $name {
+            fn from(id: DocId) -> Self {
+                Self(id)
+            }
+        }
+
+        impl From<$name> for DocId {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                DocId::from_str(s).map(Self)
+            }
+        }
+
+        impl PartialEq<DocId> for $name {
+            fn eq(&self, other: &DocId) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<$name> for DocId {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// The id of a customer document.
+    ///
+    /// A customer's id is not a quote's: this does not compile.
+    ///
+    /// ```compile_fail
+    /// use fieldsync_core::{CustomerId, DocId, QuoteId};
+    /// fn quote(_: QuoteId) {}
+    /// quote(CustomerId(DocId::new()));
+    /// ```
+    CustomerId,
+    DocKind::Customer
+);
+typed_id!(
+    /// The id of a visit document.
+    VisitId,
+    DocKind::Visit
+);
+typed_id!(
+    /// The id of a quote document.
+    QuoteId,
+    DocKind::Quote
+);
+
 /// The three kinds of replicated documents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -89,4 +89,4 @@ pub mod model;
 pub mod protocol;
 pub mod store;
 
-pub use ids::{DocId, DocKind, GovernedField, Millis, Role};
+pub use ids::{CustomerId, DocId, DocKind, GovernedField, Millis, QuoteId, Role, VisitId};

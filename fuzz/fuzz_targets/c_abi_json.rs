@@ -83,7 +83,7 @@ fn world() -> &'static World {
                             fieldsync_core::model::create_customer(d, id, &new, &ctx)
                         })?;
                         let visit = NewVisit {
-                            customer_id: CUSTOMER,
+                            customer_id: CUSTOMER.into(),
                             kind: None,
                             notes: Some("demo".into()),
                             status: VisitStatus::Done,
@@ -96,7 +96,7 @@ fn world() -> &'static World {
                             )
                         })?;
                         let quote = NewQuote {
-                            customer_id: CUSTOMER,
+                            customer_id: CUSTOMER.into(),
                             currency: "CNY".into(),
                             quote_no: None,
                             valid_until: None,

@@ -56,7 +56,7 @@ fn bases() -> &'static [(DocId, AutoCommit)] {
         customer.commit();
         let mut quote = AutoCommit::new().with_actor(actor);
         let new = NewQuote {
-            customer_id: CUSTOMER,
+            customer_id: CUSTOMER.into(),
             currency: "CNY".into(),
             quote_no: None,
             valid_until: None,

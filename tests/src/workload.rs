@@ -121,7 +121,7 @@ pub fn populate(
             for i in 0..visits {
                 let (customer_id, scope) = cust[i % cust.len()];
                 let new = NewVisit {
-                    customer_id,
+                    customer_id: customer_id.into(),
                     kind: Some(["sales_call", "return_visit", "service_repair"][i % 3].into()),
                     notes: Some(format!(
                         "Visit {i}: met the purchaser and the site engineer; two loaders need \
@@ -177,7 +177,7 @@ pub fn populate(
             for i in 0..quotes {
                 let (customer_id, scope) = cust[(i * 7) % cust.len()];
                 let new = NewQuote {
-                    customer_id,
+                    customer_id: customer_id.into(),
                     currency: "CNY".into(),
                     quote_no: Some(format!("BENCH-{i:06}")),
                     valid_until: Some(1_710_000_000_000),
@@ -278,14 +278,16 @@ pub fn offline_edits_in(
         let i = e + round * n;
         let r = match e % 8 {
             0 => client.customers().edit(
-                c,
+                c.into(),
                 CustomerEdit::Set(CustomerField::Email, format!("info{i}@example.cn")),
             ),
-            1 => client.customers().add_phone(c, format!("+86 135 {i:08}")),
+            1 => client
+                .customers()
+                .add_phone(c.into(), format!("+86 135 {i:08}")),
             2 => client
                 .customers()
                 .add_contact(
-                    c,
+                    c.into(),
                     ContactInput {
                         name: Some(format!("New contact {i}")),
                         phone: Some(format!("+86 137 {i:08}")),
@@ -294,16 +296,17 @@ pub fn offline_edits_in(
                 )
                 .map(|_| ()),
             3 => client.visits().edit(
-                v,
+                v.into(),
                 VisitEdit::Set(VisitField::Notes, format!("Revised notes {i}")),
             ),
-            4 => client
-                .visits()
-                .edit(v, VisitEdit::Set(VisitField::Location, format!("Gate {i}"))),
+            4 => client.visits().edit(
+                v.into(),
+                VisitEdit::Set(VisitField::Location, format!("Gate {i}")),
+            ),
             5 => client
                 .visits()
                 .add_task(
-                    v,
+                    v.into(),
                     TaskInput {
                         title: Some(format!("Call back {i}")),
                         ..Default::default()
@@ -311,15 +314,16 @@ pub fn offline_edits_in(
                 )
                 .map(|_| ()),
             6 => client.quotes().edit(
-                q,
+                q.into(),
                 QuoteEdit::Set(
                     fieldsync_core::model::QuoteField::PaymentTerms,
                     format!("30% advance, rest in {} days", 30 + i % 60),
                 ),
             ),
-            _ => client
-                .quotes()
-                .edit(q, QuoteEdit::AddNote(new_item_id(), format!("Note {i}"))),
+            _ => client.quotes().edit(
+                q.into(),
+                QuoteEdit::AddNote(new_item_id(), format!("Note {i}")),
+            ),
         };
         r.with_context(|| format!("offline edit {i}"))?;
     }

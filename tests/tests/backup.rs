@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use fieldsync_client::sync::{SyncConfig, sync_now};
-use fieldsync_client::{Client, CustomerEdit, CustomerField, DocId, NewCustomer};
+use fieldsync_client::{Client, CustomerEdit, CustomerField, CustomerId, DocId, NewCustomer};
 use fieldsync_relay::backup::{self, BackupError};
 use fieldsync_relay::store::DB_FILE;
 use fieldsync_relay::{Relay, RelayConfig};
@@ -39,7 +39,7 @@ async fn sync(client: &Client, cfg: &SyncConfig) {
         .expect("sync succeeds");
 }
 
-fn customer(client: &Client, name: &str) -> DocId {
+fn customer(client: &Client, name: &str) -> CustomerId {
     client
         .customers()
         .create(NewCustomer {
@@ -73,7 +73,7 @@ async fn a_restored_relay_gets_back_every_change_it_acknowledged_after_the_backu
         .expect("relay starts");
     let cfg = sync_config(&relay);
     let a = Client::open(dir.path().join("a.db")).expect("replica a");
-    let early: Vec<DocId> = (0..3)
+    let early: Vec<CustomerId> = (0..3)
         .map(|i| customer(&a, &format!("Early {i}")))
         .collect();
     sync(&a, &cfg).await;
@@ -95,7 +95,7 @@ async fn a_restored_relay_gets_back_every_change_it_acknowledged_after_the_backu
     ));
 
     // Acknowledged after the backup: new customers and an edit of an early one.
-    let late: Vec<DocId> = (0..2).map(|i| customer(&a, &format!("Late {i}"))).collect();
+    let late: Vec<CustomerId> = (0..2).map(|i| customer(&a, &format!("Late {i}"))).collect();
     a.customers()
         .edit(
             early[0],

@@ -88,14 +88,14 @@ fn write_round(a: &Client, rng: &mut StdRng, round: u64, hot: &mut Vec<DocId>) {
             })
             .expect("create");
         if hot.len() < 8 {
-            hot.push(id);
+            hot.push(id.into());
         }
     }
     for (k, id) in hot.iter().enumerate() {
         for e in 0..rng.random_range(16..32) {
             a.customers()
                 .edit(
-                    *id,
+                    (*id).into(),
                     CustomerEdit::Set(CustomerField::Industry, format!("r{round} h{k} e{e}")),
                 )
                 .expect("edit");
@@ -311,7 +311,10 @@ fn tmpfs_or_skip(dir: &Path, size: &str) -> Option<Mount> {
     }
 }
 
-fn new_customer(c: &Client, name: &str) -> Result<DocId, fieldsync_client::ClientError> {
+fn new_customer(
+    c: &Client,
+    name: &str,
+) -> Result<fieldsync_client::CustomerId, fieldsync_client::ClientError> {
     c.customers().create(NewCustomer {
         scope: "north".into(),
         name: name.into(),

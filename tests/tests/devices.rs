@@ -19,7 +19,8 @@ use fieldsync_client::sync::{
     credential_path, enrol_replica, load_credential, read_credential, sync_now,
 };
 use fieldsync_client::{
-    Client, DocId, DocKind, Identity, Money, NewCustomer, NewQuote, NewVisit, Role, VisitStatus,
+    Client, CustomerId, DocId, DocKind, Identity, Money, NewCustomer, NewQuote, NewVisit, Role,
+    VisitId, VisitStatus,
 };
 use fieldsync_core::protocol::{ErrorCode, SessionError};
 use fieldsync_relay::{Relay, RelayConfig};
@@ -105,7 +106,7 @@ impl Laptop {
             .unwrap_or_else(|e| panic!("{} sync failed: {e}", self.name))
     }
 
-    fn customer(&self, name: &str, scope: &str) -> DocId {
+    fn customer(&self, name: &str, scope: &str) -> CustomerId {
         self.client
             .customers()
             .create(NewCustomer {
@@ -116,7 +117,7 @@ impl Laptop {
             .expect("create customer")
     }
 
-    fn visit(&self, customer: DocId, notes: &str) -> DocId {
+    fn visit(&self, customer: CustomerId, notes: &str) -> VisitId {
         self.client
             .visits()
             .create(NewVisit {
@@ -393,8 +394,8 @@ async fn out_of_scope_writes_are_quarantined_without_blocking_other_changes() {
     assert!(q.iter().any(|(d, _)| *d == foreign_visit), "{q:?}");
     // The replica shows what the relay accepted: the refused documents are gone from it (their
     // changes stay in the quarantine).
-    assert!(rep.has(before) && rep.has(after));
-    assert!(!rep.has(foreign) && !rep.has(foreign_visit));
+    assert!(rep.has(before.into()) && rep.has(after.into()));
+    assert!(!rep.has(foreign.into()) && !rep.has(foreign_visit.into()));
     south.sync().await;
     assert!(south.docs().is_empty(), "nothing reached the south");
     // The next sync sends nothing again.
@@ -585,7 +586,7 @@ async fn a_scope_move_waits_for_the_old_reps_pending_edits() {
     let v = old.visit(c, "first visit");
     old.sync().await;
     new.sync().await;
-    assert!(!new.has(c));
+    assert!(!new.has(c.into()));
 
     // Offline, the old rep keeps working on the customer: an edit and a new visit.
     old.client
@@ -602,7 +603,7 @@ async fn a_scope_move_waits_for_the_old_reps_pending_edits() {
 
     // The new rep gets it (and its visit) at the next sync.
     new.sync().await;
-    assert!(new.has(c) && new.has(v));
+    assert!(new.has(c.into()) && new.has(v.into()));
 
     // The old rep's pending edits reach the relay; then the documents leave its replica.
     let report = old.sync().await;
@@ -614,7 +615,7 @@ async fn a_scope_move_waits_for_the_old_reps_pending_edits() {
     assert!(old.quarantine().is_empty());
     assert_eq!(old.outbox(), 0);
     assert!(
-        !old.has(c) && !old.has(v) && !old.has(late_visit),
+        !old.has(c.into()) && !old.has(v.into()) && !old.has(late_visit.into()),
         "{:?}",
         old.docs()
     );
@@ -625,7 +626,7 @@ async fn a_scope_move_waits_for_the_old_reps_pending_edits() {
         new.client.customers().get(c).expect("customer").stage,
         "opportunity"
     );
-    assert!(new.has(late_visit));
+    assert!(new.has(late_visit.into()));
 
     // After the move the old rep can no longer write to it (a change built on the move).
     // Moving it back brings it back.
@@ -636,9 +637,9 @@ async fn a_scope_move_waits_for_the_old_reps_pending_edits() {
         .expect("move back");
     mgr.sync().await;
     old.sync().await;
-    assert!(old.has(c) && old.has(v) && old.has(late_visit));
+    assert!(old.has(c.into()) && old.has(v.into()) && old.has(late_visit.into()));
     new.sync().await;
-    assert!(!new.has(c) && !new.has(v));
+    assert!(!new.has(c.into()) && !new.has(v.into()));
     relay.shutdown().await.expect("shutdown");
 }
 
@@ -733,7 +734,7 @@ async fn no_device_ever_holds_a_document_outside_its_scopes() {
         for _round in 0..4 {
             for l in &laptops {
                 for _ in 0..rng.below(3) + 1 {
-                    let known: Vec<DocId> = l
+                    let known: Vec<CustomerId> = l
                         .client
                         .customers()
                         .list(&Default::default())

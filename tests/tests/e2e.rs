@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use fieldsync_client::sync::{SyncConfig, sync_now};
 use fieldsync_client::{
-    Client, ContactInput, CustomerEdit, CustomerField, DocId, NewCustomer, NewVisit, VisitStatus,
+    Client, ContactInput, CustomerEdit, CustomerField, CustomerId, DocId, NewCustomer, NewVisit,
+    VisitStatus,
 };
 use fieldsync_relay::{Relay, RelayConfig};
 use fieldsync_tests::faultproxy::{FaultConfig, FaultProxy, LinkConfig};
@@ -33,7 +34,7 @@ fn config(relay: &Relay, addr: SocketAddr) -> SyncConfig {
     c
 }
 
-fn new_customer(client: &Client, name: &str) -> DocId {
+fn new_customer(client: &Client, name: &str) -> CustomerId {
     client
         .customers()
         .create(NewCustomer {
@@ -245,7 +246,7 @@ async fn a_client_offline_through_5000_edits_catches_up() {
     let cfg = config(&relay, relay.local_addr());
     let a = Client::open(tmp.path().join("a.db")).unwrap();
     let b = Client::open(tmp.path().join("b.db")).unwrap();
-    let ids: Vec<DocId> = (0..50)
+    let ids: Vec<CustomerId> = (0..50)
         .map(|i| new_customer(&a, &format!("c{i}")))
         .collect();
     sync_now(&a, &cfg).await.unwrap();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use fieldsync_client::fieldsync_core::model::{Edit, EditCtx, apply_edit};
 use fieldsync_client::sync::{BackoffConfig, SyncConfig, SyncEvent, SyncHandle};
-use fieldsync_client::{Client, CustomerEdit, CustomerField, DocId, NewCustomer, Role};
+use fieldsync_client::{Client, CustomerEdit, CustomerField, CustomerId, NewCustomer, Role};
 use fieldsync_relay::{Relay, RelayConfig};
 use fieldsync_tests::faultproxy::{FaultConfig, FaultProxy, LinkConfig};
 use tokio::sync::broadcast::Receiver;
@@ -80,7 +80,7 @@ impl Setup {
     }
 }
 
-fn create_customers(client: &Client, prefix: &str, n: usize) -> Vec<DocId> {
+fn create_customers(client: &Client, prefix: &str, n: usize) -> Vec<CustomerId> {
     (0..n)
         .map(|i| {
             client
@@ -214,7 +214,7 @@ async fn link_cut_every_few_seconds_during_a_3000_change_sync() {
                     (CustomerField::Industry, format!("industry {i}")),
                 ] {
                     let edit = Edit::Customer(CustomerEdit::Set(field, v));
-                    tx.edit(*id, |doc| apply_edit(doc, &edit, &ctx))?;
+                    tx.edit(id.doc_id(), |doc| apply_edit(doc, &edit, &ctx))?;
                 }
             }
             Ok(())

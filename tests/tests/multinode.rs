@@ -1,4 +1,4 @@
-//! Two relay nodes on one PostgreSQL database (DESIGN.md §6), over real QUIC on 127.0.0.1 with
+//! Two relay nodes on one PostgreSQL database (`docs/DESIGN.md` §7), over real QUIC on 127.0.0.1 with
 //! the real client: laptops on different nodes converge, a change acknowledged by node A
 //! reaches a live laptop connected to node B, and a device revoked through node A is cut off
 //! and refused by node B.
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use fieldsync_client::sync::{
     EnrolToken, SyncConfig, SyncEvent, SyncHandle, enrol_replica, load_credential, sync_now,
 };
-use fieldsync_client::{Client, DocId, Identity, NewCustomer, Role};
+use fieldsync_client::{Client, CustomerId, DocId, Identity, NewCustomer, Role};
 use fieldsync_core::protocol::{ErrorCode, SessionError};
 use fieldsync_relay::store::postgres::ScratchDatabase;
 use fieldsync_relay::{Relay, RelayConfig};
@@ -109,7 +109,7 @@ impl Laptop {
             .expect("sync");
     }
 
-    fn customer(&self, name: &str) -> DocId {
+    fn customer(&self, name: &str) -> CustomerId {
         self.client
             .customers()
             .create(NewCustomer {
@@ -172,7 +172,7 @@ async fn two_nodes_share_one_log_push_live_and_honour_revocation() {
     let from_alice = alice.customer("Zeta Mining");
     alice.sync().await;
     let deadline = Instant::now() + LIMIT;
-    while !bob.has(from_alice) {
+    while !bob.has(from_alice.into()) {
         assert!(
             Instant::now() < deadline,
             "node B never pushed node A's change to its live client"
@@ -188,7 +188,7 @@ async fn two_nodes_share_one_log_push_live_and_honour_revocation() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     alice.sync().await;
-    assert!(alice.has(from_bob));
+    assert!(alice.has(from_bob.into()));
     assert_eq!(alice.heads(), bob.heads(), "replicas on two nodes differ");
 
     // Revoked through node A: node B closes bob's open connection and refuses the next.

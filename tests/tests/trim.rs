@@ -51,7 +51,7 @@ async fn a_trimmed_document_reaches_every_laptop_and_keeps_unsent_edits() {
     let stored: Vec<u8> = db
         .query_row(
             "SELECT snapshot FROM docs WHERE doc_id = ?1",
-            [id.as_bytes().to_vec()],
+            [id.0.as_bytes().to_vec()],
             |r| r.get(0),
         )
         .expect("stored");
@@ -68,7 +68,7 @@ async fn a_trimmed_document_reaches_every_laptop_and_keeps_unsent_edits() {
     db.execute(
         "UPDATE docs SET snapshot = ?2, heads = ?3, raw_bytes = ?4 WHERE doc_id = ?1",
         rusqlite::params![
-            id.as_bytes().to_vec(),
+            id.0.as_bytes().to_vec(),
             big.save(),
             big.get_heads()
                 .iter()
@@ -111,13 +111,13 @@ async fn a_trimmed_document_reaches_every_laptop_and_keeps_unsent_edits() {
         .expect("check");
     assert_eq!(check.problems.len(), 1, "{check:?}");
     let dry = admin(relay.store(), move |s| {
-        fieldsync_relay::doc_trim::trim_document(s, id, &[parse_path("bloat")], true)
+        fieldsync_relay::doc_trim::trim_document(s, id.doc_id(), &[parse_path("bloat")], true)
     })
     .await
     .expect("dry run");
     assert_eq!(dry.seq, None, "a dry run writes nothing");
     let trimmed = admin(relay.store(), move |s| {
-        fieldsync_relay::doc_trim::trim_document(s, id, &[parse_path("bloat")], false)
+        fieldsync_relay::doc_trim::trim_document(s, id.doc_id(), &[parse_path("bloat")], false)
     })
     .await
     .expect("trim");
@@ -154,7 +154,7 @@ async fn a_trimmed_document_reaches_every_laptop_and_keeps_unsent_edits() {
             "Big Co Holdings"
         );
     }
-    let heads = |c: &Client| c.with_store(|s| s.heads(id)).expect("heads");
+    let heads = |c: &Client| c.with_store(|s| s.heads(id.doc_id())).expect("heads");
     assert_eq!(heads(&reader), heads(&writer), "one history everywhere");
     assert_eq!(heads(&fresh), heads(&writer), "one history everywhere");
     // Later edits flow as usual on the new history.

@@ -64,8 +64,8 @@ use fieldsync_client::sync::{
     EnrolToken, SyncConfig, SyncReport, enrol_replica, load_credential, sync_now,
 };
 use fieldsync_client::{
-    Client, DocId, Identity, Money, NewCustomer, NewQuote, NewVisit, QuoteStatus, Role,
-    StoreOptions, VisitStatus,
+    Client, CustomerId, DocId, Identity, Money, NewCustomer, NewQuote, NewVisit, QuoteId,
+    QuoteStatus, Role, StoreOptions, VisitId, VisitStatus,
 };
 use fieldsync_core::model::{CustomerEdit, Edit, EditCtx, ModelError, apply_edit, new_item_id};
 use fieldsync_core::protocol::codec::{check_len, decode, encode};
@@ -217,7 +217,7 @@ impl Laptop {
             .unwrap_or_else(|e| panic!("{} sync failed: {e}", self.name))
     }
 
-    fn customer(&self, name: &str) -> DocId {
+    fn customer(&self, name: &str) -> CustomerId {
         self.client
             .customers()
             .create(NewCustomer {
@@ -229,7 +229,7 @@ impl Laptop {
     }
 
     /// A customer with a quote submitted for approval (typed API).
-    fn submitted_quote(&self, name: &str) -> DocId {
+    fn submitted_quote(&self, name: &str) -> QuoteId {
         let c = self.customer(name);
         let q = self
             .client
@@ -245,7 +245,7 @@ impl Laptop {
         q
     }
 
-    fn visit(&self, customer: DocId, kind: Option<&str>) -> DocId {
+    fn visit(&self, customer: CustomerId, kind: Option<&str>) -> VisitId {
         self.client
             .visits()
             .create(NewVisit {
@@ -542,7 +542,12 @@ fn credit_limit_is(expected: Option<Money>, id: DocId) -> impl Fn(&Laptop) -> Op
         if !l.has(id) {
             return None;
         }
-        let got = l.client.customers().get(id).expect("customer").credit_limit;
+        let got = l
+            .client
+            .customers()
+            .get(id.into())
+            .expect("customer")
+            .credit_limit;
         (got != expected).then(|| format!("reads credit limit {got:?}, not {expected:?}"))
     }
 }
@@ -566,29 +571,29 @@ async fn a1_customer_credit_limit_is_director_only() {
         .expect("the director sets a limit");
     t.settle().await;
 
-    forge(&t.rep, blank, |d| {
+    forge(&t.rep, blank.into(), |d| {
         let g = governed(d)?;
         d.put(&g, "credit_limit_minor", 999_999_900i64)?;
         d.put(&g, "credit_limit_currency", "CNY")?;
         Ok(())
     });
     // Half a limit: invisible to a typed read until someone writes the other half.
-    forge(&t.rep, minor_only, |d| {
+    forge(&t.rep, minor_only.into(), |d| {
         let g = governed(d)?;
         d.put(&g, "credit_limit_minor", 999_999_901i64)?;
         Ok(())
     });
-    forge(&t.rep, currency_only, |d| {
+    forge(&t.rep, currency_only.into(), |d| {
         let g = governed(d)?;
         d.put(&g, "credit_limit_currency", "XAU")?;
         Ok(())
     });
-    forge(&t.rep, limited, |d| {
+    forge(&t.rep, limited.into(), |d| {
         let g = governed(d)?;
         d.put(&g, "credit_limit_minor", 999_999_902i64)?;
         Ok(())
     });
-    forge(&t.manager, by_manager, |d| {
+    forge(&t.manager, by_manager.into(), |d| {
         let g = governed(d)?;
         d.put(&g, "credit_limit_minor", 999_999_903i64)?;
         d.put(&g, "credit_limit_currency", "CNY")?;
@@ -602,37 +607,37 @@ async fn a1_customer_credit_limit_is_director_only() {
         Case::refused(
             "rep writes governed/credit_limit_minor+currency",
             &t.rep,
-            blank,
+            blank.into(),
             Some(MAY_NOT),
-            marker(999_999_900, blank, None),
+            marker(999_999_900, blank.into(), None),
         ),
         Case::refused(
             "rep writes governed/credit_limit_minor alone",
             &t.rep,
-            minor_only,
+            minor_only.into(),
             Some(MAY_NOT),
-            marker(999_999_901, minor_only, None),
+            marker(999_999_901, minor_only.into(), None),
         ),
         Case::refused(
             "rep writes governed/credit_limit_currency alone",
             &t.rep,
-            currency_only,
+            currency_only.into(),
             Some(MAY_NOT),
-            move |l| holds_marker(l, currency_only, &ScalarValue::Str("XAU".into())),
+            move |l| holds_marker(l, currency_only.into(), &ScalarValue::Str("XAU".into())),
         ),
         Case::refused(
             "rep overwrites the director's governed/credit_limit_minor",
             &t.rep,
-            limited,
+            limited.into(),
             Some(MAY_NOT),
-            marker(999_999_902, limited, Some(cny(500_000_000))),
+            marker(999_999_902, limited.into(), Some(cny(500_000_000))),
         ),
         Case::refused(
             "manager writes governed/credit_limit_minor+currency",
             &t.manager,
-            by_manager,
+            by_manager.into(),
             Some(MAY_NOT),
-            marker(999_999_903, by_manager, None),
+            marker(999_999_903, by_manager.into(), None),
         ),
     ];
     let problems = judge(&t.all(), cases).await;
@@ -669,7 +674,7 @@ fn customer_field_is_none(
         if !l.has(id) {
             return None;
         }
-        let got = read(&l.client.customers().get(id).expect("customer"));
+        let got = read(&l.client.customers().get(id.into()).expect("customer"));
         got.map(|v| format!("reads {field} {v:?}"))
     }
 }
@@ -686,27 +691,27 @@ async fn a1_customer_payment_terms_are_director_only() {
         governed_case(
             "rep writes governed/payment_terms",
             &t.rep,
-            text,
+            text.into(),
             "payment_terms",
             ScalarValue::Str("NET-999-FORGED".into()),
-            customer_field_is_none(text, "payment terms", terms),
+            customer_field_is_none(text.into(), "payment terms", terms),
         ),
         // Not a string: invisible to the typed read, there in the document.
         governed_case(
             "rep writes governed/payment_terms as a number",
             &t.rep,
-            number,
+            number.into(),
             "payment_terms",
             ScalarValue::Int(909_090_901),
-            customer_field_is_none(number, "payment terms", terms),
+            customer_field_is_none(number.into(), "payment terms", terms),
         ),
         governed_case(
             "manager writes governed/payment_terms",
             &t.manager,
-            by_manager,
+            by_manager.into(),
             "payment_terms",
             ScalarValue::Str("NET-998-FORGED".into()),
-            customer_field_is_none(by_manager, "payment terms", terms),
+            customer_field_is_none(by_manager.into(), "payment terms", terms),
         ),
     ];
     let problems = judge(&t.all(), cases).await;
@@ -725,26 +730,26 @@ async fn a1_customer_grade_is_admin_only() {
         governed_case(
             "rep writes governed/grade",
             &t.rep,
-            by_rep,
+            by_rep.into(),
             "grade",
             ScalarValue::Str("A-FORGED-REP".into()),
-            customer_field_is_none(by_rep, "grade", grade),
+            customer_field_is_none(by_rep.into(), "grade", grade),
         ),
         governed_case(
             "director writes governed/grade",
             &t.director,
-            by_director,
+            by_director.into(),
             "grade",
             ScalarValue::Str("A-FORGED-DIRECTOR".into()),
-            customer_field_is_none(by_director, "grade", grade),
+            customer_field_is_none(by_director.into(), "grade", grade),
         ),
         governed_case(
             "rep writes governed/grade as a number",
             &t.rep,
-            number,
+            number.into(),
             "grade",
             ScalarValue::Int(909_090_902),
-            customer_field_is_none(number, "grade", grade),
+            customer_field_is_none(number.into(), "grade", grade),
         ),
     ];
     let problems = judge(&t.all(), cases).await;
@@ -762,18 +767,18 @@ async fn a1_customer_owner_is_manager_only() {
         governed_case(
             "rep writes governed/owner",
             &t.rep,
-            text,
+            text.into(),
             "owner",
             ScalarValue::Str("mallory-forged".into()),
-            customer_field_is_none(text, "owner", owner),
+            customer_field_is_none(text.into(), "owner", owner),
         ),
         governed_case(
             "rep writes governed/owner as a number",
             &t.rep,
-            number,
+            number.into(),
             "owner",
             ScalarValue::Int(909_090_903),
-            customer_field_is_none(number, "owner", owner),
+            customer_field_is_none(number.into(), "owner", owner),
         ),
     ];
     let problems = judge(&t.all(), cases).await;
@@ -786,11 +791,11 @@ async fn a1_customer_scope_is_manager_only() {
     let moved = t.rep.customer("Scope Move Co");
     let number = t.rep.customer("Scope Number Co");
     t.settle().await;
-    forge(&t.rep, moved, |d| {
+    forge(&t.rep, moved.into(), |d| {
         d.put(ROOT, "scope", "east-forged")?;
         Ok(())
     });
-    forge(&t.rep, number, |d| {
+    forge(&t.rep, number.into(), |d| {
         d.put(ROOT, "scope", 909_090_904i64)?;
         Ok(())
     });
@@ -799,7 +804,7 @@ async fn a1_customer_scope_is_manager_only() {
             if !l.has(id) {
                 return Some("lost the customer".into());
             }
-            let c = l.client.customers().get(id).expect("customer");
+            let c = l.client.customers().get(id.into()).expect("customer");
             (c.header.scope != "north").then(|| format!("reads scope {:?}", c.header.scope))
         }
     };
@@ -807,21 +812,22 @@ async fn a1_customer_scope_is_manager_only() {
         Case::refused(
             "rep moves a customer to another scope (root scope)",
             &t.rep,
-            moved,
+            moved.into(),
             Some(MAY_NOT),
             move |l| {
-                still_north(moved)(l)
-                    .or_else(|| holds_marker(l, moved, &ScalarValue::Str("east-forged".into())))
+                still_north(moved.into())(l).or_else(|| {
+                    holds_marker(l, moved.into(), &ScalarValue::Str("east-forged".into()))
+                })
             },
         ),
         Case::refused(
             "rep writes root scope as a number",
             &t.rep,
-            number,
+            number.into(),
             Some(MAY_NOT),
             move |l| {
-                still_north(number)(l)
-                    .or_else(|| holds_marker(l, number, &ScalarValue::Int(909_090_904)))
+                still_north(number.into())(l)
+                    .or_else(|| holds_marker(l, number.into(), &ScalarValue::Int(909_090_904)))
             },
         ),
     ];
@@ -834,7 +840,7 @@ fn quote_status_is(id: DocId, expected: QuoteStatus) -> impl Fn(&Laptop) -> Opti
         if !l.has(id) {
             return Some("lost the quote".into());
         }
-        let q = l.client.quotes().get(id).expect("quote");
+        let q = l.client.quotes().get(id.into()).expect("quote");
         (q.status != expected).then(|| format!("reads quote status {:?}", q.status))
     }
 }
@@ -863,7 +869,7 @@ async fn a2_quote_status_marks_follow_the_transitions_and_roles() {
         (sent, "sent"),
         (invented, "banana"),
     ] {
-        forge(&t.rep, q, move |d| {
+        forge(&t.rep, q.into(), move |d| {
             let marks = map_at(d, &ROOT, "status_marks")?;
             d.put(&marks, mark, 1_700_000_000_000i64)?;
             Ok(())
@@ -878,30 +884,30 @@ async fn a2_quote_status_marks_follow_the_transitions_and_roles() {
         Case::refused(
             "rep marks a submitted quote `approved`",
             &t.rep,
-            approved,
+            approved.into(),
             Some(MAY_NOT),
-            submitted_without(approved, "approved"),
+            submitted_without(approved.into(), "approved"),
         ),
         Case::refused(
             "rep marks a submitted quote `rejected`",
             &t.rep,
-            rejected,
+            rejected.into(),
             Some(MAY_NOT),
-            submitted_without(rejected, "rejected"),
+            submitted_without(rejected.into(), "rejected"),
         ),
         Case::refused(
             "rep marks a submitted quote `sent` (skipping approval)",
             &t.rep,
-            sent,
+            sent.into(),
             None,
-            submitted_without(sent, "sent"),
+            submitted_without(sent.into(), "sent"),
         ),
         Case::refused(
             "rep adds an unknown status mark `banana`",
             &t.rep,
-            invented,
+            invented.into(),
             None,
-            submitted_without(invented, "banana"),
+            submitted_without(invented.into(), "banana"),
         ),
     ];
     let problems = judge(&t.all(), cases).await;
@@ -915,7 +921,7 @@ async fn a2_quote_approvals_are_manager_only() {
     let scalar = t.rep.submitted_quote("Approval Scalar Co");
     t.settle().await;
     // A well-formed approval entry, as a manager's client writes it.
-    forge(&t.rep, entry, |d| {
+    forge(&t.rep, entry.into(), |d| {
         let approvals = map_at(d, &ROOT, "approvals")?;
         let a = d.put_object(&approvals, new_item_id(), ObjType::Map)?;
         d.put(&a, "decision", "approved")?;
@@ -925,7 +931,7 @@ async fn a2_quote_approvals_are_manager_only() {
         Ok(())
     });
     // Not a map: the typed read skips it, yet it sits in the approvals map.
-    forge(&t.rep, scalar, |d| {
+    forge(&t.rep, scalar.into(), |d| {
         let approvals = map_at(d, &ROOT, "approvals")?;
         d.put(&approvals, "forged-approval", "approved")?;
         Ok(())
@@ -935,7 +941,7 @@ async fn a2_quote_approvals_are_manager_only() {
             if !l.has(id) {
                 return Some("lost the quote".into());
             }
-            let q = l.client.quotes().get(id).expect("quote");
+            let q = l.client.quotes().get(id.into()).expect("quote");
             if !q.approvals.is_empty() {
                 return Some(format!("reads approvals {:?}", q.approvals));
             }
@@ -950,16 +956,16 @@ async fn a2_quote_approvals_are_manager_only() {
         Case::refused(
             "rep adds an approval entry",
             &t.rep,
-            entry,
+            entry.into(),
             Some(MAY_NOT),
-            no_approvals(entry),
+            no_approvals(entry.into()),
         ),
         Case::refused(
             "rep adds a non-map approval entry",
             &t.rep,
-            scalar,
+            scalar.into(),
             Some(MAY_NOT),
-            no_approvals(scalar),
+            no_approvals(scalar.into()),
         ),
     ];
     let problems = judge(&t.all(), cases).await;
@@ -977,7 +983,7 @@ async fn a2_quote_owner_is_manager_only() {
             if !l.has(id) {
                 return None;
             }
-            let q = l.client.quotes().get(id).expect("quote");
+            let q = l.client.quotes().get(id.into()).expect("quote");
             q.owner.map(|o| format!("reads quote owner {o:?}"))
         }
     };
@@ -985,18 +991,18 @@ async fn a2_quote_owner_is_manager_only() {
         governed_case(
             "rep writes quote governed/owner",
             &t.rep,
-            text,
+            text.into(),
             "owner",
             ScalarValue::Str("mallory-forged".into()),
-            owner_is_none(text),
+            owner_is_none(text.into()),
         ),
         governed_case(
             "rep writes quote governed/owner as a number",
             &t.rep,
-            number,
+            number.into(),
             "owner",
             ScalarValue::Int(909_090_905),
-            owner_is_none(number),
+            owner_is_none(number.into()),
         ),
     ];
     let problems = judge(&t.all(), cases).await;
@@ -1008,7 +1014,7 @@ fn stage_is(id: DocId, expected: &'static str) -> impl Fn(&Laptop) -> Option<Str
         if !l.has(id) {
             return Some("lost the customer".into());
         }
-        let c = l.client.customers().get(id).expect("customer");
+        let c = l.client.customers().get(id.into()).expect("customer");
         (c.stage != expected).then(|| format!("reads stage {:?}, not {expected:?}", c.stage))
     }
 }
@@ -1021,11 +1027,11 @@ async fn a3_customer_stage_is_validated_and_churned_is_manager_only() {
     let control_rep = t.rep.customer("Stage Control Rep Co");
     let control_manager = t.rep.customer("Stage Control Manager Co");
     t.settle().await;
-    forge(&t.rep, banana, |d| {
+    forge(&t.rep, banana.into(), |d| {
         d.put(ROOT, "stage", "banana")?;
         Ok(())
     });
-    forge(&t.rep, churned, |d| {
+    forge(&t.rep, churned.into(), |d| {
         d.put(ROOT, "stage", "churned")?;
         Ok(())
     });
@@ -1044,34 +1050,35 @@ async fn a3_customer_stage_is_validated_and_churned_is_manager_only() {
         Case::refused(
             "rep sets stage `banana` (not a stage)",
             &t.rep,
-            banana,
+            banana.into(),
             None,
             move |l| {
-                stage_is(banana, "potential")(l)
-                    .or_else(|| holds_marker(l, banana, &ScalarValue::Str("banana".into())))
+                stage_is(banana.into(), "potential")(l)
+                    .or_else(|| holds_marker(l, banana.into(), &ScalarValue::Str("banana".into())))
             },
         ),
         Case::refused(
             "rep sets stage `churned` (manager-only)",
             &t.rep,
-            churned,
+            churned.into(),
             Some(MAY_NOT),
             move |l| {
-                stage_is(churned, "potential")(l)
-                    .or_else(|| holds_marker(l, churned, &ScalarValue::Str("churned".into())))
+                stage_is(churned.into(), "potential")(l).or_else(|| {
+                    holds_marker(l, churned.into(), &ScalarValue::Str("churned".into()))
+                })
             },
         ),
         Case::accepted(
             "control: rep sets stage `opportunity`",
             &t.rep,
-            control_rep,
-            stage_is(control_rep, "opportunity"),
+            control_rep.into(),
+            stage_is(control_rep.into(), "opportunity"),
         ),
         Case::accepted(
             "control: manager sets stage `churned`",
             &t.manager,
-            control_manager,
-            stage_is(control_manager, "churned"),
+            control_manager.into(),
+            stage_is(control_manager.into(), "churned"),
         ),
     ];
     let problems = judge(&t.all(), cases).await;
@@ -1085,7 +1092,7 @@ async fn a3_visit_kind_is_validated() {
     let edited = t.rep.visit(c, None);
     let control = t.rep.visit(c, None);
     t.settle().await;
-    forge(&t.rep, edited, |d| {
+    forge(&t.rep, edited.into(), |d| {
         d.put(ROOT, "visit_kind", "banana")?;
         Ok(())
     });
@@ -1135,7 +1142,7 @@ async fn a3_visit_kind_is_validated() {
             if !l.has(id) {
                 return None;
             }
-            let v = l.client.visits().get(id).expect("visit");
+            let v = l.client.visits().get(id.into()).expect("visit");
             if v.visit_kind == bad {
                 return Some(format!("reads visit kind {bad:?}"));
             }
@@ -1146,9 +1153,9 @@ async fn a3_visit_kind_is_validated() {
         Case::refused(
             "rep sets visit_kind `banana`",
             &t.rep,
-            edited,
+            edited.into(),
             None,
-            kind_is_not(edited, "banana"),
+            kind_is_not(edited.into(), "banana"),
         ),
         Case::refused(
             "rep creates a visit of kind `teleportation`",
@@ -1160,7 +1167,7 @@ async fn a3_visit_kind_is_validated() {
         Case::accepted(
             "control: rep sets visit_kind `care`",
             &t.rep,
-            control,
+            control.into(),
             move |l| {
                 let v = l.client.visits().get(control).expect("visit");
                 (v.visit_kind != "care").then(|| format!("reads visit kind {:?}", v.visit_kind))
@@ -1190,21 +1197,21 @@ async fn a4a_a_governed_write_hidden_in_a_conflict_is_refused() {
         .set_credit_limit(c, cny(500_000_000))
         .expect("the director sets a limit");
     assert_eq!(t.director.sync().await.changes_acked, 1);
-    forge(&t.rep, c, |d| {
+    forge(&t.rep, c.into(), |d| {
         let g = governed(d)?;
         d.put(&g, "credit_limit_minor", 999_999_900i64)?;
         d.put(&g, "credit_limit_currency", "CNY")?;
         Ok(())
     });
-    let typed = credit_limit_is(Some(cny(500_000_000)), c);
+    let typed = credit_limit_is(Some(cny(500_000_000)), c.into());
     let cases = vec![Case::refused(
         "rep's credit limit hidden as the losing side of a conflict",
         &t.rep,
-        c,
+        c.into(),
         Some(MAY_NOT),
         move |l| {
             typed(l)
-                .or_else(|| holds_marker(l, c, &ScalarValue::Int(999_999_900)))
+                .or_else(|| holds_marker(l, c.into(), &ScalarValue::Int(999_999_900)))
                 .or_else(|| {
                     let conflicts = l.client.conflicts().expect("conflicts");
                     conflicts
@@ -1225,20 +1232,20 @@ async fn a4b_a_governed_value_inside_a_nested_object_is_refused() {
     let nested_grade = t.rep.customer("Nested Grade Co");
     let replaced = t.rep.customer("Replaced Governed Co");
     t.settle().await;
-    forge(&t.rep, nested_limit, |d| {
+    forge(&t.rep, nested_limit.into(), |d| {
         let g = governed(d)?;
         let o = d.put_object(&g, "credit_limit_minor", ObjType::Map)?;
         d.put(&o, "amount", 999_999_900i64)?;
         d.put(&o, "currency", "CNY")?;
         Ok(())
     });
-    forge(&t.rep, nested_grade, |d| {
+    forge(&t.rep, nested_grade.into(), |d| {
         let g = governed(d)?;
         let o = d.put_object(&g, "grade", ObjType::Map)?;
         d.put(&o, "value", "A-FORGED-NESTED")?;
         Ok(())
     });
-    forge(&t.rep, replaced, |d| {
+    forge(&t.rep, replaced.into(), |d| {
         let g = d.put_object(ROOT, "governed", ObjType::Map)?;
         d.put(&g, "credit_limit_minor", 999_999_901i64)?;
         d.put(&g, "credit_limit_currency", "CNY")?;
@@ -1248,25 +1255,31 @@ async fn a4b_a_governed_value_inside_a_nested_object_is_refused() {
         Case::refused(
             "rep puts an object at governed/credit_limit_minor",
             &t.rep,
-            nested_limit,
+            nested_limit.into(),
             None,
-            move |l| holds_marker(l, nested_limit, &ScalarValue::Int(999_999_900)),
+            move |l| holds_marker(l, nested_limit.into(), &ScalarValue::Int(999_999_900)),
         ),
         Case::refused(
             "rep puts an object at governed/grade",
             &t.rep,
-            nested_grade,
+            nested_grade.into(),
             None,
-            move |l| holds_marker(l, nested_grade, &ScalarValue::Str("A-FORGED-NESTED".into())),
+            move |l| {
+                holds_marker(
+                    l,
+                    nested_grade.into(),
+                    &ScalarValue::Str("A-FORGED-NESTED".into()),
+                )
+            },
         ),
         Case::refused(
             "rep replaces the governed map with one holding a limit",
             &t.rep,
-            replaced,
+            replaced.into(),
             None,
             move |l| {
-                credit_limit_is(None, replaced)(l)
-                    .or_else(|| holds_marker(l, replaced, &ScalarValue::Int(999_999_901)))
+                credit_limit_is(None, replaced.into())(l)
+                    .or_else(|| holds_marker(l, replaced.into(), &ScalarValue::Int(999_999_901)))
             },
         ),
     ];
@@ -1287,24 +1300,25 @@ async fn a4c_deleting_and_recreating_a_governed_container_is_refused() {
         .set_credit_limit(recreated, cny(500_000_000))
         .expect("the director sets a limit");
     t.settle().await;
-    let governed_before = container_id(&t.director, recreated, "governed").expect("governed");
-    let deleted_before = container_id(&t.director, deleted, "governed").expect("governed");
-    let approvals_before = container_id(&t.manager, quote, "approvals").expect("approvals");
+    let governed_before =
+        container_id(&t.director, recreated.into(), "governed").expect("governed");
+    let deleted_before = container_id(&t.director, deleted.into(), "governed").expect("governed");
+    let approvals_before = container_id(&t.manager, quote.into(), "approvals").expect("approvals");
 
     // Delete the governed map and make a new one with the same visible content: a typed read
     // sees no difference, but every later write to the old map (the director's) is lost.
-    forge(&t.rep, recreated, |d| {
+    forge(&t.rep, recreated.into(), |d| {
         d.delete(ROOT, "governed")?;
         let g = d.put_object(ROOT, "governed", ObjType::Map)?;
         d.put(&g, "credit_limit_minor", 500_000_000i64)?;
         d.put(&g, "credit_limit_currency", "CNY")?;
         Ok(())
     });
-    forge(&t.rep, deleted, |d| {
+    forge(&t.rep, deleted.into(), |d| {
         d.delete(ROOT, "governed")?;
         Ok(())
     });
-    forge(&t.rep, quote, |d| {
+    forge(&t.rep, quote.into(), |d| {
         d.delete(ROOT, "approvals")?;
         d.put_object(ROOT, "approvals", ObjType::Map)?;
         Ok(())
@@ -1316,29 +1330,29 @@ async fn a4c_deleting_and_recreating_a_governed_container_is_refused() {
                 .then(|| format!("holds another `{key}` map ({now:?}, was {before:?})"))
         }
     };
-    let typed = credit_limit_is(Some(cny(500_000_000)), recreated);
-    let same_governed = same(recreated, "governed", governed_before);
+    let typed = credit_limit_is(Some(cny(500_000_000)), recreated.into());
+    let same_governed = same(recreated.into(), "governed", governed_before);
     let cases = vec![
         Case::refused(
             "rep deletes and recreates governed with the same content",
             &t.rep,
-            recreated,
+            recreated.into(),
             None,
             move |l| typed(l).or_else(|| same_governed(l)),
         ),
         Case::refused(
             "rep deletes the governed map",
             &t.rep,
-            deleted,
+            deleted.into(),
             None,
-            same(deleted, "governed", deleted_before),
+            same(deleted.into(), "governed", deleted_before),
         ),
         Case::refused(
             "rep deletes and recreates a quote's approvals",
             &t.rep,
-            quote,
+            quote.into(),
             None,
-            same(quote, "approvals", approvals_before),
+            same(quote.into(), "approvals", approvals_before),
         ),
     ];
     let problems = judge(&t.all(), cases).await;
@@ -1480,7 +1494,7 @@ async fn repair_forgery(rep_node: &Relay, director_node: &Relay, dir: &Path) -> 
 
     // The rep finds the director's actor in the customer's history and writes the next change
     // of that actor on top of the current heads.
-    let mut doc = rep.raw(c).expect("the rep holds the customer");
+    let mut doc = rep.raw(c.into()).expect("the rep holds the customer");
     let director_actor = doc
         .get_changes(&[])
         .iter()
@@ -1499,7 +1513,7 @@ async fn repair_forgery(rep_node: &Relay, director_node: &Relay, dir: &Path) -> 
     )
     .expect("forged edit");
     forged.commit();
-    let changes = upload_of(&mut forged, &before, c);
+    let changes = upload_of(&mut forged, &before, c.into());
     assert_eq!(changes.len(), 1);
     let hash = hash_of(&changes[0]);
 
@@ -1527,7 +1541,7 @@ async fn repair_forgery(rep_node: &Relay, director_node: &Relay, dir: &Path) -> 
     if seen != Some(cny(500_000_000)) {
         problems.push(format!("the director's laptop reads credit limit {seen:?}"));
     }
-    if let Some(p) = holds_marker(&director, c, &ScalarValue::Int(999_999_900)) {
+    if let Some(p) = holds_marker(&director, c.into(), &ScalarValue::Int(999_999_900)) {
         problems.push(format!("the director's laptop {p}"));
     }
     problems
@@ -1579,7 +1593,7 @@ impl Moved {
         let customer = rep.customer("Moving Co");
         rep.sync().await;
         manager.sync().await;
-        let before_move = AutoCommit::load(&rep.client.export(customer).expect("export"))
+        let before_move = AutoCommit::load(&rep.client.export(customer.into()).expect("export"))
             .expect("the rep's copy");
 
         manager
@@ -1594,12 +1608,12 @@ impl Moved {
         );
         rep.sync().await;
         assert!(
-            !rep.has(customer),
+            !rep.has(customer.into()),
             "setup: the north rep was told the customer left and dropped it"
         );
         other_side.sync().await;
         assert!(
-            other_side.has(customer),
+            other_side.has(customer.into()),
             "setup: the customer arrived in {to}"
         );
         Self {
@@ -1607,7 +1621,7 @@ impl Moved {
             relay,
             rep,
             other_side,
-            customer,
+            customer: customer.into(),
             before_move,
         }
     }
@@ -1666,7 +1680,7 @@ async fn c_the_move_grace_period_is_not_a_back_door() {
         .other_side
         .client
         .customers()
-        .get(m.customer)
+        .get(m.customer.into())
         .expect("customer")
         .notes
         .into_iter()

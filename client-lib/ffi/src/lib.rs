@@ -155,15 +155,15 @@ pub unsafe extern "C" fn fs_create(
         let id = match kind {
             "customer" => {
                 let new: NewCustomer = serde_json::from_str(body).map_err(bad)?;
-                c.customers().create(new)
+                c.customers().create(new).map(DocId::from)
             }
             "visit" => {
                 let new: NewVisit = serde_json::from_str(body).map_err(bad)?;
-                c.visits().create(new)
+                c.visits().create(new).map(DocId::from)
             }
             "quote" => {
                 let new: NewQuote = serde_json::from_str(body).map_err(bad)?;
-                c.quotes().create(new)
+                c.quotes().create(new).map(DocId::from)
             }
             other => return Err(format!("unknown kind `{other}`")),
         }

@@ -205,8 +205,8 @@ impl Document {
     pub fn customer_id(&self) -> Option<DocId> {
         match self {
             Self::Customer(_) => None,
-            Self::Visit(v) => Some(v.customer_id),
-            Self::Quote(q) => Some(q.customer_id),
+            Self::Visit(v) => Some(v.customer_id.doc_id()),
+            Self::Quote(q) => Some(q.customer_id.doc_id()),
         }
     }
 }

@@ -21,7 +21,7 @@ use super::{
     EditCtx, Header, ModelError, Money, Note, add_note, am, read_notes, read_set, set_archived,
     write_governed,
 };
-use crate::ids::{DocId, GovernedField, Millis};
+use crate::ids::{CustomerId, GovernedField, Millis};
 
 /// Quote status, a lattice per revision:
 /// `draft < submitted < {approved, rejected} < sent < {won, lost, expired} < converted`.
@@ -171,7 +171,7 @@ impl QuoteField {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewQuote {
     /// The customer quoted.
-    pub customer_id: DocId,
+    pub customer_id: CustomerId,
     /// ISO 4217 currency of all prices.
     pub currency: String,
     /// Human-visible number (device prefix + local sequence, unique while offline).
@@ -259,7 +259,7 @@ pub struct Quote {
     #[serde(flatten)]
     pub header: Header,
     /// The customer quoted.
-    pub customer_id: DocId,
+    pub customer_id: CustomerId,
     /// Quote number.
     pub quote_no: Option<String>,
     /// Currency.

@@ -45,7 +45,7 @@ fn new_quote_doc() -> AutoCommit {
         "acme",
         "north-mines",
         &NewQuote {
-            customer_id: DocId::new(),
+            customer_id: DocId::new().into(),
             currency: "CNY".into(),
             quote_no: Some("Q-1".into()),
             valid_until: None,
@@ -532,7 +532,7 @@ proptest! {
     ) {
         let mut base = AutoCommit::new();
         create_visit(&mut base, DocId::new(), "acme", "s", &NewVisit {
-            customer_id: DocId::new(), kind: None, notes: Some("n".into()),
+            customer_id: DocId::new().into(), kind: None, notes: Some("n".into()),
             status: VisitStatus::Planned, at: None, location: None,
         }, &ctx(Role::Rep)).unwrap();
         apply_edit(&mut base, &Edit::Visit(VisitEdit::AddTask("t0".into(), TaskInput {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     EditCtx, Header, ModelError, Note, add_note, add_to_set, am, read_notes, read_set, set_archived,
 };
-use crate::ids::{DocId, Millis};
+use crate::ids::{CustomerId, Millis};
 
 /// Visit status. Merges take the highest: done beats cancelled beats planned, so a visit that
 /// happened never disappears because a manager cancelled it concurrently.
@@ -70,7 +70,7 @@ impl VisitField {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewVisit {
     /// The customer visited.
-    pub customer_id: DocId,
+    pub customer_id: CustomerId,
     /// Kind (defaults to `sales_call`).
     pub kind: Option<String>,
     /// Notes.
@@ -146,7 +146,7 @@ pub struct Visit {
     #[serde(flatten)]
     pub header: Header,
     /// The customer visited.
-    pub customer_id: DocId,
+    pub customer_id: CustomerId,
     /// Visit kind.
     pub visit_kind: String,
     /// Status (highest mark).

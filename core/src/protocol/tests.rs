@@ -295,7 +295,7 @@ fn a_leave_takes_effect_once_caught_up_and_a_returning_customer_keeps_its_visits
                 "o",
                 "north",
                 &NewVisit {
-                    customer_id: cust,
+                    customer_id: cust.into(),
                     kind: None,
                     notes: None,
                     status: VisitStatus::Planned,

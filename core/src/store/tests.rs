@@ -180,7 +180,7 @@ fn visits_and_quotes_project_into_the_timeline() {
             "acme",
             "north",
             &NewVisit {
-                customer_id: cust,
+                customer_id: cust.into(),
                 kind: None,
                 notes: Some("met the purchaser".into()),
                 status: VisitStatus::Done,
@@ -199,7 +199,7 @@ fn visits_and_quotes_project_into_the_timeline() {
                 "acme",
                 "north",
                 &NewQuote {
-                    customer_id: cust,
+                    customer_id: cust.into(),
                     currency: "CNY".into(),
                     quote_no: Some("Q-7".into()),
                     valid_until: None,

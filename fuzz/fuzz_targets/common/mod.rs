@@ -117,7 +117,7 @@ pub fn customer_family(
     );
     let mut v = AutoCommit::new().with_actor(a.clone());
     let nv = NewVisit {
-        customer_id: customer,
+        customer_id: customer.into(),
         kind: None,
         notes: Some("demo of the 950GC".into()),
         status: VisitStatus::Done,
@@ -133,7 +133,7 @@ pub fn customer_family(
     );
     let mut q = AutoCommit::new().with_actor(a);
     let nq = NewQuote {
-        customer_id: customer,
+        customer_id: customer.into(),
         currency: "CNY".into(),
         quote_no: None,
         valid_until: None,

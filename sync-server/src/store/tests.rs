@@ -67,7 +67,7 @@ impl Device {
                     "acme",
                     scope,
                     &NewVisit {
-                        customer_id: customer,
+                        customer_id: customer.into(),
                         kind: None,
                         notes: Some("met the buyer".into()),
                         status: VisitStatus::Planned,

@@ -198,7 +198,7 @@ impl Effect {
                     ORG,
                     SCOPE,
                     &NewVisit {
-                        customer_id: *customer,
+                        customer_id: (*customer).into(),
                         kind: None,
                         notes: None,
                         status: VisitStatus::Planned,
@@ -222,7 +222,7 @@ impl Effect {
                     ORG,
                     SCOPE,
                     &NewQuote {
-                        customer_id: *customer,
+                        customer_id: (*customer).into(),
                         currency: "CNY".into(),
                         quote_no: Some(quote_no.clone()),
                         valid_until: None,

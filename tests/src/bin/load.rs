@@ -145,7 +145,7 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
         reps.push(Arc::new(Rep {
             client,
             scope,
-            doc,
+            doc: doc.into(),
             sent: Mutex::new(Vec::new()),
         }));
     }
@@ -230,7 +230,7 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
                         let Some(&author) = by_doc.get(&d) else {
                             continue;
                         };
-                        let Ok(c) = reps[i].client.customers().get(d) else {
+                        let Ok(c) = reps[i].client.customers().get(d.into()) else {
                             continue;
                         };
                         let Some(n) = c
@@ -286,7 +286,7 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
                         .unwrap_or_else(|p| p.into_inner())
                         .push(Instant::now());
                     r2.client.customers().edit(
-                        r2.doc,
+                        r2.doc.into(),
                         CustomerEdit::Set(CustomerField::Industry, format!("{i}:{n}")),
                     )
                 })

@@ -131,7 +131,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<WorkerResult> {
             client
                 .customers()
                 .edit(
-                    id,
+                    id.into(),
                     CustomerEdit::Set(CustomerField::Stage, "opportunity".into()),
                 )
                 .context("editing one field")?;

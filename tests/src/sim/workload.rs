@@ -44,8 +44,8 @@ impl Op {
     pub(crate) fn label(&self) -> String {
         match self {
             Self::NewCustomer(..) => "new-customer".into(),
-            Self::NewVisit(_, _, v) => format!("new-visit for {}", short(v.customer_id)),
-            Self::NewQuote(_, _, q) => format!("new-quote for {}", short(q.customer_id)),
+            Self::NewVisit(_, _, v) => format!("new-visit for {}", short(v.customer_id.into())),
+            Self::NewQuote(_, _, q) => format!("new-quote for {}", short(q.customer_id.into())),
             Self::Edit(_, e) => {
                 let s = format!("{e:?}");
                 let parts: Vec<&str> = s
@@ -155,7 +155,7 @@ pub(crate) fn next_op(
                 doc_id(rng, me.now),
                 c.scope,
                 NewVisit {
-                    customer_id: c.id,
+                    customer_id: c.id.into(),
                     kind: None,
                     notes: Some(format!("visit by {}", me.idx)),
                     status: if rng.random_bool(0.3) {
@@ -174,7 +174,7 @@ pub(crate) fn next_op(
                 doc_id(rng, me.now),
                 c.scope,
                 NewQuote {
-                    customer_id: c.id,
+                    customer_id: c.id.into(),
                     currency: "CNY".into(),
                     quote_no: Some(format!("Q{}-{}", me.idx, rng.random_range(0..10_000))),
                     valid_until: None,

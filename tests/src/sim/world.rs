@@ -898,11 +898,11 @@ impl World {
                     }
                     Op::NewVisit(id, _, v) => {
                         oracle.creator.insert(*id, i);
-                        oracle.customer_of.insert(*id, v.customer_id);
+                        oracle.customer_of.insert(*id, v.customer_id.into());
                     }
                     Op::NewQuote(id, _, q) => {
                         oracle.creator.insert(*id, i);
-                        oracle.customer_of.insert(*id, q.customer_id);
+                        oracle.customer_of.insert(*id, q.customer_id.into());
                     }
                     Op::Edit(..) => {}
                 }

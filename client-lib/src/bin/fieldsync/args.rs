@@ -151,7 +151,7 @@ pub(super) enum CustomerCmd {
     /// Change a customer's fields (all in one change)
     Edit {
         /// Customer id
-        id: DocId,
+        id: CustomerId,
         /// New name
         #[arg(long)]
         name: Option<String>,
@@ -174,7 +174,7 @@ pub(super) enum CustomerCmd {
     /// Show a customer
     Show {
         /// Customer id
-        id: DocId,
+        id: CustomerId,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -197,7 +197,7 @@ pub(super) enum CustomerCmd {
     /// Archive a customer (hidden from listings, never deleted)
     Archive {
         /// Customer id
-        id: DocId,
+        id: CustomerId,
     },
 }
 
@@ -224,7 +224,7 @@ pub(super) enum VisitCmd {
     Log {
         /// Customer id
         #[arg(long)]
-        customer: DocId,
+        customer: CustomerId,
         /// Minutes and notes
         #[arg(long)]
         notes: String,
@@ -245,7 +245,7 @@ pub(super) enum VisitCmd {
     List {
         /// Only visits to this customer
         #[arg(long)]
-        customer: Option<DocId>,
+        customer: Option<CustomerId>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -258,7 +258,7 @@ pub(super) enum QuoteCmd {
     New {
         /// Customer id
         #[arg(long)]
-        customer: DocId,
+        customer: CustomerId,
         /// ISO 4217 currency of all prices
         #[arg(long)]
         currency: String,
@@ -272,7 +272,7 @@ pub(super) enum QuoteCmd {
     /// Add a line to a draft quote
     AddLine {
         /// Quote id
-        id: DocId,
+        id: QuoteId,
         /// Product SKU
         #[arg(long)]
         sku: String,
@@ -305,7 +305,7 @@ pub(super) enum QuoteCmd {
 #[derive(Args, Debug)]
 pub(super) struct QuoteIdArgs {
     /// Quote id
-    pub(super) id: DocId,
+    pub(super) id: QuoteId,
     /// Print the quote as JSON
     #[arg(long)]
     pub(super) json: bool,
@@ -314,7 +314,7 @@ pub(super) struct QuoteIdArgs {
 #[derive(Args, Debug)]
 pub(super) struct QuoteDecisionArgs {
     /// Quote id
-    pub(super) id: DocId,
+    pub(super) id: QuoteId,
     /// Why
     #[arg(long)]
     pub(super) reason: Option<String>,

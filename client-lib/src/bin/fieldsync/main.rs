@@ -28,8 +28,8 @@ use fieldsync_client::sync::{
     self, Fingerprint, SyncConfig, SyncEvent, SyncHandle, SyncProgress, SyncReport,
 };
 use fieldsync_client::{
-    Client, CustomerEdit, CustomerField, CustomerFilter, DocId, Identity, LineInput, NewCustomer,
-    NewQuote, NewVisit, Role, VisitFilter, VisitStatus,
+    Client, CustomerEdit, CustomerField, CustomerFilter, CustomerId, DocId, Identity, LineInput,
+    NewCustomer, NewQuote, NewVisit, QuoteId, Role, VisitFilter, VisitStatus,
 };
 use fieldsync_core::fsmode;
 use serde::{Deserialize, Serialize};

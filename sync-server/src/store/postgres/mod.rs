@@ -1,6 +1,6 @@
 //! The relay's PostgreSQL store: the same log, documents, devices and audit trail as
 //! [`super::SqliteRelayStore`], in a PostgreSQL database that several relay nodes share
-//! (DESIGN.md §6: IT scales out by adding nodes behind one address).
+//! (`docs/DESIGN.md` §7: IT scales out by adding nodes behind one address).
 //!
 //! The rules (change validation, scope moves, the document cache) are the SQLite store's, run
 //! through the `BatchDb` seam; only the SQL differs.
