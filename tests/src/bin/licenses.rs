@@ -46,7 +46,11 @@ fn allowed(expr: &str) -> bool {
     let mut parts = Vec::new();
     let mut depth = 0usize;
     let mut cur = String::new();
-    for tok in expr.replace('(', " ( ").replace(')', " ) ").split_whitespace() {
+    for tok in expr
+        .replace('(', " ( ")
+        .replace(')', " ) ")
+        .split_whitespace()
+    {
         match tok {
             "(" => {
                 depth += 1;
@@ -66,7 +70,11 @@ fn allowed(expr: &str) -> bool {
     parts.push(cur);
     parts.iter().any(|alt| {
         alt.split(" AND ").all(|term| {
-            let term = term.trim().trim_start_matches('(').trim_end_matches(')').trim();
+            let term = term
+                .trim()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .trim();
             if term.contains(" OR ") || term.contains('(') {
                 return allowed(&term.replace(['(', ')'], " "));
             }
@@ -155,7 +163,9 @@ mod tests {
         assert!(allowed("MIT OR Apache-2.0"));
         assert!(allowed("MIT/Apache-2.0"));
         assert!(allowed("(MIT OR Apache-2.0) AND Unicode-3.0"));
-        assert!(allowed("Apache-2.0 WITH LLVM-exception OR Apache-2.0 OR MIT"));
+        assert!(allowed(
+            "Apache-2.0 WITH LLVM-exception OR Apache-2.0 OR MIT"
+        ));
         assert!(allowed("MIT OR Apache-2.0 OR LGPL-2.1-or-later"));
         assert!(!allowed("GPL-3.0-only"));
         assert!(!allowed("MIT AND GPL-3.0-only"));
