@@ -329,6 +329,7 @@ impl RelayConfig {
         RelayLimits {
             max_batch_bytes: self.max_batch_bytes,
             max_upload_changes: self.max_upload_changes,
+            ..RelayLimits::default()
         }
     }
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use fieldsync_core::Millis;
 use fieldsync_core::protocol::codec::{FrameDecoder, encode};
 use fieldsync_core::protocol::relay::Output;
 use fieldsync_core::protocol::{ErrorCode, Message, RelayLimits, RelaySession};
@@ -37,9 +38,6 @@ use crate::metrics::{Metrics, serve_http};
 use crate::store::{Cancel, RelayStore};
 use crate::tls;
 
-/// Time a new connection has to open its stream and send `Hello` (a few round trips of the
-/// slowest satellite link, and no more: until then it holds an unauthenticated slot).
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Failed authentications a source address may make a minute before it is refused outright.
 const FAILED_AUTH_PER_MINUTE: u32 = 30;
 /// Time given to the peer to receive our last frames before the connection is closed.
@@ -345,9 +343,14 @@ async fn serve_connection(
     stop: &mut watch::Receiver<bool>,
     ticket: u64,
 ) -> Option<uuid::Uuid> {
+    // The session's clock: milliseconds since the connection opened. The session's handshake
+    // deadline (a few round trips of the slowest satellite link, and no more: until then the
+    // connection holds an unauthenticated slot) covers opening the stream too.
+    let opened = tokio::time::Instant::now();
+    let session = RelaySession::opened(shared.limits.clone(), 0);
     let stream = tokio::select! {
         s = conn.accept_bi() => s,
-        () = tokio::time::sleep(HELLO_TIMEOUT) => {
+        () = tokio::time::sleep(shared.limits.hello_timeout) => {
             conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"no stream opened");
             return None;
         }
@@ -374,7 +377,8 @@ async fn serve_connection(
         remote,
         store: shared.store.cancelled_by(cancel.clone()),
         cancel,
-        session: Some(RelaySession::new(shared.limits.clone())),
+        session: Some(session),
+        opened,
         live,
         devices,
         logged_in: false,
@@ -413,6 +417,8 @@ struct Link {
     /// Raised when the connection closes while a store call runs.
     cancel: Cancel,
     session: Option<RelaySession>,
+    /// When the connection opened: the session's clock counts from here.
+    opened: tokio::time::Instant,
     live: watch::Receiver<u64>,
     devices: watch::Receiver<u64>,
     logged_in: bool,
@@ -440,11 +446,15 @@ impl Link {
         }
     }
 
+    /// The session's clock: milliseconds since the connection opened.
+    fn clock(&self) -> Millis {
+        Millis::try_from(self.opened.elapsed().as_millis()).unwrap_or(Millis::MAX)
+    }
+
     async fn serve(&mut self, stop: &mut watch::Receiver<bool>) -> End {
         // Until the device authenticates, only a small Hello or Enrol is read.
         let mut decoder = FrameDecoder::handshake();
         let mut buf = vec![0u8; 64 << 10];
-        let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
         loop {
             // Handle every complete frame received so far, each within the relay-wide decode
             // budget (reserved before decoding, released once handled).
@@ -517,13 +527,21 @@ impl Link {
                 .session
                 .as_ref()
                 .map_or((false, false), |s| (s.device().is_some(), s.is_live()));
+            // The session's next timer (the handshake deadline), on the connection's clock.
+            let deadline = self.session.as_ref().and_then(RelaySession::poll_timeout);
+            let timer = self.opened
+                + Duration::from_millis(deadline.map_or(0, |d| u64::try_from(d).unwrap_or(0)));
             tokio::select! {
                 biased;
                 () = stopping(stop) => {
                     return self.fail(ErrorCode::ShuttingDown, "relay shutting down").await;
                 }
-                () = tokio::time::sleep_until(hello_deadline), if !authenticated => {
-                    return self.fail(ErrorCode::Protocol, "no Hello in time").await;
+                () = tokio::time::sleep_until(timer), if deadline.is_some() => {
+                    let now = self.clock();
+                    let out = self.session.as_mut().map(|s| s.handle_timeout(now)).unwrap_or_default();
+                    if let Some(end) = self.send_output(out).await {
+                        return end;
+                    }
                 }
                 r = self.recv.read(&mut buf) => match r {
                     Ok(Some(n)) => {

@@ -822,3 +822,32 @@ async fn a_document_the_relay_cannot_load_refuses_only_its_own_changes() {
     assert_eq!(report.problems[0].doc_id, ids[0]);
     assert!(report.problems[0].reason.contains("rows"), "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_finishes_its_hello_is_closed_at_the_sessions_deadline() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = open_relay(dir.path()).await;
+    let mut raw = RawConn::open(relay.local_addr(), relay.fingerprint())
+        .await
+        .expect("connect");
+    // Half a frame header: the stream is open, the session waits for a Hello that never
+    // completes.
+    raw.send_raw(&[0, 0]).await;
+    let started = std::time::Instant::now();
+    let answer = raw.next().await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(
+            &answer,
+            Some(Message::Error {
+                code: ErrorCode::Protocol,
+                reason,
+            }) if reason.contains("no Hello")
+        ),
+        "{answer:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+}

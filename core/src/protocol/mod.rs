@@ -44,11 +44,14 @@
 //!    [`relay::Output`]'s messages and closes the connection if it says so;
 //! 2. whenever the log grew (this or any session's upload, another node's append), calls
 //!    [`RelaySession::poll_live`] and sends what it returns;
-//! 3. whenever devices changed (a revocation, a new grant), calls [`RelaySession::recheck`].
+//! 3. whenever devices changed (a revocation, a new grant), calls [`RelaySession::recheck`];
+//! 4. when [`RelaySession::poll_timeout`] comes (a session made with
+//!    [`RelaySession::opened`] on the driver's clock must authenticate within
+//!    [`RelayLimits::hello_timeout`]), calls [`RelaySession::handle_timeout`] and sends and
+//!    closes as with any output.
 //!
-//! The client's timers are the session's; the relay's connection tasks keep the transport's
-//! own (a connection that opens no stream or sends no `Hello` within seconds, the QUIC idle
-//! timeout), and the client's driver its
+//! Both sessions keep their own timers and take the time as an input; the drivers keep only
+//! the transport's (the QUIC idle timeout, a connection that opens no stream) and the client's
 //! reconnect backoff. [`drive::sync_in_memory`] is the smallest driver; the client's QUIC loop
 //! (`fieldsync-client`), the relay's connection tasks (`fieldsync-relay`), the simulation and
 //! the `client_session` fuzz target are the others.

@@ -8,7 +8,8 @@ use super::messages::{
     PROTOCOL_VERSION, Rejection, ScopeCursor, UploadChange,
 };
 use super::validate::DeviceInfo;
-use crate::ids::DocId;
+use crate::ids::{DocId, Millis};
+use std::time::Duration;
 
 /// Why relay storage failed, as a session tells the client (the details stay in the relay's
 /// log).
@@ -175,6 +176,9 @@ pub struct RelayLimits {
     pub max_batch_bytes: usize,
     /// Most changes accepted in one `Upload`.
     pub max_upload_changes: usize,
+    /// How long a connection may stay without a `Hello` (or `Enrol`) before the session ends
+    /// it (see [`RelaySession::poll_timeout`]).
+    pub hello_timeout: Duration,
 }
 
 impl Default for RelayLimits {
@@ -182,6 +186,7 @@ impl Default for RelayLimits {
         Self {
             max_batch_bytes: 2 << 20,
             max_upload_changes: 20_000,
+            hello_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -230,13 +235,16 @@ pub struct RelaySession {
     uploaded: std::collections::HashSet<Hash>,
     /// The protocol version the client speaks (entries it does not know are translated).
     version: u32,
+    /// Until the handshake: when the connection opened, on the driver's clock.
+    opened_at: Option<Millis>,
 }
 
 /// Most hashes a session remembers to avoid echoing a client's own uploads.
 const MAX_REMEMBERED_UPLOADS: usize = 200_000;
 
 impl RelaySession {
-    /// A session waiting for the client's `Hello`.
+    /// A session waiting for the client's `Hello`, with no deadline for it (tests, and drivers
+    /// whose clients always open with one).
     pub fn new(limits: RelayLimits) -> Self {
         Self {
             limits,
@@ -246,6 +254,33 @@ impl RelaySession {
             live: false,
             uploaded: std::collections::HashSet::new(),
             version: PROTOCOL_VERSION,
+            opened_at: None,
+        }
+    }
+
+    /// A session for a connection that opened at `now` (milliseconds of the driver's monotonic
+    /// clock): it must authenticate within [`RelayLimits::hello_timeout`].
+    pub fn opened(limits: RelayLimits, now: Millis) -> Self {
+        Self {
+            opened_at: Some(now),
+            ..Self::new(limits)
+        }
+    }
+
+    /// When the driver must call [`RelaySession::handle_timeout`] if nothing else happens:
+    /// the handshake's deadline, until the device authenticated.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let opened = self.opened_at.filter(|_| self.device.is_none())?;
+        let wait = Millis::try_from(self.limits.hello_timeout.as_millis()).unwrap_or(Millis::MAX);
+        Some(opened.saturating_add(wait))
+    }
+
+    /// Runs the session's timers at `now`: a connection still without a `Hello` past its
+    /// deadline is refused and closed.
+    pub fn handle_timeout(&mut self, now: Millis) -> Output {
+        match self.poll_timeout() {
+            Some(due) if now >= due => Output::fatal(ErrorCode::Protocol, "no Hello in time"),
+            _ => Output::default(),
         }
     }
 

@@ -715,6 +715,47 @@ fn repair_answers_heads_only_within_the_devices_scopes() {
 }
 
 #[test]
+fn a_connection_without_a_hello_is_closed_at_its_deadline() {
+    let limits = RelayLimits {
+        hello_timeout: std::time::Duration::from_secs(5),
+        ..Default::default()
+    };
+    let mut rs = RelaySession::opened(limits.clone(), 1_000);
+    assert_eq!(rs.poll_timeout(), Some(6_000));
+    assert_eq!(rs.handle_timeout(5_999), relay::Output::default());
+    let out = rs.handle_timeout(6_000);
+    assert!(out.close);
+    assert!(matches!(
+        out.messages[..],
+        [Message::Error {
+            code: ErrorCode::Protocol,
+            ..
+        }]
+    ));
+    // Once the device authenticated, the deadline is gone.
+    let mut relay = MemRelay::new();
+    let mut rs = RelaySession::opened(limits, 0);
+    let out = rs.handle(
+        &mut relay,
+        Message::Hello {
+            magic: messages::MAGIC,
+            version: PROTOCOL_VERSION,
+            device_id: Uuid::new_v4(),
+            credential: None,
+            agent: String::new(),
+        },
+    );
+    assert!(!out.close, "{out:?}");
+    assert_eq!(rs.poll_timeout(), None);
+    assert_eq!(rs.handle_timeout(60_000), relay::Output::default());
+    // A session made without a clock has no deadline.
+    assert_eq!(
+        RelaySession::new(RelayLimits::default()).poll_timeout(),
+        None
+    );
+}
+
+#[test]
 fn refused_devices_and_versions_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("a.db")).unwrap();
