@@ -17,12 +17,11 @@ use std::time::Duration;
 use automerge::AutoCommit;
 use uuid::Uuid;
 
-use super::messages::serde_bytes_vec::Bytes;
-use super::messages::{Entry, Hash, UploadChange};
+use super::messages::{Hash, UploadChange};
 use super::relay::{Lack, LogEntry, Outcome, RelayStorage, SnapshotPage, StorageError};
 use super::rules::{
     BatchDb, DocCache, DocMeta, DocRow, FiledDoc, KIND_CHANGES, KIND_LEAVE, KIND_REPLACE,
-    KIND_SNAPSHOT, Quota, RulesError, Sender, UploadRules, Usage, append_batch, lack_of,
+    KIND_SNAPSHOT, Quota, RulesError, Sender, UploadRules, Usage, append_batch, lack_of, log_entry,
 };
 use super::validate::DeviceInfo;
 use crate::env::{Env, SystemEnv};
@@ -182,7 +181,8 @@ impl MemoryRelay {
     /// Appends a log entry as a relay of another version might have stored it (tests of what
     /// older clients are served).
     #[cfg(test)]
-    pub(crate) fn push_entry(&mut self, scope: &str, doc: DocId, entry: Entry) {
+    pub(crate) fn push_entry(&mut self, scope: &str, doc: DocId, entry: super::messages::Entry) {
+        use super::messages::Entry;
         let (kind, bytes) = match entry {
             Entry::Changes(mut c) => (KIND_CHANGES, c.pop().map(|b| b.0)),
             Entry::Snapshot(b) => (KIND_SNAPSHOT, Some(b.0)),
@@ -505,17 +505,6 @@ impl RelayStorage for MemoryRelay {
                 return Ok((out, true));
             }
             used += size;
-            let bytes = || Bytes(r.bytes.clone().unwrap_or_default());
-            let entry = match r.kind {
-                KIND_CHANGES => Entry::Changes(vec![bytes()]),
-                KIND_SNAPSHOT => Entry::Snapshot(bytes()),
-                KIND_LEAVE => Entry::Leave,
-                KIND_REPLACE => Entry::Replace(bytes()),
-                k => {
-                    tracing::error!(seq = r.seq, kind = k, "a log entry of an unknown kind");
-                    return Err(StorageError::Failed);
-                }
-            };
             // A `Leave` names where the document is filed now: a reader that sees that scope
             // keeps it, even if it moved on (or back) since the entry.
             let moved_to = if r.kind == KIND_LEAVE && scope != ALL_SCOPES {
@@ -526,13 +515,14 @@ impl RelayStorage for MemoryRelay {
             } else {
                 r.moved_to.clone()
             };
-            out.push(LogEntry {
-                seq: u64::try_from(r.seq).unwrap_or(0),
-                doc_id: r.doc,
-                entry,
-                hash: r.hash,
+            out.push(log_entry(
+                r.seq,
+                r.doc,
+                r.kind,
+                r.bytes.clone(),
+                r.hash.as_ref().map(|h| &h[..]),
                 moved_to,
-            });
+            )?);
         }
         Ok((out, false))
     }

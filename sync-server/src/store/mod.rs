@@ -38,10 +38,7 @@ use std::time::{Duration, Instant};
 use automerge::AutoCommit;
 use fieldsync_core::env::{Env, SystemEnv};
 use fieldsync_core::protocol::messages::Hash;
-use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
-use fieldsync_core::protocol::{
-    DeviceInfo, Entry, Lack, LogEntry, Outcome, StorageError, UploadChange,
-};
+use fieldsync_core::protocol::{DeviceInfo, Lack, LogEntry, Outcome, StorageError, UploadChange};
 use fieldsync_core::{DocId, Role};
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
@@ -54,8 +51,8 @@ use devices::{DeviceBackend, DeviceDb, DeviceRow, Holder, NewDevice, TokenRow};
 pub use fieldsync_core::protocol::relay::SnapshotPage;
 pub use fieldsync_core::protocol::rules::quota::{Quota, Usage, day_of, quota_of};
 use fieldsync_core::protocol::rules::{
-    BatchDb, DocCache, DocMeta, DocRow, KIND_CHANGES, KIND_LEAVE, KIND_REPLACE, KIND_SNAPSHOT,
-    RulesError, Sender, UploadRules, append_batch, heads_bytes, lack_of, save,
+    BatchDb, DocCache, DocMeta, DocRow, KIND_CHANGES, KIND_REPLACE, KIND_SNAPSHOT, RulesError,
+    Sender, UploadRules, append_batch, heads_bytes, lack_of, log_entry, save,
 };
 pub use postgres::PgRelayStore;
 pub use postgres::PoolStats;

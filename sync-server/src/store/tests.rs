@@ -8,7 +8,7 @@ use fieldsync_core::protocol::messages::Rejection;
 use fieldsync_core::store::{Store, decode_change, load_snapshot};
 
 use super::*;
-use fieldsync_core::protocol::RelayStorage;
+use fieldsync_core::protocol::{Entry, RelayStorage};
 
 struct Device {
     store: Store,

@@ -30,8 +30,9 @@ pub use db::{
 };
 pub use quota::{Quota, Usage, day_of};
 
-use super::messages::{Hash, Rejection, UploadChange};
-use super::relay::{Lack, Outcome};
+use super::messages::serde_bytes_vec::Bytes;
+use super::messages::{Entry, Hash, Rejection, UploadChange};
+use super::relay::{Lack, LogEntry, Outcome};
 use super::validate::{DeviceInfo, check_change};
 use crate::budget::MAX_DOC_BYTES;
 use crate::ids::{DocId, DocKind, Millis, Role};
@@ -71,6 +72,35 @@ pub fn lack_of<E>(
         }
     }
     Ok(Lack::Nothing { scope })
+}
+
+/// A stored log row as the protocol's entry (the same for every store): its kind and bytes
+/// make the [`Entry`], a hash of another size than 32 bytes is none. A kind this build does not
+/// know, or a kind that needs bytes without them, is damaged data.
+pub fn log_entry(
+    seq: i64,
+    doc_id: DocId,
+    kind: i64,
+    bytes: Option<Vec<u8>>,
+    hash: Option<&[u8]>,
+    moved_to: Option<String>,
+) -> Result<LogEntry, RulesError> {
+    let entry = match (kind, bytes) {
+        (KIND_CHANGES, Some(b)) => Entry::Changes(vec![Bytes(b)]),
+        (KIND_SNAPSHOT, Some(b)) => Entry::Snapshot(Bytes(b)),
+        (KIND_LEAVE, _) => Entry::Leave,
+        (KIND_REPLACE, Some(b)) => Entry::Replace(Bytes(b)),
+        (k, _) => {
+            return Err(RulesError::Corrupt(format!("log entry {seq} of kind {k}")));
+        }
+    };
+    Ok(LogEntry {
+        seq: u64::try_from(seq).unwrap_or(0),
+        doc_id,
+        hash: hash.and_then(|h| <[u8; 32]>::try_from(h).ok()),
+        moved_to,
+        entry,
+    })
 }
 
 fn doc_id(b: &[u8]) -> Result<DocId, RulesError> {

@@ -49,8 +49,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use fieldsync_core::protocol::messages::Hash;
-use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
-use fieldsync_core::protocol::{DeviceInfo, Entry, Lack, LogEntry, Outcome, UploadChange};
+use fieldsync_core::protocol::{DeviceInfo, Lack, LogEntry, Outcome, UploadChange};
 use fieldsync_core::{DocId, Role};
 use postgres::fallible_iterator::FallibleIterator as _;
 use postgres::types::ToSql;
@@ -73,10 +72,10 @@ pub use scratch::ScratchDatabase;
 
 use super::{
     AuditRecord, BatchDb, Cancel, DeviceBackend, DeviceDb, DeviceRecord, DeviceRow, DocCache,
-    DocMeta, DocRow, ENTRY_OVERHEAD, Enrolment, EnrolmentRecord, Holder, KIND_CHANGES, KIND_LEAVE,
+    DocMeta, DocRow, ENTRY_OVERHEAD, Enrolment, EnrolmentRecord, Holder, KIND_CHANGES,
     KIND_REPLACE, KIND_SNAPSHOT, MIN_DB_CONNECTIONS, NewDevice, RelayStatus, RelayStoreError,
     RelayStoreOptions, Replacement, Revoked, SnapshotPage, TokenRow, Usage, append_batch, doc_id,
-    lack_of, lock, pg_detail, replace,
+    lack_of, lock, log_entry, pg_detail, replace,
 };
 pub use pool::PoolStats;
 use pool::{Lane, Pool};
@@ -613,28 +612,15 @@ impl PgRelayStore {
                     used += size;
                     let seq: i64 = r.try_get(0)?;
                     cursor = seq;
-                    let id = doc_id(&r.try_get::<_, Vec<u8>>(1)?)?;
-                    let kind: i64 = r.try_get(2)?;
-                    let bytes: Option<Vec<u8>> = r.try_get(4)?;
-                    let entry = match (kind, bytes) {
-                        (KIND_CHANGES, Some(b)) => Entry::Changes(vec![Bytes(b)]),
-                        (KIND_SNAPSHOT, Some(b)) => Entry::Snapshot(Bytes(b)),
-                        (KIND_LEAVE, _) => Entry::Leave,
-                        (KIND_REPLACE, Some(b)) => Entry::Replace(Bytes(b)),
-                        (k, _) => {
-                            return Err(RelayStoreError::Corrupt(format!(
-                                "log entry {seq} of kind {k}"
-                            )));
-                        }
-                    };
                     let hash: Option<Vec<u8>> = r.try_get(5)?;
-                    out.push(LogEntry {
-                        seq: seq.max(0) as u64,
-                        doc_id: id,
-                        hash: hash.and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok()),
-                        moved_to: r.try_get(6)?,
-                        entry,
-                    });
+                    out.push(log_entry(
+                        seq,
+                        doc_id(&r.try_get::<_, Vec<u8>>(1)?)?,
+                        r.try_get(2)?,
+                        r.try_get(4)?,
+                        hash.as_deref(),
+                        r.try_get(6)?,
+                    )?);
                 }
                 if !full {
                     return Ok((out, false));

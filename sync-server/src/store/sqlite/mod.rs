@@ -334,29 +334,15 @@ impl SqliteRelayStore {
                     return Ok((out, true));
                 }
                 used += size;
-                let seq: i64 = r.get(0)?;
-                let id = doc_id(&r.get::<_, Vec<u8>>(1)?)?;
-                let kind: i64 = r.get(2)?;
-                let bytes: Option<Vec<u8>> = r.get(4)?;
-                let entry = match (kind, bytes) {
-                    (KIND_CHANGES, Some(b)) => Entry::Changes(vec![Bytes(b)]),
-                    (KIND_SNAPSHOT, Some(b)) => Entry::Snapshot(Bytes(b)),
-                    (KIND_LEAVE, _) => Entry::Leave,
-                    (KIND_REPLACE, Some(b)) => Entry::Replace(Bytes(b)),
-                    (k, _) => {
-                        return Err(RelayStoreError::Corrupt(format!(
-                            "log entry {seq} of kind {k}"
-                        )));
-                    }
-                };
                 let hash: Option<Vec<u8>> = r.get(5)?;
-                out.push(LogEntry {
-                    seq: seq.max(0) as u64,
-                    doc_id: id,
-                    hash: hash.and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok()),
-                    moved_to: r.get(6)?,
-                    entry,
-                });
+                out.push(log_entry(
+                    r.get(0)?,
+                    doc_id(&r.get::<_, Vec<u8>>(1)?)?,
+                    r.get(2)?,
+                    r.get(4)?,
+                    hash.as_deref(),
+                    r.get(6)?,
+                )?);
             }
             Ok((out, false))
         })
