@@ -434,6 +434,7 @@ fn run(
         RelayLimits {
             max_batch_bytes: 16 << 10,
             max_upload_changes: 2,
+            ..RelayLimits::default()
         }
     };
     for _ in 0..3 {
