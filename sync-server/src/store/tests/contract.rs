@@ -1,0 +1,407 @@
+//! The store's contract, run against every backend through [`RelayStore`]: the SQLite file
+//! always, PostgreSQL on the server named by `FIELDSYNC_TEST_PG` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), in a database of its own per test.
+
+use super::*;
+use crate::store::postgres::ScratchDatabase;
+
+fn opts() -> RelayStoreOptions {
+    RelayStoreOptions {
+        cache_docs: 4,
+        ..RelayStoreOptions::default()
+    }
+}
+
+/// A scratch PostgreSQL database; panics with a clear message when the server is down.
+pub(super) fn scratch() -> ScratchDatabase {
+    ScratchDatabase::create(&ScratchDatabase::server_url()).unwrap_or_else(|e| {
+        panic!(
+            "these tests need PostgreSQL ({}; set FIELDSYNC_TEST_PG to another server): {e}",
+            ScratchDatabase::server_url()
+        )
+    })
+}
+
+/// Runs `f` on a fresh SQLite store and on a fresh PostgreSQL store.
+fn each_backend(f: impl Fn(&dyn Fn() -> RelayStore)) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DB_FILE);
+    f(&|| RelayStore::Sqlite(SqliteRelayStore::open(&path, opts()).unwrap()));
+    let db = scratch();
+    f(&|| RelayStore::Postgres(PgRelayStore::open(db.url(), opts()).unwrap()));
+}
+
+#[test]
+fn append_read_and_resend() {
+    each_backend(|open| {
+        let mut r = open();
+        let mut a = device(Role::Rep, &["north"]);
+        let c1 = a.customer("Zeta Mining", "north");
+        a.customer("Alpha Quarry", "north");
+        a.edit(
+            c1,
+            CustomerEdit::Set(CustomerField::Industry, "mining".into()),
+        );
+        let up = a.outbox();
+        let mut live = r.subscribe();
+        let out = r.append(&a.info, &up, false).unwrap();
+        assert_eq!(stored(&out), 3, "{out:?}");
+        assert_eq!(r.high_seq().unwrap(), 3);
+        assert_eq!(*live.borrow_and_update(), 3);
+        // Re-sending is acknowledged without new entries.
+        let again = r.append(&a.info, &up, false).unwrap();
+        assert_eq!(stored(&again), 3);
+        assert_eq!(r.high_seq().unwrap(), 3);
+        let (log, more) = r.read_log("north", 0, usize::MAX).unwrap();
+        assert!(!more);
+        assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        let (page, more) = r.read_log("north", 0, 1).unwrap();
+        assert_eq!((page.len(), more), (1, true));
+        assert!(r.read_log("south", 0, usize::MAX).unwrap().0.is_empty());
+        let (snaps, _) = r.read_snapshots("north", None, usize::MAX).unwrap();
+        assert_eq!(snaps.len(), 2);
+        let st = r.status().unwrap();
+        assert_eq!((st.high_seq, st.docs, st.changes), (3, 2, 3));
+        assert_eq!(r.audit(Some(c1), None, 10).unwrap().len(), 2);
+        // Reopening keeps the epoch and the log.
+        let epoch = r.epoch();
+        drop(r);
+        let r = open();
+        assert_eq!(r.epoch(), epoch);
+        assert_eq!(r.high_seq().unwrap(), 3);
+    });
+}
+
+#[test]
+fn a_replaced_history_is_logged_alone_and_the_old_one_refused() {
+    each_backend(|open| {
+        let mut r = open();
+        let mut a = device(Role::Rep, &["north"]);
+        let c = a.customer("Zeta Mining", "north");
+        a.edit(
+            c,
+            CustomerEdit::Set(CustomerField::Industry, "mining".into()),
+        );
+        let old = a.outbox();
+        assert_eq!(stored(&r.append(&a.info, &old, false).unwrap()), 2);
+        let mut live = r.subscribe();
+        live.mark_unchanged();
+        let mut new_heads = Vec::new();
+        let done = r
+            .replace_history(c, |bytes| {
+                let doc = load_snapshot(bytes).unwrap();
+                let mut new = fieldsync_core::model::rewrite::rewrite(
+                    &doc,
+                    automerge::ActorId::random(),
+                    &[],
+                )
+                .unwrap();
+                new_heads = new.get_heads();
+                Ok(Some(new))
+            })
+            .unwrap()
+            .expect("replaced");
+        assert_eq!(done.scope, "north");
+        assert!(live.has_changed().unwrap(), "live sessions are woken");
+        // Readers of the scope and of every scope see the replacement, and nothing of the
+        // old history.
+        for scope in ["north", "*"] {
+            let (log, _) = r.read_log(scope, 0, usize::MAX).unwrap();
+            assert_eq!(log.len(), 1, "{scope}: {log:?}");
+            let Entry::Replace(b) = &log[0].entry else {
+                panic!("{scope}: {log:?}");
+            };
+            let mut got = load_snapshot(&b.0).unwrap();
+            assert_eq!(got.get_heads(), new_heads);
+        }
+        let (snaps, _) = r.read_snapshots("north", None, usize::MAX).unwrap();
+        let mut got = load_snapshot(&snaps[0].1).unwrap();
+        assert_eq!(got.get_heads(), new_heads);
+        // The old history sent again is not stored beside the new one: its first change
+        // would start a second history, the next waits for what it builds on.
+        let out = r.append(&a.info, &old, false).unwrap();
+        let refused = refusals(&out);
+        assert_eq!(refused.len(), 2, "{out:?}");
+        assert!(!refused[0].retry && refused[0].reason.contains("second history"));
+        assert!(refused[1].retry, "{out:?}");
+        // A document the relay does not hold cannot be replaced.
+        assert!(r.replace_history(DocId::new(), |_| Ok(None)).is_err());
+    });
+}
+
+#[test]
+fn refusals_and_scope_moves() {
+    each_backend(|open| {
+        let mut r = open();
+        let mut a = device(Role::Rep, &["north"]);
+        let c = a.customer("Zeta Mining", "north");
+        assert_eq!(stored(&r.append(&a.info, &a.outbox(), false).unwrap()), 1);
+        // A rep cannot move a customer; a manager of both scopes can.
+        let mut rogue = device(Role::Rep, &["south"]);
+        let other = rogue.customer("Elsewhere", "north");
+        let out = r.append(&rogue.info, &rogue.outbox(), false).unwrap();
+        assert_eq!(refusals(&out).len(), 1, "{other} accepted outside scope");
+        let mut m = device(Role::Manager, &["north", "south"]);
+        m.store
+            .transaction(|tx| {
+                for e in r.read_log("*", 0, usize::MAX).unwrap().0 {
+                    if let Entry::Changes(c) = e.entry {
+                        let raw: Vec<Vec<u8>> = c.into_iter().map(|b| b.0).collect();
+                        tx.apply_changes(e.doc_id, &raw)?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        m.edit(c, CustomerEdit::SetScope("south".into()));
+        let out = r.append(&m.info, &m.outbox(), false).unwrap();
+        assert!(refusals(&out).is_empty(), "{out:?}");
+        let (north, _) = r.read_log("north", 0, usize::MAX).unwrap();
+        assert!(
+            north
+                .iter()
+                .any(|e| e.entry == Entry::Leave && e.doc_id == c)
+        );
+        let high = r.high_seq().unwrap();
+        let departed = r.departures("north", high).unwrap();
+        assert_eq!(departed, vec![(c, "south".to_string())]);
+        let (south, _) = r.read_snapshots("south", None, usize::MAX).unwrap();
+        assert_eq!(south.len(), 1);
+        // What the relay has, and what it lacks.
+        let heads: Vec<Hash> = m.store.heads(c).unwrap().iter().map(|h| h.0).collect();
+        let missing = r
+            .missing(&[(c, heads), (DocId::new(), Vec::new())])
+            .unwrap();
+        assert_eq!(
+            missing[0],
+            Lack::Nothing {
+                scope: "south".into()
+            }
+        );
+        assert_eq!(missing[1], Lack::Document);
+    });
+}
+
+/// A change that makes automerge fail part way through applying it (an operation on an
+/// object none of its dependencies created) is refused; the document it was applied to
+/// is rebuilt from the stored snapshot and the batch's earlier changes, so the changes
+/// around it in the same batch and later batches are stored whole.
+#[test]
+fn a_change_that_breaks_automerge_mid_batch_loses_nothing() {
+    use automerge::{ActorId, ObjType, ROOT, transaction::Transactable};
+    each_backend(|open| {
+        let mut r = open();
+        let mut a = device(Role::Rep, &["north"]);
+        let c = a.customer("Zeta Mining", "north");
+        // The forged change: same device, another actor of it, depending only on the
+        // creation but writing into a map made by a change it does not depend on.
+        let mut f = a.store.automerge(c).unwrap();
+        let mut actor = a.info.device_id.as_bytes().to_vec();
+        actor.extend_from_slice(&[0xee; 8]);
+        f.set_actor(ActorId::from(actor));
+        let created = f.get_heads();
+        let m = f.put_object(ROOT, "extra", ObjType::Map).unwrap();
+        f.commit();
+        let made = f.get_heads();
+        f.put(&m, "k", "v").unwrap();
+        f.commit();
+        let mut forged = f.get_changes(&made).pop().unwrap().decode();
+        forged.deps = created;
+        let forged = automerge::Change::from(forged).raw_bytes().to_vec();
+
+        a.edit(
+            c,
+            CustomerEdit::Set(CustomerField::Industry, "mining".into()),
+        );
+        let mut up = a.outbox();
+        assert_eq!(up.len(), 2);
+        up.insert(
+            1,
+            UploadChange {
+                doc_id: c,
+                bytes: forged,
+            },
+        );
+        let out = r.append(&a.info, &up, false).unwrap();
+        assert!(matches!(out[0], Outcome::Stored(_)), "{out:?}");
+        assert!(
+            matches!(&out[1], Outcome::Refused(rej) if !rej.retry),
+            "{out:?}"
+        );
+        assert!(matches!(out[2], Outcome::Stored(_)), "{out:?}");
+
+        a.edit(
+            c,
+            CustomerEdit::Set(CustomerField::Stage, "opportunity".into()),
+        );
+        let later = a.outbox().split_off(2);
+        assert_eq!(stored(&r.append(&a.info, &later, false).unwrap()), 1);
+        let want: Vec<Hash> = a.store.heads(c).unwrap().iter().map(|h| h.0).collect();
+        assert_eq!(
+            r.missing(&[(c, want.clone())]).unwrap(),
+            vec![Lack::Nothing {
+                scope: "north".into()
+            }]
+        );
+        // The stored snapshot holds exactly the accepted changes, also after reopening.
+        drop(r);
+        let r = open();
+        let (snaps, _) = r.read_snapshots("north", None, usize::MAX).unwrap();
+        assert_eq!(snaps.len(), 1);
+        let mut doc = load_snapshot(&snaps[0].1).unwrap();
+        let mut heads: Vec<Hash> = doc.get_heads().iter().map(|h| h.0).collect();
+        heads.sort();
+        let mut want = want;
+        want.sort();
+        assert_eq!(heads, want);
+        assert_eq!(r.status().unwrap().changes, 3);
+    });
+}
+
+/// IT changes a device's scopes or role without enrolling it again: the credential
+/// keeps working, the new grant applies, subscribers hear of it; a revoked or unknown
+/// device and an empty change are refused.
+#[test]
+fn grants_change_scopes_and_role_and_keep_the_credential() {
+    each_backend(|open| {
+        let r = open();
+        let e = r
+            .enrol_device(None, "rep laptop", Role::Rep, &["north".into()])
+            .unwrap();
+        let mut gen_rx = r.subscribe_devices();
+        gen_rx.borrow_and_update();
+        let scopes = ["north".to_string(), "south".to_string()];
+        let changed = r.grant("rep laptop", None, Some(&scopes)).unwrap();
+        assert_eq!(changed, vec![e.device_id]);
+        assert!(gen_rx.has_changed().unwrap());
+        let now = r.authenticate(e.device_id, Some(&e.secret)).unwrap();
+        let now = now.expect("the credential still works");
+        assert_eq!((now.role, now.scopes.clone()), (Role::Rep, scopes.to_vec()));
+        let by_id = r
+            .grant(&e.device_id.to_string(), Some(Role::Manager), None)
+            .unwrap();
+        assert_eq!(by_id, vec![e.device_id]);
+        let now = r.device_grant(e.device_id).unwrap().unwrap();
+        assert_eq!((now.role, now.scopes), (Role::Manager, scopes.to_vec()));
+        assert!(
+            r.grant("rep laptop", None, None).is_err(),
+            "nothing to change"
+        );
+        assert!(
+            r.grant("rep laptop", None, Some(&[])).is_err(),
+            "no scope at all"
+        );
+        assert!(r.grant("nobody", Some(Role::Rep), None).is_err());
+        r.revoke("rep laptop").unwrap();
+        let err = r.grant("rep laptop", Some(Role::Admin), None).unwrap_err();
+        assert!(err.to_string().contains("no active device"), "{err}");
+    });
+}
+
+#[test]
+fn devices_enrol_revoke_and_tokens() {
+    each_backend(|open| {
+        let r = open();
+        let e = r
+            .enrol_device(None, "rep laptop", Role::Rep, &["north".into()])
+            .unwrap();
+        let gen_rx = r.subscribe_devices();
+        assert!(
+            r.authenticate(e.device_id, Some(&e.secret))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            r.authenticate(e.device_id, Some("wrong"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(r.authenticate(Uuid::new_v4(), None).unwrap().is_none());
+        let token = r
+            .create_enrolment(
+                "new laptop",
+                Role::Manager,
+                &["south".into()],
+                None,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let dev = Uuid::new_v4();
+        let cred = "c".repeat(64);
+        let got = r.redeem(dev, &token, &cred).unwrap().unwrap();
+        assert_eq!(got.role, Role::Manager);
+        assert!(r.redeem(Uuid::new_v4(), &token, &cred).unwrap().is_err());
+        assert_eq!(r.devices().unwrap().len(), 2);
+        assert_eq!(r.enrolments().unwrap().len(), 1);
+        let revoked = r.revoke("rep laptop").unwrap();
+        assert_eq!(revoked.devices, vec![e.device_id]);
+        assert!(gen_rx.has_changed().unwrap());
+        assert!(
+            r.authenticate(e.device_id, Some(&e.secret))
+                .unwrap()
+                .is_none()
+        );
+        assert!(r.device_grant(e.device_id).unwrap().is_none());
+        assert!(!r.revoke_device(e.device_id).unwrap());
+        assert_eq!(r.status().unwrap().revoked_devices, 1);
+    });
+}
+
+/// A heads exchange answers per entry, whatever the batching: known documents at the
+/// relay's heads, behind them, with a head of another document, with no heads; unknown
+/// documents; the same document twice; entries on both sides of a look-up chunk.
+#[test]
+fn missing_answers_each_entry_across_lookup_chunks() {
+    each_backend(|open| {
+        let mut r = open();
+        let mut a = device(Role::Rep, &["north"]);
+        let x = a.customer("Known", "north");
+        let y = a.customer("Other", "north");
+        assert_eq!(stored(&r.append(&a.info, &a.outbox(), false).unwrap()), 2);
+        let heads = |d: &Device, id| -> Vec<Hash> {
+            d.store.heads(id).unwrap().iter().map(|h| h.0).collect()
+        };
+        let (hx, hy) = (heads(&a, x), heads(&a, y));
+        a.edit(x, CustomerEdit::AddPhone("+1 555 0100".into()));
+        let ahead = heads(&a, x);
+        let nothing = || Lack::Nothing {
+            scope: "north".into(),
+        };
+        let behind = || Lack::Changes {
+            scope: "north".into(),
+            heads: hx.clone(),
+        };
+        let mut mixed = hx.clone();
+        mixed.push([7; 32]);
+        let cases: Vec<((DocId, Vec<Hash>), Lack)> = vec![
+            ((x, hx.clone()), nothing()),
+            ((x, Vec::new()), nothing()),
+            ((x, ahead.clone()), behind()),
+            ((x, mixed.clone()), behind()),
+            // A head the relay stores, but of another document.
+            ((x, hy.clone()), behind()),
+            ((y, hy.clone()), nothing()),
+            ((DocId::new(), Vec::new()), Lack::Document),
+            ((DocId::new(), hx.clone()), Lack::Document),
+        ];
+        let mut ask = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..2_600 {
+            // The cases again and again, among unknown documents, so that some sit at
+            // the edges of the look-up chunks.
+            let (q, w) = if i % 331 < cases.len() {
+                cases[i % 331].clone()
+            } else {
+                ((DocId::new(), vec![[i as u8; 32]]), Lack::Document)
+            };
+            ask.push(q);
+            want.push(w);
+        }
+        let got = r.missing(&ask).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g, w, "entry {i}: {:?}", ask[i]);
+        }
+        assert!(r.missing(&[]).unwrap().is_empty());
+    });
+}
