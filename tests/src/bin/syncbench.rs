@@ -108,6 +108,10 @@ struct WorkerResult {
     /// Time the worker's threads were ready to run but waited for a CPU during the timed
     /// sync (other processes had them), seconds.
     cpu_wait_secs: f64,
+    /// For a fresh replica's download: the compression floor of what arrived, the replica's documents'
+    /// uncompressed snapshots concatenated in id order and compressed together with zstd at
+    /// level 3 (what a download frame could at best carry of the same documents), bytes.
+    floor_bytes: Option<u64>,
 }
 
 fn worker(args: WorkerArgs) -> anyhow::Result<WorkerResult> {
@@ -140,6 +144,8 @@ fn worker(args: WorkerArgs) -> anyhow::Result<WorkerResult> {
     }
     let prepare_secs = started.elapsed().as_secs_f64();
     let outbox_before = client.outbox_len()?;
+    // A fresh replica's download is all its documents: their compression floor is comparable.
+    let fresh = matches!(args.job, Job::Sync) && client.with_store(|s| s.doc_count())? == 0;
     let cpu_before = cpu_secs(std::process::id());
     let wait_before = cpu_wait_secs(std::process::id());
     let report = rt
@@ -148,7 +154,15 @@ fn worker(args: WorkerArgs) -> anyhow::Result<WorkerResult> {
     let cpu = cpu_secs(std::process::id()) - cpu_before;
     let cpu_wait = cpu_wait_secs(std::process::id()) - wait_before;
     let (hello_bytes, welcome_bytes) = handshake_sizes(&client, &cfg)?;
+    // Peak memory of the sync, read before the floor is computed (which holds every snapshot).
+    let vm_hwm_kib = proc_status_kib(std::process::id(), "VmHWM").unwrap_or(0);
+    let floor_bytes = if fresh {
+        Some(compression_floor(&client)?)
+    } else {
+        None
+    };
     Ok(WorkerResult {
+        floor_bytes,
         docs: client.with_store(|s| s.doc_count())?,
         outbox_before,
         outbox: client.outbox_len()?,
@@ -156,10 +170,24 @@ fn worker(args: WorkerArgs) -> anyhow::Result<WorkerResult> {
         prepare_secs,
         hello_bytes,
         welcome_bytes,
-        vm_hwm_kib: proc_status_kib(std::process::id(), "VmHWM").unwrap_or(0),
+        vm_hwm_kib,
         cpu_secs: cpu,
         cpu_wait_secs: cpu_wait,
     })
+}
+
+/// The replica's documents as one zstd-3 stream of their uncompressed snapshots, in id order:
+/// the floor a download of the same documents can approach (see [`WorkerResult::floor_bytes`]).
+fn compression_floor(client: &Client) -> anyhow::Result<u64> {
+    let all = client.with_store(|s| {
+        let ids = s.all_heads()?;
+        let mut all = Vec::new();
+        for (id, _) in ids {
+            all.extend(s.automerge(id)?.save_nocompress());
+        }
+        Ok::<_, fieldsync_core::store::StoreError>(all)
+    })?;
+    Ok(zstd::bulk::compress(&all, 3)?.len() as u64)
 }
 
 /// The encoded sizes of this client's `Hello` and of the relay's `Welcome` (same epoch and
@@ -425,17 +453,24 @@ fn bytes(n: u64) -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| case | what | time | target | CPU client / relay (client waiting for a CPU) | frames sent/recv | bytes sent | bytes received | client peak RSS | relay peak RSS |"
+        "| case | what | time | target | CPU client / relay (client waiting for a CPU) | frames sent/recv | bytes sent | bytes received | floor of those bytes (received ÷ floor) | client peak RSS | relay peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let verdict = match row.met {
             Some(true) => " (met)",
             Some(false) => " (**missed**)",
             None => "",
         };
+        let floor = row.r.floor_bytes.map_or("—".into(), |f| {
+            format!(
+                "{} ({:.2}×)",
+                bytes(f),
+                row.r.report.bytes_received as f64 / f.max(1) as f64
+            )
+        });
         println!(
-            "| {} | {} | {:.2} s | {}{} | {:.2} / {:.2} s ({:.2} s) | {}/{} | {} | {} | {} | {} |",
+            "| {} | {} | {:.2} s | {}{} | {:.2} / {:.2} s ({:.2} s) | {}/{} | {} | {} | {} | {} | {} |",
             row.case,
             row.what,
             row.secs,
@@ -448,6 +483,7 @@ fn print_table(rows: &[Row]) {
             row.r.report.frames_received,
             bytes(row.r.report.bytes_sent),
             bytes(row.r.report.bytes_received),
+            floor,
             mib(Some(row.r.vm_hwm_kib)),
             mib(row.relay.peak_kib),
         );
