@@ -22,6 +22,7 @@ use super::relay::{Lack, LogEntry, Outcome, RelayStorage, SnapshotPage, StorageE
 use super::rules::{
     BatchDb, DocCache, DocMeta, DocRow, FiledDoc, KIND_CHANGES, KIND_LEAVE, KIND_REPLACE,
     KIND_SNAPSHOT, Quota, RulesError, Sender, UploadRules, Usage, append_batch, lack_of, log_entry,
+    split_heads,
 };
 use super::validate::DeviceInfo;
 use crate::env::{Env, SystemEnv};
@@ -549,6 +550,16 @@ impl RelayStorage for MemoryRelay {
             }
         }
         Ok((out, false))
+    }
+
+    fn heads_of(&mut self, ids: &[DocId]) -> Result<Vec<(DocId, Vec<Hash>)>, StorageError> {
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                let d = self.tables.docs.get(id)?;
+                Some((*id, split_heads(&d.heads)))
+            })
+            .collect())
     }
 
     fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {

@@ -124,6 +124,13 @@ pub trait RelayStorage {
         after: Option<DocId>,
         max_bytes: usize,
     ) -> Result<SnapshotPage, StorageError>;
+    /// The stored heads of each of `ids` the relay holds (in any order). A session asks only
+    /// for the documents of a snapshot page after it stored changes for its client, to leave
+    /// out those the client wrote itself. Storage that does not answer (the default) makes the
+    /// session send every snapshot.
+    fn heads_of(&mut self, _ids: &[DocId]) -> Result<Vec<(DocId, Vec<Hash>)>, StorageError> {
+        Ok(Vec::new())
+    }
     /// For each document and the heads a client has, what the relay lacks of it.
     fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError>;
     /// Documents that left `scope` at or before log position `upto`, with the scope each is
@@ -610,9 +617,27 @@ impl RelaySession {
                     storage.read_snapshots(scope, after, budget.saturating_sub(used).max(1))?;
                 let exhausted = !more;
                 let mut last = after;
+                // Documents whose every head this session stored for the client are the
+                // client's own (it wrote the whole history up to them): it has them already.
+                let own: std::collections::HashSet<DocId> = if self.uploaded.is_empty() {
+                    Default::default()
+                } else {
+                    let ids: Vec<DocId> = rows.iter().map(|(id, _)| *id).collect();
+                    storage
+                        .heads_of(&ids)?
+                        .into_iter()
+                        .filter(|(_, heads)| {
+                            !heads.is_empty() && heads.iter().all(|h| self.uploaded.contains(h))
+                        })
+                        .map(|(id, _)| id)
+                        .collect()
+                };
                 for (id, bytes) in rows {
-                    used += bytes.len() + 24;
                     last = Some(id);
+                    if own.contains(&id) {
+                        continue;
+                    }
+                    used += bytes.len() + 24;
                     items.push(Item {
                         doc_id: id,
                         entry: Entry::Snapshot(super::messages::serde_bytes_vec::Bytes(bytes)),

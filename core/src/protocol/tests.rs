@@ -135,6 +135,33 @@ fn two_replicas_converge_through_the_relay() {
 }
 
 #[test]
+fn a_first_sync_does_not_download_the_laptops_own_new_documents_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    let mut relay = MemRelay::new();
+    // Another laptop's customer is on the relay first: that one must come down.
+    let theirs = add_customer(&mut b, "theirs");
+    run(&mut b, &mut relay);
+    let mine: Vec<DocId> = (0..30)
+        .map(|i| add_customer(&mut a, &format!("mine {i}")))
+        .collect();
+    let s = run(&mut a, &mut relay);
+    assert_eq!(s.changes_acked, 30);
+    assert_eq!(
+        s.snapshots_received, 1,
+        "only the other laptop's customer: {s:?}"
+    );
+    assert!(a.contains(theirs).unwrap());
+    for id in &mine {
+        assert!(a.contains(*id).unwrap());
+    }
+    // Another laptop gets them all.
+    run(&mut b, &mut relay);
+    assert_eq!(b.doc_count().unwrap(), 31);
+}
+
+#[test]
 fn the_in_memory_relay_runs_the_relays_rules_for_quotas_and_moves() {
     let dir = tempfile::tempdir().unwrap();
     let mut rep = Store::open(dir.path().join("rep.db")).unwrap();

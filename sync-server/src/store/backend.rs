@@ -222,6 +222,11 @@ impl RelayStore {
         each!(self, s => s.departures(scope, upto))
     }
 
+    /// See [`SqliteRelayStore::heads_of`].
+    pub fn heads_of(&self, ids: &[DocId]) -> Result<Vec<(DocId, Vec<Hash>)>, RelayStoreError> {
+        each!(self, s => s.heads_of(ids))
+    }
+
     /// See [`SqliteRelayStore::missing`].
     pub fn missing(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
         each!(self, s => s.missing(docs))
@@ -381,6 +386,10 @@ macro_rules! relay_storage {
                 max_bytes: usize,
             ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError> {
                 Ok(Self::read_snapshots(self, scope, after, max_bytes)?)
+            }
+
+            fn heads_of(&mut self, ids: &[DocId]) -> Result<Vec<(DocId, Vec<Hash>)>, StorageError> {
+                Ok(Self::heads_of(self, ids)?)
             }
 
             fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {

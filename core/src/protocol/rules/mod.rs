@@ -53,6 +53,13 @@ pub fn save(doc: &mut AutoCommit, id: DocId) -> Result<Vec<u8>, RulesError> {
         .map_err(|_| RulesError::Corrupt(format!("automerge panicked saving document {id}")))
 }
 
+/// Heads as stored (32 bytes each, see [`heads_bytes`]) back as hashes.
+pub fn split_heads(b: &[u8]) -> Vec<Hash> {
+    b.chunks_exact(32)
+        .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+        .collect()
+}
+
 /// What a relay lacks of one document a client named: `held` is its stored heads (32 bytes
 /// each) and scope (none if the relay does not hold it), `has` says whether the relay stores a
 /// change of it.
@@ -68,10 +75,7 @@ pub fn lack_of<E>(
         if !has(h)? {
             return Ok(Lack::Changes {
                 scope,
-                heads: heads
-                    .chunks_exact(32)
-                    .filter_map(|c| <[u8; 32]>::try_from(c).ok())
-                    .collect(),
+                heads: split_heads(&heads),
             });
         }
     }

@@ -696,6 +696,26 @@ impl PgRelayStore {
         })
     }
 
+    /// The stored heads of each of `ids` the relay holds (see
+    /// [`super::SqliteRelayStore::heads_of`]), `LOOKUP_CHUNK` at a time.
+    pub fn heads_of(&self, ids: &[DocId]) -> Result<Vec<(DocId, Vec<Hash>)>, RelayStoreError> {
+        self.read(|c| {
+            let mut out = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(LOOKUP_CHUNK) {
+                self.cancel.check()?;
+                let keys: Vec<&[u8]> = chunk.iter().map(|id| id.as_bytes().as_slice()).collect();
+                for r in c.query(
+                    "SELECT doc_id, heads FROM docs WHERE doc_id = ANY($1)",
+                    &[&keys],
+                )? {
+                    let id = doc_id(&r.try_get::<_, Vec<u8>>(0)?)?;
+                    out.push((id, super::split_heads(&r.try_get::<_, Vec<u8>>(1)?)));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// For each document and a client's heads, what the relay lacks of it (by the rule of
     /// `lack_of`, which the SQLite store applies too). The documents, then the stored changes
     /// among the client's heads, are looked up `LOOKUP_CHUNK` at a time with `= ANY($1)`, not

@@ -409,6 +409,23 @@ impl SqliteRelayStore {
         })
     }
 
+    /// The stored heads of each of `ids` the relay holds (see
+    /// [`fieldsync_core::protocol::RelayStorage::heads_of`]).
+    pub fn heads_of(&self, ids: &[DocId]) -> Result<Vec<(DocId, Vec<Hash>)>, RelayStoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached("SELECT heads FROM docs WHERE doc_id = ?1")?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let heads: Option<Vec<u8>> =
+                    st.query_row([id.as_bytes()], |r| r.get(0)).optional()?;
+                if let Some(h) = heads {
+                    out.push((*id, split_heads(&h)));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// For each document and a client's heads, what the relay lacks of it.
     pub fn missing(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
         self.read(|c| {
