@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use fieldsync_core::display::{format_bytes, format_millis};
 use fieldsync_core::protocol::EnrolToken;
 use fieldsync_core::{DocId, Role};
 use fieldsync_relay::{RelayConfig, RelayStore};
@@ -378,7 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!(
                         "{}  {:>12}  {}",
                         p.doc_id,
-                        fmt_bytes(p.snapshot_bytes as u64),
+                        format_bytes(p.snapshot_bytes as u64),
                         p.reason
                     );
                 }
@@ -414,8 +415,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "{} {verb}: {} stored, {} after",
                 r.doc_id,
-                fmt_bytes(r.before_bytes as u64),
-                fmt_bytes(r.after_bytes as u64)
+                format_bytes(r.before_bytes as u64),
+                format_bytes(r.after_bytes as u64)
             );
             if !r.dropped.is_empty() {
                 println!("left out: {}", r.dropped.join(", "));
@@ -491,7 +492,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{:>8}  {}  {}  {:<20} doc {}  change {}  scope {}",
                     r.seq,
-                    fmt_millis(r.at),
+                    format_millis(r.at),
                     r.device_id,
                     r.device_name.as_deref().unwrap_or("?"),
                     r.doc_id,
@@ -643,7 +644,7 @@ fn list(common: &Common, json: bool) -> anyhow::Result<()> {
     );
     for d in devices {
         let status = match (d.revoked_at, d.enrolled) {
-            (Some(t), _) => format!("revoked {}", fmt_millis(t)),
+            (Some(t), _) => format!("revoked {}", format_millis(t)),
             (None, true) => "enrolled".to_string(),
             (None, false) => "open enrolment".to_string(),
         };
@@ -653,8 +654,8 @@ fn list(common: &Common, json: bool) -> anyhow::Result<()> {
             d.name,
             d.role.as_str(),
             d.scopes.join(","),
-            d.last_seen.map_or("never".to_string(), fmt_millis),
-            format!("{}/{}", d.today.new_documents, fmt_bytes(d.today.bytes)),
+            d.last_seen.map_or("never".to_string(), format_millis),
+            format!("{}/{}", d.today.new_documents, format_bytes(d.today.bytes)),
         );
     }
     for e in pending {
@@ -666,41 +667,8 @@ fn list(common: &Common, json: bool) -> anyhow::Result<()> {
             e.scopes.join(","),
             "never",
             "-",
-            fmt_millis(e.expires_at)
+            format_millis(e.expires_at)
         );
     }
     Ok(())
-}
-
-/// Formats a byte count for people (KiB, MiB, GiB).
-fn fmt_bytes(b: u64) -> String {
-    match b {
-        0..1024 => format!("{b} B"),
-        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
-        1_048_576..1_073_741_824 => format!("{:.1} MiB", b as f64 / 1_048_576.0),
-        _ => format!("{:.1} GiB", b as f64 / 1_073_741_824.0),
-    }
-}
-
-/// Formats ms since the Unix epoch as an ISO 8601 UTC timestamp.
-fn fmt_millis(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }

@@ -407,6 +407,25 @@ pub struct RelayStatus {
     pub revoked_devices: u64,
 }
 
+/// Publishes a counter's value (the device-change generation) to its receivers if it changed.
+fn publish(tx: &watch::Sender<u64>, value: u64) {
+    tx.send_if_modified(|v| {
+        let changed = *v != value;
+        *v = value;
+        changed
+    });
+}
+
+/// Publishes a log position to its receivers if it is past the last one published (positions
+/// learned out of order never move it back).
+fn publish_high(tx: &watch::Sender<u64>, high: u64) {
+    tx.send_if_modified(|v| {
+        let grew = high > *v;
+        *v = (*v).max(high);
+        grew
+    });
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves no half-done state: SQLite rolled the transaction
     // back and documents being written were taken out of the cache.

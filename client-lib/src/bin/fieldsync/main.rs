@@ -31,6 +31,7 @@ use fieldsync_client::{
     Client, CustomerEdit, CustomerField, CustomerFilter, CustomerId, DocId, Identity, LineInput,
     NewCustomer, NewQuote, NewVisit, QuoteId, Role, VisitFilter, VisitStatus,
 };
+use fieldsync_core::display::{format_bytes, format_millis};
 use fieldsync_core::fsmode;
 use serde::{Deserialize, Serialize};
 
@@ -81,43 +82,6 @@ fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
     Ok(())
 }
 
-/// Formats ms since the Unix epoch as an ISO 8601 UTC timestamp.
-fn fmt_millis(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-fn fmt_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
 fn now() -> i64 {
     fieldsync_core::ids::now_millis()
 }
@@ -161,10 +125,10 @@ mod tests {
 
     #[test]
     fn timestamps_format_as_utc() {
-        assert_eq!(fmt_millis(0), "1970-01-01T00:00:00Z");
-        assert_eq!(fmt_millis(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(fmt_millis(1_795_000_000_123), "2026-11-18T11:06:40Z");
-        assert_eq!(fmt_millis(-1_000), "1969-12-31T23:59:59Z");
+        assert_eq!(format_millis(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_millis(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(format_millis(1_795_000_000_123), "2026-11-18T11:06:40Z");
+        assert_eq!(format_millis(-1_000), "1969-12-31T23:59:59Z");
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub(super) fn customer(client: &Client, cmd: CustomerCmd) -> Result<()> {
                 }
                 println!(
                     "  created:   {} by {}",
-                    fmt_millis(c.header.created_at),
+                    format_millis(c.header.created_at),
                     c.header.created_by
                 );
             }
@@ -159,7 +159,7 @@ pub(super) fn visit(client: &Client, cmd: VisitCmd) -> Result<()> {
                     println!(
                         "{}  {}  {:<9}  {}  {}",
                         r.id,
-                        r.at.map_or_else(|| "-".to_string(), fmt_millis),
+                        r.at.map_or_else(|| "-".to_string(), format_millis),
                         r.status.as_str(),
                         r.customer_name.as_deref().unwrap_or("?"),
                         first_line(&r.notes)
@@ -276,7 +276,7 @@ pub(super) fn quote(client: &Client, cmd: QuoteCmd) -> Result<()> {
                         a.decision,
                         a.approver,
                         a.role,
-                        fmt_millis(a.at),
+                        format_millis(a.at),
                         a.reason
                             .as_deref()
                             .map(|r| format!(": {r}"))

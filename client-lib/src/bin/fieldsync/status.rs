@@ -64,7 +64,7 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
         conflicts: client.conflicts()?.len(),
         skipped: client.skipped()?,
         relay: cfg.as_ref().map(|c| c.relay.clone()),
-        last_sync_finished_at: persisted.last_sync_finished_at.map(fmt_millis),
+        last_sync_finished_at: persisted.last_sync_finished_at.map(format_millis),
         last_sync_finished_at_ms: persisted.last_sync_finished_at,
         last_error: persisted.last_error,
         relay_reachable: reachable,
@@ -106,7 +106,7 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
         for s in out.skipped.iter().take(5) {
             println!(
                 "            {} {}: {}",
-                fmt_millis(s.at),
+                format_millis(s.at),
                 s.doc_id,
                 s.reason
             );
@@ -158,7 +158,7 @@ pub(super) fn quarantine_list(client: &Client) -> Result<Vec<QuarantineOut>> {
             kind,
             hash: q.hash,
             reason: q.reason,
-            at: fmt_millis(q.at),
+            at: format_millis(q.at),
             at_ms: q.at,
         });
     }

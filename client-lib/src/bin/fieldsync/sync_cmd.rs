@@ -35,16 +35,16 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
         let up = if p.outbox_at_start > 0 {
             format!(
                 "↑ {} ({}/{} changes acknowledged)",
-                fmt_bytes(p.bytes_sent),
+                format_bytes(p.bytes_sent),
                 p.changes_acked.min(p.outbox_at_start),
                 p.outbox_at_start
             )
         } else {
-            format!("↑ {}", fmt_bytes(p.bytes_sent))
+            format!("↑ {}", format_bytes(p.bytes_sent))
         };
         bar2.set_message(format!(
             "{up}  ↓ {} ({} items)",
-            fmt_bytes(p.bytes_received),
+            format_bytes(p.bytes_received),
             p.items_received
         ));
     };
@@ -84,8 +84,8 @@ pub(super) fn print_report(r: &SyncReport) {
     }
     println!(
         "  wire      {} up, {} down",
-        fmt_bytes(r.bytes_sent),
-        fmt_bytes(r.bytes_received)
+        format_bytes(r.bytes_sent),
+        format_bytes(r.bytes_received)
     );
     if r.outbox_remaining > 0 {
         println!(
@@ -133,13 +133,13 @@ pub(super) fn print_event(e: &SyncEvent, handle: &SyncHandle, json: bool) -> Res
     if json {
         let mut v = serde_json::to_value(e)?;
         if let Some(obj) = v.as_object_mut() {
-            obj.insert("at".into(), fmt_millis(now()).into());
+            obj.insert("at".into(), format_millis(now()).into());
         }
         serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
         return Ok(out.flush()?);
     }
-    let ts = fmt_millis(now());
+    let ts = format_millis(now());
     let line = match e {
         SyncEvent::Connecting => format!("connecting to {}", handle.status().relay),
         SyncEvent::Connected { scopes, role } => {

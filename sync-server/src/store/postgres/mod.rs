@@ -75,7 +75,7 @@ use super::{
     DocMeta, DocRow, ENTRY_OVERHEAD, Enrolment, EnrolmentRecord, Holder, KIND_CHANGES,
     KIND_REPLACE, KIND_SNAPSHOT, MIN_DB_CONNECTIONS, NewDevice, RelayStatus, RelayStoreError,
     RelayStoreOptions, Replacement, Revoked, SnapshotPage, TokenRow, Usage, append_batch, doc_id,
-    lack_of, lock, log_entry, pg_detail, replace,
+    lack_of, lock, log_entry, pg_detail, publish, replace,
 };
 pub use pool::PoolStats;
 use pool::{Lane, Pool};
@@ -372,11 +372,7 @@ impl PgRelayStore {
     /// Reads the device-change counter and notifies receivers if it moved.
     pub fn poll_devices(&self) -> Result<u64, RelayStoreError> {
         let g = self.read_priority(|c| counter(c, DEVICES_GENERATION))?;
-        self.inner.devices_notify.send_if_modified(|v| {
-            let changed = *v != g;
-            *v = g;
-            changed
-        });
+        publish(&self.inner.devices_notify, g);
         Ok(g)
     }
 
@@ -388,13 +384,7 @@ impl PgRelayStore {
     }
 
     fn raise_high(&self, h: u64) {
-        self.inner.notify.send_if_modified(|v| {
-            let up = h > *v;
-            if up {
-                *v = h;
-            }
-            up
-        });
+        super::publish_high(&self.inner.notify, h);
     }
 
     /// The fingerprint of the certificate the relay nodes on this database serve, recorded

@@ -168,11 +168,7 @@ impl SqliteRelayStore {
     /// every second.
     pub fn poll_devices(&self) -> Result<u64, RelayStoreError> {
         let g = self.read(devices_generation)?;
-        self.inner.devices_notify.send_if_modified(|v| {
-            let changed = *v != g;
-            *v = g;
-            changed
-        });
+        publish(&self.inner.devices_notify, g);
         Ok(g)
     }
 
@@ -181,13 +177,7 @@ impl SqliteRelayStore {
     /// every second.
     pub fn poll_log(&self) -> Result<u64, RelayStoreError> {
         let high = self.high_seq()?;
-        self.inner.notify.send_if_modified(|v| {
-            let grew = high > *v;
-            if grew {
-                *v = high;
-            }
-            grew
-        });
+        publish_high(&self.inner.notify, high);
         Ok(high)
     }
 
@@ -207,11 +197,7 @@ impl SqliteRelayStore {
         tx.commit()?;
         drop(guard);
         if let Some(r) = &done {
-            self.inner.notify.send_if_modified(|v| {
-                let grew = r.seq > *v;
-                *v = (*v).max(r.seq);
-                grew
-            });
+            publish_high(&self.inner.notify, r.seq);
         }
         Ok(done)
     }
