@@ -40,6 +40,7 @@ mod projection;
 mod records;
 mod replace;
 mod schema;
+mod sqlite_file;
 mod tx;
 
 pub use decode::{
@@ -54,6 +55,7 @@ pub use prefetch::{PreparedQueue, PreparedSnapshot, prepare_snapshot, with_prepa
 pub use records::{Committed, DocConflict, DocEvent, Origin, OutboxChange, Quarantined, Skipped};
 pub use replace::Replaced;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use sqlite_file::{OpenError, open_sqlite};
 pub use tx::StoreTx;
 
 #[cfg(test)]

@@ -232,15 +232,6 @@ impl RelayStore {
         each!(self, s => s.missing(docs))
     }
 
-    /// See [`SqliteRelayStore::authenticate`].
-    pub fn authenticate(
-        &self,
-        device_id: Uuid,
-        credential: Option<&str>,
-    ) -> Result<Option<DeviceInfo>, RelayStoreError> {
-        each!(self, s => s.authenticate(device_id, credential))
-    }
-
     /// See [`SqliteRelayStore::record_departures`].
     pub fn record_departures(
         &self,
@@ -248,74 +239,6 @@ impl RelayStore {
         docs: &[DocId],
     ) -> Result<(), RelayStoreError> {
         each!(self, s => s.record_departures(device_id, docs))
-    }
-
-    /// See [`SqliteRelayStore::touch_device`].
-    pub fn touch_device(&self, device_id: Uuid) -> Result<(), RelayStoreError> {
-        each!(self, s => s.touch_device(device_id))
-    }
-
-    /// See [`SqliteRelayStore::enrol_device`].
-    pub fn enrol_device(
-        &self,
-        device_id: Option<Uuid>,
-        name: &str,
-        role: Role,
-        scopes: &[String],
-    ) -> Result<Enrolment, RelayStoreError> {
-        each!(self, s => s.enrol_device(device_id, name, role, scopes))
-    }
-
-    /// See [`SqliteRelayStore::revoke_device`].
-    pub fn revoke_device(&self, device_id: Uuid) -> Result<bool, RelayStoreError> {
-        each!(self, s => s.revoke_device(device_id))
-    }
-
-    /// See [`SqliteRelayStore::create_enrolment`].
-    pub fn create_enrolment(
-        &self,
-        name: &str,
-        role: Role,
-        scopes: &[String],
-        device_id: Option<Uuid>,
-        valid_for: Duration,
-    ) -> Result<String, RelayStoreError> {
-        each!(self, s => s.create_enrolment(name, role, scopes, device_id, valid_for))
-    }
-
-    /// See [`SqliteRelayStore::redeem`].
-    pub fn redeem(
-        &self,
-        device_id: Uuid,
-        token: &str,
-        credential: &str,
-    ) -> Result<Result<DeviceInfo, String>, RelayStoreError> {
-        each!(self, s => s.redeem(device_id, token, credential))
-    }
-
-    /// See [`SqliteRelayStore::grant`].
-    pub fn grant(
-        &self,
-        who: &str,
-        role: Option<Role>,
-        scopes: Option<&[String]>,
-    ) -> Result<Vec<Uuid>, RelayStoreError> {
-        each!(self, s => s.grant(who, role, scopes))
-    }
-
-    /// See [`SqliteRelayStore::revoke`].
-    pub fn revoke(&self, who: &str) -> Result<Revoked, RelayStoreError> {
-        each!(self, s => s.revoke(who))
-    }
-
-    /// See [`SqliteRelayStore::enrolments`].
-    pub fn enrolments(&self) -> Result<Vec<EnrolmentRecord>, RelayStoreError> {
-        each!(self, s => s.enrolments())
-    }
-
-    /// See [`SqliteRelayStore::device_grant`].
-    pub fn device_grant(&self, device_id: Uuid) -> Result<Option<DeviceInfo>, RelayStoreError> {
-        each!(self, s => s.device_grant(device_id))
     }
 
     /// See [`SqliteRelayStore::audit`].
@@ -328,15 +251,66 @@ impl RelayStore {
         each!(self, s => s.audit(doc, device, limit))
     }
 
-    /// Every known device, by creation time.
-    pub fn devices(&self) -> Result<Vec<DeviceRecord>, RelayStoreError> {
-        each!(self, s => s.devices())
-    }
-
     /// Counters for `status`.
     pub fn status(&self) -> Result<RelayStatus, RelayStoreError> {
         each!(self, s => s.status())
     }
+}
+
+/// The device policy reaches whichever backend this is; its public methods are the same as
+/// each backend's (`devices::device_methods!`).
+impl super::DeviceBackend for RelayStore {
+    fn options(&self) -> &super::RelayStoreOptions {
+        each!(self, s => s.options())
+    }
+
+    fn touched(&self) -> &std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>> {
+        each!(self, s => s.touched())
+    }
+
+    fn device_tx<T>(
+        &self,
+        f: impl FnOnce(&dyn super::DeviceDb) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        each!(self, s => s.device_tx(f))
+    }
+
+    fn read_device(&self, id: Uuid) -> Result<Option<super::DeviceRow>, RelayStoreError> {
+        each!(self, s => s.read_device(id))
+    }
+
+    fn token_exists(&self, hash: &[u8]) -> Result<bool, RelayStoreError> {
+        each!(self, s => s.token_exists(hash))
+    }
+
+    fn insert_open_device(
+        &self,
+        id: Uuid,
+        role: &str,
+        scopes: &str,
+        now: i64,
+    ) -> Result<bool, RelayStoreError> {
+        each!(self, s => s.insert_open_device(id, role, scopes, now))
+    }
+
+    fn write_last_seen(&self, id: Uuid, now: i64) -> Result<(), RelayStoreError> {
+        each!(self, s => s.write_last_seen(id, now))
+    }
+
+    fn device_rows(
+        &self,
+        day: i64,
+    ) -> Result<Vec<(Uuid, super::DeviceRow, super::Usage)>, RelayStoreError> {
+        each!(self, s => s.device_rows(day))
+    }
+
+    fn token_rows(&self) -> Result<Vec<super::TokenRow>, RelayStoreError> {
+        each!(self, s => s.token_rows())
+    }
+}
+
+impl RelayStore {
+    super::devices::device_methods!();
 }
 
 /// [`RelayStorage`] (what a relay session needs of a store) for a store handle whose inherent

@@ -545,7 +545,8 @@ pub(super) fn enrolments(b: &impl DeviceBackend) -> Result<Vec<EnrolmentRecord>,
 }
 
 /// The public device methods of a backend's store handle, each a call into this module's
-/// policy; written once here and expanded in both backends' `impl` blocks.
+/// policy; written once here and expanded for each store handle (both backends and
+/// `RelayStore`).
 macro_rules! device_methods {
     () => {
         /// Checks a device's credential; in open mode registers unknown devices first.

@@ -684,6 +684,6 @@ pub fn append_batch<D: BatchDb>(
 
 /// The hash of an uploaded change, for a refusal that does not examine it (zero if it does not
 /// decode).
-pub fn hash_of(bytes: &[u8]) -> Hash {
+fn hash_of(bytes: &[u8]) -> Hash {
     decode_change(bytes).map_or([0; 32], |ch| ch.hash().0)
 }

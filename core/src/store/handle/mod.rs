@@ -15,7 +15,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
 
 use super::cache::DocCache;
-use super::{DocEvent, Durability, StoreError, StoreOptions, StoreTx, schema};
+use super::{
+    DocEvent, Durability, OpenError, StoreError, StoreOptions, StoreTx, open_sqlite, schema,
+};
 use crate::env::Env;
 
 /// The local replica store.
@@ -39,31 +41,11 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Prepared statements kept per connection (see [`open_conn`]).
-const STATEMENT_CACHE: usize = 64;
-
 fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(path, flags)?;
-    // One write path uses more distinct statements than rusqlite's default cache of 16;
-    // past it every `prepare_cached` re-parses its SQL.
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // Reading the schema is the first access that touches the file's header.
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
+    open_sqlite(path, flags).map_err(|e| match e {
+        OpenError::NotADatabase(e) => StoreError::NotADatabase(path.to_path_buf(), e.to_string()),
+        OpenError::Sqlite(e) => StoreError::Sqlite(e),
     })
-    .map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(
-                f.code,
-                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
-            ) =>
-        {
-            StoreError::NotADatabase(path.to_path_buf(), e.to_string())
-        }
-        e => StoreError::Sqlite(e),
-    })?;
-    Ok(conn)
 }
 
 impl Store {

@@ -10,6 +10,7 @@
 //! policy is `store::devices`, over `devices`' `DeviceDb` and `DeviceBackend`.
 
 use super::*;
+use fieldsync_core::store::{OpenError, open_sqlite};
 
 mod batch_db;
 mod devices;
@@ -50,31 +51,13 @@ impl std::fmt::Debug for SqliteRelayStore {
     }
 }
 
-/// Prepared statements kept per connection (see [`open_conn`]).
-pub(super) const STATEMENT_CACHE: usize = 64;
-
 pub(super) fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, RelayStoreError> {
-    let conn = Connection::open_with_flags(path, flags)?;
-    // One write path uses more distinct statements than rusqlite's default cache of 16;
-    // past it every `prepare_cached` re-parses its SQL.
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    conn.busy_timeout(Duration::from_secs(10))?;
-    // The first statement that reads the file's header tells a foreign file apart.
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(
-                f.code,
-                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
-            ) =>
-        {
+    open_sqlite(path, flags).map_err(|e| match e {
+        OpenError::NotADatabase(e) => {
             RelayStoreError::NotADatabase(path.to_path_buf(), e.to_string())
         }
-        e => RelayStoreError::Sqlite(e),
-    })?;
-    Ok(conn)
+        OpenError::Sqlite(e) => RelayStoreError::Sqlite(e),
+    })
 }
 
 impl SqliteRelayStore {
