@@ -52,20 +52,14 @@ impl StoreTx<'_> {
         // The ops of a single change are totally ordered, so a document made of one change
         // cannot hold concurrent values: skip the conflict scan.
         let typed = project(&self.tx, &doc, true, hashes.len() > 1)?;
-        self.tx
-            .prepare_cached(
-                "INSERT INTO docs (id, kind, scope, customer_id, snapshot, heads, pending_changes, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
-            )?
-            .execute(params![
-                id.as_bytes(),
-                typed.as_ref().map(|d| d.header().kind.code()),
-                typed.as_ref().map(|d| d.header().scope.clone()),
-                typed.as_ref().and_then(|d| d.customer_id()).map(|c| c.as_bytes().to_vec()),
-                snapshot,
-                heads_to_bytes(&doc.get_heads()),
-                now,
-            ])?;
+        self.insert_doc_row(
+            id,
+            typed.as_ref(),
+            &snapshot,
+            &heads_to_bytes(&doc.get_heads()),
+            0,
+            now,
+        )?;
         self.events.push(DocEvent {
             id,
             kind: typed.as_ref().map(|d| d.header().kind),

@@ -94,21 +94,8 @@ impl StoreTx<'_> {
             ])?
             > 0;
         if !exists {
-            self.tx
-                .prepare_cached(
-                    "INSERT INTO docs (id, kind, scope, customer_id, snapshot, heads, pending_changes, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?
-                .execute(params![
-                    id.as_bytes(),
-                    typed.as_ref().map(|d| d.header().kind.code()),
-                    typed.as_ref().map(|d| d.header().scope.clone()),
-                    typed.as_ref().and_then(|d| d.customer_id()).map(|c| c.as_bytes().to_vec()),
-                    AutoCommit::new().save(),
-                    heads,
-                    hashes.len() as i64,
-                    now,
-                ])?;
+            let empty = AutoCommit::new().save();
+            self.insert_doc_row(id, typed.as_ref(), &empty, &heads, hashes.len() as i64, now)?;
         }
         let pending: i64 = self
             .tx
@@ -123,6 +110,36 @@ impl StoreTx<'_> {
             origin,
             evicted: false,
         });
+        Ok(())
+    }
+
+    /// Inserts a new document's row: the kind, scope and customer of its typed header (none
+    /// while it has no header), its snapshot and heads, how many of its changes wait in
+    /// `doc_changes` beside the snapshot, and when.
+    pub(super) fn insert_doc_row(
+        &self,
+        id: DocId,
+        typed: Option<&Document>,
+        snapshot: &[u8],
+        heads: &[u8],
+        pending: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO docs (id, kind, scope, customer_id, snapshot, heads, pending_changes, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                id.as_bytes(),
+                typed.map(|d| d.header().kind.code()),
+                typed.map(|d| d.header().scope.clone()),
+                typed.and_then(Document::customer_id).map(|c| c.as_bytes().to_vec()),
+                snapshot,
+                heads,
+                pending,
+                now,
+            ])?;
         Ok(())
     }
 

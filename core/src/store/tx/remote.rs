@@ -2,7 +2,7 @@
 //! documents, each checked before automerge applies it and guarded while it does.
 
 use automerge::AutoCommit;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::OptionalExtension;
 
 use super::StoreTx;
 use crate::ids::DocId;
@@ -113,20 +113,14 @@ impl StoreTx<'_> {
             // document once, and evicting thousands of them would cost the writing thread
             // as much as loading them cost the helpers.
             let typed = project_read(&self.tx, read, true)?;
-            self.tx
-                .prepare_cached(
-                    "INSERT INTO docs (id, kind, scope, customer_id, snapshot, heads, pending_changes, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
-                )?
-                .execute(params![
-                    id.as_bytes(),
-                    typed.as_ref().map(|d| d.header().kind.code()),
-                    typed.as_ref().map(|d| d.header().scope.clone()),
-                    typed.as_ref().and_then(|d| d.customer_id()).map(|c| c.as_bytes().to_vec()),
-                    bytes,
-                    heads_to_bytes(&prepared.heads),
-                    self.opts.env.now_millis(),
-                ])?;
+            self.insert_doc_row(
+                id,
+                typed.as_ref(),
+                bytes,
+                &heads_to_bytes(&prepared.heads),
+                0,
+                self.opts.env.now_millis(),
+            )?;
             self.events.push(DocEvent {
                 id,
                 kind: typed.as_ref().map(|d| d.header().kind),
