@@ -131,6 +131,7 @@ impl Prepared {
         let idle = quinn::IdleTimeout::try_from(cfg.idle_timeout)
             .map_err(|e| SyncError::Config(format!("idle timeout: {e}")))?;
         transport.max_idle_timeout(Some(idle));
+        transport.congestion_controller_factory(cfg.congestion.factory());
         let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
         quic.transport_config(Arc::new(transport));
         Ok(Self {
@@ -144,7 +145,14 @@ impl Prepared {
 
     /// Resolves the relay and completes the QUIC/TLS handshake; IPv4 addresses are tried
     /// first. The endpoint is fresh per attempt (a laptop changes networks).
-    async fn connect(&self) -> Result<(quinn::Endpoint, quinn::Connection), SyncError> {
+    ///
+    /// With `early`, a relay this process connected to before is reached by resuming that TLS
+    /// session, and the connection is returned at once: what is sent before the handshake
+    /// completes travels as 0-RTT data. Only replay-safe messages may be sent that way (a
+    /// session's first flight: `Hello`, an idempotent upload, a pull). If the relay refuses
+    /// the early data, the stream fails with [`SyncError::EarlyDataRejected`] and the caller
+    /// connects again without `early`.
+    async fn connect(&self, early: bool) -> Result<Connected, SyncError> {
         let deadline = tokio::time::Instant::now() + self.cfg.connect_timeout;
         let timeout_err = || SyncError::ConnectTimeout {
             relay: self.relay.clone(),
@@ -188,8 +196,28 @@ impl Prepared {
                     }
                     other => SyncError::Io(other.to_string()),
                 })?;
+            let connecting = if early {
+                match connecting.into_0rtt() {
+                    Ok((conn, accepted)) => {
+                        return Ok(Connected {
+                            endpoint,
+                            conn,
+                            early: Some(accepted),
+                        });
+                    }
+                    Err(connecting) => connecting,
+                }
+            } else {
+                connecting
+            };
             match tokio::time::timeout_at(deadline, connecting).await {
-                Ok(Ok(conn)) => return Ok((endpoint, conn)),
+                Ok(Ok(conn)) => {
+                    return Ok(Connected {
+                        endpoint,
+                        conn,
+                        early: None,
+                    });
+                }
                 Ok(Err(e)) => {
                     if let Some(m) = self.verifier.take_mismatch() {
                         return Err(SyncError::PinMismatch(m));
@@ -203,6 +231,29 @@ impl Prepared {
             }
         }
         Err(last.unwrap_or_else(timeout_err))
+    }
+}
+
+/// A connection to the relay, and its endpoint (which must outlive it).
+struct Connected {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    /// For a connection that resumed a session and may send 0-RTT data: resolves once the
+    /// handshake completes, to whether the relay took that data.
+    early: Option<quinn::ZeroRttAccepted>,
+}
+
+impl Connected {
+    /// Whether the relay took this connection's 0-RTT data (false until the handshake
+    /// completed, and for a full handshake).
+    async fn early_data_taken(&mut self) -> bool {
+        match self.early.as_mut() {
+            // Resolved by the time a session finished; never waited for.
+            Some(accepted) => tokio::time::timeout(Duration::ZERO, accepted)
+                .await
+                .unwrap_or(false),
+            None => false,
+        }
     }
 }
 
@@ -222,7 +273,7 @@ fn connection_error(e: quinn::ConnectionError) -> SyncError {
 pub async fn probe(config: &SyncConfig) -> Result<Duration, SyncError> {
     let prep = Prepared::new(config)?;
     let started = Instant::now();
-    let (endpoint, conn) = prep.connect().await?;
+    let Connected { endpoint, conn, .. } = prep.connect(false).await?;
     let rtt = started.elapsed();
     conn.close(0u32.into(), b"probe");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
@@ -332,6 +383,8 @@ struct Run {
     caught_up_once: bool,
     counters: Arc<Counters>,
     outbox_at_start: u64,
+    /// The relay took this connection's first flight as 0-RTT data.
+    early_data: bool,
 }
 
 impl Run {
@@ -353,6 +406,7 @@ impl Run {
             caught_up_once: false,
             counters: Arc::new(Counters::default()),
             outbox_at_start: 0,
+            early_data: false,
         }
     }
 
@@ -554,35 +608,31 @@ pub async fn sync_now_with_progress(
     let mut edits = watch_local_edits(client);
     let mut duration = Duration::ZERO;
     let result = async {
-        let (endpoint, conn) = prep.connect().await?;
-        tracing::debug!(elapsed = ?started.elapsed(), relay = %prep.relay, "connected");
-        let mut link = match Link::open(conn.clone()).await {
-            Ok(l) => l,
-            Err(e) => {
-                conn.close(CLOSE_ERROR.into(), b"stream");
-                return Err(e);
-            }
-        };
-        let mut sink = |n: Note<'_>| {
-            if let Note::Progress(p) = n {
-                progress(p);
-            }
-        };
-        let r = run
-            .drive(&mut link, &prep, Until::Synced, &mut edits, &mut sink)
+        let mut early = true;
+        loop {
+            let mut finished = Instant::now();
+            let r = connect_and_sync(
+                &prep,
+                &mut run,
+                &mut edits,
+                &mut progress,
+                early,
+                &mut finished,
+            )
             .await;
-        match &r {
-            Ok(_) => link.close(0, "synced").await,
-            Err(e) => {
-                let (code, reason) = close_reason(e);
-                link.close(code, &reason).await;
+            match r {
+                // Nothing sent early reached the relay: start over with a full handshake.
+                Err(SyncError::EarlyDataRejected) if early => {
+                    tracing::debug!("early data refused; connecting again with a full handshake");
+                    early = false;
+                    run = Run::new(client, config);
+                }
+                r => {
+                    duration = finished.duration_since(started);
+                    return r;
+                }
             }
         }
-        duration = started.elapsed();
-        tracing::debug!(elapsed = ?duration, ok = r.is_ok(), "sync finished");
-        // Let the close reach the relay (retransmitted if lost); not part of the sync time.
-        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        r
     }
     .await;
     match result {
@@ -618,6 +668,7 @@ pub async fn sync_now_with_progress(
                 frames_sent: c.frames_sent.load(Ordering::Relaxed),
                 frames_received: c.frames_received.load(Ordering::Relaxed),
                 outbox_remaining,
+                early_data: run.early_data,
                 duration,
             })
         }
@@ -626,6 +677,50 @@ pub async fn sync_now_with_progress(
             Err(e)
         }
     }
+}
+
+/// One connection of [`sync_now`]: connects (`early`: see [`Prepared::connect`]), syncs until
+/// synced, and closes cleanly; `finished` is when the sync was done, before the close is given
+/// a moment to reach the relay.
+async fn connect_and_sync(
+    prep: &Prepared,
+    run: &mut Run,
+    edits: &mut mpsc::Receiver<()>,
+    progress: &mut (impl FnMut(&SyncProgress) + Send),
+    early: bool,
+    finished: &mut Instant,
+) -> Result<End, SyncError> {
+    let mut connected = prep.connect(early).await?;
+    let conn = connected.conn.clone();
+    tracing::debug!(relay = %prep.relay, early, "connected");
+    let mut link = match Link::open(conn.clone()).await {
+        Ok(l) => l,
+        Err(e) => {
+            conn.close(CLOSE_ERROR.into(), b"stream");
+            return Err(e);
+        }
+    };
+    let mut sink = |n: Note<'_>| {
+        if let Note::Progress(p) = n {
+            progress(p);
+        }
+    };
+    let r = run
+        .drive(&mut link, prep, Until::Synced, edits, &mut sink)
+        .await;
+    match &r {
+        Ok(_) => link.close(0, "synced").await,
+        Err(e) => {
+            let (code, reason) = close_reason(e);
+            link.close(code, &reason).await;
+        }
+    }
+    *finished = Instant::now();
+    run.early_data = connected.early_data_taken().await;
+    tracing::debug!(ok = r.is_ok(), early_data = run.early_data, "sync finished");
+    // Let the close reach the relay (retransmitted if lost); not part of the sync time.
+    let _ = tokio::time::timeout(Duration::from_secs(2), connected.endpoint.wait_idle()).await;
+    r
 }
 
 #[cfg(test)]

@@ -82,6 +82,7 @@
 //! ```
 
 pub mod budget;
+pub mod congestion;
 pub mod display;
 pub mod env;
 pub mod fsmode;

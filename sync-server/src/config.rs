@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use fieldsync_core::Role;
+use fieldsync_core::congestion::Congestion;
 use fieldsync_core::protocol::RelayLimits;
 use serde::{Deserialize, Serialize};
 
@@ -107,6 +108,10 @@ pub struct RelayConfig {
     /// Seconds without any packet after which a connection is dropped (clients send
     /// keep-alives). Default: 30 (range 1 – 3600).
     pub idle_timeout_secs: u64,
+    /// The QUIC congestion controller that paces what the relay sends (downloads): `bbr`,
+    /// `cubic` or `newreno`. BBR keeps a lossy radio or satellite link full where the others
+    /// halve their rate on every random loss. Default: `bbr`.
+    pub congestion: Congestion,
     /// Accept unknown devices without enrolment, granting `open_scopes` and `open_role`
     /// (development and pilots only). Enrolled devices must still present their secret.
     /// Default: false (only enrolled devices may sync). Also read as `open_enrolment`.
@@ -153,6 +158,7 @@ impl Default for RelayConfig {
             max_upload_changes: limits.max_upload_changes,
             max_decode_bytes: 1 << 30,
             idle_timeout_secs: 30,
+            congestion: Congestion::default(),
             open_enrollment: false,
             open_scopes: vec![fieldsync_core::ids::ALL_SCOPES.to_string()],
             open_role: Role::Admin,

@@ -230,7 +230,11 @@ fn server_config(
     transport.keep_alive_interval(Some(Duration::from_secs(
         (config.idle_timeout_secs / 3).max(1),
     )));
+    transport.congestion_controller_factory(config.congestion.factory());
     sc.transport_config(Arc::new(transport));
+    // A laptop that moves from its satellite terminal to a cellular hotspot, or whose NAT
+    // rebinds, keeps its connection: the relay validates the new path and moves to it.
+    sc.migration(true);
     Ok(sc)
 }
 
@@ -320,12 +324,25 @@ async fn accept_loop(
 
 async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
+    let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
             debug!(%remote, error = %e, "handshake failed");
             return;
         }
+    };
+    // Serve at once: a resumed client's first flight arrived as 0-RTT data, and answering it
+    // before the handshake's last message (0.5-RTT) saves the client a round trip. The
+    // device authenticates in its `Hello`, not in TLS, so nothing is given away early.
+    let conn = match connecting.into_0rtt() {
+        Ok((conn, _)) => conn,
+        Err(connecting) => match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(%remote, error = %e, "handshake failed");
+                return;
+            }
+        },
     };
     let (ticket, evicted) = shared.admission.arrive(&conn);
     if evicted > 0 {

@@ -230,8 +230,21 @@ pub fn server_crypto(identity: &Identity) -> Result<rustls::ServerConfig, TlsErr
         .with_no_client_auth()
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
+    // A laptop that was connected before resumes its TLS session and sends its first flight
+    // (`Hello`, its waiting changes and a pull, all safe to receive twice: uploads are
+    // idempotent, a pull only reads) as 0-RTT data, saving a round trip of a satellite link
+    // on every reconnect. Tickets are kept here, in memory, and each is taken on use (a
+    // replayed 0-RTT flight is refused); another node or a restarted relay does a full
+    // handshake instead.
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(RESUMABLE_SESSIONS);
+    cfg.max_early_data_size = u32::MAX;
+    cfg.send_half_rtt_data = true;
     Ok(cfg)
 }
+
+/// TLS sessions the relay keeps for resumption (two tickets per connection; a few hundred
+/// bytes each).
+const RESUMABLE_SESSIONS: usize = 16_384;
 
 /// A [`ServerCertVerifier`] that accepts exactly one certificate, identified by the SHA-256 of
 /// its DER bytes, and checks the handshake signature against that certificate's key.

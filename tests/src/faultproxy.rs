@@ -760,6 +760,20 @@ impl Shared {
         if clients.len() >= MAX_CLIENTS {
             return Err(io::Error::other("too many clients"));
         }
+        let entry = self.client_entry(client, now_ms, tx)?;
+        let socket = Arc::clone(&entry.upstream);
+        tracing::debug!(%client, upstream_local = ?socket.local_addr().ok(), "fault proxy: new client");
+        clients.insert(client, entry);
+        Ok(socket)
+    }
+
+    /// A new upstream socket for `client`, with its reader task.
+    fn client_entry(
+        self: &Arc<Self>,
+        client: SocketAddr,
+        now_ms: u64,
+        tx: &mpsc::UnboundedSender<Scheduled>,
+    ) -> io::Result<ClientEntry> {
         let socket = Arc::new(upstream_socket(self.upstream)?);
         let last_active = Arc::new(AtomicU64::new(now_ms));
         let task = tokio::spawn(run_client_reader(
@@ -770,16 +784,23 @@ impl Shared {
             tx.clone(),
         ))
         .abort_handle();
-        tracing::debug!(%client, upstream_local = ?socket.local_addr().ok(), "fault proxy: new client");
-        clients.insert(
-            client,
-            ClientEntry {
-                upstream: Arc::clone(&socket),
-                last_active,
-                task,
-            },
-        );
-        Ok(socket)
+        Ok(ClientEntry {
+            upstream: socket,
+            last_active,
+            task,
+        })
+    }
+
+    /// Moves every client to a new upstream socket (see [`FaultProxy::rebind`]).
+    fn rebind(self: &Arc<Self>, tx: &mpsc::UnboundedSender<Scheduled>) -> io::Result<usize> {
+        let now_ms = self.millis_since_epoch();
+        let mut clients = lock(&self.clients);
+        for (client, entry) in clients.iter_mut() {
+            let fresh = self.client_entry(*client, now_ms, tx)?;
+            tracing::debug!(%client, upstream_local = ?fresh.upstream.local_addr().ok(), "fault proxy: rebound");
+            std::mem::replace(entry, fresh).task.abort();
+        }
+        Ok(clients.len())
     }
 
     /// Forgets `client` if it has been idle too long; returns whether it was forgotten.
@@ -921,6 +942,7 @@ async fn run_scheduler(
 pub struct FaultProxy {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Scheduled>,
     listener: JoinHandle<()>,
     scheduler: JoinHandle<()>,
 }
@@ -966,11 +988,12 @@ impl FaultProxy {
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let scheduler = tokio::spawn(run_scheduler(Arc::clone(&shared), Arc::clone(&socket), rx));
-        let listener = tokio::spawn(run_listener(Arc::clone(&shared), socket, tx));
+        let listener = tokio::spawn(run_listener(Arc::clone(&shared), socket, tx.clone()));
         tracing::debug!(%local_addr, %upstream, "fault proxy started");
         Ok(Self {
             local_addr,
             shared,
+            tx,
             listener,
             scheduler,
         })
@@ -984,6 +1007,18 @@ impl FaultProxy {
     /// The upstream address datagrams are relayed to.
     pub fn upstream_addr(&self) -> SocketAddr {
         self.shared.upstream
+    }
+
+    /// Moves every client's traffic to a new source port toward the upstream, as the server
+    /// sees a NAT rebinding or a laptop that moved from a satellite link to a cellular one:
+    /// later datagrams come from the new address, and answers sent to the old one are lost.
+    /// Returns how many clients moved. Must be called within the proxy's runtime.
+    ///
+    /// # Errors
+    ///
+    /// Fails if a new socket cannot be bound.
+    pub fn rebind(&self) -> io::Result<usize> {
+        self.shared.rebind(&self.tx)
     }
 
     /// Cuts the link in both directions until [`restore`](Self::restore): every datagram

@@ -314,3 +314,60 @@ async fn lossy_slow_link_converges() {
     assert_converged(&[&a, &b]);
     relay.shutdown().await.unwrap();
 }
+
+/// A laptop that synced before reconnects with 0-RTT: its next sync resumes the TLS session and
+/// the relay takes its first flight early, a one-field change included. A restarted relay has
+/// no memory of the session: it refuses the early data, nothing of it counts, and the sync
+/// goes through with a full handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_laptop_syncs_with_0rtt_and_falls_back_when_the_relay_forgot_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay_dir = tmp.path().join("relay");
+    let relay = start_relay(&relay_dir, "127.0.0.1:0".parse().unwrap()).await;
+    let addr = relay.local_addr();
+    let cfg = config(&relay, addr);
+    let a = Client::open(tmp.path().join("a.db")).unwrap();
+    let b = Client::open(tmp.path().join("b.db")).unwrap();
+    let id = new_customer(&a, "Baotou Mining");
+    let first = sync_now(&a, &cfg).await.unwrap();
+    assert!(
+        !first.early_data,
+        "a first connection has no session to resume"
+    );
+
+    a.customers()
+        .edit(
+            id,
+            CustomerEdit::Set(CustomerField::Stage, "opportunity".into()),
+        )
+        .unwrap();
+    let again = sync_now(&a, &cfg).await.unwrap();
+    assert!(
+        again.early_data,
+        "the second sync resumes with 0-RTT: {again:?}"
+    );
+    assert_eq!(again.changes_acked, 1);
+    assert_eq!(
+        again.frames_sent, 3,
+        "Hello, the upload and the pull in one flight"
+    );
+
+    relay.shutdown().await.unwrap();
+    let relay = start_relay(&relay_dir, addr).await;
+    a.customers()
+        .edit(
+            id,
+            CustomerEdit::Set(CustomerField::Stage, "order_customer".into()),
+        )
+        .unwrap();
+    let after_restart = sync_now(&a, &cfg).await.unwrap();
+    assert!(
+        !after_restart.early_data,
+        "a restarted relay refuses the early data: {after_restart:?}"
+    );
+    assert_eq!(after_restart.changes_acked, 1);
+    assert_eq!(a.outbox_len().unwrap(), 0);
+    sync_now(&b, &cfg).await.unwrap();
+    assert_converged(&[&a, &b]);
+    relay.shutdown().await.unwrap();
+}

@@ -303,3 +303,64 @@ async fn a_64_kbit_link_converges() {
     hb.stop().await;
     s.relay.shutdown().await.unwrap();
 }
+
+/// The laptop's address changes twice in the middle of a sync (NAT rebinding; a laptop moving
+/// from its satellite terminal to a cellular hotspot looks the same to the relay): QUIC moves
+/// the connection to the new address and the one `sync_now` (which never reconnects) finishes
+/// on the connection it started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_keeps_its_connection_when_the_laptops_address_changes() {
+    let link = LinkConfig {
+        bandwidth_bps: Some(512_000),
+        delay: Duration::from_millis(50),
+        ..LinkConfig::default()
+    };
+    let s = Setup::new(FaultConfig::symmetric(0x316, link), 30).await;
+    let seeder = s.client("seeder");
+    create_customers(&seeder, "seed", 1_500);
+    let mut direct = SyncConfig::new(
+        s.relay.local_addr().to_string(),
+        s.relay.fingerprint().to_string(),
+    );
+    direct.response_timeout = Duration::from_secs(30);
+    fieldsync_client::sync::sync_now(&seeder, &direct)
+        .await
+        .expect("seeding over loopback");
+    let before = s.relay.metrics().connections.get();
+
+    let laptop = s.client("laptop");
+    create_customers(&laptop, "moving", 1_500);
+    let written = support::outbox_hashes(&laptop);
+    // A dead path must show quickly: without migration the sync would fail, not hang.
+    let cfg = s.config(Duration::from_secs(4));
+    let sync = {
+        let laptop = laptop.clone();
+        tokio::spawn(async move { fieldsync_client::sync::sync_now(&laptop, &cfg).await })
+    };
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert!(
+            !sync.is_finished(),
+            "the sync must still be running when the address changes"
+        );
+        assert_eq!(s.proxy.rebind().expect("rebind"), 1);
+    }
+    let report = sync
+        .await
+        .expect("task")
+        .expect("the sync survives the address changes");
+    assert_eq!(report.changes_acked, written.len() as u64);
+    assert_eq!(report.outbox_remaining, 0);
+    assert_eq!(
+        laptop.with_store(|st| st.doc_count()).unwrap(),
+        3_000,
+        "the laptop downloaded the seeded customers"
+    );
+    assert_relay_has(&s.relay_db(), &written);
+    assert_eq!(
+        s.relay.metrics().connections.get() - before,
+        1,
+        "one connection carried the whole sync"
+    );
+    s.relay.shutdown().await.unwrap();
+}

@@ -2,6 +2,7 @@
 //! one sync.
 
 use super::*;
+use fieldsync_core::congestion::Congestion;
 
 /// How to reach and authenticate the relay, and how patiently.
 #[derive(Clone)]
@@ -36,6 +37,9 @@ pub struct SyncConfig {
     pub resend_refused_after: Duration,
     /// Software name sent to the relay.
     pub agent: String,
+    /// The QUIC congestion controller of this side of the connection (what the laptop
+    /// uploads); the relay's own setting paces downloads. Default: BBR.
+    pub congestion: Congestion,
 }
 
 impl std::fmt::Debug for SyncConfig {
@@ -56,6 +60,7 @@ impl std::fmt::Debug for SyncConfig {
             .field("poll_interval", &self.poll_interval)
             .field("resend_refused_after", &self.resend_refused_after)
             .field("agent", &self.agent)
+            .field("congestion", &self.congestion)
             .finish()
     }
 }
@@ -79,6 +84,7 @@ impl SyncConfig {
             poll_interval: Duration::from_secs(2),
             resend_refused_after: Duration::from_secs(60),
             agent: format!("fieldsync-client/{}", env!("CARGO_PKG_VERSION")),
+            congestion: Congestion::default(),
         }
     }
 

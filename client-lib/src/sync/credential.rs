@@ -26,7 +26,7 @@ use fieldsync_core::protocol::{ClientSession, EnrolToken, ErrorCode, Message, Se
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Link, Prepared, SyncConfig, SyncError};
+use super::{Connected, Link, Prepared, SyncConfig, SyncError};
 use crate::Client;
 
 /// The device credential as stored next to the replica.
@@ -226,7 +226,7 @@ pub async fn enrol(
         SyncError::Config("enrolment needs the device's new credential in `credential`".into())
     })?;
     let prep = Prepared::new(config)?;
-    let (endpoint, conn) = prep.connect().await?;
+    let Connected { endpoint, conn, .. } = prep.connect(false).await?;
     let mut link = match Link::open(conn.clone()).await {
         Ok(l) => l,
         Err(e) => {

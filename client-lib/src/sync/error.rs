@@ -54,6 +54,10 @@ pub enum SyncError {
     /// The relay did not answer within [`SyncConfig::response_timeout`].
     #[error("the relay did not answer within {0:?}")]
     ResponseTimeout(Duration),
+    /// The relay refused the 0-RTT data of a resumed TLS session (it restarted, or another
+    /// node answered): nothing sent early reached it. Retried at once with a full handshake.
+    #[error("the relay did not take the early data of a resumed session")]
+    EarlyDataRejected,
     /// An internal task failed.
     #[error("sync task failed: {0}")]
     Task(String),

@@ -136,6 +136,8 @@ pub(super) async fn background(
     let mut edits = watch_local_edits(&client);
     // Totals of finished connections; the running one is added on top.
     let mut base = SyncProgress::default();
+    // Resume a relay seen before with 0-RTT, unless it just refused early data.
+    let mut early = true;
     while !*stop.borrow() {
         shared.update(|s| {
             s.state = SyncState::Connecting;
@@ -143,9 +145,17 @@ pub(super) async fn background(
         });
         shared.emit(SyncEvent::Connecting);
         let mut run = Run::new(&client, &config);
-        let outcome =
-            connect_and_drive(&prep, &mut run, &shared, &mut stop, &mut edits, &base).await;
+        let outcome = connect_and_drive(
+            &prep, &mut run, &shared, &mut stop, &mut edits, &base, early,
+        )
+        .await;
         base = base.plus(&run.progress());
+        if matches!(outcome, Err(SyncError::EarlyDataRejected)) && early {
+            // Nothing sent early reached the relay: again at once, with a full handshake.
+            early = false;
+            continue;
+        }
+        early = true;
         if run.caught_up_once {
             // That connection worked: start the next one quickly.
             backoff.reset();
@@ -197,12 +207,13 @@ pub(super) async fn connect_and_drive(
     stop: &mut watch::Receiver<bool>,
     edits: &mut mpsc::Receiver<()>,
     base: &SyncProgress,
+    early: bool,
 ) -> Result<End, SyncError> {
     let connected = tokio::select! {
-        r = prep.connect() => r?,
+        r = prep.connect(early) => r?,
         _ = stop.wait_for(|s| *s) => return Ok(End::Stopped),
     };
-    let (endpoint, conn) = connected;
+    let Connected { endpoint, conn, .. } = connected;
     let mut link = match Link::open(conn.clone()).await {
         Ok(l) => l,
         Err(e) => {

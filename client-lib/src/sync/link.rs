@@ -84,6 +84,9 @@ pub(super) async fn read_frames(
         quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
             connection_error(c)
         }
+        quinn::ReadExactError::ReadError(quinn::ReadError::ZeroRttRejected) => {
+            SyncError::EarlyDataRejected
+        }
         quinn::ReadExactError::ReadError(other) => SyncError::Io(other.to_string()),
     };
     loop {
@@ -127,6 +130,7 @@ pub(super) async fn write_frames(
         if let Err(e) = send.write_all(&frame).await {
             let err = match e {
                 quinn::WriteError::ConnectionLost(c) => connection_error(c),
+                quinn::WriteError::ZeroRttRejected => SyncError::EarlyDataRejected,
                 other => SyncError::Io(other.to_string()),
             };
             let _ = errors.send(Err(err)).await;

@@ -44,6 +44,10 @@ pub struct SyncReport {
     /// Local changes still waiting (refused for now and kept for a later sync, or committed
     /// after the sync finished).
     pub outbox_remaining: u64,
+    /// The connection resumed an earlier TLS session and the relay took the first flight
+    /// (`Hello`, upload, pull) as 0-RTT data: the sync saved the handshake's round trip.
+    #[serde(default)]
+    pub early_data: bool,
     /// Wall-clock time from the first connection attempt to the clean close.
     #[serde(with = "millis", rename = "duration_ms")]
     pub duration: Duration,

@@ -199,9 +199,25 @@ impl ServerCertVerifier for PinnedCertVerifier {
 
 /// A rustls client configuration (ring provider, TLS 1.3, ALPN [`ALPN`]) that trusts exactly
 /// the pinned certificate; also returns the verifier to explain refusals.
+///
+/// Every configuration for one pin in this process is the same one (its verifier and its
+/// store of TLS sessions are shared): a later connection, of the same sync or of the next,
+/// resumes the session and sends its first flight as 0-RTT data. TLS only resumes a session
+/// with the verifier that checked it, and a ticket is only ever offered to a relay behind the
+/// same pin.
 pub fn client_tls_config(
     pin: Fingerprint,
 ) -> Result<(rustls::ClientConfig, Arc<PinnedCertVerifier>), rustls::Error> {
+    type Configs =
+        std::collections::HashMap<[u8; 32], (rustls::ClientConfig, Arc<PinnedCertVerifier>)>;
+    static CONFIGS: std::sync::OnceLock<Mutex<Configs>> = std::sync::OnceLock::new();
+    let mut configs = CONFIGS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(made) = configs.get(&pin.0) {
+        return Ok(made.clone());
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedCertVerifier::new(pin, &provider));
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -210,6 +226,13 @@ pub fn client_tls_config(
         .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
     cfg.alpn_protocols = vec![ALPN.to_vec()];
+    // Reconnects resume the TLS session (no certificate to send, and the first flight goes
+    // as 0-RTT data): the tickets are kept for the life of the process.
+    cfg.resumption = rustls::client::Resumption::store(Arc::new(
+        rustls::client::ClientSessionMemoryCache::new(32),
+    ));
+    cfg.enable_early_data = true;
+    configs.insert(pin.0, (cfg.clone(), verifier.clone()));
     Ok((cfg, verifier))
 }
 

@@ -192,6 +192,28 @@ impl ClientSession {
         }
     }
 
+    /// The session's first messages, sent together: the `Hello` (or `Enrol`), the first
+    /// upload of waiting local changes, and a `Pull` from the replica's cursor. The relay
+    /// handles them in that order once the `Hello` authenticated, so the handshake, the upload
+    /// and the start of the download take one round trip; it brings the cursor in line with
+    /// the device's grant and its epoch itself. The upload goes before the pull, as in a
+    /// session that waited for the `Welcome`: the download then already accounts for it.
+    pub fn open(&mut self, store: &Store) -> Result<Vec<Message>, SessionError> {
+        let mut out = vec![self.hello(store)];
+        out.extend(self.poll_upload(store)?);
+        let cursor = Self::load_cursor(store)?.unwrap_or(Cursor {
+            // No download yet: an epoch the relay never has starts every scope afresh.
+            epoch: Uuid::nil(),
+            scopes: BTreeMap::new(),
+        });
+        self.pull_outstanding = true;
+        out.push(Message::Pull {
+            cursor,
+            max_bytes: self.cfg.pull_bytes,
+        });
+        Ok(out)
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> &SessionStats {
         &self.stats
@@ -260,7 +282,9 @@ impl ClientSession {
                 let stale = cursor.as_ref().is_some_and(|c| c.epoch != epoch);
                 if stale && store.doc_count()? > 0 {
                     // The relay's log restarted (restored from a backup, or reset): compare
-                    // heads so it gets back whatever it lost, then download afresh.
+                    // heads so it gets back whatever it lost. A pull sent with the `Hello`
+                    // carried the old epoch, so the relay already restarted the download;
+                    // its batches are applied while the repair runs.
                     self.phase = Phase::Repair { sent_all: false };
                     return self.send_heads(store);
                 }
@@ -312,7 +336,7 @@ impl ClientSession {
                 Ok(self.poll_upload(store)?.into_iter().collect())
             }
             (
-                Phase::Sync,
+                Phase::Sync | Phase::Repair { .. },
                 Message::Batch {
                     items,
                     cursor,
@@ -342,7 +366,7 @@ impl ClientSession {
     /// The next upload batch, if local changes are waiting and none is in flight. Call it after
     /// local edits while connected.
     pub fn poll_upload(&mut self, store: &Store) -> Result<Option<Message>, StoreError> {
-        if self.phase != Phase::Sync || self.inflight.is_some() {
+        if matches!(self.phase, Phase::Repair { .. }) || self.inflight.is_some() {
             return Ok(None);
         }
         let batch = store.outbox_batch(
@@ -410,11 +434,15 @@ impl ClientSession {
         if let Some(up) = self.poll_upload(store)? {
             out.push(up);
         }
-        self.pull_outstanding = true;
-        out.push(Message::Pull {
-            cursor,
-            max_bytes: self.cfg.pull_bytes,
-        });
+        // A pull sent with the `Hello` ([`ClientSession::open`]) is answered with the same
+        // scopes: the relay brings a client's cursor in line with its grant and epoch itself.
+        if !self.pull_outstanding {
+            self.pull_outstanding = true;
+            out.push(Message::Pull {
+                cursor,
+                max_bytes: self.cfg.pull_bytes,
+            });
+        }
         Ok(out)
     }
 

@@ -90,7 +90,7 @@ impl ClientSession {
         let mut send = match input {
             ClientInput::Open => {
                 self.timers.last_heard = now;
-                vec![self.hello(store)]
+                self.open(store)?
             }
             ClientInput::Message(m) => {
                 self.timers.last_heard = now;

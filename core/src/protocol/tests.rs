@@ -1043,3 +1043,51 @@ fn a_replacement_reaches_a_protocol_2_client_as_a_snapshot() {
         assert_eq!(items[0].entry, want, "protocol {version}");
     }
 }
+
+/// A session's first flight carries the `Hello`, the waiting changes and the pull: the relay
+/// answers all three at once, so a laptop with one changed field is synced one round trip
+/// after the connection opens, and a laptop whose relay was reset still repairs it while the
+/// download the pull started goes on.
+#[test]
+fn the_first_flight_authenticates_uploads_and_pulls_in_one_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    let mut relay = MemRelay::new();
+    let theirs = add_customer(&mut b, "theirs");
+    run(&mut b, &mut relay);
+    let mine = add_customer(&mut a, "mine");
+
+    let mut cs = ClientSession::new(ClientConfig::default());
+    let first = cs.step(&mut a, ClientInput::Open, 0).unwrap();
+    let names: Vec<&str> = first.send.iter().map(Message::name).collect();
+    assert_eq!(names, ["Hello", "Upload", "Pull"]);
+    let mut rs = RelaySession::new(RelayLimits::default());
+    let mut answers = Vec::new();
+    for m in first.send {
+        let out = rs.handle(&mut relay, m);
+        assert!(!out.close, "{out:?}");
+        answers.extend(out.messages);
+    }
+    let mut last = None;
+    for m in answers {
+        let step = cs.step(&mut a, ClientInput::Message(m), 1).unwrap();
+        assert!(step.send.is_empty(), "nothing more to ask: {:?}", step.send);
+        last = Some(step);
+    }
+    assert!(last.unwrap().synced, "synced after one round trip");
+    assert!(a.contains(theirs).unwrap());
+    assert_eq!(relay.doc_count(), 2);
+    assert!(relay.document(mine).is_some());
+
+    // The relay loses its log (a new epoch): the pull sent with the Hello carries the old
+    // epoch, so the relay restarts the download at once while the laptop repairs it (its own
+    // customer is taken back; another device's change is that device's to bring back).
+    let mut reset = MemRelay::new();
+    let s = run(&mut a, &mut reset);
+    assert_eq!(s.repaired, 2, "both documents offered back: {s:?}");
+    assert!(reset.document(mine).is_some());
+    let mut c = Store::open(dir.path().join("c.db")).unwrap();
+    run(&mut c, &mut reset);
+    assert_eq!(c.document(mine).unwrap(), a.document(mine).unwrap());
+}

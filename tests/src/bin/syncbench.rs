@@ -50,8 +50,8 @@ use fieldsync_core::Role;
 use fieldsync_core::model::{CustomerEdit, CustomerField};
 use fieldsync_core::protocol::client::ClientConfig as SessionConfig;
 use fieldsync_core::protocol::{ClientSession, Cursor, Message, PROTOCOL_VERSION, codec};
-use fieldsync_tests::procs;
 use fieldsync_tests::workload::{offline_edits, populate, some_ids};
+use fieldsync_tests::{floor, procs};
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<WorkerResult> {
     // Peak memory of the sync, read before the floor is computed (which holds every snapshot).
     let vm_hwm_kib = proc_status_kib(std::process::id(), "VmHWM").unwrap_or(0);
     let floor_bytes = if fresh {
-        Some(compression_floor(&client)?)
+        Some(floor::download_floor(&client)?)
     } else {
         None
     };
@@ -174,20 +174,6 @@ fn worker(args: WorkerArgs) -> anyhow::Result<WorkerResult> {
         cpu_secs: cpu,
         cpu_wait_secs: cpu_wait,
     })
-}
-
-/// The replica's documents as one zstd-3 stream of their uncompressed snapshots, in id order:
-/// the floor a download of the same documents can approach (see [`WorkerResult::floor_bytes`]).
-fn compression_floor(client: &Client) -> anyhow::Result<u64> {
-    let all = client.with_store(|s| {
-        let ids = s.all_heads()?;
-        let mut all = Vec::new();
-        for (id, _) in ids {
-            all.extend(s.automerge(id)?.save_nocompress());
-        }
-        Ok::<_, fieldsync_core::store::StoreError>(all)
-    })?;
-    Ok(zstd::bulk::compress(&all, 3)?.len() as u64)
 }
 
 /// The encoded sizes of this client's `Hello` and of the relay's `Welcome` (same epoch and

@@ -1,0 +1,636 @@
+//! `fieldsync-linkbench`: sync over emulated field links. Prints a table; asserts nothing about
+//! time.
+//!
+//! ```sh
+//! cargo run --release -p fieldsync-tests --bin fieldsync-linkbench              # the matrix (~10 min)
+//! cargo run --release -p fieldsync-tests --bin fieldsync-linkbench -- --quick   # 512 kbit/s only (~2 min)
+//! cargo run --release -p fieldsync-tests --bin fieldsync-linkbench -- --cc all  # controllers side by side
+//! ```
+//!
+//! A relay runs in this process on 127.0.0.1; every laptop reaches it through a
+//! [`FaultProxy`] that emulates a field link in both directions: a bottleneck rate, a one-way
+//! delay of half the round trip, a bottleneck queue of half a second of the link (at least
+//! 8 KiB, tail drop), and one of: no loss, independent random loss, bursty loss
+//! (Gilbert–Elliott: 2 % chance per packet of entering a bad state that loses every packet and
+//! lasts 5 packets on average, about 9 % loss), or a cut of 5 s every 20 s. Links: 64 kbit/s
+//! with 800 ms round trips (satellite), 512 kbit/s with 300 ms (edge cellular), 2 Mbit/s with
+//! 100 ms.
+//!
+//! Cases:
+//! - **download N**: a fresh laptop downloads the relay's N documents (a real book's mix of
+//!   customers, visits and quotes);
+//! - **upload 500**: a synced laptop uploads 500 offline edits;
+//! - **one field**: a synced laptop uploads one changed field and catches up;
+//! - **edit during download**: a fresh laptop starts downloading N documents, and 1 s later the
+//!   rep changes one field of a customer it already has; the row shows how long that change
+//!   took to be stored on the relay while the download went on.
+//!
+//! Columns: seconds from the first packet to synced; frame bytes each way (length prefixes
+//! included, QUIC/TLS/UDP overhead not); the floor (the same documents' uncompressed
+//! snapshots, or the uploaded changes, compressed together with zstd level 3) and bytes ÷ floor;
+//! utilisation (the payload direction's frame bytes ÷ what the link carries in that time); round
+//! trips (frames the laptop sent: its `Hello`, each pull and each upload).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fieldsync_client::Client;
+use fieldsync_client::sync::{SyncConfig, SyncReport, sync_now};
+use fieldsync_core::DocId;
+use fieldsync_core::congestion::Congestion;
+use fieldsync_core::display::format_bytes;
+use fieldsync_core::model::{CustomerEdit, CustomerField};
+use fieldsync_relay::{Relay, RelayConfig};
+use fieldsync_tests::faultproxy::{BurstLoss, FaultConfig, FaultProxy, LinkConfig};
+use fieldsync_tests::floor;
+use fieldsync_tests::workload::{offline_edits, populate, some_ids};
+
+/// A field link: bottleneck rate and round-trip time.
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    bps: u64,
+    rtt_ms: u64,
+}
+
+const SATELLITE: Link = Link {
+    bps: 64_000,
+    rtt_ms: 800,
+};
+const EDGE: Link = Link {
+    bps: 512_000,
+    rtt_ms: 300,
+};
+const FAST: Link = Link {
+    bps: 2_000_000,
+    rtt_ms: 100,
+};
+
+impl Link {
+    fn name(self) -> String {
+        let rate = if self.bps >= 1_000_000 {
+            format!("{} Mbit/s", self.bps / 1_000_000)
+        } else {
+            format!("{} kbit/s", self.bps / 1_000)
+        };
+        format!("{rate}, {} ms", self.rtt_ms)
+    }
+
+    /// What the link carries in `secs`, bytes.
+    fn capacity(self, secs: f64) -> f64 {
+        self.bps as f64 / 8.0 * secs
+    }
+}
+
+/// What goes wrong on the link.
+#[derive(Clone, Copy, Debug)]
+enum Faults {
+    None,
+    /// Independent random loss, percent.
+    Random(u32),
+    /// Gilbert–Elliott bursts.
+    Bursty,
+    /// 5 s cut every 20 s.
+    Cuts,
+}
+
+impl Faults {
+    fn name(self) -> String {
+        match self {
+            Self::None => "0 %".into(),
+            Self::Random(p) => format!("{p} %"),
+            Self::Bursty => "bursty".into(),
+            Self::Cuts => "cut 5 s / 20 s".into(),
+        }
+    }
+
+    fn config(self, link: Link, seed: u64) -> FaultConfig {
+        let queue = ((link.bps / 8) as usize / 2).max(8 << 10);
+        let mut dir = LinkConfig {
+            delay: Duration::from_millis(link.rtt_ms / 2),
+            bandwidth_bps: Some(link.bps),
+            queue_limit_bytes: queue,
+            ..LinkConfig::default()
+        };
+        let mut cut_every = None;
+        match self {
+            Self::None => {}
+            Self::Random(p) => dir.loss = f64::from(p) / 100.0,
+            Self::Bursty => {
+                dir.burst = Some(BurstLoss {
+                    p_good_to_bad: 0.02,
+                    p_bad_to_good: 0.2,
+                    loss_in_bad: 1.0,
+                });
+            }
+            Self::Cuts => cut_every = Some((Duration::from_secs(15), Duration::from_secs(5))),
+        }
+        FaultConfig {
+            seed,
+            up: dir.clone(),
+            down: dir,
+            cut_every,
+        }
+    }
+}
+
+/// One measured row.
+struct Row {
+    cc: Congestion,
+    case: String,
+    link: Link,
+    faults: Faults,
+    secs: f64,
+    report: SyncReport,
+    /// Floor of the payload direction, bytes.
+    floor: Option<u64>,
+    /// Payload direction: true when the laptop uploads.
+    upload: bool,
+    note: String,
+}
+
+impl Row {
+    fn payload(&self) -> u64 {
+        if self.upload {
+            self.report.bytes_sent
+        } else {
+            self.report.bytes_received
+        }
+    }
+}
+
+/// The relay, its population, and the laptops' files.
+struct Bench {
+    rt: tokio::runtime::Runtime,
+    relay: Option<Relay>,
+    dir: tempfile::TempDir,
+    cc: Congestion,
+    populator: Client,
+    docs: usize,
+    next: usize,
+    seed: u64,
+}
+
+impl Bench {
+    fn start(cc: Congestion) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let dir = tempfile::tempdir()?;
+        // One device uploads the whole population: past any daily quota, which is not what is
+        // measured here.
+        const NO_QUOTA: u64 = 1 << 50;
+        let relay = rt.block_on(Relay::start(RelayConfig {
+            data_dir: dir.path().join("relay"),
+            listen: "127.0.0.1:0".parse()?,
+            open_enrollment: true,
+            quota_new_documents_per_day: NO_QUOTA,
+            quota_bytes_per_day: NO_QUOTA,
+            congestion: cc,
+            ..Default::default()
+        }))?;
+        let populator = Client::open(dir.path().join("populator.db"))?;
+        Ok(Self {
+            rt,
+            relay: Some(relay),
+            dir,
+            cc,
+            populator,
+            docs: 0,
+            next: 0,
+            seed: 1,
+        })
+    }
+
+    fn relay(&self) -> anyhow::Result<&Relay> {
+        self.relay.as_ref().context("the relay stopped")
+    }
+
+    fn config(&self, addr: SocketAddr) -> anyhow::Result<SyncConfig> {
+        let mut cfg = SyncConfig::new(addr.to_string(), self.relay()?.fingerprint());
+        cfg.congestion = self.cc;
+        cfg.response_timeout = Duration::from_secs(600);
+        cfg.connect_timeout = Duration::from_secs(60);
+        Ok(cfg)
+    }
+
+    fn direct(&self) -> anyhow::Result<SyncConfig> {
+        self.config(self.relay()?.local_addr())
+    }
+
+    /// Grows the relay's population to `total` documents (a tenth customers, seven tenths
+    /// visits, a fifth quotes), uploaded over loopback.
+    fn populate_to(&mut self, total: usize) -> anyhow::Result<()> {
+        let more = total.saturating_sub(self.docs);
+        if more == 0 {
+            return Ok(());
+        }
+        eprintln!("[{}] populating {more} documents …", self.cc);
+        populate(&self.populator, more / 10, more * 7 / 10, more / 5)?;
+        let cfg = self.direct()?;
+        let r = self.rt.block_on(sync_now(&self.populator, &cfg))?;
+        if r.outbox_remaining != 0 {
+            bail!("population left {} changes unsent", r.outbox_remaining);
+        }
+        self.docs = self.populator.with_store(|s| s.doc_count())? as usize;
+        Ok(())
+    }
+
+    fn new_laptop(&mut self) -> anyhow::Result<Client> {
+        self.next += 1;
+        let path: PathBuf = self.dir.path().join(format!("laptop-{}.db", self.next));
+        Ok(Client::open(path)?)
+    }
+
+    /// A laptop that downloaded everything over loopback.
+    fn synced_laptop(&mut self) -> anyhow::Result<Client> {
+        let laptop = self.new_laptop()?;
+        let cfg = self.direct()?;
+        self.rt.block_on(sync_now(&laptop, &cfg))?;
+        Ok(laptop)
+    }
+
+    fn proxy(&mut self, link: Link, faults: Faults) -> anyhow::Result<FaultProxy> {
+        self.seed += 1;
+        let upstream = self.relay()?.local_addr();
+        let config = faults.config(link, self.seed);
+        Ok(self
+            .rt
+            .block_on(FaultProxy::start("127.0.0.1:0".parse()?, upstream, config))?)
+    }
+
+    /// One `sync_now` of `laptop` through a fresh emulated link.
+    fn sync_through(
+        &mut self,
+        laptop: &Client,
+        link: Link,
+        faults: Faults,
+    ) -> anyhow::Result<SyncReport> {
+        let proxy = self.proxy(link, faults)?;
+        let cfg = self.config(proxy.local_addr())?;
+        let r = self.rt.block_on(sync_now(laptop, &cfg));
+        self.rt.block_on(proxy.shutdown());
+        Ok(r?)
+    }
+
+    fn row(&self, case: String, link: Link, faults: Faults, report: SyncReport) -> Row {
+        Row {
+            cc: self.cc,
+            case,
+            link,
+            faults,
+            secs: report.duration.as_secs_f64(),
+            report,
+            floor: None,
+            upload: false,
+            note: String::new(),
+        }
+    }
+
+    fn download(&mut self, link: Link, faults: Faults) -> anyhow::Result<Row> {
+        eprintln!(
+            "[{}] download {} over {} at {} …",
+            self.cc,
+            self.docs,
+            link.name(),
+            faults.name()
+        );
+        let laptop = self.new_laptop()?;
+        let report = self.sync_through(&laptop, link, faults)?;
+        let got = laptop.with_store(|s| s.doc_count())? as usize;
+        let mut row = self.row(format!("download {}", self.docs), link, faults, report);
+        row.floor = Some(floor::download_floor(&laptop)?);
+        if got != self.docs {
+            row.note = format!("got {got} of {} documents", self.docs);
+        }
+        Ok(row)
+    }
+
+    fn upload(&mut self, edits: usize, link: Link, faults: Faults) -> anyhow::Result<Row> {
+        eprintln!(
+            "[{}] upload {edits} edits over {} at {} …",
+            self.cc,
+            link.name(),
+            faults.name()
+        );
+        let laptop = self.synced_laptop()?;
+        offline_edits(&laptop, edits)?;
+        let waiting = laptop.outbox_len()?;
+        let floor = floor::upload_floor(&laptop)?;
+        let report = self.sync_through(&laptop, link, faults)?;
+        let mut row = self.row(format!("upload {edits} edits"), link, faults, report);
+        row.floor = Some(floor);
+        row.upload = true;
+        if row.report.changes_acked != waiting || row.report.outbox_remaining != 0 {
+            row.note = format!(
+                "{} of {waiting} changes acknowledged, {} left",
+                row.report.changes_acked, row.report.outbox_remaining
+            );
+        }
+        Ok(row)
+    }
+
+    fn one_field(&mut self, laptop: &Client, link: Link, faults: Faults) -> anyhow::Result<Row> {
+        eprintln!(
+            "[{}] one field over {} at {} …",
+            self.cc,
+            link.name(),
+            faults.name()
+        );
+        let id = some_ids(laptop, "customers", 1)?[0];
+        self.next += 1;
+        laptop.customers().edit(
+            id.into(),
+            CustomerEdit::Set(
+                CustomerField::Email,
+                format!("desk{}@example.cn", self.next),
+            ),
+        )?;
+        let report = self.sync_through(laptop, link, faults)?;
+        let mut row = self.row("one field".into(), link, faults, report);
+        row.upload = true;
+        Ok(row)
+    }
+
+    /// A fresh laptop with one customer of its own downloads everything; 1 s in, the rep
+    /// changes one field of that customer; the note says when the relay stored the change.
+    fn edit_during_download(&mut self, link: Link, faults: Faults) -> anyhow::Result<Row> {
+        eprintln!(
+            "[{}] edit during a download of {} over {} at {} …",
+            self.cc,
+            self.docs,
+            link.name(),
+            faults.name()
+        );
+        let laptop = self.new_laptop()?;
+        let id = self.own_customer(&laptop)?;
+        let proxy = self.proxy(link, faults)?;
+        let cfg = self.config(proxy.local_addr())?;
+        let sync = {
+            let laptop = laptop.clone();
+            self.rt.spawn(async move { sync_now(&laptop, &cfg).await })
+        };
+        std::thread::sleep(Duration::from_secs(1));
+        laptop.customers().edit(
+            id.into(),
+            CustomerEdit::Set(CustomerField::Stage, "order_customer".into()),
+        )?;
+        let edited = Instant::now();
+        let heads: Vec<[u8; 32]> = laptop
+            .with_store(|s| s.heads(id))?
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        let store = self.relay()?.store().clone();
+        let stored_after = loop {
+            let relay_heads = store
+                .heads_of(&[id])?
+                .into_iter()
+                .next()
+                .map(|(_, h)| h)
+                .unwrap_or_default();
+            if heads.iter().all(|h| relay_heads.contains(h)) {
+                break Some(edited.elapsed());
+            }
+            if sync.is_finished() {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let report = self.rt.block_on(sync)??;
+        self.rt.block_on(proxy.shutdown());
+        let got = laptop.with_store(|s| s.doc_count())? as usize;
+        let mut row = self.row(
+            format!("edit during download {}", self.docs),
+            link,
+            faults,
+            report,
+        );
+        row.note = match stored_after {
+            Some(d) => format!(
+                "edit stored on the relay {:.2} s after it was made",
+                d.as_secs_f64()
+            ),
+            None => "edit not stored before the download ended".into(),
+        };
+        // The laptop's own customer is on the relay now too.
+        self.docs += 1;
+        if got != self.docs {
+            row.note += &format!("; got {got} of {} documents", self.docs);
+        }
+        Ok(row)
+    }
+
+    /// Creates one customer on `laptop`, offline (its first sync uploads it).
+    fn own_customer(&mut self, laptop: &Client) -> anyhow::Result<DocId> {
+        let id = laptop
+            .customers()
+            .create(fieldsync_core::model::NewCustomer {
+                org: fieldsync_tests::workload::ORG.into(),
+                scope: fieldsync_tests::workload::SCOPES[0].into(),
+                name: "Edited during the download".into(),
+                ..Default::default()
+            })?;
+        Ok(id.into())
+    }
+
+    fn stop(mut self) {
+        if let Some(r) = self.relay.take() {
+            let _ = self.rt.block_on(r.shutdown());
+        }
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "| cc | case | link | loss | s | up | down | floor | ÷ floor | utilisation | round trips | note |"
+    );
+    println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        let floor = r.floor.map_or("—".into(), format_bytes);
+        let ratio = r.floor.map_or("—".into(), |f| {
+            format!("{:.2}×", r.payload() as f64 / f.max(1) as f64)
+        });
+        let util = if r.case == "one field" {
+            "—".into()
+        } else {
+            format!(
+                "{:.0} %",
+                100.0 * r.payload() as f64 / r.link.capacity(r.secs).max(1.0)
+            )
+        };
+        println!(
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
+            r.cc,
+            r.case,
+            r.link.name(),
+            r.faults.name(),
+            r.secs,
+            format_bytes(r.report.bytes_sent),
+            format_bytes(r.report.bytes_received),
+            floor,
+            ratio,
+            util,
+            r.report.frames_sent,
+            r.note
+        );
+    }
+}
+
+/// What to run.
+struct Plan {
+    quick: bool,
+    controllers: Vec<Congestion>,
+    compare: bool,
+}
+
+/// The matrix for one controller.
+fn run_matrix(bench: &mut Bench, plan: &Plan, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let small = if plan.quick { 1_000 } else { 3_000 };
+    bench.populate_to(small)?;
+    if plan.compare {
+        for f in [
+            Faults::None,
+            Faults::Random(5),
+            Faults::Random(20),
+            Faults::Bursty,
+        ] {
+            rows.push(bench.download(EDGE, f)?);
+        }
+        if !plan.quick {
+            rows.push(bench.download(SATELLITE, Faults::Random(5))?);
+            rows.push(bench.download(FAST, Faults::Random(20))?);
+        }
+        rows.push(bench.upload(500, EDGE, Faults::Random(20))?);
+        return Ok(());
+    }
+    let edge_faults: &[Faults] = if plan.quick {
+        &[Faults::None, Faults::Random(20)]
+    } else {
+        &[
+            Faults::None,
+            Faults::Random(5),
+            Faults::Random(20),
+            Faults::Bursty,
+        ]
+    };
+    for &f in edge_faults {
+        rows.push(bench.download(EDGE, f)?);
+    }
+    if !plan.quick {
+        for f in [Faults::None, Faults::Random(5)] {
+            rows.push(bench.download(SATELLITE, f)?);
+        }
+        for f in [Faults::None, Faults::Random(20)] {
+            rows.push(bench.download(FAST, f)?);
+        }
+    }
+    for &f in edge_faults {
+        rows.push(bench.upload(500, EDGE, f)?);
+    }
+    if !plan.quick {
+        rows.push(bench.upload(500, SATELLITE, Faults::Random(5))?);
+    }
+    let laptop = bench.synced_laptop()?;
+    for &f in edge_faults {
+        rows.push(bench.one_field(&laptop, EDGE, f)?);
+    }
+    if !plan.quick {
+        rows.push(bench.one_field(&laptop, SATELLITE, Faults::Random(5))?);
+        bench.populate_to(10_000)?;
+        for f in [Faults::None, Faults::Random(20), Faults::Cuts] {
+            rows.push(bench.download(EDGE, f)?);
+        }
+    }
+    for &f in edge_faults {
+        rows.push(bench.edit_during_download(EDGE, f)?);
+    }
+    Ok(())
+}
+
+fn run(plan: &Plan) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &cc in &plan.controllers {
+        let mut bench = Bench::start(cc)?;
+        let r = run_matrix(&mut bench, plan, &mut rows);
+        bench.stop();
+        r?;
+    }
+    println!();
+    print_table(&rows);
+    println!();
+    println!(
+        "- links emulated by fieldsync-faultproxy on 127.0.0.1 (both directions: the rate, half \
+         the round trip each way, a queue of half a second of the link or 8 KiB, the loss); \
+         bytes are protocol frame bytes; utilisation is the payload direction's frame bytes ÷ \
+         the link's capacity over the row's seconds (QUIC, TLS and UDP headers and \
+         retransmissions count against it)"
+    );
+    println!(
+        "- {} CPUs, load average {}; whole run {:.0} s",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "?".into()),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let mut plan = Plan {
+        quick: false,
+        controllers: vec![Congestion::default()],
+        compare: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => plan.quick = true,
+            "--cc" => match args.next().as_deref() {
+                Some("all") => {
+                    plan.controllers = Congestion::ALL.to_vec();
+                    plan.compare = true;
+                }
+                Some(name) => match Congestion::from_str(name) {
+                    Ok(cc) => plan.controllers = vec![cc],
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => {
+                    eprintln!("--cc needs bbr, cubic, newreno or all");
+                    return ExitCode::FAILURE;
+                }
+            },
+            "-h" | "--help" => {
+                println!(
+                    "usage: fieldsync-linkbench [--quick] [--cc bbr|cubic|newreno|all]\n\
+                     Sync over emulated field links (fieldsync-faultproxy in this process): \
+                     prints a table, asserts nothing about time.\n\
+                     --quick: 1,000 documents, the 512 kbit/s link at 0 and 20 % loss.\n\
+                     --cc all: the three congestion controllers side by side on lossy links."
+                );
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("unknown argument {other:?} (try --help)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match run(&plan) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
