@@ -67,7 +67,7 @@ pub use fieldsync_core::model::{
     QuoteField, QuoteStatus, TaskInput, Visit, VisitEdit, VisitField, VisitStatus,
 };
 pub use fieldsync_core::store::{
-    DocConflict, DocEvent, Durability, Origin, Store, StoreError, StoreOptions,
+    DocConflict, DocEvent, Durability, Origin, OutboxSummary, Store, StoreError, StoreOptions,
 };
 pub use fieldsync_core::{CustomerId, DocId, DocKind, Millis, QuoteId, Role, VisitId};
 
@@ -370,6 +370,11 @@ impl Client {
     pub fn outbox_len(&self) -> Result<u64, ClientError> {
         let n = self.lock().outbox_len()?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// What waits for the relay: local changes, the documents they change, their bytes.
+    pub fn outbox_summary(&self) -> Result<OutboxSummary, ClientError> {
+        Ok(self.lock().outbox_summary()?)
     }
 
     /// The full Automerge bytes of a document, to hand to another replica's

@@ -65,7 +65,7 @@ pub use status::{PersistedStatus, STATUS_META_KEY, SyncEvent, SyncState, SyncSta
 use config::split_host;
 use link::{Counters, Link};
 use report::millis;
-use status::persist_status;
+use status::{persist_budget_stop, persist_status};
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -203,6 +203,7 @@ impl Prepared {
                             endpoint,
                             conn,
                             early: Some(accepted),
+                            early_answer: None,
                         });
                     }
                     Err(connecting) => connecting,
@@ -216,6 +217,7 @@ impl Prepared {
                         endpoint,
                         conn,
                         early: None,
+                        early_answer: None,
                     });
                 }
                 Ok(Err(e)) => {
@@ -241,18 +243,43 @@ struct Connected {
     /// For a connection that resumed a session and may send 0-RTT data: resolves once the
     /// handshake completes, to whether the relay took that data.
     early: Option<quinn::ZeroRttAccepted>,
+    /// That answer, once it came.
+    early_answer: Option<bool>,
 }
 
 impl Connected {
     /// Whether the relay took this connection's 0-RTT data (false until the handshake
     /// completed, and for a full handshake).
     async fn early_data_taken(&mut self) -> bool {
-        match self.early.as_mut() {
-            // Resolved by the time a session finished; never waited for.
-            Some(accepted) => tokio::time::timeout(Duration::ZERO, accepted)
-                .await
-                .unwrap_or(false),
-            None => false,
+        self.early_data_answer(Duration::ZERO).await == Some(true)
+    }
+
+    /// The relay's answer to this connection's 0-RTT data, waiting up to `wait` for the
+    /// handshake to complete: `None` without early data or without an answer yet.
+    async fn early_data_answer(&mut self, wait: Duration) -> Option<bool> {
+        if let Some(answer) = self.early_answer {
+            return Some(answer);
+        }
+        let accepted = self.early.as_mut()?;
+        let answer = tokio::time::timeout(wait, accepted).await.ok()?;
+        // The future must not be polled again once it answered.
+        self.early = None;
+        self.early_answer = Some(answer);
+        Some(answer)
+    }
+
+    /// A session that failed on a connection whose early data the relay refused failed
+    /// because of that, whatever error the stream showed first (a write to the refused stream,
+    /// a read of it): nothing it sent reached the relay, and the caller connects again with a
+    /// full handshake.
+    async fn explain(&mut self, e: SyncError) -> SyncError {
+        if matches!(e, SyncError::EarlyDataRejected) {
+            return e;
+        }
+        // The stream fails once the handshake completes, so the answer is already there.
+        match self.early_data_answer(Duration::from_millis(100)).await {
+            Some(false) => SyncError::EarlyDataRejected,
+            _ => e,
         }
     }
 }
@@ -334,6 +361,8 @@ enum Until<'a> {
 enum End {
     Synced,
     Stopped,
+    /// The budget ([`SyncConfig::budget`]) is spent and nothing sent waits for an answer.
+    BudgetSpent,
     /// Start a new session (to resend changes the relay refused for now).
     Reconnect,
 }
@@ -366,6 +395,20 @@ fn follow_granted_role(client: &Client, role: Role) {
     }
 }
 
+/// Under a budget, batches no larger than the budget allows: a download batch's compressed
+/// frame is about a third of the bytes it asks for, and an upload batch is sent as it is.
+fn metered(mut cfg: SessionConfig, budget: Option<u64>) -> SessionConfig {
+    if let Some(b) = budget {
+        let b = usize::try_from(b).unwrap_or(usize::MAX);
+        cfg.pull_bytes = cfg
+            .pull_bytes
+            .min(u32::try_from(b.saturating_mul(2)).unwrap_or(u32::MAX))
+            .max(16 << 10);
+        cfg.upload_bytes = cfg.upload_bytes.min(b).max(16 << 10);
+    }
+    cfg
+}
+
 /// The clock the sessions' timers run on: milliseconds of a monotonic clock (a wall clock set
 /// back would hold a timer, one set forward would fire it early).
 fn session_clock() -> Millis {
@@ -385,6 +428,10 @@ struct Run {
     outbox_at_start: u64,
     /// The relay took this connection's first flight as 0-RTT data.
     early_data: bool,
+    /// Frame bytes this sync may move ([`SyncConfig::budget`]).
+    budget: Option<u64>,
+    /// The budget was reached; the session was paused.
+    budget_spent: bool,
 }
 
 impl Run {
@@ -398,7 +445,7 @@ impl Run {
                     response_timeout: cfg.response_timeout,
                     resend_after: cfg.resend_refused_after,
                 },
-                ..SessionConfig::default()
+                ..metered(SessionConfig::default(), cfg.budget)
             })),
             stats: SessionStats::default(),
             grant: None,
@@ -407,6 +454,8 @@ impl Run {
             counters: Arc::new(Counters::default()),
             outbox_at_start: 0,
             early_data: false,
+            budget: cfg.budget,
+            budget_spent: false,
         }
     }
 
@@ -458,6 +507,26 @@ impl Run {
         })?;
         self.stats = step.stats.clone();
         Ok(step)
+    }
+
+    /// A metered sync ([`SyncConfig::budget`], one-shot syncs only): once the frames sent and
+    /// received reach the budget, the session sends nothing new; once it is settled, the sync
+    /// ends.
+    fn spend(&mut self, one_shot: bool) -> Option<End> {
+        let budget = self.budget.filter(|_| one_shot)?;
+        let session = self.session.as_mut()?;
+        let spent = self.counters.bytes_sent.load(Ordering::Relaxed)
+            + self.counters.bytes_received.load(Ordering::Relaxed);
+        if spent >= budget && !self.budget_spent {
+            tracing::info!(
+                spent,
+                budget,
+                "sync budget spent; finishing what is in flight"
+            );
+            self.budget_spent = true;
+            session.pause();
+        }
+        (self.budget_spent && session.is_settled()).then_some(End::BudgetSpent)
     }
 
     /// Speaks the protocol on `link` until synced, stopped, or an error.
@@ -550,6 +619,9 @@ impl Run {
                 return Ok(End::Reconnect);
             }
             self.grant = step.grant;
+            if let Some(end) = self.spend(matches!(until, Until::Synced)) {
+                return Ok(end);
+            }
             let became_synced = step.core.synced && !self.synced;
             self.synced = step.core.synced;
             if became_synced {
@@ -638,17 +710,25 @@ pub async fn sync_now_with_progress(
     match result {
         Ok(_) => {
             let client2 = client.clone();
-            let outbox_remaining = tokio::task::spawn_blocking(move || client2.outbox_len())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
+            let (outbox_remaining, outbox_bytes_remaining) =
+                tokio::task::spawn_blocking(move || client2.outbox_summary())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map_or((0, 0), |o| (o.changes, o.bytes));
             let s = &run.stats;
             let c = &run.counters;
             let (scopes, role) = run
                 .grant
                 .clone()
                 .map_or((Vec::new(), None), |(s, r)| (s, Some(r)));
+            let download_waiting = run
+                .session
+                .as_ref()
+                .is_some_and(ClientSession::download_waiting);
+            if run.budget_spent && download_waiting {
+                persist_budget_stop(client, &prep.relay).await;
+            }
             Ok(SyncReport {
                 relay: prep.relay.clone(),
                 scopes,
@@ -668,6 +748,9 @@ pub async fn sync_now_with_progress(
                 frames_sent: c.frames_sent.load(Ordering::Relaxed),
                 frames_received: c.frames_received.load(Ordering::Relaxed),
                 outbox_remaining,
+                outbox_bytes_remaining,
+                budget_spent: run.budget_spent,
+                download_waiting,
                 early_data: run.early_data,
                 duration,
             })
@@ -717,6 +800,10 @@ async fn connect_and_sync(
     }
     *finished = Instant::now();
     run.early_data = connected.early_data_taken().await;
+    let r = match r {
+        Err(e) => Err(connected.explain(e).await),
+        ok => ok,
+    };
     tracing::debug!(ok = r.is_ok(), early_data = run.early_data, "sync finished");
     // Let the close reach the relay (retransmitted if lost); not part of the sync time.
     let _ = tokio::time::timeout(Duration::from_secs(2), connected.endpoint.wait_idle()).await;

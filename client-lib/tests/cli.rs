@@ -218,6 +218,22 @@ fn cli_works_offline_and_syncs_through_the_relay() {
     );
     assert_eq!(before["last_sync_finished_at"], Value::Null);
     assert_eq!(before["relay_reachable"], true);
+    assert!(
+        before["outbox_bytes"].as_u64().is_some_and(|n| n > 0),
+        "{before}"
+    );
+    assert!(
+        before["outbox_documents"].as_u64().is_some_and(|n| n >= 3),
+        "{before}"
+    );
+    assert_eq!(before["download_waiting"], false);
+    let text = ok(&a, &["status"]);
+    assert!(
+        text.contains("Upload:") && text.contains("Download:   not synced yet"),
+        "{text}"
+    );
+    let err = fails(&a, &["sync", "--budget", "lots"]);
+    assert!(err.contains("is not a size like 2MB"), "{err}");
 
     // Sync: report as JSON, then as text (no progress bar: stdout is not a terminal).
     let report = json(&a, &["sync", "--json"]);
@@ -235,8 +251,12 @@ fn cli_works_offline_and_syncs_through_the_relay() {
         "no terminal control codes: {text:?}"
     );
 
+    // A budget larger than what is left changes nothing.
+    let metered = json(&a, &["sync", "--budget", "2MB", "--json"]);
+    assert_eq!(metered["budget_spent"], false, "{metered}");
     let after = json(&a, &["status", "--json"]);
     assert_eq!(after["outbox"], 0);
+    assert_eq!(after["outbox_bytes"], 0);
     assert!(after["last_sync_finished_at"].is_string(), "{after}");
     assert_eq!(after["last_error"], Value::Null);
     assert_eq!(after["relay"], addr.as_str());

@@ -517,3 +517,77 @@ async fn changes_refused_for_now_are_resent_later() {
     );
     relay.shutdown().await.expect("shutdown");
 }
+
+/// A metered sync (`SyncConfig::budget`): the laptop's own changes go first, the download stops
+/// once the budget is spent and nothing is in flight, the report and the stored status say
+/// what still waits, and the next syncs go on from there until everything has arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metered_sync_stops_at_its_budget_and_the_next_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = start_relay(dir.path()).await;
+    let cfg = sync_config(&relay);
+    let office = open_client(dir.path(), "office");
+    for i in 0..1_500 {
+        office
+            .customers()
+            .create(NewCustomer {
+                scope: "north".into(),
+                name: format!("Quarry {i:04} with a name long enough to weigh something"),
+                phone: Some(format!("+86 471 555 {i:04}")),
+                ..NewCustomer::default()
+            })
+            .expect("create");
+    }
+    sync(&office, &cfg).await;
+
+    let laptop = open_client(dir.path(), "laptop");
+    let mine = laptop
+        .customers()
+        .create(NewCustomer {
+            scope: "north".into(),
+            name: "Written offline".into(),
+            ..NewCustomer::default()
+        })
+        .expect("create");
+    let mut metered = cfg.clone();
+    metered.budget = Some(40_000);
+    let first = sync(&laptop, &metered).await;
+    assert!(first.budget_spent, "{first:?}");
+    assert!(first.download_waiting);
+    assert_eq!(first.changes_acked, 1, "the laptop's own change went first");
+    assert_eq!(first.outbox_remaining, 0);
+    let moved = first.bytes_sent + first.bytes_received;
+    // The budget is checked between answers: it is overrun by at most the batch in flight,
+    // which the budget also sizes.
+    assert!(moved < 40_000 + 64_000, "{moved} bytes for a 40 kB budget");
+    let got = laptop.with_store(|s| s.doc_count()).expect("count");
+    assert!(got > 1 && got < 1_501, "part of the download: {got}");
+    let status = load_status(&laptop).expect("status").expect("stored");
+    assert!(status.download_waiting);
+    assert!(relay_has(&relay, mine.into()).await);
+
+    // Each further metered sync brings more, and an unmetered one the rest.
+    let second = sync(&laptop, &metered).await;
+    let more = laptop.with_store(|s| s.doc_count()).expect("count");
+    assert!(more > got, "{second:?}");
+    let last = sync(&laptop, &cfg).await;
+    assert!(!last.budget_spent && !last.download_waiting, "{last:?}");
+    assert_eq!(laptop.with_store(|s| s.doc_count()).expect("count"), 1_501);
+    assert!(
+        !load_status(&laptop)
+            .expect("status")
+            .expect("stored")
+            .download_waiting
+    );
+    relay.shutdown().await.expect("shutdown");
+}
+
+/// Whether the relay stores document `id`.
+async fn relay_has(relay: &Relay, id: DocId) -> bool {
+    let store = relay.store().clone();
+    tokio::task::spawn_blocking(move || store.heads_of(&[id]).expect("heads"))
+        .await
+        .expect("task")
+        .iter()
+        .any(|(d, h)| *d == id && !h.is_empty())
+}

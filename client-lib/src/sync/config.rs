@@ -40,6 +40,13 @@ pub struct SyncConfig {
     /// The QUIC congestion controller of this side of the connection (what the laptop
     /// uploads); the relay's own setting paces downloads. Default: BBR.
     pub congestion: Congestion,
+    /// Metered mode for [`sync_now`]: the frame bytes (both ways) one sync may move. The
+    /// laptop's own changes go first (they travel with the handshake), then the download; once
+    /// the budget is reached nothing new is requested, what is in flight is finished, and the
+    /// sync ends cleanly, saying what still waits ([`SyncReport::budget_spent`]). The next sync
+    /// goes on from there. `None` (the default): no limit. A background [`SyncHandle`] is not
+    /// metered.
+    pub budget: Option<u64>,
 }
 
 impl std::fmt::Debug for SyncConfig {
@@ -61,6 +68,7 @@ impl std::fmt::Debug for SyncConfig {
             .field("resend_refused_after", &self.resend_refused_after)
             .field("agent", &self.agent)
             .field("congestion", &self.congestion)
+            .field("budget", &self.budget)
             .finish()
     }
 }
@@ -85,6 +93,7 @@ impl SyncConfig {
             resend_refused_after: Duration::from_secs(60),
             agent: format!("fieldsync-client/{}", env!("CARGO_PKG_VERSION")),
             congestion: Congestion::default(),
+            budget: None,
         }
     }
 

@@ -162,7 +162,8 @@ pub(super) async fn background(
         }
         let e = match outcome {
             Ok(End::Reconnect | End::Synced) => continue,
-            Ok(End::Stopped) => break,
+            // A background sync has no budget.
+            Ok(End::Stopped | End::BudgetSpent) => break,
             Err(e) => e,
         };
         tracing::info!(error = %e, "sync connection ended");
@@ -213,7 +214,8 @@ pub(super) async fn connect_and_drive(
         r = prep.connect(early) => r?,
         _ = stop.wait_for(|s| *s) => return Ok(End::Stopped),
     };
-    let Connected { endpoint, conn, .. } = connected;
+    let mut connected = connected;
+    let conn = connected.conn.clone();
     let mut link = match Link::open(conn.clone()).await {
         Ok(l) => l,
         Err(e) => {
@@ -270,6 +272,10 @@ pub(super) async fn connect_and_drive(
             link.close(code, &reason).await;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let r = match r {
+        Err(e) => Err(connected.explain(e).await),
+        ok => ok,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), connected.endpoint.wait_idle()).await;
     r
 }

@@ -44,6 +44,16 @@ pub struct SyncReport {
     /// Local changes still waiting (refused for now and kept for a later sync, or committed
     /// after the sync finished).
     pub outbox_remaining: u64,
+    /// Bytes of those waiting changes.
+    #[serde(default)]
+    pub outbox_bytes_remaining: u64,
+    /// The sync stopped at its budget ([`SyncConfig::budget`]) rather than when everything
+    /// was exchanged; a later sync goes on from there.
+    #[serde(default)]
+    pub budget_spent: bool,
+    /// The relay had more to send than this sync fetched (the budget was spent first).
+    #[serde(default)]
+    pub download_waiting: bool,
     /// The connection resumed an earlier TLS session and the relay took the first flight
     /// (`Hello`, upload, pull) as 0-RTT data: the sync saved the handshake's round trip.
     #[serde(default)]

@@ -138,6 +138,10 @@ pub struct PersistedStatus {
     /// When the last attempt ended, ms since the Unix epoch.
     #[serde(default)]
     pub last_attempt_at: Option<Millis>,
+    /// When the last attempt ended, the relay had more to send than it fetched (a metered sync
+    /// stopped at its budget); a finished sync clears it.
+    #[serde(default)]
+    pub download_waiting: bool,
 }
 
 /// Reads the last sync outcome stored in the replica, if any.
@@ -166,12 +170,36 @@ pub(super) fn write_status(
         Ok(()) => {
             st.last_sync_finished_at = Some(now);
             st.last_error = None;
+            st.download_waiting = false;
         }
         Err(e) => st.last_error = Some(e.to_string()),
     }
     let json = serde_json::to_vec(&st).map_err(|e| ClientError::Corrupt(e.to_string()))?;
     store.set_meta(STATUS_META_KEY, &json)?;
     Ok(())
+}
+
+/// Records that a metered sync stopped at its budget with more waiting on the relay (logging
+/// instead of failing).
+pub(super) async fn persist_budget_stop(client: &Client, relay: &str) {
+    let client = client.clone();
+    let relay = relay.to_string();
+    let r = tokio::task::spawn_blocking(move || {
+        client.with_store(|store| -> Result<(), ClientError> {
+            let mut st = read_status(store)?.unwrap_or_default();
+            st.relay = Some(relay);
+            st.last_attempt_at = Some(now_millis());
+            st.last_error = None;
+            st.download_waiting = true;
+            let json = serde_json::to_vec(&st).map_err(|e| ClientError::Corrupt(e.to_string()))?;
+            store.set_meta(STATUS_META_KEY, &json)?;
+            Ok(())
+        })
+    })
+    .await;
+    if !matches!(r, Ok(Ok(()))) {
+        tracing::warn!("could not record the sync status");
+    }
 }
 
 /// Records an outcome, logging instead of failing (the sync result matters more).

@@ -139,6 +139,10 @@ pub struct ClientSession {
     sent_seq: i64,
     pull_outstanding: bool,
     caught_up: bool,
+    /// Paused ([`ClientSession::pause`]): no new upload or pull goes out.
+    paused: bool,
+    /// A pull the pause held back: more is waiting on the relay.
+    held_pull: bool,
     stats: SessionStats,
     /// Local changes quarantined since the last [`ClientSession::take_quarantined`].
     quarantined: Vec<(ChangeHash, String)>,
@@ -159,6 +163,8 @@ impl ClientSession {
             sent_seq: 0,
             pull_outstanding: false,
             caught_up: false,
+            paused: false,
+            held_pull: false,
             stats: SessionStats::default(),
             quarantined: Vec::new(),
             timers: Timers::default(),
@@ -241,6 +247,25 @@ impl ClientSession {
     /// Whether the download has caught up (live pushes from now on).
     pub fn is_caught_up(&self) -> bool {
         self.phase == Phase::Sync && self.caught_up
+    }
+
+    /// Sends no new upload and no new pull from now on; what is in flight is still answered.
+    /// A metered sync pauses once its budget is spent and ends when the session
+    /// [is settled](ClientSession::is_settled); everything not sent waits for the next session.
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Nothing this session sent waits for an answer (no upload unacknowledged, no pull
+    /// unanswered, no repair under way).
+    pub fn is_settled(&self) -> bool {
+        self.phase == Phase::Sync && self.inflight.is_none() && !self.pull_outstanding
+    }
+
+    /// The relay had more to send than this session fetched (a pull was held back by
+    /// [`ClientSession::pause`], or the download has not caught up).
+    pub fn download_waiting(&self) -> bool {
+        self.held_pull || !self.is_caught_up()
     }
 
     /// Reads the durable cursor.
@@ -348,6 +373,9 @@ impl ClientSession {
                 self.caught_up = caught_up;
                 if caught_up {
                     Ok(Vec::new())
+                } else if self.paused {
+                    self.held_pull = true;
+                    Ok(Vec::new())
                 } else {
                     self.pull_outstanding = true;
                     Ok(vec![Message::Pull {
@@ -366,7 +394,7 @@ impl ClientSession {
     /// The next upload batch, if local changes are waiting and none is in flight. Call it after
     /// local edits while connected.
     pub fn poll_upload(&mut self, store: &Store) -> Result<Option<Message>, StoreError> {
-        if matches!(self.phase, Phase::Repair { .. }) || self.inflight.is_some() {
+        if matches!(self.phase, Phase::Repair { .. }) || self.inflight.is_some() || self.paused {
             return Ok(None);
         }
         let batch = store.outbox_batch(

@@ -52,7 +52,9 @@ pub use handle::Store;
 pub use options::{Durability, StoreOptions};
 pub use precheck::{Structure, precheck_change, precheck_changes};
 pub use prefetch::{PreparedQueue, PreparedSnapshot, prepare_snapshot, with_prepared};
-pub use records::{Committed, DocConflict, DocEvent, Origin, OutboxChange, Quarantined, Skipped};
+pub use records::{
+    Committed, DocConflict, DocEvent, Origin, OutboxChange, OutboxSummary, Quarantined, Skipped,
+};
 pub use replace::Replaced;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use sqlite_file::{OpenError, open_sqlite};

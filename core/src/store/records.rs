@@ -42,6 +42,17 @@ pub struct OutboxChange {
     pub bytes: Vec<u8>,
 }
 
+/// What waits in the outbox for the relay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxSummary {
+    /// Local changes not yet acknowledged.
+    pub changes: u64,
+    /// Documents they change.
+    pub documents: u64,
+    /// Their bytes (raw Automerge changes).
+    pub bytes: u64,
+}
+
 /// A change the relay refused, kept locally.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quarantined {

@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo run --release -p fieldsync-tests --bin fieldsync-linkbench              # the matrix (~10 min)
 //! cargo run --release -p fieldsync-tests --bin fieldsync-linkbench -- --quick   # 512 kbit/s only (~2 min)
-//! cargo run --release -p fieldsync-tests --bin fieldsync-linkbench -- --cc all  # controllers side by side
+//! cargo run --release -p fieldsync-tests --bin fieldsync-linkbench -- --cc all  # controllers side by side (~25 min)
 //! ```
 //!
 //! A relay runs in this process on 127.0.0.1; every laptop reaches it through a
@@ -28,8 +28,10 @@
 //! Columns: seconds from the first packet to synced; frame bytes each way (length prefixes
 //! included, QUIC/TLS/UDP overhead not); the floor (the same documents' uncompressed
 //! snapshots, or the uploaded changes, compressed together with zstd level 3) and bytes ÷ floor;
-//! utilisation (the payload direction's frame bytes ÷ what the link carries in that time); round
-//! trips (frames the laptop sent: its `Hello`, each pull and each upload).
+//! utilisation (the payload direction's frame bytes ÷ what the link carries in that time); link
+//! busy (the UDP payloads the bottleneck carried in that direction, retransmissions and QUIC
+//! and TLS headers included, ÷ its capacity; with the drops at its queue); round trips (frames
+//! the laptop sent: its `Hello`, each pull and each upload).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,7 +47,7 @@ use fieldsync_core::congestion::Congestion;
 use fieldsync_core::display::format_bytes;
 use fieldsync_core::model::{CustomerEdit, CustomerField};
 use fieldsync_relay::{Relay, RelayConfig};
-use fieldsync_tests::faultproxy::{BurstLoss, FaultConfig, FaultProxy, LinkConfig};
+use fieldsync_tests::faultproxy::{BurstLoss, FaultConfig, FaultProxy, FaultStats, LinkConfig};
 use fieldsync_tests::floor;
 use fieldsync_tests::workload::{offline_edits, populate, some_ids};
 
@@ -149,6 +151,8 @@ struct Row {
     floor: Option<u64>,
     /// Payload direction: true when the laptop uploads.
     upload: bool,
+    /// What the emulated link carried (UDP payloads, retransmissions included).
+    link_stats: Option<FaultStats>,
     note: String,
 }
 
@@ -269,12 +273,13 @@ impl Bench {
         laptop: &Client,
         link: Link,
         faults: Faults,
-    ) -> anyhow::Result<SyncReport> {
+    ) -> anyhow::Result<(SyncReport, FaultStats)> {
         let proxy = self.proxy(link, faults)?;
         let cfg = self.config(proxy.local_addr())?;
         let r = self.rt.block_on(sync_now(laptop, &cfg));
+        let stats = proxy.stats();
         self.rt.block_on(proxy.shutdown());
-        Ok(r?)
+        Ok((r?, stats))
     }
 
     fn row(&self, case: String, link: Link, faults: Faults, report: SyncReport) -> Row {
@@ -287,6 +292,7 @@ impl Bench {
             report,
             floor: None,
             upload: false,
+            link_stats: None,
             note: String::new(),
         }
     }
@@ -300,9 +306,10 @@ impl Bench {
             faults.name()
         );
         let laptop = self.new_laptop()?;
-        let report = self.sync_through(&laptop, link, faults)?;
+        let (report, stats) = self.sync_through(&laptop, link, faults)?;
         let got = laptop.with_store(|s| s.doc_count())? as usize;
         let mut row = self.row(format!("download {}", self.docs), link, faults, report);
+        row.link_stats = Some(stats);
         row.floor = Some(floor::download_floor(&laptop)?);
         if got != self.docs {
             row.note = format!("got {got} of {} documents", self.docs);
@@ -321,8 +328,9 @@ impl Bench {
         offline_edits(&laptop, edits)?;
         let waiting = laptop.outbox_len()?;
         let floor = floor::upload_floor(&laptop)?;
-        let report = self.sync_through(&laptop, link, faults)?;
+        let (report, stats) = self.sync_through(&laptop, link, faults)?;
         let mut row = self.row(format!("upload {edits} edits"), link, faults, report);
+        row.link_stats = Some(stats);
         row.floor = Some(floor);
         row.upload = true;
         if row.report.changes_acked != waiting || row.report.outbox_remaining != 0 {
@@ -350,8 +358,12 @@ impl Bench {
                 format!("desk{}@example.cn", self.next),
             ),
         )?;
-        let report = self.sync_through(laptop, link, faults)?;
+        let (report, stats) = self.sync_through(laptop, link, faults)?;
         let mut row = self.row("one field".into(), link, faults, report);
+        row.link_stats = Some(stats);
+        if row.report.early_data {
+            row.note = "0-RTT: the first flight went with the handshake".into();
+        }
         row.upload = true;
         Ok(row)
     }
@@ -402,6 +414,7 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(20));
         };
         let report = self.rt.block_on(sync)??;
+        let stats = proxy.stats();
         self.rt.block_on(proxy.shutdown());
         let got = laptop.with_store(|s| s.doc_count())? as usize;
         let mut row = self.row(
@@ -410,6 +423,7 @@ impl Bench {
             faults,
             report,
         );
+        row.link_stats = Some(stats);
         row.note = match stored_after {
             Some(d) => format!(
                 "edit stored on the relay {:.2} s after it was made",
@@ -447,9 +461,9 @@ impl Bench {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| cc | case | link | loss | s | up | down | floor | ÷ floor | utilisation | round trips | note |"
+        "| cc | case | link | loss | s | up | down | floor | ÷ floor | utilisation | link busy | round trips | note |"
     );
-    println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         let floor = r.floor.map_or("—".into(), format_bytes);
         let ratio = r.floor.map_or("—".into(), |f| {
@@ -463,8 +477,22 @@ fn print_table(rows: &[Row]) {
                 100.0 * r.payload() as f64 / r.link.capacity(r.secs).max(1.0)
             )
         };
+        // How busy the payload direction's bottleneck was: the UDP payloads it carried
+        // (retransmissions and QUIC/TLS headers included) over its capacity.
+        let busy = r.link_stats.as_ref().map_or("—".into(), |st| {
+            let d = if r.upload { &st.up } else { &st.down };
+            let queue = if d.dropped_queue > 0 {
+                format!(", {} queue drops", d.dropped_queue)
+            } else {
+                String::new()
+            };
+            format!(
+                "{:.0} %{queue}",
+                100.0 * d.bytes_forwarded as f64 / r.link.capacity(r.secs).max(1.0)
+            )
+        });
         println!(
-            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {busy} | {} | {} |",
             r.cc,
             r.case,
             r.link.name(),
@@ -593,30 +621,36 @@ fn main() -> ExitCode {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => plan.quick = true,
-            "--cc" => match args.next().as_deref() {
-                Some("all") => {
-                    plan.controllers = Congestion::ALL.to_vec();
-                    plan.compare = true;
-                }
-                Some(name) => match Congestion::from_str(name) {
-                    Ok(cc) => plan.controllers = vec![cc],
+            "--cc" => {
+                let Some(list) = args.next() else {
+                    eprintln!(
+                        "--cc needs field, bbr, cubic, newreno, a comma-separated list or all"
+                    );
+                    return ExitCode::FAILURE;
+                };
+                let picked: Result<Vec<Congestion>, _> = if list == "all" {
+                    Ok(Congestion::ALL.to_vec())
+                } else {
+                    list.split(',').map(Congestion::from_str).collect()
+                };
+                match picked {
+                    Ok(cc) => {
+                        plan.compare = cc.len() > 1;
+                        plan.controllers = cc;
+                    }
                     Err(e) => {
                         eprintln!("{e}");
                         return ExitCode::FAILURE;
                     }
-                },
-                None => {
-                    eprintln!("--cc needs bbr, cubic, newreno or all");
-                    return ExitCode::FAILURE;
                 }
-            },
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: fieldsync-linkbench [--quick] [--cc bbr|cubic|newreno|all]\n\
+                    "usage: fieldsync-linkbench [--quick] [--cc field|bbr|cubic|newreno|LIST|all]\n\
                      Sync over emulated field links (fieldsync-faultproxy in this process): \
                      prints a table, asserts nothing about time.\n\
                      --quick: 1,000 documents, the 512 kbit/s link at 0 and 20 % loss.\n\
-                     --cc all: the three congestion controllers side by side on lossy links."
+                     --cc all (or a comma-separated list): controllers side by side on lossy links."
                 );
                 return ExitCode::SUCCESS;
             }

@@ -334,4 +334,17 @@ pub(super) struct SyncArgs {
     /// Seconds to wait for the relay to answer a connection attempt
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub(super) connect_timeout: u64,
+    /// Metered link: move at most this much (both ways; e.g. 2MB, 500KB, 1.5MiB), your own
+    /// changes first, then stop cleanly; the next sync goes on from there. Overrides `budget`
+    /// in config.toml; 0 lifts it
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(super) budget: Option<u64>,
+}
+
+/// A byte size for people: `2000000`, `2MB`, `500 KB`, `1.5MiB`.
+pub(super) fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size like 2MB, 500KB or 1.5MiB ({e})"))
 }

@@ -2,6 +2,7 @@
 //! `fieldsync init` (with or without an enrolment token).
 
 use super::*;
+use fieldsync_client::fieldsync_core::congestion::Congestion;
 
 /// `config.toml`: how to reach the relay.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,14 +17,29 @@ pub(super) struct FileConfig {
     /// Device credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) credential: Option<String>,
+    /// QUIC congestion controller for what the laptop sends (`field`, `bbr`, `cubic`,
+    /// `newreno`); the default suits lossy radio and satellite links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) congestion: Option<Congestion>,
+    /// Metered link: what one `fieldsync sync` may move (`"2MB"`; see `sync --budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) budget: Option<String>,
 }
 
 impl FileConfig {
-    pub(super) fn sync_config(&self) -> SyncConfig {
+    pub(super) fn sync_config(&self) -> Result<SyncConfig> {
         let mut cfg = SyncConfig::new(self.relay.clone(), self.pin.clone());
+        if let Some(b) = &self.budget {
+            cfg.budget =
+                Some(parse_size(b).map_err(|e| anyhow::anyhow!("config.toml: budget: {e}"))?)
+                    .filter(|b| *b > 0);
+        }
         cfg.server_name = self.server_name.clone().unwrap_or_default();
         cfg.credential = self.credential.clone();
-        cfg
+        if let Some(c) = self.congestion {
+            cfg.congestion = c;
+        }
+        Ok(cfg)
     }
 }
 
@@ -84,7 +100,7 @@ pub(super) fn load_config(dir: &Path) -> Result<FileConfig> {
 /// The sync settings: `config.toml`, plus the device credential stored next to the replica
 /// by `fieldsync init --token` (a `credential` in `config.toml` takes precedence).
 pub(super) fn sync_settings(dir: &Path, client: &Client) -> Result<SyncConfig> {
-    let mut cfg = load_config(dir)?.sync_config();
+    let mut cfg = load_config(dir)?.sync_config()?;
     if cfg.credential.is_none() {
         cfg.credential = sync::load_credential(client)?;
     }
@@ -131,6 +147,8 @@ pub(super) fn init(dir: &Path, args: InitArgs) -> Result<()> {
         pin: pin.to_string(),
         server_name: args.server_name.clone().filter(|s| !s.trim().is_empty()),
         credential: args.credential.clone().filter(|s| !s.is_empty()),
+        congestion: None,
+        budget: None,
     };
     // Refuse an address the sync could never use, before writing anything.
     let (host, port) = cfg
@@ -199,6 +217,8 @@ pub(super) fn init_with_token(dir: &Path, token: &str, args: &InitArgs) -> Resul
         pin: enrolled.pin.clone(),
         server_name: args.server_name.clone().filter(|s| !s.trim().is_empty()),
         credential: None,
+        congestion: None,
+        budget: None,
     };
     save_config(dir, &cfg)?;
     if args.json {

@@ -10,6 +10,13 @@ pub(super) struct StatusOut {
     pub(super) identity: Option<Identity>,
     /// Local changes waiting for the relay.
     pub(super) outbox: u64,
+    /// Documents those changes touch.
+    pub(super) outbox_documents: u64,
+    /// Their bytes.
+    pub(super) outbox_bytes: u64,
+    /// The relay had more to send when the last sync ended (a metered sync stopped at its
+    /// budget); cleared by a sync that finishes.
+    pub(super) download_waiting: bool,
     /// Changes the relay refused for good.
     pub(super) quarantined: usize,
     /// The most recent of those (up to 5), newest first.
@@ -35,6 +42,7 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
     };
     let persisted = sync::load_status(&client)?.unwrap_or_default();
     let quarantine = quarantine_list(&client)?;
+    let outbox = client.outbox_summary()?;
     let (reachable, rtt, relay_error) = match &cfg {
         None => (
             false,
@@ -42,7 +50,7 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
             Some("no relay configured (run `fieldsync init`)".to_string()),
         ),
         Some(c) => {
-            let mut sc = c.sync_config();
+            let mut sc = c.sync_config()?;
             sc.connect_timeout = Duration::from_secs(3);
             match runtime()?.block_on(sync::probe(&sc)) {
                 Ok(rtt) => (
@@ -58,7 +66,10 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
         device_id: client.device_id(),
         data_dir: dir.to_path_buf(),
         identity: client.identity().ok(),
-        outbox: client.outbox_len()?,
+        outbox: outbox.changes,
+        outbox_documents: outbox.documents,
+        outbox_bytes: outbox.bytes,
+        download_waiting: persisted.download_waiting,
         quarantined: quarantine.len(),
         recent_rejections: quarantine.into_iter().take(5).collect(),
         conflicts: client.conflicts()?.len(),
@@ -76,7 +87,22 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
     }
     println!("Replica:    {}", dir.join(REPLICA_FILE).display());
     println!("Device id:  {}", out.device_id);
-    println!("Outbox:     {} changes waiting", out.outbox);
+    println!(
+        "Upload:     {} waiting ({}, {})",
+        plural(out.outbox, "change"),
+        plural(out.outbox_documents, "document"),
+        format_bytes(out.outbox_bytes)
+    );
+    println!(
+        "Download:   {}",
+        if out.download_waiting {
+            "more waiting on the relay (the last sync stopped at its budget; `fieldsync sync` goes on)"
+        } else if out.last_sync_finished_at.is_some() {
+            "nothing known to be waiting (the last sync finished)"
+        } else {
+            "not synced yet"
+        }
+    );
     if out.quarantined > 0 {
         println!(
             "Quarantine: {} changes refused by the relay (see `fieldsync quarantine`)",

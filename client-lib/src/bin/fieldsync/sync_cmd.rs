@@ -15,6 +15,9 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
     let client = open(dir)?;
     let mut cfg = sync_settings(dir, &client)?;
     cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
+    if let Some(b) = args.budget {
+        cfg.budget = Some(b).filter(|b| *b > 0);
+    }
     let rt = runtime()?;
     if args.watch {
         return rt.block_on(watch(client, cfg, args.json));
@@ -27,6 +30,9 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
     }
     let started = Instant::now();
     let bar2 = bar.clone();
+    let budget = cfg.budget;
+    // The outbox's bytes, for the upload's estimate of the time left.
+    let outbox_bytes = client.outbox_summary()?.bytes;
     let progress = move |p: &SyncProgress| {
         if show_bar && bar2.is_hidden() && started.elapsed() > Duration::from_millis(300) {
             bar2.set_draw_target(indicatif::ProgressDrawTarget::stderr());
@@ -42,10 +48,15 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
         } else {
             format!("↑ {}", format_bytes(p.bytes_sent))
         };
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        let moved = p.bytes_sent + p.bytes_received;
+        let rate = moved as f64 / secs;
         bar2.set_message(format!(
-            "{up}  ↓ {} ({} items)",
+            "{up}  ↓ {} ({} items)  {}/s{}",
             format_bytes(p.bytes_received),
-            p.items_received
+            p.items_received,
+            format_bytes(rate as u64),
+            time_left(p, rate, budget, outbox_bytes)
         ));
     };
     let result = rt.block_on(sync::sync_now_with_progress(&client, &cfg, progress));
@@ -59,8 +70,36 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
     Ok(())
 }
 
+/// The progress bar's estimate of the time left, at the rate so far: to the budget's end for a
+/// metered sync, else to the end of the upload while the outbox is still going up (a download's
+/// size is not known before it ends).
+fn time_left(p: &SyncProgress, rate: f64, budget: Option<u64>, outbox_bytes: u64) -> String {
+    if rate < 1.0 {
+        return String::new();
+    }
+    let moved = p.bytes_sent + p.bytes_received;
+    let left = match budget {
+        Some(b) => b.saturating_sub(moved),
+        None if p.changes_acked < p.outbox_at_start => outbox_bytes.saturating_sub(p.bytes_sent),
+        None => return String::new(),
+    };
+    let what = if budget.is_some() { "budget" } else { "upload" };
+    format!(
+        ", {what} ~{} left",
+        fmt_duration(Duration::from_secs_f64(left as f64 / rate))
+    )
+}
+
 pub(super) fn print_report(r: &SyncReport) {
-    println!("Synced with {} in {}", r.relay, fmt_duration(r.duration));
+    if r.budget_spent {
+        println!(
+            "Stopped at the budget after {} with {} (the next sync goes on from here)",
+            fmt_duration(r.duration),
+            r.relay
+        );
+    } else {
+        println!("Synced with {} in {}", r.relay, fmt_duration(r.duration));
+    }
     println!(
         "  sent      {} changes ({} acknowledged, {} refused)",
         r.changes_sent, r.changes_acked, r.changes_rejected
@@ -89,9 +128,18 @@ pub(super) fn print_report(r: &SyncReport) {
     );
     if r.outbox_remaining > 0 {
         println!(
-            "  outbox    {} changes still waiting (refused for now; retried next sync)",
-            r.outbox_remaining
+            "  outbox    {} still waiting ({}; {})",
+            plural(r.outbox_remaining, "change"),
+            format_bytes(r.outbox_bytes_remaining),
+            if r.budget_spent {
+                "sent next sync"
+            } else {
+                "refused for now; retried next sync"
+            }
         );
+    }
+    if r.download_waiting {
+        println!("  download  more waiting on the relay");
     }
 }
 

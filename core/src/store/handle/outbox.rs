@@ -6,7 +6,7 @@ use rusqlite::params;
 
 use super::Store;
 use crate::ids::DocId;
-use crate::store::{OutboxChange, Quarantined, Skipped, StoreError};
+use crate::store::{OutboxChange, OutboxSummary, Quarantined, Skipped, StoreError};
 
 impl Store {
     /// Number of local changes not yet acknowledged by the relay.
@@ -14,6 +14,21 @@ impl Store {
         Ok(self
             .conn
             .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)
+    }
+
+    /// How many local changes wait for the relay, of how many documents, in how many bytes.
+    pub fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
+        let (changes, documents, bytes): (i64, i64, i64) = self.conn.query_row(
+            "SELECT count(*), count(DISTINCT doc_id), COALESCE(sum(length(bytes)), 0) FROM outbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(OutboxSummary {
+            changes: n(changes),
+            documents: n(documents),
+            bytes: n(bytes),
+        })
     }
 
     /// The oldest unacknowledged local changes, up to `max_count` changes and about `max_bytes`

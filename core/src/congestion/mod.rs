@@ -6,9 +6,15 @@
 //! queue overflows. Loss-based controllers (Cubic, NewReno) read every loss as congestion and
 //! halve their window, so at 5–20 % random loss they send a small fraction of what the link
 //! carries; a model-based controller (BBR) paces at the delivery rate it measures and keeps the
-//! link full. `fieldsync-linkbench --cc all` measures the three side by side; the default is
-//! the one that carried the most on the lossy links, and the others stay available for a link
-//! whose losses are all congestion.
+//! link full. Stock BBR still counts losses: a loss in its first round ends its start-up at
+//! whatever rate it had reached, and losses hold it in a recovery window. [`Congestion::Field`]
+//! is BBR that takes no loss as a signal except persistent congestion (the link cut for
+//! several probe timeouts), in [`field`]. `fieldsync-linkbench --cc all` measures them side by
+//! side; the default is the one that carried the most on the lossy links, and the others stay
+//! available for a link whose losses are all congestion.
+
+#[cfg(feature = "quic")]
+pub mod field;
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,8 +25,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Congestion {
-    /// BBR: paces at the measured bottleneck rate; random loss does not shrink its window.
+    /// BBR that reads no loss as congestion but persistent congestion: random loss neither
+    /// ends its start-up early nor holds it in a recovery window.
     #[default]
+    Field,
+    /// BBR (v1): paces at the measured bottleneck rate; a loss ends its start-up and holds it in
+    /// a recovery window for a round trip.
     Bbr,
     /// Cubic (RFC 9438): halves its window on loss, grows it by a cubic curve.
     Cubic,
@@ -32,11 +42,12 @@ pub enum Congestion {
 
 impl Congestion {
     /// Every controller, in the order benchmarks list them.
-    pub const ALL: [Self; 3] = [Self::Bbr, Self::Cubic, Self::NewReno];
+    pub const ALL: [Self; 4] = [Self::Field, Self::Bbr, Self::Cubic, Self::NewReno];
 
     /// The name used in configuration files and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Field => "field",
             Self::Bbr => "bbr",
             Self::Cubic => "cubic",
             Self::NewReno => "newreno",
@@ -52,7 +63,7 @@ impl fmt::Display for Congestion {
 
 /// A name that is not a controller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown congestion controller {0:?} (bbr, cubic or newreno)")]
+#[error("unknown congestion controller {0:?} (field, bbr, cubic or newreno)")]
 pub struct UnknownCongestion(pub String);
 
 impl FromStr for Congestion {
@@ -75,6 +86,7 @@ impl Congestion {
     ) -> std::sync::Arc<dyn quinn_proto::congestion::ControllerFactory + Send + Sync> {
         use quinn_proto::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
         match self {
+            Self::Field => std::sync::Arc::new(field::FieldConfig::default()),
             Self::Bbr => std::sync::Arc::new(BbrConfig::default()),
             Self::Cubic => std::sync::Arc::new(CubicConfig::default()),
             Self::NewReno => std::sync::Arc::new(NewRenoConfig::default()),
@@ -96,6 +108,9 @@ mod tests {
         }
         assert_eq!(" BBR ".parse::<Congestion>(), Ok(Congestion::Bbr));
         let err = "vegas".parse::<Congestion>().expect_err("unknown");
-        assert!(err.to_string().contains("bbr, cubic or newreno"), "{err}");
+        assert!(
+            err.to_string().contains("field, bbr, cubic or newreno"),
+            "{err}"
+        );
     }
 }
