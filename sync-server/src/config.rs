@@ -108,9 +108,9 @@ pub struct RelayConfig {
     /// Seconds without any packet after which a connection is dropped (clients send
     /// keep-alives). Default: 30 (range 1 – 3600).
     pub idle_timeout_secs: u64,
-    /// The QUIC congestion controller that paces what the relay sends (downloads): `bbr`,
-    /// `cubic` or `newreno`. BBR keeps a lossy radio or satellite link full where the others
-    /// halve their rate on every random loss. Default: `bbr`.
+    /// The QUIC congestion controller that paces what the relay sends (downloads): `field`
+    /// (BBR that takes no loss but a cut link as congestion), `bbr`, `cubic` or `newreno`.
+    /// Default: `field`.
     pub congestion: Congestion,
     /// Accept unknown devices without enrolment, granting `open_scopes` and `open_role`
     /// (development and pilots only). Enrolled devices must still present their secret.

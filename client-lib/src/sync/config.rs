@@ -38,7 +38,7 @@ pub struct SyncConfig {
     /// Software name sent to the relay.
     pub agent: String,
     /// The QUIC congestion controller of this side of the connection (what the laptop
-    /// uploads); the relay's own setting paces downloads. Default: BBR.
+    /// uploads); the relay's own setting paces downloads. Default: [`Congestion::Field`].
     pub congestion: Congestion,
     /// Metered mode for [`sync_now`]: the frame bytes (both ways) one sync may move. The
     /// laptop's own changes go first (they travel with the handshake), then the download; once
