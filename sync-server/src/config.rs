@@ -109,8 +109,8 @@ pub struct RelayConfig {
     /// keep-alives). Default: 30 (range 1 – 3600).
     pub idle_timeout_secs: u64,
     /// The QUIC congestion controller that paces what the relay sends (downloads): `field`
-    /// (BBR that takes no loss but a cut link as congestion), `bbr`, `cubic` or `newreno`.
-    /// Default: `field`.
+    /// (model-based like BBR; no loss but a cut link counts as congestion), `bbr`, `cubic` or
+    /// `newreno`. Default: `field`.
     pub congestion: Congestion,
     /// Accept unknown devices without enrolment, granting `open_scopes` and `open_role`
     /// (development and pilots only). Enrolled devices must still present their secret.

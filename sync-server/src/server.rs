@@ -456,6 +456,18 @@ impl Link {
             End::Closed => debug!(remote = %self.remote, "connection closed by the relay"),
             End::Gone(why) => debug!(remote = %self.remote, reason = %why, "connection ended"),
         }
+        // How the path behaved, for diagnosing a slow or lossy link.
+        let path = self.conn.stats().path;
+        debug!(
+            remote = %self.remote,
+            rtt_ms = path.rtt.as_millis(),
+            cwnd = path.cwnd,
+            sent_packets = path.sent_packets,
+            lost_packets = path.lost_packets,
+            lost_bytes = path.lost_bytes,
+            congestion_events = path.congestion_events,
+            "connection path"
+        );
         if self.logged_in
             && let Some(d) = self.session.as_ref().and_then(|s| s.device())
         {

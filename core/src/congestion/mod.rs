@@ -5,13 +5,14 @@
 //! A field link loses packets at random (radio fades, a satellite's weather), not only when a
 //! queue overflows. Loss-based controllers (Cubic, NewReno) read every loss as congestion and
 //! halve their window, so at 5–20 % random loss they send a small fraction of what the link
-//! carries; a model-based controller (BBR) paces at the delivery rate it measures and keeps the
-//! link full. Stock BBR still counts losses: a loss in its first round ends its start-up at
-//! whatever rate it had reached, and losses hold it in a recovery window. [`Congestion::Field`]
-//! is BBR that takes no loss as a signal except persistent congestion (the link cut for
-//! several probe timeouts), in [`field`]. `fieldsync-linkbench --cc all` measures them side by
-//! side; the default is the one that carried the most on the lossy links, and the others stay
-//! available for a link whose losses are all congestion.
+//! carries; a model-based controller (BBR) sizes its window from the delivery rate it measures.
+//! The transport's BBR still counts losses (a loss ends its start-up and holds it in a recovery
+//! window) and samples the rate per packet, which lost acknowledgements upset.
+//! [`Congestion::Field`], in [`field`], measures the rate per round trip and takes no loss as a
+//! signal except persistent congestion (the link cut for several probe timeouts).
+//! `fieldsync-linkbench --cc all` measures them side by side; the default is the one that
+//! carried the most on the lossy links, and the others stay available for a link whose losses
+//! are all congestion.
 
 #[cfg(feature = "quic")]
 pub mod field;
@@ -25,8 +26,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Congestion {
-    /// BBR that reads no loss as congestion but persistent congestion: random loss neither
-    /// ends its start-up early nor holds it in a recovery window.
+    /// Model-based like BBR, for lossy links: the window is twice the delivery rate measured
+    /// per round trip times the smallest round trip, and no loss but persistent congestion
+    /// counts as a signal.
     #[default]
     Field,
     /// BBR (v1): paces at the measured bottleneck rate; a loss ends its start-up and holds it in
@@ -86,7 +88,7 @@ impl Congestion {
     ) -> std::sync::Arc<dyn quinn_proto::congestion::ControllerFactory + Send + Sync> {
         use quinn_proto::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
         match self {
-            Self::Field => std::sync::Arc::new(field::FieldConfig::default()),
+            Self::Field => std::sync::Arc::new(field::FieldConfig),
             Self::Bbr => std::sync::Arc::new(BbrConfig::default()),
             Self::Cubic => std::sync::Arc::new(CubicConfig::default()),
             Self::NewReno => std::sync::Arc::new(NewRenoConfig::default()),

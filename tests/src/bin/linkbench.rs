@@ -4,7 +4,8 @@
 //! ```sh
 //! cargo run --release -p fieldsync-tests --bin fieldsync-linkbench              # the matrix (~10 min)
 //! cargo run --release -p fieldsync-tests --bin fieldsync-linkbench -- --quick   # 512 kbit/s only (~2 min)
-//! cargo run --release -p fieldsync-tests --bin fieldsync-linkbench -- --cc all  # controllers side by side (~25 min)
+//! cargo run --release -p fieldsync-tests --bin fieldsync-linkbench -- --cc all  # controllers side by side (~15 min)
+//! RUST_LOG=fieldsync_relay=debug …  # also each connection's path: rtt, window, packets sent and lost
 //! ```
 //!
 //! A relay runs in this process on 127.0.0.1; every laptop reaches it through a
@@ -176,6 +177,9 @@ struct Bench {
     docs: usize,
     next: usize,
     seed: u64,
+    /// The case running now, and the cases that failed.
+    current: String,
+    failures: Vec<String>,
 }
 
 impl Bench {
@@ -207,7 +211,30 @@ impl Bench {
             docs: 0,
             next: 0,
             seed: 1,
+            current: String::new(),
+            failures: Vec::new(),
         })
+    }
+
+    /// Announces the case about to run (and remembers it for a failure's line).
+    fn start_case(&mut self, what: String) {
+        eprintln!("{what}");
+        self.current = what;
+    }
+
+    /// Keeps a measured row, or the case's failure (a sync can fail on a bad link: the row
+    /// says so and the run goes on).
+    fn keep(&mut self, rows: &mut Vec<Row>, row: anyhow::Result<Row>) {
+        match row {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                eprintln!("failed: {e:#}");
+                self.failures.push(format!(
+                    "{} failed: {e:#}",
+                    self.current.trim_end_matches(" …")
+                ));
+            }
+        }
     }
 
     fn relay(&self) -> anyhow::Result<&Relay> {
@@ -298,13 +325,13 @@ impl Bench {
     }
 
     fn download(&mut self, link: Link, faults: Faults) -> anyhow::Result<Row> {
-        eprintln!(
+        self.start_case(format!(
             "[{}] download {} over {} at {} …",
             self.cc,
             self.docs,
             link.name(),
             faults.name()
-        );
+        ));
         let laptop = self.new_laptop()?;
         let (report, stats) = self.sync_through(&laptop, link, faults)?;
         let got = laptop.with_store(|s| s.doc_count())? as usize;
@@ -318,12 +345,12 @@ impl Bench {
     }
 
     fn upload(&mut self, edits: usize, link: Link, faults: Faults) -> anyhow::Result<Row> {
-        eprintln!(
+        self.start_case(format!(
             "[{}] upload {edits} edits over {} at {} …",
             self.cc,
             link.name(),
             faults.name()
-        );
+        ));
         let laptop = self.synced_laptop()?;
         offline_edits(&laptop, edits)?;
         let waiting = laptop.outbox_len()?;
@@ -343,12 +370,12 @@ impl Bench {
     }
 
     fn one_field(&mut self, laptop: &Client, link: Link, faults: Faults) -> anyhow::Result<Row> {
-        eprintln!(
+        self.start_case(format!(
             "[{}] one field over {} at {} …",
             self.cc,
             link.name(),
             faults.name()
-        );
+        ));
         let id = some_ids(laptop, "customers", 1)?[0];
         self.next += 1;
         laptop.customers().edit(
@@ -371,13 +398,13 @@ impl Bench {
     /// A fresh laptop with one customer of its own downloads everything; 1 s in, the rep
     /// changes one field of that customer; the note says when the relay stored the change.
     fn edit_during_download(&mut self, link: Link, faults: Faults) -> anyhow::Result<Row> {
-        eprintln!(
+        self.start_case(format!(
             "[{}] edit during a download of {} over {} at {} …",
             self.cc,
             self.docs,
             link.name(),
             faults.name()
-        );
+        ));
         let laptop = self.new_laptop()?;
         let id = self.own_customer(&laptop)?;
         let proxy = self.proxy(link, faults)?;
@@ -527,13 +554,25 @@ fn run_matrix(bench: &mut Bench, plan: &Plan, rows: &mut Vec<Row>) -> anyhow::Re
             Faults::Random(20),
             Faults::Bursty,
         ] {
-            rows.push(bench.download(EDGE, f)?);
+            {
+                let r = bench.download(EDGE, f);
+                bench.keep(rows, r);
+            }
         }
         if !plan.quick {
-            rows.push(bench.download(SATELLITE, Faults::Random(5))?);
-            rows.push(bench.download(FAST, Faults::Random(20))?);
+            {
+                let r = bench.download(SATELLITE, Faults::Random(5));
+                bench.keep(rows, r);
+            }
+            {
+                let r = bench.download(FAST, Faults::Random(20));
+                bench.keep(rows, r);
+            }
         }
-        rows.push(bench.upload(500, EDGE, Faults::Random(20))?);
+        {
+            let r = bench.upload(500, EDGE, Faults::Random(20));
+            bench.keep(rows, r);
+        }
         return Ok(());
     }
     let edge_faults: &[Faults] = if plan.quick {
@@ -547,35 +586,62 @@ fn run_matrix(bench: &mut Bench, plan: &Plan, rows: &mut Vec<Row>) -> anyhow::Re
         ]
     };
     for &f in edge_faults {
-        rows.push(bench.download(EDGE, f)?);
+        {
+            let r = bench.download(EDGE, f);
+            bench.keep(rows, r);
+        }
     }
     if !plan.quick {
         for f in [Faults::None, Faults::Random(5)] {
-            rows.push(bench.download(SATELLITE, f)?);
+            {
+                let r = bench.download(SATELLITE, f);
+                bench.keep(rows, r);
+            }
         }
         for f in [Faults::None, Faults::Random(20)] {
-            rows.push(bench.download(FAST, f)?);
+            {
+                let r = bench.download(FAST, f);
+                bench.keep(rows, r);
+            }
         }
     }
     for &f in edge_faults {
-        rows.push(bench.upload(500, EDGE, f)?);
+        {
+            let r = bench.upload(500, EDGE, f);
+            bench.keep(rows, r);
+        }
     }
     if !plan.quick {
-        rows.push(bench.upload(500, SATELLITE, Faults::Random(5))?);
+        {
+            let r = bench.upload(500, SATELLITE, Faults::Random(5));
+            bench.keep(rows, r);
+        }
     }
     let laptop = bench.synced_laptop()?;
     for &f in edge_faults {
-        rows.push(bench.one_field(&laptop, EDGE, f)?);
+        {
+            let r = bench.one_field(&laptop, EDGE, f);
+            bench.keep(rows, r);
+        }
     }
     if !plan.quick {
-        rows.push(bench.one_field(&laptop, SATELLITE, Faults::Random(5))?);
+        {
+            let r = bench.one_field(&laptop, SATELLITE, Faults::Random(5));
+            bench.keep(rows, r);
+        }
         bench.populate_to(10_000)?;
         for f in [Faults::None, Faults::Random(20), Faults::Cuts] {
-            rows.push(bench.download(EDGE, f)?);
+            {
+                let r = bench.download(EDGE, f);
+                bench.keep(rows, r);
+            }
         }
     }
     for &f in edge_faults {
-        rows.push(bench.edit_during_download(EDGE, f)?);
+        {
+            let r = bench.edit_during_download(EDGE, f);
+            bench.keep(rows, r);
+        }
     }
     Ok(())
 }
@@ -583,15 +649,20 @@ fn run_matrix(bench: &mut Bench, plan: &Plan, rows: &mut Vec<Row>) -> anyhow::Re
 fn run(plan: &Plan) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut rows = Vec::new();
+    let mut failures = Vec::new();
     for &cc in &plan.controllers {
         let mut bench = Bench::start(cc)?;
         let r = run_matrix(&mut bench, plan, &mut rows);
+        failures.append(&mut bench.failures);
         bench.stop();
         r?;
     }
     println!();
     print_table(&rows);
     println!();
+    for f in &failures {
+        println!("- {f}");
+    }
     println!(
         "- links emulated by fieldsync-faultproxy on 127.0.0.1 (both directions: the rate, half \
          the round trip each way, a queue of half a second of the link or 8 KiB, the loss); \
@@ -612,6 +683,14 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // `RUST_LOG=fieldsync_relay=debug` shows each connection's path statistics.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let mut plan = Plan {
         quick: false,
         controllers: vec![Congestion::default()],
@@ -621,6 +700,7 @@ fn main() -> ExitCode {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => plan.quick = true,
+            "--compare" => plan.compare = true,
             "--cc" => {
                 let Some(list) = args.next() else {
                     eprintln!(
@@ -635,7 +715,7 @@ fn main() -> ExitCode {
                 };
                 match picked {
                     Ok(cc) => {
-                        plan.compare = cc.len() > 1;
+                        plan.compare |= cc.len() > 1;
                         plan.controllers = cc;
                     }
                     Err(e) => {
@@ -646,11 +726,12 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: fieldsync-linkbench [--quick] [--cc field|bbr|cubic|newreno|LIST|all]\n\
+                    "usage: fieldsync-linkbench [--quick] [--compare] [--cc field|bbr|cubic|newreno|LIST|all]\n\
                      Sync over emulated field links (fieldsync-faultproxy in this process): \
                      prints a table, asserts nothing about time.\n\
                      --quick: 1,000 documents, the 512 kbit/s link at 0 and 20 % loss.\n\
-                     --cc all (or a comma-separated list): controllers side by side on lossy links."
+                     --cc all (or a comma-separated list): controllers side by side on lossy links\n\
+                     (the --compare cases: fresh downloads on lossy links and a lossy upload)."
                 );
                 return ExitCode::SUCCESS;
             }
