@@ -268,6 +268,15 @@ impl Connected {
         Some(answer)
     }
 
+    /// Resolves only when a connection that went early (0-RTT) has not completed its
+    /// handshake within `limit`: the connect timeout a full handshake is held to applies to it
+    /// too, instead of the idle timeout.
+    async fn handshake_overdue(&mut self, limit: Duration) {
+        if self.early.is_none() || self.early_data_answer(limit).await.is_some() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// A session that failed on a connection whose early data the relay refused failed
     /// because of that, whatever error the stream showed first (a write to the refused stream,
     /// a read of it): nothing it sent reached the relay, and the caller connects again with a
@@ -788,9 +797,13 @@ async fn connect_and_sync(
             progress(p);
         }
     };
-    let r = run
-        .drive(&mut link, prep, Until::Synced, edits, &mut sink)
-        .await;
+    let r = tokio::select! {
+        r = run.drive(&mut link, prep, Until::Synced, edits, &mut sink) => r,
+        () = connected.handshake_overdue(prep.cfg.connect_timeout) => Err(SyncError::ConnectTimeout {
+            relay: prep.relay.clone(),
+            timeout: prep.cfg.connect_timeout,
+        }),
+    };
     match &r {
         Ok(_) => link.close(0, "synced").await,
         Err(e) => {

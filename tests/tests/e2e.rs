@@ -371,3 +371,28 @@ async fn a_returning_laptop_syncs_with_0rtt_and_falls_back_when_the_relay_forgot
     assert_converged(&[&a, &b]);
     relay.shutdown().await.unwrap();
 }
+
+/// A resumed connection sends before its handshake completes; if the handshake never does
+/// (the relay went away after the last sync), the sync fails after the connect timeout, as a
+/// full handshake would, not after the much longer idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_connection_to_a_vanished_relay_fails_at_the_connect_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = start_relay(&tmp.path().join("relay"), "127.0.0.1:0".parse().unwrap()).await;
+    let mut cfg = config(&relay, relay.local_addr());
+    let a = Client::open(tmp.path().join("a.db")).unwrap();
+    new_customer(&a, "Erdos Quarry");
+    sync_now(&a, &cfg).await.unwrap();
+    relay.shutdown().await.unwrap();
+    new_customer(&a, "Written after the relay went away");
+    cfg.connect_timeout = Duration::from_secs(1);
+    cfg.idle_timeout = Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let err = sync_now(&a, &cfg).await.expect_err("nobody answers");
+    assert!(
+        matches!(err, fieldsync_client::sync::SyncError::ConnectTimeout { .. }),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_eq!(a.outbox_len().unwrap(), 1, "the change waits for the next sync");
+}

@@ -262,9 +262,13 @@ pub(super) async fn connect_and_drive(
             s.bytes_received = t.bytes_received;
         }),
     };
-    let r = run
-        .drive(&mut link, prep, Until::Stopped(stop), edits, &mut sink)
-        .await;
+    let r = tokio::select! {
+        r = run.drive(&mut link, prep, Until::Stopped(stop), edits, &mut sink) => r,
+        () = connected.handshake_overdue(prep.cfg.connect_timeout) => Err(SyncError::ConnectTimeout {
+            relay: prep.relay.clone(),
+            timeout: prep.cfg.connect_timeout,
+        }),
+    };
     match &r {
         Ok(_) => link.close(0, "bye").await,
         Err(e) => {
