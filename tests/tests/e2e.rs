@@ -390,9 +390,20 @@ async fn an_early_connection_to_a_vanished_relay_fails_at_the_connect_timeout() 
     let started = std::time::Instant::now();
     let err = sync_now(&a, &cfg).await.expect_err("nobody answers");
     assert!(
-        matches!(err, fieldsync_client::sync::SyncError::ConnectTimeout { .. }),
+        matches!(
+            err,
+            fieldsync_client::sync::SyncError::ConnectTimeout { .. }
+        ),
         "{err:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    assert_eq!(a.outbox_len().unwrap(), 1, "the change waits for the next sync");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        a.outbox_len().unwrap(),
+        1,
+        "the change waits for the next sync"
+    );
 }
