@@ -65,7 +65,7 @@ pub use status::{PersistedStatus, STATUS_META_KEY, SyncEvent, SyncState, SyncSta
 use config::split_host;
 use link::{Counters, Link};
 use report::millis;
-use status::{persist_budget_stop, persist_status};
+use status::{Outcome, persist_status};
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -202,8 +202,7 @@ impl Prepared {
                         return Ok(Connected {
                             endpoint,
                             conn,
-                            early: Some(accepted),
-                            early_answer: None,
+                            early: Early::Pending(accepted),
                         });
                     }
                     Err(connecting) => connecting,
@@ -216,8 +215,7 @@ impl Prepared {
                     return Ok(Connected {
                         endpoint,
                         conn,
-                        early: None,
-                        early_answer: None,
+                        early: Early::None,
                     });
                 }
                 Ok(Err(e)) => {
@@ -240,14 +238,51 @@ impl Prepared {
 struct Connected {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
-    /// For a connection that resumed a session and may send 0-RTT data: resolves once the
-    /// handshake completes, to whether the relay took that data.
-    early: Option<quinn::ZeroRttAccepted>,
-    /// That answer, once it came.
-    early_answer: Option<bool>,
+    early: Early,
+}
+
+/// Whether a connection sent 0-RTT data, and what the relay made of it.
+enum Early {
+    /// A full handshake: nothing went early.
+    None,
+    /// Resolves once the handshake completes, to whether the relay took the early data.
+    Pending(quinn::ZeroRttAccepted),
+    /// That answer (the future must not be polled again once it answered).
+    Answered(bool),
 }
 
 impl Connected {
+    /// Runs a session (`session`: the protocol loop on this connection's stream) with the
+    /// early-data rules: a connection that went early is held to the connect timeout until its
+    /// handshake completes (not to the much longer idle timeout), and a session that failed on
+    /// a connection whose early data the relay refused failed because of that, whatever error
+    /// the stream showed first: nothing it sent reached the relay, and the caller connects
+    /// again with a full handshake ([`SyncError::EarlyDataRejected`]).
+    async fn run_session(
+        &mut self,
+        prep: &Prepared,
+        session: impl Future<Output = Result<End, SyncError>>,
+    ) -> Result<End, SyncError> {
+        let limit = prep.cfg.connect_timeout;
+        let r = tokio::select! {
+            r = session => r,
+            () = self.handshake_overdue(limit) => Err(SyncError::ConnectTimeout {
+                relay: prep.relay.clone(),
+                timeout: limit,
+            }),
+        };
+        match r {
+            Err(e) if !matches!(e, SyncError::EarlyDataRejected) => {
+                // The stream fails once the handshake completes, so the answer is there.
+                match self.early_data_answer(Duration::from_millis(100)).await {
+                    Some(false) => Err(SyncError::EarlyDataRejected),
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
     /// Whether the relay took this connection's 0-RTT data (false until the handshake
     /// completed, and for a full handshake).
     async fn early_data_taken(&mut self) -> bool {
@@ -257,39 +292,23 @@ impl Connected {
     /// The relay's answer to this connection's 0-RTT data, waiting up to `wait` for the
     /// handshake to complete: `None` without early data or without an answer yet.
     async fn early_data_answer(&mut self, wait: Duration) -> Option<bool> {
-        if let Some(answer) = self.early_answer {
-            return Some(answer);
-        }
-        let accepted = self.early.as_mut()?;
-        let answer = tokio::time::timeout(wait, accepted).await.ok()?;
-        // The future must not be polled again once it answered.
-        self.early = None;
-        self.early_answer = Some(answer);
+        let answer = match &mut self.early {
+            Early::None => return None,
+            Early::Answered(a) => return Some(*a),
+            Early::Pending(accepted) => tokio::time::timeout(wait, accepted).await.ok()?,
+        };
+        self.early = Early::Answered(answer);
         Some(answer)
     }
 
-    /// Resolves only when a connection that went early (0-RTT) has not completed its
-    /// handshake within `limit`: the connect timeout a full handshake is held to applies to it
-    /// too, instead of the idle timeout.
+    /// Resolves only when the connection went early and its handshake has not completed
+    /// within `limit`.
     async fn handshake_overdue(&mut self, limit: Duration) {
-        if self.early.is_none() || self.early_data_answer(limit).await.is_some() {
-            std::future::pending::<()>().await;
+        if matches!(self.early, Early::Pending(_)) && self.early_data_answer(limit).await.is_none()
+        {
+            return;
         }
-    }
-
-    /// A session that failed on a connection whose early data the relay refused failed
-    /// because of that, whatever error the stream showed first (a write to the refused stream,
-    /// a read of it): nothing it sent reached the relay, and the caller connects again with a
-    /// full handshake.
-    async fn explain(&mut self, e: SyncError) -> SyncError {
-        if matches!(e, SyncError::EarlyDataRejected) {
-            return e;
-        }
-        // The stream fails once the handshake completes, so the answer is already there.
-        match self.early_data_answer(Duration::from_millis(100)).await {
-            Some(false) => SyncError::EarlyDataRejected,
-            _ => e,
-        }
+        std::future::pending::<()>().await;
     }
 }
 
@@ -635,7 +654,7 @@ impl Run {
             self.synced = step.core.synced;
             if became_synced {
                 self.caught_up_once = true;
-                persist_status(&self.client, &prep.relay, Ok(())).await;
+                persist_status(&self.client, &prep.relay, Outcome::Finished).await;
             }
             let progress = self.progress();
             sink(Note::Progress(&progress));
@@ -736,7 +755,7 @@ pub async fn sync_now_with_progress(
                 .as_ref()
                 .is_some_and(ClientSession::download_waiting);
             if run.budget_spent && download_waiting {
-                persist_budget_stop(client, &prep.relay).await;
+                persist_status(client, &prep.relay, Outcome::StoppedAtBudget).await;
             }
             Ok(SyncReport {
                 relay: prep.relay.clone(),
@@ -765,7 +784,7 @@ pub async fn sync_now_with_progress(
             })
         }
         Err(e) => {
-            persist_status(client, &prep.relay, Err(e.to_string())).await;
+            persist_status(client, &prep.relay, Outcome::Failed(e.to_string())).await;
             Err(e)
         }
     }
@@ -797,13 +816,12 @@ async fn connect_and_sync(
             progress(p);
         }
     };
-    let r = tokio::select! {
-        r = run.drive(&mut link, prep, Until::Synced, edits, &mut sink) => r,
-        () = connected.handshake_overdue(prep.cfg.connect_timeout) => Err(SyncError::ConnectTimeout {
-            relay: prep.relay.clone(),
-            timeout: prep.cfg.connect_timeout,
-        }),
-    };
+    let r = connected
+        .run_session(
+            prep,
+            run.drive(&mut link, prep, Until::Synced, edits, &mut sink),
+        )
+        .await;
     match &r {
         Ok(_) => link.close(0, "synced").await,
         Err(e) => {
@@ -813,10 +831,6 @@ async fn connect_and_sync(
     }
     *finished = Instant::now();
     run.early_data = connected.early_data_taken().await;
-    let r = match r {
-        Err(e) => Err(connected.explain(e).await),
-        ok => ok,
-    };
     tracing::debug!(ok = r.is_ok(), early_data = run.early_data, "sync finished");
     // Let the close reach the relay (retransmitted if lost); not part of the sync time.
     let _ = tokio::time::timeout(Duration::from_secs(2), connected.endpoint.wait_idle()).await;

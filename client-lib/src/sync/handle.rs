@@ -167,7 +167,7 @@ pub(super) async fn background(
             Err(e) => e,
         };
         tracing::info!(error = %e, "sync connection ended");
-        persist_status(&client, &prep.relay, Err(e.to_string())).await;
+        persist_status(&client, &prep.relay, Outcome::Failed(e.to_string())).await;
         if !e.is_retryable() {
             fatal(&shared, &e);
             break;
@@ -262,13 +262,12 @@ pub(super) async fn connect_and_drive(
             s.bytes_received = t.bytes_received;
         }),
     };
-    let r = tokio::select! {
-        r = run.drive(&mut link, prep, Until::Stopped(stop), edits, &mut sink) => r,
-        () = connected.handshake_overdue(prep.cfg.connect_timeout) => Err(SyncError::ConnectTimeout {
-            relay: prep.relay.clone(),
-            timeout: prep.cfg.connect_timeout,
-        }),
-    };
+    let r = connected
+        .run_session(
+            prep,
+            run.drive(&mut link, prep, Until::Stopped(stop), edits, &mut sink),
+        )
+        .await;
     match &r {
         Ok(_) => link.close(0, "bye").await,
         Err(e) => {
@@ -276,10 +275,6 @@ pub(super) async fn connect_and_drive(
             link.close(code, &reason).await;
         }
     }
-    let r = match r {
-        Err(e) => Err(connected.explain(e).await),
-        ok => ok,
-    };
     let _ = tokio::time::timeout(Duration::from_secs(2), connected.endpoint.wait_idle()).await;
     r
 }

@@ -157,63 +157,44 @@ pub(super) fn read_status(store: &Store) -> Result<Option<PersistedStatus>, Clie
     }
 }
 
-pub(super) fn write_status(
-    store: &mut Store,
-    relay: &str,
-    outcome: Result<(), &str>,
-) -> Result<(), ClientError> {
+/// How a sync attempt ended, as the replica records it.
+pub(super) enum Outcome {
+    /// Caught up, every local change answered.
+    Finished,
+    /// A metered sync stopped at its budget with more waiting on the relay.
+    StoppedAtBudget,
+    /// The attempt failed.
+    Failed(String),
+}
+
+fn write_status(store: &mut Store, relay: &str, outcome: &Outcome) -> Result<(), ClientError> {
     let mut st = read_status(store)?.unwrap_or_default();
     let now = now_millis();
     st.relay = Some(relay.to_string());
     st.last_attempt_at = Some(now);
     match outcome {
-        Ok(()) => {
+        Outcome::Finished => {
             st.last_sync_finished_at = Some(now);
             st.last_error = None;
             st.download_waiting = false;
         }
-        Err(e) => st.last_error = Some(e.to_string()),
+        Outcome::StoppedAtBudget => {
+            st.last_error = None;
+            st.download_waiting = true;
+        }
+        Outcome::Failed(e) => st.last_error = Some(e.clone()),
     }
     let json = serde_json::to_vec(&st).map_err(|e| ClientError::Corrupt(e.to_string()))?;
     store.set_meta(STATUS_META_KEY, &json)?;
     Ok(())
 }
 
-/// Records that a metered sync stopped at its budget with more waiting on the relay (logging
-/// instead of failing).
-pub(super) async fn persist_budget_stop(client: &Client, relay: &str) {
-    let client = client.clone();
-    let relay = relay.to_string();
-    let r = tokio::task::spawn_blocking(move || {
-        client.with_store(|store| -> Result<(), ClientError> {
-            let mut st = read_status(store)?.unwrap_or_default();
-            st.relay = Some(relay);
-            st.last_attempt_at = Some(now_millis());
-            st.last_error = None;
-            st.download_waiting = true;
-            let json = serde_json::to_vec(&st).map_err(|e| ClientError::Corrupt(e.to_string()))?;
-            store.set_meta(STATUS_META_KEY, &json)?;
-            Ok(())
-        })
-    })
-    .await;
-    if !matches!(r, Ok(Ok(()))) {
-        tracing::warn!("could not record the sync status");
-    }
-}
-
 /// Records an outcome, logging instead of failing (the sync result matters more).
-pub(super) async fn persist_status(client: &Client, relay: &str, outcome: Result<(), String>) {
+pub(super) async fn persist_status(client: &Client, relay: &str, outcome: Outcome) {
     let client = client.clone();
     let relay = relay.to_string();
     let r = tokio::task::spawn_blocking(move || {
-        client.with_store(|store| {
-            write_status(
-                store,
-                &relay,
-                outcome.as_ref().map(|_| ()).map_err(String::as_str),
-            )
-        })
+        client.with_store(|store| write_status(store, &relay, &outcome))
     })
     .await;
     match r {
