@@ -253,6 +253,14 @@ fn read_banner(stdout: ChildStdout) -> anyhow::Result<(String, SocketAddr)> {
     ))
 }
 
+/// The machine's 1-minute load average as printed by the kernel, or `?` where unreadable.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// Peak resident memory (`VmHWM`) of a process, in KiB (Linux only; `None` elsewhere).
 pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -406,7 +406,7 @@ impl Bench {
             faults.name()
         ));
         let laptop = self.new_laptop()?;
-        let id = self.own_customer(&laptop)?;
+        let id = own_customer(&laptop)?;
         let proxy = self.proxy(link, faults)?;
         let cfg = self.config(proxy.local_addr())?;
         let sync = {
@@ -466,24 +466,24 @@ impl Bench {
         Ok(row)
     }
 
-    /// Creates one customer on `laptop`, offline (its first sync uploads it).
-    fn own_customer(&mut self, laptop: &Client) -> anyhow::Result<DocId> {
-        let id = laptop
-            .customers()
-            .create(fieldsync_core::model::NewCustomer {
-                org: fieldsync_tests::workload::ORG.into(),
-                scope: fieldsync_tests::workload::SCOPES[0].into(),
-                name: "Edited during the download".into(),
-                ..Default::default()
-            })?;
-        Ok(id.into())
-    }
-
     fn stop(mut self) {
         if let Some(r) = self.relay.take() {
             let _ = self.rt.block_on(r.shutdown());
         }
     }
+}
+
+/// Creates one customer on `laptop`, offline (its first sync uploads it).
+fn own_customer(laptop: &Client) -> anyhow::Result<DocId> {
+    let id = laptop
+        .customers()
+        .create(fieldsync_core::model::NewCustomer {
+            org: fieldsync_tests::workload::ORG.into(),
+            scope: fieldsync_tests::workload::SCOPES[0].into(),
+            name: "Edited during the download".into(),
+            ..Default::default()
+        })?;
+    Ok(id.into())
 }
 
 fn print_table(rows: &[Row]) {
@@ -673,10 +673,7 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
     println!(
         "- {} CPUs, load average {}; whole run {:.0} s",
         std::thread::available_parallelism().map_or(0, usize::from),
-        std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next().map(str::to_string))
-            .unwrap_or_else(|| "?".into()),
+        fieldsync_tests::procs::loadavg(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -240,14 +240,6 @@ fn cpu_wait_secs(pid: u32) -> f64 {
     ns as f64 / 1e9
 }
 
-/// The 1-minute load average.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
 /// Resets a process's peak RSS (`VmHWM`) to its current RSS.
 fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
@@ -498,7 +490,7 @@ fn orchestrate(quick: bool, separate: bool) -> anyhow::Result<()> {
     let bench = Bench { tmp, relay };
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    let load_before = loadavg();
+    let load_before = procs::loadavg();
 
     eprintln!("populating {small} documents …");
     let (p, relay) = bench.measured(
@@ -677,7 +669,7 @@ fn orchestrate(quick: bool, separate: bool) -> anyhow::Result<()> {
         "- machine: {} CPUs, load average {load_before} before and {} after the run (other \
          processes compete for the CPUs when it is above 0)",
         std::thread::available_parallelism().map_or(0, usize::from),
-        loadavg()
+        procs::loadavg()
     );
     println!(
         "- relay: {mode}; bytes are protocol frame bytes (length prefixes included, QUIC/TLS/UDP \
