@@ -75,6 +75,7 @@ use std::time::{Duration, Instant};
 use fieldsync_core::Role;
 use fieldsync_core::ids::{Millis, now_millis};
 use fieldsync_core::protocol::client::ClientConfig as SessionConfig;
+use fieldsync_core::protocol::messages::MAX_FIRST_CUSTOMERS;
 use fieldsync_core::protocol::{
     ClientInput, ClientSession, ClientStep, CodecError, Message, SessionError, SessionStats,
     TimerConfig, codec,
@@ -437,6 +438,18 @@ fn metered(mut cfg: SessionConfig, budget: Option<u64>) -> SessionConfig {
     cfg
 }
 
+/// The customers whose documents a download brings first: planned visits of the coming days,
+/// then recent work (see [`Store::first_customers`]). A replica that cannot say downloads in
+/// the usual order.
+fn first_customers(client: &Client) -> Vec<fieldsync_core::DocId> {
+    client
+        .with_store(|s| s.first_customers(now_millis(), MAX_FIRST_CUSTOMERS))
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not read which customers come first");
+            Vec::new()
+        })
+}
+
 /// The clock the sessions' timers run on: milliseconds of a monotonic clock (a wall clock set
 /// back would hold a timer, one set forward would fire it early).
 fn session_clock() -> Millis {
@@ -473,6 +486,7 @@ impl Run {
                     response_timeout: cfg.response_timeout,
                     resend_after: cfg.resend_refused_after,
                 },
+                first: first_customers(client),
                 ..metered(SessionConfig::default(), cfg.budget)
             })),
             stats: SessionStats::default(),

@@ -9,6 +9,7 @@
 
 use fieldsync_core::DocId;
 use fieldsync_core::ids::ALL_SCOPES;
+use fieldsync_core::protocol::Lane;
 use fieldsync_core::store::{guard, load_snapshot};
 
 use crate::store::{RelayStore, RelayStoreError};
@@ -41,7 +42,7 @@ pub fn check_documents(store: &RelayStore) -> Result<Report, RelayStoreError> {
     let mut report = Report::default();
     let mut after: Option<DocId> = None;
     loop {
-        let (page, more) = store.read_snapshots(ALL_SCOPES, after, PAGE_BYTES)?;
+        let (page, more) = store.read_snapshots(ALL_SCOPES, after, PAGE_BYTES, Lane::All)?;
         for (id, snapshot) in &page {
             report.checked += 1;
             if let Err(reason) = check_one(snapshot) {

@@ -196,6 +196,29 @@ fn arb_cursor() -> impl Strategy<Value = Cursor> {
         (any::<Option<u64>>(), prop::option::of(arb_doc()))
             .prop_map(|(high, after)| ScopeCursor::Snapshot { high, after }),
         any::<u64>().prop_map(|seq| ScopeCursor::Log { seq }),
+        (
+            any::<(u64, u64, u64)>(),
+            prop::collection::vec(arb_doc(), 0..70)
+        )
+            .prop_map(|((seq, first_seq, upto), first)| ScopeCursor::LogFirst {
+                seq,
+                first,
+                first_seq,
+                upto
+            }),
+        (
+            any::<(u64, bool)>(),
+            prop::collection::vec(arb_doc(), 0..70),
+            prop::option::of(arb_doc())
+        )
+            .prop_map(
+                |((high, first_done), first, after)| ScopeCursor::SnapshotFirst {
+                    high,
+                    first,
+                    first_done,
+                    after
+                }
+            ),
     ];
     (
         arb_uuid(),
@@ -277,6 +300,7 @@ fn arb_message(real: Vec<Vec<u8>>) -> impl Strategy<Value = Message> {
         }),
         (arb_cursor(), any::<u32>())
             .prop_map(|(cursor, max_bytes)| Message::Pull { cursor, max_bytes }),
+        prop::collection::vec(arb_doc(), 0..100).prop_map(|customers| Message::First { customers }),
         (
             prop::collection::vec(
                 (arb_doc(), entry).prop_map(|(doc_id, entry)| Item { doc_id, entry }),
@@ -468,7 +492,7 @@ proptest! {
             }
         }
         let status = store.status().expect("status");
-        let (snapshots, _) = store.read_snapshots("*", None, usize::MAX).expect("snapshots");
+        let (snapshots, _) = store.read_snapshots("*", None, usize::MAX, fieldsync_core::protocol::Lane::All).expect("snapshots");
         prop_assert_eq!(snapshots.len() as u64, status.docs);
         for (id, snap) in snapshots {
             prop_assert!(

@@ -75,6 +75,9 @@ pub struct ClientConfig {
     pub pull_bytes: u32,
     /// The session's timers (see [`ClientSession::step`]).
     pub timers: TimerConfig,
+    /// Customers whose documents the download brings first (see [`Message::First`]), most
+    /// urgent first; a driver fills it from [`Store::first_customers`] before it opens.
+    pub first: Vec<DocId>,
 }
 
 impl Default for ClientConfig {
@@ -87,6 +90,7 @@ impl Default for ClientConfig {
             upload_bytes: 1 << 20,
             pull_bytes: 2 << 20,
             timers: TimerConfig::default(),
+            first: Vec::new(),
         }
     }
 }
@@ -212,6 +216,11 @@ impl ClientSession {
             epoch: Uuid::nil(),
             scopes: BTreeMap::new(),
         });
+        if !self.cfg.first.is_empty() {
+            out.push(Message::First {
+                customers: self.cfg.first.clone(),
+            });
+        }
         self.pull_outstanding = true;
         out.push(Message::Pull {
             cursor,

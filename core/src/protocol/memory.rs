@@ -17,6 +17,7 @@ use std::time::Duration;
 use automerge::AutoCommit;
 use uuid::Uuid;
 
+use super::download::Lane;
 use super::messages::{Hash, UploadChange};
 use super::relay::{Lack, LogEntry, Outcome, RelayStorage, SnapshotPage, StorageError};
 use super::rules::{
@@ -485,9 +486,11 @@ impl RelayStorage for MemoryRelay {
         scope: &str,
         after: u64,
         max_bytes: usize,
+        lane: Lane<'_>,
     ) -> Result<(Vec<LogEntry>, bool), StorageError> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let t = &self.tables;
+        let customer = |doc: &DocId| t.docs.get(doc).and_then(|d| d.customer_id);
         // Across all scopes only changes and replacements: a move's snapshot and `Leave`
         // concern scopes, and every document is seen where it is anyway.
         let rows = t.log.iter().filter(|r| {
@@ -497,6 +500,7 @@ impl RelayStorage for MemoryRelay {
                 } else {
                     r.scope == scope
                 }
+                && lane.admits(r.doc, customer(&r.doc), u64::try_from(r.seq).unwrap_or(0))
         });
         let mut out = Vec::new();
         let mut used = 0usize;
@@ -533,6 +537,7 @@ impl RelayStorage for MemoryRelay {
         scope: &str,
         after: Option<DocId>,
         max_bytes: usize,
+        lane: Lane<'_>,
     ) -> Result<SnapshotPage, StorageError> {
         let mut out = Vec::new();
         let mut used = 0;
@@ -540,7 +545,11 @@ impl RelayStorage for MemoryRelay {
             .tables
             .docs
             .iter()
-            .filter(|(id, d)| Some(**id) > after && (scope == ALL_SCOPES || d.scope == scope))
+            .filter(|(id, d)| {
+                Some(**id) > after
+                    && (scope == ALL_SCOPES || d.scope == scope)
+                    && lane.admits(**id, d.customer_id, 0)
+            })
             .peekable();
         while let Some((id, d)) = rows.next() {
             used += d.snapshot.len();

@@ -16,7 +16,11 @@ use crate::ids::{DocId, Role};
 /// - 3: adds [`Entry::Replace`] (IT replaced a document's history). A relay of this version
 ///   still serves clients of version [`OLDEST_PROTOCOL_VERSION`], sending them a replacement as
 ///   an ordinary [`Entry::Snapshot`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// - 4: adds lanes: [`Message::First`] names the customers whose documents a download brings
+///   first, and the cursor states [`ScopeCursor::SnapshotFirst`] and [`ScopeCursor::LogFirst`]
+///   that carry such a download across sessions. A relay never sends those states to a client
+///   of an older version.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest client protocol version a relay of this build serves.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 2;
@@ -43,6 +47,33 @@ pub enum ScopeCursor {
     Log {
         /// Last sequence number applied.
         seq: u64,
+    },
+    /// The snapshot phase with a first lane (protocol 4): snapshots of the `first` customers'
+    /// documents (the customers and their visits and quotes) come first, in id order, then
+    /// those of every other document, in id order. The relay fixed `high` when the phase began.
+    SnapshotFirst {
+        /// Log position at which the log phase resumes.
+        high: u64,
+        /// The customers whose documents come first.
+        first: Vec<DocId>,
+        /// Every first document was sent.
+        first_done: bool,
+        /// Last document id received: a first document until `first_done`, then any other.
+        after: Option<DocId>,
+    },
+    /// The log phase with a first lane (protocol 4): the entries of the `first` customers'
+    /// documents up to `upto` come first (`first_seq` is the last of them sent); the rest of
+    /// the log follows from `seq`, leaving out the entries the first lane sent. Once `seq`
+    /// passes `first_seq` the state is plain [`ScopeCursor::Log`] again.
+    LogFirst {
+        /// Last sequence number applied of the rest of the log.
+        seq: u64,
+        /// The customers whose documents come first.
+        first: Vec<DocId>,
+        /// Last sequence number sent of the first lane.
+        first_seq: u64,
+        /// The log position the first lane ends at.
+        upto: u64,
     },
 }
 
@@ -237,7 +268,20 @@ pub enum Message {
         /// The client's software, for logs.
         agent: String,
     },
+    /// Client → relay (protocol 4), before a `Pull`: the customers whose documents the device
+    /// needs first (visits planned in the next days, recent work). A download that begins
+    /// after it brings those customers' documents, and their visits and quotes, ahead of the
+    /// rest. At most [`MAX_FIRST_CUSTOMERS`] are taken; documents outside the device's scopes
+    /// are never read, whatever it names.
+    First {
+        /// Customer document ids, most urgent first.
+        customers: Vec<DocId>,
+    },
 }
+
+/// Most customers one [`Message::First`] (and one lane of a cursor) names; a longer list is
+/// cut to its first entries.
+pub const MAX_FIRST_CUSTOMERS: usize = 64;
 
 impl Message {
     /// A short name for logs.
@@ -253,6 +297,7 @@ impl Message {
             Self::Heads { .. } => "Heads",
             Self::Missing { .. } => "Missing",
             Self::Enrol { .. } => "Enrol",
+            Self::First { .. } => "First",
         }
     }
 }

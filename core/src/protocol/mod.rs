@@ -58,6 +58,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod download;
 pub mod drive;
 pub mod memory;
 pub mod messages;
@@ -69,6 +70,7 @@ pub mod validate;
 
 pub use client::{ClientConfig, ClientSession, SessionError, SessionStats};
 pub use codec::{CodecError, FrameDecoder, decode, encode};
+pub use download::Lane;
 pub use messages::{
     Cursor, Entry, ErrorCode, Item, Message, PROTOCOL_VERSION, ScopeCursor, UploadChange,
 };

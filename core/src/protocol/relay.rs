@@ -1,11 +1,11 @@
 //! The relay's side of a connection, sans IO: feed it messages, send what it returns.
 
-use crate::ids::ALL_SCOPES;
 use uuid::Uuid;
 
+use super::download::{Fill, Lane};
 use super::messages::{
-    Cursor, Entry, ErrorCode, Hash, Item, MAGIC, Message, OLDEST_PROTOCOL_VERSION,
-    PROTOCOL_VERSION, Rejection, ScopeCursor, UploadChange,
+    Cursor, Entry, ErrorCode, Hash, Item, MAGIC, MAX_FIRST_CUSTOMERS, Message,
+    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Rejection, ScopeCursor, UploadChange,
 };
 use super::validate::DeviceInfo;
 use crate::ids::{DocId, Millis};
@@ -105,24 +105,27 @@ pub trait RelayStorage {
     ) -> Result<Vec<Outcome>, StorageError>;
     /// The highest sequence number assigned so far.
     fn high_seq(&mut self) -> Result<u64, StorageError>;
-    /// Log entries of `scope` (`*` = all) with sequence numbers above `after`, in order, up to
-    /// about `max_bytes`. Must never skip an entry that a later call could return with a
-    /// lower sequence number. Always returns at least one entry if any is waiting (even one
-    /// larger than `max_bytes`); the flag says whether more entries are waiting after these.
+    /// Log entries of `scope` (`*` = all) in `lane` with sequence numbers above `after`, in
+    /// order, up to about `max_bytes`. Must never skip an entry that a later call could
+    /// return with a lower sequence number. Always returns at least one entry if any is
+    /// waiting (even one larger than `max_bytes`); the flag says whether more entries are
+    /// waiting after these.
     fn read_log(
         &mut self,
         scope: &str,
         after: u64,
         max_bytes: usize,
+        lane: Lane<'_>,
     ) -> Result<(Vec<LogEntry>, bool), StorageError>;
-    /// Snapshots of the documents currently in `scope` (`*` = all) with ids above `after`, in id
-    /// order, up to about `max_bytes` (at least one if any is waiting); the flag says whether
-    /// more documents follow.
+    /// Snapshots of the documents currently in `scope` (`*` = all) and in `lane` with ids
+    /// above `after`, in id order, up to about `max_bytes` (at least one if any is waiting);
+    /// the flag says whether more documents follow.
     fn read_snapshots(
         &mut self,
         scope: &str,
         after: Option<DocId>,
         max_bytes: usize,
+        lane: Lane<'_>,
     ) -> Result<SnapshotPage, StorageError>;
     /// The stored heads of each of `ids` the relay holds (in any order). A session asks only
     /// for the documents of a snapshot page after it stored changes for its client, to leave
@@ -244,6 +247,8 @@ pub struct RelaySession {
     version: u32,
     /// Until the handshake: when the connection opened, on the driver's clock.
     opened_at: Option<Millis>,
+    /// The customers the client asked for first, until its first `Pull` takes them.
+    first: Vec<DocId>,
 }
 
 /// Most hashes a session remembers to avoid echoing a client's own uploads.
@@ -262,6 +267,7 @@ impl RelaySession {
             uploaded: std::collections::HashSet::new(),
             version: PROTOCOL_VERSION,
             opened_at: None,
+            first: Vec::new(),
         }
     }
 
@@ -383,7 +389,7 @@ impl RelaySession {
                     && let Some(cursor) = self.sent.clone()
                 {
                     let (items, cursor, caught_up) =
-                        self.fill(storage, &device, cursor, self.limits.max_batch_bytes)?;
+                        self.fill(storage, &device, cursor, self.limits.max_batch_bytes, &[])?;
                     self.live = caught_up;
                     self.sent = Some(cursor.clone());
                     out.messages.push(Message::Batch {
@@ -398,7 +404,11 @@ impl RelaySession {
                 self.live = false;
                 let budget = (max_bytes as usize).clamp(16 << 10, self.limits.max_batch_bytes);
                 let cursor = self.normalize(storage, &device, cursor)?;
-                let (items, cursor, caught_up) = self.fill(storage, &device, cursor, budget)?;
+                // The customers named first start lanes in the session's first download only:
+                // later pulls go on with the lanes their cursor carries.
+                let first = std::mem::take(&mut self.first);
+                let (items, cursor, caught_up) =
+                    self.fill(storage, &device, cursor, budget, &first)?;
                 self.live = caught_up;
                 if caught_up {
                     storage.touch_device(device.device_id)?;
@@ -434,6 +444,14 @@ impl RelaySession {
                     docs: missing,
                     done,
                 })
+            }
+            Message::First { mut customers } => {
+                // Older clients never send it; a list past the bound is cut.
+                if self.version >= 4 {
+                    customers.truncate(MAX_FIRST_CUSTOMERS);
+                    self.first = customers;
+                }
+                Output::default()
             }
             Message::Error { .. } => Output {
                 messages: Vec::new(),
@@ -565,11 +583,31 @@ impl RelaySession {
         // would skip new entries: start those scopes afresh.
         let high = storage.high_seq()?;
         for sc in cursor.scopes.values_mut() {
-            if matches!(sc, ScopeCursor::Log { seq } if *seq > high)
-                || matches!(sc, ScopeCursor::Snapshot { high: Some(h), .. } if *h > high)
-            {
-                *sc = ScopeCursor::fresh();
-            }
+            *sc = match std::mem::replace(sc, ScopeCursor::fresh()) {
+                ScopeCursor::Log { seq } if seq > high => ScopeCursor::fresh(),
+                ScopeCursor::Snapshot { high: Some(h), .. } if h > high => ScopeCursor::fresh(),
+                ScopeCursor::SnapshotFirst { high: h, first, .. }
+                    if h > high || first.len() > MAX_FIRST_CUSTOMERS =>
+                {
+                    ScopeCursor::fresh()
+                }
+                // A lane the relay cannot have started (ahead of the log, too long, out of
+                // order) gives way to the plain log from its start: what the first lane sent
+                // may come again, nothing is skipped.
+                ScopeCursor::LogFirst {
+                    seq,
+                    first,
+                    first_seq,
+                    upto,
+                } if upto > high || first_seq > upto || first.len() > MAX_FIRST_CUSTOMERS => {
+                    if seq > high {
+                        ScopeCursor::fresh()
+                    } else {
+                        ScopeCursor::Log { seq }
+                    }
+                }
+                other => other,
+            };
         }
         cursor.scopes.retain(|s, _| device.scopes.contains(s));
         for s in &device.scopes {
@@ -582,123 +620,25 @@ impl RelaySession {
     }
 
     /// Fills one batch from the cursor; returns the items, the cursor after them, and whether
-    /// every scope is drained.
+    /// every scope is drained. `first` starts a first lane in each scope whose phase starts
+    /// now (see [`super::download`]).
     fn fill(
         &self,
         storage: &mut dyn RelayStorage,
         device: &DeviceInfo,
-        mut cursor: Cursor,
+        cursor: Cursor,
         budget: usize,
+        first: &[DocId],
     ) -> Result<(Vec<Item>, Cursor, bool), StorageError> {
-        let mut items: Vec<Item> = Vec::new();
-        let mut used = 0usize;
-        let mut drained = true;
-        for (scope, sc) in cursor.scopes.iter_mut() {
-            if used >= budget {
-                drained = false;
-                break;
-            }
-            if let ScopeCursor::Snapshot { high, after } = sc {
-                let high = match high {
-                    Some(h) => *h,
-                    None => {
-                        let h = storage.high_seq()?;
-                        *sc = ScopeCursor::Snapshot {
-                            high: Some(h),
-                            after: *after,
-                        };
-                        h
-                    }
-                };
-                let ScopeCursor::Snapshot { after, .. } = sc.clone() else {
-                    unreachable!("set just above");
-                };
-                let (rows, more) =
-                    storage.read_snapshots(scope, after, budget.saturating_sub(used).max(1))?;
-                let exhausted = !more;
-                let mut last = after;
-                // Documents whose every head this session stored for the client are the
-                // client's own (it wrote the whole history up to them): it has them already.
-                let own: std::collections::HashSet<DocId> = if self.uploaded.is_empty() {
-                    Default::default()
-                } else {
-                    let ids: Vec<DocId> = rows.iter().map(|(id, _)| *id).collect();
-                    storage
-                        .heads_of(&ids)?
-                        .into_iter()
-                        .filter(|(_, heads)| {
-                            !heads.is_empty() && heads.iter().all(|h| self.uploaded.contains(h))
-                        })
-                        .map(|(id, _)| id)
-                        .collect()
-                };
-                for (id, bytes) in rows {
-                    last = Some(id);
-                    if own.contains(&id) {
-                        continue;
-                    }
-                    used += bytes.len() + 24;
-                    items.push(Item {
-                        doc_id: id,
-                        entry: Entry::Snapshot(super::messages::serde_bytes_vec::Bytes(bytes)),
-                    });
-                }
-                if exhausted {
-                    if scope != ALL_SCOPES {
-                        for (id, now) in storage.departures(scope, high)? {
-                            if !device.sees(&now) {
-                                used += 40;
-                                items.push(Item {
-                                    doc_id: id,
-                                    entry: Entry::Leave,
-                                });
-                            }
-                        }
-                    }
-                    *sc = ScopeCursor::Log { seq: high };
-                } else {
-                    *sc = ScopeCursor::Snapshot {
-                        high: Some(high),
-                        after: last,
-                    };
-                    drained = false;
-                    continue;
-                }
-            }
-            if let ScopeCursor::Log { seq } = sc {
-                let (rows, more) =
-                    storage.read_log(scope, *seq, budget.saturating_sub(used).max(1))?;
-                for r in rows {
-                    used += entry_size(&r.entry) + 24;
-                    *seq = r.seq;
-                    let echo = r.hash.is_some_and(|h| self.uploaded.contains(&h));
-                    let kept_elsewhere = matches!(r.entry, Entry::Leave)
-                        && r.moved_to.as_deref().is_some_and(|s| device.sees(s));
-                    if !echo && !kept_elsewhere {
-                        let entry = match r.entry {
-                            // Protocol 2 knows no replacement: a snapshot at least brings the
-                            // document to a client that skipped it (one holding the old
-                            // history merges it).
-                            Entry::Replace(b) if self.version < 3 => Entry::Snapshot(b),
-                            other => other,
-                        };
-                        push_entry(&mut items, r.doc_id, entry);
-                    }
-                }
-                if more {
-                    drained = false;
-                }
-            }
+        Fill {
+            storage,
+            device,
+            uploaded: &self.uploaded,
+            version: self.version,
+            first,
+            budget,
         }
-        let leaving: Vec<DocId> = items
-            .iter()
-            .filter(|i| matches!(i.entry, Entry::Leave))
-            .map(|i| i.doc_id)
-            .collect();
-        if !leaving.is_empty() {
-            storage.record_departures(device.device_id, &leaving)?;
-        }
-        Ok((items, cursor, drained))
+        .run(cursor)
     }
 
     /// Called when the relay's log grew: pushes new entries to a live client.
@@ -709,7 +649,7 @@ impl RelaySession {
         let (Some(cursor), Some(device)) = (self.sent.clone(), self.device.clone()) else {
             return Output::default();
         };
-        match self.fill(storage, &device, cursor, self.limits.max_batch_bytes) {
+        match self.fill(storage, &device, cursor, self.limits.max_batch_bytes, &[]) {
             Ok((items, cursor, caught_up)) => {
                 if items.is_empty() && caught_up {
                     // Nothing to deliver (e.g. only the client's own uploads, which are not
@@ -741,23 +681,3 @@ impl RelaySession {
 /// Bit set in an `Upload`'s batch number when it carries repair uploads (other devices'
 /// changes the relay lost); the relay then validates each change against its author's role.
 pub const REPAIR_BATCH: u64 = 1 << 63;
-
-fn entry_size(e: &Entry) -> usize {
-    match e {
-        Entry::Changes(c) => c.iter().map(|b| b.0.len()).sum(),
-        Entry::Snapshot(b) | Entry::Replace(b) => b.0.len(),
-        Entry::Leave => 0,
-    }
-}
-
-/// Appends an entry, merging consecutive changes to the same document into one item.
-fn push_entry(items: &mut Vec<Item>, doc_id: DocId, entry: Entry) {
-    if let (Some(last), Entry::Changes(new)) = (items.last_mut(), &entry)
-        && last.doc_id == doc_id
-        && let Entry::Changes(existing) = &mut last.entry
-    {
-        existing.extend(new.iter().cloned());
-        return;
-    }
-    items.push(Item { doc_id, entry });
-}

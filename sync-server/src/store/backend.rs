@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fieldsync_core::protocol::messages::Hash;
 use fieldsync_core::protocol::{
-    DeviceInfo, Lack, LogEntry, Outcome, RelayStorage, StorageError, UploadChange,
+    DeviceInfo, Lack, Lane, LogEntry, Outcome, RelayStorage, StorageError, UploadChange,
 };
 use fieldsync_core::{DocId, Role};
 use tokio::sync::watch;
@@ -199,8 +199,9 @@ impl RelayStore {
         scope: &str,
         after: u64,
         max_bytes: usize,
+        lane: Lane<'_>,
     ) -> Result<(Vec<LogEntry>, bool), RelayStoreError> {
-        each!(self, s => s.read_log(scope, after, max_bytes))
+        each!(self, s => s.read_log(scope, after, max_bytes, lane))
     }
 
     /// See [`SqliteRelayStore::read_snapshots`].
@@ -209,8 +210,9 @@ impl RelayStore {
         scope: &str,
         after: Option<DocId>,
         max_bytes: usize,
+        lane: Lane<'_>,
     ) -> Result<SnapshotPage, RelayStoreError> {
-        each!(self, s => s.read_snapshots(scope, after, max_bytes))
+        each!(self, s => s.read_snapshots(scope, after, max_bytes, lane))
     }
 
     /// See [`SqliteRelayStore::departures`].
@@ -349,8 +351,9 @@ macro_rules! relay_storage {
                 scope: &str,
                 after: u64,
                 max_bytes: usize,
+                lane: Lane<'_>,
             ) -> Result<(Vec<LogEntry>, bool), StorageError> {
-                Ok(Self::read_log(self, scope, after, max_bytes)?)
+                Ok(Self::read_log(self, scope, after, max_bytes, lane)?)
             }
 
             fn read_snapshots(
@@ -358,8 +361,9 @@ macro_rules! relay_storage {
                 scope: &str,
                 after: Option<DocId>,
                 max_bytes: usize,
+                lane: Lane<'_>,
             ) -> Result<(Vec<(DocId, Vec<u8>)>, bool), StorageError> {
-                Ok(Self::read_snapshots(self, scope, after, max_bytes)?)
+                Ok(Self::read_snapshots(self, scope, after, max_bytes, lane)?)
             }
 
             fn heads_of(&mut self, ids: &[DocId]) -> Result<Vec<(DocId, Vec<Hash>)>, StorageError> {

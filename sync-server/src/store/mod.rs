@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 use automerge::AutoCommit;
 use fieldsync_core::env::{Env, SystemEnv};
 use fieldsync_core::protocol::messages::Hash;
-use fieldsync_core::protocol::{DeviceInfo, Lack, LogEntry, Outcome, StorageError, UploadChange};
+use fieldsync_core::protocol::{
+    DeviceInfo, Lack, Lane, LogEntry, Outcome, StorageError, UploadChange,
+};
 use fieldsync_core::{DocId, Role};
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fieldsync_core::DocId;
-use fieldsync_core::protocol::Entry;
 use fieldsync_core::protocol::messages::Hash;
+use fieldsync_core::protocol::{Entry, Lane};
 use fieldsync_relay::SqliteRelayStore;
 
 use super::SCOPES;
@@ -75,7 +75,7 @@ impl RelayView {
         let mut entries = Vec::new();
         for scope in SCOPES {
             let (rows, more) = relay
-                .read_log(scope, self.high, 1 << 40)
+                .read_log(scope, self.high, 1 << 40, Lane::All)
                 .map_err(|e| format!("relay log: {e}"))?;
             if more {
                 return Err("read_log with an unbounded budget left entries behind".into());

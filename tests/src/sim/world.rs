@@ -15,7 +15,7 @@ use fieldsync_core::model::{
 };
 use fieldsync_core::protocol::messages::Hash;
 use fieldsync_core::protocol::{
-    ClientConfig, ClientInput, ClientSession, ClientStep, Entry, Item, Message, RelayLimits,
+    ClientConfig, ClientInput, ClientSession, ClientStep, Entry, Item, Lane, Message, RelayLimits,
     RelaySession, ScopeCursor, SessionError, TimerConfig, encode,
 };
 use fieldsync_core::store::{Durability, Store, StoreError, StoreOptions, decode_change};
@@ -730,9 +730,21 @@ impl World {
         let id = self.next_conn;
         self.next_conn += 1;
         let now = self.clock();
+        // Half the sessions name customers to download first, so lanes start, are cut and
+        // resume under every fault the run draws.
+        let first = self
+            .rng
+            .random_bool(0.5)
+            .then(|| self.rng.random_range(1..=8usize));
         let c = &mut self.clients[i];
         let store = c.store.as_mut().ok_or("connect while down")?;
-        let mut session = ClientSession::new(c.cfg.clone());
+        let mut cfg = c.cfg.clone();
+        if let Some(n) = first {
+            cfg.first = store
+                .first_customers(now, n)
+                .map_err(|e| format!("c{i} could not name its first customers: {e}"))?;
+        }
+        let mut session = ClientSession::new(cfg);
         let hello = session
             .step(store, ClientInput::Open, now)
             .map_err(|e| format!("c{i} could not open a session: {e}"))?
@@ -1487,8 +1499,10 @@ impl World {
                             .as_ref()
                             .and_then(|cur| cur.scopes.get(&left))
                             .is_some_and(|sc| match sc {
-                                ScopeCursor::Log { seq: at } => *at >= seq,
-                                ScopeCursor::Snapshot { high: Some(h), .. } => *h >= seq,
+                                ScopeCursor::Log { seq: at }
+                                | ScopeCursor::LogFirst { seq: at, .. } => *at >= seq,
+                                ScopeCursor::Snapshot { high: Some(h), .. }
+                                | ScopeCursor::SnapshotFirst { high: h, .. } => *h >= seq,
                                 ScopeCursor::Snapshot { high: None, .. } => false,
                             });
                         if passed && caught_up {
@@ -1594,7 +1608,7 @@ impl World {
         let mut snapshots = 0u64;
         for scope in SCOPES {
             let (rows, _) = relay
-                .read_snapshots(scope, None, 1 << 40)
+                .read_snapshots(scope, None, 1 << 40, Lane::All)
                 .map_err(|e| format!("relay snapshots: {e}"))?;
             snapshots += rows.iter().map(|(_, b)| b.len() as u64 + 24).sum::<u64>();
         }
@@ -1678,7 +1692,7 @@ impl World {
         let mut relay_docs = BTreeMap::new();
         for scope in SCOPES {
             let (rows, more) = relay
-                .read_snapshots(scope, None, 1 << 40)
+                .read_snapshots(scope, None, 1 << 40, Lane::All)
                 .map_err(|e| format!("relay snapshots: {e}"))?;
             if more {
                 return Err("read_snapshots with an unbounded budget left documents behind".into());

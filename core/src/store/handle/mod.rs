@@ -3,6 +3,7 @@
 //! sync queues, SQL queries and maintenance add `impl Store` blocks in files of their own.
 
 mod documents;
+mod first;
 mod maintenance;
 mod outbox;
 mod queries;

@@ -48,6 +48,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use fieldsync_core::protocol::Lane as DownloadLane;
 use fieldsync_core::protocol::messages::Hash;
 use fieldsync_core::protocol::{DeviceInfo, Lack, LogEntry, Outcome, UploadChange};
 use fieldsync_core::{DocId, Role};
@@ -569,14 +570,40 @@ impl PgRelayStore {
         scope: &str,
         after: u64,
         max_bytes: usize,
+        lane: DownloadLane<'_>,
     ) -> Result<(Vec<LogEntry>, bool), RelayStoreError> {
         let mut cursor = i64::try_from(after).unwrap_or(i64::MAX);
+        let lane = lane_params(lane);
         self.read(|c| {
             let mut out = Vec::new();
             let mut used = 0usize;
             loop {
                 self.cancel.check()?;
-                let rows = if scope == ALL_SCOPES {
+                let rows = if let Some((customers, first, upto)) = &lane {
+                    // One lane of a download (see `fieldsync_core::protocol::download`): an
+                    // entry is the first lane's if it is at or before `upto` and of a document
+                    // of the named customers.
+                    let which = if scope == ALL_SCOPES {
+                        "kind IN (0, 3) AND $3::TEXT IS NOT NULL"
+                    } else {
+                        "scope = $3"
+                    };
+                    c.query(
+                        &format!(
+                            "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash,
+                               CASE WHEN kind = 2 THEN COALESCE(
+                                 (SELECT d.scope FROM docs d WHERE d.doc_id = log.doc_id), moved_to)
+                               ELSE moved_to END
+                             FROM log
+                             WHERE {which} AND seq > $1 AND (NOT $5 OR seq <= $6)
+                               AND (seq <= $6 AND (doc_id = ANY($4) OR COALESCE(
+                                 (SELECT d.customer_id FROM docs d WHERE d.doc_id = log.doc_id)
+                                   = ANY($4), FALSE))) = $5
+                             ORDER BY seq LIMIT $2"
+                        ),
+                        &[&cursor, &PAGE_ROWS, &scope, customers, first, upto],
+                    )?
+                } else if scope == ALL_SCOPES {
                     c.query(
                         "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash, moved_to
                            FROM log WHERE seq > $1 AND kind IN (0, 3) ORDER BY seq LIMIT $2",
@@ -626,14 +653,31 @@ impl PgRelayStore {
         scope: &str,
         after: Option<DocId>,
         max_bytes: usize,
+        lane: DownloadLane<'_>,
     ) -> Result<SnapshotPage, RelayStoreError> {
         let mut cursor: Vec<u8> = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+        let lane = lane_params(lane);
         self.read(|c| {
             let mut out = Vec::new();
             let mut used = 0usize;
             loop {
                 self.cancel.check()?;
-                let rows = if scope == ALL_SCOPES {
+                let rows = if let Some((customers, first, _)) = &lane {
+                    let which = if scope == ALL_SCOPES {
+                        "$3::TEXT IS NOT NULL"
+                    } else {
+                        "scope = $3"
+                    };
+                    c.query(
+                        &format!(
+                            "SELECT doc_id, octet_length(snapshot)::BIGINT, snapshot FROM docs
+                              WHERE {which} AND doc_id > $1
+                                AND (doc_id = ANY($4) OR COALESCE(customer_id = ANY($4), FALSE)) = $5
+                              ORDER BY doc_id LIMIT $2"
+                        ),
+                        &[&cursor, &PAGE_ROWS, &scope, customers, first],
+                    )?
+                } else if scope == ALL_SCOPES {
                     c.query(
                         "SELECT doc_id, octet_length(snapshot)::BIGINT, snapshot FROM docs
                           WHERE doc_id > $1 ORDER BY doc_id LIMIT $2",
@@ -869,4 +913,20 @@ impl PgRelayStore {
     pub(super) fn holding_writer<T>(&self, f: impl FnOnce() -> T) -> Result<T, RelayStoreError> {
         self.with_writer(|_, _| Ok(f()))
     }
+}
+
+/// A download lane as query parameters: the customers, whether it is the first lane (else
+/// the rest), and the lane's last log position; `None` for every document.
+fn lane_params(lane: DownloadLane<'_>) -> Option<(Vec<Vec<u8>>, bool, i64)> {
+    let (first, upto) = match lane {
+        DownloadLane::All => return None,
+        DownloadLane::First { upto, .. } => (true, upto),
+        DownloadLane::Rest { upto, .. } => (false, upto),
+    };
+    let ids = lane
+        .customers()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    Some((ids, first, i64::try_from(upto).unwrap_or(i64::MAX)))
 }

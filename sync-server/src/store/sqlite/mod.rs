@@ -272,11 +272,35 @@ impl SqliteRelayStore {
         scope: &str,
         after: u64,
         max_bytes: usize,
+        lane: Lane<'_>,
     ) -> Result<(Vec<LogEntry>, bool), RelayStoreError> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         self.read(|c| {
             let mut st;
-            let mut rows = if scope == ALL_SCOPES {
+            let mut rows = if let Some((customers, first, upto)) = lane_params(lane) {
+                // One lane of a download (see `fieldsync_core::protocol::download`): an entry
+                // is the first lane's if it is at or before `upto` and of a document of the
+                // named customers.
+                let which = if scope == ALL_SCOPES {
+                    "kind IN (0, 3) AND ?2 = ?2"
+                } else {
+                    "scope = ?2"
+                };
+                st = c.prepare_cached(&format!(
+                    "SELECT seq, doc_id, kind, length(bytes), bytes, hash,
+                       CASE WHEN kind = 2 THEN COALESCE(
+                         (SELECT d.scope FROM docs d WHERE d.doc_id = log.doc_id), moved_to)
+                       ELSE moved_to END
+                     FROM log
+                     WHERE {which} AND seq > ?1 AND (?4 = 0 OR seq <= ?5)
+                       AND (seq <= ?5 AND (
+                             doc_id IN (SELECT unhex(value) FROM json_each(?3))
+                             OR IFNULL((SELECT d.customer_id FROM docs d WHERE d.doc_id = log.doc_id)
+                                  IN (SELECT unhex(value) FROM json_each(?3)), 0))) = ?4
+                     ORDER BY seq"
+                ))?;
+                st.query(params![after, scope, customers, first, upto])?
+            } else if scope == ALL_SCOPES {
                 st = c.prepare_cached(
                     "SELECT seq, doc_id, kind, length(bytes), bytes, hash, moved_to FROM log
                      WHERE seq > ?1 AND kind IN (0, 3) ORDER BY seq",
@@ -323,11 +347,26 @@ impl SqliteRelayStore {
         scope: &str,
         after: Option<DocId>,
         max_bytes: usize,
+        lane: Lane<'_>,
     ) -> Result<SnapshotPage, RelayStoreError> {
         let after: Vec<u8> = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
         self.read(|c| {
             let mut st;
-            let mut rows = if scope == ALL_SCOPES {
+            let mut rows = if let Some((customers, first, _)) = lane_params(lane) {
+                let which = if scope == ALL_SCOPES {
+                    "?2 = ?2"
+                } else {
+                    "scope = ?2"
+                };
+                st = c.prepare_cached(&format!(
+                    "SELECT doc_id, length(snapshot), snapshot FROM docs
+                     WHERE {which} AND doc_id > ?1
+                       AND (doc_id IN (SELECT unhex(value) FROM json_each(?3))
+                            OR IFNULL(customer_id IN (SELECT unhex(value) FROM json_each(?3)), 0)) = ?4
+                     ORDER BY doc_id"
+                ))?;
+                st.query(params![after, scope, customers, first])?
+            } else if scope == ALL_SCOPES {
                 st = c.prepare_cached(
                     "SELECT doc_id, length(snapshot), snapshot FROM docs WHERE doc_id > ?1 ORDER BY doc_id",
                 )?;
@@ -515,4 +554,21 @@ impl SqliteRelayStore {
             })
         })
     }
+}
+
+/// A download lane as SQL parameters: the customers (a JSON array of hex ids), 1 for the first
+/// lane or 0 for the rest, and the lane's last log position; `None` for every document.
+fn lane_params(lane: Lane<'_>) -> Option<(String, i64, i64)> {
+    let (first, upto) = match lane {
+        Lane::All => return None,
+        Lane::First { upto, .. } => (1, upto),
+        Lane::Rest { upto, .. } => (0, upto),
+    };
+    let ids: Vec<String> = lane
+        .customers()
+        .iter()
+        .map(|c| hex::encode(c.as_bytes()))
+        .collect();
+    let json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+    Some((json, first, i64::try_from(upto).unwrap_or(i64::MAX)))
 }

@@ -52,13 +52,20 @@ fn append_read_and_resend() {
         let again = r.append(&a.info, &up, false).unwrap();
         assert_eq!(stored(&again), 3);
         assert_eq!(r.high_seq().unwrap(), 3);
-        let (log, more) = r.read_log("north", 0, usize::MAX).unwrap();
+        let (log, more) = r.read_log("north", 0, usize::MAX, Lane::All).unwrap();
         assert!(!more);
         assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
-        let (page, more) = r.read_log("north", 0, 1).unwrap();
+        let (page, more) = r.read_log("north", 0, 1, Lane::All).unwrap();
         assert_eq!((page.len(), more), (1, true));
-        assert!(r.read_log("south", 0, usize::MAX).unwrap().0.is_empty());
-        let (snaps, _) = r.read_snapshots("north", None, usize::MAX).unwrap();
+        assert!(
+            r.read_log("south", 0, usize::MAX, Lane::All)
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        let (snaps, _) = r
+            .read_snapshots("north", None, usize::MAX, Lane::All)
+            .unwrap();
         assert_eq!(snaps.len(), 2);
         let st = r.status().unwrap();
         assert_eq!((st.high_seq, st.docs, st.changes), (3, 2, 3));
@@ -106,7 +113,7 @@ fn a_replaced_history_is_logged_alone_and_the_old_one_refused() {
         // Readers of the scope and of every scope see the replacement, and nothing of the
         // old history.
         for scope in ["north", "*"] {
-            let (log, _) = r.read_log(scope, 0, usize::MAX).unwrap();
+            let (log, _) = r.read_log(scope, 0, usize::MAX, Lane::All).unwrap();
             assert_eq!(log.len(), 1, "{scope}: {log:?}");
             let Entry::Replace(b) = &log[0].entry else {
                 panic!("{scope}: {log:?}");
@@ -114,7 +121,9 @@ fn a_replaced_history_is_logged_alone_and_the_old_one_refused() {
             let mut got = load_snapshot(&b.0).unwrap();
             assert_eq!(got.get_heads(), new_heads);
         }
-        let (snaps, _) = r.read_snapshots("north", None, usize::MAX).unwrap();
+        let (snaps, _) = r
+            .read_snapshots("north", None, usize::MAX, Lane::All)
+            .unwrap();
         let mut got = load_snapshot(&snaps[0].1).unwrap();
         assert_eq!(got.get_heads(), new_heads);
         // The old history sent again is not stored beside the new one: its first change
@@ -144,7 +153,7 @@ fn refusals_and_scope_moves() {
         let mut m = device(Role::Manager, &["north", "south"]);
         m.store
             .transaction(|tx| {
-                for e in r.read_log("*", 0, usize::MAX).unwrap().0 {
+                for e in r.read_log("*", 0, usize::MAX, Lane::All).unwrap().0 {
                     if let Entry::Changes(c) = e.entry {
                         let raw: Vec<Vec<u8>> = c.into_iter().map(|b| b.0).collect();
                         tx.apply_changes(e.doc_id, &raw)?;
@@ -156,7 +165,7 @@ fn refusals_and_scope_moves() {
         m.edit(c, CustomerEdit::SetScope("south".into()));
         let out = r.append(&m.info, &m.outbox(), false).unwrap();
         assert!(refusals(&out).is_empty(), "{out:?}");
-        let (north, _) = r.read_log("north", 0, usize::MAX).unwrap();
+        let (north, _) = r.read_log("north", 0, usize::MAX, Lane::All).unwrap();
         assert!(
             north
                 .iter()
@@ -165,7 +174,9 @@ fn refusals_and_scope_moves() {
         let high = r.high_seq().unwrap();
         let departed = r.departures("north", high).unwrap();
         assert_eq!(departed, vec![(c, "south".to_string())]);
-        let (south, _) = r.read_snapshots("south", None, usize::MAX).unwrap();
+        let (south, _) = r
+            .read_snapshots("south", None, usize::MAX, Lane::All)
+            .unwrap();
         assert_eq!(south.len(), 1);
         // What the relay has, and what it lacks.
         let heads: Vec<Hash> = m.store.heads(c).unwrap().iter().map(|h| h.0).collect();
@@ -246,7 +257,9 @@ fn a_change_that_breaks_automerge_mid_batch_loses_nothing() {
         // The stored snapshot holds exactly the accepted changes, also after reopening.
         drop(r);
         let r = open();
-        let (snaps, _) = r.read_snapshots("north", None, usize::MAX).unwrap();
+        let (snaps, _) = r
+            .read_snapshots("north", None, usize::MAX, Lane::All)
+            .unwrap();
         assert_eq!(snaps.len(), 1);
         let mut doc = load_snapshot(&snaps[0].1).unwrap();
         let mut heads: Vec<Hash> = doc.get_heads().iter().map(|h| h.0).collect();
@@ -403,5 +416,81 @@ fn missing_answers_each_entry_across_lookup_chunks() {
             assert_eq!(g, w, "entry {i}: {:?}", ask[i]);
         }
         assert!(r.missing(&[]).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn a_download_lane_reads_its_customers_documents_and_the_rest_reads_every_other() {
+    each_backend(|open| {
+        let mut r = open();
+        let mut a = device(Role::Rep, &["north"]);
+        let first = a.customer("Alpha Quarry", "north");
+        let visit = a.visit(first, "north");
+        let other = a.customer("Zeta Mining", "north");
+        let other_visit = a.visit(other, "north");
+        let up = a.outbox();
+        assert_eq!(stored(&r.append(&a.info, &up, false).unwrap()), up.len());
+        let upto = r.high_seq().unwrap();
+        // Written after the lane began: the rest of the log carries it, whoever it is for.
+        a.edit(
+            first,
+            CustomerEdit::Set(CustomerField::Industry, "quarry".into()),
+        );
+        let later = a.outbox();
+        let later = &later[up.len()..];
+        assert_eq!(stored(&r.append(&a.info, later, false).unwrap()), 1);
+        let customers = [first];
+        let lane_first = Lane::First {
+            customers: &customers,
+            upto: u64::MAX,
+        };
+        let lane_rest = Lane::Rest {
+            customers: &customers,
+            upto: u64::MAX,
+        };
+        let ids = |page: Vec<(DocId, Vec<u8>)>| {
+            let mut v: Vec<DocId> = page.into_iter().map(|(id, _)| id).collect();
+            v.sort();
+            v
+        };
+        let sorted = |mut v: Vec<DocId>| {
+            v.sort();
+            v
+        };
+        for scope in ["north", "*"] {
+            let (page, more) = r
+                .read_snapshots(scope, None, usize::MAX, lane_first)
+                .unwrap();
+            assert!(!more);
+            assert_eq!(ids(page), sorted(vec![first, visit]), "{scope}");
+            let (page, _) = r
+                .read_snapshots(scope, None, usize::MAX, lane_rest)
+                .unwrap();
+            assert_eq!(ids(page), sorted(vec![other, other_visit]), "{scope}");
+            // The log: the first lane ends at `upto`; the rest leaves out only what it sent.
+            let lane = Lane::First {
+                customers: &customers,
+                upto,
+            };
+            let (log, _) = r.read_log(scope, 0, usize::MAX, lane).unwrap();
+            assert!(
+                log.iter()
+                    .all(|e| e.seq <= upto && (e.doc_id == first || e.doc_id == visit))
+            );
+            assert_eq!(log.len(), 2, "{scope}: {log:?}");
+            let lane = Lane::Rest {
+                customers: &customers,
+                upto,
+            };
+            let (rest, _) = r.read_log(scope, 0, usize::MAX, lane).unwrap();
+            let mut seqs: Vec<u64> = log.iter().chain(&rest).map(|e| e.seq).collect();
+            seqs.sort_unstable();
+            assert_eq!(
+                seqs,
+                (1..=upto + 1).collect::<Vec<_>>(),
+                "{scope}: every entry once"
+            );
+            assert_eq!(rest.last().map(|e| e.doc_id), Some(first), "{scope}");
+        }
     });
 }

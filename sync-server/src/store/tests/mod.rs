@@ -16,7 +16,7 @@ use fieldsync_core::protocol::messages::Rejection;
 use fieldsync_core::store::{Store, decode_change, load_snapshot};
 
 use super::*;
-use fieldsync_core::protocol::{Entry, RelayStorage};
+use fieldsync_core::protocol::{Entry, Lane, RelayStorage};
 
 struct Device {
     store: Store,
@@ -116,7 +116,7 @@ impl Device {
 
     /// Takes changes from the relay log into this replica (as a download would).
     fn receive(&mut self, relay: &SqliteRelayStore) {
-        let (entries, _) = relay.read_log("*", 0, usize::MAX).unwrap();
+        let (entries, _) = relay.read_log("*", 0, usize::MAX, Lane::All).unwrap();
         self.store
             .transaction(|tx| {
                 for e in entries {

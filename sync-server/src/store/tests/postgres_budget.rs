@@ -324,7 +324,7 @@ fn a_departed_clients_reads_stop() {
         Err(RelayStoreError::Cancelled)
     ));
     assert!(matches!(
-        mine.read_log("*", 0, usize::MAX),
+        mine.read_log("*", 0, usize::MAX, Lane::All),
         Err(RelayStoreError::Cancelled)
     ));
     assert_eq!(store.missing(&ask).unwrap(), vec![Lack::Document]);

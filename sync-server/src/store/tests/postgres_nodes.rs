@@ -25,7 +25,7 @@ fn concurrent_appends_never_let_a_cursor_reader_skip() {
                 let mut cursor = 0;
                 loop {
                     let finished = done.load(Ordering::SeqCst);
-                    let (page, _) = store.read_log("*", cursor, 4 << 10).unwrap();
+                    let (page, _) = store.read_log("*", cursor, 4 << 10, Lane::All).unwrap();
                     for e in &page {
                         seen.push(e.seq);
                         cursor = e.seq;
@@ -66,7 +66,7 @@ fn concurrent_appends_never_let_a_cursor_reader_skip() {
     let high = store.high_seq().unwrap();
     assert_eq!(high as usize, WRITERS * (EDITS + 1));
     let all: Vec<u64> = store
-        .read_log("*", 0, usize::MAX)
+        .read_log("*", 0, usize::MAX, Lane::All)
         .unwrap()
         .0
         .iter()

@@ -34,7 +34,9 @@ fn append_stores_durably_and_is_idempotent() {
     assert_eq!(stored(&r.append(&a.info, &dup, false).unwrap()), 2);
     assert_eq!(r.high_seq().unwrap(), 3);
     // The relay's copy of the document equals the replica's.
-    let (snaps, more) = r.read_snapshots("north", None, usize::MAX).unwrap();
+    let (snaps, more) = r
+        .read_snapshots("north", None, usize::MAX, Lane::All)
+        .unwrap();
     assert!(!more);
     let relay_copy = snaps.iter().find(|(id, _)| *id == c1).unwrap();
     let mut doc = load_snapshot(&relay_copy.1).unwrap();
@@ -248,7 +250,7 @@ fn log_and_snapshot_paging_is_exact() {
         a.customer(&format!("South {i}"), "south");
     }
     assert_eq!(stored(&r.append(&a.info, &a.outbox(), false).unwrap()), 10);
-    let (all, more) = r.read_log("north", 0, usize::MAX).unwrap();
+    let (all, more) = r.read_log("north", 0, usize::MAX, Lane::All).unwrap();
     assert!(!more);
     assert_eq!(all.len(), 7);
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
@@ -264,7 +266,7 @@ fn log_and_snapshot_paging_is_exact() {
     let mut after = 0;
     let mut pages = Vec::new();
     loop {
-        let (page, more) = r.read_log("north", after, budget).unwrap();
+        let (page, more) = r.read_log("north", after, budget, Lane::All).unwrap();
         assert!(!page.is_empty());
         after = page.last().unwrap().seq;
         pages.push(page.len());
@@ -277,33 +279,53 @@ fn log_and_snapshot_paging_is_exact() {
     assert_eq!(pages.iter().sum::<usize>(), 7);
     assert_eq!(pages[0], 3);
     // A budget below one entry still returns one.
-    let (one, more) = r.read_log("north", 0, 1).unwrap();
+    let (one, more) = r.read_log("north", 0, 1, Lane::All).unwrap();
     assert_eq!(one.len(), 1);
     assert!(more);
     // Nothing after the end; unknown scopes are empty; `*` sees everything.
     let high = r.high_seq().unwrap();
-    assert_eq!(r.read_log("north", high, 1).unwrap(), (vec![], false));
-    assert_eq!(r.read_log("west", 0, usize::MAX).unwrap(), (vec![], false));
-    assert_eq!(r.read_log("*", 0, usize::MAX).unwrap().0.len(), 10);
+    assert_eq!(
+        r.read_log("north", high, 1, Lane::All).unwrap(),
+        (vec![], false)
+    );
+    assert_eq!(
+        r.read_log("west", 0, usize::MAX, Lane::All).unwrap(),
+        (vec![], false)
+    );
+    assert_eq!(
+        r.read_log("*", 0, usize::MAX, Lane::All).unwrap().0.len(),
+        10
+    );
     // Snapshots: ordered by id, paged exactly.
-    let (snaps, more) = r.read_snapshots("south", None, usize::MAX).unwrap();
+    let (snaps, more) = r
+        .read_snapshots("south", None, usize::MAX, Lane::All)
+        .unwrap();
     assert!(!more);
     assert_eq!(snaps.len(), 3);
     assert!(snaps.windows(2).all(|w| w[0].0 < w[1].0));
     let budget = snaps[0].1.len() + ENTRY_OVERHEAD;
-    let (p1, more1) = r.read_snapshots("south", None, budget).unwrap();
+    let (p1, more1) = r.read_snapshots("south", None, budget, Lane::All).unwrap();
     assert_eq!((p1.len(), more1), (1, true));
-    let (p2, more2) = r.read_snapshots("south", Some(p1[0].0), 1).unwrap();
+    let (p2, more2) = r
+        .read_snapshots("south", Some(p1[0].0), 1, Lane::All)
+        .unwrap();
     assert_eq!((p2.len(), more2), (1, true));
     let (p3, more3) = r
-        .read_snapshots("south", Some(p2[0].0), usize::MAX)
+        .read_snapshots("south", Some(p2[0].0), usize::MAX, Lane::All)
         .unwrap();
     assert_eq!((p3.len(), more3), (1, false));
     assert_eq!(
-        r.read_snapshots("south", Some(p3[0].0), 1).unwrap(),
+        r.read_snapshots("south", Some(p3[0].0), 1, Lane::All)
+            .unwrap(),
         (vec![], false)
     );
-    assert_eq!(r.read_snapshots("*", None, usize::MAX).unwrap().0.len(), 10);
+    assert_eq!(
+        r.read_snapshots("*", None, usize::MAX, Lane::All)
+            .unwrap()
+            .0
+            .len(),
+        10
+    );
 }
 
 #[test]
@@ -333,7 +355,7 @@ fn a_scope_move_refiles_the_customer_and_its_visits() {
     assert_eq!(up.len(), 1);
     assert_eq!(stored(&r.append(&mgr.info, &up, false).unwrap()), 1);
     // North: the customer and its visit leave.
-    let (north, _) = r.read_log("north", before, usize::MAX).unwrap();
+    let (north, _) = r.read_log("north", before, usize::MAX, Lane::All).unwrap();
     let mut left: Vec<DocId> = north
         .iter()
         .map(|e| {
@@ -353,7 +375,7 @@ fn a_scope_move_refiles_the_customer_and_its_visits() {
     expected.sort();
     assert_eq!(left, expected);
     // South: both enter as snapshots, then the change itself.
-    let (south, more) = r.read_log("south", 0, usize::MAX).unwrap();
+    let (south, more) = r.read_log("south", 0, usize::MAX, Lane::All).unwrap();
     assert!(!more);
     let kinds: Vec<(DocId, &str)> = south
         .iter()
@@ -382,17 +404,20 @@ fn a_scope_move_refiles_the_customer_and_its_visits() {
     assert_eq!(moved.header().scope, "south");
     // Snapshot reads follow the new filing; `*` readers get only the change.
     let south_docs: Vec<DocId> = r
-        .read_snapshots("south", None, usize::MAX)
+        .read_snapshots("south", None, usize::MAX, Lane::All)
         .unwrap()
         .0
         .into_iter()
         .map(|(id, _)| id)
         .collect();
     assert_eq!(south_docs.len(), 2);
-    let north_docs = r.read_snapshots("north", None, usize::MAX).unwrap().0;
+    let north_docs = r
+        .read_snapshots("north", None, usize::MAX, Lane::All)
+        .unwrap()
+        .0;
     assert_eq!(north_docs.len(), 1);
     assert_eq!(north_docs[0].0, other);
-    let (star, _) = r.read_log("*", before, usize::MAX).unwrap();
+    let (star, _) = r.read_log("*", before, usize::MAX, Lane::All).unwrap();
     assert_eq!(star.len(), 1);
     assert!(matches!(star[0].entry, Entry::Changes(_)));
     // A new visit for the moved customer is filed under the customer's new scope.
@@ -404,7 +429,7 @@ fn a_scope_move_refiles_the_customer_and_its_visits() {
         .filter(|c| c.doc_id == v2)
         .collect();
     assert_eq!(stored(&r.append(&mgr.info, &up, false).unwrap()), 1);
-    let (south, _) = r.read_log("south", 0, usize::MAX).unwrap();
+    let (south, _) = r.read_log("south", 0, usize::MAX, Lane::All).unwrap();
     assert_eq!(south.last().unwrap().doc_id, v2);
 }
 
@@ -535,16 +560,21 @@ fn reopening_keeps_the_log_documents_devices_and_epoch() {
             .unwrap();
         (
             r.epoch(),
-            r.read_log("north", 0, usize::MAX).unwrap(),
-            r.read_snapshots("north", None, usize::MAX).unwrap(),
+            r.read_log("north", 0, usize::MAX, Lane::All).unwrap(),
+            r.read_snapshots("north", None, usize::MAX, Lane::All)
+                .unwrap(),
             e.secret,
         )
     };
     let mut r = relay_at(&path, None);
     assert_eq!(r.epoch(), epoch);
     assert_eq!(r.high_seq().unwrap(), 1);
-    assert_eq!(r.read_log("north", 0, usize::MAX).unwrap(), log);
-    assert_eq!(r.read_snapshots("north", None, usize::MAX).unwrap(), snaps);
+    assert_eq!(r.read_log("north", 0, usize::MAX, Lane::All).unwrap(), log);
+    assert_eq!(
+        r.read_snapshots("north", None, usize::MAX, Lane::All)
+            .unwrap(),
+        snaps
+    );
     assert!(
         r.authenticate(a.info.device_id, Some(&secret))
             .unwrap()
@@ -776,7 +806,7 @@ fn changes_written_before_a_move_are_accepted_only_within_the_grace_period() {
         }
         assert_eq!(stored(&out), 2, "{out:?}");
         // Filed under the new scope.
-        let (south, _) = r.read_log("south", 0, usize::MAX).unwrap();
+        let (south, _) = r.read_log("south", 0, usize::MAX, Lane::All).unwrap();
         assert!(south.iter().any(|e| e.doc_id == visit));
         assert_eq!(south.last().unwrap().doc_id, visit);
         // A change built on the move (the rep received it) is not excused.
@@ -817,7 +847,7 @@ fn a_new_document_accepted_after_its_customer_moved_leaves_its_authors_scope() {
     let high = r.high_seq().unwrap();
     let out = r.append_changes(&rep.info, &pending, false).unwrap();
     assert_eq!(stored(&out), 1, "{out:?}");
-    let (north, _) = r.read_log("north", high, usize::MAX).unwrap();
+    let (north, _) = r.read_log("north", high, usize::MAX, Lane::All).unwrap();
     assert!(
         north.iter().any(|e| e.doc_id == visit
             && e.entry == Entry::Leave
@@ -844,7 +874,7 @@ fn a_new_document_accepted_after_its_customer_moved_leaves_its_authors_scope() {
     let high = r.high_seq().unwrap();
     let own = rep.customer("Staying Co", "north");
     r.append_changes(&rep.info, &rep.outbox(), false).unwrap();
-    let (north, _) = r.read_log("north", high, usize::MAX).unwrap();
+    let (north, _) = r.read_log("north", high, usize::MAX, Lane::All).unwrap();
     assert!(
         north
             .iter()
@@ -927,7 +957,7 @@ fn fresh_downloads_hear_of_earlier_departures_and_leaves_name_where_a_document_i
     // It comes back: its old Leave now names north, and it is no departure of north any more.
     mgr.edit(cust, CustomerEdit::SetScope("north".into()));
     r.append_changes(&mgr.info, &mgr.outbox(), false).unwrap();
-    let (north, _) = r.read_log("north", 0, usize::MAX).unwrap();
+    let (north, _) = r.read_log("north", 0, usize::MAX, Lane::All).unwrap();
     let leave = north.iter().find(|e| e.entry == Entry::Leave).unwrap();
     assert_eq!(leave.moved_to.as_deref(), Some("north"));
     assert!(

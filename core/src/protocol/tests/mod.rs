@@ -937,10 +937,51 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 caught_up: cu
             }),
         proptest::collection::vec(
-            (id, proptest::collection::vec(any::<[u8; 32]>(), 0..3)),
+            (
+                id.clone(),
+                proptest::collection::vec(any::<[u8; 32]>(), 0..3)
+            ),
             0..5
         )
         .prop_map(|docs| Message::Heads { docs, done: true }),
+        proptest::collection::vec(id.clone(), 0..5)
+            .prop_map(|customers| Message::First { customers }),
+        (
+            any::<u128>(),
+            proptest::collection::vec(id.clone(), 0..4),
+            any::<(u64, u64, u64, bool)>(),
+            proptest::option::of(id)
+        )
+            .prop_map(
+                |(e, first, (seq, first_seq, upto, done), after)| Message::Pull {
+                    cursor: Cursor {
+                        epoch: Uuid::from_u128(e),
+                        scopes: [
+                            (
+                                "north".to_string(),
+                                ScopeCursor::LogFirst {
+                                    seq,
+                                    first: first.clone(),
+                                    first_seq,
+                                    upto
+                                }
+                            ),
+                            (
+                                "south".to_string(),
+                                ScopeCursor::SnapshotFirst {
+                                    high: upto,
+                                    first,
+                                    first_done: done,
+                                    after
+                                }
+                            )
+                        ]
+                        .into_iter()
+                        .collect()
+                    },
+                    max_bytes: 1 << 16
+                }
+            ),
     ]
 }
 
@@ -1091,3 +1132,5 @@ fn the_first_flight_authenticates_uploads_and_pulls_in_one_round_trip() {
     run(&mut c, &mut reset);
     assert_eq!(c.document(mine).unwrap(), a.document(mine).unwrap());
 }
+
+mod lanes;
