@@ -17,8 +17,9 @@
 //!   up to `upto` (the log's end when the lane began); the rest sends every entry after `seq`
 //!   but those. Once the rest has read past `upto`, the state is plain [`ScopeCursor::Log`].
 //!
-//! The lanes share the batch's budget and order: a rep's urgent customers arrive in the first
-//! batches of a long download, and a download cut short resumes in whichever lane it stopped.
+//! The first lanes of all scopes fill a batch of their own before any scope's rest (a client
+//! applies a batch once all of it has arrived, so the urgent documents land without waiting
+//! for bulk behind them); a download cut short resumes in whichever lane it stopped.
 
 use std::collections::HashSet;
 
@@ -109,14 +110,30 @@ impl Fill<'_> {
             items: Vec::new(),
             used: 0,
         };
-        let mut drained = true;
+        // Every scope's first lane goes ahead of any other entry, in a batch of its own: the
+        // client applies a batch once all of it has arrived, so the urgent documents land
+        // sooner without the bulk behind them.
+        let mut urgent = false;
         for (scope, sc) in cursor.scopes.iter_mut() {
-            if batch.used >= self.budget {
-                drained = false;
-                break;
+            if self.lanes_allowed() {
+                self.start_lane(sc)?;
             }
-            if !self.scope(scope, sc, &mut batch)? {
-                drained = false;
+            if batch.used < self.budget {
+                urgent |= self.first_lane(scope, sc, &mut batch)?;
+            } else {
+                urgent |= in_first_lane(sc);
+            }
+        }
+        let mut drained = !urgent;
+        if !urgent {
+            for (scope, sc) in cursor.scopes.iter_mut() {
+                if batch.used >= self.budget {
+                    drained = false;
+                    break;
+                }
+                if !self.scope(scope, sc, &mut batch)? {
+                    drained = false;
+                }
             }
         }
         let leaving: Vec<DocId> = batch
@@ -147,9 +164,6 @@ impl Fill<'_> {
         sc: &mut ScopeCursor,
         batch: &mut Batch,
     ) -> Result<bool, StorageError> {
-        if self.lanes_allowed() {
-            self.start_lane(sc)?;
-        }
         loop {
             if batch.used >= self.budget {
                 return Ok(false);
@@ -174,40 +188,24 @@ impl Fill<'_> {
                         }
                     }
                 }
+                // The first lane was filled before any scope's rest.
+                ref sc if in_first_lane(sc) => return Ok(false),
                 ScopeCursor::SnapshotFirst {
-                    high,
-                    first,
-                    first_done,
-                    after,
+                    high, first, after, ..
                 } => {
-                    let lane = if first_done {
-                        Lane::Rest {
-                            customers: &first,
-                            upto: u64::MAX,
-                        }
-                    } else {
-                        Lane::First {
-                            customers: &first,
-                            upto: u64::MAX,
-                        }
+                    let lane = Lane::Rest {
+                        customers: &first,
+                        upto: u64::MAX,
                     };
                     match self.snapshots(scope, after, lane, batch)? {
                         Some(last) => {
                             *sc = ScopeCursor::SnapshotFirst {
                                 high,
                                 first,
-                                first_done,
+                                first_done: true,
                                 after: last,
                             };
                             return Ok(false);
-                        }
-                        None if !first_done => {
-                            *sc = ScopeCursor::SnapshotFirst {
-                                high,
-                                first,
-                                first_done: true,
-                                after: None,
-                            };
                         }
                         None => {
                             self.departures(scope, high, batch)?;
@@ -219,30 +217,6 @@ impl Fill<'_> {
                     let (last, more) = self.log(scope, seq, Lane::All, batch)?;
                     *sc = ScopeCursor::Log { seq: last };
                     return Ok(!more);
-                }
-                ScopeCursor::LogFirst {
-                    seq,
-                    first,
-                    first_seq,
-                    upto,
-                } if first_seq < upto => {
-                    let lane = Lane::First {
-                        customers: &first,
-                        upto,
-                    };
-                    let (last, more) = self.log(scope, first_seq, lane, batch)?;
-                    // Every entry up to `upto` existed when the lane began: none is waiting
-                    // once the read says so.
-                    let first_seq = if more { last } else { upto };
-                    *sc = ScopeCursor::LogFirst {
-                        seq,
-                        first,
-                        first_seq,
-                        upto,
-                    };
-                    if more {
-                        return Ok(false);
-                    }
                 }
                 ScopeCursor::LogFirst {
                     seq, first, upto, ..
@@ -271,6 +245,63 @@ impl Fill<'_> {
                 }
             }
         }
+    }
+
+    /// Fills from one scope's first lane, if it has one open, until the lane is done or the
+    /// budget spent; true if it added entries or the lane stays open.
+    fn first_lane(
+        &mut self,
+        scope: &str,
+        sc: &mut ScopeCursor,
+        batch: &mut Batch,
+    ) -> Result<bool, StorageError> {
+        let before = batch.items.len();
+        match sc.clone() {
+            ScopeCursor::SnapshotFirst {
+                high,
+                first,
+                first_done: false,
+                after,
+            } => {
+                let lane = Lane::First {
+                    customers: &first,
+                    upto: u64::MAX,
+                };
+                let (first_done, after) = match self.snapshots(scope, after, lane, batch)? {
+                    Some(last) => (false, last),
+                    None => (true, None),
+                };
+                *sc = ScopeCursor::SnapshotFirst {
+                    high,
+                    first,
+                    first_done,
+                    after,
+                };
+            }
+            ScopeCursor::LogFirst {
+                seq,
+                first,
+                first_seq,
+                upto,
+            } if first_seq < upto => {
+                let lane = Lane::First {
+                    customers: &first,
+                    upto,
+                };
+                let (last, more) = self.log(scope, first_seq, lane, batch)?;
+                // Every entry up to `upto` existed when the lane began: none is waiting once
+                // the read says so.
+                let first_seq = if more { last } else { upto };
+                *sc = ScopeCursor::LogFirst {
+                    seq,
+                    first,
+                    first_seq,
+                    upto,
+                };
+            }
+            _ => return Ok(false),
+        }
+        Ok(batch.items.len() > before || in_first_lane(sc))
     }
 
     /// Gives a scope whose phase starts now (no snapshot read yet, or the log with entries
@@ -413,6 +444,17 @@ impl Fill<'_> {
             other => other,
         };
         push_entry(&mut batch.items, r.doc_id, entry);
+    }
+}
+
+/// Whether a scope's first lane still has entries to send.
+fn in_first_lane(sc: &ScopeCursor) -> bool {
+    match sc {
+        ScopeCursor::SnapshotFirst { first_done, .. } => !first_done,
+        ScopeCursor::LogFirst {
+            first_seq, upto, ..
+        } => first_seq < upto,
+        _ => false,
     }
 }
 

@@ -15,15 +15,15 @@ const FIRST_VISITS_AHEAD: Millis = 7 * 24 * 3_600_000;
 /// How long a planned visit stays urgent after its time (it may not be logged as done yet).
 const FIRST_VISITS_BEHIND: Millis = 24 * 3_600_000;
 
-/// How recent local work must be to make its customer urgent.
+/// How recent a visit must be to make its customer urgent.
 const FIRST_RECENT_WORK: Millis = 7 * 24 * 3_600_000;
 
 impl Store {
     /// Up to `limit` customers whose documents a download should bring first, most urgent
-    /// first: those with visits planned from a day before `now` to
-    /// [`FIRST_VISITS_AHEAD`] after it (soonest first), then those of documents with local
-    /// changes the relay has not acknowledged, then those of documents changed on this
-    /// replica in the last week (latest first).
+    /// first: those with visits planned from a day before `now` to a week after it (soonest
+    /// first), then those of documents with local changes the relay has not acknowledged,
+    /// then those visited in the last week (latest first). What merely arrived from the relay
+    /// recently does not count: after a long download that would be every customer.
     pub fn first_customers(&self, now: Millis, limit: usize) -> Result<Vec<DocId>, StoreError> {
         let mut out: Vec<DocId> = Vec::new();
         let push = |id: DocId, out: &mut Vec<DocId>| {
@@ -49,20 +49,31 @@ impl Store {
                 push(id, &mut out);
             }
         }
-        // A customer document is its own customer; visits and quotes name theirs.
+        // Unsent local work: a customer document is its own customer, visits and quotes name
+        // theirs.
         let mut st = self.conn.prepare_cached(
             "SELECT COALESCE(d.customer_id, d.id) FROM docs d
-              WHERE d.kind IS NOT NULL
-                AND (d.id IN (SELECT doc_id FROM outbox) OR d.updated_at >= ?1)
-              ORDER BY d.id IN (SELECT doc_id FROM outbox) DESC, d.updated_at DESC
-              LIMIT ?2",
+              WHERE d.kind IS NOT NULL AND d.id IN (SELECT doc_id FROM outbox)
+              ORDER BY d.updated_at DESC LIMIT ?1",
+        )?;
+        let pending = st.query_map(params![(limit * 4) as i64], |r| r.get::<_, Vec<u8>>(0))?;
+        for c in pending {
+            if let Some(id) = DocId::from_slice(&c?) {
+                push(id, &mut out);
+            }
+        }
+        // Visits of the last week (the follow-ups are due now).
+        let mut st = self.conn.prepare_cached(
+            "SELECT customer_id FROM visits
+              WHERE status = 'done' AND archived = 0 AND at BETWEEN ?1 AND ?2
+              ORDER BY at DESC LIMIT ?3",
         )?;
         let recent = st.query_map(
-            params![now.saturating_sub(FIRST_RECENT_WORK), (limit * 4) as i64],
-            |r| r.get::<_, Vec<u8>>(0),
+            params![now.saturating_sub(FIRST_RECENT_WORK), now, limit as i64],
+            |r| r.get::<_, String>(0),
         )?;
         for c in recent {
-            if let Some(id) = DocId::from_slice(&c?) {
+            if let Ok(id) = c?.parse::<DocId>() {
                 push(id, &mut out);
             }
         }
