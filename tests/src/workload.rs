@@ -329,3 +329,33 @@ pub fn offline_edits_in(
     }
     Ok(())
 }
+
+/// The office's work while a rep is away: `rounds` notes on each of `customers` (round after
+/// round, so every customer's latest note is near the end of the relay's log), in one store
+/// transaction.
+pub fn office_notes(client: &Client, customers: &[DocId], rounds: usize) -> anyhow::Result<()> {
+    let identity: Identity = client.identity()?;
+    let ctx = EditCtx::new(identity.author.clone(), identity.role);
+    client.with_store(|store| {
+        store.transaction(|tx| {
+            for round in 0..rounds {
+                for (i, id) in customers.iter().enumerate() {
+                    let text = format!(
+                        "Week {round}, call {i}: the purchaser confirmed the budget for two \
+                         loaders; the site engineer reports the HT-45 down since Tuesday and \
+                         asks for a service visit before the pit reopens. Quote follows."
+                    );
+                    tx.edit(*id, |doc| {
+                        apply_edit(
+                            doc,
+                            &Edit::Customer(CustomerEdit::AddNote(new_item_id(), text)),
+                            &ctx,
+                        )
+                    })?;
+                }
+            }
+            Ok(())
+        })
+    })?;
+    Ok(())
+}

@@ -25,6 +25,11 @@
 //! - **edit during download**: a fresh laptop starts downloading N documents, and 1 s later the
 //!   rep changes one field of a customer it already has; the row shows how long that change
 //!   took to be stored on the relay while the download went on.
+//! - **catch-up**: two laptops synced before the office wrote 10,000 notes, round after round
+//!   over every customer; one has visits planned with five customers tomorrow (whose notes come
+//!   late in each round), the other no plan; each catches up, and the row shows when the five were
+//!   current on it (the planned laptop names them first: their entries come in a lane ahead of
+//!   the rest).
 //!
 //! Columns: seconds from the first packet to synced; frame bytes each way (length prefixes
 //! included, QUIC/TLS/UDP overhead not); the floor (the same documents' uncompressed
@@ -46,11 +51,11 @@ use fieldsync_client::sync::{SyncConfig, SyncReport, sync_now};
 use fieldsync_core::DocId;
 use fieldsync_core::congestion::Congestion;
 use fieldsync_core::display::format_bytes;
-use fieldsync_core::model::{CustomerEdit, CustomerField};
+use fieldsync_core::model::{CustomerEdit, CustomerField, NewVisit, VisitStatus};
 use fieldsync_relay::{Relay, RelayConfig};
 use fieldsync_tests::faultproxy::{BurstLoss, FaultConfig, FaultProxy, FaultStats, LinkConfig};
 use fieldsync_tests::floor;
-use fieldsync_tests::workload::{offline_edits, populate, some_ids};
+use fieldsync_tests::workload::{office_notes, offline_edits, populate, some_ids};
 
 /// A field link: bottleneck rate and round-trip time.
 #[derive(Clone, Copy, Debug)]
@@ -466,6 +471,100 @@ impl Bench {
         Ok(row)
     }
 
+    /// Two laptops synced before the office wrote about `notes` notes, round after round
+    /// over every customer; one has visits planned with five customers tomorrow (their notes
+    /// are late in every round), the other has no plan. Returns them and the five.
+    fn prepare_catch_up(&mut self, notes: usize) -> anyhow::Result<(Client, Client, Vec<DocId>)> {
+        eprintln!("[{}] preparing a catch-up of {notes} notes …", self.cc);
+        let planned = self.synced_laptop()?;
+        let unplanned = self.synced_laptop()?;
+        let customers = some_ids(&self.populator, "customers", 1_000_000)?;
+        let rounds = (notes / customers.len()).max(1);
+        let five = customers[customers.len().saturating_sub(5)..].to_vec();
+        let tomorrow = fieldsync_core::ids::now_millis() + 24 * 3_600_000;
+        for id in &five {
+            planned.visits().create(NewVisit {
+                customer_id: (*id).into(),
+                kind: None,
+                notes: Some("Service visit: HT-45 haul truck".into()),
+                status: VisitStatus::Planned,
+                at: Some(tomorrow),
+                location: None,
+            })?;
+        }
+        let cfg = self.direct()?;
+        self.rt.block_on(sync_now(&planned, &cfg))?;
+        office_notes(&self.populator, &customers, rounds)?;
+        let r = self.rt.block_on(sync_now(&self.populator, &cfg))?;
+        if r.outbox_remaining != 0 {
+            bail!("the office's notes left {} changes unsent", r.outbox_remaining);
+        }
+        Ok((planned, unplanned, five))
+    }
+
+    /// `laptop` catches up through the link; the note says when the `five` customers were as
+    /// current on it as on the relay.
+    fn catch_up(
+        &mut self,
+        laptop: &Client,
+        five: &[DocId],
+        label: &str,
+        link: Link,
+        faults: Faults,
+    ) -> anyhow::Result<Row> {
+        self.start_case(format!(
+            "[{}] catch-up, {label}, over {} at {} …",
+            self.cc,
+            link.name(),
+            faults.name()
+        ));
+        let want: Vec<Vec<automerge::ChangeHash>> = five
+            .iter()
+            .map(|id| self.populator.with_store(|s| s.heads(*id)))
+            .collect::<Result<_, _>>()?;
+        let proxy = self.proxy(link, faults)?;
+        let cfg = self.config(proxy.local_addr())?;
+        let started = Instant::now();
+        let sync = {
+            let laptop = laptop.clone();
+            self.rt.spawn(async move { sync_now(&laptop, &cfg).await })
+        };
+        let current = |laptop: &Client| -> anyhow::Result<bool> {
+            for (id, heads) in five.iter().zip(&want) {
+                let mut have = laptop.with_store(|s| s.heads(*id))?;
+                have.sort();
+                let mut heads = heads.clone();
+                heads.sort();
+                if have != heads {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        let current_after = loop {
+            if current(laptop)? {
+                break Some(started.elapsed());
+            }
+            if sync.is_finished() {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let report = self.rt.block_on(sync)??;
+        let stats = proxy.stats();
+        self.rt.block_on(proxy.shutdown());
+        let mut row = self.row(format!("catch-up, {label}"), link, faults, report);
+        row.link_stats = Some(stats);
+        row.note = match current_after.or_else(|| current(laptop).ok()?.then(|| started.elapsed())) {
+            Some(d) => format!(
+                "the five planned customers current after {:.1} s",
+                d.as_secs_f64()
+            ),
+            None => "the five planned customers not current at the end".into(),
+        };
+        Ok(row)
+    }
+
     fn stop(mut self) {
         if let Some(r) = self.relay.take() {
             let _ = self.rt.block_on(r.shutdown());
@@ -640,6 +739,17 @@ fn run_matrix(bench: &mut Bench, plan: &Plan, rows: &mut Vec<Row>) -> anyhow::Re
     for &f in edge_faults {
         {
             let r = bench.edit_during_download(EDGE, f);
+            bench.keep(rows, r);
+        }
+    }
+    for &f in edge_faults {
+        let (planned, unplanned, five) = bench.prepare_catch_up(10_000)?;
+        {
+            let r = bench.catch_up(&planned, &five, "five customers planned", EDGE, f);
+            bench.keep(rows, r);
+        }
+        {
+            let r = bench.catch_up(&unplanned, &five, "no plan", EDGE, f);
             bench.keep(rows, r);
         }
     }
