@@ -348,8 +348,8 @@ async fn a_returning_laptop_syncs_with_0rtt_and_falls_back_when_the_relay_forgot
     );
     assert_eq!(again.changes_acked, 1);
     assert_eq!(
-        again.frames_sent, 3,
-        "Hello, the upload and the pull in one flight"
+        again.frames_sent, 4,
+        "Hello, First (the edited customer comes first), the upload and the pull in one flight"
     );
 
     relay.shutdown().await.unwrap();

@@ -9,7 +9,8 @@ use rusqlite::OptionalExtension;
 use uuid::Uuid;
 
 use super::messages::{
-    Cursor, Entry, ErrorCode, Hash, MAGIC, Message, PROTOCOL_VERSION, ScopeCursor, UploadChange,
+    Cursor, DOWNLOAD_WINDOW, Entry, ErrorCode, Hash, MAGIC, Message, PROTOCOL_VERSION, ScopeCursor,
+    UploadChange,
 };
 use super::relay::REPAIR_BATCH;
 use super::step::{TimerConfig, Timers};
@@ -141,7 +142,10 @@ pub struct ClientSession {
     inflight: Option<(u64, i64)>,
     /// Highest outbox seq sent in this session; later retries wait for the next session.
     sent_seq: i64,
-    pull_outstanding: bool,
+    /// Download batches the relay still owes: a `Pull` is answered with up to
+    /// [`DOWNLOAD_WINDOW`] batches and each `More` with one; a batch that says the download
+    /// caught up ends them.
+    owed: u32,
     caught_up: bool,
     /// Paused ([`ClientSession::pause`]): no new upload or pull goes out.
     paused: bool,
@@ -165,7 +169,7 @@ impl ClientSession {
             next_batch: 1,
             inflight: None,
             sent_seq: 0,
-            pull_outstanding: false,
+            owed: 0,
             caught_up: false,
             paused: false,
             held_pull: false,
@@ -221,7 +225,7 @@ impl ClientSession {
                 customers: self.cfg.first.clone(),
             });
         }
-        self.pull_outstanding = true;
+        self.owed = DOWNLOAD_WINDOW;
         out.push(Message::Pull {
             cursor,
             max_bytes: self.cfg.pull_bytes,
@@ -268,7 +272,7 @@ impl ClientSession {
     /// Nothing this session sent waits for an answer (no upload unacknowledged, no pull
     /// unanswered, no repair under way).
     pub fn is_settled(&self) -> bool {
-        self.phase == Phase::Sync && self.inflight.is_none() && !self.pull_outstanding
+        self.phase == Phase::Sync && self.inflight.is_none() && self.owed == 0
     }
 
     /// The relay had more to send than this session fetched (a pull was held back by
@@ -377,20 +381,24 @@ impl ClientSession {
                     caught_up,
                 },
             ) => {
-                self.pull_outstanding = false;
                 self.apply_batch(store, items, &cursor, caught_up)?;
                 self.caught_up = caught_up;
+                self.owed = if caught_up {
+                    0
+                } else {
+                    self.owed.saturating_sub(1)
+                };
                 if caught_up {
                     Ok(Vec::new())
                 } else if self.paused {
+                    // What is in flight still arrives; nothing more is asked for.
                     self.held_pull = true;
                     Ok(Vec::new())
                 } else {
-                    self.pull_outstanding = true;
-                    Ok(vec![Message::Pull {
-                        cursor,
-                        max_bytes: self.cfg.pull_bytes,
-                    }])
+                    // The relay streams from where its last batch ended (a live push that
+                    // did not fit one batch, too).
+                    self.owed += 1;
+                    Ok(vec![Message::More])
                 }
             }
             (phase, m) => Err(SessionError::Protocol(format!(
@@ -473,8 +481,8 @@ impl ClientSession {
         }
         // A pull sent with the `Hello` ([`ClientSession::open`]) is answered with the same
         // scopes: the relay brings a client's cursor in line with its grant and epoch itself.
-        if !self.pull_outstanding {
-            self.pull_outstanding = true;
+        if self.owed == 0 {
+            self.owed = DOWNLOAD_WINDOW;
             out.push(Message::Pull {
                 cursor,
                 max_bytes: self.cfg.pull_bytes,

@@ -19,7 +19,9 @@ use crate::ids::{DocId, Role};
 /// - 4: adds lanes: [`Message::First`] names the customers whose documents a download brings
 ///   first, and the cursor states [`ScopeCursor::SnapshotFirst`] and [`ScopeCursor::LogFirst`]
 ///   that carry such a download across sessions. A relay never sends those states to a client
-///   of an older version.
+///   of an older version. And downloads stream: the relay answers a `Pull` with up to
+///   [`DOWNLOAD_WINDOW`] batches, and the client asks for each further one with
+///   [`Message::More`] as it applies one, so the link never idles between batches.
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest client protocol version a relay of this build serves.
@@ -277,7 +279,15 @@ pub enum Message {
         /// Customer document ids, most urgent first.
         customers: Vec<DocId>,
     },
+    /// Client → relay (protocol 4): a download batch that was not the last is applied; send
+    /// the next one. The relay sends it from where its last batch ended; a relay whose
+    /// download caught up (it sent a batch that says so) ignores it.
+    More,
 }
+
+/// How many download batches a relay sends a protocol-4 client ahead of its [`Message::More`]:
+/// one being applied while the next crosses the link.
+pub const DOWNLOAD_WINDOW: u32 = 2;
 
 /// Most customers one [`Message::First`] (and one lane of a cursor) names; a longer list is
 /// cut to its first entries.
@@ -298,6 +308,7 @@ impl Message {
             Self::Missing { .. } => "Missing",
             Self::Enrol { .. } => "Enrol",
             Self::First { .. } => "First",
+            Self::More => "More",
         }
     }
 }

@@ -4,7 +4,7 @@ use uuid::Uuid;
 
 use super::download::{Fill, Lane};
 use super::messages::{
-    Cursor, Entry, ErrorCode, Hash, Item, MAGIC, MAX_FIRST_CUSTOMERS, Message,
+    Cursor, DOWNLOAD_WINDOW, Entry, ErrorCode, Hash, Item, MAGIC, MAX_FIRST_CUSTOMERS, Message,
     OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Rejection, ScopeCursor, UploadChange,
 };
 use super::validate::DeviceInfo;
@@ -249,6 +249,8 @@ pub struct RelaySession {
     opened_at: Option<Millis>,
     /// The customers the client asked for first, until its first `Pull` takes them.
     first: Vec<DocId>,
+    /// The batch budget of the client's last `Pull`, for the batches that stream after it.
+    pull_budget: usize,
 }
 
 /// Most hashes a session remembers to avoid echoing a client's own uploads.
@@ -268,6 +270,7 @@ impl RelaySession {
             version: PROTOCOL_VERSION,
             opened_at: None,
             first: Vec::new(),
+            pull_budget: 16 << 10,
         }
     }
 
@@ -325,7 +328,7 @@ impl RelaySession {
         };
         if matches!(
             msg,
-            Message::Upload { .. } | Message::Pull { .. } | Message::Heads { .. }
+            Message::Upload { .. } | Message::Pull { .. } | Message::More | Message::Heads { .. }
         ) {
             let out = self.recheck_inner(storage)?;
             if out.close {
@@ -407,18 +410,41 @@ impl RelaySession {
                 // The customers named first start lanes in the session's first download only:
                 // later pulls go on with the lanes their cursor carries.
                 let first = std::mem::take(&mut self.first);
+                self.pull_budget = budget;
                 let (items, cursor, caught_up) =
                     self.fill(storage, &device, cursor, budget, &first)?;
+                let mut out = Output::send(Message::Batch {
+                    items,
+                    cursor: cursor.clone(),
+                    caught_up,
+                });
+                self.sent = Some(cursor);
                 self.live = caught_up;
-                if caught_up {
+                // A protocol-4 client gets the window's further batches at once, and one more
+                // for each it applies (`More`).
+                if self.version >= 4 {
+                    for _ in 1..DOWNLOAD_WINDOW {
+                        if self.live {
+                            break;
+                        }
+                        out.messages.extend(self.next_batch(storage, &device)?);
+                    }
+                }
+                if self.live {
                     storage.touch_device(device.device_id)?;
                 }
-                self.sent = Some(cursor.clone());
-                Output::send(Message::Batch {
-                    items,
-                    cursor,
-                    caught_up,
-                })
+                out
+            }
+            Message::More if self.version >= 4 => {
+                if self.live || self.sent.is_none() {
+                    return Ok(Output::default());
+                }
+                let mut out = Output::default();
+                out.messages.extend(self.next_batch(storage, &device)?);
+                if self.live {
+                    storage.touch_device(device.device_id)?;
+                }
+                out
             }
             Message::Heads { docs, done } => {
                 let lacks = storage.missing(&docs)?;
@@ -639,6 +665,27 @@ impl RelaySession {
             budget,
         }
         .run(cursor)
+    }
+
+    /// The download's next batch, from where the last one sent ended, within the budget of
+    /// the client's last `Pull`.
+    fn next_batch(
+        &mut self,
+        storage: &mut dyn RelayStorage,
+        device: &DeviceInfo,
+    ) -> Result<Option<Message>, StorageError> {
+        let Some(cursor) = self.sent.clone() else {
+            return Ok(None);
+        };
+        let (items, cursor, caught_up) =
+            self.fill(storage, device, cursor, self.pull_budget, &[])?;
+        self.sent = Some(cursor.clone());
+        self.live = caught_up;
+        Ok(Some(Message::Batch {
+            items,
+            cursor,
+            caught_up,
+        }))
     }
 
     /// Called when the relay's log grew: pushes new entries to a live client.

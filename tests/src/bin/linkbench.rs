@@ -497,7 +497,10 @@ impl Bench {
         office_notes(&self.populator, &customers, rounds)?;
         let r = self.rt.block_on(sync_now(&self.populator, &cfg))?;
         if r.outbox_remaining != 0 {
-            bail!("the office's notes left {} changes unsent", r.outbox_remaining);
+            bail!(
+                "the office's notes left {} changes unsent",
+                r.outbox_remaining
+            );
         }
         Ok((planned, unplanned, five))
     }
@@ -555,7 +558,8 @@ impl Bench {
         self.rt.block_on(proxy.shutdown());
         let mut row = self.row(format!("catch-up, {label}"), link, faults, report);
         row.link_stats = Some(stats);
-        row.note = match current_after.or_else(|| current(laptop).ok()?.then(|| started.elapsed())) {
+        row.note = match current_after.or_else(|| current(laptop).ok()?.then(|| started.elapsed()))
+        {
             Some(d) => format!(
                 "the five planned customers current after {:.1} s",
                 d.as_secs_f64()

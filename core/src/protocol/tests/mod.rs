@@ -1134,3 +1134,4 @@ fn the_first_flight_authenticates_uploads_and_pulls_in_one_round_trip() {
 }
 
 mod lanes;
+mod streaming;
