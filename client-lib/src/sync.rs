@@ -768,8 +768,17 @@ pub async fn sync_now_with_progress(
                 .session
                 .as_ref()
                 .is_some_and(ClientSession::download_waiting);
+            let (waiting_documents, waiting_bytes) = run
+                .session
+                .as_ref()
+                .and_then(ClientSession::download_left)
+                .unwrap_or_default();
             if run.budget_spent && download_waiting {
-                persist_status(client, &prep.relay, Outcome::StoppedAtBudget).await;
+                let outcome = Outcome::StoppedAtBudget {
+                    documents: waiting_documents,
+                    bytes: waiting_bytes,
+                };
+                persist_status(client, &prep.relay, outcome).await;
             }
             Ok(SyncReport {
                 relay: prep.relay.clone(),
@@ -793,6 +802,12 @@ pub async fn sync_now_with_progress(
                 outbox_bytes_remaining,
                 budget_spent: run.budget_spent,
                 download_waiting,
+                download_waiting_documents: if download_waiting {
+                    waiting_documents
+                } else {
+                    0
+                },
+                download_waiting_bytes: if download_waiting { waiting_bytes } else { 0 },
                 early_data: run.early_data,
                 duration,
             })

@@ -562,8 +562,15 @@ async fn a_metered_sync_stops_at_its_budget_and_the_next_goes_on() {
     assert!(moved < 40_000 + 64_000, "{moved} bytes for a 40 kB budget");
     let got = laptop.with_store(|s| s.doc_count()).expect("count");
     assert!(got > 1 && got < 1_501, "part of the download: {got}");
+    // What is left, as the relay counted it when the download began less what arrived (the
+    // laptop's own customer counts though it never comes back).
+    let left = (1_501 - got) as u64;
+    let told = first.download_waiting_documents;
+    assert!((left..=left + 2).contains(&told), "{told} for {left} left");
+    assert!(first.download_waiting_bytes > 0);
     let status = load_status(&laptop).expect("status").expect("stored");
     assert!(status.download_waiting);
+    assert_eq!(status.download_waiting_documents, told);
     assert!(relay_has(&relay, mine.into()).await);
 
     // Each further metered sync brings more, and an unmetered one the rest.
@@ -572,6 +579,7 @@ async fn a_metered_sync_stops_at_its_budget_and_the_next_goes_on() {
     assert!(more > got, "{second:?}");
     let last = sync(&laptop, &cfg).await;
     assert!(!last.budget_spent && !last.download_waiting, "{last:?}");
+    assert_eq!(last.download_waiting_documents, 0);
     assert_eq!(laptop.with_store(|s| s.doc_count()).expect("count"), 1_501);
     assert!(
         !load_status(&laptop)

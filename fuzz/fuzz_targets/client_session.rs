@@ -28,6 +28,7 @@ use std::sync::OnceLock;
 
 use automerge::AutoCommit;
 use common::{Sample, fail, panic_message};
+use fieldsync_core::ids::Millis;
 use fieldsync_core::model::{
     CustomerEdit, CustomerField, Edit, LineInput, NewCustomer, QuoteEdit, VisitEdit, apply_edit,
     create_customer,
@@ -36,7 +37,6 @@ use fieldsync_core::protocol::client::CURSOR_KEY;
 use fieldsync_core::protocol::codec::decode;
 use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
 use fieldsync_core::protocol::messages::{MAGIC, Rejection};
-use fieldsync_core::ids::Millis;
 use fieldsync_core::protocol::{
     ClientConfig, ClientInput, ClientSession, ClientStep, Cursor, Entry, ErrorCode, Item, Message,
     PROTOCOL_VERSION, ScopeCursor, SessionError, TimerConfig, UploadChange,
@@ -480,6 +480,7 @@ fn run(u: &mut Unstructured<'_>, selector: u8, store: &mut Store, w: &World) -> 
         upload_bytes: 1 << 20,
         pull_bytes: 64 << 10,
         timers: TimerConfig::default(),
+        first: Vec::new(),
     };
     // The sessions' clock, moved on by the input: timers fire too.
     let mut now: Millis = 0;

@@ -33,7 +33,7 @@ use fieldsync_core::protocol::messages::serde_bytes_vec::Bytes;
 use fieldsync_core::protocol::messages::{MAGIC, Rejection};
 use fieldsync_core::protocol::relay::{Output, REPAIR_BATCH};
 use fieldsync_core::protocol::{
-    Cursor, DeviceInfo, Entry, ErrorCode, Item, Message, PROTOCOL_VERSION, RelayLimits,
+    Cursor, DeviceInfo, Entry, ErrorCode, Item, Lane, Message, PROTOCOL_VERSION, RelayLimits,
     RelaySession, ScopeCursor, UploadChange,
 };
 use fieldsync_core::store::{decode_change, load_snapshot};
@@ -230,27 +230,52 @@ fn cursor(u: &mut Unstructured<'_>, w: &World) -> ArbResult<Cursor> {
     };
     let mut scopes = BTreeMap::new();
     for _ in 0..u.int_in_range(0..=3u8)? {
-        let sc = if u.arbitrary()? {
-            ScopeCursor::Log {
-                seq: if u.ratio(3, 4)? {
-                    u.int_in_range(0..=40u64)?
-                } else {
-                    u.arbitrary()?
-                },
+        let seq = |u: &mut Unstructured<'_>| -> ArbResult<u64> {
+            if u.ratio(3, 4)? {
+                u.int_in_range(0..=40u64)
+            } else {
+                u.arbitrary()
             }
-        } else {
-            ScopeCursor::Snapshot {
+        };
+        let after = |u: &mut Unstructured<'_>| -> ArbResult<Option<DocId>> {
+            Ok(if u.arbitrary()? {
+                Some(common::doc_id(u, &POOL)?)
+            } else {
+                None
+            })
+        };
+        let sc = match u.int_in_range(0..=3u8)? {
+            0 => ScopeCursor::Log { seq: seq(u)? },
+            1 => ScopeCursor::Snapshot {
                 high: u.arbitrary()?,
-                after: if u.arbitrary()? {
-                    Some(common::doc_id(u, &POOL)?)
-                } else {
-                    None
-                },
-            }
+                after: after(u)?,
+            },
+            // Lanes (protocol 4), as a client may send them back, or forge them.
+            2 => ScopeCursor::LogFirst {
+                seq: seq(u)?,
+                first: customers(u)?,
+                first_seq: seq(u)?,
+                upto: seq(u)?,
+            },
+            _ => ScopeCursor::SnapshotFirst {
+                high: seq(u)?,
+                first: customers(u)?,
+                first_done: u.arbitrary()?,
+                after: after(u)?,
+            },
         };
         scopes.insert(scope(u)?, sc);
     }
     Ok(Cursor { epoch, scopes })
+}
+
+/// Customers a client names first: from the documents the run writes, or any.
+fn customers(u: &mut Unstructured<'_>) -> ArbResult<Vec<DocId>> {
+    let mut out = Vec::new();
+    for _ in 0..u.int_in_range(0..=4u8)? {
+        out.push(common::doc_id(u, &POOL)?);
+    }
+    Ok(out)
 }
 
 fn heads(u: &mut Unstructured<'_>, w: &World) -> ArbResult<Vec<(DocId, Vec<[u8; 32]>)>> {
@@ -340,10 +365,19 @@ fn message(u: &mut Unstructured<'_>, w: &World, me: &Device) -> ArbResult<Messag
                 u.arbitrary()?
             },
         },
-        13 | 14 => Message::Heads {
+        13 => Message::Heads {
             docs: heads(u, w)?,
             done: u.arbitrary()?,
         },
+        14 => {
+            if u.arbitrary()? {
+                Message::First {
+                    customers: customers(u)?,
+                }
+            } else {
+                Message::More
+            }
+        }
         15 | 16 => hello(u, w, me)?,
         17 => match decode(&common::raw(u, 512)?) {
             Ok(m) => m,
@@ -411,6 +445,8 @@ fn check_replies(out: &Output) {
                 | Message::Enrol { .. }
                 | Message::Upload { .. }
                 | Message::Pull { .. }
+                | Message::First { .. }
+                | Message::More
                 | Message::Heads { .. }
         ) {
             fail(
@@ -500,7 +536,7 @@ fn check(store: &SqliteRelayStore) {
         .status()
         .unwrap_or_else(|e| fail(TARGET, &format!("status: {e}")));
     let (snapshots, more) = store
-        .read_snapshots("*", None, usize::MAX)
+        .read_snapshots("*", None, usize::MAX, Lane::All)
         .unwrap_or_else(|e| fail(TARGET, &format!("snapshots: {e}")));
     if more || snapshots.len() as u64 != status.docs {
         fail(
@@ -524,7 +560,7 @@ fn check(store: &SqliteRelayStore) {
     }
     for scope in ["north", "south", "*"] {
         let (entries, _) = store
-            .read_log(scope, 0, usize::MAX)
+            .read_log(scope, 0, usize::MAX, Lane::All)
             .unwrap_or_else(|e| fail(TARGET, &format!("log of {scope}: {e}")));
         for e in entries {
             match &e.entry {

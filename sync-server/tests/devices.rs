@@ -326,6 +326,11 @@ async fn the_cli_enrols_lists_audits_and_revokes_while_the_relay_runs() {
         max_bytes: 1 << 20,
     })
     .await;
+    // What is waiting counts the device's own customer (it is not sent back).
+    assert!(matches!(
+        raw.recv().await,
+        Some(Message::Waiting { documents: 1, .. })
+    ));
     assert!(matches!(
         raw.recv().await,
         Some(Message::Batch {

@@ -235,6 +235,11 @@ async fn uploads_are_acknowledged_and_pushed_live_then_shutdown_is_announced() {
         max_bytes: 1 << 20,
     })
     .await;
+    // A protocol-4 client first hears what is waiting: nothing.
+    match b.recv().await {
+        Some(Message::Waiting { documents, bytes }) => assert_eq!((documents, bytes), (0, 0)),
+        other => panic!("{other:?}"),
+    }
     match b.recv().await {
         Some(Message::Batch {
             items, caught_up, ..

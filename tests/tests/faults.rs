@@ -364,3 +364,87 @@ async fn a_sync_keeps_its_connection_when_the_laptops_address_changes() {
     );
     s.relay.shutdown().await.unwrap();
 }
+
+/// A laptop back from two weeks away syncs on a metered, lossy link: each sync spends a small
+/// budget and stops. The first already brings the customers it visits tomorrow up to date
+/// (their documents come in a lane ahead of the rest); the following syncs go on where the
+/// last stopped, and in the end the laptop holds everything, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metered_catch_up_on_a_lossy_link_brings_tomorrows_customers_first() {
+    let link = LinkConfig {
+        bandwidth_bps: Some(512_000),
+        delay: Duration::from_millis(150),
+        loss: 0.10,
+        ..LinkConfig::default()
+    };
+    let s = Setup::new(FaultConfig::symmetric(0x1a9e, link), 30).await;
+    let office = s.client("office");
+    let customers = create_customers(&office, "book", 400);
+    let mut direct = SyncConfig::new(
+        s.relay.local_addr().to_string(),
+        s.relay.fingerprint().to_string(),
+    );
+    direct.response_timeout = Duration::from_secs(30);
+    let sync = fieldsync_client::sync::sync_now;
+    sync(&office, &direct).await.expect("office over loopback");
+    let laptop = s.client("laptop");
+    sync(&laptop, &direct).await.expect("laptop over loopback");
+    // Tomorrow's customers: the office's notes reach them last in every round.
+    let tomorrow = &customers[customers.len() - 3..];
+    let at = fieldsync_core::ids::now_millis() + 24 * 3_600_000;
+    for c in tomorrow {
+        laptop
+            .visits()
+            .create(fieldsync_client::NewVisit {
+                customer_id: *c,
+                kind: None,
+                notes: None,
+                status: fieldsync_client::VisitStatus::Planned,
+                at: Some(at),
+                location: None,
+            })
+            .expect("plan a visit");
+    }
+    sync(&laptop, &direct).await.expect("the plan goes up");
+    let ids: Vec<_> = customers.iter().map(|c| (*c).into()).collect();
+    fieldsync_tests::workload::office_notes(&office, &ids, 6).expect("office notes");
+    sync(&office, &direct).await.expect("office notes go up");
+    let want = support::heads(&office);
+
+    let mut cfg = s.config(Duration::from_secs(10));
+    cfg.budget = Some(48 << 10);
+    let mut syncs = 0;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(
+            attempts < 60,
+            "the catch-up does not end after {syncs} syncs"
+        );
+        let r = match sync(&laptop, &cfg).await {
+            Ok(r) => r,
+            // A lossy link may fail a sync; the next goes on from the last applied batch.
+            Err(e) if e.is_retryable() => continue,
+            Err(e) => panic!("metered sync: {e}"),
+        };
+        syncs += 1;
+        if syncs == 1 {
+            assert!(r.budget_spent && r.download_waiting, "{r:?}");
+            let have = support::heads(&laptop);
+            for c in tomorrow {
+                let id = (*c).into();
+                assert_eq!(
+                    have.get(&id),
+                    want.get(&id),
+                    "tomorrow's customer {c} is current"
+                );
+            }
+        }
+        if !r.download_waiting {
+            break;
+        }
+    }
+    assert!(syncs > 2, "the budget split the catch-up ({syncs} syncs)");
+    support::wait_converged(&[&office, &laptop], &s.relay_db(), Duration::from_secs(60)).await;
+    s.relay.shutdown().await.unwrap();
+}

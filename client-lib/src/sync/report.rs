@@ -54,6 +54,14 @@ pub struct SyncReport {
     /// The relay had more to send than this sync fetched (the budget was spent first).
     #[serde(default)]
     pub download_waiting: bool,
+    /// About how many documents the relay still had for this laptop when the sync ended (0
+    /// when it caught up; an estimate from what the relay said was waiting when the download
+    /// started, less what arrived).
+    #[serde(default)]
+    pub download_waiting_documents: u64,
+    /// About how many raw (uncompressed) bytes those are.
+    #[serde(default)]
+    pub download_waiting_bytes: u64,
     /// The connection resumed an earlier TLS session and the relay took the first flight
     /// (`Hello`, upload, pull) as 0-RTT data: the sync saved the handshake's round trip.
     #[serde(default)]

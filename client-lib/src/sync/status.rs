@@ -142,6 +142,13 @@ pub struct PersistedStatus {
     /// stopped at its budget); a finished sync clears it.
     #[serde(default)]
     pub download_waiting: bool,
+    /// About how many documents were waiting then (see
+    /// [`SyncReport::download_waiting_documents`](super::SyncReport::download_waiting_documents)).
+    #[serde(default)]
+    pub download_waiting_documents: u64,
+    /// About how many raw bytes those were.
+    #[serde(default)]
+    pub download_waiting_bytes: u64,
 }
 
 /// Reads the last sync outcome stored in the replica, if any.
@@ -161,8 +168,14 @@ pub(super) fn read_status(store: &Store) -> Result<Option<PersistedStatus>, Clie
 pub(super) enum Outcome {
     /// Caught up, every local change answered.
     Finished,
-    /// A metered sync stopped at its budget with more waiting on the relay.
-    StoppedAtBudget,
+    /// A metered sync stopped at its budget with more waiting on the relay: about this many
+    /// documents and raw bytes.
+    StoppedAtBudget {
+        /// Documents waiting.
+        documents: u64,
+        /// Their raw bytes.
+        bytes: u64,
+    },
     /// The attempt failed.
     Failed(String),
 }
@@ -177,10 +190,14 @@ fn write_status(store: &mut Store, relay: &str, outcome: &Outcome) -> Result<(),
             st.last_sync_finished_at = Some(now);
             st.last_error = None;
             st.download_waiting = false;
+            st.download_waiting_documents = 0;
+            st.download_waiting_bytes = 0;
         }
-        Outcome::StoppedAtBudget => {
+        Outcome::StoppedAtBudget { documents, bytes } => {
             st.last_error = None;
             st.download_waiting = true;
+            st.download_waiting_documents = *documents;
+            st.download_waiting_bytes = *bytes;
         }
         Outcome::Failed(e) => st.last_error = Some(e.clone()),
     }

@@ -151,6 +151,10 @@ pub struct ClientSession {
     paused: bool,
     /// A pull the pause held back: more is waiting on the relay.
     held_pull: bool,
+    /// What the relay said was waiting when it answered the last `Pull` (documents, raw
+    /// bytes), and what arrived since (items, raw bytes).
+    waiting: Option<(u64, u64)>,
+    since_waiting: (u64, u64),
     stats: SessionStats,
     /// Local changes quarantined since the last [`ClientSession::take_quarantined`].
     quarantined: Vec<(ChangeHash, String)>,
@@ -173,6 +177,8 @@ impl ClientSession {
             caught_up: false,
             paused: false,
             held_pull: false,
+            waiting: None,
+            since_waiting: (0, 0),
             stats: SessionStats::default(),
             quarantined: Vec::new(),
             timers: Timers::default(),
@@ -281,6 +287,21 @@ impl ClientSession {
         self.held_pull || !self.is_caught_up()
     }
 
+    /// About how much the download has left, as `(documents, raw bytes)`: what the relay
+    /// said was waiting when it answered this session's last pull, less what arrived since
+    /// (each document counted once per batch that carried it). Nothing once caught up;
+    /// `None` when the relay did not say (an older relay, or no pull answered yet).
+    pub fn download_left(&self) -> Option<(u64, u64)> {
+        if self.is_caught_up() {
+            return Some((0, 0));
+        }
+        let (documents, bytes) = self.waiting?;
+        Some((
+            documents.saturating_sub(self.since_waiting.0),
+            bytes.saturating_sub(self.since_waiting.1),
+        ))
+    }
+
     /// Reads the durable cursor.
     pub fn load_cursor(store: &Store) -> Result<Option<Cursor>, StoreError> {
         Ok(store
@@ -373,6 +394,11 @@ impl ClientSession {
                 }
                 Ok(self.poll_upload(store)?.into_iter().collect())
             }
+            (Phase::Sync | Phase::Repair { .. }, Message::Waiting { documents, bytes }) => {
+                self.waiting = Some((documents, bytes));
+                self.since_waiting = (0, 0);
+                Ok(Vec::new())
+            }
             (
                 Phase::Sync | Phase::Repair { .. },
                 Message::Batch {
@@ -381,6 +407,9 @@ impl ClientSession {
                     caught_up,
                 },
             ) => {
+                let raw: usize = items.iter().map(|i| i.entry.raw_len()).sum();
+                self.since_waiting.0 += items.len() as u64;
+                self.since_waiting.1 += raw as u64;
                 self.apply_batch(store, items, &cursor, caught_up)?;
                 self.caught_up = caught_up;
                 self.owed = if caught_up {

@@ -423,7 +423,7 @@ impl Fill<'_> {
             .read_log(scope, after, self.room(batch), lane)?;
         let mut last = after;
         for r in rows {
-            batch.used += entry_size(&r.entry) + 24;
+            batch.used += r.entry.raw_len() + 24;
             last = r.seq;
             self.push_log_entry(batch, r);
         }
@@ -455,14 +455,6 @@ fn in_first_lane(sc: &ScopeCursor) -> bool {
             first_seq, upto, ..
         } => first_seq < upto,
         _ => false,
-    }
-}
-
-fn entry_size(e: &Entry) -> usize {
-    match e {
-        Entry::Changes(c) => c.iter().map(|b| b.0.len()).sum(),
-        Entry::Snapshot(b) | Entry::Replace(b) => b.0.len(),
-        Entry::Leave => 0,
     }
 }
 

@@ -561,6 +561,38 @@ impl RelayStorage for MemoryRelay {
         Ok((out, false))
     }
 
+    fn waiting(
+        &mut self,
+        scope: &str,
+        snapshots_after: Option<Option<DocId>>,
+        log_after: u64,
+    ) -> Result<(u64, u64), StorageError> {
+        let t = &self.tables;
+        let (mut documents, mut bytes) = (0u64, 0u64);
+        if let Some(after) = snapshots_after {
+            for (id, d) in &t.docs {
+                if Some(*id) > after && (scope == ALL_SCOPES || d.scope == scope) {
+                    documents += 1;
+                    bytes += d.snapshot.len() as u64;
+                }
+            }
+        }
+        let after = i64::try_from(log_after).unwrap_or(i64::MAX);
+        let mut docs = HashSet::new();
+        for r in &t.log {
+            let in_scope = if scope == ALL_SCOPES {
+                matches!(r.kind, KIND_CHANGES | KIND_REPLACE)
+            } else {
+                r.scope == scope
+            };
+            if r.seq > after && in_scope {
+                docs.insert(r.doc);
+                bytes += r.bytes.as_ref().map_or(0, Vec::len) as u64;
+            }
+        }
+        Ok((documents + docs.len() as u64, bytes))
+    }
+
     fn heads_of(&mut self, ids: &[DocId]) -> Result<Vec<(DocId, Vec<Hash>)>, StorageError> {
         Ok(ids
             .iter()

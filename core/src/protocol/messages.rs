@@ -138,6 +138,17 @@ pub enum Entry {
     Replace(serde_bytes_vec::Bytes),
 }
 
+impl Entry {
+    /// The raw bytes the entry carries (changes or a snapshot).
+    pub fn raw_len(&self) -> usize {
+        match self {
+            Self::Changes(c) => c.iter().map(|b| b.0.len()).sum(),
+            Self::Snapshot(b) | Self::Replace(b) => b.0.len(),
+            Self::Leave => 0,
+        }
+    }
+}
+
 /// One item of a download batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
@@ -283,6 +294,16 @@ pub enum Message {
     /// the next one. The relay sends it from where its last batch ended; a relay whose
     /// download caught up (it sent a batch that says so) ignores it.
     More,
+    /// Relay → client (protocol 4), ahead of the batches answering a `Pull`: about how much
+    /// the download has left from the pull's cursor, for the rep's status. Counted per scope:
+    /// documents still to come as snapshots, and those with log entries waiting (a document
+    /// may count twice), with the raw bytes of both.
+    Waiting {
+        /// Documents with something waiting.
+        documents: u64,
+        /// Raw (uncompressed) bytes waiting.
+        bytes: u64,
+    },
 }
 
 /// How many download batches a relay sends a protocol-4 client ahead of its [`Message::More`]:
@@ -309,6 +330,7 @@ impl Message {
             Self::Enrol { .. } => "Enrol",
             Self::First { .. } => "First",
             Self::More => "More",
+            Self::Waiting { .. } => "Waiting",
         }
     }
 }

@@ -127,6 +127,15 @@ pub trait RelayStorage {
         max_bytes: usize,
         lane: Lane<'_>,
     ) -> Result<SnapshotPage, StorageError>;
+    /// About how much a download of `scope` has left: the documents in it with ids above
+    /// `snapshots_after` (when the download is still in its snapshot phase: `Some`) and those
+    /// with log entries above `log_after`, as `(documents, raw bytes)`.
+    fn waiting(
+        &mut self,
+        scope: &str,
+        snapshots_after: Option<Option<DocId>>,
+        log_after: u64,
+    ) -> Result<(u64, u64), StorageError>;
     /// The stored heads of each of `ids` the relay holds (in any order). A session asks only
     /// for the documents of a snapshot page after it stored changes for its client, to leave
     /// out those the client wrote itself. Storage that does not answer (the default) makes the
@@ -411,9 +420,14 @@ impl RelaySession {
                 // later pulls go on with the lanes their cursor carries.
                 let first = std::mem::take(&mut self.first);
                 self.pull_budget = budget;
+                let mut out = Output::default();
+                if self.version >= 4 {
+                    let (documents, bytes) = waiting(storage, &cursor)?;
+                    out.messages.push(Message::Waiting { documents, bytes });
+                }
                 let (items, cursor, caught_up) =
                     self.fill(storage, &device, cursor, budget, &first)?;
-                let mut out = Output::send(Message::Batch {
+                out.messages.push(Message::Batch {
                     items,
                     cursor: cursor.clone(),
                     caught_up,
@@ -728,3 +742,27 @@ impl RelaySession {
 /// Bit set in an `Upload`'s batch number when it carries repair uploads (other devices'
 /// changes the relay lost); the relay then validates each change against its author's role.
 pub const REPAIR_BATCH: u64 = 1 << 63;
+
+/// About how much the download from `cursor` has left, over its scopes (see
+/// [`Message::Waiting`]).
+fn waiting(storage: &mut dyn RelayStorage, cursor: &Cursor) -> Result<(u64, u64), StorageError> {
+    let high = storage.high_seq()?;
+    let (mut documents, mut bytes) = (0u64, 0u64);
+    for (scope, sc) in &cursor.scopes {
+        let (snapshots_after, log_after) = match sc {
+            ScopeCursor::Snapshot { high: h, after } => (Some(*after), h.unwrap_or(high)),
+            // The first lane's documents count until the lane is done.
+            ScopeCursor::SnapshotFirst {
+                high,
+                first_done,
+                after,
+                ..
+            } => (Some(if *first_done { *after } else { None }), *high),
+            ScopeCursor::Log { seq } | ScopeCursor::LogFirst { seq, .. } => (None, *seq),
+        };
+        let (d, b) = storage.waiting(scope, snapshots_after, log_after)?;
+        documents = documents.saturating_add(d);
+        bytes = bytes.saturating_add(b);
+    }
+    Ok((documents, bytes))
+}

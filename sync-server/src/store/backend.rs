@@ -215,6 +215,16 @@ impl RelayStore {
         each!(self, s => s.read_snapshots(scope, after, max_bytes, lane))
     }
 
+    /// See [`SqliteRelayStore::waiting`].
+    pub fn waiting(
+        &self,
+        scope: &str,
+        snapshots_after: Option<Option<DocId>>,
+        log_after: u64,
+    ) -> Result<(u64, u64), RelayStoreError> {
+        each!(self, s => s.waiting(scope, snapshots_after, log_after))
+    }
+
     /// See [`SqliteRelayStore::departures`].
     pub fn departures(
         &self,
@@ -368,6 +378,15 @@ macro_rules! relay_storage {
 
             fn heads_of(&mut self, ids: &[DocId]) -> Result<Vec<(DocId, Vec<Hash>)>, StorageError> {
                 Ok(Self::heads_of(self, ids)?)
+            }
+
+            fn waiting(
+                &mut self,
+                scope: &str,
+                snapshots_after: Option<Option<DocId>>,
+                log_after: u64,
+            ) -> Result<(u64, u64), StorageError> {
+                Ok(Self::waiting(self, scope, snapshots_after, log_after)?)
             }
 
             fn missing(&mut self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, StorageError> {

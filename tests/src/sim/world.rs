@@ -62,6 +62,8 @@ struct Plan {
     p_abandon: f64,
     p_ghost: f64,
     p_leave: f64,
+    /// Per step and connected session: the laptop's metered budget is spent.
+    p_metered: f64,
     p_connect: f64,
     p_edit: f64,
     burst: usize,
@@ -98,6 +100,7 @@ impl Plan {
             burst: rng.random_range(1..=4),
             relay_cache: rng.random_range(1..=32),
             relay_batch_bytes: rng.random_range((16 << 10)..(96 << 10)),
+            p_metered: f(rng, 0.03),
         }
     }
 }
@@ -126,6 +129,9 @@ struct SimClient {
     /// An `UploadAck` arrived since the last batch that caught up (documents it settles
     /// leave with the next such batch).
     acked_since_catch_up: bool,
+    /// The session spent its metered budget: it asks for nothing more and leaves once what
+    /// it sent is answered.
+    metered: bool,
 }
 
 impl SimClient {
@@ -385,6 +391,7 @@ impl World {
                 clock_offset_ms: 0,
                 last_frames: Vec::new(),
                 acked_since_catch_up: false,
+                metered: false,
             });
         }
         let mut w = Self {
@@ -750,6 +757,7 @@ impl World {
             .map_err(|e| format!("c{i} could not open a session: {e}"))?
             .send;
         c.session = Some(session);
+        c.metered = false;
         c.conn = Some(id);
         self.conns
             .insert(id, Conn::new(i, RelaySession::new(self.limits.clone())));
@@ -1430,6 +1438,22 @@ impl World {
                 self.cut(id, "reconnecting for leftovers");
             } else if step.synced && step.outbox == 0 && self.rng.random_bool(self.plan.p_leave) {
                 self.cut(id, "synced; the client leaves");
+            } else if self.clients[i].metered {
+                // As the sync driver does: a paused session ends once settled.
+                if self.clients[i]
+                    .session
+                    .as_ref()
+                    .is_some_and(ClientSession::is_settled)
+                {
+                    self.cut(id, "metered: the budget is spent");
+                }
+            } else if !self.healing && self.rng.random_bool(self.plan.p_metered) {
+                let c = &mut self.clients[i];
+                if let Some(s) = c.session.as_mut() {
+                    s.pause();
+                    c.metered = true;
+                    self.note(format!("c{i} metered: its budget is spent"));
+                }
             }
         }
         Ok(())
@@ -1527,6 +1551,16 @@ impl World {
         self.note("heal".into());
         for c in &mut self.clients {
             c.offline_until = 0;
+        }
+        // A metered session asks for nothing more: the laptop's next sync goes on.
+        let metered: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|c| c.metered)
+            .filter_map(|c| c.conn)
+            .collect();
+        for id in metered {
+            self.cut(id, "heal: a metered session ends");
         }
         self.restarts()?;
         let bound = self.rounds_bound()?;

@@ -17,6 +17,9 @@ pub(super) struct StatusOut {
     /// The relay had more to send when the last sync ended (a metered sync stopped at its
     /// budget); cleared by a sync that finishes.
     pub(super) download_waiting: bool,
+    /// About how many documents, and raw bytes, were waiting then.
+    pub(super) download_waiting_documents: u64,
+    pub(super) download_waiting_bytes: u64,
     /// Changes the relay refused for good.
     pub(super) quarantined: usize,
     /// The most recent of those (up to 5), newest first.
@@ -70,6 +73,8 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
         outbox_documents: outbox.documents,
         outbox_bytes: outbox.bytes,
         download_waiting: persisted.download_waiting,
+        download_waiting_documents: persisted.download_waiting_documents,
+        download_waiting_bytes: persisted.download_waiting_bytes,
         quarantined: quarantine.len(),
         recent_rejections: quarantine.into_iter().take(5).collect(),
         conflicts: client.conflicts()?.len(),
@@ -93,16 +98,22 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
         plural(out.outbox_documents, "document"),
         format_bytes(out.outbox_bytes)
     );
-    println!(
-        "Download:   {}",
-        if out.download_waiting {
-            "more waiting on the relay (the last sync stopped at its budget; `fieldsync sync` goes on)"
-        } else if out.last_sync_finished_at.is_some() {
-            "nothing known to be waiting (the last sync finished)"
-        } else {
-            "not synced yet"
-        }
-    );
+    let download = if out.download_waiting && out.download_waiting_documents > 0 {
+        format!(
+            "about {} ({}) waiting on the relay (the last sync stopped at its budget; \
+             `fieldsync sync` goes on)",
+            plural(out.download_waiting_documents, "document"),
+            format_bytes(out.download_waiting_bytes)
+        )
+    } else if out.download_waiting {
+        "more waiting on the relay (the last sync stopped at its budget; `fieldsync sync` goes on)"
+            .into()
+    } else if out.last_sync_finished_at.is_some() {
+        "nothing known to be waiting (the last sync finished)".into()
+    } else {
+        "not synced yet".into()
+    };
+    println!("Download:   {download}");
     if out.quarantined > 0 {
         println!(
             "Quarantine: {} changes refused by the relay (see `fieldsync quarantine`)",

@@ -138,7 +138,13 @@ pub(super) fn print_report(r: &SyncReport) {
             }
         );
     }
-    if r.download_waiting {
+    if r.download_waiting && r.download_waiting_documents > 0 {
+        println!(
+            "  download  about {} ({}) waiting on the relay",
+            plural(r.download_waiting_documents, "document"),
+            format_bytes(r.download_waiting_bytes)
+        );
+    } else if r.download_waiting {
         println!("  download  more waiting on the relay");
     }
 }

@@ -1046,6 +1046,7 @@ fn a_replacement_reaches_a_protocol_2_client_as_a_snapshot() {
     let bytes = Bytes(vec![1, 2, 3]);
     for (version, want) in [
         (2, Entry::Snapshot(bytes.clone())),
+        (3, Entry::Replace(bytes.clone())),
         (PROTOCOL_VERSION, Entry::Replace(bytes.clone())),
     ] {
         let mut relay = MemRelay::new();
@@ -1077,7 +1078,15 @@ fn a_replacement_reaches_a_protocol_2_client_as_a_snapshot() {
                 max_bytes: 1 << 20,
             },
         );
-        let Some(Message::Batch { items, .. }) = out.messages.first() else {
+        // Only a protocol-4 client is told what is waiting ahead of the batch.
+        let names: Vec<&str> = out.messages.iter().map(Message::name).collect();
+        let want_names = if version >= 4 {
+            vec!["Waiting", "Batch"]
+        } else {
+            vec!["Batch"]
+        };
+        assert_eq!(names, want_names, "protocol {version}");
+        let Some(Message::Batch { items, .. }) = out.messages.last() else {
             panic!("a batch: {:?}", out.messages);
         };
         assert_eq!(items.len(), 1);

@@ -41,6 +41,16 @@ fn a_pull_is_answered_with_a_window_of_batches_and_each_more_with_one() {
         answers.extend(rs.handle(&mut relay, m).messages);
     }
     assert_eq!(batches(&answers), vec![false; DOWNLOAD_WINDOW as usize]);
+    // Ahead of the batches, what the download has left: every customer, and its bytes.
+    let Some(Message::Waiting { documents, bytes }) = answers
+        .iter()
+        .find(|m| matches!(m, Message::Waiting { .. }))
+        .cloned()
+    else {
+        panic!("no Waiting in {answers:?}");
+    };
+    assert_eq!(documents, 150);
+    assert!(bytes > 150 * 100, "{bytes}");
     let mut received = 0;
     let mut rounds = 0;
     while !answers.is_empty() {
@@ -55,6 +65,10 @@ fn a_pull_is_answered_with_a_window_of_batches_and_each_more_with_one() {
                 let step = cs
                     .step(&mut laptop, ClientInput::Message(m.clone()), rounds)
                     .unwrap();
+                // The estimate of what is left shrinks with every batch, to nothing.
+                let (docs_left, _) = cs.download_left().expect("the relay said");
+                let want_left = if *caught_up { 0 } else { 150 - received as u64 };
+                assert_eq!(docs_left, want_left);
                 // Each batch that is not the last asks for one more, and nothing else.
                 let want: Vec<&str> = if *caught_up { vec![] } else { vec!["More"] };
                 assert_eq!(

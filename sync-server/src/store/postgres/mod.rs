@@ -708,6 +708,50 @@ impl PgRelayStore {
         })
     }
 
+    /// About how much a download of `scope` has left (see
+    /// [`super::SqliteRelayStore::waiting`]).
+    pub fn waiting(
+        &self,
+        scope: &str,
+        snapshots_after: Option<Option<DocId>>,
+        log_after: u64,
+    ) -> Result<(u64, u64), RelayStoreError> {
+        let log_after = i64::try_from(log_after).unwrap_or(i64::MAX);
+        let all = scope == ALL_SCOPES;
+        self.read(|c| {
+            let (mut documents, mut bytes) = (0i64, 0i64);
+            if let Some(after) = snapshots_after {
+                let after: Vec<u8> = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+                let row = c.query_one(
+                    if all {
+                        "SELECT count(*)::BIGINT, COALESCE(sum(octet_length(snapshot)), 0)::BIGINT
+                           FROM docs WHERE doc_id > $1 AND $2::TEXT IS NOT NULL"
+                    } else {
+                        "SELECT count(*)::BIGINT, COALESCE(sum(octet_length(snapshot)), 0)::BIGINT
+                           FROM docs WHERE scope = $2 AND doc_id > $1"
+                    },
+                    &[&after, &scope],
+                )?;
+                documents += row.try_get::<_, i64>(0)?;
+                bytes += row.try_get::<_, i64>(1)?;
+            }
+            let row = c.query_one(
+                if all {
+                    "SELECT count(DISTINCT doc_id)::BIGINT, COALESCE(sum(octet_length(bytes)), 0)::BIGINT
+                       FROM log WHERE seq > $1 AND kind IN (0, 3) AND $2::TEXT IS NOT NULL"
+                } else {
+                    "SELECT count(DISTINCT doc_id)::BIGINT, COALESCE(sum(octet_length(bytes)), 0)::BIGINT
+                       FROM log WHERE scope = $2 AND seq > $1"
+                },
+                &[&log_after, &scope],
+            )?;
+            documents += row.try_get::<_, i64>(0)?;
+            bytes += row.try_get::<_, i64>(1)?;
+            let n = |v: i64| u64::try_from(v).unwrap_or(0);
+            Ok((n(documents), n(bytes)))
+        })
+    }
+
     /// Documents that left `scope` at or before `upto`, with where each is filed now.
     pub fn departures(
         &self,

@@ -392,6 +392,46 @@ impl SqliteRelayStore {
         })
     }
 
+    /// About how much a download of `scope` has left (see
+    /// [`fieldsync_core::protocol::RelayStorage::waiting`]).
+    pub fn waiting(
+        &self,
+        scope: &str,
+        snapshots_after: Option<Option<DocId>>,
+        log_after: u64,
+    ) -> Result<(u64, u64), RelayStoreError> {
+        let log_after = i64::try_from(log_after).unwrap_or(i64::MAX);
+        let all = scope == ALL_SCOPES;
+        self.read(|c| {
+            let (mut documents, mut bytes) = (0i64, 0i64);
+            if let Some(after) = snapshots_after {
+                let after: Vec<u8> = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+                let (d, b): (i64, i64) = c
+                    .prepare_cached(if all {
+                        "SELECT count(*), COALESCE(sum(length(snapshot)), 0) FROM docs
+                          WHERE doc_id > ?1 AND ?2 = ?2"
+                    } else {
+                        "SELECT count(*), COALESCE(sum(length(snapshot)), 0) FROM docs
+                          WHERE scope = ?2 AND doc_id > ?1"
+                    })?
+                    .query_row(params![after, scope], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                documents += d;
+                bytes += b;
+            }
+            let (d, b): (i64, i64) = c
+                .prepare_cached(if all {
+                    "SELECT count(DISTINCT doc_id), COALESCE(sum(length(bytes)), 0) FROM log
+                      WHERE seq > ?1 AND kind IN (0, 3) AND ?2 = ?2"
+                } else {
+                    "SELECT count(DISTINCT doc_id), COALESCE(sum(length(bytes)), 0) FROM log
+                      WHERE scope = ?2 AND seq > ?1"
+                })?
+                .query_row(params![log_after, scope], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let n = |v: i64| u64::try_from(v).unwrap_or(0);
+            Ok((n(documents + d), n(bytes + b)))
+        })
+    }
+
     /// Documents that left `scope` at or before `upto`, with where each is filed now (see
     /// [`fieldsync_core::protocol::RelayStorage::departures`]).
     pub fn departures(

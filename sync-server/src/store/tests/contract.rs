@@ -67,6 +67,22 @@ fn append_read_and_resend() {
             .read_snapshots("north", None, usize::MAX, Lane::All)
             .unwrap();
         assert_eq!(snaps.len(), 2);
+        // What a download has left: both documents as snapshots, or both in the log (three
+        // changes) from its start; nothing from its end; the same across every scope.
+        let snapshot_bytes: u64 = snaps.iter().map(|(_, b)| b.len() as u64).sum();
+        assert_eq!(
+            r.waiting("north", Some(None), 3).unwrap(),
+            (2, snapshot_bytes)
+        );
+        let (docs, bytes) = r.waiting("north", None, 0).unwrap();
+        assert_eq!(docs, 2);
+        assert_eq!(
+            bytes,
+            log.iter().map(|e| e.entry.raw_len() as u64).sum::<u64>()
+        );
+        assert_eq!(r.waiting("north", None, 3).unwrap(), (0, 0));
+        assert_eq!(r.waiting("*", None, 0).unwrap(), (docs, bytes));
+        assert_eq!(r.waiting("south", Some(None), 0).unwrap(), (0, 0));
         let st = r.status().unwrap();
         assert_eq!((st.high_seq, st.docs, st.changes), (3, 2, 3));
         assert_eq!(r.audit(Some(c1), None, 10).unwrap().len(), 2);

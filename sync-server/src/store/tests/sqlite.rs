@@ -945,7 +945,7 @@ fn fresh_downloads_hear_of_earlier_departures_and_leaves_name_where_a_document_i
             max_bytes: 1 << 20,
         },
     );
-    let Some(Message::Batch { items, .. }) = out.messages.first() else {
+    let Some(Message::Batch { items, .. }) = out.messages.last() else {
         panic!("{out:?}")
     };
     assert!(
