@@ -512,6 +512,11 @@ impl Run {
             items_received: self.stats.items_received,
             changes_received: self.stats.changes_received,
             caught_up: self.synced,
+            download_left: self.session.as_ref().and_then(ClientSession::download_left),
+            download_raw_received: self
+                .session
+                .as_ref()
+                .map_or(0, ClientSession::download_raw_received),
         }
     }
 

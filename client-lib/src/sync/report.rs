@@ -92,6 +92,12 @@ pub struct SyncProgress {
     pub changes_received: u64,
     /// Download caught up.
     pub caught_up: bool,
+    /// About how much the download has left, as documents and raw bytes, once the relay has
+    /// said (see [`SyncReport::download_waiting_documents`]).
+    pub download_left: Option<(u64, u64)>,
+    /// Raw bytes of the download items received since the relay said what was waiting (the
+    /// download's own rate, whatever the compression).
+    pub download_raw_received: u64,
 }
 
 impl SyncProgress {
@@ -107,6 +113,9 @@ impl SyncProgress {
             items_received: self.items_received + o.items_received,
             changes_received: self.changes_received + o.changes_received,
             caught_up: o.caught_up,
+            // Each connection's relay says afresh what is left.
+            download_left: o.download_left.or(self.download_left),
+            download_raw_received: o.download_raw_received,
         }
     }
 }

@@ -302,6 +302,13 @@ impl ClientSession {
         ))
     }
 
+    /// Raw (uncompressed) bytes of the download items that arrived since the relay last said
+    /// what was waiting: with [`ClientSession::download_left`], the download's rate and the
+    /// time it has left.
+    pub fn download_raw_received(&self) -> u64 {
+        self.since_waiting.1
+    }
+
     /// Reads the durable cursor.
     pub fn load_cursor(store: &Store) -> Result<Option<Cursor>, StoreError> {
         Ok(store

@@ -51,12 +51,16 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
         let secs = started.elapsed().as_secs_f64().max(0.001);
         let moved = p.bytes_sent + p.bytes_received;
         let rate = moved as f64 / secs;
+        let docs_left = match p.download_left {
+            Some((docs, _)) if docs > 0 && !p.caught_up => format!(", about {docs} left"),
+            _ => String::new(),
+        };
         bar2.set_message(format!(
-            "{up}  ↓ {} ({} items)  {}/s{}",
+            "{up}  ↓ {} ({} items{docs_left})  {}/s{}",
             format_bytes(p.bytes_received),
             p.items_received,
             format_bytes(rate as u64),
-            time_left(p, rate, budget, outbox_bytes)
+            time_left(p, rate, secs, budget, outbox_bytes)
         ));
     };
     let result = rt.block_on(sync::sync_now_with_progress(&client, &cfg, progress));
@@ -71,22 +75,35 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
 }
 
 /// The progress bar's estimate of the time left, at the rate so far: to the budget's end for a
-/// metered sync, else to the end of the upload while the outbox is still going up (a download's
-/// size is not known before it ends).
-fn time_left(p: &SyncProgress, rate: f64, budget: Option<u64>, outbox_bytes: u64) -> String {
+/// metered sync, else to the end of the upload while the outbox is still going up, else to the
+/// end of the download once the relay said what is waiting (at the rate its raw bytes arrive,
+/// whatever they compress to).
+fn time_left(
+    p: &SyncProgress,
+    rate: f64,
+    secs: f64,
+    budget: Option<u64>,
+    outbox_bytes: u64,
+) -> String {
     if rate < 1.0 {
         return String::new();
     }
     let moved = p.bytes_sent + p.bytes_received;
-    let left = match budget {
-        Some(b) => b.saturating_sub(moved),
-        None if p.changes_acked < p.outbox_at_start => outbox_bytes.saturating_sub(p.bytes_sent),
-        None => return String::new(),
+    let (what, left) = match (budget, p.download_left) {
+        (Some(b), _) => ("budget", b.saturating_sub(moved) as f64 / rate),
+        (None, _) if p.changes_acked < p.outbox_at_start => (
+            "upload",
+            outbox_bytes.saturating_sub(p.bytes_sent) as f64 / rate,
+        ),
+        (None, Some((_, raw_left))) if raw_left > 0 && p.download_raw_received > 0 => (
+            "download",
+            raw_left as f64 * secs / p.download_raw_received as f64,
+        ),
+        _ => return String::new(),
     };
-    let what = if budget.is_some() { "budget" } else { "upload" };
     format!(
         ", {what} ~{} left",
-        fmt_duration(Duration::from_secs_f64(left as f64 / rate))
+        fmt_duration(Duration::from_secs_f64(left))
     )
 }
 
@@ -234,5 +251,45 @@ pub(super) fn fmt_duration(d: Duration) -> String {
         format!("{} ms", d.as_millis())
     } else {
         format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_left_follows_the_budget_then_the_upload_then_the_download() {
+        let p = SyncProgress {
+            bytes_sent: 1_000,
+            bytes_received: 9_000,
+            outbox_at_start: 10,
+            changes_acked: 4,
+            download_left: Some((300, 60_000)),
+            download_raw_received: 30_000,
+            ..SyncProgress::default()
+        };
+        // 10 kB moved in 10 s: a 50 kB budget has 40 s left.
+        assert_eq!(
+            time_left(&p, 1_000.0, 10.0, Some(50_000), 0),
+            ", budget ~40.0 s left"
+        );
+        // The upload is still going: 5 kB of 6 kB left at 1 kB/s.
+        assert!(time_left(&p, 1_000.0, 10.0, None, 6_000).starts_with(", upload ~5"));
+        // Uploaded: the download's raw bytes came at 3 kB/s, 60 kB are left.
+        let up = SyncProgress {
+            changes_acked: 10,
+            ..p.clone()
+        };
+        assert_eq!(
+            time_left(&up, 1_000.0, 10.0, None, 6_000),
+            ", download ~20.0 s left"
+        );
+        // Nothing said about the download (an older relay): no estimate.
+        let older = SyncProgress {
+            download_left: None,
+            ..up
+        };
+        assert_eq!(time_left(&older, 1_000.0, 10.0, None, 6_000), "");
     }
 }
