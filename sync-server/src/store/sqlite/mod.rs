@@ -258,7 +258,10 @@ impl SqliteRelayStore {
     /// The highest sequence number assigned so far.
     pub fn high_seq(&self) -> Result<u64, RelayStoreError> {
         self.read(|c| {
-            let h: i64 = c.query_row("SELECT COALESCE(MAX(seq), 0) FROM log", [], |r| r.get(0))?;
+            // Asked before every download batch of every session: parsed once per connection.
+            let h: i64 = c
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM log")?
+                .query_row([], |r| r.get(0))?;
             Ok(h.max(0) as u64)
         })
     }
