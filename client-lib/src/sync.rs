@@ -439,15 +439,26 @@ fn metered(mut cfg: SessionConfig, budget: Option<u64>) -> SessionConfig {
 }
 
 /// The customers whose documents a download brings first: planned visits of the coming days,
-/// then recent work (see [`Store::first_customers`]). A replica that cannot say downloads in
-/// the usual order.
-fn first_customers(client: &Client) -> Vec<fieldsync_core::DocId> {
-    client
-        .with_store(|s| s.first_customers(now_millis(), MAX_FIRST_CUSTOMERS))
-        .unwrap_or_else(|e| {
+/// then recent work (see [`Store::first_customers`]), read on a blocking thread (the store may
+/// be busy with the app's own transaction). A replica that cannot say downloads in the usual
+/// order.
+async fn first_customers(client: &Client) -> Vec<fieldsync_core::DocId> {
+    let client = client.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        client.with_store(|s| s.first_customers(now_millis(), MAX_FIRST_CUSTOMERS))
+    })
+    .await;
+    match read {
+        Ok(Ok(first)) => first,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "could not read which customers come first");
             Vec::new()
-        })
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read which customers come first");
+            Vec::new()
+        }
+    }
 }
 
 /// The clock the sessions' timers run on: milliseconds of a monotonic clock (a wall clock set
@@ -476,7 +487,8 @@ struct Run {
 }
 
 impl Run {
-    fn new(client: &Client, cfg: &SyncConfig) -> Self {
+    /// A run whose session names `first` to the relay (see [`first_customers`]).
+    fn new(client: &Client, cfg: &SyncConfig, first: Vec<fieldsync_core::DocId>) -> Self {
         Self {
             client: client.clone(),
             session: Some(ClientSession::new(SessionConfig {
@@ -486,7 +498,7 @@ impl Run {
                     response_timeout: cfg.response_timeout,
                     resend_after: cfg.resend_refused_after,
                 },
-                first: first_customers(client),
+                first,
                 ..metered(SessionConfig::default(), cfg.budget)
             })),
             stats: SessionStats::default(),
@@ -723,7 +735,8 @@ pub async fn sync_now_with_progress(
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let prep = Prepared::new(config)?;
-    let mut run = Run::new(client, config);
+    let first = first_customers(client).await;
+    let mut run = Run::new(client, config, first.clone());
     let mut edits = watch_local_edits(client);
     let mut duration = Duration::ZERO;
     let result = async {
@@ -744,7 +757,7 @@ pub async fn sync_now_with_progress(
                 Err(SyncError::EarlyDataRejected) if early => {
                     tracing::debug!("early data refused; connecting again with a full handshake");
                     early = false;
-                    run = Run::new(client, config);
+                    run = Run::new(client, config, first.clone());
                 }
                 r => {
                     duration = finished.duration_since(started);

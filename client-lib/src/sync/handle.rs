@@ -144,7 +144,8 @@ pub(super) async fn background(
             s.retry_in_ms = None;
         });
         shared.emit(SyncEvent::Connecting);
-        let mut run = Run::new(&client, &config);
+        let first = first_customers(&client).await;
+        let mut run = Run::new(&client, &config, first);
         let outcome = connect_and_drive(
             &prep, &mut run, &shared, &mut stop, &mut edits, &base, early,
         )

@@ -23,7 +23,7 @@
 
 use std::collections::HashSet;
 
-use super::messages::{Cursor, Entry, Hash, Item, MAX_FIRST_CUSTOMERS, ScopeCursor};
+use super::messages::{Cursor, Entry, Hash, Item, ScopeCursor};
 use super::relay::{LogEntry, RelayStorage, StorageError};
 use super::validate::DeviceInfo;
 use crate::ids::{ALL_SCOPES, DocId};
@@ -65,11 +65,6 @@ impl Lane<'_> {
         }
     }
 
-    /// Whether the lane returns every document.
-    pub fn is_all(&self) -> bool {
-        matches!(self, Self::All)
-    }
-
     /// The lane's customers (none for [`Lane::All`]).
     pub fn customers(&self) -> &[DocId] {
         match *self {
@@ -87,7 +82,9 @@ pub(super) struct Fill<'a> {
     pub(super) uploaded: &'a HashSet<Hash>,
     /// The client's protocol version.
     pub(super) version: u32,
-    /// Customers to start a first lane with, in each scope whose phase starts now.
+    /// Customers to start a first lane with, in each scope whose phase starts now (at most
+    /// [`MAX_FIRST_CUSTOMERS`](super::messages::MAX_FIRST_CUSTOMERS): the session cuts the
+    /// client's list when it arrives).
     pub(super) first: &'a [DocId],
     /// About how many bytes the batch may hold.
     pub(super) budget: usize,
@@ -314,7 +311,7 @@ impl Fill<'_> {
             } => {
                 *sc = ScopeCursor::SnapshotFirst {
                     high: self.storage.high_seq()?,
-                    first: self.first_list(),
+                    first: self.first.to_vec(),
                     first_done: false,
                     after: None,
                 };
@@ -324,7 +321,7 @@ impl Fill<'_> {
                 if upto > seq {
                     *sc = ScopeCursor::LogFirst {
                         seq,
-                        first: self.first_list(),
+                        first: self.first.to_vec(),
                         first_seq: seq,
                         upto,
                     };
@@ -333,15 +330,6 @@ impl Fill<'_> {
             _ => {}
         }
         Ok(())
-    }
-
-    /// The lane's customers as a cursor stores them.
-    fn first_list(&self) -> Vec<DocId> {
-        self.first
-            .iter()
-            .take(MAX_FIRST_CUSTOMERS)
-            .copied()
-            .collect()
     }
 
     /// Adds snapshots of `scope` after `after` in `lane`; returns the last document read if

@@ -433,21 +433,15 @@ impl Bench {
             .map(|h| h.0)
             .collect();
         let store = self.relay()?.store().clone();
-        let stored_after = loop {
+        let stored_after = wait_until(edited, &sync, || {
             let relay_heads = store
                 .heads_of(&[id])?
                 .into_iter()
                 .next()
                 .map(|(_, h)| h)
                 .unwrap_or_default();
-            if heads.iter().all(|h| relay_heads.contains(h)) {
-                break Some(edited.elapsed());
-            }
-            if sync.is_finished() {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+            Ok(heads.iter().all(|h| relay_heads.contains(h)))
+        })?;
         let report = self.rt.block_on(sync)??;
         let stats = proxy.stats();
         self.rt.block_on(proxy.shutdown());
@@ -551,15 +545,7 @@ impl Bench {
             }
             Ok(true)
         };
-        let current_after = loop {
-            if current(laptop)? {
-                break Some(started.elapsed());
-            }
-            if sync.is_finished() {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let current_after = wait_until(started, &sync, || current(laptop))?;
         let report = self.rt.block_on(sync)??;
         let stats = proxy.stats();
         self.rt.block_on(proxy.shutdown());
@@ -580,6 +566,24 @@ impl Bench {
         if let Some(r) = self.relay.take() {
             let _ = self.rt.block_on(r.shutdown());
         }
+    }
+}
+
+/// Polls `ready` every 20 ms while `sync` runs; how long after `since` it first held, or
+/// `None` if the sync ended first.
+fn wait_until<T>(
+    since: Instant,
+    sync: &tokio::task::JoinHandle<T>,
+    mut ready: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<Option<Duration>> {
+    loop {
+        if ready()? {
+            return Ok(Some(since.elapsed()));
+        }
+        if sync.is_finished() {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -13,8 +13,16 @@ fn batches(out: &[Message]) -> Vec<bool> {
         .collect()
 }
 
-#[test]
-fn a_pull_is_answered_with_a_window_of_batches_and_each_more_with_one() {
+/// A relay holding 150 customers, and a fresh laptop's session in 16 KiB batches whose first
+/// flight the relay has answered: the answers, not yet given to the laptop.
+fn opened_on_150_customers() -> (
+    tempfile::TempDir,
+    Store,
+    MemRelay,
+    ClientSession,
+    RelaySession,
+    Vec<Message>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut office = Store::open(dir.path().join("office.db")).unwrap();
     let mut laptop = Store::open(dir.path().join("laptop.db")).unwrap();
@@ -26,7 +34,6 @@ fn a_pull_is_answered_with_a_window_of_batches_and_each_more_with_one() {
         );
     }
     run(&mut office, &mut relay);
-
     let mut cs = ClientSession::new(ClientConfig {
         pull_bytes: 16 << 10,
         ..Default::default()
@@ -40,6 +47,12 @@ fn a_pull_is_answered_with_a_window_of_batches_and_each_more_with_one() {
     for m in open {
         answers.extend(rs.handle(&mut relay, m).messages);
     }
+    (dir, laptop, relay, cs, rs, answers)
+}
+
+#[test]
+fn a_pull_is_answered_with_a_window_of_batches_and_each_more_with_one() {
+    let (_dir, mut laptop, mut relay, mut cs, mut rs, mut answers) = opened_on_150_customers();
     assert_eq!(batches(&answers), vec![false; DOWNLOAD_WINDOW as usize]);
     // Ahead of the batches, what the download has left: every customer, and its bytes.
     let Some(Message::Waiting { documents, bytes }) = answers
@@ -94,30 +107,7 @@ fn a_pull_is_answered_with_a_window_of_batches_and_each_more_with_one() {
 
 #[test]
 fn a_paused_session_takes_what_is_in_flight_and_asks_for_no_more() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut office = Store::open(dir.path().join("office.db")).unwrap();
-    let mut laptop = Store::open(dir.path().join("laptop.db")).unwrap();
-    let mut relay = MemRelay::new();
-    for i in 0..150 {
-        add_customer(
-            &mut office,
-            &format!("customer {i:03} of the northern district"),
-        );
-    }
-    run(&mut office, &mut relay);
-    let mut cs = ClientSession::new(ClientConfig {
-        pull_bytes: 16 << 10,
-        ..Default::default()
-    });
-    let mut rs = RelaySession::new(RelayLimits {
-        max_batch_bytes: 16 << 10,
-        ..Default::default()
-    });
-    let open = cs.step(&mut laptop, ClientInput::Open, 0).unwrap().send;
-    let mut answers = Vec::new();
-    for m in open {
-        answers.extend(rs.handle(&mut relay, m).messages);
-    }
+    let (_dir, mut laptop, mut relay, mut cs, _rs, answers) = opened_on_150_customers();
     cs.pause();
     let mut batch_seen = 0;
     for m in answers {
