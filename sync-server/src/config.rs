@@ -105,6 +105,10 @@ pub struct RelayConfig {
     /// connection whose frame does not fit waits for others to finish. Default: 1073741824
     /// (1 GiB; at least 16 MiB).
     pub max_decode_bytes: usize,
+    /// Memory for the newest log entries, in bytes, from which live connections are served
+    /// without a database read (see `fanout`); a connection further behind reads the
+    /// database. Default: 33554432 (32 MiB; at most 1 GiB; 0 reads every time).
+    pub live_tail_bytes: usize,
     /// Seconds without any packet after which a connection is dropped (clients send
     /// keep-alives). Default: 30 (range 1 – 3600).
     pub idle_timeout_secs: u64,
@@ -157,6 +161,7 @@ impl Default for RelayConfig {
             max_batch_bytes: limits.max_batch_bytes,
             max_upload_changes: limits.max_upload_changes,
             max_decode_bytes: 1 << 30,
+            live_tail_bytes: crate::fanout::DEFAULT_TAIL_BYTES,
             idle_timeout_secs: 30,
             congestion: Congestion::default(),
             open_enrollment: false,
@@ -213,6 +218,9 @@ impl RelayConfig {
         }
         if self.max_decode_bytes < 16 << 20 {
             return bad("max_decode_bytes", "must be at least 16777216 (16 MiB)");
+        }
+        if self.live_tail_bytes > 1 << 30 {
+            return bad("live_tail_bytes", "must be at most 1073741824 (1 GiB)");
         }
         if self.max_unauthenticated == 0 {
             return bad("max_unauthenticated", "must be at least 1");

@@ -23,6 +23,7 @@ pub mod config;
 pub mod decode_budget;
 pub mod doc_check;
 pub mod doc_trim;
+pub mod fanout;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -27,6 +27,7 @@ use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::fanout::Fanout;
 use crate::store::RelayStore;
 
 type Labels = Vec<(&'static str, String)>;
@@ -207,6 +208,12 @@ impl Metrics {
             .register_collector(Box::new(PoolCollector(store)));
     }
 
+    /// Reports the live tail and its subscriptions at each scrape.
+    pub fn watch_fanout(&mut self, fanout: Arc<Fanout>) {
+        self.registry
+            .register_collector(Box::new(FanoutCollector(fanout)));
+    }
+
     /// Marks whether the relay accepts connections.
     pub fn set_accepting(&self, on: bool) {
         self.accepting.store(on, Ordering::Relaxed);
@@ -227,14 +234,12 @@ struct PoolCollector(RelayStore);
 
 impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(s) = self.0.pool_stats() else {
-            return Ok(());
-        };
+        let s = self.0.pool_stats();
         let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
         for (name, help, g) in [
             (
                 "db_pool_capacity",
-                "Most read connections this node opens to PostgreSQL",
+                "Most read connections this node keeps open to its database",
                 gauge(s.capacity),
             ),
             (
@@ -264,6 +269,37 @@ impl Collector for PoolCollector {
             ),
         ] {
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The live tail and who follows it, read at each scrape.
+#[derive(Debug)]
+struct FanoutCollector(Arc<Fanout>);
+
+impl Collector for FanoutCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (entries, bytes) = self.0.held();
+        let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+        for (name, help, g) in [
+            (
+                "live_tail_entries",
+                "Newest log entries held in memory for live connections",
+                gauge(entries),
+            ),
+            (
+                "live_tail_bytes",
+                "Bytes of newest log entries held in memory (live_tail_bytes caps it)",
+                gauge(bytes),
+            ),
+            (
+                "live_subscriptions",
+                "Connections following their scopes for live pushes (once per scope)",
+                gauge(self.0.subscriptions()),
+            ),
+        ] {
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
         Ok(())
     }
@@ -381,9 +417,9 @@ mod tests {
     use crate::store::postgres::ScratchDatabase;
     use crate::store::{PgRelayStore, RelayStoreOptions, SqliteRelayStore};
 
-    /// The PostgreSQL read pool is reported at each scrape; the embedded store adds nothing.
+    /// The read pool is reported at each scrape, whichever backend holds the store.
     #[test]
-    fn the_database_pool_is_reported_for_postgres_only() {
+    fn the_read_pool_is_reported_for_both_backends() {
         let db = ScratchDatabase::create(&ScratchDatabase::server_url())
             .expect("this test needs PostgreSQL (FIELDSYNC_TEST_PG)");
         let store = PgRelayStore::open(db.url(), RelayStoreOptions::default()).unwrap();
@@ -406,8 +442,17 @@ mod tests {
         let sqlite =
             SqliteRelayStore::open(dir.path().join("relay.db"), RelayStoreOptions::default())
                 .unwrap();
+        sqlite.high_seq().unwrap();
         let mut m = Metrics::new();
         m.watch_store(RelayStore::Sqlite(sqlite));
-        assert!(!m.render().contains("db_pool"));
+        let text = m.render();
+        for line in [
+            "fieldsync_relay_db_pool_capacity 8",
+            "fieldsync_relay_db_pool_reserved 2",
+            "fieldsync_relay_db_pool_open 1",
+            "fieldsync_relay_db_pool_in_use 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
     }
 }

@@ -6,9 +6,10 @@
 //! its session and a store handle into `spawn_blocking` for each message, so the async workers
 //! never block. Each connection's store handle carries a [`Cancel`] flag, raised when the
 //! connection closes while a call runs, so that the store stops long reads for a client that
-//! has left instead of finishing them for nobody. After every upload that appended to the log
-//! the store bumps a `watch` channel; live connections then call [`RelaySession::poll_live`]
-//! and push what is new.
+//! has left instead of finishing them for nobody. New log entries reach live connections
+//! through the node's [`Fanout`]: one follower reads them from the store into an in-memory
+//! tail and wakes the connections whose device sees their scope; each then calls
+//! [`RelaySession::poll_live`], whose log reads the tail answers, and pushes what is new.
 //!
 //! Devices are enrolled and revoked by `fieldsync-relay device …`, often by another process
 //! on the same data directory while the relay runs. Every such change bumps a counter in the
@@ -34,6 +35,7 @@ use crate::admission::Admission;
 use crate::auth_limit::AuthLimiter;
 use crate::config::RelayConfig;
 use crate::decode_budget::DecodeBudget;
+use crate::fanout::{Fanout, LiveStore, Subscription};
 use crate::metrics::{Metrics, serve_http};
 use crate::store::{Cancel, RelayStore};
 use crate::tls;
@@ -67,6 +69,7 @@ pub struct Relay {
 
 struct Shared {
     store: RelayStore,
+    fanout: Arc<Fanout>,
     limits: RelayLimits,
     metrics: Arc<Metrics>,
     admission: Arc<Admission>,
@@ -110,8 +113,17 @@ impl Relay {
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = endpoint.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
+        let fanout = {
+            let s = store.clone();
+            let high = tokio::task::spawn_blocking(move || s.high_seq())
+                .await
+                .context("reading the log's high")??;
+            Fanout::new(high, config.live_tail_bytes)
+        };
+        tokio::spawn(fanout.clone().follow(store.clone(), stop.clone()));
         let mut metrics = Metrics::new();
         metrics.watch_store(store.clone());
+        metrics.watch_fanout(fanout.clone());
         let metrics = Arc::new(metrics);
         let metrics_addr = match config.metrics_listen {
             Some(addr) => {
@@ -130,6 +142,7 @@ impl Relay {
         };
         let shared = Arc::new(Shared {
             store: store.clone(),
+            fanout,
             limits: config.limits(),
             metrics: metrics.clone(),
             admission: Arc::new(Admission::new(
@@ -236,6 +249,14 @@ fn server_config(
     // rebinds, keeps its connection: the relay validates the new path and moves to it.
     sc.migration(true);
     Ok(sc)
+}
+
+/// Resolves when the subscription's scopes got entries; never without one.
+async fn changed(live: Option<&Subscription>) {
+    match live {
+        Some(s) => s.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves once shutdown was requested (or the [`Relay`] handle is gone).
@@ -383,7 +404,6 @@ async fn serve_connection(
             return None;
         }
     };
-    let live = shared.store.subscribe();
     let mut devices = shared.store.subscribe_devices();
     devices.mark_unchanged();
     let cancel = Cancel::default();
@@ -392,11 +412,14 @@ async fn serve_connection(
         send,
         recv,
         remote,
-        store: shared.store.cancelled_by(cancel.clone()),
+        store: LiveStore {
+            store: shared.store.cancelled_by(cancel.clone()),
+            fanout: shared.fanout.clone(),
+        },
         cancel,
         session: Some(session),
         opened,
-        live,
+        live: None,
         devices,
         logged_in: false,
         metrics: shared.metrics.clone(),
@@ -429,14 +452,16 @@ struct Link {
     send: SendStream,
     recv: RecvStream,
     remote: SocketAddr,
-    /// This connection's store handle: its long reads stop once `cancel` is raised.
-    store: RelayStore,
+    /// This connection's store handle (its long reads stop once `cancel` is raised), with
+    /// new log entries read from the relay's tail.
+    store: LiveStore,
     /// Raised when the connection closes while a store call runs.
     cancel: Cancel,
     session: Option<RelaySession>,
     /// When the connection opened: the session's clock counts from here.
     opened: tokio::time::Instant,
-    live: watch::Receiver<u64>,
+    /// Wakes the connection when its device's scopes got log entries (from login on).
+    live: Option<Subscription>,
     devices: watch::Receiver<u64>,
     logged_in: bool,
     metrics: Arc<Metrics>,
@@ -597,10 +622,7 @@ impl Link {
                         return end;
                     }
                 }
-                r = self.live.changed(), if live => {
-                    if r.is_err() {
-                        return End::Gone("store closed".into());
-                    }
+                () = changed(self.live.as_ref()), if live => {
                     let out = match self.with_session(|s, st| s.poll_live(st)).await {
                         Ok(o) => o,
                         Err(e) => return self.fail(ErrorCode::Internal, &e).await,
@@ -614,6 +636,24 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Follows the device's scopes once it authenticated, and again when a grant changed
+    /// them. A new subscription wakes once, so that what arrived before it is not missed.
+    fn follow_scopes(&mut self) {
+        let Some(device) = self.session.as_ref().and_then(|s| s.device()) else {
+            return;
+        };
+        if self
+            .live
+            .as_ref()
+            .is_some_and(|l| l.scopes() == device.scopes.as_slice())
+        {
+            return;
+        }
+        let sub = self.store.fanout.subscribe(&device.scopes);
+        sub.poke();
+        self.live = Some(sub);
     }
 
     fn note_login(&mut self) {
@@ -634,7 +674,7 @@ impl Link {
     /// Runs a session call with a store handle on the blocking pool.
     async fn with_session(
         &mut self,
-        f: impl FnOnce(&mut RelaySession, &mut RelayStore) -> Output + Send + 'static,
+        f: impl FnOnce(&mut RelaySession, &mut LiveStore) -> Output + Send + 'static,
     ) -> Result<Output, String> {
         let Some(mut session) = self.session.take() else {
             return Err("session lost".into());
@@ -655,6 +695,7 @@ impl Link {
         match joined {
             Ok((session, out)) => {
                 self.session = Some(session);
+                self.follow_scopes();
                 Ok(out)
             }
             Err(e) => {

@@ -128,12 +128,9 @@ impl RelayStore {
         }
     }
 
-    /// The PostgreSQL read pool's numbers now (`None` for the embedded backend), for metrics.
-    pub fn pool_stats(&self) -> Option<PoolStats> {
-        match self {
-            Self::Sqlite(_) => None,
-            Self::Postgres(s) => Some(s.pool_stats()),
-        }
+    /// The read pool's numbers now, for metrics.
+    pub fn pool_stats(&self) -> PoolStats {
+        each!(self, s => s.pool_stats())
     }
 
     /// The relay's epoch (created with the database).
@@ -202,6 +199,16 @@ impl RelayStore {
         lane: Lane<'_>,
     ) -> Result<(Vec<LogEntry>, bool), RelayStoreError> {
         each!(self, s => s.read_log(scope, after, max_bytes, lane))
+    }
+
+    /// Log entries of every scope after `after`, with the scope each is filed under (see
+    /// [`SqliteRelayStore::read_log_all`]). Blocks.
+    pub fn read_log_all(
+        &self,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<(String, LogEntry)>, bool), RelayStoreError> {
+        each!(self, s => s.read_log_all(after, max_bytes))
     }
 
     /// See [`SqliteRelayStore::read_snapshots`].

@@ -5,8 +5,9 @@
 //!   [`SqliteRelayStore`] (`sqlite`: one file, one node) or [`PgRelayStore`] (`postgres`:
 //!   several nodes on one database). Each backend is a folder: the store handle (`mod.rs`),
 //!   its schema, its SQL for the upload rules (`batch_db`) and for the device policy
-//!   (`devices`); PostgreSQL adds its connection pool (`pool`), the notification listener
-//!   (`listen`) and scratch databases for tests (`scratch`).
+//!   (`devices`); PostgreSQL adds the notification listener (`listen`) and scratch databases
+//!   for tests (`scratch`).
+//! - `pool`: the bounded pool of read connections both backends read through.
 //! - the upload rules (validation, budgets, quotas, scope moves and their grace period, the
 //!   document cache) are `fieldsync_core::protocol::rules`, written once over its `BatchDb`
 //!   trait, which each backend implements with its own SQL inside its write transaction (and
@@ -22,6 +23,7 @@
 
 mod backend;
 mod devices;
+mod pool;
 pub mod postgres;
 mod replace;
 pub(crate) mod sqlite;
@@ -56,8 +58,8 @@ use fieldsync_core::protocol::rules::{
     BatchDb, DocCache, DocMeta, DocRow, KIND_CHANGES, KIND_REPLACE, KIND_SNAPSHOT, RulesError,
     Sender, UploadRules, append_batch, heads_bytes, lack_of, log_entry, save, split_heads,
 };
+pub use pool::PoolStats;
 pub use postgres::PgRelayStore;
-pub use postgres::PoolStats;
 pub use replace::Replacement;
 pub use sqlite::SqliteRelayStore;
 pub use sqlite::{APPLICATION_ID, SCHEMA_VERSION};
@@ -67,8 +69,6 @@ pub const DB_FILE: &str = "relay.db";
 
 /// Bytes counted per entry on top of its payload, as the relay session counts them.
 const ENTRY_OVERHEAD: usize = 24;
-/// Idle read connections kept open.
-const MAX_IDLE_READERS: usize = 8;
 /// `last_seen` is written at most this often per device.
 const TOUCH_EVERY: Duration = Duration::from_secs(30);
 /// Meta key of the counter bumped by every change to devices and enrolments.

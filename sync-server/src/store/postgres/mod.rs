@@ -61,7 +61,6 @@ use uuid::Uuid;
 mod batch_db;
 mod devices;
 mod listen;
-mod pool;
 mod schema;
 mod scratch;
 
@@ -71,6 +70,7 @@ pub use schema::PG_SCHEMA_VERSION;
 use schema::migrate;
 pub use scratch::ScratchDatabase;
 
+use super::pool::{Pool, PoolStats, Share};
 use super::{
     AuditRecord, BatchDb, Cancel, DeviceBackend, DeviceDb, DeviceRecord, DeviceRow, DocCache,
     DocMeta, DocRow, ENTRY_OVERHEAD, Enrolment, EnrolmentRecord, Holder, KIND_CHANGES,
@@ -78,8 +78,6 @@ use super::{
     RelayStoreOptions, Replacement, Revoked, SnapshotPage, TokenRow, Usage, append_batch, doc_id,
     lack_of, lock, log_entry, pg_detail, publish, replace,
 };
-pub use pool::PoolStats;
-use pool::{Lane, Pool};
 
 /// Counter of the log's sequence numbers.
 const LOG_HIGH: &str = "log.high";
@@ -293,7 +291,7 @@ impl PgRelayStore {
             .map_err(|_| RelayStoreError::Corrupt("bad epoch in meta".into()))?;
         let (notify, _) = watch::channel(counter(&mut client, LOG_HIGH)?);
         let (devices_notify, _) = watch::channel(counter(&mut client, DEVICES_GENERATION)?);
-        // The pool keeps a quarter of its connections (at least one) for the priority lane.
+        // The pool keeps a quarter of its connections (at least one) for the priority share.
         let capacity = opts.db_max_connections - DEDICATED_CONNECTIONS;
         let readers = {
             let (config, tls, location) = (config.clone(), tls.clone(), location.clone());
@@ -449,31 +447,31 @@ impl PgRelayStore {
             .map_or(0, |w| w.cache.len())
     }
 
-    /// Runs `f` on a connection of the read pool's bulk lane (waiting for one, or refused
+    /// Runs `f` on a connection of the read pool's bulk share (waiting for one, or refused
     /// as busy: see the module docs).
     fn read<T>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, RelayStoreError>,
     ) -> Result<T, RelayStoreError> {
-        self.read_in(Lane::Bulk, f)
+        self.read_in(Share::Bulk, f)
     }
 
     /// Runs `f`, a short query that admits a device or follows the database, on a connection
-    /// of the read pool's priority lane, which bulk reads cannot exhaust.
+    /// of the read pool's priority share, which bulk reads cannot exhaust.
     fn read_priority<T>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, RelayStoreError>,
     ) -> Result<T, RelayStoreError> {
-        self.read_in(Lane::Priority, f)
+        self.read_in(Share::Priority, f)
     }
 
     fn read_in<T>(
         &self,
-        lane: Lane,
+        share: Share,
         f: impl FnOnce(&mut Client) -> Result<T, RelayStoreError>,
     ) -> Result<T, RelayStoreError> {
         self.cancel.check()?;
-        let mut lent = self.inner.readers.get(lane)?;
+        let mut lent = self.inner.readers.get(share)?;
         f(lent.conn()?)
     }
 
@@ -638,6 +636,53 @@ impl PgRelayStore {
                         hash.as_deref(),
                         r.try_get(6)?,
                     )?);
+                }
+                if !full {
+                    return Ok((out, false));
+                }
+            }
+        })
+    }
+
+    /// Log entries of every scope after `after` with the scope each is filed under (see
+    /// [`super::SqliteRelayStore::read_log_all`]). On the priority share: it is one read that
+    /// follows the database for every live connection of this node.
+    pub fn read_log_all(
+        &self,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<(String, LogEntry)>, bool), RelayStoreError> {
+        let mut cursor = i64::try_from(after).unwrap_or(i64::MAX);
+        self.read_priority(|c| {
+            let st = c.prepare(
+                "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash, moved_to, scope
+                   FROM log WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )?;
+            let mut out = Vec::new();
+            let mut used = 0usize;
+            loop {
+                self.cancel.check()?;
+                let rows = c.query(&st, &[&cursor, &PAGE_ROWS])?;
+                let full = rows.len() as i64 == PAGE_ROWS;
+                for r in rows {
+                    let size = r.try_get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as usize
+                        + ENTRY_OVERHEAD;
+                    if !out.is_empty() && used + size > max_bytes {
+                        return Ok((out, true));
+                    }
+                    used += size;
+                    let seq: i64 = r.try_get(0)?;
+                    cursor = seq;
+                    let hash: Option<Vec<u8>> = r.try_get(5)?;
+                    let entry = log_entry(
+                        seq,
+                        doc_id(&r.try_get::<_, Vec<u8>>(1)?)?,
+                        r.try_get(2)?,
+                        r.try_get(4)?,
+                        hash.as_deref(),
+                        r.try_get(6)?,
+                    )?;
+                    out.push((r.try_get(7)?, entry));
                 }
                 if !full {
                     return Ok((out, false));
@@ -944,7 +989,7 @@ impl PgRelayStore {
 
 #[cfg(test)]
 impl PgRelayStore {
-    /// Runs `f` on a connection of the read pool's bulk lane (tests hold connections, or run
+    /// Runs `f` on a connection of the read pool's bulk share (tests hold connections, or run
     /// slow statements, with it).
     pub(super) fn bulk_read<T>(
         &self,

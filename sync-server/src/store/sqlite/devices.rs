@@ -209,11 +209,11 @@ impl DeviceBackend for SqliteRelayStore {
     }
 
     fn read_device(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError> {
-        self.read(|c| device_row(c, id))
+        self.read_priority(|c| device_row(c, id))
     }
 
     fn token_exists(&self, hash: &[u8]) -> Result<bool, RelayStoreError> {
-        self.read(|c| {
+        self.read_priority(|c| {
             Ok(
                 c.prepare_cached("SELECT 1 FROM enrolments WHERE token_hash = ?1")?
                     .exists([hash])?,

@@ -3,12 +3,15 @@
 //! Writes (`append_changes`, device changes) go through one writer connection behind a mutex;
 //! SQLite's single writer assigns the log's sequence numbers inside the transaction that stores
 //! the entries, so a reader can never skip an entry that commits later with a lower number.
-//! Reads (`read_log`, `read_snapshots`, `missing`, `authenticate`) use a small pool of
-//! read-only connections and run concurrently with a write (WAL). The upload rules are
+//! Reads (`read_log`, `read_snapshots`, `missing`, `authenticate`) use a bounded pool of
+//! long-lived read-only connections (`store::pool`: [`READERS`], of which some are kept for
+//! the short reads that let devices in) and run concurrently with a write (WAL). Statements
+//! are prepared once per connection (`prepare_cached`). The upload rules are
 //! core's `protocol::rules::append_batch`, over `batch_db`'s `BatchDb` for a rusqlite
 //! transaction; the device
 //! policy is `store::devices`, over `devices`' `DeviceDb` and `DeviceBackend`.
 
+use super::pool::{Pool, PoolStats, Share};
 use super::*;
 use fieldsync_core::store::{OpenError, open_sqlite};
 
@@ -30,7 +33,7 @@ pub(super) struct Inner {
     pub(super) epoch: Uuid,
     pub(super) opts: RelayStoreOptions,
     pub(super) writer: Mutex<Writer>,
-    pub(super) readers: Mutex<Vec<Connection>>,
+    pub(super) readers: Pool<Connection>,
     pub(super) touched: Mutex<HashMap<Uuid, Instant>>,
     pub(super) notify: watch::Sender<u64>,
     pub(super) devices_notify: watch::Sender<u64>,
@@ -49,6 +52,28 @@ impl std::fmt::Debug for SqliteRelayStore {
             .field("epoch", &self.inner.epoch)
             .finish()
     }
+}
+
+/// Read-only connections the store keeps open at most.
+const READERS: usize = 8;
+/// Of those, kept for authentication and device reads.
+const READERS_RESERVED: usize = 2;
+/// How long a read waits for a free connection before it is refused as busy.
+const READ_WAIT: Duration = Duration::from_secs(30);
+/// Prepared statements each read connection keeps (the download, lane and device queries).
+const STATEMENTS_PER_READER: usize = 64;
+
+/// The pool of read-only connections to the database at `path`.
+fn readers(path: &Path) -> Pool<Connection> {
+    let path = path.to_path_buf();
+    Pool::new(READERS, READERS_RESERVED, READ_WAIT, move || {
+        let c = open_conn(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        c.set_prepared_statement_cache_capacity(STATEMENTS_PER_READER);
+        Ok(c)
+    })
 }
 
 pub(super) fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, RelayStoreError> {
@@ -109,6 +134,7 @@ impl SqliteRelayStore {
         let (devices_notify, _) = watch::channel(devices_generation(&conn)?);
         Ok(Self {
             inner: Arc::new(Inner {
+                readers: readers(&path),
                 path,
                 epoch,
                 writer: Mutex::new(Writer {
@@ -116,7 +142,6 @@ impl SqliteRelayStore {
                     cache: DocCache::new(opts.cache_docs),
                 }),
                 opts,
-                readers: Mutex::new(Vec::new()),
                 touched: Mutex::new(HashMap::new()),
                 notify,
                 devices_notify,
@@ -150,7 +175,7 @@ impl SqliteRelayStore {
     /// [`SqliteRelayStore::subscribe_devices`] receivers if it moved. The relay calls this
     /// every second.
     pub fn poll_devices(&self) -> Result<u64, RelayStoreError> {
-        let g = self.read(devices_generation)?;
+        let g = self.read_priority(devices_generation)?;
         publish(&self.inner.devices_notify, g);
         Ok(g)
     }
@@ -190,25 +215,35 @@ impl SqliteRelayStore {
         lock(&self.inner.writer).cache.len()
     }
 
-    /// Runs `f` on a pooled read-only connection.
+    /// Runs `f` on a pooled read-only connection (waiting for one while all are lent).
     pub(super) fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, RelayStoreError>,
     ) -> Result<T, RelayStoreError> {
-        let pooled = lock(&self.inner.readers).pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_conn(
-                &self.inner.path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?,
-        };
-        let r = f(&conn);
-        let mut pool = lock(&self.inner.readers);
-        if pool.len() < MAX_IDLE_READERS {
-            pool.push(conn);
-        }
-        r
+        self.read_in(Share::Bulk, f)
+    }
+
+    /// Runs `f`, a short read that lets a device in, on a pooled connection that download
+    /// reads cannot all hold.
+    pub(super) fn read_priority<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        self.read_in(Share::Priority, f)
+    }
+
+    fn read_in<T>(
+        &self,
+        share: Share,
+        f: impl FnOnce(&Connection) -> Result<T, RelayStoreError>,
+    ) -> Result<T, RelayStoreError> {
+        let mut lent = self.inner.readers.get(share)?;
+        f(lent.conn()?)
+    }
+
+    /// The read pool's numbers now (for metrics).
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.readers.stats()
     }
 
     /// Runs `f` in a write transaction.
@@ -339,6 +374,46 @@ impl SqliteRelayStore {
                     hash.as_deref(),
                     r.get(6)?,
                 )?);
+            }
+            Ok((out, false))
+        })
+    }
+
+    /// Log entries of every scope after `after`, up to `max_bytes` (at least one), each with
+    /// the scope it is filed under and a `Leave`'s `moved_to` as stored; and whether more
+    /// follow. What the relay's in-memory tail (`crate::fanout`) is filled from: one read for
+    /// all live connections.
+    pub fn read_log_all(
+        &self,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<(String, LogEntry)>, bool), RelayStoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, doc_id, kind, length(bytes), bytes, hash, moved_to, scope
+                 FROM log WHERE seq > ?1 ORDER BY seq",
+            )?;
+            let mut rows = st.query([after])?;
+            let mut out = Vec::new();
+            let mut used = 0usize;
+            while let Some(r) = rows.next()? {
+                let size =
+                    r.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as usize + ENTRY_OVERHEAD;
+                if !out.is_empty() && used + size > max_bytes {
+                    return Ok((out, true));
+                }
+                used += size;
+                let hash: Option<Vec<u8>> = r.get(5)?;
+                let entry = log_entry(
+                    r.get(0)?,
+                    doc_id(&r.get::<_, Vec<u8>>(1)?)?,
+                    r.get(2)?,
+                    r.get(4)?,
+                    hash.as_deref(),
+                    r.get(6)?,
+                )?;
+                out.push((r.get(7)?, entry));
             }
             Ok((out, false))
         })

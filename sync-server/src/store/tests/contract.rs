@@ -510,3 +510,85 @@ fn a_download_lane_reads_its_customers_documents_and_the_rest_reads_every_other(
         }
     });
 }
+
+/// The live tail (`crate::fanout`) answers every log read exactly as the store does: for
+/// every scope, cursor and budget, whether it holds the whole log, only its newest entries,
+/// or a log with scope moves (whose `Leave` entries it leaves to the store).
+#[test]
+fn the_live_tail_answers_every_read_as_the_store_does() {
+    use crate::fanout::{Fanout, LiveStore};
+    each_backend(|open| {
+        let mut r = open();
+        let mut a = device(Role::Rep, &["north"]);
+        let c1 = a.customer("Zeta Mining", "north");
+        let c2 = a.customer("Alpha Quarry", "north");
+        r.append(&a.info, &a.outbox(), false).unwrap();
+        let mut b = device(Role::Rep, &["south"]);
+        b.customer("Steppe Farms", "south");
+        r.append(&b.info, &b.outbox(), false).unwrap();
+        for n in 0..3 {
+            a.edit(
+                c1,
+                CustomerEdit::Set(CustomerField::Industry, format!("mining {n}")),
+            );
+            a.edit(
+                c2,
+                CustomerEdit::Set(CustomerField::Industry, format!("quarry {n}")),
+            );
+            r.append(&a.info, &a.outbox(), false).unwrap();
+        }
+        // A manager moves one customer south, edits it there and moves it back.
+        let mut m = device(Role::Manager, &["north", "south"]);
+        m.store
+            .transaction(|tx| {
+                for e in r.read_log("*", 0, usize::MAX, Lane::All).unwrap().0 {
+                    if let Entry::Changes(c) = e.entry {
+                        let raw: Vec<Vec<u8>> = c.into_iter().map(|b| b.0).collect();
+                        tx.apply_changes(e.doc_id, &raw)?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        m.edit(c1, CustomerEdit::SetScope("south".into()));
+        r.append(&m.info, &m.outbox(), false).unwrap();
+        m.edit(
+            c1,
+            CustomerEdit::Set(CustomerField::Industry, "moved".into()),
+        );
+        r.append(&m.info, &m.outbox(), false).unwrap();
+        m.edit(c1, CustomerEdit::SetScope("north".into()));
+        r.append(&m.info, &m.outbox(), false).unwrap();
+        a.edit(
+            c2,
+            CustomerEdit::Set(CustomerField::Industry, "last".into()),
+        );
+        r.append(&a.info, &a.outbox(), false).unwrap();
+        let high = r.high_seq().unwrap();
+        assert!(high > 10, "{high}");
+
+        // The whole log in memory; its newer half; a tail too small to hold more than a few.
+        for (start, cap) in [(0, 1 << 20), (high / 2, 1 << 20), (0, 2_000)] {
+            let fanout = Fanout::new(start, cap);
+            fanout.catch_up(&r).unwrap();
+            let mut live = LiveStore {
+                store: r.clone(),
+                fanout: fanout.clone(),
+            };
+            for scope in ["north", "south", "*", "elsewhere"] {
+                for after in 0..=high + 1 {
+                    for budget in [1, 300, usize::MAX] {
+                        let want = r.read_log(scope, after, budget, Lane::All).unwrap();
+                        let got =
+                            RelayStorage::read_log(&mut live, scope, after, budget, Lane::All)
+                                .unwrap();
+                        assert_eq!(
+                            got, want,
+                            "{scope} after {after}, budget {budget}, tail from {start} holding {cap}"
+                        );
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,13 +1,15 @@
-//! The bounded pool of read connections of one relay node's PostgreSQL store.
+//! The bounded pool of read connections of a relay store: read-only SQLite connections beside
+//! the one writer, or one PostgreSQL node's connections beside its writer and `LISTEN`
+//! connection (at most `database_max_connections` together).
 //!
-//! A node opens at most `database_max_connections` connections to the database: one for the
-//! writer, one for `LISTEN`, and this pool for everything else. The pool never holds more
+//! Connections are opened when first needed and then kept: a read never pays for opening a
+//! connection or reading the schema once the pool is warm. The pool never holds more
 //! than its capacity (idle and lent together); a request that finds every connection lent
 //! waits for one to come back, up to a time limit, and is then refused with
 //! [`RelayStoreError::Busy`], which the client hears as "busy, try again in a moment".
 //!
-//! Requests come in two lanes. [`Lane::Bulk`] is the sync traffic whose size a client sets
-//! (log and snapshot pages, a heads exchange); [`Lane::Priority`] is the short, single-row
+//! Requests come in two shares. [`Share::Bulk`] is the sync traffic whose size a client sets
+//! (log and snapshot pages, a heads exchange); [`Share::Priority`] is the short, single-row
 //! queries that let devices in and keep the node's view of devices and the log current
 //! (authentication, the enrolment token check, the counters, a device's grant and last-seen
 //! time). Bulk requests
@@ -34,9 +36,16 @@ impl Conn for postgres::Client {
     }
 }
 
+impl Conn for rusqlite::Connection {
+    /// A SQLite connection to a local file does not break; an error is the statement's.
+    fn is_broken(&self) -> bool {
+        false
+    }
+}
+
 /// Which share of the pool a request may use (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Lane {
+pub(super) enum Share {
     /// Client-sized reads: all but the reserved connections.
     Bulk,
     /// Short queries that admit devices and follow the database: every connection.
@@ -46,7 +55,7 @@ pub(super) enum Lane {
 /// A snapshot of the pool, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
-    /// Most connections the pool holds open.
+    /// Most read connections the pool holds open.
     pub capacity: usize,
     /// Of those, kept for priority requests.
     pub reserved: usize,
@@ -114,19 +123,19 @@ impl<C: Conn> Pool<C> {
         }
     }
 
-    fn free_for(&self, st: &State<C>, lane: Lane) -> bool {
+    fn free_for(&self, st: &State<C>, share: Share) -> bool {
         st.lent < self.capacity
-            && (lane == Lane::Priority || st.lent_bulk < self.capacity - self.reserved)
+            && (share == Share::Priority || st.lent_bulk < self.capacity - self.reserved)
     }
 
-    /// Lends a connection of `lane`'s share, opening one if none is idle; waits for one to
+    /// Lends a connection of `share`'s share, opening one if none is idle; waits for one to
     /// come back while the share is in use, and refuses with [`RelayStoreError::Busy`] when
     /// none did in time.
-    pub(super) fn get(&self, lane: Lane) -> Result<Lent<'_, C>, RelayStoreError> {
+    pub(super) fn get(&self, share: Share) -> Result<Lent<'_, C>, RelayStoreError> {
         let deadline = Instant::now() + self.wait;
         let mut st = lock(&self.state);
         let mut waited = false;
-        while !self.free_for(&st, lane) {
+        while !self.free_for(&st, share) {
             if !waited {
                 waited = true;
                 st.waits += 1;
@@ -143,7 +152,7 @@ impl<C: Conn> Pool<C> {
                 .0;
         }
         st.lent += 1;
-        if lane == Lane::Bulk {
+        if share == Share::Bulk {
             st.lent_bulk += 1;
         }
         let idle = st.idle.pop();
@@ -152,7 +161,7 @@ impl<C: Conn> Pool<C> {
         // below does.
         let mut lent = Lent {
             pool: self,
-            lane,
+            share,
             conn: None,
         };
         lent.conn = match idle {
@@ -162,10 +171,10 @@ impl<C: Conn> Pool<C> {
         Ok(lent)
     }
 
-    fn give_back(&self, lane: Lane, conn: Option<C>) {
+    fn give_back(&self, share: Share, conn: Option<C>) {
         let mut st = lock(&self.state);
         st.lent = st.lent.saturating_sub(1);
-        if lane == Lane::Bulk {
+        if share == Share::Bulk {
             st.lent_bulk = st.lent_bulk.saturating_sub(1);
         }
         let broken = match conn {
@@ -208,7 +217,7 @@ impl<C: Conn> Pool<C> {
 /// A connection lent by the [`Pool`]; dropping it gives it back.
 pub(super) struct Lent<'p, C: Conn> {
     pool: &'p Pool<C>,
-    lane: Lane,
+    share: Share,
     conn: Option<C>,
 }
 
@@ -223,7 +232,7 @@ impl<C: Conn> Lent<'_, C> {
 
 impl<C: Conn> Drop for Lent<'_, C> {
     fn drop(&mut self) {
-        self.pool.give_back(self.lane, self.conn.take());
+        self.pool.give_back(self.share, self.conn.take());
     }
 }
 
@@ -259,17 +268,17 @@ mod tests {
     #[test]
     fn bulk_requests_leave_the_reserved_connections_to_priority_ones() {
         let (p, opened) = pool(4, 1, Duration::from_millis(50));
-        let bulk: Vec<_> = (0..3).map(|_| p.get(Lane::Bulk).unwrap()).collect();
-        let err = p.get(Lane::Bulk).err().unwrap();
+        let bulk: Vec<_> = (0..3).map(|_| p.get(Share::Bulk).unwrap()).collect();
+        let err = p.get(Share::Bulk).err().unwrap();
         assert!(matches!(err, RelayStoreError::Busy { .. }), "{err}");
-        let prio = p.get(Lane::Priority).unwrap();
-        assert!(p.get(Lane::Priority).is_err(), "the pool is full");
+        let prio = p.get(Share::Priority).unwrap();
+        assert!(p.get(Share::Priority).is_err(), "the pool is full");
         let s = p.stats();
         assert_eq!((s.open, s.in_use, s.waits, s.timeouts), (4, 4, 2, 2));
         drop(prio);
         drop(bulk);
         // Given back connections are lent again, not opened anew.
-        let again: Vec<_> = (0..3).map(|_| p.get(Lane::Bulk).unwrap()).collect();
+        let again: Vec<_> = (0..3).map(|_| p.get(Share::Bulk).unwrap()).collect();
         assert_eq!(opened.load(Ordering::SeqCst), 4);
         drop(again);
         assert_eq!(p.stats().in_use, 0);
@@ -279,10 +288,10 @@ mod tests {
     fn a_waiting_request_gets_the_next_connection_given_back() {
         let (p, _) = pool(2, 1, Duration::from_secs(10));
         let p = Arc::new(p);
-        let held = p.get(Lane::Bulk).unwrap();
+        let held = p.get(Share::Bulk).unwrap();
         let waiter = {
             let p = p.clone();
-            std::thread::spawn(move || p.get(Lane::Bulk).map(|_| ()).is_ok())
+            std::thread::spawn(move || p.get(Share::Bulk).map(|_| ()).is_ok())
         };
         while p.stats().waits == 0 {
             std::thread::yield_now();
@@ -303,18 +312,18 @@ mod tests {
             }
             Ok(Fake { broken: b.clone() })
         });
-        drop(p.get(Lane::Bulk).unwrap());
+        drop(p.get(Share::Bulk).unwrap());
         assert_eq!(p.stats().open, 1);
         broken.store(true, Ordering::SeqCst);
         fails.store(true, Ordering::SeqCst);
         assert!(matches!(
-            p.get(Lane::Bulk).err().unwrap(),
+            p.get(Share::Bulk).err().unwrap(),
             RelayStoreError::Connect(..)
         ));
         let s = p.stats();
         assert_eq!((s.open, s.in_use), (0, 0), "{s:?}");
         fails.store(false, Ordering::SeqCst);
         broken.store(false, Ordering::SeqCst);
-        assert!(p.get(Lane::Bulk).is_ok());
+        assert!(p.get(Share::Bulk).is_ok());
     }
 }
