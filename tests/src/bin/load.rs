@@ -9,11 +9,23 @@
 //!
 //! It prints a report, not a verdict: edits and deliveries per second, p50/p99/max time from
 //! an edit on one client to its arrival at each other client of the scope (arrival is seen
-//! through the replica's change events, checked every 10 ms), the relay process's peak memory
-//! (`VmHWM`), and how many clients converged. The exit code is non-zero only if some client
-//! did not converge.
+//! through the replica's change events, checked every 10 ms), the same per 10 s window of the
+//! run (does latency grow with run length?), the CPU time the relay and the load process
+//! spent (per accepted edit and per delivery), the relay's memory, and how many clients
+//! converged. The exit code is non-zero only if some client did not converge.
 //!
-//! `cargo run --release -p fieldsync-tests --bin fieldsync-load -- [--quick]`
+//! Scenarios on top of the steady load:
+//! - `--idle N`: N more devices connect and stay idle (their scope gets no edits); the relay's
+//!   resident memory before and after gives the memory per idle connection.
+//! - `--restart-after S`: S seconds into the editing the relay is killed (SIGKILL) and started
+//!   again on the same data and address; every client reconnects at once. Reports how long
+//!   until every client is connected and caught up again.
+//! - `--pg URL --nodes N`: N relay processes sharing one PostgreSQL database (a scratch
+//!   database made on the server at URL and dropped after), clients spread over them; an
+//!   edit reaches the clients of other nodes through the database's notifications.
+//!
+//! `cargo run --release -p fieldsync-tests --bin fieldsync-load -- [--quick]` (raise the open
+//! file limit first: `ulimit -n 20000`)
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +37,9 @@ use clap::Parser;
 use fieldsync_client::fieldsync_core::store::{Durability, StoreOptions};
 use fieldsync_client::sync::{BackoffConfig, SyncConfig, SyncHandle, SyncState};
 use fieldsync_client::{Client, CustomerEdit, CustomerField, DocId, NewCustomer, Origin, Role};
-use fieldsync_relay::{RelayStoreOptions, SqliteRelayStore};
+use fieldsync_relay::store::postgres::ScratchDatabase;
+use fieldsync_relay::tls::{CERT_FILE, KEY_FILE};
+use fieldsync_relay::{PgRelayStore, RelayStore, RelayStoreOptions, SqliteRelayStore};
 use fieldsync_tests::procs::{self, RelayProcess};
 use rand::{RngExt, SeedableRng};
 
@@ -56,6 +70,19 @@ struct Cli {
     /// Seed for the edit timing.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Idle devices that connect too (in a scope of their own, with no edits).
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
+    /// Kill and restart the relay this many seconds into the editing (node 1 of several).
+    #[arg(long)]
+    restart_after: Option<u64>,
+    /// PostgreSQL server for the relay's store (a scratch database is made on it); default:
+    /// the embedded SQLite file.
+    #[arg(long)]
+    pg: Option<String>,
+    /// Relay processes sharing the PostgreSQL database (needs --pg).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
 }
 
 /// One load client.
@@ -80,6 +107,9 @@ fn main() -> anyhow::Result<()> {
     if cli.clients < 2 || cli.scopes == 0 {
         bail!("need at least 2 clients and 1 scope");
     }
+    if cli.nodes == 0 || (cli.nodes > 1 && cli.pg.is_none()) {
+        bail!("--nodes above 1 needs --pg: nodes share a PostgreSQL database");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -96,13 +126,24 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
     };
     let relay_dir = tmp.path().join("relay");
     let relay_disk = tempfile::tempdir()?; // the relay's database on the real disk
-    let relay_data = relay_disk.path().join("relay");
-    std::fs::create_dir_all(&relay_data)?;
-    let config = relay_disk.path().join("relay.toml");
-    std::fs::write(&config, format!("max_connections = {}\n", cli.clients + 64))?;
+    let data_of = |node: usize| relay_disk.path().join(format!("relay{node}"));
+    let scratch = match &cli.pg {
+        Some(url) => Some(ScratchDatabase::create(url).context("creating a scratch database")?),
+        None => None,
+    };
     println!(
-        "fieldsync-load: {} clients in {} scopes, one edit per client every ~{} ms for {:?}",
-        cli.clients, cli.scopes, cli.edit_every_ms, duration
+        "fieldsync-load: {} clients in {} scopes, one edit per client every ~{} ms for {:?}; {} idle; {} relay node(s) on {}",
+        cli.clients,
+        cli.scopes,
+        cli.edit_every_ms,
+        duration,
+        cli.idle,
+        cli.nodes,
+        if scratch.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
     );
     if let Ok(limits) = std::fs::read_to_string("/proc/self/limits")
         && let Some(line) = limits.lines().find(|l| l.starts_with("Max open files"))
@@ -115,11 +156,20 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
 
     // Replicas and enrolment (before the relay runs, straight into its database).
     let t = Instant::now();
-    let store = SqliteRelayStore::open(relay_data.join("relay.db"), RelayStoreOptions::default())?;
+    std::fs::create_dir_all(data_of(0))?;
+    let store: RelayStore = match &scratch {
+        Some(db) => {
+            RelayStore::Postgres(PgRelayStore::open(db.url(), RelayStoreOptions::default())?)
+        }
+        None => RelayStore::Sqlite(SqliteRelayStore::open(
+            data_of(0).join("relay.db"),
+            RelayStoreOptions::default(),
+        )?),
+    };
     std::fs::create_dir_all(&relay_dir)?;
     let mut reps = Vec::with_capacity(cli.clients);
-    let mut credentials = Vec::with_capacity(cli.clients);
-    for i in 0..cli.clients {
+    let mut credentials = Vec::with_capacity(cli.clients + cli.idle);
+    for i in 0..cli.clients + cli.idle {
         let client = Client::open_with(
             relay_dir.join(format!("c{i}.db")),
             StoreOptions {
@@ -129,47 +179,81 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
                 ..StoreOptions::default()
             },
         )?;
-        let scope = i % cli.scopes;
+        let scope = if i < cli.clients {
+            format!("s{}", i % cli.scopes)
+        } else {
+            "idle".to_string()
+        };
         let e = store.enrol_device(
             Some(client.device_id()),
             &format!("load {i}"),
             Role::Rep,
-            &[format!("s{scope}")],
+            std::slice::from_ref(&scope),
         )?;
         credentials.push(e.secret);
-        let doc = client.customers().create(NewCustomer {
-            scope: format!("s{scope}"),
-            name: format!("customer of client {i}"),
-            ..Default::default()
-        })?;
+        let doc = if i < cli.clients {
+            client
+                .customers()
+                .create(NewCustomer {
+                    scope,
+                    name: format!("customer of client {i}"),
+                    ..Default::default()
+                })?
+                .into()
+        } else {
+            DocId::new()
+        };
         reps.push(Arc::new(Rep {
             client,
-            scope,
-            doc: doc.into(),
+            scope: i % cli.scopes,
+            doc,
             sent: Mutex::new(Vec::new()),
         }));
     }
+    let idle_reps = reps.split_off(cli.clients);
     drop(store);
     println!(
         "  set up {} replicas and enrolments in {:.1?}",
-        cli.clients,
+        cli.clients + cli.idle,
         t.elapsed()
     );
 
-    let relay = RelayProcess::start(
-        &relay_data,
-        procs::free_udp_addr()?,
-        &["--config", config.to_str().context("utf-8 path")?],
-    )?;
-    println!("  relay pid {} on {}", relay.pid(), relay.addr);
-
-    // Connect everyone (staggered over ~5 s, like laptops waking up).
-    let t = Instant::now();
-    let mut handles = Vec::with_capacity(cli.clients);
-    let stagger = Duration::from_micros(5_000_000 / cli.clients as u64);
-    for (rep, secret) in reps.iter().zip(&credentials) {
-        let mut cfg = SyncConfig::new(relay.addr.to_string(), relay.fingerprint.clone());
-        cfg.credential = Some(secret.clone());
+    // Relay nodes: one, or several sharing the database (and one certificate: tokens and
+    // clients pin one fingerprint).
+    let mut relays = Vec::with_capacity(cli.nodes);
+    for node in 0..cli.nodes {
+        let data = data_of(node);
+        std::fs::create_dir_all(&data)?;
+        let config = relay_disk.path().join(format!("relay{node}.toml"));
+        let mut toml = format!(
+            "max_connections = {}\n",
+            (cli.clients + cli.idle) / cli.nodes + 64
+        );
+        if let Some(db) = &scratch {
+            toml.push_str(&format!("database = \"{}\"\n", db.url()));
+        }
+        if node > 0 {
+            let first = data_of(0);
+            toml.push_str(&format!(
+                "cert = \"{}\"\nkey = \"{}\"\n",
+                first.join(CERT_FILE).display(),
+                first.join(KEY_FILE).display()
+            ));
+        }
+        std::fs::write(&config, toml)?;
+        let relay = RelayProcess::start(
+            &data,
+            procs::free_udp_addr()?,
+            &["--config", config.to_str().context("utf-8 path")?],
+        )?;
+        println!("  relay node {node}: pid {} on {}", relay.pid(), relay.addr);
+        relays.push((relay, config));
+    }
+    let addrs: Vec<String> = relays.iter().map(|(r, _)| r.addr.to_string()).collect();
+    let fingerprint = relays[0].0.fingerprint.clone();
+    let config_of = |i: usize, secret: &str| {
+        let mut cfg = SyncConfig::new(addrs[i % addrs.len()].clone(), fingerprint.clone());
+        cfg.credential = Some(secret.to_string());
         cfg.connect_timeout = Duration::from_secs(30);
         cfg.response_timeout = Duration::from_secs(120);
         cfg.idle_timeout = Duration::from_secs(60);
@@ -178,35 +262,63 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
             min: Duration::from_millis(500),
             max: Duration::from_secs(10),
         };
-        handles.push(SyncHandle::start(rep.client.clone(), cfg));
+        cfg
+    };
+
+    // Connect everyone (staggered over ~5 s, like laptops waking up).
+    let t = Instant::now();
+    let mut handles = Vec::with_capacity(cli.clients);
+    let stagger = Duration::from_micros(5_000_000 / cli.clients as u64);
+    for (i, (rep, secret)) in reps.iter().zip(&credentials).enumerate() {
+        handles.push(SyncHandle::start(rep.client.clone(), config_of(i, secret)));
         tokio::time::sleep(stagger).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let up = handles
-            .iter()
-            .filter(|h| h.status().last_sync_finished_at.is_some())
-            .count();
-        if up == handles.len() {
-            break;
-        }
-        if Instant::now() > deadline {
-            println!(
-                "  only {up}/{} clients caught up after 120 s; going on",
-                handles.len()
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let up = caught_up(&handles, Duration::from_secs(120)).await;
     println!(
-        "  {} connections up and caught up in {:.1?}",
+        "  {up}/{} connections up and caught up in {:.1?}",
         handles.len(),
         t.elapsed()
     );
 
+    // Idle connections: the relay's resident memory before and after they connect.
+    let mut idle_handles = Vec::with_capacity(cli.idle);
+    let mut idle_memory = None;
+    if cli.idle > 0 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before: u64 = relays
+            .iter()
+            .filter_map(|(r, _)| procs::vm_rss_kib(r.pid()))
+            .sum();
+        let t = Instant::now();
+        for (i, rep) in idle_reps.iter().enumerate() {
+            let secret = &credentials[cli.clients + i];
+            idle_handles.push(SyncHandle::start(
+                rep.client.clone(),
+                config_of(cli.clients + i, secret),
+            ));
+            if i % 100 == 99 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let up = caught_up(&idle_handles, Duration::from_secs(300)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after: u64 = relays
+            .iter()
+            .filter_map(|(r, _)| procs::vm_rss_kib(r.pid()))
+            .sum();
+        println!(
+            "  {up}/{} idle connections up in {:.1?}; relay memory {:.1} → {:.1} MiB",
+            cli.idle,
+            t.elapsed(),
+            before as f64 / 1024.0,
+            after as f64 / 1024.0
+        );
+        idle_memory = Some((before, after, up));
+    }
+
     // Arrival watcher: reads each replica's change events, records edit → arrival latency.
-    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::new(Mutex::new(Vec::new()));
+    // (when the edit was made, how long it took to arrive)
+    let latencies: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::new(Mutex::new(Vec::new()));
     let stop_watch = Arc::new(AtomicBool::new(false));
     let watcher = {
         let reps = reps.clone();
@@ -248,7 +360,7 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
                             let mut l = latencies.lock().unwrap_or_else(|p| p.into_inner());
                             for k in *last + 1..=n {
                                 if let Some(t) = sent.get(k - 1) {
-                                    l.push(now.saturating_duration_since(*t));
+                                    l.push((*t, now.saturating_duration_since(*t)));
                                 }
                             }
                             *last = n;
@@ -263,6 +375,14 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
     // Editing.
     let edits = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
+    let me = std::process::id();
+    // CPU seconds the relay processes spent before the editing started (and, for a node
+    // killed meanwhile, what its first process spent in all).
+    let mut relay_cpu: f64 = -relays
+        .iter()
+        .filter_map(|(r, _)| procs::cpu_seconds(r.pid()))
+        .sum::<f64>();
+    let self_cpu = procs::cpu_seconds(me);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (i, rep) in reps.iter().enumerate() {
@@ -305,10 +425,58 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
             }
         }));
     }
+    // The restart burst: node 0 killed and started again while everyone edits.
+    let mut restart = None;
+    if let Some(after) = cli.restart_after {
+        tokio::time::sleep_until((start + Duration::from_secs(after)).into()).await;
+        let (old, config) = relays.remove(0);
+        let (data, addr) = (old.data.clone(), old.addr);
+        relay_cpu += procs::cpu_seconds(old.pid()).unwrap_or(0.0);
+        let before: Vec<u64> = handles.iter().map(|h| h.status().connections).collect();
+        old.kill9();
+        let killed = Instant::now();
+        let relay = RelayProcess::start(
+            &data,
+            addr,
+            &["--config", config.to_str().context("utf-8 path")?],
+        )?;
+        let started = killed.elapsed();
+        println!(
+            "  relay node 0 killed and restarted (pid {}) in {started:.1?}",
+            relay.pid()
+        );
+        relays.insert(0, (relay, config));
+        let nodes = relays.len();
+        // Settled: every client of the node has a new connection and is caught up on it.
+        let mut settled = None;
+        while killed.elapsed() < Duration::from_secs(120) {
+            let waiting = handles
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % nodes == 0)
+                .filter(|(i, h)| {
+                    let s = h.status();
+                    s.connections <= before[*i] || s.state != SyncState::CaughtUp
+                })
+                .count();
+            if waiting == 0 {
+                settled = Some(killed.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let clients = handles.len().div_ceil(nodes);
+        restart = Some((clients, started, settled));
+    }
     for t in tasks {
         let _ = t.await;
     }
     let edit_secs = start.elapsed().as_secs_f64();
+    relay_cpu += relays
+        .iter()
+        .filter_map(|(r, _)| procs::cpu_seconds(r.pid()))
+        .sum::<f64>();
+    let self_cpu = self_cpu.zip(procs::cpu_seconds(me)).map(|(a, b)| b - a);
     let total_edits = edits.load(Ordering::Relaxed);
 
     // Convergence: every replica holds exactly its scope's customers with the authors' heads,
@@ -361,8 +529,11 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop_watch.store(true, Ordering::Relaxed);
     let _ = watcher.join();
-    let relay_hwm = procs::vm_hwm_kib(relay.pid());
-    let self_hwm = procs::vm_hwm_kib(std::process::id());
+    let relay_hwm: Vec<u64> = relays
+        .iter()
+        .filter_map(|(r, _)| procs::vm_hwm_kib(r.pid()))
+        .collect();
+    let self_hwm = procs::vm_hwm_kib(me);
     let (mut up, mut down, mut conns, mut caught_up) = (0u64, 0u64, 0u64, 0usize);
     for h in &handles {
         let s = h.status();
@@ -371,41 +542,75 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
         conns += s.connections;
         caught_up += usize::from(s.state == SyncState::CaughtUp);
     }
-    let mut lat = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    lat.sort();
-    let pct = |p: f64| -> String {
-        if lat.is_empty() {
-            return "-".into();
-        }
-        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
-        format!("{:.0} ms", lat[i].as_secs_f64() * 1000.0)
-    };
+    let timed = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut lat: Vec<Duration> = timed.iter().map(|(_, d)| *d).collect();
     let per_scope = cli.clients as f64 / cli.scopes as f64;
     let expected_deliveries = total_edits as f64 * (per_scope - 1.0);
+    let deliveries = lat.len();
+    let accepted: u64 = handles.iter().map(|h| h.status().changes_acked).sum();
 
     println!();
     println!("## fieldsync-load report");
     println!(
-        "clients                 {} ({} scopes, ~{per_scope:.0} clients each), one process, one QUIC connection each",
-        cli.clients, cli.scopes
+        "clients                 {} ({} scopes, ~{per_scope:.0} clients each), one process, one QUIC connection each; {} idle",
+        cli.clients, cli.scopes, cli.idle
+    );
+    println!(
+        "relay                   {} node(s) on {}",
+        cli.nodes,
+        if cli.pg.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
     );
     println!("editing                 {edit_secs:.1} s");
     println!(
-        "edits                   {total_edits} ({:.1}/s), {} failed",
+        "edits                   {total_edits} ({:.1}/s), {} failed; {accepted} changes accepted by the relay",
         total_edits as f64 / edit_secs,
         failures.load(Ordering::Relaxed)
     );
     println!(
-        "deliveries              {} of ~{expected_deliveries:.0} expected ({:.1}/s during editing)",
-        lat.len(),
-        lat.len() as f64 / edit_secs
+        "deliveries              {deliveries} of ~{expected_deliveries:.0} expected ({:.1}/s during editing)",
+        deliveries as f64 / edit_secs
     );
     println!(
-        "edit → arrival          p50 {}  p99 {}  max {}  (10 ms sampling)",
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
+        "edit → arrival          {}  (10 ms sampling)",
+        percentiles(&mut lat)
     );
+    // By when the edit was made: latency that grows with run length shows as a queue.
+    let window = Duration::from_secs(10);
+    let mut w = 0u32;
+    while start + window * w < start + Duration::from_secs_f64(edit_secs) {
+        let (from, to) = (start + window * w, start + window * (w + 1));
+        let mut part: Vec<Duration> = timed
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|(_, d)| *d)
+            .collect();
+        println!(
+            "  edits made {:>3}–{:<3} s  {}",
+            window.as_secs() * u64::from(w),
+            window.as_secs() * u64::from(w + 1),
+            percentiles(&mut part)
+        );
+        w += 1;
+    }
+    if let Some(relay_cpu) = (relay_cpu > 0.0).then_some(relay_cpu) {
+        println!(
+            "relay CPU               {relay_cpu:.1} s in {edit_secs:.1} s ({:.0} % of one core): {:.2} ms per accepted change, {:.0} µs per delivery",
+            100.0 * relay_cpu / edit_secs,
+            1000.0 * relay_cpu / (accepted.max(1) as f64),
+            1e6 * relay_cpu / (deliveries.max(1) as f64)
+        );
+    }
+    if let Some(c) = self_cpu {
+        println!(
+            "load process CPU        {c:.1} s ({:.0} % of one core): the {} replicas applying and editing",
+            100.0 * c / edit_secs,
+            cli.clients + cli.idle
+        );
+    }
     println!(
         "wire bytes (clients)    {:.1} MiB up, {:.1} MiB down",
         up as f64 / 1048576.0,
@@ -413,12 +618,29 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
     );
     println!("connections made        {conns} (1 per client = no reconnects)");
     println!(
-        "relay peak memory       {}",
-        relay_hwm.map_or("unknown".into(), |k| format!(
-            "{:.1} MiB VmHWM",
-            k as f64 / 1024.0
-        ))
+        "relay peak memory       {} MiB VmHWM",
+        relay_hwm
+            .iter()
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(" + ")
     );
+    if let Some((before, after, up)) = idle_memory {
+        println!(
+            "idle connections        {up} held; relay memory {:.1} → {:.1} MiB: {:.1} KiB per idle connection",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            after.saturating_sub(before) as f64 / (up.max(1) as f64)
+        );
+    }
+    if let Some((clients, started, settled)) = restart {
+        println!(
+            "restart burst           relay back in {started:.1?}; its {clients} clients reconnected and caught up {}",
+            settled.map_or("not within 120 s".into(), |d| format!(
+                "{d:.1?} after the kill"
+            ))
+        );
+    }
     println!(
         "load process memory     {}",
         self_hwm.map_or("unknown".into(), |k| format!(
@@ -430,12 +652,46 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
         "converged               {n_converged}/{} clients in {converge_time:.1?} after editing stopped; {caught_up} live and caught up",
         reps.len()
     );
-    for h in handles {
+    for h in handles.into_iter().chain(idle_handles) {
         drop(h);
     }
-    relay.stop();
+    for (r, _) in relays {
+        r.stop();
+    }
+    drop(scratch);
     if n_converged != reps.len() {
         bail!("{} clients did not converge", reps.len() - n_converged);
     }
     Ok(())
+}
+
+/// Waits until every handle finished a sync (or `timeout`); returns how many did.
+async fn caught_up(handles: &[SyncHandle], timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let up = handles
+            .iter()
+            .filter(|h| h.status().last_sync_finished_at.is_some())
+            .count();
+        if up == handles.len() || Instant::now() > deadline {
+            return up;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// "p50 … p99 … max …" of `v` (sorted in place).
+fn percentiles(v: &mut [Duration]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort();
+    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0;
+    format!(
+        "p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} arrivals)",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        v.len()
+    )
 }
