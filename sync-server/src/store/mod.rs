@@ -428,6 +428,14 @@ fn publish_high(tx: &watch::Sender<u64>, high: u64) {
     });
 }
 
+/// A device's usage of one day from its stored row (none: nothing stored that day).
+fn usage_of(new_docs: Option<i64>, bytes: Option<i64>) -> Usage {
+    Usage {
+        new_documents: new_docs.unwrap_or(0).max(0) as u64,
+        bytes: bytes.unwrap_or(0).max(0) as u64,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves no half-done state: SQLite rolled the transaction
     // back and documents being written were taken out of the cache.

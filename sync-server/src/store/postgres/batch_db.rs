@@ -298,7 +298,7 @@ impl BatchDb for PgTx<'_> {
 }
 
 /// What `device` stored on `day`.
-pub(super) fn usage_on(
+fn usage_on(
     c: &mut impl postgres::GenericClient,
     device: Uuid,
     day: i64,

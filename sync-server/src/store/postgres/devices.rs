@@ -253,16 +253,20 @@ impl DeviceBackend for PgRelayStore {
 
     fn device_rows(&self, day: i64) -> Result<Vec<(Uuid, DeviceRow, Usage)>, RelayStoreError> {
         self.read(|c| {
+            // One query for the whole fleet: a round trip per device is seconds at 20,000.
             let rows = c.query(
                 &format!(
-                    "SELECT {DEVICE_COLUMNS}, device_id FROM devices ORDER BY created_at, device_id"
+                    "SELECT {DEVICE_COLUMNS}, device_id, u.new_docs, u.bytes FROM devices
+                       LEFT JOIN device_usage u ON u.device = devices.device_id AND u.day = $1
+                      ORDER BY created_at, device_id"
                 ),
-                &[],
+                &[&day],
             )?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 let id = uuid_of(&r.try_get::<_, Vec<u8>>(7)?, "devices")?;
-                out.push((id, device_row_of(&r)?, usage_on(c, id, day)?));
+                let usage = super::super::usage_of(r.try_get(8)?, r.try_get(9)?);
+                out.push((id, device_row_of(&r)?, usage));
             }
             Ok(out)
         })

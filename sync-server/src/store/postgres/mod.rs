@@ -64,7 +64,7 @@ mod listen;
 mod schema;
 mod scratch;
 
-use batch_db::{PgTx, usage_on};
+use batch_db::PgTx;
 use listen::{listen_loop, listener};
 pub use schema::PG_SCHEMA_VERSION;
 use schema::migrate;

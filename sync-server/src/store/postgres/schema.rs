@@ -115,6 +115,9 @@ CREATE TABLE device_usage (
     PRIMARY KEY (device, day)
 );
 "#,
+    r#"
+CREATE INDEX devices_name ON devices (name);
+"#,
 ];
 
 pub(super) fn migrate(client: &mut Client) -> Result<(), RelayStoreError> {

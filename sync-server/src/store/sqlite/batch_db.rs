@@ -234,7 +234,7 @@ impl BatchDb for SqlTx<'_, '_> {
 }
 
 /// What `device` stored on `day`, from a SQLite connection.
-pub(super) fn usage_on(c: &Connection, device: Uuid, day: i64) -> Result<Usage, RelayStoreError> {
+fn usage_on(c: &Connection, device: Uuid, day: i64) -> Result<Usage, RelayStoreError> {
     let row: Option<(i64, i64)> = c
         .prepare_cached("SELECT new_docs, bytes FROM device_usage WHERE device = ?1 AND day = ?2")?
         .query_row(params![device.as_bytes(), day], |r| {

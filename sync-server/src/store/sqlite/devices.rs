@@ -30,18 +30,22 @@ fn device_row(conn: &Connection, id: Uuid) -> Result<Option<DeviceRow>, RelaySto
             "SELECT name, role, scopes, secret_hash, created_at, last_seen, revoked_at
                FROM devices WHERE device_id = ?1",
         )?
-        .query_row([id.as_bytes()], |r| {
-            Ok(DeviceRow {
-                name: r.get(0)?,
-                role: r.get(1)?,
-                scopes: r.get(2)?,
-                secret_hash: r.get(3)?,
-                created_at: r.get(4)?,
-                last_seen: r.get(5)?,
-                revoked_at: r.get(6)?,
-            })
-        })
+        .query_row([id.as_bytes()], device_row_of)
         .optional()?)
+}
+
+/// A device from the first seven columns of `r` (name, role, scopes, secret hash, created,
+/// last seen, revoked).
+fn device_row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
+        name: r.get(0)?,
+        role: r.get(1)?,
+        scopes: r.get(2)?,
+        secret_hash: r.get(3)?,
+        created_at: r.get(4)?,
+        last_seen: r.get(5)?,
+        revoked_at: r.get(6)?,
+    })
 }
 
 fn uuid_of(b: &[u8]) -> Result<Uuid, RelayStoreError> {
@@ -248,16 +252,17 @@ impl DeviceBackend for SqliteRelayStore {
 
     fn device_rows(&self, day: i64) -> Result<Vec<(Uuid, DeviceRow, Usage)>, RelayStoreError> {
         self.read(|c| {
-            let ids: Vec<Vec<u8>> = c
-                .prepare_cached("SELECT device_id FROM devices ORDER BY created_at, device_id")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let mut out = Vec::with_capacity(ids.len());
-            for b in ids {
-                let id = uuid_of(&b)?;
-                if let Some(row) = device_row(c, id)? {
-                    out.push((id, row, super::batch_db::usage_on(c, id, day)?));
-                }
+            let mut st = c.prepare_cached(
+                "SELECT name, role, scopes, secret_hash, created_at, last_seen, revoked_at,
+                        device_id, u.new_docs, u.bytes
+                   FROM devices LEFT JOIN device_usage u ON u.device = devices.device_id AND u.day = ?1
+                  ORDER BY created_at, device_id",
+            )?;
+            let mut rows = st.query([day])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let id = uuid_of(&r.get::<_, Vec<u8>>(7)?)?;
+                out.push((id, device_row_of(r)?, usage_of(r.get(8)?, r.get(9)?)));
             }
             Ok(out)
         })

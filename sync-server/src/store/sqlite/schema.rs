@@ -144,6 +144,10 @@ CREATE TABLE device_usage (
     PRIMARY KEY (device, day)
 ) WITHOUT ROWID;
 "#,
+    // 5: devices found by name (`device revoke|grant NAME`) without reading the whole fleet.
+    r#"
+CREATE INDEX devices_name ON devices(name);
+"#,
 ];
 
 /// The schema version this build creates and migrates to.
