@@ -178,6 +178,18 @@ impl PreparedQueue<'_> {
     }
 }
 
+/// Helper threads worth starting: the CPUs available, at most 4. Asked once per process:
+/// `available_parallelism` reads the cgroup files each time, which costs more than applying
+/// a small batch.
+fn helpers() -> usize {
+    static HELPERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *HELPERS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(4)
+    })
+}
+
 /// Runs `consume` with a queue of `jobs` (document id and snapshot bytes) prepared by
 /// [`prepare_snapshot`], in order. With enough jobs and more than one CPU, helper threads
 /// prepare up to `PREPARE_WINDOW` snapshots ahead while `consume` stores the earlier ones.
@@ -185,10 +197,12 @@ pub fn with_prepared<R>(
     jobs: &[(DocId, &[u8])],
     consume: impl FnOnce(&mut PreparedQueue<'_>) -> R,
 ) -> R {
-    let helpers = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(4);
-    if jobs.len() < PARALLEL_PREPARE_MIN || helpers < 2 {
+    let helpers = if jobs.len() < PARALLEL_PREPARE_MIN {
+        1
+    } else {
+        helpers()
+    };
+    if helpers < 2 {
         return consume(&mut PreparedQueue {
             jobs,
             next: 0,

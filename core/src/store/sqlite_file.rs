@@ -9,8 +9,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// Statements kept prepared per connection: one write path uses more distinct statements than
-/// rusqlite's default cache of 16; past it every `prepare_cached` re-parses its SQL.
-const STATEMENT_CACHE: usize = 64;
+/// rusqlite's default cache of 16 (a projection write alone reads, updates and inserts in
+/// each of its tables); past it every `prepare_cached` re-parses its SQL.
+const STATEMENT_CACHE: usize = 128;
 
 /// Why a SQLite file did not open.
 #[derive(Debug)]

@@ -342,11 +342,18 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
                         let Some(&author) = by_doc.get(&d) else {
                             continue;
                         };
-                        let Ok(c) = reps[i].client.customers().get(d.into()) else {
+                        // The projection row, not the document: the watcher measures the
+                        // clients, it must not add to their work.
+                        let Ok(industry) = reps[i].client.with_store(|s| {
+                            s.reader()
+                                .prepare_cached("SELECT industry FROM customers WHERE id = ?1")
+                                .and_then(|mut st| {
+                                    st.query_row([d.to_string()], |r| r.get::<_, Option<String>>(0))
+                                })
+                        }) else {
                             continue;
                         };
-                        let Some(n) = c
-                            .industry
+                        let Some(n) = industry
                             .as_deref()
                             .and_then(|v| v.rsplit(':').next())
                             .and_then(|v| v.parse::<usize>().ok())

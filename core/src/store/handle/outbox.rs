@@ -39,10 +39,13 @@ impl Store {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<OutboxChange>, StoreError> {
+        // No `LIMIT ?`: SQLite re-prepares a statement whose LIMIT is a parameter every time
+        // it is bound, and this runs at every step of every sync. Rows stream in `seq`
+        // order, so stopping after `max_count` reads no more than a LIMIT would.
         let mut st = self.conn.prepare_cached(
-            "SELECT seq, doc_id, hash, bytes FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, doc_id, hash, bytes FROM outbox WHERE seq > ?1 ORDER BY seq",
         )?;
-        let rows = st.query_map(params![after_seq, max_count as i64], |r| {
+        let rows = st.query_map(params![after_seq], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, Vec<u8>>(1)?,
@@ -53,6 +56,9 @@ impl Store {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for row in rows {
+            if out.len() >= max_count {
+                break;
+            }
             let (seq, doc, hash, b) = row?;
             if !out.is_empty() && bytes + b.len() > max_bytes {
                 break;

@@ -60,19 +60,16 @@ const READERS: usize = 8;
 const READERS_RESERVED: usize = 2;
 /// How long a read waits for a free connection before it is refused as busy.
 const READ_WAIT: Duration = Duration::from_secs(30);
-/// Prepared statements each read connection keeps (the download, lane and device queries).
-const STATEMENTS_PER_READER: usize = 64;
 
 /// The pool of read-only connections to the database at `path`.
 fn readers(path: &Path) -> Pool<Connection> {
     let path = path.to_path_buf();
     Pool::new(READERS, READERS_RESERVED, READ_WAIT, move || {
-        let c = open_conn(
+        // Each keeps its prepared statements (`open_sqlite` sizes the cache).
+        open_conn(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        c.set_prepared_statement_cache_capacity(STATEMENTS_PER_READER);
-        Ok(c)
+        )
     })
 }
 
