@@ -80,6 +80,36 @@ impl Identity {
             .map(|c| fingerprint(c))
             .unwrap_or_default()
     }
+
+    /// The key of the relay's QUIC stateless resets, derived from its private key so that it
+    /// survives a restart: a relay that restarted answers a packet of a connection it no
+    /// longer knows with a reset the client accepts (the reset token of each connection id is
+    /// a MAC under this key), and the client reconnects at once instead of waiting out its
+    /// idle timeout. Nodes that share a certificate share it too.
+    pub fn reset_key(&self) -> ring::hmac::Key {
+        ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            self.derive(b"fieldsync relay: QUIC stateless reset key")
+                .as_ref(),
+        )
+    }
+
+    /// The key the relay's QUIC connection ids are made and recognised with, stable across
+    /// restarts for the same reason as [`Identity::reset_key`]: a restarted relay must see a
+    /// packet of an old connection as one of its own ids to answer it with a reset (it drops
+    /// packets whose id it could not have made).
+    pub fn connection_id_key(&self) -> u64 {
+        let tag = self.derive(b"fieldsync relay: QUIC connection id key");
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&tag.as_ref()[..8]);
+        u64::from_le_bytes(k)
+    }
+
+    /// A secret derived from the private key for `purpose`.
+    fn derive(&self, purpose: &[u8]) -> ring::hmac::Tag {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key.secret_der());
+        ring::hmac::sign(&key, purpose)
+    }
 }
 
 /// SHA-256 of a certificate's DER bytes, lower-case hex without separators.

@@ -83,7 +83,18 @@ struct Cli {
     /// Relay processes sharing the PostgreSQL database (needs --pg).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// Internal: hold the idle connections listed in this file (lines `REPLICA SECRET
+    /// RELAY`), print `held N` once all are caught up, and keep them until stdin closes.
+    #[arg(long, hide = true)]
+    hold: Option<std::path::PathBuf>,
+    /// Internal: the pinned certificate fingerprint for `--hold`.
+    #[arg(long, hide = true)]
+    fingerprint: Option<String>,
 }
+
+/// Idle connections one holder process keeps: a process may open 20,000 files here, and
+/// each idle client holds a replica (two SQLite connections) and a UDP socket.
+const IDLE_PER_PROCESS: usize = 2000;
 
 /// One load client.
 struct Rep {
@@ -113,6 +124,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(file) = &cli.hold {
+        return rt.block_on(hold(file, cli.fingerprint.clone().unwrap_or_default()));
+    }
     rt.block_on(run(cli, duration))
 }
 
@@ -127,8 +141,12 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
     let relay_dir = tmp.path().join("relay");
     let relay_disk = tempfile::tempdir()?; // the relay's database on the real disk
     let data_of = |node: usize| relay_disk.path().join(format!("relay{node}"));
+    // The PostgreSQL client blocks: its calls run outside the async workers.
     let scratch = match &cli.pg {
-        Some(url) => Some(ScratchDatabase::create(url).context("creating a scratch database")?),
+        Some(url) => Some(
+            tokio::task::block_in_place(|| ScratchDatabase::create(url))
+                .context("creating a scratch database")?,
+        ),
         None => None,
     };
     println!(
@@ -157,61 +175,67 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
     // Replicas and enrolment (before the relay runs, straight into its database).
     let t = Instant::now();
     std::fs::create_dir_all(data_of(0))?;
-    let store: RelayStore = match &scratch {
-        Some(db) => {
-            RelayStore::Postgres(PgRelayStore::open(db.url(), RelayStoreOptions::default())?)
+    let (reps, credentials) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let store: RelayStore = match &scratch {
+            Some(db) => {
+                RelayStore::Postgres(PgRelayStore::open(db.url(), RelayStoreOptions::default())?)
+            }
+            None => RelayStore::Sqlite(SqliteRelayStore::open(
+                data_of(0).join("relay.db"),
+                RelayStoreOptions::default(),
+            )?),
+        };
+        std::fs::create_dir_all(&relay_dir)?;
+        let mut reps = Vec::with_capacity(cli.clients);
+        let mut credentials = Vec::with_capacity(cli.clients + cli.idle);
+        for i in 0..cli.clients + cli.idle {
+            let client = Client::open_with(
+                relay_dir.join(format!("c{i}.db")),
+                StoreOptions {
+                    // The rep side of a load test measures the relay, not 1,000 laptops' fsyncs
+                    // on one disk: commits survive a process crash, not a power cut.
+                    durability: Durability::Normal,
+                    ..StoreOptions::default()
+                },
+            )?;
+            let scope = if i < cli.clients {
+                format!("s{}", i % cli.scopes)
+            } else {
+                "idle".to_string()
+            };
+            let e = store.enrol_device(
+                Some(client.device_id()),
+                &format!("load {i}"),
+                Role::Rep,
+                std::slice::from_ref(&scope),
+            )?;
+            credentials.push(e.secret);
+            let doc = if i < cli.clients {
+                client
+                    .customers()
+                    .create(NewCustomer {
+                        scope,
+                        name: format!("customer of client {i}"),
+                        ..Default::default()
+                    })?
+                    .into()
+            } else {
+                DocId::new()
+            };
+            if i >= cli.clients {
+                // Held by another process (see `hold`): closed here.
+                continue;
+            }
+            reps.push(Arc::new(Rep {
+                client,
+                scope: i % cli.scopes,
+                doc,
+                sent: Mutex::new(Vec::new()),
+            }));
         }
-        None => RelayStore::Sqlite(SqliteRelayStore::open(
-            data_of(0).join("relay.db"),
-            RelayStoreOptions::default(),
-        )?),
-    };
-    std::fs::create_dir_all(&relay_dir)?;
-    let mut reps = Vec::with_capacity(cli.clients);
-    let mut credentials = Vec::with_capacity(cli.clients + cli.idle);
-    for i in 0..cli.clients + cli.idle {
-        let client = Client::open_with(
-            relay_dir.join(format!("c{i}.db")),
-            StoreOptions {
-                // The rep side of a load test measures the relay, not 1,000 laptops' fsyncs
-                // on one disk: commits survive a process crash, not a power cut.
-                durability: Durability::Normal,
-                ..StoreOptions::default()
-            },
-        )?;
-        let scope = if i < cli.clients {
-            format!("s{}", i % cli.scopes)
-        } else {
-            "idle".to_string()
-        };
-        let e = store.enrol_device(
-            Some(client.device_id()),
-            &format!("load {i}"),
-            Role::Rep,
-            std::slice::from_ref(&scope),
-        )?;
-        credentials.push(e.secret);
-        let doc = if i < cli.clients {
-            client
-                .customers()
-                .create(NewCustomer {
-                    scope,
-                    name: format!("customer of client {i}"),
-                    ..Default::default()
-                })?
-                .into()
-        } else {
-            DocId::new()
-        };
-        reps.push(Arc::new(Rep {
-            client,
-            scope: i % cli.scopes,
-            doc,
-            sent: Mutex::new(Vec::new()),
-        }));
-    }
-    let idle_reps = reps.split_off(cli.clients);
-    drop(store);
+        drop(store);
+        Ok((reps, credentials))
+    })?;
     println!(
         "  set up {} replicas and enrolments in {:.1?}",
         cli.clients + cli.idle,
@@ -280,8 +304,9 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
         t.elapsed()
     );
 
-    // Idle connections: the relay's resident memory before and after they connect.
-    let mut idle_handles = Vec::with_capacity(cli.idle);
+    // Idle connections, held by child processes (a process's open files are limited): the
+    // relay's resident memory before and after they connect.
+    let mut holders = Vec::new();
     let mut idle_memory = None;
     if cli.idle > 0 {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -290,26 +315,54 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
             .filter_map(|(r, _)| procs::vm_rss_kib(r.pid()))
             .sum();
         let t = Instant::now();
-        for (i, rep) in idle_reps.iter().enumerate() {
-            let secret = &credentials[cli.clients + i];
-            idle_handles.push(SyncHandle::start(
-                rep.client.clone(),
-                config_of(cli.clients + i, secret),
-            ));
-            if i % 100 == 99 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        let idle: Vec<usize> = (cli.clients..cli.clients + cli.idle).collect();
+        for (k, part) in idle.chunks(IDLE_PER_PROCESS).enumerate() {
+            let list = relay_dir.join(format!("idle{k}.txt"));
+            let lines: Vec<String> = part
+                .iter()
+                .map(|&i| {
+                    format!(
+                        "{} {} {}",
+                        relay_dir.join(format!("c{i}.db")).display(),
+                        credentials[i],
+                        addrs[i % addrs.len()]
+                    )
+                })
+                .collect();
+            std::fs::write(&list, lines.join("\n"))?;
+            let mut child = std::process::Command::new(std::env::current_exe()?)
+                .arg("--hold")
+                .arg(&list)
+                .arg("--fingerprint")
+                .arg(&fingerprint)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .context("starting an idle-connection holder")?;
+            let out = child.stdout.take().context("holder stdout")?;
+            holders.push((child, out));
         }
-        let up = caught_up(&idle_handles, Duration::from_secs(300)).await;
+        let mut up = 0usize;
+        for (_, out) in &mut holders {
+            use std::io::BufRead;
+            let mut line = String::new();
+            std::io::BufReader::new(out).read_line(&mut line)?;
+            up += line
+                .trim()
+                .strip_prefix("held ")
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after: u64 = relays
             .iter()
             .filter_map(|(r, _)| procs::vm_rss_kib(r.pid()))
             .sum();
         println!(
-            "  {up}/{} idle connections up in {:.1?}; relay memory {:.1} → {:.1} MiB",
+            "  {up}/{} idle connections up in {:.1?} ({} holder processes); relay memory {:.1} → {:.1} MiB",
             cli.idle,
             t.elapsed(),
+            holders.len(),
             before as f64 / 1024.0,
             after as f64 / 1024.0
         );
@@ -390,6 +443,13 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
         .filter_map(|(r, _)| procs::cpu_seconds(r.pid()))
         .sum::<f64>();
     let self_cpu = procs::cpu_seconds(me);
+    let holder_cpu = |holders: &[(std::process::Child, std::process::ChildStdout)]| -> f64 {
+        holders
+            .iter()
+            .filter_map(|(c, _)| procs::cpu_seconds(c.id()))
+            .sum()
+    };
+    let holders_before = holder_cpu(&holders);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (i, rep) in reps.iter().enumerate() {
@@ -484,6 +544,7 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
         .filter_map(|(r, _)| procs::cpu_seconds(r.pid()))
         .sum::<f64>();
     let self_cpu = self_cpu.zip(procs::cpu_seconds(me)).map(|(a, b)| b - a);
+    let holders_cpu = holder_cpu(&holders) - holders_before;
     let total_edits = edits.load(Ordering::Relaxed);
 
     // Convergence: every replica holds exactly its scope's customers with the authors' heads,
@@ -634,10 +695,11 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
     );
     if let Some((before, after, up)) = idle_memory {
         println!(
-            "idle connections        {up} held; relay memory {:.1} → {:.1} MiB: {:.1} KiB per idle connection",
+            "idle connections        {up} held; relay memory {:.1} → {:.1} MiB: {:.1} KiB per idle connection; their holders used {holders_cpu:.1} s CPU ({:.0} % of one core)",
             before as f64 / 1024.0,
             after as f64 / 1024.0,
-            after.saturating_sub(before) as f64 / (up.max(1) as f64)
+            after.saturating_sub(before) as f64 / (up.max(1) as f64),
+            100.0 * holders_cpu / edit_secs
         );
     }
     if let Some((clients, started, settled)) = restart {
@@ -659,13 +721,18 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
         "converged               {n_converged}/{} clients in {converge_time:.1?} after editing stopped; {caught_up} live and caught up",
         reps.len()
     );
-    for h in handles.into_iter().chain(idle_handles) {
+    for h in handles {
         drop(h);
+    }
+    for (mut child, _) in holders {
+        // Closing its stdin tells a holder to let go.
+        drop(child.stdin.take());
+        let _ = child.wait();
     }
     for (r, _) in relays {
         r.stop();
     }
-    drop(scratch);
+    tokio::task::block_in_place(|| drop(scratch));
     if n_converged != reps.len() {
         bail!("{} clients did not converge", reps.len() - n_converged);
     }
@@ -701,4 +768,45 @@ fn percentiles(v: &mut [Duration]) -> String {
         at(1.0),
         v.len()
     )
+}
+
+/// The idle-connection holder (`--hold FILE`): opens each listed replica, keeps a sync running
+/// for it, prints `held N` once all finished a sync (or after 5 minutes), and lets go when
+/// stdin closes.
+async fn hold(file: &std::path::Path, fingerprint: String) -> anyhow::Result<()> {
+    let list = std::fs::read_to_string(file)?;
+    let mut handles = Vec::new();
+    for (n, line) in list.lines().enumerate() {
+        let mut parts = line.split(' ');
+        let (Some(path), Some(secret), Some(relay)) = (parts.next(), parts.next(), parts.next())
+        else {
+            bail!("bad line in {}: {line}", file.display());
+        };
+        let client = Client::open_with(
+            path,
+            StoreOptions {
+                durability: Durability::Normal,
+                ..StoreOptions::default()
+            },
+        )?;
+        let mut cfg = SyncConfig::new(relay.to_string(), fingerprint.clone());
+        cfg.credential = Some(secret.to_string());
+        cfg.connect_timeout = Duration::from_secs(30);
+        cfg.response_timeout = Duration::from_secs(120);
+        cfg.idle_timeout = Duration::from_secs(60);
+        cfg.keep_alive = Duration::from_secs(10);
+        handles.push(SyncHandle::start(client, cfg));
+        if n % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let up = caught_up(&handles, Duration::from_secs(300)).await;
+    println!("held {up}");
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    })
+    .await?;
+    drop(handles);
+    Ok(())
 }
