@@ -441,3 +441,65 @@ fn three_cli_processes_with_concurrent_offline_edits_converge_through_a_relay_pr
     );
     relay.stop();
 }
+
+/// A relay killed and started again on the same data answers the laptop's next packet on the
+/// old connection with a QUIC stateless reset the laptop accepts (its keys survive the
+/// restart), so the laptop reconnects at once instead of waiting out the 30 s idle timeout.
+#[test]
+fn a_laptop_notices_a_restarted_relay_at_its_next_packet() {
+    use fieldsync_client::sync::{BackoffConfig, SyncHandle, SyncState};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("relay");
+    let addr = procs::free_udp_addr().expect("a free port");
+    let relay = start_relay(&data, addr);
+    let mut cfg = SyncConfig::new(relay.addr.to_string(), relay.fingerprint.clone());
+    // Idle far longer than the test waits: only a reset can end the old connection in time.
+    cfg.idle_timeout = Duration::from_secs(120);
+    cfg.keep_alive = Duration::from_millis(500);
+    cfg.backoff = BackoffConfig {
+        min: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+    };
+    let laptop = Client::open(tmp.path().join("laptop.db")).expect("laptop");
+    let rt = runtime();
+    rt.block_on(async {
+        let handle = SyncHandle::start(laptop.clone(), cfg);
+        wait_for(&handle, "caught up", |h| {
+            h.status().state == SyncState::CaughtUp
+        })
+        .await;
+        assert_eq!(handle.status().connections, 1);
+        relay.kill9();
+        let relay = start_relay(&data, addr);
+        let restarted = std::time::Instant::now();
+        wait_for(&handle, "reconnected to the restarted relay", |h| {
+            let s = h.status();
+            s.connections >= 2 && s.state == SyncState::CaughtUp
+        })
+        .await;
+        let took = restarted.elapsed();
+        eprintln!("reconnected {took:?} after the restart");
+        // The relay's idle timeout is 30 s: without an accepted reset the laptop would still
+        // hold its dead connection.
+        assert!(took < Duration::from_secs(15), "took {took:?}");
+        handle.stop().await;
+        drop(relay);
+    });
+}
+
+/// Waits (up to 20 s, else fails saying `what`) until `ok` holds for the sync handle.
+async fn wait_for(
+    handle: &fieldsync_client::sync::SyncHandle,
+    what: &str,
+    ok: impl Fn(&fieldsync_client::sync::SyncHandle) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ok(handle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 20 s: {:?}",
+            handle.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
