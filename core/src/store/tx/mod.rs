@@ -78,21 +78,27 @@ impl StoreTx<'_> {
         let exists = self
             .tx
             .prepare_cached(
-                "UPDATE docs SET heads = ?2, pending_changes = pending_changes + ?3, updated_at = ?4,
-                   kind = COALESCE(?5, kind), scope = COALESCE(?6, scope),
-                   customer_id = COALESCE(?7, customer_id)
+                "UPDATE docs SET heads = ?2, pending_changes = pending_changes + ?3, updated_at = ?4
                  WHERE id = ?1",
             )?
-            .execute(params![
-                id.as_bytes(),
-                heads,
-                hashes.len() as i64,
-                now,
-                typed.as_ref().map(|d| d.header().kind.code()),
-                typed.as_ref().map(|d| d.header().scope.clone()),
-                typed.as_ref().and_then(|d| d.customer_id()).map(|c| c.as_bytes().to_vec()),
-            ])?
+            .execute(params![id.as_bytes(), heads, hashes.len() as i64, now])?
             > 0;
+        if exists && let Some(d) = &typed {
+            // Filing columns are indexed: written only when they change (rarely: a move),
+            // so that an ordinary change does not rewrite two index pages.
+            self.tx
+                .prepare_cached(
+                    "UPDATE docs SET kind = ?2, scope = ?3, customer_id = COALESCE(?4, customer_id)
+                     WHERE id = ?1 AND (kind IS NOT ?2 OR scope IS NOT ?3
+                       OR (?4 IS NOT NULL AND customer_id IS NOT ?4))",
+                )?
+                .execute(params![
+                    id.as_bytes(),
+                    d.header().kind.code(),
+                    d.header().scope.clone(),
+                    d.customer_id().map(|c| c.as_bytes().to_vec()),
+                ])?;
+        }
         if !exists {
             let empty = AutoCommit::new().save();
             self.insert_doc_row(id, typed.as_ref(), &empty, &heads, hashes.len() as i64, now)?;
