@@ -111,12 +111,18 @@ impl Relay {
         let server_config = server_config(&identity, &config)?;
         let socket = std::net::UdpSocket::bind(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
-        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(identity.reset_key()));
+        let keys = {
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || tls::NodeKeys::load_or_create(&dir))
+                .await
+                .context("loading the QUIC secret")??
+        };
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(keys.reset));
         // After a restart every laptop's next packet draws a reset: quinn's default of one
         // reset per 20 ms would take 20 s for 1,000 laptops. A reset is smaller than the
         // packet that draws it, so a faster pace amplifies nothing.
         endpoint_config.min_reset_interval(Duration::from_millis(2));
-        let cid_key = identity.connection_id_key();
+        let cid_key = keys.connection_ids;
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
@@ -134,7 +140,7 @@ impl Relay {
             let high = tokio::task::spawn_blocking(move || s.high_seq())
                 .await
                 .context("reading the log's high")??;
-            Fanout::new(high, config.live_tail_bytes)
+            Fanout::new(&store, high, config.live_tail_bytes)
         };
         tokio::spawn(fanout.clone().follow(store.clone(), stop.clone()));
         let mut metrics = Metrics::new();

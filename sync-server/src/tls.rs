@@ -80,36 +80,6 @@ impl Identity {
             .map(|c| fingerprint(c))
             .unwrap_or_default()
     }
-
-    /// The key of the relay's QUIC stateless resets, derived from its private key so that it
-    /// survives a restart: a relay that restarted answers a packet of a connection it no
-    /// longer knows with a reset the client accepts (the reset token of each connection id is
-    /// a MAC under this key), and the client reconnects at once instead of waiting out its
-    /// idle timeout. Nodes that share a certificate share it too.
-    pub fn reset_key(&self) -> ring::hmac::Key {
-        ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA256,
-            self.derive(b"fieldsync relay: QUIC stateless reset key")
-                .as_ref(),
-        )
-    }
-
-    /// The key the relay's QUIC connection ids are made and recognised with, stable across
-    /// restarts for the same reason as [`Identity::reset_key`]: a restarted relay must see a
-    /// packet of an old connection as one of its own ids to answer it with a reset (it drops
-    /// packets whose id it could not have made).
-    pub fn connection_id_key(&self) -> u64 {
-        let tag = self.derive(b"fieldsync relay: QUIC connection id key");
-        let mut k = [0u8; 8];
-        k.copy_from_slice(&tag.as_ref()[..8]);
-        u64::from_le_bytes(k)
-    }
-
-    /// A secret derived from the private key for `purpose`.
-    fn derive(&self, purpose: &[u8]) -> ring::hmac::Tag {
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key.secret_der());
-        ring::hmac::sign(&key, purpose)
-    }
 }
 
 /// SHA-256 of a certificate's DER bytes, lower-case hex without separators.
@@ -152,6 +122,55 @@ pub fn load_or_create(
                 generate(&c, &k)
             }
         }
+    }
+}
+
+/// File in the data directory holding this relay node's QUIC secret (`0600`).
+pub const NODE_SECRET_FILE: &str = "quic.key";
+
+/// The keys of this relay node's QUIC stateless resets and connection ids, from a random
+/// secret kept in its data directory ([`NODE_SECRET_FILE`], made at first start).
+///
+/// They survive a restart: a relay restarted on the same data recognises the old connections'
+/// ids and answers their next packet with a reset the laptop accepts (each id's reset token is
+/// a MAC under the reset key), so laptops reconnect at once instead of waiting out the idle
+/// timeout. They are the node's own, not derived from the certificate that nodes on one
+/// database share: a packet routed to another node must not draw a valid reset there.
+pub struct NodeKeys {
+    /// Key of the stateless reset tokens.
+    pub reset: ring::hmac::Key,
+    /// Key the connection ids are made and recognised with.
+    pub connection_ids: u64,
+}
+
+impl NodeKeys {
+    /// Loads the node's secret from `data_dir`, or makes one. A file of the wrong size is
+    /// replaced (only resets of connections made before are lost).
+    pub fn load_or_create(data_dir: &Path) -> Result<Self, TlsError> {
+        let path = data_dir.join(NODE_SECRET_FILE);
+        let secret = match fs::read(&path) {
+            Ok(b) if b.len() == 32 => b,
+            other => {
+                if let Ok(b) = other {
+                    tracing::warn!(path = %path.display(), len = b.len(), "replacing a QUIC secret of the wrong size");
+                }
+                let mut b = vec![0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).map_err(
+                    |_| TlsError::Generate("no random bytes for the QUIC secret".into()),
+                )?;
+                write_file(&path, &b, true)?;
+                b
+            }
+        };
+        let master = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+        let reset = ring::hmac::sign(&master, b"fieldsync relay: QUIC stateless reset key");
+        let ids = ring::hmac::sign(&master, b"fieldsync relay: QUIC connection id key");
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&ids.as_ref()[..8]);
+        Ok(Self {
+            reset: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref()),
+            connection_ids: u64::from_le_bytes(k),
+        })
     }
 }
 
@@ -387,6 +406,26 @@ pub fn client_config(fingerprint: &str) -> Result<quinn::ClientConfig, TlsError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nodes_quic_keys_survive_a_restart_and_are_its_own() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let first = NodeKeys::load_or_create(a.path()).unwrap();
+        let again = NodeKeys::load_or_create(a.path()).unwrap();
+        let other = NodeKeys::load_or_create(b.path()).unwrap();
+        let tag = |k: &NodeKeys| ring::hmac::sign(&k.reset, b"cid").as_ref().to_vec();
+        assert_eq!(tag(&first), tag(&again));
+        assert_eq!(first.connection_ids, again.connection_ids);
+        assert_ne!(tag(&first), tag(&other));
+        assert_ne!(first.connection_ids, other.connection_ids);
+        // A damaged file is replaced, not an error.
+        fs::write(a.path().join(NODE_SECRET_FILE), b"short").unwrap();
+        assert_ne!(
+            tag(&NodeKeys::load_or_create(a.path()).unwrap()),
+            tag(&first)
+        );
+    }
 
     #[test]
     fn generated_identity_is_reloaded_with_the_same_fingerprint() {

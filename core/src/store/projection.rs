@@ -468,8 +468,20 @@ pub(crate) fn write(
     fresh: bool,
 ) -> rusqlite::Result<()> {
     let id = doc.header().id.to_string();
-    for rows in rows_of(doc, conflicts) {
-        sync_table(tx, &id, rows, fresh)?;
+    let rows = rows_of(doc, conflicts);
+    if !fresh {
+        // Rows of the other kinds' tables cannot belong to this document; a document whose
+        // stored kind was another (bad data) must not keep them. Deleting nothing writes
+        // nothing.
+        for (table, col) in TABLES_BY_DOC {
+            if !rows.iter().any(|r| r.table == *table) {
+                tx.prepare_cached(&format!("DELETE FROM {table} WHERE {col} = ?1"))?
+                    .execute([&id])?;
+            }
+        }
+    }
+    for r in rows {
+        sync_table(tx, &id, r, fresh)?;
     }
     Ok(())
 }

@@ -49,15 +49,19 @@ const RETRY: Duration = Duration::from_secs(1);
 pub struct Fanout {
     tail: Mutex<Tail>,
     hub: Arc<Hub>,
+    /// The store's highest committed sequence number as it publishes it: while the tail is
+    /// behind it, reads go to the store (see [`Fanout::read`]).
+    published: watch::Receiver<u64>,
 }
 
 impl Fanout {
-    /// A fan-out whose tail starts after `high` (the store's highest sequence number now) and
-    /// holds about `cap` bytes.
-    pub fn new(high: u64, cap: usize) -> Arc<Self> {
+    /// A fan-out for `store` whose tail starts after `high` (the store's highest sequence
+    /// number now) and holds about `cap` bytes.
+    pub fn new(store: &RelayStore, high: u64, cap: usize) -> Arc<Self> {
         Arc::new(Self {
             tail: Mutex::new(Tail::new(high, cap)),
             hub: Arc::new(Hub::default()),
+            published: store.subscribe(),
         })
     }
 
@@ -137,9 +141,17 @@ impl Fanout {
     }
 
     /// Entries of `scope` after `after` from the tail, if it can answer (see
-    /// [`Tail::read`]).
+    /// [`Tail::read`]). A tail behind what the store has committed does not answer: the
+    /// follower has not read the newest entries yet (or a replacement that deletes some it
+    /// holds), and a session must see everything acknowledged before its read, as a read of
+    /// the store does.
     fn read(&self, scope: &str, after: u64, max_bytes: usize) -> Option<(Vec<LogEntry>, bool)> {
-        self.tail().read(scope, after, max_bytes)
+        let published = *self.published.borrow();
+        let tail = self.tail();
+        if tail.high() < published {
+            return None;
+        }
+        tail.read(scope, after, max_bytes)
     }
 }
 

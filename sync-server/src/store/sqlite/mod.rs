@@ -289,7 +289,7 @@ impl SqliteRelayStore {
 
     /// The highest sequence number assigned so far.
     pub fn high_seq(&self) -> Result<u64, RelayStoreError> {
-        self.read(|c| {
+        self.read_priority(|c| {
             // Asked before every download batch of every session: parsed once per connection.
             let h: i64 = c
                 .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM log")?
@@ -386,7 +386,8 @@ impl SqliteRelayStore {
         max_bytes: usize,
     ) -> Result<(Vec<(String, LogEntry)>, bool), RelayStoreError> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        self.read(|c| {
+        // One read follows the log for every live connection: downloads must not hold it up.
+        self.read_priority(|c| {
             let mut st = c.prepare_cached(
                 "SELECT seq, doc_id, kind, length(bytes), bytes, hash, moved_to, scope
                  FROM log WHERE seq > ?1 ORDER BY seq",
