@@ -353,26 +353,7 @@ impl SqliteRelayStore {
                 )?;
                 st.query(params![after, scope])?
             };
-            let mut out = Vec::new();
-            let mut used = 0usize;
-            while let Some(r) = rows.next()? {
-                let size =
-                    r.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as usize + ENTRY_OVERHEAD;
-                if !out.is_empty() && used + size > max_bytes {
-                    return Ok((out, true));
-                }
-                used += size;
-                let hash: Option<Vec<u8>> = r.get(5)?;
-                out.push(log_entry(
-                    r.get(0)?,
-                    doc_id(&r.get::<_, Vec<u8>>(1)?)?,
-                    r.get(2)?,
-                    r.get(4)?,
-                    hash.as_deref(),
-                    r.get(6)?,
-                )?);
-            }
-            Ok((out, false))
+            log_page(&mut rows, max_bytes, |_, e| Ok(e))
         })
     }
 
@@ -393,27 +374,7 @@ impl SqliteRelayStore {
                  FROM log WHERE seq > ?1 ORDER BY seq",
             )?;
             let mut rows = st.query([after])?;
-            let mut out = Vec::new();
-            let mut used = 0usize;
-            while let Some(r) = rows.next()? {
-                let size =
-                    r.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as usize + ENTRY_OVERHEAD;
-                if !out.is_empty() && used + size > max_bytes {
-                    return Ok((out, true));
-                }
-                used += size;
-                let hash: Option<Vec<u8>> = r.get(5)?;
-                let entry = log_entry(
-                    r.get(0)?,
-                    doc_id(&r.get::<_, Vec<u8>>(1)?)?,
-                    r.get(2)?,
-                    r.get(4)?,
-                    hash.as_deref(),
-                    r.get(6)?,
-                )?;
-                out.push((r.get(7)?, entry));
-            }
-            Ok((out, false))
+            log_page(&mut rows, max_bytes, |r, e| Ok((r.get(7)?, e)))
         })
     }
 
@@ -674,6 +635,36 @@ impl SqliteRelayStore {
 
 /// A download lane as SQL parameters: the customers (a JSON array of hex ids), 1 for the first
 /// lane or 0 for the rest, and the lane's last log position; `None` for every document.
+/// Log entries from `rows` (columns: seq, doc id, kind, payload length, payload, hash,
+/// `moved_to`, then any the caller reads in `each`) up to `max_bytes` (at least one), and
+/// whether more follow.
+fn log_page<T>(
+    rows: &mut rusqlite::Rows<'_>,
+    max_bytes: usize,
+    each: impl Fn(&rusqlite::Row<'_>, LogEntry) -> Result<T, RelayStoreError>,
+) -> Result<(Vec<T>, bool), RelayStoreError> {
+    let mut out = Vec::new();
+    let mut used = 0usize;
+    while let Some(r) = rows.next()? {
+        let size = r.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as usize + ENTRY_OVERHEAD;
+        if !out.is_empty() && used + size > max_bytes {
+            return Ok((out, true));
+        }
+        used += size;
+        let hash: Option<Vec<u8>> = r.get(5)?;
+        let entry = log_entry(
+            r.get(0)?,
+            doc_id(&r.get::<_, Vec<u8>>(1)?)?,
+            r.get(2)?,
+            r.get(4)?,
+            hash.as_deref(),
+            r.get(6)?,
+        )?;
+        out.push(each(r, entry)?);
+    }
+    Ok((out, false))
+}
+
 fn lane_params(lane: Lane<'_>) -> Option<(String, i64, i64)> {
     let (first, upto) = match lane {
         Lane::All => return None,
