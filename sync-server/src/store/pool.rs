@@ -17,7 +17,7 @@
 //! device can still log in and a revocation still reaches the node.
 //!
 //! The pool is generic over the connection ([`Conn`]) so that its rules are tested without a
-//! database; the store uses it with `postgres::Client`.
+//! database; the stores use it with SQLite connections and PostgreSQL ones (`postgres::conn::PgConn`).
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -28,12 +28,6 @@ use super::RelayStoreError;
 pub(super) trait Conn: Send {
     /// Whether the connection is unusable (closed by the server, the network cut).
     fn is_broken(&self) -> bool;
-}
-
-impl Conn for postgres::Client {
-    fn is_broken(&self) -> bool {
-        self.is_closed()
-    }
 }
 
 impl Conn for rusqlite::Connection {

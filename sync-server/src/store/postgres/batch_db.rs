@@ -7,12 +7,12 @@ use fieldsync_core::protocol::rules::Sender;
 /// A write transaction seen through [`BatchDb`] and [`DeviceDb`] (whose methods take
 /// `&self`).
 pub(super) struct PgTx<'c> {
-    pub(super) tx: RefCell<Transaction<'c>>,
+    pub(super) tx: RefCell<PgTxn<'c>>,
 }
 
 impl<'c> PgTx<'c> {
     /// A transaction that does not append to the log (device changes).
-    pub(super) fn plain(client: &'c mut Client) -> Result<Self, RelayStoreError> {
+    pub(super) fn plain(client: &'c mut PgConn) -> Result<Self, RelayStoreError> {
         Ok(Self {
             tx: RefCell::new(client.transaction()?),
         })
@@ -20,7 +20,7 @@ impl<'c> PgTx<'c> {
 
     /// A transaction that appends to the log: it holds the log counter's row lock until it
     /// commits (see the module docs on sequence numbers).
-    pub(super) fn appending(client: &'c mut Client) -> Result<Self, RelayStoreError> {
+    pub(super) fn appending(client: &'c mut PgConn) -> Result<Self, RelayStoreError> {
         let mut tx = client.transaction()?;
         tx.execute(
             "SELECT value FROM counters WHERE name = $1 FOR UPDATE",
@@ -298,11 +298,7 @@ impl BatchDb for PgTx<'_> {
 }
 
 /// What `device` stored on `day`.
-fn usage_on(
-    c: &mut impl postgres::GenericClient,
-    device: Uuid,
-    day: i64,
-) -> Result<Usage, RelayStoreError> {
+fn usage_on(c: &mut impl Run, device: Uuid, day: i64) -> Result<Usage, RelayStoreError> {
     let row = c.query_opt(
         "SELECT new_docs, bytes FROM device_usage WHERE device = $1 AND day = $2",
         &[&device.as_bytes().as_slice(), &day],

@@ -41,10 +41,7 @@ fn token_row_of(r: &Row) -> Result<TokenRow, RelayStoreError> {
     })
 }
 
-fn device_row(
-    c: &mut impl postgres::GenericClient,
-    id: Uuid,
-) -> Result<Option<DeviceRow>, RelayStoreError> {
+fn device_row(c: &mut impl Run, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError> {
     c.query_opt(
         &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1"),
         &[&id.as_bytes().as_slice()],

@@ -54,17 +54,19 @@ use fieldsync_core::protocol::{DeviceInfo, Lack, LogEntry, Outcome, UploadChange
 use fieldsync_core::{DocId, Role};
 use postgres::fallible_iterator::FallibleIterator as _;
 use postgres::types::ToSql;
-use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
+use postgres::{Client, NoTls, Row};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 mod batch_db;
+mod conn;
 mod devices;
 mod listen;
 mod schema;
 mod scratch;
 
 use batch_db::PgTx;
+use conn::{PgConn, PgTxn, Run};
 use listen::{listen_loop, listener};
 pub use schema::PG_SCHEMA_VERSION;
 use schema::migrate;
@@ -175,14 +177,14 @@ struct Inner {
     epoch: Uuid,
     opts: RelayStoreOptions,
     writer: Mutex<Option<Writer>>,
-    readers: Pool<Client>,
+    readers: Pool<PgConn>,
     touched: Mutex<HashMap<Uuid, Instant>>,
     notify: watch::Sender<u64>,
     devices_notify: watch::Sender<u64>,
 }
 
 struct Writer {
-    client: Client,
+    client: PgConn,
     cache: DocCache,
 }
 
@@ -237,14 +239,14 @@ fn connect_reader(
     tls: &PgTls,
     location: &str,
     statement_timeout: Duration,
-) -> Result<Client, RelayStoreError> {
+) -> Result<PgConn, RelayStoreError> {
     let mut client = connect(config, tls, location)?;
     let ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
     client.batch_execute(&format!("SET statement_timeout = {ms}"))?;
-    Ok(client)
+    Ok(PgConn::new(client))
 }
 
-fn counter(c: &mut impl postgres::GenericClient, name: &str) -> Result<u64, RelayStoreError> {
+fn counter(c: &mut impl Run, name: &str) -> Result<u64, RelayStoreError> {
     let v: Option<i64> = c
         .query_opt("SELECT value FROM counters WHERE name = $1", &[&name])?
         .map(|r| r.try_get(0))
@@ -282,8 +284,9 @@ impl PgRelayStore {
             .parse()
             .map_err(|e| RelayStoreError::Connect(location.clone(), pg_detail(&e)))?;
         let tls = PgTls::configure(&mut config, ca)?;
-        let mut client = connect(&config, &tls, &location)?;
-        migrate(&mut client)?;
+        let mut raw = connect(&config, &tls, &location)?;
+        migrate(&mut raw)?;
+        let mut client = PgConn::new(raw);
         let epoch_bytes: Vec<u8> = client
             .query_one("SELECT value FROM meta WHERE key = 'epoch'", &[])?
             .try_get(0)?;
@@ -451,7 +454,7 @@ impl PgRelayStore {
     /// as busy: see the module docs).
     fn read<T>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, RelayStoreError>,
+        f: impl FnOnce(&mut PgConn) -> Result<T, RelayStoreError>,
     ) -> Result<T, RelayStoreError> {
         self.read_in(Share::Bulk, f)
     }
@@ -460,7 +463,7 @@ impl PgRelayStore {
     /// of the read pool's priority share, which bulk reads cannot exhaust.
     fn read_priority<T>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, RelayStoreError>,
+        f: impl FnOnce(&mut PgConn) -> Result<T, RelayStoreError>,
     ) -> Result<T, RelayStoreError> {
         self.read_in(Share::Priority, f)
     }
@@ -468,7 +471,7 @@ impl PgRelayStore {
     fn read_in<T>(
         &self,
         share: Share,
-        f: impl FnOnce(&mut Client) -> Result<T, RelayStoreError>,
+        f: impl FnOnce(&mut PgConn) -> Result<T, RelayStoreError>,
     ) -> Result<T, RelayStoreError> {
         self.cancel.check()?;
         let mut lent = self.inner.readers.get(share)?;
@@ -478,12 +481,16 @@ impl PgRelayStore {
     /// Runs `f` with the writer connection and this node's cache.
     fn with_writer<T>(
         &self,
-        f: impl FnOnce(&mut Client, &mut DocCache) -> Result<T, RelayStoreError>,
+        f: impl FnOnce(&mut PgConn, &mut DocCache) -> Result<T, RelayStoreError>,
     ) -> Result<T, RelayStoreError> {
         let mut guard = lock(&self.inner.writer);
         if guard.as_ref().is_none_or(|w| w.client.is_closed()) {
             *guard = Some(Writer {
-                client: connect(&self.inner.config, &self.inner.tls, &self.inner.location)?,
+                client: PgConn::new(connect(
+                    &self.inner.config,
+                    &self.inner.tls,
+                    &self.inner.location,
+                )?),
                 cache: DocCache::new(self.inner.opts.cache_docs),
             });
         }
@@ -654,15 +661,15 @@ impl PgRelayStore {
     ) -> Result<(Vec<(String, LogEntry)>, bool), RelayStoreError> {
         let mut cursor = i64::try_from(after).unwrap_or(i64::MAX);
         self.read_priority(|c| {
-            let st = c.prepare(
-                "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash, moved_to, scope
-                   FROM log WHERE seq > $1 ORDER BY seq LIMIT $2",
-            )?;
             let mut out = Vec::new();
             let mut used = 0usize;
             loop {
                 self.cancel.check()?;
-                let rows = c.query(&st, &[&cursor, &PAGE_ROWS])?;
+                let rows = c.query(
+                    "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash, moved_to,
+                       scope FROM log WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&cursor, &PAGE_ROWS],
+                )?;
                 let full = rows.len() as i64 == PAGE_ROWS;
                 for r in rows {
                     let size = r.try_get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as usize
@@ -847,11 +854,7 @@ impl PgRelayStore {
     pub fn missing(&self, docs: &[(DocId, Vec<Hash>)]) -> Result<Vec<Lack>, RelayStoreError> {
         self.read(|c| {
             // One snapshot for the whole answer, as SQLite's read transaction gives.
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?;
+            let mut tx = c.snapshot()?;
             let mut out = Vec::with_capacity(docs.len());
             for chunk in docs.chunks(LOOKUP_CHUNK) {
                 self.cancel.check()?;
@@ -993,7 +996,7 @@ impl PgRelayStore {
     /// slow statements, with it).
     pub(super) fn bulk_read<T>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, RelayStoreError>,
+        f: impl FnOnce(&mut PgConn) -> Result<T, RelayStoreError>,
     ) -> Result<T, RelayStoreError> {
         self.read(f)
     }
