@@ -4,8 +4,9 @@
 //!
 //! Every series is counted where the relay does the work: connections in the accept loop,
 //! frames and bytes where they are read and written, changes from the acknowledgements the
-//! relay sends, errors from the error frames it sends. The PostgreSQL read pool's numbers
-//! (`db_pool_*`) are read from the store at each scrape ([`Metrics::watch_store`]).
+//! relay sends, errors from the error frames it sends. The store's read pool (`db_pool_*`)
+//! and writer (`db_write_*`) are read from the store at each scrape
+//! ([`Metrics::watch_store`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -199,10 +200,12 @@ impl Metrics {
             .inc();
     }
 
-    /// Reports `store`'s PostgreSQL read pool at each scrape: `db_pool_capacity`,
+    /// Reports `store`'s read pool and writer at each scrape: `db_pool_capacity`,
     /// `db_pool_reserved` (kept for authentication), `db_pool_open`, `db_pool_in_use`,
-    /// `db_pool_waits_total` (requests that waited for a connection) and `db_pool_busy_total`
-    /// (requests refused as busy). Nothing for the embedded SQLite store.
+    /// `db_pool_waits_total` (requests that waited for a connection), `db_pool_busy_total`
+    /// (requests refused as busy), and `db_write_transactions_total`,
+    /// `db_write_uploads_total`, `db_write_busy_seconds_total`, `db_write_wait_seconds_total`
+    /// and `db_write_queue`.
     pub fn watch_store(&mut self, store: RelayStore) {
         self.registry
             .register_collector(Box::new(PoolCollector(store)));
@@ -228,7 +231,7 @@ impl Metrics {
     }
 }
 
-/// The store's read pool, read at each scrape.
+/// The store's read pool and writer, read at each scrape.
 #[derive(Debug)]
 struct PoolCollector(RelayStore);
 
@@ -270,6 +273,42 @@ impl Collector for PoolCollector {
         ] {
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
+        let w = self.0.write_stats();
+        for (name, help, c) in [
+            (
+                "db_write_transactions",
+                "Transactions that wrote uploads (uploads queued together share one)",
+                ConstCounter::new(w.transactions),
+            ),
+            (
+                "db_write_uploads",
+                "Uploads written",
+                ConstCounter::new(w.uploads),
+            ),
+        ] {
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        for (name, help, c) in [
+            (
+                "db_write_busy_seconds",
+                "Time the writer spent writing uploads (a rate near 1 means it is saturated)",
+                ConstCounter::new(w.busy.as_secs_f64()),
+            ),
+            (
+                "db_write_wait_seconds",
+                "Time uploads waited for the writer, summed over uploads",
+                ConstCounter::new(w.waited.as_secs_f64()),
+            ),
+        ] {
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let queued = ConstGauge::new(i64::try_from(w.queued).unwrap_or(i64::MAX));
+        queued.encode(encoder.encode_descriptor(
+            "db_write_queue",
+            "Uploads queued for the writer now (being written or waiting)",
+            None,
+            queued.metric_type(),
+        )?)?;
         Ok(())
     }
 }
@@ -417,9 +456,10 @@ mod tests {
     use crate::store::postgres::ScratchDatabase;
     use crate::store::{PgRelayStore, RelayStoreOptions, SqliteRelayStore};
 
-    /// The read pool is reported at each scrape, whichever backend holds the store.
+    /// The read pool and the writer are reported at each scrape, whichever backend holds
+    /// the store.
     #[test]
-    fn the_read_pool_is_reported_for_both_backends() {
+    fn the_read_pool_and_writer_are_reported_for_both_backends() {
         let db = ScratchDatabase::create(&ScratchDatabase::server_url())
             .expect("this test needs PostgreSQL (FIELDSYNC_TEST_PG)");
         let store = PgRelayStore::open(db.url(), RelayStoreOptions::default()).unwrap();
@@ -451,6 +491,9 @@ mod tests {
             "fieldsync_relay_db_pool_reserved 2",
             "fieldsync_relay_db_pool_open 1",
             "fieldsync_relay_db_pool_in_use 0",
+            "fieldsync_relay_db_write_transactions_total 0",
+            "fieldsync_relay_db_write_uploads_total 0",
+            "fieldsync_relay_db_write_queue 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
         }

@@ -127,6 +127,34 @@ pub fn free_udp_addr() -> anyhow::Result<SocketAddr> {
     Ok(s.local_addr()?)
 }
 
+/// A free TCP port on 127.0.0.1 (as [`free_udp_addr`]).
+pub fn free_tcp_addr() -> anyhow::Result<SocketAddr> {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").context("binding a TCP socket")?;
+    Ok(s.local_addr()?)
+}
+
+/// The numeric series of a relay's `/metrics` page at `addr`, by name (labelled series
+/// keep their labels in the name).
+pub fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).context("connecting to the metrics port")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut page = String::new();
+    s.read_to_string(&mut page)?;
+    Ok(page
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect())
+}
+
 /// A `fieldsync-relay serve` child process.
 #[derive(Debug)]
 pub struct RelayProcess {

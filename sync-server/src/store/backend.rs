@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::{
     AuditRecord, Cancel, DeviceRecord, Enrolment, EnrolmentRecord, PgRelayStore, PoolStats,
-    RelayStatus, RelayStoreError, Replacement, Revoked, SnapshotPage, SqliteRelayStore,
+    RelayStatus, RelayStoreError, Replacement, Revoked, SnapshotPage, SqliteRelayStore, WriteStats,
 };
 
 /// The relay's store: one of the backends (see the module docs). Cloning gives another
@@ -131,6 +131,18 @@ impl RelayStore {
     /// The read pool's numbers now, for metrics.
     pub fn pool_stats(&self) -> PoolStats {
         each!(self, s => s.pool_stats())
+    }
+
+    /// What the writer did with uploads so far: transactions, uploads, time busy and time
+    /// uploads waited for it.
+    pub fn write_stats(&self) -> WriteStats {
+        each!(self, s => s.write_stats())
+    }
+
+    /// Runs `f` while holding the writer (as a long upload would).
+    #[cfg(test)]
+    pub(super) fn holding_writer<T>(&self, f: impl FnOnce() -> T) -> Result<T, RelayStoreError> {
+        each!(self, s => s.holding_writer(f))
     }
 
     /// The relay's epoch (created with the database).

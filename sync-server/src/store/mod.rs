@@ -8,6 +8,8 @@
 //!   (`devices`); PostgreSQL adds the notification listener (`listen`) and scratch databases
 //!   for tests (`scratch`).
 //! - `pool`: the bounded pool of read connections both backends read through.
+//! - `write_queue`: group commit, the uploads waiting for a backend's writer written in one
+//!   transaction.
 //! - the upload rules (validation, budgets, quotas, scope moves and their grace period, the
 //!   document cache) are `fieldsync_core::protocol::rules`, written once over its `BatchDb`
 //!   trait, which each backend implements with its own SQL inside its write transaction (and
@@ -29,6 +31,7 @@ mod replace;
 pub(crate) mod sqlite;
 #[cfg(test)]
 mod tests;
+mod write_queue;
 
 use fieldsync_core::ids::ALL_SCOPES;
 use std::collections::HashMap;
@@ -63,6 +66,7 @@ pub use postgres::PgRelayStore;
 pub use replace::Replacement;
 pub use sqlite::SqliteRelayStore;
 pub use sqlite::{APPLICATION_ID, SCHEMA_VERSION};
+pub use write_queue::WriteStats;
 
 /// File name of the relay database inside the data directory.
 pub const DB_FILE: &str = "relay.db";

@@ -245,6 +245,7 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
     // Relay nodes: one, or several sharing the database (and one certificate: tokens and
     // clients pin one fingerprint).
     let mut relays = Vec::with_capacity(cli.nodes);
+    let mut metrics_addrs = Vec::with_capacity(cli.nodes);
     for node in 0..cli.nodes {
         let data = data_of(node);
         std::fs::create_dir_all(&data)?;
@@ -256,6 +257,9 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
         if let Some(db) = &scratch {
             toml.push_str(&format!("database = \"{}\"\n", db.url()));
         }
+        let metrics = procs::free_tcp_addr()?;
+        toml.push_str(&format!("metrics_listen = \"{metrics}\"\n"));
+        metrics_addrs.push(metrics);
         if node > 0 {
             let first = data_of(0);
             toml.push_str(&format!(
@@ -443,6 +447,7 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
         .filter_map(|(r, _)| procs::cpu_seconds(r.pid()))
         .sum::<f64>();
     let self_cpu = procs::cpu_seconds(me);
+    let writer_before = writer_stats(&metrics_addrs);
     let holder_cpu = |holders: &[(std::process::Child, std::process::ChildStdout)]| -> f64 {
         holders
             .iter()
@@ -544,6 +549,11 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
         .filter_map(|(r, _)| procs::cpu_seconds(r.pid()))
         .sum::<f64>();
     let self_cpu = self_cpu.zip(procs::cpu_seconds(me)).map(|(a, b)| b - a);
+    // A restarted node's counters started again: the writer line needs both ends.
+    let writer = match (writer_before, writer_stats(&metrics_addrs), &restart) {
+        (Some(a), Some(b), None) => Some(b.minus(&a)),
+        _ => None,
+    };
     let holders_cpu = holder_cpu(&holders) - holders_before;
     let total_edits = edits.load(Ordering::Relaxed);
 
@@ -672,6 +682,16 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
             1e6 * relay_cpu / (deliveries.max(1) as f64)
         );
     }
+    if let Some(w) = writer {
+        println!(
+            "relay writer            {:.0} uploads in {:.0} transactions ({:.1} per transaction); busy {:.0} % of the run per node; an upload waited {:.1} ms on average",
+            w.uploads,
+            w.transactions,
+            w.uploads / w.transactions.max(1.0),
+            100.0 * w.busy / edit_secs / cli.nodes as f64,
+            1000.0 * w.waited / w.uploads.max(1.0)
+        );
+    }
     if let Some(c) = self_cpu {
         println!(
             "load process CPU        {c:.1} s ({:.0} % of one core): the {} replicas applying and editing",
@@ -740,6 +760,41 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
 }
 
 /// Waits until every handle finished a sync (or `timeout`); returns how many did.
+/// The relay nodes' writers, summed (`db_write_*` metrics); `None` if a node does not
+/// answer.
+fn writer_stats(nodes: &[std::net::SocketAddr]) -> Option<Writer> {
+    let mut w = Writer::default();
+    for addr in nodes {
+        let m = procs::scrape_metrics(*addr).ok()?;
+        let get = |k: &str| m.get(&format!("fieldsync_relay_db_write_{k}")).copied();
+        w.transactions += get("transactions_total")?;
+        w.uploads += get("uploads_total")?;
+        w.busy += get("busy_seconds_total")?;
+        w.waited += get("wait_seconds_total")?;
+    }
+    Some(w)
+}
+
+/// What the relay writers did (see [`writer_stats`]).
+#[derive(Default)]
+struct Writer {
+    transactions: f64,
+    uploads: f64,
+    busy: f64,
+    waited: f64,
+}
+
+impl Writer {
+    fn minus(&self, before: &Self) -> Self {
+        Self {
+            transactions: self.transactions - before.transactions,
+            uploads: self.uploads - before.uploads,
+            busy: self.busy - before.busy,
+            waited: self.waited - before.waited,
+        }
+    }
+}
+
 async fn caught_up(handles: &[SyncHandle], timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {

@@ -47,6 +47,11 @@ impl DocCache {
         self.docs.insert(id, (doc, self.tick, updated_seq));
     }
 
+    /// Drops every document (after a transaction that may have cached some rolled back).
+    pub fn clear(&mut self) {
+        self.docs.clear();
+    }
+
     /// How many documents it holds at most.
     pub fn cap(&self) -> usize {
         self.cap

@@ -564,8 +564,10 @@ pub struct Appended {
 }
 
 impl Appended {
-    /// Caches the documents the upload loaded; call it after the commit (a rolled-back
-    /// upload must not leave its documents in the cache).
+    /// Caches the documents the upload loaded: after the commit, or before it when the next
+    /// upload of the same transaction may need them, clearing the cache should the
+    /// transaction roll back (a rolled-back upload must not leave its documents in the
+    /// cache).
     pub fn cache_into(&mut self, cache: &mut DocCache) {
         for (id, w) in self.loaded.drain() {
             // Only documents the relay holds: a refused first change leaves an empty one.

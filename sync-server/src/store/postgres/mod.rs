@@ -73,6 +73,7 @@ use schema::migrate;
 pub use scratch::ScratchDatabase;
 
 use super::pool::{Pool, PoolStats, Share};
+use super::write_queue::{Upload, WriteQueue, WriteStats};
 use super::{
     AuditRecord, BatchDb, Cancel, DeviceBackend, DeviceDb, DeviceRecord, DeviceRow, DocCache,
     DocMeta, DocRow, ENTRY_OVERHEAD, Enrolment, EnrolmentRecord, Holder, KIND_CHANGES,
@@ -177,6 +178,7 @@ struct Inner {
     epoch: Uuid,
     opts: RelayStoreOptions,
     writer: Mutex<Option<Writer>>,
+    appends: WriteQueue,
     readers: Pool<PgConn>,
     touched: Mutex<HashMap<Uuid, Instant>>,
     notify: watch::Sender<u64>,
@@ -313,6 +315,7 @@ impl PgRelayStore {
                     client,
                     cache: DocCache::new(opts.cache_docs),
                 })),
+                appends: WriteQueue::default(),
                 opts,
                 readers,
                 touched: Mutex::new(HashMap::new()),
@@ -484,8 +487,17 @@ impl PgRelayStore {
         f: impl FnOnce(&mut PgConn, &mut DocCache) -> Result<T, RelayStoreError>,
     ) -> Result<T, RelayStoreError> {
         let mut guard = lock(&self.inner.writer);
-        if guard.as_ref().is_none_or(|w| w.client.is_closed()) {
-            *guard = Some(Writer {
+        let w = self.writer_in(&mut guard)?;
+        f(&mut w.client, &mut w.cache)
+    }
+
+    /// The writer in its slot, connected again if its connection broke.
+    fn writer_in<'w>(
+        &self,
+        slot: &'w mut Option<Writer>,
+    ) -> Result<&'w mut Writer, RelayStoreError> {
+        if slot.as_ref().is_none_or(|w| w.client.is_closed()) {
+            *slot = Some(Writer {
                 client: PgConn::new(connect(
                     &self.inner.config,
                     &self.inner.tls,
@@ -494,15 +506,19 @@ impl PgRelayStore {
                 cache: DocCache::new(self.inner.opts.cache_docs),
             });
         }
-        let Some(w) = guard.as_mut() else {
-            return Err(RelayStoreError::Invalid("no writer connection".into()));
-        };
-        f(&mut w.client, &mut w.cache)
+        slot.as_mut()
+            .ok_or_else(|| RelayStoreError::Invalid("no writer connection".into()))
+    }
+
+    /// What the writer did with uploads so far (for metrics).
+    pub fn write_stats(&self) -> WriteStats {
+        self.inner.appends.stats()
     }
 
     /// Validates and durably stores uploaded changes (see
-    /// [`super::SqliteRelayStore::append_changes`]); one transaction for the whole batch,
-    /// serialised with every other node's appends by the log counter's row lock.
+    /// [`super::SqliteRelayStore::append_changes`]): in one transaction with the uploads
+    /// queued meanwhile on this node (`store::write_queue`), serialised with every other
+    /// node's appends by the log counter's row lock.
     pub fn append_changes(
         &self,
         device: &DeviceInfo,
@@ -512,28 +528,50 @@ impl PgRelayStore {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let (outcomes, high) = self.with_writer(|client, cache| {
-            let db = PgTx::appending(client)?;
-            let mut done = append_batch(
-                &db,
-                cache,
-                &self.inner.opts.upload_rules(),
-                device,
-                changes,
-                relayed,
-            )?;
-            let mut tx = db.tx.into_inner();
-            if let Some(h) = done.high {
-                tx.execute("SELECT pg_notify($1, $2)", &[&LOG_CHANNEL, &h.to_string()])?;
-            }
-            tx.commit()?;
-            done.cache_into(cache);
-            Ok((done.outcomes, done.high))
-        })?;
-        if let Some(h) = high {
-            self.raise_high(h.max(0) as u64);
-        }
-        Ok(outcomes)
+        let upload = Upload {
+            device: device.clone(),
+            changes: changes.to_vec(),
+            relayed,
+        };
+        let rules = self.inner.opts.upload_rules();
+        self.inner
+            .appends
+            .append(&self.inner.writer, upload, |w, group| {
+                let w = self.writer_in(w)?;
+                let Writer { client, cache } = w;
+                let written = (|| {
+                    let db = PgTx::appending(client)?;
+                    let mut outcomes = Vec::with_capacity(group.len());
+                    let mut high = None;
+                    for u in group {
+                        let mut done =
+                            append_batch(&db, cache, &rules, &u.device, &u.changes, u.relayed)?;
+                        high = high.max(done.high);
+                        // The next upload of the group may write the same document.
+                        done.cache_into(cache);
+                        outcomes.push(done.outcomes);
+                    }
+                    let mut tx = db.tx.into_inner();
+                    if let Some(h) = high {
+                        tx.execute("SELECT pg_notify($1, $2)", &[&LOG_CHANNEL, &h.to_string()])?;
+                    }
+                    tx.commit()?;
+                    Ok::<_, RelayStoreError>((outcomes, high))
+                })();
+                match written {
+                    Ok((outcomes, high)) => {
+                        if let Some(h) = high {
+                            self.raise_high(h.max(0) as u64);
+                        }
+                        Ok(outcomes)
+                    }
+                    Err(e) => {
+                        // Rolled back: what the group cached may not be in the database.
+                        cache.clear();
+                        Err(e)
+                    }
+                }
+            })
     }
 
     /// Replaces document `id`'s history (see [`super::SqliteRelayStore::replace_history`]),

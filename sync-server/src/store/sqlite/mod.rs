@@ -1,6 +1,7 @@
 //! [`SqliteRelayStore`]: the relay's store in one SQLite file (WAL, `synchronous=FULL`).
 //!
 //! Writes (`append_changes`, device changes) go through one writer connection behind a mutex;
+//! uploads queue for it and are committed in groups (`store::write_queue`);
 //! SQLite's single writer assigns the log's sequence numbers inside the transaction that stores
 //! the entries, so a reader can never skip an entry that commits later with a lower number.
 //! Reads (`read_log`, `read_snapshots`, `missing`, `authenticate`) use a bounded pool of
@@ -12,6 +13,7 @@
 //! policy is `store::devices`, over `devices`' `DeviceDb` and `DeviceBackend`.
 
 use super::pool::{Pool, PoolStats, Share};
+use super::write_queue::{Upload, WriteQueue, WriteStats};
 use super::*;
 use fieldsync_core::store::{OpenError, open_sqlite};
 
@@ -33,6 +35,7 @@ pub(super) struct Inner {
     pub(super) epoch: Uuid,
     pub(super) opts: RelayStoreOptions,
     pub(super) writer: Mutex<Writer>,
+    pub(super) appends: WriteQueue,
     pub(super) readers: Pool<Connection>,
     pub(super) touched: Mutex<HashMap<Uuid, Instant>>,
     pub(super) notify: watch::Sender<u64>,
@@ -138,6 +141,7 @@ impl SqliteRelayStore {
                     conn,
                     cache: DocCache::new(opts.cache_docs),
                 }),
+                appends: WriteQueue::default(),
                 opts,
                 touched: Mutex::new(HashMap::new()),
                 notify,
@@ -243,6 +247,11 @@ impl SqliteRelayStore {
         self.inner.readers.stats()
     }
 
+    /// What the writer did with uploads so far (for metrics).
+    pub fn write_stats(&self) -> WriteStats {
+        self.inner.appends.stats()
+    }
+
     /// Runs `f` in a write transaction.
     pub(super) fn write<T>(
         &self,
@@ -257,8 +266,9 @@ impl SqliteRelayStore {
         Ok(v)
     }
 
-    /// Validates and durably stores uploaded changes (see [`fieldsync_core::protocol::RelayStorage::append`]); one
-    /// transaction for the whole batch, committed before returning.
+    /// Validates and durably stores uploaded changes (see
+    /// [`fieldsync_core::protocol::RelayStorage::append`]): in one transaction with the
+    /// uploads queued meanwhile (`store::write_queue`), committed before returning.
     pub fn append_changes(
         &self,
         device: &DeviceInfo,
@@ -268,23 +278,51 @@ impl SqliteRelayStore {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut guard = lock(&self.inner.writer);
-        let Writer { conn, cache } = &mut *guard;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut done = append_batch(
-            &SqlTx(&tx),
-            cache,
-            &self.inner.opts.upload_rules(),
-            device,
-            changes,
+        let upload = Upload {
+            device: device.clone(),
+            changes: changes.to_vec(),
             relayed,
-        )?;
-        tx.commit()?;
-        done.cache_into(cache);
-        if let Some(h) = done.high {
-            self.inner.notify.send_replace(h.max(0) as u64);
-        }
-        Ok(done.outcomes)
+        };
+        let rules = self.inner.opts.upload_rules();
+        self.inner
+            .appends
+            .append(&self.inner.writer, upload, |w, group| {
+                let Writer { conn, cache } = w;
+                let written = (|| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let mut outcomes = Vec::with_capacity(group.len());
+                    let mut high = None;
+                    for u in group {
+                        let mut done = append_batch(
+                            &SqlTx(&tx),
+                            cache,
+                            &rules,
+                            &u.device,
+                            &u.changes,
+                            u.relayed,
+                        )?;
+                        high = high.max(done.high);
+                        // The next upload of the group may write the same document.
+                        done.cache_into(cache);
+                        outcomes.push(done.outcomes);
+                    }
+                    tx.commit()?;
+                    Ok::<_, RelayStoreError>((outcomes, high))
+                })();
+                match written {
+                    Ok((outcomes, high)) => {
+                        if let Some(h) = high {
+                            self.inner.notify.send_replace(h.max(0) as u64);
+                        }
+                        Ok(outcomes)
+                    }
+                    Err(e) => {
+                        // Rolled back: what the group cached may not be in the database.
+                        cache.clear();
+                        Err(e)
+                    }
+                }
+            })
     }
 
     /// The highest sequence number assigned so far.
@@ -678,4 +716,13 @@ fn lane_params(lane: Lane<'_>) -> Option<(String, i64, i64)> {
         .collect();
     let json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
     Some((json, first, i64::try_from(upto).unwrap_or(i64::MAX)))
+}
+
+#[cfg(test)]
+impl SqliteRelayStore {
+    /// Runs `f` while holding the writer (as a long upload would).
+    pub(super) fn holding_writer<T>(&self, f: impl FnOnce() -> T) -> Result<T, RelayStoreError> {
+        let _w = lock(&self.inner.writer);
+        Ok(f())
+    }
 }

@@ -609,3 +609,74 @@ fn the_live_tail_answers_every_read_as_the_store_does() {
         assert_eq!(got, want);
     });
 }
+
+/// Uploads that queue while the writer is busy are written in one transaction, the same
+/// document included: each is judged on its own and stored, and the relay's copy of the
+/// document holds every one of them.
+#[test]
+fn uploads_queued_together_are_each_stored_in_one_transaction() {
+    each_backend(|open| {
+        let mut r = open();
+        let mut a = device(Role::Rep, &["north"]);
+        let c = a.customer("Zeta Mining", "north");
+        let created = a.outbox();
+        assert_eq!(stored(&r.append(&a.info, &created, false).unwrap()), 1);
+        // Six more laptops hold the customer and each changes its notes.
+        let uploads: Vec<(DeviceInfo, Vec<UploadChange>)> = (0..6)
+            .map(|i| {
+                let mut b = device(Role::Rep, &["north"]);
+                b.store
+                    .transaction(|tx| tx.apply_changes(c, &[created[0].bytes.clone()]))
+                    .unwrap();
+                b.edit(
+                    c,
+                    CustomerEdit::Set(CustomerField::ShortName, format!("Zeta {i}")),
+                );
+                let change = b.outbox().pop().unwrap();
+                (b.info.clone(), vec![change])
+            })
+            .collect();
+        let before = r.write_stats();
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let (taken, is_taken) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let busy = r.clone();
+            s.spawn(move || {
+                busy.holding_writer(|| {
+                    taken.send(()).unwrap();
+                    let _ = held.recv();
+                })
+                .unwrap()
+            });
+            is_taken.recv().unwrap();
+            let appends: Vec<_> = uploads
+                .iter()
+                .map(|(info, up)| {
+                    let mut r = r.clone();
+                    s.spawn(move || r.append(info, up, false).unwrap())
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while r.write_stats().queued < uploads.len() {
+                assert!(Instant::now() < deadline, "{:?}", r.write_stats());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(hold);
+            for a in appends {
+                assert_eq!(stored(&a.join().unwrap()), 1);
+            }
+        });
+        let after = r.write_stats();
+        assert_eq!(after.uploads - before.uploads, 6);
+        assert_eq!(after.transactions - before.transactions, 1, "{after:?}");
+        assert_eq!(after.queued, 0);
+        assert_eq!(r.high_seq().unwrap(), 7);
+        // The stored document holds all six edits as concurrent heads.
+        let (snaps, _) = r
+            .read_snapshots("north", None, usize::MAX, Lane::All)
+            .unwrap();
+        let mut doc = load_snapshot(&snaps[0].1).unwrap();
+        assert_eq!(doc.get_heads().len(), 6);
+        assert_eq!(r.status().unwrap().changes, 7);
+    });
+}
