@@ -91,7 +91,9 @@ pub struct RelayConfig {
     /// Most simultaneous client connections; further ones are refused. Default: 1024.
     pub max_connections: usize,
     /// Most connections that have not authenticated yet; one more closes the oldest of them
-    /// (and new peers must prove their address first while half are in use). Default: 64.
+    /// (and new peers must prove their address first while half are in use). Default: 256,
+    /// for a fleet reconnecting at once after a relay restart: about the laptops that come
+    /// back per second times the seconds their slowest links take to say `Hello`.
     pub max_unauthenticated: usize,
     /// Most authenticated connections of one device; a new login closes its oldest.
     /// Default: 4.
@@ -156,7 +158,7 @@ impl Default for RelayConfig {
             cert: None,
             key: None,
             max_connections: 1024,
-            max_unauthenticated: 64,
+            max_unauthenticated: 256,
             max_connections_per_device: 4,
             max_batch_bytes: limits.max_batch_bytes,
             max_upload_changes: limits.max_upload_changes,

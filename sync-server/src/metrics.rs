@@ -43,6 +43,9 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Connections refused at the `max_connections` limit.
     pub connections_refused: Counter,
+    /// Connections closed to make room for another, by reason (`unauthenticated`: the oldest
+    /// of too many waiting to authenticate; `device`: the oldest of a device's connections).
+    pub connections_evicted: Family<Labels, Counter>,
     /// Devices that completed the handshake.
     pub logins: Counter,
     /// Frames received, by message type.
@@ -84,6 +87,7 @@ impl Metrics {
             connections: Counter::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            connections_evicted: Family::default(),
             logins: Counter::default(),
             frames_received: Family::default(),
             frames_sent: Family::default(),
@@ -112,6 +116,11 @@ impl Metrics {
             "connections_refused",
             "Connections refused at the max_connections limit",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_evicted",
+            "Connections closed to make room for another, by reason",
+            m.connections_evicted.clone(),
         );
         registry.register(
             "logins",
@@ -191,6 +200,13 @@ impl Metrics {
         self.quota_refusals
             .get_or_create(&vec![("quota", quota.to_string())])
             .inc();
+    }
+
+    /// Counts `n` connections closed to make room for another.
+    pub fn evicted(&self, reason: &str, n: usize) {
+        self.connections_evicted
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc_by(n as u64);
     }
 
     /// Counts an error frame.

@@ -109,8 +109,7 @@ impl Relay {
                 .context("checking the certificate against the database")??;
         }
         let server_config = server_config(&identity, &config)?;
-        let socket = std::net::UdpSocket::bind(config.listen)
-            .with_context(|| format!("binding {}", config.listen))?;
+        let socket = udp_socket(config.listen)?;
         let keys = {
             let dir = config.data_dir.clone();
             tokio::task::spawn_blocking(move || tls::NodeKeys::load_or_create(&dir))
@@ -118,10 +117,12 @@ impl Relay {
                 .context("loading the QUIC secret")??
         };
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(keys.reset));
-        // After a restart every laptop's next packet draws a reset: quinn's default of one
-        // reset per 20 ms would take 20 s for 1,000 laptops. A reset is smaller than the
-        // packet that draws it, so a faster pace amplifies nothing.
-        endpoint_config.min_reset_interval(Duration::from_millis(2));
+        // After a restart every laptop's next packet draws a reset. quinn paces resets with
+        // one clock reading per batch of received datagrams, so any interval lets at most
+        // one reset out per batch, and a laptop whose packet drew none waits for its next
+        // keep-alive. Resets are not paced: one is always smaller than the packet that draws
+        // it, so a flood of garbage gets back less than it sent and amplifies nothing.
+        endpoint_config.min_reset_interval(Duration::ZERO);
         let cid_key = keys.connection_ids;
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
@@ -389,10 +390,40 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Re
     };
     let (ticket, evicted) = shared.admission.arrive(&conn);
     if evicted > 0 {
+        shared.metrics.evicted("unauthenticated", evicted);
         debug!(%remote, evicted, "closed the oldest connection waiting to authenticate");
     }
     let device = serve_connection(conn, remote, &shared, &mut stop, ticket).await;
     shared.admission.leave(ticket, device);
+}
+
+/// The UDP socket the relay serves on, with room for a burst of datagrams.
+///
+/// When a fleet reconnects at once (after a restart) a kernel's default receive buffer
+/// (about 200 KiB) overflows while the relay works through the handshakes, and a dropped
+/// Initial costs its laptop a retransmission timeout that doubles with each loss. The
+/// buffers are asked for 8 MiB; the kernel grants at most its `net.core.rmem_max` /
+/// `wmem_max` (raise those for a large fleet).
+fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    const BUFFER: usize = 8 << 20;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .with_context(|| format!("opening a UDP socket for {addr}"))?;
+    for (what, set) in [
+        (
+            "receive",
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
+        ),
+        ("send", Socket::set_send_buffer_size),
+    ] {
+        if let Err(e) = set(&socket, BUFFER) {
+            warn!(error = %e, "cannot enlarge the UDP {what} buffer; a reconnect burst may drop packets");
+        }
+    }
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding {addr}"))?;
+    Ok(socket.into())
 }
 
 /// Serves one connection until it ends; returns the device it authenticated as, if any.
@@ -688,6 +719,7 @@ impl Link {
             info!(device = %d.device_id, name = %d.name, role = %d.role, remote = %self.remote, "device connected");
             let closed = self.admission.login(self.ticket, d.device_id);
             if closed > 0 {
+                self.metrics.evicted("device", closed);
                 info!(device = %d.device_id, closed, "closed the device's oldest connection: it holds its budget of connections");
             }
         }

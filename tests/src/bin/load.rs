@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use fieldsync_client::fieldsync_core::store::{Durability, StoreOptions};
-use fieldsync_client::sync::{BackoffConfig, SyncConfig, SyncHandle, SyncState};
+use fieldsync_client::sync::{SyncConfig, SyncHandle, SyncState};
 use fieldsync_client::{Client, CustomerEdit, CustomerField, DocId, NewCustomer, Origin, Role};
 use fieldsync_relay::store::postgres::ScratchDatabase;
 use fieldsync_relay::tls::{CERT_FILE, KEY_FILE};
@@ -282,14 +282,10 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
     let config_of = |i: usize, secret: &str| {
         let mut cfg = SyncConfig::new(addrs[i % addrs.len()].clone(), fingerprint.clone());
         cfg.credential = Some(secret.to_string());
+        // The laptop's defaults (keep-alive, idle timeout, backoff), with longer timeouts for
+        // answers: a thousand clients in one process on two shared cores answer slowly.
         cfg.connect_timeout = Duration::from_secs(30);
         cfg.response_timeout = Duration::from_secs(120);
-        cfg.idle_timeout = Duration::from_secs(60);
-        cfg.keep_alive = Duration::from_secs(10);
-        cfg.backoff = BackoffConfig {
-            min: Duration::from_millis(500),
-            max: Duration::from_secs(10),
-        };
         cfg
     };
 
@@ -520,20 +516,40 @@ async fn run(cli: Cli, duration: Duration) -> anyhow::Result<()> {
         relays.insert(0, (relay, config));
         let nodes = relays.len();
         // Settled: every client of the node has a new connection and is caught up on it.
+        // (A client counts once it has been caught up on its new connection: with edits
+        // going on, at any moment some are receiving one.)
         let mut settled = None;
+        let mut shown = Duration::ZERO;
+        let mut done = vec![false; handles.len()];
         while killed.elapsed() < Duration::from_secs(120) {
-            let waiting = handles
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % nodes == 0)
-                .filter(|(i, h)| {
-                    let s = h.status();
-                    s.connections <= before[*i] || s.state != SyncState::CaughtUp
-                })
-                .count();
+            let (mut back, mut waiting) = (0, 0);
+            for (i, h) in handles.iter().enumerate().filter(|(i, _)| i % nodes == 0) {
+                let s = h.status();
+                let reconnected = s.connections > before[i];
+                back += usize::from(reconnected);
+                done[i] |= reconnected && s.state == SyncState::CaughtUp;
+                waiting += usize::from(!done[i]);
+            }
             if waiting == 0 {
                 settled = Some(killed.elapsed());
                 break;
+            }
+            if killed.elapsed() >= shown + Duration::from_secs(5) {
+                shown += Duration::from_secs(5);
+                let m = procs::scrape_metrics(metrics_addrs[0]).unwrap_or_default();
+                let evicted = m
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("fieldsync_relay_connections_evicted_total"))
+                    .map(|(_, v)| *v as u64)
+                    .sum::<u64>();
+                println!(
+                    "  +{:>3} s: {back} reconnected, {} caught up; relay: {} connections accepted, {evicted} evicted",
+                    shown.as_secs(),
+                    handles.len().div_ceil(nodes) - waiting,
+                    m.get("fieldsync_relay_connections_total")
+                        .copied()
+                        .unwrap_or(0.0),
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
