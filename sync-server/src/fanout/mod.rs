@@ -20,7 +20,7 @@
 pub mod hub;
 pub mod tail;
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use fieldsync_core::DocId;
@@ -42,12 +42,17 @@ pub const DEFAULT_TAIL_BYTES: usize = 32 << 20;
 const READ_BYTES: usize = 1 << 20;
 /// Wait before the follower tries again after the store failed.
 const RETRY: Duration = Duration::from_secs(1);
+/// Longest a read waits for the follower to bring the tail up to what the store committed
+/// before it reads the store instead.
+const CATCH_UP_WAIT: Duration = Duration::from_millis(250);
 
 /// The tail, the subscriptions, and the follower that keeps them current (see the module
 /// docs).
 #[derive(Debug)]
 pub struct Fanout {
     tail: Mutex<Tail>,
+    /// Signalled (with the tail's lock) whenever the tail's high moves.
+    moved: Condvar,
     hub: Arc<Hub>,
     /// The store's highest committed sequence number as it publishes it: while the tail is
     /// behind it, reads go to the store (see [`Fanout::read`]).
@@ -60,6 +65,7 @@ impl Fanout {
     pub fn new(store: &RelayStore, high: u64, cap: usize) -> Arc<Self> {
         Arc::new(Self {
             tail: Mutex::new(Tail::new(high, cap)),
+            moved: Condvar::new(),
             hub: Arc::new(Hub::default()),
             published: store.subscribe(),
         })
@@ -99,6 +105,7 @@ impl Fanout {
                 .map(|(_, e)| e.entry.raw_len() + tail::ENTRY_OVERHEAD)
                 .sum::<usize>();
             let added = self.tail().extend(entries, upto);
+            self.moved.notify_all();
             self.hub.wake(added.scopes.iter().map(|s| &**s), added.all);
             if !more {
                 return Ok(());
@@ -106,6 +113,7 @@ impl Fanout {
             if read > self.tail().cap() {
                 let high = store.high_seq()?;
                 self.tail().restart(high);
+                self.moved.notify_all();
                 self.hub.wake_everyone();
                 return Ok(());
             }
@@ -141,15 +149,25 @@ impl Fanout {
     }
 
     /// Entries of `scope` after `after` from the tail, if it can answer (see
-    /// [`Tail::read`]). A tail behind what the store has committed does not answer: the
-    /// follower has not read the newest entries yet (or a replacement that deletes some it
-    /// holds), and a session must see everything acknowledged before its read, as a read of
-    /// the store does.
+    /// [`Tail::read`]). A session must see everything acknowledged before its read, as a read
+    /// of the store does (a laptop's one-off sync that ends "caught up" holds every change
+    /// acknowledged before it asked). While the tail is behind what the store has committed,
+    /// the follower is reading the newest entries (or a replacement that deletes some the
+    /// tail holds): the read waits for it, up to [`CATCH_UP_WAIT`], rather than every woken
+    /// connection reading the store meanwhile; a follower that does not catch up in time
+    /// leaves the read to the store.
     fn read(&self, scope: &str, after: u64, max_bytes: usize) -> Option<(Vec<LogEntry>, bool)> {
         let published = *self.published.borrow();
-        let tail = self.tail();
+        let mut tail = self.tail();
         if tail.high() < published {
-            return None;
+            tail = self
+                .moved
+                .wait_timeout_while(tail, CATCH_UP_WAIT, |t| t.high() < published)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            if tail.high() < published {
+                return None;
+            }
         }
         tail.read(scope, after, max_bytes)
     }

@@ -590,23 +590,36 @@ fn the_live_tail_answers_every_read_as_the_store_does() {
                 }
             }
         }
-        // A tail behind what the store committed does not answer: a session sees every
-        // acknowledged change, as a read of the store does, before the follower caught up.
-        let fanout = Fanout::new(&r, 0, 1 << 20);
-        fanout.catch_up(&r).unwrap();
-        a.edit(
-            c2,
-            CustomerEdit::Set(CustomerField::Industry, "newest".into()),
-        );
-        r.append(&a.info, &a.outbox(), false).unwrap();
-        let mut live = LiveStore {
-            store: r.clone(),
-            fanout: fanout.clone(),
-        };
-        let want = r.read_log("north", high, usize::MAX, Lane::All).unwrap();
-        assert_eq!(want.0.len(), 1);
-        let got = RelayStorage::read_log(&mut live, "north", high, usize::MAX, Lane::All).unwrap();
-        assert_eq!(got, want);
+        // A tail behind what the store committed does not answer before the follower caught
+        // up: a session sees every acknowledged change, as a read of the store does. It waits
+        // for the follower (here, one that comes 50 ms later), or else reads the store.
+        for follower in [true, false] {
+            let fanout = Fanout::new(&r, 0, 1 << 20);
+            fanout.catch_up(&r).unwrap();
+            a.edit(
+                c2,
+                CustomerEdit::Set(CustomerField::Industry, "newest".into()),
+            );
+            r.append(&a.info, &a.outbox(), false).unwrap();
+            let mut live = LiveStore {
+                store: r.clone(),
+                fanout: fanout.clone(),
+            };
+            let want = r.read_log("north", high, usize::MAX, Lane::All).unwrap();
+            assert_eq!(want.0.len(), 1);
+            std::thread::scope(|s| {
+                if follower {
+                    let (f, r) = (fanout.clone(), r.clone());
+                    s.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(50));
+                        f.catch_up(&r).unwrap();
+                    });
+                }
+                let got = RelayStorage::read_log(&mut live, "north", high, usize::MAX, Lane::All)
+                    .unwrap();
+                assert_eq!(got, want, "with a follower: {follower}");
+            });
+        }
     });
 }
 
