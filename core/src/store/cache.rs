@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use automerge::{ActorId, AutoCommit};
+use automerge::{ActorId, AutoCommit, ChangeHash};
 use rusqlite::{Connection, OptionalExtension};
 
 use super::{StoreError, decode_change, guard, load_snapshot};
@@ -14,6 +14,10 @@ pub(super) struct DocCache {
     cap: usize,
     tick: u64,
     pub(super) docs: HashMap<DocId, (AutoCommit, u64)>,
+    /// For a cached document whose nesting was found within
+    /// [`crate::budget::MAX_NESTING`], the heads it was found so at (see
+    /// [`DocCache::bounded_at`]).
+    bounded: HashMap<DocId, Vec<ChangeHash>>,
 }
 
 impl DocCache {
@@ -22,6 +26,28 @@ impl DocCache {
             cap: cap.max(1),
             tick: 0,
             docs: HashMap::new(),
+            bounded: HashMap::new(),
+        }
+    }
+
+    /// The heads at which cached document `id` was last read and found nested no deeper
+    /// than [`crate::budget::MAX_NESTING`]. Only objects deepen a document, so changes
+    /// applied on exactly those heads that make no object leave it within the bound, and
+    /// reading it again needs no walk of its objects.
+    pub(super) fn bounded_at(&self, id: &DocId) -> Option<&[ChangeHash]> {
+        self.bounded.get(id).map(Vec::as_slice)
+    }
+
+    /// Records that cached document `id` is within the nesting bound at `heads` (`None`:
+    /// not known).
+    pub(super) fn set_bounded(&mut self, id: DocId, heads: Option<Vec<ChangeHash>>) {
+        match heads {
+            Some(h) if self.docs.contains_key(&id) => {
+                self.bounded.insert(id, h);
+            }
+            _ => {
+                self.bounded.remove(&id);
+            }
         }
     }
 
@@ -44,13 +70,16 @@ impl DocCache {
                 .map(|(k, _)| *k)
         {
             self.docs.remove(&oldest);
+            self.bounded.remove(&oldest);
         }
         self.tick += 1;
         self.docs.insert(id, (doc, self.tick));
+        self.bounded.remove(&id);
     }
 
     pub(super) fn remove(&mut self, id: &DocId) {
         self.docs.remove(id);
+        self.bounded.remove(id);
     }
 }
 

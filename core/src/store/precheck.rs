@@ -30,6 +30,10 @@ use super::{StoreError, guard};
 pub struct Structure {
     /// The change makes at least one object (maps, lists, text): it may deepen the document.
     pub makes_objects: bool,
+    /// Some change waits for dependencies the document lacks and was not checked (automerge
+    /// queues it, and applies it once they arrive, possibly in this same call when a later
+    /// change of the batch brings them).
+    pub waiting: bool,
 }
 
 /// Checks that every operation of `change` targets an object it may address; see the module
@@ -44,6 +48,7 @@ pub fn precheck_change(doc: &mut AutoCommit, change: &Change) -> Result<Structur
 pub fn precheck_changes(doc: &mut AutoCommit, changes: &[Change]) -> Result<Structure, StoreError> {
     let mut known: HashMap<OpId, ObjType> = HashMap::new();
     let mut makes_objects = false;
+    let mut waiting_any = false;
     let bad = |what: &str| StoreError::InvalidData(format!("change {what}"));
     // Changes of the batch that will be applied (every dependency applied, or ready before).
     let mut ready = std::collections::HashSet::new();
@@ -55,6 +60,7 @@ pub fn precheck_changes(doc: &mut AutoCommit, changes: &[Change]) -> Result<Stru
             .iter()
             .any(|d| !ready.contains(d) && doc.get_change_meta_by_hash(d).is_none());
         if waiting {
+            waiting_any = true;
             continue;
         }
         ready.insert(change.hash());
@@ -99,7 +105,10 @@ pub fn precheck_changes(doc: &mut AutoCommit, changes: &[Change]) -> Result<Stru
             }
         }
     }
-    Ok(Structure { makes_objects })
+    Ok(Structure {
+        makes_objects,
+        waiting: waiting_any,
+    })
 }
 
 #[cfg(test)]
@@ -144,7 +153,8 @@ mod tests {
         assert_eq!(
             precheck_change(&mut doc.clone(), &plain).unwrap(),
             Structure {
-                makes_objects: false
+                makes_objects: false,
+                waiting: false
             }
         );
         let (nested, _) = forged(

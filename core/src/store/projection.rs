@@ -494,19 +494,27 @@ pub(super) fn project(
     fresh: bool,
     may_conflict: bool,
 ) -> Result<Option<Document>, StoreError> {
-    project_read(conn, read_for_projection(doc, may_conflict), fresh)
+    project_read(conn, read_for_projection(doc, may_conflict, false), fresh)
 }
 
-/// Reads a document and its conflicts for [`project_read`].
+/// Reads a document and its conflicts for [`project_read`]. `within_depth`: the caller knows
+/// the document nests no deeper than [`crate::budget::MAX_NESTING`] (see
+/// `DocCache::bounded_at`), so the walk that checks it is skipped.
 pub(super) fn read_for_projection(
     doc: &AutoCommit,
     may_conflict: bool,
+    within_depth: bool,
 ) -> Result<(Document, Vec<Conflict>), ModelError> {
     // Downloaded content nobody on this laptop validated: a panic in automerge's readers makes
     // the document unreadable here (stored, not projected, reported by `verify`), never a
     // crash of the sync.
     guard("reading a document", || {
-        model::read_document(doc).map(|d| {
+        let read = if within_depth {
+            model::read_document_within_depth(doc)
+        } else {
+            model::read_document(doc)
+        };
+        read.map(|d| {
             let conflicts = if may_conflict {
                 model::conflicts(doc)
             } else {

@@ -684,3 +684,70 @@ fn a_replaced_document_keeps_edits_it_cannot_place_in_the_quarantine() {
     assert_eq!(store.heads(id).unwrap(), trimmed.get_heads());
     assert!(store.verify().unwrap().is_empty());
 }
+
+/// A received change that makes no object is projected without walking the document's
+/// nesting again (it cannot deepen it), but only when it is all that is applied: a change
+/// that makes objects, or one that arrives before the change it depends on (automerge applies
+/// both once the second is there), is walked, and a document nested past the bound is not
+/// projected however its changes arrive.
+#[test]
+fn only_changes_that_make_no_object_skip_the_nesting_walk() {
+    use automerge::transaction::Transactable;
+    use automerge::{ObjType, ROOT};
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let id = add_customer(&mut a, "Deep Co");
+    let create: Vec<Vec<u8>> = a
+        .outbox_batch(0, 100, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.bytes)
+        .collect();
+    let name = |s: &Store| -> Option<String> {
+        s.reader()
+            .query_row(
+                "SELECT name FROM customers WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .ok()
+    };
+    // The author's copy: a plain rename, then maps nested one level past the bound.
+    let mut doc = a.automerge(id).unwrap();
+    let base = doc.get_heads();
+    doc.put(ROOT, "name", "Deep Co Ltd").unwrap();
+    doc.commit();
+    let renamed = doc.get_heads();
+    let mut obj = doc.put_object(ROOT, "nested", ObjType::Map).unwrap();
+    for _ in 0..crate::budget::MAX_NESTING {
+        obj = doc.put_object(&obj, "n", ObjType::Map).unwrap();
+    }
+    doc.put(ROOT, "name", "Deeper Co").unwrap();
+    doc.commit();
+    let rename = doc.get_changes(&base).remove(0).raw_bytes().to_vec();
+    let deepen = doc.get_changes(&renamed).remove(0).raw_bytes().to_vec();
+
+    for order in ["in order", "out of order"] {
+        let mut b = Store::open(dir.path().join(format!("b {order}.db"))).unwrap();
+        b.transaction(|tx| tx.apply_changes(id, &create)).unwrap();
+        assert_eq!(name(&b).as_deref(), Some("Deep Co"));
+        let before_deep = if order == "in order" {
+            // The rename alone: projected (through the skipped walk).
+            b.transaction(|tx| tx.apply_changes(id, std::slice::from_ref(&rename)))
+                .unwrap();
+            assert_eq!(name(&b).as_deref(), Some("Deep Co Ltd"));
+            b.transaction(|tx| tx.apply_changes(id, std::slice::from_ref(&deepen)))
+                .unwrap();
+            "Deep Co Ltd"
+        } else {
+            // The deep change first, then the rename it depends on, in one batch: the
+            // rename makes no object, but automerge applies the deep change with it.
+            b.transaction(|tx| tx.apply_changes(id, &[deepen.clone(), rename.clone()]))
+                .unwrap();
+            "Deep Co"
+        };
+        // The deep document is not read (its rename is not projected), and reads as damaged.
+        assert_eq!(name(&b).as_deref(), Some(before_deep), "{order}");
+        assert!(b.document(id).is_err(), "{order}");
+    }
+}

@@ -108,7 +108,7 @@ impl StoreTx<'_> {
                 ins.execute(params![id.as_bytes(), h.0, b, now])?;
             }
         }
-        self.persist(id, &hashes, &new, Origin::Local)?;
+        self.persist(id, &hashes, &new, Origin::Local, None)?;
         Ok(Committed { id, hashes })
     }
 }

@@ -41,16 +41,26 @@ impl StoreTx<'_> {
 
     /// Stores changes new to a (cached, already updated) document: appends them to
     /// `doc_changes`, compacts when enough have accumulated, updates the heads and projections.
+    /// `bounded_from`: the heads the changes were applied on, when they made no object and
+    /// nothing else was applied with them; if the document was within the nesting bound
+    /// there (`DocCache::bounded_at`), it still is, and its reading skips the walk.
     pub(super) fn persist(
         &mut self,
         id: DocId,
         hashes: &[ChangeHash],
         raw: &[Vec<u8>],
         origin: Origin,
+        bounded_from: Option<&[ChangeHash]>,
     ) -> Result<(), StoreError> {
+        let within_depth = self.cache.docs.contains_key(&id)
+            && bounded_from.is_some_and(|h| self.cache.bounded_at(&id) == Some(h));
         let doc = load_cached(&self.tx, self.cache, self.actor, id)?;
-        let read = read_for_projection(doc, true);
-        let heads = heads_to_bytes(&doc.get_heads());
+        let read = read_for_projection(doc, true, within_depth);
+        let now_heads = doc.get_heads();
+        let heads = heads_to_bytes(&now_heads);
+        // Read without error: nested within the bound at these heads.
+        self.cache
+            .set_bounded(id, read.is_ok().then_some(now_heads));
         // A document must say it is the one it is filed under (a downloaded snapshot is
         // checked for this before it is merged): projection rows are keyed by the header's
         // id, so changes writing another id would replace that document's rows. The relay

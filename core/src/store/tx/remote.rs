@@ -65,7 +65,15 @@ impl StoreTx<'_> {
         }
         // A change that does not fit the document is refused before automerge sees it (it
         // could panic part way, and the cached document would have to be dropped).
-        precheck_changes(doc, &fresh)?;
+        let structure = precheck_changes(doc, &fresh)?;
+        // Changes that make no object cannot deepen the document, if they are all that is
+        // applied and all were checked: automerge also applies changes queued for missing
+        // dependencies (from earlier calls, or from this batch out of order), which the check
+        // did not see.
+        let bounded_from = (!structure.makes_objects
+            && !structure.waiting
+            && doc.get_missing_deps(&[]).is_empty())
+        .then(|| doc.get_heads());
         let result = guard("applying changes", || doc.apply_changes(fresh));
         match result {
             Ok(Ok(())) => {}
@@ -79,7 +87,13 @@ impl StoreTx<'_> {
             }
         }
         let n = fresh_hashes.len();
-        self.persist(id, &fresh_hashes, &fresh_raw, origin)?;
+        self.persist(
+            id,
+            &fresh_hashes,
+            &fresh_raw,
+            origin,
+            bounded_from.as_deref(),
+        )?;
         Ok(n)
     }
 
@@ -150,7 +164,7 @@ impl StoreTx<'_> {
         if exists && doc.get_heads() == before {
             return Ok(false);
         }
-        self.persist(id, &[], &[], Origin::Remote)?;
+        self.persist(id, &[], &[], Origin::Remote, None)?;
         self.compact(id)?;
         Ok(true)
     }
