@@ -410,14 +410,11 @@ fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     const BUFFER: usize = 8 << 20;
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .with_context(|| format!("opening a UDP socket for {addr}"))?;
-    for (what, set) in [
-        (
-            "receive",
-            Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
-        ),
-        ("send", Socket::set_send_buffer_size),
+    for (what, sized) in [
+        ("receive", socket.set_recv_buffer_size(BUFFER)),
+        ("send", socket.set_send_buffer_size(BUFFER)),
     ] {
-        if let Err(e) = set(&socket, BUFFER) {
+        if let Err(e) = sized {
             warn!(error = %e, "cannot enlarge the UDP {what} buffer; a reconnect burst may drop packets");
         }
     }

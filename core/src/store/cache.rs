@@ -81,6 +81,12 @@ impl DocCache {
         self.docs.remove(id);
         self.bounded.remove(id);
     }
+
+    /// Drops every document.
+    pub(super) fn clear(&mut self) {
+        self.docs.clear();
+        self.bounded.clear();
+    }
 }
 
 /// Loads a document from the cache or from SQLite (snapshot plus incremental changes).

@@ -59,7 +59,7 @@ pub use fieldsync_core::protocol::relay::SnapshotPage;
 pub use fieldsync_core::protocol::rules::quota::{Quota, Usage, day_of, quota_of};
 use fieldsync_core::protocol::rules::{
     BatchDb, DocCache, DocMeta, DocRow, KIND_CHANGES, KIND_REPLACE, KIND_SNAPSHOT, RulesError,
-    Sender, UploadRules, append_batch, heads_bytes, lack_of, log_entry, save, split_heads,
+    Sender, UploadRules, heads_bytes, lack_of, log_entry, save, split_heads,
 };
 pub use pool::PoolStats;
 pub use postgres::PgRelayStore;

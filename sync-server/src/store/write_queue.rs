@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use fieldsync_core::protocol::rules::{BatchDb, DocCache, UploadRules, append_batch};
 use fieldsync_core::protocol::{DeviceInfo, Outcome, UploadChange};
 
 use super::{RelayStoreError, lock};
@@ -38,12 +39,51 @@ pub(super) struct Upload {
 }
 
 impl Upload {
+    /// `device`'s upload of `changes` (copied: the queue's leader may write it for another
+    /// thread).
+    pub(super) fn new(device: &DeviceInfo, changes: &[UploadChange], relayed: bool) -> Self {
+        Self {
+            device: device.clone(),
+            changes: changes.to_vec(),
+            relayed,
+        }
+    }
+
     fn bytes(&self) -> usize {
         self.changes.iter().map(|c| c.bytes.len()).sum()
     }
 }
 
 type Outcomes = Result<Vec<Outcome>, RelayStoreError>;
+
+/// What a group's transaction wrote (see [`write_group`]).
+pub(super) struct Written {
+    /// Each upload's outcomes, in the group's order.
+    pub outcomes: Vec<Vec<Outcome>>,
+    /// The highest sequence number the group appended, if it appended any.
+    pub high: Option<i64>,
+}
+
+/// Runs the upload rules for every upload of `group` in `db`, one write transaction that the
+/// backend then commits. Each upload's documents go into `cache` at once, since the next
+/// upload of the group may write the same document: a backend whose transaction does not
+/// commit must clear the cache (a rolled-back write must not stay cached).
+pub(super) fn write_group<D: BatchDb<Error = RelayStoreError>>(
+    db: &D,
+    cache: &mut DocCache,
+    rules: &UploadRules,
+    group: &[&Upload],
+) -> Result<Written, RelayStoreError> {
+    let mut outcomes = Vec::with_capacity(group.len());
+    let mut high = None;
+    for u in group {
+        let mut done = append_batch(db, cache, rules, &u.device, &u.changes, u.relayed)?;
+        high = high.max(done.high);
+        done.cache_into(cache);
+        outcomes.push(done.outcomes);
+    }
+    Ok(Written { outcomes, high })
+}
 
 struct Slot {
     upload: Upload,

@@ -179,7 +179,7 @@ impl Store {
             Err(e) => {
                 // The transaction rolled back; cached documents it touched may be ahead of the
                 // file, so drop the cache (documents reload on demand).
-                self.cache.docs.clear();
+                self.cache.clear();
                 Err(e)
             }
         }

@@ -52,8 +52,8 @@ impl StoreTx<'_> {
         origin: Origin,
         bounded_from: Option<&[ChangeHash]>,
     ) -> Result<(), StoreError> {
-        let within_depth = self.cache.docs.contains_key(&id)
-            && bounded_from.is_some_and(|h| self.cache.bounded_at(&id) == Some(h));
+        // (Only cached documents have a bound recorded.)
+        let within_depth = bounded_from.is_some_and(|h| self.cache.bounded_at(&id) == Some(h));
         let doc = load_cached(&self.tx, self.cache, self.actor, id)?;
         let read = read_for_projection(doc, true, within_depth);
         let now_heads = doc.get_heads();

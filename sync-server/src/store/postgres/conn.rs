@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use postgres::types::ToSql;
-use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
+use postgres::{Client, GenericClient, IsolationLevel, Row, Statement, Transaction};
 
 /// Statements are kept up to this many per connection; past it (which the store's SQL does
 /// not reach) the map starts again, so no input can grow it without bound.
@@ -43,13 +43,36 @@ impl Prepared {
     }
 }
 
-/// Running statements, on a connection or in a transaction.
+/// Running statements, on a connection or in a transaction, each prepared once on the
+/// connection.
 pub(super) trait Run {
-    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, postgres::Error>;
-    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, postgres::Error>;
-    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, postgres::Error>;
+    /// The connection or transaction, and the statements prepared on its connection.
+    fn parts(&mut self) -> (&mut impl GenericClient, &mut Prepared);
+
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, postgres::Error> {
+        let (c, prepared) = self.parts();
+        let s = prepared.get(sql, |q| c.prepare(q))?;
+        c.query(&s, params)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, postgres::Error> {
+        let (c, prepared) = self.parts();
+        let s = prepared.get(sql, |q| c.prepare(q))?;
+        c.query_opt(&s, params)
+    }
+
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, postgres::Error> {
+        let (c, prepared) = self.parts();
+        let s = prepared.get(sql, |q| c.prepare(q))?;
+        c.execute(&s, params)
+    }
+
     /// The one row a statement returns (an error if it returns none or several).
-    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, postgres::Error>;
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, postgres::Error> {
+        let (c, prepared) = self.parts();
+        let s = prepared.get(sql, |q| c.prepare(q))?;
+        c.query_one(&s, params)
+    }
 }
 
 /// A connection and the statements prepared on it.
@@ -97,32 +120,11 @@ impl PgConn {
             prepared,
         })
     }
-
-    fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
-        let client = &mut self.client;
-        self.prepared.get(sql, |s| client.prepare(s))
-    }
 }
 
 impl Run for PgConn {
-    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, postgres::Error> {
-        let s = self.statement(sql)?;
-        self.client.query(&s, params)
-    }
-
-    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, postgres::Error> {
-        let s = self.statement(sql)?;
-        self.client.query_opt(&s, params)
-    }
-
-    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, postgres::Error> {
-        let s = self.statement(sql)?;
-        self.client.execute(&s, params)
-    }
-
-    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, postgres::Error> {
-        let s = self.statement(sql)?;
-        self.client.query_one(&s, params)
+    fn parts(&mut self) -> (&mut impl GenericClient, &mut Prepared) {
+        (&mut self.client, &mut self.prepared)
     }
 }
 
@@ -142,31 +144,10 @@ impl PgTxn<'_> {
     pub(super) fn commit(self) -> Result<(), postgres::Error> {
         self.tx.commit()
     }
-
-    fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
-        let tx = &mut self.tx;
-        self.prepared.get(sql, |s| tx.prepare(s))
-    }
 }
 
 impl Run for PgTxn<'_> {
-    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, postgres::Error> {
-        let s = self.statement(sql)?;
-        self.tx.query(&s, params)
-    }
-
-    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, postgres::Error> {
-        let s = self.statement(sql)?;
-        self.tx.query_opt(&s, params)
-    }
-
-    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, postgres::Error> {
-        let s = self.statement(sql)?;
-        self.tx.execute(&s, params)
-    }
-
-    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, postgres::Error> {
-        let s = self.statement(sql)?;
-        self.tx.query_one(&s, params)
+    fn parts(&mut self) -> (&mut impl GenericClient, &mut Prepared) {
+        (&mut self.tx, &mut *self.prepared)
     }
 }

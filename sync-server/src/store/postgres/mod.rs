@@ -73,13 +73,13 @@ use schema::migrate;
 pub use scratch::ScratchDatabase;
 
 use super::pool::{Pool, PoolStats, Share};
-use super::write_queue::{Upload, WriteQueue, WriteStats};
+use super::write_queue::{Upload, WriteQueue, WriteStats, write_group};
 use super::{
     AuditRecord, BatchDb, Cancel, DeviceBackend, DeviceDb, DeviceRecord, DeviceRow, DocCache,
     DocMeta, DocRow, ENTRY_OVERHEAD, Enrolment, EnrolmentRecord, Holder, KIND_CHANGES,
     KIND_REPLACE, KIND_SNAPSHOT, MIN_DB_CONNECTIONS, NewDevice, RelayStatus, RelayStoreError,
-    RelayStoreOptions, Replacement, Revoked, SnapshotPage, TokenRow, Usage, append_batch, doc_id,
-    lack_of, lock, log_entry, pg_detail, publish, replace,
+    RelayStoreOptions, Replacement, Revoked, SnapshotPage, TokenRow, Usage, doc_id, lack_of, lock,
+    log_entry, pg_detail, publish, replace,
 };
 
 /// Counter of the log's sequence numbers.
@@ -528,49 +528,28 @@ impl PgRelayStore {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let upload = Upload {
-            device: device.clone(),
-            changes: changes.to_vec(),
-            relayed,
-        };
         let rules = self.inner.opts.upload_rules();
+        let upload = Upload::new(device, changes, relayed);
         self.inner
             .appends
             .append(&self.inner.writer, upload, |w, group| {
-                let w = self.writer_in(w)?;
-                let Writer { client, cache } = w;
+                let Writer { client, cache } = self.writer_in(w)?;
                 let written = (|| {
                     let db = PgTx::appending(client)?;
-                    let mut outcomes = Vec::with_capacity(group.len());
-                    let mut high = None;
-                    for u in group {
-                        let mut done =
-                            append_batch(&db, cache, &rules, &u.device, &u.changes, u.relayed)?;
-                        high = high.max(done.high);
-                        // The next upload of the group may write the same document.
-                        done.cache_into(cache);
-                        outcomes.push(done.outcomes);
-                    }
+                    let written = write_group(&db, cache, &rules, group)?;
                     let mut tx = db.tx.into_inner();
-                    if let Some(h) = high {
+                    if let Some(h) = written.high {
                         tx.execute("SELECT pg_notify($1, $2)", &[&LOG_CHANNEL, &h.to_string()])?;
                     }
                     tx.commit()?;
-                    Ok::<_, RelayStoreError>((outcomes, high))
-                })();
-                match written {
-                    Ok((outcomes, high)) => {
-                        if let Some(h) = high {
-                            self.raise_high(h.max(0) as u64);
-                        }
-                        Ok(outcomes)
-                    }
-                    Err(e) => {
-                        // Rolled back: what the group cached may not be in the database.
-                        cache.clear();
-                        Err(e)
-                    }
+                    Ok::<_, RelayStoreError>(written)
+                })()
+                // Rolled back: what the group cached may not be in the database.
+                .inspect_err(|_| cache.clear())?;
+                if let Some(h) = written.high {
+                    self.raise_high(h.max(0) as u64);
                 }
+                Ok(written.outcomes)
             })
     }
 

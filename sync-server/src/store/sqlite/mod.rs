@@ -13,7 +13,7 @@
 //! policy is `store::devices`, over `devices`' `DeviceDb` and `DeviceBackend`.
 
 use super::pool::{Pool, PoolStats, Share};
-use super::write_queue::{Upload, WriteQueue, WriteStats};
+use super::write_queue::{Upload, WriteQueue, WriteStats, write_group};
 use super::*;
 use fieldsync_core::store::{OpenError, open_sqlite};
 
@@ -278,50 +278,24 @@ impl SqliteRelayStore {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let upload = Upload {
-            device: device.clone(),
-            changes: changes.to_vec(),
-            relayed,
-        };
         let rules = self.inner.opts.upload_rules();
+        let upload = Upload::new(device, changes, relayed);
         self.inner
             .appends
             .append(&self.inner.writer, upload, |w, group| {
                 let Writer { conn, cache } = w;
                 let written = (|| {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let mut outcomes = Vec::with_capacity(group.len());
-                    let mut high = None;
-                    for u in group {
-                        let mut done = append_batch(
-                            &SqlTx(&tx),
-                            cache,
-                            &rules,
-                            &u.device,
-                            &u.changes,
-                            u.relayed,
-                        )?;
-                        high = high.max(done.high);
-                        // The next upload of the group may write the same document.
-                        done.cache_into(cache);
-                        outcomes.push(done.outcomes);
-                    }
+                    let written = write_group(&SqlTx(&tx), cache, &rules, group)?;
                     tx.commit()?;
-                    Ok::<_, RelayStoreError>((outcomes, high))
-                })();
-                match written {
-                    Ok((outcomes, high)) => {
-                        if let Some(h) = high {
-                            self.inner.notify.send_replace(h.max(0) as u64);
-                        }
-                        Ok(outcomes)
-                    }
-                    Err(e) => {
-                        // Rolled back: what the group cached may not be in the database.
-                        cache.clear();
-                        Err(e)
-                    }
+                    Ok::<_, RelayStoreError>(written)
+                })()
+                // Rolled back: what the group cached may not be in the database.
+                .inspect_err(|_| cache.clear())?;
+                if let Some(h) = written.high {
+                    self.inner.notify.send_replace(h.max(0) as u64);
                 }
+                Ok(written.outcomes)
             })
     }
 
