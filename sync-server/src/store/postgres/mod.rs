@@ -594,77 +594,58 @@ impl PgRelayStore {
         max_bytes: usize,
         lane: DownloadLane<'_>,
     ) -> Result<(Vec<LogEntry>, bool), RelayStoreError> {
-        let mut cursor = i64::try_from(after).unwrap_or(i64::MAX);
         let lane = lane_params(lane);
         self.read(|c| {
-            let mut out = Vec::new();
-            let mut used = 0usize;
-            loop {
-                self.cancel.check()?;
-                let rows = if let Some((customers, first, upto)) = &lane {
-                    // One lane of a download (see `fieldsync_core::protocol::download`): an
-                    // entry is the first lane's if it is at or before `upto` and of a document
-                    // of the named customers.
-                    let which = if scope == ALL_SCOPES {
-                        "kind IN (0, 3) AND $3::TEXT IS NOT NULL"
+            self.log_pages(
+                c,
+                after,
+                max_bytes,
+                |c, cursor| {
+                    Ok(if let Some((customers, first, upto)) = &lane {
+                        // One lane of a download (see `fieldsync_core::protocol::download`): an
+                        // entry is the first lane's if it is at or before `upto` and of a document
+                        // of the named customers.
+                        let which = if scope == ALL_SCOPES {
+                            "kind IN (0, 3) AND $3::TEXT IS NOT NULL"
+                        } else {
+                            "scope = $3"
+                        };
+                        c.query(
+                            &format!(
+                                "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash,
+                                   CASE WHEN kind = 2 THEN COALESCE(
+                                     (SELECT d.scope FROM docs d WHERE d.doc_id = log.doc_id),
+                                     moved_to)
+                                   ELSE moved_to END
+                                 FROM log
+                                 WHERE {which} AND seq > $1 AND (NOT $5 OR seq <= $6)
+                                   AND (seq <= $6 AND (doc_id = ANY($4) OR COALESCE(
+                                     (SELECT d.customer_id FROM docs d WHERE d.doc_id = log.doc_id)
+                                       = ANY($4), FALSE))) = $5
+                                 ORDER BY seq LIMIT $2"
+                            ),
+                            &[&cursor, &PAGE_ROWS, &scope, customers, first, upto],
+                        )?
+                    } else if scope == ALL_SCOPES {
+                        c.query(
+                            "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash,
+                               moved_to FROM log WHERE seq > $1 AND kind IN (0, 3)
+                             ORDER BY seq LIMIT $2",
+                            &[&cursor, &PAGE_ROWS],
+                        )?
                     } else {
-                        "scope = $3"
-                    };
-                    c.query(
-                        &format!(
+                        c.query(
                             "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash,
                                CASE WHEN kind = 2 THEN COALESCE(
                                  (SELECT d.scope FROM docs d WHERE d.doc_id = log.doc_id), moved_to)
                                ELSE moved_to END
-                             FROM log
-                             WHERE {which} AND seq > $1 AND (NOT $5 OR seq <= $6)
-                               AND (seq <= $6 AND (doc_id = ANY($4) OR COALESCE(
-                                 (SELECT d.customer_id FROM docs d WHERE d.doc_id = log.doc_id)
-                                   = ANY($4), FALSE))) = $5
-                             ORDER BY seq LIMIT $2"
-                        ),
-                        &[&cursor, &PAGE_ROWS, &scope, customers, first, upto],
-                    )?
-                } else if scope == ALL_SCOPES {
-                    c.query(
-                        "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash, moved_to
-                           FROM log WHERE seq > $1 AND kind IN (0, 3) ORDER BY seq LIMIT $2",
-                        &[&cursor, &PAGE_ROWS],
-                    )?
-                } else {
-                    c.query(
-                        "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash,
-                           CASE WHEN kind = 2 THEN COALESCE(
-                             (SELECT d.scope FROM docs d WHERE d.doc_id = log.doc_id), moved_to)
-                           ELSE moved_to END
-                         FROM log WHERE scope = $3 AND seq > $1 ORDER BY seq LIMIT $2",
-                        &[&cursor, &PAGE_ROWS, &scope],
-                    )?
-                };
-                let full = rows.len() as i64 == PAGE_ROWS;
-                for r in rows {
-                    let size = r.try_get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as usize
-                        + ENTRY_OVERHEAD;
-                    if !out.is_empty() && used + size > max_bytes {
-                        return Ok((out, true));
-                    }
-                    used += size;
-                    let seq: i64 = r.try_get(0)?;
-                    cursor = seq;
-                    let hash: Option<Vec<u8>> = r.try_get(5)?;
-                    out.push(log_entry(
-                        seq,
-                        doc_id(&r.try_get::<_, Vec<u8>>(1)?)?,
-                        r.try_get(2)?,
-                        r.try_get(4)?,
-                        hash.as_deref(),
-                        r.try_get(6)?,
-                    )?);
-                }
-                if !full {
-                    return Ok((out, false));
-                }
-            }
+                             FROM log WHERE scope = $3 AND seq > $1 ORDER BY seq LIMIT $2",
+                            &[&cursor, &PAGE_ROWS, &scope],
+                        )?
+                    })
+                },
+                |_, entry| Ok(entry),
+            )
         })
     }
 
@@ -676,43 +657,66 @@ impl PgRelayStore {
         after: u64,
         max_bytes: usize,
     ) -> Result<(Vec<(String, LogEntry)>, bool), RelayStoreError> {
-        let mut cursor = i64::try_from(after).unwrap_or(i64::MAX);
         self.read_priority(|c| {
-            let mut out = Vec::new();
-            let mut used = 0usize;
-            loop {
-                self.cancel.check()?;
-                let rows = c.query(
-                    "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash, moved_to,
-                       scope FROM log WHERE seq > $1 ORDER BY seq LIMIT $2",
-                    &[&cursor, &PAGE_ROWS],
-                )?;
-                let full = rows.len() as i64 == PAGE_ROWS;
-                for r in rows {
-                    let size = r.try_get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as usize
-                        + ENTRY_OVERHEAD;
-                    if !out.is_empty() && used + size > max_bytes {
-                        return Ok((out, true));
-                    }
-                    used += size;
-                    let seq: i64 = r.try_get(0)?;
-                    cursor = seq;
-                    let hash: Option<Vec<u8>> = r.try_get(5)?;
-                    let entry = log_entry(
-                        seq,
-                        doc_id(&r.try_get::<_, Vec<u8>>(1)?)?,
-                        r.try_get(2)?,
-                        r.try_get(4)?,
-                        hash.as_deref(),
-                        r.try_get(6)?,
-                    )?;
-                    out.push((r.try_get(7)?, entry));
-                }
-                if !full {
-                    return Ok((out, false));
-                }
-            }
+            self.log_pages(
+                c,
+                after,
+                max_bytes,
+                |c, cursor| {
+                    Ok(c.query(
+                        "SELECT seq, doc_id, kind, octet_length(bytes)::BIGINT, bytes, hash, moved_to,
+                           scope FROM log WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        &[&cursor, &PAGE_ROWS],
+                    )?)
+                },
+                |r, entry| Ok((r.try_get(7)?, entry)),
+            )
         })
+    }
+
+    /// Pages through the log after `after`, `PAGE_ROWS` rows at a time from `page` (columns:
+    /// seq, doc_id, kind, size, bytes, hash, moved_to, then any of the caller's), up to
+    /// `max_bytes` (at least one entry); each entry is passed with its row to `with`. Returns
+    /// whether more follow.
+    fn log_pages<T>(
+        &self,
+        c: &mut PgConn,
+        after: u64,
+        max_bytes: usize,
+        mut page: impl FnMut(&mut PgConn, i64) -> Result<Vec<Row>, RelayStoreError>,
+        with: impl Fn(&Row, LogEntry) -> Result<T, RelayStoreError>,
+    ) -> Result<(Vec<T>, bool), RelayStoreError> {
+        let mut cursor = i64::try_from(after).unwrap_or(i64::MAX);
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        loop {
+            self.cancel.check()?;
+            let rows = page(c, cursor)?;
+            let full = rows.len() as i64 == PAGE_ROWS;
+            for r in rows {
+                let size =
+                    r.try_get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as usize + ENTRY_OVERHEAD;
+                if !out.is_empty() && used + size > max_bytes {
+                    return Ok((out, true));
+                }
+                used += size;
+                let seq: i64 = r.try_get(0)?;
+                cursor = seq;
+                let hash: Option<Vec<u8>> = r.try_get(5)?;
+                let entry = log_entry(
+                    seq,
+                    doc_id(&r.try_get::<_, Vec<u8>>(1)?)?,
+                    r.try_get(2)?,
+                    r.try_get(4)?,
+                    hash.as_deref(),
+                    r.try_get(6)?,
+                )?;
+                out.push(with(&r, entry)?);
+            }
+            if !full {
+                return Ok((out, false));
+            }
+        }
     }
 
     /// Snapshots of the documents in `scope` after `after` (see
