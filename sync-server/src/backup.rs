@@ -40,7 +40,7 @@ pub const LOCK_FILE: &str = "relay.lock";
 pub enum BackupError {
     /// A relay is serving the data directory.
     #[error(
-        "a relay is serving {0} (it holds {LOCK_FILE}); stop it before restoring into this directory"
+        "another relay is already serving {0} (it holds {LOCK_FILE}): stop it first, or give this one a data directory of its own"
     )]
     Busy(PathBuf),
     /// There is no relay database where one is expected.

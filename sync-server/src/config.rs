@@ -141,6 +141,46 @@ pub struct RelayConfig {
     /// Bytes of changes one device may store per UTC day. 0: no limit. Default: 268435456
     /// (256 MiB).
     pub quota_bytes_per_day: u64,
+    /// What the relay logs to stderr: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// a filter per module (`info,fieldsync_relay::server=debug`). The `RUST_LOG`
+    /// environment variable, when set, takes its place. Default: `info`.
+    pub log_level: String,
+    /// How each log line is written: `text` (for people) or `json` (one JSON object per line,
+    /// for log shippers such as journald exporters, Vector or Fluent Bit). Default: `text`.
+    pub log_format: LogFormat,
+}
+
+/// Checks `log_level`: comma-separated directives, each a level (`error`, `warn`, `info`,
+/// `debug`, `trace`, `off`) or `target=level`. A bare word that is no level would be read as
+/// a module name and silently log everything from it, so it is refused.
+fn check_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let bad = || {
+        format!(
+            "{level:?} is not a level ({}) or a filter such as \"info,fieldsync_relay::server=debug\"",
+            LEVELS.join(", ")
+        )
+    };
+    for d in level.split(',').map(str::trim) {
+        let lvl = d.rsplit_once('=').map_or(d, |(_, l)| l);
+        if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
+            return Err(bad());
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("{}: {e}", bad()))
+}
+
+/// How the relay writes its log lines (`log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target` and the event's fields.
+    Json,
 }
 
 impl Default for RelayConfig {
@@ -173,6 +213,8 @@ impl Default for RelayConfig {
             move_grace_days: 30,
             quota_new_documents_per_day: crate::store::Quota::default().new_documents_per_day,
             quota_bytes_per_day: crate::store::Quota::default().bytes_per_day,
+            log_level: "info".to_string(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -211,6 +253,9 @@ impl RelayConfig {
         }
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
+        }
+        if let Err(e) = check_log_level(&self.log_level) {
+            return bad("log_level", e);
         }
         if self.cert.is_some() != self.key.is_some() {
             return bad("cert", "`cert` and `key` must be given together");
@@ -404,6 +449,20 @@ mod tests {
         assert_eq!(cfg.idle_timeout_secs, 30);
         assert_eq!(cfg.max_batch_bytes, 2 << 20);
         assert_eq!(cfg.max_upload_changes, 20_000);
+    }
+
+    #[test]
+    fn log_level_and_format_are_checked() {
+        let cfg = RelayConfig::from_toml_str(
+            "log_level = \"warn,fieldsync_relay::server=debug\"\nlog_format = \"json\"",
+        )
+        .unwrap();
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        for bad in ["loud", "info,fieldsync_relay", "server=chatty", ""] {
+            let e = RelayConfig::from_toml_str(&format!("log_level = {bad:?}")).unwrap_err();
+            assert!(e.to_string().contains("log_level"), "{bad}: {e}");
+        }
+        assert!(RelayConfig::from_toml_str("log_format = \"xml\"").is_err());
     }
 
     #[test]

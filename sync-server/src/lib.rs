@@ -11,6 +11,8 @@
 //!   not authenticated and per device), [`auth_limit::AuthLimiter`]: failed authentication
 //!   limited per source address;
 //! - [`config::RelayConfig`]: the TOML configuration with documented defaults;
+//! - [`presence`]: the devices online at a node and the report each serving node leaves in
+//!   the store, which `status` and `device list` read;
 //! - [`tls`]: certificate handling and a fingerprint-pinning verifier for clients;
 //! - [`decode_budget`]: the relay-wide budget of memory spent decoding frames;
 //!   [`doc_check`]: the stored documents that fail to load (`doc check`); [`doc_trim`]: a
@@ -24,14 +26,16 @@ pub mod decode_budget;
 pub mod doc_check;
 pub mod doc_trim;
 pub mod fanout;
+pub mod logging;
 pub mod metrics;
+pub mod presence;
 pub mod server;
 pub mod store;
 pub mod tls;
 
-pub use config::{ConfigError, RelayConfig};
-pub use server::{Relay, serve, status_report};
+pub use config::{ConfigError, LogFormat, RelayConfig};
+pub use server::{Relay, serve};
 pub use store::{
-    AuditRecord, DeviceRecord, Enrolment, EnrolmentRecord, OpenEnrolment, PgRelayStore,
+    AuditQuery, AuditRecord, DeviceRecord, Enrolment, EnrolmentRecord, OpenEnrolment, PgRelayStore,
     RelayStatus, RelayStore, RelayStoreError, RelayStoreOptions, Revoked, SqliteRelayStore,
 };

@@ -37,6 +37,7 @@ use crate::config::RelayConfig;
 use crate::decode_budget::DecodeBudget;
 use crate::fanout::{Fanout, LiveStore, Subscription};
 use crate::metrics::{Metrics, serve_http};
+use crate::presence::{NodeIdentity, Presence};
 use crate::store::{Cancel, RelayStore};
 use crate::tls;
 
@@ -65,6 +66,8 @@ pub struct Relay {
     metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    /// Writes the node's status report (`crate::presence`); its last one says it stopped.
+    reporter: Option<JoinHandle<()>>,
 }
 
 struct Shared {
@@ -75,6 +78,7 @@ struct Shared {
     admission: Arc<Admission>,
     auth_limit: Arc<AuthLimiter>,
     decode_budget: DecodeBudget,
+    presence: Arc<Presence>,
 }
 
 impl Relay {
@@ -82,6 +86,9 @@ impl Relay {
     /// accepting connections.
     pub async fn start(config: RelayConfig) -> anyhow::Result<Self> {
         config.validate()?;
+        // The port first: a relay that cannot serve creates nothing (no database, no
+        // certificate) in a data directory that may be a typo.
+        let socket = udp_socket(config.listen)?;
         crate::config::create_data_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let cfg = config.clone();
@@ -109,7 +116,6 @@ impl Relay {
                 .context("checking the certificate against the database")??;
         }
         let server_config = server_config(&identity, &config)?;
-        let socket = udp_socket(config.listen)?;
         let keys = {
             let dir = config.data_dir.clone();
             tokio::task::spawn_blocking(move || tls::NodeKeys::load_or_create(&dir))
@@ -124,6 +130,7 @@ impl Relay {
         // it, so a flood of garbage gets back less than it sent and amplifies nothing.
         endpoint_config.min_reset_interval(Duration::ZERO);
         let cid_key = keys.connection_ids;
+        let node = keys.node.clone();
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
@@ -147,6 +154,7 @@ impl Relay {
         let mut metrics = Metrics::new();
         metrics.watch_store(store.clone());
         metrics.watch_fanout(fanout.clone());
+        metrics.watch_fleet(store.clone(), Some(config.data_dir.clone()), stop.clone());
         let metrics = Arc::new(metrics);
         let metrics_addr = match config.metrics_listen {
             Some(addr) => {
@@ -174,7 +182,21 @@ impl Relay {
             )),
             auth_limit: Arc::new(AuthLimiter::new(FAILED_AUTH_PER_MINUTE)),
             decode_budget: DecodeBudget::new(config.max_decode_bytes),
+            presence: Arc::new(Presence::default()),
         });
+        let reporter = tokio::spawn(crate::presence::report_loop(
+            NodeIdentity {
+                node,
+                listen: local_addr.to_string(),
+                public_addr: config.public_addr.clone(),
+                metrics_addr: metrics_addr.map(|a| a.to_string()),
+                started_at: fieldsync_core::ids::now_millis(),
+            },
+            shared.presence.clone(),
+            metrics.clone(),
+            store.clone(),
+            stop.clone(),
+        ));
         tokio::spawn(poll_devices(store.clone(), stop.clone()));
         // Accepting from here on: /healthz says so as soon as `start` returns, not only once
         // the accept task first runs.
@@ -195,6 +217,7 @@ impl Relay {
             metrics_addr,
             shutdown,
             task: Some(task),
+            reporter: Some(reporter),
         })
     }
 
@@ -237,6 +260,9 @@ impl Relay {
         self.shutdown.send_replace(true);
         if let Some(t) = self.task.take() {
             t.await.context("relay task failed")?;
+        }
+        if let Some(t) = self.reporter.take() {
+            t.await.context("status report task failed")?;
         }
         info!("relay stopped");
         Ok(())
@@ -478,11 +504,16 @@ async fn serve_connection(
         ticket,
         auth_limit: shared.auth_limit.clone(),
         decode_budget: shared.decode_budget.clone(),
+        presence: shared.presence.clone(),
+        device: None,
     };
     shared.metrics.connections.inc();
     shared.metrics.connections_open.inc();
     link.run(stop).await;
     shared.metrics.connections_open.dec();
+    if let Some(d) = link.device {
+        shared.presence.disconnected(d);
+    }
     link.session
         .as_ref()
         .and_then(|s| s.device())
@@ -523,6 +554,10 @@ struct Link {
     auth_limit: Arc<AuthLimiter>,
     /// The relay-wide budget of memory spent decoding frames.
     decode_budget: DecodeBudget,
+    /// The devices online at this node.
+    presence: Arc<Presence>,
+    /// The device, once it logged in.
+    device: Option<uuid::Uuid>,
 }
 
 impl Link {
@@ -713,6 +748,9 @@ impl Link {
         }
         if let Some(d) = self.session.as_ref().and_then(|s| s.device()) {
             self.logged_in = true;
+            self.device = Some(d.device_id);
+            self.presence
+                .connected(d.device_id, fieldsync_core::ids::now_millis());
             self.metrics.logins.inc();
             info!(device = %d.device_id, name = %d.name, role = %d.role, remote = %self.remote, "device connected");
             let closed = self.admission.login(self.ticket, d.device_id);
@@ -775,14 +813,24 @@ impl Link {
                 accepted, rejected, ..
             } => {
                 self.metrics.changes_accepted.inc_by(accepted.len() as u64);
-                self.metrics.changes_refused.inc_by(rejected.len() as u64);
                 for r in rejected {
-                    if let Some(quota) = crate::store::quota_of(&r.reason) {
-                        self.metrics.quota_refused(quota);
-                    }
+                    self.metrics.refused(r);
                 }
             }
             Message::Error { code, .. } => self.metrics.error_sent(&format!("{code:?}")),
+            Message::Waiting { documents, bytes } => {
+                if let Some(d) = self.device {
+                    self.presence.waiting(d, *documents, *bytes);
+                }
+            }
+            Message::Batch {
+                caught_up: true, ..
+            } => {
+                if let Some(d) = self.device {
+                    self.presence
+                        .caught_up(d, fieldsync_core::ids::now_millis());
+                }
+            }
             _ => {}
         }
         self.send
@@ -875,29 +923,4 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     Ok(())
-}
-
-/// The text printed by `fieldsync-relay status`: epoch, log position, counts and the
-/// certificate fingerprint. Refuses a data directory without a relay database (it does not
-/// create one).
-pub fn status_report(config: &RelayConfig) -> anyhow::Result<String> {
-    let store = RelayStore::open_existing(config)?;
-    let s = store.status()?;
-    // Nodes sharing a database serve the certificate recorded in it.
-    let fp = match store.node_fingerprint()? {
-        Some(fp) => fp,
-        None => tls::existing_fingerprint(&config.data_dir, config.cert.as_deref())
-            .unwrap_or_else(|| "none (no certificate yet)".into()),
-    };
-    Ok(format!(
-        "database: {}\nepoch: {}\nhigh seq: {}\ndocs: {}\nchanges: {}\ndevices: {} ({} revoked)\nfingerprint: {}\n",
-        store.location(),
-        s.epoch,
-        s.high_seq,
-        s.docs,
-        s.changes,
-        s.devices,
-        s.revoked_devices,
-        fp
-    ))
 }

@@ -141,6 +141,9 @@ pub struct NodeKeys {
     pub reset: ring::hmac::Key,
     /// Key the connection ids are made and recognised with.
     pub connection_ids: u64,
+    /// The node's name in `status` (hex digits derived from the secret: stable across
+    /// restarts on the same data directory, different for each node).
+    pub node: String,
 }
 
 impl NodeKeys {
@@ -165,11 +168,13 @@ impl NodeKeys {
         let master = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
         let reset = ring::hmac::sign(&master, b"fieldsync relay: QUIC stateless reset key");
         let ids = ring::hmac::sign(&master, b"fieldsync relay: QUIC connection id key");
+        let node = ring::hmac::sign(&master, b"fieldsync relay: node name");
         let mut k = [0u8; 8];
         k.copy_from_slice(&ids.as_ref()[..8]);
         Ok(Self {
             reset: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref()),
             connection_ids: u64::from_le_bytes(k),
+            node: hex::encode(&node.as_ref()[..6]),
         })
     }
 }
@@ -419,6 +424,8 @@ mod tests {
         assert_eq!(first.connection_ids, again.connection_ids);
         assert_ne!(tag(&first), tag(&other));
         assert_ne!(first.connection_ids, other.connection_ids);
+        assert_eq!(first.node, again.node);
+        assert_ne!(first.node, other.node);
         // A damaged file is replaced, not an error.
         fs::write(a.path().join(NODE_SECRET_FILE), b"short").unwrap();
         assert_ne!(

@@ -18,8 +18,9 @@ use crate::config::RelayConfig;
 use uuid::Uuid;
 
 use super::{
-    AuditRecord, Cancel, DeviceRecord, Enrolment, EnrolmentRecord, PgRelayStore, PoolStats,
-    RelayStatus, RelayStoreError, Replacement, Revoked, SnapshotPage, SqliteRelayStore, WriteStats,
+    AuditQuery, AuditRecord, Cancel, DeviceRecord, Enrolment, EnrolmentRecord, PgRelayStore,
+    PoolStats, RelayStatus, RelayStoreError, Replacement, Revoked, SnapshotPage, SqliteRelayStore,
+    WriteStats,
 };
 
 /// The relay's store: one of the backends (see the module docs). Cloning gives another
@@ -105,6 +106,23 @@ impl RelayStore {
             Self::Sqlite(_) => Ok(None),
             Self::Postgres(s) => s.node_fingerprint(),
         }
+    }
+
+    /// Stores a serving node's latest report (JSON) and forgets those of nodes silent for
+    /// longer than `forget_after` ms (see `crate::presence`). Blocks.
+    pub fn put_node_report(
+        &self,
+        node: &str,
+        report: &str,
+        now: i64,
+        forget_after: i64,
+    ) -> Result<(), RelayStoreError> {
+        each!(self, s => s.put_node_report(node, report, now, forget_after))
+    }
+
+    /// Every node's latest report: (node, report JSON, when it was written in ms). Blocks.
+    pub fn node_reports(&self) -> Result<Vec<(String, String, i64)>, RelayStoreError> {
+        each!(self, s => s.node_reports())
     }
 
     /// Records the certificate this relay node serves as the one of all nodes sharing a
@@ -272,14 +290,27 @@ impl RelayStore {
         each!(self, s => s.record_departures(device_id, docs))
     }
 
-    /// See [`SqliteRelayStore::audit`].
-    pub fn audit(
-        &self,
-        doc: Option<DocId>,
-        device: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<AuditRecord>, RelayStoreError> {
-        each!(self, s => s.audit(doc, device, limit))
+    /// The audit trail the query selects, oldest first (see [`SqliteRelayStore::audit`]),
+    /// with each customer's current name.
+    pub fn audit(&self, q: &AuditQuery<'_>) -> Result<Vec<AuditRecord>, RelayStoreError> {
+        let mut rows = each!(self, s => s.audit(q))?;
+        let mut names: std::collections::HashMap<DocId, Option<String>> = Default::default();
+        for r in &mut rows {
+            if let Some(c) = r.customer_id {
+                r.customer = match names.entry(c) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                    std::collections::hash_map::Entry::Vacant(e) => e
+                        .insert(self.snapshot(c)?.and_then(|s| super::customer_name(&s)))
+                        .clone(),
+                };
+            }
+        }
+        Ok(rows)
+    }
+
+    /// A document's stored snapshot, if the relay holds the document. Blocks.
+    pub fn snapshot(&self, id: DocId) -> Result<Option<Vec<u8>>, RelayStoreError> {
+        each!(self, s => s.snapshot(id))
     }
 
     /// Counters for `status`.

@@ -1,7 +1,7 @@
 //! The device and enrolment policy, written once for both backends: who is admitted to a
 //! session (`authenticate`, with open enrolment), how an enrolment token is made and redeemed
 //! (its refusal rules), enrolment with a relay-made secret, revocation, grant changes, and the
-//! records `device list` and `device tokens` show.
+//! records `device list` and `device token list` show.
 //!
 //! Each backend supplies two things, with SQL only:
 //! - [`DeviceDb`]: the statements of one write transaction (read a device or a token, write a
@@ -80,6 +80,8 @@ pub(super) struct TokenRow {
     pub(super) expires_at: i64,
     pub(super) used_at: Option<i64>,
     pub(super) revoked_at: Option<i64>,
+    /// The hash of its secret, the row's key.
+    pub(super) hash: Vec<u8>,
 }
 
 /// A device to write: inserted, or replacing the row of the same id (lifting a revocation).
@@ -126,6 +128,9 @@ pub(super) trait DeviceDb {
     fn use_token(&self, hash: &[u8], device: Uuid, now: i64) -> Result<(), RelayStoreError>;
     /// Revokes the unused, unrevoked tokens of `who`; returns how many.
     fn revoke_tokens(&self, who: Holder<'_>, now: i64) -> Result<usize, RelayStoreError>;
+    /// Revokes the token with this hash if it is unused and not revoked; returns whether it
+    /// was.
+    fn cancel_token(&self, hash: &[u8], now: i64) -> Result<bool, RelayStoreError>;
     /// Bumps the device-change counter, so every session re-reads its grant.
     fn bump_devices(&self) -> Result<(), RelayStoreError>;
 }
@@ -180,6 +185,20 @@ pub(super) fn sender(
 /// SHA-256 of a secret, as stored.
 pub(super) fn hash_secret(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+/// A token's id for people: the first hex digits of its secret's hash (which is what the
+/// relay stores), so it names the token without revealing anything that redeems it.
+pub(super) fn token_id(hash: &[u8]) -> String {
+    hex::encode(&hash[..hash.len().min(TOKEN_ID_BYTES)])
+}
+
+/// Bytes of a token's hash shown as its id (12 hex digits).
+const TOKEN_ID_BYTES: usize = 6;
+
+/// The id of the token whose secret is `secret` (as `create_enrolment` returned it).
+pub fn token_id_of(secret: &str) -> String {
+    token_id(&hash_secret(&secret.trim().to_ascii_lowercase()))
 }
 
 /// `bytes` random bytes from the system's secure generator, in hex.
@@ -338,12 +357,13 @@ pub(super) fn create_token(
         expires_at,
         used_at: None,
         revoked_at: None,
+        hash: hash_secret(&secret),
     };
     b.device_tx(|db| {
-        db.insert_token(&hash_secret(&secret), &row)?;
+        db.insert_token(&row.hash, &row)?;
         db.bump_devices()
     })?;
-    tracing::info!(name, %role, ?scopes, "created an enrolment token");
+    tracing::info!(name, %role, ?scopes, id = %token_id(&row.hash), "created an enrolment token");
     Ok(secret)
 }
 
@@ -522,26 +542,101 @@ pub(super) fn devices(b: &impl DeviceBackend) -> Result<Vec<DeviceRecord>, Relay
         .collect()
 }
 
+/// Cancels the unused enrolment token whose id starts with `id` (at least 4 hex digits):
+/// it can no longer be redeemed. Errors when no unused token, or more than one, matches.
+pub(super) fn cancel_enrolment(
+    b: &impl DeviceBackend,
+    id: &str,
+) -> Result<EnrolmentRecord, RelayStoreError> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.len() < 4 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(RelayStoreError::Invalid(format!(
+            "{id:?} is not a token id: give at least 4 of its hex digits (`device token list` shows them)"
+        )));
+    }
+    let now = b.options().env.now_millis();
+    let rows: Vec<TokenRow> = b
+        .token_rows()?
+        .into_iter()
+        .filter(|t| hex::encode(&t.hash).starts_with(&id))
+        .collect();
+    let open: Vec<&TokenRow> = rows
+        .iter()
+        .filter(|t| t.used_at.is_none() && t.revoked_at.is_none() && t.expires_at > now)
+        .collect();
+    let t = match (open.as_slice(), rows.first()) {
+        ([t], _) => *t,
+        ([], None) => {
+            return Err(RelayStoreError::Invalid(format!(
+                "no enrolment token has the id {id}"
+            )));
+        }
+        ([], Some(t)) => {
+            let state = if t.used_at.is_some() {
+                "was already used: revoke the device it enrolled instead"
+            } else if t.revoked_at.is_some() {
+                "was already cancelled"
+            } else {
+                "has expired: it can no longer be redeemed"
+            };
+            return Err(RelayStoreError::Invalid(format!(
+                "the enrolment token {} for {:?} {state}",
+                token_id(&t.hash),
+                t.name
+            )));
+        }
+        (many, _) => {
+            let ids: Vec<String> = many
+                .iter()
+                .map(|t| format!("{} ({})", token_id(&t.hash), t.name))
+                .collect();
+            return Err(RelayStoreError::Invalid(format!(
+                "{id} matches {} open tokens: {}; give more digits",
+                many.len(),
+                ids.join(", ")
+            )));
+        }
+    };
+    let cancelled = b.device_tx(|db| {
+        let done = db.cancel_token(&t.hash, now)?;
+        if done {
+            db.bump_devices()?;
+        }
+        Ok(done)
+    })?;
+    if !cancelled {
+        return Err(RelayStoreError::Invalid(format!(
+            "the enrolment token {} was used or cancelled meanwhile",
+            token_id(&t.hash)
+        )));
+    }
+    tracing::info!(id = %token_id(&t.hash), name = %t.name, "cancelled an enrolment token");
+    let mut record = record_of(t.clone())?;
+    record.revoked_at = Some(now);
+    Ok(record)
+}
+
 /// Every enrolment token, newest first.
 pub(super) fn enrolments(b: &impl DeviceBackend) -> Result<Vec<EnrolmentRecord>, RelayStoreError> {
-    b.token_rows()?
-        .into_iter()
-        .map(|t| {
-            Ok(EnrolmentRecord {
-                role: Role::parse(&t.role).ok_or_else(|| {
-                    RelayStoreError::Corrupt(format!("enrolment {} has role `{}`", t.name, t.role))
-                })?,
-                scopes: serde_json::from_str(&t.scopes)
-                    .map_err(|e| RelayStoreError::Corrupt(format!("enrolment scopes: {e}")))?,
-                device_id: t.device_id,
-                name: t.name,
-                created_at: t.created_at,
-                expires_at: t.expires_at,
-                used_at: t.used_at,
-                revoked_at: t.revoked_at,
-            })
-        })
-        .collect()
+    b.token_rows()?.into_iter().map(record_of).collect()
+}
+
+/// A token row as `device token list` shows it.
+fn record_of(t: TokenRow) -> Result<EnrolmentRecord, RelayStoreError> {
+    Ok(EnrolmentRecord {
+        id: token_id(&t.hash),
+        role: Role::parse(&t.role).ok_or_else(|| {
+            RelayStoreError::Corrupt(format!("enrolment {} has role `{}`", t.name, t.role))
+        })?,
+        scopes: serde_json::from_str(&t.scopes)
+            .map_err(|e| RelayStoreError::Corrupt(format!("enrolment scopes: {e}")))?,
+        device_id: t.device_id,
+        name: t.name,
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        used_at: t.used_at,
+        revoked_at: t.revoked_at,
+    })
 }
 
 /// The public device methods of a backend's store handle, each a call into this module's
@@ -630,6 +725,11 @@ macro_rules! device_methods {
             scopes: Option<&[String]>,
         ) -> Result<Vec<Uuid>, RelayStoreError> {
             crate::store::devices::grant(self, who, role, scopes)
+        }
+
+        /// Cancels the unused enrolment token whose id (`device token list`) starts with `id`.
+        pub fn cancel_enrolment(&self, id: &str) -> Result<EnrolmentRecord, RelayStoreError> {
+            crate::store::devices::cancel_enrolment(self, id)
         }
 
         /// Every enrolment token, newest first.

@@ -54,6 +54,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use backend::RelayStore;
+pub use devices::token_id_of;
 use devices::{DeviceBackend, DeviceDb, DeviceRow, Holder, NewDevice, TokenRow};
 pub use fieldsync_core::protocol::relay::SnapshotPage;
 pub use fieldsync_core::protocol::rules::quota::{Quota, Usage, day_of, quota_of};
@@ -333,6 +334,8 @@ pub struct DeviceRecord {
 /// An enrolment token as stored (its secret is not: only a hash of it).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct EnrolmentRecord {
+    /// The token's id for people (hex digits of its secret's hash; `device token cancel`).
+    pub id: String,
     /// Name given at enrolment.
     pub name: String,
     /// Role.
@@ -384,6 +387,25 @@ pub struct AuditRecord {
     pub hash: Option<String>,
     /// The scope the change was filed under.
     pub scope: Option<String>,
+    /// The document's kind (`customer`, `visit`, `quote`), when the relay knows it.
+    pub kind: Option<String>,
+    /// The customer the document belongs to (a customer's own id for a customer).
+    pub customer_id: Option<DocId>,
+    /// That customer's name, as the relay holds the customer now.
+    pub customer: Option<String>,
+}
+
+/// Which audit entries to read ([`RelayStore::audit`]).
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery<'a> {
+    /// Only changes to this document.
+    pub doc: Option<DocId>,
+    /// Only changes uploaded by this device (an id or a name).
+    pub device: Option<&'a str>,
+    /// Only changes accepted at or after this time (ms).
+    pub since: Option<i64>,
+    /// At most this many entries, the most recent.
+    pub limit: usize,
 }
 
 /// The result of enrolling a device: its id and the secret it presents (shown once; the relay
@@ -394,6 +416,47 @@ pub struct Enrolment {
     pub device_id: Uuid,
     /// The device's secret credential.
     pub secret: String,
+}
+
+/// An audit entry from its stored columns; `kind` is the docs table's code.
+#[allow(clippy::too_many_arguments)] // one per column of the audit query
+fn audit_record(
+    seq: i64,
+    at: i64,
+    device_id: Uuid,
+    device_name: Option<String>,
+    doc: DocId,
+    hash: Option<Vec<u8>>,
+    scope: Option<String>,
+    kind: Option<i64>,
+    customer_id: Option<DocId>,
+) -> AuditRecord {
+    let kind = kind.and_then(fieldsync_core::ids::DocKind::from_code);
+    AuditRecord {
+        seq: seq.max(0) as u64,
+        at,
+        device_id,
+        device_name,
+        doc_id: doc,
+        hash: hash.map(hex::encode),
+        scope,
+        kind: kind.map(|k| k.as_str().to_string()),
+        customer_id: if kind == Some(fieldsync_core::ids::DocKind::Customer) {
+            Some(doc)
+        } else {
+            customer_id
+        },
+        customer: None,
+    }
+}
+
+/// The name in a stored customer snapshot (`None` when it does not load or has none).
+fn customer_name(snapshot: &[u8]) -> Option<String> {
+    let doc = fieldsync_core::store::load_snapshot(snapshot).ok()?;
+    match fieldsync_core::model::read_document(&doc).ok()? {
+        fieldsync_core::model::Document::Customer(c) => Some(c.name),
+        _ => None,
+    }
 }
 
 /// Counters for `fieldsync-relay status`.
@@ -440,7 +503,7 @@ fn usage_of(new_docs: Option<i64>, bytes: Option<i64>) -> Usage {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves no half-done state: SQLite rolled the transaction
     // back and documents being written were taken out of the cache.
     m.lock().unwrap_or_else(PoisonError::into_inner)

@@ -10,7 +10,7 @@ use super::*;
 const DEVICE_COLUMNS: &str = "name, role, scopes, secret_hash, created_at, last_seen, revoked_at";
 /// Columns `token_row_of` reads, in order.
 const TOKEN_COLUMNS: &str =
-    "name, role, scopes, device_id, created_at, expires_at, used_at, revoked_at";
+    "name, role, scopes, device_id, created_at, expires_at, used_at, revoked_at, token_hash";
 
 fn device_row_of(r: &Row) -> Result<DeviceRow, RelayStoreError> {
     Ok(DeviceRow {
@@ -38,6 +38,7 @@ fn token_row_of(r: &Row) -> Result<TokenRow, RelayStoreError> {
         expires_at: r.try_get(5)?,
         used_at: r.try_get(6)?,
         revoked_at: r.try_get(7)?,
+        hash: r.try_get(8)?,
     })
 }
 
@@ -164,6 +165,14 @@ impl DeviceDb for PgTx<'_> {
             )?,
         };
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn cancel_token(&self, hash: &[u8], now: i64) -> Result<bool, RelayStoreError> {
+        Ok(self.exec(
+            "UPDATE enrolments SET revoked_at = $2
+              WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL",
+            &[&hash, &now],
+        )? == 1)
     }
 
     fn bump_devices(&self) -> Result<(), RelayStoreError> {

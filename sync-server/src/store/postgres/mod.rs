@@ -62,6 +62,7 @@ mod batch_db;
 mod conn;
 mod devices;
 mod listen;
+mod nodes;
 mod schema;
 mod scratch;
 
@@ -75,8 +76,8 @@ pub use scratch::ScratchDatabase;
 use super::pool::{Pool, PoolStats, Share};
 use super::write_queue::{Upload, WriteQueue, WriteStats, write_group};
 use super::{
-    AuditRecord, BatchDb, Cancel, DeviceBackend, DeviceDb, DeviceRecord, DeviceRow, DocCache,
-    DocMeta, DocRow, ENTRY_OVERHEAD, Enrolment, EnrolmentRecord, Holder, KIND_CHANGES,
+    AuditQuery, AuditRecord, BatchDb, Cancel, DeviceBackend, DeviceDb, DeviceRecord, DeviceRow,
+    DocCache, DocMeta, DocRow, ENTRY_OVERHEAD, Enrolment, EnrolmentRecord, Holder, KIND_CHANGES,
     KIND_REPLACE, KIND_SNAPSHOT, MIN_DB_CONNECTIONS, NewDevice, RelayStatus, RelayStoreError,
     RelayStoreOptions, Replacement, Revoked, SnapshotPage, TokenRow, Usage, doc_id, lack_of, lock,
     log_entry, pg_detail, publish, replace,
@@ -943,49 +944,62 @@ impl PgRelayStore {
         })
     }
 
-    /// The audit trail (see [`super::SqliteRelayStore::audit`]).
-    pub fn audit(
-        &self,
-        doc: Option<DocId>,
-        device: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<AuditRecord>, RelayStoreError> {
-        let device_id = device
+    /// The audit trail the query selects (see [`super::SqliteRelayStore::audit`]).
+    pub fn audit(&self, q: &AuditQuery<'_>) -> Result<Vec<AuditRecord>, RelayStoreError> {
+        let device_id = q
+            .device
             .and_then(|d| Uuid::parse_str(d.trim()).ok())
             .map(|d| d.as_bytes().to_vec());
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let doc_b = doc.map(|d| d.as_bytes().to_vec());
-        let name = device.map(str::trim);
-        let filter_device = device.is_some();
+        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+        let doc_b = q.doc.map(|d| d.as_bytes().to_vec());
+        let name = q.device.map(str::trim);
+        let filter_device = q.device.is_some();
         self.read(|c| {
             let rows = c.query(
-                "SELECT a.seq, a.at, a.device, d.name, a.doc_id, l.hash, l.scope
+                "SELECT a.seq, a.at, a.device, d.name, a.doc_id, l.hash, l.scope, dd.kind,
+                        dd.customer_id
                    FROM audit a
                    LEFT JOIN devices d ON d.device_id = a.device
                    LEFT JOIN log l ON l.seq = a.seq
+                   LEFT JOIN docs dd ON dd.doc_id = a.doc_id
                   WHERE ($1::BYTEA IS NULL OR a.doc_id = $1)
                     AND (NOT $2 OR a.device = $3::BYTEA OR d.name = $4::TEXT)
+                    AND ($6::BIGINT IS NULL OR a.at >= $6)
                   ORDER BY a.seq DESC LIMIT $5",
-                &[&doc_b, &filter_device, &device_id, &name, &limit],
+                &[&doc_b, &filter_device, &device_id, &name, &limit, &q.since],
             )?;
             let mut out = Vec::new();
             for r in rows {
-                let seq: i64 = r.try_get(0)?;
                 let dev: Vec<u8> = r.try_get(2)?;
                 let doc: Vec<u8> = r.try_get(4)?;
-                let hash: Option<Vec<u8>> = r.try_get(5)?;
-                out.push(AuditRecord {
-                    seq: seq.max(0) as u64,
-                    at: r.try_get(1)?,
-                    device_id: uuid_of(&dev, "audit")?,
-                    device_name: r.try_get(3)?,
-                    doc_id: doc_id(&doc)?,
-                    hash: hash.map(hex::encode),
-                    scope: r.try_get(6)?,
-                });
+                let kind: Option<i64> = r.try_get(7)?;
+                let customer: Option<Vec<u8>> = r.try_get(8)?;
+                out.push(super::audit_record(
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    uuid_of(&dev, "audit")?,
+                    r.try_get(3)?,
+                    doc_id(&doc)?,
+                    r.try_get(5)?,
+                    r.try_get(6)?,
+                    kind,
+                    customer.as_deref().map(doc_id).transpose()?,
+                ));
             }
             out.reverse();
             Ok(out)
+        })
+    }
+
+    /// A document's stored snapshot, if the relay holds the document.
+    pub fn snapshot(&self, id: DocId) -> Result<Option<Vec<u8>>, RelayStoreError> {
+        let id = id.as_bytes().to_vec();
+        self.read(|c| {
+            Ok(
+                c.query_opt("SELECT snapshot FROM docs WHERE doc_id = $1", &[&id])?
+                    .map(|r| r.try_get(0))
+                    .transpose()?,
+            )
         })
     }
 

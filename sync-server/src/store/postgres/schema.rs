@@ -118,6 +118,13 @@ CREATE TABLE device_usage (
     r#"
 CREATE INDEX devices_name ON devices (name);
 "#,
+    r#"
+CREATE TABLE nodes (
+    node TEXT PRIMARY KEY,
+    report TEXT NOT NULL,
+    heartbeat_at BIGINT NOT NULL
+);
+"#,
 ];
 
 pub(super) fn migrate(client: &mut Client) -> Result<(), RelayStoreError> {

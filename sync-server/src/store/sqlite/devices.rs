@@ -63,6 +63,7 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRow, Option<Vec<u8
             expires_at: r.get(5)?,
             used_at: r.get(6)?,
             revoked_at: r.get(7)?,
+            hash: r.get(8)?,
         },
         r.get(3)?,
     ))
@@ -70,7 +71,7 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRow, Option<Vec<u8
 
 /// Columns `token_row` reads.
 const TOKEN_COLUMNS: &str =
-    "name, role, scopes, device_id, created_at, expires_at, used_at, revoked_at";
+    "name, role, scopes, device_id, created_at, expires_at, used_at, revoked_at, token_hash";
 
 fn with_device((mut t, device): (TokenRow, Option<Vec<u8>>)) -> Result<TokenRow, RelayStoreError> {
     t.device_id = device.as_deref().map(uuid_of).transpose()?;
@@ -187,6 +188,16 @@ impl DeviceDb for Transaction<'_> {
                 .execute(params![name, now])?,
         };
         Ok(n)
+    }
+
+    fn cancel_token(&self, hash: &[u8], now: i64) -> Result<bool, RelayStoreError> {
+        Ok(self
+            .prepare_cached(
+                "UPDATE enrolments SET revoked_at = ?2
+                  WHERE token_hash = ?1 AND used_at IS NULL AND revoked_at IS NULL",
+            )?
+            .execute(params![hash, now])?
+            == 1)
     }
 
     fn bump_devices(&self) -> Result<(), RelayStoreError> {

@@ -19,6 +19,7 @@ use fieldsync_core::store::{OpenError, open_sqlite};
 
 mod batch_db;
 mod devices;
+mod nodes;
 pub(crate) mod schema;
 
 use batch_db::SqlTx;
@@ -567,63 +568,81 @@ impl SqliteRelayStore {
         })
     }
 
-    /// The audit trail of accepted changes, optionally only those to document `doc` and/or
-    /// uploaded by `device` (a device id, or a name), oldest first; at most the `limit` most
-    /// recent.
-    pub fn audit(
-        &self,
-        doc: Option<DocId>,
-        device: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<AuditRecord>, RelayStoreError> {
-        let device_id = device.and_then(|d| Uuid::parse_str(d.trim()).ok());
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    /// The audit trail of accepted changes the query selects (by document, by uploading
+    /// device id or name, since a time), oldest first; at most the `limit` most recent. The
+    /// customer's name is filled in by [`RelayStore::audit`].
+    pub fn audit(&self, q: &AuditQuery<'_>) -> Result<Vec<AuditRecord>, RelayStoreError> {
+        let device_id = q.device.and_then(|d| Uuid::parse_str(d.trim()).ok());
+        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT a.seq, a.at, a.device, d.name, a.doc_id, l.hash, l.scope
+                "SELECT a.seq, a.at, a.device, d.name, a.doc_id, l.hash, l.scope, dd.kind,
+                        dd.customer_id
                    FROM audit a
                    LEFT JOIN devices d ON d.device_id = a.device
                    LEFT JOIN log l ON l.seq = a.seq
+                   LEFT JOIN docs dd ON dd.doc_id = a.doc_id
                   WHERE (?1 IS NULL OR a.doc_id = ?1)
                     AND (?2 = 0 OR a.device = ?3 OR d.name = ?4)
+                    AND (?6 IS NULL OR a.at >= ?6)
                   ORDER BY a.seq DESC LIMIT ?5",
             )?;
             let rows = st.query_map(
                 params![
-                    doc.map(|d| d.as_bytes().to_vec()),
-                    i64::from(device.is_some()),
+                    q.doc.map(|d| d.as_bytes().to_vec()),
+                    i64::from(q.device.is_some()),
                     device_id.map(|d| d.as_bytes().to_vec()),
-                    device.map(str::trim),
-                    limit
+                    q.device.map(str::trim),
+                    limit,
+                    q.since,
                 ],
                 |r| {
                     Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Vec<u8>>(4)?,
-                        r.get::<_, Option<Vec<u8>>>(5)?,
-                        r.get::<_, Option<String>>(6)?,
+                        (
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, Vec<u8>>(4)?,
+                        ),
+                        (
+                            r.get::<_, Option<Vec<u8>>>(5)?,
+                            r.get::<_, Option<String>>(6)?,
+                            r.get::<_, Option<i64>>(7)?,
+                            r.get::<_, Option<Vec<u8>>>(8)?,
+                        ),
                     ))
                 },
             )?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, at, dev, device_name, doc, hash, scope) = row?;
-                out.push(AuditRecord {
-                    seq: seq.max(0) as u64,
+                let ((seq, at, dev, device_name, doc), (hash, scope, kind, customer)) = row?;
+                out.push(audit_record(
+                    seq,
                     at,
-                    device_id: Uuid::from_slice(&dev)
+                    Uuid::from_slice(&dev)
                         .map_err(|_| RelayStoreError::Corrupt("bad device id in audit".into()))?,
                     device_name,
-                    doc_id: doc_id(&doc)?,
-                    hash: hash.map(hex::encode),
+                    doc_id(&doc)?,
+                    hash,
                     scope,
-                });
+                    kind,
+                    customer.as_deref().map(doc_id).transpose()?,
+                ));
             }
             out.reverse();
             Ok(out)
+        })
+    }
+
+    /// A document's stored snapshot, if the relay holds the document.
+    pub fn snapshot(&self, id: DocId) -> Result<Option<Vec<u8>>, RelayStoreError> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT snapshot FROM docs WHERE doc_id = ?1")?
+                    .query_row([id.as_bytes().to_vec()], |r| r.get(0))
+                    .optional()?,
+            )
         })
     }
 

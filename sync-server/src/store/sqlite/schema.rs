@@ -148,6 +148,16 @@ CREATE TABLE device_usage (
     r#"
 CREATE INDEX devices_name ON devices(name);
 "#,
+    // 6: what each serving relay node reports about itself every few seconds (address,
+    // version, connections, the devices online and how far behind each is), for `status`
+    // and `device list` (`crate::presence`).
+    r#"
+CREATE TABLE nodes (
+    node TEXT PRIMARY KEY,
+    report TEXT NOT NULL,
+    heartbeat_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this build creates and migrates to.

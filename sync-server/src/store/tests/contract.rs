@@ -85,7 +85,16 @@ fn append_read_and_resend() {
         assert_eq!(r.waiting("south", Some(None), 0).unwrap(), (0, 0));
         let st = r.status().unwrap();
         assert_eq!((st.high_seq, st.docs, st.changes), (3, 2, 3));
-        assert_eq!(r.audit(Some(c1), None, 10).unwrap().len(), 2);
+        assert_eq!(
+            r.audit(&AuditQuery {
+                doc: Some(c1),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            2
+        );
         // Reopening keeps the epoch and the log.
         let epoch = r.epoch();
         drop(r);

@@ -302,7 +302,16 @@ fn the_relay_runs_as_a_role_that_only_owns_its_database() {
             .unwrap()
             .is_some()
     );
-    assert_eq!(store.audit(None, None, 10).unwrap().len(), 1);
+    assert_eq!(
+        store
+            .audit(&AuditQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+        1
+    );
     // Reopening (a second node, or a restart) finds the schema migrated.
     drop(store);
     let again = PgRelayStore::open(&url, RelayStoreOptions::default()).unwrap();

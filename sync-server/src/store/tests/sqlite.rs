@@ -983,21 +983,53 @@ fn the_audit_trail_filters_by_document_and_device() {
     let c2 = b.customer("Two", "north");
     r.append_changes(&a.info, &a.outbox(), false).unwrap();
     r.append_changes(&b.info, &b.outbox(), false).unwrap();
-    let all = r.audit(None, None, 100).unwrap();
+    let all = r
+        .audit(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(all.len(), 2);
     assert!(all[0].seq < all[1].seq);
     assert_eq!(all[0].device_name.as_deref(), Some("alice"));
     assert_eq!(all[0].scope.as_deref(), Some("north"));
     assert_eq!(all[0].hash.as_ref().map(String::len), Some(64));
-    assert_eq!(r.audit(Some(c2), None, 100).unwrap()[0].doc_id, c2);
-    assert_eq!(r.audit(None, Some("alice"), 100).unwrap()[0].doc_id, c1);
+    assert_eq!(
+        r.audit(&AuditQuery {
+            doc: Some(c2),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()[0]
+            .doc_id,
+        c2
+    );
+    assert_eq!(
+        r.audit(&AuditQuery {
+            device: Some("alice"),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()[0]
+            .doc_id,
+        c1
+    );
     let by_id = r
-        .audit(None, Some(&b.info.device_id.to_string()), 100)
+        .audit(&AuditQuery {
+            device: Some(&b.info.device_id.to_string()),
+            limit: 100,
+            ..Default::default()
+        })
         .unwrap();
     assert_eq!(by_id.len(), 1);
     assert_eq!(by_id[0].doc_id, c2);
     assert_eq!(
-        r.audit(None, None, 1).unwrap()[0].doc_id,
+        r.audit(&AuditQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap()[0]
+            .doc_id,
         c2,
         "the most recent"
     );

@@ -4,32 +4,31 @@
 //!
 //! Every series is counted where the relay does the work: connections in the accept loop,
 //! frames and bytes where they are read and written, changes from the acknowledgements the
-//! relay sends, errors from the error frames it sends. The store's read pool (`db_pool_*`)
-//! and writer (`db_write_*`) are read from the store at each scrape
-//! ([`Metrics::watch_store`]).
+//! relay sends (refusals by reason), errors from the error frames it sends. Read at each
+//! scrape: the store's read pool (`db_pool_*`) and writer (`db_write_*`) and the live tail
+//! (`collectors`), and the fleet and disk counted every minute (`fleet`). `http` serves them.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod collectors;
+pub mod fleet;
+mod http;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use prometheus_client::collector::Collector;
+use fieldsync_core::protocol::messages::Rejection;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::fanout::Fanout;
 use crate::store::RelayStore;
+use collectors::{FanoutCollector, PoolCollector};
+pub use http::serve_http;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -60,8 +59,8 @@ pub struct Metrics {
     pub errors_sent: Family<Labels, Counter>,
     /// Uploaded changes stored and acknowledged.
     pub changes_accepted: Counter,
-    /// Uploaded changes refused.
-    pub changes_refused: Counter,
+    /// Uploaded changes refused, by reason (see [`refusal_reason`]).
+    pub changes_refused: Family<Labels, Counter>,
     /// Uploaded changes refused over a device's daily quota, by quota (`new_documents`,
     /// `bytes`).
     pub quota_refusals: Family<Labels, Counter>,
@@ -69,6 +68,8 @@ pub struct Metrics {
     pub request_seconds: Histogram,
     /// The relay log's last sequence number.
     pub log_high_seq: Gauge,
+    /// When this process started (Unix seconds).
+    pub start_time: Gauge,
     /// Whether the accept loop runs (for the health check).
     accepting: Arc<AtomicBool>,
 }
@@ -95,10 +96,11 @@ impl Metrics {
             bytes_sent: Counter::default(),
             errors_sent: Family::default(),
             changes_accepted: Counter::default(),
-            changes_refused: Counter::default(),
+            changes_refused: Family::default(),
             quota_refusals: Family::default(),
             request_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             log_high_seq: Gauge::default(),
+            start_time: Gauge::default(),
             accepting: Arc::new(AtomicBool::new(false)),
             registry: Registry::default(),
         };
@@ -159,7 +161,7 @@ impl Metrics {
         );
         registry.register(
             "changes_refused",
-            "Uploaded changes refused",
+            "Uploaded changes refused, by reason",
             m.changes_refused.clone(),
         );
         registry.register(
@@ -177,7 +179,42 @@ impl Metrics {
             "Last sequence number in the relay log",
             m.log_high_seq.clone(),
         );
+        m.start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        );
+        registry.register(
+            "start_time_seconds",
+            "When this relay process started (Unix time)",
+            m.start_time.clone(),
+        );
+        let build_info: Family<Labels, Gauge> = Family::default();
+        build_info
+            .get_or_create(&vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                (
+                    "protocol",
+                    fieldsync_core::protocol::PROTOCOL_VERSION.to_string(),
+                ),
+            ])
+            .set(1);
+        registry.register(
+            "build_info",
+            "The relay's version and sync protocol (always 1)",
+            build_info,
+        );
         Self { registry, ..m }
+    }
+
+    /// Counts an uploaded change the relay refused.
+    pub fn refused(&self, r: &Rejection) {
+        self.changes_refused
+            .get_or_create(&vec![("reason", refusal_reason(r).to_string())])
+            .inc();
+        if let Some(quota) = crate::store::quota_of(&r.reason) {
+            self.quota_refused(quota);
+        }
     }
 
     /// Counts one received message of type `name`.
@@ -227,6 +264,21 @@ impl Metrics {
             .register_collector(Box::new(PoolCollector(store)));
     }
 
+    /// Counts the fleet (`devices`, `devices_silent`) and the disk (`data_size_bytes`,
+    /// `data_available_bytes` for `data_dir`) now and every minute until `stop`, and reports
+    /// the last count at each scrape. Needs a tokio runtime.
+    pub fn watch_fleet(
+        &mut self,
+        store: RelayStore,
+        data_dir: Option<PathBuf>,
+        stop: watch::Receiver<bool>,
+    ) {
+        let last: fleet::Shared = Arc::new(Mutex::new(None));
+        tokio::spawn(fleet::refresh_loop(last.clone(), store, data_dir, stop));
+        self.registry
+            .register_collector(Box::new(fleet::FleetCollector(last)));
+    }
+
     /// Reports the live tail and its subscriptions at each scrape.
     pub fn watch_fanout(&mut self, fanout: Arc<Fanout>) {
         self.registry
@@ -247,223 +299,34 @@ impl Metrics {
     }
 }
 
-/// The store's read pool and writer, read at each scrape.
-#[derive(Debug)]
-struct PoolCollector(RelayStore);
-
-impl Collector for PoolCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.0.pool_stats();
-        let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
-        for (name, help, g) in [
-            (
-                "db_pool_capacity",
-                "Most read connections this node keeps open to its database",
-                gauge(s.capacity),
-            ),
-            (
-                "db_pool_reserved",
-                "Read connections kept for authentication and the node's bookkeeping",
-                gauge(s.reserved),
-            ),
-            ("db_pool_open", "Read connections open now", gauge(s.open)),
-            (
-                "db_pool_in_use",
-                "Read connections in use now",
-                gauge(s.in_use),
-            ),
-        ] {
-            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
-        }
-        for (name, help, c) in [
-            (
-                "db_pool_waits",
-                "Requests that waited for a free read connection",
-                ConstCounter::new(s.waits),
-            ),
-            (
-                "db_pool_busy",
-                "Requests refused as busy: no read connection came free in time",
-                ConstCounter::new(s.timeouts),
-            ),
-        ] {
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
-        }
-        let w = self.0.write_stats();
-        for (name, help, c) in [
-            (
-                "db_write_transactions",
-                "Transactions that wrote uploads (uploads queued together share one)",
-                ConstCounter::new(w.transactions),
-            ),
-            (
-                "db_write_uploads",
-                "Uploads written",
-                ConstCounter::new(w.uploads),
-            ),
-        ] {
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
-        }
-        for (name, help, c) in [
-            (
-                "db_write_busy_seconds",
-                "Time the writer spent writing uploads (a rate near 1 means it is saturated)",
-                ConstCounter::new(w.busy.as_secs_f64()),
-            ),
-            (
-                "db_write_wait_seconds",
-                "Time uploads waited for the writer, summed over uploads",
-                ConstCounter::new(w.waited.as_secs_f64()),
-            ),
-        ] {
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
-        }
-        let queued = ConstGauge::new(i64::try_from(w.queued).unwrap_or(i64::MAX));
-        queued.encode(encoder.encode_descriptor(
-            "db_write_queue",
-            "Uploads queued for the writer now (being written or waiting)",
-            None,
-            queued.metric_type(),
-        )?)?;
-        Ok(())
+/// A refused change's reason as a metric label: `quota` (a daily quota), `retry_later` (a
+/// temporary refusal: dependencies not there yet, a document being trimmed), `scope` (a
+/// scope the device was not granted), `permission` (what the device's role may not do),
+/// `budget` (a document that would outgrow what a replica loads) or `invalid` (anything
+/// else the rules refuse).
+pub fn refusal_reason(r: &Rejection) -> &'static str {
+    let reason = r.reason.to_ascii_lowercase();
+    if crate::store::quota_of(&r.reason).is_some() {
+        "quota"
+    } else if r.retry {
+        "retry_later"
+    } else if reason.contains("scope") {
+        "scope"
+    } else if reason.contains("unreadable")
+        || reason.contains("budget")
+        || reason.contains("too large")
+        || reason.contains("too deep")
+    {
+        "budget"
+    } else if reason.contains("role")
+        || reason.contains("only ")
+        || reason.contains("may not")
+        || reason.contains("not allowed")
+    {
+        "permission"
+    } else {
+        "invalid"
     }
-}
-
-/// The live tail and who follows it, read at each scrape.
-#[derive(Debug)]
-struct FanoutCollector(Arc<Fanout>);
-
-impl Collector for FanoutCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (entries, bytes) = self.0.held();
-        let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
-        for (name, help, g) in [
-            (
-                "live_tail_entries",
-                "Newest log entries held in memory for live connections",
-                gauge(entries),
-            ),
-            (
-                "live_tail_bytes",
-                "Bytes of newest log entries held in memory (live_tail_bytes caps it)",
-                gauge(bytes),
-            ),
-            (
-                "live_subscriptions",
-                "Connections following their scopes for live pushes (once per scope)",
-                gauge(self.0.subscriptions()),
-            ),
-        ] {
-            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Clone)]
-struct HttpState {
-    metrics: Arc<Metrics>,
-    store: RelayStore,
-    log: watch::Receiver<u64>,
-    /// SHA-256 of the bearer token `/metrics` requires, if any.
-    token: Option<[u8; 32]>,
-}
-
-/// Whether the request carries the configured bearer token (compared as digests, in time
-/// independent of where they differ).
-fn authorized(headers: &HeaderMap, token: Option<&[u8; 32]>) -> bool {
-    let Some(want) = token else {
-        return true;
-    };
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let got: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
-    got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
-async fn metrics_page(State(s): State<HttpState>, headers: HeaderMap) -> Response {
-    if !authorized(&headers, s.token.as_ref()) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "a bearer token is required\n",
-        )
-            .into_response();
-    }
-    s.metrics
-        .log_high_seq
-        .set(i64::try_from(*s.log.borrow()).unwrap_or(i64::MAX));
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn health(State(s): State<HttpState>) -> (StatusCode, String) {
-    if !s.metrics.accepting.load(Ordering::Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not accepting connections\n".into(),
-        );
-    }
-    let store = s.store.clone();
-    match tokio::task::spawn_blocking(move || store.high_seq()).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ok\n".into()),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unavailable: {e}\n"),
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store check failed: {e}\n"),
-        ),
-    }
-}
-
-/// Binds `addr` and serves `/metrics` (behind `token` as a bearer token, when given) and
-/// `/healthz` until `stop` turns true. Returns the bound address (port 0 picks one) and the
-/// task.
-pub async fn serve_http(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    store: RelayStore,
-    token: Option<String>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the metrics address {addr}: {e}"))?;
-    let bound = listener.local_addr()?;
-    let state = HttpState {
-        metrics,
-        log: store.subscribe(),
-        store,
-        token: token.map(|t| Sha256::digest(t.as_bytes()).into()),
-    };
-    let app = Router::new()
-        .route("/metrics", get(metrics_page))
-        .route("/healthz", get(health))
-        .with_state(state);
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|v| *v).await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::warn!(error = %e, "metrics endpoint stopped");
-        }
-    });
-    Ok((bound, task))
 }
 
 #[cfg(test)]
