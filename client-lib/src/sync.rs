@@ -59,20 +59,23 @@ pub mod tls;
 pub use config::SyncConfig;
 pub use error::SyncError;
 pub use handle::SyncHandle;
-pub use report::{SyncProgress, SyncReport};
-pub use status::{PersistedStatus, STATUS_META_KEY, SyncEvent, SyncState, SyncStatus, load_status};
+pub use report::{KindCounts, SyncProgress, SyncReport};
+pub use status::{
+    GRANT_META_KEY, PersistedStatus, STATUS_META_KEY, SyncEvent, SyncState, SyncStatus,
+    granted_scopes, load_status,
+};
 
 use config::split_host;
 use link::{Counters, Link};
 use report::millis;
 use status::{Outcome, persist_status};
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fieldsync_core::Role;
 use fieldsync_core::ids::{Millis, now_millis};
 use fieldsync_core::protocol::client::ClientConfig as SessionConfig;
 use fieldsync_core::protocol::messages::MAX_FIRST_CUSTOMERS;
@@ -81,6 +84,8 @@ use fieldsync_core::protocol::{
     TimerConfig, codec,
 };
 use fieldsync_core::store::{Origin, Store, StoreError};
+use fieldsync_core::{DocId, DocKind, Role};
+use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -404,13 +409,103 @@ struct Step {
     grant: Option<(Vec<String>, Role)>,
     /// Local changes moved to the quarantine by this step, with the reason.
     quarantined: Vec<(String, String)>,
+    /// What the step's message meant in documents: see [`Seen`].
+    seen: Seen,
+}
+
+/// What one message from the relay meant in documents, for the report's domain counts:
+/// the documents whose local changes it acknowledged, those it brought, and whether its
+/// `Welcome` named another epoch than the replica's cursor (a restored relay).
+#[derive(Default)]
+struct Seen {
+    acknowledged: Vec<(DocId, DocKind)>,
+    received: Vec<(DocId, DocKind)>,
+    restored: bool,
+}
+
+impl Seen {
+    /// Before the session handles `msg`: the documents of the local changes an `UploadAck`
+    /// accepts (read from the outbox, which the answer empties), and whether a `Welcome`
+    /// comes from a relay restored since the last download (the condition under which the
+    /// session compares heads and re-sends what the relay lacks). Counting is informational:
+    /// a failed read counts nothing.
+    fn before(store: &Store, msg: &ClientInput) -> Self {
+        let mut seen = Self::default();
+        match msg {
+            ClientInput::Message(Message::UploadAck { accepted, .. }) => {
+                let docs = (|| -> rusqlite::Result<Vec<DocId>> {
+                    let mut st = store
+                        .reader()
+                        .prepare_cached("SELECT doc_id FROM outbox WHERE hash = ?1")?;
+                    let mut out = Vec::new();
+                    for h in accepted {
+                        let id: Option<Vec<u8>> =
+                            st.query_row([&h[..]], |r| r.get(0)).optional()?;
+                        out.extend(id.and_then(|b| DocId::from_slice(&b)));
+                    }
+                    Ok(out)
+                })();
+                seen.acknowledged = kinds_of(store, docs.unwrap_or_default());
+            }
+            ClientInput::Message(Message::Welcome { epoch, .. }) => {
+                seen.restored = ClientSession::load_cursor(store)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|c| c.epoch != *epoch)
+                    && store.doc_count().is_ok_and(|n| n > 0);
+            }
+            _ => {}
+        }
+        seen
+    }
+}
+
+/// The documents of a download batch that brought something (not those told to leave).
+fn batch_docs(msg: &ClientInput) -> Vec<DocId> {
+    match msg {
+        ClientInput::Message(Message::Batch { items, .. }) => items
+            .iter()
+            .filter(|i| !matches!(i.entry, fieldsync_core::protocol::messages::Entry::Leave))
+            .map(|i| i.doc_id)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Each of `docs` that the replica holds, with its kind.
+fn kinds_of(store: &Store, docs: Vec<DocId>) -> Vec<(DocId, DocKind)> {
+    if docs.is_empty() {
+        return Vec::new();
+    }
+    let read = (|| -> rusqlite::Result<Vec<(DocId, DocKind)>> {
+        let mut st = store
+            .reader()
+            .prepare_cached("SELECT kind FROM docs WHERE id = ?1")?;
+        let mut out = Vec::with_capacity(docs.len());
+        for id in docs {
+            let kind: Option<Option<i64>> =
+                st.query_row([id.as_bytes()], |r| r.get(0)).optional()?;
+            if let Some(kind) = kind.flatten().and_then(DocKind::from_code) {
+                out.push((id, kind));
+            }
+        }
+        Ok(out)
+    })();
+    read.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "could not read document kinds for the report");
+        Vec::new()
+    })
 }
 
 /// One connection's protocol state.
 /// The replica's identity takes the role the relay grants the device: local edits are then
 /// checked, and recorded, at the authority the relay will judge them at (an identity claiming
 /// more would write changes the relay refuses).
-fn follow_granted_role(client: &Client, role: Role) {
+///
+/// The granted scopes are kept too ([`granted_scopes`]), so the replica can tell what the relay
+/// will refuse before anything is sent.
+fn follow_grant(client: &Client, scopes: &[String], role: Role) {
+    status::remember_grant(client, scopes);
     match client.identity() {
         Ok(mut identity) if identity.role != role => {
             tracing::info!(from = %identity.role, to = %role, "the local role follows the relay's grant");
@@ -442,7 +537,7 @@ fn metered(mut cfg: SessionConfig, budget: Option<u64>) -> SessionConfig {
 /// then recent work (see [`Store::first_customers`]), read on a blocking thread (the store may
 /// be busy with the app's own transaction). A replica that cannot say downloads in the usual
 /// order.
-async fn first_customers(client: &Client) -> Vec<fieldsync_core::DocId> {
+async fn first_customers(client: &Client) -> Vec<DocId> {
     let client = client.clone();
     let read = tokio::task::spawn_blocking(move || {
         client.with_store(|s| s.first_customers(now_millis(), MAX_FIRST_CUSTOMERS))
@@ -484,11 +579,16 @@ struct Run {
     budget: Option<u64>,
     /// The budget was reached; the session was paused.
     budget_spent: bool,
+    /// Documents whose local changes the relay acknowledged, and those downloads brought.
+    acknowledged: BTreeMap<DocId, DocKind>,
+    received: BTreeMap<DocId, DocKind>,
+    /// The relay was restored from a backup since this replica's last download.
+    relay_restored: bool,
 }
 
 impl Run {
     /// A run whose session names `first` to the relay (see [`first_customers`]).
-    fn new(client: &Client, cfg: &SyncConfig, first: Vec<fieldsync_core::DocId>) -> Self {
+    fn new(client: &Client, cfg: &SyncConfig, first: Vec<DocId>) -> Self {
         Self {
             client: client.clone(),
             session: Some(ClientSession::new(SessionConfig {
@@ -510,6 +610,9 @@ impl Run {
             early_data: false,
             budget: cfg.budget,
             budget_spent: false,
+            acknowledged: BTreeMap::new(),
+            received: BTreeMap::new(),
+            relay_restored: false,
         }
     }
 
@@ -542,8 +645,12 @@ impl Run {
         let client = self.client.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let r = client.with_store(|store| -> Result<Step, SessionError> {
+                let mut seen = Seen::before(store, &input);
+                let brought = batch_docs(&input);
                 let core = session.step(store, input, session_clock())?;
+                seen.received = kinds_of(store, brought);
                 Ok(Step {
+                    seen,
                     core,
                     stats: session.stats().clone(),
                     grant: session.grant().map(|(s, r)| (s.to_vec(), r)),
@@ -565,6 +672,10 @@ impl Run {
             e => SyncError::Session(e),
         })?;
         self.stats = step.stats.clone();
+        self.acknowledged
+            .extend(step.seen.acknowledged.iter().copied());
+        self.received.extend(step.seen.received.iter().copied());
+        self.relay_restored |= step.seen.restored;
         Ok(step)
     }
 
@@ -651,7 +762,7 @@ impl Run {
                     let was_granted = self.grant.is_some();
                     let mut step = self.step(ClientInput::Message(msg)).await?;
                     if !was_granted && let Some((scopes, role)) = &step.grant {
-                        follow_granted_role(&self.client, *role);
+                        follow_grant(&self.client, scopes, *role);
                         sink(Note::Connected { scopes, role: *role });
                     }
                     for n in notes {
@@ -812,6 +923,9 @@ pub async fn sync_now_with_progress(
                 items_failed: s.items_failed,
                 batches: s.batches,
                 repaired: s.repaired,
+                relay_restored: run.relay_restored,
+                sent_documents: KindCounts::of(&run.acknowledged),
+                received_documents: KindCounts::of(&run.received),
                 bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
                 bytes_received: c.bytes_received.load(Ordering::Relaxed),
                 frames_sent: c.frames_sent.load(Ordering::Relaxed),

@@ -47,6 +47,18 @@ fn fails(data: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stderr).expect("utf-8 stderr")
 }
 
+/// `sync --json` that synced but saw refusals: exit status 3, the report on stdout.
+fn refused_json(data: &Path, args: &[&str]) -> Value {
+    let out = fieldsync(data, args);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "fieldsync {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the report")
+}
+
 fn ids(list: &Value) -> Vec<String> {
     list.as_array()
         .expect("array")
@@ -126,12 +138,18 @@ fn cli_works_offline_and_syncs_through_the_relay() {
     assert_eq!(customer["name"], "Acme Mining");
     assert_eq!(customer["scope"], "north");
     assert_eq!(customer["created_by"], "alice");
-    let plain_id = ok(
+    let plain = ok(
         &a,
         &["customer", "add", "--name", "Beta", "--scope", "south"],
     );
-    let bid = plain_id.trim().to_string();
-    assert_eq!(bid.len(), 36, "plain output is the id: {plain_id}");
+    assert!(
+        plain.starts_with("Added customer Beta (") && plain.trim_end().ends_with("in south."),
+        "plain output is a confirmation: {plain}"
+    );
+    let bid = json(&a, &["customer", "show", "beta", "--json"])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let list = json(&a, &["customer", "list", "--json"]);
     assert_eq!(ids(&list), vec![cid.clone(), bid.clone()]);
     ok(&a, &["customer", "archive", &bid]);
@@ -203,13 +221,14 @@ fn cli_works_offline_and_syncs_through_the_relay() {
     // A rep may not approve.
     fails(&a, &["quote", "approve", &qid]);
 
-    // Unknown ids and malformed ids fail with a message on stderr.
+    // Unknown ids and names fail with a message on stderr.
     let err = fails(
         &a,
         &["customer", "show", "01900000-0000-7000-8000-000000000000"],
     );
-    assert!(err.contains("no document"), "{err}");
-    fails(&a, &["customer", "show", "not-an-id"]);
+    assert!(err.contains("no customer on this laptop"), "{err}");
+    let err = fails(&a, &["customer", "show", "not-an-id"]);
+    assert!(err.contains("no customer on this laptop"), "{err}");
 
     let before = json(&a, &["status", "--json"]);
     assert!(
@@ -367,9 +386,15 @@ fn cli_works_offline_and_syncs_through_the_relay() {
         down["last_sync_finished_at"].is_string(),
         "last success kept"
     );
-    let err = fails(&a, &["sync", "--connect-timeout", "1"]);
+    let out = fieldsync(&a, &["sync", "--connect-timeout", "1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "offline has its own exit status"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("sync with") && err.contains("no answer"),
+        err.contains("no answer from the relay") && err.contains("next `fieldsync sync`"),
         "{err}"
     );
 }
@@ -442,8 +467,9 @@ fn init_with_a_token_enrols_and_refused_changes_are_listed() {
     let err = fails(&b, &["init", "--token", &token]);
     assert!(err.contains("already used"), "{err}");
 
-    // A customer in the rep's territory syncs; one outside it is refused and quarantined.
-    let ours = ok(
+    // A customer in the rep's territory syncs; one outside it (created anyway) is refused
+    // and quarantined, and the sync exits 3.
+    let ours = json(
         &a,
         &[
             "customer",
@@ -452,9 +478,13 @@ fn init_with_a_token_enrols_and_refused_changes_are_listed() {
             "Baotou Mining",
             "--scope",
             "north-mines",
+            "--json",
         ],
-    );
-    let theirs = ok(
+    )["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let theirs = json(
         &a,
         &[
             "customer",
@@ -463,15 +493,20 @@ fn init_with_a_token_enrols_and_refused_changes_are_listed() {
             "Elsewhere Ltd",
             "--scope",
             "south-ports",
+            "--outside-grant",
+            "--json",
         ],
-    );
-    let report = json(&a, &["sync", "--json"]);
+    )["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let report = refused_json(&a, &["sync", "--json"]);
     assert_eq!(report["changes_acked"], 1, "{report}");
     assert_eq!(report["changes_rejected"], 1, "{report}");
     assert_eq!(report["role"], "rep");
     let q = json(&a, &["quarantine", "--json"]);
     assert_eq!(q.as_array().expect("array").len(), 1, "{q}");
-    assert_eq!(q[0]["doc_id"], theirs.trim());
+    assert_eq!(q[0]["doc_id"], theirs.as_str());
     let reason = q[0]["reason"].as_str().expect("reason");
     assert!(reason.contains("outside the device's scopes"), "{reason}");
     let text = ok(&a, &["quarantine"]);
@@ -492,22 +527,22 @@ fn init_with_a_token_enrols_and_refused_changes_are_listed() {
         "{text}"
     );
     let list = json(&a, &["customer", "list", "--json"]);
-    assert_eq!(ids(&list), vec![ours.trim().to_string()]);
+    assert_eq!(ids(&list), vec![ours.as_str().to_string()]);
 
     // Retrying puts the refused customer back and sends it again; still outside the grant,
     // it is refused again and returns to the quarantine.
-    let err = fails(&a, &["quarantine", "--doc", theirs.trim()]);
+    let err = fails(&a, &["quarantine", "--doc", theirs.as_str()]);
     assert!(err.contains("--retry"), "{err}");
     let retried = json(&a, &["quarantine", "--retry", "--json"]);
     assert_eq!(retried, serde_json::json!({ "requeued": 1, "kept": 0 }));
     assert_eq!(json(&a, &["status", "--json"])["outbox"], 1);
     let list = json(&a, &["customer", "list", "--json"]);
     assert_eq!(list.as_array().expect("array").len(), 2, "{list}");
-    let report = json(&a, &["sync", "--json"]);
+    let report = refused_json(&a, &["sync", "--json"]);
     assert_eq!(report["changes_rejected"], 1, "{report}");
     let q = json(&a, &["quarantine", "--json"]);
-    assert_eq!(q[0]["doc_id"], theirs.trim(), "{q}");
-    let text = ok(&a, &["quarantine", "--retry", "--doc", ours.trim()]);
+    assert_eq!(q[0]["doc_id"], theirs.as_str(), "{q}");
+    let text = ok(&a, &["quarantine", "--retry", "--doc", ours.as_str()]);
     assert!(text.contains("0 refused change(s)"), "{text}");
 
     // IT adds the territory to the laptop's grant; the retried customer now syncs.
@@ -534,10 +569,13 @@ fn init_with_a_token_enrols_and_refused_changes_are_listed() {
         (&serde_json::json!(0), &serde_json::json!(0))
     );
 
-    // Revoked: the next sync fails with the reason, and status shows it.
+    // Revoked: the next sync fails in plain words with its own exit status; status shows
+    // the relay's reason in JSON and the plain words in text.
     relay.store().revoke("Li Wei laptop").expect("revoke");
-    let err = fails(&a, &["sync"]);
-    assert!(err.contains("Unauthorized"), "{err}");
+    let out = fieldsync(&a, &["sync"]);
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("access was revoked by IT"), "{err}");
     let status = json(&a, &["status", "--json"]);
     assert!(
         status["last_error"]

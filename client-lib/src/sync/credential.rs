@@ -182,7 +182,7 @@ pub async fn enrol_replica(
             cred.pending = None;
             cred.relay = Some(token.relay.clone());
             write_credential(&path, &cred)?;
-            super::follow_granted_role(client, role);
+            super::follow_grant(client, &scopes, role);
             Ok(Enrolled {
                 device_id,
                 relay: token.relay.clone(),

@@ -1,6 +1,9 @@
 //! What a sync moved: [`SyncReport`] at its end, [`SyncProgress`] while it runs.
 
 use super::*;
+use std::collections::BTreeMap;
+
+use fieldsync_core::{DocId, DocKind};
 
 /// Totals of one [`sync_now`] run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +36,19 @@ pub struct SyncReport {
     pub batches: u64,
     /// Changes re-uploaded because the relay had lost them (repair).
     pub repaired: u64,
+    /// The relay's epoch was not the one this replica last synced with: it was restored from
+    /// a backup (or its log was reset) since. The replica compared document heads with it and
+    /// re-sent every change it lacked ([`SyncReport::repaired`]).
+    #[serde(default)]
+    pub relay_restored: bool,
+    /// Documents whose local changes the relay acknowledged in this sync, by kind (each
+    /// document counted once, however many of its changes went).
+    #[serde(default)]
+    pub sent_documents: KindCounts,
+    /// Documents this sync brought changes, snapshots or replacements of, by kind (each
+    /// document counted once).
+    #[serde(default)]
+    pub received_documents: KindCounts,
     /// Frame bytes written to the relay (length prefixes included).
     pub bytes_sent: u64,
     /// Frame bytes read from the relay (length prefixes included).
@@ -69,6 +85,46 @@ pub struct SyncReport {
     /// Wall-clock time from the first connection attempt to the clean close.
     #[serde(with = "millis", rename = "duration_ms")]
     pub duration: Duration,
+}
+
+/// How many documents of each kind (see [`SyncReport::sent_documents`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindCounts {
+    /// Customers.
+    pub customers: u64,
+    /// Visits.
+    pub visits: u64,
+    /// Quotes.
+    pub quotes: u64,
+}
+
+impl KindCounts {
+    /// The count of one kind.
+    pub fn get(&self, kind: DocKind) -> u64 {
+        match kind {
+            DocKind::Customer => self.customers,
+            DocKind::Visit => self.visits,
+            DocKind::Quote => self.quotes,
+        }
+    }
+
+    /// All kinds together.
+    pub fn total(&self) -> u64 {
+        self.customers + self.visits + self.quotes
+    }
+
+    /// Counts each document of `docs` once, by its kind.
+    pub(super) fn of(docs: &BTreeMap<DocId, DocKind>) -> Self {
+        let mut c = Self::default();
+        for kind in docs.values() {
+            match kind {
+                DocKind::Customer => c.customers += 1,
+                DocKind::Visit => c.visits += 1,
+                DocKind::Quote => c.quotes += 1,
+            }
+        }
+        c
+    }
 }
 
 /// Running totals during [`sync_now_with_progress`], for progress bars.

@@ -156,6 +156,39 @@ pub fn load_status(client: &Client) -> Result<Option<PersistedStatus>, ClientErr
     client.with_store(|store| read_status(store))
 }
 
+/// Store meta key holding the scopes the relay last granted this device (JSON array).
+pub const GRANT_META_KEY: &str = "sync.granted_scopes";
+
+/// The scopes the relay granted this replica's device (`*` stands for every scope), as it
+/// last said: at enrolment ([`super::enrol_replica`]) and at the start of every sync. A
+/// replica that synced before this was recorded falls back to its download cursor, which
+/// keeps one position per granted scope. `None` for a replica never enrolled or synced.
+pub fn granted_scopes(client: &Client) -> Result<Option<Vec<String>>, ClientError> {
+    client.with_store(|store| {
+        if let Some(scopes) = store
+            .meta(GRANT_META_KEY)?
+            .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
+        {
+            return Ok(Some(scopes));
+        }
+        Ok(ClientSession::load_cursor(store)?.map(|c| c.scopes.into_keys().collect()))
+    })
+}
+
+/// Records the granted scopes when they changed, logging instead of failing.
+pub(super) fn remember_grant(client: &Client, scopes: &[String]) {
+    let r = client.with_store(|store| -> Result<(), ClientError> {
+        let json = serde_json::to_vec(scopes).map_err(|e| ClientError::Corrupt(e.to_string()))?;
+        if store.meta(GRANT_META_KEY)?.as_deref() != Some(json.as_slice()) {
+            store.set_meta(GRANT_META_KEY, &json)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "could not record the granted scopes");
+    }
+}
+
 pub(super) fn read_status(store: &Store) -> Result<Option<PersistedStatus>, ClientError> {
     match store.meta(STATUS_META_KEY)? {
         None => Ok(None),

@@ -2,11 +2,28 @@
 
 use super::*;
 
+/// Naming records and the exit statuses, under `fieldsync --help` and in the man page.
+const AFTER_HELP: &str = "\
+Naming records:
+  A customer: its id, the first 4 or more characters of its id, its name (any case), or a
+  part of its name that only it has. A visit or quote: its id or the first 4 or more
+  characters of it. Several matches are listed, nothing is changed.
+
+Exit status:
+  0  done (sync: synced)
+  1  error: bad input, a refused edit, a failed command
+  2  the command line is wrong (unknown command or flag)
+  3  sync: synced, but the relay refused some local changes (see `fieldsync quarantine`)
+  4  sync: the relay could not be reached or stopped answering; local edits are safe and go
+     at the next sync
+  5  sync: this laptop is not enrolled with the relay, or IT revoked its access";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "fieldsync",
     version,
-    about = "Offline-first CRM replica: customers, visits and quotes, synced with a relay"
+    about = "Offline-first CRM replica: customers, visits and quotes, synced with a relay",
+    after_help = AFTER_HELP
 )]
 pub(super) struct Cli {
     /// Data directory holding replica.db and config.toml [default: the platform data dir]
@@ -24,10 +41,10 @@ pub(super) enum Command {
     /// Customers: add, edit, show, list, archive
     #[command(subcommand)]
     Customer(CustomerCmd),
-    /// Visits: log, list
+    /// Visits: log, show, list
     #[command(subcommand)]
     Visit(VisitCmd),
-    /// Quotes: new, add-line, submit, approve, reject, show
+    /// Quotes: new, add-line, list, submit, approve, reject, show
     #[command(subcommand)]
     Quote(QuoteCmd),
     /// Exchange changes with the relay (once, or continuously with --watch)
@@ -39,17 +56,47 @@ pub(super) enum Command {
     Quarantine(QuarantineArgs),
     /// List fields that hold concurrent values
     Conflicts(JsonFlag),
+    /// Keep one value of a field in conflict (listed by `fieldsync conflicts`)
+    Resolve(ResolveArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
+    Completions(CompletionsArgs),
+    /// Write man pages (fieldsync.1 and one per command) into a directory
+    Man(ManArgs),
 }
 
-#[derive(Args, Debug, Clone, Copy)]
+#[derive(Args, Debug)]
+pub(super) struct ResolveArgs {
+    /// The document: an id or id prefix, or a customer's name
+    pub(super) id: String,
+    /// The field, as `fieldsync conflicts` shows it (e.g. `industry`, `contacts/<id>/phone`)
+    pub(super) field: String,
+    /// The value to keep (text; a number, true, false or null for fields that hold one)
+    pub(super) value: String,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub(super) shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ManArgs {
+    /// Directory to write the pages into (created if missing)
+    #[arg(long, value_name = "DIR")]
+    pub(super) out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
 pub(super) struct QuarantineArgs {
     /// Put the refused changes back into their documents and the outbox, to be sent again at
     /// the next sync (after IT fixed what the relay refused them for: a scope, a role)
     #[arg(long)]
     pub(super) retry: bool,
-    /// With --retry: only this document's changes
+    /// With --retry: only this document's changes (its id or id prefix)
     #[arg(long, value_name = "ID", requires = "retry")]
-    pub(super) doc: Option<DocId>,
+    pub(super) doc: Option<String>,
     /// Print JSON
     #[arg(long)]
     pub(super) json: bool,
@@ -144,14 +191,19 @@ pub(super) enum CustomerCmd {
         /// Lifecycle stage [default: potential]
         #[arg(long)]
         stage: Option<String>,
+        /// Create it even though IT has not granted this laptop the scope: the relay refuses
+        /// it (kept in `fieldsync quarantine`) until IT grants the scope
+        #[arg(long)]
+        outside_grant: bool,
         /// Print the customer as JSON
         #[arg(long)]
         json: bool,
     },
     /// Change a customer's fields (all in one change)
     Edit {
-        /// Customer id
-        id: CustomerId,
+        /// The customer: id, id prefix or name
+        #[arg(value_name = "CUSTOMER")]
+        id: String,
         /// New name
         #[arg(long)]
         name: Option<String>,
@@ -173,8 +225,9 @@ pub(super) enum CustomerCmd {
     },
     /// Show a customer
     Show {
-        /// Customer id
-        id: CustomerId,
+        /// The customer: id, id prefix or name
+        #[arg(value_name = "CUSTOMER")]
+        id: String,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -196,8 +249,12 @@ pub(super) enum CustomerCmd {
     },
     /// Archive a customer (hidden from listings, never deleted)
     Archive {
-        /// Customer id
-        id: CustomerId,
+        /// The customer: id, id prefix or name
+        #[arg(value_name = "CUSTOMER")]
+        id: String,
+        /// Print the customer as JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -222,9 +279,9 @@ impl From<VisitStatusArg> for VisitStatus {
 pub(super) enum VisitCmd {
     /// Log a visit at a customer
     Log {
-        /// Customer id
-        #[arg(long)]
-        customer: CustomerId,
+        /// The customer: id, id prefix or name
+        #[arg(long, value_name = "CUSTOMER")]
+        customer: String,
         /// Minutes and notes
         #[arg(long)]
         notes: String,
@@ -241,11 +298,20 @@ pub(super) enum VisitCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show a visit
+    Show {
+        /// The visit: id or id prefix
+        #[arg(value_name = "VISIT")]
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// List visits, newest first
     List {
-        /// Only visits to this customer
-        #[arg(long)]
-        customer: Option<CustomerId>,
+        /// Only visits to this customer (id, id prefix or name)
+        #[arg(long, value_name = "CUSTOMER")]
+        customer: Option<String>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -256,9 +322,9 @@ pub(super) enum VisitCmd {
 pub(super) enum QuoteCmd {
     /// Start a draft quote for a customer
     New {
-        /// Customer id
-        #[arg(long)]
-        customer: CustomerId,
+        /// The customer: id, id prefix or name
+        #[arg(long, value_name = "CUSTOMER")]
+        customer: String,
         /// ISO 4217 currency of all prices
         #[arg(long)]
         currency: String,
@@ -271,8 +337,9 @@ pub(super) enum QuoteCmd {
     },
     /// Add a line to a draft quote
     AddLine {
-        /// Quote id
-        id: QuoteId,
+        /// The quote: id or id prefix
+        #[arg(value_name = "QUOTE")]
+        id: String,
         /// Product SKU
         #[arg(long)]
         sku: String,
@@ -292,6 +359,15 @@ pub(super) enum QuoteCmd {
         #[arg(long)]
         json: bool,
     },
+    /// List quotes, newest first
+    List {
+        /// Only quotes to this customer (id, id prefix or name)
+        #[arg(long, value_name = "CUSTOMER")]
+        customer: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Submit a draft for approval
     Submit(QuoteIdArgs),
     /// Approve a submitted quote (manager and above)
@@ -304,8 +380,9 @@ pub(super) enum QuoteCmd {
 
 #[derive(Args, Debug)]
 pub(super) struct QuoteIdArgs {
-    /// Quote id
-    pub(super) id: QuoteId,
+    /// The quote: id or id prefix
+    #[arg(value_name = "QUOTE")]
+    pub(super) id: String,
     /// Print the quote as JSON
     #[arg(long)]
     pub(super) json: bool,
@@ -313,8 +390,9 @@ pub(super) struct QuoteIdArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct QuoteDecisionArgs {
-    /// Quote id
-    pub(super) id: QuoteId,
+    /// The quote: id or id prefix
+    #[arg(value_name = "QUOTE")]
+    pub(super) id: String,
     /// Why
     #[arg(long)]
     pub(super) reason: Option<String>,

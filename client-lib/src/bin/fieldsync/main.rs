@@ -6,13 +6,17 @@
 //! device credential stored by `fieldsync init --token`. The directory fieldsync creates is
 //! readable by its owner only (0700), and so are the replica and SQLite's files beside it
 //! (0600). Edits work offline; `fieldsync sync` exchanges them with the relay. `--json`
-//! prints one JSON value on stdout; errors go to stderr with a non-zero exit status.
+//! prints one JSON value on stdout; errors go to stderr with a non-zero exit status (see
+//! [`exit`] for what each means).
 //!
-//! `args` is the command line; `setup` the data directory and `init`; `records` the customer,
-//! visit and quote commands; `sync_cmd` `sync`; `status` `status`, `quarantine` and
-//! `conflicts`. This file dispatches and holds the shared formats.
+//! `args` is the command line; `setup` the data directory and `init`; `names` how records
+//! are named (id prefixes, customer names, short ids); `records` the customer, visit and
+//! quote commands; `sync_cmd` `sync`; `status` `status`, `quarantine`, `conflicts` and
+//! `resolve`. This file dispatches, writes completions and man pages, and holds the shared
+//! formats.
 
 mod args;
+mod names;
 mod records;
 mod setup;
 mod status;
@@ -28,14 +32,16 @@ use fieldsync_client::sync::{
     self, Fingerprint, SyncConfig, SyncEvent, SyncHandle, SyncProgress, SyncReport,
 };
 use fieldsync_client::{
-    Client, CustomerEdit, CustomerField, CustomerFilter, CustomerId, DocId, Identity, LineInput,
-    NewCustomer, NewQuote, NewVisit, QuoteId, Role, VisitFilter, VisitStatus,
+    Client, ClientError, CustomerEdit, CustomerField, CustomerFilter, CustomerId, DocId, DocKind,
+    Identity, LineInput, NewCustomer, NewQuote, NewVisit, Quote, QuoteId, QuoteStatus, Role,
+    VisitFilter, VisitId, VisitStatus,
 };
 use fieldsync_core::display::{format_bytes, format_millis};
 use fieldsync_core::fsmode;
 use serde::{Deserialize, Serialize};
 
 use args::*;
+use names::*;
 use records::*;
 use setup::*;
 use status::*;
@@ -46,33 +52,125 @@ const REPLICA_FILE: &str = "replica.db";
 /// The relay settings inside the data directory.
 const CONFIG_FILE: &str = "config.toml";
 
-fn main() {
+/// The exit statuses, as `fieldsync --help` and the README list them.
+mod exit {
+    /// Done; for `sync`: synced.
+    pub(crate) const OK: u8 = 0;
+    /// An error: bad input, a refused edit, a failed command.
+    pub(crate) const ERROR: u8 = 1;
+    // 2: the command line itself is wrong (clap's usage error).
+    /// `sync`: synced, but the relay refused some local changes (now in the quarantine).
+    pub(crate) const REFUSED: u8 = 3;
+    /// `sync`: the relay could not be reached, or stopped answering; local edits are safe.
+    pub(crate) const OFFLINE: u8 = 4;
+    /// `sync`: this laptop is not enrolled with the relay, or IT revoked its access.
+    pub(crate) const NOT_ENROLLED: u8 = 5;
+}
+
+/// A failure with its own exit status and a message written for people (printed without the
+/// `error:` prefix).
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FIELDSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // Refused changes are announced at the end of `sync`, not logged as they arrive.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("warn,fieldsync_core::protocol::client=error")
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("fieldsync: error: {e:#}");
-        std::process::exit(1);
-    }
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => match e.downcast_ref::<Failure>() {
+            Some(f) => {
+                eprintln!("fieldsync: {}", f.message);
+                f.code
+            }
+            None => {
+                eprintln!("fieldsync: error: {e:#}");
+                exit::ERROR
+            }
+        },
+    };
+    std::process::ExitCode::from(code)
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<u8> {
+    // These two only describe the command line: no data directory.
+    match &cli.command {
+        Command::Completions(a) => return completions(a.shell).map(|()| exit::OK),
+        Command::Man(a) => return man_pages(&a.out).map(|()| exit::OK),
+        _ => {}
+    }
     let dir = data_dir(cli.data)?;
-    match cli.command {
+    let done = match cli.command {
         Command::Init(args) => init(&dir, args),
         Command::Customer(cmd) => customer(&open(&dir)?, cmd),
         Command::Visit(cmd) => visit(&open(&dir)?, cmd),
         Command::Quote(cmd) => quote(&open(&dir)?, cmd),
-        Command::Sync(args) => sync_cmd(&dir, args),
+        Command::Sync(args) => return sync_cmd(&dir, args),
         Command::Status(f) => status(&dir, f.json),
-        Command::Quarantine(q) if q.retry => retry_quarantined(&open(&dir)?, q.doc, q.json),
+        Command::Quarantine(q) if q.retry => {
+            retry_quarantined(&open(&dir)?, q.doc.as_deref(), q.json)
+        }
         Command::Quarantine(q) => quarantine(&open(&dir)?, q.json),
         Command::Conflicts(f) => conflicts(&open(&dir)?, f.json),
+        Command::Resolve(a) => resolve(&open(&dir)?, &a),
+        Command::Completions(_) | Command::Man(_) => Ok(()),
+    };
+    done.map(|()| exit::OK)
+}
+
+/// `fieldsync completions SHELL`: the completion script on stdout.
+fn completions(shell: clap_complete::Shell) -> Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Generator;
+    let mut cmd = Cli::command();
+    cmd.set_bin_name("fieldsync");
+    cmd.build();
+    let mut script = Vec::new();
+    shell.try_generate(&cmd, &mut script)?;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        // Piped into `head` and the like: what was wanted went out.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
     }
+}
+
+/// `fieldsync man --out DIR`: `fieldsync.1` and a page per command (`fieldsync-sync.1`, …).
+fn man_pages(out: &Path) -> Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    clap_mangen::generate_to(Cli::command(), out)
+        .with_context(|| format!("cannot write the man pages into {}", out.display()))?;
+    let mut pages: Vec<String> = std::fs::read_dir(out)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("fieldsync") && n.ends_with(".1"))
+        .collect();
+    pages.sort();
+    println!(
+        "Wrote {} man pages into {} (e.g. `man {}`)",
+        pages.len(),
+        out.display(),
+        out.join("fieldsync.1").display()
+    );
+    Ok(())
 }
 
 fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {

@@ -116,8 +116,8 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
     println!("Download:   {download}");
     if out.quarantined > 0 {
         println!(
-            "Quarantine: {} changes refused by the relay (see `fieldsync quarantine`)",
-            out.quarantined
+            "Quarantine: {} refused by the relay (see `fieldsync quarantine`)",
+            plural(out.quarantined as u64, "change")
         );
         for q in &out.recent_rejections {
             println!(
@@ -131,8 +131,8 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
     }
     if out.conflicts > 0 {
         println!(
-            "Conflicts:  {} fields (see `fieldsync conflicts`)",
-            out.conflicts
+            "Conflicts:  {} edited on two laptops at once (see `fieldsync conflicts`)",
+            plural(out.conflicts as u64, "field")
         );
     }
     if !out.skipped.is_empty() {
@@ -154,7 +154,7 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
         out.last_sync_finished_at.as_deref().unwrap_or("never")
     );
     if let Some(e) = &out.last_error {
-        println!("Last error: {e}");
+        println!("Last error: {}", plain_sync_error(e, &client)?);
     }
     match (&out.relay, out.relay_reachable) {
         (Some(r), true) => println!(
@@ -212,8 +212,8 @@ pub(super) fn quarantine(client: &Client, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} local change(s) refused by the relay (kept here, not sent again):",
-        list.len()
+        "{} refused by the relay (kept here, not sent again):",
+        plural(list.len() as u64, "local change")
     );
     for q in &list {
         println!(
@@ -232,7 +232,8 @@ pub(super) fn quarantine(client: &Client, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn retry_quarantined(client: &Client, doc: Option<DocId>, json: bool) -> Result<()> {
+pub(super) fn retry_quarantined(client: &Client, doc: Option<&str>, json: bool) -> Result<()> {
+    let doc = doc.map(|d| quarantined_doc(client, d)).transpose()?;
     let (requeued, kept) = client.retry_quarantined(doc)?;
     if json {
         return print_json(&serde_json::json!({ "requeued": requeued, "kept": kept }));
@@ -247,10 +248,44 @@ pub(super) fn retry_quarantined(client: &Client, doc: Option<DocId>, json: bool)
     Ok(())
 }
 
+/// A document named for `quarantine --retry --doc`: a quarantined document by its id or id
+/// prefix (a refused new customer is no longer in the replica), else any record.
+fn quarantined_doc(client: &Client, given: &str) -> Result<DocId> {
+    if let Ok(id) = given.trim().parse::<DocId>() {
+        return Ok(id);
+    }
+    let want: String = given
+        .trim()
+        .chars()
+        .filter(|c| *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let mut ids: Vec<DocId> = client
+        .with_store(|s| s.quarantine())?
+        .into_iter()
+        .map(|q| q.doc_id)
+        .filter(|id| want.len() >= MIN_PREFIX && id.to_string().replace('-', "").starts_with(&want))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    match ids.as_slice() {
+        [one] => Ok(*one),
+        [] => any_doc(client, given),
+        many => bail!(
+            "{given:?} matches {} quarantined documents; give more of the id: {}",
+            many.len(),
+            many.iter()
+                .map(DocId::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 #[derive(Serialize)]
 pub(super) struct ConflictOut {
     pub(super) id: DocId,
-    pub(super) kind: fieldsync_client::DocKind,
+    pub(super) kind: DocKind,
     pub(super) path: String,
     pub(super) values: Vec<serde_json::Value>,
 }
@@ -271,7 +306,9 @@ pub(super) fn conflicts(client: &Client, json: bool) -> Result<()> {
     }
     if list.is_empty() {
         println!("No conflicts.");
+        return Ok(());
     }
+    let short = ShortIds::new(client)?;
     for c in &list {
         let values: Vec<String> = c
             .values
@@ -282,13 +319,85 @@ pub(super) fn conflicts(client: &Client, json: bool) -> Result<()> {
             })
             .collect();
         println!(
-            "{} {} {}: {}  (shown: {})",
+            "{} {} ({}) {}: {}  (shown: {})",
             c.kind,
-            c.id,
+            short.of(c.id),
+            doc_name(client, c.id),
             c.path,
             values.join(" | "),
             values.first().map_or("-", String::as_str)
         );
     }
+    println!("Keep one value: `fieldsync resolve ID FIELD VALUE` (e.g. a value listed above).");
+    Ok(())
+}
+
+/// What people call a document: a customer's name, or the customer of a visit or quote.
+pub(super) fn doc_name(client: &Client, id: DocId) -> String {
+    match client.document(id) {
+        Ok(fieldsync_client::Document::Customer(c)) => c.name,
+        Ok(fieldsync_client::Document::Visit(v)) => {
+            format!("visit at {}", customer_name_of(client, v.customer_id))
+        }
+        Ok(fieldsync_client::Document::Quote(q)) => {
+            format!("quote for {}", customer_name_of(client, q.customer_id))
+        }
+        Err(_) => "not on this laptop".into(),
+    }
+}
+
+fn customer_name_of(client: &Client, id: CustomerId) -> String {
+    client
+        .customers()
+        .get(id)
+        .map_or_else(|_| "?".to_string(), |c| c.name)
+}
+
+/// `fieldsync resolve ID FIELD VALUE`: writes one value over a conflict. The value is text,
+/// unless the field holds numbers, true/false or null (as its listed values show).
+pub(super) fn resolve(client: &Client, a: &ResolveArgs) -> Result<()> {
+    let id = any_doc(client, &a.id)?;
+    let field = a.field.trim().trim_matches('/');
+    let conflict = client
+        .conflicts()?
+        .into_iter()
+        .find(|c| c.doc_id == id && c.path == field);
+    let Some(conflict) = conflict else {
+        bail!(
+            "{} ({}) has no conflict in {field:?}; `fieldsync conflicts` lists the fields in              conflict",
+            short_id(client, id),
+            doc_name(client, id)
+        );
+    };
+    let text_field = conflict
+        .values
+        .iter()
+        .any(|v| matches!(v, serde_json::Value::String(_)));
+    let value = if text_field {
+        serde_json::Value::String(a.value.clone())
+    } else {
+        serde_json::from_str(a.value.trim()).with_context(|| {
+            format!(
+                "{field} holds {}; give one such value",
+                conflict
+                    .values
+                    .iter()
+                    .map(serde_json::Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )
+        })?
+    };
+    client.resolve_conflict(id, field, value.clone())?;
+    println!(
+        "Resolved {field} of {} {} ({}): kept {}; other laptops get it at their next sync.",
+        conflict.kind,
+        doc_name(client, id),
+        short_id(client, id),
+        match &value {
+            serde_json::Value::String(s) => format!("{s:?}"),
+            other => other.to_string(),
+        }
+    );
     Ok(())
 }

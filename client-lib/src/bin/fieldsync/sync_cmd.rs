@@ -1,7 +1,9 @@
 //! `fieldsync sync`: one sync with a report, or `--watch` staying connected and printing
-//! events.
+//! events; the exit status says how it went ([`exit`]).
 
 use super::*;
+use fieldsync_client::sync::{KindCounts, SyncError};
+use fieldsync_core::protocol::{ErrorCode, SessionError};
 
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -11,7 +13,7 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
+pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<u8> {
     let client = open(dir)?;
     let mut cfg = sync_settings(dir, &client)?;
     cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
@@ -20,8 +22,20 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
     }
     let rt = runtime()?;
     if args.watch {
-        return rt.block_on(watch(client, cfg, args.json));
+        return rt
+            .block_on(watch(client, cfg, args.json))
+            .map(|()| exit::OK);
     }
+    // What is refused or in conflict before, to tell what this sync added.
+    let quarantined_before: std::collections::BTreeSet<String> = quarantine_list(&client)?
+        .into_iter()
+        .map(|q| q.hash)
+        .collect();
+    let conflicts_before: std::collections::BTreeSet<(DocId, String)> = client
+        .conflicts()?
+        .into_iter()
+        .map(|c| (c.doc_id, c.path))
+        .collect();
     let show_bar = std::io::stdout().is_terminal() && !args.json;
     let bar =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
@@ -56,22 +70,219 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<()> {
             _ => String::new(),
         };
         bar2.set_message(format!(
-            "{up}  ↓ {} ({} items{docs_left})  {}/s{}",
+            "{up}  ↓ {} ({}{docs_left})  {}/s{}",
             format_bytes(p.bytes_received),
-            p.items_received,
+            plural(p.items_received, "update"),
             format_bytes(rate as u64),
             time_left(p, rate, secs, budget, outbox_bytes)
         ));
     };
     let result = rt.block_on(sync::sync_now_with_progress(&client, &cfg, progress));
     bar.finish_and_clear();
-    let report = result.with_context(|| format!("sync with {} failed", cfg.relay))?;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => return Err(failure(&client, &cfg.relay, &e, cfg.credential.is_some()).into()),
+    };
+    let refused: Vec<QuarantineOut> = quarantine_list(&client)?
+        .into_iter()
+        .filter(|q| !quarantined_before.contains(&q.hash))
+        .collect();
+    let new_conflicts: Vec<fieldsync_client::DocConflict> = client
+        .conflicts()?
+        .into_iter()
+        .filter(|c| !conflicts_before.contains(&(c.doc_id, c.path.clone())))
+        .collect();
     if args.json {
         print_json(&report)?;
     } else {
         print_report(&report);
+        print_next_steps(&client, &report, &refused, &new_conflicts);
     }
-    Ok(())
+    Ok(if report.changes_rejected > 0 || !refused.is_empty() {
+        exit::REFUSED
+    } else {
+        exit::OK
+    })
+}
+
+/// How a failed sync ends: a message for people and its exit status. Unreachable or silent
+/// relays are [`exit::OFFLINE`] (the local edits wait for the next sync), a refused device is
+/// [`exit::NOT_ENROLLED`], the rest [`exit::ERROR`].
+pub(super) fn failure(client: &Client, relay: &str, e: &SyncError, enrolled: bool) -> Failure {
+    let waiting = client.outbox_len().unwrap_or(0);
+    let safe = if waiting > 0 {
+        format!(
+            "Your {} {} safe on this laptop and go to the relay at the next `fieldsync sync`.",
+            plural(waiting, "local change"),
+            if waiting == 1 { "is" } else { "are" }
+        )
+    } else {
+        "Nothing of yours is waiting to be sent; the next `fieldsync sync` catches up.".into()
+    };
+    let (code, message) = match e {
+        SyncError::Session(SessionError::Relay {
+            code: ErrorCode::Unauthorized,
+            reason,
+        }) if reason.contains("too many failed") => (
+            exit::OFFLINE,
+            format!(
+                "the relay at {relay} refuses logins from this network for a minute after                  repeated failed attempts; try again shortly.\n{safe}"
+            ),
+        ),
+        SyncError::Session(SessionError::Relay {
+            code: ErrorCode::Unauthorized,
+            ..
+        }) => (exit::NOT_ENROLLED, not_enrolled(enrolled, waiting)),
+        SyncError::ConnectTimeout { timeout, .. } => (
+            exit::OFFLINE,
+            format!(
+                "no answer from the relay at {relay} within {} s: this laptop is offline or                  the relay is down.\n{safe}",
+                timeout.as_secs()
+            ),
+        ),
+        SyncError::ResponseTimeout(d) | SyncError::Session(SessionError::Timeout(d)) => (
+            exit::OFFLINE,
+            format!(
+                "the relay at {relay} stopped answering (nothing for {} s); the sync was cut                  short.\n{safe}",
+                d.as_secs()
+            ),
+        ),
+        SyncError::Resolve { .. }
+        | SyncError::Connection(_)
+        | SyncError::Closed(_)
+        | SyncError::Io(_)
+        | SyncError::EarlyDataRejected => (
+            exit::OFFLINE,
+            format!("cannot reach the relay at {relay} ({e}).\n{safe}"),
+        ),
+        SyncError::Session(s @ SessionError::Relay { .. }) if s.is_retryable() => (
+            exit::OFFLINE,
+            format!("the relay at {relay} cannot sync right now ({e}).\n{safe}"),
+        ),
+        other => (
+            exit::ERROR,
+            format!("error: sync with {relay} failed: {other}\n{safe}"),
+        ),
+    };
+    Failure { code, message }
+}
+
+/// A device the relay does not accept, in plain words: enrolled once (it holds a credential),
+/// IT revoked it or the relay no longer knows it; never enrolled, it needs a token.
+fn not_enrolled(enrolled: bool, waiting: u64) -> String {
+    let kept = if waiting > 0 {
+        format!(
+            "local edits are kept ({} waiting)",
+            plural(waiting, "change")
+        )
+    } else {
+        "local edits are kept".to_string()
+    };
+    if enrolled {
+        format!(
+            "this laptop's access was revoked by IT; {kept}; ask IT to enrol it again, then              run `fieldsync init --token TOKEN` with the new token"
+        )
+    } else {
+        format!(
+            "this laptop is not enrolled with the relay; {kept}; ask IT for an enrolment              token, then run `fieldsync init --token TOKEN`"
+        )
+    }
+}
+
+/// A stored sync error (`status`'s last error) in the plain words `sync` uses.
+pub(super) fn plain_sync_error(e: &str, client: &Client) -> Result<String> {
+    if e.starts_with("relay error Unauthorized") && !e.contains("too many failed") {
+        let enrolled = sync::load_credential(client).ok().flatten().is_some();
+        return Ok(not_enrolled(enrolled, client.outbox_len()?));
+    }
+    Ok(e.to_string())
+}
+
+/// "2 customers and 1 visit"; `None` when there are none.
+pub(super) fn kinds_in_words(c: &KindCounts) -> Option<String> {
+    let parts: Vec<String> = [
+        (c.customers, "customer"),
+        (c.visits, "visit"),
+        (c.quotes, "quote"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| plural(n, what))
+    .collect();
+    match parts.as_slice() {
+        [] => None,
+        [one] => Some(one.clone()),
+        [rest @ .., last] => Some(format!("{} and {last}", rest.join(", "))),
+    }
+}
+
+/// After the report: what this sync left to do, with the commands.
+fn print_next_steps(
+    client: &Client,
+    r: &SyncReport,
+    refused: &[QuarantineOut],
+    conflicts: &[fieldsync_client::DocConflict],
+) {
+    if r.relay_restored {
+        println!();
+        if r.repaired > 0 {
+            println!(
+                "The relay was restored from a backup since this laptop last synced: this \
+                 laptop re-sent {} the relay lacked.",
+                plural(r.repaired, "change")
+            );
+        } else {
+            println!(
+                "The relay was restored from a backup since this laptop last synced; it had \
+                 everything from this laptop."
+            );
+        }
+    }
+    let n = (refused.len() as u64).max(r.changes_rejected);
+    if n > 0 {
+        println!();
+        println!(
+            "The relay refused {}; {} kept on this laptop, not sent again:",
+            plural(n, "change"),
+            if n == 1 { "it is" } else { "they are" }
+        );
+        let mut reasons: Vec<&str> = refused.iter().map(|q| q.reason.as_str()).collect();
+        reasons.dedup();
+        for reason in reasons.iter().take(3) {
+            println!("  - {reason}");
+        }
+        println!("  See them:    fieldsync quarantine");
+        println!(
+            "  Retry them:  fieldsync quarantine --retry, then fieldsync sync (once IT has \
+             granted the scope or role)"
+        );
+    }
+    if !conflicts.is_empty() {
+        println!();
+        println!(
+            "{} now {} values edited on two laptops at once:",
+            plural(conflicts.len() as u64, "field"),
+            if conflicts.len() == 1 {
+                "holds"
+            } else {
+                "hold"
+            }
+        );
+        let short = ShortIds::new(client).ok();
+        for c in conflicts.iter().take(5) {
+            let id = short
+                .as_ref()
+                .map_or_else(|| c.doc_id.to_string(), |s| s.of(c.doc_id));
+            println!(
+                "  - {} of {} {} ({id})",
+                c.path,
+                c.kind,
+                doc_name(client, c.doc_id)
+            );
+        }
+        println!("  See them:    fieldsync conflicts");
+        println!("  Keep one:    fieldsync resolve ID FIELD VALUE");
+    }
 }
 
 /// The progress bar's estimate of the time left, at the rate so far: to the budget's end for a
@@ -117,25 +328,47 @@ pub(super) fn print_report(r: &SyncReport) {
     } else {
         println!("Synced with {} in {}", r.relay, fmt_duration(r.duration));
     }
+    let sent = match (kinds_in_words(&r.sent_documents), r.changes_acked) {
+        (Some(docs), _) => docs,
+        (None, 0) => "nothing new".into(),
+        (None, n) => plural(n, "change"),
+    };
+    let refused = if r.changes_rejected > 0 {
+        format!(
+            "; {} refused (see below)",
+            plural(r.changes_rejected, "change")
+        )
+    } else {
+        String::new()
+    };
+    println!("  sent      {sent}{refused}");
+    let received = match kinds_in_words(&r.received_documents) {
+        Some(docs) => docs,
+        None if r.items_received > 0 => plural(r.items_received, "update"),
+        None => "nothing new".into(),
+    };
     println!(
-        "  sent      {} changes ({} acknowledged, {} refused)",
-        r.changes_sent, r.changes_acked, r.changes_rejected
-    );
-    println!(
-        "  received  {} items ({} new changes, {} snapshots{})",
-        r.items_received,
-        r.changes_received,
-        r.snapshots_received,
+        "  received  {received}{}",
         if r.items_failed > 0 {
-            format!(", {} unreadable and skipped", r.items_failed)
+            format!(
+                "; {} could not be read and {} skipped (see `fieldsync status`)",
+                plural(r.items_failed, "update"),
+                if r.items_failed == 1 { "was" } else { "were" }
+            )
         } else {
             String::new()
         }
     );
     if r.replaced > 0 {
         println!(
-            "  replaced  {} documents trimmed by IT (unsent edits carried over)",
-            r.replaced
+            "  replaced  {} trimmed by IT (your unsent edits carried over)",
+            plural(r.replaced, "record")
+        );
+    }
+    if r.repaired > 0 {
+        println!(
+            "  re-sent   {} the relay lacked",
+            plural(r.repaired, "change")
         );
     }
     println!(
@@ -145,8 +378,8 @@ pub(super) fn print_report(r: &SyncReport) {
     );
     if r.outbox_remaining > 0 {
         println!(
-            "  outbox    {} still waiting ({}; {})",
-            plural(r.outbox_remaining, "change"),
+            "  waiting   {} ({}; {})",
+            plural(r.outbox_remaining, "local change"),
             format_bytes(r.outbox_bytes_remaining),
             if r.budget_spent {
                 "sent next sync"
@@ -158,7 +391,7 @@ pub(super) fn print_report(r: &SyncReport) {
     if r.download_waiting && r.download_waiting_documents > 0 {
         println!(
             "  download  about {} ({}) waiting on the relay",
-            plural(r.download_waiting_documents, "document"),
+            plural(r.download_waiting_documents, "record"),
             format_bytes(r.download_waiting_bytes)
         );
     } else if r.download_waiting {
@@ -167,7 +400,8 @@ pub(super) fn print_report(r: &SyncReport) {
 }
 
 pub(super) async fn watch(client: Client, cfg: SyncConfig, json: bool) -> Result<()> {
-    let handle = SyncHandle::start(client, cfg);
+    let enrolled = cfg.credential.is_some();
+    let handle = SyncHandle::start(client.clone(), cfg);
     let mut events = handle.subscribe();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -185,7 +419,16 @@ pub(super) async fn watch(client: Client, cfg: SyncConfig, json: bool) -> Result
                         let st = handle.status();
                         handle.stop().await;
                         if st.fatal {
-                            bail!(st.last_error.unwrap_or_else(|| "sync stopped".into()));
+                            let e = st.last_error.unwrap_or_else(|| "sync stopped".into());
+                            if e.starts_with("relay error Unauthorized") {
+                                let waiting = client.outbox_len().unwrap_or(0);
+                                return Err(Failure {
+                                    code: exit::NOT_ENROLLED,
+                                    message: not_enrolled(enrolled, waiting),
+                                }
+                                .into());
+                            }
+                            bail!(e);
                         }
                         return Ok(());
                     }
@@ -217,7 +460,7 @@ pub(super) fn print_event(e: &SyncEvent, handle: &SyncHandle, json: bool) -> Res
             format!("connected as {role}, scopes {}", scopes.join(", "))
         }
         SyncEvent::Uploaded { n } => format!("relay acknowledged {}", plural(*n, "local change")),
-        SyncEvent::Received { items } => format!("received {}", plural(*items, "item")),
+        SyncEvent::Received { items } => format!("received {}", plural(*items, "update")),
         SyncEvent::CaughtUp => "up to date".to_string(),
         SyncEvent::Disconnected { error } => match handle.status().retry_in_ms {
             Some(ms) => format!(
@@ -228,7 +471,8 @@ pub(super) fn print_event(e: &SyncEvent, handle: &SyncHandle, json: bool) -> Res
         },
         SyncEvent::Rejected { hash, reason } => {
             format!(
-                "relay refused change {}: {reason} (quarantined; see `fieldsync quarantine`)",
+                "relay refused change {}: {reason} (kept on this laptop; `fieldsync quarantine` \
+                 shows it, `fieldsync quarantine --retry` sends it again)",
                 &hash[..hash.len().min(12)]
             )
         }
