@@ -26,6 +26,7 @@ pub mod decode_budget;
 pub mod doc_check;
 pub mod doc_trim;
 pub mod fanout;
+pub mod import;
 pub mod logging;
 pub mod metrics;
 pub mod presence;

@@ -278,3 +278,69 @@ fn the_relay_logs_json_lines_when_configured() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("log_level"));
 }
+
+#[test]
+fn an_erp_export_is_imported_once_and_reaches_the_laptops() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("relay");
+    let server =
+        RelayProcess::start(&data, "127.0.0.1:0".parse().expect("addr"), &[]).expect("relay");
+    let addr = server.addr.to_string();
+    let export = tmp.path().join("erp.csv");
+    std::fs::write(
+        &export,
+        "external_id,name,scope,phone,city,contact_name,contact_phone,equipment_model,equipment_serial\n\
+         ERP1,Baotou Mining Co,north,+86 477 100,Baotou,Wang Lei,138,CAT 320,S1\n\
+         ERP1,,,,,Li Na,139,CAT 950,S2\n\
+         ERP2,Ordos Coal,north,,,,,,\n\
+         ERP3,,north,,,,,,\n",
+    )
+    .expect("export");
+    let export = export.to_string_lossy().into_owned();
+
+    // Every good record is imported; the bad one is named with its row, and the exit status
+    // says that something failed.
+    let out = relay(&data, &["import", &export]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("row 5 (customer ERP3): customer ERP3 has no name"),
+        "{said}"
+    );
+    assert!(
+        said.contains("3 customers: 2 created, 0 updated, 0 unchanged, 1 failed"),
+        "{said}"
+    );
+
+    // Again: nothing changes; nothing is duplicated.
+    let again = relay(&data, &["import", &export, "--json"]);
+    let report: Value = serde_json::from_slice(&again.stdout).expect("JSON report");
+    assert_eq!(report["unchanged"], 2, "{report}");
+    assert_eq!(report["created"], 0, "{report}");
+
+    // A laptop of the scope receives the customer with its contacts and equipment.
+    let (_, token) = enroll(&data, &addr, "carol", &[]);
+    let rep = tmp.path().join("carol");
+    laptop_ok(&rep, &["init", "--token", &token, "--name", "carol"]);
+    laptop_ok(&rep, &["sync"]);
+    let shown: Value = serde_json::from_str(&laptop_ok(
+        &rep,
+        &["customer", "show", "Baotou Mining Co", "--json"],
+    ))
+    .expect("JSON customer");
+    assert_eq!(
+        shown["contacts"].as_array().map(Vec::len),
+        Some(2),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["equipment"].as_array().map(Vec::len),
+        Some(2),
+        "{shown}"
+    );
+
+    // The audit trail shows the import device's changes.
+    let audit = relay_json(&data, &["audit", "--device", "relay import"]);
+    assert_eq!(audit.as_array().map(Vec::len), Some(2), "{audit}");
+    assert_eq!(audit[0]["kind"], "customer");
+}

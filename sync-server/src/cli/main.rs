@@ -1,13 +1,15 @@
 //! `fieldsync-relay`: the relay binary. All logic lives in the library; this parses flags
 //! and prints. One file per command family: `device` (enrolment tokens, revocation, grants,
 //! the device list), `doc` (check and trim), `backup` (backup and restore), `status`,
-//! `audit`; `common` holds what they share (where the configuration comes from).
+//! `audit`, `import`, `shell` (completions and man pages); `common` holds what they share (where the configuration comes from).
 
 mod audit;
 mod backup;
 mod common;
 mod device;
 mod doc;
+mod import;
+mod shell;
 mod status;
 
 use std::net::SocketAddr;
@@ -39,7 +41,7 @@ pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
 /// fieldsync relay: the central QUIC sync server.
 #[derive(Parser, Debug)]
 #[command(name = "fieldsync-relay", version, about)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -77,6 +79,25 @@ enum Cmd {
     /// Print the audit trail: every accepted change with its device, time, document kind and
     /// customer.
     Audit(audit::AuditArgs),
+    /// Import customers with their addresses, contacts and equipment from an ERP export (CSV
+    /// or JSON), as changes of the `relay import` device: the same rules, quotas and audit
+    /// trail as any upload. Idempotent by `external_id`: importing again updates what
+    /// changed. Every bad record is reported with its row; the others are imported. Works
+    /// while the relay runs; laptops get the customers at their next sync.
+    Import(Box<import::ImportArgs>),
+    /// Print the shell completion script (bash, zsh, fish, powershell, elvish), e.g.
+    /// `fieldsync-relay completions bash > /etc/bash_completion.d/fieldsync-relay`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (fieldsync-relay.1 and one per command) into a directory.
+    Man {
+        /// The directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// `serve`'s flags.
@@ -130,6 +151,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { common, json } => status::run(&common, json),
         Cmd::Device(cmd) => device::run(cmd),
         Cmd::Audit(a) => audit::run(a),
+        Cmd::Import(a) => import::run(*a),
+        Cmd::Completions { shell } => shell::completions(shell),
+        Cmd::Man { out } => shell::man_pages(&out),
     }
 }
 
