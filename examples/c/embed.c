@@ -1,8 +1,8 @@
 /* A dealer desktop app embedding the fieldsync replica through the C ABI.
  *
- * Build (after `cargo build -p fieldsync-ffi`):
- *   cc examples/c/embed.c -Iclient-lib/ffi/include -Ltarget/debug -lfieldsync -o embed
- *   LD_LIBRARY_PATH=target/debug ./embed /tmp/dealer.db
+ * Build (after `cargo build --release -p fieldsync-ffi`):
+ *   cc examples/c/embed.c -Iclient-lib/ffi/include -Ltarget/release -lfieldsync -o embed
+ *   LD_LIBRARY_PATH=target/release ./embed /tmp/dealer.db
  */
 #include <stdio.h>
 #include <stdlib.h>
