@@ -57,15 +57,14 @@ async fn sync(name: &str, client: &Client, cfg: &SyncConfig) -> Result<()> {
     let r = sync_now(client, cfg)
         .await
         .with_context(|| format!("{name} sync"))?;
+    let nothing = || "nothing new".to_string();
     println!(
-        "  {name:<6} sync: sent {} acked {} | received {} changes, {} snapshots | {} B up, {} B down, {:?}",
-        r.changes_sent,
-        r.changes_acked,
-        r.changes_received,
-        r.snapshots_received,
+        "  {name:<6} synced in {} ms: sent {}; received {} ({} B up, {} B down)",
+        r.duration.as_millis(),
+        r.sent_documents.in_words().unwrap_or_else(nothing),
+        r.received_documents.in_words().unwrap_or_else(nothing),
         r.bytes_sent,
         r.bytes_received,
-        r.duration
     );
     Ok(())
 }
@@ -163,7 +162,7 @@ async fn main() -> Result<()> {
     }
     let c = bob.customers().get(customer)?;
     println!(
-        "  customer: {} | phones {} | contacts {} | visits {} | quote total {} {}",
+        "  customer: {} | phones {} | contacts {} | visits {} | quote total {:.2} {}",
         c.name,
         c.phones.len(),
         c.contacts.len(),
@@ -176,9 +175,20 @@ async fn main() -> Result<()> {
         "outboxes must be empty"
     );
     for conflict in alice.conflicts()? {
+        // Values as a person reads them: text without JSON quotes, other values as JSON.
+        let values: Vec<String> = conflict
+            .values
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map_or_else(|| v.to_string(), |s| format!("\u{201c}{s}\u{201d}"))
+            })
+            .collect();
         println!(
-            "  conflict on {} {}: {:?}",
-            conflict.doc_id, conflict.path, conflict.values
+            "  both renames are kept as a conflict on the customer's {}: {} (shown: the first; \
+             `fieldsync resolve` picks one)",
+            conflict.path,
+            values.join(" vs ")
         );
     }
     ensure!(

@@ -113,6 +113,27 @@ impl KindCounts {
         self.customers + self.visits + self.quotes
     }
 
+    /// In words for people: "2 customers and 1 visit", "1 quote"; `None` when all are zero.
+    pub fn in_words(&self) -> Option<String> {
+        let parts: Vec<String> = [
+            (self.customers, "customer"),
+            (self.visits, "visit"),
+            (self.quotes, "quote"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| match n {
+            1 => format!("1 {what}"),
+            n => format!("{n} {what}s"),
+        })
+        .collect();
+        match parts.as_slice() {
+            [] => None,
+            [one] => Some(one.clone()),
+            [rest @ .., last] => Some(format!("{} and {last}", rest.join(", "))),
+        }
+    }
+
     /// Counts each document of `docs` once, by its kind.
     pub(super) fn of(docs: &BTreeMap<DocId, DocKind>) -> Self {
         let mut c = Self::default();

@@ -1,13 +1,28 @@
 //! Imports into a real store, judged by the relay's rules.
 
 use super::*;
-use crate::store::{AuditQuery, RelayStoreOptions, SqliteRelayStore};
+use crate::store::postgres::ScratchDatabase;
+use crate::store::{AuditQuery, PgRelayStore, RelayStoreOptions, SqliteRelayStore};
 
-fn store() -> (tempfile::TempDir, RelayStore) {
+/// What keeps a store alive: its directory or its scratch database.
+enum Keep {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Pg(#[allow(dead_code)] ScratchDatabase),
+}
+
+fn store() -> (Keep, RelayStore) {
     let dir = tempfile::tempdir().unwrap();
     let s =
         SqliteRelayStore::open(dir.path().join("relay.db"), RelayStoreOptions::default()).unwrap();
-    (dir, RelayStore::Sqlite(s))
+    (Keep::Dir(dir), RelayStore::Sqlite(s))
+}
+
+/// Both backends: an import is the same on each.
+fn stores() -> Vec<(Keep, RelayStore)> {
+    let db = ScratchDatabase::create(&ScratchDatabase::server_url())
+        .expect("this test needs PostgreSQL (FIELDSYNC_TEST_PG)");
+    let pg = PgRelayStore::open(db.url(), RelayStoreOptions::default()).unwrap();
+    vec![store(), (Keep::Pg(db), RelayStore::Postgres(pg))]
 }
 
 fn opts() -> ImportOptions {
@@ -29,7 +44,12 @@ fn customer(store: &RelayStore, id: DocId) -> fieldsync_core::model::Customer {
 
 #[test]
 fn a_second_import_updates_what_changed_and_duplicates_nothing() {
-    let (_dir, store) = store();
+    for (_keep, store) in stores() {
+        second_import_updates(&store);
+    }
+}
+
+fn second_import_updates(store: &RelayStore) {
     let csv = "external_id,name,scope,phone,contact_name,contact_phone,equipment_model,equipment_serial,city\n\
                C1,Baotou Mining,north,+86 477 1,Wang Lei,138,CAT 320,S1,Baotou\n\
                C1,,,,Li Na,139,CAT 950,S2,\n\
@@ -40,10 +60,10 @@ fn a_second_import_updates_what_changed_and_duplicates_nothing() {
     if let Ok(r) = &mut reads[2].record {
         r.stage = Some("banana".into());
     }
-    let first = import(&store, reads, &opts()).unwrap();
+    let first = import(store, reads, &opts()).unwrap();
     assert_eq!((first.created, first.failed), (2, 1), "{first:?}");
     let c1 = build::customer_id("acme", "C1");
-    let c = customer(&store, c1);
+    let c = customer(store, c1);
     assert_eq!(c.name, "Baotou Mining");
     assert_eq!(c.contacts.len(), 2);
     assert_eq!(c.equipment.len(), 2);
@@ -51,7 +71,7 @@ fn a_second_import_updates_what_changed_and_duplicates_nothing() {
     assert_eq!(c.header.scope, "north");
 
     // The same file again: nothing to do. A changed file: only what changed.
-    let again = import(&store, input::read_csv(csv).unwrap(), &opts()).unwrap();
+    let again = import(store, input::read_csv(csv).unwrap(), &opts()).unwrap();
     assert_eq!(
         (again.unchanged, again.created, again.updated),
         (2, 1, 0),
@@ -60,13 +80,13 @@ fn a_second_import_updates_what_changed_and_duplicates_nothing() {
     let changed = csv
         .replace("Wang Lei,138", "Wang Lei,150")
         .replace("Ordos Coal", "Ordos Coal Group");
-    let third = import(&store, input::read_csv(&changed).unwrap(), &opts()).unwrap();
+    let third = import(store, input::read_csv(&changed).unwrap(), &opts()).unwrap();
     assert_eq!(third.updated, 2, "{third:?}");
-    let c = customer(&store, c1);
+    let c = customer(store, c1);
     assert_eq!(c.contacts.len(), 2, "updated, not added");
     assert!(c.contacts.iter().any(|k| k.phone.as_deref() == Some("150")));
     assert_eq!(
-        customer(&store, build::customer_id("acme", "C2")).name,
+        customer(store, build::customer_id("acme", "C2")).name,
         "Ordos Coal Group"
     );
 

@@ -2,7 +2,7 @@
 //! events; the exit status says how it went ([`exit`]).
 
 use super::*;
-use fieldsync_client::sync::{KindCounts, SyncError};
+use fieldsync_client::sync::SyncError;
 use fieldsync_core::protocol::{ErrorCode, SessionError};
 
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -198,24 +198,6 @@ pub(super) fn plain_sync_error(e: &str, client: &Client) -> Result<String> {
     Ok(e.to_string())
 }
 
-/// "2 customers and 1 visit"; `None` when there are none.
-pub(super) fn kinds_in_words(c: &KindCounts) -> Option<String> {
-    let parts: Vec<String> = [
-        (c.customers, "customer"),
-        (c.visits, "visit"),
-        (c.quotes, "quote"),
-    ]
-    .into_iter()
-    .filter(|(n, _)| *n > 0)
-    .map(|(n, what)| plural(n, what))
-    .collect();
-    match parts.as_slice() {
-        [] => None,
-        [one] => Some(one.clone()),
-        [rest @ .., last] => Some(format!("{} and {last}", rest.join(", "))),
-    }
-}
-
 /// After the report: what this sync left to do, with the commands.
 fn print_next_steps(
     client: &Client,
@@ -328,7 +310,7 @@ pub(super) fn print_report(r: &SyncReport) {
     } else {
         println!("Synced with {} in {}", r.relay, fmt_duration(r.duration));
     }
-    let sent = match (kinds_in_words(&r.sent_documents), r.changes_acked) {
+    let sent = match (r.sent_documents.in_words(), r.changes_acked) {
         (Some(docs), _) => docs,
         (None, 0) => "nothing new".into(),
         (None, n) => plural(n, "change"),
@@ -342,7 +324,7 @@ pub(super) fn print_report(r: &SyncReport) {
         String::new()
     };
     println!("  sent      {sent}{refused}");
-    let received = match kinds_in_words(&r.received_documents) {
+    let received = match r.received_documents.in_words() {
         Some(docs) => docs,
         None if r.items_received > 0 => plural(r.items_received, "update"),
         None => "nothing new".into(),
