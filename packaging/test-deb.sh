@@ -60,6 +60,10 @@ dpkg-query -W -f='${Conffiles}\n' fieldsync-relay | grep -q '^ /etc/fieldsync/re
 dpkg-query -W -f='${Depends}\n' fieldsync-relay | grep -q 'libc6' ||
   fail "the package's dependencies were not computed: $(dpkg-query -W -f='${Depends}' fieldsync-relay)"
 getent passwd fieldsync >/dev/null || fail "the fieldsync user was not created"
+[ -f /usr/share/doc/fieldsync-relay/relay.example.toml ] ||
+  fail "the documented example configuration is not installed"
+grep -q '^data_dir = "/var/lib/fieldsync/relay-data"' /etc/fieldsync/relay.toml ||
+  fail "the installed relay.toml does not name an absolute data_dir"
 [ "$(stat -c '%U:%G %a' /etc/fieldsync/relay.toml)" = "root:fieldsync 640" ] ||
   fail "/etc/fieldsync/relay.toml is $(stat -c '%U:%G %a' /etc/fieldsync/relay.toml), not root:fieldsync 640"
 # The installed unit as it is: its ExecStart program exists now.
@@ -69,9 +73,9 @@ if printf '%s\n' "$verify" | grep -q 'fieldsync-relay\|failed'; then
 fi
 
 # --- Run it as the unit would ----------------------------------------------------------------
-# The unit's user, working directory (StateDirectory=, where the relative data_dir of
-# relay.toml lands), umask, clean environment, no new privileges and no capabilities; on
-# loopback with ports of its own, so that nothing else on this machine is disturbed.
+# The unit's user, working directory, umask, clean environment, no new privileges and no
+# capabilities; on loopback with ports of its own and a data directory of its own (--data
+# overrides the installed data_dir), so that nothing else on this machine is disturbed.
 chmod 0755 "$work"
 state="$work/state"
 install -d -o fieldsync -g fieldsync -m 0700 "$state"
@@ -82,7 +86,7 @@ install -d -o fieldsync -g fieldsync -m 0700 "$state"
     setpriv --reuid=fieldsync --regid=fieldsync --init-groups --no-new-privs \
     --inh-caps=-all --bounding-set=-all \
     /usr/bin/fieldsync-relay serve --config /etc/fieldsync/relay.toml \
-    --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+    --data "$state/relay-data" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
 ) >"$work/stdout" 2>"$work/stderr" &
 relay_pid=$!
 as_relay_user() {
@@ -103,7 +107,7 @@ health=${metrics%/metrics}/healthz
 [ "$(curl -fsS "$health")" = ok ] || fail "$health did not answer ok"
 # `status` as the relay's user, beside the running relay, shows the certificate it serves.
 fingerprint=$(sed -n 's/^fingerprint: //p' "$work/stdout")
-as_relay_user /usr/bin/fieldsync-relay status --config /etc/fieldsync/relay.toml \
+as_relay_user /usr/bin/fieldsync-relay status --config /etc/fieldsync/relay.toml --data "$state/relay-data" \
   >"$work/status" || fail "fieldsync-relay status failed"
 grep -q "$fingerprint" "$work/status" || fail "status does not show the served fingerprint"
 [ "$(stat -c '%U %a' "$state/relay-data")" = "fieldsync 700" ] ||

@@ -369,15 +369,18 @@ fn message(u: &mut Unstructured<'_>, w: &World, me: &Device) -> ArbResult<Messag
             docs: heads(u, w)?,
             done: u.arbitrary()?,
         },
-        14 => {
-            if u.arbitrary()? {
-                Message::First {
-                    customers: customers(u)?,
-                }
-            } else {
-                Message::More
-            }
-        }
+        14 => match u.int_in_range(0..=2u8)? {
+            0 => Message::First {
+                customers: customers(u)?,
+            },
+            1 => Message::More,
+            _ => Message::Outbox {
+                changes: u.arbitrary()?,
+                documents: u.arbitrary()?,
+                bytes: u.arbitrary()?,
+                quarantined: u.arbitrary()?,
+            },
+        },
         15 | 16 => hello(u, w, me)?,
         17 => match decode(&common::raw(u, 512)?) {
             Ok(m) => m,
@@ -447,6 +450,7 @@ fn check_replies(out: &Output) {
                 | Message::Pull { .. }
                 | Message::First { .. }
                 | Message::More
+                | Message::Outbox { .. }
                 | Message::Heads { .. }
         ) {
             fail(

@@ -37,6 +37,7 @@ pub mod tls;
 pub use config::{ConfigError, LogFormat, RelayConfig};
 pub use server::{Relay, serve};
 pub use store::{
-    AuditQuery, AuditRecord, DeviceRecord, Enrolment, EnrolmentRecord, OpenEnrolment, PgRelayStore,
-    RelayStatus, RelayStore, RelayStoreError, RelayStoreOptions, Revoked, SqliteRelayStore,
+    AuditQuery, AuditRecord, DeviceOutbox, DeviceRecord, Enrolment, EnrolmentRecord, OpenEnrolment,
+    PgRelayStore, RelayStatus, RelayStore, RelayStoreError, RelayStoreOptions, Revoked,
+    SqliteRelayStore,
 };

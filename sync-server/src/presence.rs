@@ -267,8 +267,12 @@ pub fn relay_status(
         None => crate::tls::existing_fingerprint(&config.data_dir, config.cert.as_deref()),
     };
     let serving: Vec<&NodeStatus> = nodes.iter().filter(|n| n.serving).collect();
-    let online: Vec<&DeviceLive> = serving.iter().flat_map(|n| &n.report.devices).collect();
-    let behind: Vec<&&DeviceLive> = online.iter().filter(|d| !is_caught_up(d)).collect();
+    // A device connected to two nodes counts once.
+    let online: Vec<DeviceLive> = devices_online(&nodes)
+        .into_values()
+        .map(|(d, _)| d)
+        .collect();
+    let behind: Vec<&DeviceLive> = online.iter().filter(|d| !is_caught_up(d)).collect();
     Ok(RelayStatusReport {
         serving: !serving.is_empty(),
         database: store.location(),
@@ -292,7 +296,9 @@ pub fn relay_status(
 pub fn node_statuses(store: &RelayStore, now: i64) -> Result<Vec<NodeStatus>, RelayStoreError> {
     let within = i64::try_from(SERVING_WITHIN.as_millis()).unwrap_or(i64::MAX);
     let mut out = Vec::new();
-    for (node, json, at) in store.node_reports()? {
+    // Ages by the store's clock (the database's, for nodes sharing PostgreSQL), not this
+    // machine's: nodes' clocks may disagree with it. `now` (this machine's) gives uptimes.
+    for (node, json, at, store_now) in store.node_reports()? {
         let report: NodeReport = match serde_json::from_str(&json) {
             Ok(r) => r,
             Err(e) => {
@@ -300,7 +306,7 @@ pub fn node_statuses(store: &RelayStore, now: i64) -> Result<Vec<NodeStatus>, Re
                 continue;
             }
         };
-        let serving = !report.stopped && now.saturating_sub(at) <= within;
+        let serving = !report.stopped && store_now.saturating_sub(at) <= within;
         let uptime_seconds = serving
             .then(|| u64::try_from(now.saturating_sub(report.started_at) / 1000).unwrap_or(0));
         out.push(NodeStatus {

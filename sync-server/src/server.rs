@@ -506,6 +506,7 @@ async fn serve_connection(
         decode_budget: shared.decode_budget.clone(),
         presence: shared.presence.clone(),
         device: None,
+        outbox: None,
     };
     shared.metrics.connections.inc();
     shared.metrics.connections_open.inc();
@@ -558,6 +559,8 @@ struct Link {
     presence: Arc<Presence>,
     /// The device, once it logged in.
     device: Option<uuid::Uuid>,
+    /// What the device last reported it holds unsent (changes, quarantined), as recorded.
+    outbox: Option<(u64, u64)>,
 }
 
 impl Link {
@@ -613,6 +616,14 @@ impl Link {
                     Ok(Some(msg)) => {
                         debug!(remote = %self.remote, msg = msg.name(), "received");
                         self.metrics.received(msg.name());
+                        if let Message::Outbox {
+                            changes,
+                            quarantined,
+                            ..
+                        } = &msg
+                        {
+                            self.record_outbox(*changes, *quarantined);
+                        }
                         let handshake = !self.logged_in
                             && matches!(msg, Message::Hello { .. } | Message::Enrol { .. });
                         if handshake && !self.auth_limit.allowed(self.remote.ip()) {
@@ -759,6 +770,30 @@ impl Link {
                 info!(device = %d.device_id, closed, "closed the device's oldest connection: it holds its budget of connections");
             }
         }
+    }
+
+    /// Records what the logged-in device says it holds unsent (`Message::Outbox`), when it
+    /// changed since its last report on this connection: a small write on the blocking pool
+    /// that the session does not wait for (the report is for IT's device list).
+    fn record_outbox(&mut self, changes: u64, quarantined: u64) {
+        let Some(device) = self.device else {
+            return;
+        };
+        if self.outbox == Some((changes, quarantined)) {
+            return;
+        }
+        self.outbox = Some((changes, quarantined));
+        let store = self.store.store.clone();
+        let report = crate::store::DeviceOutbox {
+            changes,
+            quarantined,
+            at: fieldsync_core::ids::now_millis(),
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.put_outbox(device, &report) {
+                tracing::warn!(%device, error = %e, "could not record a device's outbox report");
+            }
+        });
     }
 
     /// Runs a session call with a store handle on the blocking pool.

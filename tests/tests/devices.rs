@@ -355,7 +355,11 @@ async fn a_revoked_device_is_refused_and_its_open_connection_closed() {
         .await
         .expect("in time")
         .expect_err("revoked");
-    assert_eq!(relay_err(&err).map(|e| e.0), Some(ErrorCode::Unauthorized));
+    assert_eq!(
+        relay_err(&err).map(|e| e.0),
+        Some(ErrorCode::Unauthorized),
+        "{err:?}"
+    );
     assert_eq!(rep.outbox(), 1);
     assert!(rep.quarantine().is_empty(), "nothing quarantined");
     assert_eq!(relay.store().status().expect("status").docs, 1);

@@ -179,6 +179,31 @@ fn it_enrols_with_token_ids_sees_who_is_online_and_reads_the_audit_trail() {
         ],
     );
     laptop_ok(&rep, &["sync"]);
+    // The laptop says what it holds unsent (protocol 5): a change the relay refused stays in
+    // its quarantine, and IT sees it in the device list.
+    laptop_ok(
+        &rep,
+        &[
+            "customer",
+            "add",
+            "--name",
+            "Elsewhere Ltd",
+            "--scope",
+            "south",
+            "--outside-grant",
+        ],
+    );
+    let _ = laptop(&rep).arg("sync").output().expect("sync");
+    let list = relay_json(&data, &["device", "list"]);
+    let alice = list["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .find(|d| d["name"] == "alice")
+        .expect("alice listed")
+        .clone();
+    assert_eq!(alice["outbox"]["changes"], 0, "{alice}");
+    assert_eq!(alice["outbox"]["quarantined"], 1, "{alice}");
     let mut watching = laptop(&rep)
         .args(["sync", "--watch"])
         .stdout(Stdio::null())
@@ -242,7 +267,11 @@ fn it_enrols_with_token_ids_sees_who_is_online_and_reads_the_audit_trail() {
     // Stopped, it says so, and exits non-zero for scripts.
     server.stop();
     let stopped = relay(&data, &["status", "--json"]);
-    assert!(!stopped.status.success());
+    assert_eq!(
+        stopped.status.code(),
+        Some(3),
+        "not serving is exit status 3"
+    );
     let stopped: Value = serde_json::from_slice(&stopped.stdout).expect("JSON");
     assert_eq!(stopped["serving"], false);
     assert_eq!(stopped["nodes"][0]["stopped"], true);

@@ -346,16 +346,19 @@ impl ClientSession {
                 self.role = Some(role);
                 let cursor = Self::load_cursor(store)?;
                 let stale = cursor.as_ref().is_some_and(|c| c.epoch != epoch);
+                let mut out = vec![outbox_report(store)?];
                 if stale && store.doc_count()? > 0 {
                     // The relay's log restarted (restored from a backup, or reset): compare
                     // heads so it gets back whatever it lost. A pull sent with the `Hello`
                     // carried the old epoch, so the relay already restarted the download;
                     // its batches are applied while the repair runs.
                     self.phase = Phase::Repair { sent_all: false };
-                    return self.send_heads(store);
+                    out.extend(self.send_heads(store)?);
+                    return Ok(out);
                 }
                 self.phase = Phase::Sync;
-                self.start_sync(store, cursor.filter(|c| c.epoch == epoch))
+                out.extend(self.start_sync(store, cursor.filter(|c| c.epoch == epoch))?);
+                Ok(out)
             }
             (Phase::Repair { .. }, Message::Missing { docs, done }) => {
                 let mut out = self.repair_uploads(store, &docs)?;
@@ -399,7 +402,9 @@ impl ClientSession {
                 if self.inflight.map(|(b, _)| b) == Some(batch) {
                     self.inflight = None;
                 }
-                Ok(self.poll_upload(store)?.into_iter().collect())
+                let mut out: Vec<Message> = self.poll_upload(store)?.into_iter().collect();
+                out.push(outbox_report(store)?);
+                Ok(out)
             }
             (Phase::Sync | Phase::Repair { .. }, Message::Waiting { documents, bytes }) => {
                 self.waiting = Some((documents, bytes));
@@ -997,4 +1002,15 @@ fn rebuild_without(
         tracing::info!(doc = %id, "rebuilt a document without the changes the relay refused");
     }
     Ok(())
+}
+
+/// What the client still holds that the relay has not accepted ([`Message::Outbox`]).
+fn outbox_report(store: &Store) -> Result<Message, SessionError> {
+    let o = store.outbox_summary()?;
+    Ok(Message::Outbox {
+        changes: o.changes,
+        documents: o.documents,
+        bytes: o.bytes,
+        quarantined: o.quarantined,
+    })
 }

@@ -51,8 +51,8 @@ pub fn body_cap(tag: u32) -> Option<usize> {
         7 | 8 => 4 << 20,
         // First: a few dozen customer ids (more are cut by the relay).
         10 => 16 << 10,
-        // More: nothing; Waiting: two numbers.
-        11 | 12 => 64,
+        // More: nothing; Waiting: two numbers; Outbox: four.
+        11..=13 => 64,
         _ => return None,
     })
 }

@@ -22,7 +22,9 @@ use crate::ids::{DocId, Role};
 ///   of an older version. And downloads stream: the relay answers a `Pull` with up to
 ///   [`DOWNLOAD_WINDOW`] batches, and the client asks for each further one with
 ///   [`Message::More`] as it applies one, so the link never idles between batches.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// - 5: adds [`Message::Outbox`]: the client tells the relay what it has not had accepted yet,
+///   so IT sees which laptops hold unsent work.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The oldest client protocol version a relay of this build serves.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 2;
@@ -304,6 +306,19 @@ pub enum Message {
         /// Raw (uncompressed) bytes waiting.
         bytes: u64,
     },
+    /// Client → relay (protocol 5), after the `Welcome` and after each `UploadAck`: what the
+    /// client still holds that the relay has not accepted, for IT's device list. Advisory: the
+    /// relay records it and answers nothing.
+    Outbox {
+        /// Local changes not yet acknowledged.
+        changes: u64,
+        /// Documents they change.
+        documents: u64,
+        /// Their raw bytes.
+        bytes: u64,
+        /// Local changes the relay refused, kept in the client's quarantine.
+        quarantined: u64,
+    },
 }
 
 /// How many download batches a relay sends a protocol-4 client ahead of its [`Message::More`]:
@@ -331,6 +346,7 @@ impl Message {
             Self::First { .. } => "First",
             Self::More => "More",
             Self::Waiting { .. } => "Waiting",
+            Self::Outbox { .. } => "Outbox",
         }
     }
 }

@@ -493,6 +493,9 @@ impl RelaySession {
                 }
                 Output::default()
             }
+            // Recorded by the driver for IT's device list (see `Message::Outbox`); nothing to
+            // answer.
+            Message::Outbox { .. } if self.version >= 5 => Output::default(),
             Message::Error { .. } => Output {
                 messages: Vec::new(),
                 close: true,

@@ -51,6 +51,9 @@ pub struct OutboxSummary {
     pub documents: u64,
     /// Their bytes (raw Automerge changes).
     pub bytes: u64,
+    /// Local changes the relay refused, kept in the quarantine.
+    #[serde(default)]
+    pub quarantined: u64,
 }
 
 /// A change the relay refused, kept locally.

@@ -82,8 +82,9 @@ fn parse_since(s: &str) -> Result<i64, String> {
         .strip_suffix('d')
         .or_else(|| s.strip_suffix('h'))
         .or_else(|| s.strip_suffix('m'))
-        && let Ok(n) = n.trim().parse::<i64>()
+        && let Ok(n) = n.trim().parse::<u32>()
     {
+        let n = i64::from(n);
         let unit = match s.as_bytes().last() {
             Some(b'd') => 86_400_000,
             Some(b'h') => 3_600_000,
@@ -108,8 +109,13 @@ fn parse_since(s: &str) -> Result<i64, String> {
     let ([y, mo, da], [h, mi, ..]) = (d.as_slice(), t.as_slice()) else {
         return Err(bad());
     };
+    if !(1970..=9999).contains(y) {
+        return Err(bad());
+    }
+    let days_in_month = days_from_civil(*y, *mo % 12 + 1, 1) - days_from_civil(*y, *mo, 1);
+    let days_in_month = if *mo == 12 { 31 } else { days_in_month };
     if !(1..=12).contains(mo)
-        || !(1..=31).contains(da)
+        || !(1..=days_in_month).contains(da)
         || !(0..24).contains(h)
         || !(0..60).contains(mi)
     {
@@ -146,5 +152,9 @@ mod tests {
         assert!((now - 86_400_000 - 1000..=now - 86_400_000 + 1000).contains(&day));
         assert!(parse_since("yesterday").is_err());
         assert!(parse_since("2026-13-01").is_err());
+        assert!(parse_since("2026-02-31").is_err(), "no such day");
+        assert!(parse_since("2028-02-29").is_ok(), "a leap day");
+        assert!(parse_since("-5d").is_err(), "a span goes back, not forward");
+        assert!(parse_since("99999999999999999-01-01").is_err());
     }
 }

@@ -8,7 +8,7 @@ use fieldsync_core::Role;
 use fieldsync_core::display::{format_bytes, format_millis};
 use fieldsync_core::protocol::EnrolToken;
 use fieldsync_relay::presence::{DeviceLive, devices_online, is_caught_up, node_statuses};
-use fieldsync_relay::{DeviceRecord, EnrolmentRecord, RelayConfig, RelayStore};
+use fieldsync_relay::{DeviceOutbox, DeviceRecord, EnrolmentRecord, RelayConfig, RelayStore};
 use uuid::Uuid;
 
 use crate::common::{Common, parse_role};
@@ -145,6 +145,12 @@ pub(crate) fn run(cmd: DeviceCmd) -> anyhow::Result<()> {
 
 fn enroll(a: EnrollArgs) -> anyhow::Result<()> {
     let cfg = a.common.load()?;
+    if a.name.trim() == fieldsync_relay::import::IMPORT_DEVICE {
+        anyhow::bail!(
+            "{:?} is the name of the device `fieldsync-relay import` writes as; choose another",
+            a.name.trim()
+        );
+    }
     let addr = a.relay_addr.or_else(|| cfg.token_addr()).ok_or_else(|| {
         anyhow::anyhow!(
             "the token needs the address devices use to reach the relay: pass --relay-addr \
@@ -351,18 +357,23 @@ struct Listed {
     /// The nodes it is connected to.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     nodes: Vec<String>,
+    /// What it last said it holds unsent (laptops of protocol 5 on), and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbox: Option<DeviceOutbox>,
 }
 
 fn list(common: &Common, json: bool) -> anyhow::Result<()> {
     let store = common.store()?;
     let now = fieldsync_core::ids::now_millis();
     let mut online = devices_online(&node_statuses(&store, now)?);
+    let mut outboxes = store.outboxes()?;
     let devices: Vec<Listed> = store
         .devices()?
         .into_iter()
         .map(|record| {
             let live = online.remove(&record.device_id);
             Listed {
+                outbox: outboxes.remove(&record.device_id),
                 connected: live.is_some(),
                 nodes: live.as_ref().map(|(_, n)| n.clone()).unwrap_or_default(),
                 live: live.map(|(d, _)| d),
@@ -386,11 +397,14 @@ fn list(common: &Common, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<14} status",
-        "device id", "name", "role", "scopes", "last sync", "online", "today"
+        "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<22} {:<14} status",
+        "device id", "name", "role", "scopes", "last sync", "online", "unsent", "today"
     );
     for Listed {
-        record: d, live, ..
+        record: d,
+        live,
+        outbox,
+        ..
     } in devices
     {
         let status = match (d.revoked_at, d.enrolled) {
@@ -408,14 +422,21 @@ fn list(common: &Common, json: bool) -> anyhow::Result<()> {
             ),
             Some(_) => "yes, downloading".to_string(),
         };
+        let unsent = match outbox {
+            None => "?".to_string(),
+            Some(o) if o.changes == 0 && o.quarantined == 0 => "none".to_string(),
+            Some(o) if o.quarantined == 0 => format!("{} changes", o.changes),
+            Some(o) => format!("{} changes, {} refused", o.changes, o.quarantined),
+        };
         println!(
-            "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<14} {status}",
+            "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<22} {:<14} {status}",
             d.device_id,
             d.name,
             d.role.as_str(),
             d.scopes.join(","),
             d.last_seen.map_or("never".to_string(), format_millis),
             online,
+            unsent,
             format!(
                 "{} new/{}",
                 d.today.new_documents,
@@ -425,12 +446,13 @@ fn list(common: &Common, json: bool) -> anyhow::Result<()> {
     }
     for e in pending {
         println!(
-            "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<14} token {} not used yet (expires {})",
+            "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<22} {:<14} token {} not used yet (expires {})",
             e.device_id.map_or("-".to_string(), |d| d.to_string()),
             e.name,
             e.role.as_str(),
             e.scopes.join(","),
             "never",
+            "-",
             "-",
             "-",
             e.id,

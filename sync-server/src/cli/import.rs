@@ -39,6 +39,9 @@ pub(crate) struct ImportArgs {
     /// Print the report as JSON (every row with its result).
     #[arg(long)]
     json: bool,
+    /// Enrol a new import device when IT revoked the last one (imports refuse until then).
+    #[arg(long)]
+    new_device: bool,
 }
 
 /// Runs an import; fails (after importing every good record) when a record failed.
@@ -73,6 +76,7 @@ pub(crate) fn run(a: ImportArgs) -> anyhow::Result<()> {
             org: a.org,
             author: a.author,
             dry_run: a.dry_run,
+            new_device: a.new_device,
         },
     )?;
     if a.json {

@@ -54,8 +54,8 @@ enum Cmd {
     Serve(Box<ServeArgs>),
     /// Whether the relay serves (address, version, uptime, connections, devices online and
     /// what they still have to download), its epoch, log position, counts and certificate
-    /// fingerprint. Works from any machine that reaches the store; exits non-zero when no
-    /// node serves.
+    /// fingerprint. Works from any machine that reaches the store. Exits 0 when a node serves,
+    /// 3 when none does, 1 on an error (no database, a wrong config).
     Status {
         #[command(flatten)]
         common: Common,
@@ -130,7 +130,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -138,22 +138,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if !matches!(cli.cmd, Cmd::Serve(_)) {
         // Admin commands log warnings only: their output is what they print.
         fieldsync_relay::logging::init("warn", fieldsync_relay::LogFormat::Text);
     }
+    let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     match cli.cmd {
-        Cmd::Serve(a) => serve(*a),
-        Cmd::Backup(a) => backup::backup(a),
-        Cmd::Restore(a) => backup::restore(a),
-        Cmd::Doc(cmd) => doc::run(cmd),
         Cmd::Status { common, json } => status::run(&common, json),
-        Cmd::Device(cmd) => device::run(cmd),
-        Cmd::Audit(a) => audit::run(a),
-        Cmd::Import(a) => import::run(*a),
-        Cmd::Completions { shell } => shell::completions(shell),
-        Cmd::Man { out } => shell::man_pages(&out),
+        Cmd::Serve(a) => ok(serve(*a)),
+        Cmd::Backup(a) => ok(backup::backup(a)),
+        Cmd::Restore(a) => ok(backup::restore(a)),
+        Cmd::Doc(cmd) => ok(doc::run(cmd)),
+        Cmd::Device(cmd) => ok(device::run(cmd)),
+        Cmd::Audit(a) => ok(audit::run(a)),
+        Cmd::Import(a) => ok(import::run(*a)),
+        Cmd::Completions { shell } => ok(shell::completions(shell)),
+        Cmd::Man { out } => ok(shell::man_pages(&out)),
     }
 }
 

@@ -1,13 +1,17 @@
 //! `status`: whether the relay serves, where, since when, and what it holds and carries.
 
+use std::process::ExitCode;
+
 use fieldsync_core::display::{format_bytes, format_millis};
 use fieldsync_relay::presence::relay_status;
 
 use crate::common::Common;
 
-/// Prints the relay's status (JSON with `json`). Exits with an error when no node serves,
-/// so that scripts and health checks can test it.
-pub(crate) fn run(common: &Common, json: bool) -> anyhow::Result<()> {
+/// Exit status when no node serves (scripts and health checks test it; 1 is an error).
+const NOT_SERVING: u8 = 3;
+
+/// Prints the relay's status (JSON with `json`); exits [`NOT_SERVING`] when no node serves.
+pub(crate) fn run(common: &Common, json: bool) -> anyhow::Result<ExitCode> {
     let cfg = common.load()?;
     let store = fieldsync_relay::RelayStore::open_existing(&cfg)?;
     let s = relay_status(&cfg, &store)?;
@@ -82,11 +86,11 @@ pub(crate) fn run(common: &Common, json: bool) -> anyhow::Result<()> {
                 .unwrap_or("none (no certificate yet)")
         );
     }
-    if s.serving {
-        Ok(())
+    Ok(if s.serving {
+        ExitCode::SUCCESS
     } else {
-        anyhow::bail!("the relay is not serving")
-    }
+        ExitCode::from(NOT_SERVING)
+    })
 }
 
 /// `3 d 4 h`, `2 h 5 min`, `40 s`.

@@ -29,10 +29,13 @@ pub enum Action {
     Unchanged,
 }
 
-/// The id of the customer imported as `external_id` into `org`: the same on every import.
-pub fn customer_id(org: &str, external_id: &str) -> DocId {
+/// The id of the customer imported as `external_id` into `org`: the same on every import into
+/// this relay. `salt` is the relay's own secret (see `super::import`), so nobody without it
+/// can tell which id an ERP number will get and create that document first.
+pub fn customer_id(salt: &[u8], org: &str, external_id: &str) -> DocId {
     let digest = derive(&[
         b"fieldsync import customer",
+        salt,
         org.as_bytes(),
         external_id.trim().as_bytes(),
     ]);
@@ -52,6 +55,12 @@ fn item_id(external_id: &str, kind: &str, key: &str) -> String {
             key.trim().to_lowercase().as_bytes(),
         ])[..16],
     )
+}
+
+/// The device whose actor wrote a document's first change (its actor's first 16 bytes).
+pub fn creator(doc: &mut AutoCommit) -> Option<uuid::Uuid> {
+    let first = doc.get_changes(&[]).into_iter().next()?;
+    uuid::Uuid::from_slice(first.actor_id().to_bytes().get(..16)?).ok()
 }
 
 fn derive(parts: &[&[u8]]) -> [u8; 32] {
@@ -82,12 +91,12 @@ fn address_key(a: &AddressInput, i: usize) -> String {
 /// device's id). Returns what it did and the change's bytes (none when nothing changes).
 pub fn change_for(
     rec: &ImportRecord,
+    id: DocId,
     org: &str,
     existing: Option<AutoCommit>,
     actor: &ActorId,
     ctx: &EditCtx,
 ) -> Result<(Action, Option<Vec<u8>>), String> {
-    let id = customer_id(org, &rec.external_id);
     let (mut doc, action) = match existing {
         Some(doc) => (doc.with_actor(actor.clone()), Action::Updated),
         None => (AutoCommit::new().with_actor(actor.clone()), Action::Created),
@@ -195,12 +204,17 @@ fn edits_for(rec: &ImportRecord, current: Option<&Customer>) -> Vec<CustomerEdit
         match current.and_then(|c| c.addresses.iter().find(|x| x.id == id)) {
             None => out.push(CustomerEdit::AddAddress(id, a.clone())),
             Some(x) => {
-                let same = x.label == a.label
-                    && x.street == a.street
-                    && x.city == a.city
-                    && x.region == a.region
-                    && x.postcode == a.postcode
-                    && x.country == a.country;
+                // As for contacts: a column the file leaves empty keeps the stored value.
+                let same = [
+                    (&a.label, &x.label),
+                    (&a.street, &x.street),
+                    (&a.city, &x.city),
+                    (&a.region, &x.region),
+                    (&a.postcode, &x.postcode),
+                    (&a.country, &x.country),
+                ]
+                .iter()
+                .all(|(want, have)| want.as_ref().is_none_or(|w| have.as_ref() == Some(w)));
                 if !same {
                     out.push(CustomerEdit::UpdateAddress(id, a.clone()));
                 }

@@ -318,6 +318,32 @@ fn checked(r: ImportRecord) -> Result<ImportRecord, String> {
             r.external_id
         ));
     }
+    // Items are found again by these keys at the next import: two with one key would be one
+    // item written twice.
+    let key = |v: &Option<String>| v.as_deref().map(|s| s.trim().to_lowercase());
+    for (what, keys) in [
+        (
+            "contacts named",
+            r.contacts.iter().map(|c| key(&c.name)).collect::<Vec<_>>(),
+        ),
+        (
+            "units of equipment with serial",
+            r.equipment.iter().map(|e| key(&e.serial)).collect(),
+        ),
+        (
+            "addresses labelled",
+            r.addresses.iter().map(|a| key(&a.label)).collect(),
+        ),
+    ] {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = keys.into_iter().flatten().find(|k| !seen.insert(k.clone())) {
+            return Err(format!(
+                "customer {} has two {what} {dup:?}: an import finds each again by that, so \
+                 merge them into one row or tell them apart",
+                r.external_id
+            ));
+        }
+    }
     Ok(r)
 }
 

@@ -6,8 +6,10 @@
 //! - [`build`]: one record as one Automerge change, on the customer imported before or a new
 //!   one (ids derived from the external id, so a second import updates, never duplicates);
 //! - this module: the import device (`relay import`, an admin of every scope, enrolled on
-//!   first use with a secret nobody holds), batches of changes through the store's upload
-//!   path, and the report.
+//!   first use with a secret nobody holds, its id recorded in the store), the relay's import
+//!   secret (customer ids are derived from it, so no laptop can create a document at the id an
+//!   ERP number will get), batches of changes through the store's upload path, and the report.
+//!   A customer is only ever updated if an import device created it.
 //!
 //! It works on the store, while the relay runs or not: a running relay picks the changes up
 //! like any other and pushes them to the laptops of their scopes.
@@ -19,6 +21,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use automerge::ActorId;
+use fieldsync_core::ids::ALL_SCOPES;
 use fieldsync_core::model::EditCtx;
 use fieldsync_core::protocol::{DeviceInfo, Outcome, RelayStorage as _, UploadChange};
 use fieldsync_core::{DocId, Role};
@@ -28,8 +31,16 @@ use crate::store::{RelayStore, RelayStoreError};
 use build::Action;
 use input::Read;
 
-/// The name of the device imports write as (in `device list` and the audit trail).
+/// The name of the device imports write as (in `device list` and the audit trail); no other
+/// device may be enrolled under it.
 pub const IMPORT_DEVICE: &str = "relay import";
+/// The store's record of the current import device's id.
+const DEVICE_KEY: &str = "import.device";
+/// Every import device there has been (16-byte ids, concatenated): documents they created
+/// may be updated by an import.
+const DEVICES_KEY: &str = "import.devices";
+/// The relay's import secret.
+const SALT_KEY: &str = "import.salt";
 /// Customers written per upload (one transaction each).
 const BATCH: usize = 500;
 
@@ -42,6 +53,8 @@ pub struct ImportOptions {
     pub author: String,
     /// Check every record and build every change, but store nothing.
     pub dry_run: bool,
+    /// Enrol a new import device when IT revoked the last one.
+    pub new_device: bool,
 }
 
 /// What happened to one record.
@@ -87,8 +100,15 @@ pub fn import(
     opts: &ImportOptions,
 ) -> Result<ImportReport, RelayStoreError> {
     let started = Instant::now();
-    let device = import_device(store)?;
+    // A dry run writes nothing, not even the secret: it builds with a throwaway one.
+    let salt = match (store.meta_value(SALT_KEY)?, opts.dry_run) {
+        (Some(salt), _) => salt,
+        (None, true) => random::<32>()?.to_vec(),
+        (None, false) => store.claim_meta(SALT_KEY, &random::<32>()?)?,
+    };
+    let device = import_device(store, opts)?;
     let actor = actor_of(&device)?;
+    let importers = importers(store)?;
     let ctx = EditCtx::new(opts.author.clone(), Role::Admin);
     let mut report = ImportReport {
         dry_run: opts.dry_run,
@@ -107,7 +127,7 @@ pub fn import(
         };
         let built = read.record.and_then(|rec| {
             let org = rec.org.clone().unwrap_or_else(|| opts.org.clone());
-            let id = build::customer_id(&org, &rec.external_id);
+            let id = build::customer_id(&salt, &org, &rec.external_id);
             row.customer_id = Some(id);
             if !seen.insert(id) {
                 return Err(format!(
@@ -115,13 +135,20 @@ pub fn import(
                     rec.external_id
                 ));
             }
-            let existing = store
+            let mut existing = store
                 .snapshot(id)
                 .map_err(|e| e.to_string())?
                 .map(|s| fieldsync_core::store::load_snapshot(&s))
                 .transpose()
                 .map_err(|e| format!("the stored customer {id} cannot be loaded: {e}"))?;
-            build::change_for(&rec, &org, existing, &actor, &ctx).map(|built| (id, built))
+            if let Some(doc) = &mut existing
+                && !build::creator(doc).is_some_and(|c| importers.contains(&c))
+            {
+                return Err(format!(
+                    "document {id} was not created by an import; it is left as it is"
+                ));
+            }
+            build::change_for(&rec, id, &org, existing, &actor, &ctx).map(|built| (id, built))
         });
         let index = report.rows.len();
         match built {
@@ -165,6 +192,18 @@ pub fn import(
     Ok(report)
 }
 
+/// The id `external_id` of `org` has (or will have) in this relay's store: `None` before the
+/// first import made the relay's import secret.
+pub fn customer_id_in(
+    store: &RelayStore,
+    org: &str,
+    external_id: &str,
+) -> Result<Option<DocId>, RelayStoreError> {
+    Ok(store
+        .meta_value(SALT_KEY)?
+        .map(|salt| build::customer_id(&salt, org, external_id)))
+}
+
 /// Uploads the pending changes as the import device and marks the rows the rules refused.
 fn store_batch(
     store: &RelayStore,
@@ -175,53 +214,107 @@ fn store_batch(
     if pending.is_empty() {
         return Ok(());
     }
-    let changes: Vec<UploadChange> = pending.iter().map(|(_, c)| c.clone()).collect();
-    let outcomes = store
-        .clone()
-        .append(device, &changes, false)
-        .map_err(|e| RelayStoreError::Invalid(format!("storing imported customers: {e}")))?;
-    for ((index, _), outcome) in pending.iter().zip(&outcomes) {
-        if let (Outcome::Refused(r) | Outcome::Malformed(r), Some(row)) =
-            (outcome, rows.get_mut(*index))
-        {
-            row.result = "failed";
-            row.error = Some(format!("refused by the relay's rules: {}", r.reason));
+    // A change refused for now (one the rules did not get to after a refused change of the
+    // same upload, say) is sent once more in an upload of its own kind.
+    let mut again: Vec<(usize, UploadChange)> = Vec::new();
+    for last in [false, true] {
+        let batch = if last {
+            std::mem::take(&mut again)
+        } else {
+            std::mem::take(pending)
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        let changes: Vec<UploadChange> = batch.iter().map(|(_, c)| c.clone()).collect();
+        let outcomes = store
+            .clone()
+            .append(device, &changes, false)
+            .map_err(|e| RelayStoreError::Invalid(format!("storing imported customers: {e}")))?;
+        for ((index, change), outcome) in batch.into_iter().zip(outcomes) {
+            let r = match outcome {
+                Outcome::Stored(_) => continue,
+                Outcome::Refused(r) if r.retry && !last => {
+                    again.push((index, change));
+                    continue;
+                }
+                Outcome::Refused(r) | Outcome::Malformed(r) => r,
+            };
+            if let Some(row) = rows.get_mut(index) {
+                row.result = "failed";
+                row.error = Some(format!("refused by the relay's rules: {}", r.reason));
+            }
         }
     }
-    pending.clear();
     Ok(())
 }
 
-/// The import device: the active device named [`IMPORT_DEVICE`], enrolled (an admin of every
-/// scope, with a secret that is thrown away) on first use.
-fn import_device(store: &RelayStore) -> Result<DeviceInfo, RelayStoreError> {
-    let known = store
-        .devices()?
-        .into_iter()
-        .find(|d| d.name == IMPORT_DEVICE && d.revoked_at.is_none());
-    let device_id = match known {
-        Some(d) => d.device_id,
-        None => {
-            store
-                .enrol_device(None, IMPORT_DEVICE, Role::Admin, &["*".to_string()])?
-                .device_id
+/// The import device recorded in the store; enrolled (an admin of every scope, with a secret
+/// that is thrown away) on first use, or after a revocation when `opts.new_device`. A dry run
+/// enrols nothing: it builds with a device id of its own and stores nothing.
+fn import_device(store: &RelayStore, opts: &ImportOptions) -> Result<DeviceInfo, RelayStoreError> {
+    let recorded = store
+        .meta_value(DEVICE_KEY)?
+        .and_then(|b| uuid::Uuid::from_slice(&b).ok());
+    if let Some(id) = recorded {
+        match store.device_grant(id)? {
+            Some(info) => return Ok(info),
+            None if !opts.new_device && !opts.dry_run => {
+                return Err(RelayStoreError::Invalid(format!(
+                    "the import device {id} was revoked; pass --new-device to enrol a new one \
+                     (its changes are audited under the new id)"
+                )));
+            }
+            None => {}
         }
-    };
-    store.device_grant(device_id)?.ok_or_else(|| {
+    }
+    let all = [ALL_SCOPES.to_string()];
+    if opts.dry_run {
+        return Ok(DeviceInfo {
+            device_id: uuid::Uuid::new_v4(),
+            name: IMPORT_DEVICE.to_string(),
+            role: Role::Admin,
+            scopes: all.to_vec(),
+        });
+    }
+    let id = store
+        .enrol_device(None, IMPORT_DEVICE, Role::Admin, &all)?
+        .device_id;
+    store.set_meta(DEVICE_KEY, id.as_bytes())?;
+    let mut every = store.meta_value(DEVICES_KEY)?.unwrap_or_default();
+    every.extend_from_slice(id.as_bytes());
+    store.set_meta(DEVICES_KEY, &every)?;
+    tracing::info!(device = %id, "enrolled the import device");
+    store.device_grant(id)?.ok_or_else(|| {
         RelayStoreError::Invalid(format!(
             "the {IMPORT_DEVICE:?} device was revoked meanwhile"
         ))
     })
 }
 
+/// Every import device there has been: documents they created may be updated.
+fn importers(store: &RelayStore) -> Result<HashSet<uuid::Uuid>, RelayStoreError> {
+    Ok(store
+        .meta_value(DEVICES_KEY)?
+        .unwrap_or_default()
+        .chunks_exact(16)
+        .filter_map(|c| uuid::Uuid::from_slice(c).ok())
+        .collect())
+}
+
+/// `N` random bytes from the system's secure generator.
+fn random<const N: usize>() -> Result<[u8; N], RelayStoreError> {
+    let mut b = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| RelayStoreError::Random)?;
+    Ok(b)
+}
+
 /// A fresh actor of the import device: its id and 8 random bytes, as a laptop's sessions.
 fn actor_of(device: &DeviceInfo) -> Result<ActorId, RelayStoreError> {
     let mut bytes = device.device_id.as_bytes().to_vec();
-    let mut suffix = [0u8; 8];
-    ring::rand::SystemRandom::new()
-        .fill(&mut suffix)
-        .map_err(|_| RelayStoreError::Random)?;
-    bytes.extend_from_slice(&suffix);
+    bytes.extend_from_slice(&random::<8>()?);
     Ok(ActorId::from(bytes))
 }
 

@@ -30,6 +30,7 @@ fn opts() -> ImportOptions {
         org: "acme".into(),
         author: "IT import".into(),
         dry_run: false,
+        new_device: false,
     }
 }
 
@@ -62,7 +63,7 @@ fn second_import_updates(store: &RelayStore) {
     }
     let first = import(store, reads, &opts()).unwrap();
     assert_eq!((first.created, first.failed), (2, 1), "{first:?}");
-    let c1 = build::customer_id("acme", "C1");
+    let c1 = customer_id_in(store, "acme", "C1").unwrap().unwrap();
     let c = customer(store, c1);
     assert_eq!(c.name, "Baotou Mining");
     assert_eq!(c.contacts.len(), 2);
@@ -86,7 +87,7 @@ fn second_import_updates(store: &RelayStore) {
     assert_eq!(c.contacts.len(), 2, "updated, not added");
     assert!(c.contacts.iter().any(|k| k.phone.as_deref() == Some("150")));
     assert_eq!(
-        customer(store, build::customer_id("acme", "C2")).name,
+        customer(store, customer_id_in(store, "acme", "C2").unwrap().unwrap()).name,
         "Ordos Coal Group"
     );
 
@@ -131,10 +132,47 @@ fn a_dry_run_stores_nothing_and_duplicates_in_one_file_are_errors() {
             .unwrap()
             .contains("more than once")
     );
+    // Nothing written: no secret, no import device, no customer.
+    assert_eq!(customer_id_in(&store, "acme", "C1").unwrap(), None);
+    assert!(store.devices().unwrap().is_empty());
+}
+
+#[test]
+fn a_revoked_import_device_stops_imports_until_it_is_replaced_on_purpose() {
+    let (_dir, store) = store();
+    let one = r#"[{"external_id": "C1", "name": "A", "scope": "north"}]"#;
+    import(&store, input::read_json(one).unwrap(), &opts()).unwrap();
+    store.revoke(IMPORT_DEVICE).unwrap();
+    let refused = import(&store, input::read_json(one).unwrap(), &opts()).unwrap_err();
+    assert!(refused.to_string().contains("--new-device"), "{refused}");
+    let renamed = r#"[{"external_id": "C1", "name": "B", "scope": "north"}]"#;
+    let again = import(
+        &store,
+        input::read_json(renamed).unwrap(),
+        &ImportOptions {
+            new_device: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+    // The customer the first import device created is updated by the new one.
+    assert_eq!(again.updated, 1, "{again:?}");
+    let id = customer_id_in(&store, "acme", "C1").unwrap().unwrap();
+    assert_eq!(customer(&store, id).name, "B");
+}
+
+#[test]
+fn two_items_with_one_key_are_an_error_of_their_row() {
+    let (_dir, store) = store();
+    let json = r#"[{"external_id": "C1", "name": "A", "scope": "north",
+                    "contacts": [{"name": "Wang Lei"}, {"name": "wang lei ", "title": "Buyer"}]}]"#;
+    let r = import(&store, input::read_json(json).unwrap(), &opts()).unwrap();
+    assert_eq!(r.failed, 1);
     assert!(
-        store
-            .snapshot(build::customer_id("acme", "C1"))
+        r.rows[0]
+            .error
+            .as_deref()
             .unwrap()
-            .is_none()
+            .contains("two contacts named")
     );
 }

@@ -49,7 +49,12 @@ impl Fleet {
         now: i64,
     ) -> Result<Self, RelayStoreError> {
         let mut f = Self::default();
-        for d in store.devices()? {
+        // The import device never connects: it is no laptop to miss.
+        for d in store
+            .devices()?
+            .into_iter()
+            .filter(|d| d.name != crate::import::IMPORT_DEVICE)
+        {
             if d.revoked_at.is_some() {
                 f.revoked += 1;
                 continue;

@@ -18,9 +18,9 @@ use crate::config::RelayConfig;
 use uuid::Uuid;
 
 use super::{
-    AuditQuery, AuditRecord, Cancel, DeviceRecord, Enrolment, EnrolmentRecord, PgRelayStore,
-    PoolStats, RelayStatus, RelayStoreError, Replacement, Revoked, SnapshotPage, SqliteRelayStore,
-    WriteStats,
+    AuditQuery, AuditRecord, Cancel, DeviceOutbox, DeviceRecord, Enrolment, EnrolmentRecord,
+    PgRelayStore, PoolStats, RelayStatus, RelayStoreError, Replacement, Revoked, SnapshotPage,
+    SqliteRelayStore, WriteStats,
 };
 
 /// The relay's store: one of the backends (see the module docs). Cloning gives another
@@ -120,9 +120,37 @@ impl RelayStore {
         each!(self, s => s.put_node_report(node, report, now, forget_after))
     }
 
-    /// Every node's latest report: (node, report JSON, when it was written in ms). Blocks.
-    pub fn node_reports(&self) -> Result<Vec<(String, String, i64)>, RelayStoreError> {
+    /// Every node's latest report: (node, report JSON, when it was written in ms, now in ms by
+    /// the same clock). Blocks.
+    pub fn node_reports(&self) -> Result<Vec<(String, String, i64, i64)>, RelayStoreError> {
         each!(self, s => s.node_reports())
+    }
+
+    /// The value the store keeps under `key` (its `meta` table), if any. Blocks.
+    pub fn meta_value(&self, key: &str) -> Result<Option<Vec<u8>>, RelayStoreError> {
+        each!(self, s => s.meta_value(key))
+    }
+
+    /// Stores `value` under `key` unless one is there; returns the value stored. Blocks.
+    pub fn claim_meta(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, RelayStoreError> {
+        each!(self, s => s.claim_meta(key, value))
+    }
+
+    /// Stores `value` under `key`, replacing what was there. Blocks.
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), RelayStoreError> {
+        each!(self, s => s.set_meta(key, value))
+    }
+
+    /// Records what a laptop reported it holds unsent. Blocks.
+    pub fn put_outbox(&self, device: Uuid, o: &DeviceOutbox) -> Result<(), RelayStoreError> {
+        each!(self, s => s.put_outbox(device, o))
+    }
+
+    /// What every laptop last reported it holds unsent, by device. Blocks.
+    pub fn outboxes(
+        &self,
+    ) -> Result<std::collections::HashMap<Uuid, DeviceOutbox>, RelayStoreError> {
+        each!(self, s => s.outboxes())
     }
 
     /// Records the certificate this relay node serves as the one of all nodes sharing a

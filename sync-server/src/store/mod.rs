@@ -361,6 +361,17 @@ impl EnrolmentRecord {
     }
 }
 
+/// What a laptop last said it holds unsent (protocol 5 `Outbox`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceOutbox {
+    /// Local changes the relay has not acknowledged.
+    pub changes: u64,
+    /// Local changes the relay refused, kept in the laptop's quarantine.
+    pub quarantined: u64,
+    /// When the laptop said so (ms).
+    pub at: i64,
+}
+
 /// What `revoke` cut off.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Revoked {

@@ -194,7 +194,7 @@ fn check_granted_scope(client: &Client, scope: &str, anyway: bool) -> Result<()>
 }
 
 /// The customer's name, for confirmations (`?` if it is not in the replica).
-fn customer_name(client: &Client, id: CustomerId) -> String {
+pub(super) fn customer_name(client: &Client, id: CustomerId) -> String {
     client
         .customers()
         .get(id)

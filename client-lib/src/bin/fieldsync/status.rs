@@ -337,20 +337,13 @@ pub(super) fn doc_name(client: &Client, id: DocId) -> String {
     match client.document(id) {
         Ok(fieldsync_client::Document::Customer(c)) => c.name,
         Ok(fieldsync_client::Document::Visit(v)) => {
-            format!("visit at {}", customer_name_of(client, v.customer_id))
+            format!("visit at {}", customer_name(client, v.customer_id))
         }
         Ok(fieldsync_client::Document::Quote(q)) => {
-            format!("quote for {}", customer_name_of(client, q.customer_id))
+            format!("quote for {}", customer_name(client, q.customer_id))
         }
         Err(_) => "not on this laptop".into(),
     }
-}
-
-fn customer_name_of(client: &Client, id: CustomerId) -> String {
-    client
-        .customers()
-        .get(id)
-        .map_or_else(|_| "?".to_string(), |c| c.name)
 }
 
 /// `fieldsync resolve ID FIELD VALUE`: writes one value over a conflict. The value is text,
@@ -364,7 +357,7 @@ pub(super) fn resolve(client: &Client, a: &ResolveArgs) -> Result<()> {
         .find(|c| c.doc_id == id && c.path == field);
     let Some(conflict) = conflict else {
         bail!(
-            "{} ({}) has no conflict in {field:?}; `fieldsync conflicts` lists the fields in              conflict",
+            "{} ({}) has no conflict in {field:?}; `fieldsync conflicts` lists the fields in conflict",
             short_id(client, id),
             doc_name(client, id)
         );

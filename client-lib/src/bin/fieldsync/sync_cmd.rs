@@ -126,7 +126,7 @@ pub(super) fn failure(client: &Client, relay: &str, e: &SyncError, enrolled: boo
         }) if reason.contains("too many failed") => (
             exit::OFFLINE,
             format!(
-                "the relay at {relay} refuses logins from this network for a minute after                  repeated failed attempts; try again shortly.\n{safe}"
+                "the relay at {relay} refuses logins from this network for a minute after repeated failed attempts; try again shortly.\n{safe}"
             ),
         ),
         SyncError::Session(SessionError::Relay {
@@ -136,14 +136,14 @@ pub(super) fn failure(client: &Client, relay: &str, e: &SyncError, enrolled: boo
         SyncError::ConnectTimeout { timeout, .. } => (
             exit::OFFLINE,
             format!(
-                "no answer from the relay at {relay} within {} s: this laptop is offline or                  the relay is down.\n{safe}",
+                "no answer from the relay at {relay} within {} s: this laptop is offline or the relay is down.\n{safe}",
                 timeout.as_secs()
             ),
         ),
         SyncError::ResponseTimeout(d) | SyncError::Session(SessionError::Timeout(d)) => (
             exit::OFFLINE,
             format!(
-                "the relay at {relay} stopped answering (nothing for {} s); the sync was cut                  short.\n{safe}",
+                "the relay at {relay} stopped answering (nothing for {} s); the sync was cut short.\n{safe}",
                 d.as_secs()
             ),
         ),
@@ -180,11 +180,11 @@ fn not_enrolled(enrolled: bool, waiting: u64) -> String {
     };
     if enrolled {
         format!(
-            "this laptop's access was revoked by IT; {kept}; ask IT to enrol it again, then              run `fieldsync init --token TOKEN` with the new token"
+            "this laptop's access was revoked by IT; {kept}; ask IT to enrol it again, then run `fieldsync init --token TOKEN` with the new token"
         )
     } else {
         format!(
-            "this laptop is not enrolled with the relay; {kept}; ask IT for an enrolment              token, then run `fieldsync init --token TOKEN`"
+            "this laptop is not enrolled with the relay; {kept}; ask IT for an enrolment token, then run `fieldsync init --token TOKEN`"
         )
     }
 }

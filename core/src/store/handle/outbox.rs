@@ -16,18 +16,23 @@ impl Store {
             .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)
     }
 
-    /// How many local changes wait for the relay, of how many documents, in how many bytes.
+    /// How many local changes wait for the relay, of how many documents, in how many bytes,
+    /// and how many the relay refused (the quarantine).
     pub fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
-        let (changes, documents, bytes): (i64, i64, i64) = self.conn.query_row(
-            "SELECT count(*), count(DISTINCT doc_id), COALESCE(sum(length(bytes)), 0) FROM outbox",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let (changes, documents, bytes, quarantined): (i64, i64, i64, i64) = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*), count(DISTINCT doc_id), COALESCE(sum(length(bytes)), 0),
+                        (SELECT count(*) FROM quarantine)
+                   FROM outbox",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok(OutboxSummary {
             changes: n(changes),
             documents: n(documents),
             bytes: n(bytes),
+            quarantined: n(quarantined),
         })
     }
 

@@ -62,7 +62,9 @@ mod batch_db;
 mod conn;
 mod devices;
 mod listen;
+mod meta;
 mod nodes;
+mod outbox;
 mod schema;
 mod scratch;
 

@@ -125,6 +125,17 @@ CREATE TABLE nodes (
     heartbeat_at BIGINT NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE device_outbox (
+    device BYTEA PRIMARY KEY,
+    changes BIGINT NOT NULL,
+    quarantined BIGINT NOT NULL,
+    at BIGINT NOT NULL
+);
+"#,
+    r#"
+CREATE INDEX audit_at ON audit (at);
+"#,
 ];
 
 pub(super) fn migrate(client: &mut Client) -> Result<(), RelayStoreError> {

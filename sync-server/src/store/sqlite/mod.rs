@@ -19,7 +19,9 @@ use fieldsync_core::store::{OpenError, open_sqlite};
 
 mod batch_db;
 mod devices;
+mod meta;
 mod nodes;
+mod outbox;
 pub(crate) mod schema;
 
 use batch_db::SqlTx;

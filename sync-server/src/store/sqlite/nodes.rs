@@ -28,11 +28,13 @@ impl SqliteRelayStore {
         })
     }
 
-    /// Every node's latest report: (node, report JSON, when it was written in ms).
-    pub fn node_reports(&self) -> Result<Vec<(String, String, i64)>, RelayStoreError> {
+    /// Every node's latest report: (node, report JSON, when it was written in ms, now in ms).
+    /// The one node of an embedded store writes on this machine: its clock is this one.
+    pub fn node_reports(&self) -> Result<Vec<(String, String, i64, i64)>, RelayStoreError> {
+        let now = fieldsync_core::ids::now_millis();
         self.read_priority(|c| {
             c.prepare_cached("SELECT node, report, heartbeat_at FROM nodes ORDER BY node")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, now)))?
                 .collect::<Result<_, _>>()
                 .map_err(Into::into)
         })

@@ -158,6 +158,18 @@ CREATE TABLE nodes (
     heartbeat_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // 7: what each laptop last said it holds unsent (protocol 5 `Outbox`), for `device list`.
+    r#"
+CREATE TABLE device_outbox (
+    device BLOB PRIMARY KEY,
+    changes INTEGER NOT NULL,
+    quarantined INTEGER NOT NULL,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#, // 8: `audit --since` reads a time range without scanning the whole trail.
+    r#"
+CREATE INDEX audit_at ON audit(at);
+"#,
 ];
 
 /// The schema version this build creates and migrates to.
