@@ -349,8 +349,8 @@ async fn a_returning_laptop_syncs_with_0rtt_and_falls_back_when_the_relay_forgot
     assert_eq!(again.changes_acked, 1);
     assert_eq!(
         again.frames_sent, 6,
-        "Hello, First (the edited customer comes first), the upload and the pull in one flight; \
-         then the reports of what is unsent after the Welcome and after the acknowledgement"
+        "Hello, the report of what is unsent, First (the edited customer comes first), the \
+         upload and the pull in one flight; then the report after the acknowledgement"
     );
 
     relay.shutdown().await.unwrap();

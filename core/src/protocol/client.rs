@@ -212,14 +212,16 @@ impl ClientSession {
         }
     }
 
-    /// The session's first messages, sent together: the `Hello` (or `Enrol`), the first
-    /// upload of waiting local changes, and a `Pull` from the replica's cursor. The relay
+    /// The session's first messages, sent together: the `Hello` (or `Enrol`), the report of
+    /// what the replica holds unsent (`Outbox`: a relay that accepts this client's version
+    /// knows it), the first upload of waiting local changes, and a `Pull` from the replica's
+    /// cursor. The relay
     /// handles them in that order once the `Hello` authenticated, so the handshake, the upload
     /// and the start of the download take one round trip; it brings the cursor in line with
     /// the device's grant and its epoch itself. The upload goes before the pull, as in a
     /// session that waited for the `Welcome`: the download then already accounts for it.
     pub fn open(&mut self, store: &Store) -> Result<Vec<Message>, SessionError> {
-        let mut out = vec![self.hello(store)];
+        let mut out = vec![self.hello(store), outbox_report(store)?];
         out.extend(self.poll_upload(store)?);
         let cursor = Self::load_cursor(store)?.unwrap_or(Cursor {
             // No download yet: an epoch the relay never has starts every scope afresh.
@@ -346,7 +348,7 @@ impl ClientSession {
                 self.role = Some(role);
                 let cursor = Self::load_cursor(store)?;
                 let stale = cursor.as_ref().is_some_and(|c| c.epoch != epoch);
-                let mut out = vec![outbox_report(store)?];
+                let mut out = Vec::new();
                 if stale && store.doc_count()? > 0 {
                     // The relay's log restarted (restored from a backup, or reset): compare
                     // heads so it gets back whatever it lost. A pull sent with the `Hello`

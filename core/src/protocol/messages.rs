@@ -306,9 +306,9 @@ pub enum Message {
         /// Raw (uncompressed) bytes waiting.
         bytes: u64,
     },
-    /// Client → relay (protocol 5), after the `Welcome` and after each `UploadAck`: what the
-    /// client still holds that the relay has not accepted, for IT's device list. Advisory: the
-    /// relay records it and answers nothing.
+    /// Client → relay (protocol 5), in the first flight right after the `Hello` and after each
+    /// `UploadAck`: what the client still holds that the relay has not accepted, for IT's
+    /// device list. Advisory: the relay records it and answers nothing.
     Outbox {
         /// Local changes not yet acknowledged.
         changes: u64,

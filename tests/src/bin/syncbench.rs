@@ -35,8 +35,9 @@
 //! **Bytes** are frame bytes as counted by [`SyncReport`] (length prefixes included; QUIC,
 //! TLS and UDP overhead not included). For (c) the handshake frames (`Hello`, `Welcome`) are
 //! subtracted to give the sync payload, and round trips after the handshake are the frames the
-//! client sent after `Hello` (each is answered by one frame; uploads and pulls that go out
-//! together are pipelined and counted as one round trip).
+//! client sent after `Hello` and its `Outbox` report (protocol 5, which nothing answers): each
+//! is answered by one frame; uploads and pulls that go out together are pipelined and counted
+//! as one round trip.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -600,7 +601,8 @@ fn orchestrate(quick: bool, separate: bool) -> anyhow::Result<()> {
         relay,
     });
     let (c, relay) = bench.measured("b.db", Job::Sync)?;
-    let rtts = c.report.frames_sent.saturating_sub(1);
+    // Every frame after the `Hello` is answered, but the first flight's `Outbox` report.
+    let rtts = c.report.frames_sent.saturating_sub(2);
     let payload = (c.report.bytes_sent + c.report.bytes_received)
         .saturating_sub(c.hello_bytes + c.welcome_bytes);
     rows.push(Row {

@@ -1111,7 +1111,7 @@ fn the_first_flight_authenticates_uploads_and_pulls_in_one_round_trip() {
     let mut cs = ClientSession::new(ClientConfig::default());
     let first = cs.step(&mut a, ClientInput::Open, 0).unwrap();
     let names: Vec<&str> = first.send.iter().map(Message::name).collect();
-    assert_eq!(names, ["Hello", "Upload", "Pull"]);
+    assert_eq!(names, ["Hello", "Outbox", "Upload", "Pull"]);
     let mut rs = RelaySession::new(RelayLimits::default());
     let mut answers = Vec::new();
     for m in first.send {
