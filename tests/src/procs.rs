@@ -120,6 +120,33 @@ pub fn binary((package, bin): (&str, &str)) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A `fieldsync` command on the replica in `data`, as a rep would run it but shielded from
+/// the caller's environment: no `FIELDSYNC_DATA`, `FIELDSYNC_TOKEN` or `FIELDSYNC_CREDENTIAL`,
+/// errors only in its log (`FIELDSYNC_LOG`), nothing on stdin. Add the arguments.
+pub fn laptop_command(data: &Path) -> anyhow::Result<Command> {
+    let mut c = Command::new(binary(CLIENT_BIN)?);
+    c.arg("--data")
+        .arg(data)
+        .env_remove("FIELDSYNC_DATA")
+        .env_remove("FIELDSYNC_TOKEN")
+        .env_remove("FIELDSYNC_CREDENTIAL")
+        .env("FIELDSYNC_LOG", "error")
+        .stdin(Stdio::null());
+    Ok(c)
+}
+
+/// `fieldsync-relay ARGS --data DATA` (the flag belongs to the subcommand, so it follows
+/// `args`), logging warnings only, nothing on stdin.
+pub fn relay_command(data: &Path, args: &[&str]) -> anyhow::Result<Command> {
+    let mut c = Command::new(binary(RELAY_BIN)?);
+    c.args(args)
+        .arg("--data")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    Ok(c)
+}
+
 /// A free UDP port on 127.0.0.1 (bound and released: another process could take it in
 /// between, which is unlikely enough for tests and noticed as a failed start).
 pub fn free_udp_addr() -> anyhow::Result<SocketAddr> {

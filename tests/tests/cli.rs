@@ -13,7 +13,7 @@
 //! - Shell completions and man pages are generated; a wrong command line exits 2.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use fieldsync_tests::procs::{self, RelayProcess};
 use serde_json::Value;
@@ -37,16 +37,9 @@ impl From<Output> for Run {
 }
 
 fn fieldsync(data: &Path, args: &[&str]) -> Run {
-    let bin = procs::binary(procs::CLIENT_BIN).expect("the fieldsync binary");
-    Command::new(bin)
-        .arg("--data")
-        .arg(data)
+    procs::laptop_command(data)
+        .expect("the fieldsync binary")
         .args(args)
-        .env_remove("FIELDSYNC_DATA")
-        .env_remove("FIELDSYNC_TOKEN")
-        .env_remove("FIELDSYNC_CREDENTIAL")
-        .env("FIELDSYNC_LOG", "error")
-        .stdin(Stdio::null())
         .output()
         .expect("run fieldsync")
         .into()
@@ -81,13 +74,8 @@ fn json(data: &Path, args: &[&str]) -> Value {
 }
 
 fn relay_cli(relay: &Path, args: &[&str]) -> Run {
-    let bin = procs::binary(procs::RELAY_BIN).expect("the relay binary");
-    Command::new(bin)
-        .args(args)
-        .arg("--data")
-        .arg(relay)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
+    procs::relay_command(relay, args)
+        .expect("the relay binary")
         .output()
         .expect("run fieldsync-relay")
         .into()

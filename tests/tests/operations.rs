@@ -10,17 +10,14 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldsync_tests::procs::{
-    CLIENT_BIN, RELAY_BIN, RelayProcess, binary, free_tcp_addr, scrape_metrics,
+    RelayProcess, free_tcp_addr, laptop_command, relay_command, scrape_metrics,
 };
 use serde_json::Value;
 
 fn relay(data: &Path, args: &[&str]) -> Output {
-    Command::new(binary(RELAY_BIN).expect("relay binary"))
-        .args(args)
-        .arg("--data")
-        .arg(data)
+    relay_command(data, args)
+        .expect("relay binary")
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
         .output()
         .expect("run fieldsync-relay")
 }
@@ -43,15 +40,7 @@ fn relay_json(data: &Path, args: &[&str]) -> Value {
 }
 
 fn laptop(dir: &Path) -> Command {
-    let mut c = Command::new(binary(CLIENT_BIN).expect("client binary"));
-    c.arg("--data")
-        .arg(dir)
-        .env_remove("FIELDSYNC_DATA")
-        .env_remove("FIELDSYNC_TOKEN")
-        .env_remove("FIELDSYNC_CREDENTIAL")
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null());
-    c
+    laptop_command(dir).expect("client binary")
 }
 
 fn laptop_ok(dir: &Path, args: &[&str]) -> String {

@@ -229,20 +229,9 @@ fn relay_killed_mid_upload_and_restarted_loses_no_acknowledged_change() {
 // ---------------------------------------------------------------------------------------------
 // Three `fieldsync` processes.
 
-fn fieldsync_bin() -> PathBuf {
-    procs::binary(procs::CLIENT_BIN).expect("the fieldsync binary")
-}
-
 fn cli(data: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(fieldsync_bin());
-    c.arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("FIELDSYNC_DATA")
-        .env_remove("FIELDSYNC_TOKEN")
-        .env_remove("FIELDSYNC_CREDENTIAL")
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null());
+    let mut c = procs::laptop_command(data).expect("the fieldsync binary");
+    c.args(args);
     c
 }
 
