@@ -15,19 +15,8 @@ use fieldsync_core::model::{
 };
 use sha2::{Digest, Sha256};
 
+use super::RowResult;
 use super::input::ImportRecord;
-
-/// What an import did with one record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// A new customer.
-    Created,
-    /// A customer imported before, changed to match the record.
-    Updated,
-    /// A customer imported before that already matches.
-    Unchanged,
-}
 
 /// The id of the customer imported as `external_id` into `org`: the same on every import into
 /// this relay. `salt` is the relay's own secret (see `super::import`), so nobody without it
@@ -96,13 +85,16 @@ pub fn change_for(
     existing: Option<AutoCommit>,
     actor: &ActorId,
     ctx: &EditCtx,
-) -> Result<(Action, Option<Vec<u8>>), String> {
+) -> Result<(RowResult, Option<Vec<u8>>), String> {
     let (mut doc, action) = match existing {
-        Some(doc) => (doc.with_actor(actor.clone()), Action::Updated),
-        None => (AutoCommit::new().with_actor(actor.clone()), Action::Created),
+        Some(doc) => (doc.with_actor(actor.clone()), RowResult::Updated),
+        None => (
+            AutoCommit::new().with_actor(actor.clone()),
+            RowResult::Created,
+        ),
     };
     let before = doc.get_heads();
-    let edits = if action == Action::Created {
+    let edits = if action == RowResult::Created {
         let new = NewCustomer {
             org: org.to_string(),
             scope: rec.scope.trim().to_string(),
@@ -134,7 +126,7 @@ pub fn change_for(
         .pop()
         .map(|c| c.raw_bytes().to_vec());
     let action = match (action, &change) {
-        (Action::Updated, None) => Action::Unchanged,
+        (RowResult::Updated, None) => RowResult::Unchanged,
         (a, _) => a,
     };
     Ok((action, change))

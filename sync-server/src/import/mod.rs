@@ -28,7 +28,6 @@ use fieldsync_core::{DocId, Role};
 use ring::rand::SecureRandom as _;
 
 use crate::store::{RelayStore, RelayStoreError};
-use build::Action;
 use input::Read;
 
 /// The name of the device imports write as (in `device list` and the audit trail); no other
@@ -57,6 +56,20 @@ pub struct ImportOptions {
     pub new_device: bool,
 }
 
+/// What an import did with a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowResult {
+    /// A new customer.
+    Created,
+    /// A customer imported before, changed to match the record.
+    Updated,
+    /// A customer imported before that already matches.
+    Unchanged,
+    /// The record could not be read or built, or the rules refused its change.
+    Failed,
+}
+
 /// What happened to one record.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RowReport {
@@ -66,8 +79,8 @@ pub struct RowReport {
     pub external_id: Option<String>,
     /// The customer it maps to.
     pub customer_id: Option<DocId>,
-    /// What was done: `created`, `updated`, `unchanged`, or `failed` with `error`.
-    pub result: &'static str,
+    /// What was done (`failed` with `error`).
+    pub result: RowResult,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -122,7 +135,7 @@ pub fn import(
             at: read.at,
             external_id: read.external_id,
             customer_id: None,
-            result: "failed",
+            result: RowResult::Failed,
             error: None,
         };
         let built = read.record.and_then(|rec| {
@@ -153,18 +166,13 @@ pub fn import(
         let index = report.rows.len();
         match built {
             Err(e) => row.error = Some(e),
-            Ok((_, (Action::Unchanged, _))) => row.result = "unchanged",
-            Ok((id, (action, Some(bytes)))) => {
-                row.result = if action == Action::Created {
-                    "created"
-                } else {
-                    "updated"
-                };
-                if !opts.dry_run {
+            Ok((id, (action, change))) => {
+                row.result = action;
+                // A change exactly when something is created or updated.
+                if let (Some(bytes), false) = (change, opts.dry_run) {
                     pending.push((index, UploadChange { doc_id: id, bytes }));
                 }
             }
-            Ok((_, (_, None))) => row.result = "unchanged",
         }
         report.rows.push(row);
         if pending.len() >= BATCH {
@@ -174,10 +182,10 @@ pub fn import(
     store_batch(store, &device, &mut pending, &mut report.rows)?;
     for r in &report.rows {
         match r.result {
-            "created" => report.created += 1,
-            "updated" => report.updated += 1,
-            "unchanged" => report.unchanged += 1,
-            _ => report.failed += 1,
+            RowResult::Created => report.created += 1,
+            RowResult::Updated => report.updated += 1,
+            RowResult::Unchanged => report.unchanged += 1,
+            RowResult::Failed => report.failed += 1,
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
@@ -241,7 +249,7 @@ fn store_batch(
                 Outcome::Refused(r) | Outcome::Malformed(r) => r,
             };
             if let Some(row) = rows.get_mut(index) {
-                row.result = "failed";
+                row.result = RowResult::Failed;
                 row.error = Some(format!("refused by the relay's rules: {}", r.reason));
             }
         }
