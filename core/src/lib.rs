@@ -81,6 +81,7 @@
 //! # }
 //! ```
 
+pub mod attachment;
 pub mod budget;
 pub mod congestion;
 pub mod display;

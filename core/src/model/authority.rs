@@ -22,6 +22,7 @@
 use automerge::{ObjId, ObjType, ROOT, ReadDoc, Value};
 
 use super::{Document, ModelError, am};
+use crate::attachment::entry::Entries;
 use crate::ids::{DocKind, GovernedField, Role};
 
 /// One line of the authority table.
@@ -163,6 +164,8 @@ pub struct Governed {
     decision_marks: Vec<String>,
     /// The root containers: key and object id.
     layout: Vec<(String, String)>,
+    /// The attachment entries.
+    entries: Entries,
 }
 
 /// Root keys of role-owned scalars and what they are.
@@ -342,13 +345,18 @@ impl Governed {
                 None
             }
         };
+        // Every concurrent container at a root key: a container two writers created at once
+        // (the attachments map, which older documents lack) is kept whole on both sides.
         let mut layout: Vec<(String, String)> = doc
-            .map_range(ROOT, ..)
-            .filter_map(|item| match item.value {
-                automerge::ValueRef::Object(_) => {
-                    Some((item.key.to_string(), item.id().to_string()))
-                }
-                _ => None,
+            .keys(ROOT)
+            .flat_map(|key| {
+                doc.get_all(ROOT, key.as_str())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(move |(v, id)| match v {
+                        Value::Object(_) => Some((key.clone(), id.to_string())),
+                        Value::Scalar(_) => None,
+                    })
             })
             .collect();
         layout.sort();
@@ -360,6 +368,7 @@ impl Governed {
             unknown,
             decision_marks,
             layout,
+            entries: Entries::of(doc),
         }
     }
 }
@@ -394,6 +403,8 @@ pub enum Verdict {
     },
     /// The change deletes or replaces a container the document was made with.
     Layout(String),
+    /// The change writes a malformed attachment entry or alters an existing one.
+    Attachment(String),
 }
 
 impl std::fmt::Display for Verdict {
@@ -420,6 +431,7 @@ impl std::fmt::Display for Verdict {
                 f,
                 "change deletes or replaces the document's `{key}` container"
             ),
+            Self::Attachment(why) => f.write_str(why),
         }
     }
 }
@@ -491,6 +503,10 @@ pub fn judge(before: Option<&Governed>, after: &Governed, role: Role) -> Result<
                 return Err(Verdict::Layout(key.clone()));
             }
         }
+    }
+    // Attachment entries: well formed when made, their content fixed after.
+    if let Some(why) = after.entries.refusal(before.map(|b| &b.entries)) {
+        return Err(Verdict::Attachment(why));
     }
     // Governed parts.
     for (field, value) in &after.parts {

@@ -33,6 +33,7 @@ use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ObjId, ROOT, ReadDoc};
 use serde::{Deserialize, Serialize};
 
+use crate::attachment::entry::{ATTACHMENTS_KEY, AttachmentEdit};
 use crate::ids::{DocId, DocKind, GovernedField, Millis, Role};
 pub use authority::{Governed, Verdict, judge};
 pub use conflicts::{Conflict, conflicts, resolve_conflict};
@@ -221,15 +222,18 @@ pub enum Edit {
     Visit(VisitEdit),
     /// An edit to a quote.
     Quote(QuoteEdit),
+    /// An edit of the attachments of a document of any kind.
+    Attachment(AttachmentEdit),
 }
 
 impl Edit {
-    /// The kind of document this edit applies to.
-    pub fn kind(&self) -> DocKind {
+    /// The kind of document this edit applies to (`None`: any kind).
+    pub fn kind(&self) -> Option<DocKind> {
         match self {
-            Self::Customer(_) => DocKind::Customer,
-            Self::Visit(_) => DocKind::Visit,
-            Self::Quote(_) => DocKind::Quote,
+            Self::Customer(_) => Some(DocKind::Customer),
+            Self::Visit(_) => Some(DocKind::Visit),
+            Self::Quote(_) => Some(DocKind::Quote),
+            Self::Attachment(_) => None,
         }
     }
 }
@@ -245,7 +249,7 @@ fn header_init(id: DocId, kind: DocKind, org: &str, scope: &str, ctx: &EditCtx) 
         .str("created_by", &ctx.author)
         .int("created_at", ctx.now)
         .bool("archived", false)
-        .empty_maps(&["governed", "governed_log"]);
+        .empty_maps(&["governed", "governed_log", ATTACHMENTS_KEY]);
     m
 }
 
@@ -344,9 +348,11 @@ pub fn create_quote(
 /// Applies one edit to a document, checking kind, role and state. The caller commits.
 pub fn apply_edit(doc: &mut AutoCommit, edit: &Edit, ctx: &EditCtx) -> Result<(), ModelError> {
     let header = read_header(doc)?;
-    if header.kind != edit.kind() {
+    if let Some(kind) = edit.kind()
+        && header.kind != kind
+    {
         return Err(ModelError::WrongKind {
-            edit: edit.kind(),
+            edit: kind,
             kind: header.kind,
         });
     }
@@ -354,6 +360,7 @@ pub fn apply_edit(doc: &mut AutoCommit, edit: &Edit, ctx: &EditCtx) -> Result<()
         Edit::Customer(e) => customer::apply(doc, e, ctx),
         Edit::Visit(e) => visit::apply(doc, e, ctx),
         Edit::Quote(e) => quote::apply(doc, e, ctx),
+        Edit::Attachment(e) => crate::attachment::entry::apply(doc, e, ctx),
     }
 }
 
