@@ -313,7 +313,15 @@ pub fn apply(doc: &mut AutoCommit, edit: &AttachmentEdit, ctx: &EditCtx) -> Resu
 }
 
 /// The keys of an entry that are fixed once it is made.
-const FIXED: [&str; 7] = ["hash", "size", "media_type", "name", "author", "at", "preview"];
+const FIXED: [&str; 7] = [
+    "hash",
+    "size",
+    "media_type",
+    "name",
+    "author",
+    "at",
+    "preview",
+];
 
 /// What the relay's judge compares of a document's attachments.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -442,7 +450,8 @@ mod tests {
     }
 
     fn fork(doc: &mut AutoCommit, actor: u8) -> AutoCommit {
-        doc.fork().with_actor(automerge::ActorId::from(vec![actor; 16]))
+        doc.fork()
+            .with_actor(automerge::ActorId::from(vec![actor; 16]))
     }
 
     #[test]
@@ -451,22 +460,42 @@ mod tests {
         base.put(ROOT, "kind", "visit").expect("put");
         let mut a = fork(&mut base, 1);
         let mut b = fork(&mut base, 2);
-        apply(&mut a, &AttachmentEdit::Add("a1".into(), input(1)), &ctx("li")).expect("a");
-        apply(&mut b, &AttachmentEdit::Add("b1".into(), input(2)), &ctx("wang")).expect("b");
+        apply(
+            &mut a,
+            &AttachmentEdit::Add("a1".into(), input(1)),
+            &ctx("li"),
+        )
+        .expect("a");
+        apply(
+            &mut b,
+            &AttachmentEdit::Add("b1".into(), input(2)),
+            &ctx("wang"),
+        )
+        .expect("b");
         let before = Entries::of(&a);
         a.merge(&mut b).expect("merge");
         let ids: Vec<String> = attachments(&a).into_iter().map(|x| x.id).collect();
         assert_eq!(ids, ["a1", "b1"]);
         assert_eq!(Entries::of(&a).refusal(Some(&before)), None);
         // Either side's next attachment goes into one of the maps and is read back.
-        apply(&mut a, &AttachmentEdit::Add("a2".into(), input(3)), &ctx("li")).expect("a2");
+        apply(
+            &mut a,
+            &AttachmentEdit::Add("a2".into(), input(3)),
+            &ctx("li"),
+        )
+        .expect("a2");
         assert_eq!(attachments(&a).len(), 3);
     }
 
     #[test]
     fn an_entrys_content_is_fixed_and_a_removal_stays() {
         let mut doc = AutoCommit::new();
-        apply(&mut doc, &AttachmentEdit::Add("x".into(), input(1)), &ctx("li")).expect("add");
+        apply(
+            &mut doc,
+            &AttachmentEdit::Add("x".into(), input(1)),
+            &ctx("li"),
+        )
+        .expect("add");
         let before = Entries::of(&doc);
         assert_eq!(before.refusal(None), None);
         let mut swapped = doc.fork();
@@ -483,7 +512,12 @@ mod tests {
         )
         .expect("caption");
         assert_eq!(Entries::of(&captioned).refusal(Some(&before)), None);
-        apply(&mut captioned, &AttachmentEdit::Remove("x".into()), &ctx("li")).expect("rm");
+        apply(
+            &mut captioned,
+            &AttachmentEdit::Remove("x".into()),
+            &ctx("li"),
+        )
+        .expect("rm");
         let removed = Entries::of(&captioned);
         assert_eq!(removed.refusal(Some(&before)), None);
         assert_eq!(live_hashes(&captioned), Vec::<BlobHash>::new());
@@ -516,11 +550,16 @@ mod tests {
             .put_object(ROOT, ATTACHMENTS_KEY, ObjType::Map)
             .expect("map");
         let e = doc.put_object(&c, "y", ObjType::Map).expect("entry");
-        doc.put(&e, "hash", BlobHash::of(b"y").to_string()).expect("put");
+        doc.put(&e, "hash", BlobHash::of(b"y").to_string())
+            .expect("put");
         doc.put(&e, "size", 1).expect("put");
         doc.put(&e, "media_type", "image/jpeg").expect("put");
-        doc.put(&e, "preview", ScalarValue::Bytes(vec![0; MAX_PREVIEW_BYTES + 1]))
-            .expect("put");
+        doc.put(
+            &e,
+            "preview",
+            ScalarValue::Bytes(vec![0; MAX_PREVIEW_BYTES + 1]),
+        )
+        .expect("put");
         assert!(Entries::of(&doc).refusal(None).is_some());
     }
 }

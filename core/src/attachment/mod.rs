@@ -14,6 +14,7 @@
 
 pub mod entry;
 pub mod pieces;
+pub mod relay;
 
 use std::fmt;
 use std::str::FromStr;

@@ -127,7 +127,11 @@ pub fn encode_piece(
     if data.len() as u64 != range.end - range.start {
         return Err(PieceError::Encode(
             index,
-            format!("{} bytes given for a piece of {}", data.len(), range.end - range.start),
+            format!(
+                "{} bytes given for a piece of {}",
+                data.len(),
+                range.end - range.start
+            ),
         ));
     }
     let ob = PreOrderMemOutboard {
@@ -194,7 +198,11 @@ pub fn decode_piece(
     if out.len() as u64 != range.end - range.start {
         return Err(PieceError::Malformed(
             index,
-            format!("{} bytes for a piece of {}", out.len(), range.end - range.start),
+            format!(
+                "{} bytes for a piece of {}",
+                out.len(),
+                range.end - range.start
+            ),
         ));
     }
     if reader.position() != encoded.len() as u64 {
@@ -234,11 +242,17 @@ mod tests {
         let size = data.len() as u64;
         let (hash, ob) = outboard(&data[..], size).expect("outboard");
         let p1 = encode_piece(hash, size, &ob, 1, piece(&data, size, 1)).expect("encode");
-        assert!(decode_piece(hash, size, 2, &p1).is_err(), "piece 1 taken as piece 2");
+        assert!(
+            decode_piece(hash, size, 2, &p1).is_err(),
+            "piece 1 taken as piece 2"
+        );
         let other = bytes(200_000, 2);
         let (h2, ob2) = outboard(&other[..], size).expect("outboard");
         let q1 = encode_piece(h2, size, &ob2, 1, piece(&other, size, 1)).expect("encode");
-        assert_eq!(decode_piece(hash, size, 1, &q1), Err(PieceError::Mismatch(1)));
+        assert_eq!(
+            decode_piece(hash, size, 1, &q1),
+            Err(PieceError::Mismatch(1))
+        );
         // The length is authenticated by the last piece (BLAKE3 binds it only there): a
         // wrong size lets middle pieces verify but never the last, so a transfer under a
         // wrong size never completes.
@@ -246,7 +260,10 @@ mod tests {
         let pl = encode_piece(hash, size, &ob, last, piece(&data, size, last)).expect("encode");
         assert!(decode_piece(hash, size, last, &pl).is_ok());
         for wrong in [size - 1, size + 1] {
-            assert!(decode_piece(hash, wrong, last, &pl).is_err(), "size {wrong}");
+            assert!(
+                decode_piece(hash, wrong, last, &pl).is_err(),
+                "size {wrong}"
+            );
         }
         assert!(matches!(
             decode_piece(hash, size, 9, &p1),

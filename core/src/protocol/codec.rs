@@ -25,6 +25,9 @@ const FLAG_ZSTD: u8 = 1;
 pub const HANDSHAKE_FRAME: usize = 16 << 10;
 /// Largest decoded `Hello` or `Enrol`.
 pub const HANDSHAKE_BODY: usize = 8 << 10;
+/// Largest decoded `BlobPiece`: a piece, its path's parent hashes (at most 64 levels of 64
+/// bytes) and a few bytes of framing.
+pub const PIECE_FRAME_BODY: usize = crate::attachment::pieces::PIECE_BYTES as usize + 64 * 64 + 128;
 /// Most documents one `Heads` or `Missing` message may name (the client sends 2,000 a chunk).
 pub const MAX_HEADS_ENTRIES: usize = 10_000;
 /// Most heads one document may list in a `Heads` or `Missing` entry.
@@ -53,6 +56,12 @@ pub fn body_cap(tag: u32) -> Option<usize> {
         10 => 16 << 10,
         // More: nothing; Waiting: two numbers; Outbox: four.
         11..=13 => 64,
+        // BlobPut, BlobStored, BlobGet, BlobSending, BlobCancel: a hash and numbers.
+        14 | 16..=19 => 128,
+        // BlobPiece: a piece and the parent hashes on its path (64 bytes a level).
+        15 => PIECE_FRAME_BODY,
+        // BlobRefused: a hash and a reason.
+        20 => 4 << 10,
         _ => return None,
     })
 }

@@ -24,7 +24,14 @@ use crate::ids::{DocId, Role};
 ///   [`Message::More`] as it applies one, so the link never idles between batches.
 /// - 5: adds [`Message::Outbox`]: the client tells the relay what it has not had accepted yet,
 ///   so IT sees which laptops hold unsent work.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// - 6: adds attachments: once the `Welcome` arrived, the client may open a second stream,
+///   the *attachment stream*, on which it uploads ([`Message::BlobPut`], [`Message::BlobPiece`],
+///   answered by [`Message::BlobStored`]) and downloads ([`Message::BlobGet`], answered by
+///   [`Message::BlobSending`] and the pieces) attachment bytes in verified pieces
+///   ([`crate::attachment::pieces`]). Both ends send it at a lower priority than the document
+///   stream. Attachment messages are refused on the document stream and the other messages
+///   on the attachment stream.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The oldest client protocol version a relay of this build serves.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 2;
@@ -319,6 +326,73 @@ pub enum Message {
         /// Local changes the relay refused, kept in the client's quarantine.
         quarantined: u64,
     },
+    /// Client → relay (protocol 6, attachment stream): the client has attachment `hash` of
+    /// `size` bytes to upload. The relay answers [`Message::BlobStored`] with the pieces it
+    /// already holds (all of them: nothing to send), or [`Message::BlobRefused`].
+    BlobPut {
+        /// The attachment's BLAKE3 hash.
+        hash: Hash,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// Either way (protocol 6, attachment stream): piece `index` of attachment `hash`, as its
+    /// verified encoding ([`crate::attachment::pieces::encode_piece`]). Uploads send pieces
+    /// in order from where the relay's `BlobStored` said; downloads from where the `BlobGet`
+    /// asked.
+    BlobPiece {
+        /// The attachment.
+        hash: Hash,
+        /// The piece's index.
+        index: u32,
+        /// The parent hashes on the piece's path, then its bytes.
+        #[serde(with = "serde_bytes_vec")]
+        encoded: Vec<u8>,
+    },
+    /// Relay → client (protocol 6, attachment stream): pieces `0..stored` of attachment
+    /// `hash` are durably stored on the relay; the upload is complete when `stored == count`.
+    /// Sent after a `BlobPut` and after each piece; after a piece that did not verify it
+    /// repeats where the upload stands, and the client sends from there again.
+    BlobStored {
+        /// The attachment.
+        hash: Hash,
+        /// Pieces stored, from the first.
+        stored: u32,
+        /// The attachment's pieces.
+        count: u32,
+    },
+    /// Client → relay (protocol 6, attachment stream): send attachment `hash` from piece
+    /// `from` on (the pieces before it the client already holds).
+    BlobGet {
+        /// The attachment.
+        hash: Hash,
+        /// First piece wanted.
+        from: u32,
+    },
+    /// Relay → client (protocol 6, attachment stream): the answer to a `BlobGet`; the pieces
+    /// from `from` on follow, in order.
+    BlobSending {
+        /// The attachment.
+        hash: Hash,
+        /// Its size as the relay verified it.
+        size: u64,
+        /// First piece that follows.
+        from: u32,
+    },
+    /// Client → relay (protocol 6, attachment stream): stop sending attachment `hash`.
+    BlobCancel {
+        /// The attachment.
+        hash: Hash,
+    },
+    /// Relay → client (protocol 6, attachment stream): an upload or download of `hash` is
+    /// refused; `retry` says whether asking again later can succeed.
+    BlobRefused {
+        /// The attachment.
+        hash: Hash,
+        /// Why, for people.
+        reason: String,
+        /// Temporary: the same request may succeed later.
+        retry: bool,
+    },
 }
 
 /// How many download batches a relay sends a protocol-4 client ahead of its [`Message::More`]:
@@ -347,7 +421,28 @@ impl Message {
             Self::More => "More",
             Self::Waiting { .. } => "Waiting",
             Self::Outbox { .. } => "Outbox",
+            Self::BlobPut { .. } => "BlobPut",
+            Self::BlobPiece { .. } => "BlobPiece",
+            Self::BlobStored { .. } => "BlobStored",
+            Self::BlobGet { .. } => "BlobGet",
+            Self::BlobSending { .. } => "BlobSending",
+            Self::BlobCancel { .. } => "BlobCancel",
+            Self::BlobRefused { .. } => "BlobRefused",
         }
+    }
+
+    /// Whether the message belongs on the attachment stream (protocol 6).
+    pub fn is_attachment(&self) -> bool {
+        matches!(
+            self,
+            Self::BlobPut { .. }
+                | Self::BlobPiece { .. }
+                | Self::BlobStored { .. }
+                | Self::BlobGet { .. }
+                | Self::BlobSending { .. }
+                | Self::BlobCancel { .. }
+                | Self::BlobRefused { .. }
+        )
     }
 }
 

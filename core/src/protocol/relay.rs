@@ -314,6 +314,11 @@ impl RelaySession {
         self.device.as_ref()
     }
 
+    /// The protocol version the client speaks (known once it said `Hello`).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
     /// Whether the client is caught up and receives live pushes.
     pub fn is_live(&self) -> bool {
         self.live

@@ -1,0 +1,931 @@
+//! The relay's side of the attachment stream: who may upload and fetch which attachment, the
+//! limits, and the verification of every piece before it is stored.
+//!
+//! [`BlobSession`] holds the rules for one connection's attachment stream; it does no I/O.
+//! The driver (the relay's connection task) feeds it each message the client sent
+//! ([`BlobSession::handle`]) and sends what it returns, and pulls the next download piece
+//! whenever the stream can take one ([`BlobSession::next_piece`]). The storage is behind
+//! [`BlobDb`], which each relay backend implements with its own SQL (and [`MemoryBlobs`] with
+//! maps, for tests), so every backend runs the same rules:
+//! - **Authorization.** A device reaches an attachment only through a document in its scopes
+//!   that refers to it ([`BlobDb::referenced_in`]). One it cannot reach is answered exactly as
+//!   one the relay does not have: its existence is not the device's to learn.
+//! - **Limits**, checked before any byte is read: the size of one file, and how much one
+//!   device's uploads may hold ([`BlobLimits`]).
+//! - **Verification.** A piece is decoded against the attachment's hash
+//!   ([`super::pieces::decode_piece`]) before it is stored; one that does not verify is not
+//!   stored, and the client is told again where the upload stands. A client that keeps
+//!   sending bad pieces has its upload refused.
+//! - **Resumption.** The relay stores pieces in order and says how many it holds, durably,
+//!   after each; an upload cut anywhere resumes from there, on any node.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+use super::BlobHash;
+use super::pieces::{decode_piece, encode_piece, outboard, piece_count};
+use crate::ids::Millis;
+use crate::protocol::DeviceInfo;
+use crate::protocol::messages::Message;
+
+/// What the relay allows one device to upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLimits {
+    /// Largest attachment, in bytes.
+    pub max_file_bytes: u64,
+    /// Most bytes of attachments one device's uploads may hold on the relay.
+    pub device_quota_bytes: u64,
+}
+
+impl Default for BlobLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 25 << 20,
+            device_quota_bytes: 5 << 30,
+        }
+    }
+}
+
+/// Bad pieces one upload may send before it is refused.
+pub const MAX_BAD_PIECES: u32 = 8;
+
+/// An attachment as the relay stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRow {
+    /// Its size.
+    pub size: u64,
+    /// Pieces stored, from the first.
+    pub stored: u32,
+    /// Every piece is stored and verified (its outboard is stored too).
+    pub complete: bool,
+    /// The device whose upload started it.
+    pub device: Uuid,
+}
+
+/// The statements the attachment rules need from a relay backend. Each call is its own
+/// transaction.
+pub trait BlobDb {
+    /// The backend's error.
+    type Error: std::fmt::Display;
+    /// Whether some document filed under one of `device`'s scopes refers to `hash` (and keeps
+    /// it: removed entries do not count).
+    fn referenced_in(&self, device: &DeviceInfo, hash: BlobHash) -> Result<bool, Self::Error>;
+    /// The stored attachment `hash`, complete or not.
+    fn blob(&self, hash: BlobHash) -> Result<Option<BlobRow>, Self::Error>;
+    /// Starts (or, when `size` differs from an incomplete one's, restarts) an upload.
+    fn start_upload(
+        &self,
+        hash: BlobHash,
+        size: u64,
+        device: Uuid,
+        now: Millis,
+    ) -> Result<BlobRow, Self::Error>;
+    /// Stores piece `index` if it is the next one the upload lacks, and returns how many
+    /// pieces are stored afterwards. `outboard` is given with the last piece: the upload is
+    /// then complete.
+    fn store_piece(
+        &self,
+        hash: BlobHash,
+        index: u32,
+        data: &[u8],
+        outboard: Option<&[u8]>,
+        now: Millis,
+    ) -> Result<u32, Self::Error>;
+    /// The bytes of a stored piece.
+    fn piece(&self, hash: BlobHash, index: u32) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// A complete attachment's outboard.
+    fn outboard(&self, hash: BlobHash) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// The bytes of the attachments `device`'s uploads started (complete or not).
+    fn device_bytes(&self, device: Uuid) -> Result<u64, Self::Error>;
+    /// Records a completed upload in the audit trail.
+    fn audit_upload(
+        &self,
+        hash: BlobHash,
+        size: u64,
+        device: Uuid,
+        now: Millis,
+    ) -> Result<(), Self::Error>;
+}
+
+/// A stored attachment's pieces read in order, as one stream of bytes.
+struct Pieces<'a, D: BlobDb> {
+    db: &'a D,
+    hash: BlobHash,
+    next: u32,
+    count: u32,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl<D: BlobDb> Read for Pieces<'_, D> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.buf.len() {
+            if self.next == self.count {
+                return Ok(0);
+            }
+            self.buf = self
+                .db
+                .piece(self.hash, self.next)
+                .map_err(|e| io::Error::other(e.to_string()))?
+                .ok_or_else(|| io::Error::other(format!("piece {} missing", self.next)))?;
+            self.next += 1;
+            self.at = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// An upload under way on this stream.
+#[derive(Debug)]
+struct Upload {
+    size: u64,
+    count: u32,
+    bad: u32,
+}
+
+/// A download under way on this stream.
+#[derive(Debug)]
+struct Download {
+    hash: BlobHash,
+    size: u64,
+    next: u32,
+    count: u32,
+    outboard: Vec<u8>,
+}
+
+/// The answer to a request the device may not make, or whose attachment the relay lacks.
+fn refused(hash: BlobHash, reason: impl Into<String>, retry: bool) -> Message {
+    Message::BlobRefused {
+        hash: hash.0,
+        reason: reason.into(),
+        retry,
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / f64::from(1 << 20))
+}
+
+/// What one connection's attachment stream does on the relay (see the module doc).
+#[derive(Debug)]
+pub struct BlobSession {
+    device: DeviceInfo,
+    limits: BlobLimits,
+    uploads: HashMap<BlobHash, Upload>,
+    downloads: VecDeque<Download>,
+}
+
+/// Most downloads one stream may have queued.
+pub const MAX_QUEUED_DOWNLOADS: usize = 1024;
+/// Most uploads one stream may have open.
+pub const MAX_OPEN_UPLOADS: usize = 1024;
+
+impl BlobSession {
+    /// A session for an authenticated device.
+    pub fn new(device: DeviceInfo, limits: BlobLimits) -> Self {
+        Self {
+            device,
+            limits,
+            uploads: HashMap::new(),
+            downloads: VecDeque::new(),
+        }
+    }
+
+    /// The device this stream serves.
+    pub fn device(&self) -> &DeviceInfo {
+        &self.device
+    }
+
+    /// Whether a download piece is waiting to be sent.
+    pub fn sending(&self) -> bool {
+        !self.downloads.is_empty()
+    }
+
+    /// Handles one message from the client; returns the messages to send. An `Err` is a
+    /// storage failure; a message that does not belong on this stream is `Ok(Err(reason))`,
+    /// after which the driver closes the stream.
+    pub fn handle<D: BlobDb>(
+        &mut self,
+        db: &D,
+        msg: Message,
+        now: Millis,
+    ) -> Result<Result<Vec<Message>, String>, D::Error> {
+        Ok(Ok(match msg {
+            Message::BlobPut { hash, size } => vec![self.put(db, BlobHash(hash), size, now)?],
+            Message::BlobPiece {
+                hash,
+                index,
+                encoded,
+            } => vec![self.piece(db, BlobHash(hash), index, &encoded, now)?],
+            Message::BlobGet { hash, from } => vec![self.get(db, BlobHash(hash), from)?],
+            Message::BlobCancel { hash } => {
+                self.downloads.retain(|d| d.hash.0 != hash);
+                Vec::new()
+            }
+            other => {
+                return Ok(Err(format!(
+                    "unexpected {} on the attachment stream",
+                    other.name()
+                )));
+            }
+        }))
+    }
+
+    fn put<D: BlobDb>(
+        &mut self,
+        db: &D,
+        hash: BlobHash,
+        size: u64,
+        now: Millis,
+    ) -> Result<Message, D::Error> {
+        if size == 0 || size > self.limits.max_file_bytes {
+            return Ok(refused(
+                hash,
+                format!(
+                    "attachment of {} is over this relay's limit of {} per file",
+                    mib(size),
+                    mib(self.limits.max_file_bytes)
+                ),
+                false,
+            ));
+        }
+        if !db.referenced_in(&self.device, hash)? {
+            return Ok(refused(
+                hash,
+                "no document in this device's scopes refers to this attachment (yet)",
+                true,
+            ));
+        }
+        let count = piece_count(size);
+        if let Some(row) = db.blob(hash)?
+            && row.complete
+        {
+            self.uploads.remove(&hash);
+            let (stored, count) = (piece_count(row.size), piece_count(row.size));
+            return Ok(Message::BlobStored {
+                hash: hash.0,
+                stored,
+                count,
+            });
+        }
+        if !self.uploads.contains_key(&hash) && self.uploads.len() >= MAX_OPEN_UPLOADS {
+            return Ok(refused(
+                hash,
+                "too many uploads open on one connection",
+                true,
+            ));
+        }
+        let held = db.device_bytes(self.device.device_id)?;
+        let mine = db
+            .blob(hash)?
+            .filter(|r| r.device == self.device.device_id)
+            .map_or(0, |r| r.size);
+        if held.saturating_sub(mine).saturating_add(size) > self.limits.device_quota_bytes {
+            return Ok(refused(
+                hash,
+                format!(
+                    "this device's attachments hold {} on the relay; its quota is {}",
+                    mib(held),
+                    mib(self.limits.device_quota_bytes)
+                ),
+                true,
+            ));
+        }
+        let row = db.start_upload(hash, size, self.device.device_id, now)?;
+        self.uploads.insert(
+            hash,
+            Upload {
+                size,
+                count,
+                bad: 0,
+            },
+        );
+        Ok(Message::BlobStored {
+            hash: hash.0,
+            stored: row.stored,
+            count,
+        })
+    }
+
+    fn piece<D: BlobDb>(
+        &mut self,
+        db: &D,
+        hash: BlobHash,
+        index: u32,
+        encoded: &[u8],
+        now: Millis,
+    ) -> Result<Message, D::Error> {
+        let Some(up) = self.uploads.get_mut(&hash) else {
+            return Ok(refused(
+                hash,
+                "a piece of an upload not started (BlobPut first)",
+                true,
+            ));
+        };
+        let (size, count) = (up.size, up.count);
+        let stored_now = |db: &D| -> Result<u32, D::Error> {
+            Ok(db
+                .blob(hash)?
+                .filter(|r| r.size == size)
+                .map_or(0, |r| r.stored))
+        };
+        let stored = stored_now(db)?;
+        if index != stored {
+            // A piece stored already (a resend) or ahead of a gap: say where it stands.
+            return Ok(Message::BlobStored {
+                hash: hash.0,
+                stored,
+                count,
+            });
+        }
+        let data = match decode_piece(hash, size, index, encoded) {
+            Ok(d) => d,
+            Err(e) => {
+                up.bad += 1;
+                tracing::warn!(device = %self.device.device_id, %hash, error = %e, "attachment piece refused");
+                if up.bad >= MAX_BAD_PIECES {
+                    self.uploads.remove(&hash);
+                    return Ok(refused(
+                        hash,
+                        format!(
+                            "{MAX_BAD_PIECES} pieces did not match the attachment's hash; the upload is refused"
+                        ),
+                        false,
+                    ));
+                }
+                return Ok(Message::BlobStored {
+                    hash: hash.0,
+                    stored,
+                    count,
+                });
+            }
+        };
+        let last = index + 1 == count;
+        let ob = if last {
+            // Every other piece is stored and verified; the outboard is made from them and
+            // this one, and must give the hash again.
+            let head = Pieces {
+                db,
+                hash,
+                next: 0,
+                count: index,
+                buf: Vec::new(),
+                at: 0,
+            };
+            match outboard(head.chain(io::Cursor::new(&data[..])), size) {
+                Ok((h, ob)) if h == hash => Some(ob),
+                r => {
+                    tracing::error!(%hash, result = ?r.map(|x| x.0), "stored pieces do not give the attachment's hash");
+                    self.uploads.remove(&hash);
+                    return Ok(refused(
+                        hash,
+                        "the relay's copy is damaged; upload again",
+                        true,
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        let stored = db.store_piece(hash, index, &data, ob.as_deref(), now)?;
+        if last && stored == count {
+            self.uploads.remove(&hash);
+            db.audit_upload(hash, size, self.device.device_id, now)?;
+        }
+        Ok(Message::BlobStored {
+            hash: hash.0,
+            stored,
+            count,
+        })
+    }
+
+    fn get<D: BlobDb>(&mut self, db: &D, hash: BlobHash, from: u32) -> Result<Message, D::Error> {
+        // Not referenced in the device's scopes, and not stored, read the same.
+        if !db.referenced_in(&self.device, hash)? {
+            return Ok(refused(hash, "no such attachment", false));
+        }
+        let Some(row) = db.blob(hash)? else {
+            return Ok(refused(hash, "not uploaded yet", true));
+        };
+        if !row.complete {
+            return Ok(refused(hash, "not uploaded yet", true));
+        }
+        let Some(ob) = db.outboard(hash)? else {
+            return Ok(refused(hash, "not uploaded yet", true));
+        };
+        let count = piece_count(row.size);
+        let from = from.min(count);
+        if self.downloads.len() >= MAX_QUEUED_DOWNLOADS {
+            return Ok(refused(
+                hash,
+                "too many downloads queued on one connection",
+                true,
+            ));
+        }
+        self.downloads.retain(|d| d.hash != hash);
+        if from < count {
+            self.downloads.push_back(Download {
+                hash,
+                size: row.size,
+                next: from,
+                count,
+                outboard: ob,
+            });
+        }
+        Ok(Message::BlobSending {
+            hash: hash.0,
+            size: row.size,
+            from,
+        })
+    }
+
+    /// The next piece of the downloads under way, one download after another (the first
+    /// asked is sent first), or `None` when none is.
+    pub fn next_piece<D: BlobDb>(&mut self, db: &D) -> Result<Option<Message>, D::Error> {
+        while let Some(d) = self.downloads.front_mut() {
+            if d.next >= d.count {
+                self.downloads.pop_front();
+                continue;
+            }
+            let index = d.next;
+            d.next += 1;
+            let Some(data) = db.piece(d.hash, index)? else {
+                let hash = d.hash;
+                self.downloads.pop_front();
+                return Ok(Some(refused(hash, "the relay's copy is incomplete", true)));
+            };
+            return Ok(Some(
+                match encode_piece(d.hash, d.size, &d.outboard, index, &data) {
+                    Ok(encoded) => Message::BlobPiece {
+                        hash: d.hash.0,
+                        index,
+                        encoded,
+                    },
+                    Err(e) => {
+                        let hash = d.hash;
+                        tracing::error!(%hash, error = %e, "a stored attachment does not match its hash");
+                        self.downloads.pop_front();
+                        refused(hash, format!("the relay's copy is damaged: {e}"), true)
+                    }
+                },
+            ));
+        }
+        Ok(None)
+    }
+}
+
+/// An in-memory [`BlobDb`], for tests and the simulation: attachments and which scopes'
+/// documents refer to them.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryBlobs {
+    inner: Arc<Mutex<MemoryInner>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    blobs: HashMap<BlobHash, (BlobRow, BTreeMap<u32, Vec<u8>>, Option<Vec<u8>>)>,
+    refs: HashMap<BlobHash, Vec<String>>,
+    audit: Vec<(BlobHash, u64, Uuid)>,
+}
+
+impl MemoryBlobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that a document in `scope` refers to `hash`.
+    pub fn refer(&self, hash: BlobHash, scope: &str) {
+        self.lock()
+            .refs
+            .entry(hash)
+            .or_default()
+            .push(scope.to_string());
+    }
+
+    /// The completed uploads recorded, in order.
+    pub fn audit(&self) -> Vec<(BlobHash, u64, Uuid)> {
+        self.lock().audit.clone()
+    }
+
+    /// The stored bytes of a complete attachment.
+    pub fn bytes(&self, hash: BlobHash) -> Option<Vec<u8>> {
+        let g = self.lock();
+        let (row, pieces, _) = g.blobs.get(&hash)?;
+        row.complete
+            .then(|| pieces.values().flatten().copied().collect())
+    }
+}
+
+impl BlobDb for MemoryBlobs {
+    type Error = String;
+
+    fn referenced_in(&self, device: &DeviceInfo, hash: BlobHash) -> Result<bool, String> {
+        Ok(self
+            .lock()
+            .refs
+            .get(&hash)
+            .is_some_and(|s| s.iter().any(|s| device.sees(s))))
+    }
+
+    fn blob(&self, hash: BlobHash) -> Result<Option<BlobRow>, String> {
+        Ok(self.lock().blobs.get(&hash).map(|b| b.0.clone()))
+    }
+
+    fn start_upload(
+        &self,
+        hash: BlobHash,
+        size: u64,
+        device: Uuid,
+        _now: Millis,
+    ) -> Result<BlobRow, String> {
+        let mut g = self.lock();
+        let e = g.blobs.entry(hash).or_insert_with(|| {
+            (
+                BlobRow {
+                    size,
+                    stored: 0,
+                    complete: false,
+                    device,
+                },
+                BTreeMap::new(),
+                None,
+            )
+        });
+        if !e.0.complete && e.0.size != size {
+            *e = (
+                BlobRow {
+                    size,
+                    stored: 0,
+                    complete: false,
+                    device,
+                },
+                BTreeMap::new(),
+                None,
+            );
+        }
+        Ok(e.0.clone())
+    }
+
+    fn store_piece(
+        &self,
+        hash: BlobHash,
+        index: u32,
+        data: &[u8],
+        outboard: Option<&[u8]>,
+        _now: Millis,
+    ) -> Result<u32, String> {
+        let mut g = self.lock();
+        let e = g.blobs.get_mut(&hash).ok_or("no upload")?;
+        if e.0.stored == index {
+            e.1.insert(index, data.to_vec());
+            e.0.stored += 1;
+            if let Some(ob) = outboard {
+                e.0.complete = true;
+                e.2 = Some(ob.to_vec());
+            }
+        }
+        Ok(e.0.stored)
+    }
+
+    fn piece(&self, hash: BlobHash, index: u32) -> Result<Option<Vec<u8>>, String> {
+        Ok(self
+            .lock()
+            .blobs
+            .get(&hash)
+            .and_then(|b| b.1.get(&index).cloned()))
+    }
+
+    fn outboard(&self, hash: BlobHash) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.lock().blobs.get(&hash).and_then(|b| b.2.clone()))
+    }
+
+    fn device_bytes(&self, device: Uuid) -> Result<u64, String> {
+        Ok(self
+            .lock()
+            .blobs
+            .values()
+            .filter(|b| b.0.device == device)
+            .map(|b| b.0.size)
+            .sum())
+    }
+
+    fn audit_upload(
+        &self,
+        hash: BlobHash,
+        size: u64,
+        device: Uuid,
+        _now: Millis,
+    ) -> Result<(), String> {
+        self.lock().audit.push((hash, size, device));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Role;
+    use crate::attachment::pieces::piece_range;
+
+    fn device(n: u128, scopes: &[&str]) -> DeviceInfo {
+        DeviceInfo {
+            device_id: Uuid::from_u128(n),
+            name: format!("d{n}"),
+            role: Role::Rep,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn photo(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ (i >> 8) as u8)
+            .collect()
+    }
+
+    struct Sender {
+        data: Vec<u8>,
+        hash: BlobHash,
+        ob: Vec<u8>,
+    }
+
+    impl Sender {
+        fn new(data: Vec<u8>) -> Self {
+            let (hash, ob) = outboard(&data[..], data.len() as u64).expect("outboard");
+            Self { data, hash, ob }
+        }
+
+        fn piece(&self, i: u32) -> Message {
+            let r = piece_range(self.data.len() as u64, i).expect("range");
+            let encoded = encode_piece(
+                self.hash,
+                self.data.len() as u64,
+                &self.ob,
+                i,
+                &self.data[r.start as usize..r.end as usize],
+            )
+            .expect("encode");
+            Message::BlobPiece {
+                hash: self.hash.0,
+                index: i,
+                encoded,
+            }
+        }
+
+        /// Uploads through `s`, stopping after `limit` pieces; returns the last answer.
+        fn upload(&self, s: &mut BlobSession, db: &MemoryBlobs, limit: u32) -> Message {
+            let put = Message::BlobPut {
+                hash: self.hash.0,
+                size: self.data.len() as u64,
+            };
+            let mut answer = one(s.handle(db, put, 0));
+            let mut sent = 0;
+            while let Message::BlobStored { stored, count, .. } = answer {
+                if stored == count || sent == limit {
+                    break;
+                }
+                answer = one(s.handle(db, self.piece(stored), 0));
+                sent += 1;
+            }
+            answer
+        }
+    }
+
+    fn one(r: Result<Result<Vec<Message>, String>, String>) -> Message {
+        let mut v = r.expect("storage").expect("protocol");
+        assert_eq!(v.len(), 1, "{v:?}");
+        v.remove(0)
+    }
+
+    fn download(s: &mut BlobSession, db: &MemoryBlobs, hash: BlobHash) -> Result<Vec<u8>, Message> {
+        let size = match one(s.handle(
+            db,
+            Message::BlobGet {
+                hash: hash.0,
+                from: 0,
+            },
+            0,
+        )) {
+            Message::BlobSending { size, .. } => size,
+            other => return Err(other),
+        };
+        let mut out = Vec::new();
+        while let Some(m) = s.next_piece(db).expect("storage") {
+            let Message::BlobPiece { index, encoded, .. } = m else {
+                return Err(m);
+            };
+            out.extend(decode_piece(hash, size, index, &encoded).expect("verifies"));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn an_upload_cut_anywhere_resumes_and_another_device_in_scope_fetches_it() {
+        let db = MemoryBlobs::default();
+        let rep = device(1, &["north"]);
+        let sender = Sender::new(photo(300_000, 7));
+        db.refer(sender.hash, "north");
+        // The first connection is cut after two pieces; the second resumes from there.
+        let mut s = BlobSession::new(rep.clone(), BlobLimits::default());
+        assert!(matches!(
+            sender.upload(&mut s, &db, 2),
+            Message::BlobStored {
+                stored: 2,
+                count: 5,
+                ..
+            }
+        ));
+        let mut s = BlobSession::new(rep.clone(), BlobLimits::default());
+        let put = Message::BlobPut {
+            hash: sender.hash.0,
+            size: 300_000,
+        };
+        assert!(matches!(
+            one(s.handle(&db, put, 0)),
+            Message::BlobStored { stored: 2, .. }
+        ));
+        assert!(matches!(
+            sender.upload(&mut s, &db, u32::MAX),
+            Message::BlobStored {
+                stored: 5,
+                count: 5,
+                ..
+            }
+        ));
+        assert_eq!(db.audit(), vec![(sender.hash, 300_000, rep.device_id)]);
+        // Offered again, nothing is to be sent.
+        let mut again = BlobSession::new(device(3, &["north"]), BlobLimits::default());
+        let put = Message::BlobPut {
+            hash: sender.hash.0,
+            size: 300_000,
+        };
+        assert!(matches!(
+            one(again.handle(&db, put, 0)),
+            Message::BlobStored {
+                stored: 5,
+                count: 5,
+                ..
+            }
+        ));
+        let mut office = BlobSession::new(device(2, &["*"]), BlobLimits::default());
+        assert_eq!(
+            download(&mut office, &db, sender.hash).expect("download"),
+            sender.data
+        );
+    }
+
+    #[test]
+    fn outside_its_scopes_a_device_learns_nothing() {
+        let db = MemoryBlobs::default();
+        let sender = Sender::new(photo(10_000, 3));
+        db.refer(sender.hash, "north");
+        let mut up = BlobSession::new(device(1, &["north"]), BlobLimits::default());
+        sender.upload(&mut up, &db, u32::MAX);
+        let mut south = BlobSession::new(device(2, &["south"]), BlobLimits::default());
+        let theirs = download(&mut south, &db, sender.hash).expect_err("refused");
+        let unknown = download(&mut south, &db, BlobHash::of(b"nothing")).expect_err("refused");
+        let reason = |m: &Message| match m {
+            Message::BlobRefused { reason, retry, .. } => (reason.clone(), *retry),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(&theirs), reason(&unknown));
+        let put = Message::BlobPut {
+            hash: sender.hash.0,
+            size: 10_000,
+        };
+        assert!(matches!(
+            one(south.handle(&db, put, 0)),
+            Message::BlobRefused { retry: true, .. }
+        ));
+    }
+
+    #[test]
+    fn oversize_files_and_full_quotas_are_refused_before_any_byte() {
+        let db = MemoryBlobs::default();
+        let limits = BlobLimits {
+            max_file_bytes: 100_000,
+            device_quota_bytes: 150_000,
+        };
+        let rep = device(1, &["north"]);
+        let big = Sender::new(photo(100_001, 1));
+        db.refer(big.hash, "north");
+        let mut s = BlobSession::new(rep.clone(), limits);
+        match big.upload(&mut s, &db, u32::MAX) {
+            Message::BlobRefused { retry, reason, .. } => {
+                assert!(!retry);
+                assert!(reason.contains("limit"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let a = Sender::new(photo(90_000, 2));
+        let b = Sender::new(photo(90_000, 3));
+        db.refer(a.hash, "north");
+        db.refer(b.hash, "north");
+        assert!(matches!(
+            a.upload(&mut s, &db, u32::MAX),
+            Message::BlobStored {
+                stored: 2,
+                count: 2,
+                ..
+            }
+        ));
+        match b.upload(&mut s, &db, u32::MAX) {
+            Message::BlobRefused { retry, reason, .. } => {
+                assert!(retry);
+                assert!(reason.contains("quota"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_pieces_are_never_stored_and_a_persistent_sender_is_refused() {
+        let db = MemoryBlobs::default();
+        let rep = device(1, &["north"]);
+        let sender = Sender::new(photo(200_000, 5));
+        db.refer(sender.hash, "north");
+        let mut s = BlobSession::new(rep, BlobLimits::default());
+        let put = Message::BlobPut {
+            hash: sender.hash.0,
+            size: 200_000,
+        };
+        one(s.handle(&db, put, 0));
+        let Message::BlobPiece { encoded, .. } = sender.piece(0) else {
+            unreachable!()
+        };
+        let mut bad = encoded.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        for i in 0..MAX_BAD_PIECES {
+            let m = Message::BlobPiece {
+                hash: sender.hash.0,
+                index: 0,
+                encoded: bad.clone(),
+            };
+            let answer = one(s.handle(&db, m, 0));
+            if i + 1 < MAX_BAD_PIECES {
+                assert!(
+                    matches!(answer, Message::BlobStored { stored: 0, .. }),
+                    "{answer:?}"
+                );
+            } else {
+                assert!(
+                    matches!(answer, Message::BlobRefused { retry: false, .. }),
+                    "{answer:?}"
+                );
+            }
+            assert_eq!(
+                db.blob(sender.hash).expect("row").map(|r| r.stored),
+                Some(0)
+            );
+        }
+        // A piece of another position, or ahead of the next, is not stored either.
+        let mut s = BlobSession::new(device(1, &["north"]), BlobLimits::default());
+        let put = Message::BlobPut {
+            hash: sender.hash.0,
+            size: 200_000,
+        };
+        one(s.handle(&db, put, 0));
+        assert!(matches!(
+            one(s.handle(&db, sender.piece(2), 0)),
+            Message::BlobStored { stored: 0, .. }
+        ));
+        let Message::BlobPiece { encoded: p1, .. } = sender.piece(1) else {
+            unreachable!()
+        };
+        let m = Message::BlobPiece {
+            hash: sender.hash.0,
+            index: 0,
+            encoded: p1,
+        };
+        assert!(matches!(
+            one(s.handle(&db, m, 0)),
+            Message::BlobStored { stored: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn an_upload_under_a_wrong_size_never_completes() {
+        let db = MemoryBlobs::default();
+        let sender = Sender::new(photo(150_000, 9));
+        db.refer(sender.hash, "north");
+        let mut s = BlobSession::new(device(1, &["north"]), BlobLimits::default());
+        let put = Message::BlobPut {
+            hash: sender.hash.0,
+            size: 150_001,
+        };
+        one(s.handle(&db, put, 0));
+        for i in 0..3 {
+            one(s.handle(&db, sender.piece(i), 0));
+        }
+        assert!(!db.blob(sender.hash).expect("row").expect("row").complete);
+        assert!(db.bytes(sender.hash).is_none());
+    }
+}
