@@ -1,6 +1,8 @@
 //! The relay's configuration: a TOML file (`--config relay.toml`) whose every key has a
 //! documented default; command-line flags override the file. See `relay.example.toml`.
 
+use fieldsync_core::attachment::entry::MAX_ATTACHMENT_BYTES;
+use fieldsync_core::attachment::relay::BlobLimits;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -141,6 +143,14 @@ pub struct RelayConfig {
     /// Bytes of changes one device may store per UTC day. 0: no limit. Default: 268435456
     /// (256 MiB).
     pub quota_bytes_per_day: u64,
+    /// Largest attachment (photo, signed PDF) the relay accepts, in bytes; a larger one is
+    /// refused for good, with this limit in the reason. Default: 26214400 (25 MiB; range
+    /// 64 KiB – 4 GiB).
+    pub attachment_max_file_bytes: u64,
+    /// Most bytes of attachments one device's uploads may hold on the relay; past it, uploads
+    /// are refused with a retryable reason and wait on the laptop. Default: 5368709120
+    /// (5 GiB).
+    pub attachment_quota_bytes: u64,
     /// What the relay logs to stderr: a level (`error`, `warn`, `info`, `debug`, `trace`) or
     /// a filter per module (`info,fieldsync_relay::server=debug`). The `RUST_LOG`
     /// environment variable, when set, takes its place. Default: `info`.
@@ -213,6 +223,8 @@ impl Default for RelayConfig {
             move_grace_days: 30,
             quota_new_documents_per_day: crate::store::Quota::default().new_documents_per_day,
             quota_bytes_per_day: crate::store::Quota::default().bytes_per_day,
+            attachment_max_file_bytes: BlobLimits::default().max_file_bytes,
+            attachment_quota_bytes: BlobLimits::default().device_quota_bytes,
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
         }
@@ -305,6 +317,15 @@ impl RelayConfig {
         if self.doc_cache == 0 {
             return bad("doc_cache", "must be at least 1");
         }
+        if !(64 << 10..=MAX_ATTACHMENT_BYTES).contains(&self.attachment_max_file_bytes) {
+            return bad(
+                "attachment_max_file_bytes",
+                format!(
+                    "{} is outside 65536..={MAX_ATTACHMENT_BYTES}",
+                    self.attachment_max_file_bytes
+                ),
+            );
+        }
         if self.move_grace_days > 3650 {
             return bad(
                 "move_grace_days",
@@ -382,6 +403,14 @@ impl RelayConfig {
             },
             db_max_connections: self.database_max_connections,
             ..crate::store::RelayStoreOptions::default()
+        }
+    }
+
+    /// The attachment limits derived from this configuration.
+    pub fn blob_limits(&self) -> BlobLimits {
+        BlobLimits {
+            max_file_bytes: self.attachment_max_file_bytes,
+            device_quota_bytes: self.attachment_quota_bytes,
         }
     }
 

@@ -19,6 +19,7 @@
 //!   document that outgrew its budget rewritten as its current state (`doc trim`).
 
 pub mod admission;
+pub mod attachments;
 pub mod auth_limit;
 pub mod backup;
 pub mod config;

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fieldsync_core::Millis;
+use fieldsync_core::attachment::relay::{BlobLimits, BlobSession};
 use fieldsync_core::protocol::codec::{FrameDecoder, encode};
 use fieldsync_core::protocol::relay::Output;
 use fieldsync_core::protocol::{ErrorCode, Message, RelayLimits, RelaySession};
@@ -38,7 +39,7 @@ use crate::decode_budget::DecodeBudget;
 use crate::fanout::{Fanout, LiveStore, Subscription};
 use crate::metrics::{Metrics, serve_http};
 use crate::presence::{NodeIdentity, Presence};
-use crate::store::{Cancel, RelayStore};
+use crate::store::{Cancel, RelayBlobs, RelayStore};
 use crate::tls;
 
 /// Failed authentications a source address may make a minute before it is refused outright.
@@ -79,6 +80,9 @@ struct Shared {
     auth_limit: Arc<AuthLimiter>,
     decode_budget: DecodeBudget,
     presence: Arc<Presence>,
+    /// The attachment bytes, and what one device may upload.
+    blobs: RelayBlobs,
+    blob_limits: BlobLimits,
 }
 
 impl Relay {
@@ -95,6 +99,12 @@ impl Relay {
         let store = tokio::task::spawn_blocking(move || RelayStore::open(&cfg))
             .await
             .context("opening the relay database")??;
+        let blobs = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || RelayBlobs::open(&store))
+                .await
+                .context("opening the attachment store")??
+        };
         let identity = {
             let (dir, cert, key) = (
                 config.data_dir.clone(),
@@ -183,6 +193,8 @@ impl Relay {
             auth_limit: Arc::new(AuthLimiter::new(FAILED_AUTH_PER_MINUTE)),
             decode_budget: DecodeBudget::new(config.max_decode_bytes),
             presence: Arc::new(Presence::default()),
+            blobs,
+            blob_limits: config.blob_limits(),
         });
         let reporter = tokio::spawn(crate::presence::report_loop(
             NodeIdentity {
@@ -507,6 +519,9 @@ async fn serve_connection(
         presence: shared.presence.clone(),
         device: None,
         outbox: None,
+        blobs: shared.blobs.clone(),
+        blob_limits: shared.blob_limits,
+        blob_stream: None,
     };
     shared.metrics.connections.inc();
     shared.metrics.connections_open.inc();
@@ -561,11 +576,19 @@ struct Link {
     device: Option<uuid::Uuid>,
     /// What the device last reported it holds unsent (changes, quarantined), as recorded.
     outbox: Option<(u64, u64)>,
+    /// The attachment store and its limits.
+    blobs: RelayBlobs,
+    blob_limits: BlobLimits,
+    /// The connection's attachment stream, once the client opened one (protocol 6).
+    blob_stream: Option<JoinHandle<()>>,
 }
 
 impl Link {
     async fn run(&mut self, stop: &mut watch::Receiver<bool>) {
         let end = self.serve(stop).await;
+        if let Some(t) = self.blob_stream.take() {
+            t.abort();
+        }
         match &end {
             End::Closed => debug!(remote = %self.remote, "connection closed by the relay"),
             End::Gone(why) => debug!(remote = %self.remote, reason = %why, "connection ended"),
@@ -707,6 +730,10 @@ impl Link {
                     }
                     Err(e) => return End::Gone(e.to_string()),
                 },
+                s = self.conn.accept_bi(), if authenticated => match s {
+                    Ok((send, recv)) => self.attachment_stream(send, recv),
+                    Err(e) => return End::Gone(e.to_string()),
+                },
                 r = self.devices.changed(), if authenticated => {
                     if r.is_err() {
                         return End::Gone("store closed".into());
@@ -733,6 +760,32 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Starts serving a stream the client opened after logging in: its attachment stream
+    /// (protocol 6). One at a time; a client of an older protocol has none.
+    fn attachment_stream(&mut self, mut send: SendStream, mut recv: RecvStream) {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        let running = self.blob_stream.as_ref().is_some_and(|t| !t.is_finished());
+        let device = session.device().cloned();
+        let (Some(device), false, true) = (device, running, session.version() >= 6) else {
+            debug!(remote = %self.remote, "refusing an extra stream");
+            let _ = send.reset(VarInt::from_u32(CLOSE_PROTOCOL));
+            let _ = recv.stop(VarInt::from_u32(CLOSE_PROTOCOL));
+            return;
+        };
+        let link = crate::attachments::BlobLink {
+            send,
+            recv,
+            session: BlobSession::new(device, self.blob_limits),
+            blobs: self.blobs.clone(),
+            decode_budget: self.decode_budget.clone(),
+            metrics: self.metrics.clone(),
+            remote: self.remote,
+        };
+        self.blob_stream = Some(tokio::spawn(link.run()));
     }
 
     /// Follows the device's scopes once it authenticated, and again when a grant changed

@@ -172,6 +172,15 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / f64::from(1 << 20))
 }
 
+/// What one stream has done, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlobStats {
+    /// Uploads completed.
+    pub uploads: u64,
+    /// Pieces refused because they did not verify.
+    pub bad_pieces: u64,
+}
+
 /// What one connection's attachment stream does on the relay (see the module doc).
 #[derive(Debug)]
 pub struct BlobSession {
@@ -179,6 +188,7 @@ pub struct BlobSession {
     limits: BlobLimits,
     uploads: HashMap<BlobHash, Upload>,
     downloads: VecDeque<Download>,
+    stats: BlobStats,
 }
 
 /// Most downloads one stream may have queued.
@@ -194,7 +204,13 @@ impl BlobSession {
             limits,
             uploads: HashMap::new(),
             downloads: VecDeque::new(),
+            stats: BlobStats::default(),
         }
+    }
+
+    /// What this stream has done so far.
+    pub fn stats(&self) -> BlobStats {
+        self.stats
     }
 
     /// The device this stream serves.
@@ -348,6 +364,7 @@ impl BlobSession {
             Ok(d) => d,
             Err(e) => {
                 up.bad += 1;
+                self.stats.bad_pieces += 1;
                 tracing::warn!(device = %self.device.device_id, %hash, error = %e, "attachment piece refused");
                 if up.bad >= MAX_BAD_PIECES {
                     self.uploads.remove(&hash);
@@ -396,6 +413,7 @@ impl BlobSession {
         let stored = db.store_piece(hash, index, &data, ob.as_deref(), now)?;
         if last && stored == count {
             self.uploads.remove(&hash);
+            self.stats.uploads += 1;
             db.audit_upload(hash, size, self.device.device_id, now)?;
         }
         Ok(Message::BlobStored {

@@ -17,6 +17,8 @@ use std::time::Duration;
 use automerge::AutoCommit;
 use uuid::Uuid;
 
+use crate::attachment::BlobHash;
+
 use super::download::Lane;
 use super::messages::{Hash, UploadChange};
 use super::relay::{Lack, LogEntry, Outcome, RelayStorage, SnapshotPage, StorageError};
@@ -80,6 +82,8 @@ struct Tables {
     usage: HashMap<(Uuid, i64), Usage>,
     /// Accepted changes: `(seq, device, doc)`.
     audit: Vec<(i64, Uuid, DocId)>,
+    /// The attachments each document refers to and keeps.
+    refs: HashMap<DocId, Vec<BlobHash>>,
 }
 
 /// A relay's storage in memory (see the module docs).
@@ -410,6 +414,16 @@ impl BatchDb for MemoryTx<'_> {
         let u = t.usage.entry((device, day)).or_default();
         u.new_documents += add.new_documents;
         u.bytes = u.bytes.saturating_add(add.bytes);
+        Ok(())
+    }
+
+    fn set_attachment_refs(&self, doc: DocId, hashes: &[BlobHash]) -> Result<(), StorageError> {
+        let mut t = self.t.borrow_mut();
+        if hashes.is_empty() {
+            t.refs.remove(&doc);
+        } else {
+            t.refs.insert(doc, hashes.to_vec());
+        }
         Ok(())
     }
 }

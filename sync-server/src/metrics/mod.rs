@@ -55,6 +55,14 @@ pub struct Metrics {
     pub bytes_received: Counter,
     /// Bytes sent on sync streams (frames, length prefixes included).
     pub bytes_sent: Counter,
+    /// Attachment bytes received (frames on attachment streams).
+    pub attachment_bytes_received: Counter,
+    /// Attachment bytes sent (frames on attachment streams).
+    pub attachment_bytes_sent: Counter,
+    /// Attachment uploads completed (every piece stored and verified).
+    pub attachment_uploads: Counter,
+    /// Attachment pieces refused because they did not match their attachment's hash.
+    pub attachment_bad_pieces: Counter,
     /// Error frames sent, by code (unauthorized, bad frame, …).
     pub errors_sent: Family<Labels, Counter>,
     /// Uploaded changes stored and acknowledged.
@@ -94,6 +102,10 @@ impl Metrics {
             frames_sent: Family::default(),
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
+            attachment_bytes_received: Counter::default(),
+            attachment_bytes_sent: Counter::default(),
+            attachment_uploads: Counter::default(),
+            attachment_bad_pieces: Counter::default(),
             errors_sent: Family::default(),
             changes_accepted: Counter::default(),
             changes_refused: Family::default(),
@@ -148,6 +160,26 @@ impl Metrics {
             "sent_bytes",
             "Bytes sent on sync streams",
             m.bytes_sent.clone(),
+        );
+        registry.register(
+            "attachment_received_bytes",
+            "Attachment bytes received on attachment streams",
+            m.attachment_bytes_received.clone(),
+        );
+        registry.register(
+            "attachment_sent_bytes",
+            "Attachment bytes sent on attachment streams",
+            m.attachment_bytes_sent.clone(),
+        );
+        registry.register(
+            "attachment_uploads",
+            "Attachment uploads completed (every piece stored and verified)",
+            m.attachment_uploads.clone(),
+        );
+        registry.register(
+            "attachment_bad_pieces",
+            "Attachment pieces refused because they did not match their attachment's hash",
+            m.attachment_bad_pieces.clone(),
         );
         registry.register(
             "errors_sent",

@@ -17,6 +17,8 @@
 //! - `replace`: a document's history replaced (`doc trim`), in the same way over `BatchDb`.
 //! - `devices`: the device and enrolment policy (admission, tokens, revocation, grants),
 //!   written once over the `DeviceDb` and `DeviceBackend` traits.
+//! - `blobs`: attachment bytes ([`RelayBlobs`]), in a file beside the SQLite store or in
+//!   PostgreSQL tables, under core's `attachment::relay` rules.
 //! - `schema`: the SQLite schema and its migrations.
 //! - this module: errors, options and the records the CLI shows, shared by both backends.
 //!
@@ -24,6 +26,7 @@
 //! only those being written, into a small LRU cache; it never holds all documents in memory.
 
 mod backend;
+mod blobs;
 mod devices;
 mod pool;
 pub mod postgres;
@@ -54,6 +57,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use backend::RelayStore;
+pub use blobs::RelayBlobs;
 pub use devices::token_id_of;
 use devices::{DeviceBackend, DeviceDb, DeviceRow, Holder, NewDevice, TokenRow};
 pub use fieldsync_core::protocol::relay::SnapshotPage;

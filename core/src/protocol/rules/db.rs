@@ -4,6 +4,7 @@
 use uuid::Uuid;
 
 use super::quota::Usage;
+use crate::attachment::BlobHash;
 use crate::ids::DocId;
 use crate::protocol::{DeviceInfo, StorageError};
 
@@ -138,4 +139,7 @@ pub trait BatchDb {
     fn usage(&self, device: Uuid, day: i64) -> Result<Usage, Self::Error>;
     /// Adds to what `device` stored on `day`, and forgets its usage of days long past.
     fn add_usage(&self, device: Uuid, day: i64, add: Usage) -> Result<(), Self::Error>;
+    /// Sets the attachments a document refers to and keeps (replacing the ones it referred
+    /// to before): who may fetch an attachment follows from the documents that refer to it.
+    fn set_attachment_refs(&self, doc: DocId, hashes: &[BlobHash]) -> Result<(), Self::Error>;
 }

@@ -34,6 +34,8 @@ use super::messages::serde_bytes_vec::Bytes;
 use super::messages::{Entry, Hash, Rejection, UploadChange};
 use super::relay::{Lack, LogEntry, Outcome};
 use super::validate::{DeviceInfo, check_change};
+use crate::attachment::BlobHash;
+use crate::attachment::entry::live_hashes;
 use crate::budget::MAX_DOC_BYTES;
 use crate::ids::{DocId, DocKind, Millis, Role};
 use crate::store::{decode_change, load_snapshot};
@@ -129,6 +131,8 @@ struct Work {
     /// accepted since): an upper bound of what loading it costs, whatever its snapshot
     /// compresses to.
     raw_bytes: usize,
+    /// The attachments the document referred to when it was last written.
+    refs: Vec<BlobHash>,
 }
 
 /// State of one upload batch inside its transaction.
@@ -163,6 +167,7 @@ impl<D: BatchDb> Batch<'_, D> {
                 updated_seq: 0,
                 unsaved: Vec::new(),
                 raw_bytes: 0,
+                refs: Vec::new(),
             }));
         };
         // A cached copy is used only if no other writer (another relay node sharing the
@@ -174,8 +179,10 @@ impl<D: BatchDb> Batch<'_, D> {
                 Err(e) => return Ok(Err(e.to_string())),
             },
         };
+        let refs = live_hashes(&doc);
         Ok(Ok(Work {
             doc,
+            refs,
             kind: kind.and_then(DocKind::from_code),
             scope: Some(scope),
             customer_id: customer.as_deref().map(doc_id).transpose()?,
@@ -209,6 +216,11 @@ impl<D: BatchDb> Batch<'_, D> {
                 updated_seq: w.updated_seq,
                 raw_bytes: w.raw_bytes,
             })?;
+            let refs = live_hashes(&w.doc);
+            if refs != w.refs {
+                self.tx.set_attachment_refs(*id, &refs)?;
+                w.refs = refs;
+            }
             w.unsaved.clear();
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! and [`PgTx`], the transaction both this and the device policy run their statements in.
 
 use super::*;
+use fieldsync_core::attachment::BlobHash;
 use fieldsync_core::protocol::rules::Sender;
 
 /// A write transaction seen through [`BatchDb`] and [`DeviceDb`] (whose methods take
@@ -293,6 +294,18 @@ impl BatchDb for PgTx<'_> {
                 &(day - fieldsync_core::protocol::rules::quota::KEEP_DAYS),
             ],
         )?;
+        Ok(())
+    }
+
+    fn set_attachment_refs(&self, doc: DocId, hashes: &[BlobHash]) -> Result<(), RelayStoreError> {
+        let id = doc.as_bytes().as_slice();
+        self.exec("DELETE FROM attachment_refs WHERE doc_id = $1", &[&id])?;
+        for h in hashes {
+            self.exec(
+                "INSERT INTO attachment_refs (hash, doc_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&&h.0[..], &id],
+            )?;
+        }
         Ok(())
     }
 }

@@ -59,6 +59,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 mod batch_db;
+mod blobs;
 mod conn;
 mod devices;
 mod listen;

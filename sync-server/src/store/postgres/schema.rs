@@ -136,6 +136,44 @@ CREATE TABLE device_outbox (
     r#"
 CREATE INDEX audit_at ON audit (at);
 "#,
+    // Attachments: which documents refer to which (who may fetch it follows from them), the
+    // completed uploads in an append-only trail, and the bytes in pieces, so every node
+    // serves every attachment.
+    r#"
+CREATE TABLE attachment_refs (
+    hash BYTEA NOT NULL,
+    doc_id BYTEA NOT NULL,
+    PRIMARY KEY (hash, doc_id)
+);
+CREATE INDEX attachment_refs_doc ON attachment_refs (doc_id);
+CREATE TABLE attachment_audit (
+    id BIGSERIAL PRIMARY KEY,
+    hash BYTEA NOT NULL,
+    size BIGINT NOT NULL,
+    device BYTEA NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX attachment_audit_at ON attachment_audit (at);
+CREATE TRIGGER attachment_audit_append_only BEFORE UPDATE OR DELETE ON attachment_audit
+    FOR EACH ROW EXECUTE FUNCTION fieldsync_audit_append_only();
+CREATE TABLE blobs (
+    hash BYTEA PRIMARY KEY,
+    size BIGINT NOT NULL,
+    stored INTEGER NOT NULL,
+    complete BOOLEAN NOT NULL,
+    outboard BYTEA,
+    device BYTEA NOT NULL,
+    started_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX blobs_device ON blobs (device);
+CREATE TABLE blob_pieces (
+    hash BYTEA NOT NULL,
+    idx INTEGER NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (hash, idx)
+);
+"#,
 ];
 
 pub(super) fn migrate(client: &mut Client) -> Result<(), RelayStoreError> {

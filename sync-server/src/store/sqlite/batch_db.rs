@@ -2,6 +2,7 @@
 //! transaction, [`SqlTx`].
 
 use super::super::*;
+use fieldsync_core::attachment::BlobHash;
 
 /// A rusqlite write transaction seen through core's [`BatchDb`] (a trait of another crate
 /// is implemented on a type of this one).
@@ -231,6 +232,18 @@ impl BatchDb for SqlTx<'_, '_> {
             ])?;
         Ok(())
     }
+
+    fn set_attachment_refs(&self, doc: DocId, hashes: &[BlobHash]) -> Result<(), RelayStoreError> {
+        self.prepare_cached("DELETE FROM attachment_refs WHERE doc_id = ?1")?
+            .execute([doc.as_bytes()])?;
+        let mut ins = self.prepare_cached(
+            "INSERT OR IGNORE INTO attachment_refs (hash, doc_id) VALUES (?1, ?2)",
+        )?;
+        for h in hashes {
+            ins.execute(params![&h.0[..], doc.as_bytes()])?;
+        }
+        Ok(())
+    }
 }
 
 /// What `device` stored on `day`, from a SQLite connection.
@@ -245,4 +258,5 @@ fn usage_on(c: &Connection, device: Uuid, day: i64) -> Result<Usage, RelayStoreE
         new_documents: n.max(0) as u64,
         bytes: b.max(0) as u64,
     }))
+
 }

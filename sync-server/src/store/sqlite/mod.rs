@@ -18,6 +18,7 @@ use super::*;
 use fieldsync_core::store::{OpenError, open_sqlite};
 
 mod batch_db;
+pub(crate) mod blobs;
 mod devices;
 mod meta;
 mod nodes;

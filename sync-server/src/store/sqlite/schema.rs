@@ -170,6 +170,29 @@ CREATE TABLE device_outbox (
     r#"
 CREATE INDEX audit_at ON audit(at);
 "#,
+    // 9: attachments. Which documents refer to which attachment (who may fetch it follows
+    // from them), and the completed uploads in an append-only trail. The bytes are in
+    // `attachments.db` beside this file.
+    r#"
+CREATE TABLE attachment_refs (
+    hash BLOB NOT NULL,
+    doc_id BLOB NOT NULL,
+    PRIMARY KEY (hash, doc_id)
+) WITHOUT ROWID;
+CREATE INDEX attachment_refs_doc ON attachment_refs(doc_id);
+CREATE TABLE attachment_audit (
+    id INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    device BLOB NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX attachment_audit_at ON attachment_audit(at);
+CREATE TRIGGER attachment_audit_append_only_update BEFORE UPDATE ON attachment_audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TRIGGER attachment_audit_append_only_delete BEFORE DELETE ON attachment_audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+"#,
 ];
 
 /// The schema version this build creates and migrates to.
