@@ -13,6 +13,7 @@
 //!   never waits behind a photo.
 
 pub mod entry;
+pub mod local;
 pub mod pieces;
 pub mod relay;
 
