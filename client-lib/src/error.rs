@@ -37,6 +37,9 @@ pub enum ClientError {
     /// Data stored in the replica could not be decoded (for example the saved identity).
     #[error("corrupt replica data: {0}")]
     Corrupt(String),
+    /// The attachment store failed, or an attachment is not on this laptop.
+    #[error(transparent)]
+    Attachment(#[from] fieldsync_core::attachment::local::LocalBlobError),
 }
 
 impl From<StoreError> for ClientError {

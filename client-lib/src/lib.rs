@@ -37,10 +37,12 @@
 
 #![warn(missing_docs)]
 
+mod attachments;
 mod customers;
 mod error;
 mod quotes;
 mod rows;
+mod thumbnail;
 mod visits;
 
 pub mod sync;
@@ -51,8 +53,12 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use automerge::AutoCommit;
 use serde::{Deserialize, Serialize};
 
+pub use attachments::{AttachmentInfo, Attachments, BytesState, media_type_of};
 pub use customers::Customers;
 pub use error::ClientError;
+pub use fieldsync_core::attachment::BlobHash;
+pub use fieldsync_core::attachment::entry::Attachment;
+pub use fieldsync_core::attachment::local::{BlobsWaiting, LocalBlob};
 pub use quotes::Quotes;
 pub use rows::{
     CustomerFilter, CustomerRow, QuoteFilter, QuoteLineRow, QuoteRow, TaskRow, TimelineEntry,
@@ -71,6 +77,7 @@ pub use fieldsync_core::store::{
 };
 pub use fieldsync_core::{CustomerId, DocId, DocKind, Millis, QuoteId, Role, VisitId};
 
+use fieldsync_core::attachment::local::{LocalBlobError, LocalBlobs};
 use fieldsync_core::model::{self, ModelError};
 
 /// The store meta key under which the [`Identity`] is saved (JSON).
@@ -148,6 +155,10 @@ struct Inner {
     state: Mutex<State>,
     path: PathBuf,
     opts: StoreOptions,
+    /// The attachment store beside the replica, opened at first use.
+    blobs: Mutex<Option<LocalBlobs>>,
+    /// Wakes the background sync's attachment transfers (something to fetch or send).
+    transfers: Arc<tokio::sync::Notify>,
 }
 
 /// The store, locked; forwards change events to subscribers when released.
@@ -203,6 +214,8 @@ impl Client {
                 state: Mutex::new(State::new(store)),
                 path,
                 opts,
+                blobs: Mutex::new(None),
+                transfers: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
@@ -264,6 +277,38 @@ impl Client {
             .map_err(|e| ClientError::InvalidInput(format!("identity: {e}")))?;
         self.lock().set_meta(IDENTITY_META_KEY, &json)?;
         Ok(())
+    }
+
+    /// Attachments: attach files to documents, list them, read and fetch their bytes.
+    pub fn attachments(&self) -> Attachments<'_> {
+        Attachments::new(self)
+    }
+
+    /// Runs `f` on the attachment store, opening it at first use.
+    pub(crate) fn blobs<T>(
+        &self,
+        f: impl FnOnce(&mut LocalBlobs) -> Result<T, LocalBlobError>,
+    ) -> Result<T, ClientError> {
+        let mut g = self
+            .inner
+            .blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let blobs = match &mut *g {
+            Some(b) => b,
+            None => g.insert(LocalBlobs::open(&self.inner.path)?),
+        };
+        Ok(f(blobs)?)
+    }
+
+    /// Wakes the background sync's attachment transfers.
+    pub(crate) fn nudge(&self) {
+        self.inner.transfers.notify_one();
+    }
+
+    /// What the background sync's attachment transfers wait on.
+    pub(crate) fn transfers_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.transfers.clone()
     }
 
     /// Customers: create, read, edit, list, look up by phone, timeline.

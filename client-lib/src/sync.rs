@@ -46,6 +46,7 @@
 //! # }
 //! ```
 
+mod attachments;
 pub mod backoff;
 mod config;
 pub mod credential;
@@ -584,6 +585,8 @@ struct Run {
     received: BTreeMap<DocId, DocKind>,
     /// The relay was restored from a backup since this replica's last download.
     relay_restored: bool,
+    /// What the attachment transfers moved.
+    transfers: Arc<attachments::TransferStats>,
 }
 
 impl Run {
@@ -613,7 +616,29 @@ impl Run {
             acknowledged: BTreeMap::new(),
             received: BTreeMap::new(),
             relay_restored: false,
+            transfers: Arc::default(),
         }
+    }
+
+    /// The attachment transfers of a connection of this run (`until_done`: a one-shot sync),
+    /// started once `started` says the relay welcomed the laptop.
+    fn transfers(
+        &self,
+        conn: &quinn::Connection,
+        until_done: bool,
+        started: watch::Receiver<bool>,
+    ) -> Option<JoinHandle<Result<(), SyncError>>> {
+        // A metered sync spends its budget on documents; attachments wait for a full one.
+        if self.budget.is_some() {
+            return None;
+        }
+        let t = attachments::Transfers {
+            client: self.client.clone(),
+            conn: conn.clone(),
+            until_done,
+            stats: self.transfers.clone(),
+        };
+        Some(tokio::spawn(t.run(started)))
     }
 
     fn progress(&self) -> SyncProgress {
@@ -941,6 +966,11 @@ pub async fn sync_now_with_progress(
                 },
                 download_waiting_bytes: if download_waiting { waiting_bytes } else { 0 },
                 early_data: run.early_data,
+                attachments_uploaded: run.transfers.uploaded_files.load(Ordering::Relaxed),
+                attachment_bytes_sent: run.transfers.uploaded_bytes.load(Ordering::Relaxed),
+                attachments_downloaded: run.transfers.downloaded_files.load(Ordering::Relaxed),
+                attachment_bytes_received: run.transfers.downloaded_bytes.load(Ordering::Relaxed),
+                attachments_waiting: client.attachments().waiting().unwrap_or_default(),
                 duration,
             })
         }
@@ -972,17 +1002,30 @@ async fn connect_and_sync(
             return Err(e);
         }
     };
-    let mut sink = |n: Note<'_>| {
-        if let Note::Progress(p) = n {
-            progress(p);
+    let (started, started_rx) = watch::channel(false);
+    let mut files = run.transfers(&conn, true, started_rx);
+    let mut sink = |n: Note<'_>| match n {
+        Note::Progress(p) => progress(p),
+        Note::Connected { .. } => {
+            let _ = started.send(true);
         }
+        _ => {}
     };
     let r = connected
-        .run_session(
-            prep,
-            run.drive(&mut link, prep, Until::Synced, edits, &mut sink),
-        )
+        .run_session(prep, async {
+            let end = run
+                .drive(&mut link, prep, Until::Synced, edits, &mut sink)
+                .await?;
+            // Synced: the attachments move on their own stream until none is left.
+            if let Some(f) = files.as_mut() {
+                f.await.map_err(|e| SyncError::Task(e.to_string()))??;
+            }
+            Ok(end)
+        })
         .await;
+    if let Some(f) = files {
+        f.abort();
+    }
     match &r {
         Ok(_) => link.close(0, "synced").await,
         Err(e) => {

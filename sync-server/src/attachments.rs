@@ -91,15 +91,17 @@ impl BlobLink {
                 };
                 metrics.received(msg.name());
                 let now = now_millis();
-                let answer = blocking(&mut session, &self.blobs, move |s, b| s.handle(b, msg, now))
-                    .await;
+                let answer =
+                    blocking(&mut session, &self.blobs, move |s, b| s.handle(b, msg, now)).await;
                 drop(reserved);
                 match answer {
                     Ok(Ok(Ok(msgs))) => {
                         for m in msgs {
                             match codec::encode(&m) {
                                 Ok(f) => out.push_back(f),
-                                Err(e) => warn!(%remote, error = %e, "cannot encode an attachment answer"),
+                                Err(e) => {
+                                    warn!(%remote, error = %e, "cannot encode an attachment answer")
+                                }
                             }
                         }
                     }

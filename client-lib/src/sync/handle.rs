@@ -225,8 +225,11 @@ pub(super) async fn connect_and_drive(
         }
     };
     shared.update(|s| s.state = SyncState::Syncing);
+    let (started, started_rx) = watch::channel(false);
+    let files = run.transfers(&conn, false, started_rx);
     let mut sink = |n: Note<'_>| match n {
         Note::Connected { scopes, role } => {
+            let _ = started.send(true);
             shared.update(|s| {
                 s.scopes = scopes.to_vec();
                 s.role = Some(role);
@@ -269,6 +272,9 @@ pub(super) async fn connect_and_drive(
             run.drive(&mut link, prep, Until::Stopped(stop), edits, &mut sink),
         )
         .await;
+    if let Some(f) = files {
+        f.abort();
+    }
     match &r {
         Ok(_) => link.close(0, "bye").await,
         Err(e) => {

@@ -25,19 +25,38 @@ pub(super) struct Link {
 impl Link {
     pub(super) async fn open(conn: quinn::Connection) -> Result<Self, SyncError> {
         let (send, recv) = conn.open_bi().await.map_err(connection_error)?;
+        Ok(Self::on_stream(conn, send, recv))
+    }
+
+    /// A link over a stream already open.
+    pub(super) fn on_stream(
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> Self {
         let counters = Arc::new(Counters::default());
         let (in_tx, inbound) = mpsc::channel(64);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_frames(recv, in_tx.clone(), counters.clone()));
         let writer = tokio::spawn(write_frames(send, out_rx, in_tx, counters.clone()));
-        Ok(Self {
+        Self {
             conn,
             inbound,
             outbound: Some(out_tx),
             writer: Some(writer),
             reader,
             counters,
-        })
+        }
+    }
+
+    /// Finishes the stream after everything queued is written, leaving the connection open
+    /// (for a second stream of the connection).
+    pub(super) async fn finish(mut self) {
+        self.outbound = None;
+        if let Some(w) = self.writer.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+        }
+        self.reader.abort();
     }
 
     pub(super) fn send(&self, msg: &Message) -> Result<(), SyncError> {

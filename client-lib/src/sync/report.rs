@@ -3,6 +3,7 @@
 use super::*;
 use std::collections::BTreeMap;
 
+use fieldsync_core::attachment::local::BlobsWaiting;
 use fieldsync_core::{DocId, DocKind};
 
 /// Totals of one [`sync_now`] run.
@@ -82,6 +83,21 @@ pub struct SyncReport {
     /// (`Hello`, upload, pull) as 0-RTT data: the sync saved the handshake's round trip.
     #[serde(default)]
     pub early_data: bool,
+    /// Attachments whose upload completed in this sync, and the bytes the relay confirmed.
+    #[serde(default)]
+    pub attachments_uploaded: u64,
+    /// Attachment bytes the relay confirmed in this sync.
+    #[serde(default)]
+    pub attachment_bytes_sent: u64,
+    /// Attachments whose download completed in this sync.
+    #[serde(default)]
+    pub attachments_downloaded: u64,
+    /// Attachment bytes received and stored in this sync.
+    #[serde(default)]
+    pub attachment_bytes_received: u64,
+    /// Attachments still waiting each way after the sync (refused ones included).
+    #[serde(default)]
+    pub attachments_waiting: BlobsWaiting,
     /// Wall-clock time from the first connection attempt to the clean close.
     #[serde(with = "millis", rename = "duration_ms")]
     pub duration: Duration,

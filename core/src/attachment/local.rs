@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS blobs (
     uploaded INTEGER NOT NULL,
     want INTEGER NOT NULL,
     refused TEXT,
+    stopped INTEGER NOT NULL DEFAULT 0,
     added_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pieces (
@@ -81,22 +82,24 @@ pub struct LocalBlob {
     pub want: bool,
     /// The relay's last refusal, if any.
     pub refused: Option<String>,
+    /// Refused for good: not tried again until asked ([`LocalBlobs::retry_refused`]).
+    pub stopped: bool,
 }
 
 impl LocalBlob {
-    /// Whether it waits to be uploaded.
+    /// Whether it waits to be uploaded (refused for good or not).
     pub fn upload_pending(&self) -> bool {
         self.upload && self.complete && self.uploaded < piece_count(self.size)
     }
 
-    /// Whether it waits to be downloaded.
+    /// Whether it waits to be downloaded (refused for good or not).
     pub fn download_pending(&self) -> bool {
         self.want && !self.complete
     }
 }
 
 /// Bytes and attachments waiting to move, each way.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlobsWaiting {
     /// Attachments not yet uploaded in full.
     pub upload_files: u64,
@@ -116,7 +119,9 @@ pub struct LocalBlobs {
 
 impl std::fmt::Debug for LocalBlobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalBlobs").field("path", &self.path).finish()
+        f.debug_struct("LocalBlobs")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -131,10 +136,11 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LocalBlob> {
         uploaded: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
         want: r.get(6)?,
         refused: r.get(7)?,
+        stopped: r.get(8)?,
     })
 }
 
-const COLUMNS: &str = "hash, size, have, complete, upload, uploaded, want, refused";
+const COLUMNS: &str = "hash, size, have, complete, upload, uploaded, want, refused, stopped";
 
 /// The attachment store's file for the replica at `replica`.
 pub fn store_path(replica: &Path) -> PathBuf {
@@ -181,7 +187,9 @@ impl LocalBlobs {
         let existing = self.get(hash)?;
         if existing.as_ref().is_some_and(|b| b.complete) {
             self.conn
-                .prepare_cached("UPDATE blobs SET upload = 1, refused = NULL WHERE hash = ?1")?
+                .prepare_cached(
+                    "UPDATE blobs SET upload = 1, refused = NULL, stopped = 0 WHERE hash = ?1",
+                )?
                 .execute([&hash.0[..]])?;
             return Ok(hash);
         }
@@ -194,17 +202,15 @@ impl LocalBlobs {
         let count = piece_count(size);
         let mut buf = vec![0u8; PIECE_BYTES as usize];
         for i in 0..count {
-            let r = piece_range(size, i).map_err(|e| LocalBlobError::Damaged(hash, e.to_string()))?;
+            let r =
+                piece_range(size, i).map_err(|e| LocalBlobError::Damaged(hash, e.to_string()))?;
             let n = (r.end - r.start) as usize;
             data.read_exact(&mut buf[..n])?;
             tx.prepare_cached("INSERT INTO pieces (hash, idx, data) VALUES (?1, ?2, ?3)")?
                 .execute(params![&hash.0[..], i, &buf[..n]])?;
         }
         // The file changed while it was read: its pieces are not the hashed bytes.
-        let (again, _) = outboard(
-            PieceReader::new(&tx, hash, count),
-            size,
-        )?;
+        let (again, _) = outboard(PieceReader::new(&tx, hash, count), size)?;
         if again != hash {
             return Err(LocalBlobError::Io(io::Error::other(
                 "the file changed while it was being attached; attach it again",
@@ -247,24 +253,28 @@ impl LocalBlobs {
 
     /// Every attachment the store knows.
     pub fn list(&self) -> Result<Vec<LocalBlob>, LocalBlobError> {
-        let mut st = self
-            .conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM blobs ORDER BY added_at, hash"))?;
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM blobs ORDER BY added_at, hash"
+        ))?;
         let rows = st.query_map([], row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Attachments waiting to be uploaded, oldest first.
+    /// Attachments to upload now (not refused for good), oldest first.
     pub fn pending_uploads(&self) -> Result<Vec<LocalBlob>, LocalBlobError> {
-        Ok(self.list()?.into_iter().filter(LocalBlob::upload_pending).collect())
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|b| b.upload_pending() && !b.stopped)
+            .collect())
     }
 
-    /// Attachments waiting to be downloaded, oldest request first.
+    /// Attachments to download now (not refused for good), oldest request first.
     pub fn pending_downloads(&self) -> Result<Vec<LocalBlob>, LocalBlobError> {
         Ok(self
             .list()?
             .into_iter()
-            .filter(LocalBlob::download_pending)
+            .filter(|b| b.download_pending() && !b.stopped)
             .collect())
     }
 
@@ -274,9 +284,7 @@ impl LocalBlobs {
         for b in self.list()? {
             if b.upload_pending() {
                 w.upload_files += 1;
-                w.upload_bytes += b
-                    .size
-                    .saturating_sub(u64::from(b.uploaded) * PIECE_BYTES);
+                w.upload_bytes += b.size.saturating_sub(u64::from(b.uploaded) * PIECE_BYTES);
             }
             if b.download_pending() {
                 w.download_files += 1;
@@ -292,10 +300,14 @@ impl LocalBlobs {
             .prepare_cached(
                 "INSERT INTO blobs (hash, size, have, complete, upload, uploaded, want, added_at)
                  VALUES (?1, ?2, 0, 0, 0, 0, 1, ?3)
-                 ON CONFLICT (hash) DO UPDATE SET want = 1, refused = NULL
+                 ON CONFLICT (hash) DO UPDATE SET want = 1, refused = NULL, stopped = 0
                  WHERE blobs.complete = 0",
             )?
-            .execute(params![&hash.0[..], i64::try_from(size).unwrap_or(i64::MAX), now])?;
+            .execute(params![
+                &hash.0[..],
+                i64::try_from(size).unwrap_or(i64::MAX),
+                now
+            ])?;
         Ok(())
     }
 
@@ -316,8 +328,7 @@ impl LocalBlobs {
         permanent: bool,
     ) -> Result<(), LocalBlobError> {
         let sql = if permanent {
-            "UPDATE blobs SET refused = ?2, upload = CASE WHEN complete = 1 THEN 0 ELSE upload END,
-               want = 0 WHERE hash = ?1"
+            "UPDATE blobs SET refused = ?2, stopped = 1 WHERE hash = ?1"
         } else {
             "UPDATE blobs SET refused = ?2 WHERE hash = ?1"
         };
@@ -325,6 +336,15 @@ impl LocalBlobs {
             .prepare_cached(sql)?
             .execute(params![&hash.0[..], reason])?;
         Ok(())
+    }
+
+    /// Clears every refusal and asks again for what was refused for good: uploads of what
+    /// was made here, downloads of what is not held. Returns how many.
+    pub fn retry_refused(&mut self) -> Result<usize, LocalBlobError> {
+        Ok(self.conn.execute(
+            "UPDATE blobs SET refused = NULL, stopped = 0 WHERE refused IS NOT NULL OR stopped = 1",
+            [],
+        )?)
     }
 
     /// The download of `hash` starts over under the relay's verified `size` (when it differs
@@ -375,11 +395,14 @@ impl LocalBlobs {
         if have == count {
             let (h, ob) = outboard(PieceReader::new(&tx, hash, count), b.size)?;
             if h != hash {
-                return Err(LocalBlobError::Damaged(hash, "pieces do not give the hash".into()));
+                return Err(LocalBlobError::Damaged(
+                    hash,
+                    "pieces do not give the hash".into(),
+                ));
             }
             tx.prepare_cached(
-                "UPDATE blobs SET have = ?2, complete = 1, outboard = ?3, want = 0, refused = NULL
-                 WHERE hash = ?1",
+                "UPDATE blobs SET have = ?2, complete = 1, outboard = ?3, want = 0, refused = NULL,
+                   stopped = 0 WHERE hash = ?1",
             )?
             .execute(params![&hash.0[..], have, ob])?;
         } else {
@@ -423,7 +446,10 @@ impl LocalBlobs {
             out.write_all(&p)?;
         }
         if BlobHash(*hasher.finalize().as_bytes()) != hash {
-            return Err(LocalBlobError::Damaged(hash, "bytes do not match the hash".into()));
+            return Err(LocalBlobError::Damaged(
+                hash,
+                "bytes do not match the hash".into(),
+            ));
         }
         Ok(b.size)
     }
@@ -456,7 +482,11 @@ impl LocalBlobs {
                 .execute([&b.hash.0[..]])?;
             tx.prepare_cached("DELETE FROM blobs WHERE hash = ?1")?
                 .execute([&b.hash.0[..]])?;
-            bytes += if b.complete { b.size } else { u64::from(b.have) * PIECE_BYTES };
+            bytes += if b.complete {
+                b.size
+            } else {
+                u64::from(b.have) * PIECE_BYTES
+            };
         }
         tx.commit()?;
         Ok((gone.len() as u64, bytes))
@@ -495,9 +525,7 @@ impl Read for PieceReader<'_> {
             self.buf = self
                 .conn
                 .prepare_cached("SELECT data FROM pieces WHERE hash = ?1 AND idx = ?2")
-                .and_then(|mut s| {
-                    s.query_row(params![&self.hash.0[..], self.next], |r| r.get(0))
-                })
+                .and_then(|mut s| s.query_row(params![&self.hash.0[..], self.next], |r| r.get(0)))
                 .map_err(io::Error::other)?;
             self.next += 1;
             self.at = 0;
@@ -535,7 +563,8 @@ mod tests {
         b.want(h, 200_000, 1).expect("want");
         let ob = a.outboard(h).expect("outboard");
         let send = |i: u32| {
-            let enc = encode_piece(h, 200_000, &ob, i, &a.piece(h, i).expect("piece")).expect("enc");
+            let enc =
+                encode_piece(h, 200_000, &ob, i, &a.piece(h, i).expect("piece")).expect("enc");
             decode_piece(h, 200_000, i, &enc).expect("verifies")
         };
         for i in 0..2 {
@@ -545,7 +574,10 @@ mod tests {
         let mut b = LocalBlobs::open(&other).expect("reopen");
         let got = b.get(h).expect("get").expect("row");
         assert_eq!((got.have, got.complete), (2, false));
-        assert_eq!(b.waiting().expect("w").download_bytes, 200_000 - 2 * PIECE_BYTES);
+        assert_eq!(
+            b.waiting().expect("w").download_bytes,
+            200_000 - 2 * PIECE_BYTES
+        );
         // A piece out of order is not stored.
         assert_eq!(b.store_piece(h, 3, &send(3)).expect("gap"), 2);
         for i in 2..4 {

@@ -27,13 +27,20 @@ fn row(r: &postgres::Row) -> Result<BlobRow, RelayStoreError> {
     })
 }
 
-fn blob_row(c: &mut impl Run, hash: BlobHash, lock: bool) -> Result<Option<BlobRow>, RelayStoreError> {
+fn blob_row(
+    c: &mut impl Run,
+    hash: BlobHash,
+    lock: bool,
+) -> Result<Option<BlobRow>, RelayStoreError> {
     let sql = if lock {
         "SELECT size, stored, complete, device FROM blobs WHERE hash = $1 FOR UPDATE"
     } else {
         "SELECT size, stored, complete, device FROM blobs WHERE hash = $1"
     };
-    c.query_opt(sql, &[&&hash.0[..]])?.as_ref().map(row).transpose()
+    c.query_opt(sql, &[&&hash.0[..]])?
+        .as_ref()
+        .map(row)
+        .transpose()
 }
 
 impl BlobDb for PgRelayStore {
@@ -116,21 +123,22 @@ impl BlobDb for PgRelayStore {
             let Some(r) = blob_row(&mut tx, hash, true)? else {
                 return Ok(0);
             };
-            let stored = if r.stored == index && !r.complete {
-                tx.execute(
-                    "INSERT INTO blob_pieces (hash, idx, data) VALUES ($1, $2, $3)
+            let stored =
+                if r.stored == index && !r.complete {
+                    tx.execute(
+                        "INSERT INTO blob_pieces (hash, idx, data) VALUES ($1, $2, $3)
                      ON CONFLICT (hash, idx) DO UPDATE SET data = excluded.data",
-                    &[&&hash.0[..], &idx, &data],
-                )?;
-                tx.execute(
+                        &[&&hash.0[..], &idx, &data],
+                    )?;
+                    tx.execute(
                     "UPDATE blobs SET stored = $2, complete = $3, outboard = $4, updated_at = $5
                      WHERE hash = $1",
                     &[&&hash.0[..], &(idx + 1), &outboard.is_some(), &outboard, &now],
                 )?;
-                index + 1
-            } else {
-                r.stored
-            };
+                    index + 1
+                } else {
+                    r.stored
+                };
             tx.commit()?;
             Ok(stored)
         })

@@ -258,5 +258,4 @@ fn usage_on(c: &Connection, device: Uuid, day: i64) -> Result<Usage, RelayStoreE
         new_documents: n.max(0) as u64,
         bytes: b.max(0) as u64,
     }))
-
 }

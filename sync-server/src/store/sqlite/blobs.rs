@@ -188,8 +188,10 @@ impl BlobDb for SqliteBlobs {
             return Ok(0);
         };
         if r.stored == index && !r.complete {
-            tx.prepare_cached("INSERT OR REPLACE INTO pieces (hash, idx, data) VALUES (?1, ?2, ?3)")?
-                .execute(params![&hash.0[..], index, data])?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO pieces (hash, idx, data) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![&hash.0[..], index, data])?;
             tx.prepare_cached(
                 "UPDATE blobs SET stored = ?2, complete = ?3, outboard = ?4, updated_at = ?5
                  WHERE hash = ?1",
@@ -209,18 +211,22 @@ impl BlobDb for SqliteBlobs {
 
     fn piece(&self, hash: BlobHash, index: u32) -> Result<Option<Vec<u8>>, RelayStoreError> {
         self.read(|c| {
-            Ok(c.prepare_cached("SELECT data FROM pieces WHERE hash = ?1 AND idx = ?2")?
-                .query_row(params![&hash.0[..], index], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT data FROM pieces WHERE hash = ?1 AND idx = ?2")?
+                    .query_row(params![&hash.0[..], index], |r| r.get(0))
+                    .optional()?,
+            )
         })
     }
 
     fn outboard(&self, hash: BlobHash) -> Result<Option<Vec<u8>>, RelayStoreError> {
         self.read(|c| {
-            Ok(c.prepare_cached("SELECT outboard FROM blobs WHERE hash = ?1 AND complete = 1")?
-                .query_row([&hash.0[..]], |r| r.get(0))
-                .optional()?
-                .flatten())
+            Ok(
+                c.prepare_cached("SELECT outboard FROM blobs WHERE hash = ?1 AND complete = 1")?
+                    .query_row([&hash.0[..]], |r| r.get(0))
+                    .optional()?
+                    .flatten(),
+            )
         })
     }
 
