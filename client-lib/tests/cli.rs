@@ -585,3 +585,132 @@ fn init_with_a_token_enrols_and_refused_changes_are_listed() {
     );
     rt.block_on(relay.shutdown()).expect("shutdown");
 }
+
+#[test]
+fn a_rep_attaches_a_photo_and_another_laptop_gets_it_on_demand() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let relay = rt
+        .block_on(Relay::start(RelayConfig {
+            data_dir: tmp.path().join("relay"),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            open_enrollment: true,
+            ..RelayConfig::default()
+        }))
+        .expect("relay");
+    let addr = relay.local_addr().to_string();
+    let pin = relay.fingerprint();
+    let (a, b) = (tmp.path().join("li"), tmp.path().join("wang"));
+    for (dir, name) in [(&a, "li"), (&b, "wang")] {
+        ok(
+            dir,
+            &["init", "--relay", &addr, "--pin", &pin, "--name", name],
+        );
+    }
+    let customer = json(
+        &a,
+        &[
+            "customer",
+            "add",
+            "--name",
+            "Baotou Mining",
+            "--scope",
+            "north",
+            "--json",
+        ],
+    );
+    let cid = customer["id"].as_str().expect("id").to_string();
+    let visit = json(
+        &a,
+        &[
+            "visit",
+            "log",
+            "--customer",
+            &cid,
+            "--notes",
+            "seal worn",
+            "--json",
+        ],
+    );
+    let vid = visit["id"].as_str().expect("id").to_string();
+    // A signed receipt (not an image: no preview) and a missing file (a clear error).
+    let receipt: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let file = tmp.path().join("receipt.pdf");
+    std::fs::write(&file, &receipt).expect("write");
+    let file_arg = file.to_str().expect("utf-8");
+    let err = fails(&a, &["visit", "attach", &vid, "/nonexistent/photo.jpg"]);
+    assert!(err.contains("cannot attach"), "{err}");
+    let att = json(
+        &a,
+        &[
+            "visit",
+            "attach",
+            &vid,
+            file_arg,
+            "--caption",
+            "signed receipt",
+            "--json",
+        ],
+    );
+    assert_eq!(att["attachment"]["media_type"], "application/pdf");
+    assert_eq!(att["attachment"]["size"], 200_000);
+    let aid = att["attachment"]["id"].as_str().expect("id").to_string();
+    let status = json(&a, &["status", "--json"]);
+    assert_eq!(status["attachments"]["upload_files"], 1);
+    assert_eq!(status["attachments"]["upload_bytes"], 200_000);
+    let report = json(&a, &["sync", "--json"]);
+    assert_eq!(report["attachments_uploaded"], 1, "{report}");
+    assert_eq!(
+        json(&a, &["status", "--json"])["attachments"]["upload_files"],
+        0
+    );
+
+    ok(&b, &["sync"]);
+    let list = json(&b, &["attachment", "list", &vid, "--json"]);
+    assert_eq!(list[0]["bytes"]["state"], "not_here");
+    assert_eq!(list[0]["attachment"]["caption"], "signed receipt");
+    let out = tmp.path().join("got.pdf");
+    let said = ok(
+        &b,
+        &[
+            "attachment",
+            "get",
+            &vid,
+            &aid[..8],
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(said.contains("Saved receipt.pdf"), "{said}");
+    assert_eq!(std::fs::read(&out).expect("read"), receipt);
+    let list = json(&b, &["attachment", "list", &vid, "--json"]);
+    assert_eq!(list[0]["bytes"]["state"], "here");
+    // Not overwritten.
+    let err = fails(
+        &b,
+        &[
+            "attachment",
+            "get",
+            &vid,
+            &aid[..8],
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(err.contains("exists"), "{err}");
+    // Removed on one laptop, gone from the other's list after a sync; its bytes go at gc.
+    ok(&a, &["attachment", "remove", &vid, &aid[..8]]);
+    ok(&a, &["sync"]);
+    ok(&b, &["sync"]);
+    assert_eq!(
+        json(&b, &["attachment", "list", &vid, "--json"]),
+        serde_json::json!([])
+    );
+    let gc = ok(&b, &["attachment", "gc"]);
+    assert!(gc.contains("Removed 1 attachment"), "{gc}");
+    drop(relay);
+}

@@ -47,6 +47,9 @@ pub(super) enum Command {
     /// Quotes: new, add-line, list, submit, approve, reject, show
     #[command(subcommand)]
     Quote(QuoteCmd),
+    /// Attachments: list, get, open, remove; what waits to move; retry refused transfers
+    #[command(subcommand)]
+    Attachment(AttachmentCmd),
     /// Exchange changes with the relay (once, or continuously with --watch)
     Sync(SyncArgs),
     /// Show the outbox, the quarantine, the last sync and whether the relay is reachable
@@ -223,6 +226,8 @@ pub(super) enum CustomerCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Attach a file (photo, signed PDF); its bytes upload at the next sync
+    Attach(AttachArgs),
     /// Show a customer
     Show {
         /// The customer: id, id prefix or name
@@ -298,6 +303,8 @@ pub(super) enum VisitCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Attach a file (photo, signed PDF); its bytes upload at the next sync
+    Attach(AttachArgs),
     /// Show a visit
     Show {
         /// The visit: id or id prefix
@@ -376,6 +383,8 @@ pub(super) enum QuoteCmd {
     Reject(QuoteDecisionArgs),
     /// Show a quote
     Show(QuoteIdArgs),
+    /// Attach a file (photo, signed PDF); its bytes upload at the next sync
+    Attach(AttachArgs),
 }
 
 #[derive(Args, Debug)]
@@ -425,4 +434,70 @@ pub(super) fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| format!("{s:?} is not a size like 2MB, 500KB or 1.5MiB ({e})"))
+}
+
+#[derive(Args, Debug)]
+pub(super) struct AttachArgs {
+    /// The document: id or id prefix (a customer also by name)
+    #[arg(value_name = "DOC")]
+    pub(super) doc: String,
+    /// The file to attach
+    #[arg(value_name = "FILE")]
+    pub(super) file: PathBuf,
+    /// A caption
+    #[arg(long, default_value = "")]
+    pub(super) caption: String,
+    /// Print the attachment as JSON
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct AttachmentRef {
+    /// The document it belongs to: id or id prefix (a customer also by name)
+    #[arg(value_name = "DOC")]
+    pub(super) doc: String,
+    /// The attachment: its id or content hash, or a prefix of either
+    #[arg(value_name = "ATTACHMENT")]
+    pub(super) attachment: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum AttachmentCmd {
+    /// List a document's attachments, or (without DOC) every attachment on this laptop with
+    /// what waits to move
+    List {
+        /// The document: id or id prefix (a customer also by name)
+        #[arg(value_name = "DOC")]
+        doc: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Save an attachment to a file, downloading it first if it is not on this laptop
+    Get {
+        #[command(flatten)]
+        which: AttachmentRef,
+        /// Where to write it [default: its file name, in the current directory]
+        #[arg(long, short, value_name = "PATH")]
+        out: Option<PathBuf>,
+        /// Only queue the download for the next sync; do not connect now
+        #[arg(long)]
+        queue: bool,
+    },
+    /// Open an attachment with the desktop's viewer, downloading it first if need be
+    Open {
+        #[command(flatten)]
+        which: AttachmentRef,
+    },
+    /// Remove an attachment from its document (its bytes leave this laptop at `gc`)
+    Remove {
+        #[command(flatten)]
+        which: AttachmentRef,
+    },
+    /// Try again the transfers the relay refused for good (after IT raised a limit)
+    Retry,
+    /// Remove from this laptop the bytes no document here keeps (documents that left your
+    /// scopes, removed attachments); what still waits to upload is kept
+    Gc,
 }

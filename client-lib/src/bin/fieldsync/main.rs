@@ -11,11 +11,12 @@
 //!
 //! `args` is the command line; `setup` the data directory and `init`; `names` how records
 //! are named (id prefixes, customer names, short ids); `records` the customer, visit and
-//! quote commands; `sync_cmd` `sync`; `status` `status`, `quarantine`, `conflicts` and
+//! quote commands; `attach_cmd` attachments; `sync_cmd` `sync`; `status` `status`, `quarantine`, `conflicts` and
 //! `resolve`. This file dispatches, writes completions and man pages, and holds the shared
 //! formats.
 
 mod args;
+mod attach_cmd;
 mod names;
 mod records;
 mod setup;
@@ -41,6 +42,7 @@ use fieldsync_core::fsmode;
 use serde::{Deserialize, Serialize};
 
 use args::*;
+use attach_cmd::*;
 use names::*;
 use records::*;
 use setup::*;
@@ -123,6 +125,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Customer(cmd) => customer(&open(&dir)?, cmd),
         Command::Visit(cmd) => visit(&open(&dir)?, cmd),
         Command::Quote(cmd) => quote(&open(&dir)?, cmd),
+        Command::Attachment(cmd) => return attachment(&dir, cmd),
         Command::Sync(args) => return sync_cmd(&dir, args),
         Command::Status(f) => status(&dir, f.json),
         Command::Quarantine(q) if q.retry => {

@@ -81,6 +81,10 @@ pub(super) fn customer(client: &Client, cmd: CustomerCmd) -> Result<()> {
                 );
             }
         }
+        CustomerCmd::Attach(a) => {
+            let id = customer_id(client, &a.doc)?;
+            attach(client, id.into(), &a)?;
+        }
         CustomerCmd::Show { id, json } => {
             let c = customers.get(customer_id(client, &id)?)?;
             if json {
@@ -234,6 +238,10 @@ pub(super) fn visit(client: &Client, cmd: VisitCmd) -> Result<()> {
                     customer_name(client, customer)
                 );
             }
+        }
+        VisitCmd::Attach(a) => {
+            let id = visit_id(client, &a.doc)?;
+            attach(client, id.into(), &a)?;
         }
         VisitCmd::Show { id, json } => {
             let v = visits.get(visit_id(client, &id)?)?;
@@ -464,6 +472,10 @@ pub(super) fn quote(client: &Client, cmd: QuoteCmd) -> Result<()> {
                 .reject(id, a.reason.as_deref())
                 .map_err(|e| decision_error(e, "reject"))?;
             (id, a.json, "reject")
+        }
+        QuoteCmd::Attach(a) => {
+            let id = quote_id(client, &a.doc)?;
+            return attach(client, id.into(), &a);
         }
         QuoteCmd::Show(a) => {
             let id = quote_id(client, &a.id)?;

@@ -20,6 +20,10 @@ pub(super) struct StatusOut {
     /// About how many documents, and raw bytes, were waiting then.
     pub(super) download_waiting_documents: u64,
     pub(super) download_waiting_bytes: u64,
+    /// Attachment bytes waiting each way.
+    pub(super) attachments: fieldsync_client::BlobsWaiting,
+    /// Attachment transfers the relay refused for good (`attachment retry` asks again).
+    pub(super) attachments_refused: usize,
     /// Changes the relay refused for good.
     pub(super) quarantined: usize,
     /// The most recent of those (up to 5), newest first.
@@ -75,6 +79,13 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
         download_waiting: persisted.download_waiting,
         download_waiting_documents: persisted.download_waiting_documents,
         download_waiting_bytes: persisted.download_waiting_bytes,
+        attachments: client.attachments().waiting()?,
+        attachments_refused: client
+            .attachments()
+            .stored()?
+            .iter()
+            .filter(|b| b.stopped)
+            .count(),
         quarantined: quarantine.len(),
         recent_rejections: quarantine.into_iter().take(5).collect(),
         conflicts: client.conflicts()?.len(),
@@ -114,6 +125,24 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
         "not synced yet".into()
     };
     println!("Download:   {download}");
+    let a = &out.attachments;
+    if a.upload_files + a.download_files > 0 {
+        println!(
+            "Attachments: ↑ {} ({}) to upload, ↓ {} ({}) to download{}",
+            plural(a.upload_files, "file"),
+            format_bytes(a.upload_bytes),
+            plural(a.download_files, "file"),
+            format_bytes(a.download_bytes),
+            if out.attachments_refused > 0 {
+                format!(
+                    "; {} refused by the relay (see `fieldsync attachment list`)",
+                    out.attachments_refused
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     if out.quarantined > 0 {
         println!(
             "Quarantine: {} refused by the relay (see `fieldsync quarantine`)",

@@ -353,6 +353,27 @@ pub(super) fn print_report(r: &SyncReport) {
             plural(r.repaired, "change")
         );
     }
+    if r.attachments_uploaded + r.attachments_downloaded > 0
+        || r.attachment_bytes_sent + r.attachment_bytes_received > 0
+    {
+        println!(
+            "  files     ↑ {} ({}), ↓ {} ({})",
+            plural(r.attachments_uploaded, "attachment"),
+            format_bytes(r.attachment_bytes_sent),
+            plural(r.attachments_downloaded, "attachment"),
+            format_bytes(r.attachment_bytes_received)
+        );
+    }
+    let w = &r.attachments_waiting;
+    if w.upload_files + w.download_files > 0 {
+        println!(
+            "  files     waiting: ↑ {} ({}), ↓ {} ({}) (`fieldsync attachment list`)",
+            plural(w.upload_files, "attachment"),
+            format_bytes(w.upload_bytes),
+            plural(w.download_files, "attachment"),
+            format_bytes(w.download_bytes)
+        );
+    }
     println!(
         "  wire      {} up, {} down",
         format_bytes(r.bytes_sent),
