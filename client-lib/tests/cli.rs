@@ -608,7 +608,7 @@ fn a_rep_attaches_a_photo_and_another_laptop_gets_it_on_demand() {
     for (dir, name) in [(&a, "li"), (&b, "wang")] {
         ok(
             dir,
-            &["init", "--relay", &addr, "--pin", &pin, "--name", name],
+            &["init", "--relay", &addr, "--pin", pin, "--name", name],
         );
     }
     let customer = json(

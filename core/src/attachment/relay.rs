@@ -505,9 +505,12 @@ pub struct MemoryBlobs {
     inner: Arc<Mutex<MemoryInner>>,
 }
 
+/// One attachment in memory: its row, its pieces and, once complete, its outboard.
+type MemoryBlob = (BlobRow, BTreeMap<u32, Vec<u8>>, Option<Vec<u8>>);
+
 #[derive(Debug, Default)]
 struct MemoryInner {
-    blobs: HashMap<BlobHash, (BlobRow, BTreeMap<u32, Vec<u8>>, Option<Vec<u8>>)>,
+    blobs: HashMap<BlobHash, MemoryBlob>,
     refs: HashMap<BlobHash, Vec<String>>,
     audit: Vec<(BlobHash, u64, Uuid)>,
 }
