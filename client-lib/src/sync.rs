@@ -700,6 +700,13 @@ impl Run {
         self.acknowledged
             .extend(step.seen.acknowledged.iter().copied());
         self.received.extend(step.seen.received.iter().copied());
+        if step.seen.restored && !self.relay_restored {
+            // The relay may lack attachments it had: offer every one held here again.
+            let client = self.client.clone();
+            tokio::task::spawn_blocking(move || client.blobs(|b| b.reoffer_all()))
+                .await
+                .map_err(|e| SyncError::Task(e.to_string()))??;
+        }
         self.relay_restored |= step.seen.restored;
         Ok(step)
     }

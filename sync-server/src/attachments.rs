@@ -186,3 +186,45 @@ impl BlobLink {
         debug!(%remote, reason = %end, "attachment stream ended");
     }
 }
+
+/// How often `serve` removes attachment bytes nothing needs (`attachment gc`).
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes attachment bytes no document refers to any more and uploads abandoned part way,
+/// every hour while the relay serves (the first time an hour after it started).
+pub(crate) async fn collect_every_hour(
+    blobs: RelayBlobs,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use fieldsync_core::attachment::relay::{Collect, collect_garbage};
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + COLLECT_EVERY, COLLECT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                let b = blobs.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    collect_garbage(&b, now_millis(), Collect::default())
+                })
+                .await;
+                match done {
+                    Ok(Ok(c)) if c.unreferenced + c.abandoned > 0 => tracing::info!(
+                        unreferenced = c.unreferenced,
+                        abandoned = c.abandoned,
+                        bytes = c.bytes,
+                        "attachment bytes collected"
+                    ),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "collecting attachment bytes failed"),
+                    Err(e) => warn!(error = %e, "collecting attachment bytes failed"),
+                }
+            }
+        }
+    }
+}

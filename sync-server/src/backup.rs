@@ -13,6 +13,11 @@
 //! restore that kept the epoch would let devices skip entries numbered again after the
 //! restore, and would never bring those acknowledged changes back.
 //!
+//! The attachment bytes (`attachments.db`) are copied the same way, after the documents. A
+//! restore brings the backup's attachments into the data directory without dropping any it
+//! holds beyond the backup (they are content-addressed, so no copy is ever wrong), and
+//! laptops offer theirs again once they see the new epoch.
+//!
 //! The database the restore replaces is kept beside it (`relay.db.replaced-<millis>`), never
 //! deleted. A relay on PostgreSQL is backed up with the database's own tools (`pg_dump`); see
 //! the README.
@@ -28,7 +33,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use uuid::Uuid;
 
 use crate::config::create_data_dir;
-use crate::store::DB_FILE;
+use crate::store::{BLOBS_FILE, DB_FILE};
 use crate::tls::{CERT_FILE, KEY_FILE};
 
 /// The file a serving relay holds locked in its data directory.
@@ -220,9 +225,111 @@ pub fn backup(data_dir: &Path, out_dir: &Path) -> Result<DatabaseSummary, Backup
     }
     written?;
     let summary = inspect(&out)?;
+    // The attachment bytes, taken after the documents: every attachment a backed-up document
+    // refers to and that was complete then is in the copy.
+    let blobs = data_dir.join(BLOBS_FILE);
+    if blobs.is_file() {
+        let out = out_dir.join(BLOBS_FILE);
+        if !fsmode::create_private_file(&out).map_err(io("creating", &out))? {
+            return Err(BackupError::Exists(out));
+        }
+        let written = vacuum_into(&blobs, &out);
+        if written.is_err() {
+            let _ = std::fs::remove_file(&out);
+        }
+        written?;
+        inspect_attachments(&out)?;
+    }
     copy_file(&data_dir.join(CERT_FILE), &out_dir.join(CERT_FILE), false)?;
     copy_file(&data_dir.join(KEY_FILE), &out_dir.join(KEY_FILE), true)?;
     Ok(summary)
+}
+
+/// What an attachment store holds: complete attachments and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachmentSummary {
+    /// Complete attachments.
+    pub files: i64,
+    /// Their bytes.
+    pub bytes: i64,
+}
+
+/// Checks an attachment store file (`attachments.db`): SQLite's integrity check and its
+/// tables.
+pub fn inspect_attachments(path: &Path) -> Result<AttachmentSummary, BackupError> {
+    let invalid = |reason: String| BackupError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| invalid(e.to_string()))?;
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| invalid(e.to_string()))?;
+    if check != "ok" {
+        return Err(invalid(format!("integrity check: {check}")));
+    }
+    conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs WHERE complete = 1",
+        [],
+        |r| {
+            Ok(AttachmentSummary {
+                files: r.get(0)?,
+                bytes: r.get(1)?,
+            })
+        },
+    )
+    .map_err(|e| invalid(format!("no attachment tables ({e})")))
+}
+
+/// Brings the attachments of a backup's `attachments.db` into the data directory: installed
+/// as it is when the directory has none, else every complete attachment the directory's
+/// store lacks (or holds only in part) is copied in. Attachments are content-addressed, so
+/// what the directory holds beyond the backup stays: nothing uploaded since is lost, and
+/// laptops offer theirs again after the restore anyway.
+fn restore_attachments(from_dir: &Path, data_dir: &Path) -> Result<(), BackupError> {
+    let source = from_dir.join(BLOBS_FILE);
+    if !source.is_file() {
+        return Ok(());
+    }
+    inspect_attachments(&source)?;
+    let target = data_dir.join(BLOBS_FILE);
+    if !target.exists() {
+        let staging = data_dir.join(format!("{BLOBS_FILE}.restoring"));
+        copy_private(&source, &staging)?;
+        File::open(&staging)
+            .and_then(|f| f.sync_all())
+            .map_err(io("syncing", &staging))?;
+        std::fs::rename(&staging, &target).map_err(io("installing", &target))?;
+        return Ok(());
+    }
+    let conn = Connection::open(&target).map_err(sql(&target))?;
+    let from = source.to_str().ok_or_else(|| BackupError::Invalid {
+        path: source.clone(),
+        reason: "the path is not valid UTF-8".into(),
+    })?;
+    conn.execute("ATTACH DATABASE ?1 AS backup", [from])
+        .map_err(sql(&target))?;
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TEMP TABLE missing AS
+           SELECT b.hash FROM backup.blobs b
+           WHERE b.complete = 1
+             AND NOT EXISTS (SELECT 1 FROM main.blobs m WHERE m.hash = b.hash AND m.complete = 1);
+         DELETE FROM main.pieces WHERE hash IN (SELECT hash FROM missing);
+         DELETE FROM main.blobs WHERE hash IN (SELECT hash FROM missing);
+         INSERT INTO main.blobs SELECT * FROM backup.blobs WHERE hash IN (SELECT hash FROM missing);
+         INSERT INTO main.pieces SELECT * FROM backup.pieces WHERE hash IN (SELECT hash FROM missing);
+         DROP TABLE missing;
+         COMMIT;",
+    )
+    .map_err(sql(&target))?;
+    conn.execute("DETACH DATABASE backup", [])
+        .map_err(sql(&target))?;
+    Ok(())
 }
 
 /// Writes a consistent copy of the database `db` into the empty file `out`.
@@ -322,6 +429,7 @@ pub fn restore(from_dir: &Path, data_dir: &Path) -> Result<Restored, BackupError
         None
     };
     std::fs::rename(&staging, &db).map_err(io("installing", &db))?;
+    restore_attachments(from_dir, data_dir)?;
     if let Ok(dir) = File::open(data_dir) {
         // Makes the renames durable; not every platform can sync a directory.
         let _ = dir.sync_all();

@@ -210,6 +210,10 @@ impl Relay {
             stop.clone(),
         ));
         tokio::spawn(poll_devices(store.clone(), stop.clone()));
+        tokio::spawn(crate::attachments::collect_every_hour(
+            shared.blobs.clone(),
+            stop.clone(),
+        ));
         // Accepting from here on: /healthz says so as soon as `start` returns, not only once
         // the accept task first runs.
         shared.metrics.set_accepting(true);

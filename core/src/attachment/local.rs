@@ -187,8 +187,11 @@ impl LocalBlobs {
         let existing = self.get(hash)?;
         if existing.as_ref().is_some_and(|b| b.complete) {
             self.conn
+                // Offered to the relay again: it may have collected the bytes since they were
+                // last uploaded, when no document referred to them any more.
                 .prepare_cached(
-                    "UPDATE blobs SET upload = 1, refused = NULL, stopped = 0 WHERE hash = ?1",
+                    "UPDATE blobs SET upload = 1, uploaded = 0, refused = NULL, stopped = 0
+                     WHERE hash = ?1",
                 )?
                 .execute([&hash.0[..]])?;
             return Ok(hash);
@@ -336,6 +339,17 @@ impl LocalBlobs {
             .prepare_cached(sql)?
             .execute(params![&hash.0[..], reason])?;
         Ok(())
+    }
+
+    /// After the relay was restored from a backup: offers every complete attachment again
+    /// (the relay answers at once for those it has, and takes the others), as the replica
+    /// offers its documents' heads. Returns how many.
+    pub fn reoffer_all(&mut self) -> Result<usize, LocalBlobError> {
+        Ok(self.conn.execute(
+            "UPDATE blobs SET upload = 1, uploaded = 0, refused = NULL, stopped = 0
+             WHERE complete = 1",
+            [],
+        )?)
     }
 
     /// Clears every refusal and asks again for what was refused for good: uploads of what

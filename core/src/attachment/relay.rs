@@ -108,6 +108,87 @@ pub trait BlobDb {
         device: Uuid,
         now: Millis,
     ) -> Result<(), Self::Error>;
+    /// Marks a complete attachment as wanted at `now` (offered again by an uploader): the
+    /// collector leaves attachments touched within its grace period alone.
+    fn touch(&self, hash: BlobHash, now: Millis) -> Result<(), Self::Error>;
+    /// Whether any document (in any scope) refers to `hash` and keeps it.
+    fn referenced(&self, hash: BlobHash) -> Result<bool, Self::Error>;
+    /// Up to `limit` stored attachments last touched before `before`, after `after` in hash
+    /// order: `(hash, size, complete)`.
+    fn untouched_since(
+        &self,
+        before: Millis,
+        after: Option<BlobHash>,
+        limit: usize,
+    ) -> Result<Vec<(BlobHash, u64, bool)>, Self::Error>;
+    /// Deletes attachment `hash` and its pieces if it was still last touched before `before`
+    /// (an uploader offering it since keeps it); returns whether it did.
+    fn delete_untouched(&self, hash: BlobHash, before: Millis) -> Result<bool, Self::Error>;
+}
+
+/// How long the collector leaves attachments alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Collect {
+    /// An upload not completed and not continued for this long is abandoned.
+    pub abandoned_after: Millis,
+    /// A complete attachment no document refers to, not offered for this long, goes.
+    pub unreferenced_after: Millis,
+}
+
+impl Default for Collect {
+    fn default() -> Self {
+        const DAY: Millis = 24 * 3600 * 1000;
+        Self {
+            abandoned_after: 7 * DAY,
+            unreferenced_after: DAY,
+        }
+    }
+}
+
+/// What a collection removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Collected {
+    /// Uploads abandoned before they completed.
+    pub abandoned: u64,
+    /// Complete attachments no document refers to any more.
+    pub unreferenced: u64,
+    /// Bytes freed (the attachments' sizes; an abandoned upload counts whole).
+    pub bytes: u64,
+}
+
+/// Removes from the relay the attachments nothing needs: uploads abandoned part way and
+/// attachments no document refers to, each after its grace period ([`Collect`]). An
+/// attachment offered again during the collection is kept ([`BlobDb::delete_untouched`]).
+pub fn collect_garbage<D: BlobDb>(
+    db: &D,
+    now: Millis,
+    rules: Collect,
+) -> Result<Collected, D::Error> {
+    let mut out = Collected::default();
+    let soonest = rules.abandoned_after.min(rules.unreferenced_after);
+    let mut after = None;
+    loop {
+        let page = db.untouched_since(now - soonest, after, 500)?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some(last.0);
+        for (hash, size, complete) in page {
+            let (grace, counts) = if complete {
+                (rules.unreferenced_after, &mut out.unreferenced)
+            } else {
+                (rules.abandoned_after, &mut out.abandoned)
+            };
+            if complete && db.referenced(hash)? {
+                continue;
+            }
+            if db.delete_untouched(hash, now - grace)? {
+                *counts += 1;
+                out.bytes += size;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A stored attachment's pieces read in order, as one stream of bytes.
@@ -283,6 +364,7 @@ impl BlobSession {
             && row.complete
         {
             self.uploads.remove(&hash);
+            db.touch(hash, now)?;
             let (stored, count) = (piece_count(row.size), piece_count(row.size));
             return Ok(Message::BlobStored {
                 hash: hash.0,
@@ -505,8 +587,9 @@ pub struct MemoryBlobs {
     inner: Arc<Mutex<MemoryInner>>,
 }
 
-/// One attachment in memory: its row, its pieces and, once complete, its outboard.
-type MemoryBlob = (BlobRow, BTreeMap<u32, Vec<u8>>, Option<Vec<u8>>);
+/// One attachment in memory: its row, its pieces, once complete its outboard, and when it
+/// was last touched.
+type MemoryBlob = (BlobRow, BTreeMap<u32, Vec<u8>>, Option<Vec<u8>>, Millis);
 
 #[derive(Debug, Default)]
 struct MemoryInner {
@@ -531,6 +614,11 @@ impl MemoryBlobs {
             .push(scope.to_string());
     }
 
+    /// Forgets every document's reference to `hash`.
+    pub fn unrefer(&self, hash: BlobHash) {
+        self.lock().refs.remove(&hash);
+    }
+
     /// The completed uploads recorded, in order.
     pub fn audit(&self) -> Vec<(BlobHash, u64, Uuid)> {
         self.lock().audit.clone()
@@ -539,7 +627,7 @@ impl MemoryBlobs {
     /// The stored bytes of a complete attachment.
     pub fn bytes(&self, hash: BlobHash) -> Option<Vec<u8>> {
         let g = self.lock();
-        let (row, pieces, _) = g.blobs.get(&hash)?;
+        let (row, pieces, _, _) = g.blobs.get(&hash)?;
         row.complete
             .then(|| pieces.values().flatten().copied().collect())
     }
@@ -565,10 +653,10 @@ impl BlobDb for MemoryBlobs {
         hash: BlobHash,
         size: u64,
         device: Uuid,
-        _now: Millis,
+        now: Millis,
     ) -> Result<BlobRow, String> {
         let mut g = self.lock();
-        let e = g.blobs.entry(hash).or_insert_with(|| {
+        let fresh = || {
             (
                 BlobRow {
                     size,
@@ -578,20 +666,14 @@ impl BlobDb for MemoryBlobs {
                 },
                 BTreeMap::new(),
                 None,
+                now,
             )
-        });
+        };
+        let e = g.blobs.entry(hash).or_insert_with(fresh);
         if !e.0.complete && e.0.size != size {
-            *e = (
-                BlobRow {
-                    size,
-                    stored: 0,
-                    complete: false,
-                    device,
-                },
-                BTreeMap::new(),
-                None,
-            );
+            *e = fresh();
         }
+        e.3 = now;
         Ok(e.0.clone())
     }
 
@@ -601,10 +683,11 @@ impl BlobDb for MemoryBlobs {
         index: u32,
         data: &[u8],
         outboard: Option<&[u8]>,
-        _now: Millis,
+        now: Millis,
     ) -> Result<u32, String> {
         let mut g = self.lock();
         let e = g.blobs.get_mut(&hash).ok_or("no upload")?;
+        e.3 = now;
         if e.0.stored == index {
             e.1.insert(index, data.to_vec());
             e.0.stored += 1;
@@ -647,6 +730,44 @@ impl BlobDb for MemoryBlobs {
     ) -> Result<(), String> {
         self.lock().audit.push((hash, size, device));
         Ok(())
+    }
+
+    fn touch(&self, hash: BlobHash, now: Millis) -> Result<(), String> {
+        if let Some(b) = self.lock().blobs.get_mut(&hash) {
+            b.3 = now;
+        }
+        Ok(())
+    }
+
+    fn referenced(&self, hash: BlobHash) -> Result<bool, String> {
+        Ok(self.lock().refs.get(&hash).is_some_and(|s| !s.is_empty()))
+    }
+
+    fn untouched_since(
+        &self,
+        before: Millis,
+        after: Option<BlobHash>,
+        limit: usize,
+    ) -> Result<Vec<(BlobHash, u64, bool)>, String> {
+        let g = self.lock();
+        let mut v: Vec<(BlobHash, u64, bool)> = g
+            .blobs
+            .iter()
+            .filter(|(h, b)| b.3 < before && after.is_none_or(|a| **h > a))
+            .map(|(h, b)| (*h, b.0.size, b.0.complete))
+            .collect();
+        v.sort();
+        v.truncate(limit);
+        Ok(v)
+    }
+
+    fn delete_untouched(&self, hash: BlobHash, before: Millis) -> Result<bool, String> {
+        let mut g = self.lock();
+        if g.blobs.get(&hash).is_some_and(|b| b.3 < before) {
+            g.blobs.remove(&hash);
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 
@@ -930,6 +1051,53 @@ mod tests {
             one(s.handle(&db, m, 0)),
             Message::BlobStored { stored: 0, .. }
         ));
+    }
+
+    #[test]
+    fn the_collector_removes_abandoned_and_unreferenced_attachments_only() {
+        const DAY: Millis = 24 * 3600 * 1000;
+        let db = MemoryBlobs::default();
+        let rep = device(1, &["north"]);
+        let kept = Sender::new(photo(70_000, 1));
+        let dropped = Sender::new(photo(70_000, 2));
+        let partial = Sender::new(photo(200_000, 3));
+        for s in [&kept, &dropped, &partial] {
+            db.refer(s.hash, "north");
+        }
+        let mut s = BlobSession::new(rep.clone(), BlobLimits::default());
+        kept.upload(&mut s, &db, u32::MAX);
+        dropped.upload(&mut s, &db, u32::MAX);
+        partial.upload(&mut s, &db, 1);
+        db.unrefer(dropped.hash);
+        // Within the grace periods nothing goes.
+        let rules = Collect::default();
+        assert_eq!(
+            collect_garbage(&db, DAY / 2, rules).expect("gc"),
+            Collected::default()
+        );
+        // A day on, the attachment no document keeps goes; the partial upload waits a week.
+        let c = collect_garbage(&db, 2 * DAY, rules).expect("gc");
+        assert_eq!((c.unreferenced, c.abandoned, c.bytes), (1, 0, 70_000));
+        assert!(db.blob(dropped.hash).expect("row").is_none());
+        let c = collect_garbage(&db, 8 * DAY, rules).expect("gc");
+        assert_eq!((c.unreferenced, c.abandoned), (0, 1));
+        assert!(db.blob(kept.hash).expect("row").is_some());
+        // Offered again just before a collection, an unreferenced attachment stays.
+        db.unrefer(kept.hash);
+        db.refer(kept.hash, "north");
+        let mut s = BlobSession::new(rep, BlobLimits::default());
+        let put = Message::BlobPut {
+            hash: kept.hash.0,
+            size: 70_000,
+        };
+        one(s.handle(&db, put, 30 * DAY));
+        db.unrefer(kept.hash);
+        assert_eq!(
+            collect_garbage(&db, 30 * DAY + 1, rules)
+                .expect("gc")
+                .unreferenced,
+            0
+        );
     }
 
     #[test]

@@ -42,6 +42,15 @@ pub(crate) fn backup(a: BackupArgs) -> anyhow::Result<()> {
         s.docs,
         s.devices
     );
+    let blobs = a.out.join(fieldsync_relay::store::BLOBS_FILE);
+    if blobs.is_file() {
+        let b = fieldsync_relay::backup::inspect_attachments(&blobs)?;
+        println!(
+            "attachments: {} files, {}; integrity check ok",
+            b.files,
+            fieldsync_core::display::format_bytes(u64::try_from(b.bytes).unwrap_or(0))
+        );
+    }
     Ok(())
 }
 
@@ -70,7 +79,7 @@ pub(crate) fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "devices will compare their documents with the relay and re-upload what the backup lacks on their next sync"
+        "devices will compare their documents with the relay and re-upload what the backup lacks on their next sync, and offer their attachments again"
     );
     Ok(())
 }

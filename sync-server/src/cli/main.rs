@@ -3,6 +3,7 @@
 //! the device list), `doc` (check and trim), `backup` (backup and restore), `status`,
 //! `audit`, `import`, `shell` (completions and man pages); `common` holds what they share (where the configuration comes from).
 
+mod attachment;
 mod audit;
 mod backup;
 mod common;
@@ -69,6 +70,9 @@ enum Cmd {
     /// Inspect stored documents.
     #[command(subcommand)]
     Doc(doc::DocCmd),
+    /// Attachment bytes: remove what no document needs any more.
+    #[command(subcommand)]
+    Attachment(attachment::AttachmentCmd),
     /// Write a consistent copy of the relay's database (and its certificate and key) into a
     /// directory, while the relay keeps serving. Embedded SQLite store only.
     Backup(backup::BackupArgs),
@@ -150,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Backup(a) => ok(backup::backup(a)),
         Cmd::Restore(a) => ok(backup::restore(a)),
         Cmd::Doc(cmd) => ok(doc::run(cmd)),
+        Cmd::Attachment(cmd) => ok(attachment::run(cmd)),
         Cmd::Device(cmd) => ok(device::run(cmd)),
         Cmd::Audit(a) => ok(audit::run(a)),
         Cmd::Import(a) => ok(import::run(*a)),

@@ -92,4 +92,25 @@ impl BlobDb for RelayBlobs {
     ) -> Result<(), RelayStoreError> {
         each!(self, s => s.audit_upload(hash, size, device, now))
     }
+
+    fn touch(&self, hash: BlobHash, now: Millis) -> Result<(), RelayStoreError> {
+        each!(self, s => s.touch(hash, now))
+    }
+
+    fn referenced(&self, hash: BlobHash) -> Result<bool, RelayStoreError> {
+        each!(self, s => s.referenced(hash))
+    }
+
+    fn untouched_since(
+        &self,
+        before: Millis,
+        after: Option<BlobHash>,
+        limit: usize,
+    ) -> Result<Vec<(BlobHash, u64, bool)>, RelayStoreError> {
+        each!(self, s => s.untouched_since(before, after, limit))
+    }
+
+    fn delete_untouched(&self, hash: BlobHash, before: Millis) -> Result<bool, RelayStoreError> {
+        each!(self, s => s.delete_untouched(hash, before))
+    }
 }

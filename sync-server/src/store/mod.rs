@@ -70,6 +70,7 @@ pub use pool::PoolStats;
 pub use postgres::PgRelayStore;
 pub use replace::Replacement;
 pub use sqlite::SqliteRelayStore;
+pub use sqlite::blobs::BLOBS_FILE;
 pub use sqlite::{APPLICATION_ID, SCHEMA_VERSION};
 pub use write_queue::WriteStats;
 

@@ -200,4 +200,64 @@ impl BlobDb for PgRelayStore {
             Ok(())
         })
     }
+    fn touch(&self, hash: BlobHash, now: Millis) -> Result<(), RelayStoreError> {
+        self.read_priority(|c| {
+            c.execute(
+                "UPDATE blobs SET updated_at = $2 WHERE hash = $1",
+                &[&&hash.0[..], &now],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn referenced(&self, hash: BlobHash) -> Result<bool, RelayStoreError> {
+        self.read_priority(|c| {
+            Ok(c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM attachment_refs WHERE hash = $1)",
+                &[&&hash.0[..]],
+            )?
+            .try_get(0)?)
+        })
+    }
+
+    fn untouched_since(
+        &self,
+        before: Millis,
+        after: Option<BlobHash>,
+        limit: usize,
+    ) -> Result<Vec<(BlobHash, u64, bool)>, RelayStoreError> {
+        let after = after.map_or_else(Vec::new, |h| h.0.to_vec());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut out = Vec::new();
+            for r in c.query(
+                "SELECT hash, size, complete FROM blobs WHERE updated_at < $1 AND hash > $2
+                 ORDER BY hash LIMIT $3",
+                &[&before, &after, &limit],
+            )? {
+                let h: Vec<u8> = r.try_get(0)?;
+                let hash = BlobHash::try_from(&h[..]).map_err(RelayStoreError::Corrupt)?;
+                let size: i64 = r.try_get(1)?;
+                out.push((hash, u64::try_from(size).unwrap_or(0), r.try_get(2)?));
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_untouched(&self, hash: BlobHash, before: Millis) -> Result<bool, RelayStoreError> {
+        self.read(|c| {
+            let mut tx = c.transaction()?;
+            // A reference committed meanwhile keeps a complete attachment too.
+            let n = tx.execute(
+                "DELETE FROM blobs WHERE hash = $1 AND updated_at < $2
+                   AND NOT (complete AND EXISTS (SELECT 1 FROM attachment_refs WHERE hash = $1))",
+                &[&&hash.0[..], &before],
+            )?;
+            if n > 0 {
+                tx.execute("DELETE FROM blob_pieces WHERE hash = $1", &[&&hash.0[..]])?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
+        })
+    }
 }

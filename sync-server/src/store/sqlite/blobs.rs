@@ -13,7 +13,7 @@ use fieldsync_core::attachment::relay::{BlobDb, BlobRow};
 use fieldsync_core::ids::Millis;
 
 /// File name of the attachment store inside the data directory.
-pub(crate) const BLOBS_FILE: &str = "attachments.db";
+pub const BLOBS_FILE: &str = "attachments.db";
 
 const BLOBS_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS blobs (
@@ -258,5 +258,66 @@ impl BlobDb for SqliteBlobs {
             ])?;
             Ok(())
         })
+    }
+    fn touch(&self, hash: BlobHash, now: Millis) -> Result<(), RelayStoreError> {
+        lock(&self.inner.writer)
+            .prepare_cached("UPDATE blobs SET updated_at = ?2 WHERE hash = ?1")?
+            .execute(params![&hash.0[..], now])?;
+        Ok(())
+    }
+
+    fn referenced(&self, hash: BlobHash) -> Result<bool, RelayStoreError> {
+        self.store.read_priority(|c| {
+            Ok(
+                c.prepare_cached("SELECT EXISTS (SELECT 1 FROM attachment_refs WHERE hash = ?1)")?
+                    .query_row([&hash.0[..]], |r| r.get(0))?,
+            )
+        })
+    }
+
+    fn untouched_since(
+        &self,
+        before: Millis,
+        after: Option<BlobHash>,
+        limit: usize,
+    ) -> Result<Vec<(BlobHash, u64, bool)>, RelayStoreError> {
+        let after = after.map_or_else(Vec::new, |h| h.0.to_vec());
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT hash, size, complete FROM blobs WHERE updated_at < ?1 AND hash > ?2
+                 ORDER BY hash LIMIT ?3",
+            )?;
+            let rows = st.query_map(
+                params![before, after, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (h, size, complete) = row?;
+                let hash = BlobHash::try_from(&h[..]).map_err(RelayStoreError::Corrupt)?;
+                out.push((hash, u64::try_from(size).unwrap_or(0), complete));
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_untouched(&self, hash: BlobHash, before: Millis) -> Result<bool, RelayStoreError> {
+        let mut conn = lock(&self.inner.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx
+            .prepare_cached("DELETE FROM blobs WHERE hash = ?1 AND updated_at < ?2")?
+            .execute(params![&hash.0[..], before])?;
+        if n > 0 {
+            tx.prepare_cached("DELETE FROM pieces WHERE hash = ?1")?
+                .execute([&hash.0[..]])?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
     }
 }

@@ -702,3 +702,135 @@ fn uploads_queued_together_are_each_stored_in_one_transaction() {
         assert_eq!(r.status().unwrap().changes, 7);
     });
 }
+
+/// The attachment rules over each backend's store: who reaches an attachment follows the
+/// documents that refer to it (and their scopes, and moves), an upload cut anywhere resumes,
+/// a download gives the bytes back, and the collector removes only what no document keeps.
+#[test]
+fn attachments_follow_their_documents() {
+    use fieldsync_core::attachment::entry::{AttachmentEdit, AttachmentInput};
+    use fieldsync_core::attachment::pieces::{decode_piece, encode_piece, outboard, piece_range};
+    use fieldsync_core::attachment::relay::{
+        BlobDb, BlobLimits, BlobSession, Collect, collect_garbage,
+    };
+    use fieldsync_core::protocol::Message;
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let size = data.len() as u64;
+    let (hash, ob) = outboard(&data[..], size).unwrap();
+    let piece = |i: u32| {
+        let r = piece_range(size, i).unwrap();
+        Message::BlobPiece {
+            hash: hash.0,
+            index: i,
+            encoded: encode_piece(hash, size, &ob, i, &data[r.start as usize..r.end as usize])
+                .unwrap(),
+        }
+    };
+    let one = |r: Result<Result<Vec<Message>, String>, RelayStoreError>| {
+        let mut v = r.unwrap().unwrap();
+        assert_eq!(v.len(), 1, "{v:?}");
+        v.remove(0)
+    };
+    each_backend(|open| {
+        let mut r = open();
+        let blobs = RelayBlobs::open(&r).unwrap();
+        let mut a = device(Role::Rep, &["north"]);
+        let south = device(Role::Rep, &["south"]);
+        let c = a.customer("Baotou Mining", "north");
+        let put = Message::BlobPut { hash: hash.0, size };
+        // Before any document refers to it, nobody may upload it.
+        let mut s = BlobSession::new(a.info.clone(), BlobLimits::default());
+        assert!(matches!(
+            one(s.handle(&blobs, put.clone(), 0)),
+            Message::BlobRefused { retry: true, .. }
+        ));
+        let ctx = a.ctx();
+        a.store
+            .edit(c, |d| {
+                fieldsync_core::attachment::entry::apply(
+                    d,
+                    &AttachmentEdit::Add(
+                        "x1".into(),
+                        AttachmentInput {
+                            hash: Some(hash),
+                            size,
+                            media_type: "application/pdf".into(),
+                            name: "receipt.pdf".into(),
+                            ..Default::default()
+                        },
+                    ),
+                    &ctx,
+                )
+            })
+            .unwrap();
+        let out = r.append(&a.info, &a.outbox(), false).unwrap();
+        assert_eq!(stored(&out), 2, "{out:?}");
+        assert!(blobs.referenced_in(&a.info, hash).unwrap());
+        assert!(!blobs.referenced_in(&south.info, hash).unwrap());
+        // Cut after two pieces; a new stream resumes from there.
+        assert!(matches!(
+            one(s.handle(&blobs, put.clone(), 1)),
+            Message::BlobStored {
+                stored: 0,
+                count: 5,
+                ..
+            }
+        ));
+        for i in 0..2 {
+            one(s.handle(&blobs, piece(i), 1));
+        }
+        let mut s = BlobSession::new(a.info.clone(), BlobLimits::default());
+        assert!(matches!(
+            one(s.handle(&blobs, put.clone(), 1)),
+            Message::BlobStored { stored: 2, .. }
+        ));
+        for i in 2..5 {
+            one(s.handle(&blobs, piece(i), 1));
+        }
+        assert!(blobs.blob(hash).unwrap().unwrap().complete);
+        // Fetched back whole and verified.
+        let get = Message::BlobGet {
+            hash: hash.0,
+            from: 0,
+        };
+        assert!(matches!(
+            one(s.handle(&blobs, get.clone(), 1)),
+            Message::BlobSending { size: 300_000, .. }
+        ));
+        let mut got = Vec::new();
+        while let Some(Message::BlobPiece { index, encoded, .. }) = s.next_piece(&blobs).unwrap() {
+            got.extend(decode_piece(hash, size, index, &encoded).unwrap());
+        }
+        assert_eq!(got, data);
+        let mut other = BlobSession::new(south.info.clone(), BlobLimits::default());
+        assert!(matches!(
+            one(other.handle(&blobs, get, 1)),
+            Message::BlobRefused { retry: false, .. }
+        ));
+        // Kept while referenced; once the entry is removed, collected after a day.
+        assert_eq!(
+            collect_garbage(&blobs, 5 * DAY, Collect::default())
+                .unwrap()
+                .unreferenced,
+            0
+        );
+        let ctx = a.ctx();
+        a.store
+            .edit(c, |d| {
+                fieldsync_core::attachment::entry::apply(
+                    d,
+                    &AttachmentEdit::Remove("x1".into()),
+                    &ctx,
+                )
+            })
+            .unwrap();
+        r.append(&a.info, &a.outbox(), false).unwrap();
+        assert!(!blobs.referenced(hash).unwrap());
+        let done = collect_garbage(&blobs, 5 * DAY, Collect::default()).unwrap();
+        assert_eq!((done.unreferenced, done.bytes), (1, 300_000));
+        assert!(blobs.blob(hash).unwrap().is_none());
+        assert_eq!(blobs.piece(hash, 0).unwrap(), None);
+    });
+}
