@@ -226,6 +226,7 @@ impl<'a> Attachments<'a> {
         let edit = AttachmentEdit::Add(id.clone(), input);
         self.client
             .edit_doc(doc, |d, ctx| entry::apply(d, &edit, ctx))?;
+        self.client.nudge();
         self.list(doc)?
             .into_iter()
             .find(|a| a.attachment.id == id)
@@ -252,11 +253,15 @@ impl<'a> Attachments<'a> {
         })
     }
 
-    /// The attachment of `doc` whose entry id, or content hash, starts with `key`.
+    /// The attachment of `doc` whose entry id starts or ends with `key`, or whose content hash
+    /// starts with it.
     pub fn find(&self, doc: impl Into<DocId>, key: &str) -> Result<AttachmentInfo, ClientError> {
         let all = self.list(doc)?;
+        // Ids are time-ordered: their ends tell attachments apart, their beginnings may not.
         let mut hits = all.into_iter().filter(|a| {
-            a.attachment.id.starts_with(key) || a.attachment.hash.to_string().starts_with(key)
+            a.attachment.id.starts_with(key)
+                || a.attachment.id.ends_with(key)
+                || a.attachment.hash.to_string().starts_with(key)
         });
         match (hits.next(), hits.next()) {
             (Some(a), None) if !key.is_empty() => Ok(a),

@@ -680,7 +680,7 @@ fn a_rep_attaches_a_photo_and_another_laptop_gets_it_on_demand() {
             "attachment",
             "get",
             &vid,
-            &aid[..8],
+            &aid[aid.len() - 8..],
             "--out",
             out.to_str().expect("utf-8"),
         ],
@@ -696,14 +696,14 @@ fn a_rep_attaches_a_photo_and_another_laptop_gets_it_on_demand() {
             "attachment",
             "get",
             &vid,
-            &aid[..8],
+            &aid[aid.len() - 8..],
             "--out",
             out.to_str().expect("utf-8"),
         ],
     );
     assert!(err.contains("exists"), "{err}");
     // Removed on one laptop, gone from the other's list after a sync; its bytes go at gc.
-    ok(&a, &["attachment", "remove", &vid, &aid[..8]]);
+    ok(&a, &["attachment", "remove", &vid, &aid[aid.len() - 8..]]);
     ok(&a, &["sync"]);
     ok(&b, &["sync"]);
     assert_eq!(

@@ -53,6 +53,36 @@ int main(int argc, char **argv) {
 
     if (fs_query(c, "DELETE FROM customers") != NULL) return fail("refusing a write through fs_query");
 
+    /* A signed delivery receipt attached to the customer: stored beside the replica, read
+     * back verified, and waiting to upload at the next sync. */
+    char receipt[512];
+    snprintf(receipt, sizeof receipt, "%s.receipt.pdf", path);
+    FILE *f = fopen(receipt, "wb");
+    if (!f) return fail("fopen");
+    for (int i = 0; i < 100000; i++) fputc(i % 251, f);
+    fclose(f);
+    char *att = fs_attach_file(c, id, receipt, "signed on delivery");
+    if (!att) return fail("fs_attach_file");
+    printf("attached: %s\n", strstr(att, "\"media_type\"") ? "application/pdf" : att);
+    fs_string_free(att);
+    char *list = fs_attachments(c, id);
+    if (!list) return fail("fs_attachments");
+    const char *h = strstr(list, "\"hash\":\"");
+    if (!h) return fail("no hash in the attachment list");
+    char hash[65];
+    memcpy(hash, h + 8, 64);
+    hash[64] = '\0';
+    fs_string_free(list);
+    char copy[512];
+    snprintf(copy, sizeof copy, "%s.copy.pdf", path);
+    long long saved = fs_attachment_save(c, hash, copy);
+    if (saved < 0) return fail("fs_attachment_save");
+    printf("attachment saved: %lld bytes\n", saved);
+    char *files = fs_attachments_waiting(c);
+    if (!files) return fail("fs_attachments_waiting");
+    printf("attachments waiting: %s\n", files);
+    fs_string_free(files);
+
     long long waiting = fs_outbox_len(c);
     if (waiting < 0) return fail("fs_outbox_len");
     printf("changes waiting for the relay: %lld\n", waiting);

@@ -148,8 +148,8 @@ pub struct RelayConfig {
     /// 64 KiB – 4 GiB).
     pub attachment_max_file_bytes: u64,
     /// Most bytes of attachments one device's uploads may hold on the relay; past it, uploads
-    /// are refused with a retryable reason and wait on the laptop. Default: 5368709120
-    /// (5 GiB).
+    /// are refused with a retryable reason and wait on the laptop. 0: no limit. Default:
+    /// 5368709120 (5 GiB).
     pub attachment_quota_bytes: u64,
     /// What the relay logs to stderr: a level (`error`, `warn`, `info`, `debug`, `trace`) or
     /// a filter per module (`info,fieldsync_relay::server=debug`). The `RUST_LOG`
@@ -410,7 +410,10 @@ impl RelayConfig {
     pub fn blob_limits(&self) -> BlobLimits {
         BlobLimits {
             max_file_bytes: self.attachment_max_file_bytes,
-            device_quota_bytes: self.attachment_quota_bytes,
+            device_quota_bytes: match self.attachment_quota_bytes {
+                0 => u64::MAX,
+                n => n,
+            },
         }
     }
 

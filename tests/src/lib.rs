@@ -1,5 +1,6 @@
 //! crate
 pub mod faultproxy;
+pub mod fieldlink;
 pub mod floor;
 pub mod procs;
 pub mod raw;

@@ -95,6 +95,49 @@ char *fs_sync(const struct FsClient *client,
               const char *pin,
               const char *credential);
 
+// Attaches the file at `path` to document `id` with a caption (NULL: none); its bytes are
+// stored once per content beside the replica and upload at the next sync. Returns the
+// attachment as JSON (`{"doc", "attachment": {"id", "hash", "size", "media_type", "name",
+// "caption", "author", "at", "removed_at"}, "has_preview", "bytes": {"state", …},
+// "refused"}`), or NULL on error.
+//
+// # Safety
+// `client` is a live handle; `id` and `path` are valid NUL-terminated strings; `caption` is
+// NULL or one.
+char *fs_attach_file(const struct FsClient *client,
+                     const char *id,
+                     const char *path,
+                     const char *caption);
+
+// The attachments of document `id` (removed ones left out) as a JSON array of the objects
+// `fs_attach_file` returns; `bytes.state` is `here`, `downloading` or `not_here`.
+//
+// # Safety
+// `client` is a live handle; `id` is a valid NUL-terminated string.
+char *fs_attachments(const struct FsClient *client, const char *id);
+
+// Asks for the attachment with content hash `hash` (64 hex digits) and `size` bytes to be
+// downloaded at the next sync. Returns 0, or -1 on error.
+//
+// # Safety
+// `client` is a live handle; `hash` is a valid NUL-terminated string.
+int32_t fs_attachment_fetch(const struct FsClient *client, const char *hash, uint64_t size);
+
+// Writes the bytes of the attachment with content hash `hash`, checked against it, to the
+// file `out` (which appears only once complete). Returns the bytes written, or -1 on error
+// (also when the attachment is not on this computer yet: `fs_attachment_fetch` it).
+//
+// # Safety
+// `client` is a live handle; `hash` and `out` are valid NUL-terminated strings.
+int64_t fs_attachment_save(const struct FsClient *client, const char *hash, const char *out);
+
+// What waits to move, as JSON: `{"upload_files", "upload_bytes", "download_files",
+// "download_bytes"}`.
+//
+// # Safety
+// `client` is a live handle.
+char *fs_attachments_waiting(const struct FsClient *client);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -278,3 +278,116 @@ pub unsafe extern "C" fn fs_sync(
         json(&report)
     })
 }
+
+fn blob_hash(s: &str) -> Result<fieldsync_client::BlobHash, String> {
+    s.parse()
+}
+
+/// Attaches the file at `path` to document `id` with a caption (NULL: none); its bytes are
+/// stored once per content beside the replica and upload at the next sync. Returns the
+/// attachment as JSON (`{"doc", "attachment": {"id", "hash", "size", "media_type", "name",
+/// "caption", "author", "at", "removed_at"}, "has_preview", "bytes": {"state", …},
+/// "refused"}`), or NULL on error.
+///
+/// # Safety
+/// `client` is a live handle; `id` and `path` are valid NUL-terminated strings; `caption` is
+/// NULL or one.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_attach_file(
+    client: *const FsClient,
+    id: *const c_char,
+    path: *const c_char,
+    caption: *const c_char,
+) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let (c, id, path) = unsafe { (handle(client)?, arg(id, "id")?, arg(path, "path")?) };
+        let caption = if caption.is_null() {
+            ""
+        } else {
+            // SAFETY: forwarded from the caller.
+            unsafe { arg(caption, "caption") }?
+        };
+        let a = c
+            .attachments()
+            .attach_file(doc_id(id)?, std::path::Path::new(path), caption)
+            .map_err(|e| e.to_string())?;
+        json(&a)
+    })
+}
+
+/// The attachments of document `id` (removed ones left out) as a JSON array of the objects
+/// `fs_attach_file` returns; `bytes.state` is `here`, `downloading` or `not_here`.
+///
+/// # Safety
+/// `client` is a live handle; `id` is a valid NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_attachments(client: *const FsClient, id: *const c_char) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let (c, id) = unsafe { (handle(client)?, arg(id, "id")?) };
+        json(
+            &c.attachments()
+                .list(doc_id(id)?)
+                .map_err(|e| e.to_string())?,
+        )
+    })
+}
+
+/// Asks for the attachment with content hash `hash` (64 hex digits) and `size` bytes to be
+/// downloaded at the next sync. Returns 0, or -1 on error.
+///
+/// # Safety
+/// `client` is a live handle; `hash` is a valid NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_attachment_fetch(
+    client: *const FsClient,
+    hash: *const c_char,
+    size: u64,
+) -> i32 {
+    guard(-1, || {
+        // SAFETY: forwarded from the caller.
+        let (c, hash) = unsafe { (handle(client)?, arg(hash, "hash")?) };
+        c.attachments()
+            .fetch(blob_hash(hash)?, size)
+            .map_err(|e| e.to_string())?;
+        Ok(0)
+    })
+}
+
+/// Writes the bytes of the attachment with content hash `hash`, checked against it, to the
+/// file `out` (which appears only once complete). Returns the bytes written, or -1 on error
+/// (also when the attachment is not on this computer yet: `fs_attachment_fetch` it).
+///
+/// # Safety
+/// `client` is a live handle; `hash` and `out` are valid NUL-terminated strings.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_attachment_save(
+    client: *const FsClient,
+    hash: *const c_char,
+    out: *const c_char,
+) -> i64 {
+    guard(-1, || {
+        // SAFETY: forwarded from the caller.
+        let (c, hash, to) = unsafe { (handle(client)?, arg(hash, "hash")?, arg(out, "out")?) };
+        let n = c
+            .attachments()
+            .save_to(blob_hash(hash)?, std::path::Path::new(to))
+            .map_err(|e| e.to_string())?;
+        Ok(i64::try_from(n).unwrap_or(i64::MAX))
+    })
+}
+
+/// What waits to move, as JSON: `{"upload_files", "upload_bytes", "download_files",
+/// "download_bytes"}`.
+///
+/// # Safety
+/// `client` is a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_attachments_waiting(client: *const FsClient) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let c = unsafe { handle(client)? };
+        json(&c.attachments().waiting().map_err(|e| e.to_string())?)
+    })
+}

@@ -108,7 +108,15 @@ fn a_c_program_embeds_the_replica() {
     );
     assert!(stdout.contains("\"total_minor\":250000000"), "{stdout}");
     assert!(
-        stdout.contains("changes waiting for the relay: 4"),
+        stdout.contains("attachment saved: 100000 bytes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"upload_files\":1,\"upload_bytes\":100000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("changes waiting for the relay: 5"),
         "{stdout}"
     );
 }

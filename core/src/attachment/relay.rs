@@ -481,7 +481,9 @@ impl BlobSession {
                 Ok((h, ob)) if h == hash => Some(ob),
                 r => {
                     tracing::error!(%hash, result = ?r.map(|x| x.0), "stored pieces do not give the attachment's hash");
+                    // Start over: the pieces stored do not make the attachment.
                     self.uploads.remove(&hash);
+                    db.delete_untouched(hash, Millis::MAX)?;
                     return Ok(refused(
                         hash,
                         "the relay's copy is damaged; upload again",

@@ -72,13 +72,17 @@ impl Fleet {
             .iter()
             .filter(|e| e.is_pending(now))
             .count() as u64;
+        // The database and the attachment store beside it, with SQLite's files.
         f.db_bytes = store.path().map(|p| {
-            ["", "-wal", "-shm"]
+            let blobs = p.with_file_name(crate::store::BLOBS_FILE);
+            [p.to_path_buf(), blobs]
                 .iter()
-                .filter_map(|suffix| {
-                    let mut name = p.as_os_str().to_owned();
-                    name.push(suffix);
-                    std::fs::metadata(PathBuf::from(name)).ok()
+                .flat_map(|db| {
+                    ["", "-wal", "-shm"].iter().filter_map(move |suffix| {
+                        let mut name = db.as_os_str().to_owned();
+                        name.push(suffix);
+                        std::fs::metadata(PathBuf::from(name)).ok()
+                    })
                 })
                 .map(|m| m.len())
                 .sum()

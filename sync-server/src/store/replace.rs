@@ -69,6 +69,9 @@ pub(super) fn replace_history<D: BatchDb<Error = RelayStoreError>>(
         updated_seq: seq,
         raw_bytes,
     })?;
+    // A trim may drop attachment entries (`--drop attachments/…`): who may fetch what, and
+    // what the collector keeps, follow the new state.
+    db.set_attachment_refs(id, &fieldsync_core::attachment::entry::live_hashes(&doc))?;
     Ok(Some(Replacement {
         seq: u64::try_from(seq).unwrap_or(0),
         scope,

@@ -92,7 +92,7 @@ pub(super) fn attachment(dir: &Path, cmd: AttachmentCmd) -> Result<u8> {
                 for a in &list {
                     println!(
                         "{}  {}  {}  {}  {}{}",
-                        &a.attachment.id[..a.attachment.id.len().min(8)],
+                        &a.attachment.id[a.attachment.id.len().saturating_sub(8)..],
                         a.attachment.name,
                         format_bytes(a.attachment.size),
                         a.attachment.media_type,
