@@ -113,3 +113,42 @@ fn a_move_grace_period_ends_in_simulated_time() {
         "seed {seed}: refused without grace: {without}; with a grace past the run: {past_the_run}"
     );
 }
+
+/// The attachment simulation (`fieldsync_tests::sim::attachments`): seeds of laptops and a
+/// relay moving attachment bytes through loss, corrupted pieces and crashes. Other seeds:
+/// `ATT_SIM_START=1000 ATT_SIM_SEEDS=500 ATT_SIM_STEPS=300 cargo test -p fieldsync-tests --test
+/// sim attachments`.
+#[test]
+fn attachments_survive_loss_corruption_and_crashes() {
+    let start = env_u64("ATT_SIM_START", 0);
+    let n = env_u64("ATT_SIM_SEEDS", 30);
+    let steps = env_u64("ATT_SIM_STEPS", 120);
+    let mut totals = sim::attachments::AttachmentSimStats::default();
+    for seed in start..start + n {
+        // In memory where there is a tmpfs: every piece is a durable commit.
+        let dir = match std::path::Path::new("/dev/shm") {
+            shm if shm.is_dir() => tempfile::tempdir_in(shm),
+            _ => tempfile::tempdir(),
+        }
+        .expect("tempdir");
+        match sim::attachments::run_attachments(seed, steps, dir.path()) {
+            Ok(s) => {
+                totals.attached += s.attached;
+                totals.wanted += s.wanted;
+                totals.lost += s.lost;
+                totals.corrupted += s.corrupted;
+                totals.crashes += s.crashes;
+            }
+            Err(e) => panic!(
+                "attachment simulation seed {seed} failed: {e}\nreplay: ATT_SIM_START={seed} ATT_SIM_SEEDS=1 ATT_SIM_STEPS={steps} cargo test -p fieldsync-tests --test sim attachments"
+            ),
+        }
+    }
+    // The seeds did exercise the faults.
+    assert!(totals.attached > n && totals.wanted > 0, "{totals:?}");
+    assert!(
+        totals.lost > 0 && totals.corrupted > 0 && totals.crashes > 0,
+        "{totals:?}"
+    );
+    eprintln!("attachment simulation, {n} seeds: {totals:?}");
+}

@@ -16,6 +16,7 @@ pub mod entry;
 pub mod local;
 pub mod pieces;
 pub mod relay;
+pub mod transfer;
 
 use std::fmt;
 use std::str::FromStr;

@@ -49,8 +49,12 @@ impl Default for BlobLimits {
     }
 }
 
-/// Bad pieces one upload may send before it is refused.
+/// Bad pieces one stream may send for one attachment before its upload is refused.
 pub const MAX_BAD_PIECES: u32 = 8;
+
+/// An incomplete upload untouched this long may be started over by another device under
+/// another size (ms).
+pub const STALE_UPLOAD: Millis = 3600 * 1000;
 
 /// An attachment as the relay stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,20 +79,26 @@ pub trait BlobDb {
     fn referenced_in(&self, device: &DeviceInfo, hash: BlobHash) -> Result<bool, Self::Error>;
     /// The stored attachment `hash`, complete or not.
     fn blob(&self, hash: BlobHash) -> Result<Option<BlobRow>, Self::Error>;
-    /// Starts (or, when `size` differs from an incomplete one's, restarts) an upload.
+    /// Starts an upload, or returns the one under way. An incomplete upload under another
+    /// size is started over only when `device` began it or it was last touched before
+    /// `stale_before` (a device naming a wrong size must not undo another's progress);
+    /// otherwise the row returned keeps its own size.
     fn start_upload(
         &self,
         hash: BlobHash,
         size: u64,
         device: Uuid,
         now: Millis,
+        stale_before: Millis,
     ) -> Result<BlobRow, Self::Error>;
-    /// Stores piece `index` if it is the next one the upload lacks, and returns how many
-    /// pieces are stored afterwards. `outboard` is given with the last piece: the upload is
-    /// then complete.
+    /// Stores piece `index`, verified under `size`, if the upload is under that size and the
+    /// piece is the next one it lacks; returns how many pieces are stored afterwards.
+    /// `outboard` is given with the last piece: the upload is then complete.
+    #[allow(clippy::too_many_arguments)]
     fn store_piece(
         &self,
         hash: BlobHash,
+        size: u64,
         index: u32,
         data: &[u8],
         outboard: Option<&[u8]>,
@@ -227,7 +237,6 @@ impl<D: BlobDb> Read for Pieces<'_, D> {
 struct Upload {
     size: u64,
     count: u32,
-    bad: u32,
 }
 
 /// A download under way on this stream.
@@ -270,6 +279,8 @@ pub struct BlobSession {
     uploads: HashMap<BlobHash, Upload>,
     downloads: VecDeque<Download>,
     stats: BlobStats,
+    /// Bad pieces per attachment on this stream (kept after a refusal).
+    bad: HashMap<BlobHash, u32>,
 }
 
 /// Most downloads one stream may have queued.
@@ -286,6 +297,7 @@ impl BlobSession {
             uploads: HashMap::new(),
             downloads: VecDeque::new(),
             stats: BlobStats::default(),
+            bad: HashMap::new(),
         }
     }
 
@@ -395,15 +407,24 @@ impl BlobSession {
                 true,
             ));
         }
-        let row = db.start_upload(hash, size, self.device.device_id, now)?;
-        self.uploads.insert(
-            hash,
-            Upload {
-                size,
-                count,
-                bad: 0,
-            },
-        );
+        if self.bad.get(&hash).is_some_and(|n| *n >= MAX_BAD_PIECES) {
+            return Ok(refused(
+                hash,
+                format!(
+                    "{MAX_BAD_PIECES} pieces did not match the attachment's hash; the upload is refused"
+                ),
+                false,
+            ));
+        }
+        let row = db.start_upload(hash, size, self.device.device_id, now, now - STALE_UPLOAD)?;
+        if row.size != size {
+            return Ok(refused(
+                hash,
+                "another device is uploading this attachment; trying again later",
+                true,
+            ));
+        }
+        self.uploads.insert(hash, Upload { size, count });
         Ok(Message::BlobStored {
             hash: hash.0,
             stored: row.stored,
@@ -419,7 +440,7 @@ impl BlobSession {
         encoded: &[u8],
         now: Millis,
     ) -> Result<Message, D::Error> {
-        let Some(up) = self.uploads.get_mut(&hash) else {
+        let Some(up) = self.uploads.get(&hash) else {
             return Ok(refused(
                 hash,
                 "a piece of an upload not started (BlobPut first)",
@@ -445,10 +466,11 @@ impl BlobSession {
         let data = match decode_piece(hash, size, index, encoded) {
             Ok(d) => d,
             Err(e) => {
-                up.bad += 1;
+                let bad = self.bad.entry(hash).or_insert(0);
+                *bad += 1;
                 self.stats.bad_pieces += 1;
                 tracing::warn!(device = %self.device.device_id, %hash, error = %e, "attachment piece refused");
-                if up.bad >= MAX_BAD_PIECES {
+                if *bad >= MAX_BAD_PIECES {
                     self.uploads.remove(&hash);
                     return Ok(refused(
                         hash,
@@ -494,7 +516,7 @@ impl BlobSession {
         } else {
             None
         };
-        let stored = db.store_piece(hash, index, &data, ob.as_deref(), now)?;
+        let stored = db.store_piece(hash, size, index, &data, ob.as_deref(), now)?;
         if last && stored == count {
             self.uploads.remove(&hash);
             self.stats.uploads += 1;
@@ -656,6 +678,7 @@ impl BlobDb for MemoryBlobs {
         size: u64,
         device: Uuid,
         now: Millis,
+        stale_before: Millis,
     ) -> Result<BlobRow, String> {
         let mut g = self.lock();
         let fresh = || {
@@ -673,6 +696,9 @@ impl BlobDb for MemoryBlobs {
         };
         let e = g.blobs.entry(hash).or_insert_with(fresh);
         if !e.0.complete && e.0.size != size {
+            if e.0.device != device && e.3 >= stale_before {
+                return Ok(e.0.clone());
+            }
             *e = fresh();
         }
         e.3 = now;
@@ -682,6 +708,7 @@ impl BlobDb for MemoryBlobs {
     fn store_piece(
         &self,
         hash: BlobHash,
+        size: u64,
         index: u32,
         data: &[u8],
         outboard: Option<&[u8]>,
@@ -690,7 +717,7 @@ impl BlobDb for MemoryBlobs {
         let mut g = self.lock();
         let e = g.blobs.get_mut(&hash).ok_or("no upload")?;
         e.3 = now;
-        if e.0.stored == index {
+        if e.0.stored == index && e.0.size == size && !e.0.complete {
             e.1.insert(index, data.to_vec());
             e.0.stored += 1;
             if let Some(ob) = outboard {

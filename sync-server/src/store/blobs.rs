@@ -56,19 +56,21 @@ impl BlobDb for RelayBlobs {
         size: u64,
         device: Uuid,
         now: Millis,
+        stale_before: Millis,
     ) -> Result<BlobRow, RelayStoreError> {
-        each!(self, s => s.start_upload(hash, size, device, now))
+        each!(self, s => s.start_upload(hash, size, device, now, stale_before))
     }
 
     fn store_piece(
         &self,
         hash: BlobHash,
+        size: u64,
         index: u32,
         data: &[u8],
         outboard: Option<&[u8]>,
         now: Millis,
     ) -> Result<u32, RelayStoreError> {
-        each!(self, s => s.store_piece(hash, index, data, outboard, now))
+        each!(self, s => s.store_piece(hash, size, index, data, outboard, now))
     }
 
     fn piece(&self, hash: BlobHash, index: u32) -> Result<Option<Vec<u8>>, RelayStoreError> {

@@ -37,6 +37,7 @@
 //! on every replica whose scopes include its document; `Store::verify` is clean everywhere and
 //! the relay's SQLite passes `integrity_check`.
 
+pub mod attachments;
 mod net;
 mod oracle;
 mod workload;

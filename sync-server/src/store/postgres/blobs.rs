@@ -75,6 +75,7 @@ impl BlobDb for PgRelayStore {
         size: u64,
         device: Uuid,
         now: Millis,
+        stale_before: Millis,
     ) -> Result<BlobRow, RelayStoreError> {
         let size_i = i64::try_from(size).unwrap_or(i64::MAX);
         let id = device.as_bytes().as_slice();
@@ -87,7 +88,15 @@ impl BlobDb for PgRelayStore {
             )?;
             let r = blob_row(&mut tx, hash, true)?
                 .ok_or_else(|| RelayStoreError::Corrupt("attachment row vanished".into()))?;
-            let r = if !r.complete && r.size != size {
+            let touched: i64 = tx
+                .query_one(
+                    "SELECT updated_at FROM blobs WHERE hash = $1",
+                    &[&&hash.0[..]],
+                )?
+                .try_get(0)?;
+            // Another device's upload under way keeps its progress.
+            let theirs = r.device != device && touched >= stale_before;
+            let r = if !r.complete && r.size != size && !theirs {
                 // Begun under another size, it could never complete: start over.
                 tx.execute("DELETE FROM blob_pieces WHERE hash = $1", &[&&hash.0[..]])?;
                 tx.execute(
@@ -112,6 +121,7 @@ impl BlobDb for PgRelayStore {
     fn store_piece(
         &self,
         hash: BlobHash,
+        size: u64,
         index: u32,
         data: &[u8],
         outboard: Option<&[u8]>,
@@ -124,7 +134,7 @@ impl BlobDb for PgRelayStore {
                 return Ok(0);
             };
             let stored =
-                if r.stored == index && !r.complete {
+                if r.stored == index && r.size == size && !r.complete {
                     tx.execute(
                         "INSERT INTO blob_pieces (hash, idx, data) VALUES ($1, $2, $3)
                      ON CONFLICT (hash, idx) DO UPDATE SET data = excluded.data",

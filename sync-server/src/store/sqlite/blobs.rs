@@ -143,12 +143,19 @@ impl BlobDb for SqliteBlobs {
         size: u64,
         device: Uuid,
         now: Millis,
+        stale_before: Millis,
     ) -> Result<BlobRow, RelayStoreError> {
         let mut conn = lock(&self.inner.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let size_i = i64::try_from(size).unwrap_or(i64::MAX);
+        let touched: Option<i64> = tx
+            .prepare_cached("SELECT updated_at FROM blobs WHERE hash = ?1")?
+            .query_row([&hash.0[..]], |r| r.get(0))
+            .optional()?;
         match blob_row(&tx, hash)? {
             Some(r) if r.complete || r.size == size => {}
+            // Another device's upload under way: its progress stays.
+            Some(r) if r.device != device && touched.unwrap_or(0) >= stale_before => {}
             Some(_) => {
                 // An upload begun under another size never completes (BLAKE3 binds the
                 // length through the last piece): start over under this one.
@@ -177,6 +184,7 @@ impl BlobDb for SqliteBlobs {
     fn store_piece(
         &self,
         hash: BlobHash,
+        size: u64,
         index: u32,
         data: &[u8],
         outboard: Option<&[u8]>,
@@ -187,7 +195,7 @@ impl BlobDb for SqliteBlobs {
         let Some(r) = blob_row(&tx, hash)? else {
             return Ok(0);
         };
-        if r.stored == index && !r.complete {
+        if r.stored == index && r.size == size && !r.complete {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO pieces (hash, idx, data) VALUES (?1, ?2, ?3)",
             )?
