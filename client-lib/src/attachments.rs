@@ -46,6 +46,9 @@ use serde::Serialize;
 
 use crate::{Client, ClientError, DocId};
 
+/// The replica meta key of the scopes whose attachments download in the background.
+pub const PREFETCH_META_KEY: &str = "attachments.prefetch";
+
 /// Files larger than this get no preview (decoding them would take too long).
 const PREVIEW_FROM_AT_MOST: u64 = 64 << 20;
 
@@ -226,6 +229,7 @@ impl<'a> Attachments<'a> {
         let edit = AttachmentEdit::Add(id.clone(), input);
         self.client
             .edit_doc(doc, |d, ctx| entry::apply(d, &edit, ctx))?;
+        self.client.blobs(|b| b.add_ref(hash, doc.as_bytes()))?;
         self.client.nudge();
         self.list(doc)?
             .into_iter()
@@ -296,12 +300,94 @@ impl<'a> Attachments<'a> {
         Ok(n)
     }
 
-    /// Asks for attachment `hash` (of `size` bytes) to be downloaded at the next sync (the
-    /// background sync fetches it at once). Nothing happens if it is held.
-    pub fn fetch(&self, hash: BlobHash, size: u64) -> Result<(), ClientError> {
-        self.client.blobs(|b| b.want(hash, size, now_millis()))?;
+    /// Asks for attachment `hash` (of `size` bytes) of document `doc` to be downloaded at the
+    /// next sync (the background sync fetches it at once). Nothing happens if it is held.
+    pub fn fetch(
+        &self,
+        doc: impl Into<DocId>,
+        hash: BlobHash,
+        size: u64,
+    ) -> Result<(), ClientError> {
+        let doc = doc.into();
+        self.client.blobs(|b| {
+            b.want(hash, size, now_millis())?;
+            b.add_ref(hash, doc.as_bytes())
+        })?;
         self.client.nudge();
         Ok(())
+    }
+
+    /// The scopes whose attachments this laptop downloads in the background, as their
+    /// documents arrive (`["*"]`: every scope; empty: only on demand, the default).
+    pub fn prefetch_scopes(&self) -> Result<Vec<String>, ClientError> {
+        let raw = self.client.with_store(|s| s.meta(PREFETCH_META_KEY))?;
+        match raw {
+            None => Ok(Vec::new()),
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| ClientError::Corrupt(format!("{PREFETCH_META_KEY}: {e}"))),
+        }
+    }
+
+    /// Sets the scopes whose attachments download in the background (see
+    /// [`Attachments::prefetch_scopes`]), and asks at once for every attachment of the
+    /// documents of those scopes this laptop holds. Returns how many were asked for.
+    pub fn set_prefetch_scopes(&self, scopes: &[String]) -> Result<usize, ClientError> {
+        let json = serde_json::to_vec(scopes)
+            .map_err(|e| ClientError::InvalidInput(format!("scopes: {e}")))?;
+        self.client
+            .with_store(|s| s.set_meta(PREFETCH_META_KEY, &json))?;
+        let ids: Vec<DocId> = self
+            .client
+            .with_store(|s| s.all_heads())?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        self.prefetch(&ids)
+    }
+
+    /// Asks for the attachments of documents `docs` that are in the prefetch scopes and not
+    /// held (the sync calls this for the documents each download brings). Returns how many.
+    pub fn prefetch(&self, docs: &[DocId]) -> Result<usize, ClientError> {
+        let scopes = self.prefetch_scopes()?;
+        if scopes.is_empty() || docs.is_empty() {
+            return Ok(0);
+        }
+        let all = scopes.iter().any(|s| s == "*");
+        let mut wanted: Vec<(DocId, BlobHash, u64)> = Vec::new();
+        self.client.with_store(|s| {
+            for id in docs {
+                let Ok(am) = s.automerge(*id) else {
+                    continue;
+                };
+                let Ok(header) = fieldsync_core::model::read_header(&am) else {
+                    continue;
+                };
+                if !all && !scopes.contains(&header.scope) {
+                    continue;
+                }
+                for a in attachments(&am)
+                    .into_iter()
+                    .filter(|a| a.removed_at.is_none())
+                {
+                    wanted.push((*id, a.hash, a.size));
+                }
+            }
+        });
+        let n = self.client.blobs(|b| {
+            let mut n = 0;
+            for (doc, hash, size) in &wanted {
+                if !b.get(*hash)?.is_some_and(|l| l.complete || l.want) {
+                    b.want(*hash, *size, now_millis())?;
+                    n += 1;
+                }
+                b.add_ref(*hash, doc.as_bytes())?;
+            }
+            Ok(n)
+        })?;
+        if n > 0 {
+            self.client.nudge();
+        }
+        Ok(n)
     }
 
     /// Changes an attachment's caption.
@@ -342,14 +428,33 @@ impl<'a> Attachments<'a> {
     }
 
     /// Removes from this laptop the bytes no document on it keeps (documents that left its
-    /// scopes, attachments removed), except those still waiting to be uploaded. Reads every
-    /// document. Returns the attachments removed and their bytes.
+    /// scopes, attachments removed), except those still waiting to be uploaded. Reads only
+    /// the documents recorded as referring to what is held (an attachment with none recorded
+    /// is kept). The sync runs it after each download. Returns the attachments removed and
+    /// their bytes.
     pub fn collect(&self) -> Result<(u64, u64), ClientError> {
+        let held: Vec<(BlobHash, Vec<Vec<u8>>)> = self.client.blobs(|b| {
+            b.list()?
+                .into_iter()
+                .map(|l| Ok((l.hash, b.refs(l.hash)?)))
+                .collect()
+        })?;
         let keep: HashSet<BlobHash> = self.client.with_store(|s| {
-            let ids: Vec<DocId> = s.all_heads()?.into_iter().map(|(id, _)| id).collect();
             let mut keep = HashSet::new();
-            for id in ids {
-                keep.extend(live_hashes(&s.automerge(id)?));
+            for (hash, docs) in &held {
+                if docs.is_empty() {
+                    keep.insert(*hash);
+                    continue;
+                }
+                for d in docs {
+                    let Some(id) = DocId::from_slice(d) else {
+                        continue;
+                    };
+                    if s.contains(id)? && live_hashes(&s.automerge(id)?).contains(hash) {
+                        keep.insert(*hash);
+                        break;
+                    }
+                }
             }
             Ok::<_, ClientError>(keep)
         })?;

@@ -53,7 +53,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use automerge::AutoCommit;
 use serde::{Deserialize, Serialize};
 
-pub use attachments::{AttachmentInfo, Attachments, BytesState, media_type_of};
+pub use attachments::{AttachmentInfo, Attachments, BytesState, PREFETCH_META_KEY, media_type_of};
 pub use customers::Customers;
 pub use error::ClientError;
 pub use fieldsync_core::attachment::BlobHash;

@@ -627,6 +627,7 @@ impl Run {
         conn: &quinn::Connection,
         until_done: bool,
         started: watch::Receiver<bool>,
+        docs_done: watch::Receiver<bool>,
     ) -> Option<JoinHandle<Result<(), SyncError>>> {
         // A metered sync spends its budget on documents; attachments wait for a full one.
         if self.budget.is_some() {
@@ -637,6 +638,7 @@ impl Run {
             conn: conn.clone(),
             until_done,
             stats: self.transfers.clone(),
+            docs_done,
         };
         Some(tokio::spawn(t.run(started)))
     }
@@ -700,6 +702,18 @@ impl Run {
         self.acknowledged
             .extend(step.seen.acknowledged.iter().copied());
         self.received.extend(step.seen.received.iter().copied());
+        if !step.seen.received.is_empty() {
+            // Attachments of the documents that just arrived, in the scopes the laptop
+            // downloads in the background.
+            let client = self.client.clone();
+            let ids: Vec<DocId> = step.seen.received.iter().map(|(id, _)| *id).collect();
+            let asked = tokio::task::spawn_blocking(move || client.attachments().prefetch(&ids))
+                .await
+                .map_err(|e| SyncError::Task(e.to_string()))?;
+            if let Err(e) = asked {
+                tracing::warn!(error = %e, "cannot queue attachments for download");
+            }
+        }
         if step.seen.restored && !self.relay_restored {
             // The relay may lack attachments it had: offer every one held here again.
             let client = self.client.clone();
@@ -829,6 +843,20 @@ impl Run {
             if became_synced {
                 self.caught_up_once = true;
                 persist_status(&self.client, &prep.relay, Outcome::Finished).await;
+                // Caught up: the bytes of attachments whose documents left this laptop go.
+                let client = self.client.clone();
+                match tokio::task::spawn_blocking(move || client.attachments().collect()).await {
+                    Ok(Ok((n, bytes))) if n > 0 => {
+                        tracing::info!(
+                            attachments = n,
+                            bytes,
+                            "attachments no document here keeps removed"
+                        );
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot collect attachments"),
+                    Err(e) => tracing::warn!(error = %e, "cannot collect attachments"),
+                }
             }
             let progress = self.progress();
             sink(Note::Progress(&progress));
@@ -1010,7 +1038,8 @@ async fn connect_and_sync(
         }
     };
     let (started, started_rx) = watch::channel(false);
-    let mut files = run.transfers(&conn, true, started_rx);
+    let (docs_done, docs_done_rx) = watch::channel(false);
+    let mut files = run.transfers(&conn, true, started_rx, docs_done_rx);
     let mut sink = |n: Note<'_>| match n {
         Note::Progress(p) => progress(p),
         Note::Connected { .. } => {
@@ -1023,6 +1052,7 @@ async fn connect_and_sync(
             let end = run
                 .drive(&mut link, prep, Until::Synced, edits, &mut sink)
                 .await?;
+            let _ = docs_done.send(true);
             // Synced: the attachments move on their own stream until none is left.
             if let Some(f) = files.as_mut() {
                 f.await.map_err(|e| SyncError::Task(e.to_string()))??;

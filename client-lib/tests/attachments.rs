@@ -115,7 +115,7 @@ async fn a_photo_attached_offline_reaches_another_laptop_verified() {
     assert!(seen[0].attachment.preview.is_some());
     assert!(wang.attachments().read(a.attachment.hash).is_err());
     wang.attachments()
-        .fetch(a.attachment.hash, a.attachment.size)
+        .fetch(visit, a.attachment.hash, a.attachment.size)
         .expect("fetch");
     assert_eq!(
         wang.attachments().waiting().expect("w").download_bytes,
@@ -196,7 +196,7 @@ async fn the_background_sync_uploads_an_attachment_made_while_connected() {
     handle.stop().await;
     sync(&wang, &cfg).await;
     wang.attachments()
-        .fetch(a.attachment.hash, a.attachment.size)
+        .fetch(customer, a.attachment.hash, a.attachment.size)
         .expect("fetch");
     sync(&wang, &cfg).await;
     assert_eq!(

@@ -702,7 +702,7 @@ fn a_rep_attaches_a_photo_and_another_laptop_gets_it_on_demand() {
         ],
     );
     assert!(err.contains("exists"), "{err}");
-    // Removed on one laptop, gone from the other's list after a sync; its bytes go at gc.
+    // Removed on one laptop, gone from the other's list after a sync.
     ok(&a, &["attachment", "remove", &vid, &aid[aid.len() - 8..]]);
     ok(&a, &["sync"]);
     ok(&b, &["sync"]);
@@ -710,7 +710,22 @@ fn a_rep_attaches_a_photo_and_another_laptop_gets_it_on_demand() {
         json(&b, &["attachment", "list", &vid, "--json"]),
         serde_json::json!([])
     );
+    // Its bytes left b's disk when b caught up; a gc finds nothing more.
+    let held = json(&b, &["attachment", "list", "--json"]);
+    assert_eq!(held["attachments"], serde_json::json!([]), "{held}");
     let gc = ok(&b, &["attachment", "gc"]);
-    assert!(gc.contains("Removed 1 attachment"), "{gc}");
+    assert!(gc.contains("Removed 0 attachments"), "{gc}");
+    // With north downloaded in the background, a new attachment arrives with its visit.
+    let said = ok(&b, &["attachment", "prefetch", "north"]);
+    assert!(said.contains("north download in the background"), "{said}");
+    let photo = tmp.path().join("plate.png");
+    std::fs::write(&photo, [7u8; 5000]).expect("write");
+    ok(
+        &a,
+        &["visit", "attach", &vid, photo.to_str().expect("utf-8")],
+    );
+    ok(&a, &["sync"]);
+    let report = json(&b, &["sync", "--json"]);
+    assert_eq!(report["attachments_downloaded"], 1, "{report}");
     drop(relay);
 }

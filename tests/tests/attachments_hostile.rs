@@ -616,7 +616,7 @@ async fn a_outside_its_scopes_a_device_cannot_tell_an_attachment_from_none() {
     wang.sync().await;
     wang.client
         .attachments()
-        .fetch(hash, receipt.len() as u64)
+        .fetch(customer, hash, receipt.len() as u64)
         .expect("fetch");
     let report = wang.sync().await;
     assert_eq!(report.attachments_downloaded, 1, "{report:?}");
@@ -742,7 +742,7 @@ async fn b_pieces_that_do_not_verify_are_never_stored_and_the_true_bytes_still_a
     li.sync().await;
     li.client
         .attachments()
-        .fetch(file.hash, file.size())
+        .fetch(customer, file.hash, file.size())
         .expect("fetch");
     let report = li.sync().await;
     assert_eq!(report.attachments_downloaded, 1, "{report:?}");
@@ -902,22 +902,17 @@ async fn d_a_piece_frame_over_its_cap_is_refused_and_the_relay_serves_on() {
     );
     c.close();
     let photo = noise(150_000, 9);
+    let erdos = li.customer("north", "Erdos Coal");
     let a = li
         .client
         .attachments()
-        .attach_bytes(
-            li.customer("north", "Erdos Coal"),
-            "seal.pdf",
-            None,
-            &photo,
-            "",
-        )
+        .attach_bytes(erdos, "seal.pdf", None, &photo, "")
         .expect("attach");
     let report = li.sync().await;
     assert_eq!(report.attachments_uploaded, 1, "{report:?}");
     li.client
         .attachments()
-        .fetch(file.hash, file.size())
+        .fetch(erdos, file.hash, file.size())
         .expect("fetch");
     let report = li.sync().await;
     assert_eq!(report.attachments_downloaded, 1, "{report:?}");

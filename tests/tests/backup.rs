@@ -215,7 +215,7 @@ async fn attachments_come_back_after_a_restore_into_an_empty_data_directory() {
     sync(&b, &cfg).await;
     for (p, bytes) in [(&p1, &before), (&p2, &after)] {
         b.attachments()
-            .fetch(p.attachment.hash, p.attachment.size)
+            .fetch(c, p.attachment.hash, p.attachment.size)
             .expect("fetch");
         sync(&b, &cfg).await;
         assert_eq!(

@@ -334,22 +334,23 @@ pub unsafe extern "C" fn fs_attachments(client: *const FsClient, id: *const c_ch
     })
 }
 
-/// Asks for the attachment with content hash `hash` (64 hex digits) and `size` bytes to be
-/// downloaded at the next sync. Returns 0, or -1 on error.
+/// Asks for the attachment of document `id` with content hash `hash` (64 hex digits) and
+/// `size` bytes to be downloaded at the next sync. Returns 0, or -1 on error.
 ///
 /// # Safety
-/// `client` is a live handle; `hash` is a valid NUL-terminated string.
+/// `client` is a live handle; `id` and `hash` are valid NUL-terminated strings.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fs_attachment_fetch(
     client: *const FsClient,
+    id: *const c_char,
     hash: *const c_char,
     size: u64,
 ) -> i32 {
     guard(-1, || {
         // SAFETY: forwarded from the caller.
-        let (c, hash) = unsafe { (handle(client)?, arg(hash, "hash")?) };
+        let (c, id, hash) = unsafe { (handle(client)?, arg(id, "id")?, arg(hash, "hash")?) };
         c.attachments()
-            .fetch(blob_hash(hash)?, size)
+            .fetch(doc_id(id)?, blob_hash(hash)?, size)
             .map_err(|e| e.to_string())?;
         Ok(0)
     })

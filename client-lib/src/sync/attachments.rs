@@ -50,6 +50,9 @@ pub(super) struct Transfers {
     /// A one-shot sync: end once nothing is left to move.
     pub(super) until_done: bool,
     pub(super) stats: Arc<TransferStats>,
+    /// Raised when the document sync is done (one shot): a download may still bring
+    /// attachments to fetch until then.
+    pub(super) docs_done: watch::Receiver<bool>,
 }
 
 /// Steps the machine off the executor with the laptop's attachment store.
@@ -80,12 +83,13 @@ impl Transfers {
         if started.wait_for(|s| *s).await.is_err() {
             return Ok(());
         }
-        let client = self.client.clone();
-        let work = tokio::task::spawn_blocking(move || client.blobs(|b| Transfer::has_work(b)))
-            .await
-            .map_err(|e| SyncError::Task(e.to_string()))??;
-        if self.until_done && !work {
-            return Ok(());
+        if self.until_done && !self.has_work().await? {
+            // Nothing yet; the documents the download brings may ask for some.
+            let mut docs = self.docs_done.clone();
+            let _ = docs.wait_for(|d| *d).await;
+            if !self.has_work().await? {
+                return Ok(());
+            }
         }
         let (send, recv) = self.conn.open_bi().await.map_err(connection_error)?;
         let _ = send.set_priority(PRIORITY);
@@ -105,6 +109,15 @@ impl Transfers {
         r
     }
 
+    async fn has_work(&self) -> Result<bool, SyncError> {
+        let client = self.client.clone();
+        Ok(
+            tokio::task::spawn_blocking(move || client.blobs(|b| Transfer::has_work(b)))
+                .await
+                .map_err(|e| SyncError::Task(e.to_string()))??,
+        )
+    }
+
     async fn transfer(
         &self,
         link: &mut Link,
@@ -120,7 +133,16 @@ impl Transfers {
                 link.send(m)?;
             }
             if out.done {
-                return Ok(());
+                if *self.docs_done.borrow() {
+                    return Ok(());
+                }
+                // Done for now, but the download may still bring attachments to fetch.
+                let mut docs = self.docs_done.clone();
+                tokio::select! {
+                    _ = docs.wait_for(|d| *d) => {}
+                    () = notify.notified() => {}
+                }
+                continue;
             }
             let wake = out
                 .wake_at

@@ -226,7 +226,9 @@ pub(super) async fn connect_and_drive(
     };
     shared.update(|s| s.state = SyncState::Syncing);
     let (started, started_rx) = watch::channel(false);
-    let files = run.transfers(&conn, false, started_rx);
+    // The background transfers never finish on their own: no end of the documents to wait for.
+    let (_docs_done, docs_done_rx) = watch::channel(true);
+    let files = run.transfers(&conn, false, started_rx, docs_done_rx);
     let mut sink = |n: Note<'_>| match n {
         Note::Connected { scopes, role } => {
             let _ = started.send(true);

@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS pieces (
     data BLOB NOT NULL,
     PRIMARY KEY (hash, idx)
 );
+CREATE TABLE IF NOT EXISTS refs (
+    hash BLOB NOT NULL,
+    doc_id BLOB NOT NULL,
+    PRIMARY KEY (hash, doc_id)
+) WITHOUT ROWID;
 "#;
 
 /// Errors of the attachment store.
@@ -314,6 +319,24 @@ impl LocalBlobs {
         Ok(())
     }
 
+    /// Records that document `doc` refers to `hash` (so that [`LocalBlobs::collect`] needs to
+    /// look only at the documents that did).
+    pub fn add_ref(&mut self, hash: BlobHash, doc: &[u8]) -> Result<(), LocalBlobError> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO refs (hash, doc_id) VALUES (?1, ?2)")?
+            .execute(params![&hash.0[..], doc])?;
+        Ok(())
+    }
+
+    /// The documents recorded as referring to `hash`.
+    pub fn refs(&self, hash: BlobHash) -> Result<Vec<Vec<u8>>, LocalBlobError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT doc_id FROM refs WHERE hash = ?1")?;
+        let rows = st.query_map([&hash.0[..]], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Records the relay's confirmation that pieces `0..stored` of an upload are stored.
     pub fn set_uploaded(&mut self, hash: BlobHash, stored: u32) -> Result<(), LocalBlobError> {
         self.conn
@@ -493,6 +516,8 @@ impl LocalBlobs {
         let mut bytes = 0;
         for b in &gone {
             tx.prepare_cached("DELETE FROM pieces WHERE hash = ?1")?
+                .execute([&b.hash.0[..]])?;
+            tx.prepare_cached("DELETE FROM refs WHERE hash = ?1")?
                 .execute([&b.hash.0[..]])?;
             tx.prepare_cached("DELETE FROM blobs WHERE hash = ?1")?
                 .execute([&b.hash.0[..]])?;

@@ -213,7 +213,7 @@ impl Bench {
             .block_on(fieldsync_client::sync::sync_now(&wang, &self.config(None)))?;
         let proxy = self.proxy(link, faults)?;
         for (h, s) in &hashes {
-            wang.attachments().fetch(*h, *s)?;
+            wang.attachments().fetch(visit, *h, *s)?;
         }
         let started = Instant::now();
         let handle = {

@@ -495,6 +495,19 @@ pub(super) enum AttachmentCmd {
         #[command(flatten)]
         which: AttachmentRef,
     },
+    /// Which scopes' attachments download in the background as their documents arrive
+    /// (default: none, only on demand). Without arguments: show the setting
+    Prefetch {
+        /// Scopes (territories) to download in the background
+        #[arg(value_name = "SCOPE", conflicts_with_all = ["all", "off"])]
+        scopes: Vec<String>,
+        /// Every scope this laptop sees
+        #[arg(long)]
+        all: bool,
+        /// None: download only on demand
+        #[arg(long, conflicts_with = "all")]
+        off: bool,
+    },
     /// Try again the transfers the relay refused for good (after IT raised a limit)
     Retry,
     /// Remove from this laptop the bytes no document here keeps (documents that left your

@@ -197,6 +197,37 @@ pub(super) fn attachment(dir: &Path, cmd: AttachmentCmd) -> Result<u8> {
                 doc_name(&client, a.doc)
             );
         }
+        AttachmentCmd::Prefetch { scopes, all, off } => {
+            let set = if all {
+                Some(vec!["*".to_string()])
+            } else if off {
+                Some(Vec::new())
+            } else if scopes.is_empty() {
+                None
+            } else {
+                Some(scopes)
+            };
+            if let Some(set) = set {
+                let n = client.attachments().set_prefetch_scopes(&set)?;
+                if n > 0 {
+                    println!(
+                        "{} queued; they download at the next sync",
+                        plural(n as u64, "attachment")
+                    );
+                }
+            }
+            let now = client.attachments().prefetch_scopes()?;
+            if now.is_empty() {
+                println!("Attachments download on demand only (`fieldsync attachment get`)");
+            } else if now.iter().any(|s| s == "*") {
+                println!("Attachments of every scope download in the background");
+            } else {
+                println!(
+                    "Attachments of {} download in the background",
+                    now.join(", ")
+                );
+            }
+        }
         AttachmentCmd::Retry => {
             let n = client.attachments().retry()?;
             println!(
@@ -237,7 +268,7 @@ fn bring_here(dir: &Path, client: &Client, a: &AttachmentInfo, queue: bool) -> R
         return Ok(None);
     }
     let hash: BlobHash = a.attachment.hash;
-    client.attachments().fetch(hash, a.attachment.size)?;
+    client.attachments().fetch(a.doc, hash, a.attachment.size)?;
     if queue {
         println!(
             "{} ({}) is queued; it downloads at the next sync",
