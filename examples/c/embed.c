@@ -78,6 +78,8 @@ int main(int argc, char **argv) {
     long long saved = fs_attachment_save(c, hash, copy);
     if (saved < 0) return fail("fs_attachment_save");
     printf("attachment saved: %lld bytes\n", saved);
+    /* Asking for an attachment this computer holds changes nothing. */
+    if (fs_attachment_fetch(c, id, hash, (uint64_t)saved) != 0) return fail("fs_attachment_fetch");
     char *files = fs_attachments_waiting(c);
     if (!files) return fail("fs_attachments_waiting");
     printf("attachments waiting: %s\n", files);

@@ -116,12 +116,15 @@ char *fs_attach_file(const struct FsClient *client,
 // `client` is a live handle; `id` is a valid NUL-terminated string.
 char *fs_attachments(const struct FsClient *client, const char *id);
 
-// Asks for the attachment with content hash `hash` (64 hex digits) and `size` bytes to be
-// downloaded at the next sync. Returns 0, or -1 on error.
+// Asks for the attachment of document `id` with content hash `hash` (64 hex digits) and
+// `size` bytes to be downloaded at the next sync. Returns 0, or -1 on error.
 //
 // # Safety
-// `client` is a live handle; `hash` is a valid NUL-terminated string.
-int32_t fs_attachment_fetch(const struct FsClient *client, const char *hash, uint64_t size);
+// `client` is a live handle; `id` and `hash` are valid NUL-terminated strings.
+int32_t fs_attachment_fetch(const struct FsClient *client,
+                            const char *id,
+                            const char *hash,
+                            uint64_t size);
 
 // Writes the bytes of the attachment with content hash `hash`, checked against it, to the
 // file `out` (which appears only once complete). Returns the bytes written, or -1 on error
