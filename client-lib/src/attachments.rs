@@ -227,8 +227,14 @@ impl<'a> Attachments<'a> {
             preview,
         };
         let edit = AttachmentEdit::Add(id.clone(), input);
-        self.client
-            .edit_doc(doc, |d, ctx| entry::apply(d, &edit, ctx))?;
+        if let Err(e) = self
+            .client
+            .edit_doc(doc, |d, ctx| entry::apply(d, &edit, ctx))
+        {
+            // Nothing refers to the bytes just stored: they must not wait to upload forever.
+            self.client.blobs(|b| b.forget_unreferenced(hash))?;
+            return Err(e);
+        }
         self.client.blobs(|b| b.add_ref(hash, doc.as_bytes()))?;
         self.client.nudge();
         self.list(doc)?
@@ -309,6 +315,13 @@ impl<'a> Attachments<'a> {
         size: u64,
     ) -> Result<(), ClientError> {
         let doc = doc.into();
+        let am = self.client.with_store(|s| s.automerge(doc))?;
+        if !live_hashes(&am).contains(&hash) {
+            return Err(ClientError::InvalidInput(format!(
+                "document {doc} has no attachment {}",
+                hash.short()
+            )));
+        }
         self.client.blobs(|b| {
             b.want(hash, size, now_millis())?;
             b.add_ref(hash, doc.as_bytes())
@@ -439,26 +452,38 @@ impl<'a> Attachments<'a> {
                 .map(|l| Ok((l.hash, b.refs(l.hash)?)))
                 .collect()
         })?;
-        let keep: HashSet<BlobHash> = self.client.with_store(|s| {
+        // Kept: what a document here still refers to (or what no document was recorded
+        // for). Dropped whatever it waits for: what documents still here no longer keep
+        // (removed before its upload); a document that left keeps its pending upload going.
+        let (keep, dropped) = self.client.with_store(|s| {
             let mut keep = HashSet::new();
+            let mut dropped = HashSet::new();
             for (hash, docs) in &held {
                 if docs.is_empty() {
                     keep.insert(*hash);
                     continue;
                 }
+                let mut present = false;
                 for d in docs {
                     let Some(id) = DocId::from_slice(d) else {
                         continue;
                     };
-                    if s.contains(id)? && live_hashes(&s.automerge(id)?).contains(hash) {
+                    if !s.contains(id)? {
+                        continue;
+                    }
+                    present = true;
+                    if live_hashes(&s.automerge(id)?).contains(hash) {
                         keep.insert(*hash);
                         break;
                     }
                 }
+                if present && !keep.contains(hash) {
+                    dropped.insert(*hash);
+                }
             }
-            Ok::<_, ClientError>(keep)
+            Ok::<_, ClientError>((keep, dropped))
         })?;
-        self.client.blobs(|b| b.collect(&keep))
+        self.client.blobs(|b| b.collect(&keep, &dropped))
     }
 }
 

@@ -204,3 +204,54 @@ async fn the_background_sync_uploads_an_attachment_made_while_connected() {
         receipt
     );
 }
+
+#[test]
+fn a_failed_attach_leaves_no_bytes_waiting_and_a_fetch_names_a_document_that_has_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let li = Client::open(dir.path().join("li.db")).expect("open");
+    let customer = li
+        .customers()
+        .create(NewCustomer {
+            scope: "north".into(),
+            name: "Ordos Sand".into(),
+            ..Default::default()
+        })
+        .expect("customer");
+    // A caption over the limit: the document refuses the entry, and the bytes stored for it
+    // do not wait to upload forever.
+    let long = "x".repeat(3000);
+    assert!(
+        li.attachments()
+            .attach_bytes(customer, "a.pdf", None, b"%PDF receipt", &long)
+            .is_err()
+    );
+    // An unknown document: the same.
+    let nobody = fieldsync_client::DocId::new();
+    assert!(
+        li.attachments()
+            .attach_bytes(nobody, "b.pdf", None, b"%PDF other", "")
+            .is_err()
+    );
+    assert_eq!(li.attachments().stored().expect("stored"), Vec::new());
+    assert_eq!(li.attachments().waiting().expect("w").upload_files, 0);
+    // A fetch must name a document that refers to the attachment.
+    let a = li
+        .attachments()
+        .attach_bytes(customer, "c.pdf", None, b"%PDF kept", "")
+        .expect("attach");
+    let other = li
+        .customers()
+        .create(NewCustomer {
+            scope: "north".into(),
+            name: "Other".into(),
+            ..Default::default()
+        })
+        .expect("customer");
+    assert!(li.attachments().fetch(other, a.attachment.hash, 9).is_err());
+    // Removed before it was uploaded: the relay would never take it, so it stops waiting.
+    li.attachments()
+        .remove(customer, &a.attachment.id)
+        .expect("remove");
+    li.attachments().collect().expect("collect");
+    assert_eq!(li.attachments().waiting().expect("w").upload_files, 0);
+}

@@ -24,6 +24,9 @@ use crate::store::RelayBlobs;
 /// The send priority of attachment streams (document streams have the default, 0).
 pub const ATTACHMENT_PRIORITY: i32 = -1;
 
+/// Answers and pieces queued to go out on one stream before the relay stops reading it.
+const MAX_QUEUED_FRAMES: usize = 32;
+
 /// QUIC stream error code for an attachment stream closed over a protocol error.
 const STREAM_PROTOCOL: u32 = 1;
 
@@ -68,7 +71,8 @@ impl BlobLink {
             debug!(%remote, error = %e, "attachment stream closed at once");
             return;
         }
-        let mut decoder = FrameDecoder::new();
+        // Only attachment messages, in frames no larger than a piece.
+        let mut decoder = FrameDecoder::attachments();
         let mut buf = vec![0u8; 64 << 10];
         // A frame being written (a download piece or an answer), and how much of it is out.
         let mut out: std::collections::VecDeque<Vec<u8>> = Default::default();
@@ -147,7 +151,9 @@ impl BlobLink {
                 }
             }
             tokio::select! {
-                r = recv.read(&mut buf) => match r {
+                // A client that does not read its answers is not read from either: what waits
+                // to go out stays bounded.
+                r = recv.read(&mut buf), if out.len() < MAX_QUEUED_FRAMES => match r {
                     Ok(Some(n)) => {
                         metrics.attachment_bytes_received.inc_by(n as u64);
                         decoder.push(&buf[..n]);

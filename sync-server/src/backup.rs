@@ -374,6 +374,11 @@ pub fn restore(from_dir: &Path, data_dir: &Path) -> Result<Restored, BackupError
     let _lock = lock_data_dir(data_dir)?;
     let source = from_dir.join(DB_FILE);
     let before = inspect(&source)?;
+    // Both files of the backup are checked before anything in the data directory changes.
+    let blobs = from_dir.join(BLOBS_FILE);
+    if blobs.is_file() {
+        inspect_attachments(&blobs)?;
+    }
     let db = data_dir.join(DB_FILE);
     let staging = data_dir.join(format!("{DB_FILE}.restoring"));
     copy_private(&source, &staging)?;

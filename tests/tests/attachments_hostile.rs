@@ -912,7 +912,7 @@ async fn d_a_piece_frame_over_its_cap_is_refused_and_the_relay_serves_on() {
     assert_eq!(report.attachments_uploaded, 1, "{report:?}");
     li.client
         .attachments()
-        .fetch(erdos, file.hash, file.size())
+        .fetch(customer, file.hash, file.size())
         .expect("fetch");
     let report = li.sync().await;
     assert_eq!(report.attachments_downloaded, 1, "{report:?}");

@@ -244,9 +244,13 @@ pub fn attachments<R: ReadDoc>(doc: &R) -> Vec<Attachment> {
 }
 
 /// The content hashes a document refers to and still keeps (removed entries left out).
+///
+/// Every object under an entry id counts (not only the one readers show), so that no change
+/// can drop a reference by hiding an entry behind another.
 pub fn live_hashes<R: ReadDoc>(doc: &R) -> Vec<BlobHash> {
-    let mut h: Vec<BlobHash> = attachments(doc)
-        .into_iter()
+    let mut h: Vec<BlobHash> = raw_entries(doc)
+        .iter()
+        .filter_map(|(id, obj)| read_entry(doc, id, obj))
         .filter(|a| a.removed_at.is_none())
         .map(|a| a.hash)
         .collect();
@@ -396,8 +400,21 @@ impl Entries {
                 }
             }
         }
+        // An id made fresh for each entry names one object: a second one (a conflict, or the
+        // same id in a second concurrent map) would show another attachment in its place.
+        let mut ids: Vec<&String> = out.fixed.iter().map(|(id, _)| id).collect();
+        ids.sort();
+        let dups: Vec<String> = ids
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0].clone())
+            .collect();
+        for id in dups {
+            out.bad.push((id, "two entries under one id".into()));
+        }
         out.fixed.sort();
         out.bad.sort();
+        out.bad.dedup();
         out.removed.sort();
         out
     }
@@ -529,6 +546,29 @@ mod tests {
         let c = containers(&deleted)[0].clone();
         deleted.delete(&c, "x").expect("delete");
         assert!(Entries::of(&deleted).refusal(Some(&before)).is_some());
+    }
+
+    #[test]
+    fn a_second_entry_under_an_existing_id_is_refused_and_hides_no_reference() {
+        let mut doc = AutoCommit::new();
+        let mut old = doc.fork();
+        apply(
+            &mut doc,
+            &AttachmentEdit::Add("x".into(), input(1)),
+            &ctx("li"),
+        )
+        .expect("add");
+        let before = Entries::of(&doc);
+        // Written from heads before `x` existed: its own map under the same id.
+        apply(
+            &mut old,
+            &AttachmentEdit::Add("x".into(), input(2)),
+            &ctx("mallory"),
+        )
+        .expect("forge");
+        doc.merge(&mut old).expect("merge");
+        assert!(Entries::of(&doc).refusal(Some(&before)).is_some());
+        assert!(live_hashes(&doc).contains(&BlobHash::of(&[1])));
     }
 
     #[test]

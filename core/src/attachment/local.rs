@@ -319,6 +319,23 @@ impl LocalBlobs {
         Ok(())
     }
 
+    /// Forgets an attachment stored by [`LocalBlobs::add`] whose document edit then failed,
+    /// unless a document refers to it already.
+    pub fn forget_unreferenced(&mut self, hash: BlobHash) -> Result<(), LocalBlobError> {
+        if !self.refs(hash)?.is_empty() {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached("DELETE FROM pieces WHERE hash = ?1")?
+            .execute([&hash.0[..]])?;
+        tx.prepare_cached("DELETE FROM blobs WHERE hash = ?1")?
+            .execute([&hash.0[..]])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Records that document `doc` refers to `hash` (so that [`LocalBlobs::collect`] needs to
     /// look only at the documents that did).
     pub fn add_ref(&mut self, hash: BlobHash, doc: &[u8]) -> Result<(), LocalBlobError> {
@@ -404,14 +421,15 @@ impl LocalBlobs {
     }
 
     /// Stores a verified downloaded piece if it is the next one the download lacks; returns
-    /// the pieces held afterwards. With the last piece the attachment is complete (its
-    /// outboard is made from the stored pieces, which must give the hash again).
+    /// the pieces held afterwards, or `None` when the attachment is not wanted any more (its
+    /// document left the laptop meanwhile). With the last piece the attachment is complete
+    /// (its outboard is made from the stored pieces, which must give the hash again).
     pub fn store_piece(
         &mut self,
         hash: BlobHash,
         index: u32,
         data: &[u8],
-    ) -> Result<u32, LocalBlobError> {
+    ) -> Result<Option<u32>, LocalBlobError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -420,10 +438,10 @@ impl LocalBlobs {
             .query_row([&hash.0[..]], row)
             .optional()?
         else {
-            return Ok(0);
+            return Ok(None);
         };
         if b.complete || b.have != index {
-            return Ok(b.have);
+            return Ok(Some(b.have));
         }
         tx.prepare_cached("INSERT OR REPLACE INTO pieces (hash, idx, data) VALUES (?1, ?2, ?3)")?
             .execute(params![&hash.0[..], index, data])?;
@@ -447,7 +465,7 @@ impl LocalBlobs {
                 .execute(params![&hash.0[..], have])?;
         }
         tx.commit()?;
-        Ok(have)
+        Ok(Some(have))
     }
 
     /// The bytes of piece `index`.
@@ -498,17 +516,21 @@ impl LocalBlobs {
         Ok(out)
     }
 
-    /// Forgets every attachment not in `keep` that has nothing left to upload: those whose
-    /// documents left the laptop (or were removed), once their own uploads drained. Returns
-    /// the attachments removed and their bytes.
+    /// Forgets every attachment not in `keep` that has nothing left to upload (those whose
+    /// documents left the laptop, once their own uploads drained), and those in `dropped`
+    /// whatever they wait for (removed from their documents before they were uploaded: the
+    /// relay would never take them). Returns the attachments removed and their bytes.
     pub fn collect(
         &mut self,
         keep: &std::collections::HashSet<BlobHash>,
+        dropped: &std::collections::HashSet<BlobHash>,
     ) -> Result<(u64, u64), LocalBlobError> {
         let gone: Vec<LocalBlob> = self
             .list()?
             .into_iter()
-            .filter(|b| !keep.contains(&b.hash) && !b.upload_pending())
+            .filter(|b| {
+                !keep.contains(&b.hash) && (!b.upload_pending() || dropped.contains(&b.hash))
+            })
             .collect();
         let tx = self
             .conn
@@ -607,7 +629,7 @@ mod tests {
             decode_piece(h, 200_000, i, &enc).expect("verifies")
         };
         for i in 0..2 {
-            assert_eq!(b.store_piece(h, i, &send(i)).expect("store"), i + 1);
+            assert_eq!(b.store_piece(h, i, &send(i)).expect("store"), Some(i + 1));
         }
         drop(b);
         let mut b = LocalBlobs::open(&other).expect("reopen");
@@ -618,18 +640,21 @@ mod tests {
             200_000 - 2 * PIECE_BYTES
         );
         // A piece out of order is not stored.
-        assert_eq!(b.store_piece(h, 3, &send(3)).expect("gap"), 2);
+        assert_eq!(b.store_piece(h, 3, &send(3)).expect("gap"), Some(2));
         for i in 2..4 {
             b.store_piece(h, i, &send(i)).expect("store");
         }
         assert_eq!(b.read(h).expect("read"), data);
         assert!(b.pending_downloads().expect("pending").is_empty());
         // Kept only while referenced; an upload still pending is never collected.
-        let (n, bytes) = b.collect(&Default::default()).expect("collect");
+        let (n, bytes) = b
+            .collect(&Default::default(), &Default::default())
+            .expect("collect");
         assert_eq!((n, bytes), (1, 200_000));
         let other_photo = vec![7u8; 1000];
         let pending = a.add_bytes(&other_photo, 3).expect("add");
-        a.collect(&Default::default()).expect("collect");
+        a.collect(&Default::default(), &Default::default())
+            .expect("collect");
         assert!(a.get(pending).expect("get").is_some());
         assert!(a.get(h).expect("get").is_none());
     }

@@ -79,10 +79,12 @@ pub trait BlobDb {
     fn referenced_in(&self, device: &DeviceInfo, hash: BlobHash) -> Result<bool, Self::Error>;
     /// The stored attachment `hash`, complete or not.
     fn blob(&self, hash: BlobHash) -> Result<Option<BlobRow>, Self::Error>;
-    /// Starts an upload, or returns the one under way. An incomplete upload under another
-    /// size is started over only when `device` began it or it was last touched before
-    /// `stale_before` (a device naming a wrong size must not undo another's progress);
-    /// otherwise the row returned keeps its own size.
+    /// Starts an upload, or returns the one under way (touching it, so the collector leaves
+    /// it alone). An incomplete upload under another size is started over when `device` began
+    /// it, when it holds no verified piece yet, or when it was last touched before
+    /// `stale_before`: a device naming a wrong size must not undo another's progress, nor hold
+    /// an attachment hostage by naming sizes it never sends pieces for. Otherwise the row
+    /// returned keeps its own size.
     fn start_upload(
         &self,
         hash: BlobHash,
@@ -92,7 +94,8 @@ pub trait BlobDb {
         stale_before: Millis,
     ) -> Result<BlobRow, Self::Error>;
     /// Stores piece `index`, verified under `size`, if the upload is under that size and the
-    /// piece is the next one it lacks; returns how many pieces are stored afterwards.
+    /// piece is the next one it lacks; returns how many pieces are stored afterwards, or
+    /// `None` when there is no upload under that size any more (collected, or restarted).
     /// `outboard` is given with the last piece: the upload is then complete.
     #[allow(clippy::too_many_arguments)]
     fn store_piece(
@@ -103,7 +106,7 @@ pub trait BlobDb {
         data: &[u8],
         outboard: Option<&[u8]>,
         now: Millis,
-    ) -> Result<u32, Self::Error>;
+    ) -> Result<Option<u32>, Self::Error>;
     /// The bytes of a stored piece.
     fn piece(&self, hash: BlobHash, index: u32) -> Result<Option<Vec<u8>>, Self::Error>;
     /// A complete attachment's outboard.
@@ -246,7 +249,8 @@ struct Download {
     size: u64,
     next: u32,
     count: u32,
-    outboard: Vec<u8>,
+    /// Read when the download's turn comes.
+    outboard: Option<Vec<u8>>,
 }
 
 /// The answer to a request the device may not make, or whose attachment the relay lacks.
@@ -283,8 +287,9 @@ pub struct BlobSession {
     bad: HashMap<BlobHash, u32>,
 }
 
-/// Most downloads one stream may have queued.
-pub const MAX_QUEUED_DOWNLOADS: usize = 1024;
+/// Most downloads one stream may have queued (each holds a few numbers; its outboard is read
+/// when its turn comes).
+pub const MAX_QUEUED_DOWNLOADS: usize = 256;
 /// Most uploads one stream may have open.
 pub const MAX_OPEN_UPLOADS: usize = 1024;
 
@@ -448,13 +453,16 @@ impl BlobSession {
             ));
         };
         let (size, count) = (up.size, up.count);
-        let stored_now = |db: &D| -> Result<u32, D::Error> {
-            Ok(db
-                .blob(hash)?
-                .filter(|r| r.size == size)
-                .map_or(0, |r| r.stored))
+        let Some(stored) = db.blob(hash)?.filter(|r| r.size == size).map(|r| r.stored) else {
+            // The upload went away under it (collected, or restarted under another size):
+            // the client offers it again.
+            self.uploads.remove(&hash);
+            return Ok(refused(
+                hash,
+                "the upload was reset on the relay; offer it again",
+                true,
+            ));
         };
-        let stored = stored_now(db)?;
         if index != stored {
             // A piece stored already (a resend) or ahead of a gap: say where it stands.
             return Ok(Message::BlobStored {
@@ -516,7 +524,16 @@ impl BlobSession {
         } else {
             None
         };
-        let stored = db.store_piece(hash, size, index, &data, ob.as_deref(), now)?;
+        let Some(stored) = db.store_piece(hash, size, index, &data, ob.as_deref(), now)? else {
+            // The upload went away under it (collected, or restarted under another size):
+            // the client offers it again.
+            self.uploads.remove(&hash);
+            return Ok(refused(
+                hash,
+                "the upload was reset on the relay; offer it again",
+                true,
+            ));
+        };
         if last && stored == count {
             self.uploads.remove(&hash);
             self.stats.uploads += 1;
@@ -540,9 +557,6 @@ impl BlobSession {
         if !row.complete {
             return Ok(refused(hash, "not uploaded yet", true));
         }
-        let Some(ob) = db.outboard(hash)? else {
-            return Ok(refused(hash, "not uploaded yet", true));
-        };
         let count = piece_count(row.size);
         let from = from.min(count);
         if self.downloads.len() >= MAX_QUEUED_DOWNLOADS {
@@ -559,7 +573,7 @@ impl BlobSession {
                 size: row.size,
                 next: from,
                 count,
-                outboard: ob,
+                outboard: None,
             });
         }
         Ok(Message::BlobSending {
@@ -577,6 +591,16 @@ impl BlobSession {
                 self.downloads.pop_front();
                 continue;
             }
+            if d.outboard.is_none() {
+                match db.outboard(d.hash)? {
+                    Some(ob) => d.outboard = Some(ob),
+                    None => {
+                        let hash = d.hash;
+                        self.downloads.pop_front();
+                        return Ok(Some(refused(hash, "not uploaded yet", true)));
+                    }
+                }
+            }
             let index = d.next;
             d.next += 1;
             let Some(data) = db.piece(d.hash, index)? else {
@@ -585,7 +609,13 @@ impl BlobSession {
                 return Ok(Some(refused(hash, "the relay's copy is incomplete", true)));
             };
             return Ok(Some(
-                match encode_piece(d.hash, d.size, &d.outboard, index, &data) {
+                match encode_piece(
+                    d.hash,
+                    d.size,
+                    d.outboard.as_deref().unwrap_or_default(),
+                    index,
+                    &data,
+                ) {
                     Ok(encoded) => Message::BlobPiece {
                         hash: d.hash.0,
                         index,
@@ -696,7 +726,7 @@ impl BlobDb for MemoryBlobs {
         };
         let e = g.blobs.entry(hash).or_insert_with(fresh);
         if !e.0.complete && e.0.size != size {
-            if e.0.device != device && e.3 >= stale_before {
+            if e.0.device != device && e.0.stored > 0 && e.3 >= stale_before {
                 return Ok(e.0.clone());
             }
             *e = fresh();
@@ -713,9 +743,11 @@ impl BlobDb for MemoryBlobs {
         data: &[u8],
         outboard: Option<&[u8]>,
         now: Millis,
-    ) -> Result<u32, String> {
+    ) -> Result<Option<u32>, String> {
         let mut g = self.lock();
-        let e = g.blobs.get_mut(&hash).ok_or("no upload")?;
+        let Some(e) = g.blobs.get_mut(&hash).filter(|e| e.0.size == size) else {
+            return Ok(None);
+        };
         e.3 = now;
         if e.0.stored == index && e.0.size == size && !e.0.complete {
             e.1.insert(index, data.to_vec());
@@ -725,7 +757,7 @@ impl BlobDb for MemoryBlobs {
                 e.2 = Some(ob.to_vec());
             }
         }
-        Ok(e.0.stored)
+        Ok(Some(e.0.stored))
     }
 
     fn piece(&self, hash: BlobHash, index: u32) -> Result<Option<Vec<u8>>, String> {
@@ -1127,6 +1159,79 @@ mod tests {
                 .unreferenced,
             0
         );
+    }
+
+    #[test]
+    fn an_upload_whose_row_went_away_is_refused_for_now_not_resent_forever() {
+        let db = MemoryBlobs::default();
+        let sender = Sender::new(photo(200_000, 4));
+        db.refer(sender.hash, "north");
+        let mut s = BlobSession::new(device(1, &["north"]), BlobLimits::default());
+        sender.upload(&mut s, &db, 1);
+        // Collected (or restarted) under the session's feet.
+        assert!(
+            db.delete_untouched(sender.hash, Millis::MAX)
+                .expect("delete")
+        );
+        assert!(matches!(
+            one(s.handle(&db, sender.piece(1), 0)),
+            Message::BlobRefused { retry: true, .. }
+        ));
+        // Offered again, it starts over and completes.
+        assert!(matches!(
+            sender.upload(&mut s, &db, u32::MAX),
+            Message::BlobStored {
+                stored: 4,
+                count: 4,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn naming_other_sizes_cannot_hold_an_attachment_hostage() {
+        let db = MemoryBlobs::default();
+        let honest = Sender::new(photo(150_000, 6));
+        db.refer(honest.hash, "north");
+        let mut mallory = BlobSession::new(device(9, &["north"]), BlobLimits::default());
+        let lie = Message::BlobPut {
+            hash: honest.hash.0,
+            size: 150_001,
+        };
+        one(mallory.handle(&db, lie, 0));
+        // Mallory's upload holds no verified piece: the honest one takes over at once.
+        let mut s = BlobSession::new(device(1, &["north"]), BlobLimits::default());
+        let put = Message::BlobPut {
+            hash: honest.hash.0,
+            size: 150_000,
+        };
+        assert!(matches!(
+            one(s.handle(&db, put, 1)),
+            Message::BlobStored {
+                stored: 0,
+                count: 3,
+                ..
+            }
+        ));
+        one(s.handle(&db, honest.piece(0), 1));
+        // Now it has progress: another size is told to wait, and cannot undo it.
+        let lie = Message::BlobPut {
+            hash: honest.hash.0,
+            size: 150_002,
+        };
+        assert!(matches!(
+            one(mallory.handle(&db, lie, 2)),
+            Message::BlobRefused { retry: true, .. }
+        ));
+        assert!(matches!(
+            honest.upload(&mut s, &db, u32::MAX),
+            Message::BlobStored {
+                stored: 3,
+                count: 3,
+                ..
+            }
+        ));
+        assert_eq!(db.bytes(honest.hash), Some(honest.data.clone()));
     }
 
     #[test]

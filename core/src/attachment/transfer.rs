@@ -25,6 +25,9 @@ use super::pieces::{PIECE_BYTES, decode_piece, encode_piece, piece_count};
 use crate::ids::Millis;
 use crate::protocol::messages::Message;
 
+/// The longest wait before asking again after a refusal for now (ms).
+pub const MAX_RETRY_AFTER: Millis = 5 * 60 * 1000;
+
 /// How the transfers behave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransferConfig {
@@ -47,7 +50,7 @@ impl Default for TransferConfig {
             // 1 MiB: a 2 Mbit/s link with 800 ms round trips holds about 200 KB in flight.
             window: 16,
             retry_after: 2_000,
-            one_shot_tries: 5,
+            one_shot_tries: 3,
             max_bad: 8,
         }
     }
@@ -194,12 +197,21 @@ impl Transfer {
                 bad: 0,
             });
         }
+        let mut damaged = None;
         if let Some(u) = self.up.as_mut() {
             while u.started && u.next < u.count && u.in_flight.len() < self.cfg.window {
                 let index = u.next;
-                let data = blobs.piece(u.hash, index)?;
-                let encoded = encode_piece(u.hash, u.size, &u.outboard, index, &data)
-                    .map_err(|e| LocalBlobError::Damaged(u.hash, e.to_string()))?;
+                let encoded = blobs.piece(u.hash, index).and_then(|data| {
+                    encode_piece(u.hash, u.size, &u.outboard, index, &data)
+                        .map_err(|e| LocalBlobError::Damaged(u.hash, e.to_string()))
+                });
+                let encoded = match encoded {
+                    Ok(e) => e,
+                    Err(e) => {
+                        damaged = Some((u.hash, e.to_string()));
+                        break;
+                    }
+                };
                 out.send.push(Message::BlobPiece {
                     hash: u.hash.0,
                     index,
@@ -208,6 +220,12 @@ impl Transfer {
                 u.in_flight.push_back((index, u.epoch));
                 u.next += 1;
             }
+        }
+        if let Some((hash, why)) = damaged {
+            // This copy cannot be sent: it waits, refused, until attached again; the other
+            // transfers go on.
+            blobs.set_refused(hash, &format!("damaged on this laptop: {why}"), true)?;
+            self.up = None;
         }
         // Only refusals still to run out wake the machine: one due now was tried above if
         // its attachment still waits, and one given up on waits for the next sync.
@@ -304,8 +322,16 @@ impl Transfer {
                 let hash = BlobHash(hash);
                 blobs.set_refused(hash, &reason, !retry)?;
                 if retry {
+                    // Doubling waits, up to five minutes: a reference the relay has not
+                    // stored yet comes within seconds; a full quota or an upload that never
+                    // comes takes longer, and is not asked about twice a second.
                     let e = self.later.entry(hash).or_insert((now, 0));
-                    e.0 = now + self.cfg.retry_after;
+                    let wait = self
+                        .cfg
+                        .retry_after
+                        .saturating_mul(1 << e.1.min(10))
+                        .min(MAX_RETRY_AFTER);
+                    e.0 = now + wait;
                     e.1 += 1;
                 }
                 if self.up.as_ref().is_some_and(|u| u.hash == hash) {
@@ -343,15 +369,21 @@ impl Transfer {
                     return Ok(());
                 };
                 match decode_piece(d.hash, d.size, index, &encoded) {
-                    Ok(data) => {
-                        let have = blobs.store_piece(d.hash, index, &data)?;
-                        self.stats.downloaded_bytes += data.len() as u64;
-                        d.next = have;
-                        if have >= piece_count(d.size) {
-                            self.stats.downloaded_files += 1;
+                    Ok(data) => match blobs.store_piece(d.hash, index, &data)? {
+                        Some(have) => {
+                            self.stats.downloaded_bytes += data.len() as u64;
+                            d.next = have;
+                            if have >= piece_count(d.size) {
+                                self.stats.downloaded_files += 1;
+                                self.down = None;
+                            }
+                        }
+                        // Not wanted any more (its document left this laptop meanwhile).
+                        None => {
+                            send.push(Message::BlobCancel { hash });
                             self.down = None;
                         }
-                    }
+                    },
                     Err(_) => {
                         self.stats.bad_pieces += 1;
                         d.bad += 1;
@@ -376,5 +408,80 @@ impl Transfer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attachment::pieces::{encode_piece, outboard, piece_range};
+
+    #[test]
+    fn a_download_whose_attachment_is_collected_meanwhile_ends_instead_of_hanging() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut blobs = LocalBlobs::open(&dir.path().join("r.db")).expect("open");
+        let data: Vec<u8> = (0..150_000u32).map(|i| (i % 247) as u8).collect();
+        let size = data.len() as u64;
+        let (hash, ob) = outboard(&data[..], size).expect("outboard");
+        blobs.want(hash, size, 0).expect("want");
+        let mut t = Transfer::new(TransferConfig::default());
+        let out = t.step(&mut blobs, None, 0).expect("step");
+        assert!(matches!(out.send[..], [Message::BlobGet { from: 0, .. }]));
+        let sending = Message::BlobSending {
+            hash: hash.0,
+            size,
+            from: 0,
+        };
+        t.step(&mut blobs, Some(sending), 1).expect("step");
+        // Its document left the laptop: the collector drops it mid-download.
+        blobs
+            .collect(&Default::default(), &Default::default())
+            .expect("collect");
+        let r = piece_range(size, 0).expect("range");
+        let piece = Message::BlobPiece {
+            hash: hash.0,
+            index: 0,
+            encoded: encode_piece(hash, size, &ob, 0, &data[r.start as usize..r.end as usize])
+                .expect("encode"),
+        };
+        let out = t.step(&mut blobs, Some(piece), 2).expect("step");
+        assert!(
+            out.send
+                .iter()
+                .any(|m| matches!(m, Message::BlobCancel { .. }))
+        );
+        assert!(out.done, "nothing left to move: {out:?}");
+        assert!(blobs.get(hash).expect("get").is_none(), "nothing stored");
+    }
+
+    #[test]
+    fn refusals_for_now_back_off_and_a_one_shot_sync_gives_up_after_its_tries() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut blobs = LocalBlobs::open(&dir.path().join("r.db")).expect("open");
+        let hash = blobs.add_bytes(&[9u8; 1000], 0).expect("add");
+        let mut t = Transfer::new(TransferConfig::default());
+        let mut now = 0;
+        let mut waits = Vec::new();
+        let mut out = t.step(&mut blobs, None, now).expect("step");
+        while !out.done {
+            let refused = Message::BlobRefused {
+                hash: hash.0,
+                reason: "no document refers to it (yet)".into(),
+                retry: true,
+            };
+            out = t.step(&mut blobs, Some(refused), now).expect("step");
+            if let Some(at) = out.wake_at {
+                waits.push(at - now);
+                now = at;
+                out = t.step(&mut blobs, None, now).expect("step");
+            }
+        }
+        assert_eq!(waits, [2_000, 4_000], "doubling waits, three tries");
+        assert!(
+            blobs
+                .get(hash)
+                .expect("get")
+                .is_some_and(|b| b.upload_pending())
+        );
     }
 }

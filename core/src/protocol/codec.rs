@@ -123,7 +123,7 @@ pub fn check_len(len: u32) -> Result<usize, CodecError> {
 
 /// Decodes one frame body (the bytes after the length prefix).
 pub fn decode(frame: &[u8]) -> Result<Message, CodecError> {
-    decode_limited(frame, false)
+    decode_limited(frame, Only::Any)
 }
 
 /// Reads the varint message tag at the start of a body.
@@ -143,9 +143,10 @@ fn read_tag(r: &mut impl Read) -> Result<(u32, Vec<u8>), CodecError> {
     Err(CodecError::Decode("message type too long".into()))
 }
 
-/// Decodes one frame body; `handshake_only` refuses every message but `Hello` and `Enrol`
-/// before decompressing or decoding the rest of it.
-fn decode_limited(frame: &[u8], handshake_only: bool) -> Result<Message, CodecError> {
+/// Decodes one frame body; `only` refuses every message its stream does not carry (before
+/// the handshake: all but `Hello` and `Enrol`; on an attachment stream: all but the
+/// attachment messages) before decompressing or decoding the rest of it.
+fn decode_limited(frame: &[u8], only: Only) -> Result<Message, CodecError> {
     let Some((&flags, payload)) = frame.split_first() else {
         return Err(CodecError::Malformed("empty frame".into()));
     };
@@ -153,9 +154,14 @@ fn decode_limited(frame: &[u8], handshake_only: bool) -> Result<Message, CodecEr
         return Err(CodecError::TooLarge(frame.len()));
     }
     let cap_for = |tag: u32| -> Result<usize, CodecError> {
-        if handshake_only && tag != TAG_HELLO && tag != TAG_ENROL {
+        if only == Only::Handshake && tag != TAG_HELLO && tag != TAG_ENROL {
             return Err(CodecError::Malformed(
                 "only Hello or Enrol before the handshake".into(),
+            ));
+        }
+        if only == Only::Attachments && !ATTACHMENT_TAGS.contains(&tag) {
+            return Err(CodecError::Malformed(
+                "only attachment messages on the attachment stream".into(),
             ));
         }
         body_cap(tag).ok_or_else(|| CodecError::Decode(format!("unknown message type {tag}")))
@@ -226,12 +232,29 @@ fn check_entries(msg: &Message) -> Result<(), CodecError> {
     Ok(())
 }
 
+/// The message types of the attachment stream (protocol 6).
+const ATTACHMENT_TAGS: std::ops::RangeInclusive<u32> = 14..=20;
+
+/// Largest frame on an attachment stream: a piece message, compressed or not.
+pub const ATTACHMENT_FRAME: usize = PIECE_FRAME_BODY + 1024;
+
+/// Which messages a decoder reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Only {
+    /// Any message, within its type's cap.
+    #[default]
+    Any,
+    /// Small `Hello`/`Enrol` frames (a peer that has not authenticated yet).
+    Handshake,
+    /// Attachment messages of at most [`ATTACHMENT_FRAME`] bytes.
+    Attachments,
+}
+
 /// A sans-IO frame reassembler: push bytes as they arrive, pop whole messages.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
-    /// Only small `Hello`/`Enrol` frames are read (a peer that has not authenticated yet).
-    handshake: bool,
+    only: Only,
 }
 
 impl FrameDecoder {
@@ -247,13 +270,25 @@ impl FrameDecoder {
     pub fn handshake() -> Self {
         Self {
             buf: Vec::new(),
-            handshake: true,
+            only: Only::Handshake,
+        }
+    }
+
+    /// A decoder for an attachment stream: only attachment messages, in frames of at most
+    /// [`ATTACHMENT_FRAME`] bytes; anything else is an error before it is decompressed or
+    /// decoded.
+    pub fn attachments() -> Self {
+        Self {
+            buf: Vec::new(),
+            only: Only::Attachments,
         }
     }
 
     /// Lifts the handshake limits: the peer authenticated.
     pub fn authenticated(&mut self) {
-        self.handshake = false;
+        if self.only == Only::Handshake {
+            self.only = Only::Any;
+        }
     }
 
     /// Appends received bytes.
@@ -273,13 +308,18 @@ impl FrameDecoder {
             self.buf[2],
             self.buf[3],
         ]))?;
-        if self.handshake && len > HANDSHAKE_FRAME {
+        let limit = match self.only {
+            Only::Any => MAX_FRAME,
+            Only::Handshake => HANDSHAKE_FRAME,
+            Only::Attachments => ATTACHMENT_FRAME,
+        };
+        if len > limit {
             return Err(CodecError::TooLarge(len));
         }
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
-        let msg = decode_limited(&self.buf[4..4 + len], self.handshake);
+        let msg = decode_limited(&self.buf[4..4 + len], self.only);
         self.buf.drain(..4 + len);
         msg.map(Some)
     }
@@ -294,10 +334,10 @@ impl FrameDecoder {
         let prefix: [u8; 4] = self.buf.get(..4)?.try_into().ok()?;
         let len = u32::from_be_bytes(prefix) as usize;
         let frame = self.buf.get(4..4usize.checked_add(len)?)?;
-        let cap = if self.handshake {
-            HANDSHAKE_BODY
-        } else {
-            MAX_BODY
+        let cap = match self.only {
+            Only::Any => MAX_BODY,
+            Only::Handshake => HANDSHAKE_BODY,
+            Only::Attachments => PIECE_FRAME_BODY,
         };
         let body = match frame.split_first() {
             Some((&FLAG_ZSTD, payload)) => match zstd::zstd_safe::get_frame_content_size(payload) {

@@ -69,7 +69,7 @@ impl BlobDb for RelayBlobs {
         data: &[u8],
         outboard: Option<&[u8]>,
         now: Millis,
-    ) -> Result<u32, RelayStoreError> {
+    ) -> Result<Option<u32>, RelayStoreError> {
         each!(self, s => s.store_piece(hash, size, index, data, outboard, now))
     }
 

@@ -252,13 +252,40 @@ fn find(client: &Client, which: &AttachmentRef) -> Result<AttachmentInfo> {
     Ok(client.attachments().find(doc, &which.attachment)?)
 }
 
-/// A file name for an attachment: its own name without any directory, or its hash.
+/// A file name for an attachment, safe to write and to hand to a viewer: its own name
+/// (another device chose it) without any directory, with only letters, digits, spaces and
+/// `.-_()` kept, and an extension that no desktop runs as a program; or its hash.
 fn file_name(a: &AttachmentInfo) -> String {
-    Path::new(&a.attachment.name)
+    const RUNNABLE: [&str; 16] = [
+        "bat", "cmd", "com", "exe", "lnk", "msi", "ps1", "scr", "pif", "vbs", "js", "jse", "wsf",
+        "hta", "cpl", "desktop",
+    ];
+    let base = Path::new(&a.attachment.name)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| !n.is_empty() && n != "." && n != "..")
-        .unwrap_or_else(|| a.attachment.hash.to_string())
+        .unwrap_or_default();
+    let mut clean: String = base
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || " .-_()".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    clean = clean.trim_matches(|c| c == '.' || c == ' ').to_string();
+    if clean.is_empty() {
+        clean = a.attachment.hash.to_string();
+    }
+    let ext = clean
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    if RUNNABLE.contains(&ext.as_str()) {
+        clean.push_str(".bin");
+    }
+    clean
 }
 
 /// Downloads an attachment not on this laptop (or only queues it): `Some(exit code)` when it

@@ -95,7 +95,14 @@ impl BlobDb for PgRelayStore {
                 )?
                 .try_get(0)?;
             // Another device's upload under way keeps its progress.
-            let theirs = r.device != device && touched >= stale_before;
+            let theirs = r.device != device && r.stored > 0 && touched >= stale_before;
+            if r.complete || r.size == size {
+                // Resumed: the collector leaves an upload being continued alone.
+                tx.execute(
+                    "UPDATE blobs SET updated_at = $2 WHERE hash = $1",
+                    &[&&hash.0[..], &now],
+                )?;
+            }
             let r = if !r.complete && r.size != size && !theirs {
                 // Begun under another size, it could never complete: start over.
                 tx.execute("DELETE FROM blob_pieces WHERE hash = $1", &[&&hash.0[..]])?;
@@ -126,12 +133,12 @@ impl BlobDb for PgRelayStore {
         data: &[u8],
         outboard: Option<&[u8]>,
         now: Millis,
-    ) -> Result<u32, RelayStoreError> {
+    ) -> Result<Option<u32>, RelayStoreError> {
         let idx = i32::try_from(index).unwrap_or(i32::MAX);
         self.read(|c| {
             let mut tx = c.transaction()?;
-            let Some(r) = blob_row(&mut tx, hash, true)? else {
-                return Ok(0);
+            let Some(r) = blob_row(&mut tx, hash, true)?.filter(|r| r.size == size) else {
+                return Ok(None);
             };
             let stored =
                 if r.stored == index && r.size == size && !r.complete {
@@ -150,7 +157,7 @@ impl BlobDb for PgRelayStore {
                     r.stored
                 };
             tx.commit()?;
-            Ok(stored)
+            Ok(Some(stored))
         })
     }
 

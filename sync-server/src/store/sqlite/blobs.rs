@@ -153,9 +153,14 @@ impl BlobDb for SqliteBlobs {
             .query_row([&hash.0[..]], |r| r.get(0))
             .optional()?;
         match blob_row(&tx, hash)? {
-            Some(r) if r.complete || r.size == size => {}
+            Some(r) if r.complete || r.size == size => {
+                // Resumed: the collector leaves an upload being continued alone.
+                tx.prepare_cached("UPDATE blobs SET updated_at = ?2 WHERE hash = ?1")?
+                    .execute(params![&hash.0[..], now])?;
+            }
             // Another device's upload under way: its progress stays.
-            Some(r) if r.device != device && touched.unwrap_or(0) >= stale_before => {}
+            Some(r)
+                if r.device != device && r.stored > 0 && touched.unwrap_or(0) >= stale_before => {}
             Some(_) => {
                 // An upload begun under another size never completes (BLAKE3 binds the
                 // length through the last piece): start over under this one.
@@ -189,11 +194,11 @@ impl BlobDb for SqliteBlobs {
         data: &[u8],
         outboard: Option<&[u8]>,
         now: Millis,
-    ) -> Result<u32, RelayStoreError> {
+    ) -> Result<Option<u32>, RelayStoreError> {
         let mut conn = lock(&self.inner.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let Some(r) = blob_row(&tx, hash)? else {
-            return Ok(0);
+        let Some(r) = blob_row(&tx, hash)?.filter(|r| r.size == size) else {
+            return Ok(None);
         };
         if r.stored == index && r.size == size && !r.complete {
             tx.prepare_cached(
@@ -212,7 +217,7 @@ impl BlobDb for SqliteBlobs {
                 now
             ])?;
         }
-        let stored = blob_row(&tx, hash)?.map_or(0, |r| r.stored);
+        let stored = blob_row(&tx, hash)?.map(|r| r.stored);
         tx.commit()?;
         Ok(stored)
     }
