@@ -59,6 +59,8 @@ pub enum Faults {
     Bursty,
     /// 5 s cut every 20 s.
     Cuts,
+    /// Independent random loss, percent, and a 5 s cut every 20 s.
+    RandomAndCuts(u32),
 }
 
 impl Faults {
@@ -69,6 +71,7 @@ impl Faults {
             Self::Random(p) => format!("{p} %"),
             Self::Bursty => "bursty".into(),
             Self::Cuts => "cut 5 s / 20 s".into(),
+            Self::RandomAndCuts(p) => format!("{p} % + cut 5 s / 20 s"),
         }
     }
 
@@ -93,6 +96,10 @@ impl Faults {
                 });
             }
             Self::Cuts => cut_every = Some((Duration::from_secs(15), Duration::from_secs(5))),
+            Self::RandomAndCuts(p) => {
+                dir.loss = f64::from(p) / 100.0;
+                cut_every = Some((Duration::from_secs(15), Duration::from_secs(5)));
+            }
         }
         FaultConfig {
             seed,

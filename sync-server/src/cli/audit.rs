@@ -25,13 +25,62 @@ pub(crate) struct AuditArgs {
     /// At most this many entries (the most recent).
     #[arg(long, default_value_t = 1000)]
     limit: usize,
+    /// Completed attachment uploads instead of changes: time, device, content hash, size,
+    /// and the documents that refer to the attachment now (`--device`, `--since`, `--limit`
+    /// apply).
+    #[arg(long, conflicts_with = "doc")]
+    attachments: bool,
     /// One JSON array.
     #[arg(long)]
     json: bool,
 }
 
+/// Prints the completed attachment uploads.
+fn attachments(a: &AuditArgs) -> anyhow::Result<()> {
+    let store = a.common.store()?;
+    let blobs = fieldsync_relay::store::RelayBlobs::open(&store)?;
+    let rows = blobs.uploads(a.device.as_deref(), a.since, a.limit)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no attachment uploads match");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<20} {:<12} {:>10}  documents",
+        "uploaded (UTC)", "device", "hash", "bytes"
+    );
+    for r in rows {
+        let docs: Vec<String> = r
+            .docs
+            .iter()
+            .map(|d| d.to_string().chars().take(8).collect())
+            .collect();
+        println!(
+            "{:<20} {:<20} {:<12} {:>10}  {}",
+            format_millis(r.at),
+            r.device_name
+                .clone()
+                .unwrap_or_else(|| r.device_id.to_string()),
+            r.hash.short(),
+            r.size,
+            if docs.is_empty() {
+                "(none any more)".to_string()
+            } else {
+                docs.join(" ")
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Prints the audit trail.
 pub(crate) fn run(a: AuditArgs) -> anyhow::Result<()> {
+    if a.attachments {
+        return attachments(&a);
+    }
     let rows = a.common.store()?.audit(&AuditQuery {
         doc: a.doc,
         device: a.device.as_deref(),

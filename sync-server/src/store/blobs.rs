@@ -20,7 +20,39 @@ pub enum RelayBlobs {
     Postgres(PgRelayStore),
 }
 
+/// A completed attachment upload, as the audit trail records it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttachmentUpload {
+    /// When the last piece was stored (ms).
+    pub at: i64,
+    /// The device that uploaded it.
+    pub device_id: Uuid,
+    /// Its name, if the relay still knows it.
+    pub device_name: Option<String>,
+    /// The attachment's content hash.
+    pub hash: BlobHash,
+    /// Its size.
+    pub size: u64,
+    /// The documents that refer to it now.
+    pub docs: Vec<fieldsync_core::DocId>,
+}
+
 impl RelayBlobs {
+    /// Completed attachment uploads, newest first: by `device` (an id or a name), since
+    /// `since` (ms), at most `limit`; with each, the documents that refer to it now.
+    pub fn uploads(
+        &self,
+        device: Option<&str>,
+        since: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AttachmentUpload>, RelayStoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match self {
+            Self::Sqlite(s) => s.uploads(device, since, limit),
+            Self::Postgres(p) => p.attachment_uploads(device, since, limit),
+        }
+    }
+
     /// The attachment store of `store`, opened (created for SQLite) if need be.
     pub fn open(store: &RelayStore) -> Result<Self, RelayStoreError> {
         Ok(match store {

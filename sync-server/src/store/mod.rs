@@ -26,7 +26,7 @@
 //! only those being written, into a small LRU cache; it never holds all documents in memory.
 
 mod backend;
-mod blobs;
+pub(crate) mod blobs;
 mod devices;
 mod pool;
 pub mod postgres;
@@ -57,7 +57,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use backend::RelayStore;
-pub use blobs::RelayBlobs;
+pub use blobs::{AttachmentUpload, RelayBlobs};
 pub use devices::token_id_of;
 use devices::{DeviceBackend, DeviceDb, DeviceRow, Holder, NewDevice, TokenRow};
 pub use fieldsync_core::protocol::relay::SnapshotPage;

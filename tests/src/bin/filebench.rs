@@ -5,6 +5,7 @@
 //! cargo run --release -p fieldsync-tests --bin fieldsync-filebench -- --quick  # 512 kbit/s, ~4 min
 //! cargo run --release -p fieldsync-tests --bin fieldsync-filebench             # the matrix, ~45 min
 //! cargo run --release -p fieldsync-tests --bin fieldsync-filebench -- --edit   # the edit rows only, ~1 min
+//! cargo run --release -p fieldsync-tests --bin fieldsync-filebench -- --field  # 20 × 3 MiB, 512 kbit/s, 5 % loss and a cut every 20 s, ~40 min
 //! ```
 //!
 //! A relay runs in this process on 127.0.0.1; laptops reach it through a [`FaultProxy`] that
@@ -328,10 +329,12 @@ fn print(rows: &[Row]) {
     }
 }
 
-fn run(quick: bool, edit_only: bool) -> anyhow::Result<()> {
+fn run(quick: bool, edit_only: bool, field: bool) -> anyhow::Result<()> {
     let mut bench = Bench::new().context("starting the relay")?;
     let mut rows = Vec::new();
-    if edit_only {
+    if field {
+        rows.extend(bench.photos(20, 3 << 20, EDGE, Faults::RandomAndCuts(5))?);
+    } else if edit_only {
         for f in [Faults::None, Faults::Random(5)] {
             rows.push(bench.edit_during_upload(EDGE, f)?);
         }
@@ -355,7 +358,8 @@ fn run(quick: bool, edit_only: bool) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let quick = std::env::args().any(|a| a == "--quick");
     let edit_only = std::env::args().any(|a| a == "--edit");
-    match run(quick, edit_only) {
+    let field = std::env::args().any(|a| a == "--field");
+    match run(quick, edit_only, field) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fieldsync-filebench: {e:#}");

@@ -43,6 +43,48 @@ fn blob_row(
         .transpose()
 }
 
+impl PgRelayStore {
+    /// Completed uploads from the audit trail (see [`crate::store::RelayBlobs::uploads`]).
+    pub(crate) fn attachment_uploads(
+        &self,
+        device: Option<&str>,
+        since: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<crate::store::blobs::AttachmentUpload>, RelayStoreError> {
+        self.read(|c| {
+            let rows = c.query(
+                "SELECT a.at, a.device, d.name, a.hash, a.size,
+                   ARRAY(SELECT r.doc_id FROM attachment_refs r WHERE r.hash = a.hash)
+                 FROM attachment_audit a LEFT JOIN devices d ON d.device_id = a.device
+                 WHERE ($1::BIGINT IS NULL OR a.at >= $1)
+                   AND ($2::TEXT IS NULL OR d.name = $2
+                        OR encode(a.device, 'hex') = replace(lower($2), '-', ''))
+                 ORDER BY a.id DESC LIMIT $3",
+                &[&since, &device, &limit],
+            )?;
+            let mut out = Vec::new();
+            for r in rows {
+                let dev: Vec<u8> = r.try_get(1)?;
+                let hash: Vec<u8> = r.try_get(3)?;
+                let size: i64 = r.try_get(4)?;
+                let docs: Vec<Vec<u8>> = r.try_get(5)?;
+                out.push(crate::store::blobs::AttachmentUpload {
+                    at: r.try_get(0)?,
+                    device_id: Uuid::from_slice(&dev).unwrap_or_default(),
+                    device_name: r.try_get(2)?,
+                    hash: BlobHash::try_from(&hash[..]).map_err(RelayStoreError::Corrupt)?,
+                    size: u64::try_from(size).unwrap_or(0),
+                    docs: docs
+                        .iter()
+                        .filter_map(|d| fieldsync_core::DocId::from_slice(d))
+                        .collect(),
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
 impl BlobDb for PgRelayStore {
     type Error = RelayStoreError;
 

@@ -57,6 +57,51 @@ impl std::fmt::Debug for SqliteBlobs {
 }
 
 impl SqliteBlobs {
+    /// Completed uploads from the audit trail (see [`super::super::RelayBlobs::uploads`]).
+    pub(crate) fn uploads(
+        &self,
+        device: Option<&str>,
+        since: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AttachmentUpload>, RelayStoreError> {
+        self.store.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT a.at, a.device, d.name, a.hash, a.size FROM attachment_audit a
+                 LEFT JOIN devices d ON d.device_id = a.device
+                 WHERE (?1 IS NULL OR a.at >= ?1)
+                   AND (?2 IS NULL OR d.name = ?2 OR lower(hex(a.device)) = replace(lower(?2), '-', ''))
+                 ORDER BY a.id DESC LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![since, device, limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            let mut docs = c.prepare_cached("SELECT doc_id FROM attachment_refs WHERE hash = ?1")?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (at, dev, name, hash, size) = row?;
+                let refs = docs
+                    .query_map([&hash], |r| r.get::<_, Vec<u8>>(0))?
+                    .filter_map(|d| d.ok().and_then(|d| DocId::from_slice(&d)))
+                    .collect();
+                out.push(AttachmentUpload {
+                    at,
+                    device_id: Uuid::from_slice(&dev).unwrap_or_default(),
+                    device_name: name,
+                    hash: BlobHash::try_from(&hash[..]).map_err(RelayStoreError::Corrupt)?,
+                    size: u64::try_from(size).unwrap_or(0),
+                    docs: refs,
+                });
+            }
+            Ok(out)
+        })
+    }
+
     /// Opens (or creates) the attachment store beside `store`'s database.
     pub fn open(store: &SqliteRelayStore) -> Result<Self, RelayStoreError> {
         let path = store.path().with_file_name(BLOBS_FILE);

@@ -790,6 +790,17 @@ fn attachments_follow_their_documents() {
             one(s.handle(&blobs, piece(i), 1));
         }
         assert!(blobs.blob(hash).unwrap().unwrap().complete);
+        // The audit trail has the upload, by whom, and the document that refers to it.
+        let ups = blobs.uploads(None, None, 10).unwrap();
+        assert_eq!(ups.len(), 1, "{ups:?}");
+        assert_eq!(
+            (ups[0].hash, ups[0].size, ups[0].device_id),
+            (hash, size, a.info.device_id)
+        );
+        assert_eq!(ups[0].docs, vec![c]);
+        assert!(blobs.uploads(Some("nobody"), None, 10).unwrap().is_empty());
+        let by_id = a.info.device_id.to_string();
+        assert_eq!(blobs.uploads(Some(&by_id), None, 10).unwrap().len(), 1);
         // Fetched back whole and verified.
         let get = Message::BlobGet {
             hash: hash.0,
