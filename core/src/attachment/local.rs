@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::BlobHash;
-use super::pieces::{PIECE_BYTES, outboard, piece_count, piece_range};
+use super::pieces::{PIECE_BYTES, PieceStream, outboard, piece_count, piece_range};
 use crate::ids::Millis;
 use crate::store::{OpenError, open_sqlite};
 
@@ -218,7 +218,7 @@ impl LocalBlobs {
                 .execute(params![&hash.0[..], i, &buf[..n]])?;
         }
         // The file changed while it was read: its pieces are not the hashed bytes.
-        let (again, _) = outboard(PieceReader::new(&tx, hash, count), size)?;
+        let (again, _) = outboard(piece_reader(&tx, hash, count), size)?;
         if again != hash {
             return Err(LocalBlobError::Io(io::Error::other(
                 "the file changed while it was being attached; attach it again",
@@ -448,7 +448,7 @@ impl LocalBlobs {
         let have = index + 1;
         let count = piece_count(b.size);
         if have == count {
-            let (h, ob) = outboard(PieceReader::new(&tx, hash, count), b.size)?;
+            let (h, ob) = outboard(piece_reader(&tx, hash, count), b.size)?;
             if h != hash {
                 return Err(LocalBlobError::Damaged(
                     hash,
@@ -554,48 +554,17 @@ impl LocalBlobs {
     }
 }
 
-/// A stored attachment's pieces read in order as one stream.
-struct PieceReader<'c> {
-    conn: &'c Connection,
+/// A stored attachment's pieces `0..count`, read in order from `conn` as one stream.
+fn piece_reader(
+    conn: &Connection,
     hash: BlobHash,
-    next: u32,
     count: u32,
-    buf: Vec<u8>,
-    at: usize,
-}
-
-impl<'c> PieceReader<'c> {
-    fn new(conn: &'c Connection, hash: BlobHash, count: u32) -> Self {
-        Self {
-            conn,
-            hash,
-            next: 0,
-            count,
-            buf: Vec::new(),
-            at: 0,
-        }
-    }
-}
-
-impl Read for PieceReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.at == self.buf.len() {
-            if self.next == self.count {
-                return Ok(0);
-            }
-            self.buf = self
-                .conn
-                .prepare_cached("SELECT data FROM pieces WHERE hash = ?1 AND idx = ?2")
-                .and_then(|mut s| s.query_row(params![&self.hash.0[..], self.next], |r| r.get(0)))
-                .map_err(io::Error::other)?;
-            self.next += 1;
-            self.at = 0;
-        }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
+) -> PieceStream<impl FnMut(u32) -> io::Result<Vec<u8>> + '_> {
+    PieceStream::new(count, move |k| {
+        conn.prepare_cached("SELECT data FROM pieces WHERE hash = ?1 AND idx = ?2")
+            .and_then(|mut st| st.query_row(params![&hash.0[..], k], |r| r.get(0)))
+            .map_err(io::Error::other)
+    })
 }
 
 #[cfg(test)]

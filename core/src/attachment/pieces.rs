@@ -94,6 +94,46 @@ fn outboard_len(size: u64) -> io::Result<usize> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "attachment too large"))
 }
 
+/// Stored pieces `0..count` read in order as one stream of bytes, each fetched by `piece`
+/// when the previous one is used up (so an attachment is never held whole in memory).
+pub struct PieceStream<F> {
+    piece: F,
+    next: u32,
+    count: u32,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl<F: FnMut(u32) -> io::Result<Vec<u8>>> PieceStream<F> {
+    /// Pieces `0..count`, each read by `piece(index)`.
+    pub fn new(count: u32, piece: F) -> Self {
+        Self {
+            piece,
+            next: 0,
+            count,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl<F: FnMut(u32) -> io::Result<Vec<u8>>> Read for PieceStream<F> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.buf.len() {
+            if self.next == self.count {
+                return Ok(0);
+            }
+            self.buf = (self.piece)(self.next)?;
+            self.next += 1;
+            self.at = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// The bytes of one piece, read at their offsets in the attachment.
 struct At<'a> {
     offset: u64,

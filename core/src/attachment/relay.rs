@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 use super::BlobHash;
-use super::pieces::{decode_piece, encode_piece, outboard, piece_count};
+use super::pieces::{PieceStream, decode_piece, encode_piece, outboard, piece_count};
 use crate::ids::Millis;
 use crate::protocol::DeviceInfo;
 use crate::protocol::messages::Message;
@@ -204,37 +204,6 @@ pub fn collect_garbage<D: BlobDb>(
     Ok(out)
 }
 
-/// A stored attachment's pieces read in order, as one stream of bytes.
-struct Pieces<'a, D: BlobDb> {
-    db: &'a D,
-    hash: BlobHash,
-    next: u32,
-    count: u32,
-    buf: Vec<u8>,
-    at: usize,
-}
-
-impl<D: BlobDb> Read for Pieces<'_, D> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.at == self.buf.len() {
-            if self.next == self.count {
-                return Ok(0);
-            }
-            self.buf = self
-                .db
-                .piece(self.hash, self.next)
-                .map_err(|e| io::Error::other(e.to_string()))?
-                .ok_or_else(|| io::Error::other(format!("piece {} missing", self.next)))?;
-            self.next += 1;
-            self.at = 0;
-        }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
 /// An upload under way on this stream.
 #[derive(Debug)]
 struct Upload {
@@ -377,7 +346,8 @@ impl BlobSession {
             ));
         }
         let count = piece_count(size);
-        if let Some(row) = db.blob(hash)?
+        let existing = db.blob(hash)?;
+        if let Some(row) = existing.as_ref()
             && row.complete
         {
             self.uploads.remove(&hash);
@@ -397,8 +367,7 @@ impl BlobSession {
             ));
         }
         let held = db.device_bytes(self.device.device_id)?;
-        let mine = db
-            .blob(hash)?
+        let mine = existing
             .filter(|r| r.device == self.device.device_id)
             .map_or(0, |r| r.size);
         if held.saturating_sub(mine).saturating_add(size) > self.limits.device_quota_bytes {
@@ -499,14 +468,11 @@ impl BlobSession {
         let ob = if last {
             // Every other piece is stored and verified; the outboard is made from them and
             // this one, and must give the hash again.
-            let head = Pieces {
-                db,
-                hash,
-                next: 0,
-                count: index,
-                buf: Vec::new(),
-                at: 0,
-            };
+            let head = PieceStream::new(index, |k| {
+                db.piece(hash, k)
+                    .map_err(|e| io::Error::other(e.to_string()))?
+                    .ok_or_else(|| io::Error::other(format!("piece {k} missing")))
+            });
             match outboard(head.chain(io::Cursor::new(&data[..])), size) {
                 Ok((h, ob)) if h == hash => Some(ob),
                 r => {
