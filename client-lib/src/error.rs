@@ -40,6 +40,9 @@ pub enum ClientError {
     /// The attachment store failed, or an attachment is not on this laptop.
     #[error(transparent)]
     Attachment(#[from] fieldsync_core::attachment::local::LocalBlobError),
+    /// The replica's key: locked, a wrong passphrase, the keyring, moving files to a key.
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
 }
 
 impl From<StoreError> for ClientError {

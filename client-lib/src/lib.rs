@@ -46,6 +46,7 @@ mod thumbnail;
 mod visits;
 
 pub mod sync;
+pub mod vault;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
@@ -206,8 +207,27 @@ impl Client {
     }
 
     /// Opens (or creates) the replica at `path` with explicit store options.
+    ///
+    /// An encrypted replica opens with the key in `opts`, else with a key kept by
+    /// `fieldsync unlock` or the OS keyring; one that needs its passphrase is
+    /// [`vault::VaultError::Locked`] here: use [`Client::open_unlocked`].
     pub fn open_with(path: impl AsRef<Path>, opts: StoreOptions) -> Result<Self, ClientError> {
+        Self::open_unlocked(path, opts, &vault::Unlock::default())
+    }
+
+    /// Opens (or creates) the replica at `path`, unlocking an encrypted one with what
+    /// `unlock` allows (a passphrase, the OS keyring, a key kept for the session). A plain
+    /// replica opens as with [`Client::open_with`]; a wrong passphrase is an error and changes
+    /// nothing.
+    pub fn open_unlocked(
+        path: impl AsRef<Path>,
+        mut opts: StoreOptions,
+        unlock: &vault::Unlock,
+    ) -> Result<Self, ClientError> {
         let path = path.as_ref().to_path_buf();
+        if opts.key.is_none() {
+            opts.key = vault::unlock(&path, unlock)?;
+        }
         let store = Store::open_with(&path, opts.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -279,6 +299,16 @@ impl Client {
         Ok(())
     }
 
+    /// The data key of an encrypted replica (`None`: a plain one).
+    pub(crate) fn key(&self) -> Option<&fieldsync_core::store::cipher::DatabaseKey> {
+        self.inner.opts.key.as_ref()
+    }
+
+    /// Whether the replica is encrypted at rest.
+    pub fn is_encrypted(&self) -> bool {
+        self.inner.opts.key.is_some()
+    }
+
     /// Attachments: attach files to documents, list them, read and fetch their bytes.
     pub fn attachments(&self) -> Attachments<'_> {
         Attachments::new(self)
@@ -296,7 +326,10 @@ impl Client {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let blobs = match &mut *g {
             Some(b) => b,
-            None => g.insert(LocalBlobs::open(&self.inner.path)?),
+            None => g.insert(LocalBlobs::open(
+                &self.inner.path,
+                self.inner.opts.key.as_ref(),
+            )?),
         };
         Ok(f(blobs)?)
     }

@@ -244,7 +244,7 @@ async fn tokens_are_single_use_hashed_and_the_credential_file_is_private() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "the credential file is private");
     }
-    let cred = read_credential(&e.credential_file)
+    let cred = read_credential(&e.credential_file, None)
         .expect("read")
         .expect("present");
     let secret = cred.secret.clone().expect("confirmed");
@@ -269,7 +269,7 @@ async fn tokens_are_single_use_hashed_and_the_credential_file_is_private() {
         .expect_err("single use, same device");
     assert!(relay_err(&err).is_some_and(|(_, r)| r.contains("already used")));
     assert_eq!(
-        read_credential(&e.credential_file)
+        read_credential(&e.credential_file, None)
             .expect("read")
             .expect("kept")
             .secret

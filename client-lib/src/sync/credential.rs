@@ -16,7 +16,6 @@
 //! credential, which the relay accepts again; a refused token drops the pending credential and
 //! leaves a confirmed one (an earlier enrolment) untouched.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Connected, Link, Prepared, SyncConfig, SyncError};
-use crate::Client;
+use crate::{Client, vault};
+use fieldsync_core::store::cipher::DatabaseKey;
 
 /// The device credential as stored next to the replica.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,9 +65,16 @@ pub fn credential_path(replica: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Reads a credential file; `None` when there is none.
-pub fn read_credential(path: &Path) -> Result<Option<Credential>, SyncError> {
-    let text = match std::fs::read_to_string(path) {
+/// What sealed credential files are bound to.
+const SEALED_AS: &str = "fieldsync device credential";
+
+/// Reads a credential file; `None` when there is none. The credential of an encrypted replica
+/// is sealed with its data key (`key`).
+pub fn read_credential(
+    path: &Path,
+    key: Option<&DatabaseKey>,
+) -> Result<Option<Credential>, SyncError> {
+    let bytes = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
@@ -77,44 +84,63 @@ pub fn read_credential(path: &Path) -> Result<Option<Credential>, SyncError> {
             )));
         }
     };
-    serde_json::from_str(&text).map(Some).map_err(|e| {
+    let plain = if vault::is_sealed(&bytes) {
+        let key = key.ok_or_else(|| {
+            SyncError::Credential(format!(
+                "{} is encrypted: open the replica with its key",
+                path.display()
+            ))
+        })?;
+        vault::open_file(key, SEALED_AS, &bytes).ok_or_else(|| {
+            SyncError::Credential(format!(
+                "{} does not open with the replica's key",
+                path.display()
+            ))
+        })?
+    } else {
+        zeroize::Zeroizing::new(bytes)
+    };
+    serde_json::from_slice(&plain).map(Some).map_err(|e| {
         SyncError::Credential(format!("{} is not a credential file: {e}", path.display()))
     })
 }
 
 /// Writes a credential file atomically, readable and writable by its owner only (0600 on
-/// Unix), and flushed to disk before it replaces the old one.
-pub fn write_credential(path: &Path, cred: &Credential) -> Result<(), SyncError> {
-    let fail = |what: &str, e: std::io::Error| {
-        SyncError::Credential(format!("cannot {what} {}: {e}", path.display()))
+/// Unix), and flushed to disk before it replaces the old one; sealed with `key` when the
+/// replica is encrypted.
+pub fn write_credential(
+    path: &Path,
+    cred: &Credential,
+    key: Option<&DatabaseKey>,
+) -> Result<(), SyncError> {
+    let json = zeroize::Zeroizing::new(
+        serde_json::to_vec_pretty(cred).map_err(|e| SyncError::Credential(e.to_string()))?,
+    );
+    let bytes = match key {
+        Some(k) => zeroize::Zeroizing::new(
+            vault::seal_file(k, SEALED_AS, &json)
+                .map_err(|e| SyncError::Credential(e.to_string()))?,
+        ),
+        None => json,
     };
-    let json = serde_json::to_vec_pretty(cred).map_err(|e| SyncError::Credential(e.to_string()))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(|e| fail("write", e))?;
-    #[cfg(unix)]
-    {
-        // The mode above only applies to a new file; a leftover one keeps its own.
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| fail("protect", e))?;
-    }
-    f.write_all(&json).map_err(|e| fail("write", e))?;
-    f.sync_all().map_err(|e| fail("write", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| fail("write", e))?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
+    vault::keyfile::write_private(path, &bytes).map_err(|e| SyncError::Credential(e.to_string()))
+}
+
+/// Moves the credential of the replica at `replica` from key `from` (or plain) to `to`
+/// (encrypting or rekeying a replica).
+pub(crate) fn reseal(
+    replica: &Path,
+    from: Option<&DatabaseKey>,
+    to: &DatabaseKey,
+) -> Result<(), vault::VaultError> {
+    let path = credential_path(replica);
+    let fail = |e: SyncError| vault::VaultError::KeyFile(e.to_string());
+    let cred = match read_credential(&path, Some(to)) {
+        Ok(c) => c,
+        Err(_) => read_credential(&path, from).map_err(fail)?,
+    };
+    if let Some(cred) = cred {
+        write_credential(&path, &cred, Some(to)).map_err(fail)?;
     }
     Ok(())
 }
@@ -123,7 +149,7 @@ pub fn write_credential(path: &Path, cred: &Credential) -> Result<(), SyncError>
 /// token (for [`SyncConfig::credential`]).
 pub fn load_credential(client: &Client) -> Result<Option<String>, SyncError> {
     let path = credential_path(client.path());
-    Ok(read_credential(&path)?
+    Ok(read_credential(&path, client.key())?
         .filter(|c| c.device_id == client.device_id())
         .and_then(|c| c.secret))
 }
@@ -154,7 +180,7 @@ pub async fn enrol_replica(
 ) -> Result<Enrolled, SyncError> {
     let path = credential_path(client.path());
     let device_id = client.device_id();
-    let mut cred = read_credential(&path)?
+    let mut cred = read_credential(&path, client.key())?
         .filter(|c| c.device_id == device_id)
         .unwrap_or(Credential {
             device_id,
@@ -172,7 +198,7 @@ pub async fn enrol_replica(
         }
     };
     cred.pending = Some(secret.clone());
-    write_credential(&path, &cred)?;
+    write_credential(&path, &cred, client.key())?;
     let mut config = SyncConfig::new(token.relay.clone(), token.pin.clone());
     config.credential = Some(secret.clone());
     config.connect_timeout = connect_timeout;
@@ -181,7 +207,7 @@ pub async fn enrol_replica(
             cred.secret = Some(secret);
             cred.pending = None;
             cred.relay = Some(token.relay.clone());
-            write_credential(&path, &cred)?;
+            write_credential(&path, &cred, client.key())?;
             super::follow_grant(client, &scopes, role);
             Ok(Enrolled {
                 device_id,
@@ -203,7 +229,7 @@ pub async fn enrol_replica(
                 // Refused for good: forget the pending credential (a confirmed one stays).
                 cred.pending = None;
                 if cred.secret.is_some() {
-                    write_credential(&path, &cred)?;
+                    write_credential(&path, &cred, client.key())?;
                 } else {
                     let _ = std::fs::remove_file(&path);
                 }

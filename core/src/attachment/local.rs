@@ -18,6 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use super::BlobHash;
 use super::pieces::{PIECE_BYTES, PieceStream, outboard, piece_count, piece_range};
 use crate::ids::Millis;
+use crate::store::cipher::DatabaseKey;
 use crate::store::{OpenError, open_sqlite};
 
 const SCHEMA: &str = r#"
@@ -154,7 +155,7 @@ pub fn store_path(replica: &Path) -> PathBuf {
 
 impl LocalBlobs {
     /// Opens (or creates) the attachment store of the replica at `replica`.
-    pub fn open(replica: &Path) -> Result<Self, LocalBlobError> {
+    pub fn open(replica: &Path, key: Option<&DatabaseKey>) -> Result<Self, LocalBlobError> {
         let path = store_path(replica);
         crate::fsmode::prepare_database(&path);
         let conn = open_sqlite(
@@ -162,10 +163,11 @@ impl LocalBlobs {
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            key,
         )
         .map_err(|e| match e {
-            OpenError::NotADatabase(e) => LocalBlobError::NotADatabase(path.clone(), e.to_string()),
             OpenError::Sqlite(e) => LocalBlobError::Sqlite(e),
+            e => LocalBlobError::NotADatabase(path.clone(), e.to_string()),
         })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -577,7 +579,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let replica = dir.path().join("replica.db");
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let mut a = LocalBlobs::open(&replica).expect("open");
+        let mut a = LocalBlobs::open(&replica, None).expect("open");
         let h = a.add_bytes(&data, 1).expect("add");
         assert_eq!(a.add_bytes(&data, 2).expect("again"), h);
         assert_eq!(a.list().expect("list").len(), 1);
@@ -589,7 +591,7 @@ mod tests {
 
         // Another laptop downloads it: two pieces, then a restart, then the rest.
         let other = dir.path().join("other.db");
-        let mut b = LocalBlobs::open(&other).expect("open");
+        let mut b = LocalBlobs::open(&other, None).expect("open");
         b.want(h, 200_000, 1).expect("want");
         let ob = a.outboard(h).expect("outboard");
         let send = |i: u32| {
@@ -601,7 +603,7 @@ mod tests {
             assert_eq!(b.store_piece(h, i, &send(i)).expect("store"), Some(i + 1));
         }
         drop(b);
-        let mut b = LocalBlobs::open(&other).expect("reopen");
+        let mut b = LocalBlobs::open(&other, None).expect("reopen");
         let got = b.get(h).expect("get").expect("row");
         assert_eq!((got.have, got.complete), (2, false));
         assert_eq!(

@@ -419,7 +419,7 @@ mod tests {
     #[test]
     fn a_download_whose_attachment_is_collected_meanwhile_ends_instead_of_hanging() {
         let dir = tempfile::tempdir().expect("dir");
-        let mut blobs = LocalBlobs::open(&dir.path().join("r.db")).expect("open");
+        let mut blobs = LocalBlobs::open(&dir.path().join("r.db"), None).expect("open");
         let data: Vec<u8> = (0..150_000u32).map(|i| (i % 247) as u8).collect();
         let size = data.len() as u64;
         let (hash, ob) = outboard(&data[..], size).expect("outboard");
@@ -457,7 +457,7 @@ mod tests {
     #[test]
     fn refusals_for_now_back_off_and_a_one_shot_sync_gives_up_after_its_tries() {
         let dir = tempfile::tempdir().expect("dir");
-        let mut blobs = LocalBlobs::open(&dir.path().join("r.db")).expect("open");
+        let mut blobs = LocalBlobs::open(&dir.path().join("r.db"), None).expect("open");
         let hash = blobs.add_bytes(&[9u8; 1000], 0).expect("add");
         let mut t = Transfer::new(TransferConfig::default());
         let mut now = 0;

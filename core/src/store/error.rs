@@ -16,6 +16,15 @@ pub enum StoreError {
     /// The file is not a SQLite database (or is damaged beyond opening).
     #[error("{0} is not a fieldsync replica: not a SQLite database or damaged ({1})")]
     NotADatabase(PathBuf, String),
+    /// The replica is encrypted and was opened without its key.
+    #[error("{0} is encrypted: open it with its key (unlock the replica)")]
+    Encrypted(PathBuf),
+    /// The replica is encrypted with another key.
+    #[error("{0} does not open with this key: wrong key or passphrase (the file is unchanged)")]
+    WrongKey(PathBuf),
+    /// A key was given for a replica that is not encrypted.
+    #[error("{0} is not encrypted, but a key was given")]
+    NotEncrypted(PathBuf),
     /// The file is a SQLite database of some other application.
     #[error("the database belongs to another application (foreign application_id or tables)")]
     Foreign,

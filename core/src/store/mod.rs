@@ -29,6 +29,7 @@
 //!   and `replace` (a document whose history the relay replaced) adds to it.
 
 mod cache;
+pub mod cipher;
 mod decode;
 mod error;
 mod handle;

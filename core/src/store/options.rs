@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::cipher::DatabaseKey;
 use crate::env::{Env, SystemEnv};
 
 /// `PRAGMA synchronous` for the replica.
@@ -35,6 +36,9 @@ pub struct StoreOptions {
     /// Where the replica gets the time (outbox, quarantine and document timestamps) and fresh
     /// ids from: the system's by default, a [`crate::env::SeededEnv`] in simulations.
     pub env: Arc<dyn Env>,
+    /// The key of an encrypted replica (`None`: a plain one). A new replica opened with a key
+    /// is created encrypted.
+    pub key: Option<DatabaseKey>,
 }
 
 impl Default for StoreOptions {
@@ -46,6 +50,7 @@ impl Default for StoreOptions {
             device_id: None,
             actor_suffix: None,
             env: Arc::new(SystemEnv),
+            key: None,
         }
     }
 }

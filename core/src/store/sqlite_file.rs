@@ -1,12 +1,15 @@
 //! Opening a SQLite file the same way wherever fieldsync keeps one (the replica here, the
 //! relay's embedded store): a statement cache large enough for one write path, a busy timeout,
-//! and a first read of the header, so that a file that is not a database is told apart from a
-//! database that fails for another reason.
+//! the key of an encrypted file ([`super::cipher`]), and a first read of the header, so that a
+//! file that is not a database, an encrypted file opened without its key and one opened with
+//! the wrong key are told apart from a database that fails for another reason.
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
+
+use super::cipher::{DatabaseKey, FileState, apply_key, file_state};
 
 /// Statements kept prepared per connection: one write path uses more distinct statements than
 /// rusqlite's default cache of 16 (a projection write alone reads, updates and inserts in
@@ -18,13 +21,52 @@ const STATEMENT_CACHE: usize = 128;
 pub enum OpenError {
     /// The file is not a SQLite database, or is damaged beyond reading its header.
     NotADatabase(rusqlite::Error),
+    /// The file is encrypted and no key was given.
+    Encrypted,
+    /// The file is encrypted and the key given is not its key.
+    WrongKey,
+    /// A key was given for a plain (unencrypted) file.
+    NotEncrypted,
     /// Anything else SQLite reported.
     Sqlite(rusqlite::Error),
 }
 
-/// Opens the SQLite file at `path` with `flags` (see the module docs).
-pub fn open_sqlite(path: &Path, flags: OpenFlags) -> Result<Connection, OpenError> {
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotADatabase(e) => write!(f, "not a SQLite database or damaged ({e})"),
+            Self::Encrypted => {
+                f.write_str("encrypted (or not a SQLite database), and no key was given")
+            }
+            Self::WrongKey => {
+                f.write_str("the key does not open it (wrong key, or the file is damaged)")
+            }
+            Self::NotEncrypted => f.write_str("not encrypted, but a key was given"),
+            Self::Sqlite(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Opens the SQLite file at `path` with `flags`, encrypted with `key` or plain (see the
+/// module docs).
+pub fn open_sqlite(
+    path: &Path,
+    flags: OpenFlags,
+    key: Option<&DatabaseKey>,
+) -> Result<Connection, OpenError> {
+    let state = file_state(path).map_err(|e| {
+        OpenError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!("cannot read {}: {e}", path.display())),
+        ))
+    })?;
+    if key.is_some() && state == FileState::Plain {
+        return Err(OpenError::NotEncrypted);
+    }
     let conn = Connection::open_with_flags(path, flags).map_err(OpenError::Sqlite)?;
+    if let Some(key) = key {
+        apply_key(&conn, key).map_err(OpenError::Sqlite)?;
+    }
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.busy_timeout(Duration::from_secs(10))
         .map_err(OpenError::Sqlite)?;
@@ -39,7 +81,11 @@ pub fn open_sqlite(path: &Path, flags: OpenFlags) -> Result<Connection, OpenErro
                 rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
             ) =>
         {
-            OpenError::NotADatabase(e)
+            match (state, key) {
+                (FileState::Encrypted, Some(_)) => OpenError::WrongKey,
+                (FileState::Encrypted, None) => OpenError::Encrypted,
+                _ => OpenError::NotADatabase(e),
+            }
         }
         e => OpenError::Sqlite(e),
     })?;

@@ -169,8 +169,8 @@ impl World {
                 role: Role::Rep,
                 scopes: vec![scope.to_string()],
             };
-            let blobs =
-                LocalBlobs::open(&path).map_err(|err| e("opening laptop attachments")(&err))?;
+            let blobs = LocalBlobs::open(&path, None)
+                .map_err(|err| e("opening laptop attachments")(&err))?;
             laptops.push(Laptop {
                 info,
                 store,
@@ -444,8 +444,9 @@ impl World {
         self.stats.crashes += 1;
         self.laptops[i].blobs = None;
         let path = self.dir.join(format!("c{i}.db"));
-        self.laptops[i].blobs =
-            Some(LocalBlobs::open(&path).map_err(|err| e("reopening laptop attachments")(&err))?);
+        self.laptops[i].blobs = Some(
+            LocalBlobs::open(&path, None).map_err(|err| e("reopening laptop attachments")(&err))?,
+        );
         Ok(())
     }
 

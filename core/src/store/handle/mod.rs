@@ -16,6 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
 
 use super::cache::DocCache;
+use super::cipher::DatabaseKey;
 use super::{
     DocEvent, Durability, OpenError, StoreError, StoreOptions, StoreTx, open_sqlite, schema,
 };
@@ -42,9 +43,16 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
-    open_sqlite(path, flags).map_err(|e| match e {
+fn open_conn(
+    path: &Path,
+    flags: OpenFlags,
+    key: Option<&DatabaseKey>,
+) -> Result<Connection, StoreError> {
+    open_sqlite(path, flags, key).map_err(|e| match e {
         OpenError::NotADatabase(e) => StoreError::NotADatabase(path.to_path_buf(), e.to_string()),
+        OpenError::Encrypted => StoreError::Encrypted(path.to_path_buf()),
+        OpenError::WrongKey => StoreError::WrongKey(path.to_path_buf()),
+        OpenError::NotEncrypted => StoreError::NotEncrypted(path.to_path_buf()),
         OpenError::Sqlite(e) => StoreError::Sqlite(e),
     })
 }
@@ -73,6 +81,7 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            opts.key.as_ref(),
         )?;
         schema::migrate(&mut conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -104,6 +113,7 @@ impl Store {
         let reader = open_conn(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            opts.key.as_ref(),
         )?;
         Ok(Self {
             conn,

@@ -81,11 +81,10 @@ fn readers(path: &Path) -> Pool<Connection> {
 }
 
 pub(super) fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, RelayStoreError> {
-    open_sqlite(path, flags).map_err(|e| match e {
-        OpenError::NotADatabase(e) => {
-            RelayStoreError::NotADatabase(path.to_path_buf(), e.to_string())
-        }
+    // The relay's files are plain: their protection is the server's disk, not a key.
+    open_sqlite(path, flags, None).map_err(|e| match e {
         OpenError::Sqlite(e) => RelayStoreError::Sqlite(e),
+        e => RelayStoreError::NotADatabase(path.to_path_buf(), e.to_string()),
     })
 }
 
