@@ -352,6 +352,14 @@ impl World {
                 device_id: Some(device_id),
                 actor_suffix: Some(rng.random()),
                 env: Arc::new(SeededEnv::new(rng.random(), EPOCH_MS)),
+                // Every other laptop keeps its replica encrypted (a key made from its device
+                // id, so the seed's random stream is the same either way).
+                key: (i % 2 == 1).then(|| {
+                    let mut k = [0u8; 32];
+                    k[..16].copy_from_slice(device_id.as_bytes());
+                    k[16..].copy_from_slice(device_id.as_bytes());
+                    fieldsync_core::store::cipher::DatabaseKey::from_bytes(k)
+                }),
             };
             let cfg = ClientConfig {
                 agent: "fieldsync-sim".into(),
