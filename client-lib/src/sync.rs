@@ -94,7 +94,7 @@ use tokio::task::JoinHandle;
 pub use backoff::{Backoff, BackoffConfig};
 pub use credential::{
     Credential, Enrolled, credential_path, enrol, enrol_replica, load_credential, read_credential,
-    write_credential,
+    save_credential, write_credential,
 };
 pub use fieldsync_core::protocol::EnrolToken;
 pub use tls::{Fingerprint, PinMismatch};

@@ -154,6 +154,25 @@ pub fn load_credential(client: &Client) -> Result<Option<String>, SyncError> {
         .and_then(|c| c.secret))
 }
 
+/// Stores `secret` as the confirmed credential of `client`'s replica (issued by IT without a
+/// token), in the credential file beside it, sealed when the replica is encrypted; returns
+/// the file.
+pub fn save_credential(
+    client: &Client,
+    secret: &str,
+    relay: Option<&str>,
+) -> Result<PathBuf, SyncError> {
+    let path = credential_path(client.path());
+    let cred = Credential {
+        device_id: client.device_id(),
+        secret: Some(secret.to_string()),
+        pending: None,
+        relay: relay.map(str::to_string),
+    };
+    write_credential(&path, &cred, client.key())?;
+    Ok(path)
+}
+
 /// What a successful enrolment granted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrolled {

@@ -468,25 +468,63 @@ pub fn encrypt(replica: &Path, p: &Protection) -> Result<DatabaseKey, VaultError
 pub fn rekey(replica: &Path, u: &Unlock, p: &Protection) -> Result<DatabaseKey, VaultError> {
     // Finishes an interrupted move first.
     let c = unlock(replica, u)?.ok_or(VaultError::NotEncrypted)?;
+    rekey_with_key(replica, &c, p)
+}
+
+/// [`rekey`] with the current key already opened.
+pub fn rekey_with_key(
+    replica: &Path,
+    c: &DatabaseKey,
+    p: &Protection,
+) -> Result<DatabaseKey, VaultError> {
     let _lock = lock(replica)?;
-    let path = key_file_path(replica);
-    let kf = KeyFile::read(&path)?.ok_or(VaultError::NotEncrypted)?;
+    let kf = settled_key_file(replica, c)?;
     let n = random_key()?;
-    let slot = new_slot(&n, p, Some(&c))?;
-    KeyFile::new(kf.key.clone(), Some(slot.clone())).write(&path)?;
-    finish_move(replica, kf.key.as_ref(), Some(&c), slot, &n)?;
+    let slot = new_slot(&n, p, Some(c))?;
+    KeyFile::new(kf.key.clone(), Some(slot.clone())).write(&key_file_path(replica))?;
+    finish_move(replica, kf.key.as_ref(), Some(c), slot, &n)?;
     Ok(n)
+}
+
+/// The key file of an encrypted replica that is not moving between keys, once `c` is proven
+/// to open its files (a wrong key must never be recorded as the one to move from).
+fn settled_key_file(replica: &Path, c: &DatabaseKey) -> Result<KeyFile, VaultError> {
+    let kf = KeyFile::read(&key_file_path(replica))?.ok_or(VaultError::NotEncrypted)?;
+    if kf.next.is_some() {
+        return Err(VaultError::KeyFile(
+            "a move to a new key was interrupted: open the replica once to finish it".into(),
+        ));
+    }
+    for db in database_files(replica) {
+        let state = cipher::file_state(&db)
+            .map_err(|e| VaultError::Io(format!("reading {}", db.display()), e))?;
+        if state != FileState::Missing && !opens_with(&db, Some(c)) {
+            return Err(VaultError::KeyFile(format!(
+                "{} does not open with the replica's key",
+                db.display()
+            )));
+        }
+    }
+    Ok(kf)
 }
 
 /// Protects the replica's data key (opened with `u`) by `p` instead of how it was protected:
 /// a new passphrase, adding or dropping the keyring. The files are not touched.
 pub fn protect(replica: &Path, u: &Unlock, p: &Protection) -> Result<(), VaultError> {
     let key = unlock(replica, u)?.ok_or(VaultError::NotEncrypted)?;
+    protect_with_key(replica, &key, p)
+}
+
+/// [`protect`] with the key already opened.
+pub fn protect_with_key(
+    replica: &Path,
+    key: &DatabaseKey,
+    p: &Protection,
+) -> Result<(), VaultError> {
     let _lock = lock(replica)?;
-    let path = key_file_path(replica);
-    let kf = KeyFile::read(&path)?.ok_or(VaultError::NotEncrypted)?;
-    let slot = new_slot(&key, p, None)?;
-    KeyFile::new(Some(slot), None).write(&path)?;
+    let kf = settled_key_file(replica, key)?;
+    let slot = new_slot(key, p, None)?;
+    KeyFile::new(Some(slot), None).write(&key_file_path(replica))?;
     if let Some(old) = &kf.key {
         drop_slot(old);
     }

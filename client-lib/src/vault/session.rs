@@ -26,7 +26,11 @@ mod imp {
             .map_err(|e| format!("the kernel keyring: {e}"))
     }
 
-    pub(crate) fn remember(slot_id: &str, key: &DatabaseKey, ttl: Duration) -> Result<(), VaultError> {
+    pub(crate) fn remember(
+        slot_id: &str,
+        key: &DatabaseKey,
+        ttl: Duration,
+    ) -> Result<(), VaultError> {
         let ring = ring().map_err(VaultError::Session)?;
         let k = ring
             .add_key(&description(slot_id), key.as_bytes())

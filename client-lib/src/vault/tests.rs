@@ -37,7 +37,13 @@ fn fill(replica: &Path, unlock: &Unlock) {
         .expect("create");
     client
         .attachments()
-        .attach_bytes(id, "notes.txt", None, b"Baotou Heavy Haulage site notes", "")
+        .attach_bytes(
+            id,
+            "notes.txt",
+            None,
+            b"Baotou Heavy Haulage site notes",
+            "",
+        )
         .expect("attach");
     let cred = Credential {
         device_id: client.device_id(),
@@ -56,7 +62,10 @@ fn check(replica: &Path, unlock: &Unlock) {
     assert_eq!(found[0].name, NAME);
     let att = client.attachments().list(found[0].id).expect("list");
     assert_eq!(att.len(), 1);
-    let bytes = client.attachments().read(att[0].attachment.hash).expect("read");
+    let bytes = client
+        .attachments()
+        .read(att[0].attachment.hash)
+        .expect("read");
     assert_eq!(bytes, b"Baotou Heavy Haulage site notes");
     let cred = read_credential(&credential_path(replica), client.key())
         .expect("credential")
@@ -335,9 +344,15 @@ fn an_unlocked_key_kept_for_the_session_opens_until_it_is_forgotten() {
         no_keyring: true,
         ..Unlock::default()
     };
-    assert!(matches!(unlock(&replica, &session_only), Err(VaultError::Locked)));
+    assert!(matches!(
+        unlock(&replica, &session_only),
+        Err(VaultError::Locked)
+    ));
     remember(&replica, &key, Duration::from_secs(60)).expect("remember");
     assert_eq!(unlock(&replica, &session_only).expect("unlock"), Some(key));
     forget(&replica).expect("forget");
-    assert!(matches!(unlock(&replica, &session_only), Err(VaultError::Locked)));
+    assert!(matches!(
+        unlock(&replica, &session_only),
+        Err(VaultError::Locked)
+    ));
 }

@@ -52,6 +52,16 @@ pub(super) enum Command {
     Attachment(AttachmentCmd),
     /// Exchange changes with the relay (once, or continuously with --watch)
     Sync(SyncArgs),
+    /// Encrypt the replica in place (its attachments and credential too), under a passphrase
+    /// and the OS keyring
+    Encrypt(KeyArgs),
+    /// Ask the passphrase once and keep the replica unlocked in this login session for a while
+    Unlock(UnlockArgs),
+    /// Forget the key kept by `fieldsync unlock`
+    Lock,
+    /// Move the replica to a new data key under a new passphrase (--keep-key: only a new
+    /// passphrase)
+    Rekey(RekeyArgs),
     /// Show the outbox, the quarantine, the last sync and whether the relay is reachable
     Status(JsonFlag),
     /// List local changes the relay refused (kept here, not sent again), with the reasons;
@@ -145,6 +155,12 @@ pub(super) struct InitArgs {
     /// relay requires one
     #[arg(long, env = "FIELDSYNC_CREDENTIAL", hide_env_values = true)]
     pub(super) credential: Option<String>,
+    /// Encrypt the replica at rest (a new one, or the existing one in place): the passphrase
+    /// from --passphrase-file, $FIELDSYNC_PASSPHRASE or the terminal, plus the OS keyring
+    #[arg(long)]
+    pub(super) encrypt: bool,
+    #[command(flatten)]
+    pub(super) keys: KeyArgs,
     /// Seconds to wait for the relay when enrolling with --token
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub(super) connect_timeout: u64,

@@ -12,11 +12,12 @@
 //! `args` is the command line; `setup` the data directory and `init`; `names` how records
 //! are named (id prefixes, customer names, short ids); `records` the customer, visit and
 //! quote commands; `attach_cmd` attachments; `sync_cmd` `sync`; `status` `status`, `quarantine`, `conflicts` and
-//! `resolve`. This file dispatches, writes completions and man pages, and holds the shared
+//! `resolve`; `keys_cmd` encryption at rest (`encrypt`, `unlock`, `lock`, `rekey`). This file dispatches, writes completions and man pages, and holds the shared
 //! formats.
 
 mod args;
 mod attach_cmd;
+mod keys_cmd;
 mod names;
 mod records;
 mod setup;
@@ -43,6 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use args::*;
 use attach_cmd::*;
+use keys_cmd::*;
 use names::*;
 use records::*;
 use setup::*;
@@ -128,6 +130,10 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Attachment(cmd) => return attachment(&dir, cmd),
         Command::Sync(args) => return sync_cmd(&dir, args),
         Command::Status(f) => status(&dir, f.json),
+        Command::Encrypt(keys) => encrypt_cmd(&dir, &keys),
+        Command::Unlock(args) => unlock_cmd(&dir, &args),
+        Command::Lock => lock_cmd(&dir),
+        Command::Rekey(args) => rekey_cmd(&dir, &args),
         Command::Quarantine(q) if q.retry => {
             retry_quarantined(&open(&dir)?, q.doc.as_deref(), q.json)
         }

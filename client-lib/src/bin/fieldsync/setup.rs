@@ -57,7 +57,7 @@ pub(super) fn open(dir: &Path) -> Result<Client> {
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     protect_data_dir(dir);
     let path = dir.join(REPLICA_FILE);
-    Client::open(&path).with_context(|| format!("cannot open the replica {}", path.display()))
+    open_replica(&path).with_context(|| format!("cannot open the replica {}", path.display()))
 }
 
 /// Makes the data directory readable by its owner only, with a warning, when it is fieldsync's
@@ -135,6 +135,14 @@ pub(super) fn save_config(dir: &Path, cfg: &FileConfig) -> Result<()> {
 }
 
 pub(super) fn init(dir: &Path, args: InitArgs) -> Result<()> {
+    if args.encrypt {
+        fsmode::create_private_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        let path = dir.join(REPLICA_FILE);
+        if !fieldsync_client::vault::is_encrypted(&path) {
+            encrypt_replica(&path, &args.keys, args.json)?;
+        }
+    }
     if let Some(token) = &args.token {
         return init_with_token(dir, token, &args);
     }
@@ -160,6 +168,13 @@ pub(super) fn init(dir: &Path, args: InitArgs) -> Result<()> {
     }
     let client = open(dir)?;
     let identity = save_identity(&client, &args, args.role.map_or(Role::Rep, Role::from))?;
+    let mut cfg = cfg;
+    // An encrypted replica keeps its credential sealed beside it, not in the plain config.
+    if client.is_encrypted()
+        && let Some(secret) = cfg.credential.take()
+    {
+        sync::save_credential(&client, &secret, Some(&cfg.relay))?;
+    }
     save_config(dir, &cfg)?;
     let device_id = client.device_id();
     if args.json {

@@ -8,6 +8,8 @@ pub(super) struct StatusOut {
     pub(super) device_id: uuid::Uuid,
     pub(super) data_dir: PathBuf,
     pub(super) identity: Option<Identity>,
+    /// How the replica is encrypted at rest (`null`: it is not).
+    pub(super) encryption: Option<fieldsync_client::vault::KeyInfo>,
     /// Local changes waiting for the relay.
     pub(super) outbox: u64,
     /// Documents those changes touch.
@@ -73,6 +75,7 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
         device_id: client.device_id(),
         data_dir: dir.to_path_buf(),
         identity: client.identity().ok(),
+        encryption: fieldsync_client::vault::key_info(client.path())?,
         outbox: outbox.changes,
         outbox_documents: outbox.documents,
         outbox_bytes: outbox.bytes,
@@ -103,6 +106,20 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
     }
     println!("Replica:    {}", dir.join(REPLICA_FILE).display());
     println!("Device id:  {}", out.device_id);
+    println!(
+        "Encryption: {}",
+        match &out.encryption {
+            None => "off (`fieldsync encrypt` encrypts the replica)".to_string(),
+            Some(k) => format!(
+                "on, opens with {}",
+                match (k.keyring, k.passphrase) {
+                    (true, true) => "the OS keyring or the passphrase",
+                    (true, false) => "the OS keyring",
+                    _ => "the passphrase",
+                }
+            ),
+        }
+    );
     println!(
         "Upload:     {} waiting ({}, {})",
         plural(out.outbox, "change"),
