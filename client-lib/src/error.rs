@@ -40,6 +40,18 @@ pub enum ClientError {
     /// The attachment store failed, or an attachment is not on this laptop.
     #[error(transparent)]
     Attachment(#[from] fieldsync_core::attachment::local::LocalBlobError),
+    /// The replica went longer without reaching the relay than IT's offline lease allows;
+    /// it opens again after a sync ([`crate::Client::open_for_renewal`]).
+    #[error(
+        "this laptop has not reached the relay for longer than its offline lease of {days} days allows (expired {} ago): connect and sync to open the replica again, or ask IT",
+        fieldsync_core::display::format_age(*ago)
+    )]
+    LeaseExpired {
+        /// The lease's length.
+        days: u32,
+        /// Milliseconds since it expired.
+        ago: i64,
+    },
     /// The replica's key: locked, a wrong passphrase, the keyring, moving files to a key.
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),

@@ -40,6 +40,7 @@
 mod attachments;
 mod customers;
 mod error;
+mod lease;
 mod quotes;
 mod rows;
 mod thumbnail;
@@ -68,6 +69,7 @@ pub use rows::{
 pub use visits::Visits;
 
 pub use fieldsync_core;
+pub use fieldsync_core::lease::{Lease, LeaseState};
 pub use fieldsync_core::model::{
     AddressInput, ContactInput, Customer, CustomerEdit, CustomerField, Document, Edit, EditCtx,
     EquipmentInput, LineInput, Money, NeedInput, NewCustomer, NewQuote, NewVisit, Quote, QuoteEdit,
@@ -83,6 +85,9 @@ use fieldsync_core::model::{self, ModelError};
 
 /// The store meta key under which the [`Identity`] is saved (JSON).
 pub const IDENTITY_META_KEY: &str = "identity";
+
+/// The replica metadata key of the offline lease ([`fieldsync_core::lease::Lease`], JSON).
+pub const LEASE_META_KEY: &str = "lease";
 
 /// Who edits through this replica: recorded as the author of every change and checked for
 /// role-owned fields (credit limit, owner, approvals, …).
@@ -220,6 +225,20 @@ impl Client {
     /// replica opens as with [`Client::open_with`]; a wrong passphrase is an error and changes
     /// nothing.
     pub fn open_unlocked(
+        path: impl AsRef<Path>,
+        opts: StoreOptions,
+        unlock: &vault::Unlock,
+    ) -> Result<Self, ClientError> {
+        let client = Self::open_for_renewal(path, opts, unlock)?;
+        client.check_lease()?;
+        Ok(client)
+    }
+
+    /// Opens the replica even when its offline lease expired ([`ClientError::LeaseExpired`]),
+    /// for one thing only: a sync with the relay, which renews the lease if the relay still
+    /// accepts this laptop (or carries out IT's wipe order if it does not). An app shows the
+    /// replica's data only through [`Client::open_unlocked`].
+    pub fn open_for_renewal(
         path: impl AsRef<Path>,
         mut opts: StoreOptions,
         unlock: &vault::Unlock,

@@ -81,8 +81,8 @@ use fieldsync_core::ids::{Millis, now_millis};
 use fieldsync_core::protocol::client::ClientConfig as SessionConfig;
 use fieldsync_core::protocol::messages::MAX_FIRST_CUSTOMERS;
 use fieldsync_core::protocol::{
-    ClientInput, ClientSession, ClientStep, CodecError, Message, SessionError, SessionStats,
-    TimerConfig, codec,
+    ClientInput, ClientSession, ClientStep, CodecError, DevicePolicy, Message, SessionError,
+    SessionStats, TimerConfig, WipeOrder, WipeReport, codec,
 };
 use fieldsync_core::store::{Origin, Store, StoreError};
 use fieldsync_core::{DocId, DocKind, Role};
@@ -412,6 +412,10 @@ struct Step {
     quarantined: Vec<(String, String)>,
     /// What the step's message meant in documents: see [`Seen`].
     seen: Seen,
+    /// The relay's standing orders, once they arrived (protocol 7), with its clock.
+    policy: Option<(DevicePolicy, i64)>,
+    /// Every upload sent in this session was answered.
+    uploads_answered: bool,
 }
 
 /// What one message from the relay meant in documents, for the report's domain counts:
@@ -587,6 +591,10 @@ struct Run {
     relay_restored: bool,
     /// What the attachment transfers moved.
     transfers: Arc<attachments::TransferStats>,
+    /// The relay's orders of this connection were acted on (lease recorded).
+    policy_seen: bool,
+    /// IT ordered this laptop wiped: carried out once the order's condition holds.
+    wipe: Option<WipeOrder>,
 }
 
 impl Run {
@@ -617,6 +625,8 @@ impl Run {
             received: BTreeMap::new(),
             relay_restored: false,
             transfers: Arc::default(),
+            policy_seen: false,
+            wipe: None,
         }
     }
 
@@ -679,6 +689,8 @@ impl Run {
                 Ok(Step {
                     seen,
                     core,
+                    policy: session.policy().cloned(),
+                    uploads_answered: session.uploads_answered(),
                     stats: session.stats().clone(),
                     grant: session.grant().map(|(s, r)| (s.to_vec(), r)),
                     quarantined: session
@@ -835,6 +847,26 @@ impl Run {
                 return Ok(End::Reconnect);
             }
             self.grant = step.grant;
+            if let Some((policy, relay_time)) = step.policy.clone()
+                && !self.policy_seen
+            {
+                self.policy_seen = true;
+                self.wipe = policy.wipe;
+                if policy.wipe.is_none() {
+                    // Accepted by the relay: the offline lease starts again.
+                    let client = self.client.clone();
+                    let days = policy.lease_days;
+                    tokio::task::spawn_blocking(move || client.record_contact(days, relay_time))
+                        .await
+                        .map_err(|e| SyncError::Task(e.to_string()))??;
+                }
+            }
+            if let Some(order) = self.wipe
+                && (order == WipeOrder::Now
+                    || (step.uploads_answered && nothing_to_upload(&self.client).await?))
+            {
+                return Err(wipe_and_report(&self.client, link).await);
+            }
             if let Some(end) = self.spend(matches!(until, Until::Synced)) {
                 return Ok(end);
             }
@@ -868,6 +900,68 @@ impl Run {
             }
         }
     }
+}
+
+/// Whether every local change and attachment has reached the relay (what a wipe after
+/// upload waits for; refused ones never will and go with the replica).
+async fn nothing_to_upload(client: &Client) -> Result<bool, SyncError> {
+    let client = client.clone();
+    tokio::task::spawn_blocking(move || -> Result<bool, ClientError> {
+        let attachments_waiting = client
+            .attachments()
+            .stored()?
+            .iter()
+            .any(|b| b.upload_pending() && !b.stopped);
+        Ok(client.outbox_len()? == 0 && !attachments_waiting)
+    })
+    .await
+    .map_err(|e| SyncError::Task(e.to_string()))?
+    .map_err(SyncError::Client)
+}
+
+/// Carries out IT's wipe order: destroys the replica's keys and then its files
+/// ([`crate::vault::shred`]), tells the relay what was destroyed, and waits (briefly) for the
+/// relay to record it and close. Returns the error that ends every sync of this replica.
+async fn wipe_and_report(client: &Client, link: &mut Link) -> SyncError {
+    let c = client.clone();
+    let shredded = tokio::task::spawn_blocking(move || {
+        let unsent_attachments = c.attachments().waiting().map_or(0, |w| w.upload_files);
+        c.with_store(|store| -> Result<WipeReport, String> {
+            let unsent_changes = store
+                .outbox_summary()
+                .map(|o| o.changes)
+                .unwrap_or(0)
+                .saturating_add(store.quarantine().map(|q| q.len() as u64).unwrap_or(0));
+            let path = store.path().to_path_buf();
+            let done = crate::vault::shred(&path).map_err(|e| e.to_string())?;
+            Ok(WipeReport {
+                keys_destroyed: done.keys_destroyed,
+                files_removed: done.files_removed,
+                unsent_changes,
+                unsent_attachments,
+            })
+        })
+    })
+    .await;
+    let report = match shredded {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return SyncError::Io(format!("carrying out the wipe order: {e}")),
+        Err(e) => return SyncError::Task(e.to_string()),
+    };
+    tracing::warn!(?report, "wiped this laptop's replica at IT's request");
+    if link
+        .send(&Message::Wiped {
+            report: report.clone(),
+        })
+        .is_ok()
+    {
+        // The relay closes the connection once it recorded the acknowledgement.
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(_)) = link.inbound.recv().await {}
+        })
+        .await;
+    }
+    SyncError::Wiped(report)
 }
 
 /// QUIC application close code for a connection given up after an error.

@@ -43,6 +43,22 @@ pub fn format_bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
+/// A span of milliseconds for people, in its largest whole unit: `3 days`, `5 hours`,
+/// `12 minutes`, `40 seconds`.
+pub fn format_age(ms: Millis) -> String {
+    let s = ms.max(0) / 1000;
+    let (n, unit) = if s >= 86_400 {
+        (s / 86_400, "day")
+    } else if s >= 3600 {
+        (s / 3600, "hour")
+    } else if s >= 60 {
+        (s / 60, "minute")
+    } else {
+        (s, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

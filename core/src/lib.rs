@@ -88,6 +88,7 @@ pub mod display;
 pub mod env;
 pub mod fsmode;
 pub mod ids;
+pub mod lease;
 pub mod model;
 pub mod protocol;
 pub mod store;

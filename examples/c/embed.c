@@ -95,5 +95,32 @@ int main(int argc, char **argv) {
     fs_string_free(quote);
     fs_string_free(id);
     fs_close(c);
+
+    /* A laptop that travels keeps its replica encrypted: created under a passphrase (and the
+     * OS keyring where there is one), opened only with it. */
+    char secret_path[512];
+    snprintf(secret_path, sizeof secret_path, "%s.encrypted.db", path);
+    FsClient *e = fs_open_encrypted(secret_path, "a long passphrase");
+    if (!e) return fail("fs_open_encrypted (new)");
+    char *eid = fs_create(e, "customer", "{\"scope\":\"north-mines\",\"name\":\"Erdos Drilling\"}");
+    if (!eid) return fail("fs_create (encrypted)");
+    fs_string_free(eid);
+    fs_close(e);
+    if (fs_open_encrypted(secret_path, "not the passphrase") != NULL)
+        return fail("refusing a wrong passphrase");
+    printf("wrong passphrase refused: %s\n", fs_last_error());
+    if (fs_change_passphrase(secret_path, "a long passphrase", "a new long passphrase") != 0)
+        return fail("fs_change_passphrase");
+    e = fs_open_encrypted(secret_path, "a new long passphrase");
+    if (!e) return fail("fs_open_encrypted (new passphrase)");
+    char *erows = fs_query(e, "SELECT name FROM customers");
+    if (!erows) return fail("fs_query (encrypted)");
+    printf("encrypted customers: %s\n", erows);
+    char *lease = fs_lease(e);
+    if (!lease) return fail("fs_lease");
+    printf("offline lease: %s\n", lease);
+    fs_string_free(lease);
+    fs_string_free(erows);
+    fs_close(e);
     return 0;
 }

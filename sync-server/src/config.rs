@@ -3,6 +3,7 @@
 
 use fieldsync_core::attachment::entry::MAX_ATTACHMENT_BYTES;
 use fieldsync_core::attachment::relay::BlobLimits;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -143,6 +144,14 @@ pub struct RelayConfig {
     /// Bytes of changes one device may store per UTC day. 0: no limit. Default: 268435456
     /// (256 MiB).
     pub quota_bytes_per_day: u64,
+    /// Days a laptop's replica may go without contacting the relay before it refuses to open
+    /// (the offline lease, sent to laptops of protocol 7 at each connection), for devices
+    /// whose role is not in `offline_lease_days_by_role` and that have no lease of their own
+    /// (`device lease`). 0: no lease. Default: 0 (range 0 – 3650).
+    pub offline_lease_days: u32,
+    /// The offline lease per role (`rep`, `manager`, `director`, `admin`), in place of
+    /// `offline_lease_days`; 0: no lease for that role. Default: empty.
+    pub offline_lease_days_by_role: BTreeMap<String, u32>,
     /// Largest attachment (photo, signed PDF) the relay accepts, in bytes; a larger one is
     /// refused for good, with this limit in the reason. Default: 26214400 (25 MiB; range
     /// 64 KiB – 4 GiB).
@@ -223,6 +232,8 @@ impl Default for RelayConfig {
             move_grace_days: 30,
             quota_new_documents_per_day: crate::store::Quota::default().new_documents_per_day,
             quota_bytes_per_day: crate::store::Quota::default().bytes_per_day,
+            offline_lease_days: 0,
+            offline_lease_days_by_role: BTreeMap::new(),
             attachment_max_file_bytes: BlobLimits::default().max_file_bytes,
             attachment_quota_bytes: BlobLimits::default().device_quota_bytes,
             log_level: "info".to_string(),
@@ -332,6 +343,27 @@ impl RelayConfig {
                 format!("{} is outside 0..=3650", self.move_grace_days),
             );
         }
+        let max_lease = crate::store::MAX_LEASE_DAYS;
+        if self.offline_lease_days > max_lease {
+            return bad(
+                "offline_lease_days",
+                format!("{} is outside 0..={max_lease}", self.offline_lease_days),
+            );
+        }
+        for (role, days) in &self.offline_lease_days_by_role {
+            if Role::parse(role).is_none() {
+                return bad(
+                    "offline_lease_days_by_role",
+                    format!("{role:?} is not a role (rep, manager, director, admin)"),
+                );
+            }
+            if *days > max_lease {
+                return bad(
+                    "offline_lease_days_by_role",
+                    format!("{role}: {days} is outside 0..={max_lease}"),
+                );
+            }
+        }
         if let Some(url) = &self.database
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -402,6 +434,15 @@ impl RelayConfig {
                 bytes_per_day: self.quota_bytes_per_day,
             },
             db_max_connections: self.database_max_connections,
+            offline_lease: crate::store::OfflineLease {
+                days: self.offline_lease_days,
+                // Checked by `validate`.
+                by_role: self
+                    .offline_lease_days_by_role
+                    .iter()
+                    .filter_map(|(role, days)| Some((Role::parse(role)?, *days)))
+                    .collect(),
+            },
             ..crate::store::RelayStoreOptions::default()
         }
     }
@@ -559,6 +600,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("metrics_token"), "{e}");
+    }
+
+    #[test]
+    fn offline_leases_are_read_and_checked() {
+        let cfg = RelayConfig::from_toml_str(
+            "offline_lease_days = 30\n[offline_lease_days_by_role]\nrep = 14\nadmin = 0\n",
+        )
+        .unwrap();
+        let lease = cfg.store_options().offline_lease;
+        assert_eq!(lease.days, 30);
+        assert_eq!(lease.days_for(Role::Rep), 14);
+        assert_eq!(lease.days_for(Role::Admin), 0);
+        assert_eq!(lease.days_for(Role::Manager), 30);
+        let text = toml::to_string(&cfg).unwrap();
+        assert_eq!(RelayConfig::from_toml_str(&text).unwrap(), cfg, "{text}");
+        let e = RelayConfig::from_toml_str("[offline_lease_days_by_role]\nboss = 3\n").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "offline_lease_days_by_role",
+                    ..
+                }
+            ) && e.to_string().contains("boss"),
+            "{e}"
+        );
+        let e = RelayConfig::from_toml_str("offline_lease_days = 4000").unwrap_err();
+        assert!(e.to_string().contains("offline_lease_days"), "{e}");
+        let e =
+            RelayConfig::from_toml_str("[offline_lease_days_by_role]\nrep = 4000\n").unwrap_err();
+        assert!(e.to_string().contains("offline_lease_days_by_role"), "{e}");
+        assert!(RelayConfig::from_toml_str("offline_lease_days = -1").is_err());
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub mod tls;
 pub use config::{ConfigError, LogFormat, RelayConfig};
 pub use server::{Relay, serve};
 pub use store::{
-    AuditQuery, AuditRecord, DeviceOutbox, DeviceRecord, Enrolment, EnrolmentRecord, OpenEnrolment,
-    PgRelayStore, RelayStatus, RelayStore, RelayStoreError, RelayStoreOptions, Revoked,
-    SqliteRelayStore,
+    AuditQuery, AuditRecord, DeviceEvent, DeviceOutbox, DeviceRecord, Enrolment, EnrolmentRecord,
+    OfflineLease, OpenEnrolment, PgRelayStore, RelayStatus, RelayStore, RelayStoreError,
+    RelayStoreOptions, Revoked, SqliteRelayStore,
 };

@@ -774,7 +774,12 @@ impl Link {
         };
         let running = self.blob_stream.as_ref().is_some_and(|t| !t.is_finished());
         let device = session.device().cloned();
-        let (Some(device), false, true) = (device, running, session.version() >= 6) else {
+        let wiping = session.wiping();
+        // A laptop told to wipe now gets no attachment stream; one wiping after its uploads
+        // may only upload.
+        let refused = wiping == Some(fieldsync_core::protocol::WipeOrder::Now);
+        let (Some(device), false, true, false) = (device, running, session.version() >= 6, refused)
+        else {
             debug!(remote = %self.remote, "refusing an extra stream");
             let _ = send.reset(VarInt::from_u32(CLOSE_PROTOCOL));
             let _ = recv.stop(VarInt::from_u32(CLOSE_PROTOCOL));
@@ -783,7 +788,11 @@ impl Link {
         let link = crate::attachments::BlobLink {
             send,
             recv,
-            session: BlobSession::new(device, self.blob_limits),
+            session: if wiping.is_some() {
+                BlobSession::new(device, self.blob_limits).uploads_only()
+            } else {
+                BlobSession::new(device, self.blob_limits)
+            },
             blobs: self.blobs.clone(),
             decode_budget: self.decode_budget.clone(),
             metrics: self.metrics.clone(),

@@ -1,6 +1,6 @@
 //! Devices over real QUIC on 127.0.0.1, with raw protocol clients (to send what a
 //! well-behaved client never would) and the `fieldsync-relay` binary run as a separate process
-//! on the running relay's data directory (`device enroll|list|revoke`, `audit`).
+//! on the running relay's data directory (`device enroll|list|revoke|lease`, `audit`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,7 +11,8 @@ use fieldsync_core::model::{EditCtx, NewCustomer, create_customer};
 use fieldsync_core::protocol::codec::{check_len, decode, encode};
 use fieldsync_core::protocol::messages::MAGIC;
 use fieldsync_core::protocol::{
-    Cursor, EnrolToken, ErrorCode, Message, PROTOCOL_VERSION, UploadChange,
+    Cursor, DevicePolicy, EnrolToken, ErrorCode, Message, PROTOCOL_VERSION, UploadChange,
+    WipeOrder, WipeReport,
 };
 use fieldsync_core::store::Store;
 use fieldsync_core::{DocId, Role};
@@ -86,7 +87,16 @@ impl Raw {
             agent: "devices-test".into(),
         })
         .await;
-        self.recv().await.expect("an answer to Hello")
+        let answer = self.recv().await.expect("an answer to Hello");
+        if matches!(answer, Message::Welcome { .. }) {
+            // Protocol 7: the device's standing orders follow the Welcome.
+            let policy = self.recv().await;
+            assert!(
+                matches!(policy, Some(Message::Policy { .. })),
+                "expected Policy, got {policy:?}"
+            );
+        }
+        answer
     }
 }
 
@@ -306,6 +316,7 @@ async fn the_cli_enrols_lists_audits_and_revokes_while_the_relay_runs() {
     else {
         panic!("enrolment refused")
     };
+    assert!(matches!(raw.recv().await, Some(Message::Policy { .. })));
     assert_eq!(role, Role::Rep);
     assert_eq!(scopes, vec!["north-mines", "north-coal"]);
     let id = new_customer(&mut store, "Baotou Mining", "north-mines");
@@ -454,5 +465,266 @@ async fn the_cli_enrols_lists_audits_and_revokes_while_the_relay_runs() {
     assert!(!out.status.success(), "nothing left to revoke");
     let text = cli_ok(&data, &["device", "list"]);
     assert!(text.contains("revoked"), "{text}");
+    relay.shutdown().await.unwrap();
+}
+
+/// Redeems `token` for a new laptop over a raw connection; returns its replica, credential
+/// and the policy the relay sent after the Welcome.
+async fn enrolled_laptop(
+    dir: &Path,
+    name: &str,
+    addr: SocketAddr,
+    token: &EnrolToken,
+) -> (Store, String, Raw, DevicePolicy) {
+    let store = Store::open(dir.join(format!("{name}.db"))).unwrap();
+    let credential = "ab".repeat(32);
+    let mut raw = Raw::connect(addr, &token.pin).await;
+    raw.send(&Message::Enrol {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        device_id: store.device_id(),
+        token: token.secret.clone(),
+        credential: credential.clone(),
+        agent: "devices-test".into(),
+    })
+    .await;
+    assert!(matches!(raw.recv().await, Some(Message::Welcome { .. })));
+    let Some(Message::Policy { policy, .. }) = raw.recv().await else {
+        panic!("no policy after the Welcome")
+    };
+    (store, credential, raw, policy)
+}
+
+/// A Hello answered by a Welcome and the device's policy.
+async fn policy_at_hello(raw: &mut Raw, device_id: Uuid, credential: &str) -> DevicePolicy {
+    raw.send(&Message::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        device_id,
+        credential: Some(credential.to_string()),
+        agent: "devices-test".into(),
+    })
+    .await;
+    assert!(matches!(raw.recv().await, Some(Message::Welcome { .. })));
+    match raw.recv().await {
+        Some(Message::Policy { policy, .. }) => policy,
+        other => panic!("expected Policy, got {other:?}"),
+    }
+}
+
+fn token_of(printed: &str) -> EnrolToken {
+    printed.lines().last().unwrap().parse().unwrap()
+}
+
+/// IT sets a laptop's lease and orders it wiped from another process: the laptop hears both
+/// at its next connection; wiped after upload, its last changes are still stored; wiped now,
+/// nothing more is; each wipe it reports revokes it for good, and `audit --devices` shows the
+/// orders and reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_orders_wipes_and_leases_that_laptops_hear_at_their_next_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let relay = Relay::start(RelayConfig {
+        data_dir: data.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        offline_lease_days_by_role: [("rep".to_string(), 14)].into_iter().collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let addr = relay.local_addr().to_string();
+    let enrol = |name: &str| {
+        token_of(&cli_ok(
+            &data,
+            &[
+                "device",
+                "enroll",
+                "--name",
+                name,
+                "--role",
+                "rep",
+                "--scope",
+                "north",
+                "--relay-addr",
+                &addr,
+            ],
+        ))
+    };
+    let token = enrol("Li Wei laptop");
+    let (mut store, credential, mut raw, policy) =
+        enrolled_laptop(dir.path(), "li", relay.local_addr(), &token).await;
+    assert_eq!(
+        policy,
+        DevicePolicy {
+            wipe: None,
+            lease_days: Some(14)
+        },
+        "the rep role's lease"
+    );
+    let id = store.device_id();
+    new_customer(&mut store, "Baotou Mining", "north");
+    raw.send(&Message::Upload {
+        batch: 1,
+        changes: outbox(&store),
+    })
+    .await;
+    assert!(
+        matches!(raw.recv().await, Some(Message::UploadAck { rejected, .. }) if rejected.is_empty())
+    );
+    drop(raw);
+
+    let out = cli_ok(&data, &["device", "lease", "Li Wei laptop", "--days", "9"]);
+    assert!(out.contains("9 d (own)"), "{out}");
+    let out = cli_ok(
+        &data,
+        &["device", "revoke", "Li Wei laptop", "--wipe-after-upload"],
+    );
+    assert!(
+        out.contains(&id.to_string()) && out.contains("after upload"),
+        "{out}"
+    );
+    let text = cli_ok(&data, &["device", "list"]);
+    assert!(text.contains("ordered after upload"), "{text}");
+
+    // The laptop hears both, uploads what it still holds, and reports the wipe.
+    let mut raw = Raw::connect(relay.local_addr(), &token.pin).await;
+    assert_eq!(
+        policy_at_hello(&mut raw, id, &credential).await,
+        DevicePolicy {
+            wipe: Some(WipeOrder::AfterUpload),
+            lease_days: Some(9)
+        }
+    );
+    new_customer(&mut store, "Last Co", "north");
+    raw.send(&Message::Upload {
+        batch: 2,
+        changes: outbox(&store),
+    })
+    .await;
+    match raw.recv().await {
+        Some(Message::UploadAck {
+            accepted, rejected, ..
+        }) => assert_eq!((accepted.len(), rejected.len()), (2, 0)),
+        other => panic!("expected UploadAck, got {other:?}"),
+    }
+    let report = WipeReport {
+        keys_destroyed: true,
+        files_removed: 5,
+        unsent_changes: 0,
+        unsent_attachments: 0,
+    };
+    raw.send(&Message::Wiped {
+        report: report.clone(),
+    })
+    .await;
+    assert_eq!(raw.recv().await, None, "the relay closes after the report");
+    assert_eq!(relay.store().status().unwrap().changes, 2);
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli_ok(&data, &["device", "list", "--json"])).unwrap();
+    let dev = &listed["devices"][0];
+    assert_eq!(dev["wipe"], "after_upload", "{dev}");
+    assert!(dev["wiped_at"].as_i64().is_some(), "{dev}");
+    assert!(dev["revoked_at"].as_i64().is_some(), "{dev}");
+    assert_eq!(dev["lease_days"], 9);
+    let text = cli_ok(&data, &["device", "list"]);
+    assert!(text.contains("wiped 20"), "{text}");
+    let mut again = Raw::connect(relay.local_addr(), &token.pin).await;
+    assert!(matches!(
+        again.hello(id, Some(credential.clone())).await,
+        Message::Error {
+            code: ErrorCode::Unauthorized,
+            ..
+        }
+    ));
+    let out = relay_cli(&data, &["device", "revoke", "Li Wei laptop", "--wipe"]);
+    assert!(!out.status.success(), "wiped already: {out:?}");
+
+    // A wipe now: the open connection is closed, and the next one hears the order and
+    // nothing else.
+    let token = enrol("Ann laptop");
+    let (mut ann, ann_credential, mut raw, _) =
+        enrolled_laptop(dir.path(), "ann", relay.local_addr(), &token).await;
+    let out = cli_ok(&data, &["device", "revoke", "Ann laptop", "--wipe"]);
+    assert!(out.contains("ordered it wiped"), "{out}");
+    assert!(matches!(
+        raw.recv_within(Duration::from_secs(5)).await,
+        Some(Message::Error {
+            code: ErrorCode::Unauthorized,
+            ..
+        })
+    ));
+    let mut raw = Raw::connect(relay.local_addr(), &token.pin).await;
+    assert_eq!(
+        policy_at_hello(&mut raw, ann.device_id(), &ann_credential)
+            .await
+            .wipe,
+        Some(WipeOrder::Now)
+    );
+    new_customer(&mut ann, "Too Late Co", "north");
+    raw.send(&Message::Upload {
+        batch: 1,
+        changes: outbox(&ann),
+    })
+    .await;
+    raw.send(&Message::Wiped {
+        report: WipeReport {
+            unsent_changes: 1,
+            ..WipeReport::default()
+        },
+    })
+    .await;
+    assert_eq!(raw.recv().await, None, "no answer to the upload; closed");
+    assert_eq!(relay.store().status().unwrap().changes, 2, "nothing stored");
+
+    // The trail of device events, oldest first, with the laptops' reports.
+    let events: serde_json::Value =
+        serde_json::from_str(&cli_ok(&data, &["audit", "--devices", "--json"])).unwrap();
+    let got: Vec<(String, String)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["device_name"].as_str().unwrap().to_string(),
+                e["event"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("Li Wei laptop", "lease_set"),
+        ("Li Wei laptop", "wipe_ordered"),
+        ("Li Wei laptop", "wiped"),
+        ("Ann laptop", "wipe_ordered"),
+        ("Ann laptop", "wiped"),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(a, b)| (a.to_string(), b.to_string())),
+        "{events}"
+    );
+    assert_eq!(events[2]["detail"], serde_json::to_value(&report).unwrap());
+    assert_eq!(events[1]["detail"]["mode"], "after_upload");
+    assert_eq!(events[0]["detail"]["days"], 9);
+    let ann_only: serde_json::Value = serde_json::from_str(&cli_ok(
+        &data,
+        &[
+            "audit",
+            "--devices",
+            "--device",
+            "Ann laptop",
+            "--limit",
+            "1",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(ann_only.as_array().unwrap().len(), 1);
+    assert_eq!(ann_only[0]["event"], "wiped");
+    let text = cli_ok(&data, &["audit", "--devices"]);
+    assert!(
+        text.contains("wipe_ordered") && text.contains("{\"mode\":\"now\"}"),
+        "{text}"
+    );
     relay.shutdown().await.unwrap();
 }

@@ -81,7 +81,16 @@ impl Client {
             agent: "quic-test".into(),
         })
         .await;
-        self.recv().await.expect("an answer to Hello")
+        let answer = self.recv().await.expect("an answer to Hello");
+        if matches!(answer, Message::Welcome { .. }) {
+            // Protocol 7: the device's standing orders follow the Welcome.
+            let policy = self.recv().await;
+            assert!(
+                matches!(policy, Some(Message::Policy { .. })),
+                "expected Policy, got {policy:?}"
+            );
+        }
+        answer
     }
 }
 

@@ -56,7 +56,9 @@ impl RawConn {
     }
 
     /// Says `Hello` as `device_id` without a credential (an open relay admits it) and returns
-    /// the answer, `None` if the relay closed without one.
+    /// the answer, `None` if the relay closed without one. The `Policy` that follows a
+    /// `Welcome` (protocol 7) is read too, so the next message is the answer to what is sent
+    /// next.
     pub async fn hello(&mut self, device_id: Uuid) -> Option<Message> {
         let hello = Message::Hello {
             magic: MAGIC,
@@ -66,7 +68,15 @@ impl RawConn {
             agent: "hostile".into(),
         };
         self.send(&hello).await.ok()?;
-        self.next().await
+        let answer = self.next().await;
+        if matches!(answer, Some(Message::Welcome { .. })) {
+            let policy = self.next().await;
+            assert!(
+                matches!(policy, Some(Message::Policy { .. })),
+                "a Policy follows the Welcome: {policy:?}"
+            );
+        }
+        answer
     }
 
     /// The next message, or `None` once the relay closed the stream or the connection.

@@ -248,7 +248,11 @@ impl Laptop {
             agent: "attachments-hostile".into(),
         };
         match c.doc.ask(&hello).await {
-            Message::Welcome { .. } => c,
+            Message::Welcome { .. } => {
+                let policy = c.doc.next().await;
+                assert!(matches!(policy, Some(Message::Policy { .. })), "{policy:?}");
+                c
+            }
             other => panic!("{}: Hello refused: {other:?}", self.name),
         }
     }

@@ -1417,7 +1417,13 @@ impl Raw {
             agent: "trust-test".into(),
         })
         .await;
-        self.recv().await
+        let answer = self.recv().await;
+        if matches!(answer, Message::Welcome { .. }) {
+            // The device's orders follow the Welcome (protocol 7).
+            let policy = self.recv().await;
+            assert!(matches!(policy, Message::Policy { .. }), "{policy:?}");
+        }
+        answer
     }
 
     /// Uploads `changes` as batch `batch`; returns the hashes accepted and the refusals.

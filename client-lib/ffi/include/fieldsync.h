@@ -28,6 +28,41 @@ const char *fs_last_error(void);
 // `path` is a valid NUL-terminated UTF-8 string.
 struct FsClient *fs_open(const char *path);
 
+// Opens an encrypted replica at `path`, unlocking its key with `passphrase` (NULL: only the
+// OS keyring or a key kept by `fieldsync unlock`). A replica that does not exist yet is
+// created encrypted under `passphrase` (and the OS keyring where there is one). A plain
+// replica is refused (`fs_encrypt` encrypts it). Returns NULL on error: a wrong passphrase, a
+// locked replica, an expired offline lease (see `fs_last_error`); nothing is changed then.
+//
+// # Safety
+// `path` is a valid NUL-terminated UTF-8 string; `passphrase` is NULL or one.
+struct FsClient *fs_open_encrypted(const char *path, const char *passphrase);
+
+// Encrypts the plain replica at `path` in place (its attachments and credential too) under
+// `passphrase`, and the OS keyring where there is one. The replica must not be open. A crash
+// during the encryption loses nothing: the next open finishes it. Returns 0, or -1 on error.
+//
+// # Safety
+// `path` and `passphrase` are valid NUL-terminated UTF-8 strings.
+int32_t fs_encrypt(const char *path, const char *passphrase);
+
+// Changes the passphrase of the encrypted replica at `path` (the data key stays; the files
+// are not rewritten). The replica must not be open. Returns 0, or -1 on error (a wrong
+// `old_passphrase` changes nothing).
+//
+// # Safety
+// `path`, `old_passphrase` and `new_passphrase` are valid NUL-terminated UTF-8 strings.
+int32_t fs_change_passphrase(const char *path,
+                             const char *old_passphrase,
+                             const char *new_passphrase);
+
+// The replica's offline lease as JSON: `null` when IT set none, else `{"days", "state":
+// "valid", "left"}` or `{"days", "state": "expired", "ago"}` (milliseconds). NULL on error.
+//
+// # Safety
+// `client` is a live handle.
+char *fs_lease(const struct FsClient *client);
+
 // Closes a replica opened with `fs_open`. NULL is ignored.
 //
 // # Safety

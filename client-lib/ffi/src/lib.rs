@@ -16,7 +16,7 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use fieldsync_client::sync::{SyncConfig, sync_now};
-use fieldsync_client::{Client, DocId, Edit, NewCustomer, NewQuote, NewVisit};
+use fieldsync_client::{Client, DocId, Edit, NewCustomer, NewQuote, NewVisit, StoreOptions, vault};
 
 /// An open replica. Create with `fs_open`, release with `fs_close`. A handle may be used from
 /// several threads; calls are serialised inside.
@@ -107,6 +107,149 @@ pub unsafe extern "C" fn fs_open(path: *const c_char) -> *mut FsClient {
         let path = unsafe { arg(path, "path") }?;
         let client = Client::open(path).map_err(|e| e.to_string())?;
         Ok(Box::into_raw(Box::new(FsClient { client })))
+    })
+}
+
+fn passphrase_arg(p: *const c_char) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: the callers forward a pointer their caller promised valid.
+    let s = unsafe { arg(p, "passphrase") }?;
+    Ok(Some(zeroize::Zeroizing::new(s.to_string())))
+}
+
+/// Opens an encrypted replica at `path`, unlocking its key with `passphrase` (NULL: only the
+/// OS keyring or a key kept by `fieldsync unlock`). A replica that does not exist yet is
+/// created encrypted under `passphrase` (and the OS keyring where there is one). A plain
+/// replica is refused (`fs_encrypt` encrypts it). Returns NULL on error: a wrong passphrase, a
+/// locked replica, an expired offline lease (see `fs_last_error`); nothing is changed then.
+///
+/// # Safety
+/// `path` is a valid NUL-terminated UTF-8 string; `passphrase` is NULL or one.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_open_encrypted(
+    path: *const c_char,
+    passphrase: *const c_char,
+) -> *mut FsClient {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let path = std::path::Path::new(unsafe { arg(path, "path") }?);
+        let passphrase = passphrase_arg(passphrase)?;
+        if !vault::is_encrypted(path) {
+            if path.exists() {
+                return Err(format!(
+                    "{} is not encrypted: fs_encrypt encrypts it first",
+                    path.display()
+                ));
+            }
+            let Some(p) = passphrase.clone() else {
+                return Err("a new encrypted replica needs a passphrase".into());
+            };
+            encrypt_with_keyring_if_any(path, p)?;
+        }
+        let unlock = vault::Unlock {
+            passphrase,
+            ..vault::Unlock::default()
+        };
+        let client = Client::open_unlocked(path, StoreOptions::default(), &unlock)
+            .map_err(|e| e.to_string())?;
+        Ok(Box::into_raw(Box::new(FsClient { client })))
+    })
+}
+
+/// Encrypts `path` under `passphrase`, with the OS keyring as well where there is one.
+fn encrypt_with_keyring_if_any(
+    path: &std::path::Path,
+    passphrase: zeroize::Zeroizing<String>,
+) -> Result<(), String> {
+    let mut protection = vault::Protection {
+        passphrase: Some(passphrase),
+        keyring: true,
+    };
+    match vault::encrypt(path, &protection) {
+        Err(vault::VaultError::Keyring(_)) => {
+            protection.keyring = false;
+            vault::encrypt(path, &protection).map(|_| ())
+        }
+        r => r.map(|_| ()),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Encrypts the plain replica at `path` in place (its attachments and credential too) under
+/// `passphrase`, and the OS keyring where there is one. The replica must not be open. A crash
+/// during the encryption loses nothing: the next open finishes it. Returns 0, or -1 on error.
+///
+/// # Safety
+/// `path` and `passphrase` are valid NUL-terminated UTF-8 strings.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_encrypt(path: *const c_char, passphrase: *const c_char) -> i32 {
+    guard(-1, || {
+        // SAFETY: forwarded from the caller.
+        let path = std::path::Path::new(unsafe { arg(path, "path") }?);
+        let p = passphrase_arg(passphrase)?.ok_or("passphrase is NULL")?;
+        encrypt_with_keyring_if_any(path, p)?;
+        Ok(0)
+    })
+}
+
+/// Changes the passphrase of the encrypted replica at `path` (the data key stays; the files
+/// are not rewritten). The replica must not be open. Returns 0, or -1 on error (a wrong
+/// `old_passphrase` changes nothing).
+///
+/// # Safety
+/// `path`, `old_passphrase` and `new_passphrase` are valid NUL-terminated UTF-8 strings.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_change_passphrase(
+    path: *const c_char,
+    old_passphrase: *const c_char,
+    new_passphrase: *const c_char,
+) -> i32 {
+    guard(-1, || {
+        // SAFETY: forwarded from the caller.
+        let path = std::path::Path::new(unsafe { arg(path, "path") }?);
+        let old = passphrase_arg(old_passphrase)?.ok_or("old_passphrase is NULL")?;
+        let new = passphrase_arg(new_passphrase)?.ok_or("new_passphrase is NULL")?;
+        let unlock = vault::Unlock {
+            passphrase: Some(old),
+            no_keyring: true,
+            no_session: true,
+        };
+        let keyring = vault::key_info(path)
+            .map_err(|e| e.to_string())?
+            .is_some_and(|k| k.keyring);
+        vault::protect(
+            path,
+            &unlock,
+            &vault::Protection {
+                passphrase: Some(new),
+                keyring,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(0)
+    })
+}
+
+/// The replica's offline lease as JSON: `null` when IT set none, else `{"days", "state":
+/// "valid", "left"}` or `{"days", "state": "expired", "ago"}` (milliseconds). NULL on error.
+///
+/// # Safety
+/// `client` is a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_lease(client: *const FsClient) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let c = unsafe { handle(client) }?;
+        let lease = c.lease().map_err(|e| e.to_string())?;
+        json(&lease.map(|(l, st)| {
+            let mut v = serde_json::to_value(st).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("days".into(), l.days.into());
+            }
+            v
+        }))
     })
 }
 

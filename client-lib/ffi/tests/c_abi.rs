@@ -119,4 +119,15 @@ fn a_c_program_embeds_the_replica() {
         stdout.contains("changes waiting for the relay: 5"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("wrong passphrase refused: wrong passphrase"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("encrypted customers: [{\"name\":\"Erdos Drilling\"}]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("offline lease: null"), "{stdout}");
+    let on_disk = std::fs::read(tmp.path().join("dealer.db.encrypted.db")).expect("read");
+    assert!(!on_disk.windows(14).any(|w| w == b"Erdos Drilling"));
 }

@@ -64,6 +64,14 @@ pub enum SyncError {
     /// The device credential file could not be read or written. Not retryable.
     #[error("device credential: {0}")]
     Credential(String),
+    /// IT ordered this laptop wiped: its keys and replica files are destroyed, and the relay
+    /// was told so. The replica must not be used again. Not retryable.
+    #[error(
+        "this laptop's replica was wiped at IT's request ({} files removed{}); it can no longer sync",
+        .0.files_removed,
+        if .0.keys_destroyed { ", data key destroyed" } else { "" }
+    )]
+    Wiped(WipeReport),
 }
 
 impl SyncError {
@@ -71,7 +79,7 @@ impl SyncError {
     /// relay does not authorise, and an incompatible protocol version.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Config(_) | Self::Credential(_) => false,
+            Self::Config(_) | Self::Credential(_) | Self::Wiped(_) => false,
             Self::Session(e) => e.is_retryable(),
             _ => true,
         }

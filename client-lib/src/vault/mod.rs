@@ -408,21 +408,7 @@ fn move_database(
         FileState::Encrypted if opens_with(db, Some(to)) => return Ok(()),
         _ => {}
     }
-    {
-        let conn = fieldsync_core::store::open_sqlite(
-            db,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            from,
-        )
-        .map_err(|e| VaultError::KeyFile(format!("{} does not open: {e}", db.display())))?;
-        conn.busy_timeout(Duration::ZERO).map_err(sql)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
-            .map_err(|_| VaultError::InUse(db.to_path_buf()))?;
-        if !mode.eq_ignore_ascii_case("delete") {
-            return Err(VaultError::InUse(db.to_path_buf()));
-        }
-    }
+    fold_wal(db, from)?;
     let tmp = with_suffix(db, ".encrypting");
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
@@ -437,6 +423,40 @@ fn move_database(
     std::fs::rename(&tmp, db)
         .map_err(|e| VaultError::Io(format!("replacing {}", db.display()), e))?;
     keyfile::sync_dir(db);
+    Ok(())
+}
+
+/// Folds `db`'s WAL into the file and leaves WAL mode, which SQLite allows only to the one
+/// connection that has the file open: the proof that no other program uses it. A missing file
+/// passes.
+fn fold_wal(db: &Path, key: Option<&DatabaseKey>) -> Result<(), VaultError> {
+    if cipher::file_state(db).map_err(|e| VaultError::Io(format!("reading {}", db.display()), e))?
+        == FileState::Missing
+    {
+        return Ok(());
+    }
+    let sql = |e| VaultError::Sqlite(db.to_path_buf(), e);
+    let conn = fieldsync_core::store::open_sqlite(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        key,
+    )
+    .map_err(|e| VaultError::KeyFile(format!("{} does not open: {e}", db.display())))?;
+    conn.busy_timeout(Duration::ZERO).map_err(sql)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+        .map_err(|_| VaultError::InUse(db.to_path_buf()))?;
+    if !mode.eq_ignore_ascii_case("delete") {
+        return Err(VaultError::InUse(db.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Refuses, before anything is written, to move a replica another program has open.
+fn check_not_in_use(replica: &Path, key: Option<&DatabaseKey>) -> Result<(), VaultError> {
+    for db in database_files(replica) {
+        fold_wal(&db, key)?;
+    }
     Ok(())
 }
 
@@ -456,6 +476,7 @@ pub fn encrypt(replica: &Path, p: &Protection) -> Result<DatabaseKey, VaultError
         }
         return Err(VaultError::AlreadyEncrypted);
     }
+    check_not_in_use(replica, None)?;
     let n = random_key()?;
     let slot = new_slot(&n, p, None)?;
     KeyFile::new(None, Some(slot.clone())).write(&path)?;
@@ -479,6 +500,7 @@ pub fn rekey_with_key(
 ) -> Result<DatabaseKey, VaultError> {
     let _lock = lock(replica)?;
     let kf = settled_key_file(replica, c)?;
+    check_not_in_use(replica, Some(c))?;
     let n = random_key()?;
     let slot = new_slot(&n, p, Some(c))?;
     KeyFile::new(kf.key.clone(), Some(slot.clone())).write(&key_file_path(replica))?;

@@ -176,9 +176,10 @@ fn an_open_replica_is_not_encrypted_under_the_program_using_it() {
     let client = Client::open(&replica).expect("open");
     let e = encrypt(&replica, &pass("pw")).expect_err("encrypted while open");
     assert!(matches!(e, VaultError::InUse(_)), "{e}");
+    // Refused before anything was written: still plain, no key file.
+    assert!(!is_encrypted(&replica));
     drop(client);
-    // The refused attempt left a key file naming the new key; the replica is still plain
-    // and the next attempt is told to finish it, which unlocking does.
+    encrypt(&replica, &pass("pw")).expect("encrypt once closed");
     check(&replica, &with_pass("pw"));
     assert_no_plaintext(dir.path());
 }

@@ -254,6 +254,8 @@ pub struct BlobSession {
     stats: BlobStats,
     /// Bad pieces per attachment on this stream (kept after a refusal).
     bad: HashMap<BlobHash, u32>,
+    /// The device is being wiped after its uploads: it may send, never receive.
+    uploads_only: bool,
 }
 
 /// Most downloads one stream may have queued (each holds a few numbers; its outboard is read
@@ -272,7 +274,15 @@ impl BlobSession {
             downloads: VecDeque::new(),
             stats: BlobStats::default(),
             bad: HashMap::new(),
+            uploads_only: false,
         }
+    }
+
+    /// A session for a device told to wipe once its work is uploaded: its uploads are served,
+    /// every download is refused.
+    pub fn uploads_only(mut self) -> Self {
+        self.uploads_only = true;
+        self
     }
 
     /// What this stream has done so far.
@@ -306,6 +316,11 @@ impl BlobSession {
                 index,
                 encoded,
             } => vec![self.piece(db, BlobHash(hash), index, &encoded, now)?],
+            Message::BlobGet { hash, .. } if self.uploads_only => vec![Message::BlobRefused {
+                hash,
+                reason: "this laptop is being wiped at IT's request".into(),
+                retry: false,
+            }],
             Message::BlobGet { hash, from } => vec![self.get(db, BlobHash(hash), from)?],
             Message::BlobCancel { hash } => {
                 self.downloads.retain(|d| d.hash.0 != hash);

@@ -9,8 +9,8 @@ use rusqlite::OptionalExtension;
 use uuid::Uuid;
 
 use super::messages::{
-    Cursor, DOWNLOAD_WINDOW, Entry, ErrorCode, Hash, MAGIC, Message, PROTOCOL_VERSION, ScopeCursor,
-    UploadChange,
+    Cursor, DOWNLOAD_WINDOW, DevicePolicy, Entry, ErrorCode, Hash, MAGIC, Message,
+    PROTOCOL_VERSION, ScopeCursor, UploadChange, WipeOrder,
 };
 use super::relay::REPAIR_BATCH;
 use super::step::{TimerConfig, Timers};
@@ -156,6 +156,9 @@ pub struct ClientSession {
     waiting: Option<(u64, u64)>,
     since_waiting: (u64, u64),
     stats: SessionStats,
+    /// The standing orders the relay sent after the `Welcome` (protocol 7), with the relay's
+    /// clock then.
+    policy: Option<(DevicePolicy, i64)>,
     /// Local changes quarantined since the last [`ClientSession::take_quarantined`].
     quarantined: Vec<(ChangeHash, String)>,
     pub(super) timers: Timers,
@@ -176,6 +179,7 @@ impl ClientSession {
             owed: 0,
             caught_up: false,
             paused: false,
+            policy: None,
             held_pull: false,
             waiting: None,
             since_waiting: (0, 0),
@@ -311,6 +315,18 @@ impl ClientSession {
         self.since_waiting.1
     }
 
+    /// The standing orders the relay sent after the `Welcome` (protocol 7): a wipe, the
+    /// offline lease; with the relay's clock when it sent them.
+    pub fn policy(&self) -> Option<&(DevicePolicy, i64)> {
+        self.policy.as_ref()
+    }
+
+    /// Whether every local change sent in this session has been answered (a wipe after
+    /// upload waits for this with an empty outbox).
+    pub fn uploads_answered(&self) -> bool {
+        self.inflight.is_none()
+    }
+
     /// Reads the durable cursor.
     pub fn load_cursor(store: &Store) -> Result<Option<Cursor>, StoreError> {
         Ok(store
@@ -361,6 +377,19 @@ impl ClientSession {
                 self.phase = Phase::Sync;
                 out.extend(self.start_sync(store, cursor.filter(|c| c.epoch == epoch))?);
                 Ok(out)
+            }
+            (Phase::Sync | Phase::Repair { .. }, Message::Policy { policy, relay_time }) => {
+                if let Some(order) = policy.wipe {
+                    // The relay answers no pull and no repair of a laptop it told to wipe;
+                    // a wipe after upload still sends the outbox.
+                    self.owed = 0;
+                    self.phase = Phase::Sync;
+                    if order == WipeOrder::Now {
+                        self.paused = true;
+                    }
+                }
+                self.policy = Some((policy, relay_time));
+                Ok(Vec::new())
             }
             (Phase::Repair { .. }, Message::Missing { docs, done }) => {
                 let mut out = self.repair_uploads(store, &docs)?;

@@ -62,6 +62,8 @@ pub fn body_cap(tag: u32) -> Option<usize> {
         15 => PIECE_FRAME_BODY,
         // BlobRefused: a hash and a reason.
         20 => 4 << 10,
+        // Policy, Wiped: a few numbers.
+        21 | 22 => 128,
         _ => return None,
     })
 }

@@ -31,7 +31,11 @@ use crate::ids::{DocId, Role};
 ///   ([`crate::attachment::pieces`]). Both ends send it at a lower priority than the document
 ///   stream. Attachment messages are refused on the document stream and the other messages
 ///   on the attachment stream.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// - 7: adds the device's standing orders: right after the `Welcome` the relay sends
+///   [`Message::Policy`] (a remote wipe IT ordered, the offline lease), and a laptop told to
+///   wipe answers [`Message::Wiped`] once its keys and files are gone. A device with a wipe
+///   order is refused outright by clients of older versions, which could not carry it out.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The oldest client protocol version a relay of this build serves.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 2;
@@ -185,6 +189,40 @@ pub enum ErrorCode {
     /// The device's grant (scopes or role) changed while it was connected; the client
     /// reconnects at once to get the new one.
     Reconnect,
+}
+
+/// A remote wipe IT ordered for a device (`fieldsync-relay device revoke --wipe`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WipeOrder {
+    /// Destroy the replica at the next contact; nothing more is accepted from the laptop.
+    Now,
+    /// Upload every change and attachment still waiting, then destroy the replica (a
+    /// departing employee's work reaches the relay first).
+    AfterUpload,
+}
+
+/// What IT decided for a device beyond its grant, sent in [`Message::Policy`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicePolicy {
+    /// A remote wipe to carry out now.
+    pub wipe: Option<WipeOrder>,
+    /// Days the laptop's replica may go without contacting the relay before it refuses to
+    /// open (`None`: no limit).
+    pub lease_days: Option<u32>,
+}
+
+/// What a laptop destroyed on a wipe order ([`Message::Wiped`]), for the audit trail.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WipeReport {
+    /// The replica was encrypted and its data key is destroyed (crypto-shredded).
+    pub keys_destroyed: bool,
+    /// Files removed.
+    pub files_removed: u32,
+    /// Local changes the relay never accepted that were destroyed with the replica (refused
+    /// ones, or all of a wipe `Now`).
+    pub unsent_changes: u64,
+    /// Attachments made on the laptop that never reached the relay, destroyed with it.
+    pub unsent_attachments: u64,
 }
 
 /// A protocol message. Each is sent as one length-prefixed frame.
@@ -393,6 +431,19 @@ pub enum Message {
         /// Temporary: the same request may succeed later.
         retry: bool,
     },
+    /// Relay → client (protocol 7), right after the `Welcome`: the device's standing orders.
+    Policy {
+        /// The orders.
+        policy: DevicePolicy,
+        /// The relay's clock (Unix milliseconds), for the laptop's lease.
+        relay_time: i64,
+    },
+    /// Client → relay (protocol 7): the laptop carried out a wipe order; the relay records it
+    /// in its audit trail and closes the connection. The laptop's credential ends with it.
+    Wiped {
+        /// What was destroyed.
+        report: WipeReport,
+    },
 }
 
 /// How many download batches a relay sends a protocol-4 client ahead of its [`Message::More`]:
@@ -428,6 +479,8 @@ impl Message {
             Self::BlobSending { .. } => "BlobSending",
             Self::BlobCancel { .. } => "BlobCancel",
             Self::BlobRefused { .. } => "BlobRefused",
+            Self::Policy { .. } => "Policy",
+            Self::Wiped { .. } => "Wiped",
         }
     }
 

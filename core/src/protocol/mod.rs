@@ -72,7 +72,8 @@ pub use client::{ClientConfig, ClientSession, SessionError, SessionStats};
 pub use codec::{CodecError, FrameDecoder, decode, encode};
 pub use download::Lane;
 pub use messages::{
-    Cursor, Entry, ErrorCode, Item, Message, PROTOCOL_VERSION, ScopeCursor, UploadChange,
+    Cursor, DevicePolicy, Entry, ErrorCode, Item, Message, PROTOCOL_VERSION, ScopeCursor,
+    UploadChange, WipeOrder, WipeReport,
 };
 pub use relay::{Lack, LogEntry, Outcome, RelayLimits, RelaySession, RelayStorage, StorageError};
 pub use step::{ClientInput, ClientStep, TimerConfig};

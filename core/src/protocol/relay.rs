@@ -4,8 +4,9 @@ use uuid::Uuid;
 
 use super::download::{Fill, Lane};
 use super::messages::{
-    Cursor, DOWNLOAD_WINDOW, Entry, ErrorCode, Hash, Item, MAGIC, MAX_FIRST_CUSTOMERS, Message,
-    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Rejection, ScopeCursor, UploadChange,
+    Cursor, DOWNLOAD_WINDOW, DevicePolicy, Entry, ErrorCode, Hash, Item, MAGIC,
+    MAX_FIRST_CUSTOMERS, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Rejection,
+    ScopeCursor, UploadChange, WipeOrder, WipeReport,
 };
 use super::validate::DeviceInfo;
 use crate::ids::{DocId, Millis};
@@ -186,6 +187,22 @@ pub trait RelayStorage {
     fn refresh_device(&mut self, device: &DeviceInfo) -> Result<Option<DeviceInfo>, StorageError> {
         Ok(Some(device.clone()))
     }
+    /// The device's standing orders (a wipe, the offline lease), read at its handshake.
+    /// [`RelayStorage::authenticate`] admits a revoked device whose wipe is still to be
+    /// carried out, so that it hears the order. Storage without such orders has none.
+    fn device_policy(&mut self, _device: &DeviceInfo) -> Result<DevicePolicy, StorageError> {
+        Ok(DevicePolicy::default())
+    }
+    /// The relay's clock, Unix milliseconds (sent to laptops with their lease, for people:
+    /// the lease runs on the laptop's clock). Storage without a clock says 0.
+    fn now_millis(&mut self) -> i64 {
+        0
+    }
+    /// Records that a device carried out its wipe order (the audit trail); from then on it is
+    /// revoked for good.
+    fn record_wiped(&mut self, _device_id: Uuid, _report: &WipeReport) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// Limits of a relay session.
@@ -260,6 +277,9 @@ pub struct RelaySession {
     first: Vec<DocId>,
     /// The batch budget of the client's last `Pull`, for the batches that stream after it.
     pull_budget: usize,
+    /// A wipe order the device was sent: the session then serves nothing but the uploads a
+    /// wipe after upload allows, and the `Wiped` acknowledgement.
+    wiping: Option<WipeOrder>,
 }
 
 /// Most hashes a session remembers to avoid echoing a client's own uploads.
@@ -280,6 +300,7 @@ impl RelaySession {
             opened_at: None,
             first: Vec::new(),
             pull_budget: 16 << 10,
+            wiping: None,
         }
     }
 
@@ -314,6 +335,11 @@ impl RelaySession {
         self.device.as_ref()
     }
 
+    /// The wipe order the device was sent, if any (its attachment stream follows it).
+    pub fn wiping(&self) -> Option<WipeOrder> {
+        self.wiping
+    }
+
     /// The protocol version the client speaks (known once it said `Hello`).
     pub fn version(&self) -> u32 {
         self.version
@@ -340,6 +366,9 @@ impl RelaySession {
         let Some(device) = self.device.clone() else {
             return self.handshake(storage, msg);
         };
+        if let Some(order) = self.wiping {
+            return self.handle_wiping(storage, &device, order, msg);
+        }
         if matches!(
             msg,
             Message::Upload { .. } | Message::Pull { .. } | Message::More | Message::Heads { .. }
@@ -353,70 +382,7 @@ impl RelaySession {
             Message::Hello { .. } | Message::Enrol { .. } => {
                 Output::fatal(ErrorCode::Protocol, "duplicate Hello")
             }
-            Message::Upload { batch, changes } => {
-                if changes.len() > self.limits.max_upload_changes {
-                    return Ok(Output::fatal(
-                        ErrorCode::BadFrame,
-                        format!(
-                            "upload of {} changes exceeds {}",
-                            changes.len(),
-                            self.limits.max_upload_changes
-                        ),
-                    ));
-                }
-                let relayed = batch & REPAIR_BATCH != 0;
-                let outcomes = storage.append(&device, &changes, relayed)?;
-                let mut accepted = Vec::new();
-                let mut rejected = Vec::new();
-                let mut malformed = false;
-                for o in outcomes {
-                    match o {
-                        Outcome::Stored(hash) => {
-                            accepted.push(hash);
-                            if self.uploaded.len() < MAX_REMEMBERED_UPLOADS {
-                                self.uploaded.insert(hash);
-                            }
-                        }
-                        Outcome::Refused(r) => rejected.push(r),
-                        Outcome::Malformed(r) => {
-                            malformed = true;
-                            rejected.push(r);
-                        }
-                    }
-                }
-                storage.touch_device(device.device_id)?;
-                let mut out = Output::send(Message::UploadAck {
-                    batch,
-                    accepted,
-                    rejected,
-                });
-                if malformed {
-                    out.messages.push(Message::Error {
-                        code: ErrorCode::Protocol,
-                        reason: "the upload held a change that does not fit its document".into(),
-                    });
-                    out.close = true;
-                    return Ok(out);
-                }
-                // A live client gets a batch right behind the acknowledgement, even an empty
-                // one: it marks the log as of this upload, so a document the client was told
-                // to give up leaves only after every entry filed before the acknowledgement
-                // (a snapshot bringing it back into the device's scopes, say) has arrived.
-                if self.live
-                    && let Some(cursor) = self.sent.clone()
-                {
-                    let (items, cursor, caught_up) =
-                        self.fill(storage, &device, cursor, self.limits.max_batch_bytes, &[])?;
-                    self.live = caught_up;
-                    self.sent = Some(cursor.clone());
-                    out.messages.push(Message::Batch {
-                        items,
-                        cursor,
-                        caught_up,
-                    });
-                }
-                out
-            }
+            Message::Upload { batch, changes } => self.upload(storage, &device, batch, changes)?,
             Message::Pull { cursor, max_bytes } => {
                 self.live = false;
                 let budget = (max_bytes as usize).clamp(16 << 10, self.limits.max_batch_bytes);
@@ -527,6 +493,19 @@ impl RelaySession {
         let Some(device) = self.device.clone() else {
             return Ok(Output::default());
         };
+        // A device being wiped lives until its acknowledgement.
+        if self.wiping.is_some() {
+            return Ok(Output::default());
+        }
+        // IT ordered a wipe while the laptop was connected: it hears the order by connecting
+        // again (the relay tells it in the new session's `Policy`).
+        if self.version >= 7 && storage.device_policy(&device)?.wipe.is_some() {
+            self.live = false;
+            return Ok(Output::fatal(
+                ErrorCode::Reconnect,
+                "IT changed this device's orders; reconnect",
+            ));
+        }
         Ok(match storage.refresh_device(&device)? {
             None => {
                 self.live = false;
@@ -597,16 +576,137 @@ impl RelaySession {
             },
             _ => unreachable!("matched above"),
         };
+        let policy = storage.device_policy(&device)?;
+        if policy.wipe.is_some() && self.version < 7 {
+            // An older laptop would not understand the order: it stays shut out.
+            return Ok(Output::fatal(
+                ErrorCode::Unauthorized,
+                "unknown or revoked device, or wrong credential",
+            ));
+        }
         let epoch = storage.epoch()?;
         self.epoch = Some(epoch);
-        let welcome = Message::Welcome {
+        let mut out = Output::send(Message::Welcome {
             version: self.version,
             epoch,
             scopes: device.scopes.clone(),
             role: device.role,
-        };
+        });
+        if self.version >= 7 {
+            self.wiping = policy.wipe;
+            out.messages.push(Message::Policy {
+                policy,
+                relay_time: storage.now_millis(),
+            });
+        }
         self.device = Some(device);
-        Ok(Output::send(welcome))
+        Ok(out)
+    }
+
+    /// A session whose device was told to wipe: a wipe after upload still stores its
+    /// uploads; the acknowledgement is recorded and ends the session; requests for data are
+    /// not answered.
+    fn handle_wiping(
+        &mut self,
+        storage: &mut dyn RelayStorage,
+        device: &DeviceInfo,
+        order: WipeOrder,
+        msg: Message,
+    ) -> Result<Output, StorageError> {
+        match msg {
+            Message::Wiped { report } => {
+                storage.record_wiped(device.device_id, &report)?;
+                Ok(Output {
+                    messages: Vec::new(),
+                    close: true,
+                })
+            }
+            Message::Upload { batch, changes } if order == WipeOrder::AfterUpload => {
+                self.upload(storage, device, batch, changes)
+            }
+            // What the laptop holds besides is destroyed with it (the outbox report says how
+            // much IT loses).
+            Message::Outbox { .. } => {
+                self.wiping = None;
+                let out = self.handle_inner(storage, msg);
+                self.wiping = Some(order);
+                out
+            }
+            _ => Ok(Output::default()),
+        }
+    }
+
+    /// Stores an upload's changes and answers it (and, for a live client, the batch behind
+    /// the answer).
+    fn upload(
+        &mut self,
+        storage: &mut dyn RelayStorage,
+        device: &DeviceInfo,
+        batch: u64,
+        changes: Vec<UploadChange>,
+    ) -> Result<Output, StorageError> {
+        if changes.len() > self.limits.max_upload_changes {
+            return Ok(Output::fatal(
+                ErrorCode::BadFrame,
+                format!(
+                    "upload of {} changes exceeds {}",
+                    changes.len(),
+                    self.limits.max_upload_changes
+                ),
+            ));
+        }
+        let relayed = batch & REPAIR_BATCH != 0;
+        let outcomes = storage.append(device, &changes, relayed)?;
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        let mut malformed = false;
+        for o in outcomes {
+            match o {
+                Outcome::Stored(hash) => {
+                    accepted.push(hash);
+                    if self.uploaded.len() < MAX_REMEMBERED_UPLOADS {
+                        self.uploaded.insert(hash);
+                    }
+                }
+                Outcome::Refused(r) => rejected.push(r),
+                Outcome::Malformed(r) => {
+                    malformed = true;
+                    rejected.push(r);
+                }
+            }
+        }
+        storage.touch_device(device.device_id)?;
+        let mut out = Output::send(Message::UploadAck {
+            batch,
+            accepted,
+            rejected,
+        });
+        if malformed {
+            out.messages.push(Message::Error {
+                code: ErrorCode::Protocol,
+                reason: "the upload held a change that does not fit its document".into(),
+            });
+            out.close = true;
+            return Ok(out);
+        }
+        // A live client gets a batch right behind the acknowledgement, even an empty
+        // one: it marks the log as of this upload, so a document the client was told
+        // to give up leaves only after every entry filed before the acknowledgement
+        // (a snapshot bringing it back into the device's scopes, say) has arrived.
+        if self.live
+            && let Some(cursor) = self.sent.clone()
+        {
+            let (items, cursor, caught_up) =
+                self.fill(storage, device, cursor, self.limits.max_batch_bytes, &[])?;
+            self.live = caught_up;
+            self.sent = Some(cursor.clone());
+            out.messages.push(Message::Batch {
+                items,
+                cursor,
+                caught_up,
+            });
+        }
+        Ok(out)
     }
 
     /// Brings a client's cursor in line with the relay: another epoch restarts every scope;

@@ -4,6 +4,7 @@ use clap::Args;
 use fieldsync_core::DocId;
 use fieldsync_core::display::format_millis;
 use fieldsync_relay::AuditQuery;
+use fieldsync_relay::store::DeviceEvent;
 
 use crate::common::Common;
 
@@ -30,6 +31,12 @@ pub(crate) struct AuditArgs {
     /// apply).
     #[arg(long, conflicts_with = "doc")]
     attachments: bool,
+    /// Device events instead of changes: remote wipes ordered (`device revoke --wipe`,
+    /// `--wipe-after-upload`) and carried out (with what the laptop reported destroying),
+    /// and offline leases set (`device lease`), with time, device and detail (`--device`,
+    /// `--since`, `--limit` apply).
+    #[arg(long, conflicts_with_all = ["doc", "attachments"])]
+    devices: bool,
     /// One JSON array.
     #[arg(long)]
     json: bool,
@@ -76,10 +83,55 @@ fn attachments(a: &AuditArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the trail of device events.
+fn device_events(a: &AuditArgs) -> anyhow::Result<()> {
+    let store = a.common.store()?;
+    let who = a.device.as_deref().map(str::trim);
+    let mut rows: Vec<DeviceEvent> = store
+        .device_events()?
+        .into_iter()
+        .filter(|e| {
+            who.is_none_or(|w| {
+                e.device_name.as_deref() == Some(w) || e.device_id.to_string() == w.to_lowercase()
+            })
+        })
+        .filter(|e| a.since.is_none_or(|t| e.at >= t))
+        .collect();
+    // The most recent `limit`, oldest first.
+    let keep = rows.len().saturating_sub(a.limit);
+    rows.drain(..keep);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no device events match");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<36}  {:<20} {:<14} detail",
+        "at (UTC)", "device id", "name", "event"
+    );
+    for e in rows {
+        println!(
+            "{:<20} {:<36}  {:<20} {:<14} {}",
+            format_millis(e.at),
+            e.device_id,
+            e.device_name.as_deref().unwrap_or("?"),
+            e.event,
+            e.detail
+        );
+    }
+    Ok(())
+}
+
 /// Prints the audit trail.
 pub(crate) fn run(a: AuditArgs) -> anyhow::Result<()> {
     if a.attachments {
         return attachments(&a);
+    }
+    if a.devices {
+        return device_events(&a);
     }
     let rows = a.common.store()?.audit(&AuditQuery {
         doc: a.doc,

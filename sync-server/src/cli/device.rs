@@ -1,4 +1,5 @@
-//! `device …`: enrolment tokens, revocation, grants and the device list.
+//! `device …`: enrolment tokens, revocation and remote wipes, grants, offline leases and the
+//! device list.
 
 use std::path::{Path, PathBuf};
 
@@ -6,7 +7,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use fieldsync_core::Role;
 use fieldsync_core::display::{format_bytes, format_millis};
-use fieldsync_core::protocol::EnrolToken;
+use fieldsync_core::protocol::{EnrolToken, WipeOrder};
 use fieldsync_relay::presence::{DeviceLive, devices_online, is_caught_up, node_statuses};
 use fieldsync_relay::{DeviceOutbox, DeviceRecord, EnrolmentRecord, RelayConfig, RelayStore};
 use uuid::Uuid;
@@ -24,12 +25,34 @@ pub(crate) enum DeviceCmd {
     #[command(alias = "enrol")]
     Enroll(Box<EnrollArgs>),
     /// Revoke a device (by name or id; a name revokes every active device and unused token
-    /// with it): its next connection is refused and an open one is closed at once.
+    /// with it): its next connection is refused and an open one is closed at once. With
+    /// --wipe or --wipe-after-upload, also order the laptop to destroy its replica.
     Revoke {
         #[command(flatten)]
         common: Common,
         /// The device's name or id.
         device: String,
+        /// Also order a remote wipe: at its next connection the laptop destroys its replica
+        /// and credential (unsent changes are lost) and reports it (`audit --devices`).
+        /// Revokes at once, and may be given for a device already revoked.
+        #[arg(long, conflicts_with = "wipe_after_upload")]
+        wipe: bool,
+        /// Order a remote wipe after upload: at its next connection the laptop uploads every
+        /// change and attachment still waiting, then destroys its replica. The device stays
+        /// active (its uploads are accepted) until it reports the wipe, then is revoked.
+        #[arg(long)]
+        wipe_after_upload: bool,
+    },
+    /// Set the offline lease of a device (by name or id; a name sets every active device
+    /// with it): the days its replica may go without reaching the relay before it refuses to
+    /// open. The laptop gets it at its next connection.
+    Lease {
+        #[command(flatten)]
+        common: Common,
+        /// The device's name or id.
+        device: String,
+        #[command(flatten)]
+        lease: LeaseArgs,
     },
     /// Change a device's role or scopes (by name or id), keeping its credential: its open
     /// connection reconnects with the new grant at once. Prints the grant before and after.
@@ -56,6 +79,22 @@ pub(crate) enum DeviceCmd {
     /// List or cancel enrolment tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+}
+
+/// `device lease`'s choice: one of its flags.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub(crate) struct LeaseArgs {
+    /// Days of the device's own lease (1 .. 3650).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(fieldsync_relay::store::MAX_LEASE_DAYS)))]
+    days: Option<u32>,
+    /// No lease for this device, whatever its role's default.
+    #[arg(long)]
+    off: bool,
+    /// Back to its role's default from the configuration (`offline_lease_days_by_role`,
+    /// else `offline_lease_days`).
+    #[arg(long)]
+    default: bool,
 }
 
 /// `device enroll`'s flags.
@@ -120,7 +159,24 @@ pub(crate) enum TokenCmd {
 pub(crate) fn run(cmd: DeviceCmd) -> anyhow::Result<()> {
     match cmd {
         DeviceCmd::Enroll(a) => enroll(*a),
-        DeviceCmd::Revoke { common, device } => revoke(&common, &device),
+        DeviceCmd::Revoke {
+            common,
+            device,
+            wipe,
+            wipe_after_upload,
+        } => {
+            let order = match (wipe, wipe_after_upload) {
+                (true, _) => Some(WipeOrder::Now),
+                (false, true) => Some(WipeOrder::AfterUpload),
+                (false, false) => None,
+            };
+            revoke(&common, &device, order)
+        }
+        DeviceCmd::Lease {
+            common,
+            device,
+            lease,
+        } => set_lease(&common, &device, &lease),
         DeviceCmd::Grant {
             common,
             device,
@@ -291,21 +347,89 @@ fn shared_pin(
     }
 }
 
-fn revoke(common: &Common, who: &str) -> anyhow::Result<()> {
+fn revoke(common: &Common, who: &str, order: Option<WipeOrder>) -> anyhow::Result<()> {
     let store = common.store()?;
-    let r = store.revoke(who)?;
+    let r = match order {
+        None => store.revoke(who)?,
+        Some(order) => store.order_wipe(who, order)?,
+    };
     let devices = store.devices()?;
     for id in &r.devices {
         let name = devices
             .iter()
             .find(|d| d.device_id == *id)
             .map_or("?", |d| d.name.as_str());
-        println!("revoked device {name} ({id}): its connection is closed and refused from now on");
+        match order {
+            None => println!(
+                "revoked device {name} ({id}): its connection is closed and refused from now on"
+            ),
+            Some(WipeOrder::Now) => println!(
+                "revoked device {name} ({id}) and ordered it wiped: at its next connection the \
+                 laptop destroys its replica (unsent changes are lost) and reports it; nothing \
+                 else is accepted from it"
+            ),
+            Some(WipeOrder::AfterUpload) => println!(
+                "ordered device {name} ({id}) wiped after upload: at its next connection the \
+                 laptop uploads what it holds unsent, then destroys its replica and reports it; \
+                 it stays active until then"
+            ),
+        }
     }
     if r.tokens > 0 {
         println!("cancelled {} unused enrolment token(s)", r.tokens);
     }
+    if order.is_some() {
+        println!(
+            "a laptop of a version before protocol 7 cannot carry out the order and is refused; \
+             `audit --devices` shows when the wipe is carried out"
+        );
+    }
     Ok(())
+}
+
+fn set_lease(common: &Common, who: &str, lease: &LeaseArgs) -> anyhow::Result<()> {
+    let store = common.store()?;
+    let days = match (lease.days, lease.off) {
+        (Some(n), _) => Some(n),
+        (None, true) => Some(0),
+        (None, false) => None,
+    };
+    let changed = store.set_lease(who, days)?;
+    let devices = store.devices()?;
+    for id in changed {
+        let Some(d) = devices.iter().find(|d| d.device_id == id) else {
+            println!("set the offline lease of device {id}");
+            continue;
+        };
+        println!(
+            "offline lease of {} ({id}): {}; the laptop gets it at its next connection",
+            d.name,
+            lease_text(d)
+        );
+    }
+    Ok(())
+}
+
+/// A device's effective offline lease for people, and where it comes from.
+fn lease_text(d: &DeviceRecord) -> String {
+    let days = d
+        .effective_lease_days
+        .map_or("none".to_string(), |n| format!("{n} d"));
+    if d.lease_days.is_some() {
+        format!("{days} (own)")
+    } else {
+        days
+    }
+}
+
+/// A device's wipe order for people.
+fn wipe_text(d: &DeviceRecord) -> String {
+    match (d.wipe.as_deref(), d.wiped_at) {
+        (_, Some(t)) => format!("wiped {}", format_millis(t)),
+        (Some("now"), None) => "ordered now".to_string(),
+        (Some(_), None) => "ordered after upload".to_string(),
+        (None, None) => "-".to_string(),
+    }
 }
 
 fn grant(
@@ -397,8 +521,17 @@ fn list(common: &Common, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<22} {:<14} status",
-        "device id", "name", "role", "scopes", "last sync", "online", "unsent", "today"
+        "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<22} {:<14} {:<12} {:<26} status",
+        "device id",
+        "name",
+        "role",
+        "scopes",
+        "last sync",
+        "online",
+        "unsent",
+        "today",
+        "lease",
+        "wipe"
     );
     for Listed {
         record: d,
@@ -429,7 +562,7 @@ fn list(common: &Common, json: bool) -> anyhow::Result<()> {
             Some(o) => format!("{} changes, {} refused", o.changes, o.quarantined),
         };
         println!(
-            "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<22} {:<14} {status}",
+            "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<22} {:<14} {:<12} {:<26} {status}",
             d.device_id,
             d.name,
             d.role.as_str(),
@@ -442,16 +575,20 @@ fn list(common: &Common, json: bool) -> anyhow::Result<()> {
                 d.today.new_documents,
                 format_bytes(d.today.bytes)
             ),
+            lease_text(&d),
+            wipe_text(&d),
         );
     }
     for e in pending {
         println!(
-            "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<22} {:<14} token {} not used yet (expires {})",
+            "{:<36}  {:<20} {:<8} {:<20} {:<20} {:<24} {:<22} {:<14} {:<12} {:<26} token {} not used yet (expires {})",
             e.device_id.map_or("-".to_string(), |d| d.to_string()),
             e.name,
             e.role.as_str(),
             e.scopes.join(","),
             "never",
+            "-",
+            "-",
             "-",
             "-",
             "-",

@@ -64,7 +64,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Enrol, revoke and list devices; list and cancel enrolment tokens.
+    /// Enrol, revoke (and wipe) and list devices, set their offline lease; list and cancel
+    /// enrolment tokens.
     #[command(subcommand)]
     Device(device::DeviceCmd),
     /// Inspect stored documents.
@@ -81,7 +82,8 @@ enum Cmd {
     /// is kept beside it.
     Restore(backup::RestoreArgs),
     /// Print the audit trail: every accepted change with its device, time, document kind and
-    /// customer.
+    /// customer (or, with --attachments, the attachment uploads; with --devices, the remote
+    /// wipes and offline leases).
     Audit(audit::AuditArgs),
     /// Import customers with their addresses, contacts and equipment from an ERP export (CSV
     /// or JSON), as changes of the `relay import` device: the same rules, quotas and audit

@@ -26,7 +26,8 @@ use std::time::Duration;
 use fieldsync_core::DocId;
 use fieldsync_core::protocol::messages::Hash;
 use fieldsync_core::protocol::{
-    DeviceInfo, Lack, Lane, LogEntry, Outcome, RelayStorage, StorageError, UploadChange,
+    DeviceInfo, DevicePolicy, Lack, Lane, LogEntry, Outcome, RelayStorage, StorageError,
+    UploadChange, WipeReport,
 };
 use tokio::sync::watch;
 use tracing::warn;
@@ -274,5 +275,17 @@ impl RelayStorage for LiveStore {
 
     fn refresh_device(&mut self, device: &DeviceInfo) -> Result<Option<DeviceInfo>, StorageError> {
         RelayStorage::refresh_device(&mut self.store, device)
+    }
+
+    fn device_policy(&mut self, device: &DeviceInfo) -> Result<DevicePolicy, StorageError> {
+        RelayStorage::device_policy(&mut self.store, device)
+    }
+
+    fn now_millis(&mut self) -> i64 {
+        RelayStorage::now_millis(&mut self.store)
+    }
+
+    fn record_wiped(&mut self, device_id: Uuid, report: &WipeReport) -> Result<(), StorageError> {
+        RelayStorage::record_wiped(&mut self.store, device_id, report)
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use fieldsync_core::protocol::messages::Hash;
 use fieldsync_core::protocol::{
-    DeviceInfo, Lack, Lane, LogEntry, Outcome, RelayStorage, StorageError, UploadChange,
+    DeviceInfo, DevicePolicy, Lack, Lane, LogEntry, Outcome, RelayStorage, StorageError,
+    UploadChange, WipeReport,
 };
 use fieldsync_core::{DocId, Role};
 use tokio::sync::watch;
@@ -397,6 +398,10 @@ impl super::DeviceBackend for RelayStore {
     fn token_rows(&self) -> Result<Vec<super::TokenRow>, RelayStoreError> {
         each!(self, s => s.token_rows())
     }
+
+    fn event_rows(&self) -> Result<Vec<super::EventRow>, RelayStoreError> {
+        each!(self, s => s.event_rows())
+    }
 }
 
 impl RelayStore {
@@ -505,6 +510,23 @@ macro_rules! relay_storage {
                 device: &DeviceInfo,
             ) -> Result<Option<DeviceInfo>, StorageError> {
                 Ok(self.device_grant(device.device_id)?)
+            }
+
+            fn device_policy(&mut self, device: &DeviceInfo) -> Result<DevicePolicy, StorageError> {
+                Ok(Self::device_policy(self, device)?)
+            }
+
+            fn now_millis(&mut self) -> i64 {
+                // The clock the store's rules use (a simulation's, in one).
+                super::DeviceBackend::options(self).env.now_millis()
+            }
+
+            fn record_wiped(
+                &mut self,
+                device_id: Uuid,
+                report: &WipeReport,
+            ) -> Result<(), StorageError> {
+                Ok(Self::record_wiped(self, device_id, report)?)
             }
         }
     };

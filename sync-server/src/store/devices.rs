@@ -1,7 +1,16 @@
 //! The device and enrolment policy, written once for both backends: who is admitted to a
 //! session (`authenticate`, with open enrolment), how an enrolment token is made and redeemed
-//! (its refusal rules), enrolment with a relay-made secret, revocation, grant changes, and the
-//! records `device list` and `device token list` show.
+//! (its refusal rules), enrolment with a relay-made secret, revocation, grant changes, the
+//! device's standing orders (a remote wipe, the offline lease) and the trail of device events
+//! they leave, and the records `device list` and `device token list` show.
+//!
+//! A remote wipe (`device revoke --wipe`, protocol 7): IT orders it `now` (the device is
+//! revoked at once, like `revoke`) or `after_upload` (the device stays active, so that its
+//! uploads are still accepted, until it reports the wipe). A revoked device whose wipe is still
+//! to be carried out is admitted on its credential alone, to hear the order (the session then
+//! serves it nothing else); once it reports the wipe it is revoked for good. The offline lease
+//! is the device's own (`device lease`), else its role's from the configuration, else the
+//! relay's default; 0 days is no lease.
 //!
 //! Each backend supplies two things, with SQL only:
 //! - [`DeviceDb`]: the statements of one write transaction (read a device or a token, write a
@@ -18,20 +27,27 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fieldsync_core::Role;
-use fieldsync_core::protocol::DeviceInfo;
+use fieldsync_core::protocol::{DeviceInfo, DevicePolicy, WipeOrder, WipeReport};
 use ring::rand::SecureRandom;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    DeviceRecord, Enrolment, EnrolmentRecord, RelayStoreError, RelayStoreOptions, Revoked,
-    TOUCH_EVERY, Usage, day_of, lock,
+    DeviceEvent, DeviceRecord, Enrolment, EnrolmentRecord, OfflineLease, RelayStoreError,
+    RelayStoreOptions, Revoked, TOUCH_EVERY, Usage, day_of, lock,
 };
 
 /// The shortest device credential the relay accepts at enrolment.
 pub(super) const MIN_CREDENTIAL_LEN: usize = 32;
 /// Bytes of randomness in a secret the relay makes (`device enroll`).
 const DEVICE_SECRET_BYTES: usize = 32;
+/// The longest offline lease a device may be given, in days (ten years).
+pub const MAX_LEASE_DAYS: u32 = 3650;
+
+/// Device events (`device_events.event`).
+const EVENT_WIPE_ORDERED: &str = "wipe_ordered";
+const EVENT_WIPED: &str = "wiped";
+const EVENT_LEASE_SET: &str = "lease_set";
 
 /// A device row as stored.
 #[derive(Clone, Debug)]
@@ -43,6 +59,12 @@ pub(super) struct DeviceRow {
     pub(super) created_at: i64,
     pub(super) last_seen: Option<i64>,
     pub(super) revoked_at: Option<i64>,
+    /// A wipe order, `now` or `after_upload`; carried out once `wiped_at` is set.
+    pub(super) wipe: Option<String>,
+    /// When the device reported its wipe carried out.
+    pub(super) wiped_at: Option<i64>,
+    /// The device's own offline lease in days (`None`: its role's default).
+    pub(super) lease_days: Option<i64>,
 }
 
 impl DeviceRow {
@@ -59,6 +81,27 @@ impl DeviceRow {
             role,
             scopes,
         })
+    }
+
+    /// The wipe order the device is still to carry out.
+    fn pending_wipe(&self, device_id: Uuid) -> Result<Option<WipeOrder>, RelayStoreError> {
+        match (&self.wipe, self.wiped_at) {
+            (Some(w), None) => wipe_order(w).map(Some).ok_or_else(|| {
+                RelayStoreError::Corrupt(format!("device {device_id} has wipe order `{w}`"))
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    /// The device's own offline lease in days.
+    fn own_lease(&self, device_id: Uuid) -> Result<Option<u32>, RelayStoreError> {
+        self.lease_days
+            .map(|d| {
+                u32::try_from(d).map_err(|_| {
+                    RelayStoreError::Corrupt(format!("device {device_id} has a lease of {d} days"))
+                })
+            })
+            .transpose()
     }
 
     /// Whether `credential` is this device's secret.
@@ -84,7 +127,44 @@ pub(super) struct TokenRow {
     pub(super) hash: Vec<u8>,
 }
 
-/// A device to write: inserted, or replacing the row of the same id (lifting a revocation).
+/// A row of the trail of device events, with the device's name.
+#[derive(Clone, Debug)]
+pub(super) struct EventRow {
+    pub(super) seq: i64,
+    pub(super) device_id: Uuid,
+    pub(super) device_name: Option<String>,
+    pub(super) at: i64,
+    pub(super) event: String,
+    /// JSON.
+    pub(super) detail: String,
+}
+
+/// A wipe order as stored (`devices.wipe`).
+pub(super) fn wipe_order(stored: &str) -> Option<WipeOrder> {
+    match stored {
+        "now" => Some(WipeOrder::Now),
+        "after_upload" => Some(WipeOrder::AfterUpload),
+        _ => None,
+    }
+}
+
+/// How a wipe order is stored (`devices.wipe`) and named in events.
+pub(super) fn wipe_name(order: WipeOrder) -> &'static str {
+    match order {
+        WipeOrder::Now => "now",
+        WipeOrder::AfterUpload => "after_upload",
+    }
+}
+
+/// The lease a device is sent: its own, else its role's, else the relay's default (`None`:
+/// no lease, also for 0 days).
+fn effective_lease(lease: &OfflineLease, role: Role, own: Option<u32>) -> Option<u32> {
+    let days = own.unwrap_or_else(|| lease.days_for(role));
+    (days > 0).then_some(days)
+}
+
+/// A device to write: inserted, or replacing the row of the same id (lifting a revocation
+/// and cancelling a wipe order).
 pub(super) struct NewDevice<'a> {
     pub(super) id: Uuid,
     pub(super) name: &'a str,
@@ -108,7 +188,8 @@ pub(super) enum Holder<'a> {
 pub(super) trait DeviceDb {
     /// A device row.
     fn device_row(&self, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError>;
-    /// Inserts a device, or replaces the one of the same id and lifts its revocation.
+    /// Inserts a device, or replaces the one of the same id, lifts its revocation and
+    /// cancels its wipe order (keeping its own lease).
     fn put_device(&self, d: &NewDevice<'_>) -> Result<(), RelayStoreError>;
     /// Revokes the active devices of `who`; returns those revoked.
     fn revoke_devices(&self, who: Holder<'_>, now: i64) -> Result<Vec<Uuid>, RelayStoreError>;
@@ -133,6 +214,30 @@ pub(super) trait DeviceDb {
     fn cancel_token(&self, hash: &[u8], now: i64) -> Result<bool, RelayStoreError>;
     /// Bumps the device-change counter, so every session re-reads its grant.
     fn bump_devices(&self) -> Result<(), RelayStoreError>;
+    /// Orders the devices of `who` that are not wiped yet wiped (`mode` as stored): with
+    /// `revoke`, active and revoked ones, revoking those still active at `now`; without,
+    /// active ones only. Returns those ordered.
+    fn order_wipe(
+        &self,
+        who: Holder<'_>,
+        mode: &str,
+        revoke: bool,
+        now: i64,
+    ) -> Result<Vec<Uuid>, RelayStoreError>;
+    /// Records that a device not yet wiped carried out its wipe at `now`, revoking it if it
+    /// is not; returns whether it was not wiped yet.
+    fn set_wiped(&self, id: Uuid, now: i64) -> Result<bool, RelayStoreError>;
+    /// Sets the own offline lease (`None`: its role's default) of the active devices of
+    /// `who`; returns those changed.
+    fn set_lease(&self, who: Holder<'_>, days: Option<i64>) -> Result<Vec<Uuid>, RelayStoreError>;
+    /// Appends an event (`detail` is JSON) to the append-only trail of device events.
+    fn add_event(
+        &self,
+        device: Uuid,
+        at: i64,
+        event: &str,
+        detail: &str,
+    ) -> Result<(), RelayStoreError>;
 }
 
 /// A backend's side of the policy (see the module docs).
@@ -167,6 +272,8 @@ pub(super) trait DeviceBackend {
     fn device_rows(&self, day: i64) -> Result<Vec<(Uuid, DeviceRow, Usage)>, RelayStoreError>;
     /// Every token row, newest first.
     fn token_rows(&self) -> Result<Vec<TokenRow>, RelayStoreError>;
+    /// The trail of device events, oldest first.
+    fn event_rows(&self) -> Result<Vec<EventRow>, RelayStoreError>;
 }
 
 /// A sender's grant as the upload rules read it inside their transaction.
@@ -226,7 +333,9 @@ fn holder(who: &str) -> Holder<'_> {
 }
 
 /// Whether a known device may connect: not revoked, and its secret matches (devices
-/// registered by open enrolment have none and are admitted while open enrolment is on).
+/// registered by open enrolment have none and are admitted while open enrolment is on). A
+/// revoked device whose wipe order is still to be carried out is admitted when its secret
+/// proves it (never by open enrolment), so that it hears the order.
 fn admit(
     b: &impl DeviceBackend,
     device_id: Uuid,
@@ -234,7 +343,13 @@ fn admit(
     credential: Option<&str>,
 ) -> Result<Option<DeviceInfo>, RelayStoreError> {
     if row.revoked_at.is_some() {
-        return Ok(None);
+        let hears_wipe =
+            row.pending_wipe(device_id)?.is_some() && credential.is_some_and(|c| row.proves(c));
+        return if hears_wipe {
+            row.info(device_id).map(Some)
+        } else {
+            Ok(None)
+        };
     }
     let ok = match (&row.secret_hash, credential) {
         (Some(_), Some(c)) => row.proves(c),
@@ -520,6 +635,157 @@ pub(super) fn grant(
     Ok(changed)
 }
 
+/// Orders a remote wipe, by device id or by name (every device with that name not wiped
+/// yet). `Now` also revokes the devices, and cancels their unused enrolment tokens, as
+/// [`revoke`] does; it may be ordered on a device already revoked. `AfterUpload` leaves the
+/// devices active, so their uploads are still accepted until they report the wipe; it takes
+/// active devices only. Each device hears the order at its next connection (protocol 7) and
+/// the order is written to the trail of device events. Returns the devices ordered and the
+/// tokens cancelled; errors when nothing matched.
+pub(super) fn order_wipe(
+    b: &impl DeviceBackend,
+    who: &str,
+    order: WipeOrder,
+) -> Result<Revoked, RelayStoreError> {
+    let who = who.trim();
+    let now = b.options().env.now_millis();
+    let mode = wipe_name(order);
+    let detail = serde_json::json!({ "mode": mode }).to_string();
+    let revoke = order == WipeOrder::Now;
+    let out = b.device_tx(|db| {
+        let devices = db.order_wipe(holder(who), mode, revoke, now)?;
+        let tokens = if revoke {
+            db.revoke_tokens(holder(who), now)?
+        } else {
+            0
+        };
+        if devices.is_empty() && tokens == 0 {
+            return Err(RelayStoreError::Invalid(if revoke {
+                format!(
+                    "no device that is not wiped yet, or unused enrolment token, matches {who:?}"
+                )
+            } else {
+                format!(
+                    "no active device that is not wiped yet matches {who:?} (a revoked device \
+                     can no longer upload: order the wipe with --wipe instead)"
+                )
+            }));
+        }
+        for d in &devices {
+            db.add_event(*d, now, EVENT_WIPE_ORDERED, &detail)?;
+        }
+        db.bump_devices()?;
+        Ok(Revoked { devices, tokens })
+    })?;
+    tracing::info!(who, devices = ?out.devices, tokens = out.tokens, mode, "ordered a remote wipe");
+    Ok(out)
+}
+
+/// Records that a device carried out its wipe order, with what it reported destroying: the
+/// device is revoked for good (if it was not yet) and the report goes to the trail of device
+/// events. A second report of the same device is ignored.
+pub(super) fn record_wiped(
+    b: &impl DeviceBackend,
+    device_id: Uuid,
+    report: &WipeReport,
+) -> Result<(), RelayStoreError> {
+    let now = b.options().env.now_millis();
+    let detail = serde_json::to_string(report)
+        .map_err(|e| RelayStoreError::Invalid(format!("wipe report: {e}")))?;
+    let recorded = b.device_tx(|db| {
+        if !db.set_wiped(device_id, now)? {
+            return Ok(false);
+        }
+        db.add_event(device_id, now, EVENT_WIPED, &detail)?;
+        db.bump_devices()?;
+        Ok(true)
+    })?;
+    if recorded {
+        tracing::info!(
+            device = %device_id,
+            keys_destroyed = report.keys_destroyed,
+            files_removed = report.files_removed,
+            unsent_changes = report.unsent_changes,
+            unsent_attachments = report.unsent_attachments,
+            "a device carried out its wipe order"
+        );
+    } else {
+        tracing::debug!(device = %device_id, "a wipe reported again");
+    }
+    Ok(())
+}
+
+/// What IT decided for a device beyond its grant, sent at its handshake: the wipe order it is
+/// still to carry out, and its offline lease (its own, else its role's, else the relay's
+/// default; 0 days: none).
+pub(super) fn device_policy(
+    b: &impl DeviceBackend,
+    device: &DeviceInfo,
+) -> Result<DevicePolicy, RelayStoreError> {
+    let id = device.device_id;
+    let (wipe, own) = match b.read_device(id)? {
+        Some(r) => (r.pending_wipe(id)?, r.own_lease(id)?),
+        None => (None, None),
+    };
+    Ok(DevicePolicy {
+        wipe,
+        lease_days: effective_lease(&b.options().offline_lease, device.role, own),
+    })
+}
+
+/// Sets the offline lease of active devices, by id or by name: `Some(days)` their own (0: no
+/// lease), `None` back to their role's default from the configuration. Laptops get it at
+/// their next connection. Returns the devices changed; errors when none matched.
+pub(super) fn set_lease(
+    b: &impl DeviceBackend,
+    who: &str,
+    days: Option<u32>,
+) -> Result<Vec<Uuid>, RelayStoreError> {
+    if let Some(d) = days
+        && d > MAX_LEASE_DAYS
+    {
+        return Err(RelayStoreError::Invalid(format!(
+            "a lease of {d} days is longer than {MAX_LEASE_DAYS}"
+        )));
+    }
+    let who = who.trim();
+    let now = b.options().env.now_millis();
+    let detail = serde_json::json!({ "days": days }).to_string();
+    let changed = b.device_tx(|db| {
+        let changed = db.set_lease(holder(who), days.map(i64::from))?;
+        if changed.is_empty() {
+            return Err(RelayStoreError::Invalid(format!(
+                "no active device matches {who:?}"
+            )));
+        }
+        for d in &changed {
+            db.add_event(*d, now, EVENT_LEASE_SET, &detail)?;
+        }
+        Ok(changed)
+    })?;
+    tracing::info!(who, devices = ?changed, ?days, "set the offline lease");
+    Ok(changed)
+}
+
+/// The trail of device events (wipes ordered and carried out, leases set), oldest first.
+pub(super) fn device_events(b: &impl DeviceBackend) -> Result<Vec<DeviceEvent>, RelayStoreError> {
+    b.event_rows()?
+        .into_iter()
+        .map(|e| {
+            Ok(DeviceEvent {
+                seq: e.seq.max(0) as u64,
+                at: e.at,
+                device_id: e.device_id,
+                device_name: e.device_name,
+                detail: serde_json::from_str(&e.detail).map_err(|err| {
+                    RelayStoreError::Corrupt(format!("device event {}: {err}", e.seq))
+                })?,
+                event: e.event,
+            })
+        })
+        .collect()
+}
+
 /// Every known device, by creation time, with what it stored today.
 pub(super) fn devices(b: &impl DeviceBackend) -> Result<Vec<DeviceRecord>, RelayStoreError> {
     let day = day_of(b.options().env.now_millis());
@@ -527,8 +793,12 @@ pub(super) fn devices(b: &impl DeviceBackend) -> Result<Vec<DeviceRecord>, Relay
         .into_iter()
         .map(|(id, row, today)| {
             let info = row.info(id)?;
+            let own = row.own_lease(id)?;
+            // An order this build does not know is corrupt data, not "no order".
+            row.pending_wipe(id)?;
             Ok(DeviceRecord {
                 device_id: id,
+                effective_lease_days: effective_lease(&b.options().offline_lease, info.role, own),
                 name: info.name,
                 role: info.role,
                 scopes: info.scopes,
@@ -536,6 +806,9 @@ pub(super) fn devices(b: &impl DeviceBackend) -> Result<Vec<DeviceRecord>, Relay
                 created_at: row.created_at,
                 last_seen: row.last_seen,
                 revoked_at: row.revoked_at,
+                wipe: row.wipe,
+                wiped_at: row.wiped_at,
+                lease_days: own,
                 today,
             })
         })
@@ -745,6 +1018,52 @@ macro_rules! device_methods {
         /// Every known device, by creation time.
         pub fn devices(&self) -> Result<Vec<DeviceRecord>, RelayStoreError> {
             crate::store::devices::devices(self)
+        }
+
+        /// Orders a remote wipe, by device id or by name (every device with that name not
+        /// wiped yet): `Now` also revokes the devices and cancels their unused tokens;
+        /// `AfterUpload` leaves them active until they report the wipe. Returns the devices
+        /// ordered (and tokens cancelled); errors when none matched.
+        pub fn order_wipe(
+            &self,
+            who: &str,
+            order: fieldsync_core::protocol::WipeOrder,
+        ) -> Result<Revoked, RelayStoreError> {
+            crate::store::devices::order_wipe(self, who, order)
+        }
+
+        /// Records that a device carried out its wipe order (it is revoked for good), with
+        /// its report, in the trail of device events.
+        pub fn record_wiped(
+            &self,
+            device_id: Uuid,
+            report: &fieldsync_core::protocol::WipeReport,
+        ) -> Result<(), RelayStoreError> {
+            crate::store::devices::record_wiped(self, device_id, report)
+        }
+
+        /// A device's standing orders: the wipe it is still to carry out, its offline lease.
+        pub fn device_policy(
+            &self,
+            device: &DeviceInfo,
+        ) -> Result<fieldsync_core::protocol::DevicePolicy, RelayStoreError> {
+            crate::store::devices::device_policy(self, device)
+        }
+
+        /// Sets the offline lease of active devices, by id or by name: `Some(days)` their
+        /// own (0: none), `None` their role's default. Returns the devices changed.
+        pub fn set_lease(
+            &self,
+            who: &str,
+            days: Option<u32>,
+        ) -> Result<Vec<Uuid>, RelayStoreError> {
+            crate::store::devices::set_lease(self, who, days)
+        }
+
+        /// The trail of device events (wipes ordered and carried out, leases set), oldest
+        /// first.
+        pub fn device_events(&self) -> Result<Vec<crate::store::DeviceEvent>, RelayStoreError> {
+            crate::store::devices::device_events(self)
         }
     };
 }

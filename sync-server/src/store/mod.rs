@@ -47,7 +47,7 @@ use automerge::AutoCommit;
 use fieldsync_core::env::{Env, SystemEnv};
 use fieldsync_core::protocol::messages::Hash;
 use fieldsync_core::protocol::{
-    DeviceInfo, Lack, Lane, LogEntry, Outcome, StorageError, UploadChange,
+    DeviceInfo, Lack, Lane, LogEntry, Outcome, StorageError, UploadChange, WipeOrder,
 };
 use fieldsync_core::{DocId, Role};
 use rusqlite::{
@@ -58,8 +58,8 @@ use uuid::Uuid;
 
 pub use backend::RelayStore;
 pub use blobs::{AttachmentUpload, RelayBlobs};
-pub use devices::token_id_of;
-use devices::{DeviceBackend, DeviceDb, DeviceRow, Holder, NewDevice, TokenRow};
+use devices::{DeviceBackend, DeviceDb, DeviceRow, EventRow, Holder, NewDevice, TokenRow};
+pub use devices::{MAX_LEASE_DAYS, token_id_of};
 pub use fieldsync_core::protocol::relay::SnapshotPage;
 pub use fieldsync_core::protocol::rules::quota::{Quota, Usage, day_of, quota_of};
 use fieldsync_core::protocol::rules::{
@@ -262,9 +262,29 @@ pub struct RelayStoreOptions {
     /// PostgreSQL only: the longest one statement on a read connection may run
     /// (`statement_timeout`), so that no client's reads hold a connection for long.
     pub db_statement_timeout: Duration,
+    /// The offline lease of devices without one of their own (`device lease`): days a
+    /// laptop's replica may go without contacting the relay before it refuses to open.
+    pub offline_lease: OfflineLease,
     /// Where the relay's rules take the time from (move grace periods, token expiry, quota
     /// days, timestamps): the system clock, or a simulation's.
     pub env: Arc<dyn Env>,
+}
+
+/// The offline lease of the devices that have none of their own (`offline_lease_days` and
+/// `offline_lease_days_by_role` in the configuration). 0 days: no lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OfflineLease {
+    /// Days for a device whose role is not in `by_role`.
+    pub days: u32,
+    /// Days per role, before `days`.
+    pub by_role: std::collections::BTreeMap<Role, u32>,
+}
+
+impl OfflineLease {
+    /// The days of a device of `role` without a lease of its own (0: none).
+    pub fn days_for(&self, role: Role) -> u32 {
+        self.by_role.get(&role).copied().unwrap_or(self.days)
+    }
 }
 
 /// Fewest database connections a PostgreSQL relay node may be given: the writer, the
@@ -281,6 +301,7 @@ impl Default for RelayStoreOptions {
             db_max_connections: 16,
             db_wait: Duration::from_secs(5),
             db_statement_timeout: Duration::from_secs(30),
+            offline_lease: OfflineLease::default(),
             env: Arc::new(SystemEnv),
         }
     }
@@ -332,8 +353,48 @@ pub struct DeviceRecord {
     pub last_seen: Option<i64>,
     /// When it was revoked (ms).
     pub revoked_at: Option<i64>,
+    /// A remote wipe IT ordered (`device revoke --wipe`, `--wipe-after-upload`), carried
+    /// out or not: `now` or `after_upload`.
+    pub wipe: Option<String>,
+    /// When the device reported that it carried out its wipe order (ms).
+    pub wiped_at: Option<i64>,
+    /// The device's own offline lease in days (`device lease`; 0: none); `None` takes its
+    /// role's default from the configuration.
+    pub lease_days: Option<u32>,
+    /// The lease the device is sent: its own, else its role's, else the relay's default;
+    /// `None`: no lease.
+    pub effective_lease_days: Option<u32>,
     /// What it stored today (UTC), against its quota.
     pub today: Usage,
+}
+
+impl DeviceRecord {
+    /// The wipe order the device is still to carry out.
+    pub fn pending_wipe(&self) -> Option<WipeOrder> {
+        match (self.wipe.as_deref(), self.wiped_at) {
+            (Some(w), None) => devices::wipe_order(w),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the trail of device events (`audit --devices`): a wipe ordered, a wipe
+/// carried out, a lease set.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceEvent {
+    /// Its position in the trail.
+    pub seq: u64,
+    /// When it happened (ms).
+    pub at: i64,
+    /// The device.
+    pub device_id: Uuid,
+    /// That device's name, if it is known.
+    pub device_name: Option<String>,
+    /// `wipe_ordered`, `wiped` or `lease_set`.
+    pub event: String,
+    /// What it says: `{"mode": "now"|"after_upload"}` for `wipe_ordered`, the laptop's
+    /// report for `wiped`, `{"days": N|null}` for `lease_set`.
+    pub detail: serde_json::Value,
 }
 
 /// An enrolment token as stored (its secret is not: only a hash of it).

@@ -177,8 +177,8 @@ fn worker(args: WorkerArgs) -> anyhow::Result<WorkerResult> {
     })
 }
 
-/// The encoded sizes of this client's `Hello` and of the relay's `Welcome` (same epoch and
-/// grant as the last session), so the handshake can be subtracted from a sync's bytes.
+/// The encoded sizes of this client's `Hello` and of the relay's `Welcome` and `Policy` (same
+/// epoch and grant as the last session), so the handshake can be subtracted from a sync's bytes.
 fn handshake_sizes(client: &Client, cfg: &SyncConfig) -> anyhow::Result<(u64, u64)> {
     let session = ClientSession::new(SessionConfig {
         agent: cfg.agent.clone(),
@@ -194,9 +194,14 @@ fn handshake_sizes(client: &Client, cfg: &SyncConfig) -> anyhow::Result<(u64, u6
         scopes: cursor.scopes.keys().cloned().collect(),
         role: Role::Admin,
     };
+    // The device's orders follow every Welcome (protocol 7): part of the handshake too.
+    let policy = Message::Policy {
+        policy: Default::default(),
+        relay_time: fieldsync_core::ids::now_millis(),
+    };
     Ok((
         codec::encode(&hello)?.len() as u64,
-        codec::encode(&welcome)?.len() as u64,
+        (codec::encode(&welcome)?.len() + codec::encode(&policy)?.len()) as u64,
     ))
 }
 

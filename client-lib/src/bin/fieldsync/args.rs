@@ -16,7 +16,8 @@ Exit status:
   3  sync: synced, but the relay refused some local changes (see `fieldsync quarantine`)
   4  sync: the relay could not be reached or stopped answering; local edits are safe and go
      at the next sync
-  5  sync: this laptop is not enrolled with the relay, or IT revoked its access";
+  5  sync: this laptop is not enrolled with the relay, or IT revoked its access
+  6  sync: IT ordered this laptop wiped; its replica is destroyed";
 
 #[derive(Parser, Debug)]
 #[command(

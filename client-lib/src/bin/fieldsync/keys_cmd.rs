@@ -135,17 +135,29 @@ fn check_strength(p: Zeroizing<String>) -> Result<Zeroizing<String>> {
 /// Opens the replica at `path`, encrypted or not: with a key kept by `fieldsync unlock`, the
 /// OS keyring, `$FIELDSYNC_PASSPHRASE`, or (on a terminal) the passphrase asked once.
 pub(super) fn open_replica(path: &Path) -> Result<Client> {
+    open_replica_with(path, false)
+}
+
+/// [`open_replica`]; `renewal`: also past the offline lease (for a sync, which renews it).
+pub(super) fn open_replica_with(path: &Path, renewal: bool) -> Result<Client> {
+    let open = |unlock: &Unlock| {
+        if renewal {
+            Client::open_for_renewal(path, Default::default(), unlock)
+        } else {
+            Client::open_unlocked(path, Default::default(), unlock)
+        }
+    };
     let unlock = Unlock {
         passphrase: given_passphrase(None, PASSPHRASE_ENV)?,
         ..Unlock::default()
     };
-    match Client::open_unlocked(path, Default::default(), &unlock) {
+    match open(&unlock) {
         Err(ClientError::Vault(VaultError::Locked)) if std::io::stdin().is_terminal() => {
             let unlock = Unlock {
                 passphrase: Some(prompt("Passphrase: ")?),
                 ..Unlock::default()
             };
-            Ok(Client::open_unlocked(path, Default::default(), &unlock)?)
+            Ok(open(&unlock)?)
         }
         r => Ok(r?),
     }
@@ -197,7 +209,29 @@ pub(super) fn encrypt_cmd(dir: &Path, keys: &KeyArgs) -> Result<()> {
             dir.display()
         );
     }
+    if !vault::is_encrypted(&path) {
+        move_config_credential(dir)?;
+    }
     encrypt_replica(&path, keys, false)
+}
+
+/// A device credential IT issued without a token (`init --credential`) is kept in
+/// `config.toml` beside a plain replica; an encrypted replica keeps it sealed in its credential
+/// file instead. Before a plain replica is encrypted in place, the credential moves into the
+/// credential file (still plain), which the encryption then seals with the rest: a crash at any
+/// point leaves it where the sync finds it, and never in the clear once encrypted.
+fn move_config_credential(dir: &Path) -> Result<()> {
+    if !dir.join(CONFIG_FILE).exists() {
+        return Ok(());
+    }
+    let mut cfg = load_config(dir)?;
+    let Some(secret) = cfg.credential.take() else {
+        return Ok(());
+    };
+    let client = open(dir)?;
+    sync::save_credential(&client, &secret, Some(&cfg.relay))?;
+    drop(client);
+    save_config(dir, &cfg)
 }
 
 /// The key of the encrypted replica at `path`, asking for the passphrase if needed.

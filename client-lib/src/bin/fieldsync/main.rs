@@ -69,6 +69,8 @@ mod exit {
     pub(crate) const OFFLINE: u8 = 4;
     /// `sync`: this laptop is not enrolled with the relay, or IT revoked its access.
     pub(crate) const NOT_ENROLLED: u8 = 5;
+    /// `sync`: IT ordered this laptop wiped; its replica's keys and files are destroyed.
+    pub(crate) const WIPED: u8 = 6;
 }
 
 /// A failure with its own exit status and a message written for people (printed without the

@@ -60,6 +60,16 @@ pub(super) fn open(dir: &Path) -> Result<Client> {
     open_replica(&path).with_context(|| format!("cannot open the replica {}", path.display()))
 }
 
+/// Opens the replica for `sync` (and `status`): also past its offline lease, since a sync is
+/// what renews it.
+pub(super) fn open_for_sync(dir: &Path) -> Result<Client> {
+    fsmode::create_private_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let path = dir.join(REPLICA_FILE);
+    open_replica_with(&path, true)
+        .with_context(|| format!("cannot open the replica {}", path.display()))
+}
+
 /// Makes the data directory readable by its owner only, with a warning, when it is fieldsync's
 /// own: it holds nothing but fieldsync's files (as one `open` created does). A directory given
 /// with `--data` that holds anything else (a home directory, `/tmp`) is the user's, left as

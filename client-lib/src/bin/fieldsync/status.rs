@@ -10,6 +10,10 @@ pub(super) struct StatusOut {
     pub(super) identity: Option<Identity>,
     /// How the replica is encrypted at rest (`null`: it is not).
     pub(super) encryption: Option<fieldsync_client::vault::KeyInfo>,
+    /// IT's offline lease (`null`: none): days allowed without reaching the relay, and where
+    /// it stands (`valid` with ms `left`, or `expired` `ago` ms).
+    pub(super) lease_days: Option<u32>,
+    pub(super) lease: Option<fieldsync_client::LeaseState>,
     /// Local changes waiting for the relay.
     pub(super) outbox: u64,
     /// Documents those changes touch.
@@ -43,7 +47,8 @@ pub(super) struct StatusOut {
 }
 
 pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
-    let client = open(dir)?;
+    // Also past the offline lease: status says how it stands.
+    let client = open_for_sync(dir)?;
     let cfg = match load_config(dir) {
         Ok(c) => Some(c),
         Err(e) if dir.join(CONFIG_FILE).exists() => return Err(e),
@@ -71,11 +76,14 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
             }
         }
     };
+    let lease = client.lease()?;
     let out = StatusOut {
         device_id: client.device_id(),
         data_dir: dir.to_path_buf(),
         identity: client.identity().ok(),
         encryption: fieldsync_client::vault::key_info(client.path())?,
+        lease_days: lease.as_ref().map(|(l, _)| l.days),
+        lease: lease.map(|(_, st)| st),
         outbox: outbox.changes,
         outbox_documents: outbox.documents,
         outbox_bytes: outbox.bytes,
@@ -106,6 +114,19 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
     }
     println!("Replica:    {}", dir.join(REPLICA_FILE).display());
     println!("Device id:  {}", out.device_id);
+    if let (Some(days), Some(state)) = (out.lease_days, &out.lease) {
+        use fieldsync_core::display::format_age;
+        match state {
+            fieldsync_client::LeaseState::Valid { left } => println!(
+                "Lease:      {} left to reach the relay (IT's offline lease: {days} days)",
+                format_age(*left)
+            ),
+            fieldsync_client::LeaseState::Expired { ago } => println!(
+                "Lease:      expired {} ago: the replica opens only for `fieldsync sync` until it reaches the relay",
+                format_age(*ago)
+            ),
+        }
+    }
     println!(
         "Encryption: {}",
         match &out.encryption {

@@ -14,7 +14,8 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<u8> {
-    let client = open(dir)?;
+    // Past its offline lease the replica opens for a sync only, which renews the lease.
+    let client = open_for_sync(dir)?;
     let mut cfg = sync_settings(dir, &client)?;
     cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
     if let Some(b) = args.budget {
@@ -81,7 +82,12 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<u8> {
     bar.finish_and_clear();
     let report = match result {
         Ok(r) => r,
-        Err(e) => return Err(failure(&client, &cfg.relay, &e, cfg.credential.is_some()).into()),
+        Err(e) => {
+            if matches!(e, SyncError::Wiped(_)) {
+                forget_relay(dir);
+            }
+            return Err(failure(&client, &cfg.relay, &e, cfg.credential.is_some()).into());
+        }
     };
     let refused: Vec<QuarantineOut> = quarantine_list(&client)?
         .into_iter()
@@ -109,6 +115,12 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<u8> {
 /// relays are [`exit::OFFLINE`] (the local edits wait for the next sync), a refused device is
 /// [`exit::NOT_ENROLLED`], the rest [`exit::ERROR`].
 pub(super) fn failure(client: &Client, relay: &str, e: &SyncError, enrolled: bool) -> Failure {
+    if let SyncError::Wiped(_) = e {
+        return Failure {
+            code: exit::WIPED,
+            message: e.to_string(),
+        };
+    }
     let waiting = client.outbox_len().unwrap_or(0);
     let safe = if waiting > 0 {
         format!(
@@ -165,6 +177,11 @@ pub(super) fn failure(client: &Client, relay: &str, e: &SyncError, enrolled: boo
         ),
     };
     Failure { code, message }
+}
+
+/// After a wipe: the relay settings go too (a plain replica's config may hold its credential).
+pub(super) fn forget_relay(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(CONFIG_FILE));
 }
 
 /// A device the relay does not accept, in plain words: enrolled once (it holds a credential),

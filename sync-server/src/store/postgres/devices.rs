@@ -7,7 +7,9 @@
 use super::*;
 
 /// Columns `device_row_of` reads, in order.
-const DEVICE_COLUMNS: &str = "name, role, scopes, secret_hash, created_at, last_seen, revoked_at";
+const DEVICE_COLUMNS: &str = "name, role, scopes, secret_hash, created_at, last_seen, revoked_at, wipe, wiped_at, lease_days";
+/// How many they are: the columns a query reads after them start here.
+const DEVICE_COLUMN_COUNT: usize = 10;
 /// Columns `token_row_of` reads, in order.
 const TOKEN_COLUMNS: &str =
     "name, role, scopes, device_id, created_at, expires_at, used_at, revoked_at, token_hash";
@@ -21,6 +23,9 @@ fn device_row_of(r: &Row) -> Result<DeviceRow, RelayStoreError> {
         created_at: r.try_get(4)?,
         last_seen: r.try_get(5)?,
         revoked_at: r.try_get(6)?,
+        wipe: r.try_get(7)?,
+        wiped_at: r.try_get(8)?,
+        lease_days: r.try_get(9)?,
     })
 }
 
@@ -76,7 +81,8 @@ impl DeviceDb for PgTx<'_> {
             "INSERT INTO devices (device_id, name, role, scopes, secret_hash, created_at)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, role = excluded.role,
-               scopes = excluded.scopes, secret_hash = excluded.secret_hash, revoked_at = NULL",
+               scopes = excluded.scopes, secret_hash = excluded.secret_hash, revoked_at = NULL,
+               wipe = NULL, wiped_at = NULL",
             &[
                 &d.id.as_bytes().as_slice(),
                 &d.name,
@@ -190,6 +196,56 @@ impl DeviceDb for PgTx<'_> {
         )?;
         Ok(())
     }
+
+    fn order_wipe(
+        &self,
+        who: Holder<'_>,
+        mode: &str,
+        revoke: bool,
+        now: i64,
+    ) -> Result<Vec<Uuid>, RelayStoreError> {
+        let (id, name) = holder_params(who);
+        ids_of(&self.q(
+            "UPDATE devices SET wipe = $3,
+                    revoked_at = CASE WHEN $4 THEN COALESCE(revoked_at, $5) ELSE revoked_at END
+              WHERE (device_id = $1 OR ($1 IS NULL AND name = $2)) AND wiped_at IS NULL
+                AND ($4 OR revoked_at IS NULL)
+              RETURNING device_id",
+            &[&id, &name, &mode, &revoke, &now],
+        )?)
+    }
+
+    fn set_wiped(&self, id: Uuid, now: i64) -> Result<bool, RelayStoreError> {
+        Ok(self.exec(
+            "UPDATE devices SET wiped_at = $2, revoked_at = COALESCE(revoked_at, $2)
+              WHERE device_id = $1 AND wiped_at IS NULL",
+            &[&id.as_bytes().as_slice(), &now],
+        )? == 1)
+    }
+
+    fn set_lease(&self, who: Holder<'_>, days: Option<i64>) -> Result<Vec<Uuid>, RelayStoreError> {
+        let (id, name) = holder_params(who);
+        ids_of(&self.q(
+            "UPDATE devices SET lease_days = $3
+              WHERE (device_id = $1 OR ($1 IS NULL AND name = $2)) AND revoked_at IS NULL
+              RETURNING device_id",
+            &[&id, &name, &days],
+        )?)
+    }
+
+    fn add_event(
+        &self,
+        device: Uuid,
+        at: i64,
+        event: &str,
+        detail: &str,
+    ) -> Result<(), RelayStoreError> {
+        self.exec(
+            "INSERT INTO device_events (device_id, at, event, detail) VALUES ($1, $2, $3, $4)",
+            &[&device.as_bytes().as_slice(), &at, &event, &detail],
+        )?;
+        Ok(())
+    }
 }
 
 impl DeviceBackend for PgRelayStore {
@@ -269,9 +325,10 @@ impl DeviceBackend for PgRelayStore {
                 &[&day],
             )?;
             let mut out = Vec::with_capacity(rows.len());
+            let n = DEVICE_COLUMN_COUNT;
             for r in rows {
-                let id = uuid_of(&r.try_get::<_, Vec<u8>>(7)?, "devices")?;
-                let usage = super::super::usage_of(r.try_get(8)?, r.try_get(9)?);
+                let id = uuid_of(&r.try_get::<_, Vec<u8>>(n)?, "devices")?;
+                let usage = super::super::usage_of(r.try_get(n + 1)?, r.try_get(n + 2)?);
                 out.push((id, device_row_of(&r)?, usage));
             }
             Ok(out)
@@ -286,6 +343,29 @@ impl DeviceBackend for PgRelayStore {
             )?
             .iter()
             .map(token_row_of)
+            .collect()
+        })
+    }
+
+    fn event_rows(&self) -> Result<Vec<EventRow>, RelayStoreError> {
+        self.read(|c| {
+            c.query(
+                "SELECT e.seq, e.device_id, d.name, e.at, e.event, e.detail
+                   FROM device_events e LEFT JOIN devices d ON d.device_id = e.device_id
+                  ORDER BY e.seq",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(EventRow {
+                    seq: r.try_get(0)?,
+                    device_id: uuid_of(&r.try_get::<_, Vec<u8>>(1)?, "device_events")?,
+                    device_name: r.try_get(2)?,
+                    at: r.try_get(3)?,
+                    event: r.try_get(4)?,
+                    detail: r.try_get(5)?,
+                })
+            })
             .collect()
         })
     }

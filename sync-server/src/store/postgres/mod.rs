@@ -80,10 +80,10 @@ use super::pool::{Pool, PoolStats, Share};
 use super::write_queue::{Upload, WriteQueue, WriteStats, write_group};
 use super::{
     AuditQuery, AuditRecord, BatchDb, Cancel, DeviceBackend, DeviceDb, DeviceRecord, DeviceRow,
-    DocCache, DocMeta, DocRow, ENTRY_OVERHEAD, Enrolment, EnrolmentRecord, Holder, KIND_CHANGES,
-    KIND_REPLACE, KIND_SNAPSHOT, MIN_DB_CONNECTIONS, NewDevice, RelayStatus, RelayStoreError,
-    RelayStoreOptions, Replacement, Revoked, SnapshotPage, TokenRow, Usage, doc_id, lack_of, lock,
-    log_entry, pg_detail, publish, replace,
+    DocCache, DocMeta, DocRow, ENTRY_OVERHEAD, Enrolment, EnrolmentRecord, EventRow, Holder,
+    KIND_CHANGES, KIND_REPLACE, KIND_SNAPSHOT, MIN_DB_CONNECTIONS, NewDevice, RelayStatus,
+    RelayStoreError, RelayStoreOptions, Replacement, Revoked, SnapshotPage, TokenRow, Usage,
+    doc_id, lack_of, lock, log_entry, pg_detail, publish, replace,
 };
 
 /// Counter of the log's sequence numbers.

@@ -174,6 +174,24 @@ CREATE TABLE blob_pieces (
     PRIMARY KEY (hash, idx)
 );
 "#,
+    // A device's standing orders (protocol 7): a remote wipe and when it was carried out,
+    // its own offline lease (NULL: its role's default); and the append-only trail of device
+    // events (wipes ordered and carried out, leases set), `detail` in JSON.
+    r#"
+ALTER TABLE devices ADD COLUMN wipe TEXT CHECK (wipe IN ('now', 'after_upload'));
+ALTER TABLE devices ADD COLUMN wiped_at BIGINT;
+ALTER TABLE devices ADD COLUMN lease_days BIGINT CHECK (lease_days >= 0);
+CREATE TABLE device_events (
+    seq BIGSERIAL PRIMARY KEY,
+    device_id BYTEA NOT NULL,
+    at BIGINT NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX device_events_device ON device_events (device_id, seq);
+CREATE TRIGGER device_events_append_only BEFORE UPDATE OR DELETE ON device_events
+    FOR EACH ROW EXECUTE FUNCTION fieldsync_audit_append_only();
+"#,
 ];
 
 pub(super) fn migrate(client: &mut Client) -> Result<(), RelayStoreError> {
@@ -216,4 +234,71 @@ pub(super) fn migrate(client: &mut Client) -> Result<(), RelayStoreError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database left at each earlier schema version, with a device in it, migrates to the
+    /// current one when a node opens it, and keeps its data.
+    #[test]
+    fn every_earlier_version_migrates_to_the_current_one() {
+        for from in 1..PG_SCHEMA_VERSION {
+            let db = ScratchDatabase::create(&ScratchDatabase::server_url())
+                .expect("these tests need PostgreSQL (FIELDSYNC_TEST_PG)");
+            {
+                let mut c = Client::connect(db.url(), NoTls).unwrap();
+                let mut tx = c.transaction().unwrap();
+                for sql in &PG_MIGRATIONS[..from as usize] {
+                    tx.batch_execute(sql).unwrap();
+                }
+                tx.batch_execute("CREATE TABLE fieldsync_schema (version INT NOT NULL)")
+                    .unwrap();
+                tx.execute(
+                    "INSERT INTO fieldsync_schema (version) VALUES ($1)",
+                    &[&from],
+                )
+                .unwrap();
+                tx.execute(
+                    "INSERT INTO devices (device_id, name, role, scopes, created_at)
+                     VALUES ($1, 'old', 'rep', '[\"north\"]', 1)",
+                    &[&Uuid::from_u128(1).as_bytes().as_slice()],
+                )
+                .unwrap();
+                tx.commit().unwrap();
+            }
+            let store = PgRelayStore::open(db.url(), RelayStoreOptions::default()).unwrap();
+            let devices = store.devices().unwrap();
+            assert_eq!(devices.len(), 1, "from {from}");
+            let d = &devices[0];
+            assert_eq!(d.name, "old", "data survives");
+            assert_eq!(
+                (
+                    d.wipe.clone(),
+                    d.wiped_at,
+                    d.lease_days,
+                    d.effective_lease_days
+                ),
+                (None, None, None, None),
+                "from {from}"
+            );
+            store
+                .order_wipe("old", fieldsync_core::protocol::WipeOrder::Now)
+                .unwrap();
+            assert_eq!(store.device_events().unwrap().len(), 1);
+            let mut c = Client::connect(db.url(), NoTls).unwrap();
+            let v: i32 = c
+                .query_one("SELECT version FROM fieldsync_schema", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(v, PG_SCHEMA_VERSION);
+            assert!(c.batch_execute("DELETE FROM device_events").is_err());
+            assert!(
+                c.batch_execute("UPDATE devices SET wipe = 'later'")
+                    .is_err(),
+                "only known wipe orders"
+            );
+        }
+    }
 }

@@ -24,18 +24,21 @@ pub(super) fn devices_generation(c: &Connection) -> Result<u64, RelayStoreError>
     Ok(v.unwrap_or(0).max(0) as u64)
 }
 
+/// Columns `device_row_of` reads, in order.
+const DEVICE_COLUMNS: &str = "name, role, scopes, secret_hash, created_at, last_seen, revoked_at, wipe, wiped_at, lease_days";
+/// How many they are: the columns a query reads after them start here.
+const DEVICE_COLUMN_COUNT: usize = 10;
+
 fn device_row(conn: &Connection, id: Uuid) -> Result<Option<DeviceRow>, RelayStoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT name, role, scopes, secret_hash, created_at, last_seen, revoked_at
-               FROM devices WHERE device_id = ?1",
-        )?
+        .prepare_cached(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?1"
+        ))?
         .query_row([id.as_bytes()], device_row_of)
         .optional()?)
 }
 
-/// A device from the first seven columns of `r` (name, role, scopes, secret hash, created,
-/// last seen, revoked).
+/// A device from the first columns of `r` ([`DEVICE_COLUMNS`]).
 fn device_row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
     Ok(DeviceRow {
         name: r.get(0)?,
@@ -45,7 +48,18 @@ fn device_row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         created_at: r.get(4)?,
         last_seen: r.get(5)?,
         revoked_at: r.get(6)?,
+        wipe: r.get(7)?,
+        wiped_at: r.get(8)?,
+        lease_days: r.get(9)?,
     })
+}
+
+/// The id and name parameters of a statement on `who`'s devices.
+fn holder_params(who: Holder<'_>) -> (Option<Vec<u8>>, Option<&str>) {
+    match who {
+        Holder::Device(id) => (Some(id.as_bytes().to_vec()), None),
+        Holder::Named(n) => (None, Some(n)),
+    }
 }
 
 fn uuid_of(b: &[u8]) -> Result<Uuid, RelayStoreError> {
@@ -88,7 +102,8 @@ impl DeviceDb for Transaction<'_> {
             "INSERT INTO devices (device_id, name, role, scopes, secret_hash, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, role = excluded.role,
-               scopes = excluded.scopes, secret_hash = excluded.secret_hash, revoked_at = NULL",
+               scopes = excluded.scopes, secret_hash = excluded.secret_hash, revoked_at = NULL,
+               wipe = NULL, wiped_at = NULL",
         )?
         .execute(params![
             d.id.as_bytes(),
@@ -102,10 +117,7 @@ impl DeviceDb for Transaction<'_> {
     }
 
     fn revoke_devices(&self, who: Holder<'_>, now: i64) -> Result<Vec<Uuid>, RelayStoreError> {
-        let (id, name) = match who {
-            Holder::Device(id) => (Some(id.as_bytes().to_vec()), None),
-            Holder::Named(n) => (None, Some(n)),
-        };
+        let (id, name) = holder_params(who);
         self.prepare_cached(
             "UPDATE devices SET revoked_at = ?3
               WHERE (device_id = ?1 OR (?1 IS NULL AND name = ?2)) AND revoked_at IS NULL
@@ -122,10 +134,7 @@ impl DeviceDb for Transaction<'_> {
         role: Option<&str>,
         scopes: Option<&str>,
     ) -> Result<Vec<Uuid>, RelayStoreError> {
-        let (id, name) = match who {
-            Holder::Device(id) => (Some(id.as_bytes().to_vec()), None),
-            Holder::Named(n) => (None, Some(n)),
-        };
+        let (id, name) = holder_params(who);
         self.prepare_cached(
             "UPDATE devices SET role = COALESCE(?3, role), scopes = COALESCE(?4, scopes)
               WHERE (device_id = ?1 OR (?1 IS NULL AND name = ?2)) AND revoked_at IS NULL
@@ -203,6 +212,64 @@ impl DeviceDb for Transaction<'_> {
     fn bump_devices(&self) -> Result<(), RelayStoreError> {
         bump_devices(self)
     }
+
+    fn order_wipe(
+        &self,
+        who: Holder<'_>,
+        mode: &str,
+        revoke: bool,
+        now: i64,
+    ) -> Result<Vec<Uuid>, RelayStoreError> {
+        let (id, name) = holder_params(who);
+        self.prepare_cached(
+            "UPDATE devices SET wipe = ?3,
+                    revoked_at = CASE WHEN ?4 THEN COALESCE(revoked_at, ?5) ELSE revoked_at END
+              WHERE (device_id = ?1 OR (?1 IS NULL AND name = ?2)) AND wiped_at IS NULL
+                AND (?4 OR revoked_at IS NULL)
+              RETURNING device_id",
+        )?
+        .query_map(params![id, name, mode, revoke, now], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })?
+        .map(|b| uuid_of(&b?))
+        .collect()
+    }
+
+    fn set_wiped(&self, id: Uuid, now: i64) -> Result<bool, RelayStoreError> {
+        Ok(self
+            .prepare_cached(
+                "UPDATE devices SET wiped_at = ?2, revoked_at = COALESCE(revoked_at, ?2)
+                  WHERE device_id = ?1 AND wiped_at IS NULL",
+            )?
+            .execute(params![id.as_bytes(), now])?
+            == 1)
+    }
+
+    fn set_lease(&self, who: Holder<'_>, days: Option<i64>) -> Result<Vec<Uuid>, RelayStoreError> {
+        let (id, name) = holder_params(who);
+        self.prepare_cached(
+            "UPDATE devices SET lease_days = ?3
+              WHERE (device_id = ?1 OR (?1 IS NULL AND name = ?2)) AND revoked_at IS NULL
+              RETURNING device_id",
+        )?
+        .query_map(params![id, name, days], |r| r.get::<_, Vec<u8>>(0))?
+        .map(|b| uuid_of(&b?))
+        .collect()
+    }
+
+    fn add_event(
+        &self,
+        device: Uuid,
+        at: i64,
+        event: &str,
+        detail: &str,
+    ) -> Result<(), RelayStoreError> {
+        self.prepare_cached(
+            "INSERT INTO device_events (device_id, at, event, detail) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![device.as_bytes(), at, event, detail])?;
+        Ok(())
+    }
 }
 
 impl DeviceBackend for SqliteRelayStore {
@@ -263,17 +330,17 @@ impl DeviceBackend for SqliteRelayStore {
 
     fn device_rows(&self, day: i64) -> Result<Vec<(Uuid, DeviceRow, Usage)>, RelayStoreError> {
         self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT name, role, scopes, secret_hash, created_at, last_seen, revoked_at,
-                        device_id, u.new_docs, u.bytes
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS}, device_id, u.new_docs, u.bytes
                    FROM devices LEFT JOIN device_usage u ON u.device = devices.device_id AND u.day = ?1
-                  ORDER BY created_at, device_id",
-            )?;
+                  ORDER BY created_at, device_id"
+            ))?;
             let mut rows = st.query([day])?;
             let mut out = Vec::new();
+            let n = DEVICE_COLUMN_COUNT;
             while let Some(r) = rows.next()? {
-                let id = uuid_of(&r.get::<_, Vec<u8>>(7)?)?;
-                out.push((id, device_row_of(r)?, usage_of(r.get(8)?, r.get(9)?)));
+                let id = uuid_of(&r.get::<_, Vec<u8>>(n)?)?;
+                out.push((id, device_row_of(r)?, usage_of(r.get(n + 1)?, r.get(n + 2)?)));
             }
             Ok(out)
         })
@@ -287,6 +354,29 @@ impl DeviceBackend for SqliteRelayStore {
             .query_map([], token_row)?
             .map(|r| with_device(r?))
             .collect()
+        })
+    }
+
+    fn event_rows(&self) -> Result<Vec<EventRow>, RelayStoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT e.seq, e.device_id, d.name, e.at, e.event, e.detail
+                   FROM device_events e LEFT JOIN devices d ON d.device_id = e.device_id
+                  ORDER BY e.seq",
+            )?;
+            let mut rows = st.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(EventRow {
+                    seq: r.get(0)?,
+                    device_id: uuid_of(&r.get::<_, Vec<u8>>(1)?)?,
+                    device_name: r.get(2)?,
+                    at: r.get(3)?,
+                    event: r.get(4)?,
+                    detail: r.get(5)?,
+                });
+            }
+            Ok(out)
         })
     }
 }

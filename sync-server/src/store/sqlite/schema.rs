@@ -193,6 +193,28 @@ CREATE TRIGGER attachment_audit_append_only_update BEFORE UPDATE ON attachment_a
 CREATE TRIGGER attachment_audit_append_only_delete BEFORE DELETE ON attachment_audit
     BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
 "#,
+    // 10: a device's standing orders (protocol 7): a remote wipe IT ordered (`now`,
+    // `after_upload`) and when the device reported it carried out; its own offline lease in
+    // days (NULL: its role's default from the configuration). And the append-only trail of
+    // device events: `wipe_ordered` ({"mode": …}), `wiped` (the device's report), `lease_set`
+    // ({"days": N|null}).
+    r#"
+ALTER TABLE devices ADD COLUMN wipe TEXT CHECK (wipe IN ('now', 'after_upload'));
+ALTER TABLE devices ADD COLUMN wiped_at INTEGER;
+ALTER TABLE devices ADD COLUMN lease_days INTEGER CHECK (lease_days >= 0);
+CREATE TABLE device_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id BLOB NOT NULL,
+    at INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX device_events_device ON device_events(device_id, seq);
+CREATE TRIGGER device_events_append_only_update BEFORE UPDATE ON device_events
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TRIGGER device_events_append_only_delete BEFORE DELETE ON device_events
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+"#,
 ];
 
 /// The schema version this build creates and migrates to.
@@ -271,6 +293,25 @@ mod tests {
             assert_eq!(g, 0);
             c.execute_batch("SELECT count(*) FROM enrolments; SELECT count(*) FROM moves;")
                 .unwrap();
+            // A device from before standing orders has none: no wipe, its role's lease.
+            let orders: (Option<String>, Option<i64>, Option<i64>) = c
+                .query_row("SELECT wipe, wiped_at, lease_days FROM devices", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .unwrap();
+            assert_eq!(orders, (None, None, None));
+            assert!(
+                c.execute("UPDATE devices SET wipe = 'later'", []).is_err(),
+                "only known wipe orders"
+            );
+            c.execute(
+                "INSERT INTO device_events (device_id, at, event, detail)
+                 VALUES (x'01', 2, 'lease_set', '{\"days\":3}')",
+                [],
+            )
+            .unwrap();
+            assert!(c.execute("DELETE FROM device_events", []).is_err());
+            assert!(c.execute("UPDATE device_events SET at = 0", []).is_err());
         }
     }
 }

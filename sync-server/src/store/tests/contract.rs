@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::store::postgres::ScratchDatabase;
+use fieldsync_core::protocol::{DevicePolicy, WipeReport};
 
 fn opts() -> RelayStoreOptions {
     RelayStoreOptions {
@@ -24,11 +25,40 @@ pub(super) fn scratch() -> ScratchDatabase {
 
 /// Runs `f` on a fresh SQLite store and on a fresh PostgreSQL store.
 fn each_backend(f: impl Fn(&dyn Fn() -> RelayStore)) {
+    each_backend_with(opts(), f);
+}
+
+/// Runs `f` on a fresh SQLite store and on a fresh PostgreSQL store opened with `opts`.
+fn each_backend_with(opts: RelayStoreOptions, f: impl Fn(&dyn Fn() -> RelayStore)) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(DB_FILE);
-    f(&|| RelayStore::Sqlite(SqliteRelayStore::open(&path, opts()).unwrap()));
+    f(&|| RelayStore::Sqlite(SqliteRelayStore::open(&path, opts.clone()).unwrap()));
     let db = scratch();
-    f(&|| RelayStore::Postgres(PgRelayStore::open(db.url(), opts()).unwrap()));
+    f(&|| RelayStore::Postgres(PgRelayStore::open(db.url(), opts.clone()).unwrap()));
+}
+
+/// Runs `sql` (which changes rows) on the store's database directly, bypassing the store.
+fn raw_execute(r: &RelayStore, sql: &str) -> Result<(), String> {
+    match r {
+        RelayStore::Sqlite(s) => lock(&s.inner.writer)
+            .conn
+            .execute_batch(sql)
+            .map_err(|e| e.to_string()),
+        RelayStore::Postgres(p) => p
+            .bulk_read(|c| Ok(c.batch_execute(sql)))
+            .unwrap()
+            .map_err(|e| pg_detail(&e)),
+    }
+}
+
+/// The device events of one device: (event, detail).
+fn events_of(r: &RelayStore, id: Uuid) -> Vec<(String, serde_json::Value)> {
+    r.device_events()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.device_id == id)
+        .map(|e| (e.event, e.detail))
+        .collect()
 }
 
 #[test]
@@ -382,6 +412,317 @@ fn devices_enrol_revoke_and_tokens() {
         assert!(r.device_grant(e.device_id).unwrap().is_none());
         assert!(!r.revoke_device(e.device_id).unwrap());
         assert_eq!(r.status().unwrap().revoked_devices, 1);
+    });
+}
+
+/// A remote wipe ordered `now`: the device is revoked at once, yet admitted on its own
+/// credential (and on nothing else) to hear the order; its uploads are refused; once it
+/// reports the wipe it is refused for good, and the trail shows the order and the report.
+#[test]
+fn a_device_ordered_wiped_now_hears_the_order_and_is_then_refused_for_good() {
+    each_backend(|open| {
+        let mut r = open();
+        let mut a = device(Role::Rep, &["north"]);
+        let id = a.info.device_id;
+        let e = r
+            .enrol_device(Some(id), "rep laptop", Role::Rep, &["north".into()])
+            .unwrap();
+        a.customer("Zeta Mining", "north");
+        let token = r
+            .create_enrolment(
+                "rep laptop",
+                Role::Rep,
+                &["north".into()],
+                None,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let mut gen_rx = r.subscribe_devices();
+        gen_rx.borrow_and_update();
+        let ordered = r.order_wipe("rep laptop", WipeOrder::Now).unwrap();
+        assert_eq!(ordered.devices, vec![id]);
+        assert_eq!(ordered.tokens, 1, "its name's unused tokens are cancelled");
+        assert!(gen_rx.has_changed().unwrap(), "sessions are told");
+        assert!(
+            r.redeem(Uuid::new_v4(), &token, &"c".repeat(64))
+                .unwrap()
+                .is_err()
+        );
+        // Revoked, but let in on its credential to hear the order.
+        assert!(r.device_grant(id).unwrap().is_none());
+        let admitted = r.authenticate(id, Some(&e.secret)).unwrap();
+        assert_eq!(admitted.as_ref().map(|d| d.device_id), Some(id));
+        assert!(r.authenticate(id, Some("wrong")).unwrap().is_none());
+        assert!(r.authenticate(id, None).unwrap().is_none());
+        let policy = RelayStorage::device_policy(&mut r, &a.info).unwrap();
+        assert_eq!(policy.wipe, Some(WipeOrder::Now));
+        assert_eq!(policy.lease_days, None);
+        // Nothing more is accepted from it.
+        let out = r.append(&a.info, &a.outbox(), false).unwrap();
+        let refused = refusals(&out);
+        assert_eq!(refused.len(), 1, "{out:?}");
+        assert!(refused[0].reason.contains("revoked"), "{refused:?}");
+        assert_eq!(r.high_seq().unwrap(), 0);
+        let listed = r.devices().unwrap();
+        assert_eq!(listed[0].pending_wipe(), Some(WipeOrder::Now));
+        assert!(listed[0].revoked_at.is_some());
+        // The laptop reports its wipe: revoked for good.
+        let report = WipeReport {
+            keys_destroyed: true,
+            files_removed: 4,
+            unsent_changes: 1,
+            unsent_attachments: 0,
+        };
+        gen_rx.borrow_and_update();
+        RelayStorage::record_wiped(&mut r, id, &report).unwrap();
+        assert!(gen_rx.has_changed().unwrap());
+        assert!(r.authenticate(id, Some(&e.secret)).unwrap().is_none());
+        assert_eq!(
+            RelayStorage::device_policy(&mut r, &a.info).unwrap().wipe,
+            None
+        );
+        let listed = r.devices().unwrap();
+        assert!(listed[0].wiped_at.is_some());
+        assert_eq!(listed[0].wipe.as_deref(), Some("now"));
+        assert_eq!(listed[0].pending_wipe(), None);
+        // A second report changes nothing.
+        RelayStorage::record_wiped(&mut r, id, &WipeReport::default()).unwrap();
+        let events = events_of(&r, id);
+        assert_eq!(
+            events,
+            vec![
+                (
+                    "wipe_ordered".to_string(),
+                    serde_json::json!({ "mode": "now" })
+                ),
+                ("wiped".to_string(), serde_json::to_value(&report).unwrap()),
+            ]
+        );
+        let all = r.device_events().unwrap();
+        assert_eq!(all[0].device_name.as_deref(), Some("rep laptop"));
+        assert!(all[0].seq < all[1].seq && all[0].at <= all[1].at);
+        // A wiped device cannot be ordered again; nor can a device nobody has.
+        assert!(r.order_wipe("rep laptop", WipeOrder::Now).is_err());
+        assert!(r.order_wipe("nobody", WipeOrder::Now).is_err());
+        // The trail is append-only.
+        assert!(raw_execute(&r, "DELETE FROM device_events").is_err());
+        let err = raw_execute(&r, "UPDATE device_events SET at = 0").unwrap_err();
+        assert!(err.contains("append-only"), "{err}");
+        assert_eq!(r.device_events().unwrap().len(), 2);
+
+        // A device revoked earlier may still be ordered wiped, by id; enrolling its id again
+        // takes it back and cancels the order.
+        let b = r
+            .enrol_device(None, "old laptop", Role::Rep, &["north".into()])
+            .unwrap();
+        r.revoke("old laptop").unwrap();
+        assert!(
+            r.authenticate(b.device_id, Some(&b.secret))
+                .unwrap()
+                .is_none()
+        );
+        let by_id = b.device_id.to_string();
+        assert!(
+            r.order_wipe(&by_id, WipeOrder::AfterUpload).is_err(),
+            "a revoked device cannot upload first"
+        );
+        let ordered = r.order_wipe(&by_id, WipeOrder::Now).unwrap();
+        assert_eq!(ordered.devices, vec![b.device_id]);
+        assert!(
+            r.authenticate(b.device_id, Some(&b.secret))
+                .unwrap()
+                .is_some()
+        );
+        let again = r
+            .enrol_device(
+                Some(b.device_id),
+                "old laptop",
+                Role::Rep,
+                &["north".into()],
+            )
+            .unwrap();
+        let info = r
+            .authenticate(b.device_id, Some(&again.secret))
+            .unwrap()
+            .unwrap();
+        assert!(r.device_grant(b.device_id).unwrap().is_some());
+        assert_eq!(
+            RelayStorage::device_policy(&mut r, &info).unwrap().wipe,
+            None
+        );
+    });
+}
+
+/// A wipe after upload leaves the device active: its uploads are still accepted (what it
+/// holds unsent reaches the relay) until it reports the wipe; then it is revoked.
+#[test]
+fn a_device_ordered_wiped_after_upload_uploads_until_it_reports_the_wipe() {
+    each_backend(|open| {
+        let mut r = open();
+        let mut a = device(Role::Rep, &["north"]);
+        let id = a.info.device_id;
+        let e = r
+            .enrol_device(Some(id), "leaver", Role::Rep, &["north".into()])
+            .unwrap();
+        let c = a.customer("Zeta Mining", "north");
+        let ordered = r
+            .order_wipe(&id.to_string(), WipeOrder::AfterUpload)
+            .unwrap();
+        assert_eq!((ordered.devices, ordered.tokens), (vec![id], 0));
+        assert!(r.device_grant(id).unwrap().is_some(), "not revoked yet");
+        assert!(r.authenticate(id, Some(&e.secret)).unwrap().is_some());
+        assert!(r.authenticate(id, Some("wrong")).unwrap().is_none());
+        let policy = RelayStorage::device_policy(&mut r, &a.info).unwrap();
+        assert_eq!(policy.wipe, Some(WipeOrder::AfterUpload));
+        let out = r.append(&a.info, &a.outbox(), false).unwrap();
+        assert_eq!(stored(&out), 1, "{out:?}");
+        // Escalating to a wipe now revokes it at once.
+        let listed = r.devices().unwrap();
+        assert_eq!(listed[0].pending_wipe(), Some(WipeOrder::AfterUpload));
+        assert!(listed[0].revoked_at.is_none());
+        RelayStorage::record_wiped(
+            &mut r,
+            id,
+            &WipeReport {
+                files_removed: 3,
+                ..WipeReport::default()
+            },
+        )
+        .unwrap();
+        assert!(r.device_grant(id).unwrap().is_none());
+        assert!(r.authenticate(id, Some(&e.secret)).unwrap().is_none());
+        a.edit(
+            c,
+            CustomerEdit::Set(CustomerField::Industry, "mining".into()),
+        );
+        let later = a.outbox().split_off(1);
+        let out = r.append(&a.info, &later, false).unwrap();
+        assert_eq!(refusals(&out).len(), 1, "{out:?}");
+        let events: Vec<String> = events_of(&r, id).into_iter().map(|(e, _)| e).collect();
+        assert_eq!(events, ["wipe_ordered", "wiped"]);
+        assert_eq!(
+            events_of(&r, id)[0].1,
+            serde_json::json!({ "mode": "after_upload" })
+        );
+
+        // An order after upload escalated to now revokes at once.
+        let mut b = device(Role::Rep, &["north"]);
+        let eb = r
+            .enrol_device(
+                Some(b.info.device_id),
+                "second",
+                Role::Rep,
+                &["north".into()],
+            )
+            .unwrap();
+        r.order_wipe("second", WipeOrder::AfterUpload).unwrap();
+        r.order_wipe("second", WipeOrder::Now).unwrap();
+        assert!(r.device_grant(b.info.device_id).unwrap().is_none());
+        assert!(
+            r.authenticate(b.info.device_id, Some(&eb.secret))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            RelayStorage::device_policy(&mut r, &b.info).unwrap().wipe,
+            Some(WipeOrder::Now)
+        );
+        b.customer("Late Co", "north");
+        let out = r.append(&b.info, &b.outbox(), false).unwrap();
+        assert_eq!(refusals(&out).len(), 1, "{out:?}");
+    });
+}
+
+/// The offline lease a device is sent: its own (`device lease`), else its role's from the
+/// configuration, else the relay's default; 0 days at any level is no lease.
+#[test]
+fn the_offline_lease_is_the_devices_then_its_roles_then_the_relays() {
+    let options = RelayStoreOptions {
+        offline_lease: OfflineLease {
+            days: 30,
+            by_role: [(Role::Rep, 14), (Role::Admin, 0)].into_iter().collect(),
+        },
+        ..opts()
+    };
+    each_backend_with(options, |open| {
+        let mut r = open();
+        let enrol = |name: &str, role: Role| {
+            let e = r.enrol_device(None, name, role, &["north".into()]).unwrap();
+            r.authenticate(e.device_id, Some(&e.secret))
+                .unwrap()
+                .unwrap()
+        };
+        let rep = enrol("rep laptop", Role::Rep);
+        let manager = enrol("manager laptop", Role::Manager);
+        let admin = enrol("admin laptop", Role::Admin);
+        let mut lease = |d: &DeviceInfo| RelayStorage::device_policy(&mut r, d).unwrap().lease_days;
+        assert_eq!(lease(&rep), Some(14), "the role's");
+        assert_eq!(lease(&manager), Some(30), "the relay's");
+        assert_eq!(lease(&admin), None, "0 for the role: none");
+        assert_eq!(
+            r.set_lease("rep laptop", Some(7)).unwrap(),
+            vec![rep.device_id]
+        );
+        assert_eq!(
+            r.set_lease(&admin.device_id.to_string(), Some(5))
+                .unwrap()
+                .len(),
+            1
+        );
+        r.set_lease("manager laptop", Some(0)).unwrap();
+        let mut lease = |d: &DeviceInfo| RelayStorage::device_policy(&mut r, d).unwrap().lease_days;
+        assert_eq!(lease(&rep), Some(7), "the device's own");
+        assert_eq!(lease(&admin), Some(5));
+        assert_eq!(lease(&manager), None, "0 of its own: none");
+        let listed = r.devices().unwrap();
+        let rec = listed
+            .iter()
+            .find(|d| d.device_id == rep.device_id)
+            .unwrap();
+        assert_eq!(
+            (rec.lease_days, rec.effective_lease_days),
+            (Some(7), Some(7))
+        );
+        let rec = listed
+            .iter()
+            .find(|d| d.device_id == manager.device_id)
+            .unwrap();
+        assert_eq!((rec.lease_days, rec.effective_lease_days), (Some(0), None));
+        // Back to the role's default.
+        r.set_lease("rep laptop", None).unwrap();
+        assert_eq!(
+            RelayStorage::device_policy(&mut r, &rep)
+                .unwrap()
+                .lease_days,
+            Some(14)
+        );
+        assert_eq!(
+            events_of(&r, rep.device_id),
+            vec![
+                ("lease_set".to_string(), serde_json::json!({ "days": 7 })),
+                ("lease_set".to_string(), serde_json::json!({ "days": null })),
+            ]
+        );
+        // Refused: nobody, too long, a revoked device.
+        assert!(r.set_lease("nobody", Some(3)).is_err());
+        assert!(r.set_lease("rep laptop", Some(MAX_LEASE_DAYS + 1)).is_err());
+        r.revoke("rep laptop").unwrap();
+        assert!(r.set_lease("rep laptop", Some(3)).is_err());
+    });
+    // Without any configuration, no lease.
+    each_backend(|open| {
+        let mut r = open();
+        let e = r
+            .enrol_device(None, "rep laptop", Role::Rep, &["north".into()])
+            .unwrap();
+        let d = r
+            .authenticate(e.device_id, Some(&e.secret))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            RelayStorage::device_policy(&mut r, &d).unwrap(),
+            DevicePolicy::default()
+        );
     });
 }
 

@@ -931,7 +931,10 @@ fn fresh_downloads_hear_of_earlier_departures_and_leaves_name_where_a_document_i
         },
     );
     assert!(
-        matches!(out.messages[..], [Message::Welcome { .. }]),
+        matches!(
+            out.messages[..],
+            [Message::Welcome { .. }, Message::Policy { .. }]
+        ),
         "{out:?}"
     );
     let fresh = Cursor {
