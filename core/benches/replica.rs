@@ -1,5 +1,12 @@
-//! Replica store benchmark: prints a table of medians and p90s next to the targets of the
-//! client API issue. It never asserts on timings.
+//! Replica store benchmark: prints a table of medians and p90s next to the product's targets.
+//! It never asserts on timings.
+//!
+//! Every case runs on a plain replica and on an encrypted one (SQLCipher, keyed with a raw
+//! 256-bit [`DatabaseKey`] as `Store::open_with` keys it), in the same run: the two variants
+//! alternate sample by sample (which one goes first alternates too), so a change of load on the
+//! machine weighs on both alike. The table shows both side by side with the ratio of their
+//! medians (encrypted / plain); the target for an encrypted replica is within 1.3× for the
+//! edit, the import, the listing and the opening.
 //!
 //! Run with `cargo bench -p fieldsync-core --bench replica` (add `-- --quick`, or set
 //! `FIELDSYNC_BENCH_QUICK=1`, for a smaller run; set `FIELDSYNC_BENCH_DIR` to put the replica
@@ -12,6 +19,7 @@
 //!   in one transaction;
 //! - (c) listing N customers sorted by name via SQL, every row fetched;
 //! - (d) opening an N-document replica: `Store::open` plus one query (first page by name);
+//!   the session before closed its reader first, so its writer folded the WAL into the file;
 //! - (e) a phone lookup and a customer timeline query on that replica (with visits and
 //!   quotes added).
 
@@ -26,6 +34,7 @@ use fieldsync_core::model::{
     NewCustomer, NewQuote, NewVisit, QuoteEdit, VisitStatus, apply_edit, create_customer,
     create_quote, create_visit, normalize_phone,
 };
+use fieldsync_core::store::cipher::{DatabaseKey, apply_key};
 use fieldsync_core::store::{Durability, Store, StoreOptions};
 use fieldsync_core::{DocId, Role};
 
@@ -111,10 +120,51 @@ fn fmt(d: Duration) -> String {
     }
 }
 
+/// The two variants every case runs on, in the order of the table's columns.
+const PLAIN: usize = 0;
+const ENCRYPTED: usize = 1;
+const VARIANTS: [usize; 2] = [PLAIN, ENCRYPTED];
+const TAGS: [&str; 2] = ["plain", "enc"];
+
+/// The bound on encrypted / plain for the edit, import, listing and opening rows.
+const MAX_RATIO: f64 = 1.3;
+
 struct Row {
     name: String,
-    stats: Stats,
+    /// Per variant: `[plain, encrypted]`.
+    stats: [Stats; 2],
     target: Option<Duration>,
+    /// Whether this row's ratio is held to the bound (edits, imports, listing, opening).
+    ratio_target: bool,
+}
+
+/// Runs `f(variant, i)` for `i` in `0..iters` on both variants, alternating which goes first,
+/// and keeps the samples from `warmup` on.
+fn alternating(
+    iters: usize,
+    warmup: usize,
+    mut f: impl FnMut(usize, usize) -> Duration,
+) -> [Vec<Duration>; 2] {
+    let mut out = [Vec::with_capacity(iters), Vec::with_capacity(iters)];
+    for i in 0..iters + warmup {
+        let order = if i % 2 == 0 {
+            [PLAIN, ENCRYPTED]
+        } else {
+            [ENCRYPTED, PLAIN]
+        };
+        for v in order {
+            let d = f(v, i);
+            if i >= warmup {
+                out[v].push(d);
+            }
+        }
+    }
+    out
+}
+
+fn both(samples: [Vec<Duration>; 2]) -> [Stats; 2] {
+    let [p, e] = samples;
+    [stats(p), stats(e)]
 }
 
 fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
@@ -123,11 +173,12 @@ fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     (t.elapsed(), v)
 }
 
-fn open(path: &Path, durability: Durability) -> Store {
+fn open(path: &Path, durability: Durability, key: Option<&DatabaseKey>) -> Store {
     Store::open_with(
         path,
         StoreOptions {
             durability,
+            key: key.cloned(),
             ..Default::default()
         },
     )
@@ -147,22 +198,34 @@ fn new_customer(rng: &mut Rng, i: usize) -> NewCustomer {
     }
 }
 
-/// (a) Single durable local edits, round-robin over a few customers.
-fn bench_edits(dir: &Path, n: usize, durability: Durability) -> Stats {
-    let mut store = open(&dir.join(format!("edits-{durability:?}.db")), durability);
-    let mut rng = Rng(7);
-    let ids: Vec<DocId> = (0..8)
-        .map(|i| {
-            let new = new_customer(&mut rng, i);
-            store
-                .create(|doc, id| create_customer(doc, id, &new, &ctx()))
-                .expect("create")
-                .id
-        })
-        .collect();
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..(n + 50) {
-        let id = ids[i % ids.len()];
+/// (a) Single durable local edits, round-robin over a few customers, on both variants.
+fn bench_edits(
+    dir: &Path,
+    n: usize,
+    durability: Durability,
+    keys: &[Option<DatabaseKey>; 2],
+) -> [Stats; 2] {
+    let mut stores = VARIANTS.map(|v| {
+        open(
+            &dir.join(format!("edits-{durability:?}-{}.db", TAGS[v])),
+            durability,
+            keys[v].as_ref(),
+        )
+    });
+    let ids = VARIANTS.map(|v| {
+        let mut rng = Rng(7);
+        (0..8)
+            .map(|i| {
+                let new = new_customer(&mut rng, i);
+                stores[v]
+                    .create(|doc, id| create_customer(doc, id, &new, &ctx()))
+                    .expect("create")
+                    .id
+            })
+            .collect::<Vec<DocId>>()
+    });
+    both(alternating(n, 50, |v, i| {
+        let id = ids[v][i % ids[v].len()];
         let edit = if i % 3 == 0 {
             Edit::Customer(CustomerEdit::AddPhone(format!("+86 139 {i:08}")))
         } else {
@@ -172,40 +235,42 @@ fn bench_edits(dir: &Path, n: usize, durability: Durability) -> Stats {
             ))
         };
         let c = ctx();
-        let (d, r) = time(|| store.edit(id, |doc| apply_edit(doc, &edit, &c)));
+        let (d, r) = time(|| stores[v].edit(id, |doc| apply_edit(doc, &edit, &c)));
         r.expect("edit");
-        if i >= 50 {
-            samples.push(d);
-        }
-    }
-    stats(samples)
+        d
+    }))
 }
 
 /// The floor under (a): a bare one-row SQLite insert committed with WAL and
-/// synchronous=FULL on the same disk. (a)'s target only makes sense relative to it.
-fn bench_bare_commits(dir: &Path, n: usize) -> Stats {
-    let conn = rusqlite::Connection::open(dir.join("bare.db")).expect("open");
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .expect("wal");
-    conn.pragma_update(None, "synchronous", "FULL")
-        .expect("full");
-    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
-        .expect("table");
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..(n + 50) {
-        let (d, r) = time(|| conn.execute("INSERT INTO t (v) VALUES (?1)", [vec![i as u8; 200]]));
-        r.expect("insert");
-        if i >= 50 {
-            samples.push(d);
+/// synchronous=FULL on the same disk, plain and keyed as the replica is (`apply_key`). (a)'s
+/// target only makes sense relative to it.
+fn bench_bare_commits(dir: &Path, n: usize, keys: &[Option<DatabaseKey>; 2]) -> [Stats; 2] {
+    let conns = VARIANTS.map(|v| {
+        let conn =
+            rusqlite::Connection::open(dir.join(format!("bare-{}.db", TAGS[v]))).expect("open");
+        if let Some(k) = &keys[v] {
+            apply_key(&conn, k).expect("key");
         }
-    }
-    stats(samples)
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .expect("wal");
+        conn.pragma_update(None, "synchronous", "FULL")
+            .expect("full");
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+            .expect("table");
+        conn
+    });
+    both(alternating(n, 50, |v, i| {
+        let (d, r) =
+            time(|| conns[v].execute("INSERT INTO t (v) VALUES (?1)", [vec![i as u8; 200]]));
+        r.expect("insert");
+        d
+    }))
 }
 
 /// (b) N customers with their projections in one transaction; `rich` customers also get a
 /// contact (with a phone) and a unit of equipment.
-fn import_customers(path: &Path, n: usize, rich: bool) -> Duration {
-    let mut store = open(path, Durability::Full);
+fn import_customers(path: &Path, n: usize, rich: bool, key: Option<&DatabaseKey>) -> Duration {
+    let mut store = open(path, Durability::Full, key);
     let mut rng = Rng(42);
     let news: Vec<NewCustomer> = (0..n).map(|i| new_customer(&mut rng, i)).collect();
     let (d, r) = time(|| {
@@ -321,6 +386,45 @@ fn add_activity(store: &mut Store, customers: &[(DocId, String)], visits: usize,
         .expect("add activity");
 }
 
+/// A fixed key for the encrypted variant (the bench measures the cipher, not the key).
+fn bench_key() -> DatabaseKey {
+    let mut rng = Rng(0x5eed);
+    let mut bytes = [0u8; 32];
+    for chunk in bytes.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next().to_le_bytes());
+    }
+    DatabaseKey::from_bytes(bytes)
+}
+
+/// SQLCipher's version, crypto provider and the settings a keyed connection gets, for the
+/// header line.
+fn cipher_info(dir: &Path, key: &DatabaseKey) -> String {
+    let conn = rusqlite::Connection::open(dir.join("info.db")).expect("open");
+    apply_key(&conn, key).expect("key");
+    let q = |pragma: &str| -> String {
+        conn.query_row(&format!("PRAGMA {pragma}"), [], |r| {
+            r.get::<_, rusqlite::types::Value>(0)
+        })
+        .map(|v| match v {
+            rusqlite::types::Value::Integer(i) => i.to_string(),
+            rusqlite::types::Value::Text(t) => t,
+            _ => "?".into(),
+        })
+        .unwrap_or_else(|_| "?".into())
+    };
+    format!(
+        "SQLCipher {} ({} {}), cipher_page_size {}, kdf_iter {} (unused: raw key), \
+         cipher_memory_security {}, cache_size {}",
+        q("cipher_version"),
+        q("cipher_provider"),
+        q("cipher_provider_version"),
+        q("cipher_page_size"),
+        q("kdf_iter"),
+        q("cipher_memory_security"),
+        q("cache_size"),
+    )
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick")
         || std::env::var_os("FIELDSYNC_BENCH_QUICK").is_some_and(|v| v != "0" && !v.is_empty());
@@ -333,6 +437,8 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(&base).expect("temp dir");
+    let keys: [Option<DatabaseKey>; 2] = [None, Some(bench_key())];
+    let key = |v: usize| keys[v].as_ref();
     println!(
         "fieldsync replica benchmark{}: {} cores, SQLite {}, files in {}",
         if quick { " (quick)" } else { "" },
@@ -340,94 +446,106 @@ fn main() {
         rusqlite::version(),
         dir.path().display()
     );
+    println!(
+        "encrypted variant: {}",
+        cipher_info(dir.path(), &bench_key())
+    );
 
     let mut rows: Vec<Row> = Vec::new();
     let ms = Duration::from_millis;
 
     // (a)
-    eprintln!("(a) {n_edits} durable single edits …");
+    eprintln!("(a) {n_edits} durable single edits, plain and encrypted …");
     rows.push(Row {
         name: "(a) one local edit, synchronous=FULL".into(),
-        stats: bench_edits(dir.path(), n_edits, Durability::Full),
+        stats: bench_edits(dir.path(), n_edits, Durability::Full, &keys),
         target: Some(ms(2)),
+        ratio_target: true,
     });
     rows.push(Row {
         name: "    same, synchronous=NORMAL (info)".into(),
-        stats: bench_edits(dir.path(), n_edits, Durability::Normal),
+        stats: bench_edits(dir.path(), n_edits, Durability::Normal, &keys),
         target: None,
+        ratio_target: false,
     });
     rows.push(Row {
         name: "    floor: bare SQLite commit, FULL (info)".into(),
-        stats: bench_bare_commits(dir.path(), n_edits),
+        stats: bench_bare_commits(dir.path(), n_edits, &keys),
         target: None,
+        ratio_target: false,
     });
 
-    // (b): three imports into fresh files; the last file is the replica for (c)-(e).
+    // (b): three imports per variant into fresh files; the last file of each variant is its
+    // replica for (c)-(e).
     let import_runs = 3;
-    eprintln!("(b) importing {n_customers} customers ×{import_runs} …");
-    let big = dir.path().join("big.db");
-    let mut samples = Vec::new();
-    for r in 0..import_runs {
+    eprintln!("(b) importing {n_customers} customers ×{import_runs}, plain and encrypted …");
+    let big = VARIANTS.map(|v| dir.path().join(format!("big-{}.db", TAGS[v])));
+    let samples = alternating(import_runs, 0, |v, r| {
         let path = if r + 1 == import_runs {
-            big.clone()
+            big[v].clone()
         } else {
-            dir.path().join(format!("import-{r}.db"))
+            dir.path().join(format!("import-{r}-{}.db", TAGS[v]))
         };
-        samples.push(import_customers(&path, n_customers, true));
-    }
+        import_customers(&path, n_customers, true, key(v))
+    });
     rows.push(Row {
         name: format!("(b) import {n_customers} customers, one tx"),
-        stats: stats(samples),
+        stats: both(samples),
         target: Some(ms(2_000)),
+        ratio_target: true,
     });
-    let mut samples = Vec::new();
-    for r in 0..import_runs {
-        let path = dir.path().join(format!("import-plain-{r}.db"));
-        samples.push(import_customers(&path, n_customers, false));
-    }
+    let samples = alternating(import_runs, 0, |v, r| {
+        let path = dir.path().join(format!("import-plain-{r}-{}.db", TAGS[v]));
+        import_customers(&path, n_customers, false, key(v))
+    });
     rows.push(Row {
         name: "    same without contact/equipment (info)".into(),
-        stats: stats(samples),
+        stats: both(samples),
         target: None,
+        ratio_target: false,
     });
 
     // (c)
     eprintln!("(c) listing …");
-    let store = open(&big, Durability::Full);
-    let mut samples = Vec::new();
-    let mut fetched = 0;
-    for _ in 0..runs {
-        let (d, v) = time(|| list_all(&store));
-        fetched = v.len();
-        samples.push(d);
-    }
-    assert_eq!(fetched, n_customers, "every customer is listed");
-    rows.push(Row {
-        name: format!("(c) list {fetched} customers by name (SQL)"),
-        stats: stats(samples),
-        target: Some(ms(20)),
+    let stores = VARIANTS.map(|v| open(&big[v], Durability::Full, key(v)));
+    let mut fetched = [0; 2];
+    let samples = alternating(runs, 0, |v, _| {
+        let (d, listed) = time(|| list_all(&stores[v]));
+        fetched[v] = listed.len();
+        d
     });
-    let mut samples = Vec::new();
-    for _ in 0..runs {
-        let (d, v) = time(|| store.query_json(LIST_SQL, &[]).expect("query_json"));
-        assert_eq!(v.len(), n_customers);
-        samples.push(d);
-    }
+    assert_eq!(fetched, [n_customers; 2], "every customer is listed");
+    rows.push(Row {
+        name: format!("(c) list {n_customers} customers by name (SQL)"),
+        stats: both(samples),
+        target: Some(ms(20)),
+        ratio_target: true,
+    });
+    let samples = alternating(runs, 0, |v, _| {
+        let (d, listed) = time(|| stores[v].query_json(LIST_SQL, &[]).expect("query_json"));
+        assert_eq!(listed.len(), n_customers);
+        d
+    });
     rows.push(Row {
         name: "    same via query_json (info)".into(),
-        stats: stats(samples),
+        stats: both(samples),
         target: None,
+        ratio_target: false,
     });
-    let customers: Vec<(DocId, String)> = list_all(&store)
-        .into_iter()
-        .map(|r| (r.0.parse().expect("id"), r.1))
-        .collect();
-    drop(store);
+    // Both variants hold the same customers in the same order (names are deterministic and
+    // unique); only their ids differ.
+    let customers: [Vec<(DocId, String)>; 2] = VARIANTS.map(|v| {
+        list_all(&stores[v])
+            .into_iter()
+            .map(|r| (r.0.parse().expect("id"), r.1))
+            .collect()
+    });
+    drop(stores);
 
     // (d)
     eprintln!("(d) opening …");
-    let open_and_query = |path: &Path| {
-        let store = open(path, Durability::Full);
+    let open_and_query = |v: usize| {
+        let store = open(&big[v], Durability::Full, key(v));
         let n: i64 = store
             .reader()
             .query_row(
@@ -440,31 +558,35 @@ fn main() {
         assert_eq!(n, 50.min(n_customers as i64));
         store
     };
-    let mut samples = Vec::new();
-    for _ in 0..runs {
-        let (d, store) = time(|| open_and_query(&big));
-        samples.push(d);
+    let samples = alternating(runs, 0, |v, _| {
+        let (d, store) = time(|| open_and_query(v));
         drop(store);
-    }
-    let docs = open(&big, Durability::Full).doc_count().expect("count");
+        d
+    });
+    let docs = open(&big[PLAIN], Durability::Full, None)
+        .doc_count()
+        .expect("count");
     rows.push(Row {
         name: format!("(d) open a {docs}-doc replica + 1 query"),
-        stats: stats(samples),
+        stats: both(samples),
         target: Some(ms(200)),
+        ratio_target: true,
     });
 
     // (e)
     let (n_visits, n_quotes) = (n_customers / 5, n_customers / 10);
     eprintln!("(e) adding {n_visits} visits and {n_quotes} quotes, then lookups …");
-    let mut store = open(&big, Durability::Full);
-    add_activity(&mut store, &customers, n_visits, n_quotes);
+    let stores = VARIANTS.map(|v| {
+        let mut store = open(&big[v], Durability::Full, key(v));
+        add_activity(&mut store, &customers[v], n_visits, n_quotes);
+        store
+    });
     let mut rng = Rng(5);
-    let mut samples = Vec::new();
-    for _ in 0..runs * 10 {
-        let i = rng.below(n_customers);
-        let number = normalize_phone(&phone(i));
+    let picks: Vec<usize> = (0..runs * 10).map(|_| rng.below(n_customers)).collect();
+    let samples = alternating(picks.len(), 0, |v, i| {
+        let number = normalize_phone(&phone(picks[i]));
         let (d, hits) = time(|| {
-            let mut st = store
+            let mut st = stores[v]
                 .reader()
                 .prepare_cached(
                     "SELECT c.id, c.name FROM customers c WHERE c.id IN
@@ -480,15 +602,16 @@ fn main() {
             .expect("rows")
         });
         assert_eq!(hits.len(), 1, "phone {number} finds its customer");
-        samples.push(d);
-    }
+        d
+    });
     rows.push(Row {
         name: "(e) phone lookup".into(),
-        stats: stats(samples),
+        stats: both(samples),
         target: None,
+        ratio_target: false,
     });
-    let timeline = |id: &DocId| {
-        let mut st = store
+    let timeline = |v: usize, id: &DocId| {
+        let mut st = stores[v]
             .reader()
             .prepare_cached(
                 "SELECT t.occurred_at, t.kind, t.id, t.summary FROM timeline t
@@ -510,66 +633,96 @@ fn main() {
         .collect::<Result<Vec<_>, _>>()
         .expect("rows")
     };
-    let mut samples = Vec::new();
-    for _ in 0..runs * 10 {
-        let id = customers[rng.below(customers.len())].0;
-        let (d, _) = time(|| timeline(&id));
-        samples.push(d);
-    }
+    let picks: Vec<usize> = (0..runs * 10).map(|_| rng.below(n_customers)).collect();
+    let samples = alternating(picks.len(), 0, |v, i| {
+        let id = customers[v][picks[i]].0;
+        time(|| timeline(v, &id)).0
+    });
     rows.push(Row {
         name: "(e) timeline of a customer".into(),
-        stats: stats(samples),
+        stats: both(samples),
         target: None,
+        ratio_target: false,
     });
-    let busy = customers[0].0;
-    let entries = timeline(&busy).len();
-    let mut samples = Vec::new();
-    for _ in 0..runs * 10 {
-        let (d, _) = time(|| timeline(&busy));
-        samples.push(d);
-    }
+    let entries = VARIANTS.map(|v| timeline(v, &customers[v][0].0).len());
+    assert_eq!(entries[PLAIN], entries[ENCRYPTED], "same busy customer");
+    let samples = alternating(runs * 10, 0, |v, _| {
+        time(|| timeline(v, &customers[v][0].0)).0
+    });
     rows.push(Row {
-        name: format!("(e) timeline, busy customer ({entries} entries)"),
-        stats: stats(samples),
+        name: format!("(e) timeline, busy customer ({} entries)", entries[PLAIN]),
+        stats: both(samples),
         target: None,
+        ratio_target: false,
     });
-    let docs = store.doc_count().expect("count");
-    drop(store);
-    let mut samples = Vec::new();
-    for _ in 0..runs {
-        let (d, store) = time(|| open_and_query(&big));
-        samples.push(d);
+    let docs = stores[PLAIN].doc_count().expect("count");
+    drop(stores);
+    let samples = alternating(runs, 0, |v, _| {
+        let (d, store) = time(|| open_and_query(v));
         drop(store);
-    }
+        d
+    });
     rows.push(Row {
         name: format!("(d) open a {docs}-doc replica + 1 query"),
-        stats: stats(samples),
+        stats: both(samples),
         target: Some(ms(200)),
+        ratio_target: true,
     });
 
+    print_table(&rows);
+}
+
+fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| {:<44} | {:>5} | {:>10} | {:>10} | {:>9} | {:<6} |",
-        "operation", "n", "median", "p90", "target", "result"
+        "| {:<44} | {:>5} | {:>10} | {:>10} | {:>10} | {:>10} | {:>9} | {:<6} | {:>9} | {:<18} |",
+        "operation",
+        "n",
+        "plain",
+        "plain p90",
+        "encrypted",
+        "enc. p90",
+        "enc/plain",
+        "≤ 1.3×",
+        "target",
+        "result"
     );
     println!(
-        "|{:-<46}|{:-<7}|{:-<12}|{:-<12}|{:-<11}|{:-<8}|",
-        "", "", "", "", "", ""
+        "|{:-<46}|{:-<6}:|{:-<11}:|{:-<11}:|{:-<11}:|{:-<11}:|{:-<10}:|{:-<8}|{:-<10}:|{:-<20}|",
+        "", "", "", "", "", "", "", "", "", ""
     );
-    for r in &rows {
+    for r in rows {
+        let [plain, enc] = r.stats;
+        let ratio = enc.median.as_secs_f64() / plain.median.as_secs_f64();
+        let within = if !r.ratio_target {
+            ""
+        } else if ratio <= MAX_RATIO {
+            "met"
+        } else {
+            "MISSED"
+        };
         let (target, verdict) = match r.target {
-            Some(t) => (
-                fmt_target(t),
-                if r.stats.median < t { "met" } else { "MISSED" },
-            ),
+            Some(t) => {
+                let verdict = match (plain.median < t, enc.median < t) {
+                    (true, true) => "met",
+                    (true, false) => "MISSED (encrypted)",
+                    (false, true) => "MISSED (plain)",
+                    (false, false) => "MISSED",
+                };
+                (fmt_target(t), verdict)
+            }
             None => ("—".to_string(), ""),
         };
         println!(
-            "| {:<44} | {:>5} | {:>10} | {:>10} | {:>9} | {:<6} |",
+            "| {:<44} | {:>5} | {:>10} | {:>10} | {:>10} | {:>10} | {:>9} | {:<6} | {:>9} | {:<18} |",
             r.name,
-            r.stats.n,
-            fmt(r.stats.median),
-            fmt(r.stats.p90),
+            plain.n,
+            fmt(plain.median),
+            fmt(plain.p90),
+            fmt(enc.median),
+            fmt(enc.p90),
+            format!("{ratio:.2}×"),
+            within,
             target,
             verdict
         );

@@ -98,6 +98,7 @@ fn store_options(suffix: u8) -> StoreOptions {
         actor_suffix: Some([suffix; 8]),
         // Fixed time and ids, so an input replays the same way in every process.
         env: std::sync::Arc::new(fieldsync_core::env::SeededEnv::new(1, 1_700_000_000_000)),
+        key: None,
     }
 }
 
@@ -366,7 +367,19 @@ fn message(u: &mut Unstructured<'_>, w: &World, store: &Store) -> ArbResult<Mess
                 },
             }
         }
-        _ => match u.int_in_range(0..=4u8)? {
+        _ => match u.int_in_range(0..=5u8)? {
+            // The relay's standing orders (protocol 7): a wipe, a lease, at any point.
+            5 => Message::Policy {
+                policy: fieldsync_core::protocol::DevicePolicy {
+                    wipe: *u.choose(&[
+                        None,
+                        Some(fieldsync_core::protocol::WipeOrder::Now),
+                        Some(fieldsync_core::protocol::WipeOrder::AfterUpload),
+                    ])?,
+                    lease_days: u.arbitrary()?,
+                },
+                relay_time: u.arbitrary()?,
+            },
             0 => Message::Hello {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,

@@ -66,6 +66,7 @@ fn open_base() -> Store {
             device_id: Some(DEVICE),
             actor_suffix: Some([1; 8]),
             env: std::sync::Arc::new(fieldsync_core::env::SeededEnv::new(1, 1_700_000_000_000)),
+            key: None,
         },
     )
     .expect("replica");

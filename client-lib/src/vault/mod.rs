@@ -6,15 +6,15 @@
 //! (`replica.db.credential`) — are encrypted with one random 256-bit *data key*: the SQLite
 //! files by SQLCipher ([`fieldsync_core::store::cipher`]), the credential sealed with
 //! ChaCha20-Poly1305. The data key is stored only sealed, in the key file beside the replica
-//! (`replica.db.keys`, [`keyfile`]), under one or both of:
+//! (`replica.db.keys`, `keyfile.rs`), under one or both of:
 //!
-//! - a random wrapping key in the **OS keyring** ([`keyring`]): the replica opens without a
+//! - a random wrapping key in the **OS keyring** (`keyring.rs`): the replica opens without a
 //!   question for the logged-in user, and for nobody who only has the disk;
 //! - a key stretched from a **passphrase** with Argon2id (shared and headless machines, and the
 //!   way back when the keyring is lost).
 //!
 //! [`unlock`] finds the data key (an unlocked copy kept for the session by `fieldsync unlock`
-//! ([`session`]), the keyring, then the passphrase); [`encrypt`] encrypts a plain replica in
+//! (`session.rs`), the keyring, then the passphrase); [`encrypt`] encrypts a plain replica in
 //! place; [`rekey`] moves it to a fresh data key; [`protect`] changes how the same key is
 //! protected; [`shred`] destroys the wrapped keys and then the files (remote wipe).
 //!

@@ -34,6 +34,10 @@ const ALLOWED: &[&str] = &[
     "Unicode-DFS-2016",
     "Unlicense",
     "Zlib",
+    // SQLite's public-domain dedication, and libtomcrypt's licence, both in SQLCipher's
+    // sources: no conditions at all.
+    "blessing",
+    "WTFPL",
 ];
 
 /// The registry every dependency must come from.

@@ -24,8 +24,11 @@ use crate::env::Env;
 
 /// The local replica store.
 pub struct Store {
-    conn: Connection,
+    /// Declared (so dropped) before the writer: the last connection to close folds the WAL
+    /// into the file and removes it, which only a read-write connection can do; the next
+    /// opening then has no WAL index to rebuild.
     reader: Connection,
+    conn: Connection,
     path: PathBuf,
     cache: DocCache,
     actor: ActorId,
