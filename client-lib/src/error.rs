@@ -52,6 +52,16 @@ pub enum ClientError {
         /// Milliseconds since it expired.
         ago: i64,
     },
+    /// The laptop's clock was set back by more than a day since the replica last saw it: the
+    /// offline lease ends until a sync reaches the relay.
+    #[error(
+        "this laptop's clock was set back by {} since the replica last saw it: connect and sync to open the replica again, or ask IT",
+        fieldsync_core::display::format_age(*by)
+    )]
+    LeaseClockSetBack {
+        /// Milliseconds behind the latest time the clock showed.
+        by: i64,
+    },
     /// The replica's key: locked, a wrong passphrase, the keyring, moving files to a key.
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),

@@ -40,6 +40,7 @@ impl Client {
                 days: lease.days,
                 ago,
             }),
+            LeaseState::ClockSetBack { by } => Err(ClientError::LeaseClockSetBack { by }),
             LeaseState::Valid { .. } => Ok(()),
         }
     }
@@ -62,7 +63,9 @@ impl Client {
         lease_days: Option<u32>,
         relay_time: i64,
     ) -> Result<(), ClientError> {
-        let now = self.inner.opts.env.now_millis();
+        // A laptop clock behind the relay's (a dead clock battery before the network time
+        // came) would date the contact in the past: the later of the two counts.
+        let now = self.inner.opts.env.now_millis().max(relay_time);
         let lease = lease_days.map(|d| Lease::renewed(d, now, relay_time));
         self.write_lease(lease.as_ref())
     }
@@ -108,8 +111,8 @@ mod tests {
         assert_eq!(st, LeaseState::Valid { left: DAY });
         drop(client);
 
-        // The clock is set back three days: no time is gained.
-        env.set_now(T0 + 3 * DAY);
+        // The clock is set back by hours: the countdown pauses, no time is gained.
+        env.set_now(T0 + 6 * DAY - 3 * 3_600_000);
         let client = open(&path, &env).expect("still within the lease");
         assert_eq!(
             client.lease().expect("lease").expect("set").1,
@@ -124,12 +127,17 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("1 day ago"), "{e}");
-        // Set back again after expiry: still refused.
+        // Set back by days after expiry: refused, and stays refused when set forward again.
         env.set_now(T0);
         assert!(matches!(
             open(&path, &env),
-            Err(ClientError::LeaseExpired { .. })
+            Err(ClientError::LeaseClockSetBack { .. })
         ));
+        env.set_now(T0 + 7 * DAY);
+        assert!(
+            open(&path, &env).is_err(),
+            "a clock set back keeps the replica shut"
+        );
 
         // A sync reaches the relay: the lease starts again.
         let opts = StoreOptions {

@@ -911,7 +911,9 @@ async fn nothing_to_upload(client: &Client) -> Result<bool, SyncError> {
             .attachments()
             .stored()?
             .iter()
-            .any(|b| b.upload_pending() && !b.stopped);
+            // Refused, for good or for now (over a quota, say): it would hold the wipe up
+            // for ever; it goes with the laptop and is counted as unsent.
+            .any(|b| b.upload_pending() && !b.stopped && b.refused.is_none());
         Ok(client.outbox_len()? == 0 && !attachments_waiting)
     })
     .await

@@ -6,6 +6,9 @@
 //! - each contact with the relay starts the lease again from the laptop's time then;
 //! - the lease remembers the latest time the laptop ever showed it, and counts from whichever
 //!   is later, that or the clock now: setting the clock back never buys time;
+//! - a clock set back by more than [`CLOCK_BACK_TOLERANCE`] behind that latest time ends the
+//!   lease (within it, the countdown pauses until the clock catches up: a laptop that boots
+//!   another system keeping local time in its clock jumps back by hours);
 //! - a clock that jumps forward ends the lease early, which the next contact repairs.
 //!
 //! Sans-IO: callers pass the time in; the replica stores the [`Lease`] in its metadata.
@@ -16,6 +19,9 @@ use crate::ids::Millis;
 
 /// Milliseconds in a day.
 const DAY_MS: i64 = 86_400_000;
+
+/// How far behind the latest time it showed the laptop's clock may go before the lease ends.
+pub const CLOCK_BACK_TOLERANCE: Millis = DAY_MS;
 
 /// The lease as the replica keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +34,10 @@ pub struct Lease {
     pub relay_time: Millis,
     /// The latest time the laptop's clock ever showed (never goes back).
     pub latest: Millis,
+    /// The clock was once set back by more than [`CLOCK_BACK_TOLERANCE`]: the lease stays
+    /// ended until the next contact.
+    #[serde(default)]
+    pub clock_set_back: bool,
 }
 
 /// Where a lease stands.
@@ -44,6 +54,12 @@ pub enum LeaseState {
         /// Milliseconds since it expired.
         ago: Millis,
     },
+    /// The laptop's clock was set back by `by` ms, more than [`CLOCK_BACK_TOLERANCE`]: the
+    /// replica refuses to open until it reaches the relay.
+    ClockSetBack {
+        /// Milliseconds behind the latest time the clock showed.
+        by: Millis,
+    },
 }
 
 impl Lease {
@@ -55,6 +71,7 @@ impl Lease {
             contact_at: now,
             relay_time,
             latest: now,
+            clock_set_back: false,
         }
     }
 
@@ -66,6 +83,10 @@ impl Lease {
 
     /// Where the lease stands at `now` (the laptop's clock).
     pub fn state(&self, now: Millis) -> LeaseState {
+        let behind = self.latest.saturating_sub(now);
+        if self.clock_set_back || behind > CLOCK_BACK_TOLERANCE {
+            return LeaseState::ClockSetBack { by: behind };
+        }
         let now = now.max(self.latest);
         let end = self.ends_at();
         if now < end {
@@ -80,6 +101,9 @@ impl Lease {
     pub fn observe(&mut self, now: Millis) -> bool {
         if now > self.latest {
             self.latest = now;
+            true
+        } else if !self.clock_set_back && self.latest.saturating_sub(now) > CLOCK_BACK_TOLERANCE {
+            self.clock_set_back = true;
             true
         } else {
             false
@@ -117,12 +141,25 @@ mod tests {
     fn setting_the_clock_back_buys_no_time() {
         let mut lease = Lease::renewed(7, T0, T0);
         lease.observe(T0 + 6 * DAY_MS);
-        // The thief sets the clock back five days: still one day left, not six.
-        assert_eq!(lease.state(T0 + DAY_MS), LeaseState::Valid { left: DAY_MS });
+        // Back by a few hours (another system's local time): the countdown pauses.
+        assert_eq!(
+            lease.state(T0 + 6 * DAY_MS - 8 * 3_600_000),
+            LeaseState::Valid { left: DAY_MS }
+        );
+        // The thief sets the clock back five days: the lease ends.
+        assert_eq!(
+            lease.state(T0 + DAY_MS),
+            LeaseState::ClockSetBack { by: 5 * DAY_MS }
+        );
         lease.observe(T0 + DAY_MS);
+        // Set forward again: still ended, until a contact.
         assert!(matches!(
-            lease.state(T0 + 7 * DAY_MS),
-            LeaseState::Expired { .. }
+            lease.state(T0 + 6 * DAY_MS),
+            LeaseState::ClockSetBack { .. }
+        ));
+        assert!(matches!(
+            Lease::renewed(7, T0 + DAY_MS, T0).state(T0 + DAY_MS),
+            LeaseState::Valid { .. }
         ));
     }
 
@@ -148,7 +185,7 @@ mod tests {
                         prop_assert!(left <= left_before);
                         left_before = left;
                     }
-                    LeaseState::Expired { .. } => expired = true,
+                    LeaseState::Expired { .. } | LeaseState::ClockSetBack { .. } => expired = true,
                 }
             }
         }

@@ -38,6 +38,16 @@ struct FsClient *fs_open(const char *path);
 // `path` is a valid NUL-terminated UTF-8 string; `passphrase` is NULL or one.
 struct FsClient *fs_open_encrypted(const char *path, const char *passphrase);
 
+// Opens the replica at `path` (encrypted: unlocked with `passphrase`, or NULL for the OS
+// keyring) also when its offline lease has expired, for one purpose: `fs_sync`, which renews
+// the lease when the relay still accepts this computer (or carries out IT's wipe order).
+// Close it after the sync and open the replica again with `fs_open`/`fs_open_encrypted` to
+// use it. Returns NULL on error.
+//
+// # Safety
+// `path` is a valid NUL-terminated UTF-8 string; `passphrase` is NULL or one.
+struct FsClient *fs_open_for_sync(const char *path, const char *passphrase);
+
 // Encrypts the plain replica at `path` in place (its attachments and credential too) under
 // `passphrase`, and the OS keyring where there is one. The replica must not be open. A crash
 // during the encryption loses nothing: the next open finishes it. Returns 0, or -1 on error.

@@ -158,6 +158,32 @@ pub unsafe extern "C" fn fs_open_encrypted(
     })
 }
 
+/// Opens the replica at `path` (encrypted: unlocked with `passphrase`, or NULL for the OS
+/// keyring) also when its offline lease has expired, for one purpose: `fs_sync`, which renews
+/// the lease when the relay still accepts this computer (or carries out IT's wipe order).
+/// Close it after the sync and open the replica again with `fs_open`/`fs_open_encrypted` to
+/// use it. Returns NULL on error.
+///
+/// # Safety
+/// `path` is a valid NUL-terminated UTF-8 string; `passphrase` is NULL or one.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fs_open_for_sync(
+    path: *const c_char,
+    passphrase: *const c_char,
+) -> *mut FsClient {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        let path = std::path::Path::new(unsafe { arg(path, "path") }?);
+        let unlock = vault::Unlock {
+            passphrase: passphrase_arg(passphrase)?,
+            ..vault::Unlock::default()
+        };
+        let client = Client::open_for_renewal(path, StoreOptions::default(), &unlock)
+            .map_err(|e| e.to_string())?;
+        Ok(Box::into_raw(Box::new(FsClient { client })))
+    })
+}
+
 /// Encrypts `path` under `passphrase`, with the OS keyring as well where there is one.
 fn encrypt_with_keyring_if_any(
     path: &std::path::Path,

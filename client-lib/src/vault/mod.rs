@@ -196,6 +196,35 @@ pub fn replica_files(replica: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Where attachments opened for viewing are written (plain copies a viewer can read): beside
+/// the replica, removed by `fieldsync lock` and by [`shred`].
+pub fn opened_dir(replica: &Path) -> PathBuf {
+    with_suffix(replica, ".opened")
+}
+
+/// Removes the plain copies of attachments opened for viewing (overwritten first); returns
+/// how many files went.
+pub fn remove_opened(replica: &Path) -> Result<u32, VaultError> {
+    let dir = opened_dir(replica);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(VaultError::Io(format!("reading {}", dir.display()), e)),
+    };
+    let mut n = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_file() {
+            overwrite(&path)?;
+            std::fs::remove_file(&path)
+                .map_err(|e| VaultError::Io(format!("removing {}", path.display()), e))?;
+            n += 1;
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+    Ok(n)
+}
+
 /// Holds the replica's key lock: one process at a time moves files between keys.
 struct KeyLock(#[allow(dead_code)] std::fs::File);
 
@@ -600,6 +629,7 @@ pub fn shred(replica: &Path) -> Result<Shredded, VaultError> {
         out.keys_destroyed = true;
         out.files_removed += 1;
     }
+    out.files_removed += remove_opened(replica)?;
     for f in replica_files(replica) {
         if !f.exists() {
             continue;

@@ -499,12 +499,17 @@ impl RelaySession {
         }
         // IT ordered a wipe while the laptop was connected: it hears the order by connecting
         // again (the relay tells it in the new session's `Policy`).
-        if self.version >= 7 && storage.device_policy(&device)?.wipe.is_some() {
+        if storage.device_policy(&device)?.wipe.is_some() {
             self.live = false;
-            return Ok(Output::fatal(
-                ErrorCode::Reconnect,
-                "IT changed this device's orders; reconnect",
-            ));
+            // An older laptop cannot carry the order out: it is shut out like a revoked one.
+            return Ok(if self.version >= 7 {
+                Output::fatal(
+                    ErrorCode::Reconnect,
+                    "IT changed this device's orders; reconnect",
+                )
+            } else {
+                Output::fatal(ErrorCode::Unauthorized, "device revoked")
+            });
         }
         Ok(match storage.refresh_device(&device)? {
             None => {

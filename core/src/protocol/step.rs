@@ -109,7 +109,11 @@ impl ClientSession {
             t.last_heard = now;
         }
         t.was_synced = synced;
-        let answer_due = (!synced).then(|| t.last_heard.saturating_add(ms(cfg.response_timeout)));
+        // A laptop told to wipe is answered only its uploads: nothing else is owed.
+        let wiping = self.policy().is_some_and(|(p, _)| p.wipe.is_some());
+        let owed = !synced && (!wiping || !self.uploads_answered());
+        let t = &mut self.timers;
+        let answer_due = owed.then(|| t.last_heard.saturating_add(ms(cfg.response_timeout)));
         if answer_due.is_some_and(|due| now > due) {
             return Err(SessionError::Timeout(cfg.response_timeout));
         }

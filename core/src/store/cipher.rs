@@ -9,21 +9,17 @@
 //! costs no key derivation: where the data key comes from (the OS keyring, a passphrase
 //! stretched with Argon2id) is the client's key file, not this module.
 //!
-//! [`file_state`] tells a plain file from an encrypted one by its first 16 bytes (a plain
-//! SQLite file starts with `SQLite format 3\0`; an encrypted one with a random salt), so a
-//! missing key and a wrong key are reported as such instead of as a damaged file.
+//! [`file_state`] tells a plain file from an encrypted one (through SQLite: a plain file reads
+//! without a key), so a wrong key and a key given for a plain file are reported as such
+//! instead of as a damaged file.
 //! [`export`] copies a database into a new file under another key (or none) in one pass:
 //! the step of encrypting a plain replica and of changing its data key.
 
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 use zeroize::Zeroizing;
-
-/// The header every plain SQLite file starts with.
-const PLAIN_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// A 256-bit key for SQLCipher. Wiped from memory when dropped; never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -68,26 +64,35 @@ pub enum FileState {
     Encrypted,
 }
 
-/// Reads the header of the file at `path`.
+/// What the file at `path` holds: missing or empty, plain SQLite, or not readable as plain
+/// SQLite (encrypted, or not SQLite at all). Read through SQLite, never with a file handle of
+/// its own (see [`super::open_sqlite`] for why).
 pub fn file_state(path: &Path) -> std::io::Result<FileState> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileState::Missing),
-        Err(e) => return Err(e),
-    };
-    let mut head = [0u8; 16];
-    let mut read = 0;
-    while read < head.len() {
-        match f.read(&mut head[read..])? {
-            0 => break,
-            n => read += n,
-        }
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() == 0 => Ok(FileState::Missing),
+        Ok(_) => Ok(if reads_plain(path) {
+            FileState::Plain
+        } else {
+            FileState::Encrypted
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileState::Missing),
+        Err(e) => Err(e),
     }
-    Ok(match read {
-        0 => FileState::Missing,
-        16 if &head == PLAIN_HEADER => FileState::Plain,
-        _ => FileState::Encrypted,
+}
+
+/// Whether the existing file at `path` reads as plain SQLite (without a key).
+pub fn reads_plain(path: &Path) -> bool {
+    let Ok(conn) = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) else {
+        return false;
+    };
+    let _ = conn.pragma_update(None, "cipher_log_level", "NONE");
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
     })
+    .is_ok()
 }
 
 /// Gives `conn` its key: must be the first statement on a new connection. Temporary tables

@@ -14,11 +14,10 @@ pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// The file is not a SQLite database (or is damaged beyond opening).
-    #[error("{0} is not a fieldsync replica: not a SQLite database or damaged ({1})")]
+    #[error(
+        "{0} is not a fieldsync replica: not a SQLite database, damaged, or encrypted and opened without its key ({1})"
+    )]
     NotADatabase(PathBuf, String),
-    /// The replica is encrypted and was opened without its key.
-    #[error("{0} is encrypted: open it with its key (unlock the replica)")]
-    Encrypted(PathBuf),
     /// The replica is encrypted with another key.
     #[error("{0} does not open with this key: wrong key or passphrase (the file is unchanged)")]
     WrongKey(PathBuf),

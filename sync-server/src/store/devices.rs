@@ -85,12 +85,19 @@ impl DeviceRow {
 
     /// The wipe order the device is still to carry out.
     fn pending_wipe(&self, device_id: Uuid) -> Result<Option<WipeOrder>, RelayStoreError> {
-        match (&self.wipe, self.wiped_at) {
-            (Some(w), None) => wipe_order(w).map(Some).ok_or_else(|| {
+        let order = match (&self.wipe, self.wiped_at) {
+            (Some(w), None) => wipe_order(w).ok_or_else(|| {
                 RelayStoreError::Corrupt(format!("device {device_id} has wipe order `{w}`"))
-            }),
-            _ => Ok(None),
-        }
+            })?,
+            _ => return Ok(None),
+        };
+        // Revoked since (a plain `device revoke`): its uploads are refused now, so waiting for
+        // them would never end; it wipes at once.
+        Ok(Some(if self.revoked_at.is_some() {
+            WipeOrder::Now
+        } else {
+            order
+        }))
     }
 
     /// The device's own offline lease in days.

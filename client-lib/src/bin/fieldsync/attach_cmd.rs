@@ -178,8 +178,9 @@ pub(super) fn attachment(dir: &Path, cmd: AttachmentCmd) -> Result<u8> {
             if let Some(code) = bring_here(dir, &client, &a, false)? {
                 return Ok(code);
             }
-            let folder = dir.join("opened");
-            std::fs::create_dir_all(&folder)
+            // A plain copy for the viewer: removed by `fieldsync lock` and by a remote wipe.
+            let folder = fieldsync_client::vault::opened_dir(client.path());
+            fsmode::create_private_dir_all(&folder)
                 .with_context(|| format!("cannot create {}", folder.display()))?;
             let path = folder.join(format!("{}-{}", a.attachment.hash.short(), file_name(&a)));
             if !path.exists() {
@@ -187,6 +188,11 @@ pub(super) fn attachment(dir: &Path, cmd: AttachmentCmd) -> Result<u8> {
             }
             open_with_viewer(&path)?;
             println!("Opened {}", path.display());
+            if client.is_encrypted() {
+                println!(
+                    "(a plain copy for the viewer; `fieldsync lock` removes the opened copies)"
+                );
+            }
         }
         AttachmentCmd::Remove { which } => {
             let a = find(&client, &which)?;

@@ -284,8 +284,16 @@ fn spell_duration(d: Duration) -> String {
 
 /// `fieldsync lock`.
 pub(super) fn lock_cmd(dir: &Path) -> Result<()> {
-    vault::forget(&dir.join(REPLICA_FILE))?;
+    let path = dir.join(REPLICA_FILE);
+    vault::forget(&path)?;
+    let removed = vault::remove_opened(&path)?;
     println!("Locked: the passphrase (or the OS keyring) opens the replica again.");
+    if removed > 0 {
+        println!(
+            "Removed {} opened for viewing.",
+            plural(u64::from(removed), "file")
+        );
+    }
     Ok(())
 }
 

@@ -65,6 +65,7 @@ pub(super) fn open(dir: &Path) -> Result<Client> {
 pub(super) fn open_for_sync(dir: &Path) -> Result<Client> {
     fsmode::create_private_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    protect_data_dir(dir);
     let path = dir.join(REPLICA_FILE);
     open_replica_with(&path, true)
         .with_context(|| format!("cannot open the replica {}", path.display()))

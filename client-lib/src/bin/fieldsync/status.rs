@@ -125,6 +125,10 @@ pub(super) fn status(dir: &Path, json: bool) -> Result<()> {
                 "Lease:      expired {} ago: the replica opens only for `fieldsync sync` until it reaches the relay",
                 format_age(*ago)
             ),
+            fieldsync_client::LeaseState::ClockSetBack { by } => println!(
+                "Lease:      ended: the clock was set back by {}; the replica opens only for `fieldsync sync` until it reaches the relay",
+                format_age(*by)
+            ),
         }
     }
     println!(

@@ -24,7 +24,7 @@ pub(super) fn sync_cmd(dir: &Path, args: SyncArgs) -> Result<u8> {
     let rt = runtime()?;
     if args.watch {
         return rt
-            .block_on(watch(client, cfg, args.json))
+            .block_on(watch(dir, client, cfg, args.json))
             .map(|()| exit::OK);
     }
     // What is refused or in conflict before, to tell what this sync added.
@@ -419,7 +419,7 @@ pub(super) fn print_report(r: &SyncReport) {
     }
 }
 
-pub(super) async fn watch(client: Client, cfg: SyncConfig, json: bool) -> Result<()> {
+pub(super) async fn watch(dir: &Path, client: Client, cfg: SyncConfig, json: bool) -> Result<()> {
     let enrolled = cfg.credential.is_some();
     let handle = SyncHandle::start(client.clone(), cfg);
     let mut events = handle.subscribe();
@@ -440,6 +440,14 @@ pub(super) async fn watch(client: Client, cfg: SyncConfig, json: bool) -> Result
                         handle.stop().await;
                         if st.fatal {
                             let e = st.last_error.unwrap_or_else(|| "sync stopped".into());
+                            if e.starts_with("this laptop's replica was wiped") {
+                                forget_relay(dir);
+                                return Err(Failure {
+                                    code: exit::WIPED,
+                                    message: e,
+                                }
+                                .into());
+                            }
                             if e.starts_with("relay error Unauthorized") {
                                 let waiting = client.outbox_len().unwrap_or(0);
                                 return Err(Failure {

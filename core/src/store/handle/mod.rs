@@ -53,7 +53,6 @@ fn open_conn(
 ) -> Result<Connection, StoreError> {
     open_sqlite(path, flags, key).map_err(|e| match e {
         OpenError::NotADatabase(e) => StoreError::NotADatabase(path.to_path_buf(), e.to_string()),
-        OpenError::Encrypted => StoreError::Encrypted(path.to_path_buf()),
         OpenError::WrongKey => StoreError::WrongKey(path.to_path_buf()),
         OpenError::NotEncrypted => StoreError::NotEncrypted(path.to_path_buf()),
         OpenError::Sqlite(e) => StoreError::Sqlite(e),

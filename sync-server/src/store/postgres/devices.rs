@@ -218,7 +218,7 @@ impl DeviceDb for PgTx<'_> {
     fn set_wiped(&self, id: Uuid, now: i64) -> Result<bool, RelayStoreError> {
         Ok(self.exec(
             "UPDATE devices SET wiped_at = $2, revoked_at = COALESCE(revoked_at, $2)
-              WHERE device_id = $1 AND wiped_at IS NULL",
+              WHERE device_id = $1 AND wiped_at IS NULL AND wipe IS NOT NULL",
             &[&id.as_bytes().as_slice(), &now],
         )? == 1)
     }

@@ -239,7 +239,7 @@ impl DeviceDb for Transaction<'_> {
         Ok(self
             .prepare_cached(
                 "UPDATE devices SET wiped_at = ?2, revoked_at = COALESCE(revoked_at, ?2)
-                  WHERE device_id = ?1 AND wiped_at IS NULL",
+                  WHERE device_id = ?1 AND wiped_at IS NULL AND wipe IS NOT NULL",
             )?
             .execute(params![id.as_bytes(), now])?
             == 1)
