@@ -640,8 +640,8 @@ async fn the_cli_orders_wipes_and_leases_that_laptops_hear_at_their_next_connect
     let out = relay_cli(&data, &["device", "revoke", "Li Wei laptop", "--wipe"]);
     assert!(!out.status.success(), "wiped already: {out:?}");
 
-    // A wipe now: the open connection is closed, and the next one hears the order and
-    // nothing else.
+    // A wipe now: the open connection is told to reconnect, and the next one hears the
+    // order and nothing else.
     let token = enrol("Ann laptop");
     let (mut ann, ann_credential, mut raw, _) =
         enrolled_laptop(dir.path(), "ann", relay.local_addr(), &token).await;
@@ -650,7 +650,7 @@ async fn the_cli_orders_wipes_and_leases_that_laptops_hear_at_their_next_connect
     assert!(matches!(
         raw.recv_within(Duration::from_secs(5)).await,
         Some(Message::Error {
-            code: ErrorCode::Unauthorized,
+            code: ErrorCode::Reconnect,
             ..
         })
     ));

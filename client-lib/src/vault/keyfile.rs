@@ -167,7 +167,7 @@ pub(crate) fn unwrap_passphrase(
     };
     // A key file is the laptop's own, but a damaged or planted one must not make the
     // stretch take gigabytes.
-    if *memory_kib > 4 * 1024 * 1024 || *passes > 64 || *lanes > 16 {
+    if *memory_kib > 1024 * 1024 || *passes > 64 || *lanes > 16 {
         return Err(VaultError::KeyFile(
             "the passphrase wrap asks for an unreasonable Argon2id cost".into(),
         ));

@@ -357,8 +357,11 @@ fn open_with_viewer(path: &Path) -> Result<()> {
         }
         None => std::process::Command::new("xdg-open"),
     };
+    // The viewer is not given the replica's passphrase.
     let status = cmd
         .arg(path)
+        .env_remove("FIELDSYNC_PASSPHRASE")
+        .env_remove("FIELDSYNC_NEW_PASSPHRASE")
         .status()
         .with_context(|| format!("cannot start a viewer for {}", path.display()))?;
     if !status.success() {
