@@ -60,8 +60,8 @@ pub(super) fn open(dir: &Path) -> Result<Client> {
     open_replica(&path).with_context(|| format!("cannot open the replica {}", path.display()))
 }
 
-/// Opens the replica for `sync` (and `status`): also past its offline lease, since a sync is
-/// what renews it.
+/// Opens the replica for `sync`, `status` and `init` (enrolling again): also past its offline
+/// lease, since a sync is what renews it.
 pub(super) fn open_for_sync(dir: &Path) -> Result<Client> {
     fsmode::create_private_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
@@ -177,7 +177,7 @@ pub(super) fn init(dir: &Path, args: InitArgs) -> Result<()> {
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
         bail!("--relay must be HOST:PORT, got {:?}", cfg.relay);
     }
-    let client = open(dir)?;
+    let client = open_for_sync(dir)?;
     let identity = save_identity(&client, &args, args.role.map_or(Role::Rep, Role::from))?;
     let mut cfg = cfg;
     // An encrypted replica keeps its credential sealed beside it, not in the plain config.
@@ -227,7 +227,7 @@ pub(super) fn save_identity(client: &Client, args: &InitArgs, role: Role) -> Res
 /// device credential next to the replica (0600) and the relay settings from the token.
 pub(super) fn init_with_token(dir: &Path, token: &str, args: &InitArgs) -> Result<()> {
     let token: sync::EnrolToken = token.parse()?;
-    let client = open(dir)?;
+    let client = open_for_sync(dir)?;
     let enrolled = runtime()?
         .block_on(sync::enrol_replica(
             &client,
