@@ -193,14 +193,9 @@ fn encrypt_with_keyring_if_any(
         passphrase: Some(passphrase),
         keyring: true,
     };
-    match vault::encrypt(path, &protection) {
-        Err(vault::VaultError::Keyring(_)) => {
-            protection.keyring = false;
-            vault::encrypt(path, &protection).map(|_| ())
-        }
-        r => r.map(|_| ()),
-    }
-    .map_err(|e| e.to_string())
+    vault::with_keyring_if_any(&mut protection, |p| vault::encrypt(path, p))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Encrypts the plain replica at `path` in place (its attachments and credential too) under

@@ -137,6 +137,23 @@ impl std::fmt::Debug for Protection {
     }
 }
 
+/// Runs `f` (an [`encrypt`], [`rekey_with_key`], [`protect_with_key`]) with `p`; when `p`
+/// asks for the OS keyring and there is none, runs it again with the passphrase alone (when
+/// there is one). Returns `f`'s result and, after such a fallback, why the keyring was not
+/// used; `p.keyring` then says `false`.
+pub fn with_keyring_if_any<T>(
+    p: &mut Protection,
+    f: impl Fn(&Protection) -> Result<T, VaultError>,
+) -> Result<(T, Option<String>), VaultError> {
+    match f(p) {
+        Err(VaultError::Keyring(why)) if p.keyring && p.passphrase.is_some() => {
+            p.keyring = false;
+            f(p).map(|t| (t, Some(why)))
+        }
+        r => r.map(|t| (t, None)),
+    }
+}
+
 /// How an encrypted replica's key is protected now (for `fieldsync status`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KeyInfo {

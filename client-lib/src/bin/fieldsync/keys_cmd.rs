@@ -172,19 +172,12 @@ pub(super) fn encrypt_replica(path: &Path, keys: &KeyArgs, json: bool) -> Result
         keyring: !keys.no_keyring,
     };
     let existed = path.exists();
-    let done = match vault::encrypt(path, &protection) {
-        Err(VaultError::Keyring(e)) => {
-            if !json {
-                eprintln!(
-                    "fieldsync: note: no OS keyring ({e}); the passphrase alone opens the replica"
-                );
-            }
-            protection.keyring = false;
-            vault::encrypt(path, &protection)
-        }
-        r => r,
-    };
-    done?;
+    let (_, no_keyring) = vault::with_keyring_if_any(&mut protection, |p| vault::encrypt(path, p))?;
+    if let Some(why) = no_keyring
+        && !json
+    {
+        eprintln!("fieldsync: note: no OS keyring ({why}); the passphrase alone opens the replica");
+    }
     if !json {
         println!(
             "Encrypted {}{}; opens with {}.",
@@ -313,15 +306,9 @@ pub(super) fn rekey_cmd(dir: &Path, args: &RekeyArgs) -> Result<()> {
             vault::rekey_with_key(&path, &key, p).map(|_| ())
         }
     };
-    match run(&protection) {
-        Err(VaultError::Keyring(e)) => {
-            eprintln!(
-                "fieldsync: note: no OS keyring ({e}); the passphrase alone opens the replica"
-            );
-            protection.keyring = false;
-            run(&protection)?;
-        }
-        r => r?,
+    let (_, no_keyring) = vault::with_keyring_if_any(&mut protection, run)?;
+    if let Some(why) = no_keyring {
+        eprintln!("fieldsync: note: no OS keyring ({why}); the passphrase alone opens the replica");
     }
     vault::forget(&path)?;
     println!(
