@@ -280,6 +280,7 @@ impl Relay {
         if let Some(t) = self.reporter.take() {
             t.await.context("status report task failed")?;
         }
+        wait_released(self.local_addr).await;
         info!("relay stopped");
         Ok(())
     }
@@ -437,6 +438,19 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Re
     }
     let device = serve_connection(conn, remote, &shared, &mut stop, ticket).await;
     shared.admission.leave(ticket, device);
+}
+
+/// Waits (up to two seconds) until nothing holds the relay's UDP port any more.
+///
+/// QUIC's endpoint driver owns the socket and drops it on its own task once the last
+/// handle is gone, a moment after the relay's task ends; a relay restarted on the same
+/// address in that moment failed with "address in use". Shutdown returns once a fresh
+/// socket can bind the address (the probe is dropped at once).
+async fn wait_released(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while std::net::UdpSocket::bind(addr).is_err() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The UDP socket the relay serves on, with room for a burst of datagrams.
