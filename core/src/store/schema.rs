@@ -200,6 +200,11 @@ CREATE TABLE skipped (
     at INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // v3: when a document last received changes from elsewhere (a sync, an import), for
+    // "what the last sync brought" in the rep's app.
+    r#"
+ALTER TABLE docs ADD COLUMN received_at INTEGER;
+"#,
 ];
 
 /// The schema version this build creates and migrates to.
@@ -232,4 +237,65 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replica written by every older version opens with this one: migrated in place, its
+    /// documents and outbox intact and readable.
+    #[test]
+    fn every_older_version_migrates_and_keeps_its_data() {
+        for from in 1..SCHEMA_VERSION {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("replica.db");
+            let acme = {
+                let mut store = crate::store::Store::open(&path).unwrap();
+                let ctx = crate::model::EditCtx::at("li", crate::Role::Rep, 1_000);
+                let id = store
+                    .create(|doc, id| {
+                        crate::model::create_customer(
+                            doc,
+                            id,
+                            &crate::model::NewCustomer {
+                                org: "acme".into(),
+                                scope: "north".into(),
+                                name: "Acme Mining".into(),
+                                ..Default::default()
+                            },
+                            &ctx,
+                        )
+                    })
+                    .unwrap()
+                    .id;
+                drop(store);
+                // Back to version `from`: what that version's file looked like.
+                let conn = Connection::open(&path).unwrap();
+                // What each migration added, undone newest first (one per migration after the
+                // first: a new migration needs its undo here).
+                let undo = [
+                    "DROP TABLE skipped",
+                    "ALTER TABLE docs DROP COLUMN received_at",
+                ];
+                assert_eq!(undo.len() + 1, MIGRATIONS.len());
+                for (v, sql) in undo.iter().enumerate().rev() {
+                    if from < v as i32 + 2 {
+                        conn.execute_batch(sql).unwrap();
+                    }
+                }
+                conn.pragma_update(None, "user_version", from).unwrap();
+                id
+            };
+            let mut store = crate::store::Store::open(&path).unwrap();
+            let version: i32 = store
+                .reader()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, SCHEMA_VERSION, "from {from}");
+            assert_eq!(store.outbox_len().unwrap(), 1, "from {from}");
+            assert!(store.document(acme).is_ok(), "from {from}");
+            assert!(store.verify().unwrap().is_empty(), "from {from}");
+        }
+    }
 }

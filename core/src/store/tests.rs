@@ -126,6 +126,32 @@ fn remote_changes_merge_and_outbox_acks() {
     b.transaction(|tx| tx.apply_changes(id, &from_a)).unwrap();
     let (da, db) = (a.document(id).unwrap(), b.document(id).unwrap());
     assert_eq!(da, db);
+    // Each replica records when the document last received changes from elsewhere: the
+    // creator's copy only once the other's edits arrived, the other's since its first copy.
+    let received = |s: &Store| -> Option<i64> {
+        s.reader()
+            .query_row(
+                "SELECT received_at FROM docs WHERE id = ?1",
+                [&id.as_bytes()[..]],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert!(received(&a).is_some() && received(&b).is_some());
+    let c = Store::open(dir.path().join("c.db")).unwrap();
+    let mut c = c;
+    let local = add_customer(&mut c, "Only here");
+    assert_eq!(
+        c.reader()
+            .query_row(
+                "SELECT received_at FROM docs WHERE id = ?1",
+                [&local.as_bytes()[..]],
+                |r| r.get::<_, Option<i64>>(0)
+            )
+            .unwrap(),
+        None,
+        "a local edit is not a receipt"
+    );
     assert_eq!(a.conflicts().unwrap().len(), 1);
     assert_eq!(a.heads(id).unwrap().len(), 2);
     assert!(a.verify().unwrap().is_empty());

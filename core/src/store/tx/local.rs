@@ -58,7 +58,7 @@ impl StoreTx<'_> {
             &snapshot,
             &heads_to_bytes(&doc.get_heads()),
             0,
-            now,
+            (now, None),
         )?;
         self.events.push(DocEvent {
             id,

@@ -88,10 +88,17 @@ impl StoreTx<'_> {
         let exists = self
             .tx
             .prepare_cached(
-                "UPDATE docs SET heads = ?2, pending_changes = pending_changes + ?3, updated_at = ?4
+                "UPDATE docs SET heads = ?2, pending_changes = pending_changes + ?3, updated_at = ?4,
+                   received_at = COALESCE(?5, received_at)
                  WHERE id = ?1",
             )?
-            .execute(params![id.as_bytes(), heads, hashes.len() as i64, now])?
+            .execute(params![
+                id.as_bytes(),
+                heads,
+                hashes.len() as i64,
+                now,
+                (origin == Origin::Remote).then_some(now),
+            ])?
             > 0;
         if exists && let Some(d) = &typed {
             // Filing columns are indexed: written only when they change (rarely: a move),
@@ -111,7 +118,15 @@ impl StoreTx<'_> {
         }
         if !exists {
             let empty = AutoCommit::new().save();
-            self.insert_doc_row(id, typed.as_ref(), &empty, &heads, hashes.len() as i64, now)?;
+            let received = (origin == Origin::Remote).then_some(now);
+            self.insert_doc_row(
+                id,
+                typed.as_ref(),
+                &empty,
+                &heads,
+                hashes.len() as i64,
+                (now, received),
+            )?;
         }
         let pending: i64 = self
             .tx
@@ -131,7 +146,8 @@ impl StoreTx<'_> {
 
     /// Inserts a new document's row: the kind, scope and customer of its typed header (none
     /// while it has no header), its snapshot and heads, how many of its changes wait in
-    /// `doc_changes` beside the snapshot, and when.
+    /// `doc_changes` beside the snapshot, and when (`at`: written, and received from
+    /// elsewhere if it was).
     pub(super) fn insert_doc_row(
         &self,
         id: DocId,
@@ -139,12 +155,14 @@ impl StoreTx<'_> {
         snapshot: &[u8],
         heads: &[u8],
         pending: i64,
-        now: i64,
+        at: (i64, Option<i64>),
     ) -> Result<(), StoreError> {
+        let (now, received) = at;
         self.tx
             .prepare_cached(
-                "INSERT INTO docs (id, kind, scope, customer_id, snapshot, heads, pending_changes, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO docs (id, kind, scope, customer_id, snapshot, heads, pending_changes, updated_at,
+                   received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 id.as_bytes(),
@@ -155,6 +173,7 @@ impl StoreTx<'_> {
                 heads,
                 pending,
                 now,
+                received,
             ])?;
         Ok(())
     }

@@ -133,7 +133,10 @@ impl StoreTx<'_> {
                 bytes,
                 &heads_to_bytes(&prepared.heads),
                 0,
-                self.opts.env.now_millis(),
+                {
+                    let now = self.opts.env.now_millis();
+                    (now, Some(now))
+                },
             )?;
             self.events.push(DocEvent {
                 id,
