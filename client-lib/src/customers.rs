@@ -4,9 +4,9 @@ use fieldsync_core::model::{
     self, AddressInput, ContactInput, Customer, CustomerEdit, CustomerField, Document, Edit,
     EquipmentInput, Money, NewCustomer, new_item_id, normalize_phone,
 };
-use fieldsync_core::{CustomerId, DocKind};
+use fieldsync_core::{CustomerId, DocKind, Millis};
 
-use crate::rows::{self, CustomerFilter, CustomerRow, TimelineEntry};
+use crate::rows::{self, CustomerFilter, CustomerRow, IdleCustomer, TimelineEntry};
 use crate::{Client, ClientError, typed_document};
 
 /// Customers of the replica; get one with [`Client::customers`].
@@ -76,6 +76,40 @@ impl<'c> Customers<'c> {
     /// Customers sorted by name (case-insensitively for ASCII, then by id), filtered and paged.
     pub fn list(&self, filter: &CustomerFilter) -> Result<Vec<CustomerRow>, ClientError> {
         self.client.read(|c| rows::list_customers(c, filter))
+    }
+
+    /// What a search box finds for `text`: live customers whose name contains it, then (when
+    /// it has 5 digits or more) those with it as a phone number in any notation
+    /// ([`Customers::find_by_phone`]); at most `limit`. An empty text lists everyone by name.
+    pub fn search(&self, text: &str, limit: u32) -> Result<Vec<CustomerRow>, ClientError> {
+        let text = text.trim();
+        let mut filter = CustomerFilter::new().page(limit, 0);
+        if !text.is_empty() {
+            filter = filter.search(text);
+        }
+        let mut rows = self.list(&filter)?;
+        if text.chars().filter(char::is_ascii_digit).count() >= 5 {
+            let by_phone = self.find_by_phone(text)?;
+            for r in by_phone {
+                if !r.archived && !rows.iter().any(|x| x.id == r.id) {
+                    rows.push(r);
+                }
+            }
+        }
+        rows.truncate(limit as usize);
+        Ok(rows)
+    }
+
+    /// Live customers with no visit done at or after `cutoff` (ms since the Unix epoch), the
+    /// longest unvisited first, never-visited ones before them (not those created after
+    /// `cutoff`: they are not overdue yet), at most `limit`.
+    pub fn not_visited_since(
+        &self,
+        cutoff: Millis,
+        limit: u32,
+    ) -> Result<Vec<IdleCustomer>, ClientError> {
+        self.client
+            .read(|c| rows::not_visited_since(c, cutoff, limit))
     }
 
     /// Customers with this phone number, on the customer itself or on one of its contacts,

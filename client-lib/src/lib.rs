@@ -38,6 +38,8 @@
 #![warn(missing_docs)]
 
 mod attachments;
+mod briefing;
+mod changed;
 mod customers;
 mod error;
 mod lease;
@@ -56,6 +58,10 @@ use automerge::AutoCommit;
 use serde::{Deserialize, Serialize};
 
 pub use attachments::{AttachmentInfo, Attachments, BytesState, PREFETCH_META_KEY, media_type_of};
+pub use briefing::{
+    Briefing, CARE_KINDS, Changed, ChangedItem, GREETINGS_AHEAD_DAYS, NotVisited, Today,
+};
+pub use changed::{ChangedDoc, ChangedSinceSync};
 pub use customers::Customers;
 pub use error::ClientError;
 pub use fieldsync_core::attachment::BlobHash;
@@ -63,8 +69,8 @@ pub use fieldsync_core::attachment::entry::Attachment;
 pub use fieldsync_core::attachment::local::{BlobsWaiting, LocalBlob};
 pub use quotes::Quotes;
 pub use rows::{
-    CustomerFilter, CustomerRow, QuoteFilter, QuoteLineRow, QuoteRow, TaskRow, TimelineEntry,
-    VisitFilter, VisitRow,
+    CustomerFilter, CustomerRow, IdleCustomer, QuoteFilter, QuoteLineRow, QuoteRow, TaskRow,
+    TimelineEntry, VisitFilter, VisitRow,
 };
 pub use visits::Visits;
 

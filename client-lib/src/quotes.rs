@@ -30,6 +30,19 @@ impl<'c> Quotes<'c> {
             .map(QuoteId)
     }
 
+    /// Drafts a quote together with its lines (and any other edits) as one change: all of
+    /// it is written, or nothing.
+    pub fn create_with(&self, new: NewQuote, edits: &[QuoteEdit]) -> Result<QuoteId, ClientError> {
+        self.client
+            .create_for_customer(new.customer_id, |doc, id, org, scope, ctx| {
+                model::create_quote(doc, id, org, scope, &new, ctx)?;
+                edits
+                    .iter()
+                    .try_for_each(|e| model::apply_edit(doc, &Edit::Quote(e.clone()), ctx))
+            })
+            .map(QuoteId)
+    }
+
     /// Reads a quote document (lines, derived total, status, approvals …).
     pub fn get(&self, id: QuoteId) -> Result<Quote, ClientError> {
         self.client
@@ -81,7 +94,15 @@ impl<'c> Quotes<'c> {
 
     /// Every active line quoting `sku` to any customer, newest first.
     pub fn price_history(&self, sku: &str) -> Result<Vec<QuoteLineRow>, ClientError> {
-        self.client.read(|c| rows::price_history(c, sku))
+        self.client
+            .read(|c| rows::price_history(c, rows::LinesOf::Sku(sku)))
+    }
+
+    /// Every active line quoted to `customer`, by SKU, newest first: what it was offered
+    /// before, at which price (price protection).
+    pub fn customer_prices(&self, customer: CustomerId) -> Result<Vec<QuoteLineRow>, ClientError> {
+        self.client
+            .read(|c| rows::price_history(c, rows::LinesOf::Customer(customer)))
     }
 
     // -----------------------------------------------------------------------------------------

@@ -166,6 +166,16 @@ pub struct TaskRow {
     pub done_at: Option<Millis>,
 }
 
+/// A customer no one has visited lately ([`Customers::not_visited_since`](crate::Customers::not_visited_since)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdleCustomer {
+    /// The customer.
+    pub customer: CustomerRow,
+    /// When its latest visit that took place was (its date, else when it was logged);
+    /// `None` if it was never visited.
+    pub last_visit_at: Option<Millis>,
+}
+
 /// One entry of a customer's timeline (visits and quotes by time).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineEntry {
@@ -592,13 +602,45 @@ pub(crate) fn list_visits(conn: &Connection, f: &VisitFilter) -> rusqlite::Resul
     collect(conn, &sql, args, visit_row)
 }
 
+/// Live customers with no visit done at or after `cutoff` (ms), the longest unvisited first
+/// (never visited before any visited; a customer created after `cutoff` is not overdue yet),
+/// with when each was last visited.
+pub(crate) fn not_visited_since(
+    conn: &Connection,
+    cutoff: Millis,
+    limit: u32,
+) -> rusqlite::Result<Vec<IdleCustomer>> {
+    let sql = format!(
+        "SELECT {CUSTOMER_COLS}, last.at FROM customers c
+           LEFT JOIN (SELECT customer_id, MAX(COALESCE(at, created_at)) AS at FROM visits
+                       WHERE status = 'done' AND archived = 0 GROUP BY customer_id) last
+             ON last.customer_id = c.id
+          WHERE c.archived = 0
+            AND (last.at < ?1 OR (last.at IS NULL AND c.created_at < ?1))
+          ORDER BY last.at IS NOT NULL, last.at, c.name
+          LIMIT ?2"
+    );
+    collect(
+        conn,
+        &sql,
+        vec![Value::Integer(cutoff), Value::Integer(i64::from(limit))],
+        |r| {
+            Ok(IdleCustomer {
+                customer: customer_row(r)?,
+                last_visit_at: r.get(13)?,
+            })
+        },
+    )
+}
+
 pub(crate) fn open_tasks(conn: &Connection, assignee: &str) -> rusqlite::Result<Vec<TaskRow>> {
     let sql =
         "SELECT t.id, t.visit_id, t.customer_id, c.name, t.title, t.due, t.assignee, t.done_at
                  FROM tasks t
                  JOIN visits v ON v.id = t.visit_id
                  LEFT JOIN customers c ON c.id = t.customer_id
-                WHERE t.assignee = ?1 AND t.done_at IS NULL AND v.archived = 0
+                WHERE (t.assignee = ?1 OR (COALESCE(t.assignee, '') = '' AND v.created_by = ?1))
+                  AND t.done_at IS NULL AND v.archived = 0
                 ORDER BY t.due IS NULL, t.due, t.visit_id, t.id";
     collect(conn, sql, vec![Value::Text(assignee.to_string())], |r| {
         Ok(TaskRow {
@@ -649,16 +691,33 @@ pub(crate) fn quotes_due(conn: &Connection, at: Millis) -> rusqlite::Result<Vec<
     collect(conn, &sql, vec![Value::Integer(at)], quote_row)
 }
 
-pub(crate) fn price_history(conn: &Connection, sku: &str) -> rusqlite::Result<Vec<QuoteLineRow>> {
-    let sql = "SELECT l.quote_id, l.line_id, l.customer_id, c.name, q.quote_no, q.status, l.sku,
-                      l.description, l.qty, l.unit_price_minor, l.discount_bp, l.total_minor,
-                      l.currency, l.created_at
-                 FROM quote_lines l
-                 JOIN quotes q ON q.id = l.quote_id
-                 LEFT JOIN customers c ON c.id = l.customer_id
-                WHERE l.sku = ?1 AND l.archived = 0 AND q.archived = 0
-                ORDER BY l.created_at DESC, l.quote_id, l.line_id";
-    collect(conn, sql, vec![Value::Text(sku.to_string())], |r| {
+/// Which quote lines a price history lists.
+pub(crate) enum LinesOf<'a> {
+    /// Every customer's lines of one SKU.
+    Sku(&'a str),
+    /// One customer's lines of every SKU.
+    Customer(CustomerId),
+}
+
+pub(crate) fn price_history(
+    conn: &Connection,
+    of: LinesOf<'_>,
+) -> rusqlite::Result<Vec<QuoteLineRow>> {
+    let (filter, arg) = match of {
+        LinesOf::Sku(sku) => ("l.sku = ?1", sku.to_string()),
+        LinesOf::Customer(c) => ("l.customer_id = ?1", c.to_string()),
+    };
+    let sql = format!(
+        "SELECT l.quote_id, l.line_id, l.customer_id, c.name, q.quote_no, q.status, l.sku,
+                l.description, l.qty, l.unit_price_minor, l.discount_bp, l.total_minor,
+                l.currency, l.created_at
+           FROM quote_lines l
+           JOIN quotes q ON q.id = l.quote_id
+           LEFT JOIN customers c ON c.id = l.customer_id
+          WHERE {filter} AND l.archived = 0 AND q.archived = 0
+          ORDER BY l.sku, l.created_at DESC, l.quote_id, l.line_id"
+    );
+    collect(conn, &sql, vec![Value::Text(arg)], |r| {
         Ok(QuoteLineRow {
             quote_id: col_id(r, 0)?.into(),
             line_id: r.get(1)?,

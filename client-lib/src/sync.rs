@@ -62,8 +62,8 @@ pub use error::SyncError;
 pub use handle::SyncHandle;
 pub use report::{KindCounts, SyncProgress, SyncReport};
 pub use status::{
-    GRANT_META_KEY, PersistedStatus, STATUS_META_KEY, SyncEvent, SyncState, SyncStatus,
-    granted_scopes, load_status,
+    GRANT_META_KEY, PersistedStatus, SESSION_META_KEY, STATUS_META_KEY, SyncEvent, SyncState,
+    SyncStatus, granted_scopes, load_status, session_started_at,
 };
 
 use config::split_host;
@@ -595,6 +595,10 @@ struct Run {
     policy_seen: bool,
     /// IT ordered this laptop wiped: carried out once the order's condition holds.
     wipe: Option<WipeOrder>,
+    /// When the relay admitted this connection, until its first download batch recorded it
+    /// as the start of what the last sync brought ([`SESSION_META_KEY`]); a reconnect that
+    /// brings nothing keeps the previous one.
+    session_start: Option<Millis>,
 }
 
 impl Run {
@@ -614,6 +618,7 @@ impl Run {
             })),
             stats: SessionStats::default(),
             grant: None,
+            session_start: None,
             synced: false,
             caught_up_once: false,
             counters: Arc::new(Counters::default()),
@@ -808,9 +813,11 @@ impl Run {
                         .ok_or_else(|| SyncError::Io("the connection's tasks ended".into()))??;
                     tracing::trace!(msg = msg.name(), "received");
                     let mut notes = Vec::new();
+                    let mut brings = false;
                     match &msg {
                         Message::Batch { items, .. } if !items.is_empty() => {
                             notes.push(Note::Received(items.len() as u64));
+                            brings = true;
                         }
                         Message::UploadAck { accepted, .. } if !accepted.is_empty() => {
                             notes.push(Note::Uploaded(accepted.len() as u64));
@@ -821,7 +828,11 @@ impl Run {
                     let mut step = self.step(ClientInput::Message(msg)).await?;
                     if !was_granted && let Some((scopes, role)) = &step.grant {
                         follow_grant(&self.client, scopes, *role);
+                        self.session_start = Some(now_millis());
                         sink(Note::Connected { scopes, role: *role });
+                    }
+                    if brings && let Some(at) = self.session_start.take() {
+                        status::remember_session_start(&self.client, at);
                     }
                     for n in notes {
                         sink(n);

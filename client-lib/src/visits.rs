@@ -31,6 +31,20 @@ impl<'c> Visits<'c> {
             .map(VisitId)
     }
 
+    /// Logs a visit together with its details (contacts met, needs, tasks, satisfaction, …)
+    /// as one change: all of it is written, or nothing (a retried save cannot leave a bare
+    /// visit behind).
+    pub fn create_with(&self, new: NewVisit, edits: &[VisitEdit]) -> Result<VisitId, ClientError> {
+        self.client
+            .create_for_customer(new.customer_id, |doc, id, org, scope, ctx| {
+                model::create_visit(doc, id, org, scope, &new, ctx)?;
+                edits
+                    .iter()
+                    .try_for_each(|e| model::apply_edit(doc, &Edit::Visit(e.clone()), ctx))
+            })
+            .map(VisitId)
+    }
+
     /// Reads a visit document.
     pub fn get(&self, id: VisitId) -> Result<Visit, ClientError> {
         self.client
@@ -73,7 +87,8 @@ impl<'c> Visits<'c> {
         self.list(&VisitFilter::new().customer(customer))
     }
 
-    /// Open (not completed) tasks assigned to `assignee`, soonest due first, undated last.
+    /// Open (not completed) tasks assigned to `assignee`, and unassigned ones of visits they
+    /// logged, soonest due first, undated last.
     /// Tasks of archived visits are left out.
     pub fn open_tasks(&self, assignee: &str) -> Result<Vec<TaskRow>, ClientError> {
         self.client.read(|c| rows::open_tasks(c, assignee))

@@ -175,6 +175,28 @@ pub fn granted_scopes(client: &Client) -> Result<Option<Vec<String>>, ClientErro
     })
 }
 
+/// Store meta key holding when the latest connection to the relay that brought something
+/// began (ms since the Unix epoch, decimal text): what the last sync brought is what arrived
+/// after it.
+pub const SESSION_META_KEY: &str = "sync.session_started_at";
+
+/// When the latest connection to the relay that brought something began, if one ever did.
+pub fn session_started_at(client: &Client) -> Result<Option<Millis>, ClientError> {
+    client.with_store(|store| {
+        Ok(store
+            .meta(SESSION_META_KEY)?
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok()))
+    })
+}
+
+/// Records the start of a connection that brought something, logging instead of failing.
+pub(super) fn remember_session_start(client: &Client, at: Millis) {
+    let at = at.to_string();
+    if let Err(e) = client.with_store(|store| store.set_meta(SESSION_META_KEY, at.as_bytes())) {
+        tracing::warn!(error = %e, "could not record the start of the connection");
+    }
+}
+
 /// Records the granted scopes when they changed, logging instead of failing.
 pub(super) fn remember_grant(client: &Client, scopes: &[String]) {
     let r = client.with_store(|store| -> Result<(), ClientError> {

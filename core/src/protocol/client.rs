@@ -1025,8 +1025,11 @@ fn rebuild_without(
         return Ok(());
     }
     let bytes = fresh.save();
+    // The rebuilt document is what was here already: not news from the relay.
+    let received = tx.received_at(id)?;
     if tx.evict(id)? {
         tx.apply_snapshot(id, &bytes)?;
+        tx.set_received_at(id, received)?;
         if leaving {
             tx.mark_eviction(id)?;
         }

@@ -113,6 +113,7 @@ impl StoreTx<'_> {
         self.tx
             .prepare_cached(
                 "UPDATE docs SET snapshot = ?2, heads = ?3, pending_changes = 0, updated_at = ?4,
+                   received_at = ?4,
                    kind = COALESCE(?5, kind), scope = COALESCE(?6, scope),
                    customer_id = COALESCE(?7, customer_id)
                  WHERE id = ?1",

@@ -777,3 +777,28 @@ fn only_changes_that_make_no_object_skip_the_nesting_walk() {
         assert!(b.document(id).is_err(), "{order}");
     }
 }
+
+#[test]
+fn a_refused_creation_still_says_what_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path().join("a.db")).unwrap();
+    let id = add_customer(&mut store, "Refused Mining Co");
+    assert_eq!(
+        store.quarantined_document(id).unwrap(),
+        None,
+        "nothing refused yet"
+    );
+    let batch = store.outbox_batch(0, 100, 1 << 20).unwrap();
+    store
+        .transaction(|tx| {
+            for c in &batch {
+                tx.quarantine(&c.hash, "outside the device's scopes")?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    match store.quarantined_document(id).unwrap() {
+        Some(Document::Customer(c)) => assert_eq!(c.name, "Refused Mining Co"),
+        other => panic!("{other:?}"),
+    }
+}

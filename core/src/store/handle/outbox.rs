@@ -1,11 +1,12 @@
 //! What sync has yet to do or left behind, read through the handle: local changes waiting in
 //! the outbox, changes the relay refused (the quarantine), and downloads that did not load.
 
-use automerge::ChangeHash;
+use automerge::{AutoCommit, Change, ChangeHash};
 use rusqlite::params;
 
 use super::Store;
 use crate::ids::DocId;
+use crate::model::Document;
 use crate::store::{OutboxChange, OutboxSummary, Quarantined, Skipped, StoreError};
 
 impl Store {
@@ -111,6 +112,31 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// What the refused changes of `doc` make on their own: a document whose creation the
+    /// relay refused is no longer in the replica, but what it was (a customer's name, say) is
+    /// still in its changes. `None` when they do not make a readable document.
+    pub fn quarantined_document(&self, doc: DocId) -> Result<Option<Document>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT bytes FROM quarantine WHERE doc_id = ?1 ORDER BY at, hash")?;
+        let changes: Vec<Change> = st
+            .query_map([&doc.as_bytes()[..]], |r| r.get::<_, Vec<u8>>(0))?
+            .filter_map(|b| Change::from_bytes(b.ok()?).ok())
+            .collect();
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let mut am = AutoCommit::new();
+        if am.apply_changes(changes).is_err() {
+            return Ok(None);
+        }
+        Ok(
+            crate::store::projection::read_for_projection(&am, true, false)
+                .ok()
+                .map(|(d, _)| d),
+        )
     }
 
     /// Downloaded documents this replica could not load, newest first: kept out of the

@@ -39,6 +39,26 @@ impl StoreTx<'_> {
             .is_some())
     }
 
+    /// When document `id` last received changes from elsewhere (`None`: never, or not here).
+    pub fn received_at(&self, id: DocId) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT received_at FROM docs WHERE id = ?1")?
+            .query_row([id.as_bytes()], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// Sets when document `id` last received changes from elsewhere: a document rebuilt here
+    /// from changes it already held keeps the time they arrived.
+    pub fn set_received_at(&mut self, id: DocId, at: Option<i64>) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE docs SET received_at = ?2 WHERE id = ?1",
+            params![id.as_bytes(), at],
+        )?;
+        Ok(())
+    }
+
     /// Stores changes new to a (cached, already updated) document: appends them to
     /// `doc_changes`, compacts when enough have accumulated, updates the heads and projections.
     /// `bounded_from`: the heads the changes were applied on, when they made no object and
