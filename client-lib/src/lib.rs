@@ -48,6 +48,7 @@ mod rows;
 mod thumbnail;
 mod visits;
 
+pub mod app;
 pub mod sync;
 pub mod vault;
 

@@ -1,4 +1,5 @@
 //! crate
+pub mod browser;
 pub mod faultproxy;
 pub mod fieldlink;
 pub mod floor;

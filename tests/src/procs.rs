@@ -346,3 +346,275 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) as f64 / 100.0)
 }
+
+/// A `fieldsync app --port 0 --json` child process: the rep's app over the replica in a data
+/// directory (syncing in the background when the directory has a relay configured).
+#[derive(Debug)]
+pub struct AppProcess {
+    child: Child,
+    /// The launch address it printed, carrying this launch's key (`http://127.0.0.1:PORT/#key=…`).
+    pub url: String,
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    /// This launch's key (for `Authorization: Bearer KEY`).
+    pub key: String,
+    /// The laptop's data directory.
+    pub data: PathBuf,
+}
+
+/// An answer of [`AppProcess::api`].
+#[derive(Debug)]
+pub struct ApiAnswer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body as JSON (`Null` when empty or not JSON).
+    pub json: serde_json::Value,
+    /// The body as text.
+    pub text: String,
+}
+
+impl AppProcess {
+    /// Starts `fieldsync --data DATA app --port 0 --json [extra…]` and waits (up to 30 s) for
+    /// the address it prints. Its log (stderr, level `FIELDSYNC_LOG` or `warn`) goes to
+    /// `DATA.app.log` beside the data directory, appended across restarts.
+    pub fn start(data: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let log_path = data.with_extension("app.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut child = laptop_command(data)?
+            .args(["app", "--port", "0", "--json"])
+            .args(extra)
+            .env(
+                "FIELDSYNC_LOG",
+                std::env::var("FIELDSYNC_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("spawning `fieldsync app`")?;
+        match read_app_address(&mut child, &log_path) {
+            Ok((url, port, key)) => Ok(Self {
+                child,
+                url,
+                port,
+                key,
+                data: data.to_path_buf(),
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, the app's origin.
+    pub fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One request to the app's JSON API as a script would make it: `Authorization: Bearer
+    /// KEY`, and for a `POST` the app's own `Origin`. `body` is sent as JSON.
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<ApiAnswer> {
+        let mut headers = vec![format!("Authorization: Bearer {}", self.key)];
+        if method != "GET" {
+            headers.push(format!("Origin: {}", self.origin()));
+        }
+        http_request(self.port, method, path, &headers, body)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGINT (what Ctrl-C sends: the app stops its sync and its server cleanly), then waits
+    /// up to 15 s, then SIGKILL.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AppProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What `fieldsync app --json` printed: the launch address, the port and the key. Drains the
+/// rest of its stdout in a thread.
+fn read_app_address(child: &mut Child, log: &Path) -> anyhow::Result<(String, u16, String)> {
+    let stdout = child.stdout.take().context("app stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The JSON object may span lines (it is pretty-printed): gather lines until it parses.
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut printed = String::new();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            printed.push_str(&line);
+            printed.push('\n');
+            if serde_json::from_str::<serde_json::Value>(&printed).is_ok() {
+                break;
+            }
+        }
+        let _ = tx.send(printed);
+        for _ in lines {}
+    });
+    let printed = rx.recv_timeout(Duration::from_secs(30)).with_context(|| {
+        format!(
+            "`fieldsync app` printed no address within 30 s (see {})",
+            log.display()
+        )
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&printed).with_context(|| {
+        format!(
+            "`fieldsync app --json` printed {printed:?} (see {})",
+            log.display()
+        )
+    })?;
+    let url = value["url"]
+        .as_str()
+        .context("no `url` in what `fieldsync app --json` printed")?
+        .to_string();
+    let port = value["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .context("no `port` in what `fieldsync app --json` printed")?;
+    let key = url
+        .split_once("key=")
+        .map(|(_, k)| k.to_string())
+        .context("the launch address carries no key")?;
+    Ok((url, port, key))
+}
+
+/// A plain HTTP/1.1 request to `127.0.0.1:port` (`Host` set, `Connection: close`) with
+/// `headers` (whole lines, no CRLF) and an optional JSON body; reads the whole answer.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<ApiAnswer> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body
+        .map(serde_json::to_vec)
+        .transpose()?
+        .unwrap_or_default();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    if !body.is_empty() || method != "GET" {
+        req.push_str("Content-Type: application/json\r\n");
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(&body)?;
+    // Read the head, then the body by its length (a server may keep the connection open
+    // despite `Connection: close`), by its chunks, or to the end.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let split = loop {
+        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = s
+            .read(&mut buf)
+            .with_context(|| format!("reading the answer to {method} {path}"))?;
+        if n == 0 {
+            bail!("the answer to {method} {path} ended in its head");
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut content = raw[split + 4..].to_vec();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while content.len() < len {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            content.extend_from_slice(&buf[..n]);
+        }
+        content.truncate(len);
+    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        content = loop {
+            if let Ok(body) = dechunk(&content) {
+                break body;
+            }
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break dechunk(&content)?;
+            }
+            content.extend_from_slice(&buf[..n]);
+        };
+    } else {
+        s.read_to_end(&mut content)?;
+    }
+    let text = String::from_utf8_lossy(&content).into_owned();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    Ok(ApiAnswer { status, json, text })
+}
+
+/// The body of a chunked transfer encoding.
+fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("a chunk size line without its end")?;
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .with_context(|| format!("a chunk size {size_text:?}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = data.get(..size).context("a chunk shorter than its size")?;
+        out.extend_from_slice(chunk);
+        data = data.get(size + 2..).unwrap_or(&[]);
+    }
+}

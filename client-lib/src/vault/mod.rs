@@ -30,6 +30,8 @@ mod keyring;
 mod seal;
 mod session;
 
+pub(crate) use seal::random as fill_random;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

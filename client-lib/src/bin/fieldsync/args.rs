@@ -2,12 +2,26 @@
 
 use super::*;
 
+mod customer;
+mod quote;
+mod visit;
+
+pub(super) use customer::*;
+pub(super) use quote::*;
+pub(super) use visit::*;
+
 /// Naming records and the exit statuses, under `fieldsync --help` and in the man page.
 const AFTER_HELP: &str = "\
 Naming records:
   A customer: its id, the first 4 or more characters of its id, its name (any case), or a
   part of its name that only it has. A visit or quote: its id or the first 4 or more
-  characters of it. Several matches are listed, nothing is changed.
+  characters of it. A contact, address, unit of equipment, task or quote line: its id or
+  id prefix as `show` lists it, or its name (label, serial or model, title, SKU). Several
+  matches are listed, nothing is changed.
+
+Dates:
+  2026-12-08 or 2026-12-08T09:30 (seconds and a trailing Z are accepted too), read as UTC:
+  the laptop's time zone is not applied. Times are printed in UTC.
 
 Exit status:
   0  done (sync: synced)
@@ -39,20 +53,33 @@ pub(super) struct Cli {
 pub(super) enum Command {
     /// Create the replica (if needed) and save the relay settings
     Init(InitArgs),
-    /// Customers: add, edit, show, list, archive
+    /// Customers: add, edit, show, list, find by phone, timeline; contacts, addresses,
+    /// equipment, notes; credit limit, owner, scope, grade; archive
     #[command(subcommand)]
     Customer(CustomerCmd),
-    /// Visits: log, show, list
+    /// Visits: log, edit, show, list, status, satisfaction; needs, tasks, comments; archive
     #[command(subcommand)]
     Visit(VisitCmd),
-    /// Quotes: new, add-line, list, submit, approve, reject, show
+    /// Quotes: new, lines, terms, submit, approve, reject, send, win, lose; history, price
+    /// history, follow-ups due; archive
     #[command(subcommand)]
     Quote(QuoteCmd),
+    /// Write one record (customer, visit or quote) to a file, with its whole history, for
+    /// `fieldsync import` on another laptop
+    Export(ExportArgs),
+    /// Merge a record written by `fieldsync export` into this replica
+    Import(ImportArgs),
     /// Attachments: list, get, open, remove; what waits to move; retry refused transfers
     #[command(subcommand)]
     Attachment(AttachmentCmd),
     /// Exchange changes with the relay (once, or continuously with --watch)
     Sync(SyncArgs),
+    /// What is due today: planned visits, follow-ups due, your open tasks, greetings,
+    /// customers not visited lately
+    Today(TodayArgs),
+    /// Serve the rep's app on 127.0.0.1 (Today, customers, visits, quotes, sync centre),
+    /// syncing in the background; prints the address to open
+    App(AppArgs),
     /// Encrypt the replica in place (its attachments and credential too), under a passphrase
     /// and the OS keyring
     Encrypt(KeyArgs),
@@ -76,6 +103,55 @@ pub(super) enum Command {
     Completions(CompletionsArgs),
     /// Write man pages (fieldsync.1 and one per command) into a directory
     Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ExportArgs {
+    /// The record: id or id prefix (a customer also by name)
+    #[arg(value_name = "ID")]
+    pub(super) id: String,
+    /// The file to write (its Automerge bytes; readable by you only)
+    #[arg(long, value_name = "FILE")]
+    pub(super) out: PathBuf,
+    /// Print {id, kind} as JSON
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ImportArgs {
+    /// A file written by `fieldsync export`
+    #[arg(value_name = "FILE")]
+    pub(super) file: PathBuf,
+    /// Print {id, kind} as JSON
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct TodayArgs {
+    /// A customer with no visit done in this many days counts as not visited lately
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    pub(super) idle_days: u32,
+    /// Print JSON
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct AppArgs {
+    /// Port on 127.0.0.1 (0: any free port)
+    #[arg(long, default_value_t = 0)]
+    pub(super) port: u16,
+    /// Open the app in the default browser
+    #[arg(long)]
+    pub(super) open: bool,
+    /// The app's language instead of the browser's: en or zh-CN
+    #[arg(long, value_parser = ["en", "zh-CN"])]
+    pub(super) lang: Option<String>,
+    /// Print the address as JSON ({"url", "port"})
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -190,241 +266,6 @@ impl From<RoleArg> for Role {
             RoleArg::Admin => Self::Admin,
         }
     }
-}
-
-#[derive(Subcommand, Debug)]
-pub(super) enum CustomerCmd {
-    /// Add a customer
-    Add {
-        /// Name
-        #[arg(long)]
-        name: String,
-        /// Territory
-        #[arg(long)]
-        scope: String,
-        /// Phone number
-        #[arg(long)]
-        phone: Option<String>,
-        /// Industry
-        #[arg(long)]
-        industry: Option<String>,
-        /// Lifecycle stage [default: potential]
-        #[arg(long)]
-        stage: Option<String>,
-        /// Create it even though IT has not granted this laptop the scope: the relay refuses
-        /// it (kept in `fieldsync quarantine`) until IT grants the scope
-        #[arg(long)]
-        outside_grant: bool,
-        /// Print the customer as JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// Change a customer's fields (all in one change)
-    Edit {
-        /// The customer: id, id prefix or name
-        #[arg(value_name = "CUSTOMER")]
-        id: String,
-        /// New name
-        #[arg(long)]
-        name: Option<String>,
-        /// Add a phone number
-        #[arg(long)]
-        phone: Option<String>,
-        /// New industry
-        #[arg(long)]
-        industry: Option<String>,
-        /// New lifecycle stage
-        #[arg(long)]
-        stage: Option<String>,
-        /// New e-mail address
-        #[arg(long)]
-        email: Option<String>,
-        /// Print the customer as JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// Attach a file (photo, signed PDF); its bytes upload at the next sync
-    Attach(AttachArgs),
-    /// Show a customer
-    Show {
-        /// The customer: id, id prefix or name
-        #[arg(value_name = "CUSTOMER")]
-        id: String,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// List customers (archived ones left out)
-    List {
-        /// Only this territory
-        #[arg(long)]
-        scope: Option<String>,
-        /// Only names containing this text
-        #[arg(long)]
-        search: Option<String>,
-        /// Include archived customers
-        #[arg(long)]
-        all: bool,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// Archive a customer (hidden from listings, never deleted)
-    Archive {
-        /// The customer: id, id prefix or name
-        #[arg(value_name = "CUSTOMER")]
-        id: String,
-        /// Print the customer as JSON
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum VisitStatusArg {
-    Planned,
-    Cancelled,
-    Done,
-}
-
-impl From<VisitStatusArg> for VisitStatus {
-    fn from(s: VisitStatusArg) -> Self {
-        match s {
-            VisitStatusArg::Planned => Self::Planned,
-            VisitStatusArg::Cancelled => Self::Cancelled,
-            VisitStatusArg::Done => Self::Done,
-        }
-    }
-}
-
-#[derive(Subcommand, Debug)]
-pub(super) enum VisitCmd {
-    /// Log a visit at a customer
-    Log {
-        /// The customer: id, id prefix or name
-        #[arg(long, value_name = "CUSTOMER")]
-        customer: String,
-        /// Minutes and notes
-        #[arg(long)]
-        notes: String,
-        /// Status
-        #[arg(long, value_enum, default_value_t = VisitStatusArg::Done)]
-        status: VisitStatusArg,
-        /// Kind (sales_call, return_visit, service_repair, …) [default: sales_call]
-        #[arg(long)]
-        kind: Option<String>,
-        /// Where it took place
-        #[arg(long)]
-        location: Option<String>,
-        /// Print the visit as JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// Attach a file (photo, signed PDF); its bytes upload at the next sync
-    Attach(AttachArgs),
-    /// Show a visit
-    Show {
-        /// The visit: id or id prefix
-        #[arg(value_name = "VISIT")]
-        id: String,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// List visits, newest first
-    List {
-        /// Only visits to this customer (id, id prefix or name)
-        #[arg(long, value_name = "CUSTOMER")]
-        customer: Option<String>,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub(super) enum QuoteCmd {
-    /// Start a draft quote for a customer
-    New {
-        /// The customer: id, id prefix or name
-        #[arg(long, value_name = "CUSTOMER")]
-        customer: String,
-        /// ISO 4217 currency of all prices
-        #[arg(long)]
-        currency: String,
-        /// Quote number
-        #[arg(long)]
-        number: Option<String>,
-        /// Print the quote as JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// Add a line to a draft quote
-    AddLine {
-        /// The quote: id or id prefix
-        #[arg(value_name = "QUOTE")]
-        id: String,
-        /// Product SKU
-        #[arg(long)]
-        sku: String,
-        /// Quantity (whole units)
-        #[arg(long)]
-        qty: i64,
-        /// Unit price in the quote currency, e.g. 1250.50 (two decimals at most)
-        #[arg(long)]
-        price: String,
-        /// Description
-        #[arg(long)]
-        description: Option<String>,
-        /// Discount in percent, e.g. 5 or 2.5 (two decimals at most)
-        #[arg(long)]
-        discount: Option<String>,
-        /// Print the quote as JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// List quotes, newest first
-    List {
-        /// Only quotes to this customer (id, id prefix or name)
-        #[arg(long, value_name = "CUSTOMER")]
-        customer: Option<String>,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// Submit a draft for approval
-    Submit(QuoteIdArgs),
-    /// Approve a submitted quote (manager and above)
-    Approve(QuoteDecisionArgs),
-    /// Reject a submitted quote (manager and above)
-    Reject(QuoteDecisionArgs),
-    /// Show a quote
-    Show(QuoteIdArgs),
-    /// Attach a file (photo, signed PDF); its bytes upload at the next sync
-    Attach(AttachArgs),
-}
-
-#[derive(Args, Debug)]
-pub(super) struct QuoteIdArgs {
-    /// The quote: id or id prefix
-    #[arg(value_name = "QUOTE")]
-    pub(super) id: String,
-    /// Print the quote as JSON
-    #[arg(long)]
-    pub(super) json: bool,
-}
-
-#[derive(Args, Debug)]
-pub(super) struct QuoteDecisionArgs {
-    /// The quote: id or id prefix
-    #[arg(value_name = "QUOTE")]
-    pub(super) id: String,
-    /// Why
-    #[arg(long)]
-    pub(super) reason: Option<String>,
-    /// Print the quote as JSON
-    #[arg(long)]
-    pub(super) json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -345,7 +345,7 @@ fn bring_here(dir: &Path, client: &Client, a: &AttachmentInfo, queue: bool) -> R
 }
 
 /// Opens `path` with the desktop's viewer (`$FIELDSYNC_OPENER` when set).
-fn open_with_viewer(path: &Path) -> Result<()> {
+pub(super) fn open_with_viewer(path: &Path) -> Result<()> {
     let opener = std::env::var_os("FIELDSYNC_OPENER");
     let mut cmd = match &opener {
         Some(o) => std::process::Command::new(o),

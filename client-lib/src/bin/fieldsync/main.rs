@@ -9,20 +9,29 @@
 //! prints one JSON value on stdout; errors go to stderr with a non-zero exit status (see
 //! [`exit`] for what each means).
 //!
-//! `args` is the command line; `setup` the data directory and `init`; `names` how records
-//! are named (id prefixes, customer names, short ids); `records` the customer, visit and
-//! quote commands; `attach_cmd` attachments; `sync_cmd` `sync`; `status` `status`, `quarantine`, `conflicts` and
-//! `resolve`; `keys_cmd` encryption at rest (`encrypt`, `unlock`, `lock`, `rekey`). This file dispatches, writes completions and man pages, and holds the shared
-//! formats.
+//! `args` is the command line (`args/customer.rs`, `args/visit.rs`, `args/quote.rs` those of
+//! the record commands); `setup` the data directory and `init`; `names` how records and their
+//! items are named (id prefixes, customer names, short ids); `customer_cmd`, `visit_cmd` and
+//! `quote_cmd` the customer, visit and quote commands; `doc_cmd` `export` and `import`;
+//! `formats` what those share (money, dates, refusals in words of roles); `attach_cmd`
+//! attachments; `sync_cmd` `sync`; `status` `status`, `quarantine`, `conflicts` and
+//! `resolve`; `keys_cmd` encryption at rest (`encrypt`, `unlock`, `lock`, `rekey`). This file
+//! dispatches, writes completions and man pages, and holds the shared formats.
 
+mod app_cmd;
 mod args;
 mod attach_cmd;
+mod briefing_cmd;
+mod customer_cmd;
+mod doc_cmd;
+mod formats;
 mod keys_cmd;
 mod names;
-mod records;
+mod quote_cmd;
 mod setup;
 mod status;
 mod sync_cmd;
+mod visit_cmd;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -35,21 +44,27 @@ use fieldsync_client::sync::{
 };
 use fieldsync_client::{
     Client, ClientError, CustomerEdit, CustomerField, CustomerFilter, CustomerId, DocId, DocKind,
-    Identity, LineInput, NewCustomer, NewQuote, NewVisit, Quote, QuoteId, QuoteStatus, Role,
-    VisitFilter, VisitId, VisitStatus,
+    Identity, LineInput, Millis, NewCustomer, NewQuote, NewVisit, Quote, QuoteId, QuoteStatus,
+    Role, VisitFilter, VisitId, VisitStatus,
 };
 use fieldsync_core::display::{format_bytes, format_millis};
 use fieldsync_core::fsmode;
 use serde::{Deserialize, Serialize};
 
+use app_cmd::*;
 use args::*;
 use attach_cmd::*;
+use briefing_cmd::*;
+use customer_cmd::*;
+use doc_cmd::*;
+use formats::*;
 use keys_cmd::*;
 use names::*;
-use records::*;
+use quote_cmd::*;
 use setup::*;
 use status::*;
 use sync_cmd::*;
+use visit_cmd::*;
 
 /// The replica file inside the data directory.
 const REPLICA_FILE: &str = "replica.db";
@@ -129,8 +144,12 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Customer(cmd) => customer(&open(&dir)?, cmd),
         Command::Visit(cmd) => visit(&open(&dir)?, cmd),
         Command::Quote(cmd) => quote(&open(&dir)?, cmd),
+        Command::Export(args) => export_cmd(&open(&dir)?, &args),
+        Command::Import(args) => import_cmd(&open(&dir)?, &args),
         Command::Attachment(cmd) => return attachment(&dir, cmd),
         Command::Sync(args) => return sync_cmd(&dir, args),
+        Command::App(args) => return app_cmd(&dir, args),
+        Command::Today(args) => today_cmd(&open(&dir)?, &args),
         Command::Status(f) => status(&dir, f.json),
         Command::Encrypt(keys) => encrypt_cmd(&dir, &keys),
         Command::Unlock(args) => unlock_cmd(&dir, &args),

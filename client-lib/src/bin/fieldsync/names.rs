@@ -381,6 +381,86 @@ pub(super) fn any_doc(client: &Client, given: &str) -> Result<DocId> {
     }
 }
 
+/// An item of a document (a contact, address, unit of equipment, task or quote line): its id
+/// and what people call it.
+pub(super) struct Item<'a> {
+    pub(super) id: &'a str,
+    /// Names it goes by (a contact's name; an address's label; a unit's serial and model; a
+    /// task's title; a line's SKU).
+    pub(super) names: Vec<&'a str>,
+    /// How lists show it.
+    pub(super) label: String,
+}
+
+/// The short form of item `id` among its siblings `ids`: the shortest prefix no sibling shares,
+/// with at least [`SHORT_ID`] characters.
+pub(super) fn item_short(ids: &[&str], id: &str) -> String {
+    let common = ids
+        .iter()
+        .filter(|o| **o != id)
+        .map(|o| {
+            o.chars()
+                .zip(id.chars())
+                .take_while(|(a, b)| a == b)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    id.chars().take((common + 1).max(SHORT_ID)).collect()
+}
+
+/// The item `given` names among `items` of `owner` (e.g. "Baotou Mining Co"): its id, a unique
+/// id prefix of [`MIN_PREFIX`] or more hex digits, one of its names (any case), or a part of a
+/// name only it has. `list_cmd` is the command that lists them, for the error.
+pub(super) fn pick_item(
+    given: &str,
+    what: &str,
+    owner: &str,
+    items: &[Item<'_>],
+    list_cmd: &str,
+) -> Result<String> {
+    let given = given.trim();
+    if given.is_empty() {
+        bail!("name the {what} by its id, an id prefix or its name ({list_cmd} lists them)");
+    }
+    if let Some(i) = items.iter().find(|i| i.id == given) {
+        return Ok(i.id.to_string());
+    }
+    let wanted = given.to_lowercase();
+    let prefix = hex_prefix(given);
+    let mut exact: Vec<&Item<'_>> = items
+        .iter()
+        .filter(|i| {
+            prefix.as_deref().is_some_and(|p| i.id.starts_with(p))
+                || i.names.iter().any(|n| n.trim().to_lowercase() == wanted)
+        })
+        .collect();
+    if exact.is_empty() {
+        exact = items
+            .iter()
+            .filter(|i| i.names.iter().any(|n| n.to_lowercase().contains(&wanted)))
+            .collect();
+    }
+    match exact.as_slice() {
+        [one] => Ok(one.id.to_string()),
+        [] => bail!(
+            "{owner} has no {what} called or with an id starting with {given:?}; {list_cmd} \
+             lists them"
+        ),
+        many => {
+            let ids: Vec<&str> = items.iter().map(|i| i.id).collect();
+            let mut msg = format!(
+                "{given:?} matches {} {what}s of {owner}; name one by its id prefix:",
+                many.len()
+            );
+            for i in many {
+                msg.push_str(&format!("\n  {}  {}", item_short(&ids, i.id), i.label));
+            }
+            Err(anyhow!(msg))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,5 +498,39 @@ mod tests {
         // An id the replica does not hold yet (just created elsewhere) still gets a short form.
         let empty = ShortIds { ids: Vec::new() };
         assert_eq!(empty.of(b), "0190a1b2");
+    }
+
+    #[test]
+    fn items_are_named_by_id_prefix_or_name() {
+        let items = [
+            Item {
+                id: "0190a1b23c4d70008000000000000001",
+                names: vec!["Li Wei"],
+                label: "Li Wei".into(),
+            },
+            Item {
+                id: "0190a1b23c4d70008000000000000002",
+                names: vec!["Li Na"],
+                label: "Li Na".into(),
+            },
+            Item {
+                id: "0190ffff000070008000000000000000",
+                names: vec!["Zhang Min"],
+                label: "Zhang Min".into(),
+            },
+        ];
+        let pick = |g: &str| pick_item(g, "contact", "Acme", &items, "`show`").ok();
+        assert_eq!(pick("li wei").as_deref(), Some(items[0].id));
+        assert_eq!(pick("zhang").as_deref(), Some(items[2].id));
+        assert_eq!(pick("0190ff").as_deref(), Some(items[2].id));
+        assert_eq!(pick(items[1].id).as_deref(), Some(items[1].id));
+        assert_eq!(pick("Li"), None, "two match");
+        assert_eq!(pick("0190a1"), None, "two match");
+        assert_eq!(pick("Wang"), None);
+        assert_eq!(pick(""), None);
+        let ids: Vec<&str> = items.iter().map(|i| i.id).collect();
+        assert_eq!(item_short(&ids, items[2].id), "0190ffff");
+        assert_eq!(item_short(&ids, items[0].id), items[0].id);
+        assert_eq!(item_short(&[], "abc"), "abc");
     }
 }
