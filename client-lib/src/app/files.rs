@@ -76,6 +76,16 @@ pub(super) async fn upload(
     .await
 }
 
+/// Attachment `entry` of `doc` (removed ones are not listed), or a 404.
+fn entry_of(app: &AppState, doc: DocId, entry: &str) -> Result<AttachmentInfo, ApiError> {
+    app.client
+        .attachments()
+        .list(doc)?
+        .into_iter()
+        .find(|a| a.attachment.id == entry)
+        .ok_or_else(|| ApiError::not_found("no such attachment on this document"))
+}
+
 /// `GET /api/docs/ID/attachments/ENTRY/preview`: the small JPEG preview made when an image
 /// was attached (it travels with the document, so it shows before the file arrives).
 pub(super) async fn preview(
@@ -83,19 +93,12 @@ pub(super) async fn preview(
     Path((id, entry)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let doc: DocId = parse_id(&id)?;
-    blocking(move || {
-        let found = app
-            .client
-            .attachments()
-            .list(doc)?
-            .into_iter()
-            .find(|a| a.attachment.id == entry)
-            .and_then(|a| a.attachment.preview);
-        match found {
+    blocking(
+        move || match entry_of(&app, doc, &entry)?.attachment.preview {
             Some(jpeg) => Ok(([(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response()),
             None => Err(ApiError::not_found("no preview for this attachment")),
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -107,13 +110,7 @@ pub(super) async fn fetch(
 ) -> ApiResult<axum::http::StatusCode> {
     let doc: DocId = parse_id(&id)?;
     blocking(move || {
-        let a = app
-            .client
-            .attachments()
-            .list(doc)?
-            .into_iter()
-            .find(|a| a.attachment.id == entry)
-            .ok_or_else(|| ApiError::not_found("no such attachment on this document"))?;
+        let a = entry_of(&app, doc, &entry)?;
         app.client
             .attachments()
             .fetch(doc, a.attachment.hash, a.attachment.size)?;
@@ -129,13 +126,7 @@ pub(super) async fn open(
 ) -> ApiResult<Response> {
     let doc: DocId = parse_id(&id)?;
     blocking(move || {
-        let a = app
-            .client
-            .attachments()
-            .list(doc)?
-            .into_iter()
-            .find(|a| a.attachment.id == entry)
-            .ok_or_else(|| ApiError::not_found("no such attachment on this document"))?;
+        let a = entry_of(&app, doc, &entry)?;
         if !matches!(a.bytes, BytesState::Here { .. }) {
             return Err(ApiError::not_found(
                 "the file is not on this laptop yet: it downloads at the next sync",
