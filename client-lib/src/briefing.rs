@@ -141,27 +141,7 @@ impl Client {
         let customer = self.customers().get(id)?;
         let visits = self.visits().for_customer(id)?;
         let quotes = self.quotes().history(id)?;
-        let mut open_tasks = Vec::new();
-        for v in &visits {
-            let visit = self.visits().get(v.id)?;
-            open_tasks.extend(
-                visit
-                    .tasks
-                    .into_iter()
-                    .filter(|t| t.done_at.is_none())
-                    .map(|t| TaskRow {
-                        task_id: t.id,
-                        visit_id: v.id,
-                        customer_id: id,
-                        customer_name: Some(customer.name.clone()),
-                        title: t.title,
-                        due: t.due,
-                        assignee: t.assignee,
-                        done_at: None,
-                    }),
-            );
-        }
-        open_tasks.sort_by_key(|t| (t.due.is_none(), t.due));
+        let open_tasks = self.visits().open_tasks_of(id)?;
         let ChangedSinceSync {
             since,
             received,

@@ -633,16 +633,31 @@ pub(crate) fn not_visited_since(
     )
 }
 
-pub(crate) fn open_tasks(conn: &Connection, assignee: &str) -> rusqlite::Result<Vec<TaskRow>> {
-    let sql =
+/// Whose open tasks [`open_tasks`] lists.
+pub(crate) enum TasksOf<'a> {
+    /// Assigned to this author, or unassigned on a visit they logged.
+    Assignee(&'a str),
+    /// On any live visit to this customer, whoever they are assigned to.
+    Customer(CustomerId),
+}
+
+pub(crate) fn open_tasks(conn: &Connection, of: TasksOf<'_>) -> rusqlite::Result<Vec<TaskRow>> {
+    let (filter, arg) = match of {
+        TasksOf::Assignee(a) => (
+            "(t.assignee = ?1 OR (COALESCE(t.assignee, '') = '' AND v.created_by = ?1))",
+            a.to_string(),
+        ),
+        TasksOf::Customer(c) => ("t.customer_id = ?1", c.to_string()),
+    };
+    let sql = format!(
         "SELECT t.id, t.visit_id, t.customer_id, c.name, t.title, t.due, t.assignee, t.done_at
-                 FROM tasks t
-                 JOIN visits v ON v.id = t.visit_id
-                 LEFT JOIN customers c ON c.id = t.customer_id
-                WHERE (t.assignee = ?1 OR (COALESCE(t.assignee, '') = '' AND v.created_by = ?1))
-                  AND t.done_at IS NULL AND v.archived = 0
-                ORDER BY t.due IS NULL, t.due, t.visit_id, t.id";
-    collect(conn, sql, vec![Value::Text(assignee.to_string())], |r| {
+           FROM tasks t
+           JOIN visits v ON v.id = t.visit_id
+           LEFT JOIN customers c ON c.id = t.customer_id
+          WHERE {filter} AND t.done_at IS NULL AND v.archived = 0
+          ORDER BY t.due IS NULL, t.due, t.visit_id, t.id"
+    );
+    collect(conn, &sql, vec![Value::Text(arg)], |r| {
         Ok(TaskRow {
             task_id: r.get(0)?,
             visit_id: col_id(r, 1)?.into(),

@@ -91,7 +91,15 @@ impl<'c> Visits<'c> {
     /// logged, soonest due first, undated last.
     /// Tasks of archived visits are left out.
     pub fn open_tasks(&self, assignee: &str) -> Result<Vec<TaskRow>, ClientError> {
-        self.client.read(|c| rows::open_tasks(c, assignee))
+        self.client
+            .read(|c| rows::open_tasks(c, rows::TasksOf::Assignee(assignee)))
+    }
+
+    /// Open tasks of the live visits to `customer`, whoever they are assigned to, soonest
+    /// due first, undated last.
+    pub fn open_tasks_of(&self, customer: CustomerId) -> Result<Vec<TaskRow>, ClientError> {
+        self.client
+            .read(|c| rows::open_tasks(c, rows::TasksOf::Customer(customer)))
     }
 
     // -----------------------------------------------------------------------------------------

@@ -98,8 +98,12 @@ impl Hub {
                 };
                 match event {
                     Ok(event) => {
-                        let now = state().map_or_else(|| state_after(&event), state_name);
-                        let _ = tx.send(LiveEvent::Sync { event, state: now });
+                        // No state: the app is gone, and with it every stream.
+                        let Some(now) = state() else { break };
+                        let _ = tx.send(LiveEvent::Sync {
+                            event,
+                            state: state_name(now),
+                        });
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => break,
@@ -122,20 +126,6 @@ pub(super) fn state_name(s: SyncState) -> &'static str {
         SyncState::CaughtUp => "caught_up",
         SyncState::Waiting => "waiting",
         SyncState::Stopped => "stopped",
-    }
-}
-
-/// The sync state an event leaves behind, when the handle is gone.
-fn state_after(e: &SyncEvent) -> &'static str {
-    match e {
-        SyncEvent::Connecting => "connecting",
-        SyncEvent::Connected { .. }
-        | SyncEvent::Uploaded { .. }
-        | SyncEvent::Received { .. }
-        | SyncEvent::Rejected { .. } => "syncing",
-        SyncEvent::CaughtUp => "caught_up",
-        SyncEvent::Disconnected { .. } => "waiting",
-        SyncEvent::Stopped => "stopped",
     }
 }
 
